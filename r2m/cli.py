@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="write the gold-reward world's prompts, demonstrations and preferences")
     _add_common(p)
     p.add_argument("--out", default=None, help="output directory (default: the world cache under run.root)")
+    p.add_argument("--models", action="store_true",
+                   help="also build the world's SFT policy and reward model(s) into the cache (do this in one process "
+                        "before a multi-process launch)")
     for name, text in [("demo", "the end-to-end world demo"), ("config", "print the resolved config as YAML")]:
         _add_common(sub.add_parser(name, help=text))
     for name, text in [("sft", "supervised fine-tuning"), ("rm", "reward-model training (Bradley-Terry)")]:
@@ -76,13 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_world(cfg: Config, out: Optional[str]) -> int:
-    from r2m.pipeline import world_data
+def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
+    from r2m.pipeline import resolve_inputs, world_data
     from r2m.world import generate_world
 
     files = generate_world(cfg.world, out) if out else world_data(cfg)
     print(json.dumps({k: str(v) for k, v in vars(files).items()}, indent=2))
     print(Path(files.summary).read_text())
+    if models:
+        inputs = resolve_inputs(cfg)
+        print(json.dumps({"policy": inputs.policy, "reward_model": inputs.reward_model}, indent=2))
     return 0
 
 
@@ -183,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return 0
         if args.command == "world":
-            return cmd_world(cfg, args.out)
+            return cmd_world(cfg, args.out, args.models)
         if args.command == "eval":
             return cmd_eval(cfg, args.what)
         return {"sft": cmd_sft, "rm": cmd_rm, "rl": cmd_rl, "demo": cmd_demo, "ser": cmd_ser}[args.command](cfg)

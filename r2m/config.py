@@ -542,6 +542,10 @@ class RLConfig:
     """Optimiser steps per epoch (the batch is split into this many minibatches)."""
     micro_batch_size: int = 0
     """Sequences per forward pass inside a minibatch (gradient accumulation); 0: the whole minibatch."""
+    rollout_chunks: int = 0
+    """Sample each step's prompts in this many equal chunks, each from a seed of (run.seed, step, chunk)
+    alone; 0: one chunk per process from its RNG stream. With N processes use a multiple of N: the
+    samples then do not depend on N (a 2-process run reproduces the 1-process run)."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
     aggregation: LossAggregation = LossAggregation.TOKEN_MEAN
@@ -584,6 +588,10 @@ class RLConfig:
             mb = batch // self.minibatches
             _check(mb % self.micro_batch_size == 0, "rl.micro_batch_size", f"a divisor of the minibatch size {mb}",
                    self.micro_batch_size)
+        _check(self.rollout_chunks >= 0, "rl.rollout_chunks", ">= 0", self.rollout_chunks)
+        if self.rollout_chunks:
+            _check(self.prompts_per_step % self.rollout_chunks == 0, "rl.rollout_chunks",
+                   f"a divisor of rl.prompts_per_step={self.prompts_per_step}", self.rollout_chunks)
         _check(self.max_grad_norm > 0, "rl.max_grad_norm", "> 0", self.max_grad_norm)
         _check(self.eval_every >= 1, "rl.eval_every", ">= 1", self.eval_every)
         _check(self.kl_target > 0, "rl.kl_target", "> 0", self.kl_target)

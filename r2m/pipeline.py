@@ -13,11 +13,13 @@ new reward model while the RL seed never invalidates anything.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from r2m.config import Config, RewardBaseline, RewardSource, config_hash, replace_path
 
@@ -28,13 +30,41 @@ def world_root(cfg: Config) -> Path:
     return Path(cfg.run.root) / "world"
 
 
+# Off while several processes run (DDP): they would all build the same cache at once, and the
+# world's SFT/RM training is a single-process job. Such runs need the cache built beforehand.
+_BUILDING = contextvars.ContextVar("r2m_world_building", default=True)
+
+
+@contextlib.contextmanager
+def no_world_building() -> Iterator[None]:
+    """Within this block a missing world artifact is an error instead of being built."""
+    token = _BUILDING.set(False)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def _must_build(done: Path, what: str) -> bool:
+    """True when ``what`` (cached at ``done``) must be built now; refuses when building is off."""
+    if done.exists():
+        return False
+    if not _BUILDING.get():
+        from r2m.errors import ConfigError
+
+        raise ConfigError(f"{what} is not built yet ({done.parent}). With several processes the world cache must "
+                          "exist first: build it in one process with `r2m world --models` and the same config and "
+                          "overrides, then launch again")
+    return True
+
+
 def world_data(cfg: Config):
     """The world's JSONL files, generated once per world config."""
     from r2m.world import WorldFiles, generate_world
 
     out = world_root(cfg) / f"data-{config_hash(cfg.world)}"
     files = WorldFiles.in_dir(out)
-    if not files.summary.exists():
+    if _must_build(files.summary, "the gold-reward world's data"):
         log.info("generating the gold-reward world in %s", out)
         files = generate_world(cfg.world, out)
     return files
@@ -165,7 +195,7 @@ def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
 def ensure_world_policy(cfg: Config) -> Path:
     key = config_hash(cfg.world, cfg.policy.arch, cfg.sft)
     out = world_root(cfg) / f"policy-{key}" / "model"
-    if not out.exists():
+    if _must_build(out, "the world's SFT policy"):
         log.info("training the world's SFT policy into %s", out)
         run_sft(cfg, None, "policy", str(world_data(cfg).sft), out, f"world/policy-{key}", resume=True)
     return out
@@ -174,7 +204,7 @@ def ensure_world_policy(cfg: Config) -> Path:
 def ensure_world_rm_backbone(cfg: Config) -> Path:
     key = config_hash(cfg.world, cfg.reward.arch, cfg.sft)
     out = world_root(cfg) / f"rmbase-{key}" / "model"
-    if not out.exists():
+    if _must_build(out, "the world's RM backbone"):
         log.info("training the world's RM backbone (an SFT LM of width %d) into %s", cfg.reward.arch.hidden_size, out)
         run_sft(cfg, None, "rm", str(world_data(cfg).sft), out, f"world/rmbase-{key}", resume=True)
     return out
@@ -183,7 +213,7 @@ def ensure_world_rm_backbone(cfg: Config) -> Path:
 def ensure_world_rm(cfg: Config) -> Path:
     key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm)
     out = world_root(cfg) / f"rm-{key}" / "model"
-    if not out.exists():
+    if _must_build(out, "the world's proxy reward model"):
         files = world_data(cfg)
         init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
         log.info("training the world's proxy reward model into %s", out)
@@ -198,7 +228,7 @@ def ensure_pretrained_rm(cfg: Config, rm_path: str, pairs: str, eval_pairs: str)
     """
     key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs)
     out = world_root(cfg) / f"rm-pretrained-{key}" / "model"
-    if not out.exists():
+    if _must_build(out, "the Pretrained-RM baseline's reward model"):
         log.info("training the Pretrained-RM baseline into %s", out)
         pre = replace_path(cfg, rm__lr=cfg.reward.pretrain_lr, rm__epochs=cfg.reward.pretrain_epochs)
         run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}")

@@ -16,7 +16,9 @@ from torch import nn
 
 from r2m.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
 from r2m.config import Algorithm, KLMode, RLConfig
+from r2m.distributed import Dist
 from r2m.losses import entropy_from_logits, kl_penalty, masked_mean, masked_var
+from r2m.models.critic import response_values
 from r2m.rewards import RewardFunction, RewardQuery
 from r2m.utils import PhaseTimer
 
@@ -98,6 +100,26 @@ def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)  # (B, P+R)
     sequences = torch.where(attention_mask.bool(), out, torch.full_like(out, pad_token_id))
     return Generation(sequences, attention_mask, action_mask, P)
+
+
+def concat_generations(parts: Sequence[Generation], pad_token_id: int) -> Generation:
+    """Stack generations of the same prompt width P; responses are right-padded to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    P = parts[0].prompt_len
+    width = max(g.sequences.shape[1] for g in parts)
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(x, (0, width - x.shape[1]), value=value)
+
+    return Generation(torch.cat([pad(g.sequences, pad_token_id) for g in parts]),
+                      torch.cat([pad(g.attention_mask, 0) for g in parts]),
+                      torch.cat([F.pad(g.action_mask, (0, width - P - g.action_mask.shape[1])) for g in parts]), P)
+
+
+def chunk_seed(seed: int, step: int, chunk: int) -> int:
+    """The sampling seed of one rollout chunk: a function of (run seed, step, global chunk index) only."""
+    return (seed * 1_000_003 + step * 10_007 + chunk) % (2**63 - 1)
 
 
 class Forward(NamedTuple):
@@ -248,7 +270,7 @@ class ExperienceMaker:
     def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer, reward_fn: RewardFunction, cfg: RLConfig,
                  device: torch.device, gold_fn: Optional[RewardFunction] = None,
                  hidden_store: HiddenStore = HiddenStore(None, torch.float32), critic: Optional[nn.Module] = None,
-                 shaping: Shaping = Shaping()):
+                 shaping: Shaping = Shaping(), dist: Dist = Dist(), sampler: Optional[nn.Module] = None):
         from r2m.reward_shaping import RunningMoments
 
         self.policy, self.ref, self.tokenizer = policy, ref, tokenizer
@@ -257,17 +279,22 @@ class ExperienceMaker:
         self.hidden_store = hidden_store
         self.critic = critic
         self.shaping = shaping
+        self.dist = dist
+        # The module that generates: the unwrapped policy (a DDP wrapper has no ``generate``).
+        self.sampler = sampler if sampler is not None else policy
         self.moments = RunningMoments() if shaping.normalize else None
         self.params = AdvantageParams(gamma=cfg.gamma, lam=cfg.lam, whiten=cfg.whiten_advantages)
         self.timer = PhaseTimer()
 
     def shape(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scale/normalise this rank's scores with the statistics of the global batch."""
         from r2m.reward_shaping import normalize_rewards, scale_rewards
 
         s = self.shaping
         scores = scale_rewards(scores, s.scaling)
         if s.normalize or s.clip > 0:
-            scores = normalize_rewards(scores, self.moments, s.clip)
+            n = scores.shape[0]
+            scores = self.dist.local_rows(normalize_rewards(self.dist.gather_rows(scores), self.moments, s.clip), n)
         return scores
 
     def decode(self, gen: Generation) -> list[str]:
@@ -275,11 +302,24 @@ class ExperienceMaker:
         return [self.tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=False)
                 for r, m in zip(resp.cpu(), gen.action_mask.cpu())]
 
-    def _sample(self, prompt_ids: Sequence[Sequence[int]], temperature: float) -> Generation:
+    def _sample(self, prompt_ids: Sequence[Sequence[int]], temperature: float,
+                seeds: Optional[Sequence[int]] = None) -> Generation:
+        """Sample the rows; with ``seeds``, in len(seeds) equal chunks of rows, each from its own seed
+        and without touching the global RNG stream (samples then do not depend on how the global
+        batch is split over processes)."""
         ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        return generate(self.policy, ids.to(self.device), mask.to(self.device), temperature=temperature,
-                        max_new_tokens=self.cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                        pad_token_id=self.tokenizer.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        kw = dict(temperature=temperature, max_new_tokens=self.cfg.max_new_tokens,
+                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        if not seeds:
+            return generate(self.sampler, ids, mask, **kw)
+        parts = []
+        devices = [self.device] if self.device.type == "cuda" else []
+        for seed, rows in zip(seeds, torch.arange(ids.shape[0]).chunk(len(seeds))):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                parts.append(generate(self.sampler, ids[rows], mask[rows], **kw))
+        return concat_generations(parts, self.tokenizer.pad_token_id)
 
     def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int) -> RewardQuery:
         h, m = feedback_states(hidden, gen.attention_mask) if hidden is not None else (None, None)
@@ -294,18 +334,33 @@ class ExperienceMaker:
                                       with_hidden=True).hidden
         return self.reward_fn(self._query(list(prompt_texts), gen, hidden, step)).scores.to(self.device).float()
 
+    def _advantages(self, scores: torch.Tensor, mask: torch.Tensor, baseline: Optional[torch.Tensor],
+                    values: Optional[torch.Tensor], kl: Optional[torch.Tensor]):
+        """The estimator on the global batch (whitening sees every rank's rows); this rank's rows back."""
+        d, K = self.dist, self.cfg.k
+        B, R = mask.shape
+        g = (lambda x: None if x is None else d.gather_rows(x))
+        adv = compute_advantages(
+            ESTIMATOR_OF[self.cfg.algorithm],
+            AdvantageInput(scores=g(scores).view(-1, K), mask=g(mask), baseline=g(baseline), values=g(values),
+                           kl_penalty=g(kl)),
+            self.params,
+        )
+        return d.local_rows(adv.advantages, B, R), d.local_rows(adv.returns, B, R)
+
     @torch.no_grad()
     def make(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int = 0,
-             beta: Optional[float] = None) -> Experience:
+             beta: Optional[float] = None, seeds: Optional[Sequence[int]] = None) -> Experience:
         """One rollout batch at training round ``step`` (0-based; R2M's ω(t) reads it).
 
         ``beta`` is the current KL coefficient (the adaptive controller's); default ``rl.beta``.
+        ``seeds``: sample the prompts in that many equal chunks, one seed each (``rl.rollout_chunks``).
         """
         beta = self.cfg.beta if beta is None else beta
         cfg, K = self.cfg, self.cfg.k
         rep_texts = [t for t in prompt_texts for _ in range(K)]
         with self.timer("generate"):
-            gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature)
+            gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds)
         with_hidden = self.reward_fn.needs_policy_hidden
         with self.timer("logprobs"):
             # R2M's h comes from this same forward pass of pi_old: no extra pass.
@@ -325,51 +380,53 @@ class ExperienceMaker:
         values = None
         if self.critic is not None:
             with self.timer("values"):
-                values = self.critic.response_values(gen.sequences, gen.attention_mask, gen.prompt_len,
-                                                      position_ids(gen.attention_mask)) * gen.action_mask
+                values = response_values(self.critic, gen.sequences, gen.attention_mask, gen.prompt_len,
+                                         position_ids(gen.attention_mask)) * gen.action_mask
         mask_f = gen.action_mask.float()
         kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask_f  # (B, R)
         in_reward = cfg.kl_mode == KLMode.REWARD
-        adv = compute_advantages(
-            ESTIMATOR_OF[cfg.algorithm],
-            AdvantageInput(scores=scores.view(-1, K), mask=mask_f, baseline=baseline, values=values,
-                           kl_penalty=beta * kl_tok if in_reward else None),
-            self.params,
-        )
+        advantages, returns = self._advantages(scores, mask_f, baseline, values, beta * kl_tok if in_reward else None)
         return Experience(
             prompts=rep_texts, responses=list(query.responses), sequences=gen.sequences,
             attention_mask=gen.attention_mask, action_mask=gen.action_mask, prompt_len=gen.prompt_len,
-            old_logprobs=old.logprobs, ref_logprobs=ref.logprobs, scores=scores, advantages=adv.advantages,
-            returns=adv.returns, gold=gold, n=len(prompt_texts), k=K, step=step,
+            old_logprobs=old.logprobs, ref_logprobs=ref.logprobs, scores=scores, advantages=advantages,
+            returns=returns, gold=gold, n=len(prompt_texts), k=K, step=step,
             policy_hidden=self.hidden_store.put(query.policy_hidden) if with_hidden else None,
             policy_mask=query.policy_mask, rm_embeddings=out.embeddings, values=values, raw_scores=raw,
         )
 
 
-def experience_metrics(exp: Experience) -> dict[str, float]:
-    """Rollout statistics; KL as the R2M paper measures it (mean per-token log-prob difference)."""
-    m = exp.action_mask.float()
+def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]:
+    """Rollout statistics of the global batch (every rank's rows); KL as the R2M paper measures it
+    (mean per-token log-prob difference)."""
+    g = dist.gather_rows
+    m = g(exp.action_mask.float())  # (B, R) over all ranks
+    B = m.shape[0]
     lengths = m.sum(-1)  # (B,)
-    adv_seq = (exp.advantages * m).sum(-1) / lengths.clamp(min=1)  # (B,)
-    scores = exp.scores.view(exp.n, exp.k)
-    raw = exp.raw_scores if exp.raw_scores is not None else exp.scores
+    adv = g(exp.advantages)
+    adv_seq = (adv * m).sum(-1) / lengths.clamp(min=1)  # (B,)
+    scores = g(exp.scores)
+    raw = g(exp.raw_scores if exp.raw_scores is not None else exp.scores)
+    log_ratio = g(exp.old_logprobs - exp.ref_logprobs)
+    groups = scores.view(-1, exp.k)
     out = {
         "reward/proxy": raw.mean().item(),
-        "reward/proxy_std": raw.std().item() if exp.batch_size > 1 else 0.0,
-        "reward/shaped": exp.scores.mean().item(),
-        "kl": masked_mean(exp.old_logprobs - exp.ref_logprobs, m).item(),
+        "reward/proxy_std": raw.std().item() if B > 1 else 0.0,
+        "reward/shaped": scores.mean().item(),
+        "kl": masked_mean(log_ratio, m).item(),
         # Sequence-level KL (sum over tokens): what adaptive-KL targets are stated in (TRL, SER).
-        "kl/seq_sum": ((exp.old_logprobs - exp.ref_logprobs) * m).sum(-1).mean().item(),
+        "kl/seq_sum": (log_ratio * m).sum(-1).mean().item(),
         "response/length": lengths.mean().item(),
         "adv/mean": adv_seq.mean().item(),
-        "adv/std": adv_seq.std().item() if exp.batch_size > 1 else 0.0,
-        "groups/degenerate": (scores.max(-1).values - scores.min(-1).values < 1e-6).float().mean().item(),
+        "adv/std": adv_seq.std().item() if B > 1 else 0.0,
+        "groups/degenerate": (groups.max(-1).values - groups.min(-1).values < 1e-6).float().mean().item(),
     }
     if exp.gold is not None:
-        out["reward/gold"] = exp.gold.mean().item()
+        out["reward/gold"] = g(exp.gold).mean().item()
     if exp.values is not None:
         # Explained variance of the returns by the critic: 1 is perfect, <= 0 is no better than a constant.
-        var_ret = masked_var(exp.returns, m)
-        out["critic/explained_var"] = (1 - masked_var(exp.returns - exp.values, m) / var_ret.clamp(min=1e-8)).item()
-        out["critic/value_mean"] = masked_mean(exp.values, m).item()
+        returns, values = g(exp.returns), g(exp.values)
+        var_ret = masked_var(returns, m)
+        out["critic/explained_var"] = (1 - masked_var(returns - values, m) / var_ret.clamp(min=1e-8)).item()
+        out["critic/value_mean"] = masked_mean(values, m).item()
     return out

@@ -74,21 +74,30 @@ class ValueModel(nn.Module):
 
     def response_values(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                         position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Values of the states BEFORE each response token: columns P−1 … S−2, shape (B, R), R = S − P.
+        """See :func:`response_values`."""
+        return response_values(self, sequences, attention_mask, prompt_len, position_ids)
 
-        ``sequences`` are ``[left-padded prompt | right-padded response]`` (B, S) with every response
-        starting at column P = ``prompt_len``. The value at column P−1+t has seen the prompt and the
-        first t response tokens, i.e. the state in which response token t is chosen: the same
-        alignment as the log-probs (``logits[:, P−1:−1]`` predict the response tokens). With no
-        ``position_ids`` they are derived from the mask so that left padding is skipped, as in
-        generation and the policy's log-prob pass.
-        """
-        if not 1 <= prompt_len < sequences.shape[1]:
-            raise ValueError(f"prompt_len must be in [1, {sequences.shape[1] - 1}], got {prompt_len}")
-        if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
-        values = self(sequences, attention_mask, position_ids)  # (B, S)
-        return values[:, prompt_len - 1: -1]  # (B, R)
+
+def response_values(critic: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                    position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Values of the states BEFORE each response token: columns P−1 … S−2, shape (B, R), R = S − P.
+
+    ``sequences`` are ``[left-padded prompt | right-padded response]`` (B, S) with every response
+    starting at column P = ``prompt_len``. The value at column P−1+t has seen the prompt and the
+    first t response tokens, i.e. the state in which response token t is chosen: the same
+    alignment as the log-probs (``logits[:, P−1:−1]`` predict the response tokens). With no
+    ``position_ids`` they are derived from the mask so that left padding is skipped, as in
+    generation and the policy's log-prob pass.
+
+    ``critic`` is a :class:`ValueModel` or a wrapper whose forward is its forward (DDP), so that
+    gradients are synchronised across processes.
+    """
+    if not 1 <= prompt_len < sequences.shape[1]:
+        raise ValueError(f"prompt_len must be in [1, {sequences.shape[1] - 1}], got {prompt_len}")
+    if position_ids is None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
+    values = critic(sequences, attention_mask, position_ids)  # (B, S)
+    return values[:, prompt_len - 1: -1]  # (B, R)
 
 
 def _backbone_of(model: nn.Module, path: str) -> nn.Module:

@@ -22,8 +22,10 @@ def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
     """
     from accelerate import Accelerator
 
+    # "auto" without CUDA is CPU; saying so also lets a CPU launch with N processes run as MULTI_CPU (gloo).
+    cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
     return Accelerator(
-        cpu=cfg.run.device == "cpu",
+        cpu=cpu,
         # Trackers need a directory; internal stages (the world cache) log to metrics.jsonl only.
         log_with=(list(cfg.run.log_with) or None) if project_dir else None,
         project_dir=project_dir,

@@ -7,11 +7,14 @@ The loop alternates experience making (:mod:`r2m.rollout`) and optimisation (:cl
         for epoch in 1..k: for minibatch in exp:    # clipped surrogate (R2M paper Eq. 2)
             loss = clipped_policy_loss(...) [+ beta * KL]   (micro-batches accumulate gradients)
 
-It is built on ``accelerate.Accelerator`` so that ``accelerate launch -m r2m rl`` works.
+It is built on ``accelerate.Accelerator`` so that ``accelerate launch -m r2m rl`` (or ``torchrun``)
+runs data-parallel: each process samples its share of the step's prompts, K samples each, and the
+statistics that must be global are (see :mod:`r2m.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -23,7 +26,9 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from r2m.config import Algorithm, Config, KLMode, RewardBaseline, RewardSource, RLConfig
+from r2m.distributed import Dist
 from r2m.losses import aggregate, clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
+from r2m.models.critic import response_values
 from r2m.rollout import (
     Experience,
     ExperienceMaker,
@@ -58,9 +63,11 @@ class OptimizerStep(NamedTuple):
 class PolicyUpdater:
     """k epochs of minibatch updates on one :class:`Experience` (and the critic's, for PPO)."""
 
-    def __init__(self, policy, optimizer, accelerator, cfg: RLConfig, critic=None, critic_optimizer=None):
+    def __init__(self, policy, optimizer, accelerator, cfg: RLConfig, critic=None, critic_optimizer=None,
+                 dist: Dist = Dist()):
         self.policy, self.optimizer, self.accelerator, self.cfg = policy, optimizer, accelerator, cfg
         self.critic, self.critic_optimizer = critic, critic_optimizer
+        self.dist = dist
         self.refreshed = 0  # rows whose h was refreshed (tests check the last-epoch-only rule)
 
     def _micro_loss(self, mb: Experience, num_tokens: float, num_seqs: int, with_hidden: bool,
@@ -75,15 +82,19 @@ class PolicyUpdater:
         if cfg.kl_mode == KLMode.LOSS and beta > 0:
             kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator)  # (b, R)
             loss = loss + beta * aggregate(kl, mask, cfg.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
-        stats = {"loss/policy": pg.loss.item(), "policy/clip_frac": pg.clip_fraction.item(),
-                 "policy/approx_kl": pg.approx_kl.item(), "policy/entropy": masked_mean(fwd.entropy, mask).item()}
+        # Token means of this part, weighted by its share of the (global) tokens: they add up over
+        # micro-batches and ranks to the minibatch's token means.
+        w = mask.sum().item() / num_tokens if num_tokens else 0.0
+        stats = {"loss/policy": pg.loss.item(), "policy/clip_frac": pg.clip_fraction.item() * w,
+                 "policy/approx_kl": pg.approx_kl.item() * w,
+                 "policy/entropy": masked_mean(fwd.entropy, mask).item() * w}
         if self.critic is not None:
-            values = self.critic.response_values(mb.sequences, mb.attention_mask, mb.prompt_len)  # (b, R)
+            values = response_values(self.critic, mb.sequences, mb.attention_mask, mb.prompt_len)  # (b, R)
             vl = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.value_clip, cfg.aggregation,
                                     num_tokens=num_tokens, num_seqs=num_seqs)
             # Separate parameters and optimisers: one backward serves both.
             loss = loss + vl.loss
-            stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item()})
+            stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item() * w})
         return MicroStep(loss, stats, fwd.hidden)
 
     def update(self, exp: Experience, beta: Optional[float] = None) -> dict[str, float]:
@@ -99,28 +110,40 @@ class PolicyUpdater:
             for rows in torch.randperm(exp.batch_size).split(mb_size):
                 per_minibatch.append(self._minibatch(exp, rows, refresh, beta))
         out = {k: sum(m[k] for m in per_minibatch) / len(per_minibatch) for k in per_minibatch[0]}
+        out = self.dist.mean_stats(out)  # each rank's loss is its share of the global loss
         out["guard/skipped_minibatches"] = out["guard/skipped_minibatches"] * len(per_minibatch)
         return out
 
     def _minibatch(self, exp: Experience, rows: torch.Tensor, refresh: bool, beta: float) -> dict[str, float]:
         """One optimiser step over the minibatch ``rows``, accumulated over micro-batches."""
         mb = exp.select(rows)
-        # Global normalisers: the sum of micro-batch losses equals the whole minibatch's loss.
-        num_tokens, num_seqs = mb.action_mask.sum().item(), mb.batch_size
-        micro = self.cfg.micro_batch_size or num_seqs
+        # Global normalisers: the sum of micro-batch losses equals the whole minibatch's loss, and with
+        # N processes each rank normalises by 1/N of the global count, since DDP averages gradients.
+        num_tokens, num_seqs = self.dist.share(mb.action_mask.sum().item()), self.dist.share(mb.batch_size)
+        micro = self.cfg.micro_batch_size or mb.batch_size
         sums: dict[str, float] = {}
-        parts = torch.arange(num_seqs).split(micro)
-        for part in parts:
-            step = self._micro_loss(mb.select(part), num_tokens, num_seqs, refresh, beta)
-            self.accelerator.backward(step.loss)
+        parts = torch.arange(mb.batch_size).split(micro)
+        for i, part in enumerate(parts):
+            # Gradients are all-reduced once per minibatch, on its last micro-batch.
+            with self._no_sync(last=i == len(parts) - 1):
+                step = self._micro_loss(mb.select(part), num_tokens, num_seqs, refresh, beta)
+                self.accelerator.backward(step.loss)
             if refresh:
                 self._refresh(exp, rows[part], step.hidden)
             for k, v in {**step.stats, "loss/total": step.loss.item()}.items():
                 sums[k] = sums.get(k, 0.0) + v
-        # Loss terms are parts of one sum; clip fraction, approx KL and entropy are per-part means.
-        stats = {k: v if k.startswith("loss/") else v / len(parts) for k, v in sums.items()}
+        stats = sums  # every statistic is a part of one sum (see _micro_loss)
         grad_norm, applied = self._optimizer_step(stats["loss/total"])
         return {**stats, "policy/grad_norm": grad_norm, "guard/skipped_minibatches": float(not applied)}
+
+    def _no_sync(self, last: bool):
+        if last or not self.dist.enabled:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for model in (self.policy, self.critic):
+            if model is not None:
+                stack.enter_context(self.accelerator.no_sync(model))
+        return stack
 
     def _optimizer_step(self, loss: float) -> "OptimizerStep":
         """Clip, then step policy (and critic) unless the loss or gradient is NaN/inf."""
@@ -129,6 +152,7 @@ class PolicyUpdater:
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if self.critic is not None:
             finite = finite and math.isfinite(float(acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)))
+        finite = self.dist.all(finite)  # every rank steps, or none does
         if finite:
             self.optimizer.step()
             if self.critic is not None:
@@ -217,6 +241,27 @@ def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, poli
     return FeedbackReward(model, r2m, total_steps=cfg.rl.steps)
 
 
+def check_data_parallel(rl: RLConfig, world: int) -> None:
+    """The step's batch must split evenly over ``world`` processes, down to micro-batches."""
+    from r2m.errors import ConfigError
+
+    if world == 1:
+        return
+    if rl.prompts_per_step % world:
+        raise ConfigError(f"rl.prompts_per_step: expected a multiple of the {world} processes (each samples an equal "
+                          f"share, K samples per prompt), got {rl.prompts_per_step}")
+    local = rl.prompts_per_step // world * rl.k
+    if local % rl.minibatches:
+        raise ConfigError(f"rl.minibatches: expected a divisor of each process's batch prompts_per_step/{world}*k="
+                          f"{local}, got {rl.minibatches}")
+    if rl.micro_batch_size and (local // rl.minibatches) % rl.micro_batch_size:
+        raise ConfigError(f"rl.micro_batch_size: expected a divisor of each process's minibatch "
+                          f"{local // rl.minibatches}, got {rl.micro_batch_size}")
+    if rl.rollout_chunks % world:
+        raise ConfigError(f"rl.rollout_chunks: expected 0 or a multiple of the {world} processes, got "
+                          f"{rl.rollout_chunks}")
+
+
 class NumericError(RuntimeError):
     """Too many consecutive steps with NaN/inf values: the run stops with a checkpoint."""
 
@@ -250,22 +295,25 @@ class RLRun:
         from r2m.checkpoint import latest_checkpoint
         from r2m.kl_control import make_kl_controller
         from r2m.models.loading import load_policy, load_tokenizer
-        from r2m.pipeline import resolve_inputs
+        from r2m.pipeline import no_world_building, resolve_inputs
         from r2m.trainers.common import make_accelerator, set_threads
         from r2m.utils import seed_everything
 
         self.t_start = time.perf_counter()
         self.cfg = cfg
         set_threads(cfg)
-        self.inputs = resolve_inputs(cfg)
-        seed_everything(cfg.run.seed)
         run_dir = Path(cfg.run.root) / cfg.run.name
+        self.acc = make_accelerator(cfg, project_dir=str(run_dir))
+        self.dist = Dist(self.acc)
+        check_data_parallel(cfg.rl, self.dist.world)
+        with no_world_building() if self.dist.enabled else contextlib.nullcontext():
+            self.inputs = resolve_inputs(cfg)
+        seed_everything(cfg.run.seed)
         self.resume_dir = latest_checkpoint(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
         if self.resume_dir is not None:
             from r2m.checkpoint import fingerprint, read_state
 
             self.resume_state = read_state(self.resume_dir, fingerprint(cfg))  # refuses another config's checkpoint
-        self.acc = make_accelerator(cfg, project_dir=str(run_dir))
         device = self.device = self.acc.device
 
         unsafe = cfg.run.allow_unsafe_weights
@@ -330,9 +378,13 @@ class RLRun:
         self.critic, self.critic_optimizer = self._build_critic()
         shaping = Shaping(cfg.reward.scaling, cfg.reward.normalize, cfg.reward.clip)
         self.maker = ExperienceMaker(self.policy, self.ref, self.tok, self.reward_fn, cfg.rl, device,
-                                     gold_fn=self.gold_fn, hidden_store=store, critic=self.critic, shaping=shaping)
-        self.updater = PolicyUpdater(self.policy, self.optimizer, self.acc, cfg.rl, self.critic, self.critic_optimizer)
-        self.rm_updater = R2MUpdater(self.reward_fn, r2m, self.acc) if isinstance(self.reward_fn, FeedbackReward) else None
+                                     gold_fn=self.gold_fn, hidden_store=store, critic=self.critic, shaping=shaping,
+                                     dist=self.dist, sampler=self.acc.unwrap_model(self.policy))
+        self.updater = PolicyUpdater(self.policy, self.optimizer, self.acc, cfg.rl, self.critic, self.critic_optimizer,
+                                     self.dist)
+        self.rm_updater = None
+        if isinstance(self.reward_fn, FeedbackReward):
+            self.rm_updater = R2MUpdater(self.reward_fn, r2m, self.acc, self.dist)
         self.initial_rm_state = self.rm_updater.model.trainable_state() if self.rm_updater else None
 
     # ------------------------------------------------------------------ checkpoints
@@ -439,18 +491,29 @@ class RLRun:
         return sample_policy(self.ref, self.tok, self.evalp.texts, self.evalp.ids, self.cfg.eval,
                              self.cfg.rl.max_new_tokens, self.device, gold_fn=self.gold_fn)
 
+    def _chunk_seeds(self, step: int) -> Optional[list[int]]:
+        """rl.rollout_chunks: the seeds of this rank's chunks (global chunk indices, so any N agrees)."""
+        from r2m.rollout import chunk_seed
+
+        chunks = self.cfg.rl.rollout_chunks
+        if not chunks:
+            return None
+        return [chunk_seed(self.cfg.run.seed, step, c) for c in self.dist.shard(range(chunks))]
+
     def step(self, step: int) -> dict[str, float]:
         """Policy step ``step`` (1-based); R2M's round is t = step - 1."""
         cfg = self.cfg
-        idx = self.sampler.next(cfg.rl.prompts_per_step)
+        # The global batch (the same on every rank), then this rank's contiguous share: a prompt's K
+        # samples are made on one rank, so group advantages and R2M's per-group loss stay local.
+        idx = self.dist.shard(self.sampler.next(cfg.rl.prompts_per_step))
         t0 = time.perf_counter()
         beta = self.kl_ctl.value
         exp = self.maker.make([self.train.texts[i] for i in idx], [self.train.ids[i] for i in idx], step=step - 1,
-                              beta=beta)
+                              beta=beta, seeds=self._chunk_seeds(step))
         t1 = time.perf_counter()
         bad = bad_experience(exp)
-        if bad:
-            return self._skip(step, bad, exp)
+        if not self.dist.all(not bad):
+            return self._skip(step, bad or {"guard/other_rank": 1.0}, exp)
         stats = self.updater.update(exp, beta)
         t2 = time.perf_counter()
         if self.rm_updater is not None:
@@ -459,9 +522,10 @@ class RLRun:
         self.bad_steps = self.bad_steps + 1 if stats.get("guard/skipped_minibatches", 0) == cfg.rl.epochs * \
             cfg.rl.minibatches else 0
         timing = {f"time/{k}": v for k, v in self.maker.timer.pop().items()}
-        metrics = {**experience_metrics(exp), **stats, **timing, "time/update": t2 - t1, "time/rm_update": t3 - t2,
-                   "time/step": t3 - t0, "prompts/seen": self.sampler.position, "kl/beta": beta}
-        self.kl_ctl.update(metrics["kl/seq_sum"], exp.batch_size)
+        metrics = {**experience_metrics(exp, self.dist), **stats, **timing, "time/update": t2 - t1,
+                   "time/rm_update": t3 - t2, "time/step": t3 - t0, "prompts/seen": self.sampler.position,
+                   "kl/beta": beta}
+        self.kl_ctl.update(metrics["kl/seq_sum"], exp.batch_size * self.dist.world)
         if exp.policy_hidden is not None:
             metrics["r2m/hidden_mb"] = exp.policy_hidden.numel() * exp.policy_hidden.element_size() / 2**20
         if step == 1:

@@ -9,6 +9,10 @@ from annotation (the backbone is frozen), so the update never runs the RM backbo
 
 The Iterative RM-head baseline is the same update on a model without fusion: GREBT on the
 annotation-time scores φ(H_last), updating the head only (R2M paper Appendix G.5).
+
+With N processes each rank holds a copy of the RM and the groups it sampled; the module is not
+wrapped in DDP (the frozen backbone never runs here), so its gradients are averaged explicitly:
+the mean over ranks of per-rank group means is the global group mean (equal groups per rank).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from r2m.config import R2MConfig
+from r2m.distributed import Dist
 from r2m.losses import grebt_terms
 from r2m.rewards import FeedbackReward
 from r2m.rollout import Experience
@@ -24,12 +29,14 @@ from r2m.rollout import Experience
 class R2MUpdater:
     """Owns the RM optimiser; ``update(exp)`` runs ``updates_per_step`` GREBT steps."""
 
-    def __init__(self, reward: FeedbackReward, cfg: R2MConfig, accelerator=None):
+    def __init__(self, reward: FeedbackReward, cfg: R2MConfig, accelerator=None, dist: Dist = Dist()):
         self.reward, self.cfg = reward, cfg
         self.model = reward.model
-        self.params = self.model.trainable_parameters()
+        self.params = list(self.model.trainable_parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.accelerator = accelerator
+        self.dist = dist
+        dist.broadcast_parameters(self.params)  # one starting point on every rank
 
     def rescore(self, exp: Experience, h: torch.Tensor | None) -> torch.Tensor:
         """r' over the batch, (n, K), with gradients into the fusion module and head."""
@@ -53,6 +60,7 @@ class R2MUpdater:
                 self.accelerator.backward(terms.loss)
             else:
                 terms.loss.backward()
+            self.dist.average_gradients(self.params)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.optimizer.step()
         self.model.eval()
@@ -64,4 +72,4 @@ class R2MUpdater:
             "r2m/reward_after": after.mean().item(),
             "r2m/group_spread": (after.max(-1).values - after.min(-1).values).mean().item(),
         })
-        return stats
+        return self.dist.mean_stats(stats)

@@ -1,0 +1,116 @@
+"""Data parallelism for the RL loop: which prompts a process samples, and the few global statistics.
+
+Under ``accelerate launch`` (or ``torchrun``) with N processes, every process holds a full policy
+replica (DDP; ZeRO/FSDP shard it) and samples 1/N of each step's prompts:
+
+    global prompts p_0 .. p_{n-1}   (the same on every rank: one seeded sampler)
+    rank r samples p_{r*n/N} .. p_{(r+1)*n/N - 1}, K times each   -> a group never straddles ranks
+
+What must then be *global* to give the single-process result:
+
+- reward normalisation and advantage whitening (REINFORCE++, GAE): computed on the gathered batch,
+  each rank keeping its own rows (:meth:`Dist.gather_rows`, :meth:`Dist.local_rows`);
+- the loss normalisers (token or sequence counts): all-reduced, and divided by N because DDP
+  averages gradients over ranks (:meth:`Dist.share`): sum_r (N * L_r / T) / N = sum_r L_r / T;
+- R2M's fusion module and head, which are trained outside DDP: their gradients are averaged
+  (:meth:`Dist.average_gradients`), so every rank's copy takes the same step;
+- logged metrics, gathered or averaged over ranks; skip decisions, agreed by all ranks.
+
+With one process every method is the identity, so a single-process run is bit-identical to one
+that never heard of this module.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class Dist:
+    """This process's rank among ``world`` data-parallel processes, and the collectives the loop uses."""
+
+    def __init__(self, accelerator=None):
+        self.acc = accelerator
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.world = accelerator.num_processes if accelerator is not None else 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    # ------------------------------------------------------------------ sharding
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's contiguous share of the global list (its length must divide by ``world``)."""
+        if len(items) % self.world:
+            raise ValueError(f"{len(items)} items cannot be split evenly over {self.world} processes")
+        n = len(items) // self.world
+        return list(items[self.rank * n: (self.rank + 1) * n])
+
+    def local_rows(self, x: torch.Tensor, rows: int, width: int | None = None) -> torch.Tensor:
+        """Rows ``[rank*rows, (rank+1)*rows)`` of a gathered tensor, cut back to this rank's ``width``."""
+        if not self.enabled:
+            return x
+        out = x[self.rank * rows: (self.rank + 1) * rows]
+        return out[:, :width] if width is not None else out
+
+    # ------------------------------------------------------------------ collectives
+
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's ``x`` along dim 0 (rank-major); dim 1 is right-padded with 0 first."""
+        if not self.enabled:
+            return x
+        from accelerate.utils import gather, pad_across_processes
+
+        if x.dim() > 1:
+            x = pad_across_processes(x.contiguous(), dim=1, pad_index=0, pad_first=False)
+        return gather(x.contiguous())
+
+    def sum(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        from accelerate.utils import reduce
+
+        return reduce(torch.tensor(float(value), dtype=torch.float64, device=self.acc.device), "sum").item()
+
+    def share(self, count: float) -> float:
+        """This rank's share of a global normaliser: sum over ranks of ``count``, divided by ``world``."""
+        return self.sum(count) / self.world
+
+    def all(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every rank (a skip decision every rank takes together)."""
+        return self.sum(0.0 if flag else 1.0) == 0.0 if self.enabled else flag
+
+    def mean_stats(self, stats: dict[str, float]) -> dict[str, float]:
+        """Average scalar statistics over ranks (every rank must pass the same keys)."""
+        if not self.enabled or not stats:
+            return stats
+        from accelerate.utils import reduce
+
+        keys = sorted(stats)
+        vals = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
+        vals = reduce(vals, "mean")
+        return {k: v for k, v in zip(keys, vals.tolist())}
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Mean of each parameter's gradient over ranks, for modules trained outside DDP (R2M's)."""
+        if not self.enabled:
+            return
+        from accelerate.utils import reduce
+
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(reduce(p.grad, "mean"))
+
+    def broadcast_parameters(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Copy rank 0's values into every rank's parameters (one starting point for modules outside DDP)."""
+        if not self.enabled:
+            return
+        from accelerate.utils import broadcast
+
+        with torch.no_grad():
+            for p in params:
+                p.copy_(broadcast(p.data.clone(), from_process=0))
