@@ -89,12 +89,23 @@ def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     model.eval()
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)  # (B, P+R)
     model.train(was_training)
-    P = prompt_ids.shape[1]
+    return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)
+
+
+def assemble_generation(out: torch.Tensor, prompt_mask: torch.Tensor, eos_token_id: int, pad_token_id: int,
+                        lengths: Optional[torch.Tensor] = None) -> Generation:
+    """``out`` (B, P+R) = [left-padded prompt | response] -> masks; every backend goes through here.
+
+    ``lengths`` (B,): tokens each response really has (a backend that stops rows on its own pads them).
+    """
+    P = prompt_mask.shape[1]
     response = out[:, P:]  # (B, R)
     is_eos = response == eos_token_id
     # Tokens up to and including the first eos; after it, generate pads.
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, R) strictly after the first eos
     action_mask = (~after_eos).long()
+    if lengths is not None:
+        action_mask = action_mask * (torch.arange(response.shape[1], device=out.device) < lengths.unsqueeze(1))
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)  # (B, P+R)
     sequences = torch.where(attention_mask.bool(), out, torch.full_like(out, pad_token_id))
     return Generation(sequences, attention_mask, action_mask, P)
@@ -248,7 +259,8 @@ class ExperienceMaker:
     def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer, reward_fn: RewardFunction, cfg: RLConfig,
                  device: torch.device, gold_fn: Optional[RewardFunction] = None,
                  hidden_store: HiddenStore = HiddenStore(None, torch.float32), critic: Optional[nn.Module] = None,
-                 shaping: Shaping = Shaping()):
+                 shaping: Shaping = Shaping(), generator=None):
+        from r2m.generation import HFGenerator
         from r2m.reward_shaping import RunningMoments
 
         self.policy, self.ref, self.tokenizer = policy, ref, tokenizer
@@ -260,6 +272,8 @@ class ExperienceMaker:
         self.moments = RunningMoments() if shaping.normalize else None
         self.params = AdvantageParams(gamma=cfg.gamma, lam=cfg.lam, whiten=cfg.whiten_advantages)
         self.timer = PhaseTimer()
+        # Rollouts (and ReMax's greedy baseline) sample through this; h never comes from it (see make).
+        self.generator = generator or HFGenerator(policy, tokenizer.eos_token_id, tokenizer.pad_token_id, device)
 
     def shape(self, scores: torch.Tensor) -> torch.Tensor:
         from r2m.reward_shaping import normalize_rewards, scale_rewards
@@ -276,10 +290,7 @@ class ExperienceMaker:
                 for r, m in zip(resp.cpu(), gen.action_mask.cpu())]
 
     def _sample(self, prompt_ids: Sequence[Sequence[int]], temperature: float) -> Generation:
-        ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        return generate(self.policy, ids.to(self.device), mask.to(self.device), temperature=temperature,
-                        max_new_tokens=self.cfg.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                        pad_token_id=self.tokenizer.pad_token_id)
+        return self.generator.generate(prompt_ids, temperature, self.cfg.max_new_tokens)
 
     def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int) -> RewardQuery:
         h, m = feedback_states(hidden, gen.attention_mask) if hidden is not None else (None, None)
@@ -308,7 +319,8 @@ class ExperienceMaker:
             gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature)
         with_hidden = self.reward_fn.needs_policy_hidden
         with self.timer("logprobs"):
-            # R2M's h comes from this same forward pass of pi_old: no extra pass.
+            # R2M's h comes from this same forward pass of pi_old: no extra pass, and never from the
+            # generator (vLLM returns no hidden states), so h does not depend on the backend.
             old = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature,
                                    with_hidden=with_hidden)
             ref = response_forward(self.ref, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature)
