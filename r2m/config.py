@@ -505,6 +505,36 @@ class RMConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """The vLLM generation backend (``rl.generator=vllm``): a colocated engine, weights synced after each step."""
+
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM may take (weights + KV cache); the rest is left to training."""
+    dtype: str = "auto"
+    """Engine weights dtype: auto (the checkpoint's), float32, bfloat16 or float16."""
+    enforce_eager: bool = False
+    """Run the engine without CUDA graphs (slower decoding, less memory, faster start)."""
+    max_model_len: int = 0
+    """Longest sequence the engine holds; 0: data.max_prompt_tokens + rl.max_new_tokens (capped by the model)."""
+    per_request_seed: bool = True
+    """Give every request a seed drawn from torch's RNG (saved in checkpoints): a run and its resumption
+    sample the same stream. false: only vLLM's engine RNG, seeded once with run.seed."""
+    enable_sleep_mode: bool = False
+    """Put the engine to sleep (level 1: weights to CPU, KV cache freed) between rollouts; weights are
+    pushed on wake-up. Frees the engine's GPU memory for training at the cost of a copy per step."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.gpu_memory_utilization < 1.0, "vllm.gpu_memory_utilization", "in (0, 1)",
+               self.gpu_memory_utilization)
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "vllm.dtype",
+               "auto, float32, bfloat16 or float16", self.dtype)
+        _check(self.max_model_len >= 0, "vllm.max_model_len", ">= 0", self.max_model_len)
+
+
+GENERATORS = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
 class RLConfig:
     """Policy-gradient RL with a frozen reference (R2M paper Section 2, Eq. 1-2)."""
 
@@ -568,9 +598,15 @@ class RLConfig:
     save_every: int = 0
     """Write a training checkpoint (everything needed to resume) every this many steps; 0: only on
     SIGINT/SIGTERM and numeric failure. The final policy is always saved to checkpoints/final."""
+    generator: str = "hf"
+    """Rollout generation backend: ``hf`` (transformers ``generate`` on the policy) or ``vllm`` (a colocated
+    vLLM engine; needs ``pip install vllm`` and a CUDA GPU; docs/GENERATION.md). Evaluation always uses hf."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """Settings of the vLLM engine (used when ``generator=vllm``)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
+        _check(self.generator in GENERATORS, "rl.generator", "hf or vllm", self.generator)
         _check(self.prompts_per_step >= 1, "rl.prompts_per_step", ">= 1", self.prompts_per_step)
         min_k = 2 if self.algorithm in (Algorithm.RLOO, Algorithm.GRPO) else 1
         _check(self.k >= min_k, "rl.k", f">= {min_k} for {self.algorithm.value}", self.k)

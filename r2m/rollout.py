@@ -91,30 +91,41 @@ def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     model.eval()
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)  # (B, P+R)
     model.train(was_training)
-    P = prompt_ids.shape[1]
+    return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)
+
+
+def assemble_generation(out: torch.Tensor, prompt_mask: torch.Tensor, eos_token_id: int, pad_token_id: int,
+                        lengths: Optional[torch.Tensor] = None) -> Generation:
+    """``out`` (B, P+R) = [left-padded prompt | response] -> masks; every backend goes through here.
+
+    ``lengths`` (B,): tokens each response really has (a backend that stops rows on its own pads them).
+    """
+    P = prompt_mask.shape[1]
     response = out[:, P:]  # (B, R)
     is_eos = response == eos_token_id
     # Tokens up to and including the first eos; after it, generate pads.
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, R) strictly after the first eos
     action_mask = (~after_eos).long()
+    if lengths is not None:
+        action_mask = action_mask * (torch.arange(response.shape[1], device=out.device) < lengths.unsqueeze(1))
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)  # (B, P+R)
     sequences = torch.where(attention_mask.bool(), out, torch.full_like(out, pad_token_id))
     return Generation(sequences, attention_mask, action_mask, P)
 
 
 def concat_generations(parts: Sequence[Generation], pad_token_id: int) -> Generation:
-    """Stack generations of the same prompt width P; responses are right-padded to the widest."""
+    """Stack generations: prompts left-padded to the widest prompt, responses right-padded to the widest."""
     if len(parts) == 1:
         return parts[0]
-    P = parts[0].prompt_len
-    width = max(g.sequences.shape[1] for g in parts)
+    P = max(g.prompt_len for g in parts)
+    R = max(g.action_mask.shape[1] for g in parts)
 
-    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
-        return F.pad(x, (0, width - x.shape[1]), value=value)
+    def pad(x: torch.Tensor, g: Generation, value: int) -> torch.Tensor:
+        return F.pad(x, (P - g.prompt_len, R - g.action_mask.shape[1]), value=value)  # (b, P+R)
 
-    return Generation(torch.cat([pad(g.sequences, pad_token_id) for g in parts]),
-                      torch.cat([pad(g.attention_mask, 0) for g in parts]),
-                      torch.cat([F.pad(g.action_mask, (0, width - P - g.action_mask.shape[1])) for g in parts]), P)
+    return Generation(torch.cat([pad(g.sequences, g, pad_token_id) for g in parts]),
+                      torch.cat([pad(g.attention_mask, g, 0) for g in parts]),
+                      torch.cat([F.pad(g.action_mask, (0, R - g.action_mask.shape[1])) for g in parts]), P)
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
@@ -270,7 +281,8 @@ class ExperienceMaker:
     def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer, reward_fn: RewardFunction, cfg: RLConfig,
                  device: torch.device, gold_fn: Optional[RewardFunction] = None,
                  hidden_store: HiddenStore = HiddenStore(None, torch.float32), critic: Optional[nn.Module] = None,
-                 shaping: Shaping = Shaping(), dist: Dist = Dist(), sampler: Optional[nn.Module] = None):
+                 shaping: Shaping = Shaping(), dist: Dist = Dist(), generator=None):
+        from r2m.generation import HFGenerator
         from r2m.reward_shaping import RunningMoments
 
         self.policy, self.ref, self.tokenizer = policy, ref, tokenizer
@@ -280,11 +292,11 @@ class ExperienceMaker:
         self.critic = critic
         self.shaping = shaping
         self.dist = dist
-        # The module that generates: the unwrapped policy (a DDP wrapper has no ``generate``).
-        self.sampler = sampler if sampler is not None else policy
         self.moments = RunningMoments() if shaping.normalize else None
         self.params = AdvantageParams(gamma=cfg.gamma, lam=cfg.lam, whiten=cfg.whiten_advantages)
         self.timer = PhaseTimer()
+        # Rollouts (and ReMax's greedy baseline) sample through this; h never comes from it (see make).
+        self.generator = generator or HFGenerator(policy, tokenizer.eos_token_id, tokenizer.pad_token_id, device)
 
     def shape(self, scores: torch.Tensor) -> torch.Tensor:
         """Scale/normalise this rank's scores with the statistics of the global batch."""
@@ -307,18 +319,16 @@ class ExperienceMaker:
         """Sample the rows; with ``seeds``, in len(seeds) equal chunks of rows, each from its own seed
         and without touching the global RNG stream (samples then do not depend on how the global
         batch is split over processes)."""
-        ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        kw = dict(temperature=temperature, max_new_tokens=self.cfg.max_new_tokens,
-                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         if not seeds:
-            return generate(self.sampler, ids, mask, **kw)
+            return self.generator.generate(prompt_ids, temperature, self.cfg.max_new_tokens)
         parts = []
         devices = [self.device] if self.device.type == "cuda" else []
-        for seed, rows in zip(seeds, torch.arange(ids.shape[0]).chunk(len(seeds))):
+        n = len(prompt_ids) // len(seeds)
+        for c, seed in enumerate(seeds):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                parts.append(generate(self.sampler, ids[rows], mask[rows], **kw))
+                parts.append(self.generator.generate(prompt_ids[c * n: (c + 1) * n], temperature,
+                                                     self.cfg.max_new_tokens))
         return concat_generations(parts, self.tokenizer.pad_token_id)
 
     def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int) -> RewardQuery:
@@ -363,7 +373,8 @@ class ExperienceMaker:
             gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds)
         with_hidden = self.reward_fn.needs_policy_hidden
         with self.timer("logprobs"):
-            # R2M's h comes from this same forward pass of pi_old: no extra pass.
+            # R2M's h comes from this same forward pass of pi_old: no extra pass, and never from the
+            # generator (vLLM returns no hidden states), so h does not depend on the backend.
             old = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature,
                                    with_hidden=with_hidden)
             ref = response_forward(self.ref, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature)

@@ -293,6 +293,7 @@ class RLRun:
 
     def __init__(self, cfg: Config):
         from r2m.checkpoint import latest_checkpoint
+        from r2m.generation import build_generator, check_generator
         from r2m.kl_control import make_kl_controller
         from r2m.models.loading import load_policy, load_tokenizer
         from r2m.pipeline import no_world_building, resolve_inputs
@@ -302,6 +303,7 @@ class RLRun:
         self.t_start = time.perf_counter()
         self.cfg = cfg
         set_threads(cfg)
+        check_generator(cfg)  # rl.generator=vllm without vllm or CUDA: fail before building anything
         run_dir = Path(cfg.run.root) / cfg.run.name
         self.acc = make_accelerator(cfg, project_dir=str(run_dir))
         self.dist = Dist(self.acc)
@@ -329,6 +331,7 @@ class RLRun:
         self.reward_fn = build_reward(cfg, self.inputs.reward_model, device, policy_dim)
         self._load_prompts()
         self._check_pairing()
+        self.generator = build_generator(cfg, self.inputs.policy, self.policy, self.tok, device, self.acc)
         # Inputs are valid: only now does the run directory appear (bad input leaves nothing behind).
         self.run = RunDir(cfg, self.acc, resume_step=self.resume_state["step"] if self.resume_dir else None)
         self._build_loop(device)
@@ -379,7 +382,7 @@ class RLRun:
         shaping = Shaping(cfg.reward.scaling, cfg.reward.normalize, cfg.reward.clip)
         self.maker = ExperienceMaker(self.policy, self.ref, self.tok, self.reward_fn, cfg.rl, device,
                                      gold_fn=self.gold_fn, hidden_store=store, critic=self.critic, shaping=shaping,
-                                     dist=self.dist, sampler=self.acc.unwrap_model(self.policy))
+                                     dist=self.dist, generator=self.generator)
         self.updater = PolicyUpdater(self.policy, self.optimizer, self.acc, cfg.rl, self.critic, self.critic_optimizer,
                                      self.dist)
         self.rm_updater = None
@@ -515,6 +518,7 @@ class RLRun:
         if not self.dist.all(not bad):
             return self._skip(step, bad or {"guard/other_rank": 1.0}, exp)
         stats = self.updater.update(exp, beta)
+        self.generator.sync_weights(self.acc.unwrap_model(self.policy))  # vLLM: push the new weights; hf: nothing
         t2 = time.perf_counter()
         if self.rm_updater is not None:
             stats.update(self.rm_updater.update(exp))
