@@ -37,7 +37,9 @@ _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 # Fields that may change between a run and its resumption without changing what it computes.
 RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoints", "run.threads",
-               "rl.save_every", "rl.eval_every", "sft.save_every", "sft.log_every", "rm.save_every", "rm.log_every"}
+               "rl.save_every", "rl.eval_every", "sft.save_every", "sft.log_every", "rm.save_every", "rm.log_every",
+               # Recomputing activations gives the same gradients: turn it on to resume on a smaller GPU.
+               "policy.gradient_checkpointing", "reward.gradient_checkpointing"}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

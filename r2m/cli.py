@@ -109,7 +109,7 @@ def cmd_rm(cfg: Config) -> int:
     init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
     out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
     result = run_rm(cfg, init, paths["pref_train"], paths["pref_eval"], out, cfg.run.name, trackers=True,
-                    resume=cfg.run.resume == "auto")
+                    resume=cfg.run.resume == "auto", adapt=True)
     acc = result.eval
     print(f"rm: {result.steps} steps, final BT loss {result.final_loss:.4f}; "
           f"held-out accuracy {acc.accuracy:.3f} (vs gold {acc.gold_accuracy:.3f}, n={acc.n}); saved to {out}")

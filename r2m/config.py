@@ -161,6 +161,10 @@ class RunConfig:
     """Stop (with a checkpoint) after this many consecutive steps with a NaN/inf reward, advantage or loss."""
     allow_unsafe_weights: bool = False
     """Allow pickle (.bin) weights. Off: only safetensors are loaded."""
+    mixed_precision: str = "no"
+    """accelerate autocast: ``no``, ``bf16``, ``fp16`` (CUDA only) or ``auto`` (bf16 where CUDA supports it, else
+    fp16 on CUDA, else no). ``no`` defers to ``accelerate launch --mixed_precision`` (ACCELERATE_MIXED_PRECISION);
+    any other value wins over the launcher."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'", self.name)
@@ -171,6 +175,13 @@ class RunConfig:
         _check(self.resume in ("never", "auto"), "run.resume", "never or auto", self.resume)
         _check(self.keep_checkpoints >= 0, "run.keep_checkpoints", ">= 0", self.keep_checkpoints)
         _check(self.max_bad_steps >= 1, "run.max_bad_steps", ">= 1", self.max_bad_steps)
+        _check(self.mixed_precision in MIXED_PRECISIONS, "run.mixed_precision", "one of no, bf16, fp16, auto",
+               self.mixed_precision)
+        _check(not (self.device == "cpu" and self.mixed_precision == "fp16"), "run.mixed_precision",
+               "no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)", self.mixed_precision)
+
+
+MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -314,6 +325,30 @@ class ArchConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA adapters through ``peft``: only the low-rank matrices (and an RM's score head) train."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of every weight."""
+    r: int = 16
+    """Rank of the adapters."""
+    alpha: int = 32
+    """Scaling numerator: the update is (alpha / r) * B A."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input (active in train mode only)."""
+    target_modules: tuple[str, ...] = ("all-linear",)
+    """Module names to adapt (``q_proj``, ``v_proj``, ...), or ``all-linear``: every linear layer but the output
+    head (the LM head; an RM's score head trains fully instead)."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", ">= 1", self.r)
+        _check(self.alpha > 0, "lora.alpha", "> 0", self.alpha)
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "in [0, 1)", self.dropout)
+        _check(len(self.target_modules) > 0 and all(self.target_modules), "lora.target_modules",
+               "a non-empty list of module names (or [all-linear])", self.target_modules)
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """The policy: any ``AutoModelForCausalLM`` (path or hub name), or the world's SFT model."""
 
@@ -325,6 +360,11 @@ class PolicyConfig:
     """Weights dtype: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """RL trains LoRA adapters on the policy; the reference is the same base with the adapters off (no copy)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of the trained policy (and of PPO's critic): less memory,
+    more compute, the same gradients."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "bfloat16", "float16"), "policy.dtype", "float32, bfloat16 or float16", self.dtype)
@@ -421,6 +461,11 @@ class RewardConfig:
     """pretrained_rm: learning rate of the offline BT training on the policy prompts' pairs."""
     pretrain_epochs: float = 2.0
     """pretrained_rm: epochs of that training."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA when a reward model is trained (``r2m rm``, SER's retraining unless ser.lora, pretrained_rm); the
+    score head trains fully and the saved RM is merged. The world's own RM is always trained fully."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass when a reward model is trained (same gradients)."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "bfloat16", "float16"), "reward.dtype", "float32, bfloat16 or float16", self.dtype)
@@ -945,8 +990,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # Fields that change how a training is logged or checkpointed, never what it produces: they do not
 # enter the cache keys of artifacts, so adding or changing one never rebuilds the world's models.
+# gradient_checkpointing recomputes the same activations: it changes memory and time, not the result.
 NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "log_with", "keep_checkpoints",
-                          "resume", "threads"})
+                          "resume", "threads", "gradient_checkpointing"})
 
 
 def _semantic(d: Any) -> Any:

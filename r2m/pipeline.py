@@ -152,15 +152,16 @@ def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_d
 
 
 def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str], out_dir: Path, run_name: str,
-           accelerator=None, trackers: bool = False, resume: bool = False):
+           accelerator=None, trackers: bool = False, resume: bool = False, adapt: bool = False):
     """Bradley-Terry RM training from ``init_from`` (a causal LM or an RM); saves to ``out_dir``.
 
-    With ``resume``, training continues from the run's latest checkpoint (``rm.save_every``)."""
+    With ``resume``, training continues from the run's latest checkpoint (``rm.save_every``). With ``adapt``
+    it honours reward.lora and reward.gradient_checkpointing (the world's own RM never does); the saved RM
+    is a plain merged checkpoint either way."""
     from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-    from r2m.models.reward import RewardModel
     from r2m.runlog import RunDir
     from r2m.trainers.common import make_accelerator
-    from r2m.trainers.rm import train_reward_model
+    from r2m.trainers.rm import make_trainable_rm, merged_rm_model, train_reward_model
 
     import torch
 
@@ -172,16 +173,26 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
         torch.manual_seed(cfg.world.seed)
         model = load_reward_model(init_from, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                                   cfg.run.allow_unsafe_weights)
-    rm = RewardModel(model, tok)
+        trainable = make_trainable_rm(model, tok, cfg.reward.lora if adapt else None,
+                                      adapt and cfg.reward.gradient_checkpointing, base_path=init_from)
+    rm = trainable.rm
     acc = accelerator or make_accelerator(cfg, str(Path(cfg.run.root) / run_name) if trackers else None)
     run = RunDir(cfg, acc if trackers else None, name=run_name, resume_step=_resume_step(cfg, run_name, resume))
     t0 = time.perf_counter()
     result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=cfg.world.seed,
                                 checkpoint_dir=run.checkpoints, resume=resume)
-    save_model(acc.unwrap_model(rm).model, tok, out_dir)
+    save_model(merged_rm_model(trainable), tok, out_dir)
     run.amend_last({"time/rm_total_s": time.perf_counter() - t0})
     run.close()
     return result
+
+
+def precision_part(cfg: Config) -> tuple:
+    """The autocast mode as a cache-key part: empty in full precision, so those keys never change."""
+    from r2m.trainers.common import resolve_mixed_precision
+
+    mp = resolve_mixed_precision(cfg)
+    return () if mp == "no" else ({"mixed_precision": mp},)
 
 
 def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
@@ -193,7 +204,7 @@ def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
 
 
 def ensure_world_policy(cfg: Config) -> Path:
-    key = config_hash(cfg.world, cfg.policy.arch, cfg.sft)
+    key = config_hash(cfg.world, cfg.policy.arch, cfg.sft, *precision_part(cfg))
     out = world_root(cfg) / f"policy-{key}" / "model"
     if _must_build(out, "the world's SFT policy"):
         log.info("training the world's SFT policy into %s", out)
@@ -202,7 +213,7 @@ def ensure_world_policy(cfg: Config) -> Path:
 
 
 def ensure_world_rm_backbone(cfg: Config) -> Path:
-    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft)
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, *precision_part(cfg))
     out = world_root(cfg) / f"rmbase-{key}" / "model"
     if _must_build(out, "the world's RM backbone"):
         log.info("training the world's RM backbone (an SFT LM of width %d) into %s", cfg.reward.arch.hidden_size, out)
@@ -211,7 +222,7 @@ def ensure_world_rm_backbone(cfg: Config) -> Path:
 
 
 def ensure_world_rm(cfg: Config) -> Path:
-    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm)
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, *precision_part(cfg))
     out = world_root(cfg) / f"rm-{key}" / "model"
     if _must_build(out, "the world's proxy reward model"):
         files = world_data(cfg)
@@ -226,12 +237,14 @@ def ensure_pretrained_rm(cfg: Config, rm_path: str, pairs: str, eval_pairs: str)
 
     Cached by (RM path, pairs file, rm config, pretrain lr/epochs).
     """
-    key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs)
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled else []  # keys of full fine-tuning stay as they were
+    key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs,
+                      *lora, *precision_part(cfg))
     out = world_root(cfg) / f"rm-pretrained-{key}" / "model"
     if _must_build(out, "the Pretrained-RM baseline's reward model"):
         log.info("training the Pretrained-RM baseline into %s", out)
         pre = replace_path(cfg, rm__lr=cfg.reward.pretrain_lr, rm__epochs=cfg.reward.pretrain_epochs)
-        run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}")
+        run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}", adapt=True)
     return out
 
 

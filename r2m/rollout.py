@@ -7,8 +7,9 @@ at the same column P and per-token tensors over the response are (B, R).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,25 @@ class Generation(NamedTuple):
     prompt_len: int  # P
 
 
+@contextlib.contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Run ``models`` in eval mode (no dropout), then restore each one's mode.
+
+    Rollout passes (sampling, pi_old's log-probs, values) are measurements of the current policy,
+    not training steps: with dropout on (e.g. LoRA's) pi_old would be a noisy sample and the first
+    update's ratio would not start at 1.
+    """
+    live = [m for m in models if m is not None]
+    modes = [m.training for m in live]
+    for m in live:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(live, modes):
+            m.train(mode)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, temperature: float,
              max_new_tokens: int, eos_token_id: int, pad_token_id: int) -> Generation:
@@ -87,10 +107,8 @@ def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
         do_sample=temperature > 0, temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
         max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
     )
-    was_training = model.training
-    model.eval()
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)  # (B, P+R)
-    model.train(was_training)
+    with eval_mode(model):
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)  # (B, P+R)
     return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)
 
 
@@ -340,8 +358,9 @@ class ExperienceMaker:
         gen = self._sample(prompt_ids, temperature=0.0)
         hidden = None
         if self.reward_fn.needs_policy_hidden:
-            hidden = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, 1.0,
-                                      with_hidden=True).hidden
+            with eval_mode(self.policy):
+                hidden = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, 1.0,
+                                          with_hidden=True).hidden
         return self.reward_fn(self._query(list(prompt_texts), gen, hidden, step)).scores.to(self.device).float()
 
     def _advantages(self, scores: torch.Tensor, mask: torch.Tensor, baseline: Optional[torch.Tensor],
@@ -372,7 +391,7 @@ class ExperienceMaker:
         with self.timer("generate"):
             gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds)
         with_hidden = self.reward_fn.needs_policy_hidden
-        with self.timer("logprobs"):
+        with self.timer("logprobs"), eval_mode(self.policy):
             # R2M's h comes from this same forward pass of pi_old: no extra pass, and never from the
             # generator (vLLM returns no hidden states), so h does not depend on the backend.
             old = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature,
@@ -390,7 +409,7 @@ class ExperienceMaker:
                 baseline = self.shape(self._greedy_baseline(prompt_texts, prompt_ids, step))
         values = None
         if self.critic is not None:
-            with self.timer("values"):
+            with self.timer("values"), eval_mode(self.critic):
                 values = response_values(self.critic, gen.sequences, gen.attention_mask, gen.prompt_len,
                                          position_ids(gen.attention_mask)) * gen.action_mask
         mask_f = gen.action_mask.float()

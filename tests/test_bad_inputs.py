@@ -98,6 +98,10 @@ def _case_args(case: str, tmp_path: Path, world_artifacts) -> list[str]:
         return ["reward.r2m.omega_floor=-0.1"]
     if case == "k_below_2_for_rloo":
         return ["rl.k=1"]
+    if case == "fp16_on_cpu":
+        return ["run.device=cpu", "run.mixed_precision=fp16"]
+    if case == "lora_rank_0":
+        return ["policy.lora.r=0"]
     raise AssertionError(case)
 
 
@@ -116,6 +120,8 @@ CASES = {
     "alpha_out_of_range": "reward.r2m.alpha: expected in [0, 1], got 1.5",
     "omega_out_of_range": "reward.r2m.omega_floor: expected in [0, 1], got -0.1",
     "k_below_2_for_rloo": "rl.k: expected >= 2 for rloo, got 1",
+    "fp16_on_cpu": "run.mixed_precision: expected no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)",
+    "lora_rank_0": "policy.lora.r: expected >= 1, got 0",
 }
 # Stages that read a given file: the SFT and preference files are read by `r2m sft` / `r2m rm`.
 COMMAND = {"empty_response": "sft", "chosen_equals_rejected": "rm"}

@@ -16,7 +16,7 @@ from torch import nn
 from r2m.config import EvalConfig
 from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.rewards import RewardFunction, RewardQuery
-from r2m.rollout import feedback_states, generate, left_pad, response_forward
+from r2m.rollout import eval_mode, feedback_states, generate, left_pad, response_forward
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
     responses: list[str] = []
     lengths, gold, proxy, vanilla = [], [], [], []
     kl_num, kl_den = 0.0, 0.0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eval_mode(policy):
         torch.manual_seed(cfg.seed)
         for start in range(0, len(texts), cfg.batch_size):
             batch_texts = texts[start: start + cfg.batch_size]

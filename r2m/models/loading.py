@@ -7,8 +7,10 @@ code runs only when ``trust_remote_code`` is asked for.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 from transformers import (
@@ -21,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from r2m.config import ArchConfig
+from r2m.config import ArchConfig, PolicyConfig
 from r2m.utils import atomic_dir, torch_dtype
 
 
@@ -40,6 +42,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
 
 def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                 allow_unsafe_weights: bool = False) -> PreTrainedModel:
+    """An ``AutoModelForCausalLM``; a LoRA adapter directory loads as its base with the adapter merged in."""
+    from r2m.models.lora import is_adapter_dir, load_merged
+
+    if is_adapter_dir(path):
+        return load_merged(path, lambda base: load_policy(base, dtype, trust_remote_code, allow_unsafe_weights),
+                           allow_unsafe_weights)
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
         use_safetensors=None if allow_unsafe_weights else True,
@@ -51,10 +59,16 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     """An ``AutoModelForSequenceClassification`` with exactly one label (a scalar reward).
 
     ``path`` may also hold a causal LM (an SFT checkpoint): the backbone loads and a fresh score
-    head is added, which is how the world's RM starts.
+    head is added, which is how the world's RM starts. A LoRA adapter directory (``r2m rm`` with
+    ``reward.lora``) loads as its base with the adapter and the trained score head merged in.
     """
     from transformers import AutoConfig
 
+    from r2m.models.lora import is_adapter_dir, load_merged
+
+    if is_adapter_dir(path):
+        return load_merged(path, lambda base: load_reward_model(base, dtype, trust_remote_code, pad_token_id,
+                                                                allow_unsafe_weights), allow_unsafe_weights)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     if is_classifier and config.num_labels != 1:
@@ -70,6 +84,35 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: Optional[Path] = None,
+                               allow_unsafe_weights: bool = False) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
+    """RL's trainable policy and its frozen reference, loaded from ``path`` (the policy of ``resume_dir`` when
+    resuming).
+
+    With ``policy.lora.enabled`` the policy is a ``peft`` model over the base of ``path`` (its adapter from
+    ``resume_dir``) and the reference is ``None``: it is that model with the adapters off
+    (:class:`r2m.models.lora.AdapterFreeReference`), built once the policy is placed. Otherwise the reference
+    is a full copy. ``policy.gradient_checkpointing`` is applied to the policy.
+    """
+    from r2m.models.lora import apply_lora, enable_gradient_checkpointing, load_adapter
+
+    pc = policy_cfg
+    base = load_policy(path, pc.dtype, pc.trust_remote_code, allow_unsafe_weights)
+    if pc.lora.enabled:
+        ref = None
+        policy = (apply_lora(base, pc.lora, "causal", base_path=path) if resume_dir is None
+                  else load_adapter(base, resume_dir, trainable=True))
+    else:
+        ref, policy = base, copy.deepcopy(base)
+        if resume_dir is not None:
+            policy = load_policy(str(resume_dir), pc.dtype, pc.trust_remote_code)
+    if pc.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    # Train mode from the start, as after every update: a resumed run's first rollout then computes what the
+    # uninterrupted run's did (it matters with dropout, e.g. LoRA's). Generation switches to eval mode itself.
+    return policy.train(), ref
 
 
 def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:

@@ -14,22 +14,58 @@ if TYPE_CHECKING:
     from r2m.runlog import RunDir
 
 
+def resolve_mixed_precision(cfg: Config) -> str:
+    """The autocast mode accelerate gets: ``no``, ``bf16`` or ``fp16`` (or a launcher's other choice).
+
+    ``run.mixed_precision=no`` defers to the launcher (``accelerate launch --mixed_precision``, i.e.
+    ACCELERATE_MIXED_PRECISION, default no); bf16, fp16 and auto win over it. ``auto`` is bf16 on a CUDA
+    device that supports it, fp16 on older CUDA, and no on the CPU. fp16 without CUDA is refused.
+    """
+    import os
+
+    from r2m.errors import ConfigError
+
+    mp, launcher = cfg.run.mixed_precision, ""
+    if mp == "no":
+        mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+        launcher = f" (run.mixed_precision=no defers to the launcher's ACCELERATE_MIXED_PRECISION={mp})"
+    forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    cuda = cfg.run.device != "cpu" and torch.cuda.is_available() and not forced_cpu
+    if mp == "auto":
+        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if mp == "fp16" and not cuda:
+        raise ConfigError(f"run.mixed_precision: fp16 needs a CUDA device, and this run is on the CPU; use bf16 or "
+                          f"no{launcher}")
+    return mp
+
+
 def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
-    """An ``accelerate.Accelerator`` honouring run.device and run.log_with.
+    """An ``accelerate.Accelerator`` honouring run.device, run.mixed_precision and run.log_with.
 
     Under ``accelerate launch`` the distributed setup comes from the launcher; on a plain
     ``python`` call this is a single process.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     # "auto" without CUDA is CPU; saying so also lets a CPU launch with N processes run as MULTI_CPU (gloo).
     cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
-    return Accelerator(
+    kwargs = dict(
         cpu=cpu,
+        mixed_precision=resolve_mixed_precision(cfg),
         # Trackers need a directory; internal stages (the world cache) log to metrics.jsonl only.
         log_with=(list(cfg.run.log_with) or None) if project_dir else None,
         project_dir=project_dir,
     )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        # accelerate keeps one process-wide state: a process that made an Accelerator with another precision
+        # before (a test session, a notebook) starts that state over. The process group is kept.
+        AcceleratorState._reset_state()
+        return Accelerator(**kwargs)
 
 
 def num_steps(n_items: int, batch_size: int, epochs: float, max_steps: int) -> int:

@@ -15,7 +15,6 @@ statistics that must be global are (see :mod:`r2m.distributed`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import time
@@ -295,7 +294,7 @@ class RLRun:
         from r2m.checkpoint import latest_checkpoint
         from r2m.generation import build_generator, check_generator
         from r2m.kl_control import make_kl_controller
-        from r2m.models.loading import load_policy, load_tokenizer
+        from r2m.models.loading import build_policy_and_reference, load_tokenizer
         from r2m.pipeline import no_world_building, resolve_inputs
         from r2m.trainers.common import make_accelerator, set_threads
         from r2m.utils import seed_everything
@@ -318,15 +317,14 @@ class RLRun:
             self.resume_state = read_state(self.resume_dir, fingerprint(cfg))  # refuses another config's checkpoint
         device = self.device = self.acc.device
 
-        unsafe = cfg.run.allow_unsafe_weights
         self.tok = load_tokenizer(self.inputs.policy, cfg.policy.trust_remote_code)
-        ref = load_policy(self.inputs.policy, cfg.policy.dtype, cfg.policy.trust_remote_code, unsafe)
-        policy = copy.deepcopy(ref)
-        if self.resume_dir is not None:
-            policy = load_policy(str(self.resume_dir / "policy"), cfg.policy.dtype, cfg.policy.trust_remote_code)
-        self.ref = ref.eval().requires_grad_(False).to(device)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.rl.lr, weight_decay=0.0)
+        # With policy.lora the reference is the policy's own base, adapters off (ref is None here).
+        policy, ref = build_policy_and_reference(cfg.policy, self.inputs.policy, self.resume_dir and
+                                                 self.resume_dir / "policy", cfg.run.allow_unsafe_weights)
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
+                                      weight_decay=0.0)
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
+        self.ref = self._reference(ref)
         policy_dim = policy.config.get_text_config().hidden_size
         self.reward_fn = build_reward(cfg, self.inputs.reward_model, device, policy_dim)
         self._load_prompts()
@@ -343,6 +341,16 @@ class RLRun:
         self.bad_steps = 0
         if self.resume_dir is not None:
             self._restore(self.resume_state)
+
+    def _reference(self, ref):
+        """The frozen reference: ``ref``, or with LoRA the policy with its adapters off. Under mixed precision it
+        runs in the policy's autocast, so that KL(pi || pi_ref) is 0 where the two agree."""
+        from r2m.models.lora import AdapterFreeReference
+
+        if ref is None:
+            return AdapterFreeReference(self.acc.unwrap_model(self.policy))
+        ref = ref.eval().requires_grad_(False).to(self.device)
+        return self.acc.prepare_model(ref, evaluation_mode=True) if self.acc.mixed_precision != "no" else ref
 
     def _load_prompts(self) -> None:
         from r2m.pipeline import read_rows
@@ -471,6 +479,10 @@ class RLRun:
                                   "the policy's tokenizer, since the critic reads the policy's tokens; use 'policy'")
         path = self.inputs.reward_model if rl.critic_init == "reward" else self.inputs.policy
         critic = build_critic(rl.critic_init, path, self.cfg.policy.dtype, self.cfg.policy.trust_remote_code)
+        if self.cfg.policy.gradient_checkpointing:
+            from r2m.models.lora import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(critic.backbone)
         opt = torch.optim.AdamW(critic.parameters(), lr=rl.critic_lr)
         return self.acc.prepare(critic, opt)
 
@@ -581,9 +593,16 @@ class RLRun:
 
     def finish(self) -> RLResult:
         from r2m.models.loading import save_model
+        from r2m.models.lora import is_peft, merged_copy
 
         final = self.run.checkpoints / "final"
-        save_model(self.acc.unwrap_model(self.policy), self.tok, final)
+        policy = self.acc.unwrap_model(self.policy)
+        if is_peft(policy):
+            # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
+            save_model(merged_copy(policy), self.tok, final)
+            save_model(policy, self.tok, final / "adapter")
+        else:
+            save_model(policy, self.tok, final)
         if self.rm_updater is not None:
             self.rm_updater.model.save(final / "r2m", base_rm=str(self.inputs.reward_model),
                                        extra={"omega_floor": self.cfg.reward.r2m.omega_floor,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import Config, RMConfig
+from r2m.config import Config, LoRAConfig, RMConfig
 from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.losses import bradley_terry_loss
 from r2m.runlog import RunDir
@@ -23,6 +23,32 @@ class RMResult:
     """Mean BT loss over the last logging window."""
     eval: Optional[RMAccuracy]
     """Held-out accuracy after training (None without held-out pairs)."""
+
+
+class TrainableRM(NamedTuple):
+    rm: torch.nn.Module
+    """The :class:`r2m.models.RewardModel` being trained."""
+    peft: Optional[torch.nn.Module]
+    """The ``peft`` wrapper when LoRA is on (merged into the weights before saving)."""
+
+
+def make_trainable_rm(model, tokenizer, lora: Optional[LoRAConfig] = None, gradient_checkpointing: bool = False,
+                      base_path: Optional[str] = None) -> TrainableRM:
+    """A RewardModel over ``model`` (a sequence classifier), through LoRA adapters when ``lora.enabled`` (the
+    score head then trains fully), with gradient checkpointing when asked. LoRA's init draws from torch's RNG."""
+    from r2m.models.lora import apply_lora, enable_gradient_checkpointing
+    from r2m.models.reward import RewardModel
+
+    peft = apply_lora(model, lora, "seq_cls", base_path=base_path) if lora is not None and lora.enabled else None
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
+    return TrainableRM(RewardModel(peft.base_model.model if peft is not None else model, tokenizer), peft)
+
+
+def merged_rm_model(trainable: TrainableRM):
+    """The trained RM as a plain ``AutoModelForSequenceClassification`` (LoRA merged in, in place)."""
+    return trainable.peft.merge_and_unload() if trainable.peft is not None else trainable.rm.model
 
 
 def _pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from r2m.config import Config, PairLoss, PPOPrompts, RetrainFrom, RMConfig, SERConfig, SERVariant, config_hash, to_dict
 from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores, pairwise_wins
 from r2m.losses import bradley_terry_loss, margin_pairwise_loss
+from r2m.trainers.rm import TrainableRM, make_trainable_rm, merged_rm_model
 
 log = logging.getLogger("r2m")
 
@@ -308,15 +309,9 @@ def pool_accuracy(pool: UnlabeledPool, s1: torch.Tensor, s2: torch.Tensor) -> fl
 # ---------------------------------------------------------------------------------------------
 
 
-class TrainableRM(NamedTuple):
-    rm: torch.nn.Module
-    """The :class:`r2m.models.RewardModel` being trained."""
-    peft: Optional[torch.nn.Module]
-    """The PEFT wrapper when LoRA is on (merged into the weights before saving)."""
-
-
 def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
-    """An RM from ``init`` (a causal LM gets a fresh score head), with LoRA adapters when ``ser.lora``."""
+    """An RM from ``init`` (a causal LM gets a fresh score head), with LoRA adapters when ``ser.lora`` (SER's
+    settings) or else ``reward.lora``, and gradient checkpointing when ``reward.gradient_checkpointing``."""
     from r2m.models.loading import load_reward_model, load_tokenizer
     from r2m.models.reward import RewardModel
 
@@ -324,13 +319,17 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
     if not cfg.ser.lora:
-        return TrainableRM(RewardModel(model, tok), None)
+        return make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
     from peft import LoraConfig, TaskType, get_peft_model
+
+    from r2m.models.lora import enable_gradient_checkpointing
 
     # SER App. C.3. modules_to_save keeps the score head trainable (a fresh head must learn).
     lora = LoraConfig(r=cfg.ser.lora_r, lora_alpha=cfg.ser.lora_alpha, lora_dropout=cfg.ser.lora_dropout,
                       task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
     peft_model = get_peft_model(model, lora)
+    if cfg.reward.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
     return TrainableRM(RewardModel(peft_model.base_model.model, tok), peft_model)
 
@@ -340,10 +339,9 @@ def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
     from r2m.models.loading import save_model
     from r2m.models.reward import RewardModel
 
-    rm = trainable.rm
-    model = trainable.peft.merge_and_unload() if trainable.peft is not None else rm.model
-    save_model(model, rm.tokenizer, out_dir)
-    return RewardModel(model, rm.tokenizer).eval()
+    model = merged_rm_model(trainable)
+    save_model(model, trainable.rm.tokenizer, out_dir)
+    return RewardModel(model, trainable.rm.tokenizer).eval()
 
 
 def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig, accelerator, run, seed: int,
@@ -493,8 +491,12 @@ class LoopState:
 
 def state_key(cfg: Config) -> str:
     """What determines the loop's trajectory; max_loops and the PPO stage may change on resume."""
+    from r2m.pipeline import precision_part
+
     loop_only = {k: v for k, v in to_dict(cfg.ser).items() if k != "max_loops" and not k.startswith("ppo")}
-    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_only)
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora else []  # old keys stay valid
+    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_only,
+                       *lora, *precision_part(cfg))
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
