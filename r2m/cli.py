@@ -35,6 +35,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="overrides of the form section.key=value")
 
 
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """Parse, accepting overrides after options too (``r2m eval policy -c f.yaml a.b=c``).
+
+    argparse matches a subcommand's positionals in one go, so after ``eval policy`` the empty
+    override list is already taken when ``-c f.yaml`` comes; the leftover ``a.b=c`` are overrides.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r2m", description="RLHF whose reward models keep up with the policy.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -171,7 +189,7 @@ def cmd_ser(cfg: Config) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_transformers()

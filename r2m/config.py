@@ -617,6 +617,9 @@ class RLConfig:
     """Optimiser steps per epoch (the batch is split into this many minibatches)."""
     micro_batch_size: int = 0
     """Sequences per forward pass inside a minibatch (gradient accumulation); 0: the whole minibatch."""
+    rollout_batch_size: int = 0
+    """Sequences per call in experience making (generation, pi_old/reference log-probs, values); 0: a
+    process's whole share at once. Bounds rollout memory (full-vocabulary logits, R2M's states) at scale."""
     rollout_chunks: int = 0
     """Sample each step's prompts in this many equal chunks, each from a seed of (run.seed, step, chunk)
     alone; 0: one chunk per process from its RNG stream. With N processes use a multiple of N: the
@@ -669,6 +672,7 @@ class RLConfig:
             mb = batch // self.minibatches
             _check(mb % self.micro_batch_size == 0, "rl.micro_batch_size", f"a divisor of the minibatch size {mb}",
                    self.micro_batch_size)
+        _check(self.rollout_batch_size >= 0, "rl.rollout_batch_size", ">= 0", self.rollout_batch_size)
         _check(self.rollout_chunks >= 0, "rl.rollout_chunks", ">= 0", self.rollout_chunks)
         if self.rollout_chunks:
             _check(self.prompts_per_step % self.rollout_chunks == 0, "rl.rollout_chunks",

@@ -338,15 +338,21 @@ class ExperienceMaker:
         and without touching the global RNG stream (samples then do not depend on how the global
         batch is split over processes)."""
         if not seeds:
-            return self.generator.generate(prompt_ids, temperature, self.cfg.max_new_tokens)
+            return self._generate(prompt_ids, temperature)
         parts = []
         devices = [self.device] if self.device.type == "cuda" else []
         n = len(prompt_ids) // len(seeds)
         for c, seed in enumerate(seeds):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                parts.append(self.generator.generate(prompt_ids[c * n: (c + 1) * n], temperature,
-                                                     self.cfg.max_new_tokens))
+                parts.append(self._generate(prompt_ids[c * n: (c + 1) * n], temperature))
+        return concat_generations(parts, self.tokenizer.pad_token_id)
+
+    def _generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float) -> Generation:
+        """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0)."""
+        size = self.cfg.rollout_batch_size or len(prompt_ids) or 1
+        parts = [self.generator.generate(prompt_ids[i: i + size], temperature, self.cfg.max_new_tokens)
+                 for i in range(0, len(prompt_ids), size)]
         return concat_generations(parts, self.tokenizer.pad_token_id)
 
     def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int) -> RewardQuery:
@@ -362,6 +368,19 @@ class ExperienceMaker:
                 hidden = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, 1.0,
                                           with_hidden=True).hidden
         return self.reward_fn(self._query(list(prompt_texts), gen, hidden, step)).scores.to(self.device).float()
+
+    def _row_chunks(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Row indices of the no-grad passes, ``rl.rollout_batch_size`` at a time (all at once when 0)."""
+        return torch.arange(n).split(self.cfg.rollout_batch_size or n)
+
+    def _forward(self, model: nn.Module, gen: Generation, with_hidden: bool) -> Forward:
+        """``response_forward`` over the batch in row chunks: peak memory is one chunk's logits and states."""
+        parts = [response_forward(model, gen.sequences[r], gen.attention_mask[r], gen.prompt_len, self.cfg.temperature,
+                                  with_hidden=with_hidden) for r in self._row_chunks(gen.sequences.shape[0])]
+        if len(parts) == 1:
+            return parts[0]
+        return Forward(torch.cat([f.logprobs for f in parts]), None,
+                       torch.cat([f.hidden for f in parts]) if with_hidden else None)
 
     def _advantages(self, scores: torch.Tensor, mask: torch.Tensor, baseline: Optional[torch.Tensor],
                     values: Optional[torch.Tensor], kl: Optional[torch.Tensor]):
@@ -394,9 +413,8 @@ class ExperienceMaker:
         with self.timer("logprobs"), eval_mode(self.policy):
             # R2M's h comes from this same forward pass of pi_old: no extra pass, and never from the
             # generator (vLLM returns no hidden states), so h does not depend on the backend.
-            old = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature,
-                                   with_hidden=with_hidden)
-            ref = response_forward(self.ref, gen.sequences, gen.attention_mask, gen.prompt_len, cfg.temperature)
+            old = self._forward(self.policy, gen, with_hidden)
+            ref = self._forward(self.ref, gen, False)
         query = self._query(rep_texts, gen, old.hidden, step)
         with self.timer("reward"):
             out = self.reward_fn(query)
@@ -410,8 +428,9 @@ class ExperienceMaker:
         values = None
         if self.critic is not None:
             with self.timer("values"), eval_mode(self.critic):
-                values = response_values(self.critic, gen.sequences, gen.attention_mask, gen.prompt_len,
-                                         position_ids(gen.attention_mask)) * gen.action_mask
+                values = torch.cat([response_values(self.critic, gen.sequences[r], gen.attention_mask[r], gen.prompt_len,
+                                                    position_ids(gen.attention_mask[r]))
+                                    for r in self._row_chunks(gen.sequences.shape[0])]) * gen.action_mask
         mask_f = gen.action_mask.float()
         kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask_f  # (B, R)
         in_reward = cfg.kl_mode == KLMode.REWARD

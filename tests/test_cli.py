@@ -195,3 +195,13 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
                    "RLOO+R2M w/ Noise", "RM accuracy with and without policy feedback"):
         assert method in text, method
     assert (tmp_path / "bench_smoke_curves.png").exists() and (tmp_path / "bench_smoke.json").exists()
+
+
+def test_overrides_may_follow_options_after_a_subcommand_positional():
+    from r2m.cli import parse_args
+
+    args = parse_args(["eval", "policy", "-c", "configs/world/rloo.yaml", "rl.k=3", "run.name=x"])
+    assert args.what == "policy" and args.config == "configs/world/rloo.yaml"
+    assert args.overrides == ["rl.k=3", "run.name=x"]
+    with pytest.raises(SystemExit):
+        parse_args(["eval", "policy", "-c", "configs/world/rloo.yaml", "--no-such-flag"])

@@ -69,3 +69,53 @@ def test_experience_select_keeps_rows_aligned() -> None:
     sub = exp.select(torch.tensor([2, 0]))
     assert sub.prompts == ["c", "a"] and sub.responses == ["y", "w"]
     assert sub.scores.tolist() == [2.0, 0.0] and sub.old_logprobs[0].tolist() == [6.0, 7.0, 8.0]
+
+
+PROMPTS = ["<bos> 3 1 2 =>", "<bos> 1 =>", "<bos> 4 4 2 1 =>", "<bos> 2 3 =>"]
+
+
+def _maker(**rl):
+    import copy
+
+    from r2m.config import RLConfig, WorldConfig
+    from r2m.rewards import GoldReward
+    from r2m.rollout import ExperienceMaker
+
+    policy, tok = _policy()
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    cfg = RLConfig(prompts_per_step=4, k=2, max_new_tokens=6, **rl)
+    return ExperienceMaker(policy, ref, tok, GoldReward(WorldConfig()), cfg, torch.device("cpu")), tok
+
+
+def test_rollout_passes_in_row_chunks_equal_one_pass() -> None:
+    """rl.rollout_batch_size bounds memory without changing pi_old's or the reference's log-probs."""
+    whole, tok = _maker()
+    chunked, _ = _maker(rollout_batch_size=3)  # not a divisor of B = 8: a short last chunk
+    prompts = tokenize_prompts(tok, PROMPTS, 64, "truncate")
+    torch.manual_seed(0)
+    gen = whole._sample([ids for ids in prompts.ids for _ in range(2)], 1.0)
+    for model in (whole.policy, whole.ref):
+        a, b = whole._forward(model, gen, True), chunked._forward(model, gen, True)
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.hidden, b.hidden, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    exp = chunked.make(prompts.texts, prompts.ids)
+    assert exp.batch_size == 8 and exp.sequences.shape[1] == exp.prompt_len + exp.action_mask.shape[1]
+    assert torch.isfinite(exp.advantages).all()
+
+
+def test_seeded_chunks_do_not_depend_on_how_prompts_are_split() -> None:
+    """rl.rollout_chunks: chunk c sampled alone (another process) equals chunk c of the whole batch."""
+    from r2m.rollout import chunk_seed
+
+    maker, tok = _maker()
+    ids = [p for p in tokenize_prompts(tok, PROMPTS, 64, "truncate").ids for _ in range(2)]
+    seeds = [chunk_seed(0, 1, c) for c in range(2)]
+    rng = torch.get_rng_state()
+    both = maker._sample(ids, 1.0, seeds)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global stream is untouched
+    second = maker._sample(ids[4:], 1.0, seeds[1:])
+    resp = both.sequences[4:, both.prompt_len:]
+    alone = second.sequences[:, second.prompt_len:]
+    n = alone.shape[1]
+    assert torch.equal(resp[:, :n], alone) and not both.action_mask[4:, n:].any()

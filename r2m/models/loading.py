@@ -135,10 +135,15 @@ def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         return LlamaForCausalLM(config)
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path) -> Path:
-    """``save_pretrained`` (safetensors) into ``directory``, atomically."""
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path,
+               state_dict: Optional[dict] = None) -> Path:
+    """``save_pretrained`` (safetensors) into ``directory``, atomically; ``state_dict`` overrides the
+    module's own (a sharded model's gathered full state)."""
     with atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if state_dict is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(directory)

@@ -147,8 +147,10 @@ class PolicyUpdater:
     def _optimizer_step(self, loss: float) -> "OptimizerStep":
         """Clip, then step policy (and critic) unless the loss or gradient is NaN/inf."""
         cfg, acc = self.cfg, self.accelerator
-        grad_norm = float(acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        norm = acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        # DeepSpeed clips inside its engine step (taken in backward) and may report no norm.
+        grad_norm = float("nan") if norm is None else float(norm)
+        finite = math.isfinite(loss) and (norm is None or math.isfinite(grad_norm))
         if self.critic is not None:
             finite = finite and math.isfinite(float(acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)))
         finite = self.dist.all(finite)  # every rank steps, or none does
@@ -261,6 +263,39 @@ def check_data_parallel(rl: RLConfig, world: int) -> None:
                           f"{rl.rollout_chunks}")
 
 
+def configure_backend(acc, rl: RLConfig) -> None:
+    """Check and complete a DeepSpeed setup for the RL loop (nothing to do for DDP and FSDP).
+
+    DeepSpeed takes its optimiser step inside ``accelerator.backward``, so one backward must be one
+    optimiser step: no micro-batching. Its micro-batch size is this process's minibatch (accelerate
+    cannot infer it: r2m prepares no DataLoader), and it clips at ``rl.max_grad_norm``. ZeRO-3 would
+    partition the reference and reward model as they load, and one DeepSpeed engine per Accelerator
+    leaves no room for PPO's critic: both are refused, with FSDP as the way out.
+    """
+    from accelerate.utils import DistributedType
+
+    from r2m.errors import ConfigError
+
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = acc.state.deepspeed_plugin
+    fsdp = "use configs/accelerate/fsdp.yaml (FSDP) instead"
+    if plugin.zero_stage == 3:
+        raise ConfigError(f"DeepSpeed ZeRO-3 is not supported by `r2m rl` (the frozen reference and reward model "
+                          f"would be partitioned at load); {fsdp}, or ZeRO-2")
+    if rl.algorithm == Algorithm.PPO:
+        raise ConfigError(f"rl.algorithm=ppo under DeepSpeed: the critic would need a second engine; {fsdp}, or DDP")
+    local_minibatch = rl.prompts_per_step * rl.k // acc.num_processes // rl.minibatches
+    if rl.micro_batch_size not in (0, local_minibatch):
+        raise ConfigError(f"rl.micro_batch_size: expected 0 under DeepSpeed (its optimiser steps on every backward), "
+                          f"got {rl.micro_batch_size}; lower memory with rl.minibatches instead")
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = local_minibatch
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = local_minibatch * acc.num_processes
+    ds["gradient_clipping"] = rl.max_grad_norm
+
+
 class NumericError(RuntimeError):
     """Too many consecutive steps with NaN/inf values: the run stops with a checkpoint."""
 
@@ -307,6 +342,7 @@ class RLRun:
         self.acc = make_accelerator(cfg, project_dir=str(run_dir))
         self.dist = Dist(self.acc)
         check_data_parallel(cfg.rl, self.dist.world)
+        configure_backend(self.acc, cfg.rl)
         with no_world_building() if self.dist.enabled else contextlib.nullcontext():
             self.inputs = resolve_inputs(cfg)
         seed_everything(cfg.run.seed)
@@ -341,6 +377,14 @@ class RLRun:
         self.bad_steps = 0
         if self.resume_dir is not None:
             self._restore(self.resume_state)
+
+    def _sharded_policy_state(self) -> Optional[dict]:
+        """The policy's full state dict when it is sharded (FSDP: every rank must call this); else None."""
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type != DistributedType.FSDP:
+            return None
+        return self.acc.get_state_dict(self.policy)
 
     def _reference(self, ref):
         """The frozen reference: ``ref``, or with LoRA the policy with its adapters off. Under mixed precision it
@@ -423,9 +467,10 @@ class RLRun:
         from r2m.utils import atomic_dir
 
         final = step_dir(self.run.checkpoints, step)
+        policy_state = self._sharded_policy_state()  # every rank takes part in gathering a sharded policy
         if self.acc.is_main_process:
             with atomic_dir(final) as tmp:
-                save_model(self.acc.unwrap_model(self.policy), self.tok, tmp / "policy")
+                save_model(self.acc.unwrap_model(self.policy), self.tok, tmp / "policy", policy_state)
                 if self.rm_updater is not None:
                     self.rm_updater.model.save(tmp / "r2m", base_rm=str(self.inputs.reward_model))
                 if self.critic is not None:
@@ -597,20 +642,25 @@ class RLRun:
 
         final = self.run.checkpoints / "final"
         policy = self.acc.unwrap_model(self.policy)
-        if is_peft(policy):
-            # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
-            save_model(merged_copy(policy), self.tok, final)
-            save_model(policy, self.tok, final / "adapter")
-        else:
-            save_model(policy, self.tok, final)
-        if self.rm_updater is not None:
-            self.rm_updater.model.save(final / "r2m", base_rm=str(self.inputs.reward_model),
-                                       extra={"omega_floor": self.cfg.reward.r2m.omega_floor,
-                                              "total_steps": self.cfg.rl.steps})
+        policy_state = self._sharded_policy_state()
+        if self.acc.is_main_process:  # one writer: the ranks' copies are identical
+            if is_peft(policy):
+                # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
+                save_model(merged_copy(policy), self.tok, final)
+                save_model(policy, self.tok, final / "adapter")
+            else:
+                save_model(policy, self.tok, final, policy_state)
+            if self.rm_updater is not None:
+                self.rm_updater.model.save(final / "r2m", base_rm=str(self.inputs.reward_model),
+                                           extra={"omega_floor": self.cfg.reward.r2m.omega_floor,
+                                                  "total_steps": self.cfg.rl.steps})
+        self.acc.wait_for_everyone()
         rm_acc = self.rm_accuracy()
         if rm_acc:
             self.run.amend_last(rm_acc)
-        peak_step = _write_plots(self.run) if self.gold_fn is not None else None
+        peak_step = None
+        if self.gold_fn is not None:
+            peak_step = _write_plots(self.run, write=self.acc.is_main_process)
         self.run.close()
         return RLResult(self.run.path, self.run.history, self.final_eval, peak_step,
                         time.perf_counter() - self.t_start, rm_acc)
@@ -648,11 +698,14 @@ def run_rl(cfg: Config) -> RLResult:
     return rl.finish()
 
 
-def _write_plots(run: RunDir) -> Optional[int]:
+def _write_plots(run: RunDir, write: bool = True) -> Optional[int]:
+    """The run's plots (``write``: on the main process only); returns the step of peak gold reward."""
     rows = [r for r in run.history if "eval/gold" in r]
     if not rows:
         return None
     p = peak(rows, "eval/gold")
+    if not write:
+        return p.step
     plot_curves(rows, ["eval/gold", "eval/proxy"], run.plots / "gold_vs_proxy.png",
                 "Evaluation: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"], vline=p.step)
     train_rows = [r for r in run.history if "reward/gold" in r]

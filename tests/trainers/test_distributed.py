@@ -121,3 +121,40 @@ def test_two_process_launch_matches_one_process(tiny, world_artifacts, variant):
                 assert math.isclose(a[key], b[key], rel_tol=1e-2, abs_tol=2e-3), (a["step"], key, a[key], b[key])
                 compared += 1
     assert compared >= 25
+
+
+class FakeDeepSpeed:
+    """An accelerator under DeepSpeed: distributed_type, num_processes and the plugin's config."""
+
+    def __init__(self, stage: int, world: int = 2):
+        from types import SimpleNamespace
+
+        from accelerate.utils import DistributedType
+
+        self.distributed_type, self.num_processes = DistributedType.DEEPSPEED, world
+        self.state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(
+            zero_stage=stage, deepspeed_config={"train_micro_batch_size_per_gpu": "auto"}))
+
+
+def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
+    from r2m.trainers.pg import configure_backend
+
+    cfg = load_config(None, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.max_grad_norm=0.5"])
+    acc = FakeDeepSpeed(stage=2)
+    configure_backend(acc, cfg.rl)
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    # 8 prompts x 4 samples over 2 processes = 16 rows each, 2 minibatches of 8
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
+    assert ds["train_batch_size"] == 16 and ds["gradient_clipping"] == 0.5
+
+
+@pytest.mark.parametrize("stage,overrides,field", [
+    (3, [], "ZeRO-3"),
+    (2, ["rl.algorithm=ppo"], "rl.algorithm=ppo"),
+    (2, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.micro_batch_size=4"], "rl.micro_batch_size"),
+])
+def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, field):
+    from r2m.trainers.pg import configure_backend
+
+    with pytest.raises(ConfigError, match=field):
+        configure_backend(FakeDeepSpeed(stage), load_config(None, overrides).rl)
