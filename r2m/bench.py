@@ -1,50 +1,105 @@
-"""``r2m bench cost``: what R2M costs (R2M paper Figure 7).
+"""``r2m bench``: what R2M costs (R2M paper Figure 7), and the methods-by-seeds matrix.
 
-(a) RLOO against RLOO+R2M on the same run: wall time per phase and peak memory.
+``r2m bench cost``:
+
+(a) RLOO against RLOO+R2M on the same run: wall time and peak memory per phase (generation,
+    log-probs, reward annotation, policy update, RM update) and per step.
 (b) R2M's lightweight RM update (fusion + head on cached reward-token embeddings) against a full
     RM update (backbone unfrozen, embeddings recomputed with gradients), on the same batches.
 
-Each arm runs in its own spawned process, so peak memory (CPU max RSS, and CUDA max-allocated
-where present) belongs to that arm alone. Timings are medians over steps after a warm-up step.
+Each arm runs in its own spawned process, so its memory belongs to that arm alone. Phases are
+measured by :class:`r2m.profiling.PhaseProfiler`: wall time (CUDA synchronised at phase boundaries),
+peak CPU RSS sampled every 5 ms, and CUDA max-allocated (reset at each phase start) where CUDA is in
+use. Times are medians over steps after a warm-up step; memory is the maximum over all steps.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import resource
+import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from r2m.config import Config, replace_path
 
+# The phases of one RL step, in order, with their names in the report. ``greedy_baseline`` (ReMax)
+# and ``values`` (PPO's critic) only occur with those algorithms.
+PHASES: dict[str, str] = {
+    "generate": "generation",
+    "logprobs": "log-probs (policy, ref)",
+    "reward": "reward annotation",
+    "greedy_baseline": "greedy baseline (ReMax)",
+    "values": "values (critic)",
+    "update": "policy update",
+    "rm_update": "RM update",
+    "step": "whole step",
+}
+RSS_INTERVAL_S = 0.005
 
-def _peak_memory_mb() -> dict[str, float]:
+
+def _arm_env(device) -> dict:
     import torch
 
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
-    if torch.cuda.is_available():
-        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    from r2m.profiling import rss_reader
+
+    return {"threads": torch.get_num_threads(), "device": str(device), "rss_method": rss_reader()[1],
+            "rss_interval_ms": RSS_INTERVAL_S * 1000}
+
+
+def _process_peaks(phases: dict[str, dict]) -> dict[str, float]:
+    """Process-level peaks of an arm: lifetime max RSS, and the maxima over its measured phases."""
+    import math
+
+    from r2m.profiling import lifetime_peak_rss_mb
+
+    out = {"peak_rss_mb": lifetime_peak_rss_mb(),
+           "peak_rss_steps_mb": max((p.get("peak_rss_mb", math.nan) for p in phases.values()), default=math.nan)}
+    cuda = [p["cuda_peak_mb"] for p in phases.values() if "cuda_peak_mb" in p]
+    if cuda:
+        out["cuda_max_allocated_mb"] = max(cuda)
     return out
 
 
-def _median_times(rows: list[dict]) -> dict[str, float]:
-    keys = sorted({k for r in rows for k in r if k.startswith("time/")})
-    return {k: statistics.median(r[k] for r in rows if k in r) for k in keys}
+def _phase_summary(laps: list[dict[str, float]], peaks: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """phase -> {"time_s": median over the laps (first one dropped), memory peaks (max over all)}."""
+    timed = laps[1:] or laps
+    out = {}
+    for phase in [p for p in PHASES if p in peaks] + sorted(set(peaks) - set(PHASES)):
+        times = [lap[phase] for lap in timed if phase in lap]
+        out[phase] = {"time_s": statistics.median(times) if times else float("nan"), **peaks[phase]}
+    return out
 
 
 def _rl_arm(cfg: Config, steps: int) -> dict:
-    """Child process: ``steps`` RL steps; median phase times (first step dropped) and peak memory."""
+    """Child process: ``steps`` RL steps, each phase profiled (time, peak RSS, CUDA max-allocated).
+
+    The maker's phases (generate, logprobs, reward, ...) go through ``run.maker.timer``, which is
+    replaced by a profiler; the policy and RM updates are profiled by wrapping the updaters' ``update``
+    methods, so the training loop itself is unchanged.
+    """
+    from r2m.profiling import PhaseProfiler, merge_peaks, profile_method
     from r2m.trainers.pg import RLRun
 
     run = RLRun(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False))
-    rows = [run.step(s) for s in range(1, steps + 1)]
-    out = {**_median_times(rows[1:] or rows), **_peak_memory_mb()}
+    prof = PhaseProfiler(RSS_INTERVAL_S)
+    run.maker.timer = prof
+    profile_method(run.updater, "update", prof, "update")
+    profile_method(getattr(run, "rm_updater", None), "update", prof, "rm_update")
+    rows, laps, peaks = [], [], []
+    try:
+        for s in range(1, steps + 1):
+            with prof("step"):
+                rows.append(run.step(s))  # run.step pops the timer's totals itself
+            laps.append(prof.pop_laps())
+            peaks.append(prof.pop_memory())
+    finally:
+        prof.close()
+    phases = _phase_summary(laps, merge_peaks(peaks))
+    out = {**{f"time/{p}": v["time_s"] for p, v in phases.items()}, "phases": phases, **_process_peaks(phases),
+           **_arm_env(run.device)}
     if any("r2m/hidden_mb" in r for r in rows):
         out["r2m/hidden_mb"] = rows[-1]["r2m/hidden_mb"]
     return out
@@ -55,6 +110,7 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
     import torch
 
     from r2m.losses import grebt_terms
+    from r2m.profiling import PhaseProfiler, merge_peaks
     from r2m.trainers.pg import RLRun
 
     run = RLRun(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False))
@@ -63,27 +119,34 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
     if full:
         model.rm.model.requires_grad_(True)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.reward.r2m.lr)
-    times = []
-    for step in range(1, steps + 1):
-        idx = run.sampler.next(cfg.rl.prompts_per_step)
-        exp = run.maker.make([run.train.texts[i] for i in idx], [run.train.ids[i] for i in idx], step=step - 1)
-        t0 = time.perf_counter()
-        if full:
-            # Recompute H_last through the unfrozen backbone so its gradient flows too.
-            enc = model.rm.tokenize(exp.prompts, exp.responses)
-            rte = model.rm.embed(enc["input_ids"].to(run.device), enc["attention_mask"].to(run.device)).float()
-            r = model.score(rte, exp.policy_hidden, exp.policy_mask, run.reward_fn.omega(exp.step)).view(exp.n, exp.k)
-            loss = grebt_terms(r, cfg.reward.r2m.effective_alpha).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            updater.update(exp)
-        times.append(time.perf_counter() - t0)
+    prof = PhaseProfiler(RSS_INTERVAL_S)
+    laps, peaks = [], []
+    try:
+        for step in range(1, steps + 1):
+            idx = run.sampler.next(cfg.rl.prompts_per_step)
+            exp = run.maker.make([run.train.texts[i] for i in idx], [run.train.ids[i] for i in idx], step=step - 1)
+            with prof("rm_update"):
+                if full:
+                    # Recompute H_last through the unfrozen backbone so its gradient flows too.
+                    enc = model.rm.tokenize(exp.prompts, exp.responses)
+                    rte = model.rm.embed(enc["input_ids"].to(run.device), enc["attention_mask"].to(run.device)).float()
+                    r = model.score(rte, exp.policy_hidden, exp.policy_mask,
+                                    run.reward_fn.omega(exp.step)).view(exp.n, exp.k)
+                    loss = grebt_terms(r, cfg.reward.r2m.effective_alpha).loss
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                else:
+                    updater.update(exp)
+            laps.append(prof.pop_laps())
+            peaks.append(prof.pop_memory())
+    finally:
+        prof.close()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if full else \
         sum(p.numel() for p in model.trainable_parameters())
-    return {"time/rm_update": statistics.median(times[1:] or times), "trainable_params": trainable,
-            **_peak_memory_mb()}
+    phases = _phase_summary(laps, merge_peaks(peaks))
+    return {"time/rm_update": phases["rm_update"]["time_s"], "trainable_params": trainable, "phases": phases,
+            **_process_peaks(phases), **_arm_env(run.device)}
 
 
 def _child(fn: Callable, args: tuple, queue) -> None:
@@ -108,48 +171,102 @@ def _in_process(fn: Callable, *args) -> dict:
     return value
 
 
+def _ratio(num: dict, den: dict, key: str) -> float:
+    a, b = num.get(key), den.get(key)
+    return a / b if a is not None and b else float("nan")
+
+
+def _load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def bench_cost(cfg: Config, steps: int = 12) -> dict:
     """Figure 7 (a) and (b) on ``cfg`` (the world by default)."""
     from r2m.pipeline import resolve_inputs
 
     resolve_inputs(cfg)  # build the world's artifacts once, outside the timed arms
+    load_start = _load_avg()
     vanilla_cfg = replace_path(cfg, reward__r2m__enabled=False, run__name=f"{cfg.run.name}-vanilla")
     r2m_cfg = replace_path(cfg, reward__r2m__enabled=True, run__name=f"{cfg.run.name}-r2m")
-    result = {
-        "steps": steps,
-        "rl": {"rloo": _in_process(_rl_arm, vanilla_cfg, steps), "rloo_r2m": _in_process(_rl_arm, r2m_cfg, steps)},
-        "rm_update": {"lightweight": _in_process(_rm_update_arm, r2m_cfg, steps, False),
-                      "full": _in_process(_rm_update_arm, r2m_cfg, steps, True)},
+    rl = {"rloo": _in_process(_rl_arm, vanilla_cfg, steps), "rloo_r2m": _in_process(_rl_arm, r2m_cfg, steps)}
+    rm = {"lightweight": _in_process(_rm_update_arm, r2m_cfg, steps, False),
+          "full": _in_process(_rm_update_arm, r2m_cfg, steps, True)}
+    v, r = rl["rloo"], rl["rloo_r2m"]
+    lw, full = rm["lightweight"], rm["full"]
+    ratios = {
+        "step_time_r2m_over_rloo": _ratio(r, v, "time/step"),
+        "peak_rss_r2m_over_rloo": _ratio(r, v, "peak_rss_mb"),
+        "peak_rss_steps_r2m_over_rloo": _ratio(r, v, "peak_rss_steps_mb"),
+        "rm_update_time_full_over_lightweight": _ratio(full, lw, "time/rm_update"),
+        "peak_rss_full_over_lightweight": _ratio(full, lw, "peak_rss_mb"),
+        "rm_update_peak_rss_full_over_lightweight": _ratio(full["phases"]["rm_update"], lw["phases"]["rm_update"],
+                                                           "peak_rss_mb"),
     }
-    v, r = result["rl"]["rloo"], result["rl"]["rloo_r2m"]
-    lw, full = result["rm_update"]["lightweight"], result["rm_update"]["full"]
-    result["ratios"] = {
-        "step_time_r2m_over_rloo": r["time/step"] / v["time/step"],
-        "peak_rss_r2m_over_rloo": r["peak_rss_mb"] / v["peak_rss_mb"],
-        "rm_update_time_full_over_lightweight": full["time/rm_update"] / lw["time/rm_update"],
-        "peak_rss_full_over_lightweight": full["peak_rss_mb"] / lw["peak_rss_mb"],
-    }
-    return result
+    if "cuda_max_allocated_mb" in v and "cuda_max_allocated_mb" in r:
+        ratios["cuda_max_allocated_r2m_over_rloo"] = _ratio(r, v, "cuda_max_allocated_mb")
+        ratios["cuda_max_allocated_full_over_lightweight"] = _ratio(full, lw, "cuda_max_allocated_mb")
+    return {"steps": steps, "measured_steps": max(steps - 1, 1), "threads": v["threads"], "device": v["device"],
+            # Other processes on the machine slow the arms unevenly: the ratios mean little under load.
+            "cpu_count": os.cpu_count(), "load_avg_1min": {"start": load_start, "end": _load_avg()},
+            "dtype": {"policy": cfg.policy.dtype, "reward": cfg.reward.dtype},
+            "memory_method": {"rss": f"{v['rss_method']}, sampled every {v['rss_interval_ms']:g} ms and at phase "
+                                     f"boundaries; peak_rss_mb is the arm process's lifetime peak (VmHWM)",
+                              "cuda": "torch.cuda.max_memory_allocated(), reset at each phase start"},
+            "rl": rl, "rm_update": rm, "ratios": ratios}
 
 
-def format_cost(result: dict) -> str:
+def _mb(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def format_cost(result: dict, markdown: bool = False) -> str:
+    """The cost report: per-phase time and peak memory for both arms, (b), and the ratios."""
     from r2m.eval.report import format_table
 
+    nan = float("nan")
     v, r = result["rl"]["rloo"], result["rl"]["rloo_r2m"]
-    phases = [k for k in ("time/step", "time/generate", "time/logprobs", "time/reward", "time/update", "time/rm_update")
-              if k in v or k in r]
-    rows = [[k.split("/")[1] + " (s)", v.get(k, 0.0), r.get(k, 0.0)] for k in phases]
-    rows.append(["peak RSS (MiB)", v["peak_rss_mb"], r["peak_rss_mb"]])
-    if "cuda_max_allocated_mb" in v:
-        rows.append(["CUDA max allocated (MiB)", v["cuda_max_allocated_mb"], r["cuda_max_allocated_mb"]])
+    pv, pr = v.get("phases", {}), r.get("phases", {})
+    rows = []
+    for key, label in PHASES.items():
+        if key not in pv and key not in pr and f"time/{key}" not in v and f"time/{key}" not in r:
+            continue
+        a, b = pv.get(key, {}), pr.get(key, {})
+        rows.append([label, a.get("time_s", v.get(f"time/{key}", nan)), b.get("time_s", r.get(f"time/{key}", nan)),
+                     _mb(a.get("peak_rss_mb")), _mb(b.get("peak_rss_mb")),
+                     _mb(a.get("cuda_peak_mb")), _mb(b.get("cuda_peak_mb"))])
+    rows.append(["process lifetime (VmHWM)", nan, nan, v["peak_rss_mb"], r["peak_rss_mb"],
+                 _mb(v.get("cuda_max_allocated_mb")), _mb(r.get("cuda_max_allocated_mb"))])
+    headers = ["phase", "RLOO s", "RLOO+R2M s", "RLOO RSS MiB", "R2M RSS MiB", "RLOO CUDA MiB", "R2M CUDA MiB"]
     lw, full = result["rm_update"]["lightweight"], result["rm_update"]["full"]
+    lwp, fp = lw.get("phases", {}).get("rm_update", {}), full.get("phases", {}).get("rm_update", {})
     rows_b = [["RM update time (s)", lw["time/rm_update"], full["time/rm_update"]],
               ["trainable params", lw["trainable_params"], full["trainable_params"]],
-              ["peak RSS (MiB)", lw["peak_rss_mb"], full["peak_rss_mb"]]]
-    ratios = "\n".join(f"  {k}: {v:.3f}" for k, v in result["ratios"].items())
-    return ("(a) RLOO vs RLOO+R2M, median per step\n" + format_table(["", "RLOO", "RLOO+R2M"], rows) +
-            "\n\n(b) RM update: lightweight (R2M) vs full\n" + format_table(["", "lightweight", "full"], rows_b) +
-            "\n\nratios\n" + ratios)
+              ["RM update peak RSS (MiB)", _mb(lwp.get("peak_rss_mb")), _mb(fp.get("peak_rss_mb"))],
+              ["RM update RSS growth (MiB)", _mb(lwp.get("rss_growth_mb")), _mb(fp.get("rss_growth_mb"))],
+              ["RM update CUDA peak (MiB)", _mb(lwp.get("cuda_peak_mb")), _mb(fp.get("cuda_peak_mb"))],
+              ["process peak RSS (MiB)", lw["peak_rss_mb"], full["peak_rss_mb"]]]
+    ratios = result["ratios"]
+    fig7 = [["step time", ratios.get("step_time_r2m_over_rloo", nan)],
+            ["peak RSS, steps (sampled)", ratios.get("peak_rss_steps_r2m_over_rloo", nan)],
+            ["peak RSS, process lifetime (VmHWM)", ratios.get("peak_rss_r2m_over_rloo", nan)],
+            ["CUDA max allocated", ratios.get("cuda_max_allocated_r2m_over_rloo", nan)]]
+    fig7b = [["RM update time", ratios.get("rm_update_time_full_over_lightweight", nan)],
+             ["RM update peak RSS", ratios.get("rm_update_peak_rss_full_over_lightweight", nan)],
+             ["CUDA max allocated", ratios.get("cuda_max_allocated_full_over_lightweight", nan)]]
+    load = result.get("load_avg_1min")
+    where = (f"{result.get('device', '?')}, {result.get('threads', '?')} torch thread(s), "
+             f"{result.get('measured_steps', result['steps'])} measured steps after a warm-up"
+             + (f"; load average {load['start']:.1f} -> {load['end']:.1f} on {result.get('cpu_count')} CPUs"
+                if load else ""))
+    return (f"(a) RLOO vs RLOO+R2M: median wall time per step and peak memory per phase ({where}; "
+            f"\"-\": not run or no CUDA)\n\n" + format_table(headers, rows, markdown) +
+            "\n\n(b) RM update: lightweight (R2M) vs full\n\n" +
+            format_table(["", "lightweight", "full"], rows_b, markdown) +
+            "\n\nR2M / vanilla RLOO (Figure 7a)\n\n" + format_table(["", "ratio"], fig7, markdown) +
+            "\n\nfull / lightweight RM update (Figure 7b)\n\n" + format_table(["", "ratio"], fig7b, markdown))
 
 
 def run_bench(cfg: Config, what: str, steps: int, out: str) -> int:
@@ -195,10 +312,17 @@ PRESETS: dict[str, dict] = {
                             "policy.arch.hidden_size=32", "policy.arch.num_layers=1", "policy.arch.num_heads=2",
                             "policy.arch.intermediate_size=64", "reward.arch.hidden_size=24",
                             "reward.arch.num_layers=1", "reward.arch.num_heads=2", "reward.arch.intermediate_size=48",
-                            "sft.batch_size=32", "rm.batch_size=32", "rm.epochs=1", "eval.samples_per_prompt=1"]},
+                            "sft.batch_size=32", "rm.batch_size=32", "rm.epochs=1", "eval.samples_per_prompt=1"],
+              # SER's RM loop on the same tiny world (one loop), and the cost arms for 3 steps (1 warm-up).
+              # tau_delta is lowered so that the weak seed RM reaches Status 2 and one loop really runs.
+              "ser": {"seeds": 1, "overrides": ["ser.max_loops=1", "ser.tau_delta=0.001"]},
+              "cost_steps": 3},
     # The full matrix on 2 CPU cores in about 2 hours.
     "paper": {"seeds": 3, "algorithms": list(ALGORITHMS), "variants": list(VARIANTS), "ablations": list(ABLATIONS),
-              "overrides": ["rl.steps=150", "rl.eval_every=25"]},
+              "overrides": ["rl.steps=150", "rl.eval_every=25"],
+              # SER with every default (the world's 5000 pairs, 3 loops), RM part only; cost as benchmarks/cost.json.
+              "ser": {"seeds": 3, "overrides": []},
+              "cost_steps": 12},
 }
 
 COLUMNS = [("gold", "eval/gold"), ("win vs SFT", "eval/win_rate_vs_sft"), ("LC win", "eval/lc_win_rate_vs_sft"),
@@ -285,6 +409,80 @@ def matrix_tables(results: dict[str, list[dict]], sft_gold: float) -> str:
     return main + "\n\n### RM accuracy with and without policy feedback (R2M Table 3)\n\n" + acc
 
 
+def _preset_base(cfg: Config, preset_name: str) -> list[str]:
+    return [*PRESETS[preset_name]["overrides"], f"run.root={cfg.run.root}", "run.log_with=[]", "run.progress=false"]
+
+
+def _ser_summary(res) -> dict:
+    """What the report needs from one :class:`r2m.trainers.ser.SERResult`: Table 1's rows and the loops."""
+    headers, rows = res.table
+    return {"table": {"headers": list(headers), "rows": [list(r) for r in rows]},
+            "loops": [{"loop": h["loop"], "status": h["status"], "pairs": int(h["ser/selected"]),
+                       "frac": h["ser/selected_frac"], "pseudo_acc": h.get("ser/pseudo_acc", float("nan")),
+                       "val_acc": h["ser/val_acc"], "test_acc": h["ser/test_acc"]} for h in res.history],
+            "stop": res.stop}
+
+
+def run_ser_bench(cfg: Config, preset_name: str) -> list[dict]:
+    """SER Table 1 per seed (the RM loop only, ``ser.ppo=false``), each skipped when its result.json exists."""
+    from r2m.config import load_config
+    from r2m.trainers.ser import run_ser
+
+    ser = PRESETS[preset_name]["ser"]
+    results = []
+    for seed in range(ser["seeds"]):
+        name = f"bench-{preset_name}-ser-s{seed}"
+        done = Path(cfg.run.root) / name / "result.json"
+        if not done.exists():
+            t0 = time.perf_counter()
+            run_cfg = load_config(None, [*_preset_base(cfg, preset_name), *ser["overrides"], "ser.ppo=false",
+                                         f"run.seed={seed}", f"run.name={name}"])
+            summary = {**_ser_summary(run_ser(run_cfg)), "wall_s": time.perf_counter() - t0}
+            done.write_text(json.dumps(summary))
+            print(f"[bench] SER seed {seed}: test acc {summary['table']['rows'][1][3]:.3f}", flush=True)
+        results.append(json.loads(done.read_text()))
+    return results
+
+
+def ser_tables(results: list[dict]) -> str:
+    """SER Table 1 (mean ± std over seeds) and the pairs each loop selected, per seed (Markdown)."""
+    from r2m.eval.report import format_table
+
+    headers = results[0]["table"]["headers"]
+    rows = []
+    for i, first in enumerate(results[0]["table"]["rows"]):
+        name = "SER (last loop)" if i == 1 else first[0]
+        cells = [r["table"]["rows"][i] for r in results]
+        counts = sorted({str(c[1]) for c in cells}), sorted({str(c[2]) for c in cells})
+        rows.append([name, "/".join(counts[0]), "/".join(counts[1]),
+                     *[_mean_std([c[j] for c in cells]) for j in range(3, len(headers))]])
+    main = format_table(headers, rows, markdown=True)
+    n_loops = max(len(r["loops"]) for r in results)
+    loop_rows = []
+    for seed, r in enumerate(results):
+        cells = [f"{lp['pairs']} ({100 * lp['frac']:.0f}%, {lp['status']})" for lp in r["loops"]]
+        stop = r.get("stop") or {}
+        loop_rows.append([seed, *cells, *["-"] * (n_loops - len(cells)),
+                          f"{stop.get('reason', '?')} at loop {stop.get('loop', '?')}"])
+    loops = format_table(["seed", *[f"loop {k}" for k in range(n_loops)], "ended"], loop_rows, markdown=True)
+    return main + "\n\nPairs trained per loop (share of the RM data, learning status):\n\n" + loops
+
+
+def run_cost_bench(cfg: Config, preset_name: str) -> dict:
+    """``bench_cost`` on the preset's world, skipped when ``bench-<preset>-cost/result.json`` exists."""
+    from r2m.config import load_config
+
+    name = f"bench-{preset_name}-cost"
+    done = Path(cfg.run.root) / name / "result.json"
+    if not done.exists():
+        run_cfg = load_config(None, [*_preset_base(cfg, preset_name), f"run.name={name}"])
+        result = bench_cost(run_cfg, PRESETS[preset_name]["cost_steps"])
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(result, indent=1))
+        print(f"[bench] cost: R2M/RLOO step time {result['ratios']['step_time_r2m_over_rloo']:.3f}", flush=True)
+    return json.loads(done.read_text())
+
+
 def bench_plots(cfg: Config, preset_name: str, results: dict, out_dir: Path) -> list[Path]:
     """Gold and proxy curves per method, and gold against KL (Gao et al.'s over-optimisation curve)."""
     import matplotlib
@@ -320,7 +518,13 @@ def bench_plots(cfg: Config, preset_name: str, results: dict, out_dir: Path) -> 
     return paths
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
 def run_bench_matrix(cfg: Config, preset_name: str, out: str) -> int:
+    """The matrix, SER Table 1 and the cost arms of ``preset_name`` (each part resumes from its
+    result.json files), then the report ``out`` (Markdown), its plots and JSON next to it."""
     import subprocess
 
     from r2m.pipeline import ensure_world_policy
@@ -333,7 +537,11 @@ def run_bench_matrix(cfg: Config, preset_name: str, out: str) -> int:
     ensure_world_policy(world_cfg)
     t0 = time.perf_counter()
     results = run_matrix(cfg, preset_name, Path(out).parent)
-    wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    ser = run_ser_bench(cfg, preset_name)
+    t2 = time.perf_counter()
+    cost = run_cost_bench(cfg, preset_name)
+    t3 = time.perf_counter()
     first = next(iter(results))
     from r2m.runlog import read_metrics
 
@@ -345,15 +553,28 @@ def run_bench_matrix(cfg: Config, preset_name: str, out: str) -> int:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = "unknown"
+    preset = PRESETS[preset_name]
+    ser_extra = "".join(f" {o}" for o in preset["ser"]["overrides"])
     text = (f"# Benchmarks: the gold-reward world\n\n"
             f"Made by `r2m bench run --preset {preset_name}` at commit `{commit}`, "
-            f"{PRESETS[preset_name]['seeds']} seeds, mean ± std, in {wall / 60:.0f} min on this machine.\n\n"
+            f"{preset['seeds']} seeds, mean ± std. This invocation took {_duration(t3 - t0)} on this machine "
+            f"(matrix {_duration(t1 - t0)}, SER {_duration(t2 - t1)}, cost {_duration(t3 - t2)}; parts already "
+            f"done in an earlier invocation are read from their result.json).\n\n"
             f"Columns are measured on the fixed evaluation prompts after the last step; \"proxy (RM)\" is the "
             f"frozen vanilla RM's score on the same samples (comparable across methods), \"peak step\" the "
             f"evaluation step of the highest gold reward (over-optimisation onset).\n\n"
             + matrix_tables(results, sft["eval/gold"]) +
-            "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+            "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+            f"\n## SER Table 1: reward-model accuracy on held-out pairs\n\n"
+            f"`r2m ser ser.ppo=false{ser_extra}` ({len(ser)} seed(s)): "
+            f"the seed RM (Loop 0), the last self-labelling loop (SER) and BT on every labelled pair of the RM "
+            f"part (Full); test = data.pref_eval, \"gold\" orders each pair by the gold reward (docs/SER.md).\n\n"
+            + ser_tables(ser) +
+            f"\n\n## Cost: R2M vs vanilla RLOO (R2M Figure 7)\n\n`r2m bench cost --steps {preset['cost_steps']}` "
+            f"on this preset's world; methods in benchmarks/README.md.\n\n" + format_cost(cost, markdown=True) + "\n")
     out_path.write_text(text)
     (out_path.parent / f"bench_{preset_name}.json").write_text(json.dumps(results, indent=1))
+    (out_path.parent / f"bench_{preset_name}_ser.json").write_text(json.dumps(ser, indent=1))
+    (out_path.parent / f"bench_{preset_name}_cost.json").write_text(json.dumps(cost, indent=1))
     print(text)
     return 0

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-responses", help="winrate: JSONL of {prompt, response} from the policy")
     p.add_argument("--ref-responses", help="winrate: JSONL of {prompt, response} to compare against")
     p.add_argument("--judge", default="gold", choices=["gold", "reward_model", "api"],
-                   help="winrate: the judge (api reads judge settings from R2M_JUDGE_* env vars)")
+                   help="winrate: the judge (api: eval.judge.* settings, else R2M_JUDGE_* env vars; docs/EVAL.md)")
     p = sub.add_parser("analyze", help="analyses of the R2M paper (hidden states)")
     p.add_argument("what", choices=["hidden-states"])
     _add_common(p)

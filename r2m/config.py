@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -689,6 +690,55 @@ class RLConfig:
         _check(self.save_every >= 0, "rl.save_every", ">= 0", self.save_every)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The API judge of ``r2m eval winrate --judge api`` (docs/EVAL.md): any OpenAI-compatible endpoint.
+
+    Holds no secret: the key stays in the environment variable named by ``api_key_env`` (or in
+    ``api_key_file``). A field left null falls back to its ``R2M_JUDGE_*`` environment variable, then to
+    the default given in its docstring; a value set here (YAML or ``eval.judge.x=...``) wins over both.
+    """
+
+    base_url: Optional[str] = None
+    """API root; requests go to <base_url>/chat/completions. Null: $R2M_JUDGE_BASE_URL,
+    else https://api.openai.com/v1."""
+    model: Optional[str] = None
+    """Judge model. Null: $R2M_JUDGE_MODEL, else gpt-4o-2024-08-06 (SER's judge)."""
+    api_key_env: Optional[str] = None
+    """The NAME of the environment variable holding the API key, never the key itself.
+    Null: $R2M_JUDGE_KEY_ENV, else OPENAI_API_KEY."""
+    api_key_file: Optional[str] = None
+    """A file whose stripped content is the key; wins over api_key_env. Null: $R2M_JUDGE_KEY_FILE, else unused."""
+    mode: Optional[str] = None
+    """``pairwise`` (both orders, inconsistent = tie) or ``single`` (SER's 5-point rubric per response).
+    Null: $R2M_JUDGE_MODE, else pairwise."""
+    concurrency: Optional[int] = None
+    """Most requests in flight at once. Null: $R2M_JUDGE_CONCURRENCY, else 4."""
+    max_retries: Optional[int] = None
+    """Retries after the first attempt (HTTP 429, 5xx, timeouts, connection errors).
+    Null: $R2M_JUDGE_MAX_RETRIES, else 5."""
+    timeout: Optional[float] = None
+    """Socket timeout of one request, seconds. Null: $R2M_JUDGE_TIMEOUT, else 60."""
+    cache_dir: Optional[str] = None
+    """Reply cache directory; "" disables the cache. Null: $R2M_JUDGE_CACHE, else .r2m_judge_cache."""
+
+    def __post_init__(self) -> None:
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
+            # Never echo the value: a key pasted here by mistake must not reach logs or error messages.
+            raise ConfigError("eval.judge.api_key_env: expected the NAME of an environment variable "
+                              "(letters, digits, _), not a key; the given value is not shown")
+        if self.base_url is not None:
+            _check(self.base_url.startswith(("http://", "https://")), "eval.judge.base_url", "an http(s) URL",
+                   self.base_url)
+        _check(self.mode in (None, "pairwise", "single"), "eval.judge.mode", "pairwise or single", self.mode)
+        _check(self.concurrency is None or self.concurrency >= 1, "eval.judge.concurrency", ">= 1", self.concurrency)
+        _check(self.max_retries is None or self.max_retries >= 0, "eval.judge.max_retries", ">= 0", self.max_retries)
+        _check(self.timeout is None or self.timeout > 0, "eval.judge.timeout", "> 0", self.timeout)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Periodic evaluation on the fixed prompt set."""
@@ -701,6 +751,8 @@ class EvalConfig:
     """Samples per evaluation prompt (more: less noise)."""
     batch_size: int = 256
     """Prompts per generation batch."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The API judge of ``r2m eval winrate --judge api`` (endpoint, model, key variable, limits, cache)."""
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "eval.temperature", ">= 0", self.temperature)

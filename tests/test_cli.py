@@ -185,18 +185,6 @@ def test_analyze_hidden_states(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert numbers and any(p.suffix == ".png" for p in out.iterdir())
 
 
-@pytest.mark.slow
-def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
-    out = tmp_path / "BENCHMARKS.md"
-    root = tiny[-1]
-    assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
-    text = out.read_text()
-    for method in ("RLOO", "RLOO+R2M", "GRPO+R2M", "RLOO+Iterative RM-head", "RLOO+Pretrained RM",
-                   "RLOO+R2M w/ Noise", "RM accuracy with and without policy feedback"):
-        assert method in text, method
-    assert (tmp_path / "bench_smoke_curves.png").exists() and (tmp_path / "bench_smoke.json").exists()
-
-
 def test_overrides_may_follow_options_after_a_subcommand_positional():
     from r2m.cli import parse_args
 

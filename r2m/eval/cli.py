@@ -46,18 +46,14 @@ def eval_rm(cfg: Config) -> dict[str, float]:
 
 
 def _judge(cfg: Config, kind: str):
-    from r2m.eval.judges import ApiJudgeConfig, JudgeKind, build_judge
+    from r2m.eval.judges import JudgeKind, build_judge
 
     if kind == "api":
-        import os
+        from r2m.eval.judges import api_judge_config
 
-        # Endpoint settings from the environment; the key itself is read by the judge (env var or file).
-        api = ApiJudgeConfig(base_url=os.environ.get("R2M_JUDGE_BASE_URL", "https://api.openai.com/v1"),
-                             model=os.environ.get("R2M_JUDGE_MODEL", "gpt-4o"),
-                             api_key_env=os.environ.get("R2M_JUDGE_KEY_ENV", "OPENAI_API_KEY"),
-                             api_key_file=os.environ.get("R2M_JUDGE_KEY_FILE"),
-                             cache_dir=os.environ.get("R2M_JUDGE_CACHE", ".r2m_judge_cache"))
-        return build_judge(JudgeKind.API, api=api)
+        # eval.judge.* first, then the R2M_JUDGE_* environment variables; the key itself is read by the
+        # judge from the environment variable eval.judge.api_key_env names (or the key file).
+        return build_judge(JudgeKind.API, api=api_judge_config(cfg.eval.judge))
     if kind == "reward_model":
         from r2m.pipeline import resolve_inputs
         from r2m.trainers.pg import build_reward

@@ -28,9 +28,9 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from r2m.config import WorldConfig
+from r2m.config import JudgeConfig, WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts
 from r2m.eval.winrate import LOSS, TIE, WIN, outcomes_from_scores
@@ -164,6 +164,10 @@ class ApiJudgeConfig:
         check(bool(self.model), "model", "a model name", self.model)
         check(bool(self.api_key_env) or bool(self.api_key_file), "api_key_env", "a variable name (or api_key_file)",
               self.api_key_env)
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # Never echo the value: it may be a key pasted in the wrong place.
+            raise ConfigError("judge.api_key_env: expected the NAME of an environment variable (letters, digits, _), "
+                              "not a key; the given value is not shown")
         check(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
         check(self.max_retries >= 0, "max_retries", ">= 0", self.max_retries)
         check(self.backoff_s >= 0, "backoff_s", ">= 0", self.backoff_s)
@@ -171,6 +175,56 @@ class ApiJudgeConfig:
         check(self.timeout_s > 0, "timeout_s", "> 0", self.timeout_s)
         check(self.temperature >= 0, "temperature", ">= 0", self.temperature)
         check(self.max_tokens >= 1, "max_tokens", ">= 1", self.max_tokens)
+
+
+# ``eval.judge`` field -> (environment variable used when the field is null, ApiJudgeConfig field).
+JUDGE_ENV: dict[str, tuple[str, str]] = {
+    "base_url": ("R2M_JUDGE_BASE_URL", "base_url"),
+    "model": ("R2M_JUDGE_MODEL", "model"),
+    "api_key_env": ("R2M_JUDGE_KEY_ENV", "api_key_env"),
+    "api_key_file": ("R2M_JUDGE_KEY_FILE", "api_key_file"),
+    "mode": ("R2M_JUDGE_MODE", "mode"),
+    "concurrency": ("R2M_JUDGE_CONCURRENCY", "max_concurrency"),
+    "max_retries": ("R2M_JUDGE_MAX_RETRIES", "max_retries"),
+    "timeout": ("R2M_JUDGE_TIMEOUT", "timeout_s"),
+    "cache_dir": ("R2M_JUDGE_CACHE", "cache_dir"),
+}
+DEFAULT_CACHE_DIR = ".r2m_judge_cache"
+
+
+def _from_env(var: str, value: str, kind: type) -> object:
+    if kind is str:
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{var}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def api_judge_config(judge: Optional[JudgeConfig] = None,
+                     environ: Optional[Mapping[str, str]] = None) -> ApiJudgeConfig:
+    """The :class:`ApiJudgeConfig` of ``eval.judge``: each field from the config when set, else from its
+    ``R2M_JUDGE_*`` environment variable (:data:`JUDGE_ENV`), else the default. Reads no key."""
+    judge = judge or JudgeConfig()
+    environ = os.environ if environ is None else environ
+    kinds = {"concurrency": int, "max_retries": int, "timeout": float}
+    kwargs: dict = {"cache_dir": DEFAULT_CACHE_DIR}
+    for name, (var, target) in JUDGE_ENV.items():
+        value = getattr(judge, name)
+        if value is None and environ.get(var, "") != "":
+            value = _from_env(var, environ[var], kinds.get(name, str))
+        elif value is None and name == "cache_dir" and var in environ:  # R2M_JUDGE_CACHE="": no cache
+            value = ""
+        if value is not None:
+            kwargs[target] = value
+    if kwargs.get("mode") is not None:
+        try:
+            kwargs["mode"] = CompareMode(kwargs["mode"])
+        except ValueError:
+            raise ConfigError(f"judge.mode: expected pairwise or single, got {kwargs['mode']!r}") from None
+    if kwargs["cache_dir"] == "":
+        kwargs["cache_dir"] = None
+    return ApiJudgeConfig(**kwargs)
 
 
 class JudgeError(R2MError):

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 import pytest
 import torch
 
-from r2m.config import WorldConfig
+from r2m.config import JudgeConfig, WorldConfig, load_config, save_config
 from r2m.errors import ConfigError
 from r2m.eval import judge_prompts
 from r2m.eval.judges import (
@@ -28,6 +28,7 @@ from r2m.eval.judges import (
     RewardModelJudge,
     Scorer,
     Verdict,
+    api_judge_config,
     build_judge,
     combine_verdicts,
     pairwise_messages,
@@ -76,6 +77,7 @@ class FakeServer:
         self.max_in_flight = 0
         self.auth: set[str] = set()
         self.paths: set[str] = set()
+        self.models: set[str] = set()
         self.lock = threading.Lock()
         server = self
 
@@ -91,6 +93,7 @@ class FakeServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.auth.add(self.headers.get("Authorization", ""))
                     server.paths.add(self.path)
+                    server.models.add(body.get("model", ""))
                     failure = server.failures.pop(0) if server.failures else None
                     delay = server.delays.pop(0) if server.delays else server.delay
                 try:
@@ -382,3 +385,91 @@ def test_config_validation() -> None:
         ApiJudgeConfig(max_concurrency=0)
     with pytest.raises(ConfigError, match="judge.base_url"):
         ApiJudgeConfig(base_url="localhost:8000")
+    with pytest.raises(ConfigError) as err:
+        ApiJudgeConfig(api_key_env=KEY)  # a key pasted where the variable's name belongs
+    assert KEY not in str(err.value) and "NAME" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval.judge: the API judge as config, R2M_JUDGE_* as fallback
+# ---------------------------------------------------------------------------------------------
+
+
+def test_judge_config_precedence_config_then_env_then_default() -> None:
+    default = api_judge_config(JudgeConfig(), environ={})
+    assert (default.base_url, default.model, default.api_key_env, default.api_key_file) == \
+        ("https://api.openai.com/v1", "gpt-4o-2024-08-06", "OPENAI_API_KEY", None)
+    assert (default.max_concurrency, default.max_retries, default.timeout_s, default.cache_dir, default.mode) == \
+        (4, 5, 60.0, ".r2m_judge_cache", CompareMode.PAIRWISE)
+    env = {"R2M_JUDGE_BASE_URL": "http://env:1/v1", "R2M_JUDGE_MODEL": "env-model", "R2M_JUDGE_KEY_ENV": "ENV_KEY_VAR",
+           "R2M_JUDGE_CONCURRENCY": "7", "R2M_JUDGE_MAX_RETRIES": "2", "R2M_JUDGE_TIMEOUT": "3.5",
+           "R2M_JUDGE_MODE": "single", "R2M_JUDGE_CACHE": "/tmp/env-cache"}
+    from_env = api_judge_config(JudgeConfig(), environ=env)
+    assert (from_env.base_url, from_env.model, from_env.api_key_env, from_env.max_concurrency, from_env.max_retries,
+            from_env.timeout_s, from_env.mode, from_env.cache_dir) == \
+        ("http://env:1/v1", "env-model", "ENV_KEY_VAR", 7, 2, 3.5, CompareMode.SINGLE, "/tmp/env-cache")
+    cfg = JudgeConfig(base_url="http://cfg:2/v1", model="cfg-model", api_key_env="CFG_KEY_VAR", concurrency=3,
+                      max_retries=0, timeout=9.0, mode="pairwise", cache_dir="")
+    both = api_judge_config(cfg, environ=env)  # the config wins field by field
+    assert (both.base_url, both.model, both.api_key_env, both.max_concurrency, both.max_retries, both.timeout_s,
+            both.mode, both.cache_dir) == ("http://cfg:2/v1", "cfg-model", "CFG_KEY_VAR", 3, 0, 9.0,
+                                           CompareMode.PAIRWISE, None)  # cache_dir "" disables the cache
+    assert api_judge_config(JudgeConfig(model="m"), environ={"R2M_JUDGE_CACHE": ""}).cache_dir is None
+    with pytest.raises(ConfigError, match="R2M_JUDGE_CONCURRENCY"):
+        api_judge_config(JudgeConfig(), environ={"R2M_JUDGE_CONCURRENCY": "lots"})
+
+
+def test_judge_config_fields_are_validated_without_echoing_a_key() -> None:
+    cfg = load_config(None, ["eval.judge.model=m", "eval.judge.concurrency=2", "eval.judge.timeout=1.5"])
+    assert cfg.eval.judge == JudgeConfig(model="m", concurrency=2, timeout=1.5)
+    for override, field in [("eval.judge.concurrency=0", "eval.judge.concurrency"),
+                            ("eval.judge.max_retries=-1", "eval.judge.max_retries"),
+                            ("eval.judge.timeout=0", "eval.judge.timeout"), ("eval.judge.mode=best", "eval.judge.mode"),
+                            ("eval.judge.base_url=localhost:1", "eval.judge.base_url"),
+                            ("eval.judge.api_key=x", "eval.judge.api_key: unknown key")]:
+        with pytest.raises(ConfigError, match=field):
+            load_config(None, [override])
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"eval.judge.api_key_env={KEY}"])
+    assert "eval.judge.api_key_env" in str(err.value) and KEY not in str(err.value)
+
+
+def _write_responses(path, prompts, responses) -> str:
+    path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(prompts, responses)))
+    return str(path)
+
+
+def test_winrate_cli_reads_the_judge_from_config_and_never_writes_the_key(server, tmp_path, monkeypatch, caplog,
+                                                                          capsys) -> None:
+    from r2m.cli import main
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("R2M_JUDGE_MODEL", "env-model")  # the config's model wins over the environment's
+    cache = tmp_path / "cache"
+    overrides = [f"eval.judge.base_url={server.base_url}", "eval.judge.model=fake-judge",
+                 "eval.judge.api_key_env=R2M_TEST_JUDGE_KEY", f"eval.judge.cache_dir={cache}",
+                 "eval.judge.concurrency=2", "eval.judge.max_retries=2", "eval.judge.timeout=5"]
+    policy = _write_responses(tmp_path / "policy.jsonl", PROMPTS, A)
+    ref = _write_responses(tmp_path / "ref.jsonl", PROMPTS, B)
+    server.failures = [500]  # one retry, logged, with the server's error body echoing the key
+    assert main(["eval", "winrate", *overrides, "--judge", "api", "--policy-responses", policy,
+                 "--ref-responses", ref]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["winrate/n"] == 4 and result["winrate/win_rate"] == 0.5  # wins 1, loss 1, ties 2 (marker_judge)
+    assert server.models == {"fake-judge"} and server.auth == {f"Bearer {KEY}"} and server.max_in_flight <= 2
+    assert "retry" in caplog.text
+    saved = tmp_path / "config.yaml"
+    save_config(load_config(None, overrides), saved)
+    assert main(["config", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "R2M_TEST_JUDGE_KEY" in saved.read_text() and "R2M_TEST_JUDGE_KEY" in printed  # the name, not the key
+    files = [p for p in cache.rglob("*") if p.is_file()]
+    assert files
+    texts = [caplog.text, out.out, out.err, printed, saved.read_text(), *(p.read_text() for p in files)]
+    assert not [t for t in texts if KEY in t]
+    # A rerun is answered from the cache configured in eval.judge.cache_dir.
+    before = server.requests
+    assert main(["eval", "winrate", *overrides, "--judge", "api", "--policy-responses", policy,
+                 "--ref-responses", ref]) == 0
+    assert server.requests == before
