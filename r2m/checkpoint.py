@@ -40,6 +40,8 @@ RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoin
                "rl.save_every", "rl.eval_every", "sft.save_every", "sft.log_every", "rm.save_every", "rm.log_every",
                # Recomputing activations gives the same gradients: turn it on to resume on a smaller GPU.
                "policy.gradient_checkpointing", "reward.gradient_checkpointing"}
+# The API judge only reads finished samples: its endpoint, model and cache never change a trajectory.
+RESUME_FREE_PREFIXES = ("eval.judge.",)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -53,7 +55,8 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """The config fields that determine a training's trajectory (a whole Config, or a part of it)."""
-    return {k: v for k, v in _flat(to_dict(cfg), prefix).items() if k not in RESUME_FREE}
+    return {k: v for k, v in _flat(to_dict(cfg), prefix).items()
+            if k not in RESUME_FREE and not k.startswith(RESUME_FREE_PREFIXES)}
 
 
 def check_same_config(saved: dict[str, Any], now: dict[str, Any], where: Path) -> None:
