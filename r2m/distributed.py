@@ -22,12 +22,9 @@ that never heard of this module.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence, TypeVar
+from typing import Iterable
 
 import torch
-
-T = TypeVar("T")
-
 
 class Dist:
     """This process's rank among ``world`` data-parallel processes, and the collectives the loop uses."""
@@ -43,12 +40,13 @@ class Dist:
 
     # ------------------------------------------------------------------ sharding
 
-    def shard(self, items: Sequence[T]) -> list[T]:
-        """This rank's contiguous share of the global list (its length must divide by ``world``)."""
+    def shard(self, items):
+        """This rank's contiguous share of a global list or 1-D tensor (its length must divide by ``world``)."""
         if len(items) % self.world:
             raise ValueError(f"{len(items)} items cannot be split evenly over {self.world} processes")
         n = len(items) // self.world
-        return list(items[self.rank * n: (self.rank + 1) * n])
+        part = items[self.rank * n: (self.rank + 1) * n]
+        return part if isinstance(items, torch.Tensor) else list(part)
 
     def local_rows(self, x: torch.Tensor, rows: int, width: int | None = None) -> torch.Tensor:
         """Rows ``[rank*rows, (rank+1)*rows)`` of a gathered tensor, cut back to this rank's ``width``."""
@@ -114,3 +112,20 @@ class Dist:
         with torch.no_grad():
             for p in params:
                 p.copy_(broadcast(p.data.clone(), from_process=0))
+
+
+def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float) -> None:
+    """Give a DeepSpeed engine what accelerate cannot infer without a DataLoader (call before ``prepare``).
+
+    r2m hands each process ``micro_batch`` rows per backward and takes one optimiser step per
+    backward; DeepSpeed clips inside its step, at ``max_grad_norm``. A no-op on other backends.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = micro_batch * accelerator.num_processes
+    ds["gradient_clipping"] = max_grad_norm

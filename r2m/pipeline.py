@@ -145,7 +145,9 @@ def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_d
     t0 = time.perf_counter()
     result = train_sft(model, tok, rows, cfg, acc, run, seed=cfg.world.seed, checkpoint_dir=run.checkpoints,
                        resume=resume)
-    save_model(acc.unwrap_model(model), tok, out_dir)
+    if acc.is_main_process:  # one writer: the replicas are identical
+        save_model(acc.unwrap_model(model), tok, out_dir)
+    acc.wait_for_everyone()
     run.amend_last({"time/sft_total_s": time.perf_counter() - t0})
     run.close()
     return result
@@ -181,7 +183,9 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     t0 = time.perf_counter()
     result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=cfg.world.seed,
                                 checkpoint_dir=run.checkpoints, resume=resume)
-    save_model(merged_rm_model(trainable), tok, out_dir)
+    if acc.is_main_process:
+        save_model(merged_rm_model(trainable), tok, out_dir)
+    acc.wait_for_everyone()
     run.amend_last({"time/rm_total_s": time.perf_counter() - t0})
     run.close()
     return result

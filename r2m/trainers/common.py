@@ -161,7 +161,14 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     import logging
 
     from r2m.checkpoint import latest_checkpoint, prune, step_dir
+    from r2m.distributed import Dist
 
+    dist = Dist(accelerator)
+    if batch_size % dist.world:
+        from r2m.errors import ConfigError
+
+        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.world} processes (each takes an "
+                          f"equal share of every batch), got {batch_size}")
     start = 0
     if resume and checkpoint_dir is not None and (latest := latest_checkpoint(checkpoint_dir)) is not None:
         start = _restore_loop_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
@@ -175,7 +182,7 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     for step, idx in enumerate(batch_indices(n_items, batch_size, steps, seed), start=1):
         if step <= start:
             continue  # replayed batch order: skip what the checkpoint already covers
-        out = loss_fn(idx)
+        out = loss_fn(dist.shard(idx))  # this process's share of the global batch
         accelerator.backward(out.loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
@@ -186,16 +193,19 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
             extras[k] = extras.get(k, 0.0) + v
         bar.update(1)
         if step % log_every == 0 or step == steps:
-            final = sum(window) / len(window)
+            final = dist.mean_stats({"loss": sum(window) / len(window)})["loss"]
             bar.set_postfix(loss=f"{final:.3f}")
             if run is not None:
                 run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": float(grad_norm),
+                         f"{prefix}/rows_per_process": batch_size // dist.world,
                          f"{prefix}/lr": scheduler.get_last_lr()[0],
                          **{k: v / len(window) for k, v in extras.items()}}, step)
             window, extras = [], {}
         if checkpoint_dir is not None and save_every and step % save_every == 0 and step < steps:
-            _save_loop_checkpoint(step_dir(checkpoint_dir, step), accelerator.unwrap_model(model), optimizer,
-                                  scheduler, step, fingerprint)
-            prune(checkpoint_dir, keep_checkpoints)
+            if accelerator.is_main_process:  # the replicas are identical: one writer
+                _save_loop_checkpoint(step_dir(checkpoint_dir, step), accelerator.unwrap_model(model), optimizer,
+                                      scheduler, step, fingerprint)
+                prune(checkpoint_dir, keep_checkpoints)
+            accelerator.wait_for_everyone()
     bar.close()
     return LoopResult(steps, final)

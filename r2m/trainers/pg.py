@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from r2m.config import Algorithm, Config, KLMode, RewardBaseline, RewardSource, RLConfig
-from r2m.distributed import Dist
+from r2m.distributed import Dist, configure_deepspeed
 from r2m.losses import aggregate, clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
 from r2m.models.critic import response_values
 from r2m.rollout import (
@@ -289,11 +289,7 @@ def configure_backend(acc, rl: RLConfig) -> None:
     if rl.micro_batch_size not in (0, local_minibatch):
         raise ConfigError(f"rl.micro_batch_size: expected 0 under DeepSpeed (its optimiser steps on every backward), "
                           f"got {rl.micro_batch_size}; lower memory with rl.minibatches instead")
-    ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = local_minibatch
-    ds["gradient_accumulation_steps"] = 1
-    ds["train_batch_size"] = local_minibatch * acc.num_processes
-    ds["gradient_clipping"] = rl.max_grad_norm
+    configure_deepspeed(acc, local_minibatch, rl.max_grad_norm)
 
 
 class NumericError(RuntimeError):

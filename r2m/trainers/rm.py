@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 
 from r2m.config import Config, LoRAConfig, RMConfig
+from r2m.distributed import configure_deepspeed
 from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.losses import bradley_terry_loss
 from r2m.runlog import RunDir
@@ -86,6 +87,7 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
     schedule = get_linear_schedule_with_warmup if linear_decay else get_cosine_schedule_with_warmup
     sched = schedule(opt, int(rmc.warmup_ratio * steps), steps)
     pad_id = rm.tokenizer.pad_token_id
+    configure_deepspeed(accelerator, rmc.batch_size // accelerator.num_processes, rmc.max_grad_norm)
     model, opt, sched = accelerator.prepare(rm, opt, sched)
 
     def loss_fn(idx: torch.Tensor) -> LossOutput:

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from r2m.config import Config
+from r2m.distributed import configure_deepspeed
 from r2m.runlog import RunDir
 from r2m.trainers.common import LoopResult, LossOutput, num_steps, right_pad, supervised_loop
 
@@ -35,6 +36,7 @@ def train_sft(model, tokenizer, rows: Sequence[dict], cfg: Config, accelerator, 
     steps = num_steps(len(data), sft.batch_size, sft.epochs, sft.max_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(sft.warmup_ratio * steps), steps)
+    configure_deepspeed(accelerator, sft.batch_size // accelerator.num_processes, sft.max_grad_norm)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     device = accelerator.device
 

@@ -158,3 +158,28 @@ def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, fiel
 
     with pytest.raises(ConfigError, match=field):
         configure_backend(FakeDeepSpeed(stage), load_config(None, overrides).rl)
+
+
+def test_two_process_reward_model_training_matches_one_process(tiny, world_artifacts):
+    """`r2m rm` (the supervised loop shared with SFT): each process takes half of every batch; BT is a
+    mean over pairs, so the averaged gradient and the logged loss equal one process's."""
+    from r2m.cli import main
+
+    common = [*tiny, "rm.log_every=2", "rm.max_steps=6"]
+    assert main(["rm", *common, "run.name=rm1"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "r2m", "rm", *common, "run.name=rm2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    root = next(o.split("=", 1)[1] for o in tiny if o.startswith("run.root="))
+    one, two = _metrics(root, "rm1"), _metrics(root, "rm2")
+    losses = [(a["rm/loss"], b["rm/loss"]) for a, b in zip(one, two) if "rm/loss" in a]
+    assert len(losses) == 3 and len(one) == len(two)
+    assert losses[0][0] == pytest.approx(losses[0][1], abs=1e-6)  # steps 1-2: the same update
+    for a, b in losses:
+        # Adam turns float-order noise in near-zero gradients into lr-sized steps: close, not equal.
+        assert math.isclose(a, b, rel_tol=5e-3), losses
+    assert {r["rm/rows_per_process"] for r in one if "rm/loss" in r} == {32}
+    assert {r["rm/rows_per_process"] for r in two if "rm/loss" in r} == {16}  # each took half of every batch
+    assert (Path(root) / "rm2" / "checkpoints" / "final" / "config.json").exists()
