@@ -483,39 +483,65 @@ def run_cost_bench(cfg: Config, preset_name: str) -> dict:
     return json.loads(done.read_text())
 
 
+def _plot_groups(methods: list[str]) -> list[tuple[str, list[str]]]:
+    """One panel row per algorithm (its variants), and one for the ablations next to RLOO and RLOO+R2M."""
+    groups = []
+    for algo in ALGORITHMS:
+        row = [m for m in methods if m == algo or (m.startswith(algo + "+") and m not in ABLATIONS)]
+        if row:
+            groups.append((algo, row))
+    ablations = [m for m in methods if m in ABLATIONS]
+    if ablations:
+        groups.append(("RLOO+R2M ablations", [m for m in ("RLOO", "RLOO+R2M") if m in methods] + ablations))
+    return groups
+
+
+def _mean_curve(cfg: Config, preset_name: str, method: str, seeds: int, key) -> tuple[list[float], list[float]]:
+    """x and the mean over seeds of an evaluation curve (``key`` maps a metrics row to (x, y))."""
+    from r2m.runlog import read_metrics
+
+    curves = []
+    for seed in range(seeds):
+        path = Path(cfg.run.root) / _run_name(preset_name, method, seed) / "metrics.jsonl"
+        if path.exists():
+            curves.append([key(r) for r in read_metrics(path) if "eval/gold" in r])
+    n = min(len(c) for c in curves)
+    xs = [sum(c[i][0] for c in curves) / len(curves) for i in range(n)]
+    ys = [sum(c[i][1] for c in curves) / len(curves) for i in range(n)]
+    return xs, ys
+
+
 def bench_plots(cfg: Config, preset_name: str, results: dict, out_dir: Path) -> list[Path]:
-    """Gold and proxy curves per method, and gold against KL (Gao et al.'s over-optimisation curve)."""
+    """Per algorithm: gold and vanilla-proxy curves of each method, and gold against KL (Gao et al.'s
+    over-optimisation curve); every curve is the mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from r2m.runlog import read_metrics
-
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), dpi=100)
-    for method in results:
-        rows = read_metrics(Path(cfg.run.root) / _run_name(preset_name, method, 0) / "metrics.jsonl")
-        ev = [r for r in rows if "eval/gold" in r]
-        steps = [r["step"] for r in ev]
-        line, = axes[0].plot(steps, [r["eval/gold"] for r in ev], label=method)
-        axes[1].plot(steps, [r.get("eval/rm_vanilla", r.get("eval/proxy", float("nan"))) for r in ev],
-                     color=line.get_color(), label=method)
-        axes[2].plot([r["eval/kl"] for r in ev], [r["eval/gold"] for r in ev], marker=".", color=line.get_color(),
-                     label=method)
-    for ax, title, xl in zip(axes, ["Gold reward (seed 0)", "Vanilla proxy RM score (seed 0)",
-                                    "Over-optimisation: gold vs KL (seed 0)"], ["policy step", "policy step", "KL"]):
-        ax.set_title(title)
-        ax.set_xlabel(xl)
-        ax.set_ylabel("reward")
-        ax.grid(alpha=0.3)
-    axes[2].legend(fontsize=6, ncol=2)
+    seeds = PRESETS[preset_name]["seeds"]
+    groups = _plot_groups(list(results))
+    fig, axes = plt.subplots(len(groups), 3, figsize=(17, 3.6 * len(groups)), dpi=90, squeeze=False)
+    proxy = (lambda r: (r["step"], r.get("eval/rm_vanilla", r.get("eval/proxy", float("nan")))))
+    for row, (title, methods) in zip(axes, groups):
+        for method in methods:
+            line, = row[0].plot(*_mean_curve(cfg, preset_name, method, seeds, lambda r: (r["step"], r["eval/gold"])),
+                                marker=".", label=method)
+            row[1].plot(*_mean_curve(cfg, preset_name, method, seeds, proxy), marker=".", color=line.get_color())
+            row[2].plot(*_mean_curve(cfg, preset_name, method, seeds, lambda r: (r["eval/kl"], r["eval/gold"])),
+                        marker=".", color=line.get_color())
+        for ax, what, xl in zip(row, ["gold reward", "vanilla proxy RM score", "gold reward vs KL"],
+                                ["policy step", "policy step", "KL to the SFT policy"]):
+            ax.set_title(f"{title}: {what} (mean of {seeds} seeds)", fontsize=10)
+            ax.set_xlabel(xl)
+            ax.set_ylabel("reward")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=8)
     fig.tight_layout()
     path = out_dir / f"bench_{preset_name}_curves.png"
     fig.savefig(path)
     plt.close(fig)
-    paths.append(path)
-    return paths
+    return [path]
 
 
 def _duration(seconds: float) -> str:
