@@ -623,8 +623,9 @@ class RLConfig:
     process's whole share at once. Bounds rollout memory (full-vocabulary logits, R2M's states) at scale."""
     rollout_chunks: int = 0
     """Sample each step's prompts in this many equal chunks, each from a seed of (run.seed, step, chunk)
-    alone; 0: one chunk per process from its RNG stream. With N processes use a multiple of N: the
-    samples then do not depend on N (a 2-process run reproduces the 1-process run)."""
+    alone; 0: one chunk per process (one process: its RNG stream; N processes: a seed of (run.seed, step,
+    rank) each). With N processes a multiple of N makes the samples independent of N (a 2-process run
+    reproduces the 1-process run)."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
     aggregation: LossAggregation = LossAggregation.TOKEN_MEAN

@@ -129,3 +129,15 @@ def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float) -> 
     ds["gradient_accumulation_steps"] = 1
     ds["train_batch_size"] = micro_batch * accelerator.num_processes
     ds["gradient_clipping"] = max_grad_norm
+
+
+def sharded_state_dict(accelerator, model):
+    """The full state dict of a model whose parameters are sharded (FSDP, DeepSpeed ZeRO-3), gathered
+    by accelerate; every rank must call this. None where the unwrapped module holds the full weights."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    zero3 = kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    if kind != DistributedType.FSDP and not zero3:
+        return None
+    return accelerator.get_state_dict(model)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from r2m.config import Config, RewardBaseline, RewardSource, config_hash, replace_path
+from r2m.distributed import sharded_state_dict
 
 log = logging.getLogger("r2m")
 
@@ -53,8 +54,9 @@ def _must_build(done: Path, what: str) -> bool:
         from r2m.errors import ConfigError
 
         raise ConfigError(f"{what} is not built yet ({done.parent}). With several processes the world cache must "
-                          "exist first: build it in one process with `r2m world --models` and the same config and "
-                          "overrides, then launch again")
+                          "exist first: build it in one process with `r2m world --models` and the same config, "
+                          "overrides and mixed precision (a launcher's --mixed_precision / ACCELERATE_MIXED_PRECISION "
+                          "is part of the cache key), then launch again")
     return True
 
 
@@ -145,8 +147,9 @@ def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_d
     t0 = time.perf_counter()
     result = train_sft(model, tok, rows, cfg, acc, run, seed=cfg.world.seed, checkpoint_dir=run.checkpoints,
                        resume=resume)
+    state = sharded_state_dict(acc, model)  # FSDP / ZeRO-3: gathered on every rank
     if acc.is_main_process:  # one writer: the replicas are identical
-        save_model(acc.unwrap_model(model), tok, out_dir)
+        save_model(acc.unwrap_model(model), tok, out_dir, state)
     acc.wait_for_everyone()
     run.amend_last({"time/sft_total_s": time.perf_counter() - t0})
     run.close()
@@ -183,8 +186,9 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     t0 = time.perf_counter()
     result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=cfg.world.seed,
                                 checkpoint_dir=run.checkpoints, resume=resume)
+    state = sharded_state_dict(acc, rm.model) if trainable.peft is None else None
     if acc.is_main_process:
-        save_model(merged_rm_model(trainable), tok, out_dir)
+        save_model(merged_rm_model(trainable), tok, out_dir, state)
     acc.wait_for_everyone()
     run.amend_last({"time/rm_total_s": time.perf_counter() - t0})
     run.close()

@@ -94,8 +94,8 @@ def _check_start(line: str) -> None:
     """Parse a command line, then make r2m's start-up checks for its process count and backend.
 
     ``r2m rl``: check_data_parallel for N processes and, under DeepSpeed, configure_backend (ZeRO-3, PPO and
-    rl.micro_batch_size refusals). ``r2m ser``: the same for its PPO stage. Under DeepSpeed only ``r2m rl``
-    can run (the SFT/RM loops prepare no DataLoader, so accelerate's prepare() asks for a micro-batch size).
+    rl.micro_batch_size refusals). ``r2m ser``: the same for its PPO stage. The shipped DeepSpeed commands
+    are ``r2m rl`` ones.
     """
     from accelerate.utils import DistributedType
 
@@ -123,8 +123,8 @@ def _check_start(line: str) -> None:
     if deepspeed is not None:
         assert args.command == "rl", f"{args.command} cannot run under DeepSpeed yet: {line}"
         acc = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=processes,
-                              state=SimpleNamespace(deepspeed_plugin=deepspeed))
-        configure_backend(acc, rl)
+                              mixed_precision="bf16", state=SimpleNamespace(deepspeed_plugin=deepspeed))
+        configure_backend(acc, cfg)
         assert deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] >= 1
 
 
@@ -266,7 +266,7 @@ def test_accelerate_config_parses_and_begins_with_its_command(path: Path, monkey
         # micro-batch size), and the header says so.
         _check_r2m_argv(_r2m_argv(words))
         _validate_launch(launch)
-        assert " r2m rl " not in first and "does not run in r2m yet" in path.read_text()
+        assert " r2m rl " not in first and "not run by the project" in path.read_text()
         with pytest.raises(AssertionError, match="cannot run under DeepSpeed"):
             _check_start(first)
     else:
@@ -374,7 +374,7 @@ def test_start_checks_refuse_what_r2m_refuses(monkeypatch) -> None:
     zero3 = "accelerate launch --config_file configs/accelerate/zero3.yaml"
     qwen = "-m r2m rl -c configs/paper/r2m_qwen2.5-3b_ultrafeedback_rloo.yaml"
     refused = {
-        f"{zero2} {qwen}": "rl.micro_batch_size: expected 0 under DeepSpeed",  # the config's micro_batch_size=2
+        f"{zero2} {qwen}": "rl.micro_batch_size: expected 0 \\(or the per-process minibatch",  # the config's micro_batch_size=2
         f"{zero3} {qwen} rl.micro_batch_size=0": "ZeRO-3",
         f"{zero2} -m r2m rl -c configs/paper/ser_hh_rlhf.yaml": "ppo under DeepSpeed",
         f"{fsdp} {qwen} rl.prompts_per_step=60 rl.rollout_chunks=0": "a multiple of the 8 processes",

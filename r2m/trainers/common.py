@@ -182,6 +182,11 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     for step, idx in enumerate(batch_indices(n_items, batch_size, steps, seed), start=1):
         if step <= start:
             continue  # replayed batch order: skip what the checkpoint already covers
+        if len(idx) % dist.world:
+            from r2m.errors import ConfigError
+
+            raise ConfigError(f"{prefix}.batch_size: the data has {n_items} items, fewer than a batch of {batch_size}; "
+                              f"the short batch of {len(idx)} cannot be split over {dist.world} processes")
         out = loss_fn(dist.shard(idx))  # this process's share of the global batch
         accelerator.backward(out.loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -193,13 +198,15 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
             extras[k] = extras.get(k, 0.0) + v
         bar.update(1)
         if step % log_every == 0 or step == steps:
-            final = dist.mean_stats({"loss": sum(window) / len(window)})["loss"]
+            # DeepSpeed clips inside its step and may report no norm.
+            norm = float("nan") if grad_norm is None else float(grad_norm)
+            means = dist.mean_stats({"loss": sum(window) / len(window), **{k: v / len(window) for k, v in extras.items()}})
+            final = means.pop("loss")
             bar.set_postfix(loss=f"{final:.3f}")
             if run is not None:
-                run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": float(grad_norm),
+                run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": norm,
                          f"{prefix}/rows_per_process": batch_size // dist.world,
-                         f"{prefix}/lr": scheduler.get_last_lr()[0],
-                         **{k: v / len(window) for k, v in extras.items()}}, step)
+                         f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
             window, extras = [], {}
         if checkpoint_dir is not None and save_every and step % save_every == 0 and step < steps:
             if accelerator.is_main_process:  # the replicas are identical: one writer

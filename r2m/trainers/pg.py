@@ -154,11 +154,13 @@ class PolicyUpdater:
         if self.critic is not None:
             finite = finite and math.isfinite(float(acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)))
         finite = self.dist.all(finite)  # every rank steps, or none does
-        if finite:
+        if finite or acc.scaler is not None:
+            # Under fp16 the gradient scaler skips a non-finite step itself, and must see every step
+            # (it lowers its scale and resets its unscale state), so its step always runs.
             self.optimizer.step()
             if self.critic is not None:
                 self.critic_optimizer.step()
-        else:
+        if not finite:
             # A NaN/inf loss or gradient would poison the weights and Adam's moments: skip the step.
             log.warning("minibatch skipped: loss %s, grad norm %s", loss, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -263,19 +265,33 @@ def check_data_parallel(rl: RLConfig, world: int) -> None:
                           f"{rl.rollout_chunks}")
 
 
-def configure_backend(acc, rl: RLConfig) -> None:
+def configure_backend(acc, cfg: Config) -> None:
     """Check and complete a DeepSpeed setup for the RL loop (nothing to do for DDP and FSDP).
 
     DeepSpeed takes its optimiser step inside ``accelerator.backward``, so one backward must be one
     optimiser step: no micro-batching. Its micro-batch size is this process's minibatch (accelerate
     cannot infer it: r2m prepares no DataLoader), and it clips at ``rl.max_grad_norm``. ZeRO-3 would
     partition the reference and reward model as they load, and one DeepSpeed engine per Accelerator
-    leaves no room for PPO's critic: both are refused, with FSDP as the way out.
+    leaves no room for PPO's critic: both are refused, with FSDP as the way out. Under FSDP and
+    DeepSpeed, resuming and LoRA are refused (rank 0 alone writes checkpoints; the final merge would copy
+    a sharded model); fp16 with PPO is refused (one gradient scaler, two optimisers).
     """
+    rl = cfg.rl
     from accelerate.utils import DistributedType
 
     from r2m.errors import ConfigError
 
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and cfg.run.resume == "auto":
+        raise ConfigError(f"run.resume=auto under {acc.distributed_type.value}: r2m's checkpoints hold rank 0's optimiser "
+                          "shard only, so a sharded run cannot resume yet; resume under DDP (one process or many), "
+                          "or start a new run.name (checkpoints/*/policy hold the full policy weights)")
+    if sharded and cfg.policy.lora.enabled:
+        raise ConfigError(f"policy.lora.enabled under {acc.distributed_type.value} is not supported yet (the final "
+                          "merge copies the sharded model); LoRA fits in DDP: use configs/accelerate/ddp.yaml")
+    if acc.mixed_precision == "fp16" and rl.algorithm == Algorithm.PPO:
+        raise ConfigError("run.mixed_precision: fp16 with rl.algorithm=ppo is not supported (two optimisers under one "
+                          "gradient scaler); use bf16")
     if acc.distributed_type != DistributedType.DEEPSPEED:
         return
     plugin = acc.state.deepspeed_plugin
@@ -287,8 +303,9 @@ def configure_backend(acc, rl: RLConfig) -> None:
         raise ConfigError(f"rl.algorithm=ppo under DeepSpeed: the critic would need a second engine; {fsdp}, or DDP")
     local_minibatch = rl.prompts_per_step * rl.k // acc.num_processes // rl.minibatches
     if rl.micro_batch_size not in (0, local_minibatch):
-        raise ConfigError(f"rl.micro_batch_size: expected 0 under DeepSpeed (its optimiser steps on every backward), "
-                          f"got {rl.micro_batch_size}; lower memory with rl.minibatches instead")
+        raise ConfigError(f"rl.micro_batch_size: expected 0 (or the per-process minibatch, {local_minibatch}) under "
+                          f"DeepSpeed (its optimiser steps on every backward), got {rl.micro_batch_size}; lower memory "
+                          "with rl.minibatches instead")
     configure_deepspeed(acc, local_minibatch, rl.max_grad_norm)
 
 
@@ -338,7 +355,7 @@ class RLRun:
         self.acc = make_accelerator(cfg, project_dir=str(run_dir))
         self.dist = Dist(self.acc)
         check_data_parallel(cfg.rl, self.dist.world)
-        configure_backend(self.acc, cfg.rl)
+        configure_backend(self.acc, cfg)
         with no_world_building() if self.dist.enabled else contextlib.nullcontext():
             self.inputs = resolve_inputs(cfg)
         seed_everything(cfg.run.seed)
@@ -375,12 +392,10 @@ class RLRun:
             self._restore(self.resume_state)
 
     def _sharded_policy_state(self) -> Optional[dict]:
-        """The policy's full state dict when it is sharded (FSDP: every rank must call this); else None."""
-        from accelerate.utils import DistributedType
+        """The policy's full state dict when it is sharded (every rank must call this); else None."""
+        from r2m.distributed import sharded_state_dict
 
-        if self.acc.distributed_type != DistributedType.FSDP:
-            return None
-        return self.acc.get_state_dict(self.policy)
+        return sharded_state_dict(self.acc, self.policy)
 
     def _reference(self, ref):
         """The frozen reference: ``ref``, or with LoRA the policy with its adapters off. Under mixed precision it
@@ -435,7 +450,7 @@ class RLRun:
                                      self.dist)
         self.rm_updater = None
         if isinstance(self.reward_fn, FeedbackReward):
-            self.rm_updater = R2MUpdater(self.reward_fn, r2m, self.acc, self.dist)
+            self.rm_updater = R2MUpdater(self.reward_fn, r2m, self.dist)
         self.initial_rm_state = self.rm_updater.model.trainable_state() if self.rm_updater else None
 
     # ------------------------------------------------------------------ checkpoints
@@ -548,12 +563,15 @@ class RLRun:
                              self.cfg.rl.max_new_tokens, self.device, gold_fn=self.gold_fn)
 
     def _chunk_seeds(self, step: int) -> Optional[list[int]]:
-        """rl.rollout_chunks: the seeds of this rank's chunks (global chunk indices, so any N agrees)."""
+        """rl.rollout_chunks: the seeds of this rank's chunks (global chunk indices, so any N agrees).
+
+        With rollout_chunks=0 one process samples from its RNG stream; several processes, whose streams
+        start equal (one run.seed), each get a seed of their own rank instead."""
         from r2m.rollout import chunk_seed
 
         chunks = self.cfg.rl.rollout_chunks
         if not chunks:
-            return None
+            return [chunk_seed(self.cfg.run.seed, step, 10**6 + self.dist.rank)] if self.dist.enabled else None
         return [chunk_seed(self.cfg.run.seed, step, c) for c in self.dist.shard(range(chunks))]
 
     def step(self, step: int) -> dict[str, float]:
@@ -684,11 +702,12 @@ def run_rl(cfg: Config) -> RLResult:
             rl.run.log(metrics, step)  # one row per step: training and (when due) evaluation metrics
             if cfg.rl.save_every and step % cfg.rl.save_every == 0 and step < cfg.rl.steps:
                 rl.save_checkpoint(step)
-            if stop.requested:
+            # Every rank stops after the same step (a signal may reach them at different times).
+            if not rl.dist.all(not stop.requested):
                 path = rl.save_checkpoint(step)
                 bar.close()
                 rl.run.close()
-                raise TrainingInterrupted(f"{stop.signal_name} at step {step}: checkpoint saved to {path}; "
+                raise TrainingInterrupted(f"{stop.signal_name or 'a signal'} at step {step}: checkpoint saved to {path}; "
                                           f"continue with run.resume=auto")
     bar.close()
     return rl.finish()

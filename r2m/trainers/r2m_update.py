@@ -29,12 +29,11 @@ from r2m.rollout import Experience
 class R2MUpdater:
     """Owns the RM optimiser; ``update(exp)`` runs ``updates_per_step`` GREBT steps."""
 
-    def __init__(self, reward: FeedbackReward, cfg: R2MConfig, accelerator=None, dist: Dist = Dist()):
+    def __init__(self, reward: FeedbackReward, cfg: R2MConfig, dist: Dist = Dist()):
         self.reward, self.cfg = reward, cfg
         self.model = reward.model
         self.params = list(self.model.trainable_parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.accelerator = accelerator
         self.dist = dist
         dist.broadcast_parameters(self.params)  # one starting point on every rank
 
@@ -56,10 +55,9 @@ class R2MUpdater:
             r = self.rescore(exp, h)  # (n, K)
             terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.accelerator is not None:
-                self.accelerator.backward(terms.loss)
-            else:
-                terms.loss.backward()
+            # A plain backward: this module is outside accelerate's prepare (an accelerate backward would
+            # step a DeepSpeed policy engine, or scale by an fp16 scaler that never unscales these grads).
+            terms.loss.backward()
             self.dist.average_gradients(self.params)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.optimizer.step()

@@ -131,7 +131,7 @@ class FakeDeepSpeed:
 
         from accelerate.utils import DistributedType
 
-        self.distributed_type, self.num_processes = DistributedType.DEEPSPEED, world
+        self.distributed_type, self.num_processes, self.mixed_precision = DistributedType.DEEPSPEED, world, "bf16"
         self.state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(
             zero_stage=stage, deepspeed_config={"train_micro_batch_size_per_gpu": "auto"}))
 
@@ -141,7 +141,7 @@ def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
 
     cfg = load_config(None, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.max_grad_norm=0.5"])
     acc = FakeDeepSpeed(stage=2)
-    configure_backend(acc, cfg.rl)
+    configure_backend(acc, cfg)
     ds = acc.state.deepspeed_plugin.deepspeed_config
     # 8 prompts x 4 samples over 2 processes = 16 rows each, 2 minibatches of 8
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
@@ -152,12 +152,14 @@ def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
     (3, [], "ZeRO-3"),
     (2, ["rl.algorithm=ppo"], "rl.algorithm=ppo"),
     (2, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.micro_batch_size=4"], "rl.micro_batch_size"),
+    (2, ["run.resume=auto"], "run.resume=auto"),
+    (2, ["policy.lora.enabled=true"], "policy.lora.enabled"),
 ])
 def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, field):
     from r2m.trainers.pg import configure_backend
 
     with pytest.raises(ConfigError, match=field):
-        configure_backend(FakeDeepSpeed(stage), load_config(None, overrides).rl)
+        configure_backend(FakeDeepSpeed(stage), load_config(None, overrides))
 
 
 def test_two_process_reward_model_training_matches_one_process(tiny, world_artifacts):
