@@ -78,12 +78,15 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
                 kl_den += m.sum().item()
             h = feedback_states(fwd.hidden, gen.attention_mask) if needs_hidden else (None, None)
             query = RewardQuery(batch_texts, batch_resp, policy_hidden=h[0], policy_mask=h[1], step=step)
-            if gold_fn is not None:
-                gold.append(gold_fn(query).scores.cpu())
-            if reward_fn is not None:
-                out = reward_fn(query)
-                proxy.append(out.scores.cpu())
-                vanilla.append(out.vanilla.cpu() if out.vanilla is not None else None)
+            # Scoring may draw random numbers (R2M's w/ Noise ablation): in a fork of its own, so that the
+            # next batch's samples, and so every method's evaluation set, depend on the policy alone.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                if gold_fn is not None:
+                    gold.append(gold_fn(query).scores.cpu())
+                if reward_fn is not None:
+                    out = reward_fn(query)
+                    proxy.append(out.scores.cpu())
+                    vanilla.append(out.vanilla.cpu() if out.vanilla is not None else None)
     return PolicySamples(prompts=texts, responses=responses, gold=_cat(gold), proxy=_cat(proxy),
                          vanilla=_cat(vanilla), lengths=torch.cat(lengths),
                          kl=kl_num / kl_den if kl_den else float("nan"))

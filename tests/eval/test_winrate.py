@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +134,31 @@ def test_judge_win_rate_with_gold_and_files(tmp_path) -> None:
     (tmp_path / "other.jsonl").write_text("".join(json.dumps({"prompt": p, "response": "x"}) + "\n" for p in other))
     with pytest.raises(DataError, match="row 1: prompt differs"):
         read_paired_responses(tmp_path / "policy.jsonl", tmp_path / "other.jsonl")
+
+
+def test_evaluation_samples_do_not_depend_on_a_random_reward(world_artifacts, tiny_cfg):
+    """A reward that draws random numbers (R2M w/ Noise) must not change the evaluation samples."""
+    import torch
+
+    from r2m.eval.policy import sample_policy
+    from r2m.models.loading import load_policy, load_tokenizer
+    from r2m.rewards import GoldReward, RewardOutput
+    from r2m.rollout import tokenize_prompts
+
+    policy_dir, _, files = world_artifacts
+    tok = load_tokenizer(str(policy_dir))
+    policy = load_policy(str(policy_dir))
+    prompts = [json.loads(line)["prompt"] for line in Path(files.eval_prompts).read_text().splitlines()]
+    ps = tokenize_prompts(tok, prompts, 64, "truncate")
+    cfg = replace(tiny_cfg.eval, batch_size=4)
+
+    class Noisy:
+        needs_policy_hidden = False
+
+        def __call__(self, query):
+            return RewardOutput(torch.randn(len(query.responses)))
+
+    gold = GoldReward(tiny_cfg.world)
+    a = sample_policy(policy, tok, ps.texts, ps.ids, cfg, 8, torch.device("cpu"), gold_fn=gold)
+    b = sample_policy(policy, tok, ps.texts, ps.ids, cfg, 8, torch.device("cpu"), gold_fn=gold, reward_fn=Noisy())
+    assert a.responses == b.responses and len(a.responses) > cfg.batch_size
