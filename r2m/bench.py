@@ -496,19 +496,19 @@ def _plot_groups(methods: list[str]) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def _mean_curve(cfg: Config, preset_name: str, method: str, seeds: int, key) -> tuple[list[float], list[float]]:
-    """x and the mean over seeds of an evaluation curve (``key`` maps a metrics row to (x, y))."""
+def _mean_eval_curves(cfg: Config, preset_name: str, method: str, seeds: int) -> dict[str, list[float]]:
+    """A method's evaluation curves (step, gold, KL, vanilla proxy), each the mean over its seeds' runs."""
     from r2m.runlog import read_metrics
 
-    curves = []
+    runs = []
     for seed in range(seeds):
         path = Path(cfg.run.root) / _run_name(preset_name, method, seed) / "metrics.jsonl"
         if path.exists():
-            curves.append([key(r) for r in read_metrics(path) if "eval/gold" in r])
-    n = min(len(c) for c in curves)
-    xs = [sum(c[i][0] for c in curves) / len(curves) for i in range(n)]
-    ys = [sum(c[i][1] for c in curves) / len(curves) for i in range(n)]
-    return xs, ys
+            runs.append([r for r in read_metrics(path) if "eval/gold" in r])
+    n = min(len(rows) for rows in runs)
+    keys = {"step": lambda r: r["step"], "gold": lambda r: r["eval/gold"], "kl": lambda r: r["eval/kl"],
+            "proxy": lambda r: r.get("eval/rm_vanilla", r.get("eval/proxy", float("nan")))}
+    return {name: [sum(get(rows[i]) for rows in runs) / len(runs) for i in range(n)] for name, get in keys.items()}
 
 
 def bench_plots(cfg: Config, preset_name: str, results: dict, out_dir: Path) -> list[Path]:
@@ -522,14 +522,13 @@ def bench_plots(cfg: Config, preset_name: str, results: dict, out_dir: Path) -> 
     seeds = PRESETS[preset_name]["seeds"]
     groups = _plot_groups(list(results))
     fig, axes = plt.subplots(len(groups), 3, figsize=(17, 3.6 * len(groups)), dpi=90, squeeze=False)
-    proxy = (lambda r: (r["step"], r.get("eval/rm_vanilla", r.get("eval/proxy", float("nan")))))
+    curves = {m: _mean_eval_curves(cfg, preset_name, m, seeds) for _, methods in groups for m in methods}
     for row, (title, methods) in zip(axes, groups):
         for method in methods:
-            line, = row[0].plot(*_mean_curve(cfg, preset_name, method, seeds, lambda r: (r["step"], r["eval/gold"])),
-                                marker=".", label=method)
-            row[1].plot(*_mean_curve(cfg, preset_name, method, seeds, proxy), marker=".", color=line.get_color())
-            row[2].plot(*_mean_curve(cfg, preset_name, method, seeds, lambda r: (r["eval/kl"], r["eval/gold"])),
-                        marker=".", color=line.get_color())
+            c = curves[method]
+            line, = row[0].plot(c["step"], c["gold"], marker=".", label=method)
+            row[1].plot(c["step"], c["proxy"], marker=".", color=line.get_color())
+            row[2].plot(c["kl"], c["gold"], marker=".", color=line.get_color())
         for ax, what, xl in zip(row, ["gold reward", "vanilla proxy RM score", "gold reward vs KL"],
                                 ["policy step", "policy step", "KL to the SFT policy"]):
             ax.set_title(f"{title}: {what} (mean of {seeds} seeds)", fontsize=10)

@@ -188,17 +188,6 @@ def cmd_ser(cfg: Config) -> int:
     return 0
 
 
-def _single_builder():
-    """Under a multi-process launch (WORLD_SIZE > 1) the world cache is not built on the fly (see
-    ``pipeline.no_world_building``): N processes would build the same artifacts at once."""
-    import contextlib
-    import os
-
-    from r2m.pipeline import no_world_building
-
-    return no_world_building() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else contextlib.nullcontext()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -221,8 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_world(cfg, args.out, args.models)
         if args.command == "eval":
             return cmd_eval(cfg, args.what)
-        with _single_builder():
-            return {"sft": cmd_sft, "rm": cmd_rm, "rl": cmd_rl, "demo": cmd_demo, "ser": cmd_ser}[args.command](cfg)
+        return {"sft": cmd_sft, "rm": cmd_rm, "rl": cmd_rl, "demo": cmd_demo, "ser": cmd_ser}[args.command](cfg)
     except R2MError as e:
         print(f"r2m: error: {e}", file=sys.stderr)
         return 2

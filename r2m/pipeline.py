@@ -13,13 +13,12 @@ new reward model while the RL seed never invalidates anything.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from r2m.config import Config, RewardBaseline, RewardSource, config_hash, replace_path
 from r2m.distributed import sharded_state_dict
@@ -31,26 +30,15 @@ def world_root(cfg: Config) -> Path:
     return Path(cfg.run.root) / "world"
 
 
-# Off while several processes run (DDP): they would all build the same cache at once, and the
-# world's SFT/RM training is a single-process job. Such runs need the cache built beforehand.
-_BUILDING = contextvars.ContextVar("r2m_world_building", default=True)
-
-
-@contextlib.contextmanager
-def no_world_building() -> Iterator[None]:
-    """Within this block a missing world artifact is an error instead of being built."""
-    token = _BUILDING.set(False)
-    try:
-        yield
-    finally:
-        _BUILDING.reset(token)
-
-
 def _must_build(done: Path, what: str) -> bool:
-    """True when ``what`` (cached at ``done``) must be built now; refuses when building is off."""
+    """True when ``what`` (cached at ``done``) must be built now.
+
+    Refused under a multi-process launch (torchrun / accelerate set WORLD_SIZE): the processes would all
+    build the same cache at once, and the world's SFT/RM training is a single-process job.
+    """
     if done.exists():
         return False
-    if not _BUILDING.get():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from r2m.errors import ConfigError
 
         raise ConfigError(f"{what} is not built yet ({done.parent}). With several processes the world cache must "

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from r2m.config import Algorithm, Config, KLMode, RewardBaseline, RewardSource, RLConfig
-from r2m.distributed import Dist, configure_deepspeed
+from r2m.distributed import Dist, configure_deepspeed, sharded_state_dict
 from r2m.losses import aggregate, clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
 from r2m.models.critic import response_values
 from r2m.rollout import (
@@ -343,7 +343,7 @@ class RLRun:
         from r2m.generation import build_generator, check_generator
         from r2m.kl_control import make_kl_controller
         from r2m.models.loading import build_policy_and_reference, load_tokenizer
-        from r2m.pipeline import no_world_building, resolve_inputs
+        from r2m.pipeline import resolve_inputs
         from r2m.trainers.common import make_accelerator, set_threads
         from r2m.utils import seed_everything
 
@@ -356,8 +356,7 @@ class RLRun:
         self.dist = Dist(self.acc)
         check_data_parallel(cfg.rl, self.dist.world)
         configure_backend(self.acc, cfg)
-        with no_world_building() if self.dist.enabled else contextlib.nullcontext():
-            self.inputs = resolve_inputs(cfg)
+        self.inputs = resolve_inputs(cfg)  # under several processes the world cache must exist already
         seed_everything(cfg.run.seed)
         self.resume_dir = latest_checkpoint(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
         if self.resume_dir is not None:
@@ -390,12 +389,6 @@ class RLRun:
         self.bad_steps = 0
         if self.resume_dir is not None:
             self._restore(self.resume_state)
-
-    def _sharded_policy_state(self) -> Optional[dict]:
-        """The policy's full state dict when it is sharded (every rank must call this); else None."""
-        from r2m.distributed import sharded_state_dict
-
-        return sharded_state_dict(self.acc, self.policy)
 
     def _reference(self, ref):
         """The frozen reference: ``ref``, or with LoRA the policy with its adapters off. Under mixed precision it
@@ -478,7 +471,7 @@ class RLRun:
         from r2m.utils import atomic_dir
 
         final = step_dir(self.run.checkpoints, step)
-        policy_state = self._sharded_policy_state()  # every rank takes part in gathering a sharded policy
+        policy_state = sharded_state_dict(self.acc, self.policy)  # every rank takes part in gathering a sharded policy
         if self.acc.is_main_process:
             with atomic_dir(final) as tmp:
                 save_model(self.acc.unwrap_model(self.policy), self.tok, tmp / "policy", policy_state)
@@ -656,7 +649,7 @@ class RLRun:
 
         final = self.run.checkpoints / "final"
         policy = self.acc.unwrap_model(self.policy)
-        policy_state = self._sharded_policy_state()
+        policy_state = sharded_state_dict(self.acc, self.policy)
         if self.acc.is_main_process:  # one writer: the ranks' copies are identical
             if is_peft(policy):
                 # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.

@@ -64,11 +64,12 @@ def test_batch_must_split_over_processes(overrides, field):
         check_data_parallel(cfg.rl, 2 if field != "rl.prompts_per_step" else 4)
 
 
-def test_several_processes_refuse_to_build_the_world(tiny, tmp_path):
-    from r2m.pipeline import no_world_building, resolve_inputs
+def test_several_processes_refuse_to_build_the_world(tiny, tmp_path, monkeypatch):
+    from r2m.pipeline import resolve_inputs
 
     cfg = load_config(None, [*tiny, f"run.root={tmp_path}"])
-    with no_world_building(), pytest.raises(ConfigError, match="r2m world --models"):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set
+    with pytest.raises(ConfigError, match="r2m world --models"):
         resolve_inputs(cfg)
     assert not (tmp_path / "world").exists()
 
