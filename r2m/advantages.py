@@ -30,6 +30,8 @@ __all__ = [
     "compute_advantages",
     "compute_rloo_advantage",
     "compute_grpo_advantage",
+    "compute_group_centered",
+    "constant_groups",
     "compute_remax_advantage",
     "compute_returns",
     "GAEOutput",
@@ -44,6 +46,8 @@ class Estimator(str, Enum):
     GRPO = "grpo"
     REMAX = "remax"
     REINFORCE_PP = "reinforce_pp"
+    REINFORCE_PP_BASELINE = "reinforce_pp_baseline"
+    DR_GRPO = "dr_grpo"
     GAE = "gae"
 
 
@@ -138,23 +142,48 @@ def compute_rloo_advantage(rewards: Tensor) -> Tensor:
     """RLOO (R2M Eq. 1): A_ij = r_ij − 1/(K − 1) Σ_{j' ≠ j} r_ij', rewards (N, K) → (N, K), K ≥ 2.
 
     Each sample's baseline is the mean of the other K − 1 samples of its prompt, so it does not
-    depend on the sample itself and the estimator stays unbiased.
+    depend on the sample itself and the estimator stays unbiased. A constant group gives exactly 0
+    (the float sum would leave about one ulp).
     """
     _check_group(rewards, "rloo")
     k = rewards.shape[-1]
     leave_one_out = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)  # (N, K)
-    return rewards - leave_one_out  # (N, K)
+    return (rewards - leave_one_out).masked_fill(constant_groups(rewards), 0.0)  # (N, K)
+
+
+def constant_groups(rewards: Tensor) -> Tensor:
+    """(N, K) → (N, 1) bool: True where every reward of the group equals the first one, exactly.
+
+    A float32 mean of K equal values is off by about one ulp (0.7 · 8 does not sum to 5.6 exactly),
+    so r − mean is not 0 there; this test does not go through a sum.
+    """
+    return (rewards == rewards[..., :1]).all(dim=-1, keepdim=True)  # (N, 1)
+
+
+def compute_group_centered(rewards: Tensor) -> Tensor:
+    """Dr. GRPO's advantage: A_ij = r_ij − mean_j r_ij, rewards (N, K) → (N, K), K ≥ 2.
+
+    No division by the group std (Liu et al., 2025, "Understanding R1-Zero-Like Training"): the std
+    scaling up-weights groups whose rewards barely differ. A constant group gives exactly 0.
+    """
+    _check_group(rewards, "dr_grpo")
+    centered = rewards - rewards.mean(dim=-1, keepdim=True)  # (N, K)
+    return centered.masked_fill(constant_groups(rewards), 0.0)  # (N, K)
 
 
 def compute_grpo_advantage(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     """GRPO: A_ij = (r_ij − mean_j r_ij) / (std_j r_ij + eps), rewards (N, K) → (N, K), K ≥ 2.
 
-    std is the UNBIASED group std (divide by K − 1; torch's default, as in GRPO and verl).
+    std is the UNBIASED group std (divide by K − 1; torch's default, as in GRPO and verl). A group
+    whose rewards are all equal gets A = 0 exactly: its float mean and std are each off by about one
+    ulp, and (r − mean) / (std + eps) would otherwise give every sample the same non-zero advantage
+    (|A| up to ~1 at K = 8–16), which is R2M's group degeneration case.
     """
     _check_group(rewards, "grpo")
     mean = rewards.mean(dim=-1, keepdim=True)  # (N, 1)
     std = rewards.std(dim=-1, keepdim=True)  # (N, 1) unbiased
-    return (rewards - mean) / (std + eps)  # (N, K)
+    adv = (rewards - mean) / (std + eps)  # (N, K)
+    return adv.masked_fill(constant_groups(rewards), 0.0)  # (N, K)
 
 
 def compute_remax_advantage(rewards: Tensor, baseline: Tensor) -> Tensor:
@@ -282,6 +311,16 @@ def grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
+@register(Estimator.DR_GRPO)
+def dr_grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
+    """Dr. GRPO: r − group mean of r = score − Σ_t β·KL_t (no std scaling), broadcast to tokens.
+
+    Its paper pairs it with a constant loss normaliser (``LossAggregation.SEQ_MEAN_TOKEN_SUM_NORM``)."""
+    rewards = _sequence_rewards(inp)  # (N, K)
+    adv = compute_group_centered(rewards)  # (N, K)
+    return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
+
+
 @register(Estimator.REMAX)
 def remax_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """ReMax: r − b with b the greedy reward per prompt, broadcast to tokens; returns = broadcast r."""
@@ -300,6 +339,16 @@ def reinforce_pp_estimator(inp: AdvantageInput, params: AdvantageParams) -> Adva
     returns = compute_returns(_token_rewards(inp), m, params.gamma)  # (N*K, T)
     adv = masked_whiten(returns, m) * m if params.whiten else returns  # (N*K, T)
     return AdvantageOutput(advantages=adv, returns=returns)
+
+
+@register(Estimator.REINFORCE_PP_BASELINE)
+def reinforce_pp_baseline_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
+    """REINFORCE++-baseline (OpenRLHF's ``reinforce_baseline``): each score minus its group's mean
+    score, then REINFORCE++ on it: token rewards r_t = −β·KL_t (+ the centred score at the last token),
+    returns G_t, and global whitening (masked) over the batch."""
+    _check_input(inp)
+    centered = compute_group_centered(inp.scores)  # (N, K)
+    return reinforce_pp_estimator(AdvantageInput(scores=centered, mask=inp.mask, kl_penalty=inp.kl_penalty), params)
 
 
 @register(Estimator.GAE)

@@ -36,7 +36,21 @@ class Algorithm(str, enum.Enum):
     GRPO = "grpo"
     REMAX = "remax"
     REINFORCE_PP = "reinforce_pp"
+    REINFORCE_PP_BASELINE = "reinforce_pp_baseline"
+    """REINFORCE++ on scores minus their group's mean (OpenRLHF's reinforce_baseline); K >= 2."""
+    DR_GRPO = "dr_grpo"
+    """GRPO without the std scaling (Dr. GRPO); pair with aggregation=seq_mean_token_sum_norm."""
     PPO = "ppo"
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the advantage compares the K samples of a prompt (so K >= 2 is needed)."""
+        return self in (Algorithm.RLOO, Algorithm.GRPO, Algorithm.DR_GRPO, Algorithm.REINFORCE_PP_BASELINE)
+
+    @property
+    def sequence_level(self) -> bool:
+        """Whether the advantage is one number per sequence (broadcast over its tokens)."""
+        return self in (Algorithm.RLOO, Algorithm.GRPO, Algorithm.DR_GRPO, Algorithm.REMAX)
 
 
 class KLEstimator(str, enum.Enum):
@@ -60,6 +74,36 @@ class LossAggregation(str, enum.Enum):
     TOKEN_MEAN = "token_mean"
     SEQ_MEAN_TOKEN_SUM = "seq_mean_token_sum"
     SEQ_MEAN_TOKEN_MEAN = "seq_mean_token_mean"
+    SEQ_MEAN_TOKEN_SUM_NORM = "seq_mean_token_sum_norm"
+    """Σ_b Σ_t ℓ / (N_seq · T_max), T_max = rl.max_new_tokens: Dr. GRPO's constant normaliser (TRL's dr_grpo)."""
+
+
+class RatioLevel(str, enum.Enum):
+    """Where the importance ratio π_θ/π_old is formed and clipped."""
+
+    TOKEN = "token"
+    """Per token, ρ_t = π_θ(y_t|·)/π_old(y_t|·), clipped per token (PPO; TRL, OpenRLHF, verl)."""
+    SEQUENCE = "sequence"
+    """Per sequence, ρ = π_θ(y|x)/π_old(y|x) = exp Σ_t (log π_θ − log π_old), clipped per sequence (R2M Eq. 2)."""
+
+
+class LRSchedule(str, enum.Enum):
+    """Learning-rate schedule of the policy (over RL steps, after ``rl.warmup_steps`` of linear warm-up)."""
+
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class FusionInit(str, enum.Enum):
+    """Initialisation of R2M's cross-attention (docs/R2M.md, "Initialisation")."""
+
+    RANDOM = "random"
+    """PyTorch's default Linear init (the paper's "random"); its φ(Ĥ) is ~40× narrower than φ(H_last)."""
+    ZERO = "zero"
+    """W_o = 0: Ĥ = 0 at the start, so the RM starts as ω(t) × the vanilla RM."""
+    MATCHED = "matched"
+    """Random, then W_o rescaled on the first batch so that φ(Ĥ)'s within-group spread equals φ(H_last)'s."""
 
 
 class RewardSource(str, enum.Enum):
@@ -383,8 +427,9 @@ class R2MConfig:
     """Internal width d of the cross-attention (the paper uses 2048 for 8B models)."""
     num_heads: int = 1
     """Attention heads of the cross-attention (the paper: 1)."""
-    init: str = "random"
-    """``random`` (as in the paper) or ``zero`` (W_o = 0: at t=0 the RM equals the vanilla RM)."""
+    init: FusionInit = FusionInit.RANDOM
+    """``random`` (as in the paper), ``zero`` (W_o = 0: at t=0 the RM equals the vanilla RM) or ``matched``
+    (random, W_o rescaled on the first batch so that φ(Ĥ) has φ(H_last)'s within-group spread)."""
     omega_floor: float = 0.6
     """Omega: the floor of the weight omega(t) on the RM's own reward-token embedding."""
     alpha: float = 0.3
@@ -411,7 +456,6 @@ class R2MConfig:
         _check(self.inner_dim >= 1, "reward.r2m.inner_dim", ">= 1", self.inner_dim)
         _check(self.num_heads >= 1 and self.inner_dim % self.num_heads == 0, "reward.r2m.num_heads",
                "a divisor of inner_dim", self.num_heads)
-        _check(self.init in ("random", "zero"), "reward.r2m.init", "random or zero", self.init)
         _check(0.0 <= self.omega_floor <= 1.0, "reward.r2m.omega_floor", "in [0, 1]", self.omega_floor)
         _check(0.0 <= self.alpha <= 1.0, "reward.r2m.alpha", "in [0, 1]", self.alpha)
         _check(self.lr > 0, "reward.r2m.lr", "> 0", self.lr)
@@ -597,7 +641,11 @@ class RLConfig:
     max_new_tokens: int = 10
     """Longest response."""
     lr: float = 5e-6
-    """Policy AdamW learning rate (constant)."""
+    """Policy AdamW learning rate (the peak, under ``lr_schedule``)."""
+    lr_schedule: LRSchedule = LRSchedule.CONSTANT
+    """Policy learning-rate schedule over the RL steps: constant, linear (to 0 at rl.steps) or cosine (to 0)."""
+    warmup_steps: int = 0
+    """RL steps of linear warm-up from 0 to ``lr`` before the schedule (0: none)."""
     beta: float = 0.02
     """KL coefficient to the frozen reference (the initial one when ``kl_adaptive``)."""
     kl_adaptive: bool = False
@@ -611,7 +659,14 @@ class RLConfig:
     kl_mode: KLMode = KLMode.REWARD
     """``reward``: subtract beta * sum_t KL_t from each sequence reward; ``loss``: add beta * KL to the loss."""
     clip_eps: float = 0.2
-    """PPO-style ratio clip epsilon."""
+    """PPO-style ratio clip epsilon (the lower bound 1 - clip_eps, and the upper one unless ``clip_eps_high``)."""
+    clip_eps_high: Optional[float] = None
+    """Upper clip bound 1 + clip_eps_high (DAPO's clip-higher); None: clip_eps."""
+    clip_ratio_c: Optional[float] = None
+    """Dual-clip constant c > 1: for A < 0 the loss is capped at -A·c (Ye et al. 2020; verl, OpenRLHF); None: off."""
+    ratio_level: RatioLevel = RatioLevel.TOKEN
+    """``token``: ρ_t per token (PPO); ``sequence``: ρ = π_θ(y|x)/π_old(y|x) per sequence, as R2M's Eq. 2 states
+    (needs a sequence-level advantage: rloo, grpo, dr_grpo, remax). The sequence loss is a mean over sequences."""
     epochs: int = 2
     """Optimisation epochs k over each rollout batch."""
     minibatches: int = 2
@@ -658,13 +713,19 @@ class RLConfig:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
         _check(self.generator in GENERATORS, "rl.generator", "hf or vllm", self.generator)
         _check(self.prompts_per_step >= 1, "rl.prompts_per_step", ">= 1", self.prompts_per_step)
-        min_k = 2 if self.algorithm in (Algorithm.RLOO, Algorithm.GRPO) else 1
+        min_k = 2 if self.algorithm.grouped else 1
         _check(self.k >= min_k, "rl.k", f">= {min_k} for {self.algorithm.value}", self.k)
         _check(self.temperature > 0, "rl.temperature", "> 0", self.temperature)
         _check(self.max_new_tokens >= 1, "rl.max_new_tokens", ">= 1", self.max_new_tokens)
         _check(self.lr > 0, "rl.lr", "> 0", self.lr)
         _check(self.beta >= 0, "rl.beta", ">= 0", self.beta)
         _check(0 < self.clip_eps < 1, "rl.clip_eps", "in (0, 1)", self.clip_eps)
+        _check(self.clip_eps_high is None or self.clip_eps_high > 0, "rl.clip_eps_high", "> 0 or null",
+               self.clip_eps_high)
+        _check(self.clip_ratio_c is None or self.clip_ratio_c > 1, "rl.clip_ratio_c", "> 1 or null", self.clip_ratio_c)
+        _check(self.ratio_level == RatioLevel.TOKEN or self.algorithm.sequence_level, "rl.ratio_level",
+               f"token for {self.algorithm.value} (its advantage is per token)", self.ratio_level.value)
+        _check(self.warmup_steps >= 0, "rl.warmup_steps", ">= 0", self.warmup_steps)
         _check(self.epochs >= 1, "rl.epochs", ">= 1", self.epochs)
         _check(self.minibatches >= 1, "rl.minibatches", ">= 1", self.minibatches)
         batch = self.prompts_per_step * self.k

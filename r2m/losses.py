@@ -7,13 +7,13 @@ Shapes: ``N`` prompts (groups), ``K`` samples per group, ``B`` sequences, ``T`` 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from r2m.config import KLEstimator, LossAggregation
+from r2m.config import KLEstimator, LossAggregation, RatioLevel
 
 Number = Union[int, float]
 
@@ -24,6 +24,7 @@ __all__ = [
     "masked_whiten",
     "bradley_terry_loss",
     "margin_pairwise_loss",
+    "within_group_spread",
     "group_reward_entropy",
     "GREBTLoss",
     "grebt_terms",
@@ -32,6 +33,8 @@ __all__ = [
     "aggregate",
     "PolicyLossOutput",
     "clipped_policy_loss",
+    "sequence_clipped_policy_loss",
+    "POLICY_LOSSES",
     "ValueLossOutput",
     "clipped_value_loss",
     "entropy_from_logits",
@@ -112,6 +115,16 @@ def margin_pairwise_loss(chosen: Tensor, rejected: Tensor, margin: Union[float, 
     nothing (and get no gradient).
     """
     return F.relu(margin - (chosen - rejected)).mean()  # ()
+
+
+def within_group_spread(scores: Tensor, k: int) -> Tensor:
+    """Mean over groups of the population std of the K scores of each group: (N*K,) → ().
+
+    Rows are prompt-major (row n*K + j is sample j of prompt n). This is the spread that RLOO/GRPO
+    advantages and R2M's winner/loser choice see; an offset shared by a group does not count.
+    """
+    groups = scores.reshape(-1, k).float()  # (N, K)
+    return groups.std(dim=-1, unbiased=False).mean()  # ()
 
 
 def group_reward_entropy(rewards: Tensor, eps: float = 1e-6) -> Tensor:
@@ -198,6 +211,7 @@ def aggregate(
     aggregation: Union[LossAggregation, str],
     num_tokens: Optional[Union[Number, Tensor]] = None,
     num_seqs: Optional[Union[Number, Tensor]] = None,
+    horizon: Optional[int] = None,
 ) -> Tensor:
     """Reduce per-token values v (B, T) under mask m (B, T) to a scalar.
 
@@ -208,6 +222,8 @@ def aggregate(
       answers and short right ones, this does not.
     - ``seq_mean_token_mean``: Σ_b [Σ_t v·m / max(1, Σ_t m)] / N_seq. Each sequence weighs the same
       whatever its length (original GRPO).
+    - ``seq_mean_token_sum_norm``: Σ_b Σ_t v·m / (N_seq · T_max), T_max = ``horizon`` or T: the
+      token sum over a constant, the generation budget (Dr. GRPO; TRL's ``dr_grpo`` loss).
 
     ``num_tokens`` / ``num_seqs`` are the GLOBAL normalisers of the whole minibatch: passing them
     to every micro-batch makes the sum of micro-batch losses (and gradients) equal the loss of the
@@ -222,6 +238,8 @@ def aggregate(
     n_seqs = values.shape[0] if num_seqs is None else num_seqs
     if aggregation is LossAggregation.SEQ_MEAN_TOKEN_SUM:
         per_seq = masked_sum(values, m, dim=-1)  # (B,)
+    elif aggregation is LossAggregation.SEQ_MEAN_TOKEN_SUM_NORM:
+        per_seq = masked_sum(values, m, dim=-1) / (values.shape[-1] if horizon is None else horizon)  # (B,)
     else:
         per_seq = masked_sum(values, m, dim=-1) / m.sum(dim=-1).clamp_min(1.0)  # (B,)
     return per_seq.sum() / n_seqs
@@ -240,6 +258,28 @@ class PolicyLossOutput(NamedTuple):
     approx_kl: Tensor
 
 
+class _Surrogate(NamedTuple):
+    loss: Tensor  # elementwise ℓ
+    clipped: Tensor  # elementwise 1.0 where the clipped term wins (and differs)
+
+
+def _surrogate(ratio: Tensor, advantages: Tensor, clip_eps: float, clip_eps_high: Optional[float],
+               clip_ratio_c: Optional[float]) -> _Surrogate:
+    """ℓ = max(−A ρ, −A clip(ρ, 1 − ε_low, 1 + ε_high)), then for A < 0 min(ℓ, −A c) (dual clip).
+
+    Elementwise on any shape, for the callers to reduce.
+    """
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
+    # max of the two negated surrogates = pessimistic (lower) bound on the improvement
+    loss = torch.maximum(unclipped, clipped)
+    if clip_ratio_c is not None:
+        # Dual clip (Ye et al. 2020): with A < 0 a huge ratio would make an unbounded loss; cap it at −A·c.
+        loss = torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_ratio_c), loss)
+    return _Surrogate(loss, (clipped > unclipped).to(loss.dtype))
+
+
 def clipped_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -249,27 +289,76 @@ def clipped_policy_loss(
     aggregation: Union[LossAggregation, str] = "token_mean",
     num_tokens: Optional[Union[Number, Tensor]] = None,
     num_seqs: Optional[Union[Number, Tensor]] = None,
+    horizon: Optional[int] = None,
+    clip_eps_high: Optional[float] = None,
+    clip_ratio_c: Optional[float] = None,
 ) -> PolicyLossOutput:
-    """PPO clipped surrogate: ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε)), ρ_t = exp(log π − log π_old).
+    """PPO clipped surrogate per token: ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε_high)),
+    ρ_t = exp(log π − log π_old); with ``clip_ratio_c`` and A_t < 0, ℓ_t = min(ℓ_t, −A_t c) (dual clip).
 
     ``logprobs``/``old_logprobs``/``mask`` (B, T); ``advantages`` (B,) (broadcast over tokens) or
     (B, T). ℓ is reduced with :func:`aggregate`. ``clip_fraction`` is the masked share of tokens
     where the clipped term wins (and differs); ``approx_kl`` the masked mean of ½(log π − log π_old)²;
-    both detached and over the local batch.
+    both detached and over the local batch. ε_high defaults to ε (DAPO's clip-higher sets it larger).
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)  # (B, 1): a sequence advantage for every token
     log_ratio = logprobs - old_logprobs  # (B, T)
-    ratio = torch.exp(log_ratio)  # (B, T)
-    unclipped = -advantages * ratio  # (B, T)
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
-    # max of the two negated surrogates = pessimistic (lower) bound on the improvement
-    per_token = torch.maximum(unclipped, clipped)  # (B, T)
-    loss = aggregate(per_token, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+    terms = _surrogate(torch.exp(log_ratio), advantages, clip_eps, clip_eps_high, clip_ratio_c)  # (B, T)
+    loss = aggregate(terms.loss, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs, horizon=horizon)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).to(per_token.dtype), mask)
+        clip_fraction = masked_mean(terms.clipped, mask)
         approx_kl = masked_mean(0.5 * log_ratio**2, mask)
     return PolicyLossOutput(loss=loss, clip_fraction=clip_fraction, approx_kl=approx_kl)
+
+
+_MAX_SEQ_LOG_RATIO = 20.0
+"""Cap on Σ_t log ρ_t before exp: exp(20) ≈ 5e8 is far past any clip bound, and an inf ratio would turn the
+zero gradient of the unchosen branch into NaN (inf · 0). verl's GSPO caps at 10."""
+
+
+def sequence_clipped_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    aggregation: Union[LossAggregation, str] = "token_mean",
+    num_tokens: Optional[Union[Number, Tensor]] = None,
+    num_seqs: Optional[Union[Number, Tensor]] = None,
+    horizon: Optional[int] = None,
+    clip_eps_high: Optional[float] = None,
+    clip_ratio_c: Optional[float] = None,
+) -> PolicyLossOutput:
+    """R2M Eq. 2 per sequence: ℓ_i = max(−A_i ρ_i, −A_i clip(ρ_i, 1 − ε, 1 + ε_high)),
+    ρ_i = π_θ(y_i|x_i)/π_old(y_i|x_i) = exp Σ_t m_it (log π − log π_old); loss = Σ_i ℓ_i / N_seq.
+
+    Same signature as :func:`clipped_policy_loss` (so the two are interchangeable); ``aggregation``,
+    ``num_tokens`` and ``horizon`` are not used: Eq. 2 is a mean over the n·K sequences (N_seq =
+    ``num_seqs`` or B). ``advantages`` (B,) or (B, T) constant over each row's tokens (its masked mean
+    is taken). ``clip_fraction`` is the share of sequences clipped; ``approx_kl`` is per token.
+    """
+    m = mask.to(logprobs.dtype)  # (B, T)
+    adv = advantages if advantages.dim() == 1 else masked_mean(advantages, m, dim=-1)  # (B,)
+    log_ratio = (logprobs - old_logprobs) * m  # (B, T)
+    seq_log_ratio = log_ratio.sum(dim=-1).clamp(max=_MAX_SEQ_LOG_RATIO)  # (B,)
+    terms = _surrogate(torch.exp(seq_log_ratio), adv, clip_eps, clip_eps_high, clip_ratio_c)  # (B,)
+    has_tokens = (m.sum(dim=-1) > 0).to(m.dtype)  # (B,) an empty row contributes nothing
+    n_seqs = logprobs.shape[0] if num_seqs is None else num_seqs
+    loss = (terms.loss * has_tokens).sum() / n_seqs
+    with torch.no_grad():
+        clip_fraction = masked_mean(terms.clipped, has_tokens)
+        approx_kl = masked_mean(0.5 * (logprobs - old_logprobs) ** 2, m)
+    return PolicyLossOutput(loss=loss, clip_fraction=clip_fraction, approx_kl=approx_kl)
+
+
+PolicyLossFn = Callable[..., PolicyLossOutput]
+
+POLICY_LOSSES: dict[RatioLevel, PolicyLossFn] = {
+    RatioLevel.TOKEN: clipped_policy_loss,
+    RatioLevel.SEQUENCE: sequence_clipped_policy_loss,
+}
+"""The clipped policy loss of each ``rl.ratio_level``; both take the same arguments."""
 
 
 class ValueLossOutput(NamedTuple):
@@ -288,6 +377,7 @@ def clipped_value_loss(
     aggregation: Union[LossAggregation, str] = "token_mean",
     num_tokens: Optional[Union[Number, Tensor]] = None,
     num_seqs: Optional[Union[Number, Tensor]] = None,
+    horizon: Optional[int] = None,
 ) -> ValueLossOutput:
     """PPO clipped value loss: ℓ_t = ½ max((V_t − R_t)², (V_t^clip − R_t)²),
     V_t^clip = V_t^old + clip(V_t − V_t^old, −ε, ε); all inputs (B, T), reduced with :func:`aggregate`.
@@ -298,7 +388,7 @@ def clipped_value_loss(
     err = (values - returns) ** 2  # (B, T)
     err_clipped = (values_clipped - returns) ** 2  # (B, T)
     per_token = 0.5 * torch.maximum(err, err_clipped)  # (B, T)
-    loss = aggregate(per_token, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+    loss = aggregate(per_token, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs, horizon=horizon)
     with torch.no_grad():
         clip_fraction = masked_mean((err_clipped > err).to(per_token.dtype), mask)
     return ValueLossOutput(loss=loss, clip_fraction=clip_fraction)

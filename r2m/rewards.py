@@ -7,12 +7,15 @@ with ``needs_policy_hidden = True`` also reads the policy's last-layer hidden st
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Protocol, Sequence
 
 import torch
 
 from r2m.config import R2MAblation, R2MConfig, WorldConfig
+
+log = logging.getLogger("r2m")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class RewardQuery:
     """(B, S-1) 1 on real (non-pad) positions of ``policy_hidden``."""
     step: int = 0
     """Training round t (0-based) for R2M's ω(t)."""
+    group_size: int = 0
+    """K when rows are prompt-major groups of K samples (a rollout batch); 0 when they are not (evaluation)."""
 
 
 class RewardOutput(NamedTuple):
@@ -77,37 +82,62 @@ class GoldReward:
         return RewardOutput(scores, None)
 
 
-def noise_like(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Gaussian noise with the mean and variance of the valid entries of h (the R2M w/ Noise ablation)."""
+def noise_like(h: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Gaussian noise with the per-dimension mean and std of the valid entries of h (R2M w/ Noise).
+
+    h (B, S, D), mask (B, S) -> (B, S, D). Each of the D feature dimensions keeps its own location and
+    scale (hidden states have a few dimensions of very large magnitude): one scalar mean/std over all
+    dimensions would make the noise easier to tell from h than the ablation intends.
+    """
     valid = h[mask.bool()].float()  # (n_valid, D)
-    mean, std = valid.mean(), valid.std()
-    return (torch.randn(h.shape, dtype=torch.float32, device=h.device) * std + mean).to(h.dtype)
+    mean, std = valid.mean(dim=0), valid.std(dim=0)  # (D,), (D,)
+    z = torch.randn(h.shape, dtype=torch.float32, generator=generator, device="cpu" if generator else h.device)
+    return (z.to(h.device) * std + mean).to(h.dtype)  # (B, S, D)
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """The w/ Noise draw of training round ``step``: one per round, whatever reads it (see FeedbackReward)."""
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
 
 
 class FeedbackReward:
     """R2M's reward r_φ(x, y, h) (or the Iterative RM-head baseline when the model has no fusion)."""
 
     def __init__(self, model: "r2m.models.r2m.FeedbackRewardModel", cfg: R2MConfig, total_steps: int,  # noqa: F821
-                 batch_size: int = 256):
+                 batch_size: int = 256, seed: int = 0):
         self.model, self.cfg, self.total_steps, self.batch_size = model, cfg, total_steps, batch_size
+        self.seed = seed
         self.needs_policy_hidden = model.fusion is not None
         self.reward_model = model.rm
+        self.calibration: Optional[float] = None
+        """init=matched: the factor W_o was rescaled by on the first rollout batch (None before, or never)."""
 
     def omega(self, step: int) -> float:
         from r2m.models.fusion import omega
 
         return omega(step, self.total_steps, self.cfg.omega_floor)
 
-    def feedback(self, h: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """h as the RM sees it: itself, or noise of the same mean and variance (w/ Noise)."""
+    def feedback(self, h: Optional[torch.Tensor], mask: Optional[torch.Tensor], step: int) -> Optional[torch.Tensor]:
+        """h as the RM sees it: itself, or (w/ Noise) noise with h's per-dimension mean and std.
+
+        The noise of round ``step`` comes from a generator seeded by (run.seed, step): annotation and the
+        RM update of one round read the same standard-normal draw (each rescaled by the statistics of
+        the h it replaces), just as real R2M's annotation h and refreshed h are nearly the same states.
+        The draw touches no global RNG stream, so the ablation leaves sampling unchanged.
+        """
         if h is None or self.cfg.ablation != R2MAblation.NOISE:
             return h
-        return noise_like(h, mask)
+        return noise_like(h, mask, torch.Generator().manual_seed(noise_seed(self.seed, step)))
 
     @torch.no_grad()
     def __call__(self, query: RewardQuery) -> RewardOutput:
         rte = self.model.embed_texts(query.prompts, query.responses, self.batch_size)  # (B, D_m)
-        h = self.feedback(query.policy_hidden, query.policy_mask) if self.needs_policy_hidden else None
+        h = self.feedback(query.policy_hidden, query.policy_mask, query.step) if self.needs_policy_hidden else None
+        if h is not None and query.group_size >= 2:
+            factor = self.model.calibrate(rte, h, query.policy_mask, query.group_size)  # init=matched, once
+            if factor is not None:
+                self.calibration = factor
+                log.info("reward.r2m.init=matched: W_o rescaled by %.4g on the first rollout batch", factor)
         scores = self.model.score(rte, h, query.policy_mask, self.omega(query.step))
         return RewardOutput(scores.float(), rte, self.model.vanilla_score(rte))
 

@@ -247,6 +247,8 @@ ESTIMATOR_OF = {
     Algorithm.GRPO: Estimator.GRPO,
     Algorithm.REMAX: Estimator.REMAX,
     Algorithm.REINFORCE_PP: Estimator.REINFORCE_PP,
+    Algorithm.REINFORCE_PP_BASELINE: Estimator.REINFORCE_PP_BASELINE,
+    Algorithm.DR_GRPO: Estimator.DR_GRPO,
     Algorithm.PPO: Estimator.GAE,
 }
 
@@ -257,14 +259,28 @@ class Feedback(NamedTuple):
 
 
 def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedback:
-    """R2M's h from a forward pass: the states at positions 0..S-2 (those that produced the log-probs)."""
-    return Feedback(hidden[:, :-1], attention_mask[:, :-1])
+    """R2M's h from a forward pass: h_ij ∈ R^{(S_ij − 1) × D_p}, each row's own states without its own last token.
+
+    hidden (B, S, D_p), attention_mask (B, S) -> Feedback((B, S-1, D_p), (B, S-1)). The states at a row's
+    positions except its last valid one are those that produced the row's log-probs. The last valid
+    position is found per row, so the result does not depend on the padding side or on the other rows of
+    the batch; the batch's last column is then dropped (it holds no row's kept position).
+    """
+    m = attention_mask.long()  # (B, S)
+    positions = torch.arange(m.shape[1], device=m.device)  # (S,)
+    last = (positions * m).argmax(dim=-1, keepdim=True)  # (B, 1) each row's last valid position
+    keep = m.scatter(1, last, 0)  # (B, S) a row with no valid position stays all zero
+    return Feedback(hidden[:, :-1], keep[:, :-1].to(attention_mask.dtype))
 
 
 @torch.no_grad()
 def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str],
                   device: torch.device) -> Feedback:
-    """R2M's h for arbitrary (prompt, response) texts, tokenised by the policy's own tokenizer."""
+    """R2M's h for arbitrary (prompt, response) texts, tokenised by the policy's own tokenizer.
+
+    The same :func:`feedback_states` as rollout, so an (x, y) gets the same h here (left-padded) as in a
+    rollout batch (left-padded prompt, right-padded response), up to float rounding.
+    """
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id)
@@ -355,9 +371,10 @@ class ExperienceMaker:
                  for i in range(0, len(prompt_ids), size)]
         return concat_generations(parts, self.tokenizer.pad_token_id)
 
-    def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int) -> RewardQuery:
+    def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int,
+               group_size: int = 0) -> RewardQuery:
         h, m = feedback_states(hidden, gen.attention_mask) if hidden is not None else (None, None)
-        return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step)
+        return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step, group_size=group_size)
 
     def _greedy_baseline(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int) -> torch.Tensor:
         """ReMax's baseline: the reward of one greedy response per prompt, (n,)."""
@@ -415,7 +432,7 @@ class ExperienceMaker:
             # generator (vLLM returns no hidden states), so h does not depend on the backend.
             old = self._forward(self.policy, gen, with_hidden)
             ref = self._forward(self.ref, gen, False)
-        query = self._query(rep_texts, gen, old.hidden, step)
+        query = self._query(rep_texts, gen, old.hidden, step, group_size=K)
         with self.timer("reward"):
             out = self.reward_fn(query)
             raw = out.scores.to(self.device).float()  # (B,)

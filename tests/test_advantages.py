@@ -14,7 +14,9 @@ from r2m.advantages import (
     GAEOutput,
     compute_advantages,
     compute_gae,
+    compute_group_centered,
     compute_grpo_advantage,
+    constant_groups,
     compute_remax_advantage,
     compute_returns,
     compute_rloo_advantage,
@@ -228,3 +230,66 @@ def test_missing_inputs_raise() -> None:
         compute_advantages("rloo", AdvantageInput(scores=inp.scores, mask=inp.mask[:-1]))
     with pytest.raises(ValueError, match="gamma"):
         AdvantageParams(gamma=1.5)
+
+
+# ------------------------------------------------------------------ constant groups (exactly zero)
+
+
+@pytest.mark.parametrize("k", [8, 16])
+@pytest.mark.parametrize("value", [0.7, 3.7, 12.9, -5.3])
+def test_grpo_constant_group_is_exactly_zero(value: float, k: int) -> None:
+    # float32 sums of these are inexact: mean and std are off by ~1 ulp, and (r - mean)/(std + eps) was
+    # non-zero and identical for every sample (|A| up to 0.95 at 12.9). An all-equal group must give 0.
+    r = torch.full((2, k), value, dtype=torch.float32)
+    assert torch.equal(compute_grpo_advantage(r), torch.zeros(2, k))
+    assert torch.equal(compute_group_centered(r), torch.zeros(2, k))
+    inp = AdvantageInput(scores=r, mask=torch.ones(2 * k, 3))
+    for est in (Estimator.GRPO, Estimator.DR_GRPO, Estimator.RLOO, Estimator.REINFORCE_PP_BASELINE):
+        adv = compute_advantages(est, inp).advantages
+        assert torch.equal(adv, torch.zeros_like(adv)), est
+
+
+def test_grpo_constant_rows_beside_varied_rows() -> None:
+    r = torch.tensor([[0.7] * 8, [0.7, 1.3, 0.2, 0.7, 0.9, 0.1, 0.5, 0.6]], dtype=torch.float32)
+    adv = compute_grpo_advantage(r)
+    assert torch.equal(adv[0], torch.zeros(8))
+    loop = [(x - r[1].mean()) / (r[1].std() + 1e-6) for x in r[1]]
+    torch.testing.assert_close(adv[1], torch.stack(loop))
+    assert constant_groups(r).view(-1).tolist() == [True, False]
+
+
+# ------------------------------------------------------------------ Dr. GRPO and REINFORCE++-baseline
+
+
+def test_dr_grpo_by_hand() -> None:
+    # r = (1, 2, 3.5) has mean 13/6
+    r = _t([[1.0, 2.0, 3.5]])
+    assert torch.allclose(compute_group_centered(r), _t([[1 - 13 / 6, 2 - 13 / 6, 3.5 - 13 / 6]]))
+    # no std scaling: scaling the rewards scales the advantage
+    assert torch.allclose(compute_group_centered(4.0 * r), 4.0 * compute_group_centered(r))
+    inp = _inputs(seed=7)
+    out = compute_advantages(Estimator.DR_GRPO, inp)
+    seq = inp.scores - (inp.kl_penalty * inp.mask).sum(-1).view_as(inp.scores)
+    assert torch.allclose(out.advantages, (seq - seq.mean(-1, keepdim=True)).reshape(-1, 1) * inp.mask)
+
+
+def test_reinforce_pp_baseline_matches_loop() -> None:
+    inp = _inputs(seed=8)
+    n, k = inp.scores.shape
+    out = compute_advantages(Estimator.REINFORCE_PP_BASELINE, inp, AdvantageParams(gamma=1.0))
+    # The loop: centred score at each row's last token, minus beta*KL per token, reward-to-go, global whitening.
+    m = inp.mask
+    returns = torch.zeros_like(m)
+    for i in range(n * k):
+        centred = inp.scores.view(-1)[i] - inp.scores[i // k].mean()
+        valid = [t for t in range(m.shape[1]) if m[i, t] > 0]
+        token_r = {t: -inp.kl_penalty[i, t].item() for t in valid}
+        token_r[valid[-1]] += centred.item()
+        running = 0.0
+        for t in reversed(valid):
+            running = token_r[t] + running
+            returns[i, t] = running
+    vals = returns[m.bool()]
+    expected = (returns - vals.mean()) / torch.sqrt(vals.var() + 1e-8) * m
+    torch.testing.assert_close(out.advantages, expected)
+    torch.testing.assert_close(out.returns, returns)

@@ -76,7 +76,8 @@ def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, caps
     assert any("rm/eval_acc" in r for r in rows)
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "remax", "reinforce_pp", "ppo"])
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "remax", "reinforce_pp", "ppo", "dr_grpo",
+                                       "reinforce_pp_baseline"])
 def test_rl_stage(tmp_path, tiny, world_artifacts, algorithm, capsys) -> None:
     policy_dir, _, _ = world_artifacts
     root = Path(tiny[-1].split("=", 1)[1])
@@ -107,7 +108,10 @@ def test_rl_stage(tmp_path, tiny, world_artifacts, algorithm, capsys) -> None:
     ["reward.r2m.enabled=true", "reward.r2m.ablation=frozen"],
     ["reward.baseline=iterative_head"],
     ["reward.baseline=pretrained_rm"],
-], ids=["r2m", "grpo-zero-nogre", "noise-bf16-cpu", "frozen", "iterative_head", "pretrained_rm"])
+    ["reward.r2m.enabled=true", "reward.r2m.init=matched", "rl.ratio_level=sequence", "rl.clip_ratio_c=3.0",
+     "rl.clip_eps_high=0.28"],
+], ids=["r2m", "grpo-zero-nogre", "noise-bf16-cpu", "frozen", "iterative_head", "pretrained_rm",
+        "matched-sequence-dualclip"])
 def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     name = f"r2m-{tmp_path.name}"
@@ -126,6 +130,15 @@ def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> 
         assert any("rm_acc/r2m_after" in r for r in rows)
     if "reward.baseline=pretrained_rm" in variant:
         assert any(p.name.startswith("rm-pretrained-") for p in (root / "world").iterdir())
+
+
+def test_rl_lr_schedule_with_warmup(tiny, world_artifacts) -> None:
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(["rl", *tiny, "run.name=rl-cosine", "reward.source=gold", "rl.lr=1e-3", "rl.lr_schedule=linear",
+                 "rl.warmup_steps=1", "rl.steps=3", "rl.eval_every=5"]) == 0
+    lrs = [r["policy/lr"] for r in read_metrics(root / "rl-cosine" / "metrics.jsonl") if "policy/lr" in r]
+    # one warm-up step from 0, then linear decay to 0 at step 3: 0, 1e-3, 5e-4
+    assert lrs == pytest.approx([0.0, 1e-3, 5e-4])
 
 
 def test_rl_on_gold_reward(tiny, world_artifacts) -> None:

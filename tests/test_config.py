@@ -47,6 +47,11 @@ def test_overrides_are_yaml_typed() -> None:
         ("rl.clip_eps=1.5", "rl.clip_eps: expected in (0, 1)"),
         ("rl.algorithm=dpo", "rl.algorithm: expected one of"),
         ("rl.minibatches=3", "rl.minibatches: expected a divisor of prompts_per_step*k=256"),
+        ("rl.clip_ratio_c=1.0", "rl.clip_ratio_c: expected > 1 or null"),
+        ("rl.clip_eps_high=0", "rl.clip_eps_high: expected > 0 or null"),
+        ("rl.warmup_steps=-1", "rl.warmup_steps: expected >= 0"),
+        ("rl.lr_schedule=step", "rl.lr_schedule: expected one of"),
+        ("reward.r2m.init=xavier", "reward.r2m.init: expected one of"),
         ("world.tau=0", "world.tau: expected > 0"),
         ("world.mixture.swap=-0.1", "world.mixture.swap: expected >= 0"),
         ("policy.arch.num_heads=3", "policy.arch.num_heads: expected a divisor of hidden_size"),
@@ -61,6 +66,20 @@ def test_validation_names_the_field(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce_pp", "reinforce_pp_baseline", "ppo"])
+def test_sequence_ratio_needs_a_sequence_advantage(algorithm: str) -> None:
+    with pytest.raises(ConfigError, match=f"rl.ratio_level: expected token for {algorithm}"):
+        load_config(None, [f"rl.algorithm={algorithm}", "rl.ratio_level=sequence"])
+    for ok in ("rloo", "grpo", "dr_grpo", "remax"):
+        assert load_config(None, [f"rl.algorithm={ok}", "rl.ratio_level=sequence"]).rl.ratio_level == "sequence"
+
+
+def test_every_rl_config_states_its_ratio_level() -> None:
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        if "accelerate" not in path.parts:
+            assert "ratio_level:" in path.read_text(), f"{path}: say which ratio level (token or sequence) it uses"
 
 
 def test_bad_files(tmp_path: Path) -> None:

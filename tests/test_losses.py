@@ -13,7 +13,10 @@ from r2m.losses import (
     GREBTLoss,
     aggregate,
     bradley_terry_loss,
+    POLICY_LOSSES,
     clipped_policy_loss,
+    sequence_clipped_policy_loss,
+    within_group_spread,
     clipped_value_loss,
     entropy_from_logits,
     grebt_loss,
@@ -209,6 +212,9 @@ def test_aggregations_by_hand() -> None:
     assert aggregate(v, m, "token_mean", num_tokens=12).item() == pytest.approx(21 / 12)
     assert aggregate(v, m, "seq_mean_token_sum", num_seqs=4).item() == pytest.approx(21 / 4)
     assert aggregate(v, m, "seq_mean_token_mean", num_seqs=4).item() == pytest.approx(8 / 4)
+    # Dr. GRPO's constant normaliser: token sums over N_seq * T_max (T_max the mask width or ``horizon``)
+    assert aggregate(v, m, "seq_mean_token_sum_norm").item() == pytest.approx((10 + 11) / (2 * 4))
+    assert aggregate(v, m, "seq_mean_token_sum_norm", num_seqs=4, horizon=10).item() == pytest.approx(21 / 40)
     # an empty row counts as a sequence with mean 0, and an all-empty mask gives 0
     m_empty_row = _t([[1, 1, 1, 1], [0, 0, 0, 0]])
     assert aggregate(v, m_empty_row, "seq_mean_token_mean").item() == pytest.approx(2.5 / 2)
@@ -318,3 +324,79 @@ def test_entropy_from_logits() -> None:
     x = torch.randn(4, 5, 9, dtype=torch.float64)
     p = torch.softmax(x, -1)
     assert torch.allclose(entropy_from_logits(x), -(p * p.log()).sum(-1))
+
+
+def test_clip_higher_by_hand() -> None:
+    logp, old, mask = _policy_inputs([1.1, 1.25, 1.5, 0.7])
+    out = clipped_policy_loss(logp, old, _t([0.7]), mask, clip_eps=0.2, clip_eps_high=0.28)
+    # A = 0.7, bounds [0.8, 1.28]: 1.1 and 1.25 in range, 1.5 clipped to 1.28, 0.7 below (unclipped wins)
+    assert out.loss.item() == pytest.approx(-0.7 * (1.1 + 1.25 + 1.28 + 0.7) / 4)
+    assert out.clip_fraction.item() == pytest.approx(1 / 4)
+    # without clip_eps_high the upper bound is 1 + clip_eps = 1.2
+    same = clipped_policy_loss(logp, old, _t([0.7]), mask, clip_eps=0.2)
+    assert same.loss.item() == pytest.approx(-0.7 * (1.1 + 1.2 + 1.2 + 0.7) / 4)
+
+
+def test_dual_clip_caps_negative_advantages_by_hand() -> None:
+    logp, old, mask = _policy_inputs([1.1, 2.5, 4.0, 0.7])
+    adv = _t([[-0.7, -0.7, -0.7, 0.7]])
+    out = clipped_policy_loss(logp, old, adv, mask, clip_eps=0.2, clip_ratio_c=3.0)
+    # A < 0: max(-A ρ, -A clip) = 0.7·ρ for ρ > 1.2, capped at 0.7·3 = 2.1; the A > 0 token (ρ = 0.7,
+    # below the range: the unclipped -0.49 wins) is untouched
+    assert out.loss.item() == pytest.approx((0.7 * 1.1 + 0.7 * 2.5 + 2.1 - 0.7 * 0.7) / 4)
+    plain = clipped_policy_loss(logp, old, adv, mask, clip_eps=0.2)
+    assert plain.loss.item() == pytest.approx((0.7 * 1.1 + 0.7 * 2.5 + 0.7 * 4.0 - 0.7 * 0.7) / 4)
+    out.loss.backward()
+    assert logp.grad[0, 2].item() == 0.0  # the capped token has no gradient
+
+
+def _sequence_loss_loop(logp, old, adv, mask, eps, eps_high, c) -> float:
+    """R2M Eq. 2 written out: per sequence, ρ = Π_t π/π_old over its tokens, clipped; mean over sequences."""
+    total = 0.0
+    for i in range(logp.shape[0]):
+        log_rho = sum((logp[i, t] - old[i, t]).item() for t in range(logp.shape[1]) if mask[i, t] > 0)
+        rho = math.exp(log_rho)
+        a = adv[i].item()
+        loss = max(-a * rho, -a * min(max(rho, 1 - eps), 1 + eps_high))
+        if c is not None and a < 0:
+            loss = min(loss, -a * c)
+        total += loss
+    return total / logp.shape[0]
+
+
+@pytest.mark.parametrize("c", [None, 3.0])
+def test_sequence_ratio_matches_the_paper_loop(c) -> None:
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 2, 4, 1, 3])
+    mask = (torch.arange(5)[None] < lengths[:, None]).double()  # (5, 5) ragged
+    logp = (torch.randn(5, 5, generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
+    old = torch.randn(5, 5, generator=g, dtype=torch.float64) * 0.3
+    adv = _t([0.7, -1.3, 0.2, -0.4, 2.1])
+    out = sequence_clipped_policy_loss(logp, old, adv[:, None] * mask, mask, clip_eps=0.2, clip_eps_high=0.3,
+                                       clip_ratio_c=c)
+    assert out.loss.item() == pytest.approx(_sequence_loss_loop(logp, old, adv, mask, 0.2, 0.3, c), rel=1e-12)
+    # padded positions hold garbage log-probs: they must not enter the ratio
+    garbage = torch.where(mask.bool(), logp.detach(), torch.full_like(old, 9.0))
+    again = sequence_clipped_policy_loss(garbage, old, adv, mask, clip_eps=0.2, clip_eps_high=0.3, clip_ratio_c=c)
+    assert again.loss.item() == pytest.approx(out.loss.item(), rel=1e-12)
+    out.loss.backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad[~mask.bool()].abs().sum() == 0
+
+
+def test_sequence_ratio_differs_from_token_ratio_and_stays_finite() -> None:
+    # ratios 1.1 and 1.15 per token: every token is in range, but the sequence ratio 1.265 is clipped
+    logp, old, mask = _policy_inputs([1.1, 1.15])
+    tok = POLICY_LOSSES["token"](logp, old, _t([0.7]), mask, 0.2)
+    seq = POLICY_LOSSES["sequence"](logp, old, _t([0.7]), mask, 0.2)
+    assert tok.loss.item() == pytest.approx(-0.7 * (1.1 + 1.15) / 2) and tok.clip_fraction.item() == 0
+    assert seq.loss.item() == pytest.approx(-0.7 * 1.2) and seq.clip_fraction.item() == 1.0
+    # a huge sequence log-ratio gives a finite loss and gradient (capped before exp)
+    big = _t([[60.0, 60.0]]).requires_grad_(True)
+    huge = sequence_clipped_policy_loss(big, old, _t([-0.7]), mask, 0.2, clip_ratio_c=3.0)
+    huge.loss.backward()
+    assert huge.loss.item() == pytest.approx(2.1) and torch.isfinite(big.grad).all()
+
+
+def test_within_group_spread_by_hand() -> None:
+    # groups (1, 3) and (0.7, 0.7, ...) in K = 2: population stds 1 and 0
+    assert within_group_spread(_t([1.0, 3.0, 0.7, 0.7]), 2).item() == pytest.approx(0.5)

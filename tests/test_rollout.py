@@ -6,7 +6,16 @@ import torch
 
 from r2m.config import ArchConfig
 from r2m.models.loading import build_world_lm
-from r2m.rollout import Experience, generate, left_pad, position_ids, response_forward, tokenize_prompts
+from r2m.rollout import (
+    Experience,
+    feedback_states,
+    generate,
+    left_pad,
+    position_ids,
+    response_forward,
+    text_feedback,
+    tokenize_prompts,
+)
 from r2m.world import build_tokenizer
 
 
@@ -119,3 +128,50 @@ def test_seeded_chunks_do_not_depend_on_how_prompts_are_split() -> None:
     alone = second.sequences[:, second.prompt_len:]
     n = alone.shape[1]
     assert torch.equal(resp[:, :n], alone) and not both.action_mask[4:, n:].any()
+
+
+# ------------------------------------------------------------------ R2M's h per row
+
+
+def test_feedback_states_drop_each_rows_own_last_token() -> None:
+    # rollout layout: left-padded prompt | right-padded response, rows of different lengths
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0]])
+    h = torch.randn(3, 6, 4)
+    fb = feedback_states(h, mask)
+    assert fb.hidden.shape == (3, 5, 4)
+    # each row keeps its own valid positions except its last (the old rule dropped the batch's last
+    # column only, so rows 1 and 2 kept their eos state)
+    assert fb.mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 1, 1, 0]]
+    assert torch.equal(fb.mask.sum(-1), mask.sum(-1) - 1)
+    # an empty row stays empty
+    assert feedback_states(h[:1], torch.zeros(1, 6, dtype=torch.long)).mask.sum() == 0
+
+
+def _kept(fb, row: int) -> torch.Tensor:
+    return fb.hidden[row][fb.mask[row].bool()]  # (S_row - 1, D)
+
+
+def test_same_pair_same_h_whatever_padding_and_batch() -> None:
+    model, tok = _policy()
+    model.eval()
+    ids = lambda s: tok.convert_tokens_to_ids(s.split())  # noqa: E731
+    prompt, response = ids("<bos> 3 1 2 =>"), ids("1 2 3 <eos>")
+    other_p, other_r = ids("<bos> 9 0 4 4 7 =>"), ids("0 4 4 7 9 9 9 <eos>")  # longer on both sides
+    # rollout layout, alone and beside a longer row
+    alone = torch.tensor([prompt + response])
+    fb_alone = feedback_states(response_forward(model, alone, torch.ones_like(alone), 5, 1.0, with_hidden=True).hidden,
+                               torch.ones_like(alone))
+    P, R = len(other_p), len(other_r)
+    seqs = torch.full((2, P + R), tok.pad_token_id)
+    mask = torch.zeros(2, P + R, dtype=torch.long)
+    seqs[0, P - len(prompt):P], seqs[0, P:P + len(response)] = torch.tensor(prompt), torch.tensor(response)
+    mask[0, P - len(prompt):P + len(response)] = 1
+    seqs[1], mask[1] = torch.tensor(other_p + other_r), 1
+    fb_batch = feedback_states(response_forward(model, seqs, mask, P, 1.0, with_hidden=True).hidden, mask)
+    # the Table 3 path: left-padded texts through the policy's tokenizer
+    fb_text = text_feedback(model, tok, ["<bos> 3 1 2 =>", "<bos> 9 0 4 4 7 =>"],
+                            [" 1 2 3 <eos>", " 0 4 4 7 9 9 9 <eos>"], torch.device("cpu"))
+    ref = _kept(fb_alone, 0)
+    assert ref.shape[0] == len(prompt) + len(response) - 1
+    torch.testing.assert_close(_kept(fb_batch, 0), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_kept(fb_text, 0), ref, atol=1e-5, rtol=1e-5)

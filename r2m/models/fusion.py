@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from r2m.config import FusionInit
+
 
 def omega(t: float, total_steps: int, floor: float) -> float:
     """ω(t) = max(½·cos(π·t/T) + ½, Ω): 1 at t=0, ½ at T/2, Ω at (and, clamped, after) T."""
@@ -30,21 +32,30 @@ def omega(t: float, total_steps: int, floor: float) -> float:
 class PolicyFeedbackFusion(nn.Module):
     """Sequence-to-token cross-attention from the RM's reward token to the policy's hidden states."""
 
-    def __init__(self, rm_dim: int, policy_dim: int, inner_dim: int, num_heads: int = 1, init: str = "random"):
+    def __init__(self, rm_dim: int, policy_dim: int, inner_dim: int, num_heads: int = 1,
+                 init: FusionInit | str = FusionInit.RANDOM):
         super().__init__()
         if inner_dim % num_heads:
             raise ValueError(f"inner_dim={inner_dim} must be divisible by num_heads={num_heads}")
-        if init not in ("random", "zero"):
-            raise ValueError(f"init: expected 'random' or 'zero', got {init!r}")
+        init = FusionInit(init)
         self.rm_dim, self.policy_dim, self.inner_dim, self.num_heads = rm_dim, policy_dim, inner_dim, num_heads
         self.head_dim = inner_dim // num_heads
         self.w_q = nn.Linear(rm_dim, inner_dim, bias=False)
         self.w_k = nn.Linear(policy_dim, inner_dim, bias=False)
         self.w_v = nn.Linear(policy_dim, inner_dim, bias=False)
         self.w_o = nn.Linear(inner_dim, rm_dim, bias=False)
-        if init == "zero":
+        if init == FusionInit.ZERO:
             # Ĥ = 0 at the start, so H_fin = ω(t) H_last: with ω(0) = 1 the RM is exactly the vanilla RM.
             nn.init.zeros_(self.w_o.weight)
+        # False until W_o has been rescaled on a first batch (init=matched); a buffer, so that it is saved
+        # with the weights and a resumed or reloaded model is never rescaled twice.
+        self.register_buffer("calibrated", torch.tensor(init != FusionInit.MATCHED))
+
+    @torch.no_grad()
+    def rescale_output(self, factor: float) -> None:
+        """Multiply W_o by ``factor`` (Ĥ is linear in W_o, so Ĥ scales by it) and mark the fusion calibrated."""
+        self.w_o.weight.mul_(factor)
+        self.calibrated.fill_(True)
 
     def forward(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor) -> torch.Tensor:
         """Ĥ from rte (B, D_m), policy_hidden (B, S, D_p) and policy_mask (B, S) -> (B, D_m)."""

@@ -14,16 +14,26 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
+from r2m.config import FusionInit
+from r2m.losses import within_group_spread
 from r2m.models.fusion import PolicyFeedbackFusion
 from r2m.models.reward import RewardModel
 
 _FILE = "r2m.safetensors"
 _META = "r2m.json"
+
+
+class ScoreParts(NamedTuple):
+    """r_φ(x, y, h) = fusion + embedding + bias, since the head φ is linear (Eq. 4):
+    fusion = (1 − ω)·w·Ĥ, embedding = ω·w·H_last, bias = φ(0)."""
+
+    fusion: torch.Tensor  # (B,)
+    embedding: torch.Tensor  # (B,)
 
 
 class FeedbackRewardModel(nn.Module):
@@ -75,6 +85,31 @@ class FeedbackRewardModel(nn.Module):
         return self.head(h_fin.float()).squeeze(-1)
 
     @torch.no_grad()
+    def score_parts(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor,
+                    w: float) -> ScoreParts:
+        """The two terms of the score that vary within a group (the head's bias is shared)."""
+        dev = self.head.weight.device
+        h_hat = self.fusion(rte, policy_hidden.to(dev), policy_mask.to(dev)).float()  # (B, D_m)
+        weight = self.head.weight.float().view(-1)  # (D_m,) the linear head's w
+        return ScoreParts((1.0 - w) * (h_hat @ weight), w * (rte.to(dev).float() @ weight))
+
+    @torch.no_grad()
+    def calibrate(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor,
+                  k: int) -> Optional[float]:
+        """init=matched: rescale W_o once so that φ(Ĥ) has φ(H_last)'s within-group spread on this batch.
+
+        Returns the factor applied, or None when there is nothing to do (already calibrated, or no fusion).
+        """
+        if self.fusion is None or bool(self.fusion.calibrated):
+            return None
+        parts = self.score_parts(rte, policy_hidden, policy_mask, 0.0)  # ω = 0: fusion = w·Ĥ, embedding = 0
+        target = within_group_spread(rte.to(self.head.weight.device).float() @ self.head.weight.float().view(-1), k)
+        spread = within_group_spread(parts.fusion, k)
+        factor = float(target / spread) if spread > 0 else 1.0
+        self.fusion.rescale_output(factor)
+        return factor
+
+    @torch.no_grad()
     def vanilla_score(self, rte: torch.Tensor) -> torch.Tensor:
         """The unmodified RM's reward φ₀(H_last), (B,)."""
         return self.base_head(rte.to(self.base_head.weight.dtype)).squeeze(-1).float()
@@ -90,7 +125,10 @@ class FeedbackRewardModel(nn.Module):
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         if self.fusion is not None:
-            self.fusion.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("fusion.")})
+            fusion = {k[7:]: v for k, v in state.items() if k.startswith("fusion.")}
+            # Saved before init=matched existed: every such fusion was random or zero, i.e. calibrated.
+            fusion.setdefault("calibrated", torch.tensor(True))
+            self.fusion.load_state_dict(fusion)
 
     def save(self, directory: str | Path, base_rm: str, extra: Optional[dict] = None) -> None:
         """The fusion module and head as safetensors, with what is needed to rebuild them."""
@@ -109,7 +147,7 @@ class FeedbackRewardModel(nn.Module):
         (directory / _META).write_text(json.dumps(meta, indent=2))
 
 
-def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int, num_heads: int, init: str,
+def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int, num_heads: int, init: FusionInit,
                       backbone_dtype: Optional[torch.dtype] = None) -> FeedbackRewardModel:
     """R2M when ``policy_dim`` is given; the Iterative RM-head baseline when it is None."""
     fusion = None

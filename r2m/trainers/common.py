@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional, Sequ
 
 import torch
 
-from r2m.config import Config
+from r2m.config import Config, LRSchedule
 
 if TYPE_CHECKING:
     from r2m.runlog import RunDir
@@ -216,3 +216,15 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
             accelerator.wait_for_everyone()
     bar.close()
     return LoopResult(steps, final)
+
+
+def make_lr_scheduler(optimizer, schedule: LRSchedule, warmup_steps: int, total_steps: int):
+    """The policy's learning-rate schedule over RL steps (``scheduler.step()`` once per RL step), from
+    transformers' schedulers; None for a constant rate without warm-up (the learning rate is never touched)."""
+    if schedule == LRSchedule.CONSTANT and warmup_steps == 0:
+        return None
+    from transformers import get_scheduler
+
+    name = {LRSchedule.CONSTANT: "constant_with_warmup", LRSchedule.LINEAR: "linear",
+            LRSchedule.COSINE: "cosine"}[schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)

@@ -26,7 +26,7 @@ import torch
 
 from r2m.config import Algorithm, Config, KLMode, RewardBaseline, RewardSource, RLConfig
 from r2m.distributed import Dist, configure_deepspeed, sharded_state_dict
-from r2m.losses import aggregate, clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
+from r2m.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
 from r2m.models.critic import response_values
 from r2m.rollout import (
     Experience,
@@ -75,12 +75,14 @@ class PolicyUpdater:
         fwd = response_forward(self.policy, mb.sequences, mb.attention_mask, mb.prompt_len, cfg.temperature,
                                with_entropy=True, with_hidden=with_hidden)
         mask = mb.action_mask.float()  # (b, R)
-        pg = clipped_policy_loss(fwd.logprobs, mb.old_logprobs, mb.advantages, mask, cfg.clip_eps,
-                                 cfg.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+        norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, horizon=cfg.max_new_tokens)
+        pg = POLICY_LOSSES[cfg.ratio_level](fwd.logprobs, mb.old_logprobs, mb.advantages, mask, cfg.clip_eps,
+                                            cfg.aggregation, **norms, clip_eps_high=cfg.clip_eps_high,
+                                            clip_ratio_c=cfg.clip_ratio_c)
         loss = pg.loss
         if cfg.kl_mode == KLMode.LOSS and beta > 0:
             kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator)  # (b, R)
-            loss = loss + beta * aggregate(kl, mask, cfg.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+            loss = loss + beta * aggregate(kl, mask, cfg.aggregation, **norms)
         # Token means of this part, weighted by its share of the (global) tokens: they add up over
         # micro-batches and ranks to the minibatch's token means.
         w = mask.sum().item() / num_tokens if num_tokens else 0.0
@@ -89,8 +91,7 @@ class PolicyUpdater:
                  "policy/entropy": masked_mean(fwd.entropy, mask).item() * w}
         if self.critic is not None:
             values = response_values(self.critic, mb.sequences, mb.attention_mask, mb.prompt_len)  # (b, R)
-            vl = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.value_clip, cfg.aggregation,
-                                    num_tokens=num_tokens, num_seqs=num_seqs)
+            vl = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.value_clip, cfg.aggregation, **norms)
             # Separate parameters and optimisers: one backward serves both.
             loss = loss + vl.loss
             stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item() * w})
@@ -241,7 +242,7 @@ def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, poli
     backbone_dtype = None if r2m.backbone_dtype == "same" else torch_dtype(r2m.backbone_dtype)
     feedback_dim = policy_dim if r2m.enabled else None  # iterative_head: no fusion
     model = build_feedback_rm(rm, feedback_dim, r2m.inner_dim, r2m.num_heads, r2m.init, backbone_dtype)
-    return FeedbackReward(model, r2m, total_steps=cfg.rl.steps)
+    return FeedbackReward(model, r2m, total_steps=cfg.rl.steps, seed=cfg.run.seed)
 
 
 def check_data_parallel(rl: RLConfig, world: int) -> None:
@@ -344,7 +345,7 @@ class RLRun:
         from r2m.kl_control import make_kl_controller
         from r2m.models.loading import build_policy_and_reference, load_tokenizer
         from r2m.pipeline import resolve_inputs
-        from r2m.trainers.common import make_accelerator, set_threads
+        from r2m.trainers.common import make_accelerator, make_lr_scheduler, set_threads
         from r2m.utils import seed_everything
 
         self.t_start = time.perf_counter()
@@ -372,6 +373,7 @@ class RLRun:
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                       weight_decay=0.0)
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
         self.ref = self._reference(ref)
         policy_dim = policy.config.get_text_config().hidden_size
         self.reward_fn = build_reward(cfg, self.inputs.reward_model, device, policy_dim)
@@ -444,7 +446,8 @@ class RLRun:
         self.rm_updater = None
         if isinstance(self.reward_fn, FeedbackReward):
             self.rm_updater = R2MUpdater(self.reward_fn, r2m, self.dist)
-        self.initial_rm_state = self.rm_updater.model.trainable_state() if self.rm_updater else None
+        # R2M "before" (Table 3): the RM as the first rollout batch left it (init=matched rescales W_o there).
+        self.initial_rm_state = None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -458,6 +461,8 @@ class RLRun:
             state["moments"] = self.maker.moments.state_dict()
         if self.critic_optimizer is not None:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
         if self.rm_updater is not None:
             state["r2m_optimizer"] = self.rm_updater.optimizer.state_dict()
             state["r2m_initial"] = self.initial_rm_state
@@ -491,6 +496,8 @@ class RLRun:
 
         d = self.resume_dir
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.sampler.position = state["sampler_position"]
         self.bad_steps = state["bad_steps"]
@@ -578,10 +585,14 @@ class RLRun:
         exp = self.maker.make([self.train.texts[i] for i in idx], [self.train.ids[i] for i in idx], step=step - 1,
                               beta=beta, seeds=self._chunk_seeds(step))
         t1 = time.perf_counter()
+        if self.rm_updater is not None and self.initial_rm_state is None:
+            self.initial_rm_state = self.rm_updater.model.trainable_state()
         bad = bad_experience(exp)
         if not self.dist.all(not bad):
             return self._skip(step, bad or {"guard/other_rank": 1.0}, exp)
-        stats = self.updater.update(exp, beta)
+        stats = {"policy/lr": self.optimizer.param_groups[0]["lr"], **self.updater.update(exp, beta)}
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.generator.sync_weights(self.acc.unwrap_model(self.policy))  # vLLM: push the new weights; hf: nothing
         t2 = time.perf_counter()
         if self.rm_updater is not None:

@@ -21,7 +21,7 @@ import torch
 
 from r2m.config import R2MConfig
 from r2m.distributed import Dist
-from r2m.losses import grebt_terms
+from r2m.losses import grebt_terms, within_group_spread
 from r2m.rewards import FeedbackReward
 from r2m.rollout import Experience
 
@@ -50,7 +50,7 @@ class R2MUpdater:
         if not cfg.trains:
             return stats
         self.model.train()
-        h = self.reward.feedback(exp.policy_hidden, exp.policy_mask) if self.reward.needs_policy_hidden else None
+        h = self.reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
         for _ in range(cfg.updates_per_step):
             r = self.rescore(exp, h)  # (n, K)
             terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps)
@@ -64,6 +64,7 @@ class R2MUpdater:
         self.model.eval()
         with torch.no_grad():
             after = self.rescore(exp, h)
+        stats.update(self.scale_stats(exp, h, after))
         stats.update({
             "r2m/grebt": terms.loss.item(), "r2m/bt": float(terms.bt), "r2m/gre": float(terms.gre),
             "r2m/grad_norm": float(grad_norm), "r2m/reward_before": r.detach().mean().item(),
@@ -71,3 +72,17 @@ class R2MUpdater:
             "r2m/group_spread": (after.max(-1).values - after.min(-1).values).mean().item(),
         })
         return self.dist.mean_stats(stats)
+
+    @torch.no_grad()
+    def scale_stats(self, exp: Experience, h: torch.Tensor | None, r: torch.Tensor) -> dict[str, float]:
+        """What sets the reward's scale after the update: the fusion term's share of the within-group
+        spread, s_f / (s_f + s_e) with s_f, s_e the spreads of (1 − ω)·w·Ĥ and ω·w·H_last; the head's
+        norm ‖w‖; and the std of r' over the batch. GREBT's BT term keeps falling as scores are scaled
+        up, so these show whether a run's reward grows by learning or by inflation."""
+        out = {"r2m/head_norm": self.model.head.weight.float().norm().item(), "r2m/reward_std": r.std().item()}
+        if h is not None:
+            parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.reward.omega(exp.step))
+            s_f, s_e = within_group_spread(parts.fusion, exp.k), within_group_spread(parts.embedding, exp.k)
+            out.update({"r2m/fusion_spread": s_f.item(), "r2m/rte_spread": s_e.item(),
+                        "r2m/fusion_share": (s_f / (s_f + s_e)).item() if s_f + s_e > 0 else 0.0})
+        return out

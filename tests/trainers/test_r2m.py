@@ -9,11 +9,12 @@ import torch
 from accelerate import Accelerator
 
 from r2m.config import ArchConfig, R2MConfig, RLConfig, WorldConfig
+from r2m.losses import within_group_spread
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import build_feedback_rm, load_feedback_rm
 from r2m.models.reward import RewardModel
 from r2m.rewards import FeedbackReward, GoldReward, RewardQuery, noise_like
-from r2m.rollout import ExperienceMaker, tokenize_prompts
+from r2m.rollout import ExperienceMaker, feedback_states, tokenize_prompts
 from r2m.trainers.pg import PolicyUpdater
 from r2m.trainers.r2m_update import R2MUpdater
 from r2m.world import build_tokenizer, format_prompt
@@ -60,7 +61,9 @@ def test_rollout_collects_feedback_in_the_logprob_pass(rm_dir) -> None:
     B, S = exp.sequences.shape
     assert exp.policy_hidden.shape == (B, S - 1, D_P) and exp.policy_mask.shape == (B, S - 1)
     assert exp.rm_embeddings.shape == (B, D_M)
-    assert torch.equal(exp.policy_mask, exp.attention_mask[:, :-1])
+    # h_ij has S_ij - 1 states: each row loses its own last token, whatever its length.
+    assert torch.equal(exp.policy_mask.sum(-1), exp.attention_mask.sum(-1) - 1)
+    assert torch.equal(exp.policy_mask, feedback_states(exp.policy_hidden, exp.attention_mask).mask)
     # Rewards are annotated with the feedback at step t (omega(3) for T=10).
     w = reward.omega(3)
     again = reward.model.score(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, w)
@@ -104,17 +107,38 @@ def test_noise_ablation_replaces_h_with_matched_noise(rm_dir) -> None:
     cfg = R2MConfig(enabled=True, ablation="noise")
     _, reward, exp, _ = _setup(rm_dir, cfg)
     h, m = exp.policy_hidden, exp.policy_mask
-    torch.manual_seed(0)
-    noisy = reward.feedback(h, m)
+    noisy = reward.feedback(h, m, step=3)
     assert noisy.shape == h.shape and not torch.allclose(noisy, h)
-    valid = h[m.bool()]
-    assert noisy.mean().item() == pytest.approx(valid.mean().item(), abs=0.05)
-    assert noisy.std().item() == pytest.approx(valid.std().item(), rel=0.05)
+    # Per feature dimension: each keeps h's own mean and std (h's dimensions differ in scale).
+    valid, fake = h[m.bool()], noisy[m.bool()]
+    z = (fake.mean(0) - valid.mean(0)) / (valid.std(0) / len(valid) ** 0.5)  # (D,) standard errors off
+    assert z.abs().max() < 5, z
+    ratio = fake.std(0) / valid.std(0)
+    assert ((ratio > 0.6) & (ratio < 1.4)).all(), ratio
+    # One draw per round: annotation and update of round 3 read the same noise; round 4 another.
+    assert torch.equal(reward.feedback(h, m, step=3), noisy)
+    assert not torch.equal(reward.feedback(h, m, step=4), noisy)
+    # The draw touches no global RNG stream (sampling is unchanged by the ablation).
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    reward.feedback(h, m, step=5)
+    assert torch.equal(torch.rand(3), expected)
     # Without the ablation h passes through untouched.
     plain = FeedbackReward(reward.model, R2MConfig(enabled=True), 10)
-    assert plain.feedback(h, m) is h
-    torch.manual_seed(0)
-    assert torch.equal(noise_like(h, m), noisy)
+    assert plain.feedback(h, m, step=3) is h
+
+
+def test_noise_like_matches_each_dimension_not_one_scalar() -> None:
+    # Two dimensions of very different scale: a scalar mean/std over all entries would give both the
+    # pooled scale (the old behaviour); per-dimension statistics keep each one's own.
+    g = torch.Generator().manual_seed(0)
+    h = torch.stack([torch.randn(4, 50, generator=g) * 0.1 + 3.7, torch.randn(4, 50, generator=g) * 5.3 - 1.3], -1)
+    m = (torch.rand(4, 50, generator=g) > 0.3).long()
+    noise = noise_like(h, m, torch.Generator().manual_seed(1))[m.bool()]  # (n, 2)
+    assert noise[:, 0].mean().item() == pytest.approx(3.7, abs=0.05)
+    assert noise[:, 0].std().item() == pytest.approx(0.1, rel=0.15)
+    assert noise[:, 1].std().item() == pytest.approx(5.3, rel=0.15)
 
 
 def test_zero_init_equals_vanilla_rm_at_t0(rm_dir) -> None:
@@ -175,3 +199,42 @@ def test_checkpoint_round_trip(rm_dir, tmp_path) -> None:
     torch.testing.assert_close(rte, exp.rm_embeddings)
     torch.testing.assert_close(loaded.score(rte, exp.policy_hidden, exp.policy_mask, w), a)
     torch.testing.assert_close(loaded.vanilla_score(rte), reward.model.vanilla_score(rte))
+
+
+def _spreads(model, exp, k):
+    parts = model.score_parts(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, 0.0)  # fusion = w·Ĥ
+    rte = exp.rm_embeddings @ model.head.weight.float().view(-1)
+    return within_group_spread(parts.fusion, k).item(), within_group_spread(rte, k).item()
+
+
+def test_matched_init_gives_the_fusion_the_rte_spread(rm_dir, tmp_path) -> None:
+    # random init: φ(Ĥ) is far narrower than φ(H_last), so "w/o Train" would be ω(t) × vanilla
+    _, rand, exp_r, rl = _setup(rm_dir, R2MConfig(enabled=True, init="random"))
+    s_fusion, s_rte = _spreads(rand.model, exp_r, rl.k)
+    assert s_fusion < 0.5 * s_rte and rand.calibration is None
+    # matched: W_o rescaled once, on the first rollout batch, to the same within-group spread
+    _, reward, exp, rl = _setup(rm_dir, R2MConfig(enabled=True, init="matched"))
+    s_fusion, s_rte = _spreads(reward.model, exp, rl.k)
+    assert s_fusion == pytest.approx(s_rte, rel=1e-4) and reward.calibration > 1.0
+    assert bool(reward.model.fusion.calibrated)
+    w_o = reward.model.fusion.w_o.weight.clone()
+    assert reward.model.calibrate(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, rl.k) is None
+    assert torch.equal(reward.model.fusion.w_o.weight, w_o)  # never twice
+    # the flag travels with the weights: a reloaded model is not rescaled again
+    reward.model.save(tmp_path / "r2m", base_rm=str(rm_dir))
+    loaded = load_feedback_rm(tmp_path / "r2m")
+    assert bool(loaded.fusion.calibrated) and torch.equal(loaded.fusion.w_o.weight, w_o)
+    # evaluation queries (no group structure) never calibrate
+    _, fresh, exp2, _ = _setup(rm_dir, R2MConfig(enabled=True, init="matched"), feedback=True)
+    fresh.model.fusion.calibrated.fill_(False)
+    fresh(RewardQuery(exp2.prompts, exp2.responses, exp2.policy_hidden, exp2.policy_mask, step=0))
+    assert not bool(fresh.model.fusion.calibrated)
+
+
+def test_update_logs_the_reward_scale(rm_dir) -> None:
+    cfg = R2MConfig(enabled=True, lr=1e-2)
+    _, reward, exp, _ = _setup(rm_dir, cfg)
+    stats = R2MUpdater(reward, cfg).update(exp)
+    assert 0.0 <= stats["r2m/fusion_share"] <= 1.0
+    assert stats["r2m/head_norm"] == pytest.approx(reward.model.head.weight.norm().item())
+    assert stats["r2m/reward_std"] > 0 and stats["r2m/fusion_spread"] >= 0 and stats["r2m/rte_spread"] > 0
