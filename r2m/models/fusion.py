@@ -37,7 +37,10 @@ class PolicyFeedbackFusion(nn.Module):
         super().__init__()
         if inner_dim % num_heads:
             raise ValueError(f"inner_dim={inner_dim} must be divisible by num_heads={num_heads}")
-        init = FusionInit(init)
+        try:
+            init = FusionInit(init)
+        except ValueError:
+            raise ValueError(f"init: expected one of {[i.value for i in FusionInit]}, got {init!r}") from None
         self.rm_dim, self.policy_dim, self.inner_dim, self.num_heads = rm_dim, policy_dim, inner_dim, num_heads
         self.head_dim = inner_dim // num_heads
         self.w_q = nn.Linear(rm_dim, inner_dim, bias=False)
