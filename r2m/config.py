@@ -843,7 +843,7 @@ class SERConfig:
     loss: PairLoss = PairLoss.HINGE
     """Pairwise loss of every RM of the run (Loop 0, the loops, Full): ``hinge`` (Eq. 5) or ``bt`` (log-sigmoid).
     ``release`` always uses bt."""
-    seed_steps: int = 100
+    seed_steps: int = 50
     """Optimiser steps of the seed RM (Loop 0), of rm.batch_size pairs each; 0: rm.epochs passes over the seed."""
     retrain_data: RetrainData = RetrainData.FILTERED
     """``filtered``: each loop retrains on its filtered self-labelled pairs; ``filtered_plus_seed``: plus the

@@ -170,7 +170,7 @@ def test_seed_trains_a_number_of_steps() -> None:
     for n in (19, 390, 6400):  # any seed size: exactly the steps asked, whatever rm.epochs gives
         cfg = steps_config(rmc, n, 100)
         assert num_steps(n, cfg.batch_size, cfg.epochs, cfg.max_steps) == 100
-    assert SERConfig().seed_steps == 100
+    assert SERConfig().seed_steps == 50
 
 
 # ------------------------------------------------------------------------------ which loop is kept
@@ -409,14 +409,15 @@ def test_ser_one_loss_seed_pairs_and_kept_loop(tiny, world_artifacts, monkeypatc
         return real_fit(cfg, acc, init, pairs, loss, out_dir, name, seed, steps)
 
     monkeypatch.setattr(ser_mod, "fit_rm", spy)
-    args = ["ser", *tiny, *LOOSE, "run.name=ser-plus-seed", "ser.ppo=false", "ser.max_loops=2", "ser.loss=bt",
+    args = ["ser", *tiny, *LOOSE, "run.name=ser-plus-seed", "ser.ppo=false", "ser.max_loops=2", "ser.loss=hinge",
             "ser.retrain_data=filtered_plus_seed", "ser.keep=best_val"]
     assert main(args) == 0
-    assert losses == {"loop-0": PairLoss.BT, "loop-1": PairLoss.BT, "loop-2": PairLoss.BT, "full": PairLoss.BT}
+    assert losses == {"loop-0": PairLoss.HINGE, "loop-1": PairLoss.HINGE, "loop-2": PairLoss.HINGE,
+                      "full": PairLoss.HINGE}
     rows = read_metrics(root / "ser-plus-seed" / "metrics.jsonl")
     n_seed = json.loads((root / "ser-plus-seed" / "splits" / "sizes.json").read_text())["seed"]
     assert all(r["ser/train_pairs"] == r["ser/selected"] + n_seed for r in rows[1:])
     best = max(range(len(rows)), key=lambda i: (rows[i]["ser/val_acc"], -i))
     table = (root / "ser-plus-seed" / "table.md").read_text()
     assert f"| SER (loop {best})" in table and f"- kept: loop {best}, the highest validation accuracy" in table
-    assert "RM (bt loss)" in table
+    assert "RM (hinge loss)" in table
