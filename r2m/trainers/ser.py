@@ -489,12 +489,20 @@ def _evidence_metrics(d: Decided) -> dict[str, float]:
             "ser/status1_gain": ev.gain, "ser/cal_centre": d.cal.centre, "ser/cal_scale": d.cal.scale}
 
 
-def last_loop(history: Sequence[dict]) -> tuple:
-    """(status, validation-accuracy gain) of the loop that made the current RM: (None, NaN) for the seed RM."""
+class LastLoop(NamedTuple):
+    """The loop that made the current RM, as the status rule reads it."""
+
+    status: Optional[LearningStatus]
+    """None for the seed RM (and the release variant, which has no status)."""
+    gain: float
+    """Its validation accuracy minus the loop before it (NaN with no status)."""
+
+
+def last_loop(history: Sequence[dict]) -> LastLoop:
     last = history[-1]
     if last["status"] not in (LearningStatus.STATUS1.value, LearningStatus.STATUS2.value):
-        return None, float("nan")
-    return LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"]
+        return LastLoop(None, float("nan"))
+    return LastLoop(LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"])
 
 
 def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:

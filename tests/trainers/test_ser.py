@@ -26,6 +26,7 @@ from r2m.trainers.ser import (
     calibrate,
     filter_pairs,
     kept_loop,
+    last_loop,
     learning_status,
     make_splits,
     pair_loss,
@@ -104,6 +105,15 @@ def test_decisions_state_their_evidence() -> None:
     assert "gain +0.0000 <= marginal_gain 0.01" in decision.reason and "delta_p 0.350 >= tau_delta 0.3" in decision.reason
     seed = learning_status(ev._replace(previous=None, gain=float("nan")), 0.3, 10, 0.01)
     assert seed.status is S1 and "27/98 confident >= min_status1 10" in seed.reason
+
+
+def test_the_gain_is_the_last_loops_validation_gain() -> None:
+    history = [{"status": "seed", "ser/val_acc": 0.7}, {"status": "status1", "ser/val_acc": 0.8},
+               {"status": "status2", "ser/val_acc": 0.75}]
+    assert last_loop(history[:1]).status is None and math.isnan(last_loop(history[:1]).gain)
+    assert last_loop(history[:2]).status is S1 and last_loop(history[:2]).gain == pytest.approx(0.1)
+    assert last_loop(history).status is S2 and last_loop(history).gain == pytest.approx(-0.05)
+    assert last_loop([{"status": "seed", "ser/val_acc": 0.7}, {"status": "release", "ser/val_acc": 0.9}]).status is None
 
 
 # ------------------------------------------------------------------------------ calibration (scale-free probabilities)
