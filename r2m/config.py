@@ -168,6 +168,35 @@ class RetrainFrom(str, enum.Enum):
     """The Loop-0 seed RM, every loop (only the self-labelled data carries over)."""
 
 
+class RetrainData(str, enum.Enum):
+    """What each SER loop retrains on."""
+
+    FILTERED = "filtered"
+    """The filtered self-labelled pairs only (Algorithm 1 as printed)."""
+    FILTERED_PLUS_SEED = "filtered_plus_seed"
+    """Those pairs plus the seed's human-labelled training pairs (D_val stays out)."""
+
+
+class Calibration(str, enum.Enum):
+    """How SER turns an RM's raw scores into the probabilities Eq. 2-4 threshold (docs/SER.md)."""
+
+    SIGMOID = "sigmoid"
+    """sigmoid(score): depends on the offset and spread BT leaves free (the behaviour before issue 12)."""
+    MEDIAN = "median"
+    """sigmoid(score - median of the D_val scores): offset-free, not spread-free."""
+    PLATT = "platt"
+    """sigmoid((score - median) / T), T fitted on the D_val pairs (Platt scaling): offset- and spread-free."""
+
+
+class KeepLoop(str, enum.Enum):
+    """Which loop's RM SER keeps (Table 1's SER row, the PPO stage's RM)."""
+
+    LAST = "last"
+    """The last completed loop (the paper's converged RM)."""
+    BEST_VAL = "best_val"
+    """The loop with the highest validation accuracy (the earliest on ties)."""
+
+
 class PPOPrompts(str, enum.Enum):
     """Which prompts SER's PPO stage trains on."""
 
@@ -866,8 +895,22 @@ class SERConfig:
     """delta of the Status-2 filter |s1 - s2| > delta (Eq. 4); ``None``: tau_delta."""
     min_status1: int = 10
     """Status 1 needs at least this many validation pairs with p_chosen > tau_high and p_rejected < tau_low."""
+    marginal_gain: float = 0.01
+    """A Status-1 loop whose validation accuracy rose by at most this much was marginal: the next loop shifts
+    to Status 2 (SER Sec. 3.1). Accuracy as a fraction (0.01: one point)."""
+    calibration: Calibration = Calibration.PLATT
+    """Scores -> probabilities for Eq. 2-4: ``platt`` (median-centred, temperature fitted on D_val), ``median``
+    or ``sigmoid`` (raw sigmoid, the behaviour before issue 12)."""
     loss: PairLoss = PairLoss.HINGE
-    """Retraining loss of the paper variant: ``hinge`` (Eq. 5) or ``bt`` (log-sigmoid). ``release`` always uses bt."""
+    """Pairwise loss of every RM of the run (Loop 0, the loops, Full): ``hinge`` (Eq. 5) or ``bt`` (log-sigmoid).
+    ``release`` always uses bt."""
+    seed_steps: int = 50
+    """Optimiser steps of the seed RM (Loop 0), of rm.batch_size pairs each; 0: rm.epochs passes over the seed."""
+    retrain_data: RetrainData = RetrainData.FILTERED
+    """``filtered``: each loop retrains on its filtered self-labelled pairs; ``filtered_plus_seed``: plus the
+    seed's human-labelled training pairs."""
+    keep: KeepLoop = KeepLoop.LAST
+    """Which loop's RM is SER's result: ``last`` or ``best_val`` (highest validation accuracy)."""
     margin: float = 0.5
     """Delta of the Eq. 5 hinge, on sigmoid scores in (0, 1) (the paper gives no value; see docs/SER.md)."""
     retrain_from: RetrainFrom = RetrainFrom.CURRENT
@@ -909,6 +952,8 @@ class SERConfig:
         _check(0.0 < self.tau_delta < 1.0, "ser.tau_delta", "in (0, 1)", self.tau_delta)
         _check(self.delta is None or 0.0 <= self.delta < 1.0, "ser.delta", "null or in [0, 1)", self.delta)
         _check(self.min_status1 >= 1, "ser.min_status1", ">= 1", self.min_status1)
+        _check(-1.0 <= self.marginal_gain <= 1.0, "ser.marginal_gain", "in [-1, 1]", self.marginal_gain)
+        _check(self.seed_steps >= 0, "ser.seed_steps", ">= 0", self.seed_steps)
         _check(0.0 < self.margin <= 1.0, "ser.margin", "in (0, 1] (sigmoid scores differ by at most 1)", self.margin)
         _check(self.max_loops >= 0, "ser.max_loops", ">= 0", self.max_loops)
         _check(self.lora_r >= 1, "ser.lora_r", ">= 1", self.lora_r)
@@ -927,7 +972,7 @@ class SERConfig:
 
     @property
     def retrain_loss(self) -> PairLoss:
-        """The loss of the self-labelled retraining: the release scripts use log-sigmoid."""
+        """The loss of every RM of the run (Loop 0, loops, Full): ``ser.loss``; the release scripts use log-sigmoid."""
         return PairLoss.BT if self.variant == SERVariant.RELEASE else self.loss
 
 

@@ -1,25 +1,31 @@
 """SER: Self-Evolved Reward Learning (Huang et al., arXiv 2411.00418), end to end (``r2m ser``).
 
     splits      data.pref_train -> SFT : RM : PPO (0.3 : 0.65 : 0.05); RM -> labelled seed (15%) + unlabelled
-                pool; the labelled seed -> seed training pairs + validation set D_val
-    Loop 0      seed RM: Bradley-Terry on the seed pairs
-    Loop k      status S of the current RM on D_val (Eq. 2-3)        -> STOP ends the loop
-                self-label: sigmoid scores of both answers of every unlabelled pair (Eq. 1)
-                filter by S (Eq. 4), oriented so the higher-scored answer is the chosen one
+                pool; the labelled seed -> seed training pairs + D_val (no prompt in both)
+    Loop 0      seed RM: ser.loss on the seed pairs for ser.seed_steps optimiser steps
+    Loop k      calibrate the current RM's scores on D_val (ser.calibration), then its status (Eq. 2-3 and
+                the Status 1 -> Status 2 shift of Sec. 3.1)                  -> STOP ends the loop
+                self-label: calibrated probabilities of both answers of every unlabelled pair (Eq. 1)
+                filter by the status (Eq. 4), oriented so the higher-scored answer is the chosen one
                                                                       -> an empty filter ends the loop
-                retrain on the filtered pairs (Eq. 5 hinge, or log-sigmoid), from the current or the seed RM
-    baselines   Full: Bradley-Terry on every labelled pair of the RM part (SER Table 1)
-    PPO         the evolved RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
+                retrain (ser.loss) on the filtered pairs (plus the seed's with ser.retrain_data), from the
+                current or the seed RM
+    baselines   Full: ser.loss on every labelled pair of the RM part (SER Table 1)
+    kept        the last loop's RM, or the best on D_val (ser.keep)
+    PPO         the kept RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
 
-Every loop writes its RM, a metrics row and the loop state (atomically), so ``run.resume=auto``
-continues after the last completed loop. The design choices are in docs/SER.md.
+The pure rules live in ``ser_status`` (calibration, status, filters, loss), the data in ``ser_data`` and the
+report in ``ser_report``; every name is re-exported here. Every loop writes its RM, a metrics row and the
+loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,281 +33,57 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import Config, PairLoss, PPOPrompts, RetrainFrom, RMConfig, SERConfig, SERVariant, config_hash, to_dict
-from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores, pairwise_wins
-from r2m.losses import bradley_terry_loss, margin_pairwise_loss
+from r2m.config import (Config, PairLoss, PPOPrompts, RetrainData, RetrainFrom, RMConfig, SERConfig, SERVariant,
+                        config_hash, to_dict)
+from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
+from r2m.trainers.common import LoopResult
 from r2m.trainers.rm import TrainableRM, make_trainable_rm, merged_rm_model
+from r2m.trainers.ser_data import (  # noqa: F401  (re-exported)
+    PairSet,
+    PseudoQuality,
+    SERSplits,
+    SplitSizes,
+    UnlabeledPool,
+    ValSplit,
+    labelled_pairs,
+    make_splits,
+    pool_accuracy,
+    pseudo_pairs,
+    pseudo_quality,
+    split_by_prompt,
+    split_sizes,
+    write_splits,
+)
+from r2m.trainers.ser_report import (  # noqa: F401  (re-exported)
+    STATE_FILE,
+    decision_lines,
+    loop_table,
+    plot_accuracy,
+    plot_data_fraction,
+    print_loop,
+    print_report,
+    ser_table,
+    write_report,
+)
+from r2m.trainers.ser_status import (  # noqa: F401  (re-exported)
+    Kept,
+    LearningStatus,
+    ScoreCalibration,
+    Selection,
+    StatusDecision,
+    StatusEvidence,
+    calibrate,
+    filter_pairs,
+    kept_loop,
+    learning_status,
+    pair_loss,
+    platt_scale,
+    release_filter,
+    status_evidence,
+)
 
 log = logging.getLogger("r2m")
 
-STATE_FILE = "ser_state.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning status and data filter (SER Section 3.1, Eq. 2-4)
-# ---------------------------------------------------------------------------------------------
-
-
-class LearningStatus(str, enum.Enum):
-    """What the RM is ready to learn next (Eq. 3)."""
-
-    STATUS1 = "status1"
-    """It separates clearly good from clearly bad answers: train on such pairs."""
-    STATUS2 = "status2"
-    """Its scores spread pairs apart on average: train on pairs with a large score gap."""
-    STOP = "stop"
-    """Neither: self-training ends."""
-
-
-class StatusEvidence(NamedTuple):
-    """The two quantities Eq. 3 decides on."""
-
-    confident: int
-    """Pairs with p1 > tau_high and p2 < tau_low (answer 1 confidently good, answer 2 confidently bad)."""
-    delta_p: float
-    """Eq. 2: mean |p1 - p2| over the pairs (NaN for no pairs)."""
-
-
-def _confident(p_good: torch.Tensor, p_bad: torch.Tensor, tau_high: float, tau_low: float) -> torch.Tensor:
-    return (p_good > tau_high) & (p_bad < tau_low)  # (N,)
-
-
-def status_evidence(p1: torch.Tensor, p2: torch.Tensor, tau_high: float, tau_low: float) -> StatusEvidence:
-    """Counts behind :func:`learning_status`; ``p1``, ``p2`` (N,) sigmoid scores, p1 the chosen answer's."""
-    confident = int(_confident(p1, p2, tau_high, tau_low).sum())
-    delta_p = (p1 - p2).abs().mean().item() if p1.numel() else float("nan")
-    return StatusEvidence(confident, delta_p)
-
-
-def learning_status(p1: torch.Tensor, p2: torch.Tensor, tau_high: float, tau_low: float, tau_delta: float,
-                    min_status1: int) -> LearningStatus:
-    """Eq. 3 on labelled validation pairs: ``p1`` (N,) the chosen answers' sigmoid scores, ``p2`` (N,) the others'.
-
-    Status 1 when at least ``min_status1`` pairs are confidently right (p1 > tau_high and p2 < tau_low);
-    else Status 2 when Delta_p = mean |p1 - p2| (Eq. 2, unsigned, over all N pairs) reaches tau_delta;
-    else STOP. A confidently *wrong* pair (the paper's "vice versa") does not count towards Status 1:
-    on D_val the labels are known, and self-training on confident mistakes is what must not start.
-    """
-    ev = status_evidence(p1, p2, tau_high, tau_low)
-    if ev.confident >= min_status1:
-        return LearningStatus.STATUS1
-    if ev.delta_p >= tau_delta:  # NaN (no pairs) compares False: STOP
-        return LearningStatus.STATUS2
-    return LearningStatus.STOP
-
-
-class Selection(NamedTuple):
-    """Self-labelled pairs kept by a filter."""
-
-    index: torch.Tensor
-    """(K,) long: positions of the kept pairs."""
-    first_is_chosen: torch.Tensor
-    """(K,) bool: answer 1 scored higher, so it is the pseudo-chosen one."""
-
-
-def _select(keep: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> Selection:
-    index = keep.nonzero().flatten()  # (K,)
-    return Selection(index, s1[index] > s2[index])
-
-
-def filter_pairs(s1: torch.Tensor, s2: torch.Tensor, status: LearningStatus, tau_high: float, tau_low: float,
-                 delta: float) -> Selection:
-    """Eq. 4 on sigmoid scores ``s1``, ``s2`` (N,) of the two answers of each unlabelled pair.
-
-    Status 1 keeps pairs with one answer above tau_high and the other below tau_low (either order);
-    Status 2 keeps pairs with |s1 - s2| > delta; STOP keeps nothing. Kept pairs are oriented so that
-    the higher-scored answer is the chosen one.
-    """
-    status = LearningStatus(status)
-    if status is LearningStatus.STATUS1:
-        keep = _confident(s1, s2, tau_high, tau_low) | _confident(s2, s1, tau_high, tau_low)  # (N,)
-    elif status is LearningStatus.STATUS2:
-        keep = (s1 - s2).abs() > delta  # (N,)
-    else:
-        keep = torch.zeros_like(s1, dtype=torch.bool)
-    return _select(keep, s1, s2)
-
-
-def release_filter(s1: torch.Tensor, s2: torch.Tensor, tau_high: float, tau_low: float, delta: float) -> Selection:
-    """The public scripts' filter (``ser.variant=release``): no status, both Eq. 4 rules joined by OR.
-
-    A pair is kept when s1 > tau_high and s2 < tau_low, or s1 - s2 > delta, or the mirror of either
-    (the pair swapped); the higher-scored answer becomes the chosen one.
-    """
-    forward = _confident(s1, s2, tau_high, tau_low) | (s1 - s2 > delta)  # (N,) answer 1 wins
-    mirrored = _confident(s2, s1, tau_high, tau_low) | (s2 - s1 > delta)  # (N,) answer 2 wins
-    return _select(forward | mirrored, s1, s2)
-
-
-def pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, loss: PairLoss, margin: float) -> torch.Tensor:
-    """SER's pairwise loss on raw RM scores (N,): the Eq. 5 hinge on the sigmoid scores, or log-sigmoid."""
-    if PairLoss(loss) is PairLoss.HINGE:
-        # Eq. 5 compares RM(Q, A) as Eq. 4 does: sigmoid-normalised into (0, 1) (SER App. C.3).
-        return margin_pairwise_loss(torch.sigmoid(chosen), torch.sigmoid(rejected), margin)
-    return bradley_terry_loss(chosen, rejected)
-
-
-# ---------------------------------------------------------------------------------------------
-# Splits (SER Appendix D.1)
-# ---------------------------------------------------------------------------------------------
-
-
-class SplitSizes(NamedTuple):
-    sft: int
-    rm: int
-    ppo: int
-    labelled: int
-    """Pairs of the RM part that keep their labels: seed training pairs + validation."""
-    val: int
-
-
-@dataclass(frozen=True)
-class UnlabeledPool:
-    """The RM part's pairs without their labels, in a random answer order.
-
-    The learner reads only ``prompts``, ``first`` and ``second``; the hidden label and the gold
-    rewards are kept to measure how good the pseudo-labels are.
-    """
-
-    prompts: list[str]
-    first: list[str]
-    second: list[str]
-    label_first: torch.Tensor
-    """(N,) bool: the hidden label prefers the first answer."""
-    gold_first: Optional[torch.Tensor]
-    """(N,) gold reward of the first answer (world rows), else None."""
-    gold_second: Optional[torch.Tensor]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-@dataclass(frozen=True)
-class SERSplits:
-    sft: list[dict]
-    """SFT part (its chosen answers are SFT demonstrations; in the world the world's SFT policy is used)."""
-    seed: list[dict]
-    """Labelled pairs Loop 0 trains on."""
-    val: list[dict]
-    """D_val, labelled: learning status and validation accuracy."""
-    unlabeled: UnlabeledPool
-    """The rest of the RM part, labels hidden."""
-    rm: list[dict]
-    """The whole RM part with its labels: the Full baseline's training set."""
-    ppo: list[dict]
-    """PPO part: its prompts are PPO's training prompts (``ser.ppo_prompts=split``)."""
-
-
-def split_sizes(n: int, ser: SERConfig) -> SplitSizes:
-    """Sizes of every part for ``n`` preference pairs; a part that would be empty is a ConfigError."""
-    from r2m.errors import ConfigError
-
-    n_sft, n_ppo = round(ser.sft_frac * n), round(ser.ppo_frac * n)
-    n_rm = n - n_sft - n_ppo
-    labelled = round(ser.seed_frac * n_rm)
-    val = ser.val_size or max(1, round(ser.val_frac * labelled))
-    if labelled - val < 1:
-        field = "ser.val_size" if ser.val_size else "ser.seed_frac"
-        raise ConfigError(f"{field}: the labelled seed ({labelled} of {n_rm} RM pairs) leaves no training pair after "
-                          f"{val} validation pairs; expected a larger ser.seed_frac or fewer validation pairs")
-    if n_rm - labelled < 1:
-        raise ConfigError(f"ser.seed_frac: expected some unlabelled RM pairs, got {labelled} labelled of {n_rm}")
-    return SplitSizes(n_sft, n_rm, n_ppo, labelled, val)
-
-
-def make_splits(rows: Sequence[dict], ser: SERConfig, seed: int) -> SERSplits:
-    """Random SFT/RM/PPO parts, the labelled seed with its validation set, and the unlabelled pool."""
-    sizes = split_sizes(len(rows), ser)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(rows), generator=gen).tolist()
-    shuffled = [rows[i] for i in order]
-    sft, rm = shuffled[: sizes.sft], shuffled[sizes.sft: sizes.sft + sizes.rm]
-    ppo = shuffled[sizes.sft + sizes.rm:]
-    val, seed_rows, hidden = rm[: sizes.val], rm[sizes.val: sizes.labelled], rm[sizes.labelled:]
-    label_first = torch.rand(len(hidden), generator=gen) < 0.5  # (N,) random order: position leaks nothing
-    return SERSplits(sft=sft, seed=seed_rows, val=val, unlabeled=_hide_labels(hidden, label_first), rm=rm, ppo=ppo)
-
-
-def _hide_labels(rows: Sequence[dict], label_first: torch.Tensor) -> UnlabeledPool:
-    first = [r["chosen"] if f else r["rejected"] for r, f in zip(rows, label_first.tolist())]
-    second = [r["rejected"] if f else r["chosen"] for r, f in zip(rows, label_first.tolist())]
-    gold_first = gold_second = None
-    if rows and "gold_chosen" in rows[0]:
-        g_c = torch.tensor([r["gold_chosen"] for r in rows], dtype=torch.float32)  # (N,)
-        g_r = torch.tensor([r["gold_rejected"] for r in rows], dtype=torch.float32)  # (N,)
-        gold_first, gold_second = torch.where(label_first, g_c, g_r), torch.where(label_first, g_r, g_c)
-    return UnlabeledPool([r["prompt"] for r in rows], first, second, label_first, gold_first, gold_second)
-
-
-def write_splits(splits: SERSplits, out: Path) -> dict[str, int]:
-    """The parts as JSONL under ``out`` (for inspection and reuse), and their sizes."""
-    from r2m.data import write_jsonl
-    from r2m.utils import atomic_write_text
-
-    pool = splits.unlabeled
-    write_jsonl(out / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in splits.sft])
-    write_jsonl(out / "seed.jsonl", splits.seed)
-    write_jsonl(out / "val.jsonl", splits.val)
-    write_jsonl(out / "rm_full.jsonl", splits.rm)
-    write_jsonl(out / "unlabeled.jsonl", [
-        {"prompt": p, "first": a, "second": b, "first_is_chosen": bool(f)}
-        for p, a, b, f in zip(pool.prompts, pool.first, pool.second, pool.label_first.tolist())])
-    write_jsonl(out / "ppo_prompts.jsonl", [{"prompt": r["prompt"]} for r in splits.ppo])
-    sizes = {"sft": len(splits.sft), "rm": len(splits.rm), "ppo": len(splits.ppo), "seed": len(splits.seed),
-             "val": len(splits.val), "unlabeled": len(pool)}
-    atomic_write_text(out / "sizes.json", json.dumps(sizes, indent=2) + "\n")
-    return sizes
-
-
-# ---------------------------------------------------------------------------------------------
-# Pseudo-labels and their quality
-# ---------------------------------------------------------------------------------------------
-
-
-class PairSet(NamedTuple):
-    """Preference pairs as three parallel lists."""
-
-    prompts: list[str]
-    chosen: list[str]
-    rejected: list[str]
-
-
-def labelled_pairs(rows: Sequence[dict]) -> PairSet:
-    return PairSet([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
-
-
-def pseudo_pairs(pool: UnlabeledPool, sel: Selection) -> PairSet:
-    """The kept pairs, chosen = the answer the RM scored higher."""
-    idx, first = sel.index.tolist(), sel.first_is_chosen.tolist()
-    chosen = [pool.first[i] if f else pool.second[i] for i, f in zip(idx, first)]
-    rejected = [pool.second[i] if f else pool.first[i] for i, f in zip(idx, first)]
-    return PairSet([pool.prompts[i] for i in idx], chosen, rejected)
-
-
-class PseudoQuality(NamedTuple):
-    label_acc: float
-    """Share of kept pairs whose pseudo-label agrees with the hidden label (NaN when none are kept)."""
-    gold_acc: float
-    """Share of kept pairs with distinct gold rewards whose pseudo-chosen answer has the higher gold (NaN: none)."""
-
-
-def pseudo_quality(pool: UnlabeledPool, sel: Selection) -> PseudoQuality:
-    if not len(sel.index):
-        return PseudoQuality(float("nan"), float("nan"))
-    label_acc = (sel.first_is_chosen == pool.label_first[sel.index]).float().mean().item()
-    gold_acc = float("nan")
-    if pool.gold_first is not None:
-        g1, g2 = pool.gold_first[sel.index], pool.gold_second[sel.index]  # (K,)
-        distinct = g1 != g2
-        if distinct.any():
-            gold_acc = (sel.first_is_chosen == (g1 > g2))[distinct].float().mean().item()
-    return PseudoQuality(label_acc, gold_acc)
-
-
-def pool_accuracy(pool: UnlabeledPool, s1: torch.Tensor, s2: torch.Tensor) -> float:
-    """The RM's agreement with the hidden labels over the whole pool, before any filtering (ties half)."""
-    wins = pairwise_wins(s1, s2)  # (N,) 1 where answer 1 scores higher
-    return torch.where(pool.label_first, wins, 1.0 - wins).mean().item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,9 +126,15 @@ def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
     return RewardModel(model, trainable.rm.tokenizer).eval()
 
 
+def steps_config(rmc: RMConfig, n_pairs: int, steps: int) -> RMConfig:
+    """``rmc`` set to exactly ``steps`` optimiser steps over ``n_pairs`` pairs (whatever rm.epochs says)."""
+    epochs = math.ceil(steps * rmc.batch_size / n_pairs)  # passes enough for ``steps`` batches; max_steps cuts
+    return dataclasses.replace(rmc, epochs=float(epochs), max_steps=steps)
+
+
 def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig, accelerator, run, seed: int,
-                show_progress: bool = True) -> float:
-    """Train ``rm`` on ``pairs`` with the pairwise ``loss``; returns the mean loss of the last logging window.
+                show_progress: bool = True) -> LoopResult:
+    """Train ``rm`` on ``pairs`` with the pairwise ``loss``; returns the steps and the last window's mean loss.
 
     The RM trainer's own fitting (:func:`r2m.trainers.rm.fit_pairs`) with SER's loss and, as SER App. C.3
     does, a linear learning-rate decay.
@@ -357,7 +145,7 @@ def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig
                        pair_loss=lambda c, r: pair_loss(c, r, loss, margin), linear_decay=True,
                        show_progress=show_progress)
     accelerator.free_memory()  # drop the accelerator's references to this model and optimiser
-    return result.final_loss
+    return result
 
 
 class FitResult(NamedTuple):
@@ -367,11 +155,14 @@ class FitResult(NamedTuple):
     """Where it was saved."""
     final_loss: float
     wall_s: float
+    steps: int
+    """Optimiser steps taken."""
 
 
 def fit_rm(cfg: Config, accelerator, init: str, pairs: PairSet, loss: PairLoss, out_dir: Path, name: str,
-           seed: int) -> FitResult:
-    """Build an RM from ``init``, train it on ``pairs``, save it to ``out_dir``; its curve goes to ``<name>/``."""
+           seed: int, steps: int = 0) -> FitResult:
+    """Build an RM from ``init``, train it on ``pairs`` (``steps`` optimiser steps, or 0: rm.epochs), save it to
+    ``out_dir``; its curve goes to ``<name>/``."""
     from r2m.runlog import RunDir
     from r2m.utils import seed_everything
 
@@ -379,10 +170,10 @@ def fit_rm(cfg: Config, accelerator, init: str, pairs: PairSet, loss: PairLoss, 
     seed_everything(seed)  # the fresh score head and LoRA's init: the same whether resumed or not
     trainable = build_trainable_rm(cfg, init)
     run = RunDir(cfg, None, name=name)
-    final = train_pairs(trainable.rm, pairs, loss, cfg.ser.margin, cfg.rm, accelerator, run, seed,
-                        cfg.run.progress)
+    rmc = steps_config(cfg.rm, len(pairs.prompts), steps) if steps else cfg.rm
+    result = train_pairs(trainable.rm, pairs, loss, cfg.ser.margin, rmc, accelerator, run, seed, cfg.run.progress)
     rm = save_trainable_rm(trainable, out_dir)
-    return FitResult(rm, out_dir, final, time.perf_counter() - t0)
+    return FitResult(rm, out_dir, result.final_loss, time.perf_counter() - t0, result.steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +182,7 @@ def fit_rm(cfg: Config, accelerator, init: str, pairs: PairSet, loss: PairLoss, 
 
 
 class PairProbs(NamedTuple):
-    """Sigmoid scores in (0, 1) of the two answers of each pair, (N,) each: the p and s of Eq. 2-4."""
+    """Probabilities in (0, 1) of the two answers of each pair, (N,) each: the p and s of Eq. 2-4."""
 
     p1: torch.Tensor
     p2: torch.Tensor
@@ -403,9 +194,9 @@ class PairScores(NamedTuple):
     a: torch.Tensor
     b: torch.Tensor
 
-    def probs(self) -> PairProbs:
-        """Sigmoid-normalised (SER App. C.3: the RM's scores are mapped into (0, 1) before any threshold)."""
-        return PairProbs(torch.sigmoid(self.a), torch.sigmoid(self.b))
+    def probs(self, cal: ScoreCalibration = ScoreCalibration(0.0, 1.0)) -> PairProbs:
+        """Mapped into (0, 1) before any threshold (SER App. C.3), by ``cal`` (default: the plain sigmoid)."""
+        return PairProbs(cal.probs(self.a), cal.probs(self.b))
 
 
 def score_pairs(rm, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> PairScores:
@@ -470,9 +261,9 @@ class LoopState:
     seed_dir: str
     """The Loop-0 RM, relative to the run directory."""
     history: list
-    """One dict per completed loop (the metrics row, plus the status as text)."""
+    """One dict per completed loop (the metrics row, plus the status and the decision's reason as text)."""
     stop: Optional[dict] = None
-    """How the loop ended: {"reason", "loop", "confident", "delta_p"}; None while it may go on."""
+    """How the loop ended: {"reason", "loop", "decision", the evidence}; None while it may go on."""
     full: Optional[dict] = None
     """The Full baseline: {"rm_dir", metrics...}, once trained."""
     ppo: Optional[dict] = None
@@ -490,10 +281,10 @@ class LoopState:
 
 
 def state_key(cfg: Config) -> str:
-    """What determines the loop's trajectory; max_loops and the PPO stage may change on resume."""
+    """What determines the loop's trajectory; max_loops, ser.keep and the PPO stage may change on resume."""
     from r2m.pipeline import precision_part
 
-    loop_only = {k: v for k, v in to_dict(cfg.ser).items() if k != "max_loops" and not k.startswith("ppo")}
+    loop_only = {k: v for k, v in to_dict(cfg.ser).items() if k not in ("max_loops", "keep") and not k.startswith("ppo")}
     lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora else []  # old keys stay valid
     return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_only,
                        *lora, *precision_part(cfg))
@@ -528,7 +319,9 @@ class SERResult:
     full: dict
     ppo: Optional[dict]
     final_rm: Path
-    """The evolved RM (the last loop's)."""
+    """The kept RM (``ser.keep``)."""
+    kept: dict
+    """{"loop", "reason"}: which loop's RM is SER's result, and why."""
 
 
 class SERRun:
@@ -556,107 +349,160 @@ class SERRun:
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.run_dir))
 
-    def fit(self, init: str, pairs: PairSet, loss: PairLoss, tag: str, seed_offset: int) -> FitResult:
+    def fit(self, init: str, pairs: PairSet, tag: str, seed_offset: int, steps: int = 0) -> FitResult:
+        """Train with the run's one pairwise loss (``ser.loss``; the release variant: BT)."""
         out = self.run_dir / tag / "checkpoints" / "final"
-        return fit_rm(self.cfg, self.acc, init, pairs, loss, out, f"{self.cfg.run.name}/{tag}",
-                      self.cfg.run.seed + 1009 * seed_offset)
+        return fit_rm(self.cfg, self.acc, init, pairs, self.cfg.ser.retrain_loss, out, f"{self.cfg.run.name}/{tag}",
+                      self.cfg.run.seed + 1009 * seed_offset, steps)
 
     def current_rm(self, state: LoopState):
         if self.rm is None:
             self.rm = _load_rm(self.cfg, self.run_dir / state.rm_dir)
         return self.rm
 
-    def record(self, loop: int, status: str, metrics: dict[str, float]) -> dict:
-        """Log loop ``loop``'s row to metrics.jsonl and return its history entry."""
+    def record(self, loop: int, status: str, metrics: dict[str, float], decision: str) -> dict:
+        """Log loop ``loop``'s row to metrics.jsonl and return its history entry (with the decision's reason)."""
         self.run.log({"ser/status": STATUS_CODE[status], **metrics}, loop)
-        return {"loop": loop, "status": status, **metrics}
+        return {"loop": loop, "status": status, "decision": decision, **metrics}
 
     # ------------------------------------------------------------------ stages
 
     def loop0(self) -> LoopState:
         t0 = time.perf_counter()
         pairs = labelled_pairs(self.splits.seed)
-        fit = self.fit(self.init, pairs, PairLoss.BT, "loop-0", 0)
+        fit = self.fit(self.init, pairs, "loop-0", 0, self.cfg.ser.seed_steps)
         ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
         n = len(pairs.prompts)
         row = self.record(0, "seed", {"ser/selected": n, "ser/selected_frac": n / len(self.splits.rm),
-                                      **_eval_metrics(ev), "ser/train_loss": fit.final_loss,
-                                      "ser/wall_s": time.perf_counter() - t0})
-        _print_loop(row)
+                                      "ser/train_pairs": n, "ser/train_steps": fit.steps, **_eval_metrics(ev),
+                                      "ser/train_loss": fit.final_loss, "ser/wall_s": time.perf_counter() - t0},
+                          f"seed RM: {n} human-labelled pairs, {fit.steps} steps")
+        print_loop(row)
         state = LoopState(key=state_key(self.cfg), loop=0, rm_dir=self.rel(fit.path), seed_dir=self.rel(fit.path),
                           history=[row])
         state.save(self.run_dir)
         self.rm = fit.rm
         return state
 
-    def next_loop(self, state: LoopState) -> None:
-        """One self-labelling loop: advances ``state`` by a loop, or sets ``state.stop`` when the loop ends."""
-        ser, k, rm = self.cfg.ser, state.loop + 1, self.current_rm(state)
-        t0 = time.perf_counter()
-        p_c, p_r = score_rows(rm, self.splits.val).probs()  # (V,) each
-        evidence = status_evidence(p_c, p_r, ser.tau_high, ser.tau_low)
+    def decide(self, state: LoopState, rm) -> "Decided":
+        """Calibrate the current RM on D_val, measure the status evidence, pick the status and filter the pool."""
+        ser = self.cfg.ser
+        val = score_rows(rm, self.splits.val)
+        cal = calibrate(val.a, val.b, ser.calibration)
+        p_c, p_r = val.probs(cal)  # (V,) each
+        evidence = status_evidence(p_c, p_r, ser.tau_high, ser.tau_low, *last_loop(state.history))
         pool = self.splits.unlabeled
         raw = score_pairs(rm, pool.prompts, pool.first, pool.second)
-        s1, s2 = raw.probs()  # (N,) each
+        s1, s2 = raw.probs(cal)  # (N,) each
         if ser.variant == SERVariant.RELEASE:
-            status = "release"
-            sel = release_filter(s1, s2, ser.tau_high, ser.tau_low, ser.filter_delta)
-        else:
-            decided = learning_status(p_c, p_r, ser.tau_high, ser.tau_low, ser.tau_delta, ser.min_status1)
-            if decided is LearningStatus.STOP:
-                return self._stop(state, StopReason.STATUS, k, evidence)
-            status = decided.value
-            sel = filter_pairs(s1, s2, decided, ser.tau_high, ser.tau_low, ser.filter_delta)
-        if not len(sel.index):
-            return self._stop(state, StopReason.EMPTY, k, evidence)
-        quality = pseudo_quality(pool, sel)
+            return Decided("release", "release variant: no status, OR of both filters", evidence, cal, raw,
+                           release_filter(s1, s2, ser.tau_high, ser.tau_low, ser.filter_delta))
+        decision = learning_status(evidence, ser.tau_delta, ser.min_status1, ser.marginal_gain)
+        sel = filter_pairs(s1, s2, decision.status, ser.tau_high, ser.tau_low, ser.filter_delta)
+        return Decided(decision.status.value, decision.reason, evidence, cal, raw, sel)
+
+    def next_loop(self, state: LoopState) -> None:
+        """One self-labelling loop: advances ``state`` by a loop, or sets ``state.stop`` when the loop ends."""
+        ser, k = self.cfg.ser, state.loop + 1
+        t0 = time.perf_counter()
+        d = self.decide(state, self.current_rm(state))
+        print(f"[ser] loop {k} decision: {d.status} ({d.reason})", flush=True)
+        if d.status == LearningStatus.STOP.value:
+            return self._stop(state, StopReason.STATUS, k, d)
+        if not len(d.sel.index):
+            return self._stop(state, StopReason.EMPTY, k, d)
+        pool = self.splits.unlabeled
+        quality = pseudo_quality(pool, d.sel)
+        pairs = pseudo_pairs(pool, d.sel)
+        if ser.retrain_data == RetrainData.FILTERED_PLUS_SEED:
+            seed = labelled_pairs(self.splits.seed)
+            pairs = PairSet(pairs.prompts + seed.prompts, pairs.chosen + seed.chosen, pairs.rejected + seed.rejected)
         init = self.run_dir / (state.rm_dir if ser.retrain_from == RetrainFrom.CURRENT else state.seed_dir)
-        fit = self.fit(str(init), pseudo_pairs(pool, sel), ser.retrain_loss, f"loop-{k}", k)
+        fit = self.fit(str(init), pairs, f"loop-{k}", k)
         ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
-        n = len(sel.index)
-        row = self.record(k, status, {
+        n = len(d.sel.index)
+        row = self.record(k, d.status, {
             "ser/selected": n, "ser/selected_frac": n / len(self.splits.rm), "ser/selected_frac_pool": n / len(pool),
+            "ser/train_pairs": len(pairs.prompts), "ser/train_steps": fit.steps,
             "ser/pseudo_acc": quality.label_acc, "ser/pseudo_gold_acc": quality.gold_acc,
-            "ser/pool_acc": pool_accuracy(pool, raw.a, raw.b), "ser/val_confident": evidence.confident,
-            "ser/val_delta_p": evidence.delta_p, **_eval_metrics(ev), "ser/train_loss": fit.final_loss,
-            "ser/wall_s": time.perf_counter() - t0})
-        _print_loop(row)
+            "ser/pool_acc": pool_accuracy(pool, d.raw.a, d.raw.b), **_evidence_metrics(d),
+            **_eval_metrics(ev), "ser/train_loss": fit.final_loss, "ser/wall_s": time.perf_counter() - t0},
+            d.reason)
+        print_loop(row)
         state.loop, state.rm_dir = k, self.rel(fit.path)
         state.history.append(row)
         state.save(self.run_dir)
         self.rm = fit.rm
 
-    def _stop(self, state: LoopState, reason: StopReason, k: int, ev: StatusEvidence) -> None:
-        state.stop = {"reason": reason.value, "loop": k, "confident": ev.confident, "delta_p": ev.delta_p}
+    def _stop(self, state: LoopState, reason: StopReason, k: int, d: "Decided") -> None:
+        ev = d.evidence
+        state.stop = {"reason": reason.value, "loop": k, "decision": d.reason, **_evidence_metrics(d),
+                      "confident": ev.confident, "delta_p": ev.delta_p}
         state.save(self.run_dir)
-        print(f"[ser] loop {k}: {reason.value} (validation: {ev.confident} confident pairs, "
-              f"delta_p {ev.delta_p:.3f}); the loop ends", flush=True)
+        print(f"[ser] loop {k}: {reason.value} (validation: {ev.confident}/{ev.n} confident pairs, "
+              f"delta_p {ev.delta_p:.3f}, last gain {ev.gain:+.4f}); the loop ends", flush=True)
 
     def full(self, state: LoopState) -> dict:
-        """The Full baseline: BT on every labelled pair of the RM part (trained once, kept in the state)."""
+        """The Full baseline: ``ser.loss`` on every labelled pair of the RM part (trained once, kept in the state)."""
         if state.full is None:
-            fit = self.fit(self.init, labelled_pairs(self.splits.rm), PairLoss.BT, "full", 10_000)
+            fit = self.fit(self.init, labelled_pairs(self.splits.rm), "full", 10_000)
             ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
             state.full = {"rm_dir": self.rel(fit.path), "ser/selected": len(self.splits.rm), **_eval_metrics(ev),
-                          "ser/wall_s": fit.wall_s}
+                          "ser/train_steps": fit.steps, "ser/wall_s": fit.wall_s}
             state.save(self.run_dir)
         return state.full
 
-    def ppo(self, state: LoopState) -> dict:
-        if state.ppo is None:
+    def ppo(self, state: LoopState, rm_dir: str) -> dict:
+        """PPO with the kept RM (rerun when an earlier result used another RM)."""
+        if state.ppo is None or state.ppo["rm_dir"] != rm_dir:
             from r2m.trainers.pg import run_rl
 
-            res = run_rl(ppo_config(self.cfg, self.run_dir / state.rm_dir, self.run_dir / "splits" / "ppo_prompts.jsonl"))
+            res = run_rl(ppo_config(self.cfg, self.run_dir / rm_dir, self.run_dir / "splits" / "ppo_prompts.jsonl"))
             nan = float("nan")
             sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
             f = res.final_eval
-            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": state.rm_dir, "steps": self.cfg.ser.ppo_steps,
+            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": rm_dir, "steps": self.cfg.ser.ppo_steps,
                          "sft_gold": sft.get("eval/gold", nan),
                          **{k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft",
                                               "eval/proxy", "eval/kl", "eval/length", "eval/exact_match") if k in f},
                          "sft_length": sft.get("eval/length", nan), "wall_s": res.wall_s}
             state.save(self.run_dir)
         return state.ppo
+
+
+class Decided(NamedTuple):
+    """One loop's decision and what it was made on."""
+
+    status: str
+    """A :class:`LearningStatus` value, or "release"."""
+    reason: str
+    evidence: StatusEvidence
+    cal: ScoreCalibration
+    raw: PairScores
+    """The current RM's raw scores of the unlabelled pool."""
+    sel: Selection
+
+
+def _evidence_metrics(d: Decided) -> dict[str, float]:
+    ev = d.evidence
+    return {"ser/val_confident": ev.confident, "ser/val_delta_p": ev.delta_p, "ser/val_n": ev.n,
+            "ser/status1_gain": ev.gain, "ser/cal_centre": d.cal.centre, "ser/cal_scale": d.cal.scale}
+
+
+class LastLoop(NamedTuple):
+    """The loop that made the current RM, as the status rule reads it."""
+
+    status: Optional[LearningStatus]
+    """None for the seed RM (and the release variant, which has no status)."""
+    gain: float
+    """Its validation accuracy minus the loop before it (NaN with no status)."""
+
+
+def last_loop(history: Sequence[dict]) -> LastLoop:
+    last = history[-1]
+    if last["status"] not in (LearningStatus.STATUS1.value, LearningStatus.STATUS2.value):
+        return LastLoop(None, float("nan"))
+    return LastLoop(LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"])
 
 
 def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
@@ -673,17 +519,24 @@ def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
 
 def run_ser(cfg: Config) -> SERResult:
     """Splits, Loop 0, self-labelling loops until STOP / an empty filter / ser.max_loops, the Full baseline,
-    then PPO with the evolved RM; resumes after the last completed loop with ``run.resume=auto``."""
+    then PPO with the kept RM; resumes after the last completed loop with ``run.resume=auto``."""
     ser_run = SERRun(cfg)
     state = self_evolve(ser_run)
     full = ser_run.full(state)
     ser_run.run.close()
-    result_table = ser_table(state.history, full, ser_run.sizes)
-    write_report(ser_run.run_dir, state.history, full, result_table)
-    ppo = ser_run.ppo(state) if cfg.ser.ppo else None
-    print_report(state, result_table, ppo, ser_run.run_dir)
+    kept = kept_loop([r["ser/val_acc"] for r in state.history], cfg.ser.keep, state.stop["reason"])
+    result_table = ser_table(state.history, full, ser_run.sizes, kept, cfg.ser.retrain_loss)
+    write_report(ser_run.run_dir, state, full, result_table, kept)
+    rm_dir = loop_rm_dir(kept.index)
+    ppo = ser_run.ppo(state, rm_dir) if cfg.ser.ppo else None
+    print_report(state, result_table, ppo, ser_run.run_dir, kept)
     return SERResult(ser_run.run_dir, state.history, result_table, state.stop, full, ppo,
-                     ser_run.run_dir / state.rm_dir)
+                     ser_run.run_dir / rm_dir, {"loop": kept.index, "reason": kept.reason})
+
+
+def loop_rm_dir(loop: int) -> str:
+    """Loop ``loop``'s RM, relative to the run directory."""
+    return f"loop-{loop}/checkpoints/final"
 
 
 def self_evolve(ser_run: SERRun) -> LoopState:
@@ -695,14 +548,12 @@ def self_evolve(ser_run: SERRun) -> LoopState:
     else:
         print(f"[ser] resumed after loop {state.loop} from {ser_run.run_dir / STATE_FILE}", flush=True)
         for row in state.history:
-            _print_loop(row)
+            print_loop(row)
     if _may_continue(state, cfg.ser):
         state.stop = None  # an earlier run ended on max_loops: go on to the new max_loops
     done_before = state.loop
     while state.stop is None and state.loop < cfg.ser.max_loops:
         ser_run.next_loop(state)
-    if state.loop > done_before:
-        state.ppo = None  # an earlier PPO result used an RM that is no longer the final one
     if state.stop is None:
         state.stop = {"reason": StopReason.MAX_LOOPS.value, "loop": state.loop}
     state.save(ser_run.run_dir)
@@ -724,134 +575,3 @@ def _load_rm(cfg: Config, path: Path):
     return RewardModel(model, tok).to(resolve_device(cfg.run.device)).eval()
 
 
-# ---------------------------------------------------------------------------------------------
-# Report: SER Table 1, per-loop table, Figures 2-3
-# ---------------------------------------------------------------------------------------------
-
-
-def ser_table(history: Sequence[dict], full: dict, sizes: dict[str, int]) -> tuple[list[str], list[list]]:
-    """SER Table 1 for this run: held-out (data.pref_eval) accuracy of Loop 0, SER (the last loop) and Full."""
-    headers = ["RM", "human labels", "pairs trained", "test acc", "test gold acc", "val acc"]
-    labelled = sizes["seed"] + sizes["val"]
-    first, last = history[0], history[-1]
-    return headers, [
-        ["Loop 0 (seed)", labelled, int(first["ser/selected"]), first["ser/test_acc"], first["ser/test_gold_acc"],
-         first["ser/val_acc"]],
-        [f"SER (loop {last['loop']})", labelled, int(last["ser/selected"]), last["ser/test_acc"],
-         last["ser/test_gold_acc"], last["ser/val_acc"]],
-        ["Full dataset", sizes["rm"], int(full["ser/selected"]), full["ser/test_acc"], full["ser/test_gold_acc"],
-         full["ser/val_acc"]],
-    ]
-
-
-def loop_table(history: Sequence[dict]) -> tuple[list[str], list[list]]:
-    """Per-loop statistics (SER Figures 2-3)."""
-    nan = float("nan")
-    headers = ["loop", "status", "pairs", "% RM data", "pseudo acc", "pseudo gold", "pool acc", "val acc",
-               "test acc", "test gold"]
-    rows = [[r["loop"], r["status"], int(r["ser/selected"]), 100 * r["ser/selected_frac"],
-             r.get("ser/pseudo_acc", nan), r.get("ser/pseudo_gold_acc", nan), r.get("ser/pool_acc", nan),
-             r["ser/val_acc"], r["ser/test_acc"], r["ser/test_gold_acc"]] for r in history]
-    return headers, rows
-
-
-def _print_loop(row: dict) -> None:
-    extra = ""
-    if row["loop"] > 0:
-        extra = (f", pseudo-label acc {row['ser/pseudo_acc']:.3f} (gold {row['ser/pseudo_gold_acc']:.3f})"
-                 f", pool acc {row['ser/pool_acc']:.3f}")
-    print(f"[ser] loop {row['loop']} ({row['status']}): {int(row['ser/selected'])} pairs "
-          f"({100 * row['ser/selected_frac']:.1f}% of the RM data){extra}; val acc {row['ser/val_acc']:.3f}, "
-          f"test acc {row['ser/test_acc']:.3f} (gold {row['ser/test_gold_acc']:.3f})", flush=True)
-
-
-def write_report(run_dir: Path, history: Sequence[dict], full: dict, table: tuple) -> list[Path]:
-    from r2m.eval.report import format_table
-
-    text = ("## SER Table 1 (held-out pairs)\n\n" + format_table(*table, markdown=True) + "\n\n## Loops\n\n"
-            + format_table(*loop_table(history), markdown=True) + "\n")
-    (run_dir / "table.md").write_text(text)
-    return [plot_accuracy(history, full, run_dir / "plots" / "accuracy_per_loop.png"),
-            plot_data_fraction(history, run_dir / "plots" / "data_per_loop.png")]
-
-
-def print_report(state: LoopState, table: tuple, ppo: Optional[dict], run_dir: Path) -> None:
-    from r2m.eval.report import format_table
-
-    stop = state.stop or {}
-    print(f"\n[ser] loop ended: {stop.get('reason')} at loop {stop.get('loop')}")
-    print("\nSER loops\n" + format_table(*loop_table(state.history)))
-    print("\nSER Table 1: reward-model accuracy on held-out pairs (test = data.pref_eval)\n" + format_table(*table))
-    if ppo is not None:
-        nan = float("nan")
-        rows = [["SFT", ppo["sft_gold"], 0.5, nan, 0.0, ppo["sft_length"]],
-                ["PPO + SER RM", ppo.get("eval/gold", nan), ppo.get("eval/win_rate_vs_sft", nan),
-                 ppo.get("eval/proxy", nan), ppo.get("eval/kl", nan), ppo.get("eval/length", nan)]]
-        print(f"\nPPO with the evolved RM ({ppo['steps']} steps; gold judge)\n"
-              + format_table(["policy", "gold", "win vs SFT", "proxy", "KL", "length"], rows))
-    print(f"\nrun directory: {run_dir} (metrics.jsonl, table.md, plots/, {STATE_FILE})", flush=True)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy(history: Sequence[dict], full: dict, path: Path) -> Path:
-    """SER Figure 2: accuracy per loop, with the Full-dataset baseline as horizontal lines."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    loops = [r["loop"] for r in history]
-    for key, label in [("ser/test_acc", "test acc (labels)"), ("ser/test_gold_acc", "test acc (gold)"),
-                       ("ser/val_acc", "validation acc")]:
-        line, = ax.plot(loops, [r[key] for r in history], marker="o", label=label)
-        if key != "ser/val_acc":
-            ax.axhline(full[key], color=line.get_color(), linestyle="--", linewidth=1, label=f"Full dataset: {label}")
-    pseudo = [(r["loop"], r["ser/pseudo_acc"]) for r in history if "ser/pseudo_acc" in r]
-    if pseudo:
-        xs, ys = zip(*pseudo)
-        ax.plot(xs, ys, marker="s", linestyle=":", label="pseudo-label acc (selected pairs)")
-    ax.set_xticks(loops)
-    ax.set_xlabel("SER loop (0: seed RM)")
-    ax.set_ylabel("pairwise accuracy")
-    ax.set_title("SER: reward-model accuracy per loop")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, plt, path)
-
-
-def plot_data_fraction(history: Sequence[dict], path: Path) -> Path:
-    """SER Figure 3: share of the RM data each loop trains on (Loop 0: the labelled seed)."""
-    plt = _plt()
-    from matplotlib.patches import Patch
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    loops = [r["loop"] for r in history]
-    fracs = [100 * r["ser/selected_frac"] for r in history]
-    colors = ["tab:grey" if r["loop"] == 0 else "tab:blue" for r in history]
-    bars = ax.bar(loops, fracs, color=colors)
-    for bar, r in zip(bars, history):
-        ax.annotate(r["status"], (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=8)
-    full = ax.axhline(100, color="black", linestyle="--", linewidth=1)
-    ax.set_xticks(loops)
-    ax.set_xlabel("SER loop")
-    ax.set_ylabel("% of the RM part trained on")
-    ax.set_title("SER: data selected per loop (bar labels: learning status)")
-    ax.set_ylim(0, 140)  # room for the legend above the Full line
-    ax.legend([Patch(color="tab:grey"), Patch(color="tab:blue"), full],
-              ["human-labelled seed (loop 0)", "self-labelled, filtered (loops >= 1)", "Full dataset (all RM labels)"],
-              fontsize=8, loc="upper left")
-    return _save(fig, plt, path)
-
-
-def _save(fig, plt, path: Path) -> Path:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
