@@ -56,9 +56,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        fault_point("atomic_dir.before_rename")
         if final.exists():
             old = final.parent / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
+            fault_point("atomic_dir.between_renames")
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -68,12 +70,32 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise
 
 
+FAULT_ENV = "R2M_FAULT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the crash tests: with ``R2M_FAULT=name@N`` the process SIGKILLs itself the N-th
+    time it reaches the point ``name`` (N defaults to 1). Unset, this is one dictionary look-up."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file through a temporary name and ``os.replace`` so readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
