@@ -374,6 +374,10 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iter
     except DataError:
         raise
     except Exception as e:  # datasets raises many types (builder, arrow, hub, offline); one clear line instead
+        if path.is_file() and path.suffix in (".json", ".jsonl"):
+            from r2m.data import decode_lines
+
+            decode_lines(path, path.read_bytes())  # an undecodable byte: named by line and column
         raise DataError(f"{source}: cannot load with datasets.load_dataset: {type(e).__name__}: {e}") from e
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from r2m import runlock
 from r2m.config import Config, save_config, to_dict
 from r2m.errors import DataError
-from r2m.utils import atomic_write_text
+from r2m.utils import atomic_savefig, atomic_write_text
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -147,12 +146,7 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Through a temporary name: a reader (or a second writer) never sees half an image.
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    path = atomic_savefig(fig, path)
     plt.close(fig)
     return path
 

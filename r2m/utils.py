@@ -102,6 +102,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_savefig(fig, path: str | Path) -> Path:
+    """``fig.savefig`` through a temporary name: a reader (or a second writer) never sees half an image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json_or_none(path: str | Path):
+    """A JSON file's value; None when it does not exist, or (logged, naming it) when it is damaged: a result
+    left half-written by a crash is then computed again instead of stopping a resume."""
+    import json
+    import logging
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as e:
+        logging.getLogger("r2m").warning("%s is damaged (%s: %s); computing it again", path, type(e).__name__, e)
+        return None
+
+
 class PhaseTimer:
     """Accumulates wall time per named phase (generation, reward, update, ...)."""
 

@@ -134,7 +134,7 @@ def _save_loop_checkpoint(directory: Path, model, optimizer, scheduler, step: in
 
 
 def _restore_loop_checkpoint(directory: Path, model, optimizer, scheduler, fingerprint: dict) -> int:
-    from safetensors.torch import load_file
+    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
 
     from r2m.checkpoint import read_state, set_rng_state
 

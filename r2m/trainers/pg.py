@@ -486,7 +486,7 @@ class RLRun:
         return final
 
     def _restore(self, state: dict) -> None:
-        from safetensors.torch import load_file
+        from r2m.safeio import load_safetensors as load_file  # a damaged file is named
 
         from r2m.checkpoint import set_rng_state
 
