@@ -56,11 +56,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        fault_point("atomic_dir.before_rename")
+        fault_point(f"atomic_dir.before_rename:{final.name}")
         if final.exists():
             old = final.parent / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
-            fault_point("atomic_dir.between_renames")
+            fault_point(f"atomic_dir.between_renames:{final.name}")
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -191,3 +191,154 @@ def test_sft_and_rm_resume_exactly(stage, tiny, world_artifacts, tmp_path) -> No
     rows_after = read_metrics(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in rows_after] == [r["step"] for r in rows_before]  # steps 5.. recomputed, not doubled
     assert _stable(rows_after) == _stable(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per directory
+# ---------------------------------------------------------------------------------------------
+
+
+def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world_artifacts, capsys, caplog) -> None:
+    """A second `r2m rl` of the same run.name is refused at once (PID and host named); the lock of a killed
+    run is detected as stale and taken over; a finished run releases it."""
+    import socket
+
+    from r2m.runlock import lock_path
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "busy"
+    cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, "rl.steps=400")]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(root / name / "metrics.jsonl", proc)
+        assert main(_rl(tiny, name, "rl.steps=1")) == 2
+        err = capsys.readouterr().err
+        assert f"run directory {root / name} is in use by PID {proc.pid} on host {socket.gethostname()}" in err, err
+        assert err.startswith("r2m: error: ") and err.count("\n") == 1
+        assert proc.poll() is None  # the holder runs on, its metrics untouched by the refused run
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+    assert lock_path(root / name).exists()  # SIGKILL leaves the file; its flock died with the process
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert main(_rl(tiny, name, "rl.steps=1")) == 0
+    assert f"took over the stale lock of PID {proc.pid}" in caplog.text
+    assert not lock_path(root / name).exists()  # released at the end of the run
+
+
+def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None:
+    """Where the file system has no flock, the lock file itself is the lock: a live holder refuses, a holder
+    PID that no longer runs on this host is stale."""
+    import json
+    import socket
+
+    from r2m import runlock
+
+    def no_flock(fd, op):
+        raise OSError(__import__("errno").ENOLCK, "no locks available")
+
+    monkeypatch.setattr("fcntl.flock", no_flock)
+    run = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": time.time()}
+    runlock.lock_path(run).write_text(json.dumps(holder))
+    runlock.acquire(run)  # the dead holder's file is removed and replaced
+    assert json.loads(runlock.lock_path(run).read_text())["pid"] == os.getpid()
+    runlock.release(run)
+    assert not runlock.lock_path(run).exists()
+    runlock.lock_path(run).write_text(json.dumps({**holder, "pid": os.getppid()}))  # a live one
+    with pytest.raises(runlock.RunLockedError, match=rf"in use by PID {os.getppid()} on host"):
+        runlock.acquire(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints, extended and moved runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, world_artifacts, caplog) -> None:
+    from r2m.checkpoint import latest_checkpoint, verify
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    extra = ["rl.steps=4", "rl.save_every=1", "run.keep_checkpoints=0", "reward.r2m.enabled=true"]
+    assert main(_rl(tiny, "damaged", *extra)) == 0
+    whole = _stable(read_metrics(root / "damaged" / "metrics.jsonl"))
+    ckpts = root / "damaged" / "checkpoints"
+    _truncate(ckpts / "step-000003" / "state.pt")
+    assert "state.pt has" in verify(ckpts / "step-000003")
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert latest_checkpoint(ckpts).name == "step-000002"
+        assert main(_rl(tiny, "damaged", *extra, "--resume")) == 0
+    assert f"checkpoint {ckpts / 'step-000003'} is damaged (state.pt has" in caplog.text
+    assert _stable(read_metrics(root / "damaged" / "metrics.jsonl")) == whole
+    assert verify(ckpts / "step-000003") is None  # written again, whole
+
+
+def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artifacts, caplog) -> None:
+    """rl.steps, rl.eval_every, rl.save_every may change on resume (logged); the steps taken stay as they were."""
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "longer-whole", "rl.steps=4", "rl.save_every=1")) == 0
+    assert main(_rl(tiny, "longer", "rl.steps=2", "rl.save_every=1")) == 0
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert main(_rl(tiny, "longer", "rl.steps=4", "rl.save_every=2", "--resume")) == 0
+    assert "rl.steps changed from 2 to 4" in caplog.text and "rl.save_every changed from 1 to 2" in caplog.text
+    rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
+
+
+def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
+    import shutil
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "before-move", "rl.steps=3", "rl.save_every=1")) == 0
+    whole = _stable(read_metrics(root / "before-move" / "metrics.jsonl"))
+    shutil.move(root / "before-move", root / "after-move")
+    with caplog.at_level("INFO", logger="r2m"):
+        assert main(_rl(tiny, "after-move", "rl.steps=3", "rl.save_every=1", "--resume")) == 0
+    assert "run.name changed from 'before-move' to 'after-move'" in caplog.text
+    assert f"resumed from {root / 'after-move' / 'checkpoints' / 'step-000002'}" in caplog.text
+    assert _stable(read_metrics(root / "after-move" / "metrics.jsonl")) == whole
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection: SIGKILL inside the checkpoint save
+# ---------------------------------------------------------------------------------------------
+
+FAULT_RUN = ["rl.steps=5", "rl.save_every=2", "run.keep_checkpoints=0", "reward.r2m.enabled=true"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, world_artifacts) -> list[dict]:
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "fault-whole", *FAULT_RUN)) == 0
+    return _stable(read_metrics(root / "fault-whole" / "metrics.jsonl"))
+
+
+# The second save (step 4) dies: after the weights, before state.pt; after state.pt, before meta.json;
+# before the manifest; with every file written, before the rename.
+@pytest.mark.parametrize("point", ["checkpoint.before_state@2", "checkpoint.before_meta@2",
+                                   "checkpoint.before_manifest@2", "atomic_dir.before_rename:step-000004"])
+def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_artifacts, uninterrupted) -> None:
+    from r2m.checkpoint import list_checkpoints, verify
+    from r2m.utils import FAULT_ENV
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "fault-" + "".join(c if c.isalnum() else "-" for c in point)
+    cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, *FAULT_RUN)]
+    proc = subprocess.run(cmd, env={**_env(), FAULT_ENV: point}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ckpts = root / name / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]  # the half-written one is not listed
+    assert any(p.name.startswith(".tmp-step-000004") for p in ckpts.iterdir())
+    assert verify(ckpts / "step-000002") is None
+    assert read_metrics(root / name / "metrics.jsonl")[-1]["step"] == 4
+
+    assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
+    assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
+    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # the debris is cleared
+    assert all(verify(p) is None for p in list_checkpoints(ckpts))
