@@ -157,16 +157,12 @@ def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, cap
     assert (root / "nan-stop" / "checkpoints" / "step-000003" / "state.pt").exists()
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm"])
-def test_sft_and_rm_resume_exactly(stage, tiny, world_artifacts, tmp_path) -> None:
-    """Resuming SFT/RM from a mid-run checkpoint ends on the same weights as the uninterrupted run."""
-    from safetensors.torch import load_file
-
+def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
+    """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
     from r2m.config import load_config
     from r2m.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
-    cfg = load_config(None, [*tiny, f"run.root={tmp_path}", f"{stage}.max_steps=8", f"{stage}.save_every=4",
-                             f"{stage}.log_every=2"])
+    cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])
     files = world_artifacts[2]
 
     def train(out: Path, name: str, resume: bool):
@@ -175,16 +171,31 @@ def test_sft_and_rm_resume_exactly(stage, tiny, world_artifacts, tmp_path) -> No
         init = str(ensure_world_rm_backbone(load_config(None, tiny)))
         return run_rm(cfg, init, str(files.pref_train), str(files.pref_eval), out, name, resume=resume)
 
+    return train
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+@pytest.mark.parametrize("damaged", [False, True])
+def test_sft_and_rm_resume_exactly(stage, damaged, tiny, world_artifacts, tmp_path, caplog) -> None:
+    """Resuming SFT/RM from a mid-run checkpoint ends on the same weights as the uninterrupted run; with the
+    newest checkpoint damaged, from the one before it."""
+    from safetensors.torch import load_file
+
+    train = _supervised_trainer(stage, tiny, world_artifacts, tmp_path, f"{stage}.save_every={2 if damaged else 4}")
     train(tmp_path / "whole" / "model", "whole", resume=False)
     train(tmp_path / "cut" / "model", "cut", resume=False)
     ckpts = tmp_path / "cut" / "checkpoints"
     assert (ckpts / "step-000004" / "model.safetensors").exists()
-    # Pretend the run died after its step-4 checkpoint: nothing later survives.
+    # Pretend the run died after its step-4 checkpoint (or step 6, now damaged): nothing later survives.
     import shutil
 
     shutil.rmtree(tmp_path / "cut" / "model")
+    if damaged:
+        _truncate(ckpts / "step-000006" / "model.safetensors")
     rows_before = read_metrics(tmp_path / "cut" / "metrics.jsonl")
-    train(tmp_path / "cut" / "model", "cut", resume=True)
+    with caplog.at_level("WARNING", logger="r2m"):
+        train(tmp_path / "cut" / "model", "cut", resume=True)
+    assert ("step-000006 is damaged (model.safetensors has" in caplog.text) == damaged
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -342,3 +353,21 @@ def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_art
     assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # the debris is cleared
     assert all(verify(p) is None for p in list_checkpoints(ckpts))
+
+
+def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog) -> None:
+    from safetensors.torch import load_file
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    loose = ["ser.tau_high=0.5", "ser.tau_low=0.5", "ser.tau_delta=0.001", "ser.delta=0.0", "ser.min_status1=1"]
+    args = ["ser", *tiny, *loose, "run.name=ser-damaged", "ser.max_loops=2", "ser.ppo=false"]
+    assert main(args) == 0
+    weights = root / "ser-damaged" / "loop-2" / "checkpoints" / "final" / "model.safetensors"
+    before = {k: v.clone() for k, v in load_file(str(weights)).items()}  # load_file maps the file: copy first
+    _truncate(weights)
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert main([*args, "--resume"]) == 0
+    assert "SER: loop 2's RM loop-2/checkpoints/final is damaged (model.safetensors has" in caplog.text
+    after = load_file(str(weights))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert [r["step"] for r in read_metrics(root / "ser-damaged" / "metrics.jsonl")] == [0, 1, 2]

@@ -142,8 +142,11 @@ def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: i
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path,
                state_dict: Optional[dict] = None) -> Path:
-    """``save_pretrained`` (safetensors) into ``directory``, atomically; ``state_dict`` overrides the
-    module's own (a sharded model's gathered full state)."""
+    """``save_pretrained`` (safetensors) into ``directory``, atomically, with a manifest
+    (:func:`r2m.checkpoint.write_manifest`); ``state_dict`` overrides the module's own (a sharded model's
+    gathered full state)."""
+    from r2m.checkpoint import write_manifest
+
     with atomic_dir(directory) as tmp:
         if state_dict is None:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -151,4 +154,5 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # sizes and checksums, last: a later resume can tell a damaged copy
     return Path(directory)
