@@ -230,8 +230,9 @@ def verify(directory: Path) -> Optional[str]:
 
 
 def prune(checkpoints: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints (0 keeps all); remove stale temporary directories."""
-    for p in checkpoints.glob(".tmp-step-*"):
+    """Keep the newest ``keep`` checkpoints (0 keeps all); remove the debris of interrupted saves (the run
+    directory's lock makes this process its only writer)."""
+    for p in [*checkpoints.glob(".tmp-step-*"), *checkpoints.glob(".old-step-*")]:
         shutil.rmtree(p, ignore_errors=True)
     if keep > 0:
         for p in list_checkpoints(checkpoints)[:-keep]:

@@ -174,6 +174,22 @@ def is_held(run_dir: str | Path) -> bool:
     return Path(run_dir).absolute() in _HELD
 
 
+def wait_until_free(run_dir: str | Path, poll_s: float = 1.0) -> None:
+    """Return once no other process holds ``run_dir`` (a cache another process is building: wait for it)."""
+    said = False
+    while True:
+        try:
+            acquire(run_dir)
+        except RunLockedError as e:
+            if not said:
+                log.info("%s; waiting", e)
+                said = True
+            time.sleep(poll_s)
+            continue
+        release(run_dir)
+        return
+
+
 @contextlib.contextmanager
 def holding(run_dir: str | Path) -> Iterator[None]:
     """Hold ``run_dir`` for the block, released however the block ends."""

@@ -371,3 +371,17 @@ def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog
     after = load_file(str(weights))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert [r["step"] for r in read_metrics(root / "ser-damaged" / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
+    """Two runs on a fresh run.root: the second waits for the first's world model instead of building it too."""
+    from r2m.pipeline import _must_build
+
+    cache = tmp_path / "world" / "policy-abc"
+    code = ("import sys, time; from pathlib import Path; from r2m import runlock; d = Path(sys.argv[1]); "
+            "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
+            "runlock.release(d)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile
+    assert proc.wait(timeout=60) == 0
