@@ -18,6 +18,16 @@ from r2m.config import load_config
 from r2m.errors import ConfigError
 from r2m.runlog import read_metrics
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
+
+
+def _documented(*fragments: str) -> None:
+    """What a test saw r2m say is in docs/ERRORS.md, so that the table stays true."""
+    text = DOCS.read_text()
+    for fragment in fragments:
+        assert fragment in text, f"docs/ERRORS.md lacks {fragment!r}"
+
+
 # Wall-clock timings and the prompt counter aside, two runs of the same config must agree exactly.
 VOLATILE = ("time/",)
 
@@ -234,6 +244,8 @@ def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world
     with caplog.at_level("WARNING", logger="r2m"):
         assert main(_rl(tiny, name, "rl.steps=1")) == 0
     assert f"took over the stale lock of PID {proc.pid}" in caplog.text
+    _documented("is in use by PID", "wait for it to finish, or use another run.name (lock file",
+                "took over the stale lock of PID", "(that process has ended)")
     assert not lock_path(root / name).exists()  # released at the end of the run
 
 
@@ -285,6 +297,8 @@ def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, w
         assert latest_checkpoint(ckpts).name == "step-000002"
         assert main(_rl(tiny, "damaged", *extra, "--resume")) == 0
     assert f"checkpoint {ckpts / 'step-000003'} is damaged (state.pt has" in caplog.text
+    assert "the manifest says" in caplog.text and "skipping it for an older one" in caplog.text
+    _documented("is damaged (state.pt has", "the manifest says", "skipping it for an older one")
     assert _stable(read_metrics(root / "damaged" / "metrics.jsonl")) == whole
     assert verify(ckpts / "step-000003") is None  # written again, whole
 
@@ -297,6 +311,8 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     with caplog.at_level("WARNING", logger="r2m"):
         assert main(_rl(tiny, "longer", "rl.steps=4", "rl.save_every=2", "--resume")) == 0
     assert "rl.steps changed from 2 to 4" in caplog.text and "rl.save_every changed from 1 to 2" in caplog.text
+    assert "(allowed: it does not change the steps already taken)" in caplog.text
+    _documented("rl.steps changed from", "(allowed: it does not change the steps already taken)")
     rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
@@ -312,6 +328,7 @@ def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
     with caplog.at_level("INFO", logger="r2m"):
         assert main(_rl(tiny, "after-move", "rl.steps=3", "rl.save_every=1", "--resume")) == 0
     assert "run.name changed from 'before-move' to 'after-move'" in caplog.text
+    _documented("run.name changed from 'old' to 'new'")
     assert f"resumed from {root / 'after-move' / 'checkpoints' / 'step-000002'}" in caplog.text
     assert _stable(read_metrics(root / "after-move" / "metrics.jsonl")) == whole
 
@@ -385,3 +402,33 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     assert proc.stdout.readline().strip() == "held"
     assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile
     assert proc.wait(timeout=60) == 0
+
+
+def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
+    """A bench result.json left damaged is computed again (logged); an unreadable state.pt is named."""
+    from r2m.checkpoint import load_state_file, verify, write_manifest
+    from r2m.errors import CheckpointError
+    from r2m.utils import read_json_or_none
+
+    done = tmp_path / "bench-smoke-rloo-s0" / "result.json"
+    done.parent.mkdir()
+    done.write_text('{"eval/gold": 0.7')
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert read_json_or_none(done) is None
+    assert f"{done} is damaged (JSONDecodeError" in caplog.text and "computing it again" in caplog.text
+    done.write_text('{"eval/gold": 0.7}')
+    assert read_json_or_none(done) == {"eval/gold": 0.7}
+    (tmp_path / "state.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CheckpointError, match=r"state.pt: cannot be read \(.*\); the checkpoint is damaged"):
+        load_state_file(tmp_path / "state.pt")
+    ckpt = tmp_path / "step-000001"
+    ckpt.mkdir()
+    (ckpt / "a.bin").write_bytes(b"0123")
+    write_manifest(ckpt)
+    assert verify(ckpt) is None
+    (ckpt / "a.bin").write_bytes(b"0124")  # same size, other bytes
+    assert verify(ckpt) == "a.bin does not match its checksum"
+    (ckpt / "b.bin").write_bytes(b"")
+    (ckpt / "a.bin").write_bytes(b"0123")
+    assert verify(ckpt) == "b.bin is not in the manifest"
+    _documented("is damaged (JSONDecodeError: …); computing it again", "cannot be read (…); the checkpoint is damaged")
