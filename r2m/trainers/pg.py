@@ -362,8 +362,7 @@ class RLRun:
         if self.resume_dir is not None:
             from r2m.checkpoint import fingerprint, free_fields, read_state
 
-            # Refuses another config's checkpoint; logs a changed rl.steps, eval_every, save_every, ...
-            self.resume_state = read_state(self.resume_dir, fingerprint(cfg), free_fields(cfg))
+            self.resume_state = read_state(self.resume_dir, fingerprint(cfg), free_fields(cfg))  # refuses another config
         device = self.device = self.acc.device
 
         self.tok = load_tokenizer(self.inputs.policy, cfg.policy.trust_remote_code)

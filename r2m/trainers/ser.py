@@ -509,29 +509,9 @@ def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
     if state is not None and state.key != state_key(cfg):
         raise ConfigError(f"run.resume: {run_dir / STATE_FILE} was written by another SER config (data, world, rm "
                           f"or ser settings differ); use another run.name or run.resume=never")
-    return _before_damaged_rm(state, run_dir) if state is not None else None
+    from r2m.trainers.ser_resume import before_damaged_rm
 
-
-def _before_damaged_rm(state: LoopState, run_dir: Path) -> Optional[LoopState]:
-    """``state``, or where its newest loop's RM (or the Full baseline's) is damaged, the state before that loop
-    (None before Loop 0): the loops are a function of the seed, so they are computed again, identically."""
-    import logging
-
-    from r2m.checkpoint import verify
-
-    log = logging.getLogger("r2m")
-    if state.full is not None and (problem := verify(run_dir / state.full["rm_dir"])) is not None:
-        log.warning("SER: the Full baseline's RM %s is damaged (%s); training it again", state.full["rm_dir"], problem)
-        state.full, state.ppo = None, None
-    while (problem := verify(run_dir / state.rm_dir)) is not None:
-        log.warning("SER: loop %d's RM %s is damaged (%s); resuming before that loop", state.loop, state.rm_dir,
-                    problem)
-        if state.loop == 0:
-            return None
-        state.loop, state.stop, state.ppo = state.loop - 1, None, None
-        state.history = state.history[: state.loop + 1]
-        state.rm_dir = str(Path(state.rm_dir).parents[2] / f"loop-{state.loop}" / "checkpoints" / "final")
-    return state
+    return before_damaged_rm(state, run_dir) if state is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
