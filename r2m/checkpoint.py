@@ -215,8 +215,8 @@ def _check_manifest(directory: Path) -> Optional[str]:
             return f"{name} has {p.stat().st_size} bytes, the manifest says {want['size']}"
         if _sha256(p) != want["sha256"]:
             return f"{name} does not match its checksum"
-    extra = sorted(str(p.relative_to(directory)) for p in _files(directory) if str(p.relative_to(directory)) not in files)
-    return f"{extra[0]} is not in the manifest" if extra else None
+    # Files added later (a run's final/r2m or final/adapter, each with its own manifest) are not checked here.
+    return None
 
 
 def verify(directory: Path) -> Optional[str]:

@@ -102,12 +102,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def atomic_savefig(fig, path: str | Path) -> Path:
+def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     """``fig.savefig`` through a temporary name: a reader (or a second writer) never sees half an image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
     os.replace(tmp, path)
     return path
 
