@@ -136,27 +136,30 @@ def _take_exclusive(run_dir: Path, path: Path) -> _Held:
     raise _refuse(run_dir, _read_holder(path))
 
 
-def acquire(run_dir: str | Path) -> None:
-    """Hold ``run_dir`` for this process; refused at once, naming the holder, when another process holds it."""
+def acquire(run_dir: str | Path) -> bool:
+    """Hold ``run_dir`` for this process; refused at once, naming the holder, when another process holds it.
+    True when this call took the lock (False: this process held it already)."""
     run_dir = Path(run_dir).absolute()
     entry = _HELD.get(run_dir)
     if entry is not None:
         entry[1] += 1
-        return
+        return False
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     held = _take_flock(run_dir, path) or _take_exclusive(run_dir, path)
     _HELD[run_dir] = [held, 1]
+    return True
 
 
-def release(run_dir: str | Path) -> None:
-    """Let go of one hold; the last one removes the lock file and unlocks."""
+def release(run_dir: str | Path, everyone: bool = False) -> None:
+    """Let go of one hold (``everyone``: of all of this process's holds); the last one removes the lock file
+    and unlocks."""
     run_dir = Path(run_dir).absolute()
     entry = _HELD.get(run_dir)
     if entry is None:
         return
     entry[1] -= 1
-    if entry[1] > 0:
+    if entry[1] > 0 and not everyone:
         return
     held = _HELD.pop(run_dir)[0]
     # Unlink while still locked: a process waiting on the old file sees it vanish and retries.
@@ -186,15 +189,16 @@ def wait_until_free(run_dir: str | Path, poll_s: float = 1.0) -> None:
                 said = True
             time.sleep(poll_s)
             continue
-        release(run_dir)
+        release(run_dir, everyone=outermost)
         return
 
 
 @contextlib.contextmanager
 def holding(run_dir: str | Path) -> Iterator[None]:
-    """Hold ``run_dir`` for the block, released however the block ends."""
-    acquire(run_dir)
+    """Hold ``run_dir`` for the block, released however the block ends (the outermost block also lets go of
+    holds taken within it and never released, as by a run that raised before closing its directory)."""
+    outermost = acquire(run_dir)
     try:
         yield
     finally:
-        release(run_dir)
+        release(run_dir, everyone=outermost)

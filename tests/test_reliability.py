@@ -431,3 +431,44 @@ def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
     (ckpt / "a.bin").unlink()
     assert verify(ckpt) == "a.bin is missing"
     _documented("is damaged (JSONDecodeError: …); computing it again", "cannot be read (…); the checkpoint is damaged")
+
+
+def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_artifacts, uninterrupted) -> None:
+    """Re-saving a step whose checkpoint exists (after a resume past a damaged one) swaps two directories: a
+    SIGKILL between the two renames leaves neither under the step's name, and the older checkpoint is used."""
+    from r2m.checkpoint import list_checkpoints, verify
+    from r2m.utils import FAULT_ENV
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "fault-between-renames"
+    assert main(_rl(tiny, name, *FAULT_RUN)) == 0
+    ckpts = root / name / "checkpoints"
+    _truncate(ckpts / "step-000004" / "state.pt")
+    cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, *FAULT_RUN, "--resume")]
+    env = {**_env(), FAULT_ENV: "atomic_dir.between_renames:step-000004"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]
+    assert any(p.name.startswith(".old-step-000004") for p in ckpts.iterdir())
+
+    assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
+    assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004"]
+    assert all(verify(p) is None for p in list_checkpoints(ckpts))
+    assert not any(p.name.startswith((".tmp-", ".old-")) for p in ckpts.iterdir())
+
+
+def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
+    """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
+    from r2m.errors import DataError
+    from r2m.runlock import is_held, lock_path
+    from r2m.trainers.pg import RLRun
+
+    def fail(self, step):
+        raise DataError("a failure at step 1")
+
+    monkeypatch.setattr(RLRun, "step", fail)
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "fails", "rl.steps=3")) == 2
+    assert (root / "fails" / "metrics.jsonl").exists()  # the run had started
+    assert not is_held(root / "fails") and not lock_path(root / "fails").exists()
