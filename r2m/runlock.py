@@ -189,7 +189,7 @@ def wait_until_free(run_dir: str | Path, poll_s: float = 1.0) -> None:
                 said = True
             time.sleep(poll_s)
             continue
-        release(run_dir, everyone=outermost)
+        release(run_dir)
         return
 
 
