@@ -30,13 +30,14 @@ def decode_lines(path: Path, raw: bytes) -> list[str]:
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
     lines = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    # Line ends as Python's universal newlines count them (\n, \r\n, \r): line numbers stay what they were.
+    for lineno, line in enumerate(raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"), start=1):
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
             col = len(line[:e.start].decode("utf-8")) + 1  # in characters, as an editor counts
             raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {col})") from None
-        lines.append(text[:-1] if text.endswith("\r") else text)
+        lines.append(text)
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start another
     return lines
