@@ -262,6 +262,9 @@ def read_state(directory: Path, fingerprint: dict[str, Any], free: Optional[dict
     # JSON turns tuples into lists: compare through the same round trip.
     check_same_config(saved, json.loads(json.dumps(fingerprint, default=str)), directory)
     if free is not None:
+        if "rl.steps" in free and int(meta["step"]) > int(free["rl.steps"]):
+            raise ConfigError(f"rl.steps: expected at least the checkpoint's step {meta['step']} to resume from "
+                              f"{directory}, got {free['rl.steps']}")
         log_free_changes(meta.get("free", {}), free, directory)
     return load_state_file(directory / STATE)
 

@@ -316,6 +316,11 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
+    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume from .*, got 1"):
+        from r2m.trainers.pg import run_rl
+
+        run_rl(load_config(None, [*tiny, "run.name=longer", "rl.steps=1", "rl.save_every=2", "run.resume=auto"]))
+    _documented("rl.steps: expected at least the checkpoint's step")
 
 
 def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
