@@ -73,8 +73,11 @@ def _refuse(run_dir: Path, holder: Optional[Holder]) -> RunLockedError:
 
 class _Held(NamedTuple):
     fd: int
+    """The open lock file (closing it drops an flock)."""
     path: Path
+    """The lock file."""
     flock: bool
+    """Locked by flock (else the file's exclusive creation is the lock)."""
 
 
 # path -> (held lock, how many holders in this process)
@@ -88,8 +91,11 @@ def _write_me(fd: int) -> None:
 
 
 def _take_flock(run_dir: Path, path: Path) -> Optional[_Held]:
-    """The lock by ``flock``; None where the file system has no ``flock``."""
-    import fcntl
+    """The lock by ``flock``; None where the file system (or the OS) has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
 
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
