@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.config import Config, load_config, to_dict
 from r2m import runlock
+from r2m.config import Config, load_config, to_dict
 from r2m.errors import R2MError
 from r2m.utils import quiet_transformers
 

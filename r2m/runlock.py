@@ -65,8 +65,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _refuse(run_dir: Path, holder: Optional[Holder]) -> RunLockedError:
-    who = (f"PID {holder.pid} on host {holder.host} (since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.since))})"
-           if holder else "another process")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.since)) if holder else ""
+    who = f"PID {holder.pid} on host {holder.host} (since {since})" if holder else "another process"
     return RunLockedError(f"run directory {run_dir} is in use by {who}; wait for it to finish, or use another "
                           f"run.name (lock file {lock_path(run_dir)})")
 

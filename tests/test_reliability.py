@@ -316,7 +316,7 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
-    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume from .*, got 1"):
+    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume .*, got 1"):
         from r2m.trainers.pg import run_rl
 
         run_rl(load_config(None, [*tiny, "run.name=longer", "rl.steps=1", "rl.save_every=2", "run.resume=auto"]))
@@ -435,7 +435,8 @@ def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
     assert verify(ckpt) == "a.bin does not match its checksum"
     (ckpt / "a.bin").unlink()
     assert verify(ckpt) == "a.bin is missing"
-    _documented("is damaged (JSONDecodeError: …); computing it again", "cannot be read (…); the checkpoint is damaged")
+    _documented("is damaged (JSONDecodeError: …); computing it again",
+                "cannot be read (…); the checkpoint is damaged")
 
 
 def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_artifacts, uninterrupted) -> None:

@@ -159,8 +159,9 @@ def save_critic(critic: ValueModel, directory: Union[str, Path]) -> Path:
 
 def load_critic(directory: Union[str, Path], dtype: str = "float32", trust_remote_code: bool = False) -> ValueModel:
     """A critic written by :func:`save_critic` (backbone in ``dtype``, head in float32), on the CPU."""
-    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
     from transformers import AutoModel
+
+    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
 
     directory = Path(directory)
     meta_path = directory / _CRITIC_JSON

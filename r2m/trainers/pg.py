@@ -362,7 +362,8 @@ class RLRun:
         if self.resume_dir is not None:
             from r2m.checkpoint import fingerprint, free_fields, read_state
 
-            self.resume_state = read_state(self.resume_dir, fingerprint(cfg), free_fields(cfg))  # refuses another config
+            # Another config's checkpoint is refused; a changed rl.steps, *_every, ... is logged.
+            self.resume_state = read_state(self.resume_dir, fingerprint(cfg), free_fields(cfg))
         device = self.device = self.acc.device
 
         self.tok = load_tokenizer(self.inputs.policy, cfg.policy.trust_remote_code)
@@ -485,9 +486,8 @@ class RLRun:
         return final
 
     def _restore(self, state: dict) -> None:
-        from r2m.safeio import load_safetensors as load_file  # a damaged file is named
-
         from r2m.checkpoint import set_rng_state
+        from r2m.safeio import load_safetensors as load_file  # a damaged file is named
 
         d = self.resume_dir
         self.optimizer.load_state_dict(state["optimizer"])
