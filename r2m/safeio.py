@@ -31,6 +31,18 @@ def load_safetensors(path: str | Path) -> dict:
                               "truncated") from None
 
 
+def read_json(path: str | Path):
+    """A JSON file's value; an undecodable byte or malformed JSON is an error naming file, line and column."""
+    from r2m.data import decode_lines
+    from r2m.errors import DataError
+
+    path = Path(path)
+    try:
+        return json.loads("\n".join(decode_lines(path, path.read_bytes())))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
 def first_undecodable(directory: str | Path) -> Optional[str]:
     """``file:line: not valid UTF-8 (...)`` or ``file: invalid JSON (...)`` for the first text file of
     ``directory`` that does not decode, else None."""

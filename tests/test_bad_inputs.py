@@ -220,6 +220,13 @@ def test_undecodable_bytes_in_other_readers_are_named(tmp_path) -> None:
         read_metrics(metrics)
     metrics.write_bytes(b'{"step": 0}\n{"step": 1, "x": 0.')  # a row torn by a crash: left out, logged
     assert read_metrics(metrics) == [{"step": 0}]
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_bytes(b'{"base_model_name_or_path": "\xc3("}')
+    from r2m.models.lora import adapter_base
+
+    with pytest.raises(R2MError, match=r"adapter_config.json:1: not valid UTF-8 \(byte 0xc3 at column 30\)"):
+        adapter_base(adapter)
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     with pytest.raises(R2MError, match=r"w.safetensors: not a readable safetensors file"):

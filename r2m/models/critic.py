@@ -162,12 +162,13 @@ def load_critic(directory: Union[str, Path], dtype: str = "float32", trust_remot
     from transformers import AutoModel
 
     from r2m.safeio import load_safetensors as load_file  # a damaged file is named
+    from r2m.safeio import read_json
 
     directory = Path(directory)
     meta_path = directory / _CRITIC_JSON
     if not meta_path.is_file():
         raise ModelError(f"critic at {directory}: no {_CRITIC_JSON} (not written by save_critic, or incomplete)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     if meta.get("format_version") != _FORMAT_VERSION:
         raise ModelError(f"critic at {directory}: format_version {meta.get('format_version')!r}, "
                          f"expected {_FORMAT_VERSION}")

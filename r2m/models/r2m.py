@@ -123,9 +123,10 @@ def load_feedback_rm(directory: str | Path, base_rm: Optional[str] = None, dtype
     """Load an R2M reward model saved by :meth:`FeedbackRewardModel.save` (for scoring with feedback)."""
     from r2m.models.loading import load_reward_model, load_tokenizer
     from r2m.safeio import load_safetensors as load_file  # a damaged file is named
+    from r2m.safeio import read_json
 
     directory = Path(directory)
-    meta = json.loads((directory / _META).read_text())
+    meta = read_json(directory / _META)
     base = base_rm or meta["base_rm"]
     tok = load_tokenizer(base, trust_remote_code)
     rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)

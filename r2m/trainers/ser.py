@@ -486,7 +486,9 @@ class LoopState:
     @classmethod
     def load(cls, run_dir: Path) -> Optional["LoopState"]:
         path = run_dir / STATE_FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else None
+        from r2m.safeio import read_json
+
+        return cls(**read_json(path)) if path.exists() else None
 
 
 def state_key(cfg: Config) -> str:
