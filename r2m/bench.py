@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from r2m.config import Config, replace_path
+from r2m.utils import atomic_savefig, atomic_write_text, read_json_or_none
 
 # The phases of one RL step, in order, with their names in the report. ``greedy_baseline`` (ReMax)
 # and ``values`` (PPO's critic) only occur with those algorithms.
@@ -275,7 +276,7 @@ def run_bench(cfg: Config, what: str, steps: int, out: str) -> int:
     result = bench_cost(cfg, steps)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     print(format_cost(result))
     print(f"\nwritten to {path}")
     return 0
@@ -375,12 +376,12 @@ def run_matrix(cfg: Config, preset_name: str, out_dir: Path) -> dict:
         for seed in range(preset["seeds"]):
             name = _run_name(preset_name, method, seed)
             done = Path(cfg.run.root) / name / "result.json"
-            if not done.exists():
+            if read_json_or_none(done) is None:
                 run_cfg = load_config(None, [*base, *overrides, f"run.seed={seed}", f"run.name={name}"])
                 summary = _run_summary(run_rl(run_cfg))
-                done.write_text(json.dumps(summary))
+                atomic_write_text(done, json.dumps(summary))
                 print(f"[bench] {method} seed {seed}: gold {summary['eval/gold']:.3f}", flush=True)
-            results.setdefault(method, []).append(json.loads(done.read_text()))
+            results.setdefault(method, []).append(read_json_or_none(done))
     return results
 
 
@@ -433,14 +434,14 @@ def run_ser_bench(cfg: Config, preset_name: str) -> list[dict]:
     for seed in range(ser["seeds"]):
         name = f"bench-{preset_name}-ser-s{seed}"
         done = Path(cfg.run.root) / name / "result.json"
-        if not done.exists():
+        if read_json_or_none(done) is None:
             t0 = time.perf_counter()
             run_cfg = load_config(None, [*_preset_base(cfg, preset_name), *ser["overrides"], "ser.ppo=false",
                                          f"run.seed={seed}", f"run.name={name}"])
             summary = {**_ser_summary(run_ser(run_cfg)), "wall_s": time.perf_counter() - t0}
-            done.write_text(json.dumps(summary))
+            atomic_write_text(done, json.dumps(summary))
             print(f"[bench] SER seed {seed}: test acc {summary['table']['rows'][1][3]:.3f}", flush=True)
-        results.append(json.loads(done.read_text()))
+        results.append(read_json_or_none(done))
     return results
 
 
@@ -474,13 +475,12 @@ def run_cost_bench(cfg: Config, preset_name: str) -> dict:
 
     name = f"bench-{preset_name}-cost"
     done = Path(cfg.run.root) / name / "result.json"
-    if not done.exists():
+    if read_json_or_none(done) is None:
         run_cfg = load_config(None, [*_preset_base(cfg, preset_name), f"run.name={name}"])
         result = bench_cost(run_cfg, PRESETS[preset_name]["cost_steps"])
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(result, indent=1))
+        atomic_write_text(done, json.dumps(result, indent=1))
         print(f"[bench] cost: R2M/RLOO step time {result['ratios']['step_time_r2m_over_rloo']:.3f}", flush=True)
-    return json.loads(done.read_text())
+    return read_json_or_none(done)
 
 
 def _plot_groups(methods: list[str]) -> list[tuple[str, list[str]]]:
@@ -538,7 +538,7 @@ def bench_plots(cfg: Config, preset_name: str, results: dict, out_dir: Path) -> 
         row[0].legend(fontsize=8)
     fig.tight_layout()
     path = out_dir / f"bench_{preset_name}_curves.png"
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return [path]
 
@@ -597,9 +597,8 @@ def run_bench_matrix(cfg: Config, preset_name: str, out: str) -> int:
             + ser_tables(ser) +
             f"\n\n## Cost: R2M vs vanilla RLOO (R2M Figure 7)\n\n`r2m bench cost --steps {preset['cost_steps']}` "
             f"on this preset's world; methods in benchmarks/README.md.\n\n" + format_cost(cost, markdown=True) + "\n")
-    out_path.write_text(text)
-    (out_path.parent / f"bench_{preset_name}.json").write_text(json.dumps(results, indent=1))
-    (out_path.parent / f"bench_{preset_name}_ser.json").write_text(json.dumps(ser, indent=1))
-    (out_path.parent / f"bench_{preset_name}_cost.json").write_text(json.dumps(cost, indent=1))
+    atomic_write_text(out_path, text)
+    for suffix, obj in (("", results), ("_ser", ser), ("_cost", cost)):
+        atomic_write_text(out_path.parent / f"bench_{preset_name}{suffix}.json", json.dumps(obj, indent=1))
     print(text)
     return 0

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from r2m import runlock
 from r2m.config import Config, load_config, to_dict
 from r2m.errors import R2MError
 from r2m.utils import quiet_transformers
@@ -210,7 +211,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_world(cfg, args.out, args.models)
         if args.command == "eval":
             return cmd_eval(cfg, args.what)
-        return {"sft": cmd_sft, "rm": cmd_rm, "rl": cmd_rl, "demo": cmd_demo, "ser": cmd_ser}[args.command](cfg)
+        command = {"sft": cmd_sft, "rm": cmd_rm, "rl": cmd_rl, "demo": cmd_demo, "ser": cmd_ser}[args.command]
+        if args.command == "demo" or not runlock.is_rank_zero():
+            return command(cfg)
+        # One run per directory: a second process is refused at once, before any model loads.
+        with runlock.holding(Path(cfg.run.root) / cfg.run.name):
+            return command(cfg)
     except R2MError as e:
         print(f"r2m: error: {e}", file=sys.stderr)
         return 2

@@ -1121,8 +1121,11 @@ def load_config(path: Optional[str | Path] = None, overrides: typing.Sequence[st
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p}: not found")
+        from r2m.data import decode_lines  # undecodable bytes: named by file, line and column
+
+        text = "\n".join(decode_lines(p, p.read_bytes()))
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p}: invalid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -1148,7 +1151,9 @@ def replace_path(cfg: Config, **dotted: Any) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from r2m.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 # Fields that change how a training is logged or checkpointed, never what it produces: they do not

@@ -10,6 +10,7 @@ Errors name the file, the line and the field, and say what was expected.
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Sequence
@@ -22,33 +23,52 @@ PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 from r2m.errors import DataError  # noqa: E402  (re-exported)
 
 
+def decode_lines(path: Path, raw: bytes) -> list[str]:
+    """The lines of a UTF-8 text file's bytes. A UTF-8 BOM and CRLF line ends (as Windows editors write
+    them) are accepted, as ``datasets`` and pandas accept them; an undecodable byte is an error naming
+    the file, the line and the column."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    lines = []
+    # Line ends as Python's universal newlines count them (\n, \r\n, \r): line numbers stay what they were.
+    for lineno, line in enumerate(raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            col = len(line[:e.start].decode("utf-8")) + 1  # in characters, as an editor counts
+            raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {col})") from None
+        lines.append(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
+    return lines
+
+
 def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
     """Read a JSONL file whose rows must hold non-empty string ``required`` fields."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows: list[dict] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for name in required:
-                if name not in row:
-                    raise DataError(f"{path}:{lineno}: missing field '{name}' (required: {list(required)})")
-                value = row[name]
-                if not isinstance(value, str):
-                    raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}")
-                if not value.strip():
-                    raise DataError(f"{path}:{lineno}: field '{name}' is empty")
-            if "chosen" in required and row["chosen"] == row["rejected"]:
-                raise DataError(f"{path}:{lineno}: 'chosen' is identical to 'rejected'")
-            rows.append(row)
+    for lineno, line in enumerate(decode_lines(path, path.read_bytes()), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for name in required:
+            if name not in row:
+                raise DataError(f"{path}:{lineno}: missing field '{name}' (required: {list(required)})")
+            value = row[name]
+            if not isinstance(value, str):
+                raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}")
+            if not value.strip():
+                raise DataError(f"{path}:{lineno}: field '{name}' is empty")
+        if "chosen" in required and row["chosen"] == row["rejected"]:
+            raise DataError(f"{path}:{lineno}: 'chosen' is identical to 'rejected'")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows

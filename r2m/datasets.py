@@ -367,6 +367,10 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iter
             builder = _LOCAL_BUILDERS.get(path.suffix)
             if builder is None:
                 raise DataError(f"{source}: expected a .jsonl, .json or .parquet file")
+            if builder == "json":  # Arrow fails on an undecodable byte only when a row is read, and unnamed
+                from r2m.data import decode_lines
+
+                decode_lines(path, path.read_bytes())
             # A local file is one split; naming it after ``split`` lets a caller's split name work too.
             name = split or "train"
             return load_dataset(builder, data_files={name: str(path)}, split=name)

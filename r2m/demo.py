@@ -13,6 +13,7 @@ from pathlib import Path
 from r2m.config import Config, RewardSource, replace_path
 from r2m.eval.report import format_table
 from r2m.runlog import peak
+from r2m.utils import atomic_savefig, atomic_write_text
 
 
 ARM_NAMES = {"rloo": "RLOO (frozen proxy RM)", "r2m": "RLOO + R2M", "gold": "RL on gold (ceiling)"}
@@ -57,7 +58,7 @@ def run_demo(cfg: Config) -> dict:
     out_dir = Path(cfg.run.root) / cfg.run.name
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = demo_plot(results, out_dir / "plots" / "gold_vs_proxy.png")
-    (out_dir / "table.md").write_text(format_table(*table, markdown=True) + "\n")
+    atomic_write_text(out_dir / "table.md", format_table(*table, markdown=True) + "\n")
     print("\n" + format_table(*table))
     print(f"\nRM accuracy (held-out pairs): {acc.accuracy:.3f} vs labels, {acc.gold_accuracy:.3f} vs gold")
     for arm, res in results.items():
@@ -118,7 +119,6 @@ def demo_plot(results: dict, path: Path) -> Path:
         ax.legend()
     fig.suptitle("Reward over-optimisation in the gold-reward world (dotted: step of peak gold)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path

@@ -15,3 +15,7 @@ class DataError(R2MError):
 
 class ModelError(R2MError):
     """A model or tokenizer cannot be used as asked. The message names the path."""
+
+
+class CheckpointError(R2MError):
+    """A checkpoint or saved model file cannot be read (damaged, truncated). The message names the file."""

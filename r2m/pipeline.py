@@ -45,7 +45,10 @@ def _must_build(done: Path, what: str) -> bool:
                           "exist first: build it in one process with `r2m world --models` and the same config, "
                           "overrides and mixed precision (a launcher's --mixed_precision / ACCELERATE_MIXED_PRECISION "
                           "is part of the cache key), then launch again")
-    return True
+    from r2m.runlock import wait_until_free
+
+    wait_until_free(done.parent)  # another process may be building this very cache: let it finish, then reuse it
+    return not done.exists()
 
 
 def world_data(cfg: Config):

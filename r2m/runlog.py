@@ -11,11 +11,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
+from r2m import runlock
 from r2m.config import Config, save_config, to_dict
+from r2m.errors import DataError
+from r2m.utils import atomic_savefig, atomic_write_text
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -42,6 +46,10 @@ class RunDir:
         self.plots = self.path / "plots"
         self.accelerator = accelerator
         self._is_main = accelerator is None or accelerator.is_main_process
+        self._locked = self._is_main and runlock.is_rank_zero()
+        if self._locked:
+            # One process per run directory, from before its first byte until close() (or the process's end).
+            runlock.acquire(self.path)
         if self._is_main:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             self.plots.mkdir(parents=True, exist_ok=True)
@@ -52,7 +60,7 @@ class RunDir:
             # Rows past the checkpoint were written by the interrupted run; they are recomputed.
             self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
         if self._is_main:
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         if accelerator is not None and cfg.run.log_with:
             accelerator.init_trackers("r2m", config=_flatten(to_dict(cfg)))
 
@@ -61,7 +69,7 @@ class RunDir:
         self.history.append(row)
         if not self._is_main:
             return
-        with open(self.metrics_path, "a") as f:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.accelerator is not None and self.cfg.run.log_with:
             self.accelerator.log({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=step)
@@ -72,19 +80,41 @@ class RunDir:
         last.update({k: float(v) for k, v in metrics.items()})
         if not self._is_main:
             return
-        lines = self.metrics_path.read_text().splitlines()
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
         lines[-1] = json.dumps(last)
-        self.metrics_path.write_text("\n".join(lines) + "\n")
+        atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
         if self.accelerator is not None and self.cfg.run.log_with:
             self.accelerator.log({k: float(v) for k, v in metrics.items() if math.isfinite(v)}, step=int(last["step"]))
 
     def close(self) -> None:
         if self.accelerator is not None and self.cfg.run.log_with:
             self.accelerator.end_training()
+        if self._locked:
+            self._locked = False
+            runlock.release(self.path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl. A last line without its newline is a write torn by a crash: it is logged
+    and left out (a resume recomputes it); any other bad line is an error naming file and line."""
+    from r2m.data import decode_lines
+
+    path = Path(path)
+    raw = path.read_bytes()
+    lines = decode_lines(path, raw)
+    rows = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if lineno == len(lines) and not raw.endswith(b"\n"):
+                logging.getLogger("r2m").warning("%s:%d: a torn last row (the run was killed while writing it); "
+                                                 "left out", path, lineno)
+                break
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    return rows
 
 
 def plot_curves(
@@ -116,9 +146,7 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    path = atomic_savefig(fig, path)
     plt.close(fig)
     return path
 

@@ -65,6 +65,16 @@ def _narrow_rm(tmp_path: Path) -> str:
     return str(out)
 
 
+def _damaged_copy(tmp_path: Path, world_artifacts, name: str, file: str, damage) -> str:
+    """A copy of the world policy with one of its files damaged by ``damage(bytes) -> bytes``."""
+    import shutil
+
+    out = tmp_path / name
+    shutil.copytree(world_artifacts[0], out)
+    (out / file).write_bytes(damage((out / file).read_bytes()))
+    return str(out)
+
+
 def _case_args(case: str, tmp_path: Path, world_artifacts) -> list[str]:
     """Overrides that make the `r2m rl` run hit one bad input."""
     prompts = lambda lines: f"data.prompts={_write(tmp_path / 'p.jsonl', lines)}"  # noqa: E731
@@ -102,6 +112,18 @@ def _case_args(case: str, tmp_path: Path, world_artifacts) -> list[str]:
         return ["run.device=cpu", "run.mixed_precision=fp16"]
     if case == "lora_rank_0":
         return ["policy.lora.r=0"]
+    if case == "invalid_utf8":
+        (tmp_path / "p.jsonl").write_bytes(b'{"prompt": "<bos> 1 =>"}\n{"prompt": "<bos> 1\xff =>"}\n')
+        return [f"data.prompts={tmp_path / 'p.jsonl'}"]
+    if case == "yaml_invalid_utf8":
+        (tmp_path / "bad.yaml").write_bytes(b"rl:\n  steps: \xff2\n")
+        return ["-c", str(tmp_path / "bad.yaml")]
+    if case == "truncated_weights":
+        path = _damaged_copy(tmp_path, world_artifacts, "trunc", "model.safetensors", lambda b: b[: len(b) // 2])
+        return [f"policy.path={path}"]
+    if case == "undecodable_tokenizer":
+        path = _damaged_copy(tmp_path, world_artifacts, "badtok", "tokenizer.json", lambda b: b"\xff" + b)
+        return [f"policy.path={path}"]
     raise AssertionError(case)
 
 
@@ -122,6 +144,11 @@ CASES = {
     "k_below_2_for_rloo": "rl.k: expected >= 2 for rloo, got 1",
     "fp16_on_cpu": "run.mixed_precision: expected no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)",
     "lora_rank_0": "policy.lora.r: expected >= 1, got 0",
+    "invalid_utf8": "p.jsonl:2: not valid UTF-8 (byte 0xff at column 20)",
+    "yaml_invalid_utf8": "bad.yaml:2: not valid UTF-8 (byte 0xff at column 10)",
+    "truncated_weights": "model.safetensors: not a readable safetensors file (Error while deserializing header: "
+                         "incomplete metadata, file not fully covered); the file is damaged or truncated",
+    "undecodable_tokenizer": "tokenizer.json:1: not valid UTF-8 (byte 0xff at column 1)",
 }
 # Stages that read a given file: the SFT and preference files are read by `r2m sft` / `r2m rm`.
 COMMAND = {"empty_response": "sft", "chosen_equals_rejected": "rm"}
@@ -154,3 +181,53 @@ def test_overlong_prompts_are_counted(tiny, world_artifacts) -> None:
                  "rl.steps=1"]) == 0
     row = next(r for r in read_metrics(shared / "overlong-skip" / "metrics.jsonl") if r["step"] == 1)
     assert row["data/prompts_skipped"] > 0 and row["data/prompts_truncated"] == 0
+
+
+def test_bom_and_crlf_jsonl_is_read_as_plain(tmp_path) -> None:
+    """A JSONL as Windows editors save it (UTF-8 BOM, CRLF line ends) gives the rows of the plain file."""
+    from r2m.data import read_preferences, read_prompts
+    from r2m.datasets import load_prompts
+
+    rows = ['{"prompt": "<bos> 1 2 =>"}', '{"prompt": "<bos> 3 \u00e9 =>"}']
+    plain = _write(tmp_path / "plain.jsonl", rows)
+    windows = tmp_path / "windows.jsonl"
+    windows.write_bytes(b"\xef\xbb\xbf" + "".join(r + "\r\n" for r in rows).encode("utf-8"))
+    assert read_prompts(windows) == read_prompts(plain) == ["<bos> 1 2 =>", "<bos> 3 \u00e9 =>"]
+    assert [r["prompt"] for r in load_prompts(str(windows))] == read_prompts(plain)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "p", "chosen": "a", "rejected": "b"}\r\n')
+    assert read_preferences(pairs)[0]["rejected"] == "b"  # no stray CR in the last field
+
+
+def test_undecodable_bytes_in_other_readers_are_named(tmp_path) -> None:
+    """Hub-format JSONL through `datasets`, parquet, metrics.jsonl, safetensors: each names the file."""
+    from r2m.datasets import load_preferences
+    from r2m.errors import R2MError
+    from r2m.runlog import read_metrics
+    from r2m.safeio import load_safetensors
+
+    hh = tmp_path / "hh.jsonl"
+    hh.write_bytes(b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\xfe"}\n')
+    with pytest.raises(R2MError, match=r"hh.jsonl:1: not valid UTF-8 \(byte 0xfe at column 57\)"):
+        load_preferences(str(hh), "hh_rlhf")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(R2MError, match=r"bad.parquet: cannot load with datasets.load_dataset"):
+        load_preferences(str(bad), "hh_rlhf")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_bytes(b'{"step": 0}\n{"step": 1, "x": \xff}\n{"step": 2}\n')
+    with pytest.raises(R2MError, match=r"metrics.jsonl:2: not valid UTF-8 \(byte 0xff at column 18\)"):
+        read_metrics(metrics)
+    metrics.write_bytes(b'{"step": 0}\n{"step": 1, "x": 0.')  # a row torn by a crash: left out, logged
+    assert read_metrics(metrics) == [{"step": 0}]
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_bytes(b'{"base_model_name_or_path": "\xc3("}')
+    from r2m.models.lora import adapter_base
+
+    with pytest.raises(R2MError, match=r"adapter_config.json:1: not valid UTF-8 \(byte 0xc3 at column 30\)"):
+        adapter_base(adapter)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    with pytest.raises(R2MError, match=r"w.safetensors: not a readable safetensors file"):
+        load_safetensors(weights)

@@ -18,6 +18,16 @@ from r2m.config import load_config
 from r2m.errors import ConfigError
 from r2m.runlog import read_metrics
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
+
+
+def _documented(*fragments: str) -> None:
+    """What a test saw r2m say is in docs/ERRORS.md, so that the table stays true."""
+    text = DOCS.read_text()
+    for fragment in fragments:
+        assert fragment in text, f"docs/ERRORS.md lacks {fragment!r}"
+
+
 # Wall-clock timings and the prompt counter aside, two runs of the same config must agree exactly.
 VOLATILE = ("time/",)
 
@@ -157,16 +167,12 @@ def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, cap
     assert (root / "nan-stop" / "checkpoints" / "step-000003" / "state.pt").exists()
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm"])
-def test_sft_and_rm_resume_exactly(stage, tiny, world_artifacts, tmp_path) -> None:
-    """Resuming SFT/RM from a mid-run checkpoint ends on the same weights as the uninterrupted run."""
-    from safetensors.torch import load_file
-
+def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
+    """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
     from r2m.config import load_config
     from r2m.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
-    cfg = load_config(None, [*tiny, f"run.root={tmp_path}", f"{stage}.max_steps=8", f"{stage}.save_every=4",
-                             f"{stage}.log_every=2"])
+    cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])
     files = world_artifacts[2]
 
     def train(out: Path, name: str, resume: bool):
@@ -175,19 +181,300 @@ def test_sft_and_rm_resume_exactly(stage, tiny, world_artifacts, tmp_path) -> No
         init = str(ensure_world_rm_backbone(load_config(None, tiny)))
         return run_rm(cfg, init, str(files.pref_train), str(files.pref_eval), out, name, resume=resume)
 
+    return train
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+@pytest.mark.parametrize("damaged", [False, True])
+def test_sft_and_rm_resume_exactly(stage, damaged, tiny, world_artifacts, tmp_path, caplog) -> None:
+    """Resuming SFT/RM from a mid-run checkpoint ends on the same weights as the uninterrupted run; with the
+    newest checkpoint damaged, from the one before it."""
+    from safetensors.torch import load_file
+
+    train = _supervised_trainer(stage, tiny, world_artifacts, tmp_path, f"{stage}.save_every={2 if damaged else 4}")
     train(tmp_path / "whole" / "model", "whole", resume=False)
     train(tmp_path / "cut" / "model", "cut", resume=False)
     ckpts = tmp_path / "cut" / "checkpoints"
     assert (ckpts / "step-000004" / "model.safetensors").exists()
-    # Pretend the run died after its step-4 checkpoint: nothing later survives.
+    # Pretend the run died after its step-4 checkpoint (or step 6, now damaged): nothing later survives.
     import shutil
 
     shutil.rmtree(tmp_path / "cut" / "model")
+    if damaged:
+        _truncate(ckpts / "step-000006" / "model.safetensors")
     rows_before = read_metrics(tmp_path / "cut" / "metrics.jsonl")
-    train(tmp_path / "cut" / "model", "cut", resume=True)
+    with caplog.at_level("WARNING", logger="r2m"):
+        train(tmp_path / "cut" / "model", "cut", resume=True)
+    assert ("step-000006 is damaged (model.safetensors has" in caplog.text) == damaged
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows_after = read_metrics(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in rows_after] == [r["step"] for r in rows_before]  # steps 5.. recomputed, not doubled
     assert _stable(rows_after) == _stable(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per directory
+# ---------------------------------------------------------------------------------------------
+
+
+def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world_artifacts, capsys, caplog) -> None:
+    """A second `r2m rl` of the same run.name is refused at once (PID and host named); the lock of a killed
+    run is detected as stale and taken over; a finished run releases it."""
+    import socket
+
+    from r2m.runlock import lock_path
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "busy"
+    cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, "rl.steps=400")]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(root / name / "metrics.jsonl", proc)
+        assert main(_rl(tiny, name, "rl.steps=1")) == 2
+        err = capsys.readouterr().err
+        assert f"run directory {root / name} is in use by PID {proc.pid} on host {socket.gethostname()}" in err, err
+        assert err.startswith("r2m: error: ") and err.count("\n") == 1
+        assert proc.poll() is None  # the holder runs on, its metrics untouched by the refused run
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+    assert lock_path(root / name).exists()  # SIGKILL leaves the file; its flock died with the process
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert main(_rl(tiny, name, "rl.steps=1")) == 0
+    assert f"took over the stale lock of PID {proc.pid}" in caplog.text
+    _documented("is in use by PID", "wait for it to finish, or use another run.name (lock file",
+                "took over the stale lock of PID", "(that process has ended)")
+    assert not lock_path(root / name).exists()  # released at the end of the run
+
+
+def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None:
+    """Where the file system has no flock, the lock file itself is the lock: a live holder refuses, a holder
+    PID that no longer runs on this host is stale."""
+    import json
+    import socket
+
+    from r2m import runlock
+
+    def no_flock(fd, op):
+        raise OSError(__import__("errno").ENOLCK, "no locks available")
+
+    monkeypatch.setattr("fcntl.flock", no_flock)
+    run = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": time.time()}
+    runlock.lock_path(run).write_text(json.dumps(holder))
+    runlock.acquire(run)  # the dead holder's file is removed and replaced
+    assert json.loads(runlock.lock_path(run).read_text())["pid"] == os.getpid()
+    runlock.release(run)
+    assert not runlock.lock_path(run).exists()
+    runlock.lock_path(run).write_text(json.dumps({**holder, "pid": os.getppid()}))  # a live one
+    with pytest.raises(runlock.RunLockedError, match=rf"in use by PID {os.getppid()} on host"):
+        runlock.acquire(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints, extended and moved runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, world_artifacts, caplog) -> None:
+    from r2m.checkpoint import latest_checkpoint, verify
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    extra = ["rl.steps=4", "rl.save_every=1", "run.keep_checkpoints=0", "reward.r2m.enabled=true"]
+    assert main(_rl(tiny, "damaged", *extra)) == 0
+    whole = _stable(read_metrics(root / "damaged" / "metrics.jsonl"))
+    ckpts = root / "damaged" / "checkpoints"
+    _truncate(ckpts / "step-000003" / "state.pt")
+    assert "state.pt has" in verify(ckpts / "step-000003")
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert latest_checkpoint(ckpts).name == "step-000002"
+        assert main(_rl(tiny, "damaged", *extra, "--resume")) == 0
+    assert f"checkpoint {ckpts / 'step-000003'} is damaged (state.pt has" in caplog.text
+    assert "the manifest says" in caplog.text and "skipping it for an older one" in caplog.text
+    _documented("is damaged (state.pt has", "the manifest says", "skipping it for an older one")
+    assert _stable(read_metrics(root / "damaged" / "metrics.jsonl")) == whole
+    assert verify(ckpts / "step-000003") is None  # written again, whole
+
+
+def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artifacts, caplog) -> None:
+    """rl.steps, rl.eval_every, rl.save_every may change on resume (logged); the steps taken stay as they were."""
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "longer-whole", "rl.steps=4", "rl.save_every=1")) == 0
+    assert main(_rl(tiny, "longer", "rl.steps=2", "rl.save_every=1")) == 0
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert main(_rl(tiny, "longer", "rl.steps=4", "rl.save_every=2", "--resume")) == 0
+    assert "rl.steps changed from 2 to 4" in caplog.text and "rl.save_every changed from 1 to 2" in caplog.text
+    assert "(allowed: it does not change the steps already taken)" in caplog.text
+    _documented("rl.steps changed from", "(allowed: it does not change the steps already taken)")
+    rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
+    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume .*, got 1"):
+        from r2m.trainers.pg import run_rl
+
+        run_rl(load_config(None, [*tiny, "run.name=longer", "rl.steps=1", "rl.save_every=2", "run.resume=auto"]))
+    _documented("rl.steps: expected at least the checkpoint's step")
+
+
+def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
+    import shutil
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "before-move", "rl.steps=3", "rl.save_every=1")) == 0
+    whole = _stable(read_metrics(root / "before-move" / "metrics.jsonl"))
+    shutil.move(root / "before-move", root / "after-move")
+    with caplog.at_level("INFO", logger="r2m"):
+        assert main(_rl(tiny, "after-move", "rl.steps=3", "rl.save_every=1", "--resume")) == 0
+    assert "run.name changed from 'before-move' to 'after-move'" in caplog.text
+    _documented("run.name changed from 'old' to 'new'")
+    assert f"resumed from {root / 'after-move' / 'checkpoints' / 'step-000002'}" in caplog.text
+    assert _stable(read_metrics(root / "after-move" / "metrics.jsonl")) == whole
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection: SIGKILL inside the checkpoint save
+# ---------------------------------------------------------------------------------------------
+
+FAULT_RUN = ["rl.steps=5", "rl.save_every=2", "run.keep_checkpoints=0", "reward.r2m.enabled=true"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, world_artifacts) -> list[dict]:
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "fault-whole", *FAULT_RUN)) == 0
+    return _stable(read_metrics(root / "fault-whole" / "metrics.jsonl"))
+
+
+# The second save (step 4) dies: after the weights, before state.pt; after state.pt, before meta.json;
+# before the manifest; with every file written, before the rename.
+@pytest.mark.parametrize("point", ["checkpoint.before_state@2", "checkpoint.before_meta@2",
+                                   "checkpoint.before_manifest@2", "atomic_dir.before_rename:step-000004"])
+def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_artifacts, uninterrupted) -> None:
+    from r2m.checkpoint import list_checkpoints, verify
+    from r2m.utils import FAULT_ENV
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "fault-" + "".join(c if c.isalnum() else "-" for c in point)
+    cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, *FAULT_RUN)]
+    proc = subprocess.run(cmd, env={**_env(), FAULT_ENV: point}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ckpts = root / name / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]  # the half-written one is not listed
+    assert any(p.name.startswith(".tmp-step-000004") for p in ckpts.iterdir())
+    assert verify(ckpts / "step-000002") is None
+    assert read_metrics(root / name / "metrics.jsonl")[-1]["step"] == 4
+
+    assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
+    assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
+    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # the debris is cleared
+    assert all(verify(p) is None for p in list_checkpoints(ckpts))
+
+
+def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog) -> None:
+    from safetensors.torch import load_file
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    loose = ["ser.tau_high=0.5", "ser.tau_low=0.5", "ser.tau_delta=0.001", "ser.delta=0.0", "ser.min_status1=1"]
+    args = ["ser", *tiny, *loose, "run.name=ser-damaged", "ser.max_loops=2", "ser.ppo=false"]
+    assert main(args) == 0
+    weights = root / "ser-damaged" / "loop-2" / "checkpoints" / "final" / "model.safetensors"
+    before = {k: v.clone() for k, v in load_file(str(weights)).items()}  # load_file maps the file: copy first
+    _truncate(weights)
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert main([*args, "--resume"]) == 0
+    assert "SER: loop 2's RM loop-2/checkpoints/final is damaged (model.safetensors has" in caplog.text
+    after = load_file(str(weights))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert [r["step"] for r in read_metrics(root / "ser-damaged" / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
+    """Two runs on a fresh run.root: the second waits for the first's world model instead of building it too."""
+    from r2m.pipeline import _must_build
+
+    cache = tmp_path / "world" / "policy-abc"
+    code = ("import sys, time; from pathlib import Path; from r2m import runlock; d = Path(sys.argv[1]); "
+            "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
+            "runlock.release(d)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile
+    assert proc.wait(timeout=60) == 0
+
+
+def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
+    """A bench result.json left damaged is computed again (logged); an unreadable state.pt is named."""
+    from r2m.checkpoint import load_state_file, verify, write_manifest
+    from r2m.errors import CheckpointError
+    from r2m.utils import read_json_or_none
+
+    done = tmp_path / "bench-smoke-rloo-s0" / "result.json"
+    done.parent.mkdir()
+    done.write_text('{"eval/gold": 0.7')
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert read_json_or_none(done) is None
+    assert f"{done} is damaged (JSONDecodeError" in caplog.text and "computing it again" in caplog.text
+    done.write_text('{"eval/gold": 0.7}')
+    assert read_json_or_none(done) == {"eval/gold": 0.7}
+    (tmp_path / "state.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CheckpointError, match=r"state.pt: cannot be read \(.*\); the checkpoint is damaged"):
+        load_state_file(tmp_path / "state.pt")
+    ckpt = tmp_path / "step-000001"
+    ckpt.mkdir()
+    (ckpt / "a.bin").write_bytes(b"0123")
+    write_manifest(ckpt)
+    assert verify(ckpt) is None
+    (ckpt / "a.bin").write_bytes(b"0124")  # same size, other bytes
+    assert verify(ckpt) == "a.bin does not match its checksum"
+    (ckpt / "a.bin").unlink()
+    assert verify(ckpt) == "a.bin is missing"
+    _documented("is damaged (JSONDecodeError: …); computing it again",
+                "cannot be read (…); the checkpoint is damaged")
+
+
+def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_artifacts, uninterrupted) -> None:
+    """Re-saving a step whose checkpoint exists (after a resume past a damaged one) swaps two directories: a
+    SIGKILL between the two renames leaves neither under the step's name, and the older checkpoint is used."""
+    from r2m.checkpoint import list_checkpoints, verify
+    from r2m.utils import FAULT_ENV
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "fault-between-renames"
+    assert main(_rl(tiny, name, *FAULT_RUN)) == 0
+    ckpts = root / name / "checkpoints"
+    _truncate(ckpts / "step-000004" / "state.pt")
+    cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, *FAULT_RUN, "--resume")]
+    env = {**_env(), FAULT_ENV: "atomic_dir.between_renames:step-000004"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]
+    assert any(p.name.startswith(".old-step-000004") for p in ckpts.iterdir())
+
+    assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
+    assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004"]
+    assert all(verify(p) is None for p in list_checkpoints(ckpts))
+    assert not any(p.name.startswith((".tmp-", ".old-")) for p in ckpts.iterdir())
+
+
+def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
+    """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
+    from r2m.errors import DataError
+    from r2m.runlock import is_held, lock_path
+    from r2m.trainers.pg import RLRun
+
+    def fail(self, step):
+        raise DataError("a failure at step 1")
+
+    monkeypatch.setattr(RLRun, "step", fail)
+    root = Path(tiny[-1].split("=", 1)[1])
+    assert main(_rl(tiny, "fails", "rl.steps=3")) == 2
+    assert (root / "fails" / "metrics.jsonl").exists()  # the run had started
+    assert not is_held(root / "fails") and not lock_path(root / "fails").exists()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from r2m.rollout import left_pad, position_ids
-from r2m.utils import atomic_write_text
+from r2m.utils import atomic_savefig, atomic_write_text
 
 if TYPE_CHECKING:
     from r2m.eval.judges import Scorer
@@ -286,7 +286,7 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     _pyplot().close(fig)
     return path
 
@@ -365,7 +365,7 @@ def plot_similarity_heatmaps(matrices: Sequence[torch.Tensor], tick_labels: Sequ
     fig.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")  # not tight_layout: it fights the shared colorbar
+    atomic_savefig(fig, path, bbox_inches="tight")  # not tight_layout: it fights the shared colorbar
     plt.close(fig)
     return path
 

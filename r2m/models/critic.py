@@ -159,14 +159,16 @@ def save_critic(critic: ValueModel, directory: Union[str, Path]) -> Path:
 
 def load_critic(directory: Union[str, Path], dtype: str = "float32", trust_remote_code: bool = False) -> ValueModel:
     """A critic written by :func:`save_critic` (backbone in ``dtype``, head in float32), on the CPU."""
-    from safetensors.torch import load_file
     from transformers import AutoModel
+
+    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
+    from r2m.safeio import read_json
 
     directory = Path(directory)
     meta_path = directory / _CRITIC_JSON
     if not meta_path.is_file():
         raise ModelError(f"critic at {directory}: no {_CRITIC_JSON} (not written by save_critic, or incomplete)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     if meta.get("format_version") != _FORMAT_VERSION:
         raise ModelError(f"critic at {directory}: format_version {meta.get('format_version')!r}, "
                          f"expected {_FORMAT_VERSION}")

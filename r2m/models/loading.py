@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from r2m.config import ArchConfig, PolicyConfig
+from r2m.safeio import named_load_errors
 from r2m.utils import atomic_dir, torch_dtype
 
 
@@ -31,7 +32,8 @@ from r2m.errors import ModelError  # noqa: E402  (re-exported)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with named_load_errors(path, "tokenizer"):  # undecodable tokenizer files: named by file, line, column
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         raise ModelError(
             f"tokenizer at {path}: has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token) "
@@ -48,10 +50,11 @@ def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = Fal
     if is_adapter_dir(path):
         return load_merged(path, lambda base: load_policy(base, dtype, trust_remote_code, allow_unsafe_weights),
                            allow_unsafe_weights)
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
-        use_safetensors=None if allow_unsafe_weights else True,
-    )
+    with named_load_errors(path, "policy"):
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_unsafe_weights else True,
+        )
 
 
 def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
@@ -69,16 +72,18 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     if is_adapter_dir(path):
         return load_merged(path, lambda base: load_reward_model(base, dtype, trust_remote_code, pad_token_id,
                                                                 allow_unsafe_weights), allow_unsafe_weights)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with named_load_errors(path, "reward model"):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     if is_classifier and config.num_labels != 1:
         raise ModelError(f"reward model at {path}: num_labels={config.num_labels}, expected 1 (a scalar reward)")
     # transformers warns that the score head is newly initialised; that is the intent here.
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
-        use_safetensors=None if allow_unsafe_weights else True,
-    )
+    with named_load_errors(path, "reward model"):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_unsafe_weights else True,
+        )
     if model.config.num_labels != 1:
         raise ModelError(f"reward model at {path}: num_labels={model.config.num_labels}, expected 1 (a scalar reward)")
     if pad_token_id is not None:
@@ -137,8 +142,11 @@ def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: i
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path,
                state_dict: Optional[dict] = None) -> Path:
-    """``save_pretrained`` (safetensors) into ``directory``, atomically; ``state_dict`` overrides the
-    module's own (a sharded model's gathered full state)."""
+    """``save_pretrained`` (safetensors) into ``directory``, atomically, with a manifest
+    (:func:`r2m.checkpoint.write_manifest`); ``state_dict`` overrides the module's own (a sharded model's
+    gathered full state)."""
+    from r2m.checkpoint import write_manifest
+
     with atomic_dir(directory) as tmp:
         if state_dict is None:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -146,4 +154,5 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # sizes and checksums, last: a later resume can tell a damaged copy
     return Path(directory)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from r2m.config import LoRAConfig
 from r2m.errors import ModelError
+from r2m.safeio import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -140,7 +140,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def adapter_base(path: str | Path) -> str:
     """The base model an adapter directory was trained on (a relative path is tried against the adapter's dir)."""
-    meta = json.loads(Path(path, ADAPTER_CONFIG).read_text())
+    meta = read_json(Path(path, ADAPTER_CONFIG))  # undecodable bytes: named
     base = meta.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"adapter at {path}: {ADAPTER_CONFIG} names no base_model_name_or_path")

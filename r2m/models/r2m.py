@@ -159,12 +159,12 @@ def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int
 def load_feedback_rm(directory: str | Path, base_rm: Optional[str] = None, dtype: str = "float32",
                      trust_remote_code: bool = False) -> FeedbackRewardModel:
     """Load an R2M reward model saved by :meth:`FeedbackRewardModel.save` (for scoring with feedback)."""
-    from safetensors.torch import load_file
-
     from r2m.models.loading import load_reward_model, load_tokenizer
+    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
+    from r2m.safeio import read_json
 
     directory = Path(directory)
-    meta = json.loads((directory / _META).read_text())
+    meta = read_json(directory / _META)
     base = base_rm or meta["base_rm"]
     tok = load_tokenizer(base, trust_remote_code)
     rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)

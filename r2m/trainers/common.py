@@ -134,9 +134,8 @@ def _save_loop_checkpoint(directory: Path, model, optimizer, scheduler, step: in
 
 
 def _restore_loop_checkpoint(directory: Path, model, optimizer, scheduler, fingerprint: dict) -> int:
-    from safetensors.torch import load_file
-
     from r2m.checkpoint import read_state, set_rng_state
+    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
 
     state = read_state(directory, fingerprint)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))

@@ -361,9 +361,10 @@ class RLRun:
         seed_everything(cfg.run.seed)
         self.resume_dir = latest_checkpoint(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
         if self.resume_dir is not None:
-            from r2m.checkpoint import fingerprint, read_state
+            from r2m.checkpoint import fingerprint, free_fields, read_state
 
-            self.resume_state = read_state(self.resume_dir, fingerprint(cfg))  # refuses another config's checkpoint
+            # Another config's checkpoint is refused; a changed rl.steps, *_every, ... is logged.
+            self.resume_state = read_state(self.resume_dir, fingerprint(cfg), free_fields(cfg))
         device = self.device = self.acc.device
 
         self.tok = load_tokenizer(self.inputs.policy, cfg.policy.trust_remote_code)
@@ -470,7 +471,7 @@ class RLRun:
 
     def save_checkpoint(self, step: int) -> Path:
         """Everything needed to continue at step + 1, written atomically; older ones pruned."""
-        from r2m.checkpoint import fingerprint, prune, step_dir, write_state
+        from r2m.checkpoint import fingerprint, free_fields, prune, step_dir, write_state
         from r2m.models.critic import save_critic
         from r2m.models.loading import save_model
         from r2m.utils import atomic_dir
@@ -484,15 +485,14 @@ class RLRun:
                     self.rm_updater.model.save(tmp / "r2m", base_rm=str(self.inputs.reward_model))
                 if self.critic is not None:
                     save_critic(self.acc.unwrap_model(self.critic), tmp / "critic")
-                write_state(tmp, self.training_state(step), step, fingerprint(self.cfg))
+                write_state(tmp, self.training_state(step), step, fingerprint(self.cfg), free_fields(self.cfg))
             prune(self.run.checkpoints, self.cfg.run.keep_checkpoints)
         self.acc.wait_for_everyone()
         return final
 
     def _restore(self, state: dict) -> None:
-        from safetensors.torch import load_file
-
         from r2m.checkpoint import set_rng_state
+        from r2m.safeio import load_safetensors as load_file  # a damaged file is named
 
         d = self.resume_dir
         self.optimizer.load_state_dict(state["optimizer"])

@@ -277,7 +277,9 @@ class LoopState:
     @classmethod
     def load(cls, run_dir: Path) -> Optional["LoopState"]:
         path = run_dir / STATE_FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else None
+        from r2m.safeio import read_json
+
+        return cls(**read_json(path)) if path.exists() else None
 
 
 def state_key(cfg: Config) -> str:
@@ -300,7 +302,9 @@ def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
     if state is not None and state.key != state_key(cfg):
         raise ConfigError(f"run.resume: {run_dir / STATE_FILE} was written by another SER config (data, world, rm "
                           f"or ser settings differ); use another run.name or run.resume=never")
-    return state
+    from r2m.trainers.ser_resume import before_damaged_rm
+
+    return before_damaged_rm(state, run_dir) if state is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,5 +577,3 @@ def _load_rm(cfg: Config, path: Path):
     model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
     return RewardModel(model, tok).to(resolve_device(cfg.run.device)).eval()
-
-

@@ -166,8 +166,10 @@ def plot_data_fraction(history: Sequence[dict], path: Path) -> Path:
 
 
 def _save(fig, plt, path: Path) -> Path:
+    from r2m.utils import atomic_savefig
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path
