@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
+from r2m.chat import ChatPrompt, has_template, strip_bos_text
 from r2m.data import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS, read_jsonl
 from r2m.errors import ConfigError, DataError
 
@@ -161,27 +162,23 @@ def _messages(row: dict, key: str, ctx: AdapterContext) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _adds_bos(tokenizer: "PreTrainedTokenizerBase") -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
-
-
 def render_messages(messages: Sequence[dict], tokenizer: Optional["PreTrainedTokenizerBase"] = None) -> str:
-    """The prompt text for ``messages``, ending where the assistant's reply starts.
+    """The prompt text for ``messages``, ending where the assistant's reply starts, carrying the messages.
 
     With a tokenizer that has a chat template: the template with ``add_generation_prompt``. Otherwise
-    "User: ...\\n\\nAssistant: ...\\n\\nAssistant:".
+    "User: ...\n\nAssistant: ...\n\nAssistant:". With a tokenizer the result is a :class:`r2m.chat.ChatPrompt`:
+    a reward model renders the same messages with its own template (:class:`r2m.chat.RMRenderer`).
     """
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+    if tokenizer is not None and has_template(tokenizer):
         text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         # r2m tokenises prompts with add_special_tokens=True; a template that writes the BOS text
         # itself would then give two BOS tokens, so the template's copy goes.
-        bos = tokenizer.bos_token
-        if bos and text.startswith(bos) and _adds_bos(tokenizer):
-            text = text[len(bos):]
-        return text
+        return ChatPrompt(strip_bos_text(text, tokenizer), messages)
     turns = [f"{_ROLE_NAMES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
-    return "\n\n".join([*turns, "Assistant:"])
+    text = "\n\n".join([*turns, "Assistant:"])
+    # No tokenizer: no model reads these rows as a policy (SER's model-agnostic splits), so they stay plain
+    # text that every model reads alike, as before.
+    return ChatPrompt(text, messages) if tokenizer is not None else text
 
 
 def tldr_prompt(subreddit: str, title: str, post: str) -> str:

@@ -536,14 +536,14 @@ class SERRun:
 
     def __init__(self, cfg: Config):
         from r2m.pipeline import read_rows
-        from r2m.pipeline import data_paths, ensure_world_rm_backbone
+        from r2m.pipeline import data_paths, ensure_world_rm_backbone, ser_needs
         from r2m.runlog import RunDir
         from r2m.trainers.common import make_accelerator, set_threads
 
         self.cfg = cfg
         set_threads(cfg)
         self.run_dir = Path(cfg.run.root) / cfg.run.name
-        paths = data_paths(cfg)
+        paths = data_paths(cfg, ser_needs(cfg))
         self.splits = make_splits(read_rows(cfg, "pref_train", paths["pref_train"]), cfg.ser, cfg.run.seed)
         self.test_rows = read_rows(cfg, "pref_eval", paths["pref_eval"])
         self.init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
