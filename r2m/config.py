@@ -258,6 +258,36 @@ class WorldConfig:
         _check(self.missing_eos_penalty >= 0, "world.missing_eos_penalty", ">= 0", self.missing_eos_penalty)
 
 
+def _format_names() -> list[str]:
+    from r2m.datasets import DatasetFormat
+
+    return [f.value for f in DatasetFormat]
+
+
+@dataclass(frozen=True)
+class PathFormats:
+    """A format per data path, where one dataset gives the prompts and another the pairs; None: data.format."""
+
+    prompts: Optional[str] = None
+    """Format of data.prompts."""
+    eval_prompts: Optional[str] = None
+    """Format of data.eval_prompts."""
+    sft: Optional[str] = None
+    """Format of data.sft."""
+    pref_train: Optional[str] = None
+    """Format of data.pref_train."""
+    pref_eval: Optional[str] = None
+    """Format of data.pref_eval."""
+    pref_policy: Optional[str] = None
+    """Format of data.pref_policy."""
+
+    def __post_init__(self) -> None:
+        formats = _format_names()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check(value is None or value in formats, f"formats.{f.name}", f"null or one of {formats}", value)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset paths (JSONL). ``None`` means: use the gold-reward world's generated file."""
@@ -279,8 +309,16 @@ class DataConfig:
     overlong: str = "truncate"
     """``truncate`` (keep the last max_prompt_tokens tokens) or ``skip`` over-long prompts."""
     format: str = "plain"
-    """Schema of the paths set here: plain (r2m JSONL), ultrafeedback, hh_rlhf, tldr, tldr_preference or
-    stack_exchange (docs/DATA.md). Local JSONL/JSON/Parquet or a hub name. World files are always plain."""
+    """Schema of the paths set here: plain (r2m JSONL), ultrafeedback, hh_rlhf, tldr, tldr_preference,
+    stack_exchange or trl (TRL's standard and conversational formats; docs/DATA.md). Local JSONL/JSON/Parquet or
+    a hub name. World files are always plain."""
+    formats: PathFormats = field(default_factory=PathFormats)
+    """Per-path formats (data.formats.pref_train=trl, ...) over data.format."""
+    config: Optional[str] = None
+    """Subset of the hub datasets (``load_dataset(name=...)``), e.g. a dataset's configuration name; None: default."""
+    streaming: bool = False
+    """Stream hub datasets (``load_dataset(streaming=True)``): rows are read as they arrive, nothing is prepared
+    on disk first. The rows kept are still held in memory."""
     train_split: Optional[str] = None
     """Split read from a hub name for prompts, sft, pref_train and pref_policy; None: the format's default."""
     eval_split: Optional[str] = None
@@ -293,9 +331,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
         _check(self.overlong in ("truncate", "skip"), "data.overlong", "truncate or skip", self.overlong)
-        from r2m.datasets import DatasetFormat
-
-        formats = [f.value for f in DatasetFormat]
+        formats = _format_names()
         _check(self.format in formats, "data.format", f"one of {formats}", self.format)
         _check(self.max_response_tokens >= 0, "data.max_response_tokens", ">= 0", self.max_response_tokens)
         _check(self.on_mismatch in ("skip", "error"), "data.on_mismatch", "skip or error", self.on_mismatch)

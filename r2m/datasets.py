@@ -55,6 +55,9 @@ class DatasetFormat(str, Enum):
     """``trl-lib/tldr-preference`` (prompt/chosen/rejected) or the OpenAI comparisons (info/summaries/choice)."""
     STACK_EXCHANGE = "stack_exchange"
     """``lvwerra/stack-exchange-paired``: question, response_j (preferred), response_k."""
+    TRL = "trl"
+    """TRL's standard and conversational formats (prompt-only, prompt-completion, preference with an explicit
+    or implicit prompt), detected per row by its columns (:mod:`r2m.dataset_trl`)."""
 
 
 class RowKind(str, Enum):
@@ -278,6 +281,12 @@ def _stack_exchange(row: dict, ctx: AdapterContext) -> Optional[dict]:
     return _pair(ctx, prompt, _text(row, "response_j", ctx), _text(row, "response_k", ctx))
 
 
+def _trl(row: dict, ctx: AdapterContext) -> Optional[dict]:
+    from r2m.dataset_trl import adapt  # imported here: r2m.dataset_trl builds on this module's helpers
+
+    return adapt(row, ctx)
+
+
 class FormatInfo(NamedTuple):
     adapter: Adapter
     kinds: frozenset[RowKind]
@@ -307,6 +316,10 @@ FORMATS: dict[DatasetFormat, FormatInfo] = {
         "'summaries' [{text}, {text}] and 'choice' 0/1"),
     DatasetFormat.STACK_EXCHANGE: FormatInfo(
         _stack_exchange, _ALL, "train", "'question', 'response_j' (preferred) and 'response_k' strings"),
+    DatasetFormat.TRL: FormatInfo(
+        _trl, _ALL, "train",
+        "TRL's 'prompt' (prompt-only), 'prompt'+'completion', 'prompt'+'chosen'+'rejected' or 'chosen'+'rejected', "
+        "as strings or as [{'role', 'content'}] message lists"),
 }
 
 ADAPTERS: dict[DatasetFormat, Adapter] = {fmt: info.adapter for fmt, info in FORMATS.items()}
@@ -352,7 +365,16 @@ def _as_format(fmt: Union[DatasetFormat, str]) -> DatasetFormat:
         raise ConfigError(f"dataset format: expected one of {[f.value for f in DatasetFormat]}, got {fmt!r}") from None
 
 
-def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iterable[dict]:
+class Source(NamedTuple):
+    """How a dataset is opened besides its path and split."""
+
+    config: Optional[str] = None
+    """Subset (``load_dataset(name=...)``) of a hub dataset or a local directory with a dataset card."""
+    streaming: bool = False
+    """Read rows as they arrive (an ``IterableDataset``) instead of preparing the whole split first."""
+
+
+def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat, how: Source = Source()) -> Iterable[dict]:
     """Rows of a local file or directory, or of a hub dataset, via ``datasets.load_dataset``."""
     from datasets import load_dataset
 
@@ -366,8 +388,10 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iter
                 raise DataError(f"{source}: expected a .jsonl, .json or .parquet file")
             # A local file is one split; naming it after ``split`` lets a caller's split name work too.
             name = split or "train"
-            return load_dataset(builder, data_files={name: str(path)}, split=name)
-        return load_dataset(source, split=split or FORMATS[fmt].hub_split)
+            if how.config is not None:
+                raise DataError(f"{source}: data.config={how.config!r} names a subset, but a single file has none")
+            return load_dataset(builder, data_files={name: str(path)}, split=name, streaming=how.streaming)
+        return load_dataset(source, name=how.config, split=split or FORMATS[fmt].hub_split, streaming=how.streaming)
     except DataError:
         raise
     except Exception as e:  # datasets raises many types (builder, arrow, hub, offline); one clear line instead
@@ -375,14 +399,14 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iter
 
 
 def _read(source: str, fmt: DatasetFormat, kind: RowKind, split: Optional[str],
-          ctx: AdapterContext) -> tuple[list[dict], int]:
+          ctx: AdapterContext, how: Source = Source()) -> tuple[list[dict], int]:
     """Adapted rows and the number of source rows read."""
     if fmt == DatasetFormat.PLAIN and Path(source).suffix == ".jsonl":
         # The plain JSONL reader gives line numbers and reports malformed JSON, which Arrow cannot.
         rows = read_jsonl(source, KIND_FIELDS[kind])
         return rows, len(rows)
     adapter, rows, n = ADAPTERS[fmt], [], 0
-    for n, row in enumerate(_load_dataset(source, split, fmt), start=1):
+    for n, row in enumerate(_load_dataset(source, split, fmt, how), start=1):
         ctx.index = n
         out = adapter(row, ctx)
         if out is not None:
@@ -436,8 +460,10 @@ def _finish(rows: list[dict], fmt: DatasetFormat, kind: RowKind, ctx: AdapterCon
 
 def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: RowKind, split: Optional[str] = None,
               tokenizer: Optional["PreTrainedTokenizerBase"] = None, max_response_tokens: Optional[int] = None,
-              on_mismatch: OnMismatch = OnMismatch.SKIP) -> Loaded:
+              on_mismatch: OnMismatch = OnMismatch.SKIP, how: Source = Source()) -> Loaded:
     """Plain rows of ``kind`` from ``source`` read as ``fmt``, and what was dropped on the way.
+
+    ``how`` names a subset (``data.config``) and whether to stream (``data.streaming``).
 
     ``max_response_tokens`` (needs ``tokenizer``) drops rows whose chosen response (SFT: the
     response) has more tokens; for prompts the source row's chosen response is measured, so that the
@@ -451,7 +477,7 @@ def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: Ro
         raise ConfigError(f"max_response_tokens: expected >= 1 and a tokenizer to count with, got "
                           f"{max_response_tokens!r} and {'a' if tokenizer is not None else 'no'} tokenizer")
     ctx = AdapterContext(source, fmt, kind, tokenizer, on_mismatch)
-    rows, read = _read(source, fmt, kind, split, ctx)
+    rows, read = _read(source, fmt, kind, split, ctx, how)
     dropped = 0
     if max_response_tokens is not None and rows:
         long = _long_rows(rows, tokenizer, max_response_tokens)
@@ -467,21 +493,23 @@ def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: Ro
 
 def load_prompts(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
                  split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
-                 max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP) -> list[dict]:
+                 max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP,
+                 how: Source = Source()) -> list[dict]:
     """``{"prompt"}`` rows (each prompt once, for formats other than PLAIN)."""
-    return load_rows(source, fmt, RowKind.PROMPT, split, tokenizer, max_response_tokens, on_mismatch).rows
+    return load_rows(source, fmt, RowKind.PROMPT, split, tokenizer, max_response_tokens, on_mismatch, how).rows
 
 
 def load_sft(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
              split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
-             max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP) -> list[dict]:
+             max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP,
+             how: Source = Source()) -> list[dict]:
     """``{"prompt", "response"}`` rows; pair formats give their chosen response."""
-    return load_rows(source, fmt, RowKind.SFT, split, tokenizer, max_response_tokens, on_mismatch).rows
+    return load_rows(source, fmt, RowKind.SFT, split, tokenizer, max_response_tokens, on_mismatch, how).rows
 
 
 def load_preferences(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
                      split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
                      max_response_tokens: Optional[int] = None,
-                     on_mismatch: OnMismatch = OnMismatch.SKIP) -> list[dict]:
+                     on_mismatch: OnMismatch = OnMismatch.SKIP, how: Source = Source()) -> list[dict]:
     """``{"prompt", "chosen", "rejected"}`` rows."""
-    return load_rows(source, fmt, RowKind.PREFERENCE, split, tokenizer, max_response_tokens, on_mismatch).rows
+    return load_rows(source, fmt, RowKind.PREFERENCE, split, tokenizer, max_response_tokens, on_mismatch, how).rows

@@ -328,15 +328,17 @@ def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
     from r2m import data as plain
 
     d = cfg.data
-    # A path the user set (under any data field) is read in data.format; world files are plain.
-    user_path = str(path) in {str(getattr(d, f)) for f in ("prompts", "eval_prompts", "sft", "pref_train",
-                                                          "pref_eval", "pref_policy") if getattr(d, f) is not None}
+    # A path the user set (under any data field) is read in its format (data.formats.<name>, else data.format);
+    # world files are plain.
+    user_path = str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
+    fmt = getattr(d.formats, name, None) or d.format
     kind = "prompts" if name in ("prompts", "eval_prompts") else ("sft" if name == "sft" else "preferences")
-    if not user_path or cfg.data.format == "plain":
+    if not user_path or fmt == "plain":
         return {"prompts": plain.read_prompts, "sft": plain.read_sft, "preferences": plain.read_preferences}[kind](path)
     from r2m import datasets
 
     load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
-    rows = load(path, d.format, d.eval_split if name in EVAL_FILES else d.train_split, tokenizer,
-                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch))
+    rows = load(path, fmt, d.eval_split if name in EVAL_FILES else d.train_split, tokenizer,
+                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
+                datasets.Source(d.config, d.streaming))
     return [r["prompt"] for r in rows] if kind == "prompts" else rows
