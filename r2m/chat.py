@@ -95,7 +95,13 @@ class RMRenderer:
                 self._warned = True
             return RMText(None, prompt, response)
         chat = [*messages, {"role": "assistant", "content": self.reply(response)}]
-        text = self.tokenizer.apply_chat_template(chat, tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(chat, tokenize=False)
+        except Exception as e:  # jinja's TemplateError and whatever a template raises itself
+            from r2m.errors import ModelError
+
+            raise ModelError(f"the chat template of {self.name} cannot render a conversation "
+                             f"({type(e).__name__}: {e}); fix the tokenizer's chat_template") from e
         return RMText(strip_bos_text(text, self.tokenizer), prompt, response)
 
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:

@@ -289,6 +289,25 @@ class PathFormats:
 
 
 @dataclass(frozen=True)
+class PathSplits:
+    """A split per data path (e.g. held-out pairs from another dataset's 'validation'); None: data.train_split
+    or data.eval_split."""
+
+    prompts: Optional[str] = None
+    """Split of data.prompts."""
+    eval_prompts: Optional[str] = None
+    """Split of data.eval_prompts."""
+    sft: Optional[str] = None
+    """Split of data.sft."""
+    pref_train: Optional[str] = None
+    """Split of data.pref_train."""
+    pref_eval: Optional[str] = None
+    """Split of data.pref_eval."""
+    pref_policy: Optional[str] = None
+    """Split of data.pref_policy."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Dataset paths (JSONL). ``None`` means: use the gold-reward world's generated file."""
 
@@ -314,6 +333,8 @@ class DataConfig:
     a hub name. World files are always plain."""
     formats: PathFormats = field(default_factory=PathFormats)
     """Per-path formats (data.formats.pref_train=trl, ...) over data.format."""
+    splits: PathSplits = field(default_factory=PathSplits)
+    """Per-path splits (data.splits.pref_eval=validation, ...) over data.train_split / data.eval_split."""
     config: Optional[str] = None
     """Subset of the hub datasets (``load_dataset(name=...)``), e.g. a dataset's configuration name; None: default."""
     streaming: bool = False

@@ -173,7 +173,11 @@ def render_messages(messages: Sequence[dict], tokenizer: Optional["PreTrainedTok
     a reward model renders the same messages with its own template (:class:`r2m.chat.RMRenderer`).
     """
     if tokenizer is not None and has_template(tokenizer):
-        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        try:
+            text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # jinja's TemplateError and whatever a template raises itself
+            raise DataError(f"the chat template of {tokenizer.name_or_path} cannot render a prompt's messages "
+                            f"({type(e).__name__}: {e}); fix the tokenizer's chat_template") from e
         # r2m tokenises prompts with add_special_tokens=True; a template that writes the BOS text
         # itself would then give two BOS tokens, so the template's copy goes.
         return ChatPrompt(strip_bos_text(text, tokenizer), messages)
@@ -391,7 +395,11 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat, how: So
             if how.config is not None:
                 raise DataError(f"{source}: data.config={how.config!r} names a subset, but a single file has none")
             return load_dataset(builder, data_files={name: str(path)}, split=name, streaming=how.streaming)
-        return load_dataset(source, name=how.config, split=split or FORMATS[fmt].hub_split, streaming=how.streaming)
+        # A local directory is streamed: for a directory with a dataset card, datasets reuses the cache of *any*
+        # earlier directory of the same name (<cache>/<name>/default/..., its legacy-cache check ignores the
+        # files), so an edited or re-downloaded copy would be read stale. Streaming reads the files themselves.
+        streaming = how.streaming or path.is_dir()
+        return load_dataset(source, name=how.config, split=split or FORMATS[fmt].hub_split, streaming=streaming)
     except DataError:
         raise
     except Exception as e:  # datasets raises many types (builder, arrow, hub, offline); one clear line instead

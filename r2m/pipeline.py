@@ -338,7 +338,8 @@ def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
     from r2m import datasets
 
     load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
-    rows = load(path, fmt, d.eval_split if name in EVAL_FILES else d.train_split, tokenizer,
+    split = getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
+    rows = load(path, fmt, split, tokenizer,
                 d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
                 datasets.Source(d.config, d.streaming))
     return [r["prompt"] for r in rows] if kind == "prompts" else rows

@@ -129,3 +129,15 @@ def test_unknown_per_path_format_names_the_field() -> None:
 
     with pytest.raises(ConfigError, match=r"data.formats.sft: expected null or one of"):
         load_config(None, ["data.formats.sft=nope"])
+
+
+def test_a_local_directory_is_never_read_from_a_stale_cache(tmp_path) -> None:
+    """Two copies of a dataset directory with the same name and different rows: each reads its own rows (datasets
+    would serve the first one's cache to the second)."""
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
+    for n, where in ((1, "a"), (3, "b")):
+        root = tmp_path / where / "same_name"
+        _parquet([{"prompt": f"P{i} is", "chosen": " x.", "rejected": " y."} for i in range(n)],
+                 root / "data" / "train-00000-of-00001.parquet")
+        (root / "README.md").write_text(card)
+        assert len(load_rows(root, "trl", RowKind.PREFERENCE, split="train").rows) == n

@@ -664,11 +664,14 @@ def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
     from r2m.config import replace_path
 
     ser = cfg.ser
-    prompts = str(split_prompts) if ser.ppo_prompts == PPOPrompts.SPLIT else cfg.data.prompts
+    split = ser.ppo_prompts == PPOPrompts.SPLIT
+    prompts = str(split_prompts) if split else cfg.data.prompts
+    # The split's prompt file is r2m's plain JSONL, whatever data.format the source pairs had.
+    fmt = "plain" if split else cfg.data.formats.prompts
     return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", rl__steps=ser.ppo_steps,
                         reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
                         rl__beta=ser.ppo_beta, rl__kl_adaptive=ser.ppo_kl_adaptive, rl__kl_target=ser.ppo_kl_target,
-                        data__prompts=prompts)
+                        data__prompts=prompts, data__formats__prompts=fmt)
 
 
 def run_ser(cfg: Config) -> SERResult:
