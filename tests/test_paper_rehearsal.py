@@ -294,3 +294,43 @@ def test_wrong_chat_template_is_refused(models, data, tmp_path, capsys) -> None:
     assert main(plan.argv(f"policy.path={bad}")) == 2
     err = capsys.readouterr().err
     assert "chat template" in err and "this template has no user role" in err, err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cmd: list[str]) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+TORCHRUN_CONFIG = ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml"
+
+
+def test_r2m_config_under_torchrun_two_processes(models, data, tmp_path) -> None:
+    """`torchrun --nproc_per_node 2` (gloo, CPU) of the Qwen RLOO + R2M config: the same 2 steps, rank 0 writes."""
+    plan = Plan(TORCHRUN_CONFIG, models, data, tmp_path / "runs")
+    proc = _launch(["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                    str(_free_port()), "-m", "r2m", *plan.argv("run.device=cpu")])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = _finite_steps(plan.run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert any(k.startswith("rm_acc/") for r in read_metrics(plan.run_dir / "metrics.jsonl") for k in r)
+
+
+
+# FSDP on CPU is not rehearsed: accelerate (1.15) turns its FSDP plugin on only for accelerator devices (MULTI_GPU,
+# MULTI_XPU, ...); on CPU, `accelerate launch --config_file configs/accelerate/fsdp.yaml` runs as MULTI_CPU, i.e.
+# plain gloo DDP, which the torchrun test above covers. torch's own fully_shard does run on CPU with gloo, but only
+# outside accelerate, which is not r2m's path. See README "Run on your GPUs".
