@@ -662,16 +662,24 @@ class SERRun:
 def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
     """The RL config of SER's PPO stage: the evolved RM, sigmoid-centred rewards, SER's KL settings."""
     from r2m.config import replace_path
+    from r2m.pipeline import user_models, world_data
 
     ser = cfg.ser
     split = ser.ppo_prompts == PPOPrompts.SPLIT
     prompts = str(split_prompts) if split else cfg.data.prompts
     # The split's prompt file is r2m's plain JSONL, whatever data.format the source pairs had.
     fmt = "plain" if split else cfg.data.formats.prompts
+    eval_prompts = cfg.data.eval_prompts
+    if not user_models(cfg):
+        # A SER run in the gold-reward world: the evolved RM is a path now, so name the world's files (r2m refuses
+        # to fill a data path behind a model path by itself).
+        files = world_data(cfg)
+        eval_prompts = eval_prompts or str(files.eval_prompts)
+        prompts = prompts or str(files.prompts)
     return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", rl__steps=ser.ppo_steps,
                         reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
                         rl__beta=ser.ppo_beta, rl__kl_adaptive=ser.ppo_kl_adaptive, rl__kl_target=ser.ppo_kl_target,
-                        data__prompts=prompts, data__formats__prompts=fmt)
+                        data__prompts=prompts, data__formats__prompts=fmt, data__eval_prompts=eval_prompts)
 
 
 def run_ser(cfg: Config) -> SERResult:
