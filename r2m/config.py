@@ -22,6 +22,7 @@ import yaml
 
 
 from r2m.errors import ConfigError  # noqa: E402  (re-exported)
+from r2m.config_paths import PathFormats, PathSplits, format_names  # noqa: E402,F401  (data sections)
 
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
@@ -258,55 +259,6 @@ class WorldConfig:
         _check(self.missing_eos_penalty >= 0, "world.missing_eos_penalty", ">= 0", self.missing_eos_penalty)
 
 
-def _format_names() -> list[str]:
-    from r2m.datasets import DatasetFormat
-
-    return [f.value for f in DatasetFormat]
-
-
-@dataclass(frozen=True)
-class PathFormats:
-    """A format per data path, where one dataset gives the prompts and another the pairs; None: data.format."""
-
-    prompts: Optional[str] = None
-    """Format of data.prompts."""
-    eval_prompts: Optional[str] = None
-    """Format of data.eval_prompts."""
-    sft: Optional[str] = None
-    """Format of data.sft."""
-    pref_train: Optional[str] = None
-    """Format of data.pref_train."""
-    pref_eval: Optional[str] = None
-    """Format of data.pref_eval."""
-    pref_policy: Optional[str] = None
-    """Format of data.pref_policy."""
-
-    def __post_init__(self) -> None:
-        formats = _format_names()
-        for f in fields(self):
-            value = getattr(self, f.name)
-            _check(value is None or value in formats, f"formats.{f.name}", f"null or one of {formats}", value)
-
-
-@dataclass(frozen=True)
-class PathSplits:
-    """A split per data path (e.g. held-out pairs from another dataset's 'validation'); None: data.train_split
-    or data.eval_split."""
-
-    prompts: Optional[str] = None
-    """Split of data.prompts."""
-    eval_prompts: Optional[str] = None
-    """Split of data.eval_prompts."""
-    sft: Optional[str] = None
-    """Split of data.sft."""
-    pref_train: Optional[str] = None
-    """Split of data.pref_train."""
-    pref_eval: Optional[str] = None
-    """Split of data.pref_eval."""
-    pref_policy: Optional[str] = None
-    """Split of data.pref_policy."""
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset paths (JSONL). ``None`` means: use the gold-reward world's generated file."""
@@ -352,7 +304,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
         _check(self.overlong in ("truncate", "skip"), "data.overlong", "truncate or skip", self.overlong)
-        formats = _format_names()
+        formats = format_names()
         _check(self.format in formats, "data.format", f"one of {formats}", self.format)
         _check(self.max_response_tokens >= 0, "data.max_response_tokens", ">= 0", self.max_response_tokens)
         _check(self.on_mismatch in ("skip", "error"), "data.on_mismatch", "skip or error", self.on_mismatch)
