@@ -319,7 +319,9 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
     if not cfg.ser.lora:
-        return make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
+        trainable = make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
+        trainable.rm.set_max_length(cfg.reward.max_length)
+        return trainable
     from peft import LoraConfig, TaskType, get_peft_model
 
     from r2m.models.lora import enable_gradient_checkpointing
@@ -331,7 +333,7 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     if cfg.reward.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
-    return TrainableRM(RewardModel(peft_model.base_model.model, tok), peft_model)
+    return TrainableRM(RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length), peft_model)
 
 
 def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
@@ -341,7 +343,7 @@ def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
 
     model = merged_rm_model(trainable)
     save_model(model, trainable.rm.tokenizer, out_dir)
-    return RewardModel(model, trainable.rm.tokenizer).eval()
+    return RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
 
 
 def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig, accelerator, run, seed: int,
@@ -732,7 +734,7 @@ def _load_rm(cfg: Config, path: Path):
     tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
     model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
-    return RewardModel(model, tok).to(resolve_device(cfg.run.device)).eval()
+    return RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()
 
 
 # ---------------------------------------------------------------------------------------------
