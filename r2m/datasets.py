@@ -165,6 +165,18 @@ def _messages(row: dict, key: str, ctx: AdapterContext) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+_NO_TEMPLATE_NOTED: set[str] = set()
+
+
+def _note_no_template(tokenizer) -> None:
+    """Log once per tokenizer that chat prompts are rendered as plain "User: ... Assistant:" text."""
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    if name not in _NO_TEMPLATE_NOTED:
+        _NO_TEMPLATE_NOTED.add(name)
+        log.info("tokenizer %s has no chat template: chat prompts are rendered as plain "
+                 "'User: ...\\n\\nAssistant:' text", name)
+
+
 def render_messages(messages: Sequence[dict], tokenizer: Optional["PreTrainedTokenizerBase"] = None) -> str:
     """The prompt text for ``messages``, ending where the assistant's reply starts, carrying the messages.
 
@@ -181,6 +193,8 @@ def render_messages(messages: Sequence[dict], tokenizer: Optional["PreTrainedTok
         # r2m tokenises prompts with add_special_tokens=True; a template that writes the BOS text
         # itself would then give two BOS tokens, so the template's copy goes.
         return ChatPrompt(strip_bos_text(text, tokenizer), messages)
+    if tokenizer is not None:
+        _note_no_template(tokenizer)
     turns = [f"{_ROLE_NAMES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
     text = "\n\n".join([*turns, "Assistant:"])
     # No tokenizer: no model reads these rows as a policy (SER's model-agnostic splits), so they stay plain

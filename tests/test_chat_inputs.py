@@ -121,3 +121,14 @@ def test_rm_inputs_over_max_length_are_cut_and_counted(pair) -> None:
         assert rm.max_length == 131072
     finally:
         rm.set_max_length(old)
+
+
+def test_policy_without_template_renders_plain_text_and_says_so_once(tmp_path, caplog) -> None:
+    from r2m.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(save_family_model(Family.PYTHIA, tmp_path / "pythia")))
+    with caplog.at_level(logging.INFO, logger="r2m"):
+        prompts = [render_messages(MESSAGES, tok) for _ in range(3)]
+    assert prompts == ["User: What is the capital of France?\n\nAssistant:"] * 3
+    assert prompt_messages(prompts[0]) == MESSAGES  # an RM with a template still renders its own
+    assert len([r for r in caplog.records if "has no chat template" in r.getMessage()]) == 1
