@@ -129,7 +129,7 @@ def check_no_world(cfg: Config, need: Sequence[str]) -> None:
     for name in need:
         if getattr(cfg.data, name) is None:
             raise ConfigError(f"data.{name}: must be set when a model is a user's ({', '.join(users)}); left unset, "
-                              "r2m would read the gold-reward world's toy prompts instead (docs/DATA.md)")
+                              "r2m would read the gold-reward world's toy data instead (docs/DATA.md)")
     if cfg.reward.source == RewardSource.MODEL and cfg.reward.path is None and cfg.policy.path is not None \
             and "prompts" in need:
         raise ConfigError(f"reward.path: must be set when the policy is a user's (policy.path={cfg.policy.path}); "

@@ -47,7 +47,7 @@ def test_a_users_policy_without_prompts_is_refused(tiny, world_artifacts, tmp_pa
                  f"reward.path={world_artifacts[1]}"]) == 2
     err = capsys.readouterr().err
     assert "data.prompts: must be set when a model is a user's (policy.path=" in err, err
-    assert "gold-reward world's toy prompts" in err
+    assert "gold-reward world's toy data" in err
 
 
 def test_a_users_policy_without_a_reward_model_is_refused(tiny, world_artifacts, world_data_args, tmp_path,
