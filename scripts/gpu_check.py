@@ -70,9 +70,15 @@ def paper_run(models: dict, data: dict, root: Path, name: str, sizes: list[str],
     from r2m.rehearsal import PAPER_DIR, Plan
     from r2m.runlog import read_metrics
 
+    import gc
+
     plan = Plan(PAPER_DIR / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", models, data, root, sizes)
-    if device == "cuda":
+    baseline = 0.0
+    if device == "cuda":  # what an earlier run in this process left allocated does not count
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated() / 2**20
     t0 = time.perf_counter()
     rc = main(plan.argv(f"run.name={name}", f"run.device={device}", *extra))
     wall = time.perf_counter() - t0
@@ -82,7 +88,8 @@ def paper_run(models: dict, data: dict, root: Path, name: str, sizes: list[str],
             "median_step_s_after_first": statistics.median(steps[1:]) if len(steps) > 1 else None,
             "losses_finite": all(all(v == v and abs(v) != float("inf") for k, v in r.items()
                                      if k.startswith(("loss/", "r2m/", "reward/"))) for r in rows),
-            "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+            "cuda_baseline_mb": baseline if device == "cuda" else None,
+            "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 - baseline if device == "cuda" else None,
             "last_metrics": {k: v for k, v in (rows[-1] if rows else {}).items()
                              if k.startswith(("reward/", "kl", "r2m/", "loss/", "data/", "rm_acc/"))}}
 
