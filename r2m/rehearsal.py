@@ -49,7 +49,8 @@ def ultrafeedback(root: Path) -> Path:
         for i in range(n):
             topic = TOPICS[i % len(TOPICS)]
             prompt = f"Write one line about {topic} {i}."
-            chosen = [{"content": prompt, "role": "user"}, {"content": f"Here is a line about {topic}.", "role": "assistant"}]
+            chosen = [{"content": prompt, "role": "user"},
+                      {"content": f"Here is a line about {topic}.", "role": "assistant"}]
             rejected = [{"content": prompt, "role": "user"}, {"content": "No.", "role": "assistant"}]
             rows.append({"prompt": prompt, "prompt_id": f"{split}-{i:04d}", "chosen": chosen, "rejected": rejected,
                          "messages": chosen, "score_chosen": 8.5, "score_rejected": 3.0})
@@ -59,7 +60,8 @@ def ultrafeedback(root: Path) -> Path:
 
 
 def _post(i: int) -> str:
-    return f"SUBREDDIT: r/AskReddit\n\nTITLE: about {TOPICS[i % len(TOPICS)]}\n\nPOST: I keep thinking about it.\n\nTL;DR:"
+    topic = TOPICS[i % len(TOPICS)]
+    return f"SUBREDDIT: r/AskReddit\n\nTITLE: about {topic}\n\nPOST: I keep thinking about it.\n\nTL;DR:"
 
 
 def tldr(root: Path) -> Path:
@@ -146,4 +148,5 @@ class Plan:
 def write_datasets(root: Path) -> dict:
     """Every dataset the paper configs read, in its Hub layout under ``root``."""
     return {"ultrafeedback": str(ultrafeedback(root / "ultrafeedback_binarized")), "tldr": str(tldr(root / "tldr")),
-            "tldr_preference": str(tldr_preference(root / "tldr-preference")), "hh_rlhf": str(hh_rlhf(root / "hh-rlhf"))}
+            "tldr_preference": str(tldr_preference(root / "tldr-preference")),
+            "hh_rlhf": str(hh_rlhf(root / "hh-rlhf"))}

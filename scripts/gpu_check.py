@@ -82,7 +82,8 @@ def paper_run(models: dict, data: dict, root: Path, name: str, sizes: list[str],
     t0 = time.perf_counter()
     rc = main(plan.argv(f"run.name={name}", f"run.device={device}", *extra))
     wall = time.perf_counter() - t0
-    rows = [r for r in read_metrics(plan.run_dir.parent / name / "metrics.jsonl") if "time/step" in r] if rc == 0 else []
+    metrics = plan.run_dir.parent / name / "metrics.jsonl"
+    rows = [r for r in read_metrics(metrics) if "time/step" in r] if rc == 0 else []
     steps = [r["time/step"] for r in rows]
     return {"returncode": rc, "wall_s": wall, "steps": len(rows), "step_time_s": steps,
             "median_step_s_after_first": statistics.median(steps[1:]) if len(steps) > 1 else None,
@@ -138,7 +139,8 @@ def main() -> int:
              "reward.r2m.enabled=false")
     r2m, van = results["paper_r2m_bf16"], results["paper_vanilla_bf16"]
     if r2m.get("median_step_s_after_first") and van.get("median_step_s_after_first"):
-        results["ratio_step_time_r2m_over_vanilla"] = r2m["median_step_s_after_first"] / van["median_step_s_after_first"]
+        ratio = r2m["median_step_s_after_first"] / van["median_step_s_after_first"]
+        results["ratio_step_time_r2m_over_vanilla"] = ratio
     if r2m.get("cuda_max_allocated_mb") and van.get("cuda_max_allocated_mb"):
         results["ratio_cuda_peak_r2m_over_vanilla"] = r2m["cuda_max_allocated_mb"] / van["cuda_max_allocated_mb"]
     results["wall_s"] = time.perf_counter() - t0

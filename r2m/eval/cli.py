@@ -25,7 +25,7 @@ def eval_policy(cfg: Config) -> dict[str, float]:
     gold_fn = GoldReward(cfg.world) if is_world_prompt_set(prompts.texts) else None
     reward_fn = build_reward(cfg, inputs.reward_model, device)
     if reward_fn.reward_model is not None:
-        reward_fn.reward_model.read_policy(tok)  # chat prompts: the RM's template closes the reply, not the policy's EOS
+        reward_fn.reward_model.read_policy(tok)  # chat prompts: the RM's template closes the reply, not the EOS
     samples = sample_policy(policy, tok, prompts.texts, prompts.ids, cfg.eval, cfg.rl.max_new_tokens, device,
                             reward_fn=reward_fn, gold_fn=gold_fn)
     return summarize(samples)
