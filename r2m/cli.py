@@ -115,7 +115,7 @@ def cmd_sft(cfg: Config) -> int:
     from r2m.pipeline import data_paths, run_sft
 
     out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
-    result = run_sft(cfg, cfg.policy.path, "policy", data_paths(cfg)["sft"], out, cfg.run.name, trackers=True,
+    result = run_sft(cfg, cfg.policy.path, "policy", data_paths(cfg, ("sft",))["sft"], out, cfg.run.name, trackers=True,
                      resume=cfg.run.resume == "auto")
     print(f"sft: {result.steps} steps, final loss {result.final_loss:.4f}; model saved to {out}")
     return 0
@@ -124,7 +124,7 @@ def cmd_sft(cfg: Config) -> int:
 def cmd_rm(cfg: Config) -> int:
     from r2m.pipeline import data_paths, ensure_world_rm_backbone, run_rm
 
-    paths = data_paths(cfg)
+    paths = data_paths(cfg, ("pref_train", "pref_eval"))
     init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
     out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
     result = run_rm(cfg, init, paths["pref_train"], paths["pref_eval"], out, cfg.run.name, trackers=True,

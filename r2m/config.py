@@ -22,6 +22,7 @@ import yaml
 
 
 from r2m.errors import ConfigError  # noqa: E402  (re-exported)
+from r2m.config_paths import PathFormats, PathSplits, format_names  # noqa: E402,F401  (data sections)
 
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
@@ -352,8 +353,18 @@ class DataConfig:
     overlong: str = "truncate"
     """``truncate`` (keep the last max_prompt_tokens tokens) or ``skip`` over-long prompts."""
     format: str = "plain"
-    """Schema of the paths set here: plain (r2m JSONL), ultrafeedback, hh_rlhf, tldr, tldr_preference or
-    stack_exchange (docs/DATA.md). Local JSONL/JSON/Parquet or a hub name. World files are always plain."""
+    """Schema of the paths set here: plain (r2m JSONL), ultrafeedback, hh_rlhf, tldr, tldr_preference,
+    stack_exchange or trl (TRL's standard and conversational formats; docs/DATA.md). Local JSONL/JSON/Parquet or
+    a hub name. World files are always plain."""
+    formats: PathFormats = field(default_factory=PathFormats)
+    """Per-path formats (data.formats.pref_train=trl, ...) over data.format."""
+    splits: PathSplits = field(default_factory=PathSplits)
+    """Per-path splits (data.splits.pref_eval=validation, ...) over data.train_split / data.eval_split."""
+    config: Optional[str] = None
+    """Subset of the hub datasets (``load_dataset(name=...)``), e.g. a dataset's configuration name; None: default."""
+    streaming: bool = False
+    """Stream hub datasets (``load_dataset(streaming=True)``): rows are read as they arrive, nothing is prepared
+    on disk first. The rows kept are still held in memory."""
     train_split: Optional[str] = None
     """Split read from a hub name for prompts, sft, pref_train and pref_policy; None: the format's default."""
     eval_split: Optional[str] = None
@@ -366,9 +377,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
         _check(self.overlong in ("truncate", "skip"), "data.overlong", "truncate or skip", self.overlong)
-        from r2m.datasets import DatasetFormat
-
-        formats = [f.value for f in DatasetFormat]
+        formats = format_names()
         _check(self.format in formats, "data.format", f"one of {formats}", self.format)
         _check(self.max_response_tokens >= 0, "data.max_response_tokens", ">= 0", self.max_response_tokens)
         _check(self.on_mismatch in ("skip", "error"), "data.on_mismatch", "skip or error", self.on_mismatch)
@@ -540,8 +549,13 @@ class RewardConfig:
     score head trains fully and the saved RM is merged. The world's own RM is always trained fully."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass when a reward model is trained (same gradients)."""
+    max_length: int = 2048
+    """Longest reward-model input (prompt + response in RM tokens, its chat template included); a longer
+    input keeps its last tokens and is counted (``data/rm_truncated``). At least data.max_prompt_tokens +
+    rl.max_new_tokens (checked)."""
 
     def __post_init__(self) -> None:
+        _check(self.max_length >= 8, "reward.max_length", ">= 8", self.max_length)
         _check(self.dtype in ("float32", "bfloat16", "float16"), "reward.dtype", "float32, bfloat16 or float16", self.dtype)
         _check(self.clip >= 0, "reward.clip", ">= 0", self.clip)
         _check(self.scaling in ("none", "sigmoid_centered"), "reward.scaling", "none or sigmoid_centered", self.scaling)
@@ -576,8 +590,12 @@ class SFTConfig:
     """Log metrics every this many steps."""
     save_every: int = 0
     """Write a resumable checkpoint (model, optimiser, scheduler, RNG) every this many steps; 0: never."""
+    max_length: int = 2048
+    """Longest SFT sequence (prompt + response tokens, and never more than the model's positions); longer ones
+    are cut at the end and counted (``sft/truncated``)."""
 
     def __post_init__(self) -> None:
+        _check(self.max_length >= 8, "sft.max_length", ">= 8", self.max_length)
         _check(self.epochs > 0, "sft.epochs", "> 0", self.epochs)
         _check(self.save_every >= 0, "sft.save_every", ">= 0", self.save_every)
         _check(self.batch_size >= 1, "sft.batch_size", ">= 1", self.batch_size)
@@ -1003,6 +1021,12 @@ class Config:
     ser: SERConfig = field(default_factory=SERConfig)
     """``r2m ser``: Self-Evolved Reward Learning."""
 
+    def __post_init__(self) -> None:
+        budget = self.data.max_prompt_tokens + self.rl.max_new_tokens
+        _check(self.reward.max_length >= budget, "reward.max_length",
+               f">= data.max_prompt_tokens + rl.max_new_tokens = {budget} (the RM reads prompt and response whole)",
+               self.reward.max_length)
+
 
 # --------------------------------------------------------------------------------------------
 # Building from dicts / YAML / overrides
@@ -1161,11 +1185,15 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # gradient_checkpointing recomputes the same activations: it changes memory and time, not the result.
 NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "log_with", "keep_checkpoints",
                           "resume", "threads", "gradient_checkpointing"})
+# Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,
+# so that existing caches stay valid (sft.max_length=2048 cuts nothing the old 512 did not on the world's data).
+KEY_NEUTRAL = {"max_length": 2048}
 
 
 def _semantic(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: _semantic(v) for k, v in d.items() if k not in NON_SEMANTIC}
+        return {k: _semantic(v) for k, v in d.items()
+                if k not in NON_SEMANTIC and not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
     return d
 
 

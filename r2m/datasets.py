@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
+from r2m.chat import ChatPrompt, has_template, strip_bos_text
 from r2m.data import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS, read_jsonl
 from r2m.errors import ConfigError, DataError
 
@@ -54,6 +55,9 @@ class DatasetFormat(str, Enum):
     """``trl-lib/tldr-preference`` (prompt/chosen/rejected) or the OpenAI comparisons (info/summaries/choice)."""
     STACK_EXCHANGE = "stack_exchange"
     """``lvwerra/stack-exchange-paired``: question, response_j (preferred), response_k."""
+    TRL = "trl"
+    """TRL's standard and conversational formats (prompt-only, prompt-completion, preference with an explicit
+    or implicit prompt), detected per row by its columns (:mod:`r2m.dataset_trl`)."""
 
 
 class RowKind(str, Enum):
@@ -161,27 +165,41 @@ def _messages(row: dict, key: str, ctx: AdapterContext) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _adds_bos(tokenizer: "PreTrainedTokenizerBase") -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+_NO_TEMPLATE_NOTED: set[str] = set()
+
+
+def _note_no_template(tokenizer) -> None:
+    """Log once per tokenizer that chat prompts are rendered as plain "User: ... Assistant:" text."""
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    if name not in _NO_TEMPLATE_NOTED:
+        _NO_TEMPLATE_NOTED.add(name)
+        log.info("tokenizer %s has no chat template: chat prompts are rendered as plain "
+                 "'User: ...\\n\\nAssistant:' text", name)
 
 
 def render_messages(messages: Sequence[dict], tokenizer: Optional["PreTrainedTokenizerBase"] = None) -> str:
-    """The prompt text for ``messages``, ending where the assistant's reply starts.
+    """The prompt text for ``messages``, ending where the assistant's reply starts, carrying the messages.
 
     With a tokenizer that has a chat template: the template with ``add_generation_prompt``. Otherwise
-    "User: ...\\n\\nAssistant: ...\\n\\nAssistant:".
+    "User: ...\n\nAssistant: ...\n\nAssistant:". With a tokenizer the result is a :class:`r2m.chat.ChatPrompt`:
+    a reward model renders the same messages with its own template (:class:`r2m.chat.RMRenderer`).
     """
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    if tokenizer is not None and has_template(tokenizer):
+        try:
+            text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # jinja's TemplateError and whatever a template raises itself
+            raise DataError(f"the chat template of {tokenizer.name_or_path} cannot render a prompt's messages "
+                            f"({type(e).__name__}: {e}); fix the tokenizer's chat_template") from e
         # r2m tokenises prompts with add_special_tokens=True; a template that writes the BOS text
         # itself would then give two BOS tokens, so the template's copy goes.
-        bos = tokenizer.bos_token
-        if bos and text.startswith(bos) and _adds_bos(tokenizer):
-            text = text[len(bos):]
-        return text
+        return ChatPrompt(strip_bos_text(text, tokenizer), messages)
+    if tokenizer is not None:
+        _note_no_template(tokenizer)
     turns = [f"{_ROLE_NAMES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
-    return "\n\n".join([*turns, "Assistant:"])
+    text = "\n\n".join([*turns, "Assistant:"])
+    # No tokenizer: no model reads these rows as a policy (SER's model-agnostic splits), so they stay plain
+    # text that every model reads alike, as before.
+    return ChatPrompt(text, messages) if tokenizer is not None else text
 
 
 def tldr_prompt(subreddit: str, title: str, post: str) -> str:
@@ -281,6 +299,12 @@ def _stack_exchange(row: dict, ctx: AdapterContext) -> Optional[dict]:
     return _pair(ctx, prompt, _text(row, "response_j", ctx), _text(row, "response_k", ctx))
 
 
+def _trl(row: dict, ctx: AdapterContext) -> Optional[dict]:
+    from r2m.dataset_trl import adapt  # imported here: r2m.dataset_trl builds on this module's helpers
+
+    return adapt(row, ctx)
+
+
 class FormatInfo(NamedTuple):
     adapter: Adapter
     kinds: frozenset[RowKind]
@@ -310,6 +334,10 @@ FORMATS: dict[DatasetFormat, FormatInfo] = {
         "'summaries' [{text}, {text}] and 'choice' 0/1"),
     DatasetFormat.STACK_EXCHANGE: FormatInfo(
         _stack_exchange, _ALL, "train", "'question', 'response_j' (preferred) and 'response_k' strings"),
+    DatasetFormat.TRL: FormatInfo(
+        _trl, _ALL, "train",
+        "TRL's 'prompt' (prompt-only), 'prompt'+'completion', 'prompt'+'chosen'+'rejected' or 'chosen'+'rejected', "
+        "as strings or as [{'role', 'content'}] message lists"),
 }
 
 ADAPTERS: dict[DatasetFormat, Adapter] = {fmt: info.adapter for fmt, info in FORMATS.items()}
@@ -355,7 +383,16 @@ def _as_format(fmt: Union[DatasetFormat, str]) -> DatasetFormat:
         raise ConfigError(f"dataset format: expected one of {[f.value for f in DatasetFormat]}, got {fmt!r}") from None
 
 
-def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iterable[dict]:
+class Source(NamedTuple):
+    """How a dataset is opened besides its path and split."""
+
+    config: Optional[str] = None
+    """Subset (``load_dataset(name=...)``) of a hub dataset or a local directory with a dataset card."""
+    streaming: bool = False
+    """Read rows as they arrive (an ``IterableDataset``) instead of preparing the whole split first."""
+
+
+def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat, how: Source = Source()) -> Iterable[dict]:
     """Rows of a local file or directory, or of a hub dataset, via ``datasets.load_dataset``."""
     from datasets import load_dataset
 
@@ -373,8 +410,14 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iter
                 decode_lines(path, path.read_bytes())
             # A local file is one split; naming it after ``split`` lets a caller's split name work too.
             name = split or "train"
-            return load_dataset(builder, data_files={name: str(path)}, split=name)
-        return load_dataset(source, split=split or FORMATS[fmt].hub_split)
+            if how.config is not None:
+                raise DataError(f"{source}: data.config={how.config!r} names a subset, but a single file has none")
+            return load_dataset(builder, data_files={name: str(path)}, split=name, streaming=how.streaming)
+        # A local directory is streamed: for a directory with a dataset card, datasets reuses the cache of *any*
+        # earlier directory of the same name (<cache>/<name>/default/..., its legacy-cache check ignores the
+        # files), so an edited or re-downloaded copy would be read stale. Streaming reads the files themselves.
+        streaming = how.streaming or path.is_dir()
+        return load_dataset(source, name=how.config, split=split or FORMATS[fmt].hub_split, streaming=streaming)
     except DataError:
         raise
     except Exception as e:  # datasets raises many types (builder, arrow, hub, offline); one clear line instead
@@ -382,14 +425,14 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat) -> Iter
 
 
 def _read(source: str, fmt: DatasetFormat, kind: RowKind, split: Optional[str],
-          ctx: AdapterContext) -> tuple[list[dict], int]:
+          ctx: AdapterContext, how: Source = Source()) -> tuple[list[dict], int]:
     """Adapted rows and the number of source rows read."""
     if fmt == DatasetFormat.PLAIN and Path(source).suffix == ".jsonl":
         # The plain JSONL reader gives line numbers and reports malformed JSON, which Arrow cannot.
         rows = read_jsonl(source, KIND_FIELDS[kind])
         return rows, len(rows)
     adapter, rows, n = ADAPTERS[fmt], [], 0
-    for n, row in enumerate(_load_dataset(source, split, fmt), start=1):
+    for n, row in enumerate(_load_dataset(source, split, fmt, how), start=1):
         ctx.index = n
         out = adapter(row, ctx)
         if out is not None:
@@ -443,8 +486,10 @@ def _finish(rows: list[dict], fmt: DatasetFormat, kind: RowKind, ctx: AdapterCon
 
 def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: RowKind, split: Optional[str] = None,
               tokenizer: Optional["PreTrainedTokenizerBase"] = None, max_response_tokens: Optional[int] = None,
-              on_mismatch: OnMismatch = OnMismatch.SKIP) -> Loaded:
+              on_mismatch: OnMismatch = OnMismatch.SKIP, how: Source = Source()) -> Loaded:
     """Plain rows of ``kind`` from ``source`` read as ``fmt``, and what was dropped on the way.
+
+    ``how`` names a subset (``data.config``) and whether to stream (``data.streaming``).
 
     ``max_response_tokens`` (needs ``tokenizer``) drops rows whose chosen response (SFT: the
     response) has more tokens; for prompts the source row's chosen response is measured, so that the
@@ -458,7 +503,7 @@ def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: Ro
         raise ConfigError(f"max_response_tokens: expected >= 1 and a tokenizer to count with, got "
                           f"{max_response_tokens!r} and {'a' if tokenizer is not None else 'no'} tokenizer")
     ctx = AdapterContext(source, fmt, kind, tokenizer, on_mismatch)
-    rows, read = _read(source, fmt, kind, split, ctx)
+    rows, read = _read(source, fmt, kind, split, ctx, how)
     dropped = 0
     if max_response_tokens is not None and rows:
         long = _long_rows(rows, tokenizer, max_response_tokens)
@@ -474,21 +519,23 @@ def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: Ro
 
 def load_prompts(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
                  split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
-                 max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP) -> list[dict]:
+                 max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP,
+                 how: Source = Source()) -> list[dict]:
     """``{"prompt"}`` rows (each prompt once, for formats other than PLAIN)."""
-    return load_rows(source, fmt, RowKind.PROMPT, split, tokenizer, max_response_tokens, on_mismatch).rows
+    return load_rows(source, fmt, RowKind.PROMPT, split, tokenizer, max_response_tokens, on_mismatch, how).rows
 
 
 def load_sft(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
              split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
-             max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP) -> list[dict]:
+             max_response_tokens: Optional[int] = None, on_mismatch: OnMismatch = OnMismatch.SKIP,
+             how: Source = Source()) -> list[dict]:
     """``{"prompt", "response"}`` rows; pair formats give their chosen response."""
-    return load_rows(source, fmt, RowKind.SFT, split, tokenizer, max_response_tokens, on_mismatch).rows
+    return load_rows(source, fmt, RowKind.SFT, split, tokenizer, max_response_tokens, on_mismatch, how).rows
 
 
 def load_preferences(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
                      split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
                      max_response_tokens: Optional[int] = None,
-                     on_mismatch: OnMismatch = OnMismatch.SKIP) -> list[dict]:
+                     on_mismatch: OnMismatch = OnMismatch.SKIP, how: Source = Source()) -> list[dict]:
     """``{"prompt", "chosen", "rejected"}`` rows."""
-    return load_rows(source, fmt, RowKind.PREFERENCE, split, tokenizer, max_response_tokens, on_mismatch).rows
+    return load_rows(source, fmt, RowKind.PREFERENCE, split, tokenizer, max_response_tokens, on_mismatch, how).rows

@@ -18,10 +18,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from r2m.config import Config, RewardBaseline, RewardSource, config_hash, replace_path
+from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
 from r2m.distributed import sharded_state_dict
+from r2m.errors import ConfigError
 
 log = logging.getLogger("r2m")
 
@@ -79,20 +80,87 @@ class Inputs:
     """True when the prompts are the world's (gold reward available)."""
 
 
-def data_paths(cfg: Config) -> dict[str, str]:
+DATA_FIELDS = ("prompts", "eval_prompts", "sft", "pref_train", "pref_eval", "pref_policy")
+MODEL_FIELDS = (("policy.path", lambda c: c.policy.path), ("reward.path", lambda c: c.reward.path),
+                ("rm.init_from", lambda c: c.rm.init_from))
+
+
+def _is_world_artifact(path: str, cfg: Config) -> bool:
+    root = world_root(cfg).resolve()
+    p = Path(path).resolve()
+    return p == root or root in p.parents
+
+
+def user_models(cfg: Config) -> list[str]:
+    """``field=value`` of each model path set by the user: not the world's own (under <run.root>/world)."""
+    return [f"{name}={get(cfg)}" for name, get in MODEL_FIELDS
+            if get(cfg) is not None and not _is_world_artifact(get(cfg), cfg)]
+
+
+def rl_needs(cfg: Config) -> tuple[str, ...]:
+    """The data fields `r2m rl` reads: prompts, plus the held-out pairs of Table 3 (R2M, iterative head) and the
+    Pretrained-RM baseline's pairs."""
+    need = ["prompts", "eval_prompts"]
+    if cfg.reward.source == RewardSource.MODEL and (cfg.reward.r2m.enabled or
+                                                    cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
+        need.append("pref_eval")
+    if cfg.reward.source == RewardSource.MODEL and cfg.reward.baseline == RewardBaseline.PRETRAINED_RM:
+        need += ["pref_policy", "pref_eval"]
+    return tuple(dict.fromkeys(need))
+
+
+def ser_needs(cfg: Config) -> tuple[str, ...]:
+    """The data fields `r2m ser` reads: its pairs, and for the PPO stage the evaluation prompts (and the
+    training prompts with ser.ppo_prompts=world)."""
+    need = ["pref_train", "pref_eval"]
+    if cfg.ser.ppo:
+        need.append("eval_prompts")
+        if cfg.ser.ppo_prompts == PPOPrompts.WORLD:
+            need.append("prompts")
+    return tuple(need)
+
+
+def check_no_world(cfg: Config, need: Sequence[str]) -> None:
+    """Refuse a user's model with a data path left to the gold-reward world (its toy digit prompts).
+
+    The world fills every unset path only when no model path is a user's: a real model with the world's
+    prompts would train (or be evaluated) on text it was never meant for, without a word.
+    """
+    users = user_models(cfg)
+    if not users:
+        return
+    for name in need:
+        if getattr(cfg.data, name) is None:
+            raise ConfigError(f"data.{name}: must be set when a model is a user's ({', '.join(users)}); left unset, "
+                              "r2m would read the gold-reward world's toy data instead (docs/DATA.md)")
+    if cfg.reward.source == RewardSource.MODEL and cfg.reward.path is None and cfg.policy.path is not None \
+            and "prompts" in need:
+        raise ConfigError(f"reward.path: must be set when the policy is a user's (policy.path={cfg.policy.path}); "
+                          "left unset, r2m would train the gold-reward world's toy reward model")
+
+
+def data_paths(cfg: Config, need: Sequence[str] = DATA_FIELDS) -> dict[str, str]:
+    """Each data field's path: the user's, else the world's file. With a user's model, every field in ``need``
+    must be the user's (:func:`check_no_world`) and the others are left empty, so nothing reads a world file."""
     d = cfg.data
-    needs_world = None in (d.prompts, d.eval_prompts, d.sft, d.pref_train, d.pref_eval, d.pref_policy)
+    check_no_world(cfg, need)
+    world_ok = not user_models(cfg)
+    needs_world = world_ok and None in tuple(getattr(d, n) for n in DATA_FIELDS)
     files = world_data(cfg) if needs_world else None
 
     def pick(value: Optional[str], name: str) -> str:
-        return value if value is not None else str(getattr(files, name))
+        if value is not None:
+            return value
+        return str(getattr(files, name)) if files is not None else ""
 
-    return {n: pick(getattr(d, n), n) for n in ("prompts", "eval_prompts", "sft", "pref_train", "pref_eval",
-                                                "pref_policy")}
+    return {n: pick(getattr(d, n), n) for n in DATA_FIELDS}
 
 
-def resolve_inputs(cfg: Config, need_policy: bool = True, need_rm: bool = True) -> Inputs:
-    paths = data_paths(cfg)
+def resolve_inputs(cfg: Config, need_policy: bool = True, need_rm: bool = True,
+                   need: Optional[Sequence[str]] = None) -> Inputs:
+    """Every path a run reads; ``need`` (default: what `r2m rl` reads) are the data fields that must be the
+    user's when a model is."""
+    paths = data_paths(cfg, rl_needs(cfg) if need is None else need)
     policy = cfg.policy.path if cfg.policy.path is not None else (str(ensure_world_policy(cfg)) if need_policy else "")
     rm = None
     if need_rm and cfg.reward.source == RewardSource.MODEL:
@@ -125,7 +193,7 @@ def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_d
     from r2m.models.loading import load_policy, load_tokenizer, save_model
     from r2m.runlog import RunDir
     from r2m.trainers.common import make_accelerator
-    from r2m.trainers.sft import train_sft
+    from r2m.trainers.sft import count_truncated, sft_length, train_sft
 
     if base is None:
         model, tok = fresh_world_lm(cfg, variant)
@@ -142,7 +210,8 @@ def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_d
     if acc.is_main_process:  # one writer: the replicas are identical
         save_model(acc.unwrap_model(model), tok, out_dir, state)
     acc.wait_for_everyone()
-    run.amend_last({"time/sft_total_s": time.perf_counter() - t0})
+    run.amend_last({"time/sft_total_s": time.perf_counter() - t0,
+                    "data/sft_truncated": count_truncated(tok, rows, sft_length(cfg, acc.unwrap_model(model)))})
     run.close()
     return result
 
@@ -157,6 +226,7 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     from r2m.models.loading import load_reward_model, load_tokenizer, save_model
     from r2m.runlog import RunDir
     from r2m.trainers.common import make_accelerator
+    from r2m.models.reward import count_truncated
     from r2m.trainers.rm import make_trainable_rm, merged_rm_model, train_reward_model
 
     import torch
@@ -172,6 +242,7 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
         trainable = make_trainable_rm(model, tok, cfg.reward.lora if adapt else None,
                                       adapt and cfg.reward.gradient_checkpointing, base_path=init_from)
     rm = trainable.rm
+    rm.set_max_length(cfg.reward.max_length)
     acc = accelerator or make_accelerator(cfg, str(Path(cfg.run.root) / run_name) if trackers else None)
     run = RunDir(cfg, acc if trackers else None, name=run_name, resume_step=_resume_step(cfg, run_name, resume))
     t0 = time.perf_counter()
@@ -181,7 +252,7 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     if acc.is_main_process:
         save_model(merged_rm_model(trainable), tok, out_dir, state)
     acc.wait_for_everyone()
-    run.amend_last({"time/rm_total_s": time.perf_counter() - t0})
+    run.amend_last({"time/rm_total_s": time.perf_counter() - t0, "data/rm_truncated": count_truncated(rm, rows)})
     run.close()
     return result
 
@@ -260,15 +331,18 @@ def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
     from r2m import data as plain
 
     d = cfg.data
-    # A path the user set (under any data field) is read in data.format; world files are plain.
-    user_path = str(path) in {str(getattr(d, f)) for f in ("prompts", "eval_prompts", "sft", "pref_train",
-                                                          "pref_eval", "pref_policy") if getattr(d, f) is not None}
+    # A path the user set (under any data field) is read in its format (data.formats.<name>, else data.format);
+    # world files are plain.
+    user_path = str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
+    fmt = getattr(d.formats, name, None) or d.format
     kind = "prompts" if name in ("prompts", "eval_prompts") else ("sft" if name == "sft" else "preferences")
-    if not user_path or cfg.data.format == "plain":
+    if not user_path or fmt == "plain":
         return {"prompts": plain.read_prompts, "sft": plain.read_sft, "preferences": plain.read_preferences}[kind](path)
     from r2m import datasets
 
     load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
-    rows = load(path, d.format, d.eval_split if name in EVAL_FILES else d.train_split, tokenizer,
-                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch))
+    split = getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
+    rows = load(path, fmt, split, tokenizer,
+                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
+                datasets.Source(d.config, d.streaming))
     return [r["prompt"] for r in rows] if kind == "prompts" else rows

@@ -45,6 +45,14 @@ def tiny_cfg(tiny):
 
 
 @pytest.fixture(scope="session")
+def world_data_args(world_artifacts):
+    """``data.<field>=<the world's file>`` overrides: a user's model must be given every data path (r2m refuses
+    to fall back to the world behind a user's model), so tests that pair one with the world's data name them."""
+    files = world_artifacts[2]
+    return lambda *fields: [f"data.{f}={getattr(files, f)}" for f in fields]
+
+
+@pytest.fixture(scope="session")
 def world_artifacts(tiny_cfg):
     """(policy_dir, rm_dir, files) of the tiny world, built once per session."""
     from r2m.pipeline import ensure_world_policy, ensure_world_rm, world_data

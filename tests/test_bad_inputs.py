@@ -75,9 +75,10 @@ def _damaged_copy(tmp_path: Path, world_artifacts, name: str, file: str, damage)
     return str(out)
 
 
-def _case_args(case: str, tmp_path: Path, world_artifacts) -> list[str]:
+def _case_args(case: str, tmp_path: Path, world_artifacts, world_data_args) -> list[str]:
     """Overrides that make the `r2m rl` run hit one bad input."""
     prompts = lambda lines: f"data.prompts={_write(tmp_path / 'p.jsonl', lines)}"  # noqa: E731
+    world_prompts = world_data_args("prompts", "eval_prompts")  # a user's model: data named
     if case == "malformed_json":
         return [prompts(['{"prompt": "<bos> 1 2 =>"}', '{"prompt": '])]
     if case == "missing_field":
@@ -95,11 +96,12 @@ def _case_args(case: str, tmp_path: Path, world_artifacts) -> list[str]:
     if case == "all_prompts_too_long":
         return ["data.max_prompt_tokens=2", "data.overlong=skip"]
     if case == "tokenizer_without_pad":
-        return [f"policy.path={_nopad_tokenizer_model(tmp_path, world_artifacts)}"]
+        return [f"policy.path={_nopad_tokenizer_model(tmp_path, world_artifacts)}", *world_prompts,
+                f"reward.path={world_artifacts[1]}"]
     if case == "rm_num_labels":
-        return [f"reward.path={_saved_rm_with_labels(tmp_path, 3)}"]
+        return [f"reward.path={_saved_rm_with_labels(tmp_path, 3)}", *world_prompts]
     if case == "unpairable_rm":
-        return [f"reward.path={_narrow_rm(tmp_path)}"]
+        return [f"reward.path={_narrow_rm(tmp_path)}", *world_prompts]
     if case == "unknown_key":
         return ["rl.alpha=0.3"]
     if case == "alpha_out_of_range":
@@ -120,10 +122,10 @@ def _case_args(case: str, tmp_path: Path, world_artifacts) -> list[str]:
         return ["-c", str(tmp_path / "bad.yaml")]
     if case == "truncated_weights":
         path = _damaged_copy(tmp_path, world_artifacts, "trunc", "model.safetensors", lambda b: b[: len(b) // 2])
-        return [f"policy.path={path}"]
+        return [f"policy.path={path}", *world_prompts, f"reward.path={world_artifacts[1]}"]
     if case == "undecodable_tokenizer":
         path = _damaged_copy(tmp_path, world_artifacts, "badtok", "tokenizer.json", lambda b: b"\xff" + b)
-        return [f"policy.path={path}"]
+        return [f"policy.path={path}", *world_prompts, f"reward.path={world_artifacts[1]}"]
     raise AssertionError(case)
 
 
@@ -155,13 +157,15 @@ COMMAND = {"empty_response": "sft", "chosen_equals_rejected": "rm"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_refused_before_training(case, tiny, world_artifacts, tmp_path, capsys) -> None:
+def test_bad_input_is_refused_before_training(case, tiny, world_artifacts, world_data_args, tmp_path,
+                                              capsys) -> None:
     root = tmp_path / "runs"
     # The world's cached artifacts live under the shared root; runs of this test go to their own root
     # only where the case does not need the world (config errors), else to a fresh run name.
     shared = Path(tiny[-1].split("=", 1)[1])
     name = f"bad-{case}"
-    args = [COMMAND.get(case, "rl"), *tiny, f"run.name={name}", *_case_args(case, tmp_path, world_artifacts)]
+    args = [COMMAND.get(case, "rl"), *tiny, f"run.name={name}", *_case_args(case, tmp_path, world_artifacts,
+                                                                                   world_data_args)]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert CASES[case] in err, err

@@ -396,3 +396,15 @@ def test_a_typo_in_a_flag_fails(monkeypatch) -> None:
 
     with pytest.raises(ConfigError):
         _check_r2m_argv(["rl", "-c", "configs/paper/r2m_pythia2.8b_tldr.yaml", "rl.prompts_per_stepp=8"])
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_config_names_every_data_path_its_command_reads(path: Path) -> None:
+    """A paper config uses real models, so r2m refuses it if a data path its command reads is left to the
+    gold-reward world (the Pythia config once read Table 3's pairs from the world's toy data)."""
+    from r2m.pipeline import check_no_world, rl_needs, ser_needs
+
+    cfg = load_config(path)
+    need = ser_needs(cfg) if path.stem.startswith("ser_") else rl_needs(cfg)
+    check_no_world(cfg, need)
+    assert cfg.reward.max_length >= cfg.data.max_prompt_tokens + cfg.rl.max_new_tokens

@@ -16,15 +16,18 @@ def eval_policy(cfg: Config) -> dict[str, float]:
     from r2m.trainers.pg import build_reward
     from r2m.utils import resolve_device
 
-    inputs = resolve_inputs(cfg)
+    inputs = resolve_inputs(cfg, need=("eval_prompts",))
     device = resolve_device(cfg.run.device)
     tok = load_tokenizer(inputs.policy, cfg.policy.trust_remote_code)
     policy = load_policy(inputs.policy, cfg.policy.dtype, cfg.policy.trust_remote_code).to(device)
     prompts = tokenize_prompts(tok, read_rows(cfg, "eval_prompts", inputs.eval_prompts, tok),
                                cfg.data.max_prompt_tokens, cfg.data.overlong)
     gold_fn = GoldReward(cfg.world) if is_world_prompt_set(prompts.texts) else None
+    reward_fn = build_reward(cfg, inputs.reward_model, device)
+    if reward_fn.reward_model is not None:
+        reward_fn.reward_model.read_policy(tok)  # chat prompts: the RM's template closes the reply, not the EOS
     samples = sample_policy(policy, tok, prompts.texts, prompts.ids, cfg.eval, cfg.rl.max_new_tokens, device,
-                            reward_fn=build_reward(cfg, inputs.reward_model, device), gold_fn=gold_fn)
+                            reward_fn=reward_fn, gold_fn=gold_fn)
     return summarize(samples)
 
 
@@ -35,7 +38,7 @@ def eval_rm(cfg: Config) -> dict[str, float]:
     from r2m.trainers.pg import build_reward
     from r2m.utils import resolve_device
 
-    inputs = resolve_inputs(cfg, need_policy=False)
+    inputs = resolve_inputs(cfg, need_policy=False, need=("pref_eval",))
     if inputs.reward_model is None:
         from r2m.errors import ConfigError
 
@@ -59,7 +62,7 @@ def _judge(cfg: Config, kind: str):
         from r2m.trainers.pg import build_reward
         from r2m.utils import resolve_device
 
-        inputs = resolve_inputs(cfg, need_policy=False)
+        inputs = resolve_inputs(cfg, need_policy=False, need=())
         rm = build_reward(cfg, inputs.reward_model, resolve_device(cfg.run.device)).rm
         return build_judge(JudgeKind.REWARD_MODEL, reward_model=rm)
     return build_judge(JudgeKind.GOLD, world=cfg.world)
@@ -88,7 +91,7 @@ def analyze_hidden_states(cfg: Config, out: str | None, checkpoints: list[str]) 
     from r2m.trainers.pg import build_reward
     from r2m.utils import resolve_device
 
-    inputs = resolve_inputs(cfg)
+    inputs = resolve_inputs(cfg, need=("pref_eval",))
     device = resolve_device(cfg.run.device)
     policy = load_policy(inputs.policy, cfg.policy.dtype, cfg.policy.trust_remote_code).to(device)
     tok = load_tokenizer(inputs.policy, cfg.policy.trust_remote_code)

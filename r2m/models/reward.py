@@ -14,7 +14,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from r2m.chat import RMRenderer
+from r2m.config import RewardConfig
 from r2m.models.loading import ModelError
+
+DEFAULT_MAX_LENGTH = RewardConfig.max_length
 
 _HEAD_NAMES = ("score", "v_head")
 
@@ -28,11 +32,17 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 class RewardModel(nn.Module):
     """Any decoder-only ``AutoModelForSequenceClassification`` with one label, as backbone + head."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int = 512):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 max_length: int = DEFAULT_MAX_LENGTH, name: str = "reward model"):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        """Longest input in RM tokens (reward.max_length); longer rows keep their last tokens, counted."""
+        self.set_max_length(max_length)
+        self.truncated = 0
+        """Rows cut to max_length so far (see pop_truncated)."""
+        self.renderer = RMRenderer(tokenizer, name)
         self.backbone = getattr(model, model.base_model_prefix, None)
         head = next((getattr(model, n) for n in _HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
         if self.backbone is None or head is None:
@@ -41,6 +51,12 @@ class RewardModel(nn.Module):
                 f"with a backbone '{model.base_model_prefix}' and a head among {_HEAD_NAMES}"
             )
         self.head = head
+
+    def set_max_length(self, max_length: int) -> None:
+        """``max_length``, but never more than the model's positions (a longer input could not run at all; the
+        start-up checks refuse a budget over them, and what a chat template adds on top is cut and counted)."""
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        self.max_length = min(max_length, limit) if limit else max_length
 
     @property
     def hidden_size(self) -> int:
@@ -64,15 +80,17 @@ class RewardModel(nn.Module):
         return self.score_embedding(self.embed(input_ids, attention_mask))  # (B,)
 
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise prompt + response with the RM's own tokenizer, right-padded.
+        """Tokenise prompt + response as this RM reads them (:class:`r2m.chat.RMRenderer`), right-padded.
 
-        Prompt and response are tokenised separately and concatenated, so the boundary is the same
-        as in the policy's view, whatever the two tokenizers are.
+        A chat prompt is rendered with the RM's own chat template; a plain prompt and its response
+        are tokenised separately and concatenated, so the boundary is the same as in the policy's
+        view. Rows over ``max_length`` keep their last tokens (the reward token is the last one) and
+        are counted in ``truncated``.
         """
         tok = self.tokenizer
-        p_ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
-        r_ids = tok(list(responses), add_special_tokens=False)["input_ids"]
-        seqs = [(p + r)[-self.max_length:] for p, r in zip(p_ids, r_ids)]
+        seqs = self.renderer.encode(prompts, responses)
+        self.truncated += sum(len(s) > self.max_length for s in seqs)
+        seqs = [s[-self.max_length:] for s in seqs]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -80,6 +98,17 @@ class RewardModel(nn.Module):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, : len(s)] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+    def read_policy(self, policy_tokenizer) -> None:
+        """Rendered chats drop the policy's end-of-sequence text from responses (the RM's template ends the turn)."""
+        eos = policy_tokenizer.eos_token_id
+        self.renderer.policy_eos = (policy_tokenizer.decode([eos], skip_special_tokens=False)
+                                    if eos is not None else None)
+
+    def pop_truncated(self) -> int:
+        """Rows cut to ``max_length`` since the last call."""
+        n, self.truncated = self.truncated, 0
+        return n
 
     @torch.no_grad()
     def score_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -101,7 +130,8 @@ def check_pairing(rm: RewardModel, policy_tokenizer, prompts: Sequence[str], max
     """
     tok = rm.tokenizer
     eos = policy_tokenizer.decode([policy_tokenizer.eos_token_id], skip_special_tokens=False)
-    texts = [*prompts, eos]
+    # What the RM reads: chat prompts rendered by its own template.
+    texts = [rm.renderer.render(p, "").text or p for p in prompts] + [eos]
     if tok.unk_token_id is not None:
         ids = tok(texts, add_special_tokens=False)["input_ids"]
         for text, row in zip(texts, ids):
@@ -114,5 +144,22 @@ def check_pairing(rm: RewardModel, policy_tokenizer, prompts: Sequence[str], max
                 )
     limit = getattr(rm.model.config.get_text_config(), "max_position_embeddings", None)
     if limit is not None and max_sequence_tokens > limit:
-        raise ModelError(f"reward model at {rm_path}: accepts {limit} positions, but prompts + responses of policy "
-                         f"{policy_path} reach {max_sequence_tokens} tokens (data.max_prompt_tokens + rl.max_new_tokens)")
+        raise ModelError(f"data.max_prompt_tokens + rl.max_new_tokens: reward model at {rm_path} accepts {limit} "
+                         f"positions, but prompts + responses of policy {policy_path} reach {max_sequence_tokens} "
+                         "tokens; lower them")
+
+
+def check_positions(model, tokens: int, path: str) -> None:
+    """Refuse prompts + responses longer than the policy's positions (before any rollout)."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if limit is not None and tokens > limit:
+        raise ModelError(f"data.max_prompt_tokens + rl.max_new_tokens: policy {path} accepts {limit} positions, but "
+                         f"prompts + responses reach {tokens} tokens; lower them")
+
+
+def count_truncated(rm: RewardModel, rows: Sequence[dict]) -> int:
+    """Preference rows whose chosen or rejected input the RM cuts (at rm.max_length)."""
+    prompts = [r["prompt"] for r in rows]
+    lengths = [len(s) for key in ("chosen", "rejected") for s in rm.renderer.encode(prompts, [r[key] for r in rows])]
+    n = len(rows)
+    return sum(max(a, b) > rm.max_length for a, b in zip(lengths[:n], lengths[n:]))

@@ -235,7 +235,7 @@ def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, poli
     tok = load_tokenizer(rm_path, cfg.reward.trust_remote_code)
     model = load_reward_model(rm_path, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
-    rm = RewardModel(model, tok).to(device)
+    rm = RewardModel(model, tok, cfg.reward.max_length, name=f"reward model {rm_path}").to(device)
     r2m = cfg.reward.r2m
     if not (r2m.enabled or cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
         return ModelReward(rm)
@@ -422,11 +422,13 @@ class RLRun:
         self.gold_fn = GoldReward(cfg.world) if world else None
 
     def _check_pairing(self) -> None:
-        from r2m.models.reward import check_pairing
+        from r2m.models.reward import check_pairing, check_positions
 
         rm = self.reward_fn.reward_model
+        longest = max(len(ids) for ids in self.train.ids + self.evalp.ids) + self.cfg.rl.max_new_tokens
+        check_positions(self.acc.unwrap_model(self.policy), longest, self.inputs.policy)
         if rm is not None:
-            longest = max(len(ids) for ids in self.train.ids) + self.cfg.rl.max_new_tokens
+            rm.read_policy(self.tok)
             check_pairing(rm, self.tok, self.train.texts[:256], longest, str(self.inputs.reward_model),
                           self.inputs.policy)
 
@@ -609,6 +611,8 @@ class RLRun:
             metrics["r2m/hidden_mb"] = exp.policy_hidden.numel() * exp.policy_hidden.element_size() / 2**20
         if step == 1:
             metrics.update(self.prompt_stats)
+        if self.reward_fn.reward_model is not None:  # RM inputs cut at reward.max_length since the last step
+            metrics["data/rm_truncated"] = self.reward_fn.reward_model.pop_truncated()
         self._check_bad_steps(step)
         return metrics
 

@@ -101,7 +101,9 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
     if not cfg.ser.lora:
-        return make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
+        trainable = make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
+        trainable.rm.set_max_length(cfg.reward.max_length)
+        return trainable
     from peft import LoraConfig, TaskType, get_peft_model
 
     from r2m.models.lora import enable_gradient_checkpointing
@@ -113,7 +115,7 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     if cfg.reward.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
-    return TrainableRM(RewardModel(peft_model.base_model.model, tok), peft_model)
+    return TrainableRM(RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length), peft_model)
 
 
 def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
@@ -123,7 +125,7 @@ def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
 
     model = merged_rm_model(trainable)
     save_model(model, trainable.rm.tokenizer, out_dir)
-    return RewardModel(model, trainable.rm.tokenizer).eval()
+    return RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
 
 
 def steps_config(rmc: RMConfig, n_pairs: int, steps: int) -> RMConfig:
@@ -333,14 +335,14 @@ class SERRun:
 
     def __init__(self, cfg: Config):
         from r2m.pipeline import read_rows
-        from r2m.pipeline import data_paths, ensure_world_rm_backbone
+        from r2m.pipeline import data_paths, ensure_world_rm_backbone, ser_needs
         from r2m.runlog import RunDir
         from r2m.trainers.common import make_accelerator, set_threads
 
         self.cfg = cfg
         set_threads(cfg)
         self.run_dir = Path(cfg.run.root) / cfg.run.name
-        paths = data_paths(cfg)
+        paths = data_paths(cfg, ser_needs(cfg))
         self.splits = make_splits(read_rows(cfg, "pref_train", paths["pref_train"]), cfg.ser, cfg.run.seed)
         self.test_rows = read_rows(cfg, "pref_eval", paths["pref_eval"])
         self.init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
@@ -512,13 +514,24 @@ def last_loop(history: Sequence[dict]) -> LastLoop:
 def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
     """The RL config of SER's PPO stage: the evolved RM, sigmoid-centred rewards, SER's KL settings."""
     from r2m.config import replace_path
+    from r2m.pipeline import user_models, world_data
 
     ser = cfg.ser
-    prompts = str(split_prompts) if ser.ppo_prompts == PPOPrompts.SPLIT else cfg.data.prompts
+    split = ser.ppo_prompts == PPOPrompts.SPLIT
+    prompts = str(split_prompts) if split else cfg.data.prompts
+    # The split's prompt file is r2m's plain JSONL, whatever data.format the source pairs had.
+    fmt = "plain" if split else cfg.data.formats.prompts
+    eval_prompts = cfg.data.eval_prompts
+    if not user_models(cfg):
+        # A SER run in the gold-reward world: the evolved RM is a path now, so name the world's files (r2m refuses
+        # to fill a data path behind a model path by itself).
+        files = world_data(cfg)
+        eval_prompts = eval_prompts or str(files.eval_prompts)
+        prompts = prompts or str(files.prompts)
     return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", rl__steps=ser.ppo_steps,
                         reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
                         rl__beta=ser.ppo_beta, rl__kl_adaptive=ser.ppo_kl_adaptive, rl__kl_target=ser.ppo_kl_target,
-                        data__prompts=prompts)
+                        data__prompts=prompts, data__formats__prompts=fmt, data__eval_prompts=eval_prompts)
 
 
 def run_ser(cfg: Config) -> SERResult:
@@ -576,4 +589,4 @@ def _load_rm(cfg: Config, path: Path):
     tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
     model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
-    return RewardModel(model, tok).to(resolve_device(cfg.run.device)).eval()
+    return RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()

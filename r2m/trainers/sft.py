@@ -27,12 +27,35 @@ def tokenize_sft(tokenizer, rows: Sequence[dict], max_length: int) -> list[tuple
     return out
 
 
+def sft_length(cfg: Config, model) -> int:
+    """sft.max_length, capped by the model's positions (a longer sequence could not be run at all)."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return min(cfg.sft.max_length, limit) if limit else cfg.sft.max_length
+
+
+def count_truncated(tokenizer, rows: Sequence[dict], max_length: int) -> int:
+    """Rows whose prompt + response is longer than ``max_length`` tokens (cut by tokenize_sft)."""
+    p_ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=True)["input_ids"]
+    r_ids = tokenizer([r["response"] for r in rows], add_special_tokens=False)["input_ids"]
+    return sum(len(p) + len(r) > max_length for p, r in zip(p_ids, r_ids))
+
+
 def train_sft(model, tokenizer, rows: Sequence[dict], cfg: Config, accelerator, run: Optional[RunDir], seed: int,
-              max_length: int = 512, checkpoint_dir: Optional[Path] = None, resume: bool = False) -> LoopResult:
+              max_length: Optional[int] = None, checkpoint_dir: Optional[Path] = None,
+              resume: bool = False) -> LoopResult:
+    """SFT on ``rows``; sequences are cut at ``max_length`` (default: :func:`sft_length`), the cut rows counted
+    and logged."""
     from transformers import get_cosine_schedule_with_warmup
 
+    import logging
+
     sft = cfg.sft
+    max_length = max_length or sft_length(cfg, model)
     data = tokenize_sft(tokenizer, rows, max_length)
+    cut = count_truncated(tokenizer, rows, max_length)
+    if cut:
+        logging.getLogger("r2m").warning("sft: %d of %d rows are longer than %d tokens (sft.max_length or the model's "
+                                         "positions) and were cut at the end", cut, len(rows), max_length)
     steps = num_steps(len(data), sft.batch_size, sft.epochs, sft.max_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(sft.warmup_ratio * steps), steps)

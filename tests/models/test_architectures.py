@@ -49,13 +49,14 @@ def _save(arch: str, kind: str, variant: str, out: Path) -> str:
 
 @pytest.mark.parametrize("policy_arch, rm_arch", [("llama", "qwen2"), ("qwen2", "gpt_neox"), ("gpt_neox", "gemma"),
                                                   ("gemma", "llama")])
-def test_rloo_r2m_step(policy_arch, rm_arch, tiny, world_artifacts, tmp_path) -> None:
+def test_rloo_r2m_step(policy_arch, rm_arch, tiny, world_artifacts, world_data_args, tmp_path) -> None:
     policy = _save(policy_arch, "policy", "policy", tmp_path / "policy")
     rm = _save(rm_arch, "rm", "rm", tmp_path / "rm")  # another architecture and another tokenizer
     root = Path(tiny[-1].split("=", 1)[1])
     name = f"arch-{policy_arch}-{rm_arch}"
+    data = world_data_args("prompts", "eval_prompts", "pref_eval")  # a user's model: data named
     assert main(["rl", *tiny, f"run.name={name}", f"policy.path={policy}", f"reward.path={rm}",
-                 "reward.r2m.enabled=true", "rl.steps=1"]) == 0
+                 "reward.r2m.enabled=true", "rl.steps=1", *data]) == 0
     row = next(r for r in read_metrics(root / name / "metrics.jsonl") if r["step"] == 1)
     for key in ("loss/policy", "r2m/grebt", "reward/proxy", "kl"):
         assert math.isfinite(row[key]), key
