@@ -5,7 +5,7 @@ A run's evaluation points, in step order, trace gold reward against KL(pi || pi_
 
 * :func:`gold_at_kl` -- gold at a fixed KL budget b, piecewise-linear in KL between consecutive points, at
   the FIRST crossing of b along the trajectory (see its docstring for non-monotone KL and "not reached");
-* :func:`peak_gold` and :func:`final_gold`;
+* :func:`peak_gold` and :func:`final_gold`; :func:`frontier_band` (a method's mean curve over seeds, with a band);
 * :func:`paired_bootstrap` -- over seeds shared by two arms, the mean paired difference A - B, its 95%
   percentile-bootstrap interval and a :class:`Verdict`;
 * :class:`VerdictRecord` and :func:`write_verdicts` -- ``docs/bench/verdicts.json``.
@@ -46,6 +46,9 @@ def trajectory(steps: Sequence[int], kls: Sequence[float], golds: Sequence[float
         for i, v in enumerate(values):
             if not math.isfinite(float(v)):
                 raise DataError(f"trajectory: {name}[{i}] is {v!r}; expected a finite number")
+    for i, st in enumerate(steps):
+        if isinstance(st, bool) or int(st) != st:
+            raise DataError(f"trajectory: steps[{i}] is {st!r}; expected an integer step")
     for i in range(1, len(steps)):
         if steps[i] <= steps[i - 1]:
             raise DataError(f"trajectory: steps[{i}]={steps[i]} after steps[{i - 1}]={steps[i - 1]}; "
@@ -118,6 +121,32 @@ def peak_gold(traj: Trajectory) -> TrajectoryPoint:
 def final_gold(traj: Trajectory) -> TrajectoryPoint:
     """The last evaluation point, g_{n-1}."""
     return _point(traj, len(traj.golds) - 1)
+
+
+class BandPoint(NamedTuple):
+    """The seeds' gold at one KL budget, over the runs that reach it."""
+
+    budget: float
+    mean: float
+    """(1/n) sum_r gold_r(b) (NaN when n = 0)."""
+    lo: float
+    """min_r gold_r(b): the band is the seeds' range (NaN when n = 0)."""
+    hi: float
+    """max_r gold_r(b)."""
+    n: int
+    """Runs that reach b; the others are left out of this point (and counted by n)."""
+
+
+def frontier_band(trajs: Sequence[Trajectory], budgets: Sequence[float]) -> list[BandPoint]:
+    """A method's mean gold-vs-KL curve with a band, one point per budget: :func:`gold_at_kl` of each run
+    (one per seed) at b, then mean, min and max over the runs that reach b."""
+    out = []
+    for b in budgets:
+        golds = [r.gold for r in (gold_at_kl(t, float(b)) for t in trajs) if r.gold is not None]
+        nan = float("nan")
+        out.append(BandPoint(float(b), sum(golds) / len(golds), min(golds), max(golds), len(golds)) if golds
+                   else BandPoint(float(b), nan, nan, nan, 0))
+    return out
 
 
 class Verdict(str, enum.Enum):

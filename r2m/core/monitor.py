@@ -76,7 +76,11 @@ def rank_disagreement(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Ten
     if a.shape != b.shape or a.dim() != 2:
         raise DataError(f"rank_disagreement: scores of shapes {tuple(a.shape)} and {tuple(b.shape)}; "
                         "expected two (G, K) tensors of the same shape")
+    if mask is not None and mask.shape != a.shape:
+        raise DataError(f"rank_disagreement: mask of shape {tuple(mask.shape)}; expected {tuple(a.shape)}")
     valid = torch.ones_like(a, dtype=torch.bool) if mask is None else mask.bool()  # (G, K)
+    if not bool(torch.isfinite(a[valid]).all() & torch.isfinite(b[valid]).all()):
+        raise DataError("rank_disagreement: a score of a valid response is NaN or infinite; expected finite scores")
     k = a.shape[1]
     upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=a.device), diagonal=1)  # (K, K): i < j
     both = valid[:, :, None] & valid[:, None, :] & upper  # (G, K, K)

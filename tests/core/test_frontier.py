@@ -16,6 +16,7 @@ from r2m.core.frontier import (
     Verdict,
     VerdictRecord,
     final_gold,
+    frontier_band,
     gold_at_budgets,
     gold_at_kl,
     paired_bootstrap,
@@ -81,12 +82,26 @@ def test_peak_and_final_gold():
     assert peak_gold(tied).index == 1  # ties go to the earliest point
 
 
+def test_frontier_band_hand_worked():
+    other = trajectory([0, 10, 20], [0.0, 0.2, 0.4], [0.3, 0.5, 0.2])  # gold 0.5 at KL 0.2
+    short = trajectory([0, 10], [0.0, 0.1], [0.25, 0.35])  # never reaches 0.2
+    band = frontier_band([RUN, other, short], [0.1, 0.2, 0.6])
+    # b = 0.1: RUN 0.4, other 0.3 + 0.5 * 0.2 = 0.4, short 0.35 -> mean 0.38333.
+    assert band[0].n == 3 and band[0].mean == pytest.approx(1.15 / 3)
+    assert (band[0].lo, band[0].hi) == pytest.approx((0.35, 0.4))
+    # b = 0.2: RUN 0.55, other 0.5; short is left out and counted.
+    assert band[1].n == 2 and band[1].mean == pytest.approx(0.525)
+    assert (band[1].lo, band[1].hi) == pytest.approx((0.5, 0.55))
+    assert band[2].n == 0 and math.isnan(band[2].mean)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (([0, 1], [0.0], [0.1, 0.2]), "lengths 2, 1, 2"),
     (([], [], []), "no evaluation points"),
     (([0, 2, 1], [0.0, 0.1, 0.2], [0.1, 0.2, 0.3]), "steps[2]=1"),
     (([0, 1], [0.0, float("nan")], [0.1, 0.2]), "kls[1]"),
     (([0, 1], [0.0, 0.1], [0.1, float("inf")]), "golds[1]"),
+    (([0, 1.5], [0.0, 0.1], [0.1, 0.2]), "steps[1] is 1.5"),
 ])
 def test_trajectory_refuses_bad_points(args, fragment):
     with pytest.raises(DataError, match=fragment.replace("[", r"\[").replace("]", r"\]")):

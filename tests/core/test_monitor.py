@@ -56,6 +56,12 @@ def test_rank_disagreement_ties_and_mask():
     assert math.isnan(rank_disagreement(a[:, :1], b[:, :1]).value)
     with pytest.raises(DataError, match="expected two"):
         rank_disagreement(a, b[:, :3])
+    with pytest.raises(DataError, match="NaN or infinite"):
+        rank_disagreement(a, torch.tensor([[0.3, float("nan"), 0.2, 0.9]]))
+    # ... but a NaN score of a masked-out response is no error.
+    nan_masked = rank_disagreement(a, torch.tensor([[0.3, 0.1, 0.2, float("nan")]]),
+                                   torch.tensor([[True, True, True, False]]))
+    assert (nan_masked.discordant, nan_masked.pairs) == (1, 2)
 
 
 def test_rank_disagreement_matches_a_loop_on_random_ragged_groups():
