@@ -213,7 +213,7 @@ def two_means(states: torch.Tensor, iters: int = 50) -> torch.Tensor:
     index on ties). Then alternately assign each row to the centroid of higher cosine (A on ties) and set each
     centroid to its rows' normalised mean, until the labels stop changing or ``iters`` rounds. True = B.
     """
-    x = torch.nn.functional.normalize(states.double(), dim=-1)  # (N, D)
+    x = torch.nn.functional.normalize(states.detach().double().cpu(), dim=-1)  # (N, D); small: CPU is fine
     mean = torch.nn.functional.normalize(x.mean(0), dim=0)  # (D,)
     a = int(torch.argmin(x @ mean))
     b = int(torch.argmin(x @ x[a]))
@@ -261,16 +261,21 @@ def hidden_clustering(states: torch.Tensor, groups: Optional[torch.Tensor] = Non
     ``rescale`` (the paper's scale, as r2m.eval.analysis uses): within_a / within_b = mean s_ij over pairs in
     cluster A / B, within = over both pooled, cross = over pairs split by the clusters, separation =
     within - cross. Pooling the states over the response tokens only keeps the prompt's content out.
+    The separation is highest while hacking and normal responses coexist; once every response hacks, one
+    cluster is left and it falls back (``minority_share`` shows which), so the alarm reads its rise.
     """
     n = states.shape[0]
     if states.dim() != 2 or n < 3:
         raise DataError(f"hidden_clustering: states of shape {tuple(states.shape)}; expected (N, D) with N >= 3")
-    labels = two_means(states)
-    x = torch.nn.functional.normalize(states.double(), dim=-1)
+    labels = two_means(states)  # (N,) on the CPU, as everything below
+    x = torch.nn.functional.normalize(states.detach().double().cpu(), dim=-1)
     sim = (x @ x.T).clamp(-1.0, 1.0)  # (N, N)
     sim = (sim + 1) / 2 if rescale else sim
     pair = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)  # (N, N)
     if groups is not None:
+        if groups.shape != (n,):
+            raise DataError(f"hidden_clustering: groups of shape {tuple(groups.shape)}; expected ({n},)")
+        groups = groups.cpu()
         pair &= groups[:, None] == groups[None, :]
     in_b = labels[:, None] & labels[None, :]
     in_a = ~labels[:, None] & ~labels[None, :]
