@@ -1,0 +1,307 @@
+"""Matched-KL comparison of RL runs and paired verdicts over seeds (issue 14, items 1, 3 and 7).
+
+A run's evaluation points, in step order, trace gold reward against KL(pi || pi_ref): the trajectory
+``(step_i, kl_i, gold_i)``, i = 0..n-1. From it:
+
+* :func:`gold_at_kl` -- gold at a fixed KL budget b, piecewise-linear in KL between consecutive points, at
+  the FIRST crossing of b along the trajectory (see its docstring for non-monotone KL and "not reached");
+* :func:`peak_gold` and :func:`final_gold`; :func:`frontier_band` (a method's mean curve over seeds, with a band);
+* :func:`paired_bootstrap` -- over seeds shared by two arms, the mean paired difference A - B, its 95%
+  percentile-bootstrap interval and a :class:`Verdict`;
+* :class:`VerdictRecord` and :func:`write_verdicts` -- ``docs/bench/verdicts.json``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, NamedTuple, Optional, Sequence
+
+import torch
+
+from r2m.errors import DataError
+from r2m.utils import atomic_write_text
+
+
+class Trajectory(NamedTuple):
+    """One run's evaluation points in step order (validated by :func:`trajectory`)."""
+
+    steps: tuple[int, ...]
+    kls: tuple[float, ...]
+    golds: tuple[float, ...]
+
+
+def trajectory(steps: Sequence[int], kls: Sequence[float], golds: Sequence[float]) -> Trajectory:
+    """Check and freeze a run's (step, kl, gold) points: equal non-zero lengths, steps strictly increasing,
+    every value finite. Raises :class:`DataError` naming the argument and the index."""
+    if not (len(steps) == len(kls) == len(golds)):
+        raise DataError(f"trajectory: steps, kls and golds have lengths {len(steps)}, {len(kls)}, {len(golds)}; "
+                        "expected one (kl, gold) per step")
+    if not steps:
+        raise DataError("trajectory: no evaluation points")
+    for name, values in (("kls", kls), ("golds", golds)):
+        for i, v in enumerate(values):
+            if not math.isfinite(float(v)):
+                raise DataError(f"trajectory: {name}[{i}] is {v!r}; expected a finite number")
+    for i, st in enumerate(steps):
+        if isinstance(st, bool) or int(st) != st:
+            raise DataError(f"trajectory: steps[{i}] is {st!r}; expected an integer step")
+    for i in range(1, len(steps)):
+        if steps[i] <= steps[i - 1]:
+            raise DataError(f"trajectory: steps[{i}]={steps[i]} after steps[{i - 1}]={steps[i - 1]}; "
+                            "expected strictly increasing steps (points in step order)")
+    return Trajectory(tuple(int(s) for s in steps), tuple(float(k) for k in kls), tuple(float(g) for g in golds))
+
+
+class BudgetGold(NamedTuple):
+    """Gold at one KL budget; ``gold``, ``step`` and ``segment`` are None when the budget is not reached."""
+
+    budget: float
+    gold: Optional[float]
+    """g_i + f (g_{i+1} - g_i), f = (b - kl_i) / (kl_{i+1} - kl_i), on the first crossing segment i."""
+    step: Optional[float]
+    """The step interpolated with the same f (a float: a crossing lies between evaluations)."""
+    segment: Optional[int]
+    """i: the crossing lies on [point i, point i+1] (i = 0 and f = 0 when kl_0 = b)."""
+
+
+def gold_at_kl(traj: Trajectory, budget: float) -> BudgetGold:
+    """Gold at KL budget b, linear in KL on the first segment of the trajectory that crosses b.
+
+    The budget is reached at the first i with kl_i < b <= kl_{i+1} (or at point 0 when kl_0 = b), and
+
+        gold(b) = g_i + (b - kl_i) / (kl_{i+1} - kl_i) * (g_{i+1} - g_i).
+
+    Non-monotone KL: only the first crossing from below counts; a later dip under b and a second crossing
+    are ignored, because the first crossing is where a run that stops at budget b would have stopped.
+    Not reached (None): the KL never gets to b; and also when kl_0 > b, since the run starts past the
+    budget and no point below it brackets the crossing (nothing is extrapolated).
+    """
+    if not math.isfinite(budget) or budget < 0:
+        raise DataError(f"gold_at_kl: budget={budget!r}; expected a finite KL >= 0")
+    k, g, s = traj.kls, traj.golds, traj.steps
+    if k[0] == budget:
+        return BudgetGold(budget, g[0], float(s[0]), 0)
+    if k[0] > budget:
+        return BudgetGold(budget, None, None, None)
+    for i in range(len(k) - 1):
+        if k[i] < budget <= k[i + 1]:
+            f = (budget - k[i]) / (k[i + 1] - k[i])
+            return BudgetGold(budget, g[i] + f * (g[i + 1] - g[i]), s[i] + f * (s[i + 1] - s[i]), i)
+    return BudgetGold(budget, None, None, None)
+
+
+def gold_at_budgets(traj: Trajectory, budgets: Sequence[float]) -> list[BudgetGold]:
+    """:func:`gold_at_kl` at each budget, in the order given."""
+    return [gold_at_kl(traj, float(b)) for b in budgets]
+
+
+class TrajectoryPoint(NamedTuple):
+    """One evaluation point of a trajectory."""
+
+    index: int
+    step: int
+    kl: float
+    gold: float
+
+
+def _point(traj: Trajectory, i: int) -> TrajectoryPoint:
+    return TrajectoryPoint(i, traj.steps[i], traj.kls[i], traj.golds[i])
+
+
+def peak_gold(traj: Trajectory) -> TrajectoryPoint:
+    """The point of highest gold, argmax_i g_i, with its KL and step; ties go to the earliest point."""
+    best = max(range(len(traj.golds)), key=lambda i: (traj.golds[i], -i))
+    return _point(traj, best)
+
+
+def final_gold(traj: Trajectory) -> TrajectoryPoint:
+    """The last evaluation point, g_{n-1}."""
+    return _point(traj, len(traj.golds) - 1)
+
+
+class BandPoint(NamedTuple):
+    """The seeds' gold at one KL budget, over the runs that reach it."""
+
+    budget: float
+    mean: float
+    """(1/n) sum_r gold_r(b) (NaN when n = 0)."""
+    lo: float
+    """min_r gold_r(b): the band is the seeds' range (NaN when n = 0)."""
+    hi: float
+    """max_r gold_r(b)."""
+    n: int
+    """Runs that reach b; the others are left out of this point (and counted by n)."""
+
+
+def frontier_band(trajs: Sequence[Trajectory], budgets: Sequence[float]) -> list[BandPoint]:
+    """A method's mean gold-vs-KL curve with a band, one point per budget: :func:`gold_at_kl` of each run
+    (one per seed) at b, then mean, min and max over the runs that reach b."""
+    out = []
+    for b in budgets:
+        golds = [r.gold for r in (gold_at_kl(t, float(b)) for t in trajs) if r.gold is not None]
+        nan = float("nan")
+        out.append(BandPoint(float(b), sum(golds) / len(golds), min(golds), max(golds), len(golds)) if golds
+                   else BandPoint(float(b), nan, nan, nan, 0))
+    return out
+
+
+class Verdict(str, enum.Enum):
+    """Reading of a paired-difference interval [lo, hi] of A - B."""
+
+    BETTER = "better"
+    """lo > 0: the whole interval is above 0."""
+    WORSE = "worse"
+    """hi < 0: the whole interval is below 0."""
+    NO_DIFFERENCE = "no difference"
+    """lo <= 0 <= hi: the interval contains 0."""
+    TOO_FEW_PAIRS = "too few pairs"
+    """Fewer complete pairs than ``min_pairs``: no interval is computed (not one of the three readings)."""
+
+
+def verdict_of(lo: float, hi: float) -> Verdict:
+    """BETTER when lo > 0, WORSE when hi < 0, else NO_DIFFERENCE (an end exactly at 0 contains 0)."""
+    if lo > 0:
+        return Verdict.BETTER
+    if hi < 0:
+        return Verdict.WORSE
+    return Verdict.NO_DIFFERENCE
+
+
+class PairedBootstrap(NamedTuple):
+    """A paired comparison of arms A and B over shared seeds."""
+
+    diff_mean: float
+    """mean_s (a_s - b_s) over the complete pairs (NaN with too few pairs)."""
+    ci95: tuple[float, float]
+    """Percentile-bootstrap interval (lo, hi) of that mean at ``level`` (NaN, NaN with too few pairs)."""
+    verdict: Verdict
+    seeds: tuple[int, ...]
+    """The seeds of the complete pairs, sorted."""
+    dropped: tuple[int, ...]
+    """Seeds dropped: in one arm only, or missing (None/NaN, e.g. "not reached") in either."""
+
+
+def _complete(value: Optional[float]) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+class PairedDifferences(NamedTuple):
+    diffs: dict[int, float]
+    """seed -> a_s - b_s, for the seeds with a finite value in both arms, in seed order."""
+    dropped: tuple[int, ...]
+    """The other seeds, sorted."""
+
+
+def paired_differences(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[float]]) -> PairedDifferences:
+    """d_s = a_s - b_s for each seed s with a finite value in both arms, and the sorted dropped seeds."""
+    diffs, dropped = {}, []
+    for s in sorted(set(a) | set(b)):
+        va, vb = a.get(s), b.get(s)
+        if _complete(va) and _complete(vb):
+            diffs[s] = float(va) - float(vb)
+        else:
+            dropped.append(s)
+    return PairedDifferences(diffs, tuple(dropped))
+
+
+def paired_bootstrap(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[float]], *,
+                     resamples: int = 10_000, seed: int = 0, level: float = 0.95,
+                     min_pairs: int = 2) -> PairedBootstrap:
+    """Mean paired difference of A - B over seeds, with a percentile-bootstrap interval and its verdict.
+
+    With d_s = a_s - b_s on the n complete pairs: diff_mean = (1/n) sum_s d_s. Each of R resamples draws n
+    seeds with replacement (a ``torch.Generator`` seeded with ``seed``, so the interval is reproducible) and
+    takes their mean d*_r; ci95 = the (1-level)/2 and (1+level)/2 quantiles of {d*_r} (linear interpolation,
+    torch.quantile). The verdict is :func:`verdict_of` (lo, hi). Seeds missing from either arm, or None/NaN
+    there (a budget not reached), are dropped and returned in ``dropped``; with fewer than ``min_pairs``
+    complete pairs the verdict is TOO_FEW_PAIRS (one pair gives a zero-width interval, not evidence).
+    """
+    if resamples < 1:
+        raise DataError(f"paired_bootstrap: resamples={resamples}; expected >= 1")
+    if not 0 < level < 1:
+        raise DataError(f"paired_bootstrap: level={level}; expected 0 < level < 1")
+    if min_pairs < 1:
+        raise DataError(f"paired_bootstrap: min_pairs={min_pairs}; expected >= 1")
+    diffs, dropped = paired_differences(a, b)
+    seeds = tuple(diffs)
+    if len(seeds) < min_pairs:
+        nan = float("nan")
+        return PairedBootstrap(nan, (nan, nan), Verdict.TOO_FEW_PAIRS, seeds, dropped)
+    d = torch.tensor([diffs[s] for s in seeds], dtype=torch.float64)  # (n,)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, d.numel(), (resamples, d.numel()), generator=gen)  # (R, n)
+    means = d[idx].mean(dim=1)  # (R,)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(means, q).tolist()
+    return PairedBootstrap(d.mean().item(), (lo, hi), verdict_of(lo, hi), seeds, dropped)
+
+
+class Claim(str, enum.Enum):
+    """The papers' claims (issue 14, item 7); each id names two arms, the first minus the second."""
+
+    R2M_VS_VANILLA = "r2m_vs_vanilla"
+    R2M_VS_PRETRAINED_RM = "r2m_vs_pretrained_rm"
+    R2M_VS_ITERATIVE_HEAD = "r2m_vs_iterative_head"
+    WO_TRAIN_VS_VANILLA = "wo_train_vs_vanilla"
+    SCALE_CONTROL_VS_VANILLA = "scale_control_vs_vanilla"
+    NOISE_VS_R2M = "noise_vs_r2m"
+    NO_BT_VS_R2M = "no_bt_vs_r2m"
+    NO_GRE_VS_R2M = "no_gre_vs_r2m"
+    ORACLE_VS_VANILLA = "oracle_vs_vanilla"
+    RANDOM_VS_VANILLA = "random_vs_vanilla"
+    SER_VS_FULL = "ser_vs_full"
+    SER_VS_LOOP0 = "ser_vs_loop0"
+    R2M_RM_ACC_VS_VANILLA = "r2m_rm_acc_vs_vanilla"
+
+
+VERDICT_KEYS = ("world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict")
+"""The keys of one object of ``verdicts.json``, in order."""
+
+
+def _json_float(x: float) -> Optional[float]:
+    return float(x) if math.isfinite(x) else None  # JSON has no NaN: "no interval" is written as null
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One (world, algorithm, claim) row of ``docs/bench/verdicts.json``."""
+
+    world: str
+    algorithm: str
+    claim: Claim
+    metric: str
+    """What was compared, e.g. ``gold@kl=0.2``, ``final_gold``, ``peak_gold``, ``rm_accuracy``."""
+    seeds: tuple[int, ...]
+    """The seeds of the complete pairs."""
+    diff_mean: float
+    ci95: tuple[float, float]
+    verdict: Verdict
+
+    @classmethod
+    def from_bootstrap(cls, world: str, algorithm: str, claim: Claim, metric: str,
+                       result: PairedBootstrap) -> "VerdictRecord":
+        return cls(world, algorithm, Claim(claim), metric, result.seeds, result.diff_mean, result.ci95,
+                   result.verdict)
+
+    def to_json(self) -> dict:
+        """Exactly :data:`VERDICT_KEYS`; ``ci95`` as ``[lo, hi]``, NaN as null."""
+        return {"world": self.world, "algorithm": self.algorithm, "claim": self.claim.value,
+                "metric": self.metric, "seeds": [int(s) for s in self.seeds],
+                "diff_mean": _json_float(self.diff_mean), "ci95": [_json_float(c) for c in self.ci95],
+                "verdict": self.verdict.value}
+
+
+def verdicts_document(records: Sequence[VerdictRecord], *, commit: str, command: str) -> dict:
+    """The object of ``verdicts.json``: ``{"commit", "command", "verdicts": [...]}``, records in order."""
+    return {"commit": commit, "command": command, "verdicts": [r.to_json() for r in records]}
+
+
+def write_verdicts(path: str | Path, records: Sequence[VerdictRecord], *, commit: str, command: str) -> Path:
+    """Write :func:`verdicts_document` as indented JSON through a temporary name (never half a file)."""
+    text = json.dumps(verdicts_document(records, commit=commit, command=command), indent=2, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+    return Path(path)

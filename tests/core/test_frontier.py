@@ -1,0 +1,181 @@
+"""Matched-KL interpolation, peak/final gold, the paired bootstrap and verdicts.json (r2m.core.frontier)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from r2m.core.frontier import (
+    VERDICT_KEYS,
+    BudgetGold,
+    Claim,
+    PairedBootstrap,
+    Verdict,
+    VerdictRecord,
+    final_gold,
+    frontier_band,
+    gold_at_budgets,
+    gold_at_kl,
+    paired_bootstrap,
+    paired_differences,
+    peak_gold,
+    trajectory,
+    verdict_of,
+    write_verdicts,
+)
+from r2m.errors import DataError
+
+# kl rises 0 -> 0.5; gold peaks at step 20 (0.7) then falls.
+RUN = trajectory([0, 10, 20, 30], [0.0, 0.1, 0.3, 0.5], [0.2, 0.4, 0.7, 0.6])
+
+
+def test_gold_at_kl_hand_worked():
+    # b = 0.2 on segment 1: f = (0.2 - 0.1) / (0.3 - 0.1) = 0.5; gold = 0.4 + 0.5 * 0.3 = 0.55; step 15.
+    r = gold_at_kl(RUN, 0.2)
+    assert r.segment == 1 and r.gold == pytest.approx(0.55) and r.step == pytest.approx(15.0)
+    # b = 0.45 on segment 2: f = 0.75; gold = 0.7 + 0.75 * (0.6 - 0.7) = 0.625; step 27.5.
+    r = gold_at_kl(RUN, 0.45)
+    assert r.segment == 2 and r.gold == pytest.approx(0.625) and r.step == pytest.approx(27.5)
+    # A budget on an evaluation point takes that point's gold (the segment's end, f = 1).
+    assert gold_at_kl(RUN, 0.1).gold == pytest.approx(0.4) and gold_at_kl(RUN, 0.1).step == pytest.approx(10)
+    assert gold_at_kl(RUN, 0.0) == BudgetGold(0.0, 0.2, 0.0, 0)
+
+
+def test_gold_at_kl_not_reached():
+    assert gold_at_kl(RUN, 0.7) == BudgetGold(0.7, None, None, None)
+    # A run that starts past the budget has no point below it: nothing is extrapolated.
+    starts_high = trajectory([0, 5], [0.2, 0.3], [0.5, 0.6])
+    assert gold_at_kl(starts_high, 0.1).gold is None
+    assert [r.gold for r in gold_at_budgets(RUN, [0.2, 0.7])] == [pytest.approx(0.55), None]
+
+
+def test_gold_at_kl_non_monotone_takes_the_first_crossing():
+    run = trajectory([0, 1, 2, 3, 4], [0.0, 0.4, 0.2, 0.1, 0.6], [0.3, 0.7, 0.5, 0.35, 0.9])
+    # b = 0.3: first crossing on segment 0, f = 0.75 -> 0.3 + 0.75 * 0.4 = 0.6 (the later crossing on
+    # segment 3 would give 0.35 + 0.4 * 0.55 = 0.57 and is ignored).
+    r = gold_at_kl(run, 0.3)
+    assert r.segment == 0 and r.gold == pytest.approx(0.6) and r.step == pytest.approx(0.75)
+    # b = 0.5 is first reached on segment 3 (the KL peaked at 0.4 before): f = 0.8 -> 0.35 + 0.8 * 0.55.
+    r = gold_at_kl(run, 0.5)
+    assert r.segment == 3 and r.gold == pytest.approx(0.79) and r.step == pytest.approx(3.8)
+
+
+def test_gold_at_kl_matches_numpy_interp_on_monotone_runs():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        kls = np.cumsum(rng.uniform(0.01, 0.2, size=7))
+        golds = rng.uniform(-1, 1, size=7)
+        run = trajectory(list(range(0, 70, 10)), kls.tolist(), golds.tolist())
+        for b in rng.uniform(kls[0], kls[-1], size=5):
+            assert gold_at_kl(run, float(b)).gold == pytest.approx(float(np.interp(b, kls, golds)), abs=1e-12)
+
+
+def test_peak_and_final_gold():
+    p = peak_gold(RUN)
+    assert (p.index, p.step, p.kl, p.gold) == (2, 20, 0.3, 0.7)
+    f = final_gold(RUN)
+    assert (f.index, f.step, f.kl, f.gold) == (3, 30, 0.5, 0.6)
+    tied = trajectory([0, 1, 2], [0.0, 0.1, 0.2], [0.5, 0.7, 0.7])
+    assert peak_gold(tied).index == 1  # ties go to the earliest point
+
+
+def test_frontier_band_hand_worked():
+    other = trajectory([0, 10, 20], [0.0, 0.2, 0.4], [0.3, 0.5, 0.2])  # gold 0.5 at KL 0.2
+    short = trajectory([0, 10], [0.0, 0.1], [0.25, 0.35])  # never reaches 0.2
+    band = frontier_band([RUN, other, short], [0.1, 0.2, 0.6])
+    # b = 0.1: RUN 0.4, other 0.3 + 0.5 * 0.2 = 0.4, short 0.35 -> mean 0.38333.
+    assert band[0].n == 3 and band[0].mean == pytest.approx(1.15 / 3)
+    assert (band[0].lo, band[0].hi) == pytest.approx((0.35, 0.4))
+    # b = 0.2: RUN 0.55, other 0.5; short is left out and counted.
+    assert band[1].n == 2 and band[1].mean == pytest.approx(0.525)
+    assert (band[1].lo, band[1].hi) == pytest.approx((0.5, 0.55))
+    assert band[2].n == 0 and math.isnan(band[2].mean)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (([0, 1], [0.0], [0.1, 0.2]), "lengths 2, 1, 2"),
+    (([], [], []), "no evaluation points"),
+    (([0, 2, 1], [0.0, 0.1, 0.2], [0.1, 0.2, 0.3]), "steps[2]=1"),
+    (([0, 1], [0.0, float("nan")], [0.1, 0.2]), "kls[1]"),
+    (([0, 1], [0.0, 0.1], [0.1, float("inf")]), "golds[1]"),
+    (([0, 1.5], [0.0, 0.1], [0.1, 0.2]), "steps[1] is 1.5"),
+])
+def test_trajectory_refuses_bad_points(args, fragment):
+    with pytest.raises(DataError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        trajectory(*args)
+
+
+def test_bootstrap_hand_worked_two_pairs():
+    # d = (0.1, 0.3): a resample's mean is 0.1, 0.2 or 0.3 with probability 1/4, 1/2, 1/4, so the 2.5% and
+    # 97.5% quantiles of many resamples are 0.1 and 0.3.
+    r = paired_bootstrap({0: 0.7, 1: 0.9}, {0: 0.6, 1: 0.6}, resamples=4000)
+    assert r.diff_mean == pytest.approx(0.2)
+    assert r.ci95 == pytest.approx((0.1, 0.3))
+    assert r.verdict is Verdict.BETTER and r.seeds == (0, 1) and r.dropped == ()
+
+
+def test_bootstrap_finds_a_known_difference():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, size=10)  # the seeds differ a lot: only pairing shows the effect
+    a = {s: float(base[s] + 0.07 + rng.normal(0, 0.02)) for s in range(10)}
+    b = {s: float(base[s]) for s in range(10)}
+    r = paired_bootstrap(a, b, resamples=2000, seed=1)
+    assert r.diff_mean == pytest.approx(np.mean([a[s] - b[s] for s in range(10)]))
+    assert 0 < r.ci95[0] < 0.07 < r.ci95[1] and r.verdict is Verdict.BETTER
+    swapped = paired_bootstrap(b, a, resamples=2000, seed=1)
+    assert swapped.verdict is Verdict.WORSE and swapped.diff_mean == pytest.approx(-r.diff_mean)
+
+
+def test_bootstrap_finds_none_where_there_is_none():
+    noise = [0.05, -0.04, 0.03, -0.05, 0.04, -0.03, 0.02, -0.02]  # sums to 0
+    b = {s: 0.4 + 0.1 * s for s in range(8)}
+    a = {s: b[s] + noise[s] for s in range(8)}
+    r = paired_bootstrap(a, b, resamples=2000)
+    assert r.diff_mean == pytest.approx(0.0, abs=1e-12)
+    assert r.ci95[0] < 0 < r.ci95[1] and r.verdict is Verdict.NO_DIFFERENCE
+
+
+def test_bootstrap_drops_and_counts_missing_pairs():
+    a = {0: 0.5, 1: None, 2: 0.6, 3: float("nan"), 5: 0.7}
+    b = {0: 0.4, 1: 0.3, 2: 0.5, 3: 0.2, 4: 0.1, 5: 0.6}
+    assert paired_differences(a, b).dropped == (1, 3, 4)
+    r = paired_bootstrap(a, b, resamples=500)
+    assert r.seeds == (0, 2, 5) and r.dropped == (1, 3, 4)
+    assert r.diff_mean == pytest.approx(0.1) and r.ci95 == pytest.approx((0.1, 0.1))
+
+
+def test_bootstrap_too_few_pairs_and_reproducible():
+    r = paired_bootstrap({0: 0.9, 1: None}, {0: 0.1, 1: 0.2})
+    assert r.verdict is Verdict.TOO_FEW_PAIRS and math.isnan(r.diff_mean) and r.dropped == (1,)
+    a, b = {s: 0.1 * s + 0.03 * (s % 3) for s in range(6)}, {s: 0.1 * s for s in range(6)}
+    assert paired_bootstrap(a, b, resamples=300, seed=7) == paired_bootstrap(a, b, resamples=300, seed=7)
+    assert paired_bootstrap(a, b, resamples=300, seed=7).ci95 != paired_bootstrap(a, b, resamples=300, seed=8).ci95
+    with pytest.raises(DataError, match="resamples=0"):
+        paired_bootstrap(a, b, resamples=0)
+
+
+@pytest.mark.parametrize("lo, hi, verdict", [
+    (0.01, 0.2, Verdict.BETTER), (-0.2, -0.01, Verdict.WORSE), (0.0, 0.2, Verdict.NO_DIFFERENCE),
+    (-0.2, 0.0, Verdict.NO_DIFFERENCE), (-0.1, 0.1, Verdict.NO_DIFFERENCE), (1e-9, 1e-9, Verdict.BETTER),
+])
+def test_verdict_thresholds(lo, hi, verdict):
+    assert verdict_of(lo, hi) is verdict
+
+
+def test_write_verdicts(tmp_path):
+    boot = paired_bootstrap({0: 0.7, 1: 0.9}, {0: 0.6, 1: 0.6}, resamples=1000)
+    none = PairedBootstrap(float("nan"), (float("nan"), float("nan")), Verdict.TOO_FEW_PAIRS, (), (0, 1))
+    records = [VerdictRecord.from_bootstrap("length", "rloo", Claim.R2M_VS_VANILLA, "gold@kl=0.2", boot),
+               VerdictRecord.from_bootstrap("noisy", "grpo", "ser_vs_full", "rm_accuracy", none)]
+    path = write_verdicts(tmp_path / "bench" / "verdicts.json", records, commit="abc123", command="r2m bench run")
+    doc = json.loads(path.read_text())
+    assert list(doc) == ["commit", "command", "verdicts"] and doc["commit"] == "abc123"
+    assert [tuple(v) for v in doc["verdicts"]] == [VERDICT_KEYS, VERDICT_KEYS]
+    first, second = doc["verdicts"]
+    assert first["claim"] == "r2m_vs_vanilla" and first["seeds"] == [0, 1] and first["verdict"] == "better"
+    assert first["diff_mean"] == pytest.approx(0.2) and first["ci95"] == pytest.approx([0.1, 0.3])
+    assert second["diff_mean"] is None and second["ci95"] == [None, None] and second["verdict"] == "too few pairs"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["verdicts.json"]  # no temporary file left
