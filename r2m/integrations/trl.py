@@ -166,9 +166,8 @@ class R2MReward:
         out = self.reward(RewardQuery(prompts, responses, hidden, mask, step=step, group_size=k))
         self.pending = R2MBatch(out.embeddings, hidden, mask, step, len(prompts) // k, k)
         self.log_metric = log_metric
-        if log_metric is not None:
+        if log_metric is not None:  # ω(t) and the rest come with the update's statistics (R2MCallback)
             log_metric("r2m/vanilla_reward", out.vanilla.mean().item())
-            log_metric("r2m/omega", self.reward.omega(step))
         return out.scores.tolist()
 
 
