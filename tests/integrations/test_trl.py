@@ -142,3 +142,41 @@ def test_a_split_group_is_refused(grpo_run) -> None:
 def test_conversational_prompts_are_refused(grpo_run) -> None:
     with pytest.raises(DataError, match="conversational datasets are not supported"):
         grpo_run.reward([[{"role": "user", "content": "hi"}]] * 4, ["x"] * 4)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(world_artifacts, out: Path, per_device: int):
+    import os
+    import subprocess
+    import sys
+
+    policy_dir, rm_dir, files = world_artifacts
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(Path(__file__).with_name("trl_two_process.py")),
+           str(policy_dir), str(rm_dir), str(files.prompts), str(out), str(per_device)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_keep_one_r2m_and_refuse_split_groups(world_artifacts, tmp_path) -> None:
+    import json
+
+    # 8 completions per process = 2 whole groups of 4: fusion and head gradients averaged over the 2 ranks
+    proc = _two_processes(world_artifacts, tmp_path / "whole", 8)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / "whole" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["params"] == ranks[1]["params"]  # one R2M, though each rank started from its own init
+    assert len(ranks[0]["grebt"]) == 2 and all(math.isfinite(x) for x in ranks[0]["grebt"])
+    # 2 completions per process: each group of 4 would straddle the two processes
+    proc = _two_processes(world_artifacts, tmp_path / "split", 2)
+    assert proc.returncode != 0
+    assert "2 completions, not a multiple of num_generations=4, so a group would be split" in proc.stderr
