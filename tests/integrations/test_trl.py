@@ -139,9 +139,12 @@ def test_a_split_group_is_refused(grpo_run) -> None:
     check_groups(["a", "a", "b", "b"], 2)
 
 
-def test_conversational_prompts_are_refused(grpo_run) -> None:
+def test_conversational_prompts_and_a_missing_callback_are_refused(grpo_run) -> None:
     with pytest.raises(DataError, match="conversational datasets are not supported"):
         grpo_run.reward([[{"role": "user", "content": "hi"}]] * 4, ["x"] * 4)
+    unbound = R2MReward(grpo_run.reward.model, grpo_run.reward.tokenizer)
+    with pytest.raises(ConfigError, match=r"no policy bound; pass callbacks=\[R2MCallback\(reward\)\]"):
+        unbound(["<bos> 1 =>"] * 4, ["1 <eos>"] * 4)
 
 
 def _free_port() -> int:
