@@ -172,3 +172,18 @@ def test_push_to_hub(tmp_path, policy, monkeypatch) -> None:
     tok = load_tokenizer(str(base))
     plain = RewardModel(load_reward_model(str(base), pad_token_id=tok.pad_token_id), tok)
     torch.testing.assert_close(plain.score_texts(PROMPTS, RESPONSES), model.vanilla_score(rte))
+
+
+def test_the_rm_head_baseline_saves_loads_and_scores_without_a_policy(tmp_path) -> None:
+    rm_dir = _build_rm_dir(tmp_path)
+    tok = load_tokenizer(str(rm_dir))
+    model = build_feedback_rm(RewardModel(load_reward_model(str(rm_dir), pad_token_id=tok.pad_token_id), tok),
+                              None, 16, 2, FusionInit.RANDOM)
+    with torch.no_grad():
+        model.head.weight.mul_(0.7)
+    model.save_pretrained(tmp_path / "head")
+    assert "Iterative RM-head baseline" in (tmp_path / "head" / "README.md").read_text()
+    loaded = FeedbackRewardModel.from_pretrained(tmp_path / "head")
+    assert loaded.fusion is None
+    want = model.head(model.embed_texts(PROMPTS, RESPONSES)).squeeze(-1)
+    torch.testing.assert_close(loaded.score(PROMPTS, RESPONSES), want)
