@@ -131,8 +131,8 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
                     # Recompute H_last through the unfrozen backbone so its gradient flows too.
                     enc = model.rm.tokenize(exp.prompts, exp.responses)
                     rte = model.rm.embed(enc["input_ids"].to(run.device), enc["attention_mask"].to(run.device)).float()
-                    r = model.score(rte, exp.policy_hidden, exp.policy_mask,
-                                    run.reward_fn.omega(exp.step)).view(exp.n, exp.k)
+                    r = model.score_embeddings(rte, exp.policy_hidden, exp.policy_mask,
+                                               run.reward_fn.omega(exp.step)).view(exp.n, exp.k)
                     loss = grebt_terms(r, cfg.reward.r2m.effective_alpha).loss
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

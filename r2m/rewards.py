@@ -138,7 +138,7 @@ class FeedbackReward:
             if factor is not None:
                 self.calibration = factor
                 log.info("reward.r2m.init=matched: W_o rescaled by %.4g on the first rollout batch", factor)
-        scores = self.model.score(rte, h, query.policy_mask, self.omega(query.step))
+        scores = self.model.score_embeddings(rte, h, query.policy_mask, self.omega(query.step))
         return RewardOutput(scores.float(), rte, self.model.vanilla_score(rte))
 
 

@@ -128,6 +128,9 @@ def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> 
     if "reward.r2m.enabled=true" in variant or "reward.baseline=iterative_head" in variant:
         assert (final / "r2m" / "r2m.safetensors").exists()
         assert any("rm_acc/r2m_after" in r for r in rows)
+        meta = json.loads((final / "r2m" / "r2m.json").read_text())
+        assert meta["base_rm_kind"] == "relative" and not Path(meta["base_rm"]).is_absolute()  # the run can move
+        assert (final / "r2m" / meta["base_rm"]).resolve().is_dir()
     if "reward.baseline=pretrained_rm" in variant:
         assert any(p.name.startswith("rm-pretrained-") for p in (root / "world").iterdir())
 

@@ -63,7 +63,7 @@ def feedback_pairwise_accuracy(model, policy, policy_tokenizer, rows: Sequence[d
             prompts, responses = [r["prompt"] for r in chunk], [r[key] for r in chunk]
             rte = model.embed_texts(prompts, responses, batch_size)
             h = text_feedback(policy, policy_tokenizer, prompts, responses, device)
-            out.append(model.score(rte, h.hidden, h.mask, w).cpu())
+            out.append(model.score_embeddings(rte, h.hidden, h.mask, w).cpu())
         return torch.cat(out)
 
     return accuracy_from_scores(scores("chosen"), scores("rejected"), rows)

@@ -20,12 +20,15 @@ import torch
 from torch import nn
 
 from r2m.config import FusionInit
+from r2m.errors import ModelError
 from r2m.losses import within_group_spread
 from r2m.models.fusion import PolicyFeedbackFusion
 from r2m.models.reward import RewardModel
 
 _FILE = "r2m.safetensors"
 _META = "r2m.json"
+_BASE_DIR = "base"  # where include_base=True stores the base RM, inside the R2M directory
+_INFO_KEYS = ("omega_floor", "total_steps")  # r2m.json fields that score() reads back
 
 
 class ScoreParts(NamedTuple):
@@ -49,6 +52,10 @@ class FeedbackRewardModel(nn.Module):
         self.base_head = copy.deepcopy(rm.head).requires_grad_(False)
         rm.head.requires_grad_(True)
         rm.head.float()
+        self.base_rm: Optional[str] = getattr(rm.model, "name_or_path", None) or None
+        """Where the base RM was loaded from (a path or hub id): save_pretrained's default ``base_rm``."""
+        self.info: dict = {}
+        """``omega_floor`` and ``total_steps`` from ``r2m.json``, when saved: :meth:`score`'s defaults for ω(t)."""
 
     @property
     def head(self) -> nn.Module:
@@ -74,8 +81,8 @@ class FeedbackRewardModel(nn.Module):
             out.append(self.rm.embed(enc["input_ids"].to(self.rm.device), enc["attention_mask"].to(self.rm.device)))
         return torch.cat(out).float()
 
-    def score(self, rte: torch.Tensor, policy_hidden: Optional[torch.Tensor], policy_mask: Optional[torch.Tensor],
-              w: float) -> torch.Tensor:
+    def score_embeddings(self, rte: torch.Tensor, policy_hidden: Optional[torch.Tensor],
+                         policy_mask: Optional[torch.Tensor], w: float) -> torch.Tensor:
         """r_φ(x, y, h) = φ((1 - ω) Ĥ + ω H_last), shape (B,). Without fusion: φ(H_last)."""
         if self.fusion is None or policy_hidden is None:
             return self.head(rte).squeeze(-1).float()
@@ -131,20 +138,176 @@ class FeedbackRewardModel(nn.Module):
             self.fusion.load_state_dict(fusion)
 
     def save(self, directory: str | Path, base_rm: str, extra: Optional[dict] = None) -> None:
-        """The fusion module and head as safetensors, with what is needed to rebuild them."""
+        """The RL run's checkpoint save: :meth:`save_pretrained` with the run's base RM."""
+        self.save_pretrained(directory, base_rm=base_rm, extra=extra)
+
+    def _head_key(self) -> str:
+        """The state-dict prefix of the score head inside the HF model (``score`` for Llama-style RMs)."""
+        return next(n for n, m in self.rm.model.named_modules() if m is self.rm.head)
+
+    def _save_base(self, directory: Path) -> None:
+        """The base RM as it was before R2M (its original head), with its tokenizer, under ``directory``."""
+        from r2m.models.loading import save_model
+
+        state = self.rm.model.state_dict()
+        key = self._head_key()
+        state.update({f"{key}.{k}": v for k, v in self.base_head.state_dict().items()})
+        save_model(self.rm.model, self.rm.tokenizer, directory, {k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+    def save_pretrained(self, directory: str | Path, base_rm: Optional[str | Path] = None, *,
+                        include_base: bool = False, extra: Optional[dict] = None,
+                        repo_id: Optional[str] = None) -> Path:
+        """Fusion and head as ``r2m.safetensors``, ``r2m.json`` and a model card (``README.md``).
+
+        ``base_rm`` (default: where this model's base RM was loaded from) is recorded relative to
+        ``directory`` when it is a local path, else as a hub id; ``include_base=True`` stores the base RM
+        (with its original head) inside ``directory/base`` instead, so the directory stands alone.
+        ``extra`` adds fields to ``r2m.json`` (e.g. ``omega_floor``, ``total_steps``, read back by :meth:`score`).
+        """
         from safetensors.torch import save_file
+
+        from r2m.models.r2m_hub import CARD, FORMAT, FORMAT_VERSION, base_ref, model_card
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if include_base:
+            self._save_base(directory / _BASE_DIR)
+            base_rm = directory / _BASE_DIR
+        base_rm = base_rm if base_rm is not None else self.base_rm
+        if base_rm is None:
+            raise ModelError("save_pretrained: base_rm is unknown (the base RM was not loaded from a path); pass "
+                             "base_rm= (a path or hub id) or include_base=True")
+        ref = base_ref(base_rm, directory)
         # The original head travels too, so vanilla scores reproduce whatever the base path holds.
         base = {f"base_head.{k}": v.detach().cpu().contiguous().clone() for k, v in self.base_head.state_dict().items()}
         save_file({**self.trainable_state(), **base}, str(directory / _FILE))
-        meta = {"base_rm": base_rm, "fusion": None, **(extra or {})}
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_rm": ref.ref, "base_rm_kind": ref.kind.value,
+                "fusion": None, **self.info, **(extra or {})}
         if self.fusion is not None:
             f = self.fusion
             meta["fusion"] = {"rm_dim": f.rm_dim, "policy_dim": f.policy_dim, "inner_dim": f.inner_dim,
                               "num_heads": f.num_heads}
         (directory / _META).write_text(json.dumps(meta, indent=2))
+        (directory / CARD).write_text(model_card(meta, repo_id), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, base_rm: Optional[str] = None, dtype: str = "float32",
+                        trust_remote_code: bool = False, revision: Optional[str] = None,
+                        token: Optional[str] = None) -> "FeedbackRewardModel":
+        """Load a directory written by :meth:`save_pretrained` (or :meth:`save`), or a hub repository of one.
+
+        The base RM is the one ``r2m.json`` names (relative to the directory, or a hub id), unless
+        ``base_rm`` overrides it.
+        """
+        from r2m.models.loading import load_reward_model, load_tokenizer
+        from r2m.models.r2m_hub import is_hub_repo, resolve_base
+        from r2m.safeio import load_safetensors as load_file  # a damaged file is named
+        from r2m.safeio import read_json
+
+        directory = _download(str(name_or_path), revision, token) if is_hub_repo(name_or_path) else Path(name_or_path)
+        if not (directory / _META).is_file():
+            raise ModelError(f"{directory}: no {_META}; expected a directory written by FeedbackRewardModel.save_pretrained")
+        meta = read_json(directory / _META)
+        base = str(base_rm) if base_rm is not None else resolve_base(meta, directory)
+        tok = load_tokenizer(base, trust_remote_code)
+        rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)
+        fusion = PolicyFeedbackFusion(**meta["fusion"]) if meta.get("fusion") is not None else None
+        model = cls(rm, fusion)
+        state = load_file(str(directory / _FILE))
+        model.load_trainable_state(state)
+        model.base_head.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("base_head.")})
+        model.base_rm = base
+        model.info = {k: meta[k] for k in _INFO_KEYS if k in meta}
+        return model
+
+    def push_to_hub(self, repo_id: str, base_rm: Optional[str] = None, *, include_base: bool = False,
+                    private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: str = "Upload R2M reward model", api=None):
+        """:meth:`save_pretrained` into a temporary directory, uploaded to ``repo_id`` (created if needed).
+
+        The base RM must be a hub id (``base_rm=`` or where it was loaded from) or travel with the
+        upload (``include_base=True``): a local path would mean nothing on the Hub. ``api``: a
+        ``huggingface_hub.HfApi`` (default ``HfApi(token=token)``). Returns ``upload_folder``'s result.
+        """
+        import tempfile
+
+        from r2m.models.r2m_hub import BaseKind, base_ref
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if not include_base:
+                base = base_rm if base_rm is not None else self.base_rm
+                if base is None or base_ref(base, Path(tmp)).kind != BaseKind.HUB_ID:
+                    raise ModelError(f"push_to_hub({repo_id!r}): the base RM {str(base)!r} is a local path, which "
+                                     "would mean nothing on the Hub; push it first and pass base_rm='org/name', "
+                                     "or pass include_base=True to upload it with the fusion and head")
+            self.save_pretrained(tmp, base_rm, include_base=include_base, repo_id=repo_id)
+            if api is None:
+                from huggingface_hub import HfApi
+
+                api = HfApi(token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
+                                     repo_type="model")
+
+    # ------------------------------------------------------------------ scoring texts
+
+    def omega_at(self, step: Optional[float], total_steps: Optional[int], omega_floor: Optional[float]) -> float:
+        """ω(t) for :meth:`score`: Ω (the end of training) when ``step`` is None."""
+        from r2m.models.fusion import omega
+
+        floor = omega_floor if omega_floor is not None else self.info.get("omega_floor")
+        if floor is None:
+            raise ModelError("score: omega_floor is unknown (r2m.json has none); pass omega_floor=")
+        if step is None:
+            return float(floor)
+        total = total_steps if total_steps is not None else self.info.get("total_steps")
+        if total is None:
+            raise ModelError(f"score: step={step} needs total_steps (r2m.json has none); pass total_steps=")
+        return omega(step, int(total), float(floor))
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str], policy: Optional[nn.Module] = None,
+              policy_tokenizer=None, step: Optional[float] = None, total_steps: Optional[int] = None,
+              omega_floor: Optional[float] = None, batch_size: int = 64) -> torch.Tensor:
+        """r_φ(x, y, h) of each (prompt, response), (B,) float32 on the CPU, in one call.
+
+        H_last comes from the RM's own tokenizer; h from ``policy`` over the same texts tokenised by
+        ``policy_tokenizer`` (:func:`r2m.rollout.text_feedback`, the rollout's h up to rounding). ω(t) is
+        ω(step) of ``total_steps`` (default: ``r2m.json``'s), or Ω without ``step``. Without fusion (the
+        RM-head baseline) the policy is not needed.
+        """
+        from r2m.rollout import eval_mode, text_feedback
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
+        if self.fusion is not None and (policy is None or policy_tokenizer is None):
+            raise ModelError("score: this R2M reward model reads the policy's hidden states; pass policy= and "
+                             "policy_tokenizer= (the policy it was trained with)")
+        w = self.omega_at(step, total_steps, omega_floor) if self.fusion is not None else 1.0
+        out = []
+        with eval_mode(policy):
+            for i in range(0, len(prompts), batch_size):
+                p, r = list(prompts[i: i + batch_size]), list(responses[i: i + batch_size])
+                rte = self.embed_texts(p, r, batch_size)  # (b, D_m)
+                if self.fusion is None:
+                    out.append(self.score_embeddings(rte, None, None, w).cpu())
+                    continue
+                device = next(policy.parameters()).device
+                h = text_feedback(policy, policy_tokenizer, p, r, device)  # (b, S-1, D_p) on the policy's tokens
+                out.append(self.score_embeddings(rte, h.hidden, h.mask, w).cpu())
+        return torch.cat(out).float()
+
+
+def _download(repo_id: str, revision: Optional[str], token: Optional[str]) -> Path:
+    """A hub repository's snapshot (the cache first; ``HF_HUB_OFFLINE=1`` reads only the cache)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, token=token))
+    except Exception as e:  # noqa: BLE001  (offline, missing, private, invalid id: all named here)
+        raise ModelError(f"{repo_id}: not a local directory, and no Hub snapshot of it could be read "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int, num_heads: int, init: FusionInit,
@@ -159,20 +322,4 @@ def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int
 def load_feedback_rm(directory: str | Path, base_rm: Optional[str] = None, dtype: str = "float32",
                      trust_remote_code: bool = False) -> FeedbackRewardModel:
     """Load an R2M reward model saved by :meth:`FeedbackRewardModel.save` (for scoring with feedback)."""
-    from r2m.models.loading import load_reward_model, load_tokenizer
-    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
-    from r2m.safeio import read_json
-
-    directory = Path(directory)
-    meta = read_json(directory / _META)
-    base = base_rm or meta["base_rm"]
-    tok = load_tokenizer(base, trust_remote_code)
-    rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)
-    fusion = None
-    if meta["fusion"] is not None:
-        fusion = PolicyFeedbackFusion(**meta["fusion"])
-    model = FeedbackRewardModel(rm, fusion)
-    state = load_file(str(directory / _FILE))
-    model.load_trainable_state(state)
-    model.base_head.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("base_head.")})
-    return model
+    return FeedbackRewardModel.from_pretrained(directory, base_rm, dtype, trust_remote_code)

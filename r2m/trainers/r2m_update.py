@@ -40,7 +40,7 @@ class R2MUpdater:
     def rescore(self, exp: Experience, h: torch.Tensor | None) -> torch.Tensor:
         """r' over the batch, (n, K), with gradients into the fusion module and head."""
         w = self.reward.omega(exp.step)
-        return self.model.score(exp.rm_embeddings, h, exp.policy_mask, w).view(exp.n, exp.k)
+        return self.model.score_embeddings(exp.rm_embeddings, h, exp.policy_mask, w).view(exp.n, exp.k)
 
     def update(self, exp: Experience) -> dict[str, float]:
         if exp.rm_embeddings is None:

@@ -66,7 +66,7 @@ def test_rollout_collects_feedback_in_the_logprob_pass(rm_dir) -> None:
     assert torch.equal(exp.policy_mask, feedback_states(exp.policy_hidden, exp.attention_mask).mask)
     # Rewards are annotated with the feedback at step t (omega(3) for T=10).
     w = reward.omega(3)
-    again = reward.model.score(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, w)
+    again = reward.model.score_embeddings(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, w)
     torch.testing.assert_close(again, exp.scores)
 
 
@@ -194,10 +194,10 @@ def test_checkpoint_round_trip(rm_dir, tmp_path) -> None:
     reward.model.save(tmp_path / "r2m", base_rm=str(rm_dir))
     loaded = load_feedback_rm(tmp_path / "r2m")
     w = reward.omega(9)
-    a = reward.model.score(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, w)
+    a = reward.model.score_embeddings(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, w)
     rte = loaded.embed_texts(exp.prompts, exp.responses)
     torch.testing.assert_close(rte, exp.rm_embeddings)
-    torch.testing.assert_close(loaded.score(rte, exp.policy_hidden, exp.policy_mask, w), a)
+    torch.testing.assert_close(loaded.score_embeddings(rte, exp.policy_hidden, exp.policy_mask, w), a)
     torch.testing.assert_close(loaded.vanilla_score(rte), reward.model.vanilla_score(rte))
 
 

@@ -1,0 +1,98 @@
+"""What R2M's extra forward pass costs inside TRL, against r2m's own loop, on the same models (FLOPs).
+
+    python examples/trl_r2m_cost.py [POLICY RM PROMPTS]   # default: the tiny world of trl_grpo_r2m.py
+
+r2m's loop takes h from the log-prob forward it runs anyway; inside TRL, R2MReward runs one more
+no-grad forward of the policy over prompt + completion. Both loops run 3 steps of 8 sequences
+(2 prompts × 4 samples, at most 8 new tokens, one epoch, one minibatch; GRPO in both) under
+``torch.utils.flop_counter.FlopCounterMode``; the script prints, per step, the FLOPs of the whole
+step and of the extra forward. FLOPs are counted, not timed: the figure is the same on any machine
+(and wall time on models this small is Python overhead, not the forward pass).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+STEPS, PROMPTS, K, NEW_TOKENS = 3, 2, 4, 8
+
+
+def trl_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[str, float]:
+    from trl_grpo_r2m import build
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build(policy_path, rm_path, prompts_path, out, steps=STEPS)
+        trainer.args.save_strategy = "no"
+        reward = trainer.reward_funcs[0]
+        extra, feedback = [], reward.feedback
+
+        def counted(prompts, responses):
+            with FlopCounterMode(display=False) as fc:
+                result = feedback(prompts, responses)
+            extra.append(fc.get_total_flops())
+            return result
+
+        reward.feedback = counted
+        with FlopCounterMode(display=False) as total:
+            trainer.train()
+    return {"step": total.get_total_flops() / STEPS, "extra_forward": sum(extra) / STEPS}
+
+
+def r2m_loop_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[str, float]:
+    from accelerate import Accelerator
+
+    from r2m.config import Algorithm, R2MConfig, RLConfig
+    from r2m.data import read_jsonl
+    from r2m.integrations.trl import R2MReward
+    from r2m.models.loading import load_policy, load_tokenizer
+    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.trainers.pg import PolicyUpdater
+    from r2m.trainers.r2m_update import R2MUpdater
+
+    torch.manual_seed(0)
+    policy, tok = load_policy(policy_path), load_tokenizer(policy_path)
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    cfg = R2MConfig(enabled=True, lr=1e-3, init="matched")
+    reward = R2MReward.from_base(rm_path, policy, tok, cfg).reward  # the same FeedbackReward R2MReward wraps
+    reward.total_steps = STEPS
+    rl = RLConfig(algorithm=Algorithm.GRPO, prompts_per_step=PROMPTS, k=K, max_new_tokens=NEW_TOKENS, minibatches=1,
+                  epochs=1, lr=1e-4)
+    maker = ExperienceMaker(policy, ref, tok, reward, rl, torch.device("cpu"))
+    updater = PolicyUpdater(policy, torch.optim.AdamW(policy.parameters(), lr=1e-4), Accelerator(cpu=True), rl)
+    rm_updater = R2MUpdater(reward, cfg)
+    rows = read_jsonl(prompts_path, ["prompt"])
+    with FlopCounterMode(display=False) as total:
+        for step in range(STEPS):
+            texts = [r["prompt"] for r in rows[step * PROMPTS: (step + 1) * PROMPTS]]
+            prompts = tokenize_prompts(tok, texts, 64, "truncate")
+            exp = maker.make(prompts.texts, prompts.ids, step=step)
+            updater.update(exp)
+            rm_updater.update(exp)
+    return {"step": total.get_total_flops() / STEPS, "extra_forward": 0.0}
+
+
+def main(argv: list[str]) -> dict:
+    from trl_grpo_r2m import tiny_world
+
+    policy_path, rm_path, prompts_path = argv[:3] if len(argv) >= 3 else tiny_world()[:3]
+    trl, own = trl_flops(policy_path, rm_path, prompts_path), r2m_loop_flops(policy_path, rm_path, prompts_path)
+    report = {
+        "trl_step_flops": trl["step"], "trl_extra_forward_flops": trl["extra_forward"], "r2m_loop_step_flops": own["step"],
+        "extra_forward_share_of_trl_step": trl["extra_forward"] / trl["step"],
+        "extra_forward_vs_r2m_loop_step": trl["extra_forward"] / own["step"],
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
