@@ -561,7 +561,7 @@ class RewardConfig:
     r2m: R2MConfig = field(default_factory=R2MConfig)
     """R2M: the policy-feedback reward model and its online update."""
     baseline: RewardBaseline = RewardBaseline.NONE
-    """A reward-model baseline instead of R2M: pretrained_rm or iterative_head."""
+    """A reward-model baseline instead of R2M: pretrained_rm, iterative_head or scale_control (vanilla × ω(t))."""
     pretrain_lr: float = 1e-4
     """pretrained_rm: learning rate of the offline BT training on the policy prompts' pairs."""
     pretrain_epochs: float = 2.0
