@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
 from r2m.distributed import sharded_state_dict
 from r2m.errors import ConfigError
-from r2m.world.seeds import policy_world, rm_seed
+from r2m.world.seeds import rm_seed, sft_world
 from r2m.world.view import rm_prompt_view
 
 log = logging.getLogger("r2m")
@@ -278,7 +278,7 @@ def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
 
 
 def ensure_world_policy(cfg: Config) -> Path:
-    key = config_hash(policy_world(cfg.world), cfg.policy.arch, cfg.sft, *precision_part(cfg))
+    key = config_hash(sft_world(cfg.world), cfg.policy.arch, cfg.sft, *precision_part(cfg))
     out = world_root(cfg) / f"policy-{key}" / "model"
     if _must_build(out, "the world's SFT policy"):
         log.info("training the world's SFT policy into %s", out)
@@ -287,7 +287,7 @@ def ensure_world_policy(cfg: Config) -> Path:
 
 
 def ensure_world_rm_backbone(cfg: Config) -> Path:
-    key = config_hash(policy_world(cfg.world), cfg.reward.arch, cfg.sft, *precision_part(cfg))
+    key = config_hash(sft_world(cfg.world), cfg.reward.arch, cfg.sft, *precision_part(cfg))
     out = world_root(cfg) / f"rmbase-{key}" / "model"
     if _must_build(out, "the world's RM backbone"):
         log.info("training the world's RM backbone (an SFT LM of width %d) into %s", cfg.reward.arch.hidden_size, out)

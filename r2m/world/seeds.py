@@ -27,8 +27,15 @@ def stream_seed(world: WorldConfig, stream: str) -> int:
     return rm_seed(world) if stream in RM_STREAMS else world.seed
 
 
-def policy_world(world: WorldConfig) -> WorldConfig:
-    """The world as the SFT stages see it (their cache keys): without the RM-only fields ``rm_seed`` and
-    ``rm_prompt_digits``, which change nothing they read. With both at their defaults this is ``world`` itself,
-    so the default run's keys are unchanged."""
-    return dataclasses.replace(world, rm_seed=None, rm_prompt_digits=0)
+LABELLER_FIELDS = ("tau", "length_bias", "n_pref_train", "n_pref_eval", "n_pref_policy", "rm_seed",
+                   "rm_prompt_digits")
+"""World fields that change only the labelled pairs or the RM's view, never the SFT demonstrations."""
+
+
+def sft_world(world: WorldConfig) -> WorldConfig:
+    """The world as the SFT stages see it (their cache keys): the :data:`LABELLER_FIELDS` at their defaults,
+    since the SFT policy and the RM backbone read only the demonstrations. So every RM seed and every world
+    preset (they differ in labeller fields only) shares one SFT policy and one RM backbone. For the default
+    world this is ``world`` itself: the default run's keys are unchanged."""
+    default = WorldConfig()
+    return dataclasses.replace(world, **{f: getattr(default, f) for f in LABELLER_FIELDS})

@@ -14,7 +14,7 @@ from r2m.models.reward import RewardModel
 from r2m.world import build_tokenizer, format_prompt
 from r2m.world.ceiling import labeller_ceiling
 from r2m.world.data import label_probability, make_pairs, make_prompts, make_sft
-from r2m.world.seeds import policy_world, rm_seed
+from r2m.world.seeds import sft_world, rm_seed
 from r2m.world.view import mask_prompt, rm_prompt_view
 
 WORLDS = Path(__file__).resolve().parents[2] / "configs" / "world" / "worlds"
@@ -154,8 +154,11 @@ def test_new_world_fields_keep_the_default_cache_keys() -> None:
     old = {k: v for k, v in to_dict(WorldConfig()).items() if k not in ("rm_seed", "rm_prompt_digits")}
     assert config_hash(WorldConfig()) == config_hash(old) == "2f525fb922"
     assert config_hash(WorldConfig(rm_seed=3)) != config_hash(WorldConfig())
-    # The SFT stages (policy, RM backbone) are shared by every RM seed and by the blind world.
-    assert config_hash(policy_world(WorldConfig(rm_seed=3, rm_prompt_digits=2))) == config_hash(WorldConfig())
+    # The SFT stages (policy, RM backbone) are shared by every RM seed and every world preset.
+    assert config_hash(sft_world(WorldConfig(rm_seed=3, rm_prompt_digits=2))) == config_hash(WorldConfig())
+    for name in ("noisy", "blind", "ser_headroom"):
+        assert config_hash(sft_world(_world(name))) == config_hash(WorldConfig()), name
+    assert config_hash(sft_world(WorldConfig(n_sft=10))) != config_hash(WorldConfig())
 
 
 def test_rm_prompt_digits_is_checked() -> None:
