@@ -152,7 +152,8 @@ class RewardBaseline(str, enum.Enum):
     ITERATIVE_HEAD = "iterative_head"
     """Iterative RM-head: GREBT on the annotation-time scores after each step, updating the head only."""
     SCALE_CONTROL = "scale_control"
-    """Scale control (issue 14): the frozen vanilla RM's reward times R2M's omega(t), nothing else (beside w/o Train)."""
+    """Scale control (issue 14): the frozen vanilla RM's reward times R2M's omega(t), nothing else (beside
+    w/o Train)."""
 
 
 class SERVariant(str, enum.Enum):
@@ -342,7 +343,8 @@ class WorldConfig:
     (0: the RM reads the whole prompt). The policy always reads all of them."""
 
     def __post_init__(self) -> None:
-        _check(self.rm_prompt_digits >= 0, "world.rm_prompt_digits", ">= 0 (0: the whole prompt)", self.rm_prompt_digits)
+        _check(self.rm_prompt_digits >= 0, "world.rm_prompt_digits", ">= 0 (0: the whole prompt)",
+               self.rm_prompt_digits)
         _check(1 <= self.min_digits <= self.max_digits, "world.min_digits", "1 <= min_digits <= max_digits", self.min_digits)
         _check(self.max_digits <= 16, "world.max_digits", "<= 16", self.max_digits)
         for name in ("n_sft", "n_pref_train", "n_pref_eval", "n_rl_prompts", "n_eval_prompts", "n_pref_policy"):

@@ -15,6 +15,7 @@ from r2m.recipes.bench_design import (
     Arm,
     CostModel,
     KLRegime,
+    R2M_ARMS,
     RL_ARMS,
     best_setting,
     claims_in,
@@ -141,3 +142,13 @@ def test_world_overrides_and_presets() -> None:
         world_overrides("nowhere")
     with pytest.raises(ValueError, match="bench preset"):
         design_preset("huge")
+
+
+def test_a_carried_setting_renames_only_the_r2m_family() -> None:
+    point = SMOKE.sweep.points()[0]
+    plain, carried = design_runs(SMOKE), design_runs(SMOKE, point)
+    for a, b in zip(plain, carried):
+        if a.arm in R2M_ARMS:
+            assert a.name != b.name and f"reward.r2m.lr={point.lr}" in b.overrides
+        else:
+            assert a == b

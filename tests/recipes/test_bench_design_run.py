@@ -23,7 +23,7 @@ lrs: dict = {}
 def _fake_rl(calls):
     def run_rl(cfg):
         calls.append(cfg.run.name)
-        lrs[cfg.run.name] = (cfg.reward.r2m.enabled, cfg.reward.r2m.lr)
+        lrs[cfg.run.name] = (cfg.reward.r2m.enabled, cfg.reward.r2m.lr, cfg.run.seed)
         lift = 0.1 if cfg.reward.r2m.pair_choice.value == "gold" else 0.0
         lift += 0.05 if cfg.reward.r2m.lr == 1e-4 else 0.0
         run_dir = Path(cfg.run.root) / cfg.run.name
@@ -44,7 +44,7 @@ def test_run_design_writes_everything_and_resumes(tmp_path, monkeypatch) -> None
     root, out = str(tmp_path / "runs"), tmp_path / "out"
     outcome = run_design(DESIGN, root, out, commit="abc", command="test")
     assert outcome.setting is not None and outcome.setting.lr == 1e-4  # the sweep's best, carried over
-    test_r2m = [lr for name, (on, lr) in lrs.items() if on and "-lr" not in name]  # R2M-family, test seeds
+    test_r2m = [lr for on, lr, seed in lrs.values() if on and seed < 100]  # R2M-family arms on the test seeds
     assert test_r2m and set(test_r2m) == {1e-4}
     doc = json.loads(outcome.verdicts.read_text())
     oracle = [v for v in doc["verdicts"] if v["claim"] == "oracle_vs_vanilla" and v["metric"] == "gold@kl=0.1"]
