@@ -30,6 +30,7 @@ from r2m.recipes.bench_design import (
 from r2m.recipes.bench_verdicts import (
     RunResult,
     frontier_curves,
+    matched_kl_table,
     rl_result,
     ser_result,
     verdict_table,
@@ -94,8 +95,9 @@ def run_sweep(design: BenchDesign, root: str, extra: Sequence[str] = ()) -> Opti
 
 def run_design(design: BenchDesign, root: str, out_dir: str | Path, *, commit: str, command: str,
                extra: Sequence[str] = ()) -> DesignOutcome:
-    """Everything of ``design``; writes ``<out_dir>/verdicts.json``, ``<out_dir>/verdicts_<name>.md`` and the
-    frontier plots ``<out_dir>/frontier_<name>[_kl]_<world>.png``."""
+    """Everything of ``design``; writes ``<out_dir>/verdicts.json``, ``<out_dir>/verdicts_<name>.md`` (the verdict
+    table), ``<out_dir>/matched_kl_<name>.md`` (gold at each budget, peak, final) and the frontier plots
+    ``<out_dir>/frontier_<name>[_kl]_<world>.png``."""
     t0 = time.perf_counter()
     setting = run_sweep(design, root, extra)
     results = [run_one(s, root, extra) for s in (*design_runs(design, setting), *ser_runs(design))]
@@ -104,6 +106,7 @@ def run_design(design: BenchDesign, root: str, out_dir: str | Path, *, commit: s
     records = write_bench_verdicts(verdicts, results, design, commit=commit, command=command)
     table = verdict_table(records, design)
     atomic_write_text(out / f"verdicts_{design.name}.md", table)
+    atomic_write_text(out / f"matched_kl_{design.name}.md", matched_kl_table(results, design.budgets))
     plots = plot_frontiers(frontier_curves(results), out, prefix=f"frontier_{design.name}", budgets=design.budgets)
     targeted = frontier_curves(results, KLRegime.TARGETED)
     if targeted:

@@ -188,3 +188,34 @@ def frontier_curves(results: Sequence[RunResult], regime: KLRegime = KLRegime.FI
     for r in sorted((r for r in results if r.trajectory is not None and r.regime is regime), key=lambda r: r.seed):
         out.setdefault(r.world, {}).setdefault(f"{r.algorithm} {r.arm.value}", []).append(r.trajectory)
     return out
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "not reached"
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def _row(world: str, label: str, trajs: Sequence[Trajectory], budgets: Sequence[float]) -> str:
+    cells = []
+    for b in budgets:
+        golds = [g.gold for g in (gold_at_kl(t, float(b)) for t in trajs) if g.gold is not None]
+        cells.append(f"{_mean_sd(golds)} ({len(golds)}/{len(trajs)})")
+    peaks, finals = [peak_gold(t) for t in trajs], [final_gold(t) for t in trajs]
+    peak = f"{_mean_sd([p.gold for p in peaks])} at KL {_mean_sd([p.kl for p in peaks])}, " \
+           f"step {_mean_sd([float(p.step) for p in peaks])}"
+    final = f"{_mean_sd([p.gold for p in finals])} at KL {_mean_sd([p.kl for p in finals])}"
+    return f"| {world} | {label} | " + " | ".join(cells) + f" | {peak} | {final} |"
+
+
+def matched_kl_table(results: Sequence[RunResult], budgets: Sequence[float],
+                     regime: KLRegime = KLRegime.FIXED) -> str:
+    """Markdown, one row per (world, algorithm arm): gold at each KL budget (mean ± sd over the seeds that reach
+    it, and how many do), peak gold with its KL and step, final gold with its KL."""
+    head = ["world", "method", *[f"gold @ KL {b:g}" for b in budgets], "peak gold (KL, step)", "final gold (KL)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for world, methods in frontier_curves(results, regime).items():
+        lines += [_row(world, label, trajs, budgets) for label, trajs in methods.items()]
+    return "\n".join(lines) + "\n"

@@ -49,6 +49,7 @@ def test_run_design_writes_everything_and_resumes(tmp_path, monkeypatch) -> None
     doc = json.loads(outcome.verdicts.read_text())
     oracle = [v for v in doc["verdicts"] if v["claim"] == "oracle_vs_vanilla" and v["metric"] == "gold@kl=0.1"]
     assert oracle and oracle[0]["verdict"] == "better"
+    assert (out / "matched_kl_fake.md").read_text().startswith("| world | method |")
     assert "`ser_vs_loop0`" in outcome.table and (out / "verdicts_fake.md").read_text() == outcome.table
     assert {p.name for p in outcome.plots} == {"frontier_fake_length.png", "frontier_fake_kl_length.png"}
     n = len(calls)

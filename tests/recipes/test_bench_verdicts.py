@@ -117,3 +117,16 @@ def test_rl_result_reads_metrics_rows() -> None:
     assert r.trajectory.steps == (0, 10) and r.trajectory.kls == (0.0, 0.12) and r.seed == 3
     curves = frontier_curves(_results())
     assert set(curves) == {"length"} and len(curves["length"]["RLOO oracle"]) == 5
+
+
+def test_matched_kl_table_hand_worked() -> None:
+    from r2m.recipes.bench_verdicts import matched_kl_table
+
+    runs = [RunResult("length", "RLOO", Arm.VANILLA, s, KLRegime.FIXED,
+                      trajectory([0, 10, 20], [0.0, 0.2, reach], [0.6, 0.7, 0.8]), {})
+            for s, reach in ((0, 0.4), (1, 0.3))]
+    table = matched_kl_table(runs, (0.1, 0.35))
+    row = table.splitlines()[2]
+    # KL 0.1: half way to 0.2 in both runs -> 0.65; KL 0.35: only run 0 (0.7 + 0.75 * 0.1 = 0.775).
+    assert "| 0.650 ± 0.000 (2/2) | 0.775 ± 0.000 (1/2) |" in row
+    assert "0.800 ± 0.000 at KL 0.350 ± 0.071, step 20.000 ± 0.000" in row
