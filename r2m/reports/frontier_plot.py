@@ -47,13 +47,14 @@ def plot_frontiers(curves: Mapping[str, Mapping[str, Sequence[Trajectory]]], out
     for world, methods in curves.items():
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
         grid = kl_grid([t for ts in methods.values() for t in ts], points)
-        for label, trajs in methods.items():
+        colours = plt.get_cmap("tab20")  # up to 20 distinct methods per world (the default cycle has 10)
+        for i, (label, trajs) in enumerate(methods.items()):
             band = method_band(trajs, grid, min_runs)
             if not band:
                 continue
-            xs = [p.budget for p in band]
-            line, = ax.plot(xs, [p.mean for p in band], marker=".", label=f"{label} (n={len(trajs)})")
-            ax.fill_between(xs, [p.lo for p in band], [p.hi for p in band], color=line.get_color(), alpha=0.2)
+            xs, colour = [p.budget for p in band], colours(i % 20)
+            ax.plot(xs, [p.mean for p in band], marker=".", color=colour, label=f"{label} (n={len(trajs)})")
+            ax.fill_between(xs, [p.lo for p in band], [p.hi for p in band], color=colour, alpha=0.15)
         for b in budgets or ():
             ax.axvline(b, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{world}: gold reward vs KL (mean over seeds, band: min-max)", fontsize=10)
