@@ -131,6 +131,17 @@ class R2MAblation(str, enum.Enum):
     """R2M w/o GRE: alpha = 0 (BT only)."""
 
 
+class PairChoice(str, enum.Enum):
+    """How R2M's update picks each group's winner and loser for L_BT (issue 14 controls; r2m.core.pair_choice)."""
+
+    SELF = "self"
+    """The paper: argmax / argmin of the RM's own rescored rewards."""
+    GOLD = "gold"
+    """Positive control ("oracle GREBT"): argmax / argmin of the world's gold reward."""
+    RANDOM = "random"
+    """Negative control: two distinct members of the group drawn at random."""
+
+
 class RewardBaseline(str, enum.Enum):
     """Reward-model baselines of the R2M paper (Table 2), as alternatives to R2M."""
 
@@ -140,6 +151,9 @@ class RewardBaseline(str, enum.Enum):
     """Pretrained RM: the RM further trained offline with BT on preference pairs of the policy's prompts."""
     ITERATIVE_HEAD = "iterative_head"
     """Iterative RM-head: GREBT on the annotation-time scores after each step, updating the head only."""
+    SCALE_CONTROL = "scale_control"
+    """Scale control (issue 14): the frozen vanilla RM's reward times R2M's omega(t), nothing else (beside
+    w/o Train)."""
 
 
 class SERVariant(str, enum.Enum):
@@ -321,8 +335,16 @@ class WorldConfig:
     """Gold penalty when the response has no ``<eos>``."""
     seed: int = 1234
     """Seed of the world's data generator (independent of run.seed)."""
+    rm_seed: Optional[int] = None
+    """Seed of what makes the proxy RM: its training pairs (pref_train, pref_policy), head init and batch order
+    (None: ``seed``). The SFT data, prompts and held-out pairs stay on ``seed`` (docs/WORLDS.md)."""
+    rm_prompt_digits: int = 0
+    """The ``blind`` world: the RM reads only the first N prompt digits, the others masked as ``<unk>``
+    (0: the RM reads the whole prompt). The policy always reads all of them."""
 
     def __post_init__(self) -> None:
+        _check(self.rm_prompt_digits >= 0, "world.rm_prompt_digits", ">= 0 (0: the whole prompt)",
+               self.rm_prompt_digits)
         _check(1 <= self.min_digits <= self.max_digits, "world.min_digits", "1 <= min_digits <= max_digits", self.min_digits)
         _check(self.max_digits <= 16, "world.max_digits", "<= 16", self.max_digits)
         for name in ("n_sft", "n_pref_train", "n_pref_eval", "n_rl_prompts", "n_eval_prompts", "n_pref_policy"):
@@ -489,6 +511,8 @@ class R2MConfig:
     """dtype h is stored in: float32, bfloat16 or float16 (n*K*S*D_p values: see docs/R2M.md)."""
     backbone_dtype: str = "same"
     """Precision of the frozen RM backbone: ``same`` as reward.dtype, or bfloat16/float16."""
+    pair_choice: PairChoice = PairChoice.SELF
+    """Winner/loser of each group in L_BT: ``self`` (the paper), ``gold`` (oracle control) or ``random`` (control)."""
 
     def __post_init__(self) -> None:
         _check(self.inner_dim >= 1, "reward.r2m.inner_dim", ">= 1", self.inner_dim)
@@ -539,7 +563,7 @@ class RewardConfig:
     r2m: R2MConfig = field(default_factory=R2MConfig)
     """R2M: the policy-feedback reward model and its online update."""
     baseline: RewardBaseline = RewardBaseline.NONE
-    """A reward-model baseline instead of R2M: pretrained_rm or iterative_head."""
+    """A reward-model baseline instead of R2M: pretrained_rm, iterative_head or scale_control (vanilla × ω(t))."""
     pretrain_lr: float = 1e-4
     """pretrained_rm: learning rate of the offline BT training on the policy prompts' pairs."""
     pretrain_epochs: float = 2.0
@@ -1187,7 +1211,7 @@ NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "
                           "resume", "threads", "gradient_checkpointing"})
 # Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,
 # so that existing caches stay valid (sft.max_length=2048 cuts nothing the old 512 did not on the world's data).
-KEY_NEUTRAL = {"max_length": 2048}
+KEY_NEUTRAL = {"max_length": 2048, "rm_seed": None, "rm_prompt_digits": 0}
 
 
 def _semantic(d: Any) -> Any:

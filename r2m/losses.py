@@ -152,10 +152,12 @@ class GREBTLoss(NamedTuple):
     gre: Tensor
 
 
-def grebt_terms(rewards: Tensor, alpha: float, eps: float = 1e-6) -> GREBTLoss:
+def grebt_terms(rewards: Tensor, alpha: float, eps: float = 1e-6, pair=None) -> GREBTLoss:
     """R2M group loss: L = mean_n [(1 − α) L_BT,n + α L_GRE,n] over groups of K ≥ 2 rewards (N, K).
 
-    L_BT,n = −log σ(r_w − r_l) with w = argmax_k r_nk (winner) and l = argmin_k r_nk (loser);
+    L_BT,n = −log σ(r_w − r_l) with w = argmax_k r_nk (winner) and l = argmin_k r_nk (loser), or, when
+    ``pair`` is given (a :class:`r2m.core.pair_choice.WinnerLoser`: ``winner``, ``loser`` of shape (N,)),
+    w = pair.winner[n] and l = pair.loser[n] (the benchmark's oracle and random controls);
     L_GRE,n = group_reward_entropy(r_n) (see there). Gradients flow into the selected winner and
     loser values and, through the entropy, into every reward. ``bt`` and ``gre`` are the group means
     of each part, detached (they are for logging; only ``loss`` is meant to be differentiated).
@@ -164,13 +166,27 @@ def grebt_terms(rewards: Tensor, alpha: float, eps: float = 1e-6) -> GREBTLoss:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     if rewards.dim() != 2 or rewards.shape[-1] < 2:
         raise ValueError(f"rewards must be (N, K) with K >= 2, got shape {tuple(rewards.shape)}")
-    # max/min route the gradient to the selected element, exactly like gathering at argmax/argmin
-    winner = rewards.max(dim=-1).values  # (N,)
-    loser = rewards.min(dim=-1).values  # (N,)
+    if pair is None:
+        # max/min route the gradient to the selected element, exactly like gathering at argmax/argmin
+        winner = rewards.max(dim=-1).values  # (N,)
+        loser = rewards.min(dim=-1).values  # (N,)
+    else:
+        picked = _gather_pair(rewards, pair.winner, pair.loser)  # (N, 2)
+        winner, loser = picked[:, 0], picked[:, 1]  # (N,), (N,)
     bt = -F.logsigmoid(winner - loser)  # (N,)
     gre = group_reward_entropy(rewards, eps=eps)  # (N,)
     loss = ((1.0 - alpha) * bt + alpha * gre).mean()  # ()
     return GREBTLoss(loss=loss, bt=bt.mean().detach(), gre=gre.mean().detach())
+
+
+def _gather_pair(rewards: Tensor, winner: Tensor, loser: Tensor) -> Tensor:
+    """(N, 2): r[n, winner[n]] and r[n, loser[n]] of (N, K) rewards, with the (N,) indices checked."""
+    n, k = rewards.shape
+    for name, idx in (("winner", winner), ("loser", loser)):
+        if idx.shape != (n,) or idx.dtype != torch.long or (n and (idx.min() < 0 or idx.max() >= k)):
+            raise ValueError(f"grebt pair {name}: expected ({n},) long indices in [0, {k}), got shape "
+                             f"{tuple(idx.shape)} dtype {idx.dtype}")
+    return rewards.gather(-1, torch.stack([winner, loser], dim=-1).to(rewards.device))  # (N, 2)
 
 
 def grebt_loss(rewards: Tensor, alpha: float, eps: float = 1e-6) -> Tensor:

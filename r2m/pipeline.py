@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
 from r2m.distributed import sharded_state_dict
 from r2m.errors import ConfigError
+from r2m.world.seeds import rm_seed, sft_world
+from r2m.world.view import rm_prompt_view
 
 log = logging.getLogger("r2m")
 
@@ -234,19 +236,21 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     tok = load_tokenizer(init_from, cfg.reward.trust_remote_code)
     rows = read_rows(cfg, "pref_train", train_path, tok)
     eval_rows = read_rows(cfg, "pref_eval", eval_path, tok) if eval_path else None
+    seed = rm_seed(cfg.world)  # world.rm_seed when set (bench seeds vary the RM), else world.seed as before
     with torch.random.fork_rng():
         # A new score head is drawn here: from a fixed seed, so the same config trains the same RM.
-        torch.manual_seed(cfg.world.seed)
+        torch.manual_seed(seed)
         model = load_reward_model(init_from, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                                   cfg.run.allow_unsafe_weights)
         trainable = make_trainable_rm(model, tok, cfg.reward.lora if adapt else None,
                                       adapt and cfg.reward.gradient_checkpointing, base_path=init_from)
     rm = trainable.rm
     rm.set_max_length(cfg.reward.max_length)
+    rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world's RM trains on the view it scores with
     acc = accelerator or make_accelerator(cfg, str(Path(cfg.run.root) / run_name) if trackers else None)
     run = RunDir(cfg, acc if trackers else None, name=run_name, resume_step=_resume_step(cfg, run_name, resume))
     t0 = time.perf_counter()
-    result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=cfg.world.seed,
+    result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=seed,
                                 checkpoint_dir=run.checkpoints, resume=resume)
     state = sharded_state_dict(acc, rm.model) if trainable.peft is None else None
     if acc.is_main_process:
@@ -274,7 +278,7 @@ def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
 
 
 def ensure_world_policy(cfg: Config) -> Path:
-    key = config_hash(cfg.world, cfg.policy.arch, cfg.sft, *precision_part(cfg))
+    key = config_hash(sft_world(cfg.world), cfg.policy.arch, cfg.sft, *precision_part(cfg))
     out = world_root(cfg) / f"policy-{key}" / "model"
     if _must_build(out, "the world's SFT policy"):
         log.info("training the world's SFT policy into %s", out)
@@ -283,7 +287,7 @@ def ensure_world_policy(cfg: Config) -> Path:
 
 
 def ensure_world_rm_backbone(cfg: Config) -> Path:
-    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, *precision_part(cfg))
+    key = config_hash(sft_world(cfg.world), cfg.reward.arch, cfg.sft, *precision_part(cfg))
     out = world_root(cfg) / f"rmbase-{key}" / "model"
     if _must_build(out, "the world's RM backbone"):
         log.info("training the world's RM backbone (an SFT LM of width %d) into %s", cfg.reward.arch.hidden_size, out)

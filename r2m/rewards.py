@@ -142,6 +142,30 @@ class FeedbackReward:
         return RewardOutput(scores.float(), rte, self.model.vanilla_score(rte))
 
 
+class OmegaScaledReward:
+    """The scale control (issue 14): the frozen RM's reward times R2M's ω(t), and nothing else.
+
+    At init R2M's fusion term is tiny, so frozen R2M ("w/o Train") scores about ω(t) × vanilla; this arm
+    isolates that rescaling (a larger effective KL coefficient, smaller advantages) from any use of h.
+    ω(t) is R2M's schedule (reward.r2m.omega_floor over rl.steps), read at the query's training round.
+    """
+
+    needs_policy_hidden = False
+
+    def __init__(self, inner: ModelReward, omega_floor: float, total_steps: int):
+        self.inner, self.omega_floor, self.total_steps = inner, omega_floor, total_steps
+        self.reward_model = inner.reward_model
+
+    def omega(self, step: int) -> float:
+        from r2m.models.fusion import omega
+
+        return omega(step, self.total_steps, self.omega_floor)
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        vanilla = self.inner(query).scores  # (B,)
+        return RewardOutput(vanilla * self.omega(query.step), None, vanilla)
+
+
 def is_world_prompt_set(prompts: Sequence[str]) -> bool:
     """True when every prompt parses as a gold-reward-world prompt (so gold can be logged)."""
     from r2m.world import parse_prompt

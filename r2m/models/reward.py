@@ -42,6 +42,9 @@ class RewardModel(nn.Module):
         self.set_max_length(max_length)
         self.truncated = 0
         """Rows cut to max_length so far (see pop_truncated)."""
+        self.prompt_view = None
+        """A map applied to every prompt before the RM reads it (the blind world's masked digits,
+        :func:`r2m.world.view.rm_prompt_view`); None: the prompt as given."""
         self.renderer = RMRenderer(tokenizer, name)
         self.backbone = getattr(model, model.base_model_prefix, None)
         head = next((getattr(model, n) for n in _HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
@@ -88,6 +91,8 @@ class RewardModel(nn.Module):
         are counted in ``truncated``.
         """
         tok = self.tokenizer
+        if self.prompt_view is not None:
+            prompts = [self.prompt_view(p) for p in prompts]
         seqs = self.renderer.encode(prompts, responses)
         self.truncated += sum(len(s) > self.max_length for s in seqs)
         seqs = [s[-self.max_length:] for s in seqs]

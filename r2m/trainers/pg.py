@@ -223,7 +223,8 @@ class RLResult:
 
 def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, policy_dim: Optional[int] = None):
     """The run's reward function: gold, a frozen RM, R2M, or the Iterative RM-head baseline."""
-    from r2m.rewards import FeedbackReward, GoldReward, ModelReward
+    from r2m.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward
+    from r2m.world.view import rm_prompt_view
 
     if cfg.reward.source == RewardSource.GOLD:
         return GoldReward(cfg.world)
@@ -236,7 +237,10 @@ def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, poli
     model = load_reward_model(rm_path, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
     rm = RewardModel(model, tok, cfg.reward.max_length, name=f"reward model {rm_path}").to(device)
+    rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world: the RM reads a truncated prompt (None: all)
     r2m = cfg.reward.r2m
+    if cfg.reward.baseline == RewardBaseline.SCALE_CONTROL:  # issue 14's scale control: vanilla × ω(t)
+        return OmegaScaledReward(ModelReward(rm), r2m.omega_floor, cfg.rl.steps)
     if not (r2m.enabled or cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
         return ModelReward(rm)
     backbone_dtype = None if r2m.backbone_dtype == "same" else torch_dtype(r2m.backbone_dtype)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import R2MConfig
+from r2m.config import PairChoice, R2MConfig
+from r2m.core.pair_choice import WinnerLoser, choose_pair, pair_seed
 from r2m.distributed import Dist
 from r2m.losses import grebt_terms, within_group_spread
 from r2m.rewards import FeedbackReward
@@ -53,7 +54,7 @@ class R2MUpdater:
         h = self.reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
         for _ in range(cfg.updates_per_step):
             r = self.rescore(exp, h)  # (n, K)
-            terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps)
+            terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps, pair=self.pair(exp, r))
             self.optimizer.zero_grad(set_to_none=True)
             # A plain backward: this module is outside accelerate's prepare (an accelerate backward would
             # step a DeepSpeed policy engine, or scale by an fp16 scaler that never unscales these grads).
@@ -72,6 +73,16 @@ class R2MUpdater:
             "r2m/group_spread": (after.max(-1).values - after.min(-1).values).mean().item(),
         })
         return self.dist.mean_stats(stats)
+
+    def pair(self, exp: Experience, r: torch.Tensor) -> WinnerLoser | None:
+        """The winner/loser of each group per ``reward.r2m.pair_choice``; None for ``self``, whose argmax/argmin
+        grebt_terms takes itself (so the paper's update stays exactly as it was)."""
+        choice = self.cfg.pair_choice
+        if choice is PairChoice.SELF:
+            return None
+        gold = exp.gold.view(exp.n, exp.k) if exp.gold is not None else None  # (n, K)
+        gen = torch.Generator().manual_seed(pair_seed(self.reward.seed, exp.step))
+        return choose_pair(choice, r, gold, gen)
 
     @torch.no_grad()
     def scale_stats(self, exp: Experience, h: torch.Tensor | None, r: torch.Tensor) -> dict[str, float]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from r2m.config import MixtureConfig, WorldConfig, to_dict
+from r2m.world.seeds import stream_seed
 from r2m.world.task import EOS, format_prompt, gold_reward
 
 # Stream ids: never reuse or renumber one, or previously generated worlds change.
@@ -64,8 +65,9 @@ class WorldFiles:
 
 
 def _rng(cfg: WorldConfig, stream: str) -> np.random.Generator:
-    """The generator of one product; the modulo maps negative seeds to valid seed entropy."""
-    return np.random.default_rng([cfg.seed % 2**64, STREAMS[stream]])
+    """The generator of one product (world.rm_seed for the RM's pairs, see r2m.world.seeds); the modulo maps
+    negative seeds to valid seed entropy."""
+    return np.random.default_rng([stream_seed(cfg, stream) % 2**64, STREAMS[stream]])
 
 
 def _digits(cfg: WorldConfig, u: np.ndarray) -> list[int]:
