@@ -59,7 +59,8 @@ RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoin
 # How often to evaluate, save or log (rl.*, sft.*, rm.*, ser.*): never what a step computes.
 RESUME_FREE_SUFFIXES = (".save_every", ".eval_every", ".log_every")
 # The API judge only reads finished samples: its endpoint, model and cache never change a trajectory.
-RESUME_FREE_PREFIXES = ("eval.judge.",)
+# The over-optimisation monitor only reads evaluations; stopping on its alarm changes no step taken so far.
+RESUME_FREE_PREFIXES = ("eval.judge.", "rl.monitor.", "rl.stop_on_alarm")
 
 
 def _is_free(key: str) -> bool:
