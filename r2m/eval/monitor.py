@@ -4,7 +4,7 @@
 evaluation: the reference is the SFT policy and the evaluation seed is fixed) and returns the label-free
 signals of :mod:`r2m.core.monitor` under their ``monitor/*`` keys. None reads the gold reward. What it adds
 to an evaluation: one forward pass of the policy and one of the reference over the evaluation samples
-(hidden states), and one check-RM scoring pass when a check RM is given; ``monitor/time_s`` is its cost.
+(hidden states), and one check-RM scoring pass when a check RM is given; ``time/monitor`` is its cost.
 
 A signal that cannot be computed on these samples (one sample per prompt leaves no within-prompt pair to
 rank; no check RM; R2M off) is left out of the metrics and named in :attr:`MonitorReading.missing`, which
@@ -66,7 +66,7 @@ class PreviousEval(NamedTuple):
 @dataclass
 class MonitorReading:
     metrics: dict[str, float]
-    """monitor/* values, finite ones only."""
+    """monitor/* values (finite ones only) and time/monitor, the cost in seconds."""
     missing: dict[str, str] = field(default_factory=dict)
     """Signal key -> why it is not in ``metrics``."""
 
@@ -178,5 +178,5 @@ def monitor_signals(samples: PolicySamples, sft: PolicySamples, models: MonitorM
     for k in nan:  # e.g. no KL growth since the last evaluation: no rate to speak of
         out.missing[k] = "undefined on this evaluation (NaN)"
         del out.metrics[k]
-    out.metrics["monitor/time_s"] = time.perf_counter() - t0
+    out.metrics["time/monitor"] = time.perf_counter() - t0
     return out
