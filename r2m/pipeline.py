@@ -303,12 +303,18 @@ def ensure_world_rm(cfg: Config) -> Path:
     return out
 
 
+def world_check_rm_dir(cfg: Config) -> Path:
+    """Where the world's check RM is cached (built or not)."""
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, {"check_rm": "pref_policy"},
+                      *precision_part(cfg))
+    return world_root(cfg) / f"rm-check-{key}" / "model"
+
+
 def ensure_world_check_rm(cfg: Config) -> Path:
     """The over-optimisation monitor's check RM (rl.monitor.check_rm left null): the proxy RM's recipe (same
     backbone, rm config) on the world's pref_policy pairs, disjoint from the proxy RM's pref_train."""
-    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, {"check_rm": "pref_policy"},
-                      *precision_part(cfg))
-    out = world_root(cfg) / f"rm-check-{key}" / "model"
+    out = world_check_rm_dir(cfg)
+    key = out.parent.name[len("rm-check-"):]
     if _must_build(out, "the monitor's check reward model"):
         files = world_data(cfg)
         init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))

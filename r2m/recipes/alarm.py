@@ -15,6 +15,7 @@ one of which can become the onset - 1 evaluation of an alarm at a later evaluati
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -31,7 +32,7 @@ from r2m.eval.policy import PolicySamples
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.lora import is_peft, merged_copy
 from r2m.models.reward import RewardModel
-from r2m.pipeline import ensure_world_check_rm, user_models
+from r2m.pipeline import ensure_world_check_rm, user_models, world_check_rm_dir
 from r2m.rewards import ModelReward
 from r2m.utils import atomic_dir
 
@@ -63,9 +64,14 @@ def _check_rm_path(cfg: Config, world: bool) -> Optional[str]:
     mc = cfg.rl.monitor
     if mc.check_rm is not None:
         return mc.check_rm
-    if world and mc.world_check_rm and cfg.reward.source == RewardSource.MODEL and not user_models(cfg):
-        return str(ensure_world_check_rm(cfg))
-    return None
+    if not (world and mc.world_check_rm and cfg.reward.source == RewardSource.MODEL and not user_models(cfg)):
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not world_check_rm_dir(cfg).exists():
+        # Several processes cannot build a world artifact (r2m.pipeline); `r2m world --models` builds it.
+        log.warning("monitor: the world's check RM is not built (%s), so monitor/check_disagreement is off; build it "
+                    "in one process with `r2m world --models` and the same config", world_check_rm_dir(cfg))
+        return None
+    return str(ensure_world_check_rm(cfg))
 
 
 def build_check_reward(cfg: Config, world: bool, policy_tokenizer, device: torch.device) -> Optional[ModelReward]:

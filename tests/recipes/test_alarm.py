@@ -116,3 +116,28 @@ def test_first_alarm_on_the_logged_rows_matches_the_run(unarmed) -> None:
     cfg = load_config(unarmed.run_dir / "config.yaml")
     alarm = first_alarm(evals, alarm_config(cfg.rl.monitor))
     assert alarm.index == 3 and alarm.onset == 2
+
+
+def test_world_models_builds_the_check_rm(tiny, world_artifacts, capsys) -> None:
+    """`r2m world --models` builds the monitor's check RM too (a multi-process launch cannot build it)."""
+    import json
+    import re
+
+    from r2m.cli import main
+    from r2m.pipeline import world_check_rm_dir
+
+    assert main(["world", "--models", *tiny]) == 0
+    built = json.loads(re.findall(r"\{[^{}]*\"policy\"[^{}]*\}", capsys.readouterr().out)[-1])
+    assert Path(built["check_rm"]) == world_check_rm_dir(load_config(None, tiny)) and Path(built["check_rm"]).is_dir()
+
+
+def test_several_processes_skip_an_unbuilt_check_rm(tiny, tmp_path, monkeypatch, caplog) -> None:
+    from r2m.recipes.alarm import _check_rm_path
+
+    cfg = load_config(None, [*tiny, f"run.root={tmp_path}"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with caplog.at_level("WARNING", logger="r2m"):
+        assert _check_rm_path(cfg, world=True) is None
+    assert "r2m world --models" in caplog.text and not (tmp_path / "world").exists()
+    assert _check_rm_path(load_config(None, [*tiny, "rl.monitor.check_rm=/some/rm"]), world=True) == "/some/rm"
+    assert _check_rm_path(load_config(None, [*tiny, "reward.source=gold"]), world=True) is None
