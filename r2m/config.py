@@ -803,6 +803,8 @@ class RLConfig:
         _check(self.critic_lr > 0, "rl.critic_lr", "> 0", self.critic_lr)
         _check(self.value_clip > 0, "rl.value_clip", "> 0", self.value_clip)
         _check(self.save_every >= 0, "rl.save_every", ">= 0", self.save_every)
+        _check(self.monitor.enabled or not self.stop_on_alarm, "rl.stop_on_alarm",
+               "false when rl.monitor.enabled=false (the alarm reads the monitor's signals)", self.stop_on_alarm)
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -141,3 +141,8 @@ def test_several_processes_skip_an_unbuilt_check_rm(tiny, tmp_path, monkeypatch,
     assert "r2m world --models" in caplog.text and not (tmp_path / "world").exists()
     assert _check_rm_path(load_config(None, [*tiny, "rl.monitor.check_rm=/some/rm"]), world=True) == "/some/rm"
     assert _check_rm_path(load_config(None, [*tiny, "reward.source=gold"]), world=True) is None
+
+
+def test_stop_on_alarm_needs_the_monitor() -> None:
+    with pytest.raises(ConfigError, match="rl.stop_on_alarm"):
+        load_config(None, ["rl.stop_on_alarm=true", "rl.monitor.enabled=false"])
