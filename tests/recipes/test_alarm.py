@@ -93,10 +93,16 @@ def test_the_monitor_leaves_the_trajectory_alone(tiny, unarmed) -> None:
     assert _core(off.history) == _core(unarmed.history)
 
 
-def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(tiny, unarmed) -> None:
+@pytest.fixture(scope="module")
+def armed(tiny, world_artifacts):
+    """The forced-alarm run with stop_on_alarm."""
     from r2m.trainers.pg import run_rl
 
-    res = run_rl(load_config(None, [*tiny, *FORCED, "rl.stop_on_alarm=true", "run.name=alarm-armed"]))
+    return run_rl(load_config(None, [*tiny, *FORCED, "rl.stop_on_alarm=true", "run.name=alarm-armed"]))
+
+
+def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(armed, unarmed) -> None:
+    res = armed
     assert res.alarm_step == 3 and int(res.history[-1]["step"]) == 3  # stopped at the alarm's evaluation
     ckpts = res.run_dir / "checkpoints"
     assert res.best_before_alarm == ckpts / BEST
@@ -109,6 +115,17 @@ def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(tiny, una
     later = _policy_weights(unarmed.run_dir / "checkpoints" / "step-000002" / "policy")
     assert any(not torch.equal(kept[k], later[k]) for k in kept)
     assert _core(res.history) == _core(unarmed.history)[:4]  # snapshots do not move the trajectory
+
+
+def test_a_run_stopped_by_its_alarm_resumes_unarmed(tiny, armed, unarmed) -> None:
+    """A false alarm: resume with rl.stop_on_alarm=false (a resume-free field) and train on to rl.steps."""
+    from r2m.trainers.pg import run_rl
+
+    armed = [*tiny, *FORCED, "run.name=alarm-armed"]
+    res = run_rl(load_config(None, [*armed, "rl.stop_on_alarm=false", "run.resume=auto"]))
+    assert int(res.history[-1]["step"]) == 5 and res.alarm_step == 3
+    assert res.best_before_alarm == res.run_dir / "checkpoints" / BEST  # still named after the resume
+    assert _core(res.history) == _core(unarmed.history)
 
 
 def test_first_alarm_on_the_logged_rows_matches_the_run(unarmed) -> None:
