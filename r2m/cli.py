@@ -113,11 +113,10 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
     if models:
         inputs = resolve_inputs(cfg)
         built = {"policy": inputs.policy, "reward_model": inputs.reward_model}
-        if cfg.rl.monitor.enabled and cfg.rl.monitor.world_check_rm and cfg.rl.monitor.check_rm is None \
-                and inputs.reward_model is not None and inputs.world:
-            from r2m.pipeline import ensure_world_check_rm
+        if cfg.rl.monitor.enabled:
+            from r2m.recipes.alarm import check_rm_path
 
-            built["check_rm"] = str(ensure_world_check_rm(cfg))  # the monitor's (docs/MONITOR.md)
+            built["check_rm"] = check_rm_path(cfg, inputs.world)  # the monitor's (docs/MONITOR.md)
         print(json.dumps(built, indent=2))
     return 0
 

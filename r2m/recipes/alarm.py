@@ -60,7 +60,9 @@ def describe(alarm: Alarm, steps: list[int]) -> str:
             f"checkpoint before: {'none' if before is None else f'step {before}'}): {why}")
 
 
-def _check_rm_path(cfg: Config, world: bool) -> Optional[str]:
+def check_rm_path(cfg: Config, world: bool) -> Optional[str]:
+    """rl.monitor.check_rm, else in the gold-reward world (``world``: the run's prompts are the world's) the
+    world's check RM, built now if needed; None: the check-disagreement signal is off."""
     mc = cfg.rl.monitor
     if mc.check_rm is not None:
         return mc.check_rm
@@ -79,7 +81,7 @@ def build_check_reward(cfg: Config, world: bool, policy_tokenizer, device: torch
     draws no random number the run would see: the RNG states are put back."""
     saved = rng_state()
     try:
-        path = _check_rm_path(cfg, world)
+        path = check_rm_path(cfg, world)
         if path is None:
             return None
         tok = load_tokenizer(path, cfg.reward.trust_remote_code)

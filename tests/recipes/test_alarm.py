@@ -149,15 +149,15 @@ def test_world_models_builds_the_check_rm(tiny, world_artifacts, capsys) -> None
 
 
 def test_several_processes_skip_an_unbuilt_check_rm(tiny, tmp_path, monkeypatch, caplog) -> None:
-    from r2m.recipes.alarm import _check_rm_path
+    from r2m.recipes.alarm import check_rm_path
 
     cfg = load_config(None, [*tiny, f"run.root={tmp_path}"])
     monkeypatch.setenv("WORLD_SIZE", "2")
     with caplog.at_level("WARNING", logger="r2m"):
-        assert _check_rm_path(cfg, world=True) is None
+        assert check_rm_path(cfg, world=True) is None
     assert "r2m world --models" in caplog.text and not (tmp_path / "world").exists()
-    assert _check_rm_path(load_config(None, [*tiny, "rl.monitor.check_rm=/some/rm"]), world=True) == "/some/rm"
-    assert _check_rm_path(load_config(None, [*tiny, "reward.source=gold"]), world=True) is None
+    assert check_rm_path(load_config(None, [*tiny, "rl.monitor.check_rm=/some/rm"]), world=True) == "/some/rm"
+    assert check_rm_path(load_config(None, [*tiny, "reward.source=gold"]), world=True) is None
 
 
 def test_stop_on_alarm_needs_the_monitor() -> None:
