@@ -121,6 +121,11 @@ def _rank_signals(samples: PolicySamples, models: MonitorModels, out: MonitorRea
         why = "eval.samples_per_prompt=1 leaves no within-prompt pair to rank"
         out.missing.update({Signal.CHECK_DISAGREEMENT.value: why, Signal.FUSED_DISAGREEMENT.value: why})
         return
+    if samples.proxy is not None and not bool(torch.isfinite(samples.proxy).all()):
+        # The numeric guard's business (guard/*): the ranks of NaN scores mean nothing.
+        why = "a proxy score of the evaluation is NaN or infinite"
+        out.missing.update({Signal.CHECK_DISAGREEMENT.value: why, Signal.FUSED_DISAGREEMENT.value: why})
+        return
     if models.check_fn is None:
         out.missing[Signal.CHECK_DISAGREEMENT.value] = "no check RM (rl.monitor.check_rm)"
     elif samples.proxy is not None:
@@ -130,6 +135,8 @@ def _rank_signals(samples: PolicySamples, models: MonitorModels, out: MonitorRea
         out.metrics["monitor/check_pairs"] = float(d.pairs)
     if not models.fused or samples.vanilla is None or samples.proxy is None:
         out.missing[Signal.FUSED_DISAGREEMENT.value] = "R2M is off"
+    elif not bool(torch.isfinite(samples.vanilla).all()):
+        out.missing[Signal.FUSED_DISAGREEMENT.value] = "a vanilla score of the evaluation is NaN or infinite"
     else:
         out.metrics[Signal.FUSED_DISAGREEMENT.value] = rank_disagreement(_groups(samples.proxy, k),
                                                                          _groups(samples.vanilla, k)).value

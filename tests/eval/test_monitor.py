@@ -128,6 +128,18 @@ def test_missing_signals_are_named_not_logged(lm) -> None:
     assert all(math.isfinite(v) for v in reading.metrics.values())
 
 
+def test_non_finite_scores_leave_the_rank_signals_out(lm) -> None:
+    """A NaN proxy score (the numeric guard's business) must not stop the run from inside the monitor."""
+    model, tok = lm
+    prompts = [_ids(tok, "<bos>3 1 2 =")] * 4
+    resp = [_ids(tok, t) for t in ("1 2 3<eos>", "1 2<eos>", "3<eos>", "2 1 3<eos>")]
+    s = _samples(tok, resp, prompts, [0.7, float("nan"), 0.3, 0.2], vanilla=[0.1, 0.2, 0.3, 0.4])
+    models = MonitorModels(model, model, tok.pad_token_id, torch.device("cpu"), 2, check_fn=LengthRM(), fused=True)
+    reading = monitor_signals(s, s, models)
+    assert "NaN" in reading.missing["monitor/check_disagreement"]
+    assert "monitor/fused_disagreement" not in reading.metrics and "monitor/token_js" in reading.metrics
+
+
 def test_samples_without_token_ids_are_refused(lm) -> None:
     model, tok = lm
     s = PolicySamples(["p"] * 3, ["r"] * 3, None, torch.zeros(3), None, torch.ones(3), 0.0)
