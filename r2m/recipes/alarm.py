@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -40,6 +41,7 @@ log = logging.getLogger("r2m")
 
 BEST = "best-before-alarm"
 """The directory under checkpoints/ that keeps the policy of the evaluation before the alarm's onset."""
+_SNAPSHOT = re.compile(r"^eval-(\d{6,})$")
 EVAL_MARK = "eval/length"
 """A key every evaluation row has (r2m.eval.policy.summarize): how evaluation rows are told from training rows."""
 
@@ -176,15 +178,19 @@ class AlarmWatch:
         self.stop_requested = True
         before = self.alarm.onset - 1
         src = self._snapshot(self.steps[before]) if before >= 0 else None
-        if self.rl.acc.is_main_process:
-            if src is not None:
-                best = self.checkpoints / BEST
-                if best.exists():  # an earlier run's, in this run directory
-                    shutil.rmtree(best)
-                src.rename(best)
-            else:
-                log.warning("monitor: the alarm's onset is the first counted evaluation; no checkpoint before it")
-            self._drop_snapshots(keep=[])
+        if src is None:
+            log.warning("monitor: the alarm's onset is the first counted evaluation; no checkpoint comes before it")
+        elif self.rl.acc.is_main_process and not src.is_dir():
+            # e.g. a run resumed armed whose earlier part was not: that evaluation's policy was never saved.
+            log.warning("monitor: %s was not saved (the run was not armed at step %d); no best-before-alarm", src,
+                        self.steps[before])
+            src = None
+        elif self.rl.acc.is_main_process:
+            best = self.checkpoints / BEST
+            if best.exists():  # an earlier run's, in this run directory
+                shutil.rmtree(best)
+            src.rename(best)
+        self._drop_snapshots(keep=[])
         self.rl.acc.wait_for_everyone()
         self.best_path = self.checkpoints / BEST if src is not None else None  # every rank names the main's copy
 
@@ -195,7 +201,12 @@ class AlarmWatch:
         """Remove eval-* snapshots not in ``keep`` (or those of steps past ``after``: a resumed run's future)."""
         if not self.rl.acc.is_main_process or not self.checkpoints.is_dir():
             return
-        for p in self.checkpoints.glob("eval-*"):
-            step = int(p.name.split("-")[1])
+        for p in self.checkpoints.glob(".tmp-eval-*"):  # the debris of an interrupted snapshot
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.checkpoints.iterdir():
+            m = _SNAPSHOT.match(p.name)
+            if m is None:
+                continue
+            step = int(m.group(1))
             if (keep is not None and step not in keep) or (after is not None and step > after):
                 shutil.rmtree(p, ignore_errors=True)

@@ -163,3 +163,16 @@ def test_several_processes_skip_an_unbuilt_check_rm(tiny, tmp_path, monkeypatch,
 def test_stop_on_alarm_needs_the_monitor() -> None:
     with pytest.raises(ConfigError, match="rl.stop_on_alarm"):
         load_config(None, ["rl.stop_on_alarm=true", "rl.monitor.enabled=false"])
+
+
+def test_armed_on_resume_without_the_snapshot_it_needs(tiny, world_artifacts, caplog) -> None:
+    """Unarmed up to step 1, resumed armed: the alarm at step 3 needs step 1's policy, never saved."""
+    from r2m.trainers.pg import run_rl
+
+    base = [*tiny, *FORCED, "rl.save_every=1", "run.name=alarm-late"]
+    run_rl(load_config(None, [*base, "rl.steps=2"]))  # a training checkpoint at step 1 only
+    with caplog.at_level("WARNING", logger="r2m"):
+        res = run_rl(load_config(None, [*base, "rl.stop_on_alarm=true", "run.resume=auto"]))
+    assert res.alarm_step == 3 and int(res.history[-1]["step"]) == 3
+    assert res.best_before_alarm is None and "was not saved" in caplog.text
+    assert not list((res.run_dir / "checkpoints").glob("eval-*"))
