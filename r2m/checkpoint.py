@@ -55,11 +55,14 @@ RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoin
                # Where the run lives: a moved or renamed run directory resumes (the run it holds decides).
                "run.name", "run.root",
                # Recomputing activations gives the same gradients: turn it on to resume on a smaller GPU.
-               "policy.gradient_checkpointing", "reward.gradient_checkpointing"}
+               "policy.gradient_checkpointing", "reward.gradient_checkpointing",
+               # Stopping on the over-optimisation alarm changes no step taken so far.
+               "rl.stop_on_alarm"}
 # How often to evaluate, save or log (rl.*, sft.*, rm.*, ser.*): never what a step computes.
 RESUME_FREE_SUFFIXES = (".save_every", ".eval_every", ".log_every")
 # The API judge only reads finished samples: its endpoint, model and cache never change a trajectory.
-RESUME_FREE_PREFIXES = ("eval.judge.",)
+# The over-optimisation monitor only reads evaluations (rl.stop_on_alarm: above).
+RESUME_FREE_PREFIXES = ("eval.judge.", "rl.monitor.")
 
 
 def _is_free(key: str) -> bool:

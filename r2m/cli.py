@@ -12,6 +12,7 @@
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
     r2m bench [run] --preset smoke|paper [--out F]  the methods-by-seeds matrix (docs/BENCHMARKS.md)
     r2m config  [-c CFG] [a.b=c ...]               print the resolved config
+    r2m monitor RUN_DIR [name=value ...] [--no-plot]   replay the over-optimisation alarm on a finished run
 
 Every subcommand runs on the world's defaults when no config file is given.
 """
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
     p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
+    p = sub.add_parser("monitor", help="replay the over-optimisation alarm on a finished run (docs/MONITOR.md)")
+    p.add_argument("run_dir", help="the run directory (<run.root>/<run.name>)")
+    p.add_argument("overrides", nargs="*", help="alarm thresholds, e.g. token_js=0.05 min_signals=1 (null: off)")
+    p.add_argument("--no-plot", action="store_true", help="do not write RUN_DIR/plots/monitor.png")
     return parser
 
 
@@ -107,7 +112,12 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
     print(Path(files.summary).read_text())
     if models:
         inputs = resolve_inputs(cfg)
-        print(json.dumps({"policy": inputs.policy, "reward_model": inputs.reward_model}, indent=2))
+        built = {"policy": inputs.policy, "reward_model": inputs.reward_model}
+        if cfg.rl.monitor.enabled:
+            from r2m.recipes.alarm import check_rm_path
+
+            built["check_rm"] = check_rm_path(cfg, inputs.world)  # the monitor's (docs/MONITOR.md)
+        print(json.dumps(built, indent=2))
     return 0
 
 
@@ -144,6 +154,9 @@ def cmd_rl(cfg: Config) -> int:
         print(f"  {k:28s} {v:.4f}")
     if res.peak_gold_step is not None:
         print(f"  {'peak gold step':28s} {res.peak_gold_step}")
+    if res.alarm_step is not None:
+        kept = f"; kept {res.best_before_alarm}" if res.best_before_alarm is not None else ""
+        print(f"  {'over-optimisation alarm step':28s} {res.alarm_step}{kept}")
     return 0
 
 
@@ -198,6 +211,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "bench" and args.what not in ("cost", "run"):
             # `r2m bench --preset smoke a.b=c`: the optional positional took the first override.
             args.overrides, args.what = [args.what, *args.overrides], "run"
+        if args.command == "monitor":
+            from r2m.recipes.monitor import cmd_monitor
+
+            return cmd_monitor(args.run_dir, args.overrides, not args.no_plot)
         overrides = list(args.overrides) + (["run.resume=auto"] if getattr(args, "resume", False) else [])
         if args.command in ("bench", "analyze") or getattr(args, "what", None) == "winrate":
             return _cmd_extra(args, load_config(args.config, overrides))

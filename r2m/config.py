@@ -23,6 +23,7 @@ import yaml
 
 from r2m.errors import ConfigError  # noqa: E402  (re-exported)
 from r2m.config_paths import PathFormats, PathSplits, format_names  # noqa: E402,F401  (data sections)
+from r2m.config_monitor import MonitorConfig  # noqa: E402  (rl.monitor)
 
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
@@ -779,6 +780,11 @@ class RLConfig:
     vLLM engine; needs ``pip install vllm`` and a CUDA GPU; docs/GENERATION.md). Evaluation always uses hf."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM engine (used when ``generator=vllm``)."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Over-optimisation monitor: label-free signals at every evaluation and the alarm's thresholds (docs/MONITOR.md)."""
+    stop_on_alarm: bool = False
+    """Stop the run when the alarm fires, with a checkpoint; the policy of the evaluation before the alarm's onset
+    is kept as checkpoints/best-before-alarm (a policy snapshot is saved at each evaluation while armed)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
@@ -821,6 +827,8 @@ class RLConfig:
         _check(self.critic_lr > 0, "rl.critic_lr", "> 0", self.critic_lr)
         _check(self.value_clip > 0, "rl.value_clip", "> 0", self.value_clip)
         _check(self.save_every >= 0, "rl.save_every", ">= 0", self.save_every)
+        _check(self.monitor.enabled or not self.stop_on_alarm, "rl.stop_on_alarm",
+               "false when rl.monitor.enabled=false (the alarm reads the monitor's signals)", self.stop_on_alarm)
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

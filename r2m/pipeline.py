@@ -9,6 +9,7 @@ new reward model while the RL seed never invalidates anything.
     <run.root>/world/policy-<h>/model   SFT policy (save_pretrained)
     <run.root>/world/rmbase-<h>/model   SFT-trained LM of another width: the RM's backbone
     <run.root>/world/rm-<h>/model       the proxy reward model (BT on the length-biased labels)
+    <run.root>/world/rm-check-<h>/model the monitor's check RM (the same recipe on the disjoint pref_policy pairs)
 """
 
 from __future__ import annotations
@@ -303,6 +304,26 @@ def ensure_world_rm(cfg: Config) -> Path:
         init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
         log.info("training the world's proxy reward model into %s", out)
         run_rm(cfg, init, str(files.pref_train), str(files.pref_eval), out, f"world/rm-{key}", resume=True)
+    return out
+
+
+def world_check_rm_dir(cfg: Config) -> Path:
+    """Where the world's check RM is cached (built or not)."""
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, {"check_rm": "pref_policy"},
+                      *precision_part(cfg))
+    return world_root(cfg) / f"rm-check-{key}" / "model"
+
+
+def ensure_world_check_rm(cfg: Config) -> Path:
+    """The over-optimisation monitor's check RM (rl.monitor.check_rm left null): the proxy RM's recipe (same
+    backbone, rm config) on the world's pref_policy pairs, disjoint from the proxy RM's pref_train."""
+    out = world_check_rm_dir(cfg)
+    key = out.parent.name[len("rm-check-"):]
+    if _must_build(out, "the monitor's check reward model"):
+        files = world_data(cfg)
+        init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
+        log.info("training the monitor's check reward model (on pref_policy) into %s", out)
+        run_rm(cfg, init, str(files.pref_policy), str(files.pref_eval), out, f"world/rm-check-{key}", resume=True)
     return out
 
 

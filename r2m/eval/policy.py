@@ -37,6 +37,10 @@ class PolicySamples:
     """(M,) response tokens (including eos)."""
     kl: float
     """Mean per-token log pi - log pi_ref on these samples (NaN without a reference)."""
+    prompt_ids: Optional[list[list[int]]] = None
+    """(M,) prompt token ids per sample (the over-optimisation monitor re-reads the samples' hidden states)."""
+    response_ids: Optional[list[list[int]]] = None
+    """(M,) response token ids per sample (including eos), as ``lengths`` counts them."""
 
 
 def _cat(parts: list) -> Optional[torch.Tensor]:
@@ -53,6 +57,7 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
     ids_list = [p for p in prompt_ids for _ in range(reps)]
     needs_hidden = reward_fn is not None and reward_fn.needs_policy_hidden
     responses: list[str] = []
+    response_ids: list[list[int]] = []
     lengths, gold, proxy, vanilla = [], [], [], []
     kl_num, kl_den = 0.0, 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eval_mode(policy):
@@ -66,6 +71,7 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
             resp, am = gen.sequences[:, gen.prompt_len:].cpu(), gen.action_mask.cpu()
             batch_resp = [tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=False) for r, m in zip(resp, am)]
             responses += batch_resp
+            response_ids += [r[m.bool()].tolist() for r, m in zip(resp, am)]
             lengths.append(am.sum(-1).float())
             fwd = None
             if ref is not None or needs_hidden:
@@ -89,7 +95,8 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
                     vanilla.append(out.vanilla.cpu() if out.vanilla is not None else None)
     return PolicySamples(prompts=texts, responses=responses, gold=_cat(gold), proxy=_cat(proxy),
                          vanilla=_cat(vanilla), lengths=torch.cat(lengths),
-                         kl=kl_num / kl_den if kl_den else float("nan"))
+                         kl=kl_num / kl_den if kl_den else float("nan"),
+                         prompt_ids=[list(p) for p in ids_list], response_ids=response_ids)
 
 
 def summarize(samples: PolicySamples, baseline: Optional[PolicySamples] = None) -> dict[str, float]:

@@ -28,6 +28,7 @@ from r2m.config import Algorithm, Config, KLMode, RewardBaseline, RewardSource, 
 from r2m.distributed import Dist, configure_deepspeed, sharded_state_dict
 from r2m.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
 from r2m.models.critic import response_values
+from r2m.recipes.alarm import AlarmWatch
 from r2m.rollout import (
     Experience,
     ExperienceMaker,
@@ -219,6 +220,10 @@ class RLResult:
     """Wall time of the run."""
     rm_accuracy: dict[str, float]
     """R2M: held-out pairwise accuracy of the vanilla RM and of R2M before/after (Table 3)."""
+    alarm_step: Optional[int] = None
+    """Step of the evaluation where the over-optimisation alarm fired (None: it did not; docs/MONITOR.md)."""
+    best_before_alarm: Optional[Path] = None
+    """rl.stop_on_alarm: checkpoints/best-before-alarm, the policy of the evaluation before the alarm's onset."""
 
 
 def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, policy_dim: Optional[int] = None):
@@ -396,6 +401,7 @@ class RLRun:
         self.bad_steps = 0
         if self.resume_dir is not None:
             self._restore(self.resume_state)
+        self.watch = AlarmWatch(self)  # the over-optimisation monitor and alarm (r2m.recipes.alarm)
 
     def _reference(self, ref):
         """The frozen reference: ``ref``, or with LoRA the policy with its adapters off. Under mixed precision it
@@ -558,6 +564,7 @@ class RLRun:
         if self.sft_samples is None:
             self.sft_samples = samples if step == 0 else self._reference_samples()
         self.final_eval = summarize(samples, self.sft_samples if step > 0 else None)
+        self.final_eval.update(self.watch.observe(step, samples, self.sft_samples, self.final_eval))
         return self.final_eval
 
     def _reference_samples(self):
@@ -689,7 +696,7 @@ class RLRun:
             peak_step = _write_plots(self.run, write=self.acc.is_main_process)
         self.run.close()
         return RLResult(self.run.path, self.run.history, self.final_eval, peak_step,
-                        time.perf_counter() - self.t_start, rm_acc)
+                        time.perf_counter() - self.t_start, rm_acc, self.watch.alarm_step, self.watch.best_path)
 
 
 def run_rl(cfg: Config) -> RLResult:
@@ -714,6 +721,9 @@ def run_rl(cfg: Config) -> RLResult:
             rl.run.log(metrics, step)  # one row per step: training and (when due) evaluation metrics
             if cfg.rl.save_every and step % cfg.rl.save_every == 0 and step < cfg.rl.steps:
                 rl.save_checkpoint(step)
+            if rl.watch.stop_requested:  # rl.stop_on_alarm: the alarm fired at this evaluation
+                rl.save_checkpoint(step)
+                break
             # Every rank stops after the same step (a signal may reach them at different times).
             if not rl.dist.all(not stop.requested):
                 path = rl.save_checkpoint(step)
