@@ -77,7 +77,7 @@ class Generation(NamedTuple):
     action_mask: torch.Tensor  # (B, R) 1 on response tokens up to and including the first eos
     prompt_len: int  # P
     logprobs: Optional[torch.Tensor] = None  # (B, R) log pi(y_t | ·) at the sampling temperature, from generate itself
-    hidden: Optional[torch.Tensor] = None  # (B, P+R-1, D) last-layer states that produced tokens 1..P+R-1, from generate
+    hidden: Optional[torch.Tensor] = None  # (B, P+R-1, D) last-layer states before tokens 1..P+R-1, from generate
 
 
 @contextlib.contextmanager
@@ -189,7 +189,8 @@ def concat_generations(parts: Sequence[Generation], pad_token_id: int) -> Genera
         hidden = torch.cat([F.pad(g.hidden, (0, 0, P - g.prompt_len, R - g.action_mask.shape[1])) for g in parts])
     return Generation(torch.cat([pad(g.sequences, g, pad_token_id) for g in parts]),
                       torch.cat([pad(g.attention_mask, g, 0) for g in parts]),
-                      torch.cat([F.pad(g.action_mask, (0, R - g.action_mask.shape[1])) for g in parts]), P, logprobs, hidden)
+                      torch.cat([F.pad(g.action_mask, (0, R - g.action_mask.shape[1])) for g in parts]), P,
+                      logprobs, hidden)
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:

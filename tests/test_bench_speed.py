@@ -61,7 +61,7 @@ def test_bench_speed_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert main(["bench", "speed", *tiny, "run.name=speed-smoke", "--preset", "smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["ratio_vs_trl"]) == {"A", "B"}
-    assert {"floor_multiple_B", "r2m_overhead_B", "r2m_overhead_A", "p4", "sizes", "floor", "environment"} <= set(result)
+    assert {"floor_multiple_B", "r2m_overhead_B", "r2m_overhead_A", "p4", "sizes", "floor"} <= set(result)
     assert result["floor_multiple_B"] > 0 and result["r2m_overhead_B"] > 0
     for size in ("A", "B"):
         arms = result["sizes"][size]

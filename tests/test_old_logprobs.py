@@ -68,3 +68,51 @@ def test_a_short_run_with_generation_logprobs_matches_recompute_closely() -> Non
 def test_generation_logprobs_are_refused_with_vllm() -> None:
     with pytest.raises(ConfigError, match="rl.old_logprobs"):
         RLConfig(old_logprobs=OldLogprobs.GENERATION, generator="vllm")
+
+
+class _HiddenReward:
+    """A reward that reads R2M's h (as FeedbackReward does) and scores each row by its mean state."""
+
+    needs_policy_hidden = True
+    reward_model = None
+
+    def __call__(self, query):
+        from r2m.rewards import RewardOutput
+
+        m = query.policy_mask.unsqueeze(-1).float()  # (B, S-1, 1)
+        return RewardOutput((query.policy_hidden * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1))
+
+
+@pytest.mark.parametrize("rollout_batch_size", [0, 3])
+def test_experience_from_generation_matches_recompute_with_r2m_h(rollout_batch_size) -> None:
+    """pi_old's log-probs and h from the generation pass, in rollout chunks too, equal the recomputed ones."""
+    from r2m.rollout import ExperienceMaker, tokenize_prompts
+
+    tok, policy = _policy()
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    # Chunks of 3 rows: the second holds shorter prompts only (its P is smaller: padded on concatenation).
+    prompts = tokenize_prompts(tok, [format_prompt(d) for d in ([9, 0, 4, 4, 8, 1], [3, 1, 2], [5])], 64, "truncate")
+    exps = {}
+    for mode in (OldLogprobs.RECOMPUTE, OldLogprobs.GENERATION):
+        cfg = RLConfig(prompts_per_step=3, k=2, minibatches=1, max_new_tokens=7, temperature=0.7, old_logprobs=mode,
+                       rollout_batch_size=rollout_batch_size)
+        maker = ExperienceMaker(policy, ref, tok, _HiddenReward(), cfg, torch.device("cpu"))
+        torch.manual_seed(3)
+        exps[mode] = maker.make(prompts.texts, prompts.ids)
+    rec, gen = exps[OldLogprobs.RECOMPUTE], exps[OldLogprobs.GENERATION]
+    assert torch.equal(rec.sequences, gen.sequences)  # the same samples
+    m = rec.action_mask.bool()
+    assert (rec.old_logprobs[m] - gen.old_logprobs[m]).abs().max() < LOGPROB_TOL
+    assert torch.equal(rec.policy_mask, gen.policy_mask)
+    keep = rec.policy_mask.bool()
+    assert torch.allclose(rec.policy_hidden[keep], gen.policy_hidden[keep], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(rec.scores, gen.scores, atol=1e-5)
+
+
+def test_cli_refuses_generation_logprobs_with_vllm_as_documented(capsys) -> None:
+    from r2m.cli import main
+
+    assert main(["rl", "rl.generator=vllm", "rl.old_logprobs=generation", "run.root=/nonexistent-r2m-root"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("r2m: error: rl.old_logprobs:")
+    assert err in (Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md").read_text()

@@ -35,7 +35,9 @@ from r2m.models.loading import build_world_lm, save_model
 from r2m.pipeline import resolve_inputs
 from r2m.profiling import lifetime_peak_rss_mb
 from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
+from r2m.recipes.old_logprobs_agreement import agreement
 from r2m.reports.speed import format_speed, write_readme_section
+from r2m.trainers.common import set_threads
 from r2m.trainers.pg import RLRun
 from r2m.utils import atomic_write_text, quiet_transformers
 from r2m.world import build_tokenizer
@@ -312,8 +314,7 @@ def bench_speed(cfg: Config, preset: str, out: str) -> dict:
     if preset not in PRESETS:
         raise ConfigError(f"bench speed --preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     spec = PRESETS[preset]
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    set_threads(cfg)  # the GEMM rate at the arms' thread count (each arm applies run.threads itself)
     load_start = _load()
     root = Path(cfg.run.root) / "bench-speed"
     a_cfg = work_cfg(cfg, spec, "speed")
@@ -332,6 +333,9 @@ def bench_speed(cfg: Config, preset: str, out: str) -> dict:
         "r2m_overhead_A": _ratio(sizes["A"]["r2m_r2m"], sizes["A"]["r2m"]),
         "r2m_memory_ratio": {s: _ratio(arms["r2m_r2m"], arms["r2m"], "peak_rss_mb") for s, arms in sizes.items()},
         "p4": p4(a_cfg, spec, root),
+        # Generation-time against recomputed π_old (no timing: exact on any machine), with R2M's h.
+        "old_logprobs_agreement": {"A": agreement(replace_path(a_cfg, reward__r2m__enabled=True)),
+                                   "B": agreement(replace_path(b_cfg, reward__r2m__enabled=True))},
         "sizes": sizes, "floor": floors, "preset": preset, "spec": dataclasses.asdict(spec),
         "environment": _environment(gflops, spec), "load_avg": {"start": load_start, "end": _load()},
     }
