@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue as queue_module
 import statistics
 import time
 from dataclasses import dataclass
@@ -192,7 +193,14 @@ def in_child(spawn: bool, fn: Callable, *args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, args, queue))
     proc.start()
-    status, value = queue.get()
+    while True:  # a child that dies before reporting (killed, or failing to start) must not hang the parent
+        try:
+            status, value = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"bench speed: arm {fn.__name__} died (exit code {proc.exitcode}) before "
+                                   "reporting") from None
     proc.join()
     if status != "ok":
         raise RuntimeError(f"bench speed: arm {fn.__name__} failed: {value}")
