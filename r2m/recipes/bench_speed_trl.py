@@ -63,6 +63,7 @@ def _cycle_timer(per_cycle: int):
     class CycleTimer(TrainerCallback):
         def __init__(self):
             self.marks: list[float] = []
+            self.mean_length: Optional[float] = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.marks.append(time.perf_counter())
@@ -70,6 +71,10 @@ def _cycle_timer(per_cycle: int):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % per_cycle == 0:
                 self.marks.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:  # TRL's own count: the same work as r2m's?
+                self.mean_length = float(logs["completions/mean_length"])
 
     return CycleTimer()
 
@@ -99,4 +104,4 @@ def trl_arm(cfg: Config, spec, steps: int) -> dict:
     if len(cycles) != steps:
         raise RuntimeError(f"TRL ran {len(cycles) + 1} generation cycles, expected {steps + 1}")
     return {"step_s": cycles, "median_s": statistics.median(cycles), "peak_rss_mb": lifetime_peak_rss_mb(),
-            "threads": torch.get_num_threads(), "trl": trl_version()}
+            "threads": torch.get_num_threads(), "trl": trl_version(), "response_length": timer.mean_length}

@@ -17,11 +17,12 @@ def _f(x: Optional[float], digits: int = 3) -> str:
 
 
 def _arm_rows(result: dict) -> list[str]:
-    rows = ["| size | arm | median s/step | min | max | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    rows = ["| size | arm | median s/step | min | max | peak RSS MiB | mean answer tokens |",
+            "|---|---|---|---|---|---|---|"]
     for size, arms in result["sizes"].items():
         for name, a in arms.items():
             rows.append(f"| {size} | {ARM_NAMES.get(name, name)} | {_f(a['median_s'])} | {_f(a['min_s'])} | "
-                        f"{_f(a['max_s'])} | {_f(a['peak_rss_mb'], 0)} |")
+                        f"{_f(a['max_s'])} | {_f(a['peak_rss_mb'], 0)} | {_f(a.get('response_length'), 1)} |")
     return rows
 
 
