@@ -24,9 +24,35 @@ FIXTURE = Path(__file__).parent / "fixtures" / "old_logprobs_recompute.json"
 LOGPROB_TOL = 1e-5
 
 
+def _expected(path: Path) -> list:
+    """A fixture's rows, or a skip when this machine cannot reproduce them bit for bit (float rounding
+    depends on torch's version, the CPU's vector unit and the thread count)."""
+    data = json.loads(path.read_text())
+    env = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": torch.get_num_threads()}
+    if env != data["environment"]:
+        pytest.skip(f"{path.name} was made under {data['environment']}, this is {env}; rerun its maker "
+                    f"({data['made_by']}) on the code before issue 18 ({data['code']}) to compare here")
+    return data["rows"]
+
+
 def test_recompute_is_bit_identical_to_the_code_before_issue_18() -> None:
     # The fixture was written by tests/old_logprobs_run.py on the code before rl.old_logprobs existed.
-    assert short_run(old_logprobs=OldLogprobs.RECOMPUTE) == json.loads(FIXTURE.read_text())
+    assert short_run(old_logprobs=OldLogprobs.RECOMPUTE) == _expected(FIXTURE)
+
+
+def test_a_cli_rl_run_with_r2m_is_bit_identical_to_the_code_before_issue_18(tiny, world_artifacts) -> None:
+    """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, bit for bit."""
+    from r2m.cli import main
+    from r2m.config import load_config
+
+    expected = _expected(Path(__file__).parent / "fixtures" / "rl_r2m_recompute_metrics.json")
+    assert main(["rl", *tiny, "run.name=bitid-issue18", "reward.r2m.enabled=true"]) == 0
+    root = Path(load_config(None, tiny).run.root)
+    rows = [json.loads(line) for line in (root / "bitid-issue18" / "metrics.jsonl").read_text().splitlines()]
+    got = [{k: float(v).hex() if isinstance(v, (int, float)) else v for k, v in sorted(r.items())
+            if not k.startswith("time/") and isinstance(v, (int, float, str))} for r in rows]
+    assert got == expected
 
 
 def _policy(layers: int = 2):
