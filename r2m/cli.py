@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: cost (Figure 7) or the methods-by-seeds matrix (run)")
     p.add_argument("what", nargs="?", default="run", help="cost, speed or run (default: run)")
     _add_common(p)
-    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"], help="run: matrix size; speed: work size (smoke: seconds, tiny)")
+    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
+                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: issue 18's)")
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
     p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")

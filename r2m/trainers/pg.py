@@ -25,7 +25,6 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from r2m.config import Algorithm, Config, KLMode, RewardBaseline, RewardSource, RLConfig
-from r2m.core.optim import adamw
 from r2m.distributed import Dist, configure_deepspeed, sharded_state_dict
 from r2m.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
 from r2m.models.critic import response_values
@@ -372,8 +371,8 @@ class RLRun:
         # With policy.lora the reference is the policy's own base, adapters off (ref is None here).
         policy, ref = build_policy_and_reference(cfg.policy, self.inputs.policy, self.resume_dir and
                                                  self.resume_dir / "policy", cfg.run.allow_unsafe_weights)
-        optimizer = adamw([p for p in policy.parameters() if p.requires_grad], cfg.rl.lr, cfg.rl.optimizer_impl,
-                          weight_decay=0.0)
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
+                                      weight_decay=0.0, **cfg.rl.optimizer_impl.torch_kwargs)
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
         self.ref = self._reference(ref)
@@ -542,7 +541,7 @@ class RLRun:
             from r2m.models.lora import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(critic.backbone)
-        opt = adamw(critic.parameters(), rl.critic_lr, rl.optimizer_impl)
+        opt = torch.optim.AdamW(critic.parameters(), lr=rl.critic_lr, **rl.optimizer_impl.torch_kwargs)
         return self.acc.prepare(critic, opt)
 
     def evaluate(self, step: int) -> dict[str, float]:
