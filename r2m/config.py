@@ -112,7 +112,8 @@ class OptimizerImpl(str, enum.Enum):
     AUTO = "auto"
     """torch's own choice (for-loop on CPU, foreach on CUDA): r2m's behaviour before issue 18."""
     FOREACH = "foreach"
-    """Multi-tensor ops (``foreach=True``); bit-identical to the for-loop on CPU in torch 2.13 (tests/test_optimizer_impl.py)."""
+    """Multi-tensor ops (``foreach=True``); bit-identical to the for-loop on CPU in torch 2.13
+    (tests/test_optimizer_impl.py)."""
     FUSED = "fused"
     """One fused kernel (``fused=True``; CPU and CUDA); differs from the for-loop by float rounding (~1e-7)."""
 
