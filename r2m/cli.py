@@ -10,6 +10,7 @@
     r2m demo    [-c CFG] [a.b=c ...]               world -> SFT -> RM -> RL arms -> table and plot
     r2m ser     [-c CFG] [a.b=c ...] [--resume]    SER: self-evolved RM loops, Loop 0 / SER / Full table, then PPO
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
+    r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer (issue 18)
     r2m bench [run] --preset smoke|paper [--out F]  the methods-by-seeds matrix (docs/BENCHMARKS.md)
     r2m config  [-c CFG] [a.b=c ...]               print the resolved config
     r2m monitor RUN_DIR [name=value ...] [--no-plot]   replay the over-optimisation alarm on a finished run
@@ -90,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: <run.root>/<run.name>/analysis)")
     p.add_argument("--checkpoints", nargs="*", default=[], help="policy checkpoints for the similarity matrices")
     p = sub.add_parser("bench", help="benchmarks: cost (Figure 7) or the methods-by-seeds matrix (run)")
-    p.add_argument("what", nargs="?", default="run", help="cost or run (default: run)")
+    p.add_argument("what", nargs="?", default="run", help="cost, speed or run (default: run)")
     _add_common(p)
-    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"], help="run: matrix size")
+    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
+                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: issue 18's)")
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
     p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
@@ -181,6 +183,10 @@ def _cmd_extra(args, cfg: Config) -> int:
 
         if args.what == "cost":
             return run_bench(cfg, "cost", args.steps, args.out or "benchmarks/cost.json")
+        if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
+            from r2m.recipes.bench_speed import run_bench_speed
+
+            return run_bench_speed(cfg, args.preset, args.out)
         default = "docs/BENCHMARKS.md" if args.preset == "paper" else str(Path(cfg.run.root) / "bench-smoke" /
                                                                           "BENCHMARKS.md")
         return run_bench_matrix(cfg, args.preset, args.out or default)
@@ -208,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_transformers()
     try:
-        if args.command == "bench" and args.what not in ("cost", "run"):
+        if args.command == "bench" and args.what not in ("cost", "run", "speed"):
             # `r2m bench --preset smoke a.b=c`: the optional positional took the first override.
             args.overrides, args.what = [args.what, *args.overrides], "run"
         if args.command == "monitor":

@@ -97,6 +97,34 @@ class LRSchedule(str, enum.Enum):
     COSINE = "cosine"
 
 
+class OldLogprobs(str, enum.Enum):
+    """Where pi_old's log-probs (and R2M's h) come from (docs/GENERATION.md, "pi_old from the generation pass")."""
+
+    RECOMPUTE = "recompute"
+    """A second full forward pass of the policy over the sampled sequences (r2m's behaviour before issue 18)."""
+    GENERATION = "generation"
+    """From ``generate`` itself (its logits, and with R2M its hidden states): no second pass; equal up to float
+    rounding (KV-cache vs full attention), not bit-identical; rl.generator=hf only."""
+
+
+class OptimizerImpl(str, enum.Enum):
+    """torch AdamW implementation of the policy (and critic) optimiser."""
+
+    AUTO = "auto"
+    """torch's own choice (for-loop on CPU, foreach on CUDA): r2m's behaviour before issue 18."""
+    FOREACH = "foreach"
+    """Multi-tensor ops (``foreach=True``); bit-identical to the for-loop on CPU in torch 2.13
+    (tests/test_optimizer_impl.py)."""
+    FUSED = "fused"
+    """One fused kernel (``fused=True``; CPU and CUDA); differs from the for-loop by float rounding (~1e-7)."""
+
+    @property
+    def torch_kwargs(self) -> dict:
+        """The keyword arguments of ``torch.optim.AdamW`` that select this implementation."""
+        return {OptimizerImpl.AUTO: {}, OptimizerImpl.FOREACH: {"foreach": True},
+                OptimizerImpl.FUSED: {"fused": True}}[self]
+
+
 class FusionInit(str, enum.Enum):
     """Initialisation of R2M's cross-attention (docs/R2M.md, "Initialisation")."""
 
@@ -785,10 +813,17 @@ class RLConfig:
     stop_on_alarm: bool = False
     """Stop the run when the alarm fires, with a checkpoint; the policy of the evaluation before the alarm's onset
     is kept as checkpoints/best-before-alarm (a policy snapshot is saved at each evaluation while armed)."""
+    old_logprobs: OldLogprobs = OldLogprobs.RECOMPUTE
+    """pi_old's log-probs (and R2M's h): ``recompute`` (a second forward pass, bit-identical to before) or
+    ``generation`` (from generate's own logits and states, equal to ~1e-6; hf only; docs/GENERATION.md)."""
+    optimizer_impl: OptimizerImpl = OptimizerImpl.AUTO
+    """Policy/critic AdamW implementation: auto (torch's default, as before), foreach or fused."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
         _check(self.generator in GENERATORS, "rl.generator", "hf or vllm", self.generator)
+        _check(self.old_logprobs == OldLogprobs.RECOMPUTE or self.generator == "hf", "rl.old_logprobs",
+               "recompute with rl.generator=vllm (r2m does not read vLLM's log-probs)", self.old_logprobs.value)
         _check(self.prompts_per_step >= 1, "rl.prompts_per_step", ">= 1", self.prompts_per_step)
         min_k = 2 if self.algorithm.grouped else 1
         _check(self.k >= min_k, "rl.k", f">= {min_k} for {self.algorithm.value}", self.k)

@@ -4,8 +4,9 @@ A backend turns token-id prompts into a :class:`~r2m.rollout.Generation` laid ou
 ``[left-padded prompt | right-padded response]``, the response's ``action_mask`` running up to and
 including the first eos (both backends go through :func:`r2m.rollout.assemble_generation`).
 
-No backend supplies R2M's ``h``: it always comes from pi_old's log-prob forward pass over the sampled
-tokens (:meth:`r2m.rollout.ExperienceMaker.make`), so R2M does not depend on the backend.
+R2M's ``h`` comes from the pass that gives pi_old's log-probs (:meth:`r2m.rollout.ExperienceMaker.make`):
+the generation pass itself with ``rl.old_logprobs=generation`` (hf only), else a second forward pass over
+the sampled tokens, so R2M does not depend on the backend.
 
 vLLM (``rl.generator=vllm``, docs/GENERATION.md) is imported lazily, only when asked for: it needs
 ``pip install vllm`` and a CUDA GPU. Its engine runs in the training process, next to the policy, and
@@ -37,8 +38,10 @@ class Generator(abc.ABC):
     """Samples responses to token-id prompts from the current policy."""
 
     @abc.abstractmethod
-    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int) -> Generation:
-        """One response per prompt (repeat prompts for K samples); temperature 0 is greedy."""
+    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                 with_logprobs: bool = False, with_hidden: bool = False) -> Generation:
+        """One response per prompt (repeat prompts for K samples); temperature 0 is greedy. ``with_logprobs``/
+        ``with_hidden``: also the sampled tokens' log-probs / the last layer's states (rl.old_logprobs=generation)."""
 
     @abc.abstractmethod
     def sync_weights(self, policy: nn.Module) -> None:
@@ -51,10 +54,12 @@ class HFGenerator(Generator):
     def __init__(self, policy: nn.Module, eos_token_id: int, pad_token_id: int, device: torch.device):
         self.policy, self.eos_token_id, self.pad_token_id, self.device = policy, eos_token_id, pad_token_id, device
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                 with_logprobs: bool = False, with_hidden: bool = False) -> Generation:
         ids, mask = left_pad(prompt_ids, self.pad_token_id)
         return generate(self.policy, ids.to(self.device), mask.to(self.device), temperature=temperature,
-                        max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
+                        max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                        with_logprobs=with_logprobs, with_hidden=with_hidden)
 
     def sync_weights(self, policy: nn.Module) -> None:
         pass  # it samples from the policy module itself
@@ -186,7 +191,10 @@ class VLLMGenerator(Generator):
         seed0 = int(torch.randint(0, 2**31 - 1 - n, (1,)).item())
         return [self.SamplingParams(**base, seed=seed0 + i) for i in range(n)]
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                 with_logprobs: bool = False, with_hidden: bool = False) -> Generation:
+        if with_logprobs or with_hidden:  # RLConfig refuses old_logprobs=generation with vllm
+            raise ConfigError("rl.old_logprobs=generation: not with rl.generator=vllm; use rl.old_logprobs=recompute")
         self._wake()
         prompts = [self.TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, sampling_params=self._sampling_params(len(prompts), temperature,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r2m.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
-from r2m.config import Algorithm, KLMode, RLConfig
+from r2m.config import Algorithm, KLMode, OldLogprobs, RLConfig
 from r2m.distributed import Dist
 from r2m.losses import entropy_from_logits, kl_penalty, masked_mean, masked_var
 from r2m.models.critic import response_values
@@ -76,6 +76,8 @@ class Generation(NamedTuple):
     attention_mask: torch.Tensor  # (B, P+R)
     action_mask: torch.Tensor  # (B, R) 1 on response tokens up to and including the first eos
     prompt_len: int  # P
+    logprobs: Optional[torch.Tensor] = None  # (B, R) log pi(y_t | ·) at the sampling temperature, from generate itself
+    hidden: Optional[torch.Tensor] = None  # (B, P+R-1, D) last-layer states before tokens 1..P+R-1, from generate
 
 
 @contextlib.contextmanager
@@ -99,17 +101,56 @@ def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
 
 @torch.no_grad()
 def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, temperature: float,
-             max_new_tokens: int, eos_token_id: int, pad_token_id: int) -> Generation:
-    """Sample one response per prompt row (repeat rows for K samples). temperature 0 is greedy."""
+             max_new_tokens: int, eos_token_id: int, pad_token_id: int, with_logprobs: bool = False,
+             with_hidden: bool = False) -> Generation:
+    """Sample one response per prompt row (repeat rows for K samples). temperature 0 is greedy.
+
+    ``with_logprobs``: also the sampled tokens' log-probs from the logits ``generate`` sampled from
+    (``rl.old_logprobs=generation``, docs/GENERATION.md): the raw logits / temperature, no top-k/top-p, as
+    :func:`response_forward` computes them, but through the KV cache (equal up to float rounding).
+    ``with_hidden``: also the last layer's states, as :func:`step_states` lays them out (R2M's h).
+    """
     from transformers import GenerationConfig
 
+    extra = {}
+    if with_logprobs or with_hidden:
+        extra = dict(return_dict_in_generate=True, output_logits=with_logprobs, output_hidden_states=with_hidden)
     gen_cfg = GenerationConfig(
         do_sample=temperature > 0, temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
-        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **extra,
     )
     with eval_mode(model):
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)  # (B, P+R)
-    return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)
+    if not extra:
+        return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)  # out: (B, P+R)
+    gen = assemble_generation(out.sequences, prompt_mask, eos_token_id, pad_token_id)
+    tokens = out.sequences[:, prompt_mask.shape[1]:]  # (B, R)
+    return gen._replace(logprobs=sampled_logprobs(out.logits, tokens, temperature) if with_logprobs else None,
+                        hidden=step_states(out.hidden_states) if with_hidden else None)
+
+
+def step_states(hidden_states: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """``generate``'s per-step hidden states -> the last layer's over positions 0..P+R-2: (B, P+R-1, D).
+
+    Step 0 (the prefill) holds the prompt's P positions, step t >= 1 the one position P+t-1 fed at that
+    step. The last sampled token is never fed back, so position P+R-1 has no state: exactly the column
+    :func:`feedback_states` drops.
+    """
+    return torch.cat([layers[-1] for layers in hidden_states], dim=1)
+
+
+def sampled_logprobs(step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits_t / temperature)[token_t] per generation step: R tensors (B, V), tokens (B, R) -> (B, R).
+
+    One step at a time, so at most one (B, V) float32 block is alive (not the (B, R, V) of a forward pass).
+    """
+    out = torch.empty(tokens.shape, dtype=torch.float32, device=tokens.device)  # (B, R)
+    for t, logits in enumerate(step_logits):
+        z = logits.float()
+        if temperature > 0:
+            z = z / temperature
+        out[:, t] = torch.gather(F.log_softmax(z, dim=-1), -1, tokens[:, t: t + 1]).squeeze(-1)
+    return out
 
 
 def assemble_generation(out: torch.Tensor, prompt_mask: torch.Tensor, eos_token_id: int, pad_token_id: int,
@@ -141,9 +182,15 @@ def concat_generations(parts: Sequence[Generation], pad_token_id: int) -> Genera
     def pad(x: torch.Tensor, g: Generation, value: int) -> torch.Tensor:
         return F.pad(x, (P - g.prompt_len, R - g.action_mask.shape[1]), value=value)  # (b, P+R)
 
+    logprobs = hidden = None
+    if all(g.logprobs is not None for g in parts):
+        logprobs = torch.cat([F.pad(g.logprobs, (0, R - g.logprobs.shape[1])) for g in parts])  # (B, R)
+    if all(g.hidden is not None for g in parts):  # (b, P_g+R_g-1, D) -> (B, P+R-1, D)
+        hidden = torch.cat([F.pad(g.hidden, (0, 0, P - g.prompt_len, R - g.action_mask.shape[1])) for g in parts])
     return Generation(torch.cat([pad(g.sequences, g, pad_token_id) for g in parts]),
                       torch.cat([pad(g.attention_mask, g, 0) for g in parts]),
-                      torch.cat([F.pad(g.action_mask, (0, R - g.action_mask.shape[1])) for g in parts]), P)
+                      torch.cat([F.pad(g.action_mask, (0, R - g.action_mask.shape[1])) for g in parts]), P,
+                      logprobs, hidden)
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
@@ -258,6 +305,20 @@ class Feedback(NamedTuple):
     mask: torch.Tensor  # (B, S-1)
 
 
+class OldPass(NamedTuple):
+    logprobs: torch.Tensor  # (B, R) pi_old's log-probs of the sampled tokens
+    feedback: Optional[Feedback]  # R2M's h, when the reward reads it
+
+
+def feedback_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) -> (B, S-1): 1 on each row's valid positions except its own last one (see feedback_states)."""
+    m = attention_mask.long()  # (B, S)
+    positions = torch.arange(m.shape[1], device=m.device)  # (S,)
+    last = (positions * m).argmax(dim=-1, keepdim=True)  # (B, 1) each row's last valid position
+    keep = m.scatter(1, last, 0)  # (B, S) a row with no valid position stays all zero
+    return keep[:, :-1].to(attention_mask.dtype)
+
+
 def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedback:
     """R2M's h from a forward pass: h_ij ∈ R^{(S_ij − 1) × D_p}, each row's own states without its own last token.
 
@@ -266,11 +327,7 @@ def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedb
     position is found per row, so the result does not depend on the padding side or on the other rows of
     the batch; the batch's last column is then dropped (it holds no row's kept position).
     """
-    m = attention_mask.long()  # (B, S)
-    positions = torch.arange(m.shape[1], device=m.device)  # (S,)
-    last = (positions * m).argmax(dim=-1, keepdim=True)  # (B, 1) each row's last valid position
-    keep = m.scatter(1, last, 0)  # (B, S) a row with no valid position stays all zero
-    return Feedback(hidden[:, :-1], keep[:, :-1].to(attention_mask.dtype))
+    return Feedback(hidden[:, :-1], feedback_mask(attention_mask))
 
 
 @torch.no_grad()
@@ -349,42 +406,57 @@ class ExperienceMaker:
                 for r, m in zip(resp.cpu(), gen.action_mask.cpu())]
 
     def _sample(self, prompt_ids: Sequence[Sequence[int]], temperature: float,
-                seeds: Optional[Sequence[int]] = None) -> Generation:
+                seeds: Optional[Sequence[int]] = None, keep: bool = False) -> Generation:
         """Sample the rows; with ``seeds``, in len(seeds) equal chunks of rows, each from its own seed
         and without touching the global RNG stream (samples then do not depend on how the global
         batch is split over processes)."""
         if not seeds:
-            return self._generate(prompt_ids, temperature)
+            return self._generate(prompt_ids, temperature, keep)
         parts = []
         devices = [self.device] if self.device.type == "cuda" else []
         n = len(prompt_ids) // len(seeds)
         for c, seed in enumerate(seeds):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                parts.append(self._generate(prompt_ids[c * n: (c + 1) * n], temperature))
+                parts.append(self._generate(prompt_ids[c * n: (c + 1) * n], temperature, keep))
         return concat_generations(parts, self.tokenizer.pad_token_id)
 
-    def _generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float) -> Generation:
-        """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0)."""
+    def _generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, keep: bool = False) -> Generation:
+        """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0).
+
+        ``keep``: with ``rl.old_logprobs=generation``, also pi_old's log-probs (and, for R2M, h) from it."""
         size = self.cfg.rollout_batch_size or len(prompt_ids) or 1
-        parts = [self.generator.generate(prompt_ids[i: i + size], temperature, self.cfg.max_new_tokens)
+        extra = {}
+        if keep and self.cfg.old_logprobs == OldLogprobs.GENERATION:
+            extra = dict(with_logprobs=True, with_hidden=self.reward_fn.needs_policy_hidden)
+        parts = [self.generator.generate(prompt_ids[i: i + size], temperature, self.cfg.max_new_tokens, **extra)
                  for i in range(0, len(prompt_ids), size)]
         return concat_generations(parts, self.tokenizer.pad_token_id)
 
-    def _query(self, texts: list[str], gen: Generation, hidden: Optional[torch.Tensor], step: int,
+    def _query(self, texts: list[str], gen: Generation, feedback: Optional[Feedback], step: int,
                group_size: int = 0) -> RewardQuery:
-        h, m = feedback_states(hidden, gen.attention_mask) if hidden is not None else (None, None)
+        h, m = feedback if feedback is not None else (None, None)
         return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step, group_size=group_size)
+
+    def _old_pass(self, gen: Generation, with_hidden: bool) -> "OldPass":
+        """pi_old's log-probs and R2M's h (Algorithm 1 line 6): from the generation pass itself with
+        ``rl.old_logprobs=generation``, else from a second forward pass of the policy over the samples."""
+        if gen.logprobs is not None:
+            fb = Feedback(gen.hidden, feedback_mask(gen.attention_mask)) if with_hidden else None
+            return OldPass(gen.logprobs, fb)
+        old = self._forward(self.policy, gen, with_hidden)
+        return OldPass(old.logprobs, feedback_states(old.hidden, gen.attention_mask) if with_hidden else None)
 
     def _greedy_baseline(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int) -> torch.Tensor:
         """ReMax's baseline: the reward of one greedy response per prompt, (n,)."""
         gen = self._sample(prompt_ids, temperature=0.0)
-        hidden = None
+        fb = None
         if self.reward_fn.needs_policy_hidden:
             with eval_mode(self.policy):
                 hidden = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, 1.0,
                                           with_hidden=True).hidden
-        return self.reward_fn(self._query(list(prompt_texts), gen, hidden, step)).scores.to(self.device).float()
+            fb = feedback_states(hidden, gen.attention_mask)
+        return self.reward_fn(self._query(list(prompt_texts), gen, fb, step)).scores.to(self.device).float()
 
     def _row_chunks(self, n: int) -> tuple[torch.Tensor, ...]:
         """Row indices of the no-grad passes, ``rl.rollout_batch_size`` at a time (all at once when 0)."""
@@ -425,14 +497,14 @@ class ExperienceMaker:
         cfg, K = self.cfg, self.cfg.k
         rep_texts = [t for t in prompt_texts for _ in range(K)]
         with self.timer("generate"):
-            gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds)
+            gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds, keep=True)
         with_hidden = self.reward_fn.needs_policy_hidden
         with self.timer("logprobs"), eval_mode(self.policy):
-            # R2M's h comes from this same forward pass of pi_old: no extra pass, and never from the
-            # generator (vLLM returns no hidden states), so h does not depend on the backend.
-            old = self._forward(self.policy, gen, with_hidden)
+            # R2M's h comes from the same pass of pi_old as its log-probs (generation or recompute), and
+            # never from vLLM (it returns no hidden states), so h does not depend on the backend.
+            old = self._old_pass(gen, with_hidden)
             ref = self._forward(self.ref, gen, False)
-        query = self._query(rep_texts, gen, old.hidden, step, group_size=K)
+        query = self._query(rep_texts, gen, old.feedback, step, group_size=K)
         with self.timer("reward"):
             out = self.reward_fn(query)
             raw = out.scores.to(self.device).float()  # (B,)

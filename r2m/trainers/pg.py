@@ -381,7 +381,7 @@ class RLRun:
         policy, ref = build_policy_and_reference(cfg.policy, self.inputs.policy, self.resume_dir and
                                                  self.resume_dir / "policy", cfg.run.allow_unsafe_weights)
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
-                                      weight_decay=0.0)
+                                      weight_decay=0.0, **cfg.rl.optimizer_impl.torch_kwargs)
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
         self.ref = self._reference(ref)
@@ -551,7 +551,7 @@ class RLRun:
             from r2m.models.lora import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(critic.backbone)
-        opt = torch.optim.AdamW(critic.parameters(), lr=rl.critic_lr)
+        opt = torch.optim.AdamW(critic.parameters(), lr=rl.critic_lr, **rl.optimizer_impl.torch_kwargs)
         return self.acc.prepare(critic, opt)
 
     def evaluate(self, step: int) -> dict[str, float]:
