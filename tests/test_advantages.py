@@ -1,11 +1,11 @@
-"""Hand-worked values, loop references and invariants for r2m.advantages."""
+"""Hand-worked values, loop references and invariants for r2m.core.advantages."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from r2m.advantages import (
+from r2m.core.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageInput,
     AdvantageOutput,

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from r2m.bench import PHASES, format_cost
+from r2m.recipes.bench import PHASES, format_cost
 from r2m.cli import main
-from r2m.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
+from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 from r2m.utils import PhaseTimer
 
 MiB = 2**20

@@ -11,8 +11,8 @@ import pickle
 
 import pytest
 
-from r2m.chat import ChatPrompt, prompt_messages
-from r2m.datasets import load_preferences, load_prompts, render_messages
+from r2m.data.chat import ChatPrompt, prompt_messages
+from r2m.data.datasets import load_preferences, load_prompts, render_messages
 from r2m.models.families import Family, save_family_model
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -40,7 +40,7 @@ def _decoded(rm, prompts, responses) -> list[str]:
 
 
 def test_policy_reads_its_template_and_rm_reads_its_own(pair) -> None:
-    from r2m.rollout import tokenize_prompts
+    from r2m.experience.sampling import tokenize_prompts
 
     policy_tok, rm = pair
     prompt = render_messages(MESSAGES, policy_tok)

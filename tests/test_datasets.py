@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from r2m.data import read_preferences
-from r2m.datasets import (
+from r2m.data.jsonl import read_preferences
+from r2m.data.datasets import (
     ADAPTERS,
+    FORMATS,
     AdapterContext,
     DatasetFormat,
     OnMismatch,
@@ -245,7 +246,7 @@ def test_missing_field_names_row_and_field(tmp_path) -> None:
     (DatasetFormat.PLAIN, {"prompt": "p", "chosen": "a", "rejected": "a"}, "'chosen' is identical to 'rejected'"),
 ])
 def test_adapter_schema_errors(fmt, row, message) -> None:
-    ctx = AdapterContext("src", fmt, RowKind.PREFERENCE, index=7)
+    ctx = AdapterContext("src", fmt, RowKind.PREFERENCE, FORMATS[fmt].expects, index=7)
     with pytest.raises(DataError, match=message) as err:
         ADAPTERS[fmt](row, ctx)
     assert str(err.value).startswith("src: row 7: ") and f"format '{fmt.value}' expects" in str(err.value)
@@ -321,8 +322,8 @@ def test_rm_trains_on_a_real_schema_through_the_cli(tiny, world_artifacts, tmp_p
     """`r2m rm data.format=ultrafeedback data.pref_train=...`: the adapter path is wired end to end."""
     from r2m.cli import main
     from r2m.config import load_config
-    from r2m.pipeline import ensure_world_rm_backbone
-    from r2m.runlog import read_metrics
+    from r2m.recipes.pipeline import ensure_world_rm_backbone
+    from r2m.runtime.runlog import read_metrics
 
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
     backbone = ensure_world_rm_backbone(load_config(None, tiny))

@@ -15,12 +15,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2m import generation
+from r2m.experience import generation
 from r2m.config import ArchConfig, ConfigError, RLConfig, VLLMConfig, WorldConfig, load_config
-from r2m.generation import HFGenerator, VLLMGenerator, build_generator, policy_weights
+from r2m.experience.generation import HFGenerator, VLLMGenerator, build_generator, policy_weights
 from r2m.models.loading import build_world_lm
-from r2m.rewards import GoldReward
-from r2m.rollout import ExperienceMaker, generate, left_pad, response_forward
+from r2m.experience.rewards import GoldReward
+from r2m.experience.rollout import ExperienceMaker, response_forward
+from r2m.experience.sampling import generate, left_pad
 from r2m.world import build_tokenizer, format_prompt
 
 DIGITS = ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0], [6, 3], [1, 2, 0])
@@ -298,13 +299,13 @@ def test_missing_vllm_or_cuda_is_a_clear_config_error(monkeypatch) -> None:
 
 
 def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, capsys) -> None:
-    import r2m.pipeline
+    import r2m.recipes.pipeline
     from r2m.cli import main
 
     def no_build(*a, **k):
         raise AssertionError("world artifacts or models were built before the check")
 
-    monkeypatch.setattr(r2m.pipeline, "resolve_inputs", no_build)
+    monkeypatch.setattr(r2m.recipes.pipeline, "resolve_inputs", no_build)
     monkeypatch.setitem(sys.modules, "vllm", None)
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["rl", *tiny, "run.name=vllm-missing", "rl.generator=vllm"]) == 2
@@ -318,7 +319,7 @@ def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, 
 def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
     """End to end with the fake: samples come from the engine, h from the policy's log-prob pass, and the
     engine gets the updated weights after every step."""
-    from r2m.trainers.pg import RLRun
+    from r2m.recipes.rl.run import RLRun
 
     rl = RLRun(load_config(None, [*tiny, "run.name=vllm-r2m", "rl.generator=vllm", "reward.r2m.enabled=true"]))
     assert isinstance(rl.generator, VLLMGenerator) and rl.maker.generator is rl.generator

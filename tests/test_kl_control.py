@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from r2m.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
+from r2m.core.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
 
 
 def _adaptive() -> AdaptiveKLController:

@@ -1,4 +1,4 @@
-"""Hand-worked values and invariants for r2m.losses."""
+"""Hand-worked values and invariants for r2m.core.losses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r2m.config import KLEstimator, LossAggregation
-from r2m.losses import (
+from r2m.core.losses import (
     GREBTLoss,
     aggregate,
     bradley_terry_loss,

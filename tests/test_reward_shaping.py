@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from r2m.reward_shaping import RewardScaling, RunningMoments, normalize_rewards, scale_rewards
+from r2m.core.reward_shaping import RewardScaling, RunningMoments, normalize_rewards, scale_rewards
 
 
 def test_sigmoid_centered_by_hand() -> None:

@@ -6,16 +6,8 @@ import torch
 
 from r2m.config import ArchConfig
 from r2m.models.loading import build_world_lm
-from r2m.rollout import (
-    Experience,
-    feedback_states,
-    generate,
-    left_pad,
-    position_ids,
-    response_forward,
-    text_feedback,
-    tokenize_prompts,
-)
+from r2m.experience.rollout import Experience, feedback_states, response_forward, text_feedback
+from r2m.experience.sampling import generate, left_pad, position_ids, tokenize_prompts
 from r2m.world import build_tokenizer
 
 
@@ -87,8 +79,8 @@ def _maker(**rl):
     import copy
 
     from r2m.config import RLConfig, WorldConfig
-    from r2m.rewards import GoldReward
-    from r2m.rollout import ExperienceMaker
+    from r2m.experience.rewards import GoldReward
+    from r2m.experience.rollout import ExperienceMaker
 
     policy, tok = _policy()
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -115,7 +107,7 @@ def test_rollout_passes_in_row_chunks_equal_one_pass() -> None:
 
 def test_seeded_chunks_do_not_depend_on_how_prompts_are_split() -> None:
     """rl.rollout_chunks: chunk c sampled alone (another process) equals chunk c of the whole batch."""
-    from r2m.rollout import chunk_seed
+    from r2m.experience.sampling import chunk_seed
 
     maker, tok = _maker()
     ids = [p for p in tokenize_prompts(tok, PROMPTS, 64, "truncate").ids for _ in range(2)]

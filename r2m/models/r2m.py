@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from r2m.config import FusionInit
-from r2m.losses import within_group_spread
+from r2m.core.losses import within_group_spread
 from r2m.models.fusion import PolicyFeedbackFusion
 from r2m.models.reward import RewardModel
+from r2m.models.loading import load_reward_model, load_tokenizer
+from r2m.runtime.safeio import load_safetensors as load_file, read_json
 
 _FILE = "r2m.safetensors"
 _META = "r2m.json"
@@ -159,9 +161,6 @@ def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int
 def load_feedback_rm(directory: str | Path, base_rm: Optional[str] = None, dtype: str = "float32",
                      trust_remote_code: bool = False) -> FeedbackRewardModel:
     """Load an R2M reward model saved by :meth:`FeedbackRewardModel.save` (for scoring with feedback)."""
-    from r2m.models.loading import load_reward_model, load_tokenizer
-    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
-    from r2m.safeio import read_json
 
     directory = Path(directory)
     meta = read_json(directory / _META)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from r2m.config import load_config
-from r2m.distributed import Dist
+from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
-from r2m.trainers.pg import check_data_parallel
+from r2m.recipes.rl.run import check_data_parallel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def test_batch_must_split_over_processes(overrides, field):
 
 
 def test_several_processes_refuse_to_build_the_world(tiny, tmp_path, monkeypatch):
-    from r2m.pipeline import resolve_inputs
+    from r2m.recipes.pipeline import resolve_inputs
 
     cfg = load_config(None, [*tiny, f"run.root={tmp_path}"])
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set
@@ -138,7 +138,7 @@ class FakeDeepSpeed:
 
 
 def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
-    from r2m.trainers.pg import configure_backend
+    from r2m.recipes.rl.run import configure_backend
 
     cfg = load_config(None, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.max_grad_norm=0.5"])
     acc = FakeDeepSpeed(stage=2)
@@ -157,7 +157,7 @@ def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
     (2, ["policy.lora.enabled=true"], "policy.lora.enabled"),
 ])
 def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, field):
-    from r2m.trainers.pg import configure_backend
+    from r2m.recipes.rl.run import configure_backend
 
     with pytest.raises(ConfigError, match=field):
         configure_backend(FakeDeepSpeed(stage), load_config(None, overrides))

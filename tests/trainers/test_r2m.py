@@ -9,14 +9,15 @@ import torch
 from accelerate import Accelerator
 
 from r2m.config import ArchConfig, R2MConfig, RLConfig, WorldConfig
-from r2m.losses import within_group_spread
+from r2m.core.losses import within_group_spread
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import build_feedback_rm, load_feedback_rm
 from r2m.models.reward import RewardModel
-from r2m.rewards import FeedbackReward, GoldReward, RewardQuery, noise_like
-from r2m.rollout import ExperienceMaker, feedback_states, tokenize_prompts
-from r2m.trainers.pg import PolicyUpdater
-from r2m.trainers.r2m_update import R2MUpdater
+from r2m.experience.rewards import FeedbackReward, GoldReward, RewardQuery, noise_like
+from r2m.experience.rollout import ExperienceMaker, feedback_states
+from r2m.experience.sampling import tokenize_prompts
+from r2m.updates.policy import PolicyUpdater
+from r2m.updates.r2m import R2MUpdater
 from r2m.world import build_tokenizer, format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from r2m.cli import main
 from r2m.config import Calibration, ConfigError, KeepLoop, PairLoss, RMConfig, SERConfig, load_config
-from r2m.losses import margin_pairwise_loss
-from r2m.pipeline import ensure_world_rm_backbone
-from r2m.runlog import read_metrics
-from r2m.trainers.common import num_steps
-from r2m.trainers.ser import (
+from r2m.core.losses import margin_pairwise_loss
+from r2m.recipes.pipeline import ensure_world_rm_backbone
+from r2m.runtime.runlog import read_metrics
+from r2m.updates.supervised import num_steps
+from r2m.recipes.ser import (
     STATE_FILE,
     LearningStatus,
     ScoreCalibration,
@@ -408,7 +408,7 @@ def test_ser_release_variant(tiny, world_artifacts) -> None:
 def test_ser_one_loss_seed_pairs_and_kept_loop(tiny, world_artifacts, monkeypatch) -> None:
     """Loop 0, the loops and Full all train with ser.loss; filtered_plus_seed adds the seed's labelled pairs; the kept
     loop is Table 1's SER row. Fails on the old code (Loop 0 and Full were always BT; no ser.retrain_data)."""
-    import r2m.trainers.ser as ser_mod
+    import r2m.recipes.ser as ser_mod
 
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     losses = {}

@@ -1,0 +1,1 @@
+"""Pure math on tensors: losses, advantage estimators, KL control, reward shaping."""

@@ -1,0 +1,1 @@
+"""Whole jobs: the RL run, the SER run, world caching, bench, demo, evaluation commands."""

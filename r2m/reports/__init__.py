@@ -1,0 +1,1 @@
+"""Formatting results (tables, plots, SER reports); no training."""

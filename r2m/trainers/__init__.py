@@ -1,1 +1,0 @@
-"""Trainers: SFT, reward model (BT), policy gradient (one loop for all algorithms)."""
