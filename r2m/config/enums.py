@@ -1,0 +1,182 @@
+"""Closed choices of the config, one Enum each; YAML and saved config.yaml files hold their values."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Algorithm(str, enum.Enum):
+    """Policy-gradient algorithm, i.e. the advantage estimator of the RL loop."""
+
+    RLOO = "rloo"
+    GRPO = "grpo"
+    REMAX = "remax"
+    REINFORCE_PP = "reinforce_pp"
+    REINFORCE_PP_BASELINE = "reinforce_pp_baseline"
+    """REINFORCE++ on scores minus their group's mean (OpenRLHF's reinforce_baseline); K >= 2."""
+    DR_GRPO = "dr_grpo"
+    """GRPO without the std scaling (Dr. GRPO); pair with aggregation=seq_mean_token_sum_norm."""
+    PPO = "ppo"
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the advantage compares the K samples of a prompt (so K >= 2 is needed)."""
+        return self in (Algorithm.RLOO, Algorithm.GRPO, Algorithm.DR_GRPO, Algorithm.REINFORCE_PP_BASELINE)
+
+    @property
+    def sequence_level(self) -> bool:
+        """Whether the advantage is one number per sequence (broadcast over its tokens)."""
+        return self in (Algorithm.RLOO, Algorithm.GRPO, Algorithm.DR_GRPO, Algorithm.REMAX)
+
+
+class KLEstimator(str, enum.Enum):
+    """Per-token estimator of KL(pi || pi_ref) (Schulman's k1/k2/k3)."""
+
+    K1 = "k1"
+    K2 = "k2"
+    K3 = "k3"
+
+
+class KLMode(str, enum.Enum):
+    """Where the KL to the reference enters: subtracted from the reward, or added to the loss."""
+
+    REWARD = "reward"
+    LOSS = "loss"
+
+
+class LossAggregation(str, enum.Enum):
+    """How per-token policy-loss terms are reduced to a scalar."""
+
+    TOKEN_MEAN = "token_mean"
+    SEQ_MEAN_TOKEN_SUM = "seq_mean_token_sum"
+    SEQ_MEAN_TOKEN_MEAN = "seq_mean_token_mean"
+    SEQ_MEAN_TOKEN_SUM_NORM = "seq_mean_token_sum_norm"
+    """Σ_b Σ_t ℓ / (N_seq · T_max), T_max = rl.max_new_tokens: Dr. GRPO's constant normaliser (TRL's dr_grpo)."""
+
+
+class RatioLevel(str, enum.Enum):
+    """Where the importance ratio π_θ/π_old is formed and clipped."""
+
+    TOKEN = "token"
+    """Per token, ρ_t = π_θ(y_t|·)/π_old(y_t|·), clipped per token (PPO; TRL, OpenRLHF, verl)."""
+    SEQUENCE = "sequence"
+    """Per sequence, ρ = π_θ(y|x)/π_old(y|x) = exp Σ_t (log π_θ − log π_old), clipped per sequence (R2M Eq. 2)."""
+
+
+class LRSchedule(str, enum.Enum):
+    """Learning-rate schedule of the policy (over RL steps, after ``rl.warmup_steps`` of linear warm-up)."""
+
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class FusionInit(str, enum.Enum):
+    """Initialisation of R2M's cross-attention (docs/R2M.md, "Initialisation")."""
+
+    RANDOM = "random"
+    """PyTorch's default Linear init (the paper's "random"); its φ(Ĥ) is ~40× narrower than φ(H_last)."""
+    ZERO = "zero"
+    """W_o = 0: Ĥ = 0 at the start, so the RM starts as ω(t) × the vanilla RM."""
+    MATCHED = "matched"
+    """Random, then W_o rescaled on the first batch so that φ(Ĥ)'s within-group spread equals φ(H_last)'s."""
+
+
+class RewardSource(str, enum.Enum):
+    """Where the RL reward comes from."""
+
+    MODEL = "model"
+    """A learned (proxy) reward model, ``AutoModelForSequenceClassification`` with one label."""
+    GOLD = "gold"
+    """The gold-reward world's true reward: the ceiling (only valid on world prompts)."""
+
+
+class R2MAblation(str, enum.Enum):
+    """R2M ablations (R2M paper Tables 2 and 4)."""
+
+    NONE = "none"
+    """Full R2M."""
+    FROZEN = "frozen"
+    """R2M w/o Train: policy feedback in the scoring, but the RM is never updated."""
+    NOISE = "noise"
+    """R2M w/ Noise: h replaced by Gaussian noise with the same mean and variance."""
+    NO_BT = "no_bt"
+    """R2M w/o BT: alpha = 1 (GRE only)."""
+    NO_GRE = "no_gre"
+    """R2M w/o GRE: alpha = 0 (BT only)."""
+
+
+class RewardBaseline(str, enum.Enum):
+    """Reward-model baselines of the R2M paper (Table 2), as alternatives to R2M."""
+
+    NONE = "none"
+    """The reward model as loaded (vanilla, frozen) or R2M when ``reward.r2m.enabled``."""
+    PRETRAINED_RM = "pretrained_rm"
+    """Pretrained RM: the RM further trained offline with BT on preference pairs of the policy's prompts."""
+    ITERATIVE_HEAD = "iterative_head"
+    """Iterative RM-head: GREBT on the annotation-time scores after each step, updating the head only."""
+
+
+class SERVariant(str, enum.Enum):
+    """Which SER loop runs (docs/SER.md)."""
+
+    PAPER = "paper"
+    """Algorithm 1: learning status on the validation set, the Eq. 4 filter of that status, the Eq. 5 loss."""
+    RELEASE = "release"
+    """The authors' public scripts: no status, both filters joined by OR, log-sigmoid loss."""
+
+
+class PairLoss(str, enum.Enum):
+    """Pairwise loss of SER's retraining on self-labelled pairs."""
+
+    HINGE = "hinge"
+    """Eq. 5: max(0, margin - (sigmoid(r_c) - sigmoid(r_r))), on the sigmoid-normalised scores."""
+    BT = "bt"
+    """Log-sigmoid (Bradley-Terry): -log sigmoid(r_c - r_r), on the raw scores."""
+
+
+class RetrainFrom(str, enum.Enum):
+    """Which reward model each SER loop retrains."""
+
+    CURRENT = "current"
+    """The previous loop's RM (the RM keeps evolving)."""
+    SEED = "seed"
+    """The Loop-0 seed RM, every loop (only the self-labelled data carries over)."""
+
+
+class RetrainData(str, enum.Enum):
+    """What each SER loop retrains on."""
+
+    FILTERED = "filtered"
+    """The filtered self-labelled pairs only (Algorithm 1 as printed)."""
+    FILTERED_PLUS_SEED = "filtered_plus_seed"
+    """Those pairs plus the seed's human-labelled training pairs (D_val stays out)."""
+
+
+class Calibration(str, enum.Enum):
+    """How SER turns an RM's raw scores into the probabilities Eq. 2-4 threshold (docs/SER.md)."""
+
+    SIGMOID = "sigmoid"
+    """sigmoid(score): depends on the offset and spread BT leaves free (the behaviour before issue 12)."""
+    MEDIAN = "median"
+    """sigmoid(score - median of the D_val scores): offset-free, not spread-free."""
+    PLATT = "platt"
+    """sigmoid((score - median) / T), T fitted on the D_val pairs (Platt scaling): offset- and spread-free."""
+
+
+class KeepLoop(str, enum.Enum):
+    """Which loop's RM SER keeps (Table 1's SER row, the PPO stage's RM)."""
+
+    LAST = "last"
+    """The last completed loop (the paper's converged RM)."""
+    BEST_VAL = "best_val"
+    """The loop with the highest validation accuracy (the earliest on ties)."""
+
+
+class PPOPrompts(str, enum.Enum):
+    """Which prompts SER's PPO stage trains on."""
+
+    SPLIT = "split"
+    """The prompts of the PPO part of the preference data (SER Appendix D.1)."""
+    WORLD = "world"
+    """``data.prompts`` (the world's RL prompts by default)."""
