@@ -300,11 +300,14 @@ def test_missing_vllm_or_cuda_is_a_clear_config_error(monkeypatch) -> None:
 
 def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, capsys) -> None:
     import r2m.recipes.pipeline
+    import r2m.recipes.rl.run
     from r2m.cli import main
 
     def no_build(*a, **k):
         raise AssertionError("world artifacts or models were built before the check")
 
+    # Where the RL run looks the name up (its module's top-level import), and at its home.
+    monkeypatch.setattr(r2m.recipes.rl.run, "resolve_inputs", no_build)
     monkeypatch.setattr(r2m.recipes.pipeline, "resolve_inputs", no_build)
     monkeypatch.setitem(sys.modules, "vllm", None)
     root = Path(tiny[-1].split("=", 1)[1])
@@ -353,9 +356,9 @@ def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("rl.generator=sglang", "rl.generator: expected hf or vllm, got 'sglang'"),
+    ("rl.generator=sglang", "rl.generator: expected one of hf, vllm, got 'sglang'"),
     ("rl.vllm.gpu_memory_utilization=1.5", "rl.vllm.gpu_memory_utilization: expected in (0, 1), got 1.5"),
-    ("rl.vllm.dtype=int8", "rl.vllm.dtype: expected auto, float32, bfloat16 or float16"),
+    ("rl.vllm.dtype=int8", "rl.vllm.dtype: expected one of auto, float32, bfloat16, float16"),
     ("rl.vllm.max_model_len=-1", "rl.vllm.max_model_len: expected >= 0"),
     ("rl.vllm.nope=1", "rl.vllm.nope: unknown key"),
 ])

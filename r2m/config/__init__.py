@@ -16,7 +16,8 @@ from r2m.config.paths import DatasetFormat, PathFormats, PathSplits, format_name
 from r2m.config.enums import (  # noqa: F401
     Algorithm, KLEstimator, KLMode, LossAggregation, RatioLevel, LRSchedule, FusionInit, RewardSource,
     R2MAblation, RewardBaseline, SERVariant, PairLoss, RetrainFrom, RetrainData, Calibration, KeepLoop,
-    PPOPrompts,
+    PPOPrompts, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
+    HiddenDevice, Scaling, Generator, CriticInit,
 )
 from r2m.config.run import (  # noqa: F401
     RunConfig, MIXED_PRECISIONS, MixtureConfig, WorldConfig, DataConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from r2m.errors import ConfigError
@@ -9,4 +10,5 @@ from r2m.errors import ConfigError
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
     if not cond:
-        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+        shown = value.value if isinstance(value, enum.Enum) else value
+        raise ConfigError(f"{name}: expected {expected}, got {shown!r}")

@@ -180,3 +180,118 @@ class PPOPrompts(str, enum.Enum):
     """The prompts of the PPO part of the preference data (SER Appendix D.1)."""
     WORLD = "world"
     """``data.prompts`` (the world's RL prompts by default)."""
+
+
+# Closed choices that were plain strings. StrEnum: a member formats, hashes and compares as its value, so
+# messages, dict look-ups (torch_dtype) and string comparisons read as they did, and YAML/config.yaml keep the
+# same strings.
+
+
+class Device(enum.StrEnum):
+    """``run.device``."""
+
+    AUTO = "auto"
+    """CUDA when available, else the CPU."""
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Resume(enum.StrEnum):
+    """``run.resume``."""
+
+    NEVER = "never"
+    AUTO = "auto"
+    """Continue from the latest checkpoint that verifies."""
+
+
+class MixedPrecision(enum.StrEnum):
+    """``run.mixed_precision`` (accelerate autocast)."""
+
+    NO = "no"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    """CUDA only."""
+    AUTO = "auto"
+    """bf16 where CUDA supports it, else fp16 on CUDA, else no."""
+
+
+class Tracker(enum.StrEnum):
+    """An entry of ``run.log_with``."""
+
+    TENSORBOARD = "tensorboard"
+    WANDB = "wandb"
+
+
+class Overlong(enum.StrEnum):
+    """``data.overlong``: prompts longer than data.max_prompt_tokens."""
+
+    TRUNCATE = "truncate"
+    """Cut from the left (counted)."""
+    SKIP = "skip"
+    """Dropped (counted)."""
+
+
+class OnMismatch(str, enum.Enum):
+    """``data.on_mismatch``: what to do with a row whose chosen and rejected do not share a prompt."""
+
+    SKIP = "skip"
+    """Skip it and count it in the load report."""
+    ERROR = "error"
+    """Raise a DataError naming the row."""
+
+
+class DType(enum.StrEnum):
+    """Weights or activations dtype (``policy.dtype``, ``reward.dtype``, ``reward.r2m.hidden_dtype``)."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class BackboneDType(enum.StrEnum):
+    """``reward.r2m.backbone_dtype``: the frozen RM backbone's precision."""
+
+    SAME = "same"
+    """As reward.dtype."""
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class VLLMDType(enum.StrEnum):
+    """``rl.vllm.dtype``: the engine's dtype."""
+
+    AUTO = "auto"
+    """The checkpoint's."""
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class HiddenDevice(enum.StrEnum):
+    """``reward.r2m.hidden_device``: where h is kept between the rollout and the R2M update."""
+
+    SAME = "same"
+    CPU = "cpu"
+
+
+class Scaling(enum.StrEnum):
+    """``reward.scaling``: the map applied to raw RM scores."""
+
+    NONE = "none"
+    SIGMOID_CENTERED = "sigmoid_centered"
+    """SER's sigmoid(score) - 0.5."""
+
+
+class Generator(enum.StrEnum):
+    """``rl.generator``: the rollout backend."""
+
+    HF = "hf"
+    VLLM = "vllm"
+
+
+class CriticInit(enum.StrEnum):
+    """``rl.critic_init``: where PPO's critic starts from."""
+
+    REWARD = "reward"
+    POLICY = "policy"

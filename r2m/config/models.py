@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from r2m.config.checks import _check
+from r2m.config.enums import BackboneDType, DType, HiddenDevice, Scaling
 from r2m.config.enums import FusionInit, R2MAblation, RewardBaseline, RewardSource
 
 
@@ -65,7 +66,7 @@ class PolicyConfig:
     """Checkpoint directory or hub name. ``None``: the world's SFT policy (built on demand)."""
     arch: ArchConfig = field(default_factory=ArchConfig)
     """Size of the world's policy when it is built here."""
-    dtype: str = "float32"
+    dtype: DType = DType.FLOAT32
     """Weights dtype: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
@@ -74,9 +75,6 @@ class PolicyConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of the trained policy (and of PPO's critic): less memory,
     more compute, the same gradients."""
-
-    def __post_init__(self) -> None:
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "policy.dtype", "float32, bfloat16 or float16", self.dtype)
 
 
 @dataclass(frozen=True)
@@ -109,11 +107,11 @@ class R2MConfig:
     """Gradient clipping of the RM update."""
     gre_eps: float = 1e-6
     """eps added to the group's population std in GRE."""
-    hidden_device: str = "same"
+    hidden_device: HiddenDevice = HiddenDevice.SAME
     """Where h is kept between rollout and RM update: ``same`` (the policy's device) or ``cpu``."""
-    hidden_dtype: str = "float32"
+    hidden_dtype: DType = DType.FLOAT32
     """dtype h is stored in: float32, bfloat16 or float16 (n*K*S*D_p values: see docs/R2M.md)."""
-    backbone_dtype: str = "same"
+    backbone_dtype: BackboneDType = BackboneDType.SAME
     """Precision of the frozen RM backbone: ``same`` as reward.dtype, or bfloat16/float16."""
 
     def __post_init__(self) -> None:
@@ -126,11 +124,6 @@ class R2MConfig:
         _check(self.updates_per_step >= 0, "reward.r2m.updates_per_step", ">= 0", self.updates_per_step)
         _check(self.max_grad_norm > 0, "reward.r2m.max_grad_norm", "> 0", self.max_grad_norm)
         _check(self.gre_eps > 0, "reward.r2m.gre_eps", "> 0", self.gre_eps)
-        _check(self.hidden_device in ("same", "cpu"), "reward.r2m.hidden_device", "same or cpu", self.hidden_device)
-        _check(self.hidden_dtype in ("float32", "bfloat16", "float16"), "reward.r2m.hidden_dtype",
-               "float32, bfloat16 or float16", self.hidden_dtype)
-        _check(self.backbone_dtype in ("same", "float32", "bfloat16", "float16"), "reward.r2m.backbone_dtype",
-               "same, float32, bfloat16 or float16", self.backbone_dtype)
 
     @property
     def effective_alpha(self) -> float:
@@ -152,11 +145,11 @@ class RewardConfig:
     """RM checkpoint (``AutoModelForSequenceClassification``, num_labels=1). ``None``: the world's RM."""
     arch: ArchConfig = field(default_factory=lambda: ArchConfig(hidden_size=96, num_heads=4, intermediate_size=192))
     """Size of the world's RM backbone (deliberately another width than the policy)."""
-    dtype: str = "float32"
+    dtype: DType = DType.FLOAT32
     """Weights dtype of the reward model."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
-    scaling: str = "none"
+    scaling: Scaling = Scaling.NONE
     """Map of the raw score: ``none`` or ``sigmoid_centered`` (sigmoid(score) - 0.5, SER Appendix C.3)."""
     normalize: bool = False
     """Normalise rewards by running mean/std over the run before computing advantages."""
@@ -182,9 +175,7 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "reward.max_length", ">= 8", self.max_length)
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "reward.dtype", "float32, bfloat16 or float16", self.dtype)
         _check(self.clip >= 0, "reward.clip", ">= 0", self.clip)
-        _check(self.scaling in ("none", "sigmoid_centered"), "reward.scaling", "none or sigmoid_centered", self.scaling)
         _check(not (self.r2m.enabled and self.baseline != RewardBaseline.NONE), "reward.baseline",
                "none when reward.r2m.enabled (R2M and the baselines are alternatives)", self.baseline.value)
         needs_model = self.r2m.enabled or self.baseline != RewardBaseline.NONE

@@ -41,7 +41,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         try:
             return tp(value.value if isinstance(value, enum.Enum) else value)
         except ValueError:
-            raise ConfigError(f"{name}: expected one of {[m.value for m in tp]}, got {value!r}") from None
+            raise ConfigError(f"{name}: expected one of {', '.join(m.value for m in tp)}, got {value!r}") from None
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from r2m.config.paths import PathFormats, PathSplits, format_names
+from r2m.config.paths import PathFormats, PathSplits
 from r2m.config.checks import _check
+from r2m.config.enums import Device, MixedPrecision, OnMismatch, Overlong, Resume, Tracker
+from r2m.config.paths import DatasetFormat
 
 
 @dataclass(frozen=True)
@@ -17,15 +19,15 @@ class RunConfig:
     """Directory holding all run directories and the world cache."""
     seed: int = 0
     """Seed for python, numpy and torch."""
-    device: str = "auto"
+    device: Device = Device.AUTO
     """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
-    log_with: tuple[str, ...] = ("tensorboard",)
+    log_with: tuple[Tracker, ...] = (Tracker.TENSORBOARD,)
     """accelerate trackers to log to: any of ``tensorboard``, ``wandb``; empty for none."""
     progress: bool = True
     """Show a progress bar."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
-    resume: str = "never"
+    resume: Resume = Resume.NEVER
     """``auto``: continue from the latest complete checkpoint of this run, if any; ``never``: start fresh."""
     keep_checkpoints: int = 3
     """Keep the newest K training checkpoints (0 keeps all)."""
@@ -33,27 +35,21 @@ class RunConfig:
     """Stop (with a checkpoint) after this many consecutive steps with a NaN/inf reward, advantage or loss."""
     allow_unsafe_weights: bool = False
     """Allow pickle (.bin) weights. Off: only safetensors are loaded."""
-    mixed_precision: str = "no"
+    mixed_precision: MixedPrecision = MixedPrecision.NO
     """accelerate autocast: ``no``, ``bf16``, ``fp16`` (CUDA only) or ``auto`` (bf16 where CUDA supports it, else
     fp16 on CUDA, else no). ``no`` defers to ``accelerate launch --mixed_precision`` (ACCELERATE_MIXED_PRECISION);
     any other value wins over the launcher."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'", self.name)
-        _check(self.device in ("auto", "cpu", "cuda"), "run.device", "one of auto, cpu, cuda", self.device)
-        for t in self.log_with:
-            _check(t in ("tensorboard", "wandb"), "run.log_with", "trackers among tensorboard, wandb", self.log_with)
         _check(self.threads >= 0, "run.threads", ">= 0", self.threads)
-        _check(self.resume in ("never", "auto"), "run.resume", "never or auto", self.resume)
         _check(self.keep_checkpoints >= 0, "run.keep_checkpoints", ">= 0", self.keep_checkpoints)
         _check(self.max_bad_steps >= 1, "run.max_bad_steps", ">= 1", self.max_bad_steps)
-        _check(self.mixed_precision in MIXED_PRECISIONS, "run.mixed_precision", "one of no, bf16, fp16, auto",
-               self.mixed_precision)
         _check(not (self.device == "cpu" and self.mixed_precision == "fp16"), "run.mixed_precision",
                "no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)", self.mixed_precision)
 
 
-MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")
+MIXED_PRECISIONS = tuple(m.value for m in MixedPrecision)
 
 
 @dataclass(frozen=True)
@@ -147,9 +143,9 @@ class DataConfig:
     """Preference pairs on the RL prompts (Pretrained-RM baseline), same schema."""
     max_prompt_tokens: int = 64
     """Prompts longer than this (in policy tokens) are handled per ``overlong``."""
-    overlong: str = "truncate"
+    overlong: Overlong = Overlong.TRUNCATE
     """``truncate`` (keep the last max_prompt_tokens tokens) or ``skip`` over-long prompts."""
-    format: str = "plain"
+    format: DatasetFormat = DatasetFormat.PLAIN
     """Schema of the paths set here: plain (r2m JSONL), ultrafeedback, hh_rlhf, tldr, tldr_preference,
     stack_exchange or trl (TRL's standard and conversational formats; docs/DATA.md). Local JSONL/JSON/Parquet or
     a hub name. World files are always plain."""
@@ -168,13 +164,9 @@ class DataConfig:
     """Split read from a hub name for eval_prompts and pref_eval; None: the format's default."""
     max_response_tokens: int = 0
     """Drop examples whose chosen response is longer, in policy tokens (R2M: 512 on UltraFeedback); 0 keeps all."""
-    on_mismatch: str = "skip"
+    on_mismatch: OnMismatch = OnMismatch.SKIP
     """Rows a format cannot use (e.g. HH-RLHF pairs whose prompts differ): ``skip`` (counted) or ``error``."""
 
     def __post_init__(self) -> None:
         _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
-        _check(self.overlong in ("truncate", "skip"), "data.overlong", "truncate or skip", self.overlong)
-        formats = format_names()
-        _check(self.format in formats, "data.format", f"one of {formats}", self.format)
         _check(self.max_response_tokens >= 0, "data.max_response_tokens", ">= 0", self.max_response_tokens)
-        _check(self.on_mismatch in ("skip", "error"), "data.on_mismatch", "skip or error", self.on_mismatch)

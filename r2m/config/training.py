@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from r2m.config.checks import _check
+from r2m.config.enums import CriticInit, Generator, VLLMDType
 from r2m.config.enums import Algorithm, KLEstimator, KLMode, LRSchedule, LossAggregation, RatioLevel
 
 
@@ -88,7 +89,7 @@ class VLLMConfig:
 
     gpu_memory_utilization: float = 0.3
     """Share of the GPU's memory vLLM may take (weights + KV cache); the rest is left to training."""
-    dtype: str = "auto"
+    dtype: VLLMDType = VLLMDType.AUTO
     """Engine weights dtype: auto (the checkpoint's), float32, bfloat16 or float16."""
     enforce_eager: bool = False
     """Run the engine without CUDA graphs (slower decoding, less memory, faster start)."""
@@ -104,12 +105,10 @@ class VLLMConfig:
     def __post_init__(self) -> None:
         _check(0.0 < self.gpu_memory_utilization < 1.0, "vllm.gpu_memory_utilization", "in (0, 1)",
                self.gpu_memory_utilization)
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "vllm.dtype",
-               "auto, float32, bfloat16 or float16", self.dtype)
         _check(self.max_model_len >= 0, "vllm.max_model_len", ">= 0", self.max_model_len)
 
 
-GENERATORS = ("hf", "vllm")
+GENERATORS = tuple(g.value for g in Generator)
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,7 @@ class RLConfig:
     """GAE lambda (ppo)."""
     whiten_advantages: bool = True
     """Whiten token-level advantages over the batch (reinforce_pp, ppo)."""
-    critic_init: str = "policy"
+    critic_init: CriticInit = CriticInit.POLICY
     """PPO critic backbone and head: ``policy`` (head zero) or ``reward`` (the RM, head copied; the critic
     reads the policy's tokens, so the RM must share the policy's tokenizer)."""
     critic_lr: float = 1e-5
@@ -191,7 +190,7 @@ class RLConfig:
     save_every: int = 0
     """Write a training checkpoint (everything needed to resume) every this many steps; 0: only on
     SIGINT/SIGTERM and numeric failure. The final policy is always saved to checkpoints/final."""
-    generator: str = "hf"
+    generator: Generator = Generator.HF
     """Rollout generation backend: ``hf`` (transformers ``generate`` on the policy) or ``vllm`` (a colocated
     vLLM engine; needs ``pip install vllm`` and a CUDA GPU; docs/GENERATION.md). Evaluation always uses hf."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
@@ -199,7 +198,6 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
-        _check(self.generator in GENERATORS, "rl.generator", "hf or vllm", self.generator)
         _check(self.prompts_per_step >= 1, "rl.prompts_per_step", ">= 1", self.prompts_per_step)
         min_k = 2 if self.algorithm.grouped else 1
         _check(self.k >= min_k, "rl.k", f">= {min_k} for {self.algorithm.value}", self.k)
@@ -234,7 +232,6 @@ class RLConfig:
         _check(self.kl_horizon >= 1, "rl.kl_horizon", ">= 1", self.kl_horizon)
         _check(0 <= self.gamma <= 1, "rl.gamma", "in [0, 1]", self.gamma)
         _check(0 <= self.lam <= 1, "rl.lam", "in [0, 1]", self.lam)
-        _check(self.critic_init in ("reward", "policy"), "rl.critic_init", "reward or policy", self.critic_init)
         _check(self.critic_lr > 0, "rl.critic_lr", "> 0", self.critic_lr)
         _check(self.value_clip > 0, "rl.value_clip", "> 0", self.value_clip)
         _check(self.save_every >= 0, "rl.save_every", ">= 0", self.save_every)

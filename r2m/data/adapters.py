@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 
+from r2m.config.enums import OnMismatch
 from r2m.config.paths import DatasetFormat
 from r2m.data.chat import ChatPrompt, has_template, strip_bos_text
 from r2m.data.jsonl import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS
@@ -36,15 +37,6 @@ KIND_FIELDS: dict[RowKind, tuple[str, ...]] = {
     RowKind.SFT: SFT_FIELDS,
     RowKind.PREFERENCE: PREFERENCE_FIELDS,
 }
-
-
-class OnMismatch(str, Enum):
-    """What to do with a pair whose chosen and rejected do not share one prompt."""
-
-    SKIP = "skip"
-    """Drop the row and count it (real dumps hold a few such rows)."""
-    ERROR = "error"
-    """Raise :class:`DataError` naming the row."""
 
 
 # Prompt templates of the formats that build their prompt from fields.
