@@ -139,7 +139,7 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
                     loss.backward()
                     opt.step()
                 else:
-                    updater.update(exp)
+                    updater.update(exp, exp.policy_hidden)
             laps.append(prof.pop_laps())
             peaks.append(prof.pop_memory())
     finally:

@@ -30,6 +30,14 @@ class OptimizerStep(NamedTuple):
     applied: bool  # False when a NaN/inf loss or gradient made the step be skipped
 
 
+class PolicyUpdate(NamedTuple):
+    stats: dict[str, float]
+    """Means over the minibatches (and ranks) of the update's statistics."""
+    policy_hidden: Optional[torch.Tensor]
+    """(B, S, D_p) R2M's h, refreshed by the last epoch's training forward passes (a new tensor: the Experience
+    keeps the rollout's); R2M's update takes it. None without R2M."""
+
+
 class PolicyUpdater:
     """k epochs of minibatch updates on one :class:`Experience` (and the critic's, for PPO)."""
 
@@ -68,25 +76,30 @@ class PolicyUpdater:
             stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item() * w})
         return MicroStep(loss, stats, fwd.hidden)
 
-    def update(self, exp: Experience, beta: Optional[float] = None) -> dict[str, float]:
-        """k epochs over ``exp``; ``beta`` is the current KL coefficient (default ``rl.beta``)."""
+    def update(self, exp: Experience, beta: Optional[float] = None) -> PolicyUpdate:
+        """k epochs over ``exp`` of the clipped surrogate (R2M paper Eq. 2); ``beta`` is the current KL coefficient
+        (default ``rl.beta``). With R2M, the last epoch's forward passes give the refreshed h."""
         cfg = self.cfg
         beta = cfg.beta if beta is None else beta
         mb_size = exp.batch_size // cfg.minibatches
         self.policy.train()
         per_minibatch: list[dict[str, float]] = []
+        # R2M: in the last epoch, h is replaced by the states of this (training) forward pass; every row is in
+        # one minibatch of the epoch, so every row of ``fresh`` is written.
+        fresh = exp.policy_hidden.clone() if exp.policy_hidden is not None else None
         for epoch in range(cfg.epochs):
-            # R2M: in the last epoch, h is replaced by the states of this (training) forward pass.
-            refresh = exp.policy_hidden is not None and epoch == cfg.epochs - 1
+            into = fresh if epoch == cfg.epochs - 1 else None
             for rows in torch.randperm(exp.batch_size).split(mb_size):
-                per_minibatch.append(self._minibatch(exp, rows, refresh, beta))
+                per_minibatch.append(self._minibatch(exp, rows, into, beta))
         out = {k: sum(m[k] for m in per_minibatch) / len(per_minibatch) for k in per_minibatch[0]}
         out = self.dist.mean_stats(out)  # each rank's loss is its share of the global loss
         out["guard/skipped_minibatches"] = out["guard/skipped_minibatches"] * len(per_minibatch)
-        return out
+        return PolicyUpdate(out, fresh)
 
-    def _minibatch(self, exp: Experience, rows: torch.Tensor, refresh: bool, beta: float) -> dict[str, float]:
-        """One optimiser step over the minibatch ``rows``, accumulated over micro-batches."""
+    def _minibatch(self, exp: Experience, rows: torch.Tensor, into: Optional[torch.Tensor],
+                   beta: float) -> dict[str, float]:
+        """One optimiser step over the minibatch ``rows``, accumulated over micro-batches; with ``into`` (the
+        refreshed h), their h is written there."""
         mb = exp.select(rows)
         # Global normalisers: the sum of micro-batch losses equals the whole minibatch's loss, and with
         # N processes each rank normalises by 1/N of the global count, since DDP averages gradients.
@@ -97,10 +110,10 @@ class PolicyUpdater:
         for i, part in enumerate(parts):
             # Gradients are all-reduced once per minibatch, on its last micro-batch.
             with self._no_sync(last=i == len(parts) - 1):
-                step = self._micro_loss(mb.select(part), num_tokens, num_seqs, refresh, beta)
+                step = self._micro_loss(mb.select(part), num_tokens, num_seqs, into is not None, beta)
                 self.accelerator.backward(step.loss)
-            if refresh:
-                self._refresh(exp, rows[part], step.hidden)
+            if into is not None:
+                self._refresh(exp, rows[part], step.hidden, into)
             for k, v in {**step.stats, "loss/total": step.loss.item()}.items():
                 sums[k] = sums.get(k, 0.0) + v
         stats = sums  # every statistic is a part of one sum (see _micro_loss)
@@ -140,8 +153,8 @@ class PolicyUpdater:
             self.critic_optimizer.zero_grad(set_to_none=True)
         return OptimizerStep(grad_norm, finite)
 
-    def _refresh(self, exp: Experience, rows: torch.Tensor, hidden: torch.Tensor) -> None:
+    def _refresh(self, exp: Experience, rows: torch.Tensor, hidden: torch.Tensor, into: torch.Tensor) -> None:
+        """h of ``rows`` from the training forward pass's last-layer states ``hidden`` (b, P+R, D_p), into ``into``."""
         h = feedback_states(hidden, exp.attention_mask[rows.to(exp.attention_mask.device)]).hidden
-        idx = rows.to(exp.policy_hidden.device)
-        exp.policy_hidden[idx] = h.detach().to(device=exp.policy_hidden.device, dtype=exp.policy_hidden.dtype)
+        into[rows.to(into.device)] = h.detach().to(device=into.device, dtype=into.dtype)
         self.refreshed += len(rows)

@@ -17,6 +17,8 @@ the mean over ranks of per-rank group means is the global group mean (equal grou
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from r2m.config import R2MConfig
@@ -42,7 +44,9 @@ class R2MUpdater:
         w = self.reward.omega(exp.step)
         return self.model.score(exp.rm_embeddings, h, exp.policy_mask, w).view(exp.n, exp.k)
 
-    def update(self, exp: Experience) -> dict[str, float]:
+    def update(self, exp: Experience, policy_hidden: Optional[torch.Tensor]) -> dict[str, float]:
+        """R2M's per-step RM update (GREBT, R2M paper Eq. 5-7) with ``policy_hidden`` (B, S, D_p): the h the policy
+        update refreshed (:class:`r2m.updates.policy.PolicyUpdate`), or the rollout's."""
         if exp.rm_embeddings is None:
             raise ValueError("R2M update: the experience has no reward token embeddings (rm_embeddings)")
         cfg = self.cfg
@@ -50,7 +54,7 @@ class R2MUpdater:
         if not cfg.trains:
             return stats
         self.model.train()
-        h = self.reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
+        h = self.reward.feedback(policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
         for _ in range(cfg.updates_per_step):
             r = self.rescore(exp, h)  # (n, K)
             terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps)

@@ -33,7 +33,7 @@ def _setup(cfg: RLConfig, seed: int = 0):
 def _update(policy, exp, cfg: RLConfig):
     opt = torch.optim.SGD(policy.parameters(), lr=0.1)
     torch.manual_seed(123)  # the minibatch permutation
-    return PolicyUpdater(policy, opt, Accelerator(cpu=True), cfg).update(exp)
+    return PolicyUpdater(policy, opt, Accelerator(cpu=True), cfg).update(exp).stats
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"])

@@ -76,7 +76,7 @@ def test_only_fusion_and_head_receive_gradients(rm_dir) -> None:
     model = reward.model
     backbone, fusion, head, base = (_snapshot(model.rm.backbone), _snapshot(model.fusion), _snapshot(model.head),
                                     _snapshot(model.base_head))
-    stats = R2MUpdater(reward, reward.cfg).update(exp)
+    stats = R2MUpdater(reward, reward.cfg).update(exp, exp.policy_hidden)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert not any(p.requires_grad for p in model.rm.backbone.parameters())
     assert all(torch.equal(v, model.rm.backbone.state_dict()[k]) for k, v in backbone.items())
@@ -91,7 +91,7 @@ def test_grebt_parts_follow_alpha(rm_dir) -> None:
                             ("no_gre", lambda s: s["r2m/grebt"] == pytest.approx(s["r2m/bt"]))]:
         cfg = R2MConfig(enabled=True, ablation=ablation)
         _, reward, exp, _ = _setup(rm_dir, cfg)
-        assert check(R2MUpdater(reward, cfg).update(exp)), ablation
+        assert check(R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)), ablation
     assert R2MConfig(alpha=0.3).effective_alpha == 0.3
 
 
@@ -99,7 +99,7 @@ def test_frozen_ablation_never_updates(rm_dir) -> None:
     cfg = R2MConfig(enabled=True, ablation="frozen")
     _, reward, exp, _ = _setup(rm_dir, cfg)
     before = _snapshot(reward.model)
-    stats = R2MUpdater(reward, cfg).update(exp)
+    stats = R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
     assert "r2m/grebt" not in stats
     assert all(torch.equal(v, reward.model.state_dict()[k]) for k, v in before.items())
 
@@ -161,7 +161,7 @@ def test_iterative_head_updates_head_only_without_feedback(rm_dir) -> None:
     # Annotation-time scores are the vanilla RM's.
     torch.testing.assert_close(exp.scores, reward.model.vanilla_score(exp.rm_embeddings))
     head = _snapshot(reward.model.head)
-    R2MUpdater(reward, cfg).update(exp)
+    R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
     assert any(not torch.equal(v, reward.model.head.state_dict()[k]) for k, v in head.items())
 
 
@@ -170,28 +170,31 @@ def test_refresh_in_last_epoch_only(rm_dir) -> None:
     policy, _, exp, _ = _setup(rm_dir, R2MConfig(enabled=True), rl)
     h0 = exp.policy_hidden.clone()
     updater = PolicyUpdater(policy, torch.optim.SGD(policy.parameters(), lr=0.5), Accelerator(cpu=True), rl)
-    updater.update(exp)
+    update = updater.update(exp)
     assert updater.refreshed == exp.batch_size  # every row once: the last epoch, not all three
-    assert not torch.allclose(exp.policy_hidden, h0)  # the policy moved, so its states did
+    assert not torch.allclose(update.policy_hidden, h0)  # the policy moved, so its states did
+    # The refreshed h is returned, not written into the Experience (R2M's update takes it explicitly).
+    assert torch.equal(exp.policy_hidden, h0) and update.policy_hidden.data_ptr() != exp.policy_hidden.data_ptr()
     # With a policy that cannot move, the refreshed states are the rollout's.
     policy2, _, exp2, _ = _setup(rm_dir, R2MConfig(enabled=True), rl)
     h2 = exp2.policy_hidden.clone()
-    PolicyUpdater(policy2, torch.optim.SGD(policy2.parameters(), lr=0.0), Accelerator(cpu=True), rl).update(exp2)
-    torch.testing.assert_close(exp2.policy_hidden, h2, atol=1e-5, rtol=1e-5)
+    update2 = PolicyUpdater(policy2, torch.optim.SGD(policy2.parameters(), lr=0.0), Accelerator(cpu=True),
+                            rl).update(exp2)
+    torch.testing.assert_close(update2.policy_hidden, h2, atol=1e-5, rtol=1e-5)
 
 
 def test_no_refresh_without_feedback(rm_dir) -> None:
     rl = RLConfig(prompts_per_step=4, k=2, minibatches=2, epochs=2)
     policy, _, exp, _ = _setup(rm_dir, R2MConfig(), rl, feedback=False)
     updater = PolicyUpdater(policy, torch.optim.SGD(policy.parameters(), lr=0.1), Accelerator(cpu=True), rl)
-    updater.update(exp)
+    assert updater.update(exp).policy_hidden is None
     assert updater.refreshed == 0
 
 
 def test_checkpoint_round_trip(rm_dir, tmp_path) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2)
     _, reward, exp, _ = _setup(rm_dir, cfg)
-    R2MUpdater(reward, cfg).update(exp)
+    R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
     reward.model.save(tmp_path / "r2m", base_rm=str(rm_dir))
     loaded = load_feedback_rm(tmp_path / "r2m")
     w = reward.omega(9)
@@ -235,7 +238,7 @@ def test_matched_init_gives_the_fusion_the_rte_spread(rm_dir, tmp_path) -> None:
 def test_update_logs_the_reward_scale(rm_dir) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2)
     _, reward, exp, _ = _setup(rm_dir, cfg)
-    stats = R2MUpdater(reward, cfg).update(exp)
+    stats = R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
     assert 0.0 <= stats["r2m/fusion_share"] <= 1.0
     assert stats["r2m/head_norm"] == pytest.approx(reward.model.head.weight.norm().item())
     assert stats["r2m/reward_std"] > 0 and stats["r2m/fusion_spread"] >= 0 and stats["r2m/rte_spread"] > 0
