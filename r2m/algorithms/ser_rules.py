@@ -123,14 +123,15 @@ def _confident(p_good: torch.Tensor, p_bad: torch.Tensor, tau_high: float, tau_l
 
 def status_evidence(p1: torch.Tensor, p2: torch.Tensor, tau_high: float, tau_low: float,
                     previous: Optional[LearningStatus] = None, gain: float = float("nan")) -> StatusEvidence:
-    """The evidence for :func:`learning_status`; ``p1``, ``p2`` (N,) probabilities, p1 the chosen answer's."""
+    """The evidence for :func:`learning_status` (SER Eq. 2: Delta_p = mean |p1 - p2|, and the confident pairs of
+    Eq. 3); ``p1``, ``p2`` (N,) probabilities, p1 the chosen answer's."""
     confident = int(_confident(p1, p2, tau_high, tau_low).sum())
     delta_p = (p1 - p2).abs().mean().item() if p1.numel() else float("nan")
     return StatusEvidence(confident, delta_p, int(p1.numel()), previous, gain)
 
 
 def learning_status(ev: StatusEvidence, tau_delta: float, min_status1: int, marginal_gain: float) -> StatusDecision:
-    """The status of the next loop (Eq. 3 and Section 3.1), from D_val evidence ``ev``.
+    """The status of the next loop (SER Eq. 3 and Section 3.1), from D_val evidence ``ev``.
 
     The rule, in order:
     1. After a Status-2 loop: Status 2 while Delta_p >= tau_delta, else STOP (no return to Status 1).
@@ -180,7 +181,7 @@ def _select(keep: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> Selection
 
 def filter_pairs(s1: torch.Tensor, s2: torch.Tensor, status: LearningStatus, tau_high: float, tau_low: float,
                  delta: float) -> Selection:
-    """Eq. 4 on probabilities ``s1``, ``s2`` (N,) of the two answers of each unlabelled pair.
+    """SER Eq. 4 on probabilities ``s1``, ``s2`` (N,) of the two answers of each unlabelled pair.
 
     Status 1 keeps pairs with one answer above tau_high and the other below tau_low (either order);
     Status 2 keeps pairs with |s1 - s2| > delta; STOP keeps nothing. Kept pairs are oriented so that
@@ -208,7 +209,7 @@ def release_filter(s1: torch.Tensor, s2: torch.Tensor, tau_high: float, tau_low:
 
 
 def pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, loss: PairLoss, margin: float) -> torch.Tensor:
-    """SER's pairwise loss on raw RM scores (N,): the Eq. 5 hinge on the sigmoid scores, or log-sigmoid."""
+    """SER's pairwise loss on raw RM scores (N,): the SER Eq. 5 hinge on the sigmoid scores, or log-sigmoid."""
     if PairLoss(loss) is PairLoss.HINGE:
         # Eq. 5 compares RM(Q, A) as Eq. 4 does: sigmoid-normalised into (0, 1) (SER App. C.3).
         return margin_pairwise_loss(torch.sigmoid(chosen), torch.sigmoid(rejected), margin)

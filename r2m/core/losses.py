@@ -101,7 +101,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
 
 
 def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
-    """Bradley-Terry pairwise loss: L = −E[log σ(r_c − r_r)], with ``chosen``/``rejected`` (N,).
+    """Bradley-Terry pairwise loss (R2M Eq. 5): L = −E[log σ(r_c − r_r)], with ``chosen``/``rejected`` (N,).
 
     Equal scores give log 2.
     """
@@ -128,7 +128,7 @@ def within_group_spread(scores: Tensor, k: int) -> Tensor:
 
 
 def group_reward_entropy(rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """Group reward entropy (R2M GRE) per group: H = −Σ_k p_k log p_k, p = softmax(z),
+    """Group reward entropy (R2M GRE, Eq. 6) per group: H = −Σ_k p_k log p_k, p = softmax(z),
     z_k = (r_k − μ) / (σ + eps), μ and σ the group mean and POPULATION std (divide by K).
 
     ``rewards`` (N, K) → (N,). Standardising first makes H depend only on the shape of the reward
@@ -153,7 +153,8 @@ class GREBTLoss(NamedTuple):
 
 
 def grebt_terms(rewards: Tensor, alpha: float, eps: float = 1e-6) -> GREBTLoss:
-    """R2M group loss: L = mean_n [(1 − α) L_BT,n + α L_GRE,n] over groups of K ≥ 2 rewards (N, K).
+    """R2M group loss (GREBT, R2M Eq. 7): L = mean_n [(1 − α) L_BT,n + α L_GRE,n] over groups of K ≥ 2
+    rewards (N, K).
 
     L_BT,n = −log σ(r_w − r_l) with w = argmax_k r_nk (winner) and l = argmin_k r_nk (loser);
     L_GRE,n = group_reward_entropy(r_n) (see there). Gradients flow into the selected winner and
@@ -174,7 +175,7 @@ def grebt_terms(rewards: Tensor, alpha: float, eps: float = 1e-6) -> GREBTLoss:
 
 
 def grebt_loss(rewards: Tensor, alpha: float, eps: float = 1e-6) -> Tensor:
-    """Scalar R2M GREBT loss L = mean_n [(1 − α) L_BT,n + α L_GRE,n]; see :func:`grebt_terms`."""
+    """Scalar R2M GREBT loss (R2M Eq. 7) L = mean_n [(1 − α) L_BT,n + α L_GRE,n]; see :func:`grebt_terms`."""
     return grebt_terms(rewards, alpha, eps=eps).loss
 
 
@@ -293,7 +294,8 @@ def clipped_policy_loss(
     clip_eps_high: Optional[float] = None,
     clip_ratio_c: Optional[float] = None,
 ) -> PolicyLossOutput:
-    """PPO clipped surrogate per token: ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε_high)),
+    """PPO clipped surrogate per token (R2M Eq. 2, per token):
+    ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε_high)),
     ρ_t = exp(log π − log π_old); with ``clip_ratio_c`` and A_t < 0, ℓ_t = min(ℓ_t, −A_t c) (dual clip).
 
     ``logprobs``/``old_logprobs``/``mask`` (B, T); ``advantages`` (B,) (broadcast over tokens) or
