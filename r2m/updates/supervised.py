@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional, Sequence
@@ -145,6 +146,16 @@ def _restore_loop_checkpoint(directory: Path, model, optimizer, scheduler, finge
     return int(state["step"])
 
 
+def _resume_start(model, optimizer, scheduler, accelerator, prefix: str, fingerprint: dict,
+                  checkpoint_dir: Optional[Path]) -> int:
+    """The step to continue after: that of the latest checkpoint under ``checkpoint_dir`` (restored), else 0."""
+    if checkpoint_dir is None or (latest := latest_checkpoint(checkpoint_dir)) is None:
+        return 0
+    start = _restore_loop_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
+    logging.getLogger("r2m").info("%s: resumed from %s at step %d", prefix, latest, start)
+    return start
+
+
 def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, batch_size: int, steps: int,
                     seed: int, loss_fn: Callable[[torch.Tensor], LossOutput], prefix: str, log_every: int,
                     max_grad_norm: float, run: Optional["RunDir"], fingerprint: dict, keep_checkpoints: int = 3,
@@ -157,17 +168,12 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     (the batch order is a pure function of the seed, so resuming replays it exactly). ``fingerprint``
     names what determines this training; a checkpoint written under another one is refused.
     """
-    import logging
-
-
     dist = Dist(accelerator)
     if batch_size % dist.world:
         raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.world} processes (each takes an "
                           f"equal share of every batch), got {batch_size}")
-    start = 0
-    if resume and checkpoint_dir is not None and (latest := latest_checkpoint(checkpoint_dir)) is not None:
-        start = _restore_loop_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, fingerprint)
-        logging.getLogger("r2m").info("%s: resumed from %s at step %d", prefix, latest, start)
+    start = _resume_start(model, optimizer, scheduler, accelerator, prefix, fingerprint,
+                          checkpoint_dir if resume else None)
     model.train()
     window: list[float] = []
     extras: dict[str, float] = {}
