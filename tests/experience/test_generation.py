@@ -315,7 +315,7 @@ def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("r2m: error: rl.generator=vllm needs the vllm package (pip install vllm) and a CUDA GPU")
     assert "\n" not in err and not (root / "vllm-missing").exists()
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "ERRORS.md").read_text()
     assert err.split(" (vLLM runs")[0] in docs and "without them use rl.generator=hf (the default)" in docs
 
 

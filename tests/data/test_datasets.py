@@ -23,7 +23,7 @@ from r2m.data.datasets import (
 )
 from r2m.errors import ConfigError, DataError
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 UF = FIXTURES / "ultrafeedback.jsonl"
 HH = FIXTURES / "hh_rlhf.jsonl"
 
@@ -325,7 +325,7 @@ def test_rm_trains_on_a_real_schema_through_the_cli(tiny, world_artifacts, tmp_p
     from r2m.recipes.pipeline import ensure_world_rm_backbone
     from r2m.runtime.runlog import read_metrics
 
-    fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
+    fixture = FIXTURES / "ultrafeedback.jsonl"
     backbone = ensure_world_rm_backbone(load_config(None, tiny))
     args = [*tiny, f"run.root={tmp_path}", "run.name=uf", f"rm.init_from={backbone}", "data.format=ultrafeedback",
             f"data.pref_train={fixture}", f"data.pref_eval={fixture}"]

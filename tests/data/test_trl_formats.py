@@ -12,7 +12,7 @@ from r2m.data.chat import prompt_messages
 from r2m.data.datasets import RowKind, Source, load_rows
 from r2m.errors import DataError
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 SKY = [{"role": "user", "content": "What color is the sky?"}]

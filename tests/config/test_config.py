@@ -18,7 +18,7 @@ from r2m.config import (
     to_dict,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_config_is_the_world() -> None:
