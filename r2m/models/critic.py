@@ -162,7 +162,6 @@ def load_critic(directory: Union[str, Path], dtype: str = "float32", trust_remot
     """A critic written by :func:`save_critic` (backbone in ``dtype``, head in float32), on the CPU."""
     from transformers import AutoModel
 
-
     directory = Path(directory)
     meta_path = directory / _CRITIC_JSON
     if not meta_path.is_file():

@@ -68,7 +68,6 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     """
     from transformers import AutoConfig
 
-
     if is_adapter_dir(path):
         return load_merged(path, lambda base: load_reward_model(base, dtype, trust_remote_code, pad_token_id,
                                                                 allow_unsafe_weights), allow_unsafe_weights)

@@ -53,7 +53,6 @@ RSS_INTERVAL_S = 0.005
 def _arm_env(device) -> dict:
     import torch
 
-
     return {"threads": torch.get_num_threads(), "device": str(device), "rss_method": rss_reader()[1],
             "rss_interval_ms": RSS_INTERVAL_S * 1000}
 
@@ -61,7 +60,6 @@ def _arm_env(device) -> dict:
 def _process_peaks(phases: dict[str, dict]) -> dict[str, float]:
     """Process-level peaks of an arm: lifetime max RSS, and the maxima over its measured phases."""
     import math
-
 
     out = {"peak_rss_mb": lifetime_peak_rss_mb(),
            "peak_rss_steps_mb": max((p.get("peak_rss_mb", math.nan) for p in phases.values()), default=math.nan)}
@@ -113,7 +111,6 @@ def _rl_arm(cfg: Config, steps: int) -> dict:
 def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
     """Child process: R2M's RM update alone, lightweight or full, on fresh rollouts (policy not trained)."""
     import torch
-
 
     run = RLRun(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False))
     updater = run.rm_updater
@@ -530,7 +527,6 @@ def run_bench_matrix(cfg: Config, preset_name: str, out: str) -> int:
     """The matrix, SER Table 1 and the cost arms of ``preset_name`` (each part resumes from its
     result.json files), then the report ``out`` (Markdown), its plots and JSON next to it."""
     import subprocess
-
 
     if preset_name not in PRESETS:
         raise ValueError(f"bench preset: expected one of {sorted(PRESETS)}, got {preset_name!r}")

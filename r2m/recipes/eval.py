@@ -71,7 +71,6 @@ def analyze_hidden_states(cfg: Config, out: str | None, checkpoints: list[str]) 
     """R2M Section 3 / Appendix D analyses on the policy's hidden states; returns the JSON path."""
     from pathlib import Path
 
-
     inputs = resolve_inputs(cfg, need=("pref_eval",))
     device = resolve_device(cfg.run.device)
     policy = load_policy(inputs.policy, cfg.policy.dtype, cfg.policy.trust_remote_code).to(device)

@@ -113,7 +113,6 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
         return trainable
     from peft import LoraConfig, TaskType, get_peft_model  # heavy: lazy
 
-
     # SER App. C.3. modules_to_save keeps the score head trainable (a fresh head must learn).
     lora = LoraConfig(r=cfg.ser.lora_r, lora_alpha=cfg.ser.lora_alpha, lora_dropout=cfg.ser.lora_dropout,
                       task_type=TaskType.SEQ_CLS, modules_to_save=["score"])

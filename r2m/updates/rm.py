@@ -80,7 +80,6 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
     """
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-
     enc_c, enc_r = rm.tokenize(prompts, chosen), rm.tokenize(prompts, rejected)
     steps = num_steps(len(prompts), rmc.batch_size, rmc.epochs, rmc.max_steps)
     opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=rmc.lr, weight_decay=rmc.weight_decay)

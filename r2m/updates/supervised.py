@@ -29,7 +29,6 @@ def resolve_mixed_precision(cfg: Config) -> str:
     """
     import os
 
-
     mp, launcher = cfg.run.mixed_precision, ""
     if mp == "no":
         mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
@@ -127,7 +126,6 @@ class LoopResult(NamedTuple):
 
 def _save_loop_checkpoint(directory: Path, model, optimizer, scheduler, step: int, fingerprint: dict) -> None:
     from safetensors.torch import save_file
-
 
     with atomic_dir(directory) as tmp:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

@@ -163,7 +163,6 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         if self.cfg.rl.algorithm != Algorithm.PPO:
             return None, None
 
-
         rl = self.cfg.rl
         if rl.critic_init == "reward":
             if self.inputs.reward_model is None:

@@ -67,7 +67,6 @@ def configure_backend(acc, cfg: Config) -> None:
     rl = cfg.rl
     from accelerate.utils import DistributedType
 
-
     sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and cfg.run.resume == "auto":
         raise ConfigError(f"run.resume=auto under {acc.distributed_type.value}: r2m's checkpoints hold rank 0's optimiser "
