@@ -27,10 +27,18 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m import runlock
+from r2m.runtime import runlock
 from r2m.config import Config, load_config, to_dict
 from r2m.errors import R2MError
 from r2m.utils import quiet_transformers
+from r2m.errors import NumericError, TrainingInterrupted
+from r2m.recipes.bench import run_bench, run_bench_matrix
+from r2m.recipes.demo import run_demo
+from r2m.recipes.eval import analyze_hidden_states, eval_policy, eval_rm, eval_winrate
+from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, resolve_inputs, run_rm, run_sft, world_data
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser import run_ser
+from r2m.world import generate_world
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -106,8 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
-    from r2m.pipeline import resolve_inputs, world_data
-    from r2m.world import generate_world
 
     files = generate_world(cfg.world, out) if out else world_data(cfg)
     print(json.dumps({k: str(v) for k, v in vars(files).items()}, indent=2))
@@ -124,8 +130,6 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
 
 
 def cmd_sft(cfg: Config) -> int:
-    from r2m.pipeline import data_paths, run_sft
-
     out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
     result = run_sft(cfg, cfg.policy.path, "policy", data_paths(cfg, ("sft",))["sft"], out, cfg.run.name, trackers=True,
                      resume=cfg.run.resume == "auto")
@@ -134,8 +138,6 @@ def cmd_sft(cfg: Config) -> int:
 
 
 def cmd_rm(cfg: Config) -> int:
-    from r2m.pipeline import data_paths, ensure_world_rm_backbone, run_rm
-
     paths = data_paths(cfg, ("pref_train", "pref_eval"))
     init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
     out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
@@ -148,8 +150,6 @@ def cmd_rm(cfg: Config) -> int:
 
 
 def cmd_rl(cfg: Config) -> int:
-    from r2m.trainers.pg import run_rl
-
     res = run_rl(cfg)
     print(f"rl: done in {res.wall_s:.1f}s; run directory {res.run_dir}")
     for k, v in sorted(res.final_eval.items()):
@@ -163,15 +163,11 @@ def cmd_rl(cfg: Config) -> int:
 
 
 def cmd_eval(cfg: Config, what: str) -> int:
-    from r2m.eval.cli import eval_policy, eval_rm
-
     print(json.dumps(eval_policy(cfg) if what == "policy" else eval_rm(cfg), indent=2))
     return 0
 
 
 def cmd_demo(cfg: Config) -> int:
-    from r2m.demo import run_demo
-
     run_demo(cfg)
     return 0
 
@@ -179,8 +175,6 @@ def cmd_demo(cfg: Config) -> int:
 def _cmd_extra(args, cfg: Config) -> int:
     """bench, analyze and eval winrate: subcommands with flags of their own."""
     if args.command == "bench":
-        from r2m.bench import run_bench, run_bench_matrix
-
         if args.what == "cost":
             return run_bench(cfg, "cost", args.steps, args.out or "benchmarks/cost.json")
         if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
@@ -191,19 +185,14 @@ def _cmd_extra(args, cfg: Config) -> int:
                                                                           "BENCHMARKS.md")
         return run_bench_matrix(cfg, args.preset, args.out or default)
     if args.command == "analyze":
-        from r2m.eval.cli import analyze_hidden_states
-
         print(analyze_hidden_states(cfg, args.out, args.checkpoints))
         return 0
-    from r2m.eval.cli import eval_winrate
 
     print(json.dumps(eval_winrate(cfg, args.policy_responses, args.ref_responses, args.judge), indent=2))
     return 0
 
 
 def cmd_ser(cfg: Config) -> int:
-    from r2m.trainers.ser import run_ser
-
     run_ser(cfg)
     return 0
 
@@ -244,8 +233,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"r2m: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from r2m.trainers.pg import NumericError, TrainingInterrupted
-
         if isinstance(e, TrainingInterrupted):
             print(f"r2m: stopped: {e}", file=sys.stderr)
             return 130

@@ -19,3 +19,11 @@ class ModelError(R2MError):
 
 class CheckpointError(R2MError):
     """A checkpoint or saved model file cannot be read (damaged, truncated). The message names the file."""
+
+
+class NumericError(RuntimeError):
+    """Too many consecutive steps with NaN/inf values: the run stops with a checkpoint."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM: the run stopped after the current step, with a checkpoint."""

@@ -1,13 +1,10 @@
-"""Small shared helpers: seeding, devices, atomic writes, timing."""
+"""Small shared helpers: seeding, devices, dtypes, timing, stop signals (file helpers: :mod:`r2m.fileio`)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import shutil
 import time
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -31,101 +28,6 @@ def resolve_device(name: str) -> torch.device:
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success fsync it and rename it to ``final``.
-
-    A crash leaves only a ``.tmp-*`` directory behind, never a half-written ``final``: readers
-    treat the existence of ``final`` as the mark of a complete write.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        fault_point(f"atomic_dir.before_rename:{final.name}")
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            fault_point(f"atomic_dir.between_renames:{final.name}")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-FAULT_ENV = "R2M_FAULT"
-_fault_hits: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the crash tests: with ``R2M_FAULT=name@N`` the process SIGKILLs itself the N-th
-    time it reaches the point ``name`` (N defaults to 1). Unset, this is one dictionary look-up."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    target, _, nth = spec.partition("@")
-    if target != name:
-        return
-    _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] == int(nth or 1):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file through a temporary name and ``os.replace`` so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
-    """``fig.savefig`` through a temporary name: a reader (or a second writer) never sees half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
-    os.replace(tmp, path)
-    return path
-
-
-def read_json_or_none(path: str | Path):
-    """A JSON file's value; None when it does not exist, or (logged, naming it) when it is damaged: a result
-    left half-written by a crash is then computed again instead of stopping a resume."""
-    import json
-    import logging
-
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as e:
-        logging.getLogger("r2m").warning("%s is damaged (%s: %s); computing it again", path, type(e).__name__, e)
-        return None
 
 
 class PhaseTimer:
@@ -186,3 +88,5 @@ class StopSignal:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+

@@ -67,8 +67,8 @@ def paper_run(models: dict, data: dict, root: Path, name: str, sizes: list[str],
     import torch
 
     from r2m.cli import main
-    from r2m.rehearsal import PAPER_DIR, Plan
-    from r2m.runlog import read_metrics
+    from r2m.recipes.rehearsal import PAPER_DIR, Plan
+    from r2m.runtime.runlog import read_metrics
 
     import gc
 
@@ -127,7 +127,7 @@ def main() -> int:
     t0 = time.perf_counter()
     if not args.skip_tests:
         part(results, "tests_gpu", run_gpu_tests, args.device)
-    from r2m.rehearsal import write_datasets
+    from r2m.recipes.rehearsal import write_datasets
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -55,6 +55,6 @@ def world_data_args(world_artifacts):
 @pytest.fixture(scope="session")
 def world_artifacts(tiny_cfg):
     """(policy_dir, rm_dir, files) of the tiny world, built once per session."""
-    from r2m.pipeline import ensure_world_policy, ensure_world_rm, world_data
+    from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 
     return ensure_world_policy(tiny_cfg), ensure_world_rm(tiny_cfg), world_data(tiny_cfg)

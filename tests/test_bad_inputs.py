@@ -175,7 +175,7 @@ def test_bad_input_is_refused_before_training(case, tiny, world_artifacts, world
 
 
 def test_overlong_prompts_are_counted(tiny, world_artifacts) -> None:
-    from r2m.runlog import read_metrics
+    from r2m.runtime.runlog import read_metrics
 
     shared = Path(tiny[-1].split("=", 1)[1])
     assert main(["rl", *tiny, "run.name=overlong", "data.max_prompt_tokens=6", "rl.steps=1"]) == 0
@@ -189,8 +189,8 @@ def test_overlong_prompts_are_counted(tiny, world_artifacts) -> None:
 
 def test_bom_and_crlf_jsonl_is_read_as_plain(tmp_path) -> None:
     """A JSONL as Windows editors save it (UTF-8 BOM, CRLF line ends) gives the rows of the plain file."""
-    from r2m.data import read_preferences, read_prompts
-    from r2m.datasets import load_prompts
+    from r2m.data.jsonl import read_preferences, read_prompts
+    from r2m.data.datasets import load_prompts
 
     rows = ['{"prompt": "<bos> 1 2 =>"}', '{"prompt": "<bos> 3 \u00e9 =>"}']
     plain = _write(tmp_path / "plain.jsonl", rows)
@@ -205,10 +205,10 @@ def test_bom_and_crlf_jsonl_is_read_as_plain(tmp_path) -> None:
 
 def test_undecodable_bytes_in_other_readers_are_named(tmp_path) -> None:
     """Hub-format JSONL through `datasets`, parquet, metrics.jsonl, safetensors: each names the file."""
-    from r2m.datasets import load_preferences
+    from r2m.data.datasets import load_preferences
     from r2m.errors import R2MError
-    from r2m.runlog import read_metrics
-    from r2m.safeio import load_safetensors
+    from r2m.runtime.runlog import read_metrics
+    from r2m.runtime.safeio import load_safetensors
 
     hh = tmp_path / "hh.jsonl"
     hh.write_bytes(b'{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\xfe"}\n')

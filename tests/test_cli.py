@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from r2m.cli import main
-from r2m.runlog import read_metrics
+from r2m.runtime.runlog import read_metrics
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -43,7 +43,7 @@ def test_world_writes_plain_schemas(tmp_path, tiny, capsys) -> None:
 
 def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
     from r2m.config import load_config
-    from r2m.pipeline import fresh_world_lm
+    from r2m.recipes.pipeline import fresh_world_lm
 
     root = str(tmp_path)
     _, _, files = world_artifacts
@@ -59,7 +59,7 @@ def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
 
 
 def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, capsys) -> None:
-    from r2m.pipeline import ensure_world_rm_backbone
+    from r2m.recipes.pipeline import ensure_world_rm_backbone
     from r2m.config import load_config
 
     backbone = ensure_world_rm_backbone(load_config(None, tiny))

@@ -11,7 +11,7 @@ import pytest
 from r2m.cli import main
 from r2m.config import load_config
 from r2m.errors import ConfigError, ModelError
-from r2m.runlog import read_metrics
+from r2m.runtime.runlog import read_metrics
 
 
 def test_rm_max_length_must_cover_the_budget() -> None:
@@ -75,7 +75,7 @@ def test_each_stage_asks_for_its_own_data(tiny, world_artifacts, tmp_path, capsy
 
 def test_world_models_by_path_still_use_the_world(tiny, world_artifacts) -> None:
     """Paths into r2m's own world cache are the world's models, not a user's: the world fills the data."""
-    from r2m.pipeline import resolve_inputs, user_models
+    from r2m.recipes.pipeline import resolve_inputs, user_models
 
     cfg = load_config(None, [*tiny, f"policy.path={world_artifacts[0]}", f"reward.path={world_artifacts[1]}"])
     assert user_models(cfg) == []
@@ -83,7 +83,7 @@ def test_world_models_by_path_still_use_the_world(tiny, world_artifacts) -> None
 
 
 def test_sft_counts_what_it_cuts(tiny, tmp_path) -> None:
-    from r2m.trainers.sft import count_truncated
+    from r2m.updates.sft import count_truncated
     from r2m.world import build_tokenizer
 
     tok = build_tokenizer("policy")

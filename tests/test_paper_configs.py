@@ -99,8 +99,8 @@ def _check_start(line: str) -> None:
     """
     from accelerate.utils import DistributedType
 
-    from r2m.trainers.pg import check_data_parallel, configure_backend
-    from r2m.trainers.ser import ppo_config
+    from r2m.recipes.rl.run import check_data_parallel, configure_backend
+    from r2m.recipes.ser import ppo_config
 
     words = shlex.split(line[1:] if line.startswith("#") else line)
     args, cfg = _check_r2m_argv(_r2m_argv(words))
@@ -402,7 +402,7 @@ def test_a_typo_in_a_flag_fails(monkeypatch) -> None:
 def test_paper_config_names_every_data_path_its_command_reads(path: Path) -> None:
     """A paper config uses real models, so r2m refuses it if a data path its command reads is left to the
     gold-reward world (the Pythia config once read Table 3's pairs from the world's toy data)."""
-    from r2m.pipeline import check_no_world, rl_needs, ser_needs
+    from r2m.recipes.pipeline import check_no_world, rl_needs, ser_needs
 
     cfg = load_config(path)
     need = ser_needs(cfg) if path.stem.startswith("ser_") else rl_needs(cfg)

@@ -23,8 +23,8 @@ import pytest
 
 from r2m.cli import main
 from r2m.models.families import Family, save_family_model
-from r2m.rehearsal import Plan, write_datasets
-from r2m.runlog import read_metrics
+from r2m.recipes.rehearsal import Plan, write_datasets
+from r2m.runtime.runlog import read_metrics
 
 pytestmark = pytest.mark.rehearsal
 
@@ -46,10 +46,10 @@ def data(tmp_path_factory) -> dict:
 
 
 class RMInputs:
-    """Records what the reward models read (r2m.chat.RMRenderer.render)."""
+    """Records what the reward models read (r2m.data.chat.RMRenderer.render)."""
 
     def __init__(self, monkeypatch):
-        from r2m.chat import RMRenderer
+        from r2m.data.chat import RMRenderer
 
         self.seen: list = []
         render = RMRenderer.render
@@ -123,7 +123,7 @@ def test_qwen_config_policy_and_skywork_rm_read_their_own_templates(models, data
     """The policy's prompt set is Qwen's ChatML; the Skywork-style RM's input is Llama 3.1's template of the same
     conversation (with the reply), built through the paper config's real setup."""
     from r2m.config import load_config
-    from r2m.trainers.pg import RLRun
+    from r2m.recipes.rl.run import RLRun
 
     plan = Plan(ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", models, data,
                 tmp_path / "runs")

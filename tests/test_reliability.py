@@ -16,7 +16,7 @@ import torch
 from r2m.cli import main
 from r2m.config import load_config
 from r2m.errors import ConfigError
-from r2m.runlog import read_metrics
+from r2m.runtime.runlog import read_metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
 
@@ -100,7 +100,7 @@ def test_resume_refuses_another_config(tiny, world_artifacts) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(_rl(tiny, "refuse", "rl.steps=2", "rl.save_every=1")) == 0
     with pytest.raises(ConfigError, match=r"another config: rl.beta \(checkpoint 0.02, now 0.5\)"):
-        from r2m.trainers.pg import run_rl
+        from r2m.recipes.rl.run import run_rl
 
         run_rl(load_config(None, [*tiny, "run.name=refuse", "rl.steps=2", "rl.beta=0.5", "run.resume=auto"]))
     # The CLI prints it as a one-line error.
@@ -109,7 +109,7 @@ def test_resume_refuses_another_config(tiny, world_artifacts) -> None:
 
 
 def test_partial_checkpoint_is_never_loaded(tiny, world_artifacts) -> None:
-    from r2m.checkpoint import latest_checkpoint
+    from r2m.runtime.checkpoint import latest_checkpoint
 
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(_rl(tiny, "partial", "rl.steps=2", "rl.save_every=1")) == 0
@@ -138,7 +138,7 @@ def _nan_reward(rl, bad_steps: set[int]):
 
 
 def test_nan_reward_skips_the_step_and_logs_stats(tiny, world_artifacts) -> None:
-    from r2m.trainers.pg import RLRun
+    from r2m.recipes.rl.run import RLRun
 
     rl = RLRun(load_config(None, [*tiny, "run.name=nan-skip", "rl.steps=3"]))
     _nan_reward(rl, {2})
@@ -155,7 +155,8 @@ def test_nan_reward_skips_the_step_and_logs_stats(tiny, world_artifacts) -> None
 
 
 def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, capsys) -> None:
-    from r2m.trainers.pg import NumericError, RLRun
+    from r2m.errors import NumericError
+    from r2m.recipes.rl.run import RLRun
 
     root = Path(tiny[-1].split("=", 1)[1])
     rl = RLRun(load_config(None, [*tiny, "run.name=nan-stop", "rl.steps=6", "run.max_bad_steps=2"]))
@@ -170,7 +171,7 @@ def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, cap
 def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
     """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
     from r2m.config import load_config
-    from r2m.pipeline import ensure_world_rm_backbone, run_rm, run_sft
+    from r2m.recipes.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
     cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])
     files = world_artifacts[2]
@@ -224,7 +225,7 @@ def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world
     run is detected as stale and taken over; a finished run releases it."""
     import socket
 
-    from r2m.runlock import lock_path
+    from r2m.runtime.runlock import lock_path
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "busy"
@@ -255,7 +256,7 @@ def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None
     import json
     import socket
 
-    from r2m import runlock
+    from r2m.runtime import runlock
 
     def no_flock(fd, op):
         raise OSError(__import__("errno").ENOLCK, "no locks available")
@@ -284,7 +285,7 @@ def _truncate(path: Path) -> None:
 
 
 def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, world_artifacts, caplog) -> None:
-    from r2m.checkpoint import latest_checkpoint, verify
+    from r2m.runtime.checkpoint import latest_checkpoint, verify
 
     root = Path(tiny[-1].split("=", 1)[1])
     extra = ["rl.steps=4", "rl.save_every=1", "run.keep_checkpoints=0", "reward.r2m.enabled=true"]
@@ -317,7 +318,7 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
     with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume .*, got 1"):
-        from r2m.trainers.pg import run_rl
+        from r2m.recipes.rl.run import run_rl
 
         run_rl(load_config(None, [*tiny, "run.name=longer", "rl.steps=1", "rl.save_every=2", "run.resume=auto"]))
     _documented("rl.steps: expected at least the checkpoint's step")
@@ -357,8 +358,8 @@ def uninterrupted(tiny, world_artifacts) -> list[dict]:
 @pytest.mark.parametrize("point", ["checkpoint.before_state@2", "checkpoint.before_meta@2",
                                    "checkpoint.before_manifest@2", "atomic_dir.before_rename:step-000004"])
 def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_artifacts, uninterrupted) -> None:
-    from r2m.checkpoint import list_checkpoints, verify
-    from r2m.utils import FAULT_ENV
+    from r2m.runtime.checkpoint import list_checkpoints, verify
+    from r2m.fileio import FAULT_ENV
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "fault-" + "".join(c if c.isalnum() else "-" for c in point)
@@ -397,10 +398,10 @@ def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog
 
 def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     """Two runs on a fresh run.root: the second waits for the first's world model instead of building it too."""
-    from r2m.pipeline import _must_build
+    from r2m.recipes.pipeline import _must_build
 
     cache = tmp_path / "world" / "policy-abc"
-    code = ("import sys, time; from pathlib import Path; from r2m import runlock; d = Path(sys.argv[1]); "
+    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; d = Path(sys.argv[1]); "
             "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
             "runlock.release(d)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
@@ -411,9 +412,9 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
 
 def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
     """A bench result.json left damaged is computed again (logged); an unreadable state.pt is named."""
-    from r2m.checkpoint import load_state_file, verify, write_manifest
+    from r2m.runtime.checkpoint import load_state_file, verify, write_manifest
     from r2m.errors import CheckpointError
-    from r2m.utils import read_json_or_none
+    from r2m.fileio import read_json_or_none
 
     done = tmp_path / "bench-smoke-rloo-s0" / "result.json"
     done.parent.mkdir()
@@ -442,8 +443,8 @@ def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
 def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_artifacts, uninterrupted) -> None:
     """Re-saving a step whose checkpoint exists (after a resume past a damaged one) swaps two directories: a
     SIGKILL between the two renames leaves neither under the step's name, and the older checkpoint is used."""
-    from r2m.checkpoint import list_checkpoints, verify
-    from r2m.utils import FAULT_ENV
+    from r2m.runtime.checkpoint import list_checkpoints, verify
+    from r2m.fileio import FAULT_ENV
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "fault-between-renames"
@@ -467,8 +468,8 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
 def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
     """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
     from r2m.errors import DataError
-    from r2m.runlock import is_held, lock_path
-    from r2m.trainers.pg import RLRun
+    from r2m.runtime.runlock import is_held, lock_path
+    from r2m.recipes.rl.run import RLRun
 
     def fail(self, step):
         raise DataError("a failure at step 1")

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional, Sequ
 import torch
 from torch import nn
 
-from r2m.rollout import left_pad, position_ids
-from r2m.utils import atomic_savefig, atomic_write_text
+from r2m.experience.sampling import left_pad, position_ids
+from r2m.fileio import atomic_savefig, atomic_write_text
+from r2m.errors import ConfigError
+from r2m.world import is_hacking, parse_prompt
 
 if TYPE_CHECKING:
     from r2m.eval.judges import Scorer
@@ -70,7 +72,7 @@ def mean_pooled_states(model: nn.Module, tokenizer, prompts: Sequence[str], resp
     """Per layer, (N, D) float32 CPU means of the hidden states over the valid tokens of prompt + response.
 
     Prompt and response are tokenised separately and joined, as the policy sees them in RL
-    (:func:`r2m.rollout.text_feedback`); rows are left-padded with positions that skip the padding,
+    (:func:`r2m.experience.rollout.text_feedback`); rows are left-padded with positions that skip the padding,
     so a row's vector does not depend on its batch. Keys are layer indices into ``hidden_states``
     (negative layers are resolved: -1 -> L). Layer L is the last block's output as HF returns it
     (for Llama, after the final norm: the states R2M feeds to the reward model).
@@ -200,8 +202,6 @@ def hacking_similarity(states: torch.Tensor, is_hacking: Sequence[bool], groups:
 
 def world_hacking_labels(prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
     """:func:`r2m.world.is_hacking` on texts: the sorted digits, then extra tokens (world prompts only)."""
-    from r2m.world import is_hacking, parse_prompt
-
     return [is_hacking(parse_prompt(p), r.split()) for p, r in zip(prompts, responses)]
 
 
@@ -274,10 +274,10 @@ def checkpoint_similarity_matrix(models: Iterable[nn.Module], tokenizer, prompt:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # heavy: lazy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: lazy
 
     return plt
 
@@ -397,8 +397,6 @@ class HiddenStateAnalysisConfig:
     """Report (cos + 1) / 2 as the paper does; False: raw cosine in [-1, 1]."""
 
     def __post_init__(self) -> None:
-        from r2m.errors import ConfigError
-
         for name in ("n_samples", "reward_pairs", "checkpoint_responses", "heatmap_per_class", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"analysis.{name}: expected >= 1, got {getattr(self, name)!r}")

@@ -34,6 +34,7 @@ from r2m.config import JudgeConfig, WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts
 from r2m.eval.winrate import LOSS, TIE, WIN, outcomes_from_scores
+from r2m.world import gold_rewards
 
 if TYPE_CHECKING:
     from r2m.models.reward import RewardModel
@@ -76,8 +77,6 @@ class GoldJudge:
         self.world = world
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        from r2m.world import gold_rewards
-
         return gold_rewards(list(prompts), list(responses), self.world)
 
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:

@@ -15,8 +15,10 @@ from torch import nn
 
 from r2m.config import EvalConfig
 from r2m.eval.rm_accuracy import pairwise_wins
-from r2m.rewards import RewardFunction, RewardQuery
-from r2m.rollout import eval_mode, feedback_states, generate, left_pad, response_forward
+from r2m.experience.rewards import RewardFunction, RewardQuery
+from r2m.experience.sampling import eval_mode, generate, left_pad
+from r2m.experience.rollout import feedback_states, response_forward
+from r2m.eval.winrate import length_controlled_win_rate
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,6 @@ def summarize(samples: PolicySamples, baseline: Optional[PolicySamples] = None) 
         if baseline is not None and baseline.gold is not None:
             if baseline.prompts != samples.prompts:
                 raise ValueError("win rate needs both sample sets on the same prompts")
-            from r2m.eval.winrate import length_controlled_win_rate
 
             outcomes = pairwise_wins(samples.gold, baseline.gold)  # (M,) 1 win, 0.5 tie, 0 loss
             out["eval/win_rate_vs_sft"] = outcomes.mean().item()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from r2m.experience.rollout import text_feedback
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,6 @@ def feedback_pairwise_accuracy(model, policy, policy_tokenizer, rows: Sequence[d
     Chosen and rejected are each passed through the policy for their last-layer states; the RTE
     weight is ω = ``w`` (the paper uses t = T, i.e. ω(T) = Ω).
     """
-    from r2m.rollout import text_feedback
-
     def scores(key: str) -> torch.Tensor:
         out = []
         for i in range(0, len(rows), batch_size):

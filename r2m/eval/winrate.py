@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Union
 
 import torch
+from r2m.data.jsonl import read_sft
+from r2m.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: judges imports the world and the models lazily
     from r2m.eval.judges import Judge
@@ -205,8 +207,6 @@ def judge_win_rate(judge: "Judge", prompts: Sequence[str], responses: Sequence[s
 
 def read_paired_responses(policy_path: str | Path, ref_path: str | Path) -> PairedResponses:
     """Two ``{"prompt", "response"}`` JSONL files answering the same prompts in the same order."""
-    from r2m.data import read_sft
-    from r2m.errors import DataError
 
     pol, ref = read_sft(policy_path), read_sft(ref_path)
     if len(pol) != len(ref):

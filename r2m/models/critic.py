@@ -23,7 +23,10 @@ import torch
 from torch import nn
 
 from r2m.errors import ModelError
-from r2m.utils import atomic_dir, torch_dtype
+from r2m.fileio import atomic_dir
+from r2m.utils import torch_dtype
+from r2m.models.loading import load_policy, load_reward_model
+from r2m.runtime.safeio import load_safetensors as load_file, read_json
 
 __all__ = ["ValueModel", "build_critic", "save_critic", "load_critic"]
 
@@ -119,8 +122,6 @@ def build_critic(source: str, path: str, dtype: str = "float32", trust_remote_co
     - ``policy``: ``AutoModelForCausalLM`` from ``path``; the LM head is dropped and the value head
       is zero, so every initial value is 0.
     """
-    from r2m.models.loading import load_policy, load_reward_model
-
     if source == "reward":
         model = load_reward_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
         score = getattr(model, "score", None)
@@ -160,9 +161,6 @@ def save_critic(critic: ValueModel, directory: Union[str, Path]) -> Path:
 def load_critic(directory: Union[str, Path], dtype: str = "float32", trust_remote_code: bool = False) -> ValueModel:
     """A critic written by :func:`save_critic` (backbone in ``dtype``, head in float32), on the CPU."""
     from transformers import AutoModel
-
-    from r2m.safeio import load_safetensors as load_file  # a damaged file is named
-    from r2m.safeio import read_json
 
     directory = Path(directory)
     meta_path = directory / _CRITIC_JSON

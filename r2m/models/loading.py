@@ -24,11 +24,14 @@ from transformers import (
 )
 
 from r2m.config import ArchConfig, PolicyConfig
-from r2m.safeio import named_load_errors
-from r2m.utils import atomic_dir, torch_dtype
+from r2m.runtime.safeio import named_load_errors
+from r2m.fileio import atomic_dir
+from r2m.utils import torch_dtype
 
 
 from r2m.errors import ModelError  # noqa: E402  (re-exported)
+from r2m.models.lora import apply_lora, enable_gradient_checkpointing, is_adapter_dir, load_adapter, load_merged
+from r2m.runtime.checkpoint import write_manifest
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -45,8 +48,6 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
 def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                 allow_unsafe_weights: bool = False) -> PreTrainedModel:
     """An ``AutoModelForCausalLM``; a LoRA adapter directory loads as its base with the adapter merged in."""
-    from r2m.models.lora import is_adapter_dir, load_merged
-
     if is_adapter_dir(path):
         return load_merged(path, lambda base: load_policy(base, dtype, trust_remote_code, allow_unsafe_weights),
                            allow_unsafe_weights)
@@ -66,8 +67,6 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     ``reward.lora``) loads as its base with the adapter and the trained score head merged in.
     """
     from transformers import AutoConfig
-
-    from r2m.models.lora import is_adapter_dir, load_merged
 
     if is_adapter_dir(path):
         return load_merged(path, lambda base: load_reward_model(base, dtype, trust_remote_code, pad_token_id,
@@ -101,8 +100,6 @@ def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: 
     (:class:`r2m.models.lora.AdapterFreeReference`), built once the policy is placed. Otherwise the reference
     is a full copy. ``policy.gradient_checkpointing`` is applied to the policy.
     """
-    from r2m.models.lora import apply_lora, enable_gradient_checkpointing, load_adapter
-
     pc = policy_cfg
     base = load_policy(path, pc.dtype, pc.trust_remote_code, allow_unsafe_weights)
     if pc.lora.enabled:
@@ -143,10 +140,8 @@ def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: i
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path,
                state_dict: Optional[dict] = None) -> Path:
     """``save_pretrained`` (safetensors) into ``directory``, atomically, with a manifest
-    (:func:`r2m.checkpoint.write_manifest`); ``state_dict`` overrides the module's own (a sharded model's
+    (:func:`r2m.runtime.checkpoint.write_manifest`); ``state_dict`` overrides the module's own (a sharded model's
     gathered full state)."""
-    from r2m.checkpoint import write_manifest
-
     with atomic_dir(directory) as tmp:
         if state_dict is None:
             model.save_pretrained(tmp, safe_serialization=True)

@@ -18,7 +18,7 @@ from torch import nn
 
 from r2m.config import LoRAConfig
 from r2m.errors import ModelError
-from r2m.safeio import read_json
+from r2m.runtime.safeio import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -29,7 +29,7 @@ _HEADS = ("score", "v_head", "classifier")
 
 def peft_config(cfg: LoRAConfig, task: str, model: Optional[nn.Module] = None):
     """The ``peft.LoraConfig`` of ``cfg`` for ``task`` (``causal`` or ``seq_cls``)."""
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig, TaskType  # heavy: lazy
 
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
@@ -46,7 +46,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, task: str, base_path: Optional
     ``base_path`` is recorded in the adapter's config (absolute when it is a local directory), so that a
     saved adapter can be loaded on its own (:func:`load_merged`). The adapters' init draws from torch's RNG.
     """
-    from peft import get_peft_model
+    from peft import get_peft_model  # heavy: lazy
 
     peft_model = get_peft_model(model, peft_config(cfg, task, model))
     if base_path is not None:
@@ -55,7 +55,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, task: str, base_path: Optional
 
 
 def is_peft(model: nn.Module) -> bool:
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: lazy
 
     return isinstance(model, PeftModel)
 
@@ -152,7 +152,7 @@ def adapter_base(path: str | Path) -> str:
 def load_adapter(base_model: nn.Module, path: str | Path, trainable: bool = False,
                  allow_unsafe_weights: bool = False):
     """``base_model`` with the adapter of ``path`` attached (trainable or not), as a ``PeftModel``."""
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: lazy
 
     _check_weights(path, allow_unsafe_weights)
     return PeftModel.from_pretrained(base_model, str(path), is_trainable=trainable)

@@ -21,9 +21,13 @@ from torch import nn
 
 from r2m.config import FusionInit
 from r2m.errors import ModelError
-from r2m.losses import within_group_spread
-from r2m.models.fusion import PolicyFeedbackFusion
+from r2m.core.losses import within_group_spread
+from r2m.models.feedback import eval_mode, text_feedback
+from r2m.models.fusion import PolicyFeedbackFusion, omega
+from r2m.models.loading import load_reward_model, load_tokenizer, save_model
+from r2m.models.r2m_hub import CARD, FORMAT, FORMAT_VERSION, BaseKind, base_ref, is_hub_repo, model_card, resolve_base
 from r2m.models.reward import RewardModel
+from r2m.runtime.safeio import load_safetensors as load_file, read_json
 
 _FILE = "r2m.safetensors"
 _META = "r2m.json"
@@ -147,7 +151,6 @@ class FeedbackRewardModel(nn.Module):
 
     def _save_base(self, directory: Path) -> None:
         """The base RM as it was before R2M (its original head), with its tokenizer, under ``directory``."""
-        from r2m.models.loading import save_model
 
         state = self.rm.model.state_dict()
         key = self._head_key()
@@ -166,7 +169,6 @@ class FeedbackRewardModel(nn.Module):
         """
         from safetensors.torch import save_file
 
-        from r2m.models.r2m_hub import CARD, FORMAT, FORMAT_VERSION, base_ref, model_card
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -200,10 +202,6 @@ class FeedbackRewardModel(nn.Module):
         The base RM is the one ``r2m.json`` names (relative to the directory, or a hub id), unless
         ``base_rm`` overrides it.
         """
-        from r2m.models.loading import load_reward_model, load_tokenizer
-        from r2m.models.r2m_hub import is_hub_repo, resolve_base
-        from r2m.safeio import load_safetensors as load_file  # a damaged file is named
-        from r2m.safeio import read_json
 
         directory = _download(str(name_or_path), revision, token) if is_hub_repo(name_or_path) else Path(name_or_path)
         if not (directory / _META).is_file():
@@ -232,7 +230,6 @@ class FeedbackRewardModel(nn.Module):
         """
         import tempfile
 
-        from r2m.models.r2m_hub import BaseKind, base_ref
 
         with tempfile.TemporaryDirectory() as tmp:
             if not include_base:
@@ -254,7 +251,6 @@ class FeedbackRewardModel(nn.Module):
 
     def omega_at(self, step: Optional[float], total_steps: Optional[int], omega_floor: Optional[float]) -> float:
         """ω(t) for :meth:`score`: Ω (the end of training) when ``step`` is None."""
-        from r2m.models.fusion import omega
 
         floor = omega_floor if omega_floor is not None else self.info.get("omega_floor")
         if floor is None:
@@ -277,7 +273,6 @@ class FeedbackRewardModel(nn.Module):
         ω(step) of ``total_steps`` (default: ``r2m.json``'s), or Ω without ``step``. Without fusion (the
         RM-head baseline) the policy is not needed.
         """
-        from r2m.rollout import eval_mode, text_feedback
 
         if len(prompts) != len(responses):
             raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from r2m.chat import RMRenderer
+from r2m.data.chat import RMRenderer
 from r2m.config import RewardConfig
 from r2m.models.loading import ModelError
 
@@ -83,7 +83,7 @@ class RewardModel(nn.Module):
         return self.score_embedding(self.embed(input_ids, attention_mask))  # (B,)
 
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise prompt + response as this RM reads them (:class:`r2m.chat.RMRenderer`), right-padded.
+        """Tokenise prompt + response as this RM reads them (:class:`r2m.data.chat.RMRenderer`), right-padded.
 
         A chat prompt is rendered with the RM's own chat template; a plain prompt and its response
         are tokenised separately and concatenated, so the boundary is the same as in the policy's

@@ -1,1 +1,2 @@
-"""Trainers: SFT, reward model (BT), policy gradient (one loop for all algorithms)."""
+"""Compatibility package (the README's Public API): the RL run is in :mod:`r2m.recipes.rl`, SER in
+:mod:`r2m.recipes.ser`."""

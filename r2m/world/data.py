@@ -20,6 +20,7 @@ import numpy as np
 from r2m.config import MixtureConfig, WorldConfig, to_dict
 from r2m.world.seeds import stream_seed
 from r2m.world.task import EOS, format_prompt, gold_reward
+from r2m.world.task import parse_prompt
 
 # Stream ids: never reuse or renumber one, or previously generated worlds change.
 STREAMS: dict[str, int] = {"sft": 1, "pref_train": 2, "pref_eval": 3, "rl_prompts": 4, "eval_prompts": 5,
@@ -241,8 +242,6 @@ def make_policy_pairs(cfg: WorldConfig, prompts: Sequence[dict[str, str]]) -> li
     One pair for each of the first ``n_pref_policy`` RL prompts, labelled like the RM's training
     pairs; a prompt whose draws keep coming out identical is skipped.
     """
-    from r2m.world.task import parse_prompt
-
     rng, kinds, cdf = _rng(cfg, "pref_policy"), cfg.mixture.kinds(), _kind_cdf(cfg.mixture)
     rows: list[dict[str, Any]] = []
     for row in prompts[: cfg.n_pref_policy]:

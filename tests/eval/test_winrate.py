@@ -142,8 +142,8 @@ def test_evaluation_samples_do_not_depend_on_a_random_reward(world_artifacts, ti
 
     from r2m.eval.policy import sample_policy
     from r2m.models.loading import load_policy, load_tokenizer
-    from r2m.rewards import GoldReward, RewardOutput
-    from r2m.rollout import tokenize_prompts
+    from r2m.experience.rewards import GoldReward, RewardOutput
+    from r2m.experience.sampling import tokenize_prompts
 
     policy_dir, _, files = world_artifacts
     tok = load_tokenizer(str(policy_dir))

@@ -28,7 +28,7 @@ BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", f"run.device={DEVICE}"
 
 
 def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
-    from r2m.trainers.pg import RLRun
+    from r2m.recipes.rl.run import RLRun
 
     run = RLRun(load_config(None, [*tiny, *BF16, "reward.r2m.enabled=true", "run.name=gpu-bf16-step"]))
     policy = run.acc.unwrap_model(run.policy)
@@ -57,7 +57,7 @@ def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
 
 @pytest.fixture(scope="module")
 def cost(tiny, world_artifacts) -> dict:
-    from r2m.bench import bench_cost, format_cost
+    from r2m.recipes.bench import bench_cost, format_cost
 
     result = bench_cost(load_config(None, [*tiny, *BF16, "run.name=gpu-cost"]), steps=6)
     print("\n[gpu] r2m bench cost, tiny world, bf16\n" + format_cost(result))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from r2m.cli import main
-from r2m.runlog import read_metrics
+from r2m.runtime.runlog import read_metrics
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
              max_position_embeddings=64)

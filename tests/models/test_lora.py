@@ -29,8 +29,8 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
 
     from r2m.models.loading import load_policy
     from r2m.models.lora import AdapterFreeReference, is_peft
-    from r2m.rollout import response_forward
-    from r2m.trainers.pg import RLRun
+    from r2m.experience.rollout import response_forward
+    from r2m.recipes.rl.run import RLRun
 
     policy_dir = str(world_artifacts[0])
     cfg = _lora_rl_cfg(tiny, "lora-rl", "rl.save_every=1")
@@ -82,7 +82,7 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
 
 
 def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     cfg = _lora_rl_cfg(tiny, "lora-r2m", "reward.r2m.enabled=true", "rl.steps=1", "policy.gradient_checkpointing=true")
     result = run_rl(cfg)
@@ -93,7 +93,7 @@ def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
 
 
 def test_lora_policy_with_ppo_and_checkpointed_critic(tiny, world_artifacts) -> None:
-    from r2m.trainers.pg import RLRun
+    from r2m.recipes.rl.run import RLRun
 
     rl = RLRun(_lora_rl_cfg(tiny, "lora-ppo", "rl.algorithm=ppo", "policy.gradient_checkpointing=true"))
     assert any(getattr(m, "gradient_checkpointing", False) for m in rl.acc.unwrap_model(rl.critic).modules())
@@ -143,7 +143,7 @@ def test_rm_with_lora_trains_adapters_and_head_and_saves_a_merged_rm(tiny, world
 
     from r2m.cli import main
     from r2m.models.loading import load_reward_model
-    from r2m.pipeline import ensure_world_rm_backbone
+    from r2m.recipes.pipeline import ensure_world_rm_backbone
 
     args = [*tiny, "run.name=rm-lora", "reward.lora.enabled=true", "reward.lora.r=4",
             "reward.lora.target_modules=[q_proj, v_proj]", "reward.gradient_checkpointing=true", "rm.max_steps=4",
@@ -203,7 +203,7 @@ def test_adapter_directories_load_merged_and_bad_ones_are_refused(tmp_path) -> N
 
 
 def test_mixed_precision_validation(monkeypatch) -> None:
-    from r2m.trainers.common import resolve_mixed_precision
+    from r2m.updates.supervised import resolve_mixed_precision
 
     with pytest.raises(ConfigError, match="run.mixed_precision: expected one of no, bf16, fp16, auto"):
         load_config(None, ["run.mixed_precision=fp8"])
@@ -236,7 +236,7 @@ def fresh_accelerate_state():
 @pytest.mark.parametrize("lora", [False, True])
 def test_bf16_on_cpu_reference_matches_the_policy_at_start(lora, tiny, world_artifacts, fresh_accelerate_state,
                                                            monkeypatch) -> None:
-    from r2m.trainers.pg import RLRun
+    from r2m.recipes.rl.run import RLRun
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     policy_dir, rm_dir, _ = world_artifacts  # explicit paths: a bf16 run does not rebuild the fp32 world

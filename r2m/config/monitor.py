@@ -1,0 +1,72 @@
+"""``rl.monitor``: the over-optimisation monitor's settings and the alarm's thresholds (docs/MONITOR.md).
+
+Its own module of the config package. The threshold fields are those of
+:class:`r2m.core.monitor.AlarmConfig` (same names, defaults and meaning; a test keeps them equal), so that
+``rl.monitor.token_js=0.05`` on the command line reads as the alarm's ``token_js``. The config layer sits
+below the core layer, hence the copy rather than an import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from r2m.errors import ConfigError
+
+THRESHOLDS = ("check_disagreement_rise", "proxy_gain_per_kl_ratio", "length_rel_change", "token_js",
+              "hidden_drift", "hidden_separation_rise", "fused_disagreement_rise")
+"""The threshold fields (one per signal of r2m.core.monitor.Signal); the rest of AlarmConfig is ALARM_RULE."""
+ALARM_RULE = ("min_signals", "patience", "warmup")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Label-free over-optimisation signals at every evaluation (logged under monitor/*) and the alarm rule.
+
+    A signal trips by its rule (docs/MONITOR.md); the alarm fires once ``min_signals`` signals have tripped at
+    ``patience`` evaluations running. A threshold of null turns its signal off. The defaults are placeholders,
+    not tuned on held-out worlds yet."""
+
+    enabled: bool = True
+    """Compute the signals at every evaluation (false: no monitor/* metrics, no alarm)."""
+    check_rm: Optional[str] = None
+    """A second, independent reward model (a path, as reward.path) for monitor/check_disagreement. null: in the
+    gold-reward world, one trained (and cached) on the world's pref_policy pairs, disjoint from the proxy RM's
+    pref_train; elsewhere the signal is off (logged once)."""
+    world_check_rm: bool = True
+    """With check_rm null in the gold-reward world, build the world's check RM (false: the signal is off)."""
+    check_disagreement_rise: Optional[float] = 0.1
+    """Trip when the proxy-vs-check rank disagreement rises this much above its baseline (share of pairs)."""
+    proxy_gain_per_kl_ratio: Optional[float] = 0.25
+    """Trip when proxy gain per unit KL falls to this fraction of its baseline (first) value; in (0, 1)."""
+    length_rel_change: Optional[float] = 0.3
+    """Trip when the mean response length differs from the SFT policy's by this fraction (either way)."""
+    token_js: Optional[float] = 0.1
+    """Trip when the unigram JS divergence from the SFT policy's responses reaches this (nats, <= ln 2)."""
+    hidden_drift: Optional[float] = 0.2
+    """Trip when the mean cosine distance of hidden states from the SFT policy's reaches this (in [0, 2])."""
+    hidden_separation_rise: Optional[float] = 0.05
+    """Trip when the 2-cluster separation (within - cross similarity) rises this much above its baseline."""
+    fused_disagreement_rise: Optional[float] = 0.1
+    """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline."""
+    min_signals: int = 2
+    """How many signals must trip at one evaluation."""
+    patience: int = 2
+    """How many consecutive evaluations must each have ``min_signals`` tripped."""
+    warmup: int = 1
+    """Evaluations 0 .. warmup-1 never count (evaluation 0 is the SFT policy, the baseline)."""
+
+    def __post_init__(self) -> None:
+        for name in THRESHOLDS:
+            t = getattr(self, name)
+            if t is not None and not (math.isfinite(t) and t > 0):
+                raise ConfigError(f"monitor.{name}: expected a finite number > 0 or null, got {t!r}")
+        if self.proxy_gain_per_kl_ratio is not None and self.proxy_gain_per_kl_ratio >= 1:
+            raise ConfigError(f"monitor.proxy_gain_per_kl_ratio: expected a fraction < 1, got "
+                              f"{self.proxy_gain_per_kl_ratio!r}")
+        for name in ("min_signals", "patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"monitor.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if self.warmup < 0:
+            raise ConfigError(f"monitor.warmup: expected an integer >= 0, got {self.warmup!r}")

@@ -1,0 +1,1 @@
+"""Readers and dataset adapters: r2m's JSONL schemas, public RLHF formats, chat rendering."""

@@ -1,0 +1,1 @@
+"""Experience making: generation backends, rollouts, reward functions and their factory."""

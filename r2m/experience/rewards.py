@@ -1,0 +1,174 @@
+"""Reward functions for RL: a learned (proxy) reward model, R2M, or the world's gold reward.
+
+All take a :class:`RewardQuery` (texts; each model tokenises them itself, so the policy and the
+reward model may use different tokenizers) and return a :class:`RewardOutput`. A reward function
+with ``needs_policy_hidden = True`` also reads the policy's last-layer hidden states (R2M).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Protocol, Sequence
+
+import torch
+
+from r2m.config import R2MAblation, R2MConfig, WorldConfig
+from r2m.models.fusion import omega
+from r2m.world import gold_rewards, parse_prompt
+
+log = logging.getLogger("r2m")
+
+
+@dataclass(frozen=True)
+class RewardQuery:
+    """What a reward function sees for a batch of B sequences."""
+
+    prompts: Sequence[str]
+    """(B,) prompt texts (repeated for the K samples of a group)."""
+    responses: Sequence[str]
+    """(B,) response texts, up to and including the end-of-sequence token."""
+    policy_hidden: Optional[torch.Tensor] = None
+    """(B, S-1, D_p) the policy's last-layer hidden states over prompt + response (R2M's h)."""
+    policy_mask: Optional[torch.Tensor] = None
+    """(B, S-1) 1 on real (non-pad) positions of ``policy_hidden``."""
+    step: int = 0
+    """Training round t (0-based) for R2M's ω(t)."""
+    group_size: int = 0
+    """K when rows are prompt-major groups of K samples (a rollout batch); 0 when they are not (evaluation)."""
+
+
+class RewardOutput(NamedTuple):
+    scores: torch.Tensor
+    """(B,) rewards."""
+    embeddings: Optional[torch.Tensor] = None
+    """(B, D_m) the RM's reward token embeddings H_last (R2M keeps them for its update), or None."""
+    vanilla: Optional[torch.Tensor] = None
+    """(B,) the unmodified RM's reward on the same texts, when this function modifies an RM (R2M)."""
+
+
+class RewardFunction(Protocol):
+    needs_policy_hidden: bool
+    reward_model: Optional["r2m.models.RewardModel"]  # noqa: F821  (the RM it reads, None for gold)
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        ...
+
+
+class ModelReward:
+    """A frozen sequence-classification reward model."""
+
+    needs_policy_hidden = False
+
+    def __init__(self, rm: "r2m.models.RewardModel", batch_size: int = 256):  # noqa: F821
+        self.rm = self.reward_model = rm.eval().requires_grad_(False)
+        self.batch_size = batch_size
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        return RewardOutput(self.rm.score_texts(query.prompts, query.responses, self.batch_size), None)
+
+
+class GoldReward:
+    """The gold-reward world's true reward (only defined on world prompts)."""
+
+    needs_policy_hidden = False
+    reward_model = None
+
+    def __init__(self, world: WorldConfig):
+        self.world = world
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        scores = torch.tensor(gold_rewards(list(query.prompts), list(query.responses), self.world), dtype=torch.float32)
+        return RewardOutput(scores, None)
+
+
+def noise_like(h: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Gaussian noise with the per-dimension mean and std of the valid entries of h (R2M w/ Noise).
+
+    h (B, S, D), mask (B, S) -> (B, S, D). Each of the D feature dimensions keeps its own location and
+    scale (hidden states have a few dimensions of very large magnitude): one scalar mean/std over all
+    dimensions would make the noise easier to tell from h than the ablation intends.
+    """
+    valid = h[mask.bool()].float()  # (n_valid, D)
+    mean, std = valid.mean(dim=0), valid.std(dim=0)  # (D,), (D,)
+    z = torch.randn(h.shape, dtype=torch.float32, generator=generator, device="cpu" if generator else h.device)
+    return (z.to(h.device) * std + mean).to(h.dtype)  # (B, S, D)
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """The w/ Noise draw of training round ``step``: one per round, whatever reads it (see FeedbackReward)."""
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+class FeedbackReward:
+    """R2M's reward r_φ(x, y, h) (or the Iterative RM-head baseline when the model has no fusion)."""
+
+    def __init__(self, model: "r2m.models.r2m.FeedbackRewardModel", cfg: R2MConfig, total_steps: int,  # noqa: F821
+                 batch_size: int = 256, seed: int = 0):
+        self.model, self.cfg, self.total_steps, self.batch_size = model, cfg, total_steps, batch_size
+        self.seed = seed
+        self.needs_policy_hidden = model.fusion is not None
+        self.reward_model = model.rm
+        self.calibration: Optional[float] = None
+        """init=matched: the factor W_o was rescaled by on the first rollout batch (None before, or never)."""
+
+    def omega(self, step: int) -> float:
+        return omega(step, self.total_steps, self.cfg.omega_floor)
+
+    def feedback(self, h: Optional[torch.Tensor], mask: Optional[torch.Tensor], step: int) -> Optional[torch.Tensor]:
+        """h as the RM sees it: itself, or (w/ Noise) noise with h's per-dimension mean and std.
+
+        The noise of round ``step`` comes from a generator seeded by (run.seed, step): annotation and the
+        RM update of one round read the same standard-normal draw (each rescaled by the statistics of
+        the h it replaces), just as real R2M's annotation h and refreshed h are nearly the same states.
+        The draw touches no global RNG stream, so the ablation leaves sampling unchanged.
+        """
+        if h is None or self.cfg.ablation != R2MAblation.NOISE:
+            return h
+        return noise_like(h, mask, torch.Generator().manual_seed(noise_seed(self.seed, step)))
+
+    @torch.no_grad()
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        rte = self.model.embed_texts(query.prompts, query.responses, self.batch_size)  # (B, D_m)
+        h = self.feedback(query.policy_hidden, query.policy_mask, query.step) if self.needs_policy_hidden else None
+        if h is not None and query.group_size >= 2:
+            factor = self.model.calibrate(rte, h, query.policy_mask, query.group_size)  # init=matched, once
+            if factor is not None:
+                self.calibration = factor
+                log.info("reward.r2m.init=matched: W_o rescaled by %.4g on the first rollout batch", factor)
+        scores = self.model.score_embeddings(rte, h, query.policy_mask, self.omega(query.step))
+        return RewardOutput(scores.float(), rte, self.model.vanilla_score(rte))
+
+
+class OmegaScaledReward:
+    """The scale control (issue 14): the frozen RM's reward times R2M's ω(t), and nothing else.
+
+    At init R2M's fusion term is tiny, so frozen R2M ("w/o Train") scores about ω(t) × vanilla; this arm
+    isolates that rescaling (a larger effective KL coefficient, smaller advantages) from any use of h.
+    ω(t) is R2M's schedule (reward.r2m.omega_floor over rl.steps), read at the query's training round.
+    """
+
+    needs_policy_hidden = False
+
+    def __init__(self, inner: ModelReward, omega_floor: float, total_steps: int):
+        self.inner, self.omega_floor, self.total_steps = inner, omega_floor, total_steps
+        self.reward_model = inner.reward_model
+
+    def omega(self, step: int) -> float:
+        from r2m.models.fusion import omega
+
+        return omega(step, self.total_steps, self.omega_floor)
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        vanilla = self.inner(query).scores  # (B,)
+        return RewardOutput(vanilla * self.omega(query.step), None, vanilla)
+
+
+def is_world_prompt_set(prompts: Sequence[str]) -> bool:
+    """True when every prompt parses as a gold-reward-world prompt (so gold can be logged)."""
+    try:
+        for p in prompts:
+            parse_prompt(p)
+    except ValueError:
+        return False
+    return True

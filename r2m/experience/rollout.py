@@ -1,0 +1,354 @@
+"""Experience making: generation -> log-probs -> rewards -> advantages, kept apart from optimisation.
+
+A rollout batch holds B = n*K sequences laid out prompt-major: row ``i*K + j`` is sample j of
+prompt i. Sequences are ``[left-padded prompt | right-padded response]``, so every response starts
+at the same column P and per-token tensors over the response are (B, R).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
+from r2m.config import Algorithm, KLMode, OldLogprobs, RLConfig
+from r2m.runtime.distributed import Dist
+from r2m.core.losses import entropy_from_logits, kl_penalty, masked_mean, masked_var
+from r2m.models.critic import response_values
+from r2m.experience.rewards import RewardFunction, RewardQuery
+from r2m.utils import PhaseTimer
+from r2m.models.feedback import Feedback, feedback_mask, feedback_states, text_feedback
+from r2m.experience.sampling import left_pad, position_ids, Generation, eval_mode, generate, concat_generations
+from r2m.core.reward_shaping import RunningMoments, normalize_rewards, scale_rewards
+from r2m.experience.generation import HFGenerator
+
+
+
+class Forward(NamedTuple):
+    logprobs: torch.Tensor  # (B, R) log pi(y_t | x, y_<t) of the response tokens
+    entropy: Optional[torch.Tensor]  # (B, R)
+    hidden: Optional[torch.Tensor]  # (B, P+R, D) last-layer hidden states
+
+
+def response_forward(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                     temperature: float, with_entropy: bool = False, with_hidden: bool = False) -> Forward:
+    """Log-probs of the response tokens under ``model`` at the sampling temperature."""
+    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                output_hidden_states=with_hidden, use_cache=False)
+    logits = out.logits[:, prompt_len - 1: -1].float()  # (B, R, V) predicts tokens P..P+R-1
+    if temperature > 0:
+        logits = logits / temperature
+    targets = sequences[:, prompt_len:]  # (B, R)
+    logprobs = torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)  # (B, R)
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    hidden = out.hidden_states[-1] if with_hidden else None
+    return Forward(logprobs, entropy, hidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experience
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Experience:
+    """One rollout batch of B = n*K sequences (prompt-major)."""
+
+    prompts: list[str]
+    """(B,) prompt text of each sequence."""
+    responses: list[str]
+    """(B,) decoded response text, up to and including eos."""
+    sequences: torch.Tensor
+    """(B, P+R) token ids: left-padded prompt, right-padded response."""
+    attention_mask: torch.Tensor
+    """(B, P+R)."""
+    action_mask: torch.Tensor
+    """(B, R) 1 on response tokens."""
+    prompt_len: int
+    """P: the column where responses start."""
+    old_logprobs: torch.Tensor
+    """(B, R) log-probs under pi_old (the policy that sampled)."""
+    ref_logprobs: torch.Tensor
+    """(B, R) log-probs under the frozen reference."""
+    scores: torch.Tensor
+    """(B,) rewards from the reward function (before any KL penalty)."""
+    advantages: torch.Tensor
+    """(B, R) token-level advantages."""
+    returns: torch.Tensor
+    """(B, R) token-level returns."""
+    gold: Optional[torch.Tensor] = None
+    """(B,) gold reward, when the prompts are world prompts."""
+    policy_hidden: Optional[torch.Tensor] = None
+    """(B, P+R-1, D_p) R2M's h: pi_old's last-layer states over prompt+response (refreshed in the last epoch)."""
+    policy_mask: Optional[torch.Tensor] = None
+    """(B, P+R-1) 1 on the real positions of ``policy_hidden``."""
+    rm_embeddings: Optional[torch.Tensor] = None
+    """(B, D_m) the RM's reward token embeddings H_last from annotation (frozen backbone: reusable)."""
+    step: int = 0
+    """Training round t (0-based) the batch was made in."""
+    values: Optional[torch.Tensor] = None
+    """(B, R) the critic's values before each response token (ppo)."""
+    raw_scores: Optional[torch.Tensor] = None
+    """(B,) rewards before scaling/normalisation (equal to ``scores`` when no shaping is set)."""
+    n: int = 0
+    """Prompts in the batch."""
+    k: int = 1
+    """Samples per prompt."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.sequences.shape[0]
+
+    def select(self, idx: torch.Tensor) -> "Experience":
+        """The sub-batch of rows ``idx`` (group structure is not kept: use after advantages)."""
+        rows = idx.tolist()
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                kw[f.name] = v[idx.to(v.device)]
+            elif isinstance(v, list):
+                kw[f.name] = [v[i] for i in rows]
+            else:
+                kw[f.name] = v
+        return Experience(**kw)
+
+
+# Which advantage estimator each algorithm uses (PPO is GAE over a critic's values).
+ESTIMATOR_OF = {
+    Algorithm.RLOO: Estimator.RLOO,
+    Algorithm.GRPO: Estimator.GRPO,
+    Algorithm.REMAX: Estimator.REMAX,
+    Algorithm.REINFORCE_PP: Estimator.REINFORCE_PP,
+    Algorithm.REINFORCE_PP_BASELINE: Estimator.REINFORCE_PP_BASELINE,
+    Algorithm.DR_GRPO: Estimator.DR_GRPO,
+    Algorithm.PPO: Estimator.GAE,
+}
+
+
+class OldPass(NamedTuple):
+    logprobs: torch.Tensor  # (B, R) pi_old's log-probs of the sampled tokens
+    feedback: Optional[Feedback]  # R2M's h, when the reward reads it
+
+
+class HiddenStore(NamedTuple):
+    """Where and in which dtype R2M's h is kept between rollout and the RM update."""
+
+    device: Optional[torch.device]
+    """None: keep it where the policy computed it."""
+    dtype: torch.dtype
+
+    def put(self, h: torch.Tensor) -> torch.Tensor:
+        return h.detach().to(device=self.device or h.device, dtype=self.dtype)
+
+
+class Shaping(NamedTuple):
+    """Reward shaping between the reward function and the advantage estimator."""
+
+    scaling: str = "none"  # none | sigmoid_centered
+    normalize: bool = False  # running mean/std over the run
+    clip: float = 0.0  # 0: no clipping
+
+
+class ExperienceMaker:
+    """Turns prompts into an :class:`Experience`: sample, score, compare to the reference, estimate."""
+
+    def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer, reward_fn: RewardFunction, cfg: RLConfig,
+                 device: torch.device, gold_fn: Optional[RewardFunction] = None,
+                 hidden_store: HiddenStore = HiddenStore(None, torch.float32), critic: Optional[nn.Module] = None,
+                 shaping: Shaping = Shaping(), dist: Dist = Dist(), generator=None):
+
+        self.policy, self.ref, self.tokenizer = policy, ref, tokenizer
+        self.reward_fn, self.gold_fn = reward_fn, gold_fn
+        self.cfg, self.device = cfg, device
+        self.hidden_store = hidden_store
+        self.critic = critic
+        self.shaping = shaping
+        self.dist = dist
+        self.moments = RunningMoments() if shaping.normalize else None
+        self.params = AdvantageParams(gamma=cfg.gamma, lam=cfg.lam, whiten=cfg.whiten_advantages)
+        self.timer = PhaseTimer()
+        # Rollouts (and ReMax's greedy baseline) sample through this; h never comes from it (see make).
+        self.generator = generator or HFGenerator(policy, tokenizer.eos_token_id, tokenizer.pad_token_id, device)
+
+    def shape(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scale/normalise this rank's scores with the statistics of the global batch."""
+        s = self.shaping
+        scores = scale_rewards(scores, s.scaling)
+        if s.normalize or s.clip > 0:
+            n = scores.shape[0]
+            scores = self.dist.local_rows(normalize_rewards(self.dist.gather_rows(scores), self.moments, s.clip), n)
+        return scores
+
+    def decode(self, gen: Generation) -> list[str]:
+        resp = gen.sequences[:, gen.prompt_len:]
+        return [self.tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=False)
+                for r, m in zip(resp.cpu(), gen.action_mask.cpu())]
+
+    def _sample(self, prompt_ids: Sequence[Sequence[int]], temperature: float,
+                seeds: Optional[Sequence[int]] = None, keep: bool = False) -> Generation:
+        """Sample the rows; with ``seeds``, in len(seeds) equal chunks of rows, each from its own seed
+        and without touching the global RNG stream (samples then do not depend on how the global
+        batch is split over processes)."""
+        if not seeds:
+            return self._generate(prompt_ids, temperature, keep)
+        parts = []
+        devices = [self.device] if self.device.type == "cuda" else []
+        n = len(prompt_ids) // len(seeds)
+        for c, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                parts.append(self._generate(prompt_ids[c * n: (c + 1) * n], temperature, keep))
+        return concat_generations(parts, self.tokenizer.pad_token_id)
+
+    def _generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, keep: bool = False) -> Generation:
+        """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0).
+
+        ``keep``: with ``rl.old_logprobs=generation``, also pi_old's log-probs (and, for R2M, h) from it."""
+        size = self.cfg.rollout_batch_size or len(prompt_ids) or 1
+        extra = {}
+        if keep and self.cfg.old_logprobs == OldLogprobs.GENERATION:
+            extra = dict(with_logprobs=True, with_hidden=self.reward_fn.needs_policy_hidden)
+        parts = [self.generator.generate(prompt_ids[i: i + size], temperature, self.cfg.max_new_tokens, **extra)
+                 for i in range(0, len(prompt_ids), size)]
+        return concat_generations(parts, self.tokenizer.pad_token_id)
+
+    def _query(self, texts: list[str], gen: Generation, feedback: Optional[Feedback], step: int,
+               group_size: int = 0) -> RewardQuery:
+        h, m = feedback if feedback is not None else (None, None)
+        return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step, group_size=group_size)
+
+    def _old_pass(self, gen: Generation, with_hidden: bool) -> "OldPass":
+        """pi_old's log-probs and R2M's h (Algorithm 1 line 6): from the generation pass itself with
+        ``rl.old_logprobs=generation``, else from a second forward pass of the policy over the samples."""
+        if gen.logprobs is not None:
+            fb = Feedback(gen.hidden, feedback_mask(gen.attention_mask)) if with_hidden else None
+            return OldPass(gen.logprobs, fb)
+        old = self._forward(self.policy, gen, with_hidden)
+        return OldPass(old.logprobs, feedback_states(old.hidden, gen.attention_mask) if with_hidden else None)
+
+    def _greedy_baseline(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int) -> torch.Tensor:
+        """ReMax's baseline: the reward of one greedy response per prompt, (n,)."""
+        gen = self._sample(prompt_ids, temperature=0.0)
+        fb = None
+        if self.reward_fn.needs_policy_hidden:
+            with eval_mode(self.policy):
+                hidden = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, 1.0,
+                                          with_hidden=True).hidden
+            fb = feedback_states(hidden, gen.attention_mask)
+        return self.reward_fn(self._query(list(prompt_texts), gen, fb, step)).scores.to(self.device).float()
+
+    def _row_chunks(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Row indices of the no-grad passes, ``rl.rollout_batch_size`` at a time (all at once when 0)."""
+        return torch.arange(n).split(self.cfg.rollout_batch_size or n)
+
+    def _forward(self, model: nn.Module, gen: Generation, with_hidden: bool) -> Forward:
+        """``response_forward`` over the batch in row chunks: peak memory is one chunk's logits and states."""
+        parts = [response_forward(model, gen.sequences[r], gen.attention_mask[r], gen.prompt_len, self.cfg.temperature,
+                                  with_hidden=with_hidden) for r in self._row_chunks(gen.sequences.shape[0])]
+        if len(parts) == 1:
+            return parts[0]
+        return Forward(torch.cat([f.logprobs for f in parts]), None,
+                       torch.cat([f.hidden for f in parts]) if with_hidden else None)
+
+    def _advantages(self, scores: torch.Tensor, mask: torch.Tensor, baseline: Optional[torch.Tensor],
+                    values: Optional[torch.Tensor], kl: Optional[torch.Tensor]):
+        """The estimator on the global batch (whitening sees every rank's rows); this rank's rows back."""
+        d, K = self.dist, self.cfg.k
+        B, R = mask.shape
+        g = (lambda x: None if x is None else d.gather_rows(x))
+        adv = compute_advantages(
+            ESTIMATOR_OF[self.cfg.algorithm],
+            AdvantageInput(scores=g(scores).view(-1, K), mask=g(mask), baseline=g(baseline), values=g(values),
+                           kl_penalty=g(kl)),
+            self.params,
+        )
+        return d.local_rows(adv.advantages, B, R), d.local_rows(adv.returns, B, R)
+
+    @torch.no_grad()
+    def make(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int = 0,
+             beta: Optional[float] = None, seeds: Optional[Sequence[int]] = None) -> Experience:
+        """One rollout batch at training round ``step`` (0-based; R2M's ω(t) reads it).
+
+        ``beta`` is the current KL coefficient (the adaptive controller's); default ``rl.beta``.
+        ``seeds``: sample the prompts in that many equal chunks, one seed each (``rl.rollout_chunks``).
+        """
+        beta = self.cfg.beta if beta is None else beta
+        cfg, K = self.cfg, self.cfg.k
+        rep_texts = [t for t in prompt_texts for _ in range(K)]
+        with self.timer("generate"):
+            gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds, keep=True)
+        with_hidden = self.reward_fn.needs_policy_hidden
+        with self.timer("logprobs"), eval_mode(self.policy):
+            # R2M's h comes from the same pass of pi_old as its log-probs (generation or recompute), and
+            # never from vLLM (it returns no hidden states), so h does not depend on the backend.
+            old = self._old_pass(gen, with_hidden)
+            ref = self._forward(self.ref, gen, False)
+        query = self._query(rep_texts, gen, old.feedback, step, group_size=K)
+        with self.timer("reward"):
+            out = self.reward_fn(query)
+            raw = out.scores.to(self.device).float()  # (B,)
+            scores = self.shape(raw)
+            gold = self.gold_fn(query).scores.to(self.device).float() if self.gold_fn is not None else None
+        baseline = None
+        if cfg.algorithm == Algorithm.REMAX:
+            with self.timer("greedy_baseline"):
+                baseline = self.shape(self._greedy_baseline(prompt_texts, prompt_ids, step))
+        values = None
+        if self.critic is not None:
+            with self.timer("values"), eval_mode(self.critic):
+                values = torch.cat([response_values(self.critic, gen.sequences[r], gen.attention_mask[r], gen.prompt_len,
+                                                    position_ids(gen.attention_mask[r]))
+                                    for r in self._row_chunks(gen.sequences.shape[0])]) * gen.action_mask
+        mask_f = gen.action_mask.float()
+        kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask_f  # (B, R)
+        in_reward = cfg.kl_mode == KLMode.REWARD
+        advantages, returns = self._advantages(scores, mask_f, baseline, values, beta * kl_tok if in_reward else None)
+        return Experience(
+            prompts=rep_texts, responses=list(query.responses), sequences=gen.sequences,
+            attention_mask=gen.attention_mask, action_mask=gen.action_mask, prompt_len=gen.prompt_len,
+            old_logprobs=old.logprobs, ref_logprobs=ref.logprobs, scores=scores, advantages=advantages,
+            returns=returns, gold=gold, n=len(prompt_texts), k=K, step=step,
+            policy_hidden=self.hidden_store.put(query.policy_hidden) if with_hidden else None,
+            policy_mask=query.policy_mask, rm_embeddings=out.embeddings, values=values, raw_scores=raw,
+        )
+
+
+def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]:
+    """Rollout statistics of the global batch (every rank's rows); KL as the R2M paper measures it
+    (mean per-token log-prob difference)."""
+    g = dist.gather_rows
+    m = g(exp.action_mask.float())  # (B, R) over all ranks
+    B = m.shape[0]
+    lengths = m.sum(-1)  # (B,)
+    adv = g(exp.advantages)
+    adv_seq = (adv * m).sum(-1) / lengths.clamp(min=1)  # (B,)
+    scores = g(exp.scores)
+    raw = g(exp.raw_scores if exp.raw_scores is not None else exp.scores)
+    log_ratio = g(exp.old_logprobs - exp.ref_logprobs)
+    groups = scores.view(-1, exp.k)
+    out = {
+        "reward/proxy": raw.mean().item(),
+        "reward/proxy_std": raw.std().item() if B > 1 else 0.0,
+        "reward/shaped": scores.mean().item(),
+        "kl": masked_mean(log_ratio, m).item(),
+        # Sequence-level KL (sum over tokens): what adaptive-KL targets are stated in (TRL, SER).
+        "kl/seq_sum": (log_ratio * m).sum(-1).mean().item(),
+        "response/length": lengths.mean().item(),
+        "adv/mean": adv_seq.mean().item(),
+        "adv/std": adv_seq.std().item() if B > 1 else 0.0,
+        "groups/degenerate": (groups.max(-1).values - groups.min(-1).values < 1e-6).float().mean().item(),
+    }
+    if exp.gold is not None:
+        out["reward/gold"] = g(exp.gold).mean().item()
+    if exp.values is not None:
+        # Explained variance of the returns by the critic: 1 is perfect, <= 0 is no better than a constant.
+        returns, values = g(exp.returns), g(exp.values)
+        var_ret = masked_var(returns, m)
+        out["critic/explained_var"] = (1 - masked_var(returns - values, m) / var_ret.clamp(min=1e-8)).item()
+        out["critic/value_mean"] = masked_mean(values, m).item()
+    return out

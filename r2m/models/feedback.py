@@ -1,0 +1,93 @@
+"""R2M's policy feedback h from a policy forward pass, one definition for every path (rollout, the last-epoch
+refresh, evaluation, Table 3, the TRL integration, ``FeedbackRewardModel.score``), with the padding helpers it
+needs. In the models layer so that a reward model can compute h for texts without the experience layer."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses them (so log-probs match sampling)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and log-probs
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Run ``models`` in eval mode (no dropout), then restore each one's mode.
+
+    Rollout passes (sampling, pi_old's log-probs, values) are measurements of the current policy,
+    not training steps: with dropout on (e.g. LoRA's) pi_old would be a noisy sample and the first
+    update's ratio would not start at 1.
+    """
+    live = [m for m in models if m is not None]
+    modes = [m.training for m in live]
+    for m in live:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(live, modes):
+            m.train(mode)
+
+
+class Feedback(NamedTuple):
+    hidden: torch.Tensor  # (B, S-1, D_p)
+    mask: torch.Tensor  # (B, S-1)
+
+
+def feedback_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) -> (B, S-1): 1 on each row's valid positions except its own last one (see feedback_states)."""
+    m = attention_mask.long()  # (B, S)
+    positions = torch.arange(m.shape[1], device=m.device)  # (S,)
+    last = (positions * m).argmax(dim=-1, keepdim=True)  # (B, 1) each row's last valid position
+    keep = m.scatter(1, last, 0)  # (B, S) a row with no valid position stays all zero
+    return keep[:, :-1].to(attention_mask.dtype)
+
+
+def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedback:
+    """R2M's h from a forward pass: h_ij ∈ R^{(S_ij − 1) × D_p}, each row's own states without its own last token.
+
+    hidden (B, S, D_p), attention_mask (B, S) -> Feedback((B, S-1, D_p), (B, S-1)). The states at a row's
+    positions except its last valid one are those that produced the row's log-probs. The last valid
+    position is found per row, so the result does not depend on the padding side or on the other rows of
+    the batch; the batch's last column is then dropped (it holds no row's kept position).
+    """
+    return Feedback(hidden[:, :-1], feedback_mask(attention_mask))
+
+
+@torch.no_grad()
+def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                  device: torch.device) -> Feedback:
+    """R2M's h for arbitrary (prompt, response) texts, tokenised by the policy's own tokenizer.
+
+    The same :func:`feedback_states` as rollout, so an (x, y) gets the same h here (left-padded) as in a
+    rollout batch (left-padded prompt, right-padded response), up to float rounding.
+    """
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
+                 use_cache=False)
+    return feedback_states(out.hidden_states[-1], mask)

@@ -1,0 +1,358 @@
+"""Stages wired together, and the gold-reward world's artifacts built on demand.
+
+Every subcommand runs with no config file: when a path (policy, reward model, data) is left
+``None``, the world's artifact is used, and built first if it is not cached yet. The cache key is
+a hash of the configs that determine the artifact, so changing e.g. ``world.length_bias`` builds a
+new reward model while the RL seed never invalidates anything.
+
+    <run.root>/world/data-<h>/          prompts, demonstrations and preference pairs (JSONL)
+    <run.root>/world/policy-<h>/model   SFT policy (save_pretrained)
+    <run.root>/world/rmbase-<h>/model   SFT-trained LM of another width: the RM's backbone
+    <run.root>/world/rm-<h>/model       the proxy reward model (BT on the length-biased labels)
+    <run.root>/world/rm-check-<h>/model the monitor's check RM (the same recipe on the disjoint pref_policy pairs)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
+from r2m.runtime.distributed import sharded_state_dict
+from r2m.errors import ConfigError
+from r2m.world.seeds import rm_seed, sft_world
+from r2m.world.view import rm_prompt_view
+from r2m.data import datasets, jsonl as plain
+from r2m.models.reward import count_truncated as count_truncated_pairs
+from r2m.models.loading import build_world_lm, load_policy, load_reward_model, load_tokenizer, save_model
+from r2m.runtime.checkpoint import latest_checkpoint
+from r2m.runtime.runlock import wait_until_free
+from r2m.runtime.runlog import RunDir
+from r2m.updates.rm import make_trainable_rm, merged_rm_model, train_reward_model
+from r2m.updates.sft import count_truncated, sft_length, train_sft
+from r2m.updates.supervised import make_accelerator, resolve_mixed_precision
+from r2m.world import WorldFiles, build_tokenizer, generate_world
+
+log = logging.getLogger("r2m")
+
+
+def world_root(cfg: Config) -> Path:
+    return Path(cfg.run.root) / "world"
+
+
+def _must_build(done: Path, what: str) -> bool:
+    """True when ``what`` (cached at ``done``) must be built now.
+
+    Refused under a multi-process launch (torchrun / accelerate set WORLD_SIZE): the processes would all
+    build the same cache at once, and the world's SFT/RM training is a single-process job.
+    """
+    if done.exists():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{what} is not built yet ({done.parent}). With several processes the world cache must "
+                          "exist first: build it in one process with `r2m world --models` and the same config, "
+                          "overrides and mixed precision (a launcher's --mixed_precision / ACCELERATE_MIXED_PRECISION "
+                          "is part of the cache key), then launch again")
+
+    wait_until_free(done.parent)  # another process may be building this very cache: let it finish, then reuse it
+    return not done.exists()
+
+
+def world_data(cfg: Config):
+    """The world's JSONL files, generated once per world config."""
+    out = world_root(cfg) / f"data-{config_hash(cfg.world)}"
+    files = WorldFiles.in_dir(out)
+    if _must_build(files.summary, "the gold-reward world's data"):
+        log.info("generating the gold-reward world in %s", out)
+        files = generate_world(cfg.world, out)
+    return files
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Resolved paths of everything a run reads."""
+
+    policy: str
+    reward_model: Optional[str]
+    prompts: str
+    eval_prompts: str
+    sft: str
+    pref_train: str
+    pref_eval: str
+    pref_policy: str
+    world: bool
+    """True when the prompts are the world's (gold reward available)."""
+
+
+DATA_FIELDS = ("prompts", "eval_prompts", "sft", "pref_train", "pref_eval", "pref_policy")
+MODEL_FIELDS = (("policy.path", lambda c: c.policy.path), ("reward.path", lambda c: c.reward.path),
+                ("rm.init_from", lambda c: c.rm.init_from))
+
+
+def _is_world_artifact(path: str, cfg: Config) -> bool:
+    root = world_root(cfg).resolve()
+    p = Path(path).resolve()
+    return p == root or root in p.parents
+
+
+def user_models(cfg: Config) -> list[str]:
+    """``field=value`` of each model path set by the user: not the world's own (under <run.root>/world)."""
+    return [f"{name}={get(cfg)}" for name, get in MODEL_FIELDS
+            if get(cfg) is not None and not _is_world_artifact(get(cfg), cfg)]
+
+
+def rl_needs(cfg: Config) -> tuple[str, ...]:
+    """The data fields `r2m rl` reads: prompts, plus the held-out pairs of Table 3 (R2M, iterative head) and the
+    Pretrained-RM baseline's pairs."""
+    need = ["prompts", "eval_prompts"]
+    if cfg.reward.source == RewardSource.MODEL and (cfg.reward.r2m.enabled or
+                                                    cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
+        need.append("pref_eval")
+    if cfg.reward.source == RewardSource.MODEL and cfg.reward.baseline == RewardBaseline.PRETRAINED_RM:
+        need += ["pref_policy", "pref_eval"]
+    return tuple(dict.fromkeys(need))
+
+
+def ser_needs(cfg: Config) -> tuple[str, ...]:
+    """The data fields `r2m ser` reads: its pairs, and for the PPO stage the evaluation prompts (and the
+    training prompts with ser.ppo_prompts=world)."""
+    need = ["pref_train", "pref_eval"]
+    if cfg.ser.ppo:
+        need.append("eval_prompts")
+        if cfg.ser.ppo_prompts == PPOPrompts.WORLD:
+            need.append("prompts")
+    return tuple(need)
+
+
+def check_no_world(cfg: Config, need: Sequence[str]) -> None:
+    """Refuse a user's model with a data path left to the gold-reward world (its toy digit prompts).
+
+    The world fills every unset path only when no model path is a user's: a real model with the world's
+    prompts would train (or be evaluated) on text it was never meant for, without a word.
+    """
+    users = user_models(cfg)
+    if not users:
+        return
+    for name in need:
+        if getattr(cfg.data, name) is None:
+            raise ConfigError(f"data.{name}: must be set when a model is a user's ({', '.join(users)}); left unset, "
+                              "r2m would read the gold-reward world's toy data instead (docs/DATA.md)")
+    if cfg.reward.source == RewardSource.MODEL and cfg.reward.path is None and cfg.policy.path is not None \
+            and "prompts" in need:
+        raise ConfigError(f"reward.path: must be set when the policy is a user's (policy.path={cfg.policy.path}); "
+                          "left unset, r2m would train the gold-reward world's toy reward model")
+
+
+def data_paths(cfg: Config, need: Sequence[str] = DATA_FIELDS) -> dict[str, str]:
+    """Each data field's path: the user's, else the world's file. With a user's model, every field in ``need``
+    must be the user's (:func:`check_no_world`) and the others are left empty, so nothing reads a world file."""
+    d = cfg.data
+    check_no_world(cfg, need)
+    world_ok = not user_models(cfg)
+    needs_world = world_ok and None in tuple(getattr(d, n) for n in DATA_FIELDS)
+    files = world_data(cfg) if needs_world else None
+
+    def pick(value: Optional[str], name: str) -> str:
+        if value is not None:
+            return value
+        return str(getattr(files, name)) if files is not None else ""
+
+    return {n: pick(getattr(d, n), n) for n in DATA_FIELDS}
+
+
+def resolve_inputs(cfg: Config, need_policy: bool = True, need_rm: bool = True,
+                   need: Optional[Sequence[str]] = None) -> Inputs:
+    """Every path a run reads; ``need`` (default: what `r2m rl` reads) are the data fields that must be the
+    user's when a model is."""
+    paths = data_paths(cfg, rl_needs(cfg) if need is None else need)
+    policy = cfg.policy.path if cfg.policy.path is not None else (str(ensure_world_policy(cfg)) if need_policy else "")
+    rm = None
+    if need_rm and cfg.reward.source == RewardSource.MODEL:
+        rm = cfg.reward.path if cfg.reward.path is not None else str(ensure_world_rm(cfg))
+        if cfg.reward.baseline == RewardBaseline.PRETRAINED_RM:
+            rm = str(ensure_pretrained_rm(cfg, rm, paths["pref_policy"], paths["pref_eval"]))
+    return Inputs(policy=policy, reward_model=rm, world=cfg.data.prompts is None, **paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages (shared by the CLI subcommands and the world cache)
+# ---------------------------------------------------------------------------------------------
+
+
+def fresh_world_lm(cfg: Config, variant: str):
+    """A random Llama of the policy's (variant="policy") or the RM's (variant="rm") size."""
+    tok = build_tokenizer(variant)
+    arch = cfg.policy.arch if variant == "policy" else cfg.reward.arch
+    return build_world_lm(arch, tok, seed=cfg.world.seed + (0 if variant == "policy" else 1)), tok
+
+
+def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_dir: Path, run_name: str,
+            accelerator=None, trackers: bool = False, resume: bool = False):
+    """Fine-tune ``base`` (or a fresh world LM) on SFT rows; save to ``out_dir`` atomically.
+
+    With ``resume``, training continues from the run's latest checkpoint (``sft.save_every``)."""
+
+    if base is None:
+        model, tok = fresh_world_lm(cfg, variant)
+    else:
+        tok = load_tokenizer(base, cfg.policy.trust_remote_code)
+        model = load_policy(base, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.run.allow_unsafe_weights)
+    rows = read_rows(cfg, "sft", sft_path, tok)
+    acc = accelerator or make_accelerator(cfg, str(Path(cfg.run.root) / run_name) if trackers else None)
+    run = RunDir(cfg, acc if trackers else None, name=run_name, resume_step=_resume_step(cfg, run_name, resume))
+    t0 = time.perf_counter()
+    result = train_sft(model, tok, rows, cfg, acc, run, seed=cfg.world.seed, checkpoint_dir=run.checkpoints,
+                       resume=resume)
+    state = sharded_state_dict(acc, model)  # FSDP / ZeRO-3: gathered on every rank
+    if acc.is_main_process:  # one writer: the replicas are identical
+        save_model(acc.unwrap_model(model), tok, out_dir, state)
+    acc.wait_for_everyone()
+    run.amend_last({"time/sft_total_s": time.perf_counter() - t0,
+                    "data/sft_truncated": count_truncated(tok, rows, sft_length(cfg, acc.unwrap_model(model)))})
+    run.close()
+    return result
+
+
+def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str], out_dir: Path, run_name: str,
+           accelerator=None, trackers: bool = False, resume: bool = False, adapt: bool = False):
+    """Bradley-Terry RM training from ``init_from`` (a causal LM or an RM); saves to ``out_dir``.
+
+    With ``resume``, training continues from the run's latest checkpoint (``rm.save_every``). With ``adapt``
+    it honours reward.lora and reward.gradient_checkpointing (the world's own RM never does); the saved RM
+    is a plain merged checkpoint either way."""
+    import torch
+
+    tok = load_tokenizer(init_from, cfg.reward.trust_remote_code)
+    rows = read_rows(cfg, "pref_train", train_path, tok)
+    eval_rows = read_rows(cfg, "pref_eval", eval_path, tok) if eval_path else None
+    seed = rm_seed(cfg.world)  # world.rm_seed when set (bench seeds vary the RM), else world.seed as before
+    with torch.random.fork_rng():
+        # A new score head is drawn here: from a fixed seed, so the same config trains the same RM.
+        torch.manual_seed(seed)
+        model = load_reward_model(init_from, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
+                                  cfg.run.allow_unsafe_weights)
+        trainable = make_trainable_rm(model, tok, cfg.reward.lora if adapt else None,
+                                      adapt and cfg.reward.gradient_checkpointing, base_path=init_from)
+    rm = trainable.rm
+    rm.set_max_length(cfg.reward.max_length)
+    rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world's RM trains on the view it scores with
+    acc = accelerator or make_accelerator(cfg, str(Path(cfg.run.root) / run_name) if trackers else None)
+    run = RunDir(cfg, acc if trackers else None, name=run_name, resume_step=_resume_step(cfg, run_name, resume))
+    t0 = time.perf_counter()
+    result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=seed,
+                                checkpoint_dir=run.checkpoints, resume=resume)
+    state = sharded_state_dict(acc, rm.model) if trainable.peft is None else None
+    if acc.is_main_process:
+        save_model(merged_rm_model(trainable), tok, out_dir, state)
+    acc.wait_for_everyone()
+    run.amend_last({"time/rm_total_s": time.perf_counter() - t0, "data/rm_truncated": count_truncated_pairs(rm, rows)})
+    run.close()
+    return result
+
+
+def precision_part(cfg: Config) -> tuple:
+    """The autocast mode as a cache-key part: empty in full precision, so those keys never change."""
+    mp = resolve_mixed_precision(cfg)
+    return () if mp == "no" else ({"mixed_precision": mp},)
+
+
+def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
+    """The step of the latest complete checkpoint of ``run_name`` when resuming, else None."""
+    latest = latest_checkpoint(Path(cfg.run.root) / run_name / "checkpoints") if resume else None
+    return int(latest.name.split("-")[1]) if latest is not None else None
+
+
+def ensure_world_policy(cfg: Config) -> Path:
+    key = config_hash(sft_world(cfg.world), cfg.policy.arch, cfg.sft, *precision_part(cfg))
+    out = world_root(cfg) / f"policy-{key}" / "model"
+    if _must_build(out, "the world's SFT policy"):
+        log.info("training the world's SFT policy into %s", out)
+        run_sft(cfg, None, "policy", str(world_data(cfg).sft), out, f"world/policy-{key}", resume=True)
+    return out
+
+
+def ensure_world_rm_backbone(cfg: Config) -> Path:
+    key = config_hash(sft_world(cfg.world), cfg.reward.arch, cfg.sft, *precision_part(cfg))
+    out = world_root(cfg) / f"rmbase-{key}" / "model"
+    if _must_build(out, "the world's RM backbone"):
+        log.info("training the world's RM backbone (an SFT LM of width %d) into %s", cfg.reward.arch.hidden_size, out)
+        run_sft(cfg, None, "rm", str(world_data(cfg).sft), out, f"world/rmbase-{key}", resume=True)
+    return out
+
+
+def ensure_world_rm(cfg: Config) -> Path:
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, *precision_part(cfg))
+    out = world_root(cfg) / f"rm-{key}" / "model"
+    if _must_build(out, "the world's proxy reward model"):
+        files = world_data(cfg)
+        init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
+        log.info("training the world's proxy reward model into %s", out)
+        run_rm(cfg, init, str(files.pref_train), str(files.pref_eval), out, f"world/rm-{key}", resume=True)
+    return out
+
+
+def world_check_rm_dir(cfg: Config) -> Path:
+    """Where the world's check RM is cached (built or not)."""
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, {"check_rm": "pref_policy"},
+                      *precision_part(cfg))
+    return world_root(cfg) / f"rm-check-{key}" / "model"
+
+
+def ensure_world_check_rm(cfg: Config) -> Path:
+    """The over-optimisation monitor's check RM (rl.monitor.check_rm left null): the proxy RM's recipe (same
+    backbone, rm config) on the world's pref_policy pairs, disjoint from the proxy RM's pref_train."""
+    out = world_check_rm_dir(cfg)
+    key = out.parent.name[len("rm-check-"):]
+    if _must_build(out, "the monitor's check reward model"):
+        files = world_data(cfg)
+        init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
+        log.info("training the monitor's check reward model (on pref_policy) into %s", out)
+        run_rm(cfg, init, str(files.pref_policy), str(files.pref_eval), out, f"world/rm-check-{key}", resume=True)
+    return out
+
+
+def ensure_pretrained_rm(cfg: Config, rm_path: str, pairs: str, eval_pairs: str) -> Path:
+    """The Pretrained-RM baseline: ``rm_path`` further trained with BT on the policy prompts' pairs.
+
+    Cached by (RM path, pairs file, rm config, pretrain lr/epochs).
+    """
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled else []  # keys of full fine-tuning stay as they were
+    key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs,
+                      *lora, *precision_part(cfg))
+    out = world_root(cfg) / f"rm-pretrained-{key}" / "model"
+    if _must_build(out, "the Pretrained-RM baseline's reward model"):
+        log.info("training the Pretrained-RM baseline into %s", out)
+        pre = replace_path(cfg, rm__lr=cfg.reward.pretrain_lr, rm__epochs=cfg.reward.pretrain_epochs)
+        run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}", adapt=True)
+    return out
+
+
+EVAL_FILES = ("eval_prompts", "pref_eval")
+
+
+def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
+    """The rows of data file ``name`` (a ``DataConfig`` path field) read from ``path``.
+
+    World files and ``data.format=plain`` go through :mod:`r2m.data.jsonl` (errors name file and line); a
+    path set by the user in another format goes through the adapters of :mod:`r2m.data.datasets`.
+    Prompt files give a list of prompt strings; the others give row dicts.
+    """
+    d = cfg.data
+    # A path the user set (under any data field) is read in its format (data.formats.<name>, else data.format);
+    # world files are plain.
+    user_path = str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
+    fmt = getattr(d.formats, name, None) or d.format
+    kind = "prompts" if name in ("prompts", "eval_prompts") else ("sft" if name == "sft" else "preferences")
+    if not user_path or fmt == "plain":
+        return {"prompts": plain.read_prompts, "sft": plain.read_sft, "preferences": plain.read_preferences}[kind](path)
+
+    load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
+    split = getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
+    rows = load(path, fmt, split, tokenizer,
+                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
+                datasets.Source(d.config, d.streaming))
+    return [r["prompt"] for r in rows] if kind == "prompts" else rows

@@ -1,0 +1,53 @@
+"""The RL run's evaluation: the policy on the fixed prompt set every rl.eval_every steps, and R2M's Table 3
+(held-out pairwise accuracy of the vanilla RM and of R2M before/after the run)."""
+
+from __future__ import annotations
+
+import logging
+
+from r2m.eval.policy import sample_policy, summarize
+from r2m.eval.rm_accuracy import feedback_pairwise_accuracy, vanilla_pairwise_accuracy
+from r2m.recipes.pipeline import read_rows
+
+log = logging.getLogger("r2m")
+
+
+
+class EvaluationMixin:
+    """Evaluation and Table 3 of :class:`r2m.recipes.rl.run.RLRun`."""
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        samples = sample_policy(self.acc.unwrap_model(self.policy), self.tok, self.evalp.texts, self.evalp.ids,
+                                self.cfg.eval, self.cfg.rl.max_new_tokens, self.device, ref=self.ref,
+                                reward_fn=self.reward_fn, gold_fn=self.gold_fn, kl_temperature=self.cfg.rl.temperature,
+                                step=max(step - 1, 0))
+        if self.sft_samples is None:
+            self.sft_samples = samples if step == 0 else self._reference_samples()
+        self.final_eval = summarize(samples, self.sft_samples if step > 0 else None)
+        self.final_eval.update(self.watch.observe(step, samples, self.sft_samples, self.final_eval))
+        return self.final_eval
+
+    def _reference_samples(self):
+        """The SFT policy's evaluation samples (after a resume): the reference is the SFT policy, and the
+        evaluation seed is fixed, so these are exactly the step-0 samples."""
+        return sample_policy(self.ref, self.tok, self.evalp.texts, self.evalp.ids, self.cfg.eval,
+                             self.cfg.rl.max_new_tokens, self.device, gold_fn=self.gold_fn)
+
+    def rm_accuracy(self) -> dict[str, float]:
+        """Table 3: held-out pairwise accuracy without feedback, and R2M's before/after with ω(T)."""
+        if self.rm_updater is None:
+            return {}
+        model, rows = self.rm_updater.model, read_rows(self.cfg, "pref_eval", self.inputs.pref_eval, self.tok)
+        w = self.reward_fn.omega(self.cfg.rl.steps)
+        out = {}
+        acc = vanilla_pairwise_accuracy(model, rows)
+        out.update({"rm_acc/vanilla": acc.accuracy, "rm_acc/vanilla_gold": acc.gold_accuracy})
+        # Without fusion (iterative_head) the score ignores h: before/after then compare heads only.
+        trained = model.trainable_state()
+        model.load_trainable_state(self.initial_rm_state)
+        before = feedback_pairwise_accuracy(model, self.ref, self.tok, rows, w, self.device)
+        model.load_trainable_state(trained)
+        after = feedback_pairwise_accuracy(model, self.acc.unwrap_model(self.policy), self.tok, rows, w, self.device)
+        out.update({"rm_acc/r2m_before": before.accuracy, "rm_acc/r2m_before_gold": before.gold_accuracy,
+                    "rm_acc/r2m_after": after.accuracy, "rm_acc/r2m_after_gold": after.gold_accuracy})
+        return out

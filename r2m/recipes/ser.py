@@ -1,0 +1,525 @@
+"""SER: Self-Evolved Reward Learning (Huang et al., arXiv 2411.00418), end to end (``r2m ser``).
+
+    splits      data.pref_train -> SFT : RM : PPO (0.3 : 0.65 : 0.05); RM -> labelled seed (15%) + unlabelled
+                pool; the labelled seed -> seed training pairs + D_val (no prompt in both)
+    Loop 0      seed RM: ser.loss on the seed pairs for ser.seed_steps optimiser steps
+    Loop k      calibrate the current RM's scores on D_val (ser.calibration), then its status (Eq. 2-3 and
+                the Status 1 -> Status 2 shift of Sec. 3.1)                  -> STOP ends the loop
+                self-label: calibrated probabilities of both answers of every unlabelled pair (Eq. 1)
+                filter by the status (Eq. 4), oriented so the higher-scored answer is the chosen one
+                                                                      -> an empty filter ends the loop
+                retrain (ser.loss) on the filtered pairs (plus the seed's with ser.retrain_data), from the
+                current or the seed RM
+    baselines   Full: ser.loss on every labelled pair of the RM part (SER Table 1)
+    kept        the last loop's RM, or the best on D_val (ser.keep)
+    PPO         the kept RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
+
+The pure rules live in ``ser_status`` (calibration, status, filters, loss), the data in ``ser_data`` and the
+report in ``ser_report``; every name is re-exported here. Every loop writes its RM, a metrics row and the
+loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+from r2m.config import (Config, PairLoss, PPOPrompts, RetrainData, RetrainFrom, RMConfig, SERConfig, SERVariant,
+                        config_hash, to_dict)
+from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
+from r2m.updates.supervised import LoopResult
+from r2m.updates.rm import TrainableRM, make_trainable_rm, merged_rm_model
+from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
+    PairSet,
+    PseudoQuality,
+    SERSplits,
+    SplitSizes,
+    UnlabeledPool,
+    ValSplit,
+    labelled_pairs,
+    make_splits,
+    pool_accuracy,
+    pseudo_pairs,
+    pseudo_quality,
+    split_by_prompt,
+    split_sizes,
+    write_splits,
+)
+from r2m.reports.ser_report import (  # noqa: F401  (re-exported)
+    STATE_FILE,
+    decision_lines,
+    loop_table,
+    plot_accuracy,
+    plot_data_fraction,
+    print_loop,
+    print_report,
+    ser_table,
+    write_report,
+)
+from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
+    Kept,
+    LearningStatus,
+    ScoreCalibration,
+    Selection,
+    StatusDecision,
+    StatusEvidence,
+    calibrate,
+    filter_pairs,
+    kept_loop,
+    learning_status,
+    pair_loss,
+    platt_scale,
+    release_filter,
+    status_evidence,
+)
+from r2m.config import replace_path
+from r2m.errors import ConfigError
+from r2m.models.loading import load_reward_model, load_tokenizer, save_model
+from r2m.models.lora import enable_gradient_checkpointing
+from r2m.models.reward import RewardModel
+from r2m.recipes.pipeline import (data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs,
+                                  user_models, world_data)
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser_resume import LoopState, StopReason, before_damaged_rm
+from r2m.runtime.runlog import RunDir
+from r2m.updates.rm import fit_pairs
+from r2m.updates.supervised import make_accelerator, set_threads
+from r2m.utils import resolve_device, seed_everything
+
+log = logging.getLogger("r2m")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward-model training on pairs (BT or the Eq. 5 hinge; full fine-tuning or LoRA)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
+    """An RM from ``init`` (a causal LM gets a fresh score head), with LoRA adapters when ``ser.lora`` (SER's
+    settings) or else ``reward.lora``, and gradient checkpointing when ``reward.gradient_checkpointing``."""
+    tok = load_tokenizer(init, cfg.reward.trust_remote_code)
+    model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
+                              cfg.run.allow_unsafe_weights)
+    if not cfg.ser.lora:
+        trainable = make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
+        trainable.rm.set_max_length(cfg.reward.max_length)
+        return trainable
+    from peft import LoraConfig, TaskType, get_peft_model  # heavy: lazy
+
+    # SER App. C.3. modules_to_save keeps the score head trainable (a fresh head must learn).
+    lora = LoraConfig(r=cfg.ser.lora_r, lora_alpha=cfg.ser.lora_alpha, lora_dropout=cfg.ser.lora_dropout,
+                      task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
+    peft_model = get_peft_model(model, lora)
+    if cfg.reward.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
+    return TrainableRM(RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length), peft_model)
+
+
+def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
+    """Save as a plain sequence-classification checkpoint (LoRA merged) and return the RM to evaluate."""
+    model = merged_rm_model(trainable)
+    save_model(model, trainable.rm.tokenizer, out_dir)
+    return RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
+
+
+def steps_config(rmc: RMConfig, n_pairs: int, steps: int) -> RMConfig:
+    """``rmc`` set to exactly ``steps`` optimiser steps over ``n_pairs`` pairs (whatever rm.epochs says)."""
+    epochs = math.ceil(steps * rmc.batch_size / n_pairs)  # passes enough for ``steps`` batches; max_steps cuts
+    return dataclasses.replace(rmc, epochs=float(epochs), max_steps=steps)
+
+
+def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig, accelerator, run, seed: int,
+                show_progress: bool = True) -> LoopResult:
+    """Train ``rm`` on ``pairs`` with the pairwise ``loss``; returns the steps and the last window's mean loss.
+
+    The RM trainer's own fitting (:func:`r2m.updates.rm.fit_pairs`) with SER's loss and, as SER App. C.3
+    does, a linear learning-rate decay.
+    """
+    result = fit_pairs(rm, pairs.prompts, pairs.chosen, pairs.rejected, cfg, accelerator, run, seed,
+                       pair_loss=lambda c, r: pair_loss(c, r, loss, margin), linear_decay=True,
+                       show_progress=show_progress)
+    accelerator.free_memory()  # drop the accelerator's references to this model and optimiser
+    return result
+
+
+class FitResult(NamedTuple):
+    rm: torch.nn.Module
+    """The trained RM (eval mode)."""
+    path: Path
+    """Where it was saved."""
+    final_loss: float
+    wall_s: float
+    steps: int
+    """Optimiser steps taken."""
+
+
+def fit_rm(cfg: Config, accelerator, init: str, pairs: PairSet, loss: PairLoss, out_dir: Path, name: str,
+           seed: int, steps: int = 0) -> FitResult:
+    """Build an RM from ``init``, train it on ``pairs`` (``steps`` optimiser steps, or 0: rm.epochs), save it to
+    ``out_dir``; its curve goes to ``<name>/``."""
+    t0 = time.perf_counter()
+    seed_everything(seed)  # the fresh score head and LoRA's init: the same whether resumed or not
+    trainable = build_trainable_rm(cfg, init)
+    run = RunDir(cfg, None, name=name)
+    rmc = steps_config(cfg.rm, len(pairs.prompts), steps) if steps else cfg.rm
+    result = train_pairs(trainable.rm, pairs, loss, cfg.ser.margin, rmc, accelerator, run, seed, cfg.run.progress)
+    rm = save_trainable_rm(trainable, out_dir)
+    return FitResult(rm, out_dir, result.final_loss, time.perf_counter() - t0, result.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+class PairProbs(NamedTuple):
+    """Probabilities in (0, 1) of the two answers of each pair, (N,) each: the p and s of Eq. 2-4."""
+
+    p1: torch.Tensor
+    p2: torch.Tensor
+
+
+class PairScores(NamedTuple):
+    """Raw RM scores of the two answers of each pair, (N,) each, on the CPU."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def probs(self, cal: ScoreCalibration = ScoreCalibration(0.0, 1.0)) -> PairProbs:
+        """Mapped into (0, 1) before any threshold (SER App. C.3), by ``cal`` (default: the plain sigmoid)."""
+        return PairProbs(cal.probs(self.a), cal.probs(self.b))
+
+
+def score_pairs(rm, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> PairScores:
+    return PairScores(rm.score_texts(list(prompts), list(a)), rm.score_texts(list(prompts), list(b)))
+
+
+def score_rows(rm, rows: Sequence[dict]) -> PairScores:
+    """Scores of (chosen, rejected) of labelled rows."""
+    pairs = labelled_pairs(rows)
+    return score_pairs(rm, pairs.prompts, pairs.chosen, pairs.rejected)
+
+
+class RMEval(NamedTuple):
+    val: RMAccuracy
+    test: RMAccuracy
+    val_scores: PairScores
+    """Chosen/rejected scores on D_val (the next loop's learning status reads them)."""
+
+
+def evaluate_rm(rm, val_rows: Sequence[dict], test_rows: Sequence[dict]) -> RMEval:
+    val_scores = score_rows(rm, val_rows)
+    test_scores = score_rows(rm, test_rows)
+    return RMEval(accuracy_from_scores(val_scores.a, val_scores.b, val_rows),
+                  accuracy_from_scores(test_scores.a, test_scores.b, test_rows), val_scores)
+
+
+def _eval_metrics(ev: RMEval) -> dict[str, float]:
+    return {"ser/val_acc": ev.val.accuracy, "ser/val_gold_acc": ev.val.gold_accuracy,
+            "ser/test_acc": ev.test.accuracy, "ser/test_gold_acc": ev.test.gold_accuracy}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop state (checkpoint / resume)
+# ---------------------------------------------------------------------------------------------
+
+
+STATUS_CODE = {"seed": 0.0, LearningStatus.STATUS1.value: 1.0, LearningStatus.STATUS2.value: 2.0, "release": 3.0}
+"""``ser/status`` in metrics.jsonl: 0 Loop 0 (seed), 1 Status 1, 2 Status 2, 3 the release variant's OR filter."""
+
+
+def state_key(cfg: Config) -> str:
+    """What determines the loop's trajectory; max_loops, ser.keep and the PPO stage may change on resume."""
+    loop_only = {k: v for k, v in to_dict(cfg.ser).items() if k not in ("max_loops", "keep") and not k.startswith("ppo")}
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora else []  # old keys stay valid
+    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_only,
+                       *lora, *precision_part(cfg))
+
+
+def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
+    if cfg.run.resume != "auto":
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        return None
+    state = LoopState.load(run_dir)
+    if state is not None and state.key != state_key(cfg):
+        raise ConfigError(f"run.resume: {run_dir / STATE_FILE} was written by another SER config (data, world, rm "
+                          f"or ser settings differ); use another run.name or run.resume=never")
+
+    return before_damaged_rm(state, run_dir) if state is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SERResult:
+    run_dir: Path
+    history: list
+    """One row per completed loop (see :class:`LoopState`)."""
+    table: tuple
+    """SER Table 1: (headers, rows) for Loop 0, SER and Full."""
+    stop: Optional[dict]
+    full: dict
+    ppo: Optional[dict]
+    final_rm: Path
+    """The kept RM (``ser.keep``)."""
+    kept: dict
+    """{"loop", "reason"}: which loop's RM is SER's result, and why."""
+
+
+class SERRun:
+    """State shared by the stages of one ``r2m ser`` run."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        set_threads(cfg)
+        self.run_dir = Path(cfg.run.root) / cfg.run.name
+        paths = data_paths(cfg, ser_needs(cfg))
+        self.splits = make_splits(read_rows(cfg, "pref_train", paths["pref_train"]), cfg.ser, cfg.run.seed)
+        self.test_rows = read_rows(cfg, "pref_eval", paths["pref_eval"])
+        self.init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
+        self.state = _resume_state(cfg, self.run_dir)
+        self.acc = make_accelerator(cfg, str(self.run_dir))
+        self.run = RunDir(cfg, self.acc, resume_step=self.state.loop if self.state else None)
+        self.sizes = write_splits(self.splits, self.run_dir / "splits")
+        self.rm = None  # the current RM in memory (loaded from the state's rm_dir when resuming)
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.run_dir))
+
+    def fit(self, init: str, pairs: PairSet, tag: str, seed_offset: int, steps: int = 0) -> FitResult:
+        """Train with the run's one pairwise loss (``ser.loss``; the release variant: BT)."""
+        out = self.run_dir / tag / "checkpoints" / "final"
+        return fit_rm(self.cfg, self.acc, init, pairs, self.cfg.ser.retrain_loss, out, f"{self.cfg.run.name}/{tag}",
+                      self.cfg.run.seed + 1009 * seed_offset, steps)
+
+    def current_rm(self, state: LoopState):
+        if self.rm is None:
+            self.rm = _load_rm(self.cfg, self.run_dir / state.rm_dir)
+        return self.rm
+
+    def record(self, loop: int, status: str, metrics: dict[str, float], decision: str) -> dict:
+        """Log loop ``loop``'s row to metrics.jsonl and return its history entry (with the decision's reason)."""
+        self.run.log({"ser/status": STATUS_CODE[status], **metrics}, loop)
+        return {"loop": loop, "status": status, "decision": decision, **metrics}
+
+    # ------------------------------------------------------------------ stages
+
+    def loop0(self) -> LoopState:
+        t0 = time.perf_counter()
+        pairs = labelled_pairs(self.splits.seed)
+        fit = self.fit(self.init, pairs, "loop-0", 0, self.cfg.ser.seed_steps)
+        ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
+        n = len(pairs.prompts)
+        row = self.record(0, "seed", {"ser/selected": n, "ser/selected_frac": n / len(self.splits.rm),
+                                      "ser/train_pairs": n, "ser/train_steps": fit.steps, **_eval_metrics(ev),
+                                      "ser/train_loss": fit.final_loss, "ser/wall_s": time.perf_counter() - t0},
+                          f"seed RM: {n} human-labelled pairs, {fit.steps} steps")
+        print_loop(row)
+        state = LoopState(key=state_key(self.cfg), loop=0, rm_dir=self.rel(fit.path), seed_dir=self.rel(fit.path),
+                          history=[row])
+        state.save(self.run_dir)
+        self.rm = fit.rm
+        return state
+
+    def decide(self, state: LoopState, rm) -> "Decided":
+        """Calibrate the current RM on D_val, measure the status evidence, pick the status and filter the pool."""
+        ser = self.cfg.ser
+        val = score_rows(rm, self.splits.val)
+        cal = calibrate(val.a, val.b, ser.calibration)
+        p_c, p_r = val.probs(cal)  # (V,) each
+        evidence = status_evidence(p_c, p_r, ser.tau_high, ser.tau_low, *last_loop(state.history))
+        pool = self.splits.unlabeled
+        raw = score_pairs(rm, pool.prompts, pool.first, pool.second)
+        s1, s2 = raw.probs(cal)  # (N,) each
+        if ser.variant == SERVariant.RELEASE:
+            return Decided("release", "release variant: no status, OR of both filters", evidence, cal, raw,
+                           release_filter(s1, s2, ser.tau_high, ser.tau_low, ser.filter_delta))
+        decision = learning_status(evidence, ser.tau_delta, ser.min_status1, ser.marginal_gain)
+        sel = filter_pairs(s1, s2, decision.status, ser.tau_high, ser.tau_low, ser.filter_delta)
+        return Decided(decision.status.value, decision.reason, evidence, cal, raw, sel)
+
+    def next_loop(self, state: LoopState) -> None:
+        """One self-labelling loop: advances ``state`` by a loop, or sets ``state.stop`` when the loop ends."""
+        ser, k = self.cfg.ser, state.loop + 1
+        t0 = time.perf_counter()
+        d = self.decide(state, self.current_rm(state))
+        print(f"[ser] loop {k} decision: {d.status} ({d.reason})", flush=True)
+        if d.status == LearningStatus.STOP.value:
+            return self._stop(state, StopReason.STATUS, k, d)
+        if not len(d.sel.index):
+            return self._stop(state, StopReason.EMPTY, k, d)
+        pool = self.splits.unlabeled
+        quality = pseudo_quality(pool, d.sel)
+        pairs = pseudo_pairs(pool, d.sel)
+        if ser.retrain_data == RetrainData.FILTERED_PLUS_SEED:
+            seed = labelled_pairs(self.splits.seed)
+            pairs = PairSet(pairs.prompts + seed.prompts, pairs.chosen + seed.chosen, pairs.rejected + seed.rejected)
+        init = self.run_dir / (state.rm_dir if ser.retrain_from == RetrainFrom.CURRENT else state.seed_dir)
+        fit = self.fit(str(init), pairs, f"loop-{k}", k)
+        ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
+        n = len(d.sel.index)
+        row = self.record(k, d.status, {
+            "ser/selected": n, "ser/selected_frac": n / len(self.splits.rm), "ser/selected_frac_pool": n / len(pool),
+            "ser/train_pairs": len(pairs.prompts), "ser/train_steps": fit.steps,
+            "ser/pseudo_acc": quality.label_acc, "ser/pseudo_gold_acc": quality.gold_acc,
+            "ser/pool_acc": pool_accuracy(pool, d.raw.a, d.raw.b), **_evidence_metrics(d),
+            **_eval_metrics(ev), "ser/train_loss": fit.final_loss, "ser/wall_s": time.perf_counter() - t0},
+            d.reason)
+        print_loop(row)
+        state.loop, state.rm_dir = k, self.rel(fit.path)
+        state.history.append(row)
+        state.save(self.run_dir)
+        self.rm = fit.rm
+
+    def _stop(self, state: LoopState, reason: StopReason, k: int, d: "Decided") -> None:
+        ev = d.evidence
+        state.stop = {"reason": reason.value, "loop": k, "decision": d.reason, **_evidence_metrics(d),
+                      "confident": ev.confident, "delta_p": ev.delta_p}
+        state.save(self.run_dir)
+        print(f"[ser] loop {k}: {reason.value} (validation: {ev.confident}/{ev.n} confident pairs, "
+              f"delta_p {ev.delta_p:.3f}, last gain {ev.gain:+.4f}); the loop ends", flush=True)
+
+    def full(self, state: LoopState) -> dict:
+        """The Full baseline: ``ser.loss`` on every labelled pair of the RM part (trained once, kept in the state)."""
+        if state.full is None:
+            fit = self.fit(self.init, labelled_pairs(self.splits.rm), "full", 10_000)
+            ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
+            state.full = {"rm_dir": self.rel(fit.path), "ser/selected": len(self.splits.rm), **_eval_metrics(ev),
+                          "ser/train_steps": fit.steps, "ser/wall_s": fit.wall_s}
+            state.save(self.run_dir)
+        return state.full
+
+    def ppo(self, state: LoopState, rm_dir: str) -> dict:
+        """PPO with the kept RM (rerun when an earlier result used another RM)."""
+        if state.ppo is None or state.ppo["rm_dir"] != rm_dir:
+            res = run_rl(ppo_config(self.cfg, self.run_dir / rm_dir, self.run_dir / "splits" / "ppo_prompts.jsonl"))
+            nan = float("nan")
+            sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
+            f = res.final_eval
+            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": rm_dir, "steps": self.cfg.ser.ppo_steps,
+                         "sft_gold": sft.get("eval/gold", nan),
+                         **{k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft",
+                                              "eval/proxy", "eval/kl", "eval/length", "eval/exact_match") if k in f},
+                         "sft_length": sft.get("eval/length", nan), "wall_s": res.wall_s}
+            state.save(self.run_dir)
+        return state.ppo
+
+
+class Decided(NamedTuple):
+    """One loop's decision and what it was made on."""
+
+    status: str
+    """A :class:`LearningStatus` value, or "release"."""
+    reason: str
+    evidence: StatusEvidence
+    cal: ScoreCalibration
+    raw: PairScores
+    """The current RM's raw scores of the unlabelled pool."""
+    sel: Selection
+
+
+def _evidence_metrics(d: Decided) -> dict[str, float]:
+    ev = d.evidence
+    return {"ser/val_confident": ev.confident, "ser/val_delta_p": ev.delta_p, "ser/val_n": ev.n,
+            "ser/status1_gain": ev.gain, "ser/cal_centre": d.cal.centre, "ser/cal_scale": d.cal.scale}
+
+
+class LastLoop(NamedTuple):
+    """The loop that made the current RM, as the status rule reads it."""
+
+    status: Optional[LearningStatus]
+    """None for the seed RM (and the release variant, which has no status)."""
+    gain: float
+    """Its validation accuracy minus the loop before it (NaN with no status)."""
+
+
+def last_loop(history: Sequence[dict]) -> LastLoop:
+    last = history[-1]
+    if last["status"] not in (LearningStatus.STATUS1.value, LearningStatus.STATUS2.value):
+        return LastLoop(None, float("nan"))
+    return LastLoop(LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"])
+
+
+def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
+    """The RL config of SER's PPO stage: the evolved RM, sigmoid-centred rewards, SER's KL settings."""
+    ser = cfg.ser
+    split = ser.ppo_prompts == PPOPrompts.SPLIT
+    prompts = str(split_prompts) if split else cfg.data.prompts
+    # The split's prompt file is r2m's plain JSONL, whatever data.format the source pairs had.
+    fmt = "plain" if split else cfg.data.formats.prompts
+    eval_prompts = cfg.data.eval_prompts
+    if not user_models(cfg):
+        # A SER run in the gold-reward world: the evolved RM is a path now, so name the world's files (r2m refuses
+        # to fill a data path behind a model path by itself).
+        files = world_data(cfg)
+        eval_prompts = eval_prompts or str(files.eval_prompts)
+        prompts = prompts or str(files.prompts)
+    return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", rl__steps=ser.ppo_steps,
+                        reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
+                        rl__beta=ser.ppo_beta, rl__kl_adaptive=ser.ppo_kl_adaptive, rl__kl_target=ser.ppo_kl_target,
+                        data__prompts=prompts, data__formats__prompts=fmt, data__eval_prompts=eval_prompts)
+
+
+def run_ser(cfg: Config) -> SERResult:
+    """Splits, Loop 0, self-labelling loops until STOP / an empty filter / ser.max_loops, the Full baseline,
+    then PPO with the kept RM; resumes after the last completed loop with ``run.resume=auto``."""
+    ser_run = SERRun(cfg)
+    state = self_evolve(ser_run)
+    full = ser_run.full(state)
+    ser_run.run.close()
+    kept = kept_loop([r["ser/val_acc"] for r in state.history], cfg.ser.keep, state.stop["reason"])
+    result_table = ser_table(state.history, full, ser_run.sizes, kept, cfg.ser.retrain_loss)
+    write_report(ser_run.run_dir, state, full, result_table, kept)
+    rm_dir = loop_rm_dir(kept.index)
+    ppo = ser_run.ppo(state, rm_dir) if cfg.ser.ppo else None
+    print_report(state, result_table, ppo, ser_run.run_dir, kept)
+    return SERResult(ser_run.run_dir, state.history, result_table, state.stop, full, ppo,
+                     ser_run.run_dir / rm_dir, {"loop": kept.index, "reason": kept.reason})
+
+
+def loop_rm_dir(loop: int) -> str:
+    """Loop ``loop``'s RM, relative to the run directory."""
+    return f"loop-{loop}/checkpoints/final"
+
+
+def self_evolve(ser_run: SERRun) -> LoopState:
+    """Loop 0 (or the resumed state), then loops until STOP, an empty filter or ser.max_loops."""
+    cfg = ser_run.cfg
+    state = ser_run.state
+    if state is None:
+        state = ser_run.loop0()
+    else:
+        print(f"[ser] resumed after loop {state.loop} from {ser_run.run_dir / STATE_FILE}", flush=True)
+        for row in state.history:
+            print_loop(row)
+    if _may_continue(state, cfg.ser):
+        state.stop = None  # an earlier run ended on max_loops: go on to the new max_loops
+    done_before = state.loop
+    while state.stop is None and state.loop < cfg.ser.max_loops:
+        ser_run.next_loop(state)
+    if state.stop is None:
+        state.stop = {"reason": StopReason.MAX_LOOPS.value, "loop": state.loop}
+    state.save(ser_run.run_dir)
+    return state
+
+
+def _may_continue(state: LoopState, ser: SERConfig) -> bool:
+    return state.stop is not None and state.stop["reason"] == StopReason.MAX_LOOPS.value and state.loop < ser.max_loops
+
+
+def _load_rm(cfg: Config, path: Path):
+    tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
+    model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
+                              cfg.run.allow_unsafe_weights)
+    return RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()

@@ -1,0 +1,160 @@
+"""The policy update: k epochs of clipped-surrogate minibatch updates on one Experience (R2M paper Eq. 2),
+and the critic's clipped value loss for PPO. Micro-batches accumulate gradients."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from r2m.config import KLMode, RLConfig
+from r2m.core.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
+from r2m.experience.rollout import Experience, feedback_states, response_forward
+from r2m.models.critic import response_values
+from r2m.runtime.distributed import Dist
+
+log = logging.getLogger("r2m")
+
+
+class MicroStep(NamedTuple):
+    loss: torch.Tensor
+    stats: dict
+    hidden: Optional[torch.Tensor]  # (b, S, D_p) when R2M's h is refreshed
+
+
+class OptimizerStep(NamedTuple):
+    grad_norm: float
+    applied: bool  # False when a NaN/inf loss or gradient made the step be skipped
+
+
+class PolicyUpdate(NamedTuple):
+    stats: dict[str, float]
+    """Means over the minibatches (and ranks) of the update's statistics."""
+    policy_hidden: Optional[torch.Tensor]
+    """(B, S, D_p) R2M's h, refreshed by the last epoch's training forward passes (a new tensor: the Experience
+    keeps the rollout's); R2M's update takes it. None without R2M."""
+
+
+class PolicyUpdater:
+    """k epochs of minibatch updates on one :class:`Experience` (and the critic's, for PPO)."""
+
+    def __init__(self, policy, optimizer, accelerator, cfg: RLConfig, critic=None, critic_optimizer=None,
+                 dist: Dist = Dist()):
+        self.policy, self.optimizer, self.accelerator, self.cfg = policy, optimizer, accelerator, cfg
+        self.critic, self.critic_optimizer = critic, critic_optimizer
+        self.dist = dist
+        self.refreshed = 0  # rows whose h was refreshed (tests check the last-epoch-only rule)
+
+    def _micro_loss(self, mb: Experience, num_tokens: float, num_seqs: int, with_hidden: bool,
+                    beta: float) -> MicroStep:
+        cfg = self.cfg
+        fwd = response_forward(self.policy, mb.sequences, mb.attention_mask, mb.prompt_len, cfg.temperature,
+                               with_entropy=True, with_hidden=with_hidden)
+        mask = mb.action_mask.float()  # (b, R)
+        norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, horizon=cfg.max_new_tokens)
+        pg = POLICY_LOSSES[cfg.ratio_level](fwd.logprobs, mb.old_logprobs, mb.advantages, mask, cfg.clip_eps,
+                                            cfg.aggregation, **norms, clip_eps_high=cfg.clip_eps_high,
+                                            clip_ratio_c=cfg.clip_ratio_c)
+        loss = pg.loss
+        if cfg.kl_mode == KLMode.LOSS and beta > 0:
+            kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator)  # (b, R)
+            loss = loss + beta * aggregate(kl, mask, cfg.aggregation, **norms)
+        # Token means of this part, weighted by its share of the (global) tokens: they add up over
+        # micro-batches and ranks to the minibatch's token means.
+        w = mask.sum().item() / num_tokens if num_tokens else 0.0
+        stats = {"loss/policy": pg.loss.item(), "policy/clip_frac": pg.clip_fraction.item() * w,
+                 "policy/approx_kl": pg.approx_kl.item() * w,
+                 "policy/entropy": masked_mean(fwd.entropy, mask).item() * w}
+        if self.critic is not None:
+            values = response_values(self.critic, mb.sequences, mb.attention_mask, mb.prompt_len)  # (b, R)
+            vl = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.value_clip, cfg.aggregation, **norms)
+            # Separate parameters and optimisers: one backward serves both.
+            loss = loss + vl.loss
+            stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item() * w})
+        return MicroStep(loss, stats, fwd.hidden)
+
+    def update(self, exp: Experience, beta: Optional[float] = None) -> PolicyUpdate:
+        """k epochs over ``exp`` of the clipped surrogate (R2M paper Eq. 2); ``beta`` is the current KL coefficient
+        (default ``rl.beta``). With R2M, the last epoch's forward passes give the refreshed h."""
+        cfg = self.cfg
+        beta = cfg.beta if beta is None else beta
+        mb_size = exp.batch_size // cfg.minibatches
+        self.policy.train()
+        per_minibatch: list[dict[str, float]] = []
+        # R2M: in the last epoch, h is replaced by the states of this (training) forward pass; every row is in
+        # one minibatch of the epoch, so every row of ``fresh`` is written.
+        fresh = exp.policy_hidden.clone() if exp.policy_hidden is not None else None
+        for epoch in range(cfg.epochs):
+            into = fresh if epoch == cfg.epochs - 1 else None
+            for rows in torch.randperm(exp.batch_size).split(mb_size):
+                per_minibatch.append(self._minibatch(exp, rows, into, beta))
+        out = {k: sum(m[k] for m in per_minibatch) / len(per_minibatch) for k in per_minibatch[0]}
+        out = self.dist.mean_stats(out)  # each rank's loss is its share of the global loss
+        out["guard/skipped_minibatches"] = out["guard/skipped_minibatches"] * len(per_minibatch)
+        return PolicyUpdate(out, fresh)
+
+    def _minibatch(self, exp: Experience, rows: torch.Tensor, into: Optional[torch.Tensor],
+                   beta: float) -> dict[str, float]:
+        """One optimiser step over the minibatch ``rows``, accumulated over micro-batches; with ``into`` (the
+        refreshed h), their h is written there."""
+        mb = exp.select(rows)
+        # Global normalisers: the sum of micro-batch losses equals the whole minibatch's loss, and with
+        # N processes each rank normalises by 1/N of the global count, since DDP averages gradients.
+        num_tokens, num_seqs = self.dist.share(mb.action_mask.sum().item()), self.dist.share(mb.batch_size)
+        micro = self.cfg.micro_batch_size or mb.batch_size
+        sums: dict[str, float] = {}
+        parts = torch.arange(mb.batch_size).split(micro)
+        for i, part in enumerate(parts):
+            # Gradients are all-reduced once per minibatch, on its last micro-batch.
+            with self._no_sync(last=i == len(parts) - 1):
+                step = self._micro_loss(mb.select(part), num_tokens, num_seqs, into is not None, beta)
+                self.accelerator.backward(step.loss)
+            if into is not None:
+                self._refresh(exp, rows[part], step.hidden, into)
+            for k, v in {**step.stats, "loss/total": step.loss.item()}.items():
+                sums[k] = sums.get(k, 0.0) + v
+        stats = sums  # every statistic is a part of one sum (see _micro_loss)
+        grad_norm, applied = self._optimizer_step(stats["loss/total"])
+        return {**stats, "policy/grad_norm": grad_norm, "guard/skipped_minibatches": float(not applied)}
+
+    def _no_sync(self, last: bool):
+        if last or not self.dist.enabled:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for model in (self.policy, self.critic):
+            if model is not None:
+                stack.enter_context(self.accelerator.no_sync(model))
+        return stack
+
+    def _optimizer_step(self, loss: float) -> "OptimizerStep":
+        """Clip, then step policy (and critic) unless the loss or gradient is NaN/inf."""
+        cfg, acc = self.cfg, self.accelerator
+        norm = acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        # DeepSpeed clips inside its engine step (taken in backward) and may report no norm.
+        grad_norm = float("nan") if norm is None else float(norm)
+        finite = math.isfinite(loss) and (norm is None or math.isfinite(grad_norm))
+        if self.critic is not None:
+            finite = finite and math.isfinite(float(acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)))
+        finite = self.dist.all(finite)  # every rank steps, or none does
+        if finite or acc.scaler is not None:
+            # Under fp16 the gradient scaler skips a non-finite step itself, and must see every step
+            # (it lowers its scale and resets its unscale state), so its step always runs.
+            self.optimizer.step()
+            if self.critic is not None:
+                self.critic_optimizer.step()
+        if not finite:
+            # A NaN/inf loss or gradient would poison the weights and Adam's moments: skip the step.
+            log.warning("minibatch skipped: loss %s, grad norm %s", loss, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        return OptimizerStep(grad_norm, finite)
+
+    def _refresh(self, exp: Experience, rows: torch.Tensor, hidden: torch.Tensor, into: torch.Tensor) -> None:
+        """h of ``rows`` from the training forward pass's last-layer states ``hidden`` (b, P+R, D_p), into ``into``."""
+        h = feedback_states(hidden, exp.attention_mask[rows.to(exp.attention_mask.device)]).hidden
+        into[rows.to(into.device)] = h.detach().to(device=into.device, dtype=into.dtype)
+        self.refreshed += len(rows)

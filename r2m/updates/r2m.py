@@ -1,0 +1,103 @@
+"""R2M's lightweight reward-model optimisation after each policy step (Algorithm 1, lines 15-20).
+
+    r'_ij = r_φ(x_i, y_ij, h_ij) with the refreshed h and ω(t)       (h from the last policy epoch)
+    (w, l) = argmax_j r'_ij, argmin_j r'_ij                           per group G_i
+    L_GREBT = mean_i [(1 - α) L_BT(i) + α L_GRE(i)]                   (Eq. 5-7)
+
+Only the fusion module and the head φ receive gradients. The reward token embeddings H_last come
+from annotation (the backbone is frozen), so the update never runs the RM backbone.
+
+The Iterative RM-head baseline is the same update on a model without fusion: GREBT on the
+annotation-time scores φ(H_last), updating the head only (R2M paper Appendix G.5).
+
+With N processes each rank holds a copy of the RM and the groups it sampled; the module is not
+wrapped in DDP (the frozen backbone never runs here), so its gradients are averaged explicitly:
+the mean over ranks of per-rank group means is the global group mean (equal groups per rank).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from r2m.config import PairChoice, R2MConfig
+from r2m.core.losses import grebt_terms, within_group_spread
+from r2m.core.pair_choice import WinnerLoser, choose_pair, pair_seed
+from r2m.experience.rewards import FeedbackReward
+from r2m.experience.rollout import Experience
+from r2m.runtime.distributed import Dist
+
+
+class R2MUpdater:
+    """Owns the RM optimiser; ``update(exp)`` runs ``updates_per_step`` GREBT steps."""
+
+    def __init__(self, reward: FeedbackReward, cfg: R2MConfig, dist: Dist = Dist()):
+        self.reward, self.cfg = reward, cfg
+        self.model = reward.model
+        self.params = list(self.model.trainable_parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.dist = dist
+        dist.broadcast_parameters(self.params)  # one starting point on every rank
+
+    def rescore(self, exp: Experience, h: torch.Tensor | None) -> torch.Tensor:
+        """r' over the batch, (n, K), with gradients into the fusion module and head."""
+        w = self.reward.omega(exp.step)
+        return self.model.score_embeddings(exp.rm_embeddings, h, exp.policy_mask, w).view(exp.n, exp.k)
+
+    def update(self, exp: Experience, policy_hidden: Optional[torch.Tensor]) -> dict[str, float]:
+        """R2M's per-step RM update (GREBT, R2M paper Eq. 5-7) with ``policy_hidden`` (B, S, D_p): the h the policy
+        update refreshed (:class:`r2m.updates.policy.PolicyUpdate`), or the rollout's."""
+        if exp.rm_embeddings is None:
+            raise ValueError("R2M update: the experience has no reward token embeddings (rm_embeddings)")
+        cfg = self.cfg
+        stats: dict[str, float] = {"r2m/omega": self.reward.omega(exp.step)}
+        if not cfg.trains:
+            return stats
+        self.model.train()
+        h = self.reward.feedback(policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
+        for _ in range(cfg.updates_per_step):
+            r = self.rescore(exp, h)  # (n, K)
+            terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps, pair=self.pair(exp, r))
+            self.optimizer.zero_grad(set_to_none=True)
+            # A plain backward: this module is outside accelerate's prepare (an accelerate backward would
+            # step a DeepSpeed policy engine, or scale by an fp16 scaler that never unscales these grads).
+            terms.loss.backward()
+            self.dist.average_gradients(self.params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()
+        self.model.eval()
+        with torch.no_grad():
+            after = self.rescore(exp, h)
+        stats.update(self.scale_stats(exp, h, after))
+        stats.update({
+            "r2m/grebt": terms.loss.item(), "r2m/bt": float(terms.bt), "r2m/gre": float(terms.gre),
+            "r2m/grad_norm": float(grad_norm), "r2m/reward_before": r.detach().mean().item(),
+            "r2m/reward_after": after.mean().item(),
+            "r2m/group_spread": (after.max(-1).values - after.min(-1).values).mean().item(),
+        })
+        return self.dist.mean_stats(stats)
+
+    def pair(self, exp: Experience, r: torch.Tensor) -> WinnerLoser | None:
+        """The winner/loser of each group per ``reward.r2m.pair_choice``; None for ``self``, whose argmax/argmin
+        grebt_terms takes itself (so the paper's update stays exactly as it was)."""
+        choice = self.cfg.pair_choice
+        if choice is PairChoice.SELF:
+            return None
+        gold = exp.gold.view(exp.n, exp.k) if exp.gold is not None else None  # (n, K)
+        gen = torch.Generator().manual_seed(pair_seed(self.reward.seed, exp.step))
+        return choose_pair(choice, r, gold, gen)
+
+    @torch.no_grad()
+    def scale_stats(self, exp: Experience, h: torch.Tensor | None, r: torch.Tensor) -> dict[str, float]:
+        """What sets the reward's scale after the update: the fusion term's share of the within-group
+        spread, s_f / (s_f + s_e) with s_f, s_e the spreads of (1 − ω)·w·Ĥ and ω·w·H_last; the head's
+        norm ‖w‖; and the std of r' over the batch. GREBT's BT term keeps falling as scores are scaled
+        up, so these show whether a run's reward grows by learning or by inflation."""
+        out = {"r2m/head_norm": self.model.head.weight.float().norm().item(), "r2m/reward_std": r.std().item()}
+        if h is not None:
+            parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.reward.omega(exp.step))
+            s_f, s_e = within_group_spread(parts.fusion, exp.k), within_group_spread(parts.embedding, exp.k)
+            out.update({"r2m/fusion_spread": s_f.item(), "r2m/rte_spread": s_e.item(),
+                        "r2m/fusion_share": (s_f / (s_f + s_e)).item() if s_f + s_e > 0 else 0.0})
+        return out

@@ -1,0 +1,38 @@
+"""r2m.updates.rm: pair batches (chosen then rejected, all-pad columns dropped) and a BT fit that learns."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from r2m.config import ArchConfig, RMConfig
+from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
+from r2m.updates.rm import fit_pairs, make_trainable_rm, merged_rm_model, pair_batch
+from r2m.world import build_tokenizer
+
+
+def test_pair_batch_by_hand() -> None:
+    chosen = {"input_ids": torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]]),
+              "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])}
+    rejected = {"input_ids": torch.tensor([[8, 0], [9, 9]]), "attention_mask": torch.tensor([[1, 0], [1, 1]])}
+    out = pair_batch(chosen, rejected, torch.tensor([1, 0]), pad_id=0)
+    assert out["input_ids"].tolist() == [[7, 0], [5, 6], [9, 9], [8, 0]]
+    assert out["attention_mask"].tolist() == [[1, 0], [1, 1], [1, 1], [1, 0]]
+
+
+def test_fit_pairs_learns_the_preference(tmp_path) -> None:
+    tok = build_tokenizer("rm")
+    lm = build_world_lm(ArchConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32), tok, seed=1)
+    save_model(lm, tok, tmp_path / "lm")
+    torch.manual_seed(7)  # the fresh score head
+    model = load_reward_model(str(tmp_path / "lm"), pad_token_id=tok.pad_token_id)
+    trainable = make_trainable_rm(model, load_tokenizer(str(tmp_path / "lm")))
+    assert trainable.peft is None and merged_rm_model(trainable) is model
+    rm = trainable.rm
+    prompts, chosen, rejected = ["3 1 2 ->"] * 8, [" 1 2 3 <eos>"] * 8, [" 3 2 1 <eos>"] * 8
+    head = rm.head.weight.detach().clone()
+    fit_pairs(rm, prompts, chosen, rejected, RMConfig(epochs=20, batch_size=4, lr=5e-3), Accelerator(cpu=True), None,
+              seed=0, show_progress=False)
+    assert not torch.equal(head, rm.head.weight)
+    with torch.no_grad():
+        assert (rm.score_texts(prompts[:1], chosen[:1]) > rm.score_texts(prompts[:1], rejected[:1])).all()
