@@ -34,7 +34,7 @@ def build(policy_path, rm_path, prompts_path, output_dir, steps=3) -> GRPOTraine
 def tiny_world() -> list[str]:
     """The world's tiny SFT policy, proxy RM and RL prompts, built by r2m's own pipeline (cached)."""
     from r2m.config import load_config
-    from r2m.pipeline import ensure_world_policy, ensure_world_rm, world_data
+    from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 
     cfg = load_config(None, [
         "world.n_sft=1500", "world.n_pref_train=400", "world.n_pref_eval=100", "world.n_rl_prompts=200",

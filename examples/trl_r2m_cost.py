@@ -51,12 +51,12 @@ def r2m_loop_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[st
     from accelerate import Accelerator
 
     from r2m.config import Algorithm, R2MConfig, RLConfig
-    from r2m.data import read_jsonl
+    from r2m.data.jsonl import read_jsonl
     from r2m.integrations.trl import R2MReward
     from r2m.models.loading import load_policy, load_tokenizer
     from r2m.rollout import ExperienceMaker, tokenize_prompts
-    from r2m.trainers.pg import PolicyUpdater
-    from r2m.trainers.r2m_update import R2MUpdater
+    from r2m.updates.policy import PolicyUpdater
+    from r2m.updates.r2m import R2MUpdater
 
     torch.manual_seed(0)
     policy, tok = load_policy(policy_path), load_tokenizer(policy_path)
@@ -75,8 +75,8 @@ def r2m_loop_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[st
             texts = [r["prompt"] for r in rows[step * PROMPTS: (step + 1) * PROMPTS]]
             prompts = tokenize_prompts(tok, texts, 64, "truncate")
             exp = maker.make(prompts.texts, prompts.ids, step=step)
-            updater.update(exp)
-            rm_updater.update(exp)
+            refreshed = updater.update(exp).policy_hidden  # h from the last policy epoch
+            rm_updater.update(exp, refreshed)
     return {"step": total.get_total_flops() / STEPS, "extra_forward": 0.0}
 
 

@@ -39,6 +39,9 @@ from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, resolve_i
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
 from r2m.world import generate_world
+from r2m.recipes.alarm import check_rm_path
+from r2m.recipes.bench_speed import run_bench_speed
+from r2m.recipes.monitor import cmd_monitor
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -122,7 +125,6 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
         inputs = resolve_inputs(cfg)
         built = {"policy": inputs.policy, "reward_model": inputs.reward_model}
         if cfg.rl.monitor.enabled:
-            from r2m.recipes.alarm import check_rm_path
 
             built["check_rm"] = check_rm_path(cfg, inputs.world)  # the monitor's (docs/MONITOR.md)
         print(json.dumps(built, indent=2))
@@ -178,7 +180,6 @@ def _cmd_extra(args, cfg: Config) -> int:
         if args.what == "cost":
             return run_bench(cfg, "cost", args.steps, args.out or "benchmarks/cost.json")
         if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
-            from r2m.recipes.bench_speed import run_bench_speed
 
             return run_bench_speed(cfg, args.preset, args.out)
         default = "docs/BENCHMARKS.md" if args.preset == "paper" else str(Path(cfg.run.root) / "bench-smoke" /
@@ -207,7 +208,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # `r2m bench --preset smoke a.b=c`: the optional positional took the first override.
             args.overrides, args.what = [args.what, *args.overrides], "run"
         if args.command == "monitor":
-            from r2m.recipes.monitor import cmd_monitor
 
             return cmd_monitor(args.run_dir, args.overrides, not args.no_plot)
         overrides = list(args.overrides) + (["run.resume=auto"] if getattr(args, "resume", False) else [])

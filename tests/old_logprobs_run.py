@@ -16,9 +16,9 @@ from accelerate import Accelerator
 
 from r2m.config import ArchConfig, RLConfig, WorldConfig
 from r2m.models.loading import build_world_lm
-from r2m.rewards import GoldReward
+from r2m.experience.rewards import GoldReward
 from r2m.rollout import ExperienceMaker, experience_metrics, tokenize_prompts
-from r2m.trainers.pg import PolicyUpdater
+from r2m.updates.policy import PolicyUpdater
 from r2m.world import build_tokenizer, format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]
@@ -38,7 +38,7 @@ def short_run(**rl) -> list[dict[str, str]]:
     rows = []
     for step in range(2):
         exp = maker.make(prompts.texts, prompts.ids, step=step)
-        metrics = {**experience_metrics(exp), **updater.update(exp)}
+        metrics = {**experience_metrics(exp), **updater.update(exp).stats}
         rows.append({k: float(v).hex() for k, v in sorted(metrics.items())})
     return rows
 

@@ -12,6 +12,8 @@ Each rule is also run on a planted violation (a tmp tree), so that the failure m
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -261,7 +263,19 @@ def public_api_imports() -> list[str]:
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     lines = [ln for ln in code.splitlines() if ln.startswith(("from ", "import "))]
     dotted = sorted(set(re.findall(r"`(r2m(?:\.\w+)+)\(", section)))  # `r2m.models.omega(...)` in the prose
-    return lines + [f"from {d.rsplit('.', 1)[0]} import {d.rsplit('.', 1)[1]}" for d in dotted]
+    return lines + [_import_line(d) for d in dotted]
+
+
+def _import_line(dotted: str) -> str:
+    """``from MODULE import NAME`` for the longest module prefix of ``dotted``; the rest is an attribute path
+    (``r2m.models.FeedbackRewardModel.from_pretrained``: the class, then its method)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:cut])
+        if importlib.util.find_spec(module) is not None:
+            attrs = parts[cut:]
+            return f"from {module} import {attrs[0]}" + "".join(f"; {attrs[0]}.{a}" for a in attrs[1:2])
+    raise AssertionError(f"{dotted}: no importable module prefix")
 
 
 def test_every_public_api_name_imports() -> None:

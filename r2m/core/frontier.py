@@ -23,7 +23,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import torch
 
 from r2m.errors import DataError
-from r2m.utils import atomic_write_text
+from r2m.fileio import atomic_write_text
 
 
 class Trajectory(NamedTuple):

@@ -32,8 +32,8 @@ from r2m.core.monitor import (
 )
 from r2m.errors import DataError
 from r2m.eval.policy import PolicySamples
-from r2m.rewards import RewardFunction, RewardQuery
-from r2m.rollout import eval_mode, left_pad, position_ids
+from r2m.experience.rewards import RewardFunction, RewardQuery
+from r2m.experience.rollout import eval_mode, left_pad, position_ids
 
 
 @dataclass(frozen=True)

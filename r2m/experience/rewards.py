@@ -155,7 +155,6 @@ class OmegaScaledReward:
         self.reward_model = inner.reward_model
 
     def omega(self, step: int) -> float:
-        from r2m.models.fusion import omega
 
         return omega(step, self.total_steps, self.omega_floor)
 

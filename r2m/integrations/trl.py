@@ -43,7 +43,15 @@ from transformers import TrainerCallback
 from r2m.config import R2MConfig
 from r2m.errors import CheckpointError, ConfigError, DataError
 from r2m.models.r2m import FeedbackRewardModel
-from r2m.rewards import FeedbackReward, RewardQuery
+from r2m.experience.rewards import FeedbackReward, RewardQuery
+from r2m.models.loading import load_reward_model, load_tokenizer
+from r2m.models.r2m import build_feedback_rm
+from r2m.models.reward import RewardModel
+from r2m.experience.rollout import eval_mode, text_feedback
+from r2m.runtime.distributed import Dist
+from r2m.updates.r2m import R2MUpdater
+from r2m.runtime.checkpoint import load_state_file
+from r2m.runtime.safeio import load_safetensors
 
 log = logging.getLogger("r2m")
 
@@ -118,9 +126,6 @@ class R2MReward:
     def from_base(cls, rm_path: str, policy: torch.nn.Module, policy_tokenizer,
                   cfg: R2MConfig = R2MConfig(enabled=True), dtype: str = "float32", **kw: Any) -> "R2MReward":
         """A fresh R2M (fusion per ``cfg``, sized to the policy's hidden width) on the base RM at ``rm_path``."""
-        from r2m.models.loading import load_reward_model, load_tokenizer
-        from r2m.models.r2m import build_feedback_rm
-        from r2m.models.reward import RewardModel
 
         tok = load_tokenizer(rm_path)
         rm = RewardModel(load_reward_model(rm_path, dtype, pad_token_id=tok.pad_token_id), tok)
@@ -140,7 +145,6 @@ class R2MReward:
     @torch.no_grad()
     def feedback(self, prompts: list[str], responses: list[str]):
         """h over each (prompt, completion), on the policy's own tokens: the one extra forward."""
-        from r2m.rollout import eval_mode, text_feedback
 
         if not self.reward.needs_policy_hidden:
             return None
@@ -187,8 +191,6 @@ class R2MCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from accelerate import PartialState
 
-        from r2m.distributed import Dist
-        from r2m.trainers.r2m_update import R2MUpdater
 
         k = getattr(args, "num_generations", None)
         if not k:
@@ -212,7 +214,7 @@ class R2MCallback(TrainerCallback):
         batch, self.reward.pending = self.reward.pending, None
         if batch is None:  # steps_per_generation > 1: this step reused an already-updated generation batch
             return
-        stats = self.updater.update(batch)
+        stats = self.updater.update(batch, batch.policy_hidden)
         self.history.append({"step": state.global_step, **stats})
         self._log(stats)
 
@@ -237,8 +239,6 @@ class R2MCallback(TrainerCallback):
 
     def restore(self, checkpoint: Path) -> None:
         """Fusion, head and the RM optimiser from ``checkpoint/r2m`` (written by :meth:`on_save`)."""
-        from r2m.checkpoint import load_state_file
-        from r2m.safeio import load_safetensors
 
         d = checkpoint / R2M_DIR
         if not (d / "r2m.safetensors").is_file() or not (d / OPTIMIZER_FILE).is_file():

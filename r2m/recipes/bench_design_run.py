@@ -37,10 +37,10 @@ from r2m.recipes.bench_verdicts import (
     write_bench_verdicts,
 )
 from r2m.reports.frontier_plot import plot_frontiers
-from r2m.runlog import read_metrics
-from r2m.trainers.pg import run_rl
-from r2m.trainers.ser import run_ser
-from r2m.utils import atomic_write_text, read_json_or_none
+from r2m.runtime.runlog import read_metrics
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser import run_ser
+from r2m.fileio import atomic_write_text, read_json_or_none
 
 log = logging.getLogger("r2m")
 

@@ -33,14 +33,15 @@ from torch import nn
 from r2m.config import ArchConfig, Config, OldLogprobs, replace_path
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm, save_model
-from r2m.pipeline import resolve_inputs
-from r2m.profiling import lifetime_peak_rss_mb
+from r2m.recipes.pipeline import resolve_inputs
+from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
 from r2m.recipes.old_logprobs_agreement import agreement
 from r2m.reports.speed import format_speed, write_readme_section
-from r2m.trainers.common import set_threads
-from r2m.trainers.pg import RLRun
-from r2m.utils import atomic_write_text, quiet_transformers
+from r2m.updates.supervised import set_threads
+from r2m.recipes.rl.run import RLRun
+from r2m.fileio import atomic_write_text
+from r2m.utils import quiet_transformers
 from r2m.world import build_tokenizer
 
 

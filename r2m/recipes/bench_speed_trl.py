@@ -22,9 +22,9 @@ import torch
 
 from r2m.config import Config
 from r2m.models.loading import load_policy, load_reward_model, load_tokenizer
-from r2m.pipeline import read_rows, resolve_inputs
-from r2m.profiling import lifetime_peak_rss_mb
-from r2m.trainers.common import set_threads
+from r2m.recipes.pipeline import read_rows, resolve_inputs
+from r2m.runtime.profiling import lifetime_peak_rss_mb
+from r2m.updates.supervised import set_threads
 
 
 def trl_available() -> bool:

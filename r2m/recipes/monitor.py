@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.config import load_config
-from r2m.config_monitor import ALARM_RULE, THRESHOLDS
+from r2m.config.monitor import ALARM_RULE, THRESHOLDS
 from r2m.core.monitor import Alarm, AlarmConfig, Reason, Signal, first_alarm, tripped_signals
 from r2m.errors import ConfigError, DataError
 from r2m.recipes.alarm import EVAL_MARK, alarm_config, describe
 from r2m.reports.monitor_plot import plot_monitor
-from r2m.runlog import peak, read_metrics
+from r2m.runtime.runlog import peak, read_metrics
 
 PREFIX = "rl.monitor."
 

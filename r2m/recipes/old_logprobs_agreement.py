@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 
 from r2m.config import Config, OldLogprobs, replace_path
-from r2m.losses import POLICY_LOSSES
-from r2m.rollout import Experience, response_forward
-from r2m.trainers.pg import RLRun
+from r2m.core.losses import POLICY_LOSSES
+from r2m.experience.rollout import Experience, response_forward
+from r2m.recipes.rl.run import RLRun
 
 
 def _batch(run: RLRun, mode: OldLogprobs, idx: list[int]) -> Experience:

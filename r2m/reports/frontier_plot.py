@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from r2m.core.frontier import BandPoint, Trajectory, frontier_band
-from r2m.utils import atomic_savefig
+from r2m.fileio import atomic_savefig
 
 
 def kl_grid(trajs: Sequence[Trajectory], points: int = 25) -> list[float]:

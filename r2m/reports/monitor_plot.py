@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.core.monitor import SIGNAL_RULES, Alarm, AlarmConfig, Reason, Rule, Signal
-from r2m.utils import atomic_savefig
+from r2m.fileio import atomic_savefig
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:

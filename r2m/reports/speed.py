@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from r2m.utils import atomic_write_text
+from r2m.fileio import atomic_write_text
 
 BEGIN, END = "<!-- bench-speed:begin -->", "<!-- bench-speed:end -->"
 ARM_NAMES = {"r2m": "r2m (old log-probs recomputed)", "r2m_generation": "r2m (rl.old_logprobs=generation)",

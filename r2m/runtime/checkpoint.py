@@ -1,7 +1,7 @@
 """Atomic training checkpoints and resume.
 
 A checkpoint is a directory ``checkpoints/step-NNNNNN/`` written to a temporary sibling, fsynced and
-renamed (:func:`r2m.utils.atomic_dir`): a directory with that name is complete by construction, and
+renamed (:func:`r2m.fileio.atomic_dir`): a directory with that name is complete by construction, and
 a crash mid-write leaves only a ``.tmp-*`` directory that is never loaded.
 
     step-000120/

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r2m.config import load_config
-from r2m.config_monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
+from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
 from r2m.core.monitor import Alarm, AlarmConfig, Reason, Rule, Signal, first_alarm
 from r2m.errors import ConfigError
 from r2m.recipes.alarm import BEST, alarm_config, describe
@@ -141,7 +141,7 @@ def test_world_models_builds_the_check_rm(tiny, world_artifacts, capsys) -> None
     import re
 
     from r2m.cli import main
-    from r2m.pipeline import world_check_rm_dir
+    from r2m.recipes.pipeline import world_check_rm_dir
 
     assert main(["world", "--models", *tiny]) == 0
     built = json.loads(re.findall(r"\{[^{}]*\"policy\"[^{}]*\}", capsys.readouterr().out)[-1])

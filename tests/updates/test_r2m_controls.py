@@ -15,9 +15,9 @@ from r2m.models.fusion import omega
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import build_feedback_rm
 from r2m.models.reward import RewardModel
-from r2m.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward, RewardQuery
+from r2m.experience.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward, RewardQuery
 from r2m.rollout import ExperienceMaker, tokenize_prompts
-from r2m.trainers.r2m_update import R2MUpdater
+from r2m.updates.r2m import R2MUpdater
 from r2m.world import build_tokenizer, format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]
@@ -76,7 +76,7 @@ def test_control_update_uses_its_pair_and_trains_fusion_and_head(rm_dir, choice)
     expected = _expected_bt(updater, exp, w, l)
     fusion = {k: v.clone() for k, v in reward.model.fusion.state_dict().items()}
     backbone = {k: v.clone() for k, v in reward.model.rm.backbone.state_dict().items()}
-    stats = updater.update(exp)
+    stats = updater.update(exp, exp.policy_hidden)
     assert stats["r2m/bt"] == pytest.approx(expected, rel=1e-5)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert any(not torch.equal(v, reward.model.fusion.state_dict()[k]) for k, v in fusion.items())
@@ -91,14 +91,14 @@ def test_self_choice_is_the_papers_argmax_argmin(rm_dir) -> None:
         r = updater.rescore(exp, reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step))
     expected = _expected_bt(updater, exp, r.max(-1).indices, r.min(-1).indices)
     assert updater.pair(exp, r) is None  # grebt_terms' own max/min: the default update is untouched
-    assert updater.update(exp)["r2m/bt"] == pytest.approx(expected, rel=1e-5)
+    assert updater.update(exp, exp.policy_hidden)["r2m/bt"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_oracle_needs_gold(rm_dir) -> None:
     cfg = R2MConfig(enabled=True, pair_choice=PairChoice.GOLD)
     reward, exp = _setup(rm_dir, cfg, gold=False)
     with pytest.raises(ValueError, match="pair_choice=gold"):
-        R2MUpdater(reward, cfg).update(exp)
+        R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
 
 
 def test_scale_control_is_vanilla_times_omega(rm_dir) -> None:
@@ -117,7 +117,7 @@ def test_scale_control_is_vanilla_times_omega(rm_dir) -> None:
 
 def test_build_reward_wires_the_scale_control_and_the_blind_view(rm_dir) -> None:
     from r2m.config import load_config
-    from r2m.trainers.pg import build_reward
+    from r2m.experience.reward_factory import build_reward
 
     cfg = load_config(None, ["reward.baseline=scale_control", "world.rm_prompt_digits=2"])
     reward = build_reward(cfg, str(rm_dir), torch.device("cpu"))
