@@ -212,10 +212,11 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     for w in ("length", "noisy", "blind", "ser_headroom"):
         assert (tmp_path / f"frontier_smoke_{w}.png").is_file(), w
     assert (tmp_path / "frontier_smoke_kl_length.png").is_file()
-    files = [Path(root) / s.name / "bench14.json" for s in (*sweep_runs(SMOKE), *ser_runs(SMOKE))]
+    runs = Path(root.split("=", 1)[1])
+    files = [runs / s.name / "bench14.json" for s in (*sweep_runs(SMOKE), *ser_runs(SMOKE))]
     assert all(f.is_file() for f in files)
-    stamps = sorted(f.stat().st_mtime_ns for f in Path(root).glob("bench14-smoke-*/bench14.json"))
+    stamps = sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json"))
     assert len(stamps) >= len(design_runs(SMOKE)) + len(files)
     # A rerun (`r2m bench --preset smoke`) reads every run from its bench14.json: nothing is trained again.
     assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
-    assert sorted(f.stat().st_mtime_ns for f in Path(root).glob("bench14-smoke-*/bench14.json")) == stamps
+    assert sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json")) == stamps
