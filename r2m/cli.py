@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -184,7 +185,7 @@ def _cmd_extra(args, cfg: Config) -> int:
 
             return run_bench_speed(cfg, args.preset, args.out)
         # The issue-14 design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
-        return run_bench_design(cfg, args.preset, args.out)
+        return run_bench_design(cfg, args.preset, args.out, command=args.command_line)
     if args.command == "analyze":
         print(analyze_hidden_states(cfg, args.out, args.checkpoints))
         return 0
@@ -200,6 +201,8 @@ def cmd_ser(cfg: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    # The command as typed (in-process callers pass argv): the bench report's provenance names it.
+    args.command_line = "r2m " + shlex.join(sys.argv[1:] if argv is None else [str(a) for a in argv])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_transformers()

@@ -199,10 +199,10 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
     for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
                  "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
-                 "Run wall times", "## Provenance", "threads:", "## Reading"):
+                 "Run wall times", "## Provenance", "threads:", "## Reading", "`r2m bench run --preset smoke "):
         assert part in text, part
     doc = json.loads((tmp_path / "verdicts.json").read_text())
-    assert doc["commit"] and "bench" in doc["command"]
+    assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
     records = doc["verdicts"] if isinstance(doc, dict) and "verdicts" in doc else doc
     assert records and all(set(r) >= VERDICT_KEYS for r in records)
     assert {r["world"] for r in records} >= {"length", "noisy", "blind", "ser_headroom"}
