@@ -11,7 +11,7 @@
     r2m ser     [-c CFG] [a.b=c ...] [--resume]    SER: self-evolved RM loops, Loop 0 / SER / Full table, then PPO
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
     r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer (issue 18)
-    r2m bench [run] --preset smoke|paper [--out F]  the methods-by-seeds matrix (docs/BENCHMARKS.md)
+    r2m bench [run] --preset smoke|paper [--out F]  the issue-14 design: verdicts at matched KL (docs/BENCHMARKS.md)
     r2m config  [-c CFG] [a.b=c ...]               print the resolved config
     r2m monitor RUN_DIR [name=value ...] [--no-plot]   replay the over-optimisation alarm on a finished run
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,7 +33,8 @@ from r2m.config import Config, load_config, to_dict
 from r2m.errors import R2MError
 from r2m.utils import quiet_transformers
 from r2m.errors import NumericError, TrainingInterrupted
-from r2m.recipes.bench import run_bench, run_bench_matrix
+from r2m.recipes.bench import run_bench
+from r2m.recipes.bench_report import run_bench_design
 from r2m.recipes.demo import run_demo
 from r2m.recipes.eval import analyze_hidden_states, eval_policy, eval_rm, eval_winrate
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, resolve_inputs, run_rm, run_sft, world_data
@@ -182,9 +184,8 @@ def _cmd_extra(args, cfg: Config) -> int:
         if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
 
             return run_bench_speed(cfg, args.preset, args.out)
-        default = "docs/BENCHMARKS.md" if args.preset == "paper" else str(Path(cfg.run.root) / "bench-smoke" /
-                                                                          "BENCHMARKS.md")
-        return run_bench_matrix(cfg, args.preset, args.out or default)
+        # The issue-14 design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
+        return run_bench_design(cfg, args.preset, args.out, command=args.command_line)
     if args.command == "analyze":
         print(analyze_hidden_states(cfg, args.out, args.checkpoints))
         return 0
@@ -200,6 +201,8 @@ def cmd_ser(cfg: Config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    # The command as typed (in-process callers pass argv): the bench report's provenance names it.
+    args.command_line = "r2m " + shlex.join(sys.argv[1:] if argv is None else [str(a) for a in argv])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_transformers()

@@ -37,6 +37,7 @@ from r2m.recipes.bench_verdicts import (
     write_bench_verdicts,
 )
 from r2m.reports.frontier_plot import plot_frontiers
+from r2m.reports.ser_bench import ser_summary
 from r2m.runtime.runlog import read_metrics
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
@@ -60,7 +61,8 @@ def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
         t0 = time.perf_counter()
         if spec.algorithm == "SER":
             res = run_ser(_config(spec, root, extra))
-            saved = {"table_rows": [list(r) for r in res.table[1]]}
+            # Table 1's rows for the verdicts, and the loops and stop for SER Table 1 per world (bench_report).
+            saved = {"table_rows": [list(r) for r in res.table[1]], **ser_summary(res)}
         else:
             res = run_rl(_config(spec, root, extra))
             rows = read_metrics(Path(root) / spec.name / "metrics.jsonl")

@@ -92,6 +92,7 @@ from r2m.runtime.runlog import RunDir
 from r2m.updates.rm import fit_pairs
 from r2m.updates.supervised import make_accelerator, set_threads
 from r2m.utils import resolve_device, seed_everything
+from r2m.world.view import rm_prompt_view
 
 log = logging.getLogger("r2m")
 
@@ -110,6 +111,7 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     if not cfg.ser.lora:
         trainable = make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
         trainable.rm.set_max_length(cfg.reward.max_length)
+        trainable.rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world: SER's RM reads the masked view
         return trainable
     from peft import LoraConfig, TaskType, get_peft_model  # heavy: lazy
 
@@ -120,14 +122,18 @@ def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
     if cfg.reward.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
-    return TrainableRM(RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length), peft_model)
+    rm = RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length)
+    rm.prompt_view = rm_prompt_view(cfg.world)
+    return TrainableRM(rm, peft_model)
 
 
 def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
     """Save as a plain sequence-classification checkpoint (LoRA merged) and return the RM to evaluate."""
     model = merged_rm_model(trainable)
     save_model(model, trainable.rm.tokenizer, out_dir)
-    return RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
+    rm = RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
+    rm.prompt_view = trainable.rm.prompt_view  # the saved RM scores through the view it trained on
+    return rm
 
 
 def steps_config(rmc: RMConfig, n_pairs: int, steps: int) -> RMConfig:
@@ -522,4 +528,6 @@ def _load_rm(cfg: Config, path: Path):
     tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
     model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
-    return RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()
+    rm = RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()
+    rm.prompt_view = rm_prompt_view(cfg.world)
+    return rm

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from r2m.recipes.bench import PHASES, format_cost
 from r2m.cli import main
+from r2m.recipes.bench_design import SMOKE, design_runs, ser_runs, sweep_runs
 from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 from r2m.utils import PhaseTimer
 
@@ -182,30 +184,39 @@ def test_bench_cost_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The smoke matrix, SER Table 1 and the cost section (CI runs the whole smoke preset here)
+# `r2m bench run --preset smoke`: the issue-14 design end to end (CI runs the whole smoke preset here)
 # ---------------------------------------------------------------------------------------------
+
+VERDICT_KEYS = {"world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict"}
 
 
 @pytest.mark.slow
 def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
-    out = tmp_path / "BENCHMARKS.md"
     root = tiny[-1]
-    assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["bench", "run", "--preset", "smoke", root, "--out", str(out)]) == 0
     text = out.read_text()
-    for method in ("RLOO", "RLOO+R2M", "GRPO+R2M", "RLOO+Iterative RM-head", "RLOO+Pretrained RM",
-                   "RLOO+R2M w/ Noise", "RM accuracy with and without policy feedback",
-                   "SER Table 1", "Loop 0 (seed)", "SER (last loop)", "Full dataset", "Pairs trained per loop",
-                   "Cost: R2M vs vanilla RLOO", "reward annotation", "policy update", "RM update",
-                   "R2M / vanilla RLOO"):
-        assert method in text, method
-    for name in ("bench_smoke_curves.png", "bench_smoke.json", "bench_smoke_ser.json", "bench_smoke_cost.json"):
-        assert (tmp_path / name).exists(), name
-    ser = json.loads((tmp_path / "bench_smoke_ser.json").read_text())
-    assert len(ser) == 1 and [lp["loop"] for lp in ser[0]["loops"]] == [0, 1]  # one self-labelling loop ran
-    assert ser[0]["loops"][1]["pairs"] > 0
-    cost = json.loads((tmp_path / "bench_smoke_cost.json").read_text())
-    assert set(PHASES) >= set(cost["rl"]["rloo_r2m"]["phases"]) >= {"generate", "reward", "update", "rm_update"}
-    # A rerun reads every part from its result.json: nothing is trained again.
-    capsys.readouterr()
+    assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
+    for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
+                 "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
+                 "Run wall times", "## Provenance", "threads:", "## Reading", "`r2m bench run --preset smoke "):
+        assert part in text, part
+    doc = json.loads((tmp_path / "verdicts.json").read_text())
+    assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
+    records = doc["verdicts"] if isinstance(doc, dict) and "verdicts" in doc else doc
+    assert records and all(set(r) >= VERDICT_KEYS for r in records)
+    assert {r["world"] for r in records} >= {"length", "noisy", "blind", "ser_headroom"}
+    assert {"oracle_vs_vanilla", "random_vs_vanilla", "scale_control_vs_vanilla", "ser_vs_loop0"} <= \
+        {r["claim"] for r in records}
+    # Each world's frontier plot, and the KL-targeted regime's.
+    for w in ("length", "noisy", "blind", "ser_headroom"):
+        assert (tmp_path / f"frontier_smoke_{w}.png").is_file(), w
+    assert (tmp_path / "frontier_smoke_kl_length.png").is_file()
+    runs = Path(root.split("=", 1)[1])
+    files = [runs / s.name / "bench14.json" for s in (*sweep_runs(SMOKE), *ser_runs(SMOKE))]
+    assert all(f.is_file() for f in files)
+    stamps = sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json"))
+    assert len(stamps) >= len(design_runs(SMOKE)) + len(files)
+    # A rerun (`r2m bench --preset smoke`) reads every run from its bench14.json: nothing is trained again.
     assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
-    assert "[bench]" not in capsys.readouterr().out
+    assert sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json")) == stamps

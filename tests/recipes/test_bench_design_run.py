@@ -40,7 +40,9 @@ def test_run_design_writes_everything_and_resumes(tmp_path, monkeypatch) -> None
     calls: list[str] = []
     monkeypatch.setattr(runner, "run_rl", _fake_rl(calls))
     monkeypatch.setattr(runner, "run_ser", lambda cfg: SimpleNamespace(
-        table=(["method", "a", "b", "acc"], [["Loop 0", 0, 0, 0.7], ["SER", 0, 0, 0.72], ["Full", 0, 0, 0.8]])))
+        table=(["method", "a", "b", "acc"], [["Loop 0", 0, 0, 0.7], ["SER", 0, 0, 0.72], ["Full", 0, 0, 0.8]]),
+        history=[{"loop": 0, "status": 1, "ser/selected": 10, "ser/selected_frac": 0.1, "ser/val_acc": 0.7,
+                  "ser/test_acc": 0.7}], stop={"reason": "max_loops", "loop": 0}))
     root, out = str(tmp_path / "runs"), tmp_path / "out"
     outcome = run_design(DESIGN, root, out, commit="abc", command="test")
     assert outcome.setting is not None and outcome.setting.lr == 1e-4  # the sweep's best, carried over
