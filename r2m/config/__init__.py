@@ -24,13 +24,13 @@ from r2m.config.run import (  # noqa: F401
     RunConfig, MIXED_PRECISIONS, MixtureConfig, WorldConfig, DataConfig,
 )
 from r2m.config.models import (  # noqa: F401
-    ArchConfig, LoRAConfig, PolicyConfig, R2MConfig, RewardConfig,
+    ArchConfig, LoRAConfig, PEFT_DEFAULT_TARGETS, PolicyConfig, R2MConfig, RewardConfig,
 )
 from r2m.config.training import (  # noqa: F401
     SFTConfig, RMConfig, VLLMConfig, GENERATORS, RLConfig,
 )
 from r2m.config.jobs import (  # noqa: F401
-    JudgeConfig, EvalConfig, DemoConfig, DEMO_ARMS, SERConfig,
+    JudgeConfig, EvalConfig, DemoConfig, DEMO_ARMS, SERConfig, SERLoRAConfig, SERRLOverrides,
 )
 from r2m.config.root import (  # noqa: F401
     Config,

@@ -31,8 +31,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import (Config, PairLoss, PPOPrompts, RetrainData, RetrainFrom, RMConfig, SERConfig, SERVariant,
-                        config_hash, to_dict)
+from r2m.config import (Config, PairLoss, PPOPrompts, RetrainData, RetrainFrom, RMConfig, SERConfig, SERLoRAConfig,
+                        SERVariant, config_hash, to_dict)
 from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
 from r2m.updates.supervised import LoopResult
 from r2m.updates.rm import TrainableRM, make_trainable_rm, merged_rm_model
@@ -82,7 +82,6 @@ from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
 from r2m.config import replace_path
 from r2m.errors import ConfigError
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-from r2m.models.lora import enable_gradient_checkpointing
 from r2m.models.reward import RewardModel
 from r2m.recipes.pipeline import (data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs,
                                   user_models, world_data)
@@ -102,25 +101,16 @@ log = logging.getLogger("r2m")
 
 
 def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
-    """An RM from ``init`` (a causal LM gets a fresh score head), with LoRA adapters when ``ser.lora`` (SER's
-    settings) or else ``reward.lora``, and gradient checkpointing when ``reward.gradient_checkpointing``."""
+    """An RM from ``init`` (a causal LM gets a fresh score head), through the one RM factory
+    (:func:`r2m.updates.rm.make_trainable_rm`): LoRA adapters with ``ser.lora`` when ``ser.lora.enabled`` (SER's
+    settings), else ``reward.lora``; gradient checkpointing when ``reward.gradient_checkpointing``."""
     tok = load_tokenizer(init, cfg.reward.trust_remote_code)
     model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
                               cfg.run.allow_unsafe_weights)
-    if not cfg.ser.lora:
-        trainable = make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
-        trainable.rm.set_max_length(cfg.reward.max_length)
-        return trainable
-    from peft import LoraConfig, TaskType, get_peft_model  # heavy: lazy
-
-    # SER App. C.3. modules_to_save keeps the score head trainable (a fresh head must learn).
-    lora = LoraConfig(r=cfg.ser.lora_r, lora_alpha=cfg.ser.lora_alpha, lora_dropout=cfg.ser.lora_dropout,
-                      task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
-    peft_model = get_peft_model(model, lora)
-    if cfg.reward.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
-    return TrainableRM(RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length), peft_model)
+    lora = cfg.ser.lora if cfg.ser.lora.enabled else cfg.reward.lora
+    trainable = make_trainable_rm(model, tok, lora, cfg.reward.gradient_checkpointing, base_path=init)
+    trainable.rm.set_max_length(cfg.reward.max_length)
+    return trainable
 
 
 def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
@@ -238,10 +228,21 @@ STATUS_CODE = {"seed": 0.0, LearningStatus.STATUS1.value: 1.0, LearningStatus.ST
 
 def state_key(cfg: Config) -> str:
     """What determines the loop's trajectory; max_loops, ser.keep and the PPO stage may change on resume."""
-    loop_only = {k: v for k, v in to_dict(cfg.ser).items() if k not in ("max_loops", "keep") and not k.startswith("ppo")}
-    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora else []  # old keys stay valid
-    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_only,
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora.enabled else []  # old keys stay valid
+    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_part(cfg.ser),
                        *lora, *precision_part(cfg))
+
+
+def loop_part(ser: SERConfig) -> dict:
+    """The ``ser.*`` fields that shape the loop, in the flat layout from before issue 13 (``lora``, ``lora_r``, ...):
+    the state key of a ``ser_state.json`` written then stays the same, so that run still resumes."""
+    part = {k: v for k, v in to_dict(ser).items()
+            if k not in ("max_loops", "keep", "lora", "rl") and not k.startswith("ppo")}
+    lora = ser.lora
+    part.update(lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
+    if lora.target_modules != SERLoRAConfig().target_modules:  # new in issue 13: in the key only when set
+        part["lora_target_modules"] = list(lora.target_modules)
+    return part
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
@@ -407,7 +408,7 @@ class SERRun:
             nan = float("nan")
             sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
             f = res.final_eval
-            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": rm_dir, "steps": self.cfg.ser.ppo_steps,
+            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": rm_dir, "steps": self.cfg.ser.rl.steps,
                          "sft_gold": sft.get("eval/gold", nan),
                          **{k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft",
                                               "eval/proxy", "eval/kl", "eval/length", "eval/exact_match") if k in f},
@@ -465,9 +466,9 @@ def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
         files = world_data(cfg)
         eval_prompts = eval_prompts or str(files.eval_prompts)
         prompts = prompts or str(files.prompts)
-    return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", rl__steps=ser.ppo_steps,
+    rl = {f"rl__{name}": value for name, value in to_dict(ser.rl).items()}  # ser.rl.x is rl.x of the stage
+    return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", **rl,
                         reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
-                        rl__beta=ser.ppo_beta, rl__kl_adaptive=ser.ppo_kl_adaptive, rl__kl_target=ser.ppo_kl_target,
                         data__prompts=prompts, data__formats__prompts=fmt, data__eval_prompts=eval_prompts)
 
 
