@@ -16,7 +16,7 @@ from r2m.config.paths import DatasetFormat, PathFormats, PathSplits, format_name
 from r2m.config.enums import (  # noqa: F401
     Algorithm, KLEstimator, KLMode, LossAggregation, RatioLevel, LRSchedule, FusionInit, RewardSource,
     R2MAblation, RewardBaseline, SERVariant, PairLoss, RetrainFrom, RetrainData, Calibration, KeepLoop,
-    PPOPrompts, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
+    PPOPrompts, JudgeMode, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
     HiddenDevice, Scaling, Generator, CriticInit, PairChoice, OldLogprobs, OptimizerImpl,
 )
 from r2m.config.monitor import MonitorConfig  # noqa: F401

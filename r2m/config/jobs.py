@@ -9,7 +9,7 @@ from typing import Optional
 from r2m.errors import ConfigError
 from r2m.config.checks import _check
 from r2m.config.models import PEFT_DEFAULT_TARGETS, LoRAConfig
-from r2m.config.enums import Calibration, KeepLoop, PPOPrompts, PairLoss, RetrainData, RetrainFrom, SERVariant
+from r2m.config.enums import Calibration, JudgeMode, KeepLoop, PPOPrompts, PairLoss, RetrainData, RetrainFrom, SERVariant
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -34,7 +34,7 @@ class JudgeConfig:
     Null: $R2M_JUDGE_KEY_ENV, else OPENAI_API_KEY."""
     api_key_file: Optional[str] = None
     """A file whose stripped content is the key; wins over api_key_env. Null: $R2M_JUDGE_KEY_FILE, else unused."""
-    mode: Optional[str] = None
+    mode: Optional[JudgeMode] = None
     """``pairwise`` (both orders, inconsistent = tie) or ``single`` (SER's 5-point rubric per response).
     Null: $R2M_JUDGE_MODE, else pairwise."""
     concurrency: Optional[int] = None
@@ -55,7 +55,6 @@ class JudgeConfig:
         if self.base_url is not None:
             _check(self.base_url.startswith(("http://", "https://")), "eval.judge.base_url", "an http(s) URL",
                    self.base_url)
-        _check(self.mode in (None, "pairwise", "single"), "eval.judge.mode", "pairwise or single", self.mode)
         _check(self.concurrency is None or self.concurrency >= 1, "eval.judge.concurrency", ">= 1", self.concurrency)
         _check(self.max_retries is None or self.max_retries >= 0, "eval.judge.max_retries", ">= 0", self.max_retries)
         _check(self.timeout is None or self.timeout > 0, "eval.judge.timeout", "> 0", self.timeout)
