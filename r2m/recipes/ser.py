@@ -86,7 +86,8 @@ from r2m.models.reward import RewardModel
 from r2m.recipes.pipeline import (data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs,
                                   user_models, world_data)
 from r2m.recipes.rl.run import run_rl
-from r2m.recipes.ser_resume import LoopState, StopReason, before_damaged_rm
+from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
+                                    before_damaged_rm)
 from r2m.runtime.runlog import RunDir
 from r2m.updates.rm import fit_pairs
 from r2m.updates.supervised import make_accelerator, set_threads
@@ -385,34 +386,33 @@ class SERRun:
 
     def _stop(self, state: LoopState, reason: StopReason, k: int, d: "Decided") -> None:
         ev = d.evidence
-        state.stop = {"reason": reason.value, "loop": k, "decision": d.reason, **_evidence_metrics(d),
-                      "confident": ev.confident, "delta_p": ev.delta_p}
+        state.stop = LoopStop(reason, k, d.reason, StopEvidence(ev.confident, ev.delta_p, ev.n, ev.gain, d.cal.centre,
+                                                                d.cal.scale))
         state.save(self.run_dir)
         print(f"[ser] loop {k}: {reason.value} (validation: {ev.confident}/{ev.n} confident pairs, "
               f"delta_p {ev.delta_p:.3f}, last gain {ev.gain:+.4f}); the loop ends", flush=True)
 
-    def full(self, state: LoopState) -> dict:
+    def full(self, state: LoopState) -> FullBaseline:
         """The Full baseline: ``ser.loss`` on every labelled pair of the RM part (trained once, kept in the state)."""
         if state.full is None:
             fit = self.fit(self.init, labelled_pairs(self.splits.rm), "full", 10_000)
             ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
-            state.full = {"rm_dir": self.rel(fit.path), "ser/selected": len(self.splits.rm), **_eval_metrics(ev),
-                          "ser/train_steps": fit.steps, "ser/wall_s": fit.wall_s}
+            state.full = FullBaseline(self.rel(fit.path), len(self.splits.rm), ev.val.accuracy, ev.val.gold_accuracy,
+                                      ev.test.accuracy, ev.test.gold_accuracy, fit.steps, fit.wall_s)
             state.save(self.run_dir)
         return state.full
 
-    def ppo(self, state: LoopState, rm_dir: str) -> dict:
+    def ppo(self, state: LoopState, rm_dir: str) -> PPOSummary:
         """PPO with the kept RM (rerun when an earlier result used another RM)."""
-        if state.ppo is None or state.ppo["rm_dir"] != rm_dir:
+        if state.ppo is None or state.ppo.rm_dir != rm_dir:
             res = run_rl(ppo_config(self.cfg, self.run_dir / rm_dir, self.run_dir / "splits" / "ppo_prompts.jsonl"))
             nan = float("nan")
             sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
             f = res.final_eval
-            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": rm_dir, "steps": self.cfg.ser.rl.steps,
-                         "sft_gold": sft.get("eval/gold", nan),
-                         **{k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft",
-                                              "eval/proxy", "eval/kl", "eval/length", "eval/exact_match") if k in f},
-                         "sft_length": sft.get("eval/length", nan), "wall_s": res.wall_s}
+            final = {k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft", "eval/proxy",
+                                       "eval/kl", "eval/length", "eval/exact_match") if k in f}
+            state.ppo = PPOSummary(str(res.run_dir), rm_dir, self.cfg.ser.rl.steps, sft.get("eval/gold", nan), final,
+                                   sft.get("eval/length", nan), res.wall_s)
             state.save(self.run_dir)
         return state.ppo
 
@@ -479,13 +479,15 @@ def run_ser(cfg: Config) -> SERResult:
     state = self_evolve(ser_run)
     full = ser_run.full(state)
     ser_run.run.close()
-    kept = kept_loop([r["ser/val_acc"] for r in state.history], cfg.ser.keep, state.stop["reason"])
+    kept = kept_loop([r["ser/val_acc"] for r in state.history], cfg.ser.keep, state.stop.reason.value)
+    # The reports (a lower layer) and SERResult read the ser_state.json layout: plain dicts.
+    full, stop = full.to_json(), state.stop.to_json()
     result_table = ser_table(state.history, full, ser_run.sizes, kept, cfg.ser.retrain_loss)
-    write_report(ser_run.run_dir, state, full, result_table, kept)
+    write_report(ser_run.run_dir, state.history, stop, full, result_table, kept)
     rm_dir = loop_rm_dir(kept.index)
-    ppo = ser_run.ppo(state, rm_dir) if cfg.ser.ppo else None
-    print_report(state, result_table, ppo, ser_run.run_dir, kept)
-    return SERResult(ser_run.run_dir, state.history, result_table, state.stop, full, ppo,
+    ppo = ser_run.ppo(state, rm_dir).to_json() if cfg.ser.ppo else None
+    print_report(state.history, stop, result_table, ppo, ser_run.run_dir, kept)
+    return SERResult(ser_run.run_dir, state.history, result_table, stop, full, ppo,
                      ser_run.run_dir / rm_dir, {"loop": kept.index, "reason": kept.reason})
 
 
@@ -510,13 +512,13 @@ def self_evolve(ser_run: SERRun) -> LoopState:
     while state.stop is None and state.loop < cfg.ser.max_loops:
         ser_run.next_loop(state)
     if state.stop is None:
-        state.stop = {"reason": StopReason.MAX_LOOPS.value, "loop": state.loop}
+        state.stop = LoopStop(StopReason.MAX_LOOPS, state.loop)
     state.save(ser_run.run_dir)
     return state
 
 
 def _may_continue(state: LoopState, ser: SERConfig) -> bool:
-    return state.stop is not None and state.stop["reason"] == StopReason.MAX_LOOPS.value and state.loop < ser.max_loops
+    return state.stop is not None and state.stop.reason == StopReason.MAX_LOOPS and state.loop < ser.max_loops
 
 
 def _load_rm(cfg: Config, path: Path):
