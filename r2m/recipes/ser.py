@@ -14,28 +14,22 @@
     kept        the last loop's RM, or the best on D_val (ser.keep)
     PPO         the kept RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
 
-The pure rules live in ``ser_status`` (calibration, status, filters, loss), the data in ``ser_data`` and the
-report in ``ser_report``; every name is re-exported here. Every loop writes its RM, a metrics row and the
+This module is the run (the stages of :class:`SERRun`, the loop, :func:`run_ser`). The pure rules live in
+``algorithms.ser_rules`` (calibration, status, filters, loss), the data in ``algorithms.ser_data``, the report in
+``reports.ser_report``, SER's RMs (factory, training, scoring) in ``ser_rm``, the PPO stage in ``ser_ppo`` and the
+loop state in ``ser_resume``; every name is re-exported here. Every loop writes its RM, a metrics row and the
 loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-import torch
-
-from r2m.config import (Config, PairLoss, PPOPrompts, RetrainData, RetrainFrom, RMConfig, SERConfig, SERLoRAConfig,
-                        SERVariant, config_hash, to_dict)
-from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
-from r2m.updates.supervised import LoopResult
-from r2m.updates.rm import TrainableRM, make_trainable_rm, merged_rm_model
+from r2m.config import Config, RetrainData, RetrainFrom, SERConfig, SERLoRAConfig, SERVariant, config_hash, to_dict
 from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
     PairSet,
     PseudoQuality,
@@ -79,143 +73,31 @@ from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
     release_filter,
     status_evidence,
 )
-from r2m.config import replace_path
 from r2m.errors import ConfigError
-from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-from r2m.models.reward import RewardModel
-from r2m.recipes.pipeline import (data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs,
-                                  user_models, world_data)
-from r2m.recipes.rl.run import run_rl
+from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
+from r2m.recipes.ser_ppo import ppo_config, run_ppo_stage  # noqa: F401  (re-exported)
 from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
                                     before_damaged_rm)
+from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
+    FitResult,
+    PairProbs,
+    PairScores,
+    RMEval,
+    _eval_metrics,
+    build_trainable_rm,
+    evaluate_rm,
+    fit_rm,
+    load_rm,
+    save_trainable_rm,
+    score_pairs,
+    score_rows,
+    steps_config,
+    train_pairs,
+)
 from r2m.runtime.runlog import RunDir
-from r2m.updates.rm import fit_pairs
 from r2m.updates.supervised import make_accelerator, set_threads
-from r2m.utils import resolve_device, seed_everything
 
 log = logging.getLogger("r2m")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reward-model training on pairs (BT or the Eq. 5 hinge; full fine-tuning or LoRA)
-# ---------------------------------------------------------------------------------------------
-
-
-def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
-    """An RM from ``init`` (a causal LM gets a fresh score head), through the one RM factory
-    (:func:`r2m.updates.rm.make_trainable_rm`): LoRA adapters with ``ser.lora`` when ``ser.lora.enabled`` (SER's
-    settings), else ``reward.lora``; gradient checkpointing when ``reward.gradient_checkpointing``."""
-    tok = load_tokenizer(init, cfg.reward.trust_remote_code)
-    model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
-                              cfg.run.allow_unsafe_weights)
-    lora = cfg.ser.lora if cfg.ser.lora.enabled else cfg.reward.lora
-    trainable = make_trainable_rm(model, tok, lora, cfg.reward.gradient_checkpointing, base_path=init)
-    trainable.rm.set_max_length(cfg.reward.max_length)
-    return trainable
-
-
-def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
-    """Save as a plain sequence-classification checkpoint (LoRA merged) and return the RM to evaluate."""
-    model = merged_rm_model(trainable)
-    save_model(model, trainable.rm.tokenizer, out_dir)
-    return RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
-
-
-def steps_config(rmc: RMConfig, n_pairs: int, steps: int) -> RMConfig:
-    """``rmc`` set to exactly ``steps`` optimiser steps over ``n_pairs`` pairs (whatever rm.epochs says)."""
-    epochs = math.ceil(steps * rmc.batch_size / n_pairs)  # passes enough for ``steps`` batches; max_steps cuts
-    return dataclasses.replace(rmc, epochs=float(epochs), max_steps=steps)
-
-
-def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig, accelerator, run, seed: int,
-                show_progress: bool = True) -> LoopResult:
-    """Train ``rm`` on ``pairs`` with the pairwise ``loss``; returns the steps and the last window's mean loss.
-
-    The RM trainer's own fitting (:func:`r2m.updates.rm.fit_pairs`) with SER's loss and, as SER App. C.3
-    does, a linear learning-rate decay.
-    """
-    result = fit_pairs(rm, pairs.prompts, pairs.chosen, pairs.rejected, cfg, accelerator, run, seed,
-                       pair_loss=lambda c, r: pair_loss(c, r, loss, margin), linear_decay=True,
-                       show_progress=show_progress)
-    accelerator.free_memory()  # drop the accelerator's references to this model and optimiser
-    return result
-
-
-class FitResult(NamedTuple):
-    rm: torch.nn.Module
-    """The trained RM (eval mode)."""
-    path: Path
-    """Where it was saved."""
-    final_loss: float
-    wall_s: float
-    steps: int
-    """Optimiser steps taken."""
-
-
-def fit_rm(cfg: Config, accelerator, init: str, pairs: PairSet, loss: PairLoss, out_dir: Path, name: str,
-           seed: int, steps: int = 0) -> FitResult:
-    """Build an RM from ``init``, train it on ``pairs`` (``steps`` optimiser steps, or 0: rm.epochs), save it to
-    ``out_dir``; its curve goes to ``<name>/``."""
-    t0 = time.perf_counter()
-    seed_everything(seed)  # the fresh score head and LoRA's init: the same whether resumed or not
-    trainable = build_trainable_rm(cfg, init)
-    run = RunDir(cfg, None, name=name)
-    rmc = steps_config(cfg.rm, len(pairs.prompts), steps) if steps else cfg.rm
-    result = train_pairs(trainable.rm, pairs, loss, cfg.ser.margin, rmc, accelerator, run, seed, cfg.run.progress)
-    rm = save_trainable_rm(trainable, out_dir)
-    return FitResult(rm, out_dir, result.final_loss, time.perf_counter() - t0, result.steps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring and evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-class PairProbs(NamedTuple):
-    """Probabilities in (0, 1) of the two answers of each pair, (N,) each: the p and s of Eq. 2-4."""
-
-    p1: torch.Tensor
-    p2: torch.Tensor
-
-
-class PairScores(NamedTuple):
-    """Raw RM scores of the two answers of each pair, (N,) each, on the CPU."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-
-    def probs(self, cal: ScoreCalibration = ScoreCalibration(0.0, 1.0)) -> PairProbs:
-        """Mapped into (0, 1) before any threshold (SER App. C.3), by ``cal`` (default: the plain sigmoid)."""
-        return PairProbs(cal.probs(self.a), cal.probs(self.b))
-
-
-def score_pairs(rm, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> PairScores:
-    return PairScores(rm.score_texts(list(prompts), list(a)), rm.score_texts(list(prompts), list(b)))
-
-
-def score_rows(rm, rows: Sequence[dict]) -> PairScores:
-    """Scores of (chosen, rejected) of labelled rows."""
-    pairs = labelled_pairs(rows)
-    return score_pairs(rm, pairs.prompts, pairs.chosen, pairs.rejected)
-
-
-class RMEval(NamedTuple):
-    val: RMAccuracy
-    test: RMAccuracy
-    val_scores: PairScores
-    """Chosen/rejected scores on D_val (the next loop's learning status reads them)."""
-
-
-def evaluate_rm(rm, val_rows: Sequence[dict], test_rows: Sequence[dict]) -> RMEval:
-    val_scores = score_rows(rm, val_rows)
-    test_scores = score_rows(rm, test_rows)
-    return RMEval(accuracy_from_scores(val_scores.a, val_scores.b, val_rows),
-                  accuracy_from_scores(test_scores.a, test_scores.b, test_rows), val_scores)
-
-
-def _eval_metrics(ev: RMEval) -> dict[str, float]:
-    return {"ser/val_acc": ev.val.accuracy, "ser/val_gold_acc": ev.val.gold_accuracy,
-            "ser/test_acc": ev.test.accuracy, "ser/test_gold_acc": ev.test.gold_accuracy}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +189,7 @@ class SERRun:
 
     def current_rm(self, state: LoopState):
         if self.rm is None:
-            self.rm = _load_rm(self.cfg, self.run_dir / state.rm_dir)
+            self.rm = load_rm(self.cfg, self.run_dir / state.rm_dir)
         return self.rm
 
     def record(self, loop: int, status: str, metrics: dict[str, float], decision: str) -> dict:
@@ -405,14 +287,7 @@ class SERRun:
     def ppo(self, state: LoopState, rm_dir: str) -> PPOSummary:
         """PPO with the kept RM (rerun when an earlier result used another RM)."""
         if state.ppo is None or state.ppo.rm_dir != rm_dir:
-            res = run_rl(ppo_config(self.cfg, self.run_dir / rm_dir, self.run_dir / "splits" / "ppo_prompts.jsonl"))
-            nan = float("nan")
-            sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
-            f = res.final_eval
-            final = {k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft", "eval/proxy",
-                                       "eval/kl", "eval/length", "eval/exact_match") if k in f}
-            state.ppo = PPOSummary(str(res.run_dir), rm_dir, self.cfg.ser.rl.steps, sft.get("eval/gold", nan), final,
-                                   sft.get("eval/length", nan), res.wall_s)
+            state.ppo = run_ppo_stage(self.cfg, self.run_dir, rm_dir)
             state.save(self.run_dir)
         return state.ppo
 
@@ -450,26 +325,6 @@ def last_loop(history: Sequence[dict]) -> LastLoop:
     if last["status"] not in (LearningStatus.STATUS1.value, LearningStatus.STATUS2.value):
         return LastLoop(None, float("nan"))
     return LastLoop(LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"])
-
-
-def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
-    """The RL config of SER's PPO stage: the evolved RM, sigmoid-centred rewards, SER's KL settings."""
-    ser = cfg.ser
-    split = ser.ppo_prompts == PPOPrompts.SPLIT
-    prompts = str(split_prompts) if split else cfg.data.prompts
-    # The split's prompt file is r2m's plain JSONL, whatever data.format the source pairs had.
-    fmt = "plain" if split else cfg.data.formats.prompts
-    eval_prompts = cfg.data.eval_prompts
-    if not user_models(cfg):
-        # A SER run in the gold-reward world: the evolved RM is a path now, so name the world's files (r2m refuses
-        # to fill a data path behind a model path by itself).
-        files = world_data(cfg)
-        eval_prompts = eval_prompts or str(files.eval_prompts)
-        prompts = prompts or str(files.prompts)
-    rl = {f"rl__{name}": value for name, value in to_dict(ser.rl).items()}  # ser.rl.x is rl.x of the stage
-    return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", **rl,
-                        reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
-                        data__prompts=prompts, data__formats__prompts=fmt, data__eval_prompts=eval_prompts)
 
 
 def run_ser(cfg: Config) -> SERResult:
@@ -519,10 +374,3 @@ def self_evolve(ser_run: SERRun) -> LoopState:
 
 def _may_continue(state: LoopState, ser: SERConfig) -> bool:
     return state.stop is not None and state.stop.reason == StopReason.MAX_LOOPS and state.loop < ser.max_loops
-
-
-def _load_rm(cfg: Config, path: Path):
-    tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
-    model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
-                              cfg.run.allow_unsafe_weights)
-    return RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()
