@@ -231,8 +231,8 @@ def test_ser_paper_values() -> None:
         s = cfg.ser
         assert (s.sft_frac, s.rm_frac, s.ppo_frac, s.seed_frac) == (0.3, 0.65, 0.05, 0.15)
         assert (s.tau_high, s.tau_low, s.tau_delta) == (0.55, 0.45, 0.3)
-        assert s.lora and (s.lora_r, s.lora_alpha, s.lora_dropout) == (8, 32, 0.1)
-        assert (s.ppo_beta, s.ppo_kl_adaptive, s.ppo_kl_target) == (0.2, True, 0.1)
+        assert s.lora.enabled and (s.lora.r, s.lora.alpha, s.lora.dropout) == (8, 32, 0.1)
+        assert (s.rl.beta, s.rl.kl_adaptive, s.rl.kl_target) == (0.2, True, 0.1)
         assert (cfg.rm.lr, cfg.rm.epochs) == (2e-5, 2)
         # batch size 8 and mini-batch size 1, read per GPU on the paper's 8 GPUs (as rm.batch_size = 4 x 8)
         assert (cfg.rl.lr, cfg.rl.max_new_tokens, cfg.rl.epochs) == (1.4e-5, 256, 4)

@@ -16,7 +16,7 @@ from r2m.config.paths import DatasetFormat, PathFormats, PathSplits, format_name
 from r2m.config.enums import (  # noqa: F401
     Algorithm, KLEstimator, KLMode, LossAggregation, RatioLevel, LRSchedule, FusionInit, RewardSource,
     R2MAblation, RewardBaseline, SERVariant, PairLoss, RetrainFrom, RetrainData, Calibration, KeepLoop,
-    PPOPrompts, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
+    PPOPrompts, JudgeMode, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
     HiddenDevice, Scaling, Generator, CriticInit, PairChoice, OldLogprobs, OptimizerImpl,
 )
 from r2m.config.monitor import MonitorConfig  # noqa: F401
@@ -24,13 +24,13 @@ from r2m.config.run import (  # noqa: F401
     RunConfig, MIXED_PRECISIONS, MixtureConfig, WorldConfig, DataConfig,
 )
 from r2m.config.models import (  # noqa: F401
-    ArchConfig, LoRAConfig, PolicyConfig, R2MConfig, RewardConfig,
+    ArchConfig, LoRAConfig, PEFT_DEFAULT_TARGETS, PolicyConfig, R2MConfig, RewardConfig,
 )
 from r2m.config.training import (  # noqa: F401
     SFTConfig, RMConfig, VLLMConfig, GENERATORS, RLConfig,
 )
 from r2m.config.jobs import (  # noqa: F401
-    JudgeConfig, EvalConfig, DemoConfig, DEMO_ARMS, SERConfig,
+    JudgeConfig, EvalConfig, DemoConfig, DEMO_ARMS, SERConfig, SERLoRAConfig, SERRLOverrides,
 )
 from r2m.config.root import (  # noqa: F401
     Config,

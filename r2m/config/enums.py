@@ -224,6 +224,16 @@ class PPOPrompts(str, enum.Enum):
     """``data.prompts`` (the world's RL prompts by default)."""
 
 
+class JudgeMode(str, enum.Enum):
+    """How the API judge (``eval.judge.mode``; :meth:`r2m.eval.judges.ApiJudge.compare`) decides between two
+    responses."""
+
+    PAIRWISE = "pairwise"
+    """Both responses in one prompt, asked in both orders; inconsistent verdicts are a tie (SER App. C.2)."""
+    SINGLE = "single"
+    """Each response scored alone with SER's 5-point rubric (App. D.4); the higher score wins."""
+
+
 # Closed choices that were plain strings. StrEnum: a member formats, hashes and compares as its value, so
 # messages, dict look-ups (torch_dtype) and string comparisons read as they did, and YAML/config.yaml keep the
 # same strings.

@@ -8,7 +8,8 @@ from typing import Optional
 
 from r2m.errors import ConfigError
 from r2m.config.checks import _check
-from r2m.config.enums import Calibration, KeepLoop, PPOPrompts, PairLoss, RetrainData, RetrainFrom, SERVariant
+from r2m.config.models import PEFT_DEFAULT_TARGETS, LoRAConfig
+from r2m.config.enums import Calibration, JudgeMode, KeepLoop, PPOPrompts, PairLoss, RetrainData, RetrainFrom, SERVariant
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,7 +34,7 @@ class JudgeConfig:
     Null: $R2M_JUDGE_KEY_ENV, else OPENAI_API_KEY."""
     api_key_file: Optional[str] = None
     """A file whose stripped content is the key; wins over api_key_env. Null: $R2M_JUDGE_KEY_FILE, else unused."""
-    mode: Optional[str] = None
+    mode: Optional[JudgeMode] = None
     """``pairwise`` (both orders, inconsistent = tie) or ``single`` (SER's 5-point rubric per response).
     Null: $R2M_JUDGE_MODE, else pairwise."""
     concurrency: Optional[int] = None
@@ -54,7 +55,6 @@ class JudgeConfig:
         if self.base_url is not None:
             _check(self.base_url.startswith(("http://", "https://")), "eval.judge.base_url", "an http(s) URL",
                    self.base_url)
-        _check(self.mode in (None, "pairwise", "single"), "eval.judge.mode", "pairwise or single", self.mode)
         _check(self.concurrency is None or self.concurrency >= 1, "eval.judge.concurrency", ">= 1", self.concurrency)
         _check(self.max_retries is None or self.max_retries >= 0, "eval.judge.max_retries", ">= 0", self.max_retries)
         _check(self.timeout is None or self.timeout > 0, "eval.judge.timeout", "> 0", self.timeout)
@@ -94,6 +94,44 @@ class DemoConfig:
 
 
 DEMO_ARMS = frozenset({"rloo", "r2m", "gold"})
+
+
+@dataclass(frozen=True)
+class SERLoRAConfig(LoRAConfig):
+    """:class:`LoRAConfig` with SER's defaults (App. C.3), so that ``ser.lora.enabled=true`` alone is SER's LoRA
+    (every field is redeclared, with its docstring; validation is LoRAConfig's)."""
+
+    enabled: bool = False
+    """Train every RM of the run through LoRA adapters instead of fully."""
+    r: int = 8
+    """Rank of the adapters (SER App. C.3: 8)."""
+    dropout: float = 0.1
+    """Dropout on the adapters' input (SER: 0.1)."""
+    alpha: int = 32
+    """Scaling numerator: the update is (alpha / r) * B A (SER: 32)."""
+    target_modules: tuple[str, ...] = (PEFT_DEFAULT_TARGETS,)
+    """As :class:`LoRAConfig`; default ``peft-default``: the modules ``peft`` picks for the architecture
+    (``q_proj``, ``v_proj`` on Llama, Qwen2, Mistral), as SER's RMs were trained before issue 13."""
+
+
+@dataclass(frozen=True)
+class SERRLOverrides:
+    """The ``rl.*`` fields of SER's PPO stage: each field is the ``rl`` field of the same name (``ser.rl.steps`` is
+    that stage's ``rl.steps``); ``rl.algorithm`` is ppo there, whatever ``rl.algorithm`` says."""
+
+    steps: int = 100
+    """PPO policy steps (``rl.steps`` of that stage)."""
+    beta: float = 0.2
+    """Initial KL coefficient (SER App. C.3: 0.2)."""
+    kl_adaptive: bool = True
+    """Adaptive KL controller (SER: adaptive)."""
+    kl_target: float = 0.1
+    """Target sequence KL of that controller (SER: 0.1)."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
+        _check(self.beta >= 0, "rl.beta", ">= 0", self.beta)
+        _check(self.kl_target > 0, "rl.kl_target", "> 0", self.kl_target)
 
 
 @dataclass(frozen=True)
@@ -147,26 +185,15 @@ class SERConfig:
     """``current``: each loop continues from the previous RM; ``seed``: each loop restarts from the Loop-0 RM."""
     max_loops: int = 3
     """Most self-labelling loops after Loop 0 (0: the seed RM only)."""
-    lora: bool = False
-    """Train every RM (seed, loops, Full) through LoRA adapters (merged into the saved RM) instead of fully."""
-    lora_r: int = 8
-    """LoRA rank (SER App. C.3: 8)."""
-    lora_alpha: int = 32
-    """LoRA alpha (SER: 32)."""
-    lora_dropout: float = 0.1
-    """LoRA dropout (SER: 0.1)."""
+    lora: SERLoRAConfig = field(default_factory=SERLoRAConfig)
+    """LoRA of every RM of the run (seed, loops, Full; merged into the saved RM) when ``ser.lora.enabled``, with
+    SER's settings (App. C.3: r 8, alpha 32, dropout 0.1); off: full fine-tuning, or ``reward.lora``."""
     ppo: bool = True
     """After the loop, train the policy with PPO against the evolved RM."""
-    ppo_steps: int = 100
-    """PPO policy steps (rl.steps of that stage)."""
     ppo_prompts: PPOPrompts = PPOPrompts.SPLIT
     """``split``: the PPO part's prompts; ``world``: data.prompts."""
-    ppo_beta: float = 0.2
-    """Initial KL coefficient of the PPO stage (SER App. C.3: 0.2)."""
-    ppo_kl_adaptive: bool = True
-    """Adaptive KL controller in the PPO stage (SER: adaptive)."""
-    ppo_kl_target: float = 0.1
-    """Target sequence KL of that controller (SER: 0.1)."""
+    rl: SERRLOverrides = field(default_factory=SERRLOverrides)
+    """The ``rl.*`` fields the PPO stage sets (its steps and SER's KL settings); the rest of ``rl`` applies as is."""
 
     def __post_init__(self) -> None:
         for name in ("sft_frac", "rm_frac", "ppo_frac"):
@@ -186,14 +213,8 @@ class SERConfig:
         _check(self.seed_steps >= 0, "ser.seed_steps", ">= 0", self.seed_steps)
         _check(0.0 < self.margin <= 1.0, "ser.margin", "in (0, 1] (sigmoid scores differ by at most 1)", self.margin)
         _check(self.max_loops >= 0, "ser.max_loops", ">= 0", self.max_loops)
-        _check(self.lora_r >= 1, "ser.lora_r", ">= 1", self.lora_r)
-        _check(self.lora_alpha >= 1, "ser.lora_alpha", ">= 1", self.lora_alpha)
-        _check(0.0 <= self.lora_dropout < 1.0, "ser.lora_dropout", "in [0, 1)", self.lora_dropout)
-        _check(self.ppo_steps >= 1, "ser.ppo_steps", ">= 1", self.ppo_steps)
         _check(not (self.ppo and self.ppo_prompts == PPOPrompts.SPLIT and self.ppo_frac == 0), "ser.ppo_frac",
                "> 0 when ser.ppo and ser.ppo_prompts=split", self.ppo_frac)
-        _check(self.ppo_beta >= 0, "ser.ppo_beta", ">= 0", self.ppo_beta)
-        _check(self.ppo_kl_target > 0, "ser.ppo_kl_target", "> 0", self.ppo_kl_target)
 
     @property
     def filter_delta(self) -> float:

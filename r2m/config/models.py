@@ -34,6 +34,10 @@ class ArchConfig:
         _check(self.max_positions >= 8, "arch.max_positions", ">= 8", self.max_positions)
 
 
+PEFT_DEFAULT_TARGETS = "peft-default"
+"""``target_modules: [peft-default]``: the modules ``peft`` itself targets for the architecture."""
+
+
 @dataclass(frozen=True)
 class LoRAConfig:
     """LoRA adapters through ``peft``: only the low-rank matrices (and an RM's score head) train."""
@@ -48,7 +52,8 @@ class LoRAConfig:
     """Dropout on the adapters' input (active in train mode only)."""
     target_modules: tuple[str, ...] = ("all-linear",)
     """Module names to adapt (``q_proj``, ``v_proj``, ...), or ``all-linear``: every linear layer but the output
-    head (the LM head; an RM's score head trains fully instead)."""
+    head (the LM head; an RM's score head trains fully instead), or ``peft-default``: ``peft``'s own choice for the
+    architecture (``q_proj``, ``v_proj`` on Llama)."""
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, "lora.r", ">= 1", self.r)
@@ -166,7 +171,7 @@ class RewardConfig:
     pretrain_epochs: float = 2.0
     """pretrained_rm: epochs of that training."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    """LoRA when a reward model is trained (``r2m rm``, SER's retraining unless ser.lora, pretrained_rm); the
+    """LoRA when a reward model is trained (``r2m rm``, SER's retraining unless ser.lora.enabled, pretrained_rm); the
     score head trains fully and the saved RM is merged. The world's own RM is always trained fully."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass when a reward model is trained (same gradients)."""

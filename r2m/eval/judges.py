@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from r2m.config import JudgeConfig, WorldConfig
+from r2m.config import JudgeConfig, JudgeMode, WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts
 from r2m.eval.winrate import LOSS, TIE, WIN, outcomes_from_scores
@@ -104,13 +104,9 @@ class RewardModelJudge:
 # ---------------------------------------------------------------------------------------------
 
 
-class CompareMode(str, enum.Enum):
-    """How :meth:`ApiJudge.compare` decides between two responses."""
-
-    PAIRWISE = "pairwise"
-    """Both responses in one prompt, asked in both orders; inconsistent verdicts are a tie (SER App. C.2)."""
-    SINGLE = "single"
-    """Each response scored alone with SER's 5-point rubric (App. D.4); the higher score wins."""
+CompareMode = JudgeMode
+"""How :meth:`ApiJudge.compare` decides: ``eval.judge.mode``'s Enum (:class:`r2m.config.JudgeMode`), validated where
+the config is parsed; this name stays for the callers of before issue 13."""
 
 
 class Verdict(str, enum.Enum):
@@ -161,6 +157,7 @@ class ApiJudgeConfig:
 
         check(self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
         check(bool(self.model), "model", "a model name", self.model)
+        check(isinstance(self.mode, JudgeMode), "mode", "a JudgeMode (pairwise or single)", self.mode)
         check(bool(self.api_key_env) or bool(self.api_key_file), "api_key_env", "a variable name (or api_key_file)",
               self.api_key_env)
         if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
@@ -197,7 +194,8 @@ def _from_env(var: str, value: str, kind: type) -> object:
     try:
         return kind(value)
     except ValueError:
-        raise ConfigError(f"{var}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        expected = {int: "an integer", float: "a number"}.get(kind) or f"one of {', '.join(m.value for m in kind)}"
+        raise ConfigError(f"{var}: expected {expected}, got {value!r}") from None
 
 
 def api_judge_config(judge: Optional[JudgeConfig] = None,
@@ -206,7 +204,7 @@ def api_judge_config(judge: Optional[JudgeConfig] = None,
     ``R2M_JUDGE_*`` environment variable (:data:`JUDGE_ENV`), else the default. Reads no key."""
     judge = judge or JudgeConfig()
     environ = os.environ if environ is None else environ
-    kinds = {"concurrency": int, "max_retries": int, "timeout": float}
+    kinds = {"concurrency": int, "max_retries": int, "timeout": float, "mode": JudgeMode}
     kwargs: dict = {"cache_dir": DEFAULT_CACHE_DIR}
     for name, (var, target) in JUDGE_ENV.items():
         value = getattr(judge, name)
@@ -216,11 +214,6 @@ def api_judge_config(judge: Optional[JudgeConfig] = None,
             value = ""
         if value is not None:
             kwargs[target] = value
-    if kwargs.get("mode") is not None:
-        try:
-            kwargs["mode"] = CompareMode(kwargs["mode"])
-        except ValueError:
-            raise ConfigError(f"judge.mode: expected pairwise or single, got {kwargs['mode']!r}") from None
     if kwargs["cache_dir"] == "":
         kwargs["cache_dir"] = None
     return ApiJudgeConfig(**kwargs)

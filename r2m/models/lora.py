@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from r2m.config import LoRAConfig
+from r2m.config import PEFT_DEFAULT_TARGETS, LoRAConfig
 from r2m.errors import ModelError
 from r2m.runtime.safeio import read_json
 
@@ -33,7 +33,9 @@ def peft_config(cfg: LoRAConfig, task: str, model: Optional[nn.Module] = None):
 
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
-    targets = "all-linear" if tuple(cfg.target_modules) == ("all-linear",) else list(cfg.target_modules)
+    named = tuple(cfg.target_modules)
+    # peft-default: None lets peft pick the architecture's own targets (SER's RMs before issue 13).
+    targets = {("all-linear",): "all-linear", (PEFT_DEFAULT_TARGETS,): None}.get(named, list(named))
     heads = [h for h in _HEADS if model is not None and isinstance(getattr(model, h, None), nn.Module)]
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       task_type=TaskType.CAUSAL_LM if task == "causal" else TaskType.SEQ_CLS,

@@ -100,7 +100,7 @@ def hh_rlhf(root: Path) -> Path:
 R2M_SIZES = ["rl.steps=2", "rl.prompts_per_step=4", "rl.k=2", "rl.max_new_tokens=6", "rl.minibatches=2",
              "rl.micro_batch_size=2", "rl.rollout_batch_size=4", "rl.rollout_chunks=2", "rl.eval_every=1",
              "rl.save_every=1", "data.max_prompt_tokens=200", "reward.r2m.inner_dim=16", "eval.batch_size=4"]
-SER_SIZES = ["ser.max_loops=1", "ser.ppo_steps=2", "ser.min_status1=1", "rm.batch_size=8", "rm.epochs=1",
+SER_SIZES = ["ser.max_loops=1", "ser.rl.steps=2", "ser.min_status1=1", "rm.batch_size=8", "rm.epochs=1",
              "rl.prompts_per_step=4", "rl.minibatches=2", "rl.rollout_batch_size=4", "rl.max_new_tokens=6",
              "rl.eval_every=1", "rl.save_every=1", "data.max_prompt_tokens=200", "eval.batch_size=4"]
 

@@ -14,28 +14,22 @@
     kept        the last loop's RM, or the best on D_val (ser.keep)
     PPO         the kept RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
 
-The pure rules live in ``ser_status`` (calibration, status, filters, loss), the data in ``ser_data`` and the
-report in ``ser_report``; every name is re-exported here. Every loop writes its RM, a metrics row and the
+This module is the run (the stages of :class:`SERRun`, the loop, :func:`run_ser`). The pure rules live in
+``algorithms.ser_rules`` (calibration, status, filters, loss), the data in ``algorithms.ser_data``, the report in
+``reports.ser_report``, SER's RMs (factory, training, scoring) in ``ser_rm``, the PPO stage in ``ser_ppo`` and the
+loop state in ``ser_resume``; every name is re-exported here. Every loop writes its RM, a metrics row and the
 loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-import torch
-
-from r2m.config import (Config, PairLoss, PPOPrompts, RetrainData, RetrainFrom, RMConfig, SERConfig, SERVariant,
-                        config_hash, to_dict)
-from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
-from r2m.updates.supervised import LoopResult
-from r2m.updates.rm import TrainableRM, make_trainable_rm, merged_rm_model
+from r2m.config import Config, RetrainData, RetrainFrom, SERConfig, SERLoRAConfig, SERVariant, config_hash, to_dict
 from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
     PairSet,
     PseudoQuality,
@@ -79,158 +73,31 @@ from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
     release_filter,
     status_evidence,
 )
-from r2m.config import replace_path
 from r2m.errors import ConfigError
-from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-from r2m.models.lora import enable_gradient_checkpointing
-from r2m.models.reward import RewardModel
-from r2m.recipes.pipeline import (data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs,
-                                  user_models, world_data)
-from r2m.recipes.rl.run import run_rl
-from r2m.recipes.ser_resume import LoopState, StopReason, before_damaged_rm
+from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
+from r2m.recipes.ser_ppo import ppo_config, run_ppo_stage  # noqa: F401  (re-exported)
+from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
+                                    before_damaged_rm)
+from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
+    FitResult,
+    PairProbs,
+    PairScores,
+    RMEval,
+    _eval_metrics,
+    build_trainable_rm,
+    evaluate_rm,
+    fit_rm,
+    load_rm,
+    save_trainable_rm,
+    score_pairs,
+    score_rows,
+    steps_config,
+    train_pairs,
+)
 from r2m.runtime.runlog import RunDir
-from r2m.updates.rm import fit_pairs
 from r2m.updates.supervised import make_accelerator, set_threads
-from r2m.utils import resolve_device, seed_everything
-from r2m.world.view import rm_prompt_view
 
 log = logging.getLogger("r2m")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reward-model training on pairs (BT or the Eq. 5 hinge; full fine-tuning or LoRA)
-# ---------------------------------------------------------------------------------------------
-
-
-def build_trainable_rm(cfg: Config, init: str) -> TrainableRM:
-    """An RM from ``init`` (a causal LM gets a fresh score head), with LoRA adapters when ``ser.lora`` (SER's
-    settings) or else ``reward.lora``, and gradient checkpointing when ``reward.gradient_checkpointing``."""
-    tok = load_tokenizer(init, cfg.reward.trust_remote_code)
-    model = load_reward_model(init, cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
-                              cfg.run.allow_unsafe_weights)
-    if not cfg.ser.lora:
-        trainable = make_trainable_rm(model, tok, cfg.reward.lora, cfg.reward.gradient_checkpointing, base_path=init)
-        trainable.rm.set_max_length(cfg.reward.max_length)
-        trainable.rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world: SER's RM reads the masked view
-        return trainable
-    from peft import LoraConfig, TaskType, get_peft_model  # heavy: lazy
-
-    # SER App. C.3. modules_to_save keeps the score head trainable (a fresh head must learn).
-    lora = LoraConfig(r=cfg.ser.lora_r, lora_alpha=cfg.ser.lora_alpha, lora_dropout=cfg.ser.lora_dropout,
-                      task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
-    peft_model = get_peft_model(model, lora)
-    if cfg.reward.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    # The RewardModel wraps the injected HF model (backbone + head), not the PEFT shell.
-    rm = RewardModel(peft_model.base_model.model, tok, cfg.reward.max_length)
-    rm.prompt_view = rm_prompt_view(cfg.world)
-    return TrainableRM(rm, peft_model)
-
-
-def save_trainable_rm(trainable: TrainableRM, out_dir: Path):
-    """Save as a plain sequence-classification checkpoint (LoRA merged) and return the RM to evaluate."""
-    model = merged_rm_model(trainable)
-    save_model(model, trainable.rm.tokenizer, out_dir)
-    rm = RewardModel(model, trainable.rm.tokenizer, trainable.rm.max_length).eval()
-    rm.prompt_view = trainable.rm.prompt_view  # the saved RM scores through the view it trained on
-    return rm
-
-
-def steps_config(rmc: RMConfig, n_pairs: int, steps: int) -> RMConfig:
-    """``rmc`` set to exactly ``steps`` optimiser steps over ``n_pairs`` pairs (whatever rm.epochs says)."""
-    epochs = math.ceil(steps * rmc.batch_size / n_pairs)  # passes enough for ``steps`` batches; max_steps cuts
-    return dataclasses.replace(rmc, epochs=float(epochs), max_steps=steps)
-
-
-def train_pairs(rm, pairs: PairSet, loss: PairLoss, margin: float, cfg: RMConfig, accelerator, run, seed: int,
-                show_progress: bool = True) -> LoopResult:
-    """Train ``rm`` on ``pairs`` with the pairwise ``loss``; returns the steps and the last window's mean loss.
-
-    The RM trainer's own fitting (:func:`r2m.updates.rm.fit_pairs`) with SER's loss and, as SER App. C.3
-    does, a linear learning-rate decay.
-    """
-    result = fit_pairs(rm, pairs.prompts, pairs.chosen, pairs.rejected, cfg, accelerator, run, seed,
-                       pair_loss=lambda c, r: pair_loss(c, r, loss, margin), linear_decay=True,
-                       show_progress=show_progress)
-    accelerator.free_memory()  # drop the accelerator's references to this model and optimiser
-    return result
-
-
-class FitResult(NamedTuple):
-    rm: torch.nn.Module
-    """The trained RM (eval mode)."""
-    path: Path
-    """Where it was saved."""
-    final_loss: float
-    wall_s: float
-    steps: int
-    """Optimiser steps taken."""
-
-
-def fit_rm(cfg: Config, accelerator, init: str, pairs: PairSet, loss: PairLoss, out_dir: Path, name: str,
-           seed: int, steps: int = 0) -> FitResult:
-    """Build an RM from ``init``, train it on ``pairs`` (``steps`` optimiser steps, or 0: rm.epochs), save it to
-    ``out_dir``; its curve goes to ``<name>/``."""
-    t0 = time.perf_counter()
-    seed_everything(seed)  # the fresh score head and LoRA's init: the same whether resumed or not
-    trainable = build_trainable_rm(cfg, init)
-    run = RunDir(cfg, None, name=name)
-    rmc = steps_config(cfg.rm, len(pairs.prompts), steps) if steps else cfg.rm
-    result = train_pairs(trainable.rm, pairs, loss, cfg.ser.margin, rmc, accelerator, run, seed, cfg.run.progress)
-    rm = save_trainable_rm(trainable, out_dir)
-    return FitResult(rm, out_dir, result.final_loss, time.perf_counter() - t0, result.steps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring and evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-class PairProbs(NamedTuple):
-    """Probabilities in (0, 1) of the two answers of each pair, (N,) each: the p and s of Eq. 2-4."""
-
-    p1: torch.Tensor
-    p2: torch.Tensor
-
-
-class PairScores(NamedTuple):
-    """Raw RM scores of the two answers of each pair, (N,) each, on the CPU."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-
-    def probs(self, cal: ScoreCalibration = ScoreCalibration(0.0, 1.0)) -> PairProbs:
-        """Mapped into (0, 1) before any threshold (SER App. C.3), by ``cal`` (default: the plain sigmoid)."""
-        return PairProbs(cal.probs(self.a), cal.probs(self.b))
-
-
-def score_pairs(rm, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> PairScores:
-    return PairScores(rm.score_texts(list(prompts), list(a)), rm.score_texts(list(prompts), list(b)))
-
-
-def score_rows(rm, rows: Sequence[dict]) -> PairScores:
-    """Scores of (chosen, rejected) of labelled rows."""
-    pairs = labelled_pairs(rows)
-    return score_pairs(rm, pairs.prompts, pairs.chosen, pairs.rejected)
-
-
-class RMEval(NamedTuple):
-    val: RMAccuracy
-    test: RMAccuracy
-    val_scores: PairScores
-    """Chosen/rejected scores on D_val (the next loop's learning status reads them)."""
-
-
-def evaluate_rm(rm, val_rows: Sequence[dict], test_rows: Sequence[dict]) -> RMEval:
-    val_scores = score_rows(rm, val_rows)
-    test_scores = score_rows(rm, test_rows)
-    return RMEval(accuracy_from_scores(val_scores.a, val_scores.b, val_rows),
-                  accuracy_from_scores(test_scores.a, test_scores.b, test_rows), val_scores)
-
-
-def _eval_metrics(ev: RMEval) -> dict[str, float]:
-    return {"ser/val_acc": ev.val.accuracy, "ser/val_gold_acc": ev.val.gold_accuracy,
-            "ser/test_acc": ev.test.accuracy, "ser/test_gold_acc": ev.test.gold_accuracy}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,10 +111,21 @@ STATUS_CODE = {"seed": 0.0, LearningStatus.STATUS1.value: 1.0, LearningStatus.ST
 
 def state_key(cfg: Config) -> str:
     """What determines the loop's trajectory; max_loops, ser.keep and the PPO stage may change on resume."""
-    loop_only = {k: v for k, v in to_dict(cfg.ser).items() if k not in ("max_loops", "keep") and not k.startswith("ppo")}
-    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora else []  # old keys stay valid
-    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_only,
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora.enabled else []  # old keys stay valid
+    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_part(cfg.ser),
                        *lora, *precision_part(cfg))
+
+
+def loop_part(ser: SERConfig) -> dict:
+    """The ``ser.*`` fields that shape the loop, in the flat layout from before issue 13 (``lora``, ``lora_r``, ...):
+    the state key of a ``ser_state.json`` written then stays the same, so that run still resumes."""
+    part = {k: v for k, v in to_dict(ser).items()
+            if k not in ("max_loops", "keep", "lora", "rl") and not k.startswith("ppo")}
+    lora = ser.lora
+    part.update(lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
+    if lora.target_modules != SERLoRAConfig().target_modules:  # new in issue 13: in the key only when set
+        part["lora_target_modules"] = list(lora.target_modules)
+    return part
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
@@ -311,7 +189,7 @@ class SERRun:
 
     def current_rm(self, state: LoopState):
         if self.rm is None:
-            self.rm = _load_rm(self.cfg, self.run_dir / state.rm_dir)
+            self.rm = load_rm(self.cfg, self.run_dir / state.rm_dir)
         return self.rm
 
     def record(self, loop: int, status: str, metrics: dict[str, float], decision: str) -> dict:
@@ -390,34 +268,26 @@ class SERRun:
 
     def _stop(self, state: LoopState, reason: StopReason, k: int, d: "Decided") -> None:
         ev = d.evidence
-        state.stop = {"reason": reason.value, "loop": k, "decision": d.reason, **_evidence_metrics(d),
-                      "confident": ev.confident, "delta_p": ev.delta_p}
+        state.stop = LoopStop(reason, k, d.reason, StopEvidence(ev.confident, ev.delta_p, ev.n, ev.gain, d.cal.centre,
+                                                                d.cal.scale))
         state.save(self.run_dir)
         print(f"[ser] loop {k}: {reason.value} (validation: {ev.confident}/{ev.n} confident pairs, "
               f"delta_p {ev.delta_p:.3f}, last gain {ev.gain:+.4f}); the loop ends", flush=True)
 
-    def full(self, state: LoopState) -> dict:
+    def full(self, state: LoopState) -> FullBaseline:
         """The Full baseline: ``ser.loss`` on every labelled pair of the RM part (trained once, kept in the state)."""
         if state.full is None:
             fit = self.fit(self.init, labelled_pairs(self.splits.rm), "full", 10_000)
             ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
-            state.full = {"rm_dir": self.rel(fit.path), "ser/selected": len(self.splits.rm), **_eval_metrics(ev),
-                          "ser/train_steps": fit.steps, "ser/wall_s": fit.wall_s}
+            state.full = FullBaseline(self.rel(fit.path), len(self.splits.rm), ev.val.accuracy, ev.val.gold_accuracy,
+                                      ev.test.accuracy, ev.test.gold_accuracy, fit.steps, fit.wall_s)
             state.save(self.run_dir)
         return state.full
 
-    def ppo(self, state: LoopState, rm_dir: str) -> dict:
+    def ppo(self, state: LoopState, rm_dir: str) -> PPOSummary:
         """PPO with the kept RM (rerun when an earlier result used another RM)."""
-        if state.ppo is None or state.ppo["rm_dir"] != rm_dir:
-            res = run_rl(ppo_config(self.cfg, self.run_dir / rm_dir, self.run_dir / "splits" / "ppo_prompts.jsonl"))
-            nan = float("nan")
-            sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
-            f = res.final_eval
-            state.ppo = {"run_dir": str(res.run_dir), "rm_dir": rm_dir, "steps": self.cfg.ser.ppo_steps,
-                         "sft_gold": sft.get("eval/gold", nan),
-                         **{k: f[k] for k in ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft",
-                                              "eval/proxy", "eval/kl", "eval/length", "eval/exact_match") if k in f},
-                         "sft_length": sft.get("eval/length", nan), "wall_s": res.wall_s}
+        if state.ppo is None or state.ppo.rm_dir != rm_dir:
+            state.ppo = run_ppo_stage(self.cfg, self.run_dir, rm_dir)
             state.save(self.run_dir)
         return state.ppo
 
@@ -457,26 +327,6 @@ def last_loop(history: Sequence[dict]) -> LastLoop:
     return LastLoop(LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"])
 
 
-def ppo_config(cfg: Config, rm_dir: Path, split_prompts: Path) -> Config:
-    """The RL config of SER's PPO stage: the evolved RM, sigmoid-centred rewards, SER's KL settings."""
-    ser = cfg.ser
-    split = ser.ppo_prompts == PPOPrompts.SPLIT
-    prompts = str(split_prompts) if split else cfg.data.prompts
-    # The split's prompt file is r2m's plain JSONL, whatever data.format the source pairs had.
-    fmt = "plain" if split else cfg.data.formats.prompts
-    eval_prompts = cfg.data.eval_prompts
-    if not user_models(cfg):
-        # A SER run in the gold-reward world: the evolved RM is a path now, so name the world's files (r2m refuses
-        # to fill a data path behind a model path by itself).
-        files = world_data(cfg)
-        eval_prompts = eval_prompts or str(files.eval_prompts)
-        prompts = prompts or str(files.prompts)
-    return replace_path(cfg, run__name=f"{cfg.run.name}-ppo", rl__algorithm="ppo", rl__steps=ser.ppo_steps,
-                        reward__source="model", reward__path=str(rm_dir), reward__scaling="sigmoid_centered",
-                        rl__beta=ser.ppo_beta, rl__kl_adaptive=ser.ppo_kl_adaptive, rl__kl_target=ser.ppo_kl_target,
-                        data__prompts=prompts, data__formats__prompts=fmt, data__eval_prompts=eval_prompts)
-
-
 def run_ser(cfg: Config) -> SERResult:
     """Splits, Loop 0, self-labelling loops until STOP / an empty filter / ser.max_loops, the Full baseline,
     then PPO with the kept RM; resumes after the last completed loop with ``run.resume=auto``."""
@@ -484,13 +334,15 @@ def run_ser(cfg: Config) -> SERResult:
     state = self_evolve(ser_run)
     full = ser_run.full(state)
     ser_run.run.close()
-    kept = kept_loop([r["ser/val_acc"] for r in state.history], cfg.ser.keep, state.stop["reason"])
+    kept = kept_loop([r["ser/val_acc"] for r in state.history], cfg.ser.keep, state.stop.reason.value)
+    # The reports (a lower layer) and SERResult read the ser_state.json layout: plain dicts.
+    full, stop = full.to_json(), state.stop.to_json()
     result_table = ser_table(state.history, full, ser_run.sizes, kept, cfg.ser.retrain_loss)
-    write_report(ser_run.run_dir, state, full, result_table, kept)
+    write_report(ser_run.run_dir, state.history, stop, full, result_table, kept)
     rm_dir = loop_rm_dir(kept.index)
-    ppo = ser_run.ppo(state, rm_dir) if cfg.ser.ppo else None
-    print_report(state, result_table, ppo, ser_run.run_dir, kept)
-    return SERResult(ser_run.run_dir, state.history, result_table, state.stop, full, ppo,
+    ppo = ser_run.ppo(state, rm_dir).to_json() if cfg.ser.ppo else None
+    print_report(state.history, stop, result_table, ppo, ser_run.run_dir, kept)
+    return SERResult(ser_run.run_dir, state.history, result_table, stop, full, ppo,
                      ser_run.run_dir / rm_dir, {"loop": kept.index, "reason": kept.reason})
 
 
@@ -515,19 +367,10 @@ def self_evolve(ser_run: SERRun) -> LoopState:
     while state.stop is None and state.loop < cfg.ser.max_loops:
         ser_run.next_loop(state)
     if state.stop is None:
-        state.stop = {"reason": StopReason.MAX_LOOPS.value, "loop": state.loop}
+        state.stop = LoopStop(StopReason.MAX_LOOPS, state.loop)
     state.save(ser_run.run_dir)
     return state
 
 
 def _may_continue(state: LoopState, ser: SERConfig) -> bool:
-    return state.stop is not None and state.stop["reason"] == StopReason.MAX_LOOPS.value and state.loop < ser.max_loops
-
-
-def _load_rm(cfg: Config, path: Path):
-    tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
-    model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
-                              cfg.run.allow_unsafe_weights)
-    rm = RewardModel(model, tok, cfg.reward.max_length).to(resolve_device(cfg.run.device)).eval()
-    rm.prompt_view = rm_prompt_view(cfg.world)
-    return rm
+    return state.stop is not None and state.stop.reason == StopReason.MAX_LOOPS and state.loop < ser.max_loops

@@ -77,19 +77,21 @@ def print_loop(row: dict) -> None:
           flush=True)
 
 
-def write_report(run_dir: Path, state, full: dict, table: tuple, kept: Optional[Kept] = None) -> list[Path]:
-    history = state.history
+def write_report(run_dir: Path, history: Sequence[dict], stop: Optional[dict], full: dict, table: tuple,
+                 kept: Optional[Kept] = None) -> list[Path]:
+    """table.md and the plots; ``stop`` and ``full`` in the ser_state.json layout."""
     text = ("## SER Table 1 (held-out pairs)\n\n" + format_table(*table, markdown=True) + "\n\n## Loops\n\n"
             + format_table(*loop_table(history), markdown=True) + "\n\n## Decisions\n\n"
-            + "\n".join(decision_lines(history, state.stop, kept)) + "\n")
+            + "\n".join(decision_lines(history, stop, kept)) + "\n")
     (run_dir / "table.md").write_text(text)
     return [plot_accuracy(history, full, run_dir / "plots" / "accuracy_per_loop.png"),
             plot_data_fraction(history, run_dir / "plots" / "data_per_loop.png")]
 
 
-def print_report(state, table: tuple, ppo: Optional[dict], run_dir: Path, kept: Optional[Kept] = None) -> None:
-    print("\nSER loops\n" + format_table(*loop_table(state.history)))
-    print("\nSER decisions\n" + "\n".join(decision_lines(state.history, state.stop, kept)))
+def print_report(history: Sequence[dict], stop: Optional[dict], table: tuple, ppo: Optional[dict], run_dir: Path,
+                 kept: Optional[Kept] = None) -> None:
+    print("\nSER loops\n" + format_table(*loop_table(history)))
+    print("\nSER decisions\n" + "\n".join(decision_lines(history, stop, kept)))
     print("\nSER Table 1: reward-model accuracy on held-out pairs (test = data.pref_eval)\n" + format_table(*table))
     if ppo is not None:
         nan = float("nan")

@@ -409,7 +409,7 @@ def test_judge_config_precedence_config_then_env_then_default() -> None:
             from_env.timeout_s, from_env.mode, from_env.cache_dir) == \
         ("http://env:1/v1", "env-model", "ENV_KEY_VAR", 7, 2, 3.5, CompareMode.SINGLE, "/tmp/env-cache")
     cfg = JudgeConfig(base_url="http://cfg:2/v1", model="cfg-model", api_key_env="CFG_KEY_VAR", concurrency=3,
-                      max_retries=0, timeout=9.0, mode="pairwise", cache_dir="")
+                      max_retries=0, timeout=9.0, mode=CompareMode.PAIRWISE, cache_dir="")
     both = api_judge_config(cfg, environ=env)  # the config wins field by field
     assert (both.base_url, both.model, both.api_key_env, both.max_concurrency, both.max_retries, both.timeout_s,
             both.mode, both.cache_dir) == ("http://cfg:2/v1", "cfg-model", "CFG_KEY_VAR", 3, 0, 9.0,
@@ -417,6 +417,20 @@ def test_judge_config_precedence_config_then_env_then_default() -> None:
     assert api_judge_config(JudgeConfig(model="m"), environ={"R2M_JUDGE_CACHE": ""}).cache_dir is None
     with pytest.raises(ConfigError, match="R2M_JUDGE_CONCURRENCY"):
         api_judge_config(JudgeConfig(), environ={"R2M_JUDGE_CONCURRENCY": "lots"})
+
+
+def test_judge_mode_is_an_enum_validated_where_it_is_read() -> None:
+    # eval.judge.mode is a JudgeMode once parsed (issue 13); CompareMode is the same Enum.
+    from r2m.config import JudgeMode
+
+    assert CompareMode is JudgeMode
+    assert load_config(None, ["eval.judge.mode=single"]).eval.judge.mode is JudgeMode.SINGLE
+    with pytest.raises(ConfigError, match=r"eval\.judge\.mode: expected one of pairwise, single, got 'best'"):
+        load_config(None, ["eval.judge.mode=best"])
+    with pytest.raises(ConfigError, match=r"R2M_JUDGE_MODE: expected one of pairwise, single, got 'best'"):
+        api_judge_config(JudgeConfig(), environ={"R2M_JUDGE_MODE": "best"})
+    with pytest.raises(ConfigError, match=r"judge\.mode: expected a JudgeMode"):
+        ApiJudgeConfig(mode="single")  # a Python caller passes the Enum; strings are read by the parser and env
 
 
 def test_judge_config_fields_are_validated_without_echoing_a_key() -> None:

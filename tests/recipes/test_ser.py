@@ -335,7 +335,7 @@ def _state(root: Path, name: str) -> dict:
 
 def test_ser_end_to_end_and_resume(tiny, world_artifacts, capsys) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
-    args = [*tiny, *LOOSE, "ser.ppo_steps=2"]
+    args = [*tiny, *LOOSE, "ser.rl.steps=2"]
     # First sitting: Loop 0, one self-labelling loop, Full; no PPO yet.
     assert main(["ser", *args, "run.name=ser-e2e", "ser.max_loops=1", "ser.ppo=false"]) == 0
     out = capsys.readouterr().out
@@ -379,7 +379,7 @@ def test_ser_end_to_end_and_resume(tiny, world_artifacts, capsys) -> None:
 
 def test_ser_stops_on_status_with_lora(tiny, world_artifacts, capsys) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
-    args = ["ser", *tiny, "run.name=ser-stop", "ser.ppo=false", "ser.lora=true", "ser.min_status1=100000",
+    args = ["ser", *tiny, "run.name=ser-stop", "ser.ppo=false", "ser.lora.enabled=true", "ser.min_status1=100000",
             "ser.tau_delta=0.99"]
     assert main(args) == 0
     state = _state(root, "ser-stop")
