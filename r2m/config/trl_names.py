@@ -68,3 +68,45 @@ def trl_overrides(values: dict[str, Any], section: str = "rl") -> dict[str, Any]
                               "give r2m's own field as section.key")
         out.update(TRL_NAMES[name](value, section) if name in SECTIONED else TRL_NAMES[name](value))
     return out
+
+
+FLAGS = frozenset({"bf16"})
+"""TRL names that may stand alone as flags (``--bf16`` means ``--bf16 true``)."""
+
+
+def _as_override(dotted: str, value: Any) -> str:
+    import json
+
+    return f"{dotted}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def cli_overrides(argv: list[str], section: str = "rl") -> list[str]:
+    """``--section.key value``, ``--section.key=value`` and ``--<TRL name> value`` -> ``a.b=c`` tokens.
+
+    Anything else (``-c``, ``--config FILE``, ``--out``, ``a.b=c``) is passed through untouched.
+    """
+    import yaml
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        key = token[2:].split("=", 1)[0] if token.startswith("--") else ""
+        if not key or not ("." in key or key in TRL_NAMES):
+            out.append(token)
+            i += 1
+            continue
+        if "=" in token:
+            raw, i = token.split("=", 1)[1], i + 1
+        elif key in FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            raw, i = "true", i + 1
+        elif i + 1 < len(argv):
+            raw, i = argv[i + 1], i + 2
+        else:
+            raise ConfigError(f"{token}: expected a value after it")
+        if "." in key:
+            out.append(f"{key}={raw}")
+            continue
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        out.extend(_as_override(k, v) for k, v in trl_overrides({key: value}, section).items())
+    return out
