@@ -100,3 +100,27 @@ def test_rl_config_maps_trl_names() -> None:
     assert cfg.run.mixed_precision == "bf16" and cfg.rl.algorithm == "grpo" and cfg.rl.beta == 0.07
     rm = r2m.RMConfig(learning_rate=3e-4, save_steps=2, num_train_epochs=4).to_config()
     assert (rm.rm.lr, rm.rm.save_every, rm.rm.epochs) == (3e-4, 2, 4)
+
+
+def test_trl_aliases_copy_r2m_metrics(world_artifacts, tmp_path) -> None:
+    from r2m.recipes.rl.trl_aliases import TRL_ALIASES
+
+    policy_dir, _, files = world_artifacts
+    rewards = iter([[0.7, 0.7, 0.1, 0.5]])  # group 1 all equal (zero std), group 2 spread 0.4
+
+    def fixed(prompts, completions):
+        return next(rewards, [0.3] * len(completions))
+
+    args = r2m.RLConfig(output_dir=str(tmp_path / "al"), max_steps=1, num_generations=2, report_to="none",
+                        overrides={"rl.prompts_per_step": 2, "rl.eval_every": 5, "eval.samples_per_prompt": 1,
+                                   "run.progress": False, "rl.lr_schedule": "constant"})
+    trainer = r2m.RLTrainer(str(policy_dir), fixed, args=args, train_dataset=str(files.prompts),
+                            eval_dataset=str(files.eval_prompts))
+    # the evaluation at step 0 takes the first answer: step 1 must see ours, so evaluation comes first here
+    rewards = iter([[0.3] * 16, [0.7, 0.7, 0.1, 0.5]])
+    row = trainer.train().history[1]
+    assert row["step"] == 1
+    assert all(row[alias] == row[key] for alias, key in TRL_ALIASES.items())
+    assert row["frac_reward_zero_std"] == 0.5
+    assert abs(row["reward_std"] - (0.0 + 0.4 / 2**0.5) / 2) < 1e-6  # std within each group, averaged
+    assert abs(row["reward"] - 0.5) < 1e-6
