@@ -124,3 +124,26 @@ def test_trl_aliases_copy_r2m_metrics(world_artifacts, tmp_path) -> None:
     assert row["frac_reward_zero_std"] == 0.5
     assert abs(row["reward_std"] - (0.0 + 0.4 / 2**0.5) / 2) < 1e-6  # std within each group, averaged
     assert abs(row["reward"] - 0.5) < 1e-6
+
+
+def _dotted(tiny: list[str]) -> dict:
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (t.split("=", 1) for t in tiny)}
+
+
+def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None:
+    from datasets import Dataset
+
+    _, _, files = world_artifacts
+    overrides = {**_dotted(tiny), "run.name": "rm-api"}
+    args = r2m.RMConfig(learning_rate=1e-3, num_train_epochs=1, report_to="none", overrides=overrides)
+    result = r2m.RMTrainer(args=args, train_dataset=Dataset.from_json(str(files.pref_train)),
+                           eval_dataset=str(files.pref_eval)).train()
+    assert result.steps > 0 and math.isfinite(result.final_loss)
+    assert result.eval.n > 0 and 0.0 <= result.eval.accuracy <= 1.0
+
+
+def test_ser_trainer_resolves_its_config(tiny) -> None:
+    trainer = r2m.SERTrainer(r2m.SERConfig(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
+    assert trainer.cfg.run.seed == 3 and trainer.cfg.ser.max_loops == 1
