@@ -18,5 +18,6 @@ class TrainerCallback:
         return None
 
     def on_save(self, step: int, path: str) -> Optional[bool]:
-        """After a checkpoint of ``step`` was written to ``path``."""
+        """After a checkpoint of ``step`` was written to ``path`` (``checkpoints/step-00000N``), and once at the end
+        for the final model (``checkpoints/final``)."""
         return None

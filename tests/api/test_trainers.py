@@ -51,6 +51,7 @@ class StopAfterOne(r2m.TrainerCallback):
         return True  # stop after the first step
 
     def on_save(self, step, path):
+        assert Path(path).is_dir()
         self.calls.append(("save", step))
 
 
@@ -73,7 +74,8 @@ def test_callable_reward_and_stopping_callback(world_artifacts, tmp_path) -> Non
                             train_dataset=Dataset.from_json(str(files.prompts)), eval_dataset=str(files.eval_prompts),
                             callbacks=[cb], processing_class=AutoTokenizer.from_pretrained(policy_dir))
     result = trainer.train()
-    assert cb.calls == [("evaluate", 0), ("evaluate", 1), ("step", 1), ("save", 1)]
+    # stopped after step 1: its checkpoint, then the final model
+    assert cb.calls == [("evaluate", 0), ("evaluate", 1), ("step", 1), ("save", 1), ("save", 1)]
     assert seen == [16, 4, 16]  # evaluation (16 prompts), the step (2 prompts x 2 generations), evaluation
     assert result.history[-1]["step"] == 1
 

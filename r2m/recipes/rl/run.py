@@ -224,6 +224,8 @@ def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None) -> RLResult:
                 raise TrainingInterrupted(f"{stop.signal_name or 'a signal'} at step {step}: checkpoint saved to {path}; "
                                           f"continue with run.resume=auto")
     bar.close()
-    return rl.finish()
+    result = rl.finish()
+    hooks("on_save", int(rl.run.history[-1]["step"]) if rl.run.history else 0, str(rl.run.checkpoints / "final"))
+    return result
 
 
