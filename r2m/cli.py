@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 
 from r2m.runtime import runlock
 from r2m.config import Config, load_config, to_dict
+from r2m.config.help import config_help
+from r2m.config.trl_names import cli_overrides
 from r2m.errors import R2MError
 from r2m.utils import quiet_transformers
 from r2m.errors import NumericError, TrainingInterrupted
@@ -48,7 +50,9 @@ from r2m.recipes.monitor import cmd_monitor
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default=None, help="YAML config file (default: the world's defaults)")
-    p.add_argument("overrides", nargs="*", help="overrides of the form section.key=value")
+    p.add_argument("overrides", nargs="*", help="overrides: section.key=value, --section.key value, or TRL's names "
+                   "(--num_generations 4, --output_dir runs/x; docs/TRL.md)")
+    p.add_argument("--help-config", action="store_true", help="print every config field with its docstring, and exit")
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -58,6 +62,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     override list is already taken when ``-c f.yaml`` comes; the leftover ``a.b=c`` are overrides.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "rl")
+    # --section.key value and TRL's names (--num_generations 4) become a.b=c (r2m.config.trl_names)
+    try:
+        argv = cli_overrides(argv, "rm" if command == "rm" else "sft" if command == "sft" else "rl")
+    except R2MError as e:
+        parser.error(str(e))  # exits with status 2, the usage and the message
     args, extra = parser.parse_known_args(argv)
     unknown = [e for e in extra if e.startswith("-") or "=" not in e]
     if unknown:
@@ -213,6 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "monitor":
 
             return cmd_monitor(args.run_dir, args.overrides, not args.no_plot)
+        if getattr(args, "help_config", False):
+            print(config_help())
+            return 0
         overrides = list(args.overrides) + (["run.resume=auto"] if getattr(args, "resume", False) else [])
         if args.command in ("bench", "analyze") or getattr(args, "what", None) == "winrate":
             return _cmd_extra(args, load_config(args.config, overrides))

@@ -37,6 +37,7 @@ LAYERS = [
     ("reports", ["r2m.reports"]),
     ("integrations", ["r2m.integrations"]),
     ("recipes", ["r2m.recipes"]),
+    ("api", ["r2m.api"]),
     ("cli", ["r2m.cli", "r2m.__main__", "r2m"]),
 ]
 COMPAT = {"r2m.losses", "r2m.advantages", "r2m.kl_control", "r2m.reward_shaping", "r2m.rollout", "r2m.trainers",

@@ -342,6 +342,8 @@ def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]
         "adv/mean": adv_seq.mean().item(),
         "adv/std": adv_seq.std().item() if B > 1 else 0.0,
         "groups/degenerate": (groups.max(-1).values - groups.min(-1).values < 1e-6).float().mean().item(),
+        # The std of the raw reward within each group of K, averaged over groups (TRL's reward_std)
+        "reward/group_std": raw.view(-1, exp.k).std(-1).mean().item() if exp.k > 1 else 0.0,
     }
     if exp.gold is not None:
         out["reward/gold"] = g(exp.gold).mean().item()

@@ -63,7 +63,9 @@ class RunDir:
         if self._is_main:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         if accelerator is not None and cfg.run.log_with:
-            accelerator.init_trackers("r2m", config=_flatten(to_dict(cfg)))
+            # Named after the run (issue 17): wandb's project and run name, tensorboard's <run dir>/<run.name>/
+            accelerator.init_trackers(cfg.run.name, config=_flatten(to_dict(cfg)),
+                                      init_kwargs={"wandb": {"name": cfg.run.name}})
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}

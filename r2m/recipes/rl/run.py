@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -45,6 +46,7 @@ from r2m.utils import StopSignal, seed_everything, torch_dtype
 
 from r2m.recipes.rl.checkpoints import CheckpointMixin
 from r2m.recipes.rl.evaluation import EvaluationMixin
+from r2m.recipes.rl.hooks import Hooks
 from r2m.recipes.rl.reports import ReportMixin, RLResult
 from r2m.recipes.rl.setup import PromptSampler, check_data_parallel, configure_backend
 from r2m.recipes.rl.step import StepMixin, bad_experience, tensor_stats  # noqa: F401 (the guard, re-exported)
@@ -65,7 +67,9 @@ log = logging.getLogger("r2m")
 class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
     """One RL run: setup (or resume), then ``step(t)`` T times, evaluating every ``rl.eval_every`` steps."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, reward_fn=None):
+        """``reward_fn``: a reward function object (:class:`r2m.experience.rewards.RewardFunction`) used instead of
+        the one ``cfg.reward`` builds (the object API's Python callables; then reward.source=gold loads no RM)."""
 
         self.t_start = time.perf_counter()
         self.cfg = cfg
@@ -94,7 +98,7 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
         self.ref = self._reference(ref)
         policy_dim = policy.config.get_text_config().hidden_size
-        self.reward_fn = build_reward(cfg, self.inputs.reward_model, device, policy_dim)
+        self.reward_fn = reward_fn or build_reward(cfg, self.inputs.reward_model, device, policy_dim)
         self._load_prompts()
         self._check_pairing()
         self.generator = build_generator(cfg, self.inputs.policy, self.policy, self.tok, device, self.acc)
@@ -181,13 +185,17 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         return self.acc.prepare(critic, opt)
 
 
-def run_rl(cfg: Config) -> RLResult:
+def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None) -> RLResult:
     """The RL loop; resumes from the latest checkpoint with ``run.resume=auto``; SIGINT/SIGTERM stop it
-    after the current step with a checkpoint."""
+    after the current step with a checkpoint. ``callbacks``: objects with ``on_step_end(step, metrics)``,
+    ``on_evaluate(step, metrics)``, ``on_save(step, path)``; one returning True stops the run after that step."""
 
-    rl = RLRun(cfg)
+    rl = RLRun(cfg, reward_fn)
+    hooks = Hooks(callbacks)
     if rl.start_step == 0:
-        rl.run.log(rl.evaluate(0), 0)
+        first = rl.evaluate(0)
+        rl.run.log(first, 0)
+        hooks("on_evaluate", 0, first)
     bar = progress(cfg.rl.steps, "rl", cfg.run.progress)
     bar.update(rl.start_step)
     with StopSignal() as stop:
@@ -197,12 +205,16 @@ def run_rl(cfg: Config) -> RLResult:
             bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("reward/proxy", "reward/gold", "kl")
                              if k in metrics})
             if step % cfg.rl.eval_every == 0 or step == cfg.rl.steps:
-                metrics.update(rl.evaluate(step))
+                evaluation = rl.evaluate(step)
+                metrics.update(evaluation)
+                hooks("on_evaluate", step, evaluation)
             rl.run.log(metrics, step)  # one row per step: training and (when due) evaluation metrics
+            hooks("on_step_end", step, metrics)
             if cfg.rl.save_every and step % cfg.rl.save_every == 0 and step < cfg.rl.steps:
-                rl.save_checkpoint(step)
-            if rl.watch.stop_requested:  # rl.stop_on_alarm: the alarm fired at this evaluation
-                rl.save_checkpoint(step)
+                hooks("on_save", step, str(rl.save_checkpoint(step)))
+            if rl.watch.stop_requested or (hooks.stop_requested and step < cfg.rl.steps):
+                # rl.stop_on_alarm (the alarm fired at this evaluation), or a callback asked to stop
+                hooks("on_save", step, str(rl.save_checkpoint(step)))
                 break
             # Every rank stops after the same step (a signal may reach them at different times).
             if not rl.dist.all(not stop.requested):
@@ -212,6 +224,8 @@ def run_rl(cfg: Config) -> RLResult:
                 raise TrainingInterrupted(f"{stop.signal_name or 'a signal'} at step {step}: checkpoint saved to {path}; "
                                           f"continue with run.resume=auto")
     bar.close()
-    return rl.finish()
+    result = rl.finish()
+    hooks("on_save", int(rl.run.history[-1]["step"]) if rl.run.history else 0, str(rl.run.checkpoints / "final"))
+    return result
 
 

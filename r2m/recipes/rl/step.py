@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from r2m.experience.rollout import Experience, experience_metrics
+from r2m.recipes.rl.trl_aliases import with_trl_aliases
 from r2m.errors import NumericError
 from r2m.experience.sampling import chunk_seed
 
@@ -87,6 +88,7 @@ class StepMixin:
         if self.reward_fn.reward_model is not None:  # RM inputs cut at reward.max_length since the last step
             metrics["data/rm_truncated"] = self.reward_fn.reward_model.pop_truncated()
         self._check_bad_steps(step)
+        metrics = with_trl_aliases(metrics)  # reward, reward_std, ... beside r2m's keys
         return metrics
 
     def _skip(self, step: int, bad: dict[str, float], exp: Experience) -> dict[str, float]:

@@ -1,0 +1,160 @@
+"""``r2m.RLTrainer``, ``r2m.RMTrainer``, ``r2m.SERTrainer``: objects over the recipes' loops (no second loop).
+
+Each resolves its arguments into one r2m ``Config`` and calls the loop the CLI calls (``run_rl``, ``run_rm``,
+``run_ser``). Objects the loops take only as paths are written to a temporary directory that lives as long
+as the trainer: a ``transformers`` model (with its ``processing_class``) is saved with ``save_pretrained``,
+a ``datasets.Dataset`` as JSONL. A Python reward callable is injected into the RL run instead (no file).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+from r2m.api.args import RLConfig, RMConfig, SERConfig, TrainerArgs
+from r2m.errors import ConfigError, DataError
+from r2m.experience.rewards import RewardOutput, RewardQuery
+from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, run_rm
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser import run_ser
+
+log = logging.getLogger("r2m")
+
+
+class CallableReward:
+    """A Python reward ``(prompts, completions) -> scores`` as an RL reward function (no RM, so no R2M)."""
+
+    needs_policy_hidden = False
+    reward_model = None
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]]):
+        self.fn = fn
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        scores = torch.as_tensor(self.fn(list(query.prompts), list(query.responses)), dtype=torch.float32)
+        if scores.shape != (len(query.prompts),):
+            raise DataError(f"reward callable {getattr(self.fn, '__name__', self.fn)!r}: returned shape "
+                            f"{tuple(scores.shape)}, expected one score per completion ({len(query.prompts)},)")
+        return RewardOutput(scores.flatten(), None)
+
+
+class _Staging:
+    """The trainer's temporary directory and the config overrides its objects became."""
+
+    def __init__(self):
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self.overrides: dict[str, Any] = {}
+
+    def dir(self, name: str) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="r2m-api-")
+        return Path(self._tmp.name) / name
+
+    def model(self, key: str, model: Any, tokenizer: Any, what: str) -> None:
+        if model is None:
+            return
+        if isinstance(model, (str, Path)):
+            self.overrides[key] = str(model)
+            return
+        if not hasattr(model, "save_pretrained") or tokenizer is None:
+            raise ConfigError(f"{what}: expected a path or a transformers model with its tokenizer "
+                              f"(processing_class=...), got {type(model).__name__}")
+        out = self.dir(key)
+        model.save_pretrained(out)  # the loops read models by path (policy.path, reward.path)
+        tokenizer.save_pretrained(out)
+        self.overrides[key] = str(out)
+
+    def dataset(self, key: str, data: Any, what: str) -> None:
+        if data is None:
+            return
+        if isinstance(data, (str, Path)):
+            self.overrides[key] = str(data)
+            return
+        if not hasattr(data, "to_json"):
+            raise DataError(f"{what}: expected a path or a datasets.Dataset, got {type(data).__name__}")
+        out = self.dir(key).with_suffix(".jsonl")
+        data.to_json(str(out), lines=True)
+        self.overrides[key] = str(out)
+
+
+class RLTrainer:
+    """RL (RLOO, GRPO, ReMax, REINFORCE++, PPO; R2M with ``args.r2m=True``): ``RLTrainer(...).train()``.
+
+    ``model``: path or transformers causal LM (then ``processing_class``); None: the world's SFT policy.
+    ``reward_model``: path, transformers sequence classifier (then ``reward_processing_class``), or a callable
+    ``(prompts, completions) -> scores``; None: the config's. Datasets: path or ``datasets.Dataset`` of prompts
+    (r2m's or TRL's prompt-only format: set ``data.format`` in ``args.overrides`` for TRL); ``rm_eval_dataset``:
+    held-out preference pairs on which the RM's accuracy is measured (required with a user's reward model).
+    """
+
+    def __init__(self, model: Any = None, reward_model: Any = None, args: Optional[RLConfig] = None,
+                 train_dataset: Any = None, eval_dataset: Any = None, callbacks: Sequence[Any] = (),
+                 processing_class: Any = None, reward_processing_class: Any = None, rm_eval_dataset: Any = None):
+        self.args = args or RLConfig()
+        self.callbacks = list(callbacks)
+        self.staging = _Staging()
+        self.reward_fn = None
+        self.staging.model("policy.path", model, processing_class, "model")
+        if callable(reward_model) and not isinstance(reward_model, torch.nn.Module):
+            if self.args.r2m:
+                raise ConfigError("args.r2m: R2M needs a reward model to fuse the policy's h into; "
+                                  "a Python reward callable has none")
+            self.reward_fn = CallableReward(reward_model)
+            self.staging.overrides["reward.source"] = "gold"  # loads no RM; the callable replaces gold's
+        else:
+            self.staging.model("reward.path", reward_model, reward_processing_class, "reward_model")
+        self.staging.dataset("data.prompts", train_dataset, "train_dataset")
+        self.staging.dataset("data.eval_prompts", eval_dataset, "eval_dataset")
+        self.staging.dataset("data.pref_eval", rm_eval_dataset, "rm_eval_dataset")
+        self.cfg = self.args.to_config(self.staging.overrides)
+
+    def train(self):
+        """Runs the loop; returns its ``RLResult`` (run directory, history, final evaluation)."""
+        return run_rl(self.cfg, callbacks=self.callbacks, reward_fn=self.reward_fn)
+
+
+class RMTrainer:
+    """Bradley-Terry reward-model training: ``RMTrainer(model, args, train_dataset, eval_dataset).train()``.
+
+    ``model``: the initialisation (a causal LM or an RM; path or object with ``processing_class``); None: rm.init_from,
+    else the world's backbone. Datasets: preference pairs (path or ``datasets.Dataset``, r2m's or TRL's format).
+    """
+
+    def __init__(self, model: Any = None, args: Optional[RMConfig] = None, train_dataset: Any = None,
+                 eval_dataset: Any = None, processing_class: Any = None):
+        self.args = args or RMConfig()
+        self.staging = _Staging()
+        self.staging.model("rm.init_from", model, processing_class, "model")
+        self.staging.dataset("data.pref_train", train_dataset, "train_dataset")
+        self.staging.dataset("data.pref_eval", eval_dataset, "eval_dataset")
+        self.cfg = self.args.to_config(self.staging.overrides)
+
+    def train(self):
+        """Trains and saves to ``<output_dir>/checkpoints/final``; returns the recipe's result (``.eval``: accuracy)."""
+        cfg = self.cfg
+        paths = data_paths(cfg, ("pref_train", "pref_eval"))
+        init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
+        out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
+        return run_rm(cfg, init, paths["pref_train"], paths["pref_eval"], out, cfg.run.name, trackers=True,
+                      resume=cfg.run.resume == "auto", adapt=True)
+
+
+class SERTrainer:
+    """SER (self-evolved reward learning, then PPO with the kept RM), as ``r2m ser``: ``SERTrainer(args).train()``.
+
+    Its inputs are the config's (``args.overrides``: ``ser.*``, ``data.*``); ``overrides`` here adds dotted fields.
+    """
+
+    def __init__(self, args: Optional[SERConfig] = None, overrides: Optional[Mapping[str, Any]] = None):
+        self.args = args or SERConfig()
+        self.cfg = self.args.to_config(overrides)
+
+    def train(self):
+        return run_ser(self.cfg)
+
+
+__all__ = ["RLTrainer", "RMTrainer", "SERTrainer", "CallableReward", "TrainerArgs"]

@@ -1,0 +1,151 @@
+"""The object API (README "From Python"): examples/python_rl_r2m.py runs GRPO + R2M through r2m.RLTrainer with a
+callback; a reward callable replaces the RM; a callback stops the run; objects (model, Dataset) are accepted."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+import r2m
+from r2m.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "python_rl_r2m.py"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("python_rl_r2m", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_includes_the_example_verbatim() -> None:
+    block = re.search(r"## From Python\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block is not None, "README.md has no python block in a '## From Python' section"
+    assert block.group(1) == EXAMPLE.read_text(), "README's From Python block and examples/python_rl_r2m.py differ"
+
+
+def test_example_runs_grpo_with_r2m(world_artifacts, tmp_path) -> None:
+    policy_dir, rm_dir, files = world_artifacts
+    result, recorder = _example().train(str(policy_dir), str(rm_dir), str(files.prompts), str(files.eval_prompts),
+                                        str(files.pref_eval), str(tmp_path / "py"))
+    assert [row["step"] for row in recorder.steps] == [1, 2]
+    assert all(math.isfinite(row["r2m/grebt"]) for row in recorder.steps), sorted(recorder.steps[0])
+    assert (Path(result.run_dir) / "checkpoints" / "final" / "r2m").is_dir()  # R2M's fusion + head saved
+
+
+class StopAfterOne(r2m.TrainerCallback):
+    def __init__(self):
+        self.calls = []
+
+    def on_evaluate(self, step, metrics):
+        self.calls.append(("evaluate", step))
+
+    def on_step_end(self, step, metrics):
+        self.calls.append(("step", step))
+        return True  # stop after the first step
+
+    def on_save(self, step, path):
+        assert Path(path).is_dir()
+        self.calls.append(("save", step))
+
+
+def test_callable_reward_and_stopping_callback(world_artifacts, tmp_path) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy_dir, _, files = world_artifacts
+    seen = []
+
+    def length_reward(prompts, completions):
+        seen.append(len(completions))
+        return [0.7 * len(c) for c in completions]
+
+    cb = StopAfterOne()
+    args = r2m.RLConfig(output_dir=str(tmp_path / "cb"), max_steps=3, num_generations=2, report_to="none",
+                        overrides={"rl.prompts_per_step": 2, "rl.eval_every": 1, "eval.samples_per_prompt": 1,
+                                   "run.progress": False})
+    trainer = r2m.RLTrainer(AutoModelForCausalLM.from_pretrained(policy_dir), length_reward, args=args,
+                            train_dataset=Dataset.from_json(str(files.prompts)), eval_dataset=str(files.eval_prompts),
+                            callbacks=[cb], processing_class=AutoTokenizer.from_pretrained(policy_dir))
+    result = trainer.train()
+    # stopped after step 1: its checkpoint, then the final model
+    assert cb.calls == [("evaluate", 0), ("evaluate", 1), ("step", 1), ("save", 1), ("save", 1)]
+    assert seen == [16, 4, 16]  # evaluation (16 prompts), the step (2 prompts x 2 generations), evaluation
+    assert result.history[-1]["step"] == 1
+
+
+def test_bad_arguments_are_refused(world_artifacts) -> None:
+    with pytest.raises(ConfigError, match="args.r2m"):
+        r2m.RLTrainer(None, lambda p, c: [0.0] * len(c), args=r2m.RLConfig(r2m=True))
+    with pytest.raises(ConfigError, match="model: expected a path or a transformers model"):
+        r2m.RLTrainer(object(), None)
+    with pytest.raises(DataError, match="train_dataset"):
+        r2m.RLTrainer(None, None, train_dataset=[{"prompt": "x"}])
+    with pytest.raises(ConfigError, match="not a TRL name"):
+        from r2m.config.trl_names import trl_overrides
+
+        trl_overrides({"num_train_epoch": 1})
+
+
+def test_rl_config_maps_trl_names() -> None:
+    cfg = r2m.RLConfig(output_dir="runs/a/b", num_generations=3, max_completion_length=7, epsilon=0.3,
+                       learning_rate=2e-5, report_to="none", save_steps=5, seed=9, bf16=True, algorithm="grpo",
+                       overrides={"rl.beta": 0.07}).to_config()
+    assert (cfg.run.root, cfg.run.name, cfg.rl.k, cfg.rl.max_new_tokens, cfg.rl.clip_eps) == ("runs/a", "b", 3, 7, 0.3)
+    assert (cfg.rl.lr, cfg.run.log_with, cfg.rl.save_every, cfg.run.seed) == (2e-5, (), 5, 9)
+    assert cfg.run.mixed_precision == "bf16" and cfg.rl.algorithm == "grpo" and cfg.rl.beta == 0.07
+    rm = r2m.RMConfig(learning_rate=3e-4, save_steps=2, num_train_epochs=4).to_config()
+    assert (rm.rm.lr, rm.rm.save_every, rm.rm.epochs) == (3e-4, 2, 4)
+
+
+def test_trl_aliases_copy_r2m_metrics(world_artifacts, tmp_path) -> None:
+    from r2m.recipes.rl.trl_aliases import TRL_ALIASES
+
+    policy_dir, _, files = world_artifacts
+    rewards = iter([[0.7, 0.7, 0.1, 0.5]])  # group 1 all equal (zero std), group 2 spread 0.4
+
+    def fixed(prompts, completions):
+        return next(rewards, [0.3] * len(completions))
+
+    args = r2m.RLConfig(output_dir=str(tmp_path / "al"), max_steps=1, num_generations=2, report_to="none",
+                        overrides={"rl.prompts_per_step": 2, "rl.eval_every": 5, "eval.samples_per_prompt": 1,
+                                   "run.progress": False, "rl.lr_schedule": "constant"})
+    trainer = r2m.RLTrainer(str(policy_dir), fixed, args=args, train_dataset=str(files.prompts),
+                            eval_dataset=str(files.eval_prompts))
+    # the evaluation at step 0 takes the first answer: step 1 must see ours, so evaluation comes first here
+    rewards = iter([[0.3] * 16, [0.7, 0.7, 0.1, 0.5]])
+    row = trainer.train().history[1]
+    assert row["step"] == 1
+    assert all(row[alias] == row[key] for alias, key in TRL_ALIASES.items())
+    assert row["frac_reward_zero_std"] == 0.5
+    assert abs(row["reward_std"] - (0.0 + 0.4 / 2**0.5) / 2) < 1e-6  # std within each group, averaged
+    assert abs(row["reward"] - 0.5) < 1e-6
+
+
+def _dotted(tiny: list[str]) -> dict:
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (t.split("=", 1) for t in tiny)}
+
+
+def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None:
+    from datasets import Dataset
+
+    _, _, files = world_artifacts
+    overrides = {**_dotted(tiny), "run.name": "rm-api"}
+    args = r2m.RMConfig(learning_rate=1e-3, num_train_epochs=1, report_to="none", overrides=overrides)
+    result = r2m.RMTrainer(args=args, train_dataset=Dataset.from_json(str(files.pref_train)),
+                           eval_dataset=str(files.pref_eval)).train()
+    assert result.steps > 0 and math.isfinite(result.final_loss)
+    assert result.eval.n > 0 and 0.0 <= result.eval.accuracy <= 1.0
+
+
+def test_ser_trainer_resolves_its_config(tiny) -> None:
+    trainer = r2m.SERTrainer(r2m.SERConfig(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
+    assert trainer.cfg.run.seed == 3 and trainer.cfg.ser.max_loops == 1
