@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
                    help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: issue 18's)")
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
+    p.add_argument("--workers", type=int, default=1, help="run: processes for the design's runs, one torch "
+                   "thread each (2 on a 2-core machine; results are the same files, so a bench resumes either way)")
     p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
     p = sub.add_parser("monitor", help="replay the over-optimisation alarm on a finished run (docs/MONITOR.md)")
@@ -196,7 +198,7 @@ def _cmd_extra(args, cfg: Config) -> int:
 
             return run_bench_speed(cfg, args.preset, args.out)
         # The issue-14 design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
-        return run_bench_design(cfg, args.preset, args.out, command=args.command_line)
+        return run_bench_design(cfg, args.preset, args.out, command=args.command_line, workers=args.workers)
     if args.command == "analyze":
         print(analyze_hidden_states(cfg, args.out, args.checkpoints))
         return 0

@@ -339,18 +339,18 @@ def claims_in(design: BenchDesign) -> list[ClaimCell]:
 class CostModel:
     """Seconds per unit of work on the benchmark machine (2 CPU cores, runs one after another)."""
 
-    rl_step_s: float = 0.6
-    """One RLOO step in the world (measured: about 0.6 s on 2 cores)."""
+    rl_step_s: float = 0.5
+    """One RLOO step in the world (measured: 0.49 s at one thread, the `length` world's RLOO, 2026-12-01; about
+    0.6 s was measured earlier at two threads on a loaded machine)."""
     r2m_factor: float = 1.14
     """R2M's whole-step time over RLOO's (docs/BENCHMARKS.md cost arm, 2 threads: 1.14; 1.00-1.14 measured)."""
     algorithm_factor: Mapping[str, float] = None  # type: ignore[assignment]
     """Per algorithm, step time over RLOO's (ReMax's greedy baseline rollout: assumed 1.3; others 1.0)."""
-    run_overhead_s: float = 15.0
-    """Per run: loading, evaluations, Table 3 (assumed for the default world: the smoke preset's tiny world
-    measures a whole 4-step run at 1.2 s median, 34 runs, ``bench14.json`` wall_s, one thread, loaded machine)."""
-    rm_build_s: float = 60.0
-    """One world RM (BT on the preset's pairs) per (world, RM seed), and one Pretrained-RM per seed (assumed for
-    the default world; on the tiny world the first run of a (world, seed) takes 0.4 s longer than the rest)."""
+    run_overhead_s: float = 10.0
+    """Per run: loading, 11 evaluations with the monitor (``time/monitor`` 0.26 s each), Table 3 (assumed)."""
+    rm_build_s: float = 20.0
+    """One world RM (BT on the preset's pairs) and the monitor's check RM per (world, RM seed), and one
+    Pretrained-RM per seed (measured: 19 s for the data, RM and check RM of `length` seed 0, one thread)."""
     sft_build_s: float = 600.0
     """The shared SFT policy and RM backbone, once (assumed)."""
     ser_run_s: float = 20.0
@@ -380,10 +380,11 @@ def _step_s(model: CostModel, spec: RunSpec) -> float:
     return model.rl_step_s * factor * model.algorithm_factor[spec.algorithm]
 
 
-def estimate_cost(design: BenchDesign, model: CostModel = CostModel()) -> CostEstimate:
-    """The design's wall time if run one run after another: RL steps at their per-step cost, a fixed overhead
-    per run, one RM per (world, RM seed) and per Pretrained-RM (world, seed), the shared SFT stages, and the
-    SER runs."""
+def estimate_cost(design: BenchDesign, model: CostModel = CostModel(), workers: int = 1) -> CostEstimate:
+    """The design's wall time: RL steps at their per-step cost, a fixed overhead per run, one RM per (world, RM
+    seed) and per Pretrained-RM (world, seed), the shared SFT stages, and the SER runs. With ``workers`` one-thread
+    processes (``r2m bench run --workers``) the runs share out evenly; the builds are counted in full (the
+    first runs wait on them)."""
     runs = design_runs(design) + sweep_runs(design)
     rl_s = sum(design.steps * _step_s(model, r) + model.run_overhead_s for r in runs)
     rms = {(r.world, r.seed) for r in runs} | {(w, s) for w in design.ser_worlds for s in design.ser_seeds}
@@ -391,7 +392,8 @@ def estimate_cost(design: BenchDesign, model: CostModel = CostModel()) -> CostEs
     builds = len(rms) + len(pretrained)
     build_s = builds * model.rm_build_s + model.sft_build_s
     ser_s = len(design.ser_worlds) * len(design.ser_seeds) * model.ser_run_s
-    return CostEstimate(len(runs), design.steps * len(runs), rl_s, builds, build_s, ser_s, rl_s + build_s + ser_s)
+    total = (rl_s + ser_s) / workers + build_s
+    return CostEstimate(len(runs), design.steps * len(runs), rl_s, builds, build_s, ser_s, total)
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -434,10 +436,13 @@ PAPER = BenchDesign(
            *(Cell("length", a, (Arm.VANILLA, Arm.R2M), (0, 1, 2)) for a in ("GRPO", "ReMax", "REINFORCE++")),
            Cell("length", "RLOO", (Arm.VANILLA, Arm.R2M, Arm.ORACLE), _SEEDS, KLRegime.TARGETED),
            *(Cell(w, "RLOO", OTHER_WORLD_ARMS, _SEEDS) for w in ("noisy", "blind"))),
-    # 50 steps, evaluated every 10: the earlier 150-step matrix peaked in gold at step 50, where its KL was
-    # already past the first budgets; the matched-KL comparison needs the rise, not the tail.
-    base=("rl.steps=50", "rl.eval_every=10"),
-    steps=50,
+    # 100 steps, evaluated every 10. Measured after the fidelity fixes (vanilla RLOO, `length`, seed 0, one
+    # thread): KL 0.06 at step 50 with gold still rising, the gold peak at steps 50-60 (KL 0.06-0.09), then
+    # gold 0.72 at KL 0.23 (step 80) and 0.67 at KL 0.32 (step 90). So 100 steps cover the rise, the peak
+    # and the fall through every budget (the matched-KL verdicts need all three, the alarm's validation the
+    # fall); 50 steps never reached the headline budget.
+    base=("rl.steps=100", "rl.eval_every=10"),
+    steps=100,
     sweep=Sweep("length", "RLOO", (1e-6, 1e-5, 1e-4), ("random", "matched"), (0.6, 0.8), (100, 101, 102)),
     # SER in `blind` too (its RMs read the masked prompt, r2m/world/view.py): 3 runs of about 20 s.
     ser_worlds=("length", "noisy", "blind", "ser_headroom"),

@@ -5,15 +5,26 @@ SER runs, then the verdicts (``verdicts.json``, the verdict table) and the front
 when its ``<run.root>/<name>/bench14.json`` exists, so an interrupted bench resumes where it stopped; that file
 holds what the verdicts read (the evaluation points and the scalars), so a finished bench can be re-reported
 without rerunning anything.
+
+With ``workers > 1`` the runs of each phase (the sweep; then the cells and SER) go to that many spawned processes,
+each with one torch thread (``run.threads=1``, ``OMP_NUM_THREADS=1``): on 2 cores two one-thread runs of this
+world's tiny models finish sooner than one two-thread run after another. A run's numbers depend on its thread
+count, not on how many workers ran beside it; the world cache is built once and shared (its builds wait on one
+another's lock). The result files are the same either way, so a bench can resume with another worker count.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
+
+import torch
 
 from r2m.config import load_config
 from r2m.core.frontier import gold_at_kl
@@ -69,11 +80,40 @@ def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
             saved = {"evals": [{k: r[k] for k in _EVAL_KEYS} for r in rows if "eval/gold" in r],
                      "scalars": dict(res.rm_accuracy)}
         saved["wall_s"] = time.perf_counter() - t0
+        saved["threads"] = torch.get_num_threads()
         atomic_write_text(done, json.dumps(saved))
         log.info("[bench14] %s done in %.0f s", spec.name, saved["wall_s"])
     if spec.algorithm == "SER":
         return ser_result(spec, saved["table_rows"])
     return rl_result(spec, saved["evals"], saved["scalars"])
+
+
+def _worker_init() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{os.getpid()} %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _run_quietly(spec: RunSpec, root: str, extra: Sequence[str]) -> str:
+    run_one(spec, root, extra)
+    return spec.name
+
+
+def run_all(specs: Sequence[RunSpec], root: str, extra: Sequence[str] = (), workers: int = 1) -> list[RunResult]:
+    """``run_one`` of every spec, in order; with ``workers > 1`` the unfinished ones first run in that many
+    one-thread processes (see the module doc), and every result is then read back from its file."""
+    if workers < 1:
+        raise ValueError(f"bench workers: expected >= 1, got {workers!r}")
+    todo = [s for s in specs if not (Path(root) / s.name / RESULT_FILE).is_file()]
+    if workers > 1 and len(todo) > 1:
+        one_thread = (*extra, "run.threads=1")
+        ctx = multiprocessing.get_context("spawn")  # no forked torch state: each worker imports its own
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as pool:
+            futures = [pool.submit(_run_quietly, s, root, one_thread) for s in todo]
+            for f in futures:
+                log.info("[bench14] %s finished (worker)", f.result())
+        extra = one_thread
+    return [run_one(s, root, extra) for s in specs]
 
 
 class DesignOutcome(NamedTuple):
@@ -86,23 +126,22 @@ class DesignOutcome(NamedTuple):
     wall_s: float
 
 
-def run_sweep(design: BenchDesign, root: str, extra: Sequence[str] = ()) -> Optional[SweepPoint]:
+def run_sweep(design: BenchDesign, root: str, extra: Sequence[str] = (), workers: int = 1) -> Optional[SweepPoint]:
     """The sweep's runs, then the setting with the best mean gold at the headline budget."""
-    gold = {}
-    for spec in sweep_runs(design):
-        traj = run_one(spec, root, extra).trajectory
-        gold[spec.name] = gold_at_kl(traj, design.headline_budget).gold
+    specs = sweep_runs(design)
+    results = run_all(specs, root, extra, workers)
+    gold = {spec.name: gold_at_kl(res.trajectory, design.headline_budget).gold for spec, res in zip(specs, results)}
     return best_setting(gold, design)
 
 
 def run_design(design: BenchDesign, root: str, out_dir: str | Path, *, commit: str, command: str,
-               extra: Sequence[str] = ()) -> DesignOutcome:
+               extra: Sequence[str] = (), workers: int = 1) -> DesignOutcome:
     """Everything of ``design``; writes ``<out_dir>/verdicts.json``, ``<out_dir>/verdicts_<name>.md`` (the verdict
     table), ``<out_dir>/matched_kl_<name>.md`` (gold at each budget, peak, final) and the frontier plots
     ``<out_dir>/frontier_<name>[_kl]_<world>.png``."""
     t0 = time.perf_counter()
-    setting = run_sweep(design, root, extra)
-    results = [run_one(s, root, extra) for s in (*design_runs(design, setting), *ser_runs(design))]
+    setting = run_sweep(design, root, extra, workers)
+    results = run_all([*design_runs(design, setting), *ser_runs(design)], root, extra, workers)
     out = Path(out_dir)
     verdicts = out / "verdicts.json"
     records = write_bench_verdicts(verdicts, results, design, commit=commit, command=command)

@@ -115,8 +115,21 @@ def _sweep_table(design: BenchDesign, root: str, chosen) -> str:
             + f"\n\nCarried to the test seeds: {tag}.")
 
 
+def _reading(art: Path, preset: str) -> str:
+    """The "Reading" section: ``<artefacts>/reading_<preset>.md`` when a reader has written it (so re-making the
+    report keeps it), else a placeholder."""
+    path = art / f"reading_{preset}.md"
+    return path.read_text().strip() if path.is_file() else f"(Not written yet: put it in {path}.)"
+
+
+def _threads_line(workers: int) -> str:
+    if workers > 1:
+        return f"{workers} worker processes side by side, one torch thread each (wall times are under that load)"
+    return "one after another"
+
+
 def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, cost: dict, cost_steps: int,
-            command: str, commit: str, wall_s: float) -> str:
+            command: str, commit: str, wall_s: float, workers: int = 1) -> str:
     art = artefact_dir(design.name, out)
     rel = os.path.relpath(art, out.parent)
     plots = "\n".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in outcome.plots)
@@ -134,24 +147,31 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"`length` world; methods in benchmarks/README.md.\n\n{format_cost(cost, markdown=True)}\n\n"
             f"## Run wall times\n\nFrom each run's `bench14.json` (a run read from an earlier invocation keeps its "
             f"own time).\n\n{_times_table(run_times(design, root, outcome.setting))}\n\n"
-            f"## Provenance\n\n- commit: `{commit}`\n- command: `{command}`\n- threads: {torch.get_num_threads()} "
-            f"(torch), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- wall time of this invocation: "
+            f"## Provenance\n\n- commit: `{commit}`\n- command: `{command}`\n- runs: {_threads_line(workers)}; "
+            f"this process: {torch.get_num_threads()} torch threads, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- wall time of this invocation: "
             f"{wall_s / 60:.1f} min (design {outcome.wall_s / 60:.1f} min)\n- CPU results are bit-identical only at "
-            f"the same thread count and CPU.\n\n## Reading\n\n(To be written by the lead from the numbers above.)\n")
+            f"the same thread count and CPU.\n\n## Reading\n\n{_reading(art, design.name)}\n")
 
 
-def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: str | None = None) -> int:
-    """The design of ``preset`` on ``cfg.run.root``, the cost arms, then the report (see the module doc)."""
+def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: str | None = None,
+                     workers: int = 1) -> int:
+    """The design of ``preset`` on ``cfg.run.root``, the cost arms, then the report (see the module doc).
+
+    ``workers``: processes for the design's runs (one torch thread each, bench_design_run); ``run.threads``, when
+    set, is passed to every run of a one-worker bench."""
     design = design_preset(preset)
     root = str(cfg.run.root)
     out_path = Path(out) if out else default_out(preset, root)
     command = command or "r2m " + shlex.join(sys.argv[1:])
     commit = _commit()
     t0 = time.perf_counter()
-    outcome = run_design(design, root, artefact_dir(preset, out_path), commit=commit, command=command)
+    extra = (f"run.threads={cfg.run.threads}",) if cfg.run.threads else ()
+    outcome = run_design(design, root, artefact_dir(preset, out_path), commit=commit, command=command, extra=extra,
+                         workers=workers)
     cost = run_cost_bench(design, root, COST_STEPS[preset])
     text = _report(design, outcome, root, out_path, cost, COST_STEPS[preset], command, commit,
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, workers)
     atomic_write_text(out_path, text)
     print(text)
     return 0

@@ -194,12 +194,13 @@ VERDICT_KEYS = {"world", "algorithm", "claim", "metric", "seeds", "diff_mean", "
 def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     root = tiny[-1]
     out = tmp_path / "BENCHMARKS.md"
-    assert main(["bench", "run", "--preset", "smoke", root, "--out", str(out)]) == 0
+    # Two one-thread worker processes (bench_design_run.run_all), as on the 2-core benchmark machine.
+    assert main(["bench", "run", "--preset", "smoke", "--workers", "2", root, "--out", str(out)]) == 0
     text = out.read_text()
     assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
     for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
                  "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
-                 "Run wall times", "## Provenance", "threads:", "## Reading", "`r2m bench run --preset smoke "):
+                 "Run wall times", "## Provenance", "threads: runs 2 worker processes", "## Reading", "`r2m bench run --preset smoke "):
         assert part in text, part
     doc = json.loads((tmp_path / "verdicts.json").read_text())
     assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
@@ -220,3 +221,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     # A rerun (`r2m bench --preset smoke`) reads every run from its bench14.json: nothing is trained again.
     assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
     assert sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json")) == stamps
+    assert {json.loads(f.read_text())["threads"] for f in files} == {1}  # the workers' runs had one thread each
+    (tmp_path / "reading_smoke.md").write_text("The reader's words.\n")  # kept when the report is made again
+    assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
+    assert out.read_text().rstrip().endswith("The reader's words.")
