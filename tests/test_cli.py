@@ -164,13 +164,20 @@ def test_eval_subcommands(tiny, world_artifacts, capsys) -> None:
 
 def test_demo_prints_table_and_writes_plot(tiny, world_artifacts, capsys) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
-    assert main(["demo", *tiny, "run.name=demo", "demo.arms=[rloo, r2m, gold]"]) == 0
+    assert main(["demo", *tiny, "run.name=demo", "demo.arms=[rloo, r2m, gold]", "demo.seeds=[0, 1]",
+                 "demo.kl_budget=0.001"]) == 0
     out = capsys.readouterr().out
     for word in ("SFT", "RLOO (frozen proxy RM)", "RLOO + R2M", "RL on gold (ceiling)", "win vs SFT", "peak gold",
-                 "proxy-gold", "s/step", "Table 3"):
-        assert word in out
+                 "proxy-gold", "s/step", "Table 3", "gold@KL0.001", " ± ", "over RL seeds [0, 1]",
+                 "bit-identical only at the same thread count"):
+        assert word in out, word
     assert (root / "demo" / "plots" / "gold_vs_proxy.png").stat().st_size > 10_000
-    assert (root / "demo" / "table.md").exists()
+    assert "gold@KL0.001" in (root / "demo" / "table.md").read_text()
+    doc = json.loads((root / "demo" / "table.json").read_text())
+    assert doc["seeds"] == [0, 1] and len(doc["per_seed"]["r2m"]["gold"]) == 2
+    assert {(root / f"demo-{a}-s{s}").is_dir() for a in ("rloo", "r2m", "gold") for s in (0, 1)} == {True}
+    # Seeds change RL sampling: the two seeds' runs differ.
+    assert doc["per_seed"]["rloo"]["proxy"][0] != doc["per_seed"]["rloo"]["proxy"][1]
 
 
 def test_metrics_have_one_row_per_step(tiny, world_artifacts) -> None:

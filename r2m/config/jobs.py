@@ -87,10 +87,19 @@ class DemoConfig:
 
     arms: tuple[str, ...] = ("rloo", "r2m")
     """RL arms to run side by side: ``rloo`` (frozen proxy RM), ``r2m`` (RLOO+R2M), ``gold`` (the ceiling)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """RL seeds (``run.seed``) of every arm: the table gives each number's mean and spread over them. The world,
+    the SFT policy and the proxy RM are shared (the world's own seeds), so the spread is RL sampling's."""
+    kl_budget: float = 0.1
+    """The matched-KL column: each run's gold interpolated at this KL on its evaluation points (not reached:
+    the run's KL stayed below it)."""
 
     def __post_init__(self) -> None:
         for a in self.arms:
             _check(a in DEMO_ARMS, "demo.arms", f"arms among {sorted(DEMO_ARMS)}", self.arms)
+        _check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds), "demo.seeds",
+               "a non-empty list of distinct ints", self.seeds)
+        _check(self.kl_budget > 0, "demo.kl_budget", "> 0", self.kl_budget)
 
 
 DEMO_ARMS = frozenset({"rloo", "r2m", "gold"})

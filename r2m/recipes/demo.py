@@ -1,16 +1,21 @@
-"""``r2m demo``: world -> SFT policy -> reward model -> RL arms -> evaluation table and plot.
+"""``r2m demo``: world -> SFT policy -> reward model -> RL arms x seeds -> evaluation table and plot.
 
-Each arm is a full ``r2m rl`` run (its own run directory under ``<run.root>/<run.name>-<arm>``);
-the demo adds the comparison: gold reward, win rate against SFT judged by gold, proxy reward, KL,
-length and the step at which gold peaked (the onset of reward over-optimisation).
+Each arm runs once per ``demo.seeds`` seed, a full ``r2m rl`` run (its own run directory
+``<run.root>/<run.name>-<arm>-s<seed>``); the demo adds the comparison, as mean ± sd over the seeds
+(r2m.reports.demo_table): gold reward, gold at a matched KL (``demo.kl_budget``), win rate against SFT
+judged by gold, proxy reward, KL, length and the step at which gold peaked (the onset of reward
+over-optimisation). ``<run.root>/<run.name>/table.json`` keeps every seed's value.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 
 from r2m.config import Config, RewardSource, replace_path
+from r2m.reports.demo_table import ARM_NAMES, demo_table, spread
 from r2m.reports.tables import format_table
 from r2m.runtime.runlog import peak
 from r2m.fileio import atomic_savefig, atomic_write_text
@@ -22,13 +27,10 @@ from r2m.recipes.rl.run import run_rl
 from r2m.utils import resolve_device
 
 
-ARM_NAMES = {"rloo": "RLOO (frozen proxy RM)", "r2m": "RLOO + R2M", "gold": "RL on gold (ceiling)"}
-
-
-def arm_config(cfg: Config, arm: str) -> Config:
-    """The RL config of one demo arm."""
+def arm_config(cfg: Config, arm: str, seed: int) -> Config:
+    """The RL config of one demo arm and seed (run directory ``<run.name>-<arm>-s<seed>``)."""
     source = RewardSource.GOLD if arm == "gold" else RewardSource.MODEL
-    return replace_path(cfg, run__name=f"{cfg.run.name}-{arm}", reward__source=source,
+    return replace_path(cfg, run__name=f"{cfg.run.name}-{arm}-s{seed}", run__seed=seed, reward__source=source,
                         reward__r2m__enabled=arm == "r2m")
 
 
@@ -38,6 +40,23 @@ def _stage(name: str, fn, walls: dict):
     walls[name] = time.perf_counter() - t0
     print(f"[demo] {name}: {walls[name]:.1f}s", flush=True)
     return out
+
+
+def _print_table3(results: dict[str, list]) -> None:
+    for arm, runs in results.items():
+        accs = [r.rm_accuracy for r in runs if r.rm_accuracy]
+        if accs:
+            cells = ", ".join(f"{k.split('/')[1]} {spread([a[k] for a in accs]).cell()}" for k in accs[0])
+            print(f"{ARM_NAMES.get(arm, arm)} RM accuracy (Table 3, ω(T)), over {len(accs)} seeds: {cells}")
+
+
+def _finite(node):
+    """NaN (no value: a budget not reached, a column an arm lacks) as null, so table.json is strict JSON."""
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_finite(v) for v in node]
+    return None if isinstance(node, float) and math.isnan(node) else node
 
 
 def run_demo(cfg: Config) -> dict:
@@ -51,48 +70,29 @@ def run_demo(cfg: Config) -> dict:
     print(f"[demo] proxy RM held-out accuracy: {acc.accuracy:.3f} vs labels, {acc.gold_accuracy:.3f} vs gold "
           f"(n={acc.n})", flush=True)
 
-    results = {}
+    results: dict[str, list] = {arm: [] for arm in cfg.demo.arms}
     for arm in cfg.demo.arms:
-        results[arm] = _stage(f"RL arm '{arm}'", lambda a=arm: run_rl(arm_config(cfg, a)), walls)
+        for seed in cfg.demo.seeds:
+            run = _stage(f"RL arm '{arm}' seed {seed}", lambda a=arm, s=seed: run_rl(arm_config(cfg, a, s)), walls)
+            results[arm].append(run)
 
-    table = demo_table(results)
+    table = demo_table(results, cfg.demo.kl_budget)
     out_dir = Path(cfg.run.root) / cfg.run.name
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = demo_plot(results, out_dir / "plots" / "gold_vs_proxy.png")
-    atomic_write_text(out_dir / "table.md", format_table(*table, markdown=True) + "\n")
-    print("\n" + format_table(*table))
+    note = (f"Mean ± sd over RL seeds {list(cfg.demo.seeds)} (one world, SFT policy and proxy RM). CPU results "
+            "are bit-identical only at the same thread count and CPU.")
+    atomic_write_text(out_dir / "table.md", format_table(table.headers, table.rows, markdown=True) + f"\n\n{note}\n")
+    atomic_write_text(out_dir / "table.json", json.dumps(_finite(
+        {"seeds": list(cfg.demo.seeds), "kl_budget": cfg.demo.kl_budget, "per_seed": table.per_seed,
+         "spread": {a: {c: s._asdict() for c, s in cols.items()} for a, cols in table.spreads.items()}}),
+        indent=1, allow_nan=False))
+    print("\n" + format_table(table.headers, table.rows) + "\n" + note)
     print(f"\nRM accuracy (held-out pairs): {acc.accuracy:.3f} vs labels, {acc.gold_accuracy:.3f} vs gold")
-    for arm, res in results.items():
-        if res.rm_accuracy:
-            print(f"{ARM_NAMES.get(arm, arm)} RM accuracy (Table 3, ω(T)): " + ", ".join(
-                f"{k.split('/')[1]} {v:.3f}" for k, v in res.rm_accuracy.items()))
+    _print_table3(results)
     print("wall time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in walls.items()))
     print(f"plot: {plot}\ntable: {out_dir / 'table.md'}")
     return {"table": table, "walls": walls, "rm_accuracy": acc, "results": results}
-
-
-def demo_table(results: dict) -> tuple[list[str], list[list]]:
-    """Final-policy metrics per arm. "proxy" is each arm's own reward (R2M's with feedback); "RM" is
-    the frozen vanilla proxy RM on the same samples, comparable across arms."""
-    nan = float("nan")
-    headers = ["policy", "gold", "win vs SFT", "proxy", "RM", "proxy-gold", "KL", "length", "exact", "peak gold",
-               "@step", "s/step"]
-    rows = []
-    first = next(iter(results.values()))
-    sft = next(r for r in first.history if r["step"] == 0 and "eval/gold" in r)
-    rows.append(["SFT", sft["eval/gold"], 0.5, nan, nan, nan, 0.0, sft["eval/length"], sft["eval/exact_match"],
-                 sft["eval/gold"], 0, nan])
-    for arm, res in results.items():
-        f = res.final_eval
-        evals = [r for r in res.history if "eval/gold" in r]
-        p = peak(evals, "eval/gold")
-        steps = [r["time/step"] for r in res.history if "time/step" in r]
-        proxy = f.get("eval/proxy", nan)
-        rows.append([ARM_NAMES.get(arm, arm), f["eval/gold"], f.get("eval/win_rate_vs_sft", nan), proxy,
-                     f.get("eval/rm_vanilla", proxy if arm != "gold" else nan), f.get("eval/proxy_gold_gap", nan),
-                     f["eval/kl"], f["eval/length"], f["eval/exact_match"], p.value, p.step,
-                     sum(steps) / len(steps) if steps else nan])
-    return headers, rows
 
 
 def demo_plot(results: dict, path: Path) -> Path:
@@ -102,15 +102,19 @@ def demo_plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt  # heavy: lazy
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for arm, res in results.items():
-        evals = [r for r in res.history if "eval/gold" in r]
-        steps = [r["step"] for r in evals]
-        line, = axes[0].plot(steps, [r["eval/gold"] for r in evals], marker=".", label=f"{arm}: gold")
-        if "eval/proxy" in evals[0]:
-            axes[1].plot(steps, [r["eval/proxy"] for r in evals], marker=".", color=line.get_color(),
-                         label=f"{arm}: proxy")
-        p = peak(evals, "eval/gold")
-        axes[0].axvline(p.step, color=line.get_color(), linestyle=":", linewidth=1)
+    for arm, runs in results.items():
+        color = None
+        for i, res in enumerate(runs):  # one line per seed, one colour per arm
+            evals = [r for r in res.history if "eval/gold" in r]
+            steps = [r["step"] for r in evals]
+            label = f"{arm}: gold" if i == 0 else None
+            line, = axes[0].plot(steps, [r["eval/gold"] for r in evals], marker=".", label=label, color=color,
+                                 alpha=0.8)
+            color = line.get_color()
+            if "eval/proxy" in evals[0]:
+                axes[1].plot(steps, [r["eval/proxy"] for r in evals], marker=".", color=color, alpha=0.8,
+                             label=f"{arm}: proxy" if i == 0 else None)
+            axes[0].axvline(peak(evals, "eval/gold").step, color=color, linestyle=":", linewidth=1)
     axes[0].set_title("Gold (true) reward on the fixed eval prompts")
     axes[1].set_title("Proxy reward (the RM the policy optimises)")
     for ax in axes:
