@@ -1,4 +1,4 @@
-"""What R2M's extra forward pass costs inside TRL, against r2m's own loop, on the same models (FLOPs).
+"""What R2M's extra forward pass costs inside TRL, against r2m's own loop, on the same models (FLOPs, seconds).
 
     python examples/trl_r2m_cost.py [POLICY RM PROMPTS]   # default: the tiny world of trl_grpo_r2m.py
 
@@ -6,8 +6,10 @@ r2m's loop takes h from the log-prob forward it runs anyway; inside TRL, R2MRewa
 no-grad forward of the policy over prompt + completion. Both loops run 3 steps of 8 sequences
 (2 prompts × 4 samples, at most 8 new tokens, one epoch, one minibatch; GRPO in both) under
 ``torch.utils.flop_counter.FlopCounterMode``; the script prints, per step, the FLOPs of the whole
-step and of the extra forward. FLOPs are counted, not timed: the figure is the same on any machine
-(and wall time on models this small is Python overhead, not the forward pass).
+step and of the extra forward. FLOPs are the same on any machine. The script then runs both loops
+again for TIME_STEPS steps without the counter and reports wall seconds per step the same way (the
+first step included); on models this small wall time is mostly Python overhead rather than the
+forward pass, so time it on a quiet machine and read it beside the FLOPs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import copy
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -24,30 +27,53 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STEPS, PROMPTS, K, NEW_TOKENS = 3, 2, 4, 8
+TIME_STEPS = 20
+"""Steps of the timed pass (the policy of the tiny world has 200 prompts: 20 steps x 2 prompts fit)."""
 
 
-def trl_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[str, float]:
+class Wall:
+    """FlopCounterMode's interface, measuring seconds instead of FLOPs."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.total = time.perf_counter() - self.t0
+
+    def get_total_flops(self) -> float:
+        return self.total
+
+
+def flops() -> FlopCounterMode:
+    return FlopCounterMode(display=False)
+
+
+def trl_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops, steps: int = STEPS) -> dict[str, float]:
+    """TRL GRPO + R2M: the whole step and the extra forward, per step, in the meter's unit."""
     from trl_grpo_r2m import build
 
     with tempfile.TemporaryDirectory() as out:
-        trainer = build(policy_path, rm_path, prompts_path, out, steps=STEPS)
+        trainer = build(policy_path, rm_path, prompts_path, out, steps=steps)
         trainer.args.save_strategy = "no"
         reward = trainer.reward_funcs[0]
         extra, feedback = [], reward.feedback
 
         def counted(prompts, responses):
-            with FlopCounterMode(display=False) as fc:
+            with meter() as fc:
                 result = feedback(prompts, responses)
             extra.append(fc.get_total_flops())
             return result
 
         reward.feedback = counted
-        with FlopCounterMode(display=False) as total:
+        with meter() as total:
             trainer.train()
-    return {"step": total.get_total_flops() / STEPS, "extra_forward": sum(extra) / STEPS}
+    return {"step": total.get_total_flops() / steps, "extra_forward": sum(extra) / steps}
 
 
-def r2m_loop_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[str, float]:
+def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops,
+                  steps: int = STEPS) -> dict[str, float]:
+    """r2m's own loop (GRPO + R2M) on the same models and work: the whole step, per step."""
     from accelerate import Accelerator
 
     from r2m.config import Algorithm, R2MConfig, RLConfig
@@ -63,33 +89,41 @@ def r2m_loop_flops(policy_path: str, rm_path: str, prompts_path: str) -> dict[st
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     cfg = R2MConfig(enabled=True, lr=1e-3, init="matched")
     reward = R2MReward.from_base(rm_path, policy, tok, cfg).reward  # the same FeedbackReward R2MReward wraps
-    reward.total_steps = STEPS
+    reward.total_steps = steps
     rl = RLConfig(algorithm=Algorithm.GRPO, prompts_per_step=PROMPTS, k=K, max_new_tokens=NEW_TOKENS, minibatches=1,
                   epochs=1, lr=1e-4)
     maker = ExperienceMaker(policy, ref, tok, reward, rl, torch.device("cpu"))
     updater = PolicyUpdater(policy, torch.optim.AdamW(policy.parameters(), lr=1e-4), Accelerator(cpu=True), rl)
     rm_updater = R2MUpdater(reward, cfg)
     rows = read_jsonl(prompts_path, ["prompt"])
-    with FlopCounterMode(display=False) as total:
-        for step in range(STEPS):
+    with meter() as total:
+        for step in range(steps):
             texts = [r["prompt"] for r in rows[step * PROMPTS: (step + 1) * PROMPTS]]
             prompts = tokenize_prompts(tok, texts, 64, "truncate")
             exp = maker.make(prompts.texts, prompts.ids, step=step)
             refreshed = updater.update(exp).policy_hidden  # h from the last policy epoch
             rm_updater.update(exp, refreshed)
-    return {"step": total.get_total_flops() / STEPS, "extra_forward": 0.0}
+    return {"step": total.get_total_flops() / steps, "extra_forward": 0.0}
 
 
 def main(argv: list[str]) -> dict:
     from trl_grpo_r2m import tiny_world
 
     policy_path, rm_path, prompts_path = argv[:3] if len(argv) >= 3 else tiny_world()[:3]
-    trl, own = trl_flops(policy_path, rm_path, prompts_path), r2m_loop_flops(policy_path, rm_path, prompts_path)
+    trl, own = trl_cost(policy_path, rm_path, prompts_path), r2m_loop_cost(policy_path, rm_path, prompts_path)
     report = {
         "trl_step_flops": trl["step"], "trl_extra_forward_flops": trl["extra_forward"], "r2m_loop_step_flops": own["step"],
         "extra_forward_share_of_trl_step": trl["extra_forward"] / trl["step"],
         "extra_forward_vs_r2m_loop_step": trl["extra_forward"] / own["step"],
     }
+    t_trl = trl_cost(policy_path, rm_path, prompts_path, Wall, TIME_STEPS)
+    t_own = r2m_loop_cost(policy_path, rm_path, prompts_path, Wall, TIME_STEPS)
+    report.update({
+        "time_steps": TIME_STEPS, "torch_threads": torch.get_num_threads(),
+        "trl_step_s": t_trl["step"], "trl_extra_forward_s": t_trl["extra_forward"], "r2m_loop_step_s": t_own["step"],
+        "extra_forward_share_of_trl_step_time": t_trl["extra_forward"] / t_trl["step"],
+        "extra_forward_time_vs_r2m_loop_step": t_trl["extra_forward"] / t_own["step"],
+    })
     print(json.dumps(report, indent=2))
     return report
 

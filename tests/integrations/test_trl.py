@@ -183,3 +183,22 @@ def test_two_processes_keep_one_r2m_and_refuse_split_groups(world_artifacts, tmp
     proc = _two_processes(world_artifacts, tmp_path / "split", 2)
     assert proc.returncode != 0
     assert "2 completions, not a multiple of num_generations=4, so a group would be split" in proc.stderr
+
+
+def test_cost_script_counts_and_times_the_extra_forward(world_artifacts, monkeypatch, capsys) -> None:
+    """examples/trl_r2m_cost.py: FLOPs and seconds of the extra forward and of both loops' steps (2 timed steps
+    here; the script's own 20 on a quiet machine give the figures of docs/TRL.md)."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    spec = importlib.util.spec_from_file_location("trl_r2m_cost", ROOT / "examples" / "trl_r2m_cost.py")
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    monkeypatch.setattr(cost, "TIME_STEPS", 2)
+    policy_dir, rm_dir, files = world_artifacts
+    report = cost.main([str(policy_dir), str(rm_dir), str(files.prompts)])
+    assert 0 < report["trl_extra_forward_flops"] < report["trl_step_flops"]
+    assert 0 < report["trl_extra_forward_s"] < report["trl_step_s"] and report["r2m_loop_step_s"] > 0
+    assert report["time_steps"] == 2 and 0 < report["extra_forward_share_of_trl_step_time"] < 1
+    assert '"trl_step_s"' in capsys.readouterr().out
+    sys.modules.pop("trl_grpo_r2m", None)
