@@ -81,6 +81,19 @@ class _Staging:
         self.overrides[key] = str(out)
 
 
+def _callbacks(callbacks: Any) -> list:
+    """The ``callbacks`` argument as a list (a single callback object is refused: it is easy to pass by mistake)."""
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, (list, tuple)):
+        raise ConfigError(f"callbacks: expected a list of callback objects (r2m.TrainerCallback), got "
+                          f"{type(callbacks).__name__}")
+    hooks = ("on_step_end", "on_evaluate", "on_save")
+    for i, cb in enumerate(callbacks):
+        if not any(callable(getattr(cb, h, None)) for h in hooks):
+            raise ConfigError(f"callbacks[{i}]: expected an object with on_step_end, on_evaluate or on_save "
+                              f"(r2m.TrainerCallback), got {type(cb).__name__}")
+    return list(callbacks)
+
+
 class RLTrainer:
     """RL (RLOO, GRPO, ReMax, REINFORCE++, PPO; R2M with ``args.r2m=True``): ``RLTrainer(...).train()``.
 
@@ -95,7 +108,7 @@ class RLTrainer:
                  train_dataset: Any = None, eval_dataset: Any = None, callbacks: Sequence[Any] = (),
                  processing_class: Any = None, reward_processing_class: Any = None, rm_eval_dataset: Any = None):
         self.args = args or RLConfig()
-        self.callbacks = list(callbacks)
+        self.callbacks = _callbacks(callbacks)
         self.staging = _Staging()
         self.reward_fn = None
         self.staging.model("policy.path", model, processing_class, "model")
@@ -122,11 +135,15 @@ class RMTrainer:
 
     ``model``: the initialisation (a causal LM or an RM; path or object with ``processing_class``); None: rm.init_from,
     else the world's backbone. Datasets: preference pairs (path or ``datasets.Dataset``, r2m's or TRL's format).
+    ``callbacks``: ``on_step_end(step, metrics)`` after each optimiser step (``rm/loss``, ``rm/lr``, ``rm/grad_norm``,
+    ``rm/train_acc`` of that step), ``on_evaluate(step, metrics)`` with the held-out accuracy (``rm/eval_acc``),
+    ``on_save(step, path)`` after each checkpoint and the final model; True stops training after that step.
     """
 
     def __init__(self, model: Any = None, args: Optional[RMConfig] = None, train_dataset: Any = None,
-                 eval_dataset: Any = None, processing_class: Any = None):
+                 eval_dataset: Any = None, processing_class: Any = None, callbacks: Sequence[Any] = ()):
         self.args = args or RMConfig()
+        self.callbacks = _callbacks(callbacks)
         self.staging = _Staging()
         self.staging.model("rm.init_from", model, processing_class, "model")
         self.staging.dataset("data.pref_train", train_dataset, "train_dataset")
@@ -134,13 +151,14 @@ class RMTrainer:
         self.cfg = self.args.to_config(self.staging.overrides)
 
     def train(self):
-        """Trains and saves to ``<output_dir>/checkpoints/final``; returns the recipe's result (``.eval``: accuracy)."""
+        """Trains and saves to ``<output_dir>/checkpoints/final``; returns the recipe's ``RMResult`` (``.eval``: the
+        held-out accuracy, ``.stopped_early``: a callback stopped it)."""
         cfg = self.cfg
         paths = data_paths(cfg, ("pref_train", "pref_eval"))
         init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
         out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
         return run_rm(cfg, init, paths["pref_train"], paths["pref_eval"], out, cfg.run.name, trackers=True,
-                      resume=cfg.run.resume == "auto", adapt=True)
+                      resume=cfg.run.resume == "auto", adapt=True, callbacks=self.callbacks)
 
 
 class SERTrainer:

@@ -4,6 +4,7 @@ callback; a reward callable replaces the RM; a callback stops the run; objects (
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 from pathlib import Path
@@ -149,3 +150,53 @@ def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None
 def test_ser_trainer_resolves_its_config(tiny) -> None:
     trainer = r2m.SERTrainer(r2m.SERConfig(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
     assert trainer.cfg.run.seed == 3 and trainer.cfg.ser.max_loops == 1
+
+
+class Recorder(r2m.TrainerCallback):
+    """Records every call; stops when ``stop(hook, step)`` says so."""
+
+    def __init__(self, stop=lambda hook, step: False):
+        self.calls, self.metrics, self.stop = [], {}, stop
+
+    def _record(self, hook, step, value):
+        self.calls.append((hook, step))
+        self.metrics[(hook, step)] = value
+        return self.stop(hook, step)
+
+    def on_step_end(self, step, metrics):
+        return self._record("step", step, dict(metrics))
+
+    def on_evaluate(self, step, metrics):
+        return self._record("evaluate", step, dict(metrics))
+
+    def on_save(self, step, path):
+        assert Path(path).is_dir(), path
+        return self._record("save", step, path)
+
+
+def test_rm_trainer_callback_stops_at_step_2(tiny, world_artifacts, tmp_path) -> None:
+    _, _, files = world_artifacts
+    cb = Recorder(stop=lambda hook, step: hook == "step" and step == 2)
+    args = r2m.RMConfig(learning_rate=1e-3, num_train_epochs=1, report_to="none",
+                        overrides={**_dotted(tiny), "run.root": str(tmp_path), "run.name": "rm-cb"})
+    result = r2m.RMTrainer(args=args, train_dataset=str(files.pref_train), eval_dataset=str(files.pref_eval),
+                           callbacks=[cb]).train()
+    final = tmp_path / "rm-cb" / "checkpoints" / "final"
+    # two steps (of 13), the stop's checkpoint, the held-out evaluation, the final model
+    assert cb.calls == [("step", 1), ("step", 2), ("save", 2), ("evaluate", 2), ("save", 2)]
+    assert cb.metrics[("save", 2)] == str(final) and (final / "config.json").is_file()
+    assert result.stopped_early and result.steps == 2 and math.isfinite(result.final_loss)
+    for step in (1, 2):
+        m = cb.metrics[("step", step)]
+        assert math.isfinite(m["rm/loss"]) and m["rm/lr"] > 0 and 0.0 <= m["rm/train_acc"] <= 1.0, m
+    assert set(cb.metrics[("evaluate", 2)]) == {"rm/eval_acc", "rm/eval_gold_acc"}
+    assert cb.metrics[("evaluate", 2)]["rm/eval_acc"] == result.eval.accuracy
+    rows = [json.loads(line) for line in (tmp_path / "rm-cb" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and math.isfinite(rows[-1]["rm/loss"])  # the stopped step is logged
+
+
+def test_callbacks_argument_is_checked() -> None:
+    with pytest.raises(ConfigError, match="callbacks: expected a list"):
+        r2m.RMTrainer(callbacks=Recorder())
+    with pytest.raises(ConfigError, match=r"callbacks\[1\]: expected an object with on_step_end"):
+        r2m.RLTrainer(callbacks=[Recorder(), "print"])
