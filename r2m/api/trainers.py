@@ -201,7 +201,7 @@ class SERTrainer:
                               f"and the overrides set ser.ppo_prompts={self.cfg.ser.ppo_prompts.value}")
 
     def train(self):
-        """Runs SER (and PPO with ``ser.ppo``); returns its ``SERResult`` (``stop["reason"]``, ``history``, ``kept``)."""
+        """Runs SER (and PPO with ``ser.ppo``); returns its ``SERResult`` (``stop["reason"]``, ``history``, ...)."""
         return run_ser(self.cfg, callbacks=self.callbacks)
 
 

@@ -234,7 +234,8 @@ def _log_window(run: Optional["RunDir"], dist: Dist, prefix: str, step: int, win
     final = means.pop("loss")
     if run is not None:
         run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": norm,
-                 f"{prefix}/rows_per_process": batch_size // dist.world, f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
+                 f"{prefix}/rows_per_process": batch_size // dist.world,
+                 f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
     return final
 
 

@@ -233,6 +233,17 @@ def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world
     assert [r["loop"] for r in result.history] == [0] and result.kept["loop"] == 0 and result.ppo is None
     assert "ended: callback at loop 0" in (tmp_path / "ser-cb" / "table.md").read_text()
 
+    # A callback's stop resumes like max_loops: run.resume=auto goes on after loop 0, whose RM is kept as is.
+    from r2m.config import replace_path
+
+    loop0 = tmp_path / "ser-cb" / "loop-0" / "checkpoints" / "final" / "model.safetensors"
+    mtime = loop0.stat().st_mtime_ns
+    trainer.cfg, trainer.callbacks = replace_path(trainer.cfg, run__resume="auto", ser__max_loops=1), []
+    again = trainer.train()
+    # (it decides loop 1: here STOP or a retrained loop, whichever the tiny seed RM's validation says)
+    assert again.stop["reason"] != "callback" and again.stop["loop"] == 1, again.stop
+    assert loop0.stat().st_mtime_ns == mtime and again.history[0] == result.history[0]
+
 
 def test_ser_trainer_passes_its_callbacks_to_the_ppo_stage(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
