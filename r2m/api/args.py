@@ -102,6 +102,7 @@ class RMConfig(TrainerArgs):
 
 @dataclass(frozen=True)
 class SERConfig(TrainerArgs):
-    """Arguments of :class:`r2m.SERTrainer` (self-evolved reward learning; the ``ser`` section via overrides)."""
+    """Arguments of :class:`r2m.SERTrainer` (self-evolved reward learning; the ``ser`` section via overrides:
+    ``{"ser.max_loops": 2, "ser.ppo": False}``). ``learning_rate`` and ``save_steps`` are its RMs' (``rm.*``)."""
 
     section = "rm"

@@ -30,6 +30,7 @@ from r2m.data import datasets, jsonl as plain
 from r2m.models.reward import count_truncated as count_truncated_pairs
 from r2m.models.loading import build_world_lm, load_policy, load_reward_model, load_tokenizer, save_model
 from r2m.runtime.checkpoint import latest_checkpoint
+from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlock import wait_until_free
 from r2m.runtime.runlog import RunDir
 from r2m.updates.rm import make_trainable_rm, merged_rm_model, train_reward_model
@@ -218,12 +219,16 @@ def run_sft(cfg: Config, base: Optional[str], variant: str, sft_path: str, out_d
 
 
 def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str], out_dir: Path, run_name: str,
-           accelerator=None, trackers: bool = False, resume: bool = False, adapt: bool = False):
+           accelerator=None, trackers: bool = False, resume: bool = False, adapt: bool = False,
+           callbacks: Sequence = ()):
     """Bradley-Terry RM training from ``init_from`` (a causal LM or an RM); saves to ``out_dir``.
 
     With ``resume``, training continues from the run's latest checkpoint (``rm.save_every``). With ``adapt``
     it honours reward.lora and reward.gradient_checkpointing (the world's own RM never does); the saved RM
-    is a plain merged checkpoint either way."""
+    is a plain merged checkpoint either way. ``callbacks`` (the object API's): ``on_step_end(step, metrics)``
+    after each optimiser step, ``on_evaluate(step, metrics)`` with the held-out accuracy, ``on_save(step, path)``
+    after each checkpoint and the final model; one returning True ends training after that step (the model is
+    still saved, and the result's ``stopped_early`` says so)."""
     import torch
 
     tok = load_tokenizer(init_from, cfg.reward.trust_remote_code)
@@ -243,12 +248,15 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     acc = accelerator or make_accelerator(cfg, str(Path(cfg.run.root) / run_name) if trackers else None)
     run = RunDir(cfg, acc if trackers else None, name=run_name, resume_step=_resume_step(cfg, run_name, resume))
     t0 = time.perf_counter()
+    hooks = Hooks(callbacks) if callbacks else None  # none: the loop makes no extra call (the CLI's path)
     result = train_reward_model(rm, rows, eval_rows, cfg, acc, run, seed=seed,
-                                checkpoint_dir=run.checkpoints, resume=resume)
+                                checkpoint_dir=run.checkpoints, resume=resume, hooks=hooks)
     state = sharded_state_dict(acc, rm.model) if trainable.peft is None else None
     if acc.is_main_process:
         save_model(merged_rm_model(trainable), tok, out_dir, state)
     acc.wait_for_everyone()
+    if hooks is not None:
+        hooks("on_save", result.steps, str(out_dir))
     run.amend_last({"time/rm_total_s": time.perf_counter() - t0, "data/rm_truncated": count_truncated_pairs(rm, rows)})
     run.close()
     return result

@@ -94,6 +94,7 @@ from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
     steps_config,
     train_pairs,
 )
+from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlog import RunDir
 from r2m.updates.supervised import make_accelerator, set_threads
 
@@ -162,10 +163,13 @@ class SERResult:
 
 
 class SERRun:
-    """State shared by the stages of one ``r2m ser`` run."""
+    """State shared by the stages of one ``r2m ser`` run. ``callbacks`` (the object API's): ``on_save(loop, path)``
+    when a loop's RM is saved, ``on_evaluate(loop, row)`` with its history row; True stops after that loop."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, callbacks: Sequence = ()):
         self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.hooks = Hooks(callbacks)
         set_threads(cfg)
         self.run_dir = Path(cfg.run.root) / cfg.run.name
         paths = data_paths(cfg, ser_needs(cfg))
@@ -203,6 +207,7 @@ class SERRun:
         t0 = time.perf_counter()
         pairs = labelled_pairs(self.splits.seed)
         fit = self.fit(self.init, pairs, "loop-0", 0, self.cfg.ser.seed_steps)
+        self.hooks("on_save", 0, str(fit.path))
         ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
         n = len(pairs.prompts)
         row = self.record(0, "seed", {"ser/selected": n, "ser/selected_frac": n / len(self.splits.rm),
@@ -210,6 +215,7 @@ class SERRun:
                                       "ser/train_loss": fit.final_loss, "ser/wall_s": time.perf_counter() - t0},
                           f"seed RM: {n} human-labelled pairs, {fit.steps} steps")
         print_loop(row)
+        self.hooks("on_evaluate", 0, dict(row))
         state = LoopState(key=state_key(self.cfg), loop=0, rm_dir=self.rel(fit.path), seed_dir=self.rel(fit.path),
                           history=[row])
         state.save(self.run_dir)
@@ -251,6 +257,7 @@ class SERRun:
             pairs = PairSet(pairs.prompts + seed.prompts, pairs.chosen + seed.chosen, pairs.rejected + seed.rejected)
         init = self.run_dir / (state.rm_dir if ser.retrain_from == RetrainFrom.CURRENT else state.seed_dir)
         fit = self.fit(str(init), pairs, f"loop-{k}", k)
+        self.hooks("on_save", k, str(fit.path))
         ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
         n = len(d.sel.index)
         row = self.record(k, d.status, {
@@ -261,6 +268,7 @@ class SERRun:
             **_eval_metrics(ev), "ser/train_loss": fit.final_loss, "ser/wall_s": time.perf_counter() - t0},
             d.reason)
         print_loop(row)
+        self.hooks("on_evaluate", k, dict(row))
         state.loop, state.rm_dir = k, self.rel(fit.path)
         state.history.append(row)
         state.save(self.run_dir)
@@ -287,7 +295,7 @@ class SERRun:
     def ppo(self, state: LoopState, rm_dir: str) -> PPOSummary:
         """PPO with the kept RM (rerun when an earlier result used another RM)."""
         if state.ppo is None or state.ppo.rm_dir != rm_dir:
-            state.ppo = run_ppo_stage(self.cfg, self.run_dir, rm_dir)
+            state.ppo = run_ppo_stage(self.cfg, self.run_dir, rm_dir, self.callbacks)
             state.save(self.run_dir)
         return state.ppo
 
@@ -327,10 +335,11 @@ def last_loop(history: Sequence[dict]) -> LastLoop:
     return LastLoop(LearningStatus(last["status"]), last["ser/val_acc"] - history[-2]["ser/val_acc"])
 
 
-def run_ser(cfg: Config) -> SERResult:
-    """Splits, Loop 0, self-labelling loops until STOP / an empty filter / ser.max_loops, the Full baseline,
-    then PPO with the kept RM; resumes after the last completed loop with ``run.resume=auto``."""
-    ser_run = SERRun(cfg)
+def run_ser(cfg: Config, callbacks: Sequence = ()) -> SERResult:
+    """Splits, Loop 0, self-labelling loops until STOP / an empty filter / ser.max_loops / a callback, the Full
+    baseline, then PPO with the kept RM; resumes after the last completed loop with ``run.resume=auto``.
+    ``callbacks``: see :class:`SERRun`; the PPO stage passes them to ``run_rl`` (steps restart at 0 there)."""
+    ser_run = SERRun(cfg, callbacks)
     state = self_evolve(ser_run)
     full = ser_run.full(state)
     ser_run.run.close()
@@ -352,7 +361,7 @@ def loop_rm_dir(loop: int) -> str:
 
 
 def self_evolve(ser_run: SERRun) -> LoopState:
-    """Loop 0 (or the resumed state), then loops until STOP, an empty filter or ser.max_loops."""
+    """Loop 0 (or the resumed state), then loops until STOP, an empty filter, ser.max_loops or a callback's True."""
     cfg = ser_run.cfg
     state = ser_run.state
     if state is None:
@@ -364,8 +373,11 @@ def self_evolve(ser_run: SERRun) -> LoopState:
     if _may_continue(state, cfg.ser):
         state.stop = None  # an earlier run ended on max_loops: go on to the new max_loops
     done_before = state.loop
-    while state.stop is None and state.loop < cfg.ser.max_loops:
+    while state.stop is None and state.loop < cfg.ser.max_loops and not ser_run.hooks.stop_requested:
         ser_run.next_loop(state)
+    if state.stop is None and ser_run.hooks.stop_requested and state.loop < cfg.ser.max_loops:
+        state.stop = LoopStop(StopReason.CALLBACK, state.loop)
+        print(f"[ser] loop {state.loop}: a callback asked to stop; the loop ends", flush=True)
     if state.stop is None:
         state.stop = LoopStop(StopReason.MAX_LOOPS, state.loop)
     state.save(ser_run.run_dir)
@@ -373,4 +385,6 @@ def self_evolve(ser_run: SERRun) -> LoopState:
 
 
 def _may_continue(state: LoopState, ser: SERConfig) -> bool:
-    return state.stop is not None and state.stop.reason == StopReason.MAX_LOOPS and state.loop < ser.max_loops
+    """An earlier run ended on max_loops or a callback (not on the loop's own rule): resuming goes on."""
+    return state.stop is not None and state.stop.reason in (StopReason.MAX_LOOPS, StopReason.CALLBACK) \
+        and state.loop < ser.max_loops

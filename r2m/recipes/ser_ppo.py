@@ -7,6 +7,7 @@ by name, the evolved RM as ``reward.path`` and sigmoid-centred rewards.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from r2m.config import Config, PPOPrompts, replace_path, to_dict
 from r2m.recipes.pipeline import user_models, world_data
@@ -18,9 +19,10 @@ FINAL_KEYS = ("eval/gold", "eval/win_rate_vs_sft", "eval/lc_win_rate_vs_sft", "e
 """The final evaluation's metrics kept in the PPO summary (those the run reported)."""
 
 
-def run_ppo_stage(cfg: Config, run_dir: Path, rm_dir: str) -> PPOSummary:
-    """PPO against ``run_dir / rm_dir`` on the PPO split's prompts (or data.prompts); its own run directory."""
-    res = run_rl(ppo_config(cfg, run_dir / rm_dir, run_dir / "splits" / "ppo_prompts.jsonl"))
+def run_ppo_stage(cfg: Config, run_dir: Path, rm_dir: str, callbacks: Sequence = ()) -> PPOSummary:
+    """PPO against ``run_dir / rm_dir`` on the PPO split's prompts (or data.prompts); its own run directory.
+    ``callbacks`` go to the RL loop (``run_rl``: its steps, evaluations and checkpoints)."""
+    res = run_rl(ppo_config(cfg, run_dir / rm_dir, run_dir / "splits" / "ppo_prompts.jsonl"), callbacks=callbacks)
     nan = float("nan")
     sft = next((r for r in res.history if r["step"] == 0 and "eval/length" in r), {})  # the SFT policy
     final = {k: res.final_eval[k] for k in FINAL_KEYS if k in res.final_eval}

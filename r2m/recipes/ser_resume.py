@@ -45,6 +45,8 @@ class StopReason(str, enum.Enum):
     """The filter kept no pair."""
     MAX_LOOPS = "max_loops"
     """ser.max_loops loops ran."""
+    CALLBACK = "callback"
+    """A callback of the object API (``r2m.SERTrainer(callbacks=...)``) returned True after a loop."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -18,6 +18,9 @@ from r2m.models.lora import apply_lora, enable_gradient_checkpointing
 from r2m.models.reward import RewardModel
 from r2m.runtime.checkpoint import fingerprint
 
+if TYPE_CHECKING:
+    from r2m.runtime.hooks import Hooks
+
 
 @dataclass(frozen=True)
 class RMResult:
@@ -27,6 +30,8 @@ class RMResult:
     """Mean BT loss over the last logging window."""
     eval: Optional[RMAccuracy]
     """Held-out accuracy after training (None without held-out pairs)."""
+    stopped_early: bool = False
+    """A callback asked to stop before the planned steps (the model trained so far is what is saved)."""
 
 
 class TrainableRM(NamedTuple):
@@ -73,10 +78,11 @@ PairLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str], rmc: RMConfig,
               accelerator, run: Optional[RunDir], seed: int, *, pair_loss: PairLossFn = bradley_terry_loss,
               linear_decay: bool = False, keep_checkpoints: int = 3, checkpoint_dir: Optional[Path] = None,
-              resume: bool = False, show_progress: bool = True) -> LoopResult:
+              resume: bool = False, show_progress: bool = True, hooks: Optional["Hooks"] = None) -> LoopResult:
     """Fit ``rm`` on (prompt, chosen, rejected) with ``pair_loss(r_chosen, r_rejected)`` (BT by default).
 
-    The learning rate warms up then decays, cosine by default or linear (SER App. C.3).
+    The learning rate warms up then decays, cosine by default or linear (SER App. C.3). ``hooks``: the
+    callbacks of :func:`r2m.updates.supervised.supervised_loop`.
     """
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -101,19 +107,26 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
                              max_grad_norm=rmc.max_grad_norm, run=run,
                              fingerprint={**fingerprint(rmc, "rm."), "seed": seed, "rows": len(prompts)},
                              keep_checkpoints=keep_checkpoints, checkpoint_dir=checkpoint_dir,
-                             save_every=rmc.save_every, resume=resume, show_progress=show_progress)
+                             save_every=rmc.save_every, resume=resume, show_progress=show_progress, hooks=hooks)
     model.eval()
     return result
 
 
 def train_reward_model(rm, rows: Sequence[dict], eval_rows: Optional[Sequence[dict]], cfg: Config, accelerator,
                        run: Optional[RunDir], seed: int, checkpoint_dir: Optional[Path] = None,
-                       resume: bool = False) -> RMResult:
-    """Train ``rm`` (an :class:`r2m.models.RewardModel`) with BT on (prompt, chosen, rejected) rows."""
+                       resume: bool = False, hooks: Optional["Hooks"] = None) -> RMResult:
+    """Train ``rm`` (an :class:`r2m.models.RewardModel`) with BT on (prompt, chosen, rejected) rows.
+
+    ``hooks``: ``on_step_end`` / ``on_save`` of each step and checkpoint (``fit_pairs``), then ``on_evaluate``
+    with the held-out accuracy; one returning True ends training after that step."""
     result = fit_pairs(rm, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows],
                        cfg.rm, accelerator, run, seed, keep_checkpoints=cfg.run.keep_checkpoints,
-                       checkpoint_dir=checkpoint_dir, resume=resume, show_progress=cfg.run.progress)
+                       checkpoint_dir=checkpoint_dir, resume=resume, show_progress=cfg.run.progress, hooks=hooks)
     accuracy = pairwise_accuracy(accelerator.unwrap_model(rm), eval_rows) if eval_rows else None
-    if run is not None and accuracy is not None:
-        run.amend_last({"rm/eval_acc": accuracy.accuracy, "rm/eval_gold_acc": accuracy.gold_accuracy})
-    return RMResult(steps=result.steps, final_loss=result.final_loss, eval=accuracy)
+    if accuracy is not None:
+        metrics = {"rm/eval_acc": accuracy.accuracy, "rm/eval_gold_acc": accuracy.gold_accuracy}
+        if run is not None:
+            run.amend_last(metrics)
+        if hooks is not None:
+            hooks("on_evaluate", result.steps, metrics)
+    return RMResult(steps=result.steps, final_loss=result.final_loss, eval=accuracy, stopped_early=result.stopped_early)

@@ -17,6 +17,7 @@ from r2m.runtime.safeio import load_safetensors as load_file
 from r2m.fileio import atomic_dir
 
 if TYPE_CHECKING:
+    from r2m.runtime.hooks import Hooks
     from r2m.runtime.runlog import RunDir
 
 
@@ -121,7 +122,10 @@ class LossOutput(NamedTuple):
 
 class LoopResult(NamedTuple):
     steps: int
+    """The last optimiser step taken."""
     final_loss: float
+    stopped_early: bool = False
+    """A callback (``hooks``) asked to stop before the planned steps."""
 
 
 def _save_loop_checkpoint(directory: Path, model, optimizer, scheduler, step: int, fingerprint: dict) -> None:
@@ -158,13 +162,16 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
                     seed: int, loss_fn: Callable[[torch.Tensor], LossOutput], prefix: str, log_every: int,
                     max_grad_norm: float, run: Optional["RunDir"], fingerprint: dict, keep_checkpoints: int = 3,
                     checkpoint_dir: Optional[Path] = None, save_every: int = 0, resume: bool = False,
-                    show_progress: bool = True) -> LoopResult:
+                    show_progress: bool = True, hooks: Optional["Hooks"] = None) -> LoopResult:
     """Shuffled batches -> loss_fn -> clipped AdamW step, logging every ``log_every`` steps.
 
     With ``checkpoint_dir`` and ``save_every``, model, optimiser, scheduler and RNG states are saved
     atomically every ``save_every`` steps; with ``resume`` the loop continues from the latest one
     (the batch order is a pure function of the seed, so resuming replays it exactly). ``fingerprint``
-    names what determines this training; a checkpoint written under another one is refused.
+    names what determines this training; a checkpoint written under another one is refused. ``hooks``
+    (the object API's callbacks) get ``on_step_end(step, metrics)`` after each optimiser step and
+    ``on_save(step, path)`` after each checkpoint; one returning True ends the loop after that step (logged,
+    and checkpointed when there is a ``checkpoint_dir``).
     """
     dist = Dist(accelerator)
     if batch_size % dist.world:
@@ -175,7 +182,7 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     model.train()
     window: list[float] = []
     extras: dict[str, float] = {}
-    final = float("nan")
+    final, stop = float("nan"), False
     bar = progress(steps, prefix, show_progress)
     bar.update(start)
     for step, idx in enumerate(batch_indices(n_items, batch_size, steps, seed), start=1):
@@ -194,25 +201,53 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
         for k, v in out.stats.items():
             extras[k] = extras.get(k, 0.0) + v
         bar.update(1)
-        if step % log_every == 0 or step == steps:
-            # DeepSpeed clips inside its step and may report no norm.
-            norm = float("nan") if grad_norm is None else float(grad_norm)
-            means = dist.mean_stats({"loss": sum(window) / len(window), **{k: v / len(window) for k, v in extras.items()}})
-            final = means.pop("loss")
+        if hooks is not None:
+            stop = _step_hooks(hooks, dist, prefix, step, window[-1], grad_norm, scheduler, out.stats) and step < steps
+        if step % log_every == 0 or step == steps or stop:
+            final = _log_window(run, dist, prefix, step, window, extras, grad_norm, scheduler, batch_size)
             bar.set_postfix(loss=f"{final:.3f}")
-            if run is not None:
-                run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": norm,
-                         f"{prefix}/rows_per_process": batch_size // dist.world,
-                         f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
             window, extras = [], {}
-        if checkpoint_dir is not None and save_every and step % save_every == 0 and step < steps:
-            if accelerator.is_main_process:  # the replicas are identical: one writer
-                _save_loop_checkpoint(step_dir(checkpoint_dir, step), accelerator.unwrap_model(model), optimizer,
-                                      scheduler, step, fingerprint)
-                prune(checkpoint_dir, keep_checkpoints)
-            accelerator.wait_for_everyone()
+        if checkpoint_dir is not None and ((save_every and step % save_every == 0) or stop) and step < steps:
+            _checkpoint(accelerator, checkpoint_dir, model, optimizer, scheduler, step, fingerprint, keep_checkpoints,
+                        hooks)
+        if stop:
+            break
     bar.close()
-    return LoopResult(steps, final)
+    return LoopResult(step if stop else steps, final, stop)
+
+
+def _step_hooks(hooks: "Hooks", dist: Dist, prefix: str, step: int, loss: float, grad_norm, scheduler,
+                stats: dict) -> bool:
+    """``on_step_end`` with this process's step metrics; True when a callback (on any rank) asked to stop."""
+    norm = float("nan") if grad_norm is None else float(grad_norm)
+    hooks("on_step_end", step, {f"{prefix}/loss": loss, f"{prefix}/grad_norm": norm,
+                                f"{prefix}/lr": scheduler.get_last_lr()[0], **stats})
+    return not dist.all(not hooks.stop_requested)  # every rank stops after the same step
+
+
+def _log_window(run: Optional["RunDir"], dist: Dist, prefix: str, step: int, window: list[float], extras: dict,
+                grad_norm, scheduler, batch_size: int) -> float:
+    """Log the window's mean loss and stats at ``step``; returns the mean loss."""
+    # DeepSpeed clips inside its step and may report no norm.
+    norm = float("nan") if grad_norm is None else float(grad_norm)
+    means = dist.mean_stats({"loss": sum(window) / len(window), **{k: v / len(window) for k, v in extras.items()}})
+    final = means.pop("loss")
+    if run is not None:
+        run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": norm,
+                 f"{prefix}/rows_per_process": batch_size // dist.world,
+                 f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
+    return final
+
+
+def _checkpoint(accelerator, checkpoint_dir: Path, model, optimizer, scheduler, step: int, fingerprint: dict,
+                keep_checkpoints: int, hooks: Optional["Hooks"]) -> None:
+    path = step_dir(checkpoint_dir, step)
+    if accelerator.is_main_process:  # the replicas are identical: one writer
+        _save_loop_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, fingerprint)
+        prune(checkpoint_dir, keep_checkpoints)
+    accelerator.wait_for_everyone()
+    if hooks is not None:
+        hooks("on_save", step, str(path))
 
 
 def make_lr_scheduler(optimizer, schedule: LRSchedule, warmup_steps: int, total_steps: int):

@@ -4,6 +4,7 @@ callback; a reward callable replaces the RM; a callback stops the run; objects (
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 from pathlib import Path
@@ -147,5 +148,129 @@ def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None
 
 
 def test_ser_trainer_resolves_its_config(tiny) -> None:
-    trainer = r2m.SERTrainer(r2m.SERConfig(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
+    trainer = r2m.SERTrainer(args=r2m.SERConfig(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
     assert trainer.cfg.run.seed == 3 and trainer.cfg.ser.max_loops == 1
+
+
+class Recorder(r2m.TrainerCallback):
+    """Records every call; stops when ``stop(hook, step)`` says so."""
+
+    def __init__(self, stop=lambda hook, step: False):
+        self.calls, self.metrics, self.stop = [], {}, stop
+
+    def _record(self, hook, step, value):
+        self.calls.append((hook, step))
+        self.metrics[(hook, step)] = value
+        return self.stop(hook, step)
+
+    def on_step_end(self, step, metrics):
+        return self._record("step", step, dict(metrics))
+
+    def on_evaluate(self, step, metrics):
+        return self._record("evaluate", step, dict(metrics))
+
+    def on_save(self, step, path):
+        assert Path(path).is_dir(), path
+        return self._record("save", step, path)
+
+
+def test_rm_trainer_callback_stops_at_step_2(tiny, world_artifacts, tmp_path) -> None:
+    _, _, files = world_artifacts
+    cb = Recorder(stop=lambda hook, step: hook == "step" and step == 2)
+    args = r2m.RMConfig(learning_rate=1e-3, num_train_epochs=1, report_to="none",
+                        overrides={**_dotted(tiny), "run.root": str(tmp_path), "run.name": "rm-cb"})
+    result = r2m.RMTrainer(args=args, train_dataset=str(files.pref_train), eval_dataset=str(files.pref_eval),
+                           callbacks=[cb]).train()
+    final = tmp_path / "rm-cb" / "checkpoints" / "final"
+    # two steps (of 13), the stop's checkpoint, the held-out evaluation, the final model
+    assert cb.calls == [("step", 1), ("step", 2), ("save", 2), ("evaluate", 2), ("save", 2)]
+    assert cb.metrics[("save", 2)] == str(final) and (final / "config.json").is_file()
+    assert result.stopped_early and result.steps == 2 and math.isfinite(result.final_loss)
+    for step in (1, 2):
+        m = cb.metrics[("step", step)]
+        assert math.isfinite(m["rm/loss"]) and m["rm/lr"] > 0 and 0.0 <= m["rm/train_acc"] <= 1.0, m
+    assert set(cb.metrics[("evaluate", 2)]) == {"rm/eval_acc", "rm/eval_gold_acc"}
+    assert cb.metrics[("evaluate", 2)]["rm/eval_acc"] == result.eval.accuracy
+    rows = [json.loads(line) for line in (tmp_path / "rm-cb" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and math.isfinite(rows[-1]["rm/loss"])  # the stopped step is logged
+
+
+def test_callbacks_argument_is_checked() -> None:
+    with pytest.raises(ConfigError, match="callbacks: expected a list"):
+        r2m.RMTrainer(callbacks=Recorder())
+    with pytest.raises(ConfigError, match=r"callbacks\[1\]: expected an object with on_step_end"):
+        r2m.RLTrainer(callbacks=[Recorder(), "print"])
+
+
+# Thresholds loose enough that the tiny seed RM (a few steps) always finds pairs (as tests/recipes/test_ser.py).
+SER_LOOSE = {"ser.tau_high": 0.5, "ser.tau_low": 0.5, "ser.tau_delta": 0.001, "ser.delta": 0.0, "ser.min_status1": 1,
+             "ser.seed_steps": 4}
+
+
+def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world_artifacts, tmp_path) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2m.recipes.pipeline import ensure_world_rm_backbone
+
+    _, _, files = world_artifacts
+    cfg = r2m.SERConfig(overrides={**_dotted(tiny), **SER_LOOSE, "run.root": str(tmp_path), "run.name": "ser-cb",
+                                   "ser.max_loops": 2, "ser.ppo": False})
+    backbone = ensure_world_rm_backbone(cfg.to_config())
+    cb = Recorder(stop=lambda hook, loop: hook == "evaluate" and loop == 0)
+    trainer = r2m.SERTrainer(model=AutoModelForCausalLM.from_pretrained(backbone), args=cfg,
+                             processing_class=AutoTokenizer.from_pretrained(backbone),
+                             train_dataset=Dataset.from_json(str(files.pref_train)),
+                             eval_dataset=Dataset.from_json(str(files.pref_eval)), callbacks=[cb])
+    assert trainer.cfg.rm.init_from.startswith(str(trainer.staging.dir("")))  # the object, saved for the loop
+    result = trainer.train()
+    assert cb.calls == [("save", 0), ("evaluate", 0)]
+    assert cb.metrics[("save", 0)] == str(tmp_path / "ser-cb" / "loop-0" / "checkpoints" / "final")
+    row = cb.metrics[("evaluate", 0)]
+    assert row["status"] == "seed" and row["ser/selected"] > 0 and row["ser/train_steps"] == 4
+    assert 0.0 <= row["ser/val_acc"] <= 1.0 and 0.0 <= row["ser/test_acc"] <= 1.0
+    assert result.stop["reason"] == "callback" and result.stop["loop"] == 0
+    assert [r["loop"] for r in result.history] == [0] and result.kept["loop"] == 0 and result.ppo is None
+    assert "ended: callback at loop 0" in (tmp_path / "ser-cb" / "table.md").read_text()
+
+    # A callback's stop resumes like max_loops: run.resume=auto goes on after loop 0, whose RM is kept as is.
+    from r2m.config import replace_path
+
+    loop0 = tmp_path / "ser-cb" / "loop-0" / "checkpoints" / "final" / "model.safetensors"
+    mtime = loop0.stat().st_mtime_ns
+    trainer.cfg, trainer.callbacks = replace_path(trainer.cfg, run__resume="auto", ser__max_loops=1), []
+    again = trainer.train()
+    # (it decides loop 1: here STOP or a retrained loop, whichever the tiny seed RM's validation says)
+    assert again.stop["reason"] != "callback" and again.stop["loop"] == 1, again.stop
+    assert loop0.stat().st_mtime_ns == mtime and again.history[0] == result.history[0]
+
+
+def test_ser_trainer_passes_its_callbacks_to_the_ppo_stage(tiny, world_artifacts, tmp_path) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy_dir, _, files = world_artifacts
+    cb = Recorder()
+    cfg = r2m.SERConfig(overrides={**_dotted(tiny), **SER_LOOSE, "run.root": str(tmp_path), "run.name": "ser-ppo",
+                                   "ser.max_loops": 0, "ser.rl.steps": 1})
+    result = r2m.SERTrainer(policy=AutoModelForCausalLM.from_pretrained(policy_dir), args=cfg, callbacks=[cb],
+                            policy_processing_class=AutoTokenizer.from_pretrained(policy_dir),
+                            train_dataset=str(files.pref_train), eval_dataset=str(files.pref_eval),
+                            eval_prompts_dataset=Dataset.from_json(str(files.eval_prompts))).train()
+    # SER's loop 0, then the PPO stage's run_rl: evaluation before training, its one step, the final model
+    assert cb.calls == [("save", 0), ("evaluate", 0), ("evaluate", 0), ("evaluate", 1), ("step", 1), ("save", 1)]
+    assert result.stop["reason"] == "max_loops" and result.ppo is not None
+    assert math.isfinite(cb.metrics[("step", 1)]["kl"]) and "eval/gold" in cb.metrics[("evaluate", 1)]
+    assert cb.metrics[("save", 1)] == str(tmp_path / "ser-ppo-ppo" / "checkpoints" / "final")
+
+
+def test_ser_trainer_arguments_are_checked() -> None:
+    with pytest.raises(ConfigError, match="policy: expected a path or a transformers model"):
+        r2m.SERTrainer(policy=object())
+    with pytest.raises(DataError, match="eval_prompts_dataset"):
+        r2m.SERTrainer(eval_prompts_dataset=["a prompt"])
+    with pytest.raises(ConfigError, match="args: expected an r2m.SERConfig"):
+        r2m.SERTrainer(args=r2m.RLConfig())
+    with pytest.raises(ConfigError, match="prompts_dataset: .*ser.ppo_prompts=world"):
+        r2m.SERTrainer(prompts_dataset="p.jsonl", overrides={"ser.ppo_prompts": "split"})
+    assert r2m.SERTrainer(prompts_dataset="p.jsonl").cfg.ser.ppo_prompts.value == "world"

@@ -2,66 +2,35 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from accelerate import Accelerator
 
-from r2m.config import ArchConfig, R2MConfig, RLConfig, WorldConfig
+from r2m.config import R2MConfig, RLConfig
 from r2m.core.losses import within_group_spread
-from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import build_feedback_rm, load_feedback_rm
-from r2m.models.reward import RewardModel
-from r2m.experience.rewards import FeedbackReward, GoldReward, RewardQuery, noise_like
-from r2m.experience.rollout import ExperienceMaker, feedback_states
-from r2m.experience.sampling import tokenize_prompts
+from r2m.experience.rewards import FeedbackReward, RewardQuery, noise_like
+from r2m.experience.rollout import feedback_states
 from r2m.updates.policy import PolicyUpdater
 from r2m.updates.r2m import R2MUpdater
-from r2m.world import build_tokenizer, format_prompt
-
-PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]
-D_P, D_M = 32, 24  # heterogeneous widths, and the two models have different tokenizers
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    tok = build_tokenizer("rm")
-    lm = build_world_lm(ArchConfig(hidden_size=D_M, num_layers=1, num_heads=2, intermediate_size=48), tok, seed=1)
-    out = tmp_path_factory.mktemp("rm") / "lm"
-    save_model(lm, tok, out)
-    return out
-
-
-def _rm(rm_dir) -> RewardModel:
-    tok = load_tokenizer(str(rm_dir))
-    torch.manual_seed(7)  # the new score head
-    return RewardModel(load_reward_model(str(rm_dir), pad_token_id=tok.pad_token_id), tok)
-
-
-def _setup(rm_dir, r2m: R2MConfig, rl: RLConfig = RLConfig(prompts_per_step=4, k=2, minibatches=2, epochs=2, lr=0.05),
+def _setup(bed, r2m: R2MConfig, rl: RLConfig = RLConfig(prompts_per_step=4, k=2, minibatches=2, epochs=2, lr=0.05),
            feedback: bool = True):
-    torch.manual_seed(0)
-    ptok = build_tokenizer("policy")
-    policy = build_world_lm(ArchConfig(hidden_size=D_P, num_layers=1, num_heads=2, intermediate_size=64), ptok, 0)
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    model = build_feedback_rm(_rm(rm_dir), D_P if feedback else None, 16, 2, r2m.init)
-    reward = FeedbackReward(model, r2m, total_steps=10)
-    maker = ExperienceMaker(policy, ref, ptok, reward, rl, torch.device("cpu"), gold_fn=GoldReward(WorldConfig()))
-    prompts = tokenize_prompts(ptok, PROMPTS, 64, "truncate")
-    exp = maker.make(prompts.texts, prompts.ids, step=3)
-    return policy, reward, exp, rl
+    """``bed``: the ``r2m_bed`` fixture (tests/updates/conftest.py)."""
+    out = bed.rollout(r2m, rl, feedback=feedback)
+    return out.policy, out.reward, out.exp, rl
 
 
 def _snapshot(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_rollout_collects_feedback_in_the_logprob_pass(rm_dir) -> None:
-    _, reward, exp, _ = _setup(rm_dir, R2MConfig(enabled=True))
+def test_rollout_collects_feedback_in_the_logprob_pass(r2m_bed) -> None:
+    _, reward, exp, _ = _setup(r2m_bed, R2MConfig(enabled=True))
     B, S = exp.sequences.shape
-    assert exp.policy_hidden.shape == (B, S - 1, D_P) and exp.policy_mask.shape == (B, S - 1)
-    assert exp.rm_embeddings.shape == (B, D_M)
+    assert exp.policy_hidden.shape == (B, S - 1, r2m_bed.d_p) and exp.policy_mask.shape == (B, S - 1)
+    assert exp.rm_embeddings.shape == (B, r2m_bed.d_m)
     # h_ij has S_ij - 1 states: each row loses its own last token, whatever its length.
     assert torch.equal(exp.policy_mask.sum(-1), exp.attention_mask.sum(-1) - 1)
     assert torch.equal(exp.policy_mask, feedback_states(exp.policy_hidden, exp.attention_mask).mask)
@@ -71,8 +40,8 @@ def test_rollout_collects_feedback_in_the_logprob_pass(rm_dir) -> None:
     torch.testing.assert_close(again, exp.scores)
 
 
-def test_only_fusion_and_head_receive_gradients(rm_dir) -> None:
-    _, reward, exp, _ = _setup(rm_dir, R2MConfig(enabled=True, lr=1e-2))
+def test_only_fusion_and_head_receive_gradients(r2m_bed) -> None:
+    _, reward, exp, _ = _setup(r2m_bed, R2MConfig(enabled=True, lr=1e-2))
     model = reward.model
     backbone, fusion, head, base = (_snapshot(model.rm.backbone), _snapshot(model.fusion), _snapshot(model.head),
                                     _snapshot(model.base_head))
@@ -86,27 +55,27 @@ def test_only_fusion_and_head_receive_gradients(rm_dir) -> None:
     assert not model.rm.model.training  # the backbone stays in eval mode
 
 
-def test_grebt_parts_follow_alpha(rm_dir) -> None:
+def test_grebt_parts_follow_alpha(r2m_bed) -> None:
     for ablation, check in [("no_bt", lambda s: s["r2m/grebt"] == pytest.approx(s["r2m/gre"])),
                             ("no_gre", lambda s: s["r2m/grebt"] == pytest.approx(s["r2m/bt"]))]:
         cfg = R2MConfig(enabled=True, ablation=ablation)
-        _, reward, exp, _ = _setup(rm_dir, cfg)
+        _, reward, exp, _ = _setup(r2m_bed, cfg)
         assert check(R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)), ablation
     assert R2MConfig(alpha=0.3).effective_alpha == 0.3
 
 
-def test_frozen_ablation_never_updates(rm_dir) -> None:
+def test_frozen_ablation_never_updates(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, ablation="frozen")
-    _, reward, exp, _ = _setup(rm_dir, cfg)
+    _, reward, exp, _ = _setup(r2m_bed, cfg)
     before = _snapshot(reward.model)
     stats = R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
     assert "r2m/grebt" not in stats
     assert all(torch.equal(v, reward.model.state_dict()[k]) for k, v in before.items())
 
 
-def test_noise_ablation_replaces_h_with_matched_noise(rm_dir) -> None:
+def test_noise_ablation_replaces_h_with_matched_noise(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, ablation="noise")
-    _, reward, exp, _ = _setup(rm_dir, cfg)
+    _, reward, exp, _ = _setup(r2m_bed, cfg)
     h, m = exp.policy_hidden, exp.policy_mask
     noisy = reward.feedback(h, m, step=3)
     assert noisy.shape == h.shape and not torch.allclose(noisy, h)
@@ -142,21 +111,21 @@ def test_noise_like_matches_each_dimension_not_one_scalar() -> None:
     assert noise[:, 1].std().item() == pytest.approx(5.3, rel=0.15)
 
 
-def test_zero_init_equals_vanilla_rm_at_t0(rm_dir) -> None:
+def test_zero_init_equals_vanilla_rm_at_t0(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, init="zero")
-    _, reward, exp, _ = _setup(rm_dir, cfg)
+    _, reward, exp, _ = _setup(r2m_bed, cfg)
     q = RewardQuery(exp.prompts, exp.responses, exp.policy_hidden, exp.policy_mask, step=0)
     out = reward(q)
     torch.testing.assert_close(out.scores, out.vanilla)
     # With random init the feedback changes the reward.
-    rand = FeedbackReward(build_feedback_rm(reward.model.rm, D_P, 16, 2, "random"), R2MConfig(enabled=True), 10)
+    rand = FeedbackReward(build_feedback_rm(reward.model.rm, r2m_bed.d_p, 16, 2, "random"), R2MConfig(enabled=True), 10)
     assert not torch.allclose(rand(RewardQuery(exp.prompts, exp.responses, exp.policy_hidden, exp.policy_mask,
                                                 step=5)).scores, out.vanilla)
 
 
-def test_iterative_head_updates_head_only_without_feedback(rm_dir) -> None:
+def test_iterative_head_updates_head_only_without_feedback(r2m_bed) -> None:
     cfg = R2MConfig(lr=1e-2)
-    _, reward, exp, _ = _setup(rm_dir, cfg, feedback=False)
+    _, reward, exp, _ = _setup(r2m_bed, cfg, feedback=False)
     assert reward.model.fusion is None and not reward.needs_policy_hidden and exp.policy_hidden is None
     # Annotation-time scores are the vanilla RM's.
     torch.testing.assert_close(exp.scores, reward.model.vanilla_score(exp.rm_embeddings))
@@ -165,9 +134,9 @@ def test_iterative_head_updates_head_only_without_feedback(rm_dir) -> None:
     assert any(not torch.equal(v, reward.model.head.state_dict()[k]) for k, v in head.items())
 
 
-def test_refresh_in_last_epoch_only(rm_dir) -> None:
+def test_refresh_in_last_epoch_only(r2m_bed) -> None:
     rl = RLConfig(prompts_per_step=4, k=2, minibatches=2, epochs=3, lr=0.05, micro_batch_size=2)
-    policy, _, exp, _ = _setup(rm_dir, R2MConfig(enabled=True), rl)
+    policy, _, exp, _ = _setup(r2m_bed, R2MConfig(enabled=True), rl)
     h0 = exp.policy_hidden.clone()
     updater = PolicyUpdater(policy, torch.optim.SGD(policy.parameters(), lr=0.5), Accelerator(cpu=True), rl)
     update = updater.update(exp)
@@ -176,26 +145,26 @@ def test_refresh_in_last_epoch_only(rm_dir) -> None:
     # The refreshed h is returned, not written into the Experience (R2M's update takes it explicitly).
     assert torch.equal(exp.policy_hidden, h0) and update.policy_hidden.data_ptr() != exp.policy_hidden.data_ptr()
     # With a policy that cannot move, the refreshed states are the rollout's.
-    policy2, _, exp2, _ = _setup(rm_dir, R2MConfig(enabled=True), rl)
+    policy2, _, exp2, _ = _setup(r2m_bed, R2MConfig(enabled=True), rl)
     h2 = exp2.policy_hidden.clone()
     update2 = PolicyUpdater(policy2, torch.optim.SGD(policy2.parameters(), lr=0.0), Accelerator(cpu=True),
                             rl).update(exp2)
     torch.testing.assert_close(update2.policy_hidden, h2, atol=1e-5, rtol=1e-5)
 
 
-def test_no_refresh_without_feedback(rm_dir) -> None:
+def test_no_refresh_without_feedback(r2m_bed) -> None:
     rl = RLConfig(prompts_per_step=4, k=2, minibatches=2, epochs=2)
-    policy, _, exp, _ = _setup(rm_dir, R2MConfig(), rl, feedback=False)
+    policy, _, exp, _ = _setup(r2m_bed, R2MConfig(), rl, feedback=False)
     updater = PolicyUpdater(policy, torch.optim.SGD(policy.parameters(), lr=0.1), Accelerator(cpu=True), rl)
     assert updater.update(exp).policy_hidden is None
     assert updater.refreshed == 0
 
 
-def test_checkpoint_round_trip(rm_dir, tmp_path) -> None:
+def test_checkpoint_round_trip(r2m_bed, tmp_path) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2)
-    _, reward, exp, _ = _setup(rm_dir, cfg)
+    _, reward, exp, _ = _setup(r2m_bed, cfg)
     R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
-    reward.model.save(tmp_path / "r2m", base_rm=str(rm_dir))
+    reward.model.save(tmp_path / "r2m", base_rm=str(r2m_bed.rm_dir))
     loaded = load_feedback_rm(tmp_path / "r2m")
     w = reward.omega(9)
     a = reward.model.score_embeddings(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, w)
@@ -211,13 +180,13 @@ def _spreads(model, exp, k):
     return within_group_spread(parts.fusion, k).item(), within_group_spread(rte, k).item()
 
 
-def test_matched_init_gives_the_fusion_the_rte_spread(rm_dir, tmp_path) -> None:
+def test_matched_init_gives_the_fusion_the_rte_spread(r2m_bed, tmp_path) -> None:
     # random init: φ(Ĥ) is far narrower than φ(H_last), so "w/o Train" would be ω(t) × vanilla
-    _, rand, exp_r, rl = _setup(rm_dir, R2MConfig(enabled=True, init="random"))
+    _, rand, exp_r, rl = _setup(r2m_bed, R2MConfig(enabled=True, init="random"))
     s_fusion, s_rte = _spreads(rand.model, exp_r, rl.k)
     assert s_fusion < 0.5 * s_rte and rand.calibration is None
     # matched: W_o rescaled once, on the first rollout batch, to the same within-group spread
-    _, reward, exp, rl = _setup(rm_dir, R2MConfig(enabled=True, init="matched"))
+    _, reward, exp, rl = _setup(r2m_bed, R2MConfig(enabled=True, init="matched"))
     s_fusion, s_rte = _spreads(reward.model, exp, rl.k)
     assert s_fusion == pytest.approx(s_rte, rel=1e-4) and reward.calibration > 1.0
     assert bool(reward.model.fusion.calibrated)
@@ -225,19 +194,19 @@ def test_matched_init_gives_the_fusion_the_rte_spread(rm_dir, tmp_path) -> None:
     assert reward.model.calibrate(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask, rl.k) is None
     assert torch.equal(reward.model.fusion.w_o.weight, w_o)  # never twice
     # the flag travels with the weights: a reloaded model is not rescaled again
-    reward.model.save(tmp_path / "r2m", base_rm=str(rm_dir))
+    reward.model.save(tmp_path / "r2m", base_rm=str(r2m_bed.rm_dir))
     loaded = load_feedback_rm(tmp_path / "r2m")
     assert bool(loaded.fusion.calibrated) and torch.equal(loaded.fusion.w_o.weight, w_o)
     # evaluation queries (no group structure) never calibrate
-    _, fresh, exp2, _ = _setup(rm_dir, R2MConfig(enabled=True, init="matched"), feedback=True)
+    _, fresh, exp2, _ = _setup(r2m_bed, R2MConfig(enabled=True, init="matched"), feedback=True)
     fresh.model.fusion.calibrated.fill_(False)
     fresh(RewardQuery(exp2.prompts, exp2.responses, exp2.policy_hidden, exp2.policy_mask, step=0))
     assert not bool(fresh.model.fusion.calibrated)
 
 
-def test_update_logs_the_reward_scale(rm_dir) -> None:
+def test_update_logs_the_reward_scale(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2)
-    _, reward, exp, _ = _setup(rm_dir, cfg)
+    _, reward, exp, _ = _setup(r2m_bed, cfg)
     stats = R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
     assert 0.0 <= stats["r2m/fusion_share"] <= 1.0
     assert stats["r2m/head_norm"] == pytest.approx(reward.model.head.weight.norm().item())

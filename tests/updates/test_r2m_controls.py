@@ -3,53 +3,21 @@ control's reward vanilla × ω(t) (issue 14, item 2)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from r2m.config import ArchConfig, PairChoice, R2MConfig, RLConfig, WorldConfig
+from r2m.config import PairChoice, R2MConfig, RLConfig
 from r2m.core.pair_choice import choose_random, pair_seed
 from r2m.models.fusion import omega
-from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
-from r2m.models.r2m import build_feedback_rm
-from r2m.models.reward import RewardModel
-from r2m.experience.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward, RewardQuery
-from r2m.rollout import ExperienceMaker, tokenize_prompts
+from r2m.experience.rewards import ModelReward, OmegaScaledReward, RewardQuery
 from r2m.updates.r2m import R2MUpdater
-from r2m.world import build_tokenizer, format_prompt
-
-PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]
-D_P, D_M = 32, 24
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    tok = build_tokenizer("rm")
-    lm = build_world_lm(ArchConfig(hidden_size=D_M, num_layers=1, num_heads=2, intermediate_size=48), tok, seed=1)
-    out = tmp_path_factory.mktemp("rm") / "lm"
-    save_model(lm, tok, out)
-    return out
-
-
-def _rm(rm_dir) -> RewardModel:
-    tok = load_tokenizer(str(rm_dir))
-    torch.manual_seed(7)
-    return RewardModel(load_reward_model(str(rm_dir), pad_token_id=tok.pad_token_id), tok)
-
-
-def _setup(rm_dir, r2m: R2MConfig, gold: bool = True):
-    torch.manual_seed(0)
-    ptok = build_tokenizer("policy")
-    policy = build_world_lm(ArchConfig(hidden_size=D_P, num_layers=1, num_heads=2, intermediate_size=64), ptok, 0)
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    reward = FeedbackReward(build_feedback_rm(_rm(rm_dir), D_P, 16, 2, r2m.init), r2m, total_steps=10, seed=3)
-    rl = RLConfig(prompts_per_step=4, k=4, minibatches=2, epochs=1, lr=0.05)
-    maker = ExperienceMaker(policy, ref, ptok, reward, rl, torch.device("cpu"),
-                            gold_fn=GoldReward(WorldConfig()) if gold else None)
-    prompts = tokenize_prompts(ptok, PROMPTS, 64, "truncate")
-    return reward, maker.make(prompts.texts, prompts.ids, step=3)
+def _setup(bed, r2m: R2MConfig, gold: bool = True):
+    """``bed``: the ``r2m_bed`` fixture (tests/updates/conftest.py)."""
+    out = bed.rollout(r2m, RLConfig(prompts_per_step=4, k=4, minibatches=2, epochs=1, lr=0.05), gold=gold, seed=3)
+    return out.reward, out.exp
 
 
 def _expected_bt(updater: R2MUpdater, exp, winner: torch.Tensor, loser: torch.Tensor) -> float:
@@ -61,9 +29,9 @@ def _expected_bt(updater: R2MUpdater, exp, winner: torch.Tensor, loser: torch.Te
 
 
 @pytest.mark.parametrize("choice", [PairChoice.GOLD, PairChoice.RANDOM])
-def test_control_update_uses_its_pair_and_trains_fusion_and_head(rm_dir, choice) -> None:
+def test_control_update_uses_its_pair_and_trains_fusion_and_head(r2m_bed, choice) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2, pair_choice=choice)
-    reward, exp = _setup(rm_dir, cfg)
+    reward, exp = _setup(r2m_bed, cfg)
     updater = R2MUpdater(reward, cfg)
     gold = exp.gold.view(exp.n, exp.k)
     if choice is PairChoice.GOLD:
@@ -83,9 +51,9 @@ def test_control_update_uses_its_pair_and_trains_fusion_and_head(rm_dir, choice)
     assert all(torch.equal(v, reward.model.rm.backbone.state_dict()[k]) for k, v in backbone.items())
 
 
-def test_self_choice_is_the_papers_argmax_argmin(rm_dir) -> None:
+def test_self_choice_is_the_papers_argmax_argmin(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2)
-    reward, exp = _setup(rm_dir, cfg)
+    reward, exp = _setup(r2m_bed, cfg)
     updater = R2MUpdater(reward, cfg)
     with torch.no_grad():
         r = updater.rescore(exp, reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step))
@@ -94,34 +62,34 @@ def test_self_choice_is_the_papers_argmax_argmin(rm_dir) -> None:
     assert updater.update(exp, exp.policy_hidden)["r2m/bt"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_oracle_needs_gold(rm_dir) -> None:
+def test_oracle_needs_gold(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, pair_choice=PairChoice.GOLD)
-    reward, exp = _setup(rm_dir, cfg, gold=False)
+    reward, exp = _setup(r2m_bed, cfg, gold=False)
     with pytest.raises(ValueError, match="pair_choice=gold"):
         R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
 
 
-def test_scale_control_is_vanilla_times_omega(rm_dir) -> None:
-    rm = _rm(rm_dir)
+def test_scale_control_is_vanilla_times_omega(r2m_bed) -> None:
+    rm = r2m_bed.rm()
     inner = ModelReward(rm)
     scaled = OmegaScaledReward(inner, omega_floor=0.6, total_steps=10)
     resp = ["1 2 3 <eos>", "0 4 4 9 <eos>", "1 5 5 5 <eos>", "0 1 2 <eos>"]
     for step in (0, 5, 7, 10):
-        out = scaled(RewardQuery(PROMPTS, resp, step=step))
-        vanilla = inner(RewardQuery(PROMPTS, resp)).scores
+        out = scaled(RewardQuery(r2m_bed.prompts, resp, step=step))
+        vanilla = inner(RewardQuery(r2m_bed.prompts, resp)).scores
         assert torch.equal(out.vanilla, vanilla)
         torch.testing.assert_close(out.scores, vanilla * omega(step, 10, 0.6))
     assert scaled.omega(0) == 1.0 and scaled.omega(10) == 0.6 and scaled.omega(5) == pytest.approx(0.6)
     assert not scaled.needs_policy_hidden and scaled.reward_model is rm
 
 
-def test_build_reward_wires_the_scale_control_and_the_blind_view(rm_dir) -> None:
+def test_build_reward_wires_the_scale_control_and_the_blind_view(r2m_bed) -> None:
     from r2m.config import load_config
     from r2m.experience.reward_factory import build_reward
 
     cfg = load_config(None, ["reward.baseline=scale_control", "world.rm_prompt_digits=2"])
-    reward = build_reward(cfg, str(rm_dir), torch.device("cpu"))
+    reward = build_reward(cfg, str(r2m_bed.rm_dir), torch.device("cpu"))
     assert isinstance(reward, OmegaScaledReward) and reward.total_steps == cfg.rl.steps
     assert reward.reward_model.prompt_view("<bos> 3 1 2 =>") == "<bos> 3 1 <unk> =>"
-    plain = build_reward(load_config(None, []), str(rm_dir), torch.device("cpu"))
+    plain = build_reward(load_config(None, []), str(r2m_bed.rm_dir), torch.device("cpu"))
     assert isinstance(plain, ModelReward) and plain.reward_model.prompt_view is None

@@ -1,4 +1,5 @@
-"""The RL loop's callbacks (the object API's ``TrainerCallback``s, duck-typed: any object with some of the hooks)."""
+"""The loops' callbacks (RL, RM, SER): the object API's ``TrainerCallback``s, duck-typed (any object with some
+of the hooks)."""
 
 from __future__ import annotations
 
