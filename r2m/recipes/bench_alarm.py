@@ -1,0 +1,272 @@
+"""The alarm's validation in the gold-reward world (issue 19, item 4): a section of the ``r2m bench`` report
+and ``alarm.json`` beside its other artefacts (docs/bench/alarm.json for ``paper``).
+
+The bench's finished RL runs (sweep and cells; their ``metrics.jsonl``) are read as
+:class:`r2m.core.alarm_eval.RunSeries` and split (:data:`TUNE_WORLD`, :data:`TUNE_SEEDS`): the tuning runs
+are the ``length`` world's runs of seeds 0 and 1 and of the sweep's tuning seeds; every other run is held
+out (the other worlds entirely, and ``length``'s seeds 2-4). The gold-ceiling arm (``reward.source=gold``:
+its proxy IS gold, nothing to detect) is left out and counted, as is any run not finished yet. The thresholds
+(the combined rule, each signal alone) and the fixed-step stop are tuned on the tuning runs only; the
+fixed-KL stop is tuned leave-one-world-out: for a held-out run of world w, on every run of the other worlds
+(tuning and held-out alike -- the baseline is not the alarm, so more data only makes it stronger). All
+figures are then taken on the held-out runs (the arithmetic: r2m.core.alarm_eval; docs/MONITOR.md).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from r2m.core import alarm_eval as ae
+from r2m.core.monitor import AlarmConfig, Signal
+from r2m.fileio import atomic_write_text
+from r2m.recipes.alarm import EVAL_MARK
+from r2m.recipes.bench_design import R2M_ARMS, Arm, BenchDesign, RunSpec, SweepPoint, design_runs, sweep_runs
+from r2m.recipes.bench_design_run import RESULT_FILE
+from r2m.reports.tables import format_table
+from r2m.runtime.runlog import read_metrics
+
+TUNE_WORLD = "length"
+TUNE_SEEDS = (0, 1)
+"""With the sweep's tuning seeds: the seeds of :data:`TUNE_WORLD` whose runs tune the thresholds."""
+ALARM_FILE = "alarm.json"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The bench's runs as series, split, with what was left out."""
+
+    tune: list[ae.RunSeries]
+    held_out: list[ae.RunSeries]
+    excluded: dict[str, list[str]]
+    """Reason -> run names (the gold arm, runs not finished, runs without monitor signals)."""
+    monitor_s: list[float]
+    """``time/monitor`` of every evaluation read."""
+
+
+def tuning_seeds(design: BenchDesign) -> tuple[int, ...]:
+    return (*TUNE_SEEDS, *(design.sweep.seeds if design.sweep is not None else ()))
+
+
+def _series(spec: RunSpec, rows: list[dict]) -> ae.RunSeries:
+    return ae.RunSeries(spec.name, spec.world, spec.algorithm, spec.arm.value, spec.seed, spec.arm in R2M_ARMS,
+                        tuple(rows))
+
+
+def load_runs(design: BenchDesign, root: str | Path, setting: Optional[SweepPoint]) -> Runs:
+    """Every finished RL run of ``design`` (the sweep's, then the cells' with ``setting`` carried), split."""
+    tune, held, monitor_s = [], [], []
+    excluded: dict[str, list[str]] = {"gold arm (the proxy is gold)": [], "not finished": [],
+                                      "no monitor/* signals": []}
+    seeds = tuning_seeds(design)
+    for spec in [*sweep_runs(design), *design_runs(design, setting)]:
+        run_dir = Path(root) / spec.name
+        if spec.arm is Arm.GOLD:
+            excluded["gold arm (the proxy is gold)"].append(spec.name)
+            continue
+        if not (run_dir / RESULT_FILE).is_file():
+            excluded["not finished"].append(spec.name)
+            continue
+        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if EVAL_MARK in r]
+        if not any(k.startswith("monitor/") for r in rows for k in r):
+            excluded["no monitor/* signals"].append(spec.name)
+            continue
+        series = _series(spec, rows)
+        ae.check_series(series)
+        monitor_s += [float(r["time/monitor"]) for r in rows if "time/monitor" in r]
+        (tune if spec.world == TUNE_WORLD and spec.seed in seeds else held).append(series)
+    return Runs(tune, held, excluded, monitor_s)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One stopping rule, as tuned, and its outcomes on the held-out runs."""
+
+    name: str
+    setting: str
+    """What was tuned (thresholds, budget or step), in words."""
+    outcomes: list[ae.Outcome]
+
+    @property
+    def summary(self) -> ae.Summary:
+        return ae.summarize(self.outcomes)
+
+
+@dataclass(frozen=True)
+class Validation:
+    runs: Runs
+    combined: AlarmConfig
+    rules: list[Rule]
+    """The combined rule, the default (untuned) rule, each signal alone, then the two baselines."""
+    signal_configs: dict[Signal, AlarmConfig]
+    kl_budgets: dict[str, Optional[float]]
+    fixed_step: Optional[int]
+
+
+def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Rule:
+    t = ae.thresholds(cfg)
+    on = ", ".join(f"{k}={v:g}" for k, v in t.items() if isinstance(v, float))
+    return Rule(name, f"{on or 'every signal off'}; min_signals={cfg.min_signals}, patience={cfg.patience}",
+                ae.evaluate(held, lambda rows: ae.alarm_selection(rows, cfg)))
+
+
+def _kl_rule(runs: Runs) -> tuple[Rule, dict[str, Optional[float]]]:
+    pool = [*runs.tune, *runs.held_out]
+    budgets = ae.lowo_kl_budgets(pool, sorted({r.world for r in runs.held_out}))
+    outs = [ae.score(r, ae.kl_stop(r.rows, budgets[r.world])) for r in runs.held_out if budgets[r.world] is not None]
+    words = ", ".join(f"{w}: {'n/a' if b is None else f'{b:.4g}'}" for w, b in budgets.items())
+    return Rule("fixed KL (leave one world out)", f"budget per held-out world, {words or 'none'}", outs), budgets
+
+
+def validate(runs: Runs) -> Validation:
+    """Tune every rule on ``runs.tune`` (fixed KL: leave one world out) and score it on ``runs.held_out``."""
+    combined = ae.tune_alarm(runs.tune) if runs.tune else AlarmConfig()
+    signal_cfgs = {s: ae.tune_signal(runs.tune, s) if runs.tune else ae.only(s, ae.THRESHOLD_GRID[s][0], 1)
+                   for s in Signal}
+    rules = [_alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
+             _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out),
+             *(_alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out) for s, c in signal_cfgs.items())]
+    kl, budgets = _kl_rule(runs)
+    step = ae.tune_stop(runs.tune, ae.step_candidates(runs.tune), ae.step_stop)
+    step_outs = [] if step is None else ae.evaluate(runs.held_out, lambda rows: ae.step_stop(rows, step))
+    rules += [kl, Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)]
+    return Validation(runs, combined, rules, signal_cfgs, budgets, step)
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def _num(v: Optional[float], digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _row(label: Sequence[str], s: ae.Summary) -> list[str]:
+    return [*label, str(s.runs), str(s.runs - s.no_gain), str(s.hits), str(s.early), str(s.late), str(s.no_alarm),
+            _num(s.mean_recovered), _num(s.median_recovered), _pct(s.recovered_90pct_share)]
+
+
+_HEAD = ["runs", "with gain", "hit", "early", "late", "no alarm", "mean rec.", "median rec.", ">= 90%"]
+
+
+def _median(values: Sequence[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
+def headline(v: Validation) -> dict:
+    """The keys of alarm.json issue 19 names, from the combined rule and the fixed-KL stop."""
+    comb = v.rules[0].summary
+    kl = next(r for r in v.rules if r.name.startswith("fixed KL")).summary
+    beats = (comb.mean_recovered is not None and kl.mean_recovered is not None
+             and comb.mean_recovered > kl.mean_recovered)
+    share = comb.recovered_90pct_share
+    return {"held_out_runs": comb.runs, "recovered_90pct_share": share, "beats_fixed_kl": beats,
+            "target_met": bool(beats and share is not None and share >= 0.8)}
+
+
+def alarm_json(v: Validation, design: BenchDesign) -> dict:
+    signal_rules = {s: r for s, r in zip(Signal, v.rules[2:2 + len(Signal)])}
+    return {
+        **headline(v),
+        "preset": design.name,
+        "split": {"tune": f"world {TUNE_WORLD}, seeds {list(tuning_seeds(design))}",
+                  "held_out": f"every other run (other worlds; {TUNE_WORLD}'s other seeds)",
+                  "tune_runs": len(v.runs.tune), "held_out_names": [r.name for r in v.runs.held_out]},
+        "excluded": {k: len(names) for k, names in v.runs.excluded.items()},
+        "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.rules[0].summary.as_dict()},
+        "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.rules[1].summary.as_dict()},
+        "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
+                                 "per_world": _per_world(r.outcomes)} for s, r in signal_rules.items()},
+        "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.rules[-2].summary.as_dict()},
+                      "fixed_step": {"step": v.fixed_step, **v.rules[-1].summary.as_dict()}},
+        "time_monitor_median_s": _median(v.runs.monitor_s),
+        "time_monitor_evals": len(v.runs.monitor_s),
+        "target": {"recovered": ae.TARGET_RECOVERED, "share_of_runs": 0.8},
+    }
+
+
+def _per_world(outcomes: Sequence[ae.Outcome]) -> dict[str, dict]:
+    worlds = sorted({o.run.world for o in outcomes})
+    return {w: ae.summarize([o for o in outcomes if o.run.world == w]).as_dict() for w in worlds}
+
+
+def _groups_table(outcomes: Sequence[ae.Outcome]) -> str:
+    keys = sorted({(o.run.world, o.run.algorithm, o.run.r2m) for o in outcomes})
+    rows = [_row([w, a, "on" if on else "off"], ae.summarize([o for o in outcomes
+                                                               if (o.run.world, o.run.algorithm, o.run.r2m) ==
+                                                               (w, a, on)])) for w, a, on in keys]
+    return format_table(["world", "algorithm", "R2M", *_HEAD], rows, markdown=True) if rows else "(no held-out run)"
+
+
+def _signal_world_table(v: Validation) -> str:
+    worlds = sorted({r.world for r in v.runs.held_out})
+    rows = []
+    for rule in v.rules[:2 + len(Signal)]:
+        cells = []
+        for w in worlds:
+            s = ae.summarize([o for o in rule.outcomes if o.run.world == w])
+            cells.append(f"{_pct(s.recovered_90pct_share)} / {_num(s.mean_recovered)} / "
+                         f"{s.hits}-{s.early}-{s.late}-{s.no_alarm}")
+        rows.append([rule.name, *cells])
+    return format_table(["rule", *worlds], rows, markdown=True) if worlds else "(no held-out run)"
+
+
+def _failures(v: Validation) -> str:
+    """Per rule and world below the target: how it fails (the most common of early, late, no alarm)."""
+    if not v.runs.held_out:
+        return "- no held-out run has finished: nothing to judge yet."
+    lines = []
+    for rule in v.rules[:2 + len(Signal)]:
+        for w in sorted({r.world for r in v.runs.held_out}):
+            s = ae.summarize([o for o in rule.outcomes if o.run.world == w])
+            if s.recovered_90pct_share is not None and s.recovered_90pct_share >= 0.8:
+                continue
+            modes = {"early": s.early, "late": s.late, "no alarm": s.no_alarm}
+            worst = max(modes, key=modes.get)
+            lines.append(f"- {rule.name}, `{w}`: {_pct(s.recovered_90pct_share)} recover >= 90% "
+                         f"(mean {_num(s.mean_recovered)}); mostly {worst} ({modes[worst]} of {s.runs})")
+    return "\n".join(lines) if lines else "- none: every rule meets the 80% share in every held-out world."
+
+
+def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
+    """The report's markdown section."""
+    h = headline(v)
+    excl = "; ".join(f"{k}: {len(n)}" for k, n in v.runs.excluded.items())
+    verdict = ("met" if h["target_met"] else "NOT met")
+    comb = v.rules[0].summary
+    return (
+        f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
+        f"Tuned on {len(v.runs.tune)} runs (world `{TUNE_WORLD}`, seeds {list(tuning_seeds(design))}), scored on "
+        f"{len(v.runs.held_out)} held-out runs (the other worlds; `{TUNE_WORLD}`'s other seeds). Left out: {excl}. "
+        f"A rule keeps the evaluation before the alarm's onset (`checkpoints/best-before-alarm`), or the final "
+        f"policy when no alarm fires; *rec.* is that checkpoint's gold as a share of the SFT -> peak gold gain; "
+        f"*hit* = the alarm fires within one evaluation interval of the gold peak. Runs whose gold never rose above "
+        f"SFT's have no gain to recover: counted in *runs*, not in the recovered figures. Method: "
+        f"[docs/MONITOR.md](MONITOR.md#validation-in-the-gold-reward-world); figures in `{rel}/{ALARM_FILE}`.\n\n"
+        f"**Target (>= 90% recovered in >= 80% of held-out runs, and beating the fixed-KL stop): {verdict}.** "
+        f"The combined rule recovers >= 90% in {_pct(comb.recovered_90pct_share)} of the "
+        f"{comb.runs - comb.no_gain} held-out runs with a gain; it "
+        f"{'beats' if h['beats_fixed_kl'] else 'does not beat'} the leave-one-world-out fixed-KL stop on the mean "
+        f"recovered share. The monitor's cost: median `time/monitor` "
+        f"{_num(_median(v.runs.monitor_s), 3)} s per evaluation ({len(v.runs.monitor_s)} evaluations).\n\n"
+        f"### Every rule on the held-out runs\n\n"
+        + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
+        + "\n\nAs tuned on the tuning runs:\n\n" + "\n".join(f"- {r.name}: {r.setting}" for r in v.rules)
+        + "\n\n### The combined rule by world, algorithm and R2M\n\n" + _groups_table(v.rules[0].outcomes)
+        + "\n\n### Each signal alone, by held-out world\n\nCells: share recovering >= 90% / mean recovered / "
+          "hit-early-late-no alarm.\n\n" + _signal_world_table(v)
+        + "\n\n### Where the target is missed\n\n" + _failures(v) + "\n")
+
+
+def write_alarm_validation(design: BenchDesign, root: str | Path, setting: Optional[SweepPoint], art: Path,
+                           rel: str) -> str:
+    """Validate, write ``<art>/alarm.json``, return the report section."""
+    v = validate(load_runs(design, root, setting))
+    atomic_write_text(Path(art) / ALARM_FILE, json.dumps(alarm_json(v, design), indent=1))
+    return alarm_section(v, design, rel)
