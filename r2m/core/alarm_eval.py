@@ -271,27 +271,35 @@ def _alarm(config: AlarmConfig) -> Selector:
     return lambda rows: alarm_selection(rows, config)
 
 
+def best_rule(runs: Sequence[RunSeries], configs: Sequence[AlarmConfig]) -> Optional[AlarmConfig]:
+    """The first of ``configs`` best on ``runs`` (the tuning objective of the module doc)."""
+    return _best(configs, runs, _alarm)
+
+
 def tune_signal(runs: Sequence[RunSeries], signal: Signal) -> AlarmConfig:
     """One signal alone: the best of its threshold grid x :data:`PATIENCE_GRID` on ``runs``."""
     grid = [only(signal, t, p) for p in PATIENCE_GRID for t in THRESHOLD_GRID[signal]]
     return _best(grid, runs, _alarm)
 
 
-def tune_alarm(runs: Sequence[RunSeries], start: AlarmConfig = AlarmConfig(), sweeps: int = 2) -> AlarmConfig:
-    """The combined rule: for each (min_signals, patience) of the grids, coordinate ascent from ``start``'s
-    thresholds (each signal in turn tries off and its grid, the others held), ``sweeps`` rounds; the best of
-    these on ``runs``. A full grid (6^7 threshold sets) would cost minutes; this costs about 500 replays."""
-    finalists = []
-    for m in MIN_SIGNALS_GRID:
-        for p in PATIENCE_GRID:
-            cfg = replace(start, min_signals=m, patience=p)
-            for _ in range(sweeps):
-                for sig in Signal:
-                    options = [replace(cfg, **{_FIELDS[sig]: t}) for t in (cfg.threshold(sig), None,
-                                                                            *THRESHOLD_GRID[sig])]
-                    cfg = _best(options, runs, _alarm)
-            finalists.append(cfg)
-    return _best(finalists, runs, _alarm)
+def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int) -> AlarmConfig:
+    """Coordinate ascent on the thresholds: each signal in turn tries its current value, off, then its grid."""
+    for _ in range(sweeps):
+        for sig in Signal:
+            options = [replace(cfg, **{_FIELDS[sig]: t}) for t in (cfg.threshold(sig), None, *THRESHOLD_GRID[sig])]
+            cfg = _best(options, runs, _alarm)
+    return cfg
+
+
+def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (AlarmConfig(),),
+               also: Sequence[AlarmConfig] = (), sweeps: int = 2) -> AlarmConfig:
+    """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
+    the thresholds (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's
+    own tuned rule, so that the combined rule is never worse than one signal on the tuning runs). A full grid
+    (6^7 threshold sets) would cost hours; this costs about 900 replays per start."""
+    finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps)
+                 for start in starts for m in MIN_SIGNALS_GRID for p in PATIENCE_GRID]
+    return _best([*finalists, *also], runs, _alarm)
 
 
 def thresholds(config: AlarmConfig) -> dict[str, object]:

@@ -123,9 +123,12 @@ def _kl_rule(runs: Runs) -> tuple[Rule, dict[str, Optional[float]]]:
 
 def validate(runs: Runs) -> Validation:
     """Tune every rule on ``runs.tune`` (fixed KL: leave one world out) and score it on ``runs.held_out``."""
-    combined = ae.tune_alarm(runs.tune) if runs.tune else AlarmConfig()
     signal_cfgs = {s: ae.tune_signal(runs.tune, s) if runs.tune else ae.only(s, ae.THRESHOLD_GRID[s][0], 1)
                    for s in Signal}
+    # Coordinate ascent from the defaults and from the best single signal; each single signal is a finalist.
+    singles = list(signal_cfgs.values())
+    combined = (ae.tune_alarm(runs.tune, (AlarmConfig(), ae.best_rule(runs.tune, singles)), singles) if runs.tune
+                else AlarmConfig())
     rules = [_alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
              _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out),
              *(_alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out) for s, c in signal_cfgs.items())]

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from r2m.recipes import bench_alarm as ba
 from r2m.recipes.bench_design import SMOKE, Arm, design_runs, sweep_runs
 from r2m.recipes.bench_design_run import RESULT_FILE
 
 GOLD = [0.5, 0.6, 0.7, 0.8, 0.6, 0.5]
 TOKEN_JS = [0.0, 0.0004, 0.0015, 0.003, 0.007, 0.02]
+"""Tuning runs: token_js alone is best at 0.005 (first reached at evaluation 4, one after the gold peak)."""
+HELD_JS = [0.0, 0.001, 0.003, 0.007, 0.015, 0.03]
+"""Held-out runs: here 0.01 would be best (0.005 fires at the peak, keeps the evaluation before it: 2/3)."""
 
 
 def _write_run(root: Path, name: str, gold=GOLD, token_js=TOKEN_JS, monitor=True) -> None:
@@ -32,12 +37,14 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     by = {(s.world, s.arm, s.seed, s.regime.value): s.name for s in specs}
     tune = [sweep_runs(SMOKE)[0].name, by[("length", Arm.VANILLA, 0, "fixed")]]
     held = [by[("noisy", Arm.VANILLA, 0, "fixed")], by[("blind", Arm.R2M, 1, "fixed")]]
-    for name in tune + held:
+    for name in tune:
         _write_run(tmp_path, name)
+    for name in held:
+        _write_run(tmp_path, name, token_js=HELD_JS)
     _write_run(tmp_path, by[("length", Arm.GOLD, 0, "fixed")])  # the ceiling: left out, counted
     _write_run(tmp_path, by[("noisy", Arm.R2M, 0, "fixed")], monitor=False)
     flat = by[("blind", Arm.VANILLA, 1, "fixed")]
-    _write_run(tmp_path, flat, gold=[0.5, 0.4, 0.4, 0.3, 0.3, 0.2])  # no gain: counted, not in the shares
+    _write_run(tmp_path, flat, gold=[0.5, 0.4, 0.4, 0.3, 0.3, 0.2], token_js=HELD_JS)  # no gain: counted, not in the shares
     runs = ba.load_runs(SMOKE, tmp_path, None)
     assert [r.name for r in runs.tune] == tune
     assert sorted(r.name for r in runs.held_out) == sorted([*held, flat])
@@ -50,18 +57,21 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     art = tmp_path / "art"
     text = ba.write_alarm_validation(SMOKE, tmp_path, None, art, "art")
     doc = json.loads((art / ba.ALARM_FILE).read_text())
-    assert doc["held_out_runs"] == 3 and doc["split"]["tune_runs"] == 2
-    assert doc["per_signal"]["monitor/token_js"]["thresholds"]["token_js"] == 0.005  # tuned on the tuning runs
-    # Held out, token_js alone keeps the peak of both runs with a gain; the no-gain run is counted apart.
+    assert doc["split"]["tune_runs"] == 2
+    # token_js alone is tuned on the tuning runs only (0.005; the held-out runs would have chosen 0.01), so held
+    # out it fires at the peak and keeps the evaluation before it: 2/3 of the gain in both runs with a gain; the
+    # no-gain run is counted apart.
     tok = doc["per_signal"]["monitor/token_js"]
-    assert tok["no_gain"] == 1 and tok["with_gain"] == 2 and tok["recovered_90pct_share"] == 1.0
-    assert set(tok["per_world"]) == {"noisy", "blind"}
-    assert doc["recovered_90pct_share"] == 1.0 and doc["time_monitor_median_s"] == 0.25
-    # Fixed KL, leave one world out: the tuning runs are all `length`, so every held-out world gets a budget
-    # from the others; all runs share one KL path here, so it stops at the peak too and the alarm cannot beat it.
+    assert tok["thresholds"]["token_js"] == 0.005 and tok["thresholds"]["patience"] == 1
+    assert tok["no_gain"] == 1 and tok["with_gain"] == 2 and tok["recovered_90pct_share"] == 0.0
+    assert tok["mean_recovered"] == pytest.approx(2 / 3) and tok["hits"] == 2 and tok["late"] == 1
+    assert set(tok["per_world"]) == {"noisy", "blind"} and tok["per_world"]["noisy"]["runs"] == 1
+    assert doc["time_monitor_median_s"] == 0.25 and doc["held_out_runs"] == 3
+    # Fixed KL, leave one world out: every run shares one KL path and peaks at evaluation 3, so each held-out
+    # world's budget (tuned on the others) keeps the peak: 1.0, which the alarm does not beat.
     assert set(doc["baselines"]["fixed_kl_lowo"]["budgets"]) == {"noisy", "blind"}
     assert doc["baselines"]["fixed_kl_lowo"]["mean_recovered"] == 1.0 and doc["beats_fixed_kl"] is False
-    assert doc["baselines"]["fixed_step"]["step"] == 30
+    assert doc["target_met"] is False and doc["baselines"]["fixed_step"]["step"] == 30
     assert doc["excluded"] == {k: len(v) for k, v in runs.excluded.items()}
     assert "## Over-optimisation alarm: validation on held-out runs" in text and "NOT met" in text
     assert "token_js alone" in text and "fixed KL (leave one world out)" in text
