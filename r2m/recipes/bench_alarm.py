@@ -99,11 +99,24 @@ class Rule:
 class Validation:
     runs: Runs
     combined: AlarmConfig
-    rules: list[Rule]
-    """The combined rule, the default (untuned) rule, each signal alone, then the two baselines."""
+    combined_rule: Rule
+    default_rule: Rule
+    """The untuned defaults of rl.monitor, for reference."""
+    signal_rules: dict[Signal, Rule]
+    kl_rule: Rule
+    step_rule: Rule
     signal_configs: dict[Signal, AlarmConfig]
     kl_budgets: dict[str, Optional[float]]
     fixed_step: Optional[int]
+
+    @property
+    def alarm_rules(self) -> list[Rule]:
+        return [self.combined_rule, self.default_rule, *self.signal_rules.values()]
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The alarm rules, then the two baselines."""
+        return [*self.alarm_rules, self.kl_rule, self.step_rule]
 
 
 def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Rule:
@@ -129,14 +142,15 @@ def validate(runs: Runs) -> Validation:
     singles = list(signal_cfgs.values())
     combined = (ae.tune_alarm(runs.tune, (AlarmConfig(), ae.best_rule(runs.tune, singles)), singles) if runs.tune
                 else AlarmConfig())
-    rules = [_alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
-             _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out),
-             *(_alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out) for s, c in signal_cfgs.items())]
+    signal_rules = {s: _alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out)
+                    for s, c in signal_cfgs.items()}
     kl, budgets = _kl_rule(runs)
     step = ae.tune_stop(runs.tune, ae.step_candidates(runs.tune), ae.step_stop)
     step_outs = [] if step is None else ae.evaluate(runs.held_out, lambda rows: ae.step_stop(rows, step))
-    rules += [kl, Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)]
-    return Validation(runs, combined, rules, signal_cfgs, budgets, step)
+    step_rule = Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)
+    return Validation(runs, combined, _alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
+                      _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out), signal_rules, kl,
+                      step_rule, signal_cfgs, budgets, step)
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -164,8 +178,7 @@ def _median(values: Sequence[float]) -> Optional[float]:
 
 def headline(v: Validation) -> dict:
     """The keys of alarm.json issue 19 names, from the combined rule and the fixed-KL stop."""
-    comb = v.rules[0].summary
-    kl = next(r for r in v.rules if r.name.startswith("fixed KL")).summary
+    comb, kl = v.combined_rule.summary, v.kl_rule.summary
     beats = (comb.mean_recovered is not None and kl.mean_recovered is not None
              and comb.mean_recovered > kl.mean_recovered)
     share = comb.recovered_90pct_share
@@ -174,7 +187,6 @@ def headline(v: Validation) -> dict:
 
 
 def alarm_json(v: Validation, design: BenchDesign) -> dict:
-    signal_rules = {s: r for s, r in zip(Signal, v.rules[2:2 + len(Signal)])}
     return {
         **headline(v),
         "preset": design.name,
@@ -182,16 +194,31 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
                   "held_out": f"every other run (other worlds; {TUNE_WORLD}'s other seeds)",
                   "tune_runs": len(v.runs.tune), "held_out_names": [r.name for r in v.runs.held_out]},
         "excluded": {k: len(names) for k, names in v.runs.excluded.items()},
-        "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.rules[0].summary.as_dict()},
-        "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.rules[1].summary.as_dict()},
+        "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict()},
+        "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.default_rule.summary.as_dict()},
         "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
-                                 "per_world": _per_world(r.outcomes)} for s, r in signal_rules.items()},
-        "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.rules[-2].summary.as_dict()},
-                      "fixed_step": {"step": v.fixed_step, **v.rules[-1].summary.as_dict()}},
+                                 "per_world": _per_world(r.outcomes)} for s, r in v.signal_rules.items()},
+        "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.kl_rule.summary.as_dict()},
+                      "fixed_step": {"step": v.fixed_step, **v.step_rule.summary.as_dict()}},
+        "held_out_outcomes": _per_run(v),
         "time_monitor_median_s": _median(v.runs.monitor_s),
         "time_monitor_evals": len(v.runs.monitor_s),
         "target": {"recovered": ae.TARGET_RECOVERED, "share_of_runs": 0.8},
     }
+
+
+def _per_run(v: Validation) -> list[dict]:
+    """Each held-out run: the combined rule's outcome, and the fixed-KL stop's kept step and share."""
+    kl = {o.run.name: o for o in v.kl_rule.outcomes}
+    out = []
+    for o in v.combined_rule.outcomes:
+        r, k = o.run, kl.get(o.run.name)
+        out.append({"name": r.name, "world": r.world, "algorithm": r.algorithm, "arm": r.arm, "seed": r.seed,
+                    "r2m": r.r2m, "peak_step": o.peak_step, "alarm_step": o.fired_step,
+                    "selected_step": o.selected_step, "timing": o.timing.value, "recovered": o.recovered,
+                    "fixed_kl_step": None if k is None else k.selected_step,
+                    "fixed_kl_recovered": None if k is None else k.recovered})
+    return out
 
 
 def _per_world(outcomes: Sequence[ae.Outcome]) -> dict[str, dict]:
@@ -210,7 +237,7 @@ def _groups_table(outcomes: Sequence[ae.Outcome]) -> str:
 def _signal_world_table(v: Validation) -> str:
     worlds = sorted({r.world for r in v.runs.held_out})
     rows = []
-    for rule in v.rules[:2 + len(Signal)]:
+    for rule in v.alarm_rules:
         cells = []
         for w in worlds:
             s = ae.summarize([o for o in rule.outcomes if o.run.world == w])
@@ -225,7 +252,7 @@ def _failures(v: Validation) -> str:
     if not v.runs.held_out:
         return "- no held-out run has finished: nothing to judge yet."
     lines = []
-    for rule in v.rules[:2 + len(Signal)]:
+    for rule in v.alarm_rules:
         for w in sorted({r.world for r in v.runs.held_out}):
             s = ae.summarize([o for o in rule.outcomes if o.run.world == w])
             if s.recovered_90pct_share is not None and s.recovered_90pct_share >= 0.8:
@@ -242,7 +269,7 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
     h = headline(v)
     excl = "; ".join(f"{k}: {len(n)}" for k, n in v.runs.excluded.items())
     verdict = ("met" if h["target_met"] else "NOT met")
-    comb = v.rules[0].summary
+    comb = v.combined_rule.summary
     return (
         f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
         f"Tuned on {len(v.runs.tune)} runs (world `{TUNE_WORLD}`, seeds {list(tuning_seeds(design))}), scored on "
@@ -260,8 +287,9 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         f"{_num(_median(v.runs.monitor_s), 3)} s per evaluation ({len(v.runs.monitor_s)} evaluations).\n\n"
         f"### Every rule on the held-out runs\n\n"
         + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
-        + "\n\nAs tuned on the tuning runs:\n\n" + "\n".join(f"- {r.name}: {r.setting}" for r in v.rules)
-        + "\n\n### The combined rule by world, algorithm and R2M\n\n" + _groups_table(v.rules[0].outcomes)
+        + "\n\nSettings (tuned on the tuning runs, except the defaults):\n\n"
+        + "\n".join(f"- {r.name}: {r.setting}" for r in v.rules)
+        + "\n\n### The combined rule by world, algorithm and R2M\n\n" + _groups_table(v.combined_rule.outcomes)
         + "\n\n### Each signal alone, by held-out world\n\nCells: share recovering >= 90% / mean recovered / "
           "hit-early-late-no alarm.\n\n" + _signal_world_table(v)
         + "\n\n### Where the target is missed\n\n" + _failures(v) + "\n")

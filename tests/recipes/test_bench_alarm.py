@@ -44,7 +44,8 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     _write_run(tmp_path, by[("length", Arm.GOLD, 0, "fixed")])  # the ceiling: left out, counted
     _write_run(tmp_path, by[("noisy", Arm.R2M, 0, "fixed")], monitor=False)
     flat = by[("blind", Arm.VANILLA, 1, "fixed")]
-    _write_run(tmp_path, flat, gold=[0.5, 0.4, 0.4, 0.3, 0.3, 0.2], token_js=HELD_JS)  # no gain: counted, not in the shares
+    # No gain: counted, not in the recovered shares.
+    _write_run(tmp_path, flat, gold=[0.5, 0.4, 0.4, 0.3, 0.3, 0.2], token_js=HELD_JS)
     runs = ba.load_runs(SMOKE, tmp_path, None)
     assert [r.name for r in runs.tune] == tune
     assert sorted(r.name for r in runs.held_out) == sorted([*held, flat])
