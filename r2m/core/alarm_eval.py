@@ -41,15 +41,16 @@ TARGET_RECOVERED = 0.9
 """A run 'recovers' when its kept checkpoint has at least this share of the SFT -> peak gold gain."""
 
 THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
-    Signal.CHECK_DISAGREEMENT: (0.02, 0.05, 0.1, 0.15, 0.2),
-    Signal.PROXY_GAIN_PER_KL: (0.05, 0.1, 0.25, 0.5, 0.75),
-    Signal.LENGTH_REL_CHANGE: (0.05, 0.1, 0.2, 0.3, 0.5),
-    Signal.TOKEN_JS: (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
-    Signal.HIDDEN_DRIFT: (0.01, 0.02, 0.05, 0.1, 0.2),
-    Signal.HIDDEN_SEPARATION: (0.005, 0.01, 0.02, 0.05),
-    Signal.FUSED_DISAGREEMENT: (0.005, 0.01, 0.05, 0.1),
+    Signal.CHECK_DISAGREEMENT: (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2),
+    Signal.PROXY_GAIN_PER_KL: (0.02, 0.05, 0.1, 0.25, 0.5, 0.75),
+    Signal.LENGTH_REL_CHANGE: (0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5),
+    Signal.TOKEN_JS: (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+    Signal.HIDDEN_DRIFT: (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
+    Signal.HIDDEN_SEPARATION: (0.002, 0.005, 0.01, 0.02, 0.05),
+    Signal.FUSED_DISAGREEMENT: (0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 }
-"""Per signal, the thresholds the tuning tries (spanning the values logged in the world's runs)."""
+"""Per signal, the thresholds the tuning tries (spanning the values logged in the paper bench's `length` runs
+of 100 steps, from the first evaluations to well past the gold peak)."""
 PATIENCE_GRID = (1, 2, 3)
 MIN_SIGNALS_GRID = (1, 2, 3)
 
@@ -140,13 +141,15 @@ class Timing(str, enum.Enum):
     """|alarm step - peak step| <= one evaluation interval."""
     EARLY = "early"
     LATE = "late"
+    QUIET = "quiet"
+    """No alarm, and none was due: the gold peak is within one interval of the last evaluation."""
     NONE = "none"
-    """No alarm fired."""
+    """No alarm, though gold had peaked earlier (a missed alarm)."""
 
 
-def timing(fired_step: Optional[int], peak_step: int, interval: int) -> Timing:
+def timing(fired_step: Optional[int], peak_step: int, interval: int, last_step: int) -> Timing:
     if fired_step is None:
-        return Timing.NONE
+        return Timing.QUIET if last_step - peak_step <= interval else Timing.NONE
     if abs(fired_step - peak_step) <= interval:
         return Timing.HIT
     return Timing.EARLY if fired_step < peak_step else Timing.LATE
@@ -171,7 +174,8 @@ def score(run: RunSeries, sel: Selection) -> Outcome:
     interval = eval_interval(rows) or 0
     peak_step = int(rows[p]["step"])
     rec = recovered(float(rows[0][GOLD]), float(rows[p][GOLD]), float(rows[sel.index][GOLD]))
-    return Outcome(run, int(rows[sel.index]["step"]), fired, peak_step, timing(fired, peak_step, interval), rec)
+    return Outcome(run, int(rows[sel.index]["step"]), fired, peak_step, timing(fired, peak_step, interval,
+                   int(rows[-1]["step"])), rec)
 
 
 Selector = Callable[[Sequence[Mapping[str, object]]], Selection]
@@ -191,6 +195,9 @@ class Summary:
     early: int
     late: int
     no_alarm: int
+    """Runs where the rule never fired (missed or quiet)."""
+    quiet: int
+    """Of ``no_alarm``, those where none was due (:attr:`Timing.QUIET`)."""
     no_gain: int
     """Runs whose gold never rose above SFT's: in ``runs`` and the timing counts, not in the recovered figures."""
     mean_recovered: Optional[float]
@@ -204,7 +211,7 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {"runs": self.runs, "hits": self.hits, "hit_rate": self.hit_rate, "early": self.early,
-                "late": self.late, "no_alarm": self.no_alarm, "no_gain": self.no_gain,
+                "late": self.late, "no_alarm": self.no_alarm, "quiet": self.quiet, "no_gain": self.no_gain,
                 "with_gain": self.runs - self.no_gain, "mean_recovered": self.mean_recovered,
                 "median_recovered": self.median_recovered, "recovered_90pct_share": self.recovered_90pct_share}
 
@@ -212,7 +219,8 @@ class Summary:
 def summarize(outcomes: Sequence[Outcome]) -> Summary:
     count = lambda t: sum(o.timing is t for o in outcomes)  # noqa: E731
     recs = [o.recovered for o in outcomes if o.recovered is not None]
-    return Summary(len(outcomes), count(Timing.HIT), count(Timing.EARLY), count(Timing.LATE), count(Timing.NONE),
+    return Summary(len(outcomes), count(Timing.HIT), count(Timing.EARLY), count(Timing.LATE),
+                   count(Timing.NONE) + count(Timing.QUIET), count(Timing.QUIET),
                    len(outcomes) - len(recs), statistics.fmean(recs) if recs else None,
                    statistics.median(recs) if recs else None,
                    sum(r >= TARGET_RECOVERED for r in recs) / len(recs) if recs else None)
@@ -296,7 +304,7 @@ def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (Alarm
     """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
     the thresholds (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's
     own tuned rule, so that the combined rule is never worse than one signal on the tuning runs). A full grid
-    (6^7 threshold sets) would cost hours; this costs about 900 replays per start."""
+    (about 8^7 threshold sets) would cost hours; this costs about 1,000 replays per start."""
     finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps)
                  for start in starts for m in MIN_SIGNALS_GRID for p in PATIENCE_GRID]
     return _best([*finalists, *also], runs, _alarm)

@@ -166,10 +166,11 @@ def _num(v: Optional[float], digits: int = 2) -> str:
 
 def _row(label: Sequence[str], s: ae.Summary) -> list[str]:
     return [*label, str(s.runs), str(s.runs - s.no_gain), str(s.hits), str(s.early), str(s.late), str(s.no_alarm),
+            str(s.quiet),
             _num(s.mean_recovered), _num(s.median_recovered), _pct(s.recovered_90pct_share)]
 
 
-_HEAD = ["runs", "with gain", "hit", "early", "late", "no alarm", "mean rec.", "median rec.", ">= 90%"]
+_HEAD = ["runs", "with gain", "hit", "early", "late", "no alarm", "none due", "mean rec.", "median rec.", ">= 90%"]
 
 
 def _median(values: Sequence[float]) -> Optional[float]:
@@ -247,21 +248,34 @@ def _signal_world_table(v: Validation) -> str:
     return format_table(["rule", *worlds], rows, markdown=True) if worlds else "(no held-out run)"
 
 
+def _miss(o: ae.Outcome) -> str:
+    """Why a run's kept checkpoint recovers < 90%: no alarm (the final policy), or kept before / after the peak."""
+    if o.fired_step is None:
+        return "no alarm"
+    return "kept before the peak" if o.selected_step < o.peak_step else "kept after the peak"
+
+
 def _failures(v: Validation) -> str:
-    """Per rule and world below the target: how it fails (the most common of early, late, no alarm)."""
+    """Per alarm rule and held-out world below the 80% share: the most common reason of its misses."""
     if not v.runs.held_out:
         return "- no held-out run has finished: nothing to judge yet."
     lines = []
     for rule in v.alarm_rules:
         for w in sorted({r.world for r in v.runs.held_out}):
-            s = ae.summarize([o for o in rule.outcomes if o.run.world == w])
-            if s.recovered_90pct_share is not None and s.recovered_90pct_share >= 0.8:
+            outs = [o for o in rule.outcomes if o.run.world == w]
+            s = ae.summarize(outs)
+            if s.recovered_90pct_share is None or s.recovered_90pct_share >= 0.8:
                 continue
-            modes = {"early": s.early, "late": s.late, "no alarm": s.no_alarm}
-            worst = max(modes, key=modes.get)
+            misses = [_miss(o) for o in outs if o.recovered is not None and o.recovered < ae.TARGET_RECOVERED]
+            worst = max(sorted(set(misses)), key=misses.count)
             lines.append(f"- {rule.name}, `{w}`: {_pct(s.recovered_90pct_share)} recover >= 90% "
-                         f"(mean {_num(s.mean_recovered)}); mostly {worst} ({modes[worst]} of {s.runs})")
-    return "\n".join(lines) if lines else "- none: every rule meets the 80% share in every held-out world."
+                         f"(mean {_num(s.mean_recovered)}); of its {len(misses)} misses, {misses.count(worst)} "
+                         f"{worst}")
+    comb, kl = v.combined_rule.summary, v.kl_rule.summary
+    if not headline(v)["beats_fixed_kl"]:
+        lines.append(f"- the combined rule's mean recovered share ({_num(comb.mean_recovered)}) does not beat the "
+                     f"leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)})")
+    return "\n".join(lines) if lines else "- nowhere: every alarm rule meets the 80% share in every held-out world."
 
 
 def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
@@ -276,7 +290,8 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         f"{len(v.runs.held_out)} held-out runs (the other worlds; `{TUNE_WORLD}`'s other seeds). Left out: {excl}. "
         f"A rule keeps the evaluation before the alarm's onset (`checkpoints/best-before-alarm`), or the final "
         f"policy when no alarm fires; *rec.* is that checkpoint's gold as a share of the SFT -> peak gold gain; "
-        f"*hit* = the alarm fires within one evaluation interval of the gold peak. Runs whose gold never rose above "
+        f"*hit* = the alarm fires within one evaluation interval of the gold peak; *none due* counts the runs "
+        f"without an alarm whose gold peaked within one interval of the end. Runs whose gold never rose above "
         f"SFT's have no gain to recover: counted in *runs*, not in the recovered figures. Method: "
         f"[docs/MONITOR.md](MONITOR.md#validation-in-the-gold-reward-world); figures in `{rel}/{ALARM_FILE}`.\n\n"
         f"**Target (>= 90% recovered in >= 80% of held-out runs, and beating the fixed-KL stop): {verdict}.** "

@@ -51,11 +51,12 @@ def test_recovered_share_by_hand():
 
 
 def test_timing_within_one_interval():
-    assert ae.timing(40, 50, 10) is ae.Timing.HIT
-    assert ae.timing(60, 50, 10) is ae.Timing.HIT
-    assert ae.timing(30, 50, 10) is ae.Timing.EARLY
-    assert ae.timing(70, 50, 10) is ae.Timing.LATE
-    assert ae.timing(None, 50, 10) is ae.Timing.NONE
+    assert ae.timing(40, 50, 10, 100) is ae.Timing.HIT
+    assert ae.timing(60, 50, 10, 100) is ae.Timing.HIT
+    assert ae.timing(30, 50, 10, 100) is ae.Timing.EARLY
+    assert ae.timing(70, 50, 10, 100) is ae.Timing.LATE
+    assert ae.timing(None, 50, 10, 100) is ae.Timing.NONE  # gold peaked at 50 of 100: an alarm was due
+    assert ae.timing(None, 90, 10, 100) is ae.Timing.QUIET  # the peak at the end: none was due
 
 
 def test_score_and_summary_by_hand():
@@ -67,9 +68,12 @@ def test_score_and_summary_by_hand():
     assert out.recovered == pytest.approx(0.8)
     # b: no alarm, final policy (gold 0.75 of peak 0.8 from 0.7): 0.5; c: gold never rises (no gain).
     b = _run([0.7, 0.8, 0.75], name="b", token_js=[0, 0, 0])
+    missed = ae.score(_run([0.7, 0.8, 0.75, 0.7], token_js=[0] * 4), ae.Selection(3, None))
+    assert missed.timing is ae.Timing.NONE and missed.recovered == pytest.approx(0.0)
     c = _run([0.7, 0.6, 0.5], name="c", token_js=[0, 0.3, 0.3])
     s = ae.summarize(ae.evaluate([a, b, c], lambda rows: ae.alarm_selection(rows, TOKEN_ONLY)))
     assert (s.runs, s.hits, s.early, s.late, s.no_alarm, s.no_gain) == (3, 1, 0, 1, 1, 1)
+    assert s.quiet == 1  # b's gold peaks at step 10 of 20: within one interval of the end, no alarm was due
     # c fires at step 20, peak at step 0 -> late; the recovered figures are over a and b only.
     assert s.mean_recovered == pytest.approx(0.65) and s.median_recovered == pytest.approx(0.65)
     assert s.recovered_90pct_share == 0.0 and s.hit_rate == pytest.approx(1 / 3)

@@ -76,6 +76,8 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     assert doc["excluded"] == {k: len(v) for k, v in runs.excluded.items()}
     assert "## Over-optimisation alarm: validation on held-out runs" in text and "NOT met" in text
     assert "token_js alone" in text and "fixed KL (leave one world out)" in text
+    assert "- token_js alone, `noisy`: 0% recover >= 90% (mean 0.67); of its 1 misses, 1 kept before the peak" in text
+    assert "does not beat the leave-one-world-out fixed-KL stop's (1.00)" in text
 
 
 def test_no_finished_run_is_reported_not_crashed(tmp_path):
