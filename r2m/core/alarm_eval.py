@@ -39,6 +39,8 @@ from r2m.errors import DataError
 GOLD, KL = "eval/gold", "eval/kl"
 TARGET_RECOVERED = 0.9
 """A run 'recovers' when its kept checkpoint has at least this share of the SFT -> peak gold gain."""
+TARGET_SHARE = 0.8
+"""Issue 19's target: at least this share of the held-out runs recover."""
 
 THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
     Signal.CHECK_DISAGREEMENT: (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2),
