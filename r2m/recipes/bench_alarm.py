@@ -108,6 +108,8 @@ class Validation:
     signal_configs: dict[Signal, AlarmConfig]
     kl_budgets: dict[str, Optional[float]]
     fixed_step: Optional[int]
+    combined_in_sample: ae.Summary
+    """The combined rule on the tuning runs themselves (how much the held-out figures fall from it)."""
 
     @property
     def alarm_rules(self) -> list[Rule]:
@@ -150,7 +152,8 @@ def validate(runs: Runs) -> Validation:
     step_rule = Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)
     return Validation(runs, combined, _alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
                       _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out), signal_rules, kl,
-                      step_rule, signal_cfgs, budgets, step)
+                      step_rule, signal_cfgs, budgets, step,
+                      ae.summarize(ae.evaluate(runs.tune, lambda rows: ae.alarm_selection(rows, combined))))
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -196,7 +199,8 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
                   "held_out": f"every other run (other worlds; {TUNE_WORLD}'s other seeds)",
                   "tune_runs": len(v.runs.tune), "held_out_names": [r.name for r in v.runs.held_out]},
         "excluded": {k: len(names) for k, names in v.runs.excluded.items()},
-        "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict()},
+        "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict(),
+                     "tuning_runs_in_sample": v.combined_in_sample.as_dict()},
         "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.default_rule.summary.as_dict()},
         "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
                                  "per_world": _per_world(r.outcomes)} for s, r in v.signal_rules.items()},
@@ -303,6 +307,9 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         f"{_num(_median(v.runs.monitor_s), 3)} s per evaluation ({len(v.runs.monitor_s)} evaluations).\n\n"
         f"### Every rule on the held-out runs\n\n"
         + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
+        + f"\n\nIn sample, on its {v.combined_in_sample.runs} tuning runs, the combined rule's mean recovered share "
+        f"is {_num(v.combined_in_sample.mean_recovered)} and {_pct(v.combined_in_sample.recovered_90pct_share)} "
+        f"of them recover >= 90%."
         + "\n\nSettings (tuned on the tuning runs, except the defaults):\n\n"
         + "\n".join(f"- {r.name}: {r.setting}" for r in v.rules)
         + "\n\n### The combined rule by world, algorithm and R2M\n\n" + _groups_table(v.combined_rule.outcomes)

@@ -58,7 +58,8 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     art = tmp_path / "art"
     text = ba.write_alarm_validation(SMOKE, tmp_path, None, art, "art")
     doc = json.loads((art / ba.ALARM_FILE).read_text())
-    assert doc["split"]["tune_runs"] == 2
+    assert doc["split"]["tune_runs"] == 2 and doc["combined"]["tuning_runs_in_sample"]["runs"] == 2
+    assert doc["combined"]["tuning_runs_in_sample"]["mean_recovered"] == 1.0  # the tuned rule keeps their peaks
     # token_js alone is tuned on the tuning runs only (0.005; the held-out runs would have chosen 0.01), so held
     # out it fires at the peak and keeps the evaluation before it: 2/3 of the gain in both runs with a gain; the
     # no-gain run is counted apart.
