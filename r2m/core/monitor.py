@@ -375,6 +375,8 @@ _FIELDS: dict[Signal, str] = {
     Signal.HIDDEN_SEPARATION: "hidden_separation_rise",
     Signal.FUSED_DISAGREEMENT: "fused_disagreement_rise",
 }
+SIGNAL_FIELDS: Mapping[Signal, str] = _FIELDS
+"""Each signal's threshold field of :class:`AlarmConfig` (read-only view for the alarm's validation)."""
 
 
 class Reason(NamedTuple):

@@ -3,7 +3,8 @@
 :func:`run_bench_design` runs :func:`r2m.recipes.bench_design_run.run_design` on ``<run.root>`` (resumable: each
 finished run is read from its ``bench14.json``), the cost arms of R2M Figure 7 on the ``length`` world, and writes
 the report: docs/BENCHMARKS.md for ``paper`` (its artefacts under docs/bench/), ``<run.root>/bench-smoke/`` for
-``smoke``. The report opens with the verdict table, then the matched-KL tables, the frontier plots, SER Table 1
+``smoke``. The report opens with the verdict table, then the matched-KL tables, the frontier plots, the alarm's
+validation (r2m.recipes.bench_alarm; ``alarm.json`` beside verdicts.json), SER Table 1
 per world, the cost section, each run's wall time, the provenance (commit, command, threads, wall time) and a
 "Reading" section left for the numbers' reader.
 """
@@ -26,6 +27,7 @@ from r2m.config import Config, load_config
 from r2m.core.frontier import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench import bench_cost, format_cost
+from r2m.recipes.bench_alarm import write_alarm_validation
 from r2m.recipes.bench_design import (BenchDesign, RunSpec, design_preset, design_runs, ser_runs, sweep_runs,
                                      world_overrides)
 from r2m.recipes.bench_design_run import RESULT_FILE, DesignOutcome, run_design
@@ -129,7 +131,7 @@ def _threads_line(workers: int) -> str:
 
 
 def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, cost: dict, cost_steps: int,
-            command: str, commit: str, wall_s: float, workers: int = 1) -> str:
+            command: str, commit: str, wall_s: float, workers: int = 1, alarm: str = "") -> str:
     art = artefact_dir(design.name, out)
     rel = os.path.relpath(art, out.parent)
     plots = "\n".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in outcome.plots)
@@ -140,7 +142,7 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"## Gold at matched KL, peak and final\n\n"
             f"{(art / f'matched_kl_{design.name}.md').read_text()}\n\n"
             f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n{_sweep_table(design, root, outcome.setting)}"
-            f"\n\n## Frontier plots: gold against KL\n\n{plots}\n\n"
+            f"\n\n## Frontier plots: gold against KL\n\n{plots}\n\n{alarm}\n"
             f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop (SER) and "
             f"BT on every labelled pair (Full); test = data.pref_eval (docs/SER.md).\n\n{_ser_section(design, root)}\n\n"
             f"## Cost: R2M vs vanilla RLOO (R2M Figure 7)\n\n`bench_cost` for {cost_steps} steps on this preset's "
@@ -169,9 +171,11 @@ def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: 
     extra = (f"run.threads={cfg.run.threads}",) if cfg.run.threads else ()
     outcome = run_design(design, root, artefact_dir(preset, out_path), commit=commit, command=command, extra=extra,
                          workers=workers)
+    art = artefact_dir(preset, out_path)
+    alarm = write_alarm_validation(design, root, outcome.setting, art, os.path.relpath(art, out_path.parent))
     cost = run_cost_bench(design, root, COST_STEPS[preset])
     text = _report(design, outcome, root, out_path, cost, COST_STEPS[preset], command, commit,
-                   time.perf_counter() - t0, workers)
+                   time.perf_counter() - t0, workers, alarm)
     atomic_write_text(out_path, text)
     print(text)
     return 0

@@ -12,6 +12,7 @@ import torch
 
 from r2m.recipes.bench import PHASES, format_cost
 from r2m.cli import main
+from r2m.core.monitor import Signal
 from r2m.recipes.bench_design import SMOKE, design_runs, ser_runs, sweep_runs
 from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 from r2m.utils import PhaseTimer
@@ -200,7 +201,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
     for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
                  "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
-                 "Run wall times", "## Provenance", "threads: runs 2 worker processes", "## Reading", "`r2m bench run --preset smoke "):
+                 "Run wall times", "## Provenance", "- runs: 2 worker processes side by side", "## Reading", "`r2m bench run --preset smoke "):
         assert part in text, part
     doc = json.loads((tmp_path / "verdicts.json").read_text())
     assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
@@ -213,6 +214,20 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     for w in ("length", "noisy", "blind", "ser_headroom"):
         assert (tmp_path / f"frontier_smoke_{w}.png").is_file(), w
     assert (tmp_path / "frontier_smoke_kl_length.png").is_file()
+    # The alarm's validation (issue 19, item 4): its section after the frontier plots, alarm.json beside the report.
+    assert text.index("## Frontier plots") < text.index("## Over-optimisation alarm: validation") < \
+        text.index("## SER Table 1")
+    for part in ("### Every rule on the held-out runs", "fixed KL (leave one world out)", "token_js alone",
+                 "### Where the target is missed"):
+        assert part in text, part
+    alarm = json.loads((tmp_path / "alarm.json").read_text())
+    assert {"held_out_runs", "recovered_90pct_share", "beats_fixed_kl", "per_signal", "combined", "split",
+            "baselines", "excluded", "time_monitor_median_s"} <= set(alarm)
+    # Held out: the other worlds' rows and none of `length` (its seeds 0-1 tune); the gold arm left out, counted.
+    n_other = sum(s.world != "length" for s in design_runs(SMOKE))
+    assert alarm["held_out_runs"] == n_other and alarm["excluded"]["gold arm (the proxy is gold)"] == 2
+    assert alarm["excluded"]["not finished"] == 0 and alarm["time_monitor_median_s"] > 0
+    assert set(alarm["per_signal"]) == {s.value for s in Signal}
     runs = Path(root.split("=", 1)[1])
     files = [runs / s.name / "bench14.json" for s in (*sweep_runs(SMOKE), *ser_runs(SMOKE))]
     assert all(f.is_file() for f in files)

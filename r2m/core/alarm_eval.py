@@ -1,0 +1,319 @@
+"""The over-optimisation alarm scored against the gold reward (issue 19, item 4): pure arithmetic on the
+evaluation rows a run logged, no I/O.
+
+A run is a :class:`RunSeries`: its evaluation rows in step order (each with ``step``, ``eval/gold``,
+``eval/kl`` and the ``monitor/*`` signals). For a stopping rule, the *selected* evaluation is the policy the
+rule keeps:
+
+* the alarm (:func:`alarm_selection`, by :func:`r2m.core.monitor.first_alarm`, the rule the run itself
+  applies): as ``checkpoints/best-before-alarm`` in the run, the evaluation ``onset - 1`` before the alarm's
+  onset; when the onset is evaluation 0 (``warmup=0``) nothing comes before it and the SFT policy
+  (evaluation 0) is kept; when no alarm fires, the run's final policy (its last evaluation);
+* a fixed KL budget (:func:`kl_stop`): the run stops at the first evaluation whose ``eval/kl`` exceeds the
+  budget and keeps the one before it (what a run watching its KL could do); never exceeded: the last one;
+* a fixed step (:func:`step_stop`): the last evaluation at or before that step.
+
+The score of a selection (:func:`recovered`) is the share of the way from SFT to peak gold,
+``(g_sel - g_0) / (g_peak - g_0)`` with ``g_0`` the gold of evaluation 0 and ``g_peak`` the highest gold
+logged; it is at most 1 (the peak is one of the evaluations) and negative when the kept policy is worse than
+SFT. A run whose gold never rises above ``g_0`` has no gain to recover: its share is 0/0, so it is None here,
+and the summaries count such runs (``no_gain``) and leave them out of the recovered figures' denominators,
+never silently. The timing of an alarm (:func:`timing`) compares the step where it fires with the peak-gold
+step, within one evaluation interval.
+
+Tuning (:func:`tune_alarm`, :func:`tune_stop`) picks, on the tuning runs only, the candidate with the highest
+mean recovered share (ties: the higher share of runs recovering >= 90%, then the earlier candidate).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import statistics
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+
+from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS, AlarmConfig, Signal, first_alarm
+from r2m.errors import DataError
+
+GOLD, KL = "eval/gold", "eval/kl"
+TARGET_RECOVERED = 0.9
+"""A run 'recovers' when its kept checkpoint has at least this share of the SFT -> peak gold gain."""
+TARGET_SHARE = 0.8
+"""Issue 19's target: at least this share of the held-out runs recover."""
+
+THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
+    Signal.CHECK_DISAGREEMENT: (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2),
+    Signal.PROXY_GAIN_PER_KL: (0.02, 0.05, 0.1, 0.25, 0.5, 0.75),
+    Signal.LENGTH_REL_CHANGE: (0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5),
+    Signal.TOKEN_JS: (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+    Signal.HIDDEN_DRIFT: (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
+    Signal.HIDDEN_SEPARATION: (0.002, 0.005, 0.01, 0.02, 0.05),
+    Signal.FUSED_DISAGREEMENT: (0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+}
+"""Per signal, the thresholds the tuning tries (spanning the values logged in the paper bench's `length` runs
+of 100 steps, from the first evaluations to well past the gold peak)."""
+PATIENCE_GRID = (1, 2, 3)
+MIN_SIGNALS_GRID = (1, 2, 3)
+
+
+class RunSeries(NamedTuple):
+    """One run's evaluation rows (step order) and what the report groups it by."""
+
+    name: str
+    world: str
+    algorithm: str
+    arm: str
+    seed: int
+    r2m: bool
+    """The arm runs R2M (its reward is the fused score)."""
+    rows: tuple[Mapping[str, object], ...]
+
+
+def check_series(run: RunSeries) -> None:
+    """Refuse a run whose rows the scoring cannot read (names the run and the row)."""
+    if not run.rows:
+        raise DataError(f"alarm validation: run {run.name} has no evaluation row")
+    for i, row in enumerate(run.rows):
+        for key in ("step", GOLD, KL):
+            v = row.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise DataError(f"alarm validation: run {run.name}, evaluation {i}: {key} is {v!r}; expected a "
+                                "finite number")
+    steps = [int(r["step"]) for r in run.rows]
+    if steps != sorted(set(steps)):
+        raise DataError(f"alarm validation: run {run.name}: evaluation steps {steps} are not increasing")
+
+
+def peak_index(rows: Sequence[Mapping[str, object]]) -> int:
+    """The evaluation of highest gold (the first on ties)."""
+    golds = [float(r[GOLD]) for r in rows]
+    return golds.index(max(golds))
+
+
+def eval_interval(rows: Sequence[Mapping[str, object]]) -> Optional[int]:
+    """The smallest step gap between consecutive evaluations (None with one evaluation)."""
+    steps = [int(r["step"]) for r in rows]
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    return min(gaps) if gaps else None
+
+
+class Selection(NamedTuple):
+    """What a stopping rule keeps in one run."""
+
+    index: int
+    """The kept evaluation."""
+    fired_index: Optional[int]
+    """Where the rule fired (the alarm's evaluation); None: it never did and the final policy is kept."""
+
+
+def alarm_selection(rows: Sequence[Mapping[str, object]], config: AlarmConfig) -> Selection:
+    """The alarm's kept evaluation: onset - 1 (best-before-alarm), 0 when onset is 0, the last without alarm."""
+    alarm = first_alarm(rows, config)
+    if alarm.index is None:
+        return Selection(len(rows) - 1, None)
+    return Selection(max(alarm.onset - 1, 0), alarm.index)
+
+
+def kl_stop(rows: Sequence[Mapping[str, object]], budget: float) -> Selection:
+    """Stop at the first evaluation with eval/kl > ``budget``, keeping the one before it."""
+    for i, row in enumerate(rows):
+        if float(row[KL]) > budget:
+            return Selection(max(i - 1, 0), i)
+    return Selection(len(rows) - 1, None)
+
+
+def step_stop(rows: Sequence[Mapping[str, object]], step: int) -> Selection:
+    """The last evaluation at or before ``step`` (evaluation 0 when every one is later)."""
+    kept = [i for i, r in enumerate(rows) if int(r["step"]) <= step]
+    fired = next((i for i, r in enumerate(rows) if int(r["step"]) > step), None)
+    return Selection(kept[-1] if kept else 0, fired)
+
+
+def recovered(g_0: float, g_peak: float, g_sel: float) -> Optional[float]:
+    """(g_sel - g_0) / (g_peak - g_0); None when g_peak <= g_0 (no gain to recover)."""
+    gain = g_peak - g_0
+    return (g_sel - g_0) / gain if gain > 0 else None
+
+
+class Timing(str, enum.Enum):
+    """When an alarm fired relative to the gold peak."""
+
+    HIT = "hit"
+    """|alarm step - peak step| <= one evaluation interval."""
+    EARLY = "early"
+    LATE = "late"
+    QUIET = "quiet"
+    """No alarm, and none was due: the gold peak is within one interval of the last evaluation."""
+    NONE = "none"
+    """No alarm, though gold had peaked earlier (a missed alarm)."""
+
+
+def timing(fired_step: Optional[int], peak_step: int, interval: int, last_step: int) -> Timing:
+    if fired_step is None:
+        return Timing.QUIET if last_step - peak_step <= interval else Timing.NONE
+    if abs(fired_step - peak_step) <= interval:
+        return Timing.HIT
+    return Timing.EARLY if fired_step < peak_step else Timing.LATE
+
+
+class Outcome(NamedTuple):
+    """One rule on one run."""
+
+    run: RunSeries
+    selected_step: int
+    fired_step: Optional[int]
+    peak_step: int
+    timing: Timing
+    recovered: Optional[float]
+    """None: the run has no gain (see the module doc)."""
+
+
+def score(run: RunSeries, sel: Selection) -> Outcome:
+    rows = run.rows
+    p = peak_index(rows)
+    fired = None if sel.fired_index is None else int(rows[sel.fired_index]["step"])
+    interval = eval_interval(rows) or 0
+    peak_step = int(rows[p]["step"])
+    rec = recovered(float(rows[0][GOLD]), float(rows[p][GOLD]), float(rows[sel.index][GOLD]))
+    return Outcome(run, int(rows[sel.index]["step"]), fired, peak_step, timing(fired, peak_step, interval,
+                   int(rows[-1]["step"])), rec)
+
+
+Selector = Callable[[Sequence[Mapping[str, object]]], Selection]
+
+
+def evaluate(runs: Sequence[RunSeries], select: Selector) -> list[Outcome]:
+    """``select`` (a stopping rule on one run's rows) scored on every run."""
+    return [score(r, select(r.rows)) for r in runs]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A rule's figures over a set of runs."""
+
+    runs: int
+    hits: int
+    early: int
+    late: int
+    no_alarm: int
+    """Runs where the rule never fired (missed or quiet)."""
+    quiet: int
+    """Of ``no_alarm``, those where none was due (:attr:`Timing.QUIET`)."""
+    no_gain: int
+    """Runs whose gold never rose above SFT's: in ``runs`` and the timing counts, not in the recovered figures."""
+    mean_recovered: Optional[float]
+    median_recovered: Optional[float]
+    recovered_90pct_share: Optional[float]
+    """Share of the runs with a gain whose kept checkpoint recovers >= 90% of it."""
+
+    @property
+    def hit_rate(self) -> Optional[float]:
+        return self.hits / self.runs if self.runs else None
+
+    def as_dict(self) -> dict:
+        return {"runs": self.runs, "hits": self.hits, "hit_rate": self.hit_rate, "early": self.early,
+                "late": self.late, "no_alarm": self.no_alarm, "quiet": self.quiet, "no_gain": self.no_gain,
+                "with_gain": self.runs - self.no_gain, "mean_recovered": self.mean_recovered,
+                "median_recovered": self.median_recovered, "recovered_90pct_share": self.recovered_90pct_share}
+
+
+def summarize(outcomes: Sequence[Outcome]) -> Summary:
+    count = lambda t: sum(o.timing is t for o in outcomes)  # noqa: E731
+    recs = [o.recovered for o in outcomes if o.recovered is not None]
+    return Summary(len(outcomes), count(Timing.HIT), count(Timing.EARLY), count(Timing.LATE),
+                   count(Timing.NONE) + count(Timing.QUIET), count(Timing.QUIET),
+                   len(outcomes) - len(recs), statistics.fmean(recs) if recs else None,
+                   statistics.median(recs) if recs else None,
+                   sum(r >= TARGET_RECOVERED for r in recs) / len(recs) if recs else None)
+
+
+def _key(s: Summary) -> tuple[float, float, int]:
+    """Tuning objective: mean recovered, then the >= 90% share, then hits (higher is better)."""
+    return (-math.inf if s.mean_recovered is None else s.mean_recovered,
+            -math.inf if s.recovered_90pct_share is None else s.recovered_90pct_share, s.hits)
+
+
+def _best(candidates: Sequence, runs: Sequence[RunSeries], selector: Callable[[object], Selector]):
+    """The first candidate of highest :func:`_key` on ``runs`` (None when there is no candidate)."""
+    best, best_key = None, None
+    for c in candidates:
+        k = _key(summarize(evaluate(runs, selector(c))))
+        if best_key is None or k > best_key:
+            best, best_key = c, k
+    return best
+
+
+def tune_stop(runs: Sequence[RunSeries], candidates: Sequence[float], stop: Callable) -> Optional[float]:
+    """The budget (or step) of ``stop`` (:func:`kl_stop` or :func:`step_stop`) best on ``runs``."""
+    return _best(candidates, runs, lambda c: lambda rows: stop(rows, c))
+
+
+def kl_candidates(runs: Sequence[RunSeries], limit: int = 64) -> list[float]:
+    """The distinct eval/kl values the runs logged (at most ``limit``, evenly spaced by rank): a stop just at or
+    after each of them is every distinct fixed-KL stop there is on these runs."""
+    values = sorted({float(r[KL]) for run in runs for r in run.rows})
+    if len(values) > limit:
+        values = [values[round(i * (len(values) - 1) / (limit - 1))] for i in range(limit)]
+    return values
+
+
+def step_candidates(runs: Sequence[RunSeries]) -> list[int]:
+    return sorted({int(r["step"]) for run in runs for r in run.rows})
+
+
+def lowo_kl_budgets(runs: Sequence[RunSeries], worlds: Sequence[str]) -> dict[str, Optional[float]]:
+    """Per world, the fixed-KL budget tuned on the runs of every OTHER world (leave one world out)."""
+    out = {}
+    for w in worlds:
+        others = [r for r in runs if r.world != w]
+        out[w] = tune_stop(others, kl_candidates(others), kl_stop)
+    return out
+
+
+def only(signal: Signal, threshold: float, patience: int) -> AlarmConfig:
+    """The alarm with one signal on (min_signals 1) and every other off."""
+    off = {f: None for f in _FIELDS.values()}
+    return AlarmConfig(**{**off, _FIELDS[signal]: threshold}, min_signals=1, patience=patience)
+
+
+def _alarm(config: AlarmConfig) -> Selector:
+    return lambda rows: alarm_selection(rows, config)
+
+
+def best_rule(runs: Sequence[RunSeries], configs: Sequence[AlarmConfig]) -> Optional[AlarmConfig]:
+    """The first of ``configs`` best on ``runs`` (the tuning objective of the module doc)."""
+    return _best(configs, runs, _alarm)
+
+
+def tune_signal(runs: Sequence[RunSeries], signal: Signal) -> AlarmConfig:
+    """One signal alone: the best of its threshold grid x :data:`PATIENCE_GRID` on ``runs``."""
+    grid = [only(signal, t, p) for p in PATIENCE_GRID for t in THRESHOLD_GRID[signal]]
+    return _best(grid, runs, _alarm)
+
+
+def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int) -> AlarmConfig:
+    """Coordinate ascent on the thresholds: each signal in turn tries its current value, off, then its grid."""
+    for _ in range(sweeps):
+        for sig in Signal:
+            options = [replace(cfg, **{_FIELDS[sig]: t}) for t in (cfg.threshold(sig), None, *THRESHOLD_GRID[sig])]
+            cfg = _best(options, runs, _alarm)
+    return cfg
+
+
+def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (AlarmConfig(),),
+               also: Sequence[AlarmConfig] = (), sweeps: int = 2) -> AlarmConfig:
+    """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
+    the thresholds (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's
+    own tuned rule, so that the combined rule is never worse than one signal on the tuning runs). A full grid
+    (about 8^7 threshold sets) would cost hours; this costs about 1,000 replays per start."""
+    finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps)
+                 for start in starts for m in MIN_SIGNALS_GRID for p in PATIENCE_GRID]
+    return _best([*finalists, *also], runs, _alarm)
+
+
+def thresholds(config: AlarmConfig) -> dict[str, object]:
+    """The config's fields by name (for a report)."""
+    out: dict[str, object] = {f: config.threshold(s) for s, f in _FIELDS.items()}
+    out.update(min_signals=config.min_signals, patience=config.patience, warmup=config.warmup)
+    return out

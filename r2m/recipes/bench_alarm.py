@@ -1,0 +1,326 @@
+"""The alarm's validation in the gold-reward world (issue 19, item 4): a section of the ``r2m bench`` report
+and ``alarm.json`` beside its other artefacts (docs/bench/alarm.json for ``paper``).
+
+The bench's finished RL runs (sweep and cells; their ``metrics.jsonl``) are read as
+:class:`r2m.core.alarm_eval.RunSeries` and split (:data:`TUNE_WORLD`, :data:`TUNE_SEEDS`): the tuning runs
+are the ``length`` world's runs of seeds 0 and 1 and of the sweep's tuning seeds; every other run is held
+out (the other worlds entirely, and ``length``'s seeds 2-4). The gold-ceiling arm (``reward.source=gold``:
+its proxy IS gold, nothing to detect) is left out and counted, as is any run not finished yet. The thresholds
+(the combined rule, each signal alone) and the fixed-step stop are tuned on the tuning runs only; the
+fixed-KL stop is tuned leave-one-world-out: for a held-out run of world w, on every run of the other worlds
+(tuning and held-out alike -- the baseline is not the alarm, so more data only makes it stronger). All
+figures are then taken on the held-out runs (the arithmetic: r2m.core.alarm_eval; docs/MONITOR.md).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from r2m.core import alarm_eval as ae
+from r2m.core.monitor import AlarmConfig, Signal
+from r2m.fileio import atomic_write_text
+from r2m.recipes.alarm import EVAL_MARK
+from r2m.recipes.bench_design import R2M_ARMS, Arm, BenchDesign, RunSpec, SweepPoint, design_runs, sweep_runs
+from r2m.recipes.bench_design_run import RESULT_FILE
+from r2m.reports.tables import format_table
+from r2m.runtime.runlog import read_metrics
+
+TUNE_WORLD = "length"
+TUNE_SEEDS = (0, 1)
+"""With the sweep's tuning seeds: the seeds of :data:`TUNE_WORLD` whose runs tune the thresholds."""
+ALARM_FILE = "alarm.json"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The bench's runs as series, split, with what was left out."""
+
+    tune: list[ae.RunSeries]
+    held_out: list[ae.RunSeries]
+    excluded: dict[str, list[str]]
+    """Reason -> run names (the gold arm, runs not finished, runs without monitor signals)."""
+    monitor_s: list[float]
+    """``time/monitor`` of every evaluation read."""
+
+
+def tuning_seeds(design: BenchDesign) -> tuple[int, ...]:
+    return (*TUNE_SEEDS, *(design.sweep.seeds if design.sweep is not None else ()))
+
+
+def _series(spec: RunSpec, rows: list[dict]) -> ae.RunSeries:
+    return ae.RunSeries(spec.name, spec.world, spec.algorithm, spec.arm.value, spec.seed, spec.arm in R2M_ARMS,
+                        tuple(rows))
+
+
+def load_runs(design: BenchDesign, root: str | Path, setting: Optional[SweepPoint]) -> Runs:
+    """Every finished RL run of ``design`` (the sweep's, then the cells' with ``setting`` carried), split."""
+    tune, held, monitor_s = [], [], []
+    excluded: dict[str, list[str]] = {"gold arm (the proxy is gold)": [], "not finished": [],
+                                      "no monitor/* signals": []}
+    seeds = tuning_seeds(design)
+    for spec in [*sweep_runs(design), *design_runs(design, setting)]:
+        run_dir = Path(root) / spec.name
+        if spec.arm is Arm.GOLD:
+            excluded["gold arm (the proxy is gold)"].append(spec.name)
+            continue
+        if not (run_dir / RESULT_FILE).is_file():
+            excluded["not finished"].append(spec.name)
+            continue
+        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if EVAL_MARK in r]
+        if not any(k.startswith("monitor/") for r in rows for k in r):
+            excluded["no monitor/* signals"].append(spec.name)
+            continue
+        series = _series(spec, rows)
+        ae.check_series(series)
+        monitor_s += [float(r["time/monitor"]) for r in rows if "time/monitor" in r]
+        (tune if spec.world == TUNE_WORLD and spec.seed in seeds else held).append(series)
+    return Runs(tune, held, excluded, monitor_s)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One stopping rule, as tuned, and its outcomes on the held-out runs."""
+
+    name: str
+    setting: str
+    """What was tuned (thresholds, budget or step), in words."""
+    outcomes: list[ae.Outcome]
+
+    @property
+    def summary(self) -> ae.Summary:
+        return ae.summarize(self.outcomes)
+
+
+@dataclass(frozen=True)
+class Validation:
+    runs: Runs
+    combined: AlarmConfig
+    combined_rule: Rule
+    default_rule: Rule
+    """The untuned defaults of rl.monitor, for reference."""
+    signal_rules: dict[Signal, Rule]
+    kl_rule: Rule
+    step_rule: Rule
+    signal_configs: dict[Signal, AlarmConfig]
+    kl_budgets: dict[str, Optional[float]]
+    fixed_step: Optional[int]
+    combined_in_sample: ae.Summary
+    """The combined rule on the tuning runs themselves (how much the held-out figures fall from it)."""
+
+    @property
+    def alarm_rules(self) -> list[Rule]:
+        return [self.combined_rule, self.default_rule, *self.signal_rules.values()]
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The alarm rules, then the two baselines."""
+        return [*self.alarm_rules, self.kl_rule, self.step_rule]
+
+
+def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Rule:
+    t = ae.thresholds(cfg)
+    on = ", ".join(f"{k}={v:g}" for k, v in t.items() if isinstance(v, float))
+    return Rule(name, f"{on or 'every signal off'}; min_signals={cfg.min_signals}, patience={cfg.patience}",
+                ae.evaluate(held, lambda rows: ae.alarm_selection(rows, cfg)))
+
+
+def _kl_rule(runs: Runs) -> tuple[Rule, dict[str, Optional[float]]]:
+    pool = [*runs.tune, *runs.held_out]
+    budgets = ae.lowo_kl_budgets(pool, sorted({r.world for r in runs.held_out}))
+    outs = [ae.score(r, ae.kl_stop(r.rows, budgets[r.world])) for r in runs.held_out if budgets[r.world] is not None]
+    words = ", ".join(f"{w}: {'n/a' if b is None else f'{b:.4g}'}" for w, b in budgets.items())
+    return Rule("fixed KL (leave one world out)", f"budget per held-out world, {words or 'none'}", outs), budgets
+
+
+def validate(runs: Runs) -> Validation:
+    """Tune every rule on ``runs.tune`` (fixed KL: leave one world out) and score it on ``runs.held_out``."""
+    signal_cfgs = {s: ae.tune_signal(runs.tune, s) if runs.tune else ae.only(s, ae.THRESHOLD_GRID[s][0], 1)
+                   for s in Signal}
+    # Coordinate ascent from the defaults and from the best single signal; each single signal is a finalist.
+    singles = list(signal_cfgs.values())
+    combined = (ae.tune_alarm(runs.tune, (AlarmConfig(), ae.best_rule(runs.tune, singles)), singles) if runs.tune
+                else AlarmConfig())
+    signal_rules = {s: _alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out)
+                    for s, c in signal_cfgs.items()}
+    kl, budgets = _kl_rule(runs)
+    step = ae.tune_stop(runs.tune, ae.step_candidates(runs.tune), ae.step_stop)
+    step_outs = [] if step is None else ae.evaluate(runs.held_out, lambda rows: ae.step_stop(rows, step))
+    step_rule = Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)
+    return Validation(runs, combined, _alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
+                      _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out), signal_rules, kl,
+                      step_rule, signal_cfgs, budgets, step,
+                      ae.summarize(ae.evaluate(runs.tune, lambda rows: ae.alarm_selection(rows, combined))))
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def _num(v: Optional[float], digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _row(label: Sequence[str], s: ae.Summary) -> list[str]:
+    counts = (s.runs, s.runs - s.no_gain, s.hits, s.early, s.late, s.no_alarm, s.quiet)
+    return [*label, *map(str, counts), _num(s.mean_recovered), _num(s.median_recovered),
+            _pct(s.recovered_90pct_share)]
+
+
+_HEAD = ["runs", "with gain", "hit", "early", "late", "no alarm", "none due", "mean rec.", "median rec.", ">= 90%"]
+
+
+def _median(values: Sequence[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
+def headline(v: Validation) -> dict:
+    """The keys of alarm.json issue 19 names, from the combined rule and the fixed-KL stop."""
+    comb, kl = v.combined_rule.summary, v.kl_rule.summary
+    beats = (comb.mean_recovered is not None and kl.mean_recovered is not None
+             and comb.mean_recovered > kl.mean_recovered)
+    share = comb.recovered_90pct_share
+    return {"held_out_runs": comb.runs, "recovered_90pct_share": share, "beats_fixed_kl": beats,
+            "target_met": bool(beats and share is not None and share >= ae.TARGET_SHARE)}
+
+
+def alarm_json(v: Validation, design: BenchDesign) -> dict:
+    """alarm.json (its keys: docs/MONITOR.md)."""
+    return {
+        **headline(v),
+        "preset": design.name,
+        "split": {"tune": f"world {TUNE_WORLD}, seeds {list(tuning_seeds(design))}",
+                  "held_out": f"every other run (other worlds; {TUNE_WORLD}'s other seeds)",
+                  "tune_runs": len(v.runs.tune), "held_out_names": [r.name for r in v.runs.held_out]},
+        "excluded": {k: len(names) for k, names in v.runs.excluded.items()},
+        "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict(),
+                     "tuning_runs_in_sample": v.combined_in_sample.as_dict()},
+        "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.default_rule.summary.as_dict()},
+        "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
+                                 "per_world": _per_world(r.outcomes)} for s, r in v.signal_rules.items()},
+        "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.kl_rule.summary.as_dict()},
+                      "fixed_step": {"step": v.fixed_step, **v.step_rule.summary.as_dict()}},
+        "held_out_outcomes": _per_run(v),
+        "time_monitor_median_s": _median(v.runs.monitor_s),
+        "time_monitor_evals": len(v.runs.monitor_s),
+        "target": {"recovered": ae.TARGET_RECOVERED, "share_of_runs": ae.TARGET_SHARE},
+    }
+
+
+def _per_run(v: Validation) -> list[dict]:
+    """Each held-out run: the combined rule's outcome, and the fixed-KL stop's kept step and share."""
+    kl = {o.run.name: o for o in v.kl_rule.outcomes}
+    out = []
+    for o in v.combined_rule.outcomes:
+        r, k = o.run, kl.get(o.run.name)
+        out.append({"name": r.name, "world": r.world, "algorithm": r.algorithm, "arm": r.arm, "seed": r.seed,
+                    "r2m": r.r2m, "peak_step": o.peak_step, "alarm_step": o.fired_step,
+                    "selected_step": o.selected_step, "timing": o.timing.value, "recovered": o.recovered,
+                    "fixed_kl_step": None if k is None else k.selected_step,
+                    "fixed_kl_recovered": None if k is None else k.recovered})
+    return out
+
+
+def _per_world(outcomes: Sequence[ae.Outcome]) -> dict[str, dict]:
+    worlds = sorted({o.run.world for o in outcomes})
+    return {w: ae.summarize([o for o in outcomes if o.run.world == w]).as_dict() for w in worlds}
+
+
+def _groups_table(outcomes: Sequence[ae.Outcome]) -> str:
+    keys = sorted({(o.run.world, o.run.algorithm, o.run.r2m) for o in outcomes})
+    rows = [_row([w, a, "on" if on else "off"], ae.summarize([o for o in outcomes
+                                                               if (o.run.world, o.run.algorithm, o.run.r2m) ==
+                                                               (w, a, on)])) for w, a, on in keys]
+    return format_table(["world", "algorithm", "R2M", *_HEAD], rows, markdown=True) if rows else "(no held-out run)"
+
+
+def _signal_world_table(v: Validation) -> str:
+    worlds = sorted({r.world for r in v.runs.held_out})
+    rows = []
+    for rule in v.alarm_rules:
+        cells = []
+        for w in worlds:
+            s = ae.summarize([o for o in rule.outcomes if o.run.world == w])
+            cells.append(f"{_pct(s.recovered_90pct_share)} / {_num(s.mean_recovered)} / "
+                         f"{s.hits}-{s.early}-{s.late}-{s.no_alarm}")
+        rows.append([rule.name, *cells])
+    return format_table(["rule", *worlds], rows, markdown=True) if worlds else "(no held-out run)"
+
+
+def _miss(o: ae.Outcome) -> str:
+    """Why a run's kept checkpoint recovers < 90%: no alarm (the final policy), or kept before / after the peak."""
+    if o.fired_step is None:
+        return "no alarm"
+    return "kept before the peak" if o.selected_step < o.peak_step else "kept after the peak"
+
+
+def _failures(v: Validation) -> str:
+    """Per alarm rule and held-out world below the 80% share: the most common reason of its misses."""
+    if not v.runs.held_out:
+        return "- no held-out run has finished: nothing to judge yet."
+    lines = []
+    for rule in v.alarm_rules:
+        for w in sorted({r.world for r in v.runs.held_out}):
+            outs = [o for o in rule.outcomes if o.run.world == w]
+            s = ae.summarize(outs)
+            if s.recovered_90pct_share is None or s.recovered_90pct_share >= ae.TARGET_SHARE:
+                continue
+            misses = [_miss(o) for o in outs if o.recovered is not None and o.recovered < ae.TARGET_RECOVERED]
+            worst = max(sorted(set(misses)), key=misses.count)
+            lines.append(f"- {rule.name}, `{w}`: {_pct(s.recovered_90pct_share)} recover >= 90% "
+                         f"(mean {_num(s.mean_recovered)}); of its {len(misses)} misses, {misses.count(worst)} "
+                         f"{worst}")
+    comb, kl = v.combined_rule.summary, v.kl_rule.summary
+    if not headline(v)["beats_fixed_kl"]:
+        lines.append(f"- the combined rule's mean recovered share ({_num(comb.mean_recovered)}) does not beat the "
+                     f"leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)})")
+    return "\n".join(lines) if lines else "- nowhere: every alarm rule meets the 80% share in every held-out world."
+
+
+def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
+    """The report's markdown section."""
+    h = headline(v)
+    excl = "; ".join(f"{k}: {len(n)}" for k, n in v.runs.excluded.items())
+    verdict = ("met" if h["target_met"] else "NOT met")
+    comb = v.combined_rule.summary
+    return (
+        f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
+        f"Tuned on {len(v.runs.tune)} runs (world `{TUNE_WORLD}`, seeds {list(tuning_seeds(design))}), scored on "
+        f"{len(v.runs.held_out)} held-out runs (the other worlds; `{TUNE_WORLD}`'s other seeds). Left out: {excl}. "
+        f"A rule keeps the evaluation before the alarm's onset (`checkpoints/best-before-alarm`), or the final "
+        f"policy when no alarm fires; *rec.* is that checkpoint's gold as a share of the SFT -> peak gold gain; "
+        f"*hit* = the alarm fires within one evaluation interval of the gold peak; *none due* counts the runs "
+        f"without an alarm whose gold peaked within one interval of the end. Runs whose gold never rose above "
+        f"SFT's have no gain to recover: counted in *runs*, not in the recovered figures. Method: "
+        f"[docs/MONITOR.md](MONITOR.md#validation-in-the-gold-reward-world); figures in `{rel}/{ALARM_FILE}`.\n\n"
+        f"**Target (>= 90% recovered in >= 80% of held-out runs, and beating the fixed-KL stop): {verdict}.** "
+        f"The combined rule recovers >= 90% in {_pct(comb.recovered_90pct_share)} of the "
+        f"{comb.runs - comb.no_gain} held-out runs with a gain; it "
+        f"{'beats' if h['beats_fixed_kl'] else 'does not beat'} the leave-one-world-out fixed-KL stop on the mean "
+        f"recovered share. The monitor's cost: median `time/monitor` "
+        f"{_num(_median(v.runs.monitor_s), 3)} s per evaluation ({len(v.runs.monitor_s)} evaluations).\n\n"
+        f"### Every rule on the held-out runs\n\n"
+        + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
+        + f"\n\nIn sample, on its {v.combined_in_sample.runs} tuning runs, the combined rule's mean recovered share "
+        f"is {_num(v.combined_in_sample.mean_recovered)} and {_pct(v.combined_in_sample.recovered_90pct_share)} "
+        f"of them recover >= 90%."
+        + "\n\nSettings (tuned on the tuning runs, except the defaults):\n\n"
+        + "\n".join(f"- {r.name}: {r.setting}" for r in v.rules)
+        + "\n\n### The combined rule by world, algorithm and R2M\n\n" + _groups_table(v.combined_rule.outcomes)
+        + "\n\n### Each signal alone, by held-out world\n\nCells: share recovering >= 90% / mean recovered / "
+          "hit-early-late-no alarm.\n\n" + _signal_world_table(v)
+        + "\n\n### Where the target is missed\n\n" + _failures(v) + "\n")
+
+
+def write_alarm_validation(design: BenchDesign, root: str | Path, setting: Optional[SweepPoint], art: Path,
+                           rel: str) -> str:
+    """Validate, write ``<art>/alarm.json``, return the report section."""
+    v = validate(load_runs(design, root, setting))
+    atomic_write_text(Path(art) / ALARM_FILE, json.dumps(alarm_json(v, design), indent=1))
+    return alarm_section(v, design, rel)

@@ -1,0 +1,89 @@
+"""The alarm's validation section and alarm.json (r2m.recipes.bench_alarm) on constructed run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from r2m.recipes import bench_alarm as ba
+from r2m.recipes.bench_design import SMOKE, Arm, design_runs, sweep_runs
+from r2m.recipes.bench_design_run import RESULT_FILE
+
+GOLD = [0.5, 0.6, 0.7, 0.8, 0.6, 0.5]
+TOKEN_JS = [0.0, 0.0004, 0.0015, 0.003, 0.007, 0.02]
+"""Tuning runs: token_js alone is best at 0.005 (first reached at evaluation 4, one after the gold peak)."""
+HELD_JS = [0.0, 0.001, 0.003, 0.007, 0.015, 0.03]
+"""Held-out runs: here 0.01 would be best (0.005 fires at the peak, keeps the evaluation before it: 2/3)."""
+
+
+def _write_run(root: Path, name: str, gold=GOLD, token_js=TOKEN_JS, monitor=True) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    lines = []
+    for i, g in enumerate(gold):
+        lines.append({"step": 10 * i, "loss/total": 0.1})  # a training row: not an evaluation
+        row = {"step": 10 * i, "eval/length": 12.0, "eval/gold": g, "eval/kl": 0.01 * i, "time/monitor": 0.25}
+        if monitor:
+            row["monitor/token_js"] = token_js[i]
+        lines.append(row)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (d / RESULT_FILE).write_text("{}")
+
+
+def test_split_exclusions_and_alarm_json(tmp_path):
+    specs = design_runs(SMOKE)
+    by = {(s.world, s.arm, s.seed, s.regime.value): s.name for s in specs}
+    tune = [sweep_runs(SMOKE)[0].name, by[("length", Arm.VANILLA, 0, "fixed")]]
+    held = [by[("noisy", Arm.VANILLA, 0, "fixed")], by[("blind", Arm.R2M, 1, "fixed")]]
+    for name in tune:
+        _write_run(tmp_path, name)
+    for name in held:
+        _write_run(tmp_path, name, token_js=HELD_JS)
+    _write_run(tmp_path, by[("length", Arm.GOLD, 0, "fixed")])  # the ceiling: left out, counted
+    _write_run(tmp_path, by[("noisy", Arm.R2M, 0, "fixed")], monitor=False)
+    flat = by[("blind", Arm.VANILLA, 1, "fixed")]
+    # No gain: counted, not in the recovered shares.
+    _write_run(tmp_path, flat, gold=[0.5, 0.4, 0.4, 0.3, 0.3, 0.2], token_js=HELD_JS)
+    runs = ba.load_runs(SMOKE, tmp_path, None)
+    assert [r.name for r in runs.tune] == tune
+    assert sorted(r.name for r in runs.held_out) == sorted([*held, flat])
+    assert runs.excluded["gold arm (the proxy is gold)"] == [n for (w, a, s, g), n in by.items() if a is Arm.GOLD]
+    assert runs.excluded["no monitor/* signals"] == [by[("noisy", Arm.R2M, 0, "fixed")]]
+    total = len(sweep_runs(SMOKE)) + len(specs)
+    assert sum(len(v) for v in runs.excluded.values()) + len(runs.tune) + len(runs.held_out) == total
+    assert len(runs.monitor_s) == 6 * 5 and set(runs.monitor_s) == {0.25}
+
+    art = tmp_path / "art"
+    text = ba.write_alarm_validation(SMOKE, tmp_path, None, art, "art")
+    doc = json.loads((art / ba.ALARM_FILE).read_text())
+    assert doc["split"]["tune_runs"] == 2 and doc["combined"]["tuning_runs_in_sample"]["runs"] == 2
+    assert doc["combined"]["tuning_runs_in_sample"]["mean_recovered"] == 1.0  # the tuned rule keeps their peaks
+    # token_js alone is tuned on the tuning runs only (0.005; the held-out runs would have chosen 0.01), so held
+    # out it fires at the peak and keeps the evaluation before it: 2/3 of the gain in both runs with a gain; the
+    # no-gain run is counted apart.
+    tok = doc["per_signal"]["monitor/token_js"]
+    assert tok["thresholds"]["token_js"] == 0.005 and tok["thresholds"]["patience"] == 1
+    assert tok["no_gain"] == 1 and tok["with_gain"] == 2 and tok["recovered_90pct_share"] == 0.0
+    assert tok["mean_recovered"] == pytest.approx(2 / 3) and tok["hits"] == 2 and tok["late"] == 1
+    assert set(tok["per_world"]) == {"noisy", "blind"} and tok["per_world"]["noisy"]["runs"] == 1
+    assert doc["time_monitor_median_s"] == 0.25 and doc["held_out_runs"] == 3
+    # Fixed KL, leave one world out: every run shares one KL path and peaks at evaluation 3, so each held-out
+    # world's budget (tuned on the others) keeps the peak: 1.0, which the alarm does not beat.
+    assert set(doc["baselines"]["fixed_kl_lowo"]["budgets"]) == {"noisy", "blind"}
+    assert doc["baselines"]["fixed_kl_lowo"]["mean_recovered"] == 1.0 and doc["beats_fixed_kl"] is False
+    assert doc["target_met"] is False and doc["baselines"]["fixed_step"]["step"] == 30
+    assert doc["excluded"] == {k: len(v) for k, v in runs.excluded.items()}
+    assert "## Over-optimisation alarm: validation on held-out runs" in text and "NOT met" in text
+    assert "token_js alone" in text and "fixed KL (leave one world out)" in text
+    assert "- token_js alone, `noisy`: 0% recover >= 90% (mean 0.67); of its 1 misses, 1 kept before the peak" in text
+    assert "does not beat the leave-one-world-out fixed-KL stop's (1.00)" in text
+
+
+def test_no_finished_run_is_reported_not_crashed(tmp_path):
+    text = ba.write_alarm_validation(SMOKE, tmp_path, None, tmp_path, ".")
+    doc = json.loads((tmp_path / ba.ALARM_FILE).read_text())
+    assert doc["held_out_runs"] == 0 and doc["recovered_90pct_share"] is None and doc["beats_fixed_kl"] is False
+    assert doc["baselines"]["fixed_step"]["step"] is None
+    assert "no held-out run has finished" in text
