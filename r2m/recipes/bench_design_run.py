@@ -49,6 +49,7 @@ from r2m.recipes.bench_verdicts import (
 )
 from r2m.reports.frontier_plot import plot_frontiers
 from r2m.reports.ser_bench import ser_summary
+from r2m.runtime.provenance import git_commit
 from r2m.runtime.runlog import read_metrics
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
@@ -81,6 +82,7 @@ def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
                      "scalars": dict(res.rm_accuracy)}
         saved["wall_s"] = time.perf_counter() - t0
         saved["threads"] = torch.get_num_threads()
+        saved["commit"] = git_commit(Path(__file__).parent)  # the code that made this run (a bench may resume later)
         atomic_write_text(done, json.dumps(saved))
         log.info("[bench14] %s done in %.0f s", spec.name, saved["wall_s"])
     if spec.algorithm == "SER":

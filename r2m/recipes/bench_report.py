@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from r2m.recipes.bench_design_run import RESULT_FILE, DesignOutcome, run_design
 from r2m.recipes.bench_verdicts import rl_result
 from r2m.reports.ser_bench import ser_tables
 from r2m.reports.tables import format_table
+from r2m.runtime.provenance import git_commit
 
 COST_STEPS = {"smoke": 3, "paper": 12}
 """``bench_cost`` steps per preset (one warm-up step is not timed)."""
@@ -64,6 +64,8 @@ class RunTime(NamedTuple):
     name: str
     kind: str
     wall_s: float
+    commit: str
+    """The commit that made the run (``bench14.json``; "not recorded" before runs recorded it)."""
 
 
 def run_times(design: BenchDesign, root: str, setting) -> list[RunTime]:
@@ -73,7 +75,8 @@ def run_times(design: BenchDesign, root: str, setting) -> list[RunTime]:
     out = []
     for s in specs:
         saved = read_json_or_none(Path(root) / s.name / RESULT_FILE) or {}
-        out.append(RunTime(s.name, "SER" if s.algorithm == "SER" else s.arm.value, saved.get("wall_s", float("nan"))))
+        out.append(RunTime(s.name, "SER" if s.algorithm == "SER" else s.arm.value, saved.get("wall_s", float("nan")),
+                           saved.get("commit", "not recorded")))
     return out
 
 
@@ -94,13 +97,6 @@ def _ser_section(design: BenchDesign, root: str) -> str:
     return "\n\n".join(parts)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def _sweep_table(design: BenchDesign, root: str, chosen) -> str:
     """Each sweep point's gold at the headline budget per tuning seed (the chosen point marked)."""
     if design.sweep is None:
@@ -115,6 +111,13 @@ def _sweep_table(design: BenchDesign, root: str, chosen) -> str:
     tag = "none eligible" if chosen is None else f"lr {chosen.lr:g}, init {chosen.init}, Omega {chosen.omega_floor:g}"
     return (format_table(["setting", *[f"seed {s}" for s in design.sweep.seeds]], rows, markdown=True)
             + f"\n\nCarried to the test seeds: {tag}.")
+
+
+def _run_commits(times: Sequence[RunTime]) -> str:
+    counts: dict[str, int] = {}
+    for t in times:
+        counts[t.commit] = counts.get(t.commit, 0) + 1
+    return ", ".join(f"`{c}` ({n} runs)" for c, n in sorted(counts.items()))
 
 
 def _reading(art: Path, preset: str) -> str:
@@ -134,6 +137,7 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             command: str, commit: str, wall_s: float, workers: int = 1, alarm: str = "") -> str:
     art = artefact_dir(design.name, out)
     rel = os.path.relpath(art, out.parent)
+    times = run_times(design, root, outcome.setting)
     plots = "\n".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in outcome.plots)
     return (f"# Benchmarks: matched KL, controls, worlds, paired seeds (issue 14)\n\n"
             f"Preset `{design.name}`, made by `{command}` at commit `{commit}`. Paired differences over seeds with "
@@ -148,8 +152,9 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"## Cost: R2M vs vanilla RLOO (R2M Figure 7)\n\n`bench_cost` for {cost_steps} steps on this preset's "
             f"`length` world; methods in benchmarks/README.md.\n\n{format_cost(cost, markdown=True)}\n\n"
             f"## Run wall times\n\nFrom each run's `bench14.json` (a run read from an earlier invocation keeps its "
-            f"own time).\n\n{_times_table(run_times(design, root, outcome.setting))}\n\n"
-            f"## Provenance\n\n- commit: `{commit}`\n- command: `{command}`\n- runs: {_threads_line(workers)}; "
+            f"own time).\n\n{_times_table(times)}\n\n"
+            f"## Provenance\n\n- commit (this report): `{commit}`\n- runs made at: {_run_commits(times)}\n"
+            f"- command: `{command}`\n- runs: {_threads_line(workers)}; "
             f"this process: {torch.get_num_threads()} torch threads, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- wall time of this invocation: "
             f"{wall_s / 60:.1f} min (design {outcome.wall_s / 60:.1f} min)\n- CPU results are bit-identical only at "
@@ -166,7 +171,7 @@ def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: 
     root = str(cfg.run.root)
     out_path = Path(out) if out else default_out(preset, root)
     command = command or "r2m " + shlex.join(sys.argv[1:])
-    commit = _commit()
+    commit = git_commit()
     t0 = time.perf_counter()
     extra = (f"run.threads={cfg.run.threads}",) if cfg.run.threads else ()
     outcome = run_design(design, root, artefact_dir(preset, out_path), commit=commit, command=command, extra=extra,

@@ -201,7 +201,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
     for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
                  "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
-                 "Run wall times", "## Provenance", "- runs: 2 worker processes side by side", "## Reading", "`r2m bench run --preset smoke "):
+                 "Run wall times", "## Provenance", "- runs: 2 worker processes side by side", "- runs made at: `", "## Reading", "`r2m bench run --preset smoke "):
         assert part in text, part
     doc = json.loads((tmp_path / "verdicts.json").read_text())
     assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
@@ -237,6 +237,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
     assert sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json")) == stamps
     assert {json.loads(f.read_text())["threads"] for f in files} == {1}  # the workers' runs had one thread each
+    assert all(json.loads(f.read_text())["commit"] not in ("", "unknown") for f in files)
     (tmp_path / "reading_smoke.md").write_text("The reader's words.\n")  # kept when the report is made again
     assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
     assert out.read_text().rstrip().endswith("The reader's words.")
