@@ -355,7 +355,7 @@ class CostModel:
     """The shared SFT policy and RM backbone, once (assumed)."""
     ser_run_s: float = 20.0
     """One SER RM run (Loop 0, self-labelling loops, Full; ``ser.ppo=false``): 12-16 s measured on the default
-    world with every SER default (docs/bench_paper_ser.json, wall_s of 3 seeds), rounded up for the Status-2
+    world with every SER default (the earlier 150-step bench's SER runs, wall_s of 3 seeds), rounded up for the Status-2
     loops now reachable; 2.8 s on the smoke preset's tiny world (one loop)."""
 
     def __post_init__(self) -> None:
