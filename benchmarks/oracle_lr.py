@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from r2m.core.frontier import gold_at_kl, paired_bootstrap, trajectory
+from r2m.core.frontier import eval_trajectory, gold_at_kl, paired_bootstrap
 from r2m.recipes.bench_design import PAPER, Arm, KLRegime, SweepPoint, design_runs
 from r2m.recipes.bench_design_run import RESULT_FILE, run_all
 from r2m.runtime.runlog import read_metrics
@@ -32,8 +32,7 @@ def _fusion_share(run_dir: Path) -> float:
 
 def _gold(root: Path, spec, budget: float):
     evals = json.loads((root / spec.name / RESULT_FILE).read_text())["evals"]
-    traj = trajectory([e["step"] for e in evals], [e["eval/kl"] for e in evals], [e["eval/gold"] for e in evals])
-    return gold_at_kl(traj, budget).gold
+    return gold_at_kl(eval_trajectory(evals), budget).gold
 
 
 def main() -> None:

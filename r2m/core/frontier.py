@@ -3,6 +3,7 @@
 A run's evaluation points, in step order, trace gold reward against KL(pi || pi_ref): the trajectory
 ``(step_i, kl_i, gold_i)``, i = 0..n-1. From it:
 
+* :func:`eval_trajectory` -- the trajectory of a run's logged evaluation rows;
 * :func:`gold_at_kl` -- gold at a fixed KL budget b, piecewise-linear in KL between consecutive points, at
   the FIRST crossing of b along the trajectory (see its docstring for non-monotone KL and "not reached");
 * :func:`peak_gold` and :func:`final_gold`; :func:`frontier_band` (a method's mean curve over seeds, with a band);
@@ -54,6 +55,13 @@ def trajectory(steps: Sequence[int], kls: Sequence[float], golds: Sequence[float
             raise DataError(f"trajectory: steps[{i}]={steps[i]} after steps[{i - 1}]={steps[i - 1]}; "
                             "expected strictly increasing steps (points in step order)")
     return Trajectory(tuple(int(s) for s in steps), tuple(float(k) for k in kls), tuple(float(g) for g in golds))
+
+
+def eval_trajectory(rows: Sequence[Mapping[str, float]]) -> Trajectory:
+    """The trajectory of a run's logged rows: those with ``eval/gold``, read as (``step``, ``eval/kl``,
+    ``eval/gold``) and checked by :func:`trajectory`."""
+    evals = [r for r in rows if "eval/gold" in r]
+    return trajectory([int(r["step"]) for r in evals], [r["eval/kl"] for r in evals], [r["eval/gold"] for r in evals])
 
 
 class BudgetGold(NamedTuple):

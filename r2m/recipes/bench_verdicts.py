@@ -19,11 +19,11 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 from r2m.core.frontier import (
     Trajectory,
     VerdictRecord,
+    eval_trajectory,
     final_gold,
     gold_at_kl,
     paired_bootstrap,
     peak_gold,
-    trajectory,
     write_verdicts,
 )
 from r2m.recipes.bench_design import (
@@ -55,9 +55,8 @@ class RunResult(NamedTuple):
 def rl_result(spec: RunSpec, metrics: Sequence[Mapping[str, float]], scalars: Mapping[str, float]) -> RunResult:
     """An RL run's result from its ``metrics.jsonl`` rows (those with ``eval/gold``, in step order) and its
     summary scalars (e.g. ``RLResult.rm_accuracy``)."""
-    evals = [r for r in metrics if "eval/gold" in r]
-    traj = trajectory([int(r["step"]) for r in evals], [r["eval/kl"] for r in evals], [r["eval/gold"] for r in evals])
-    return RunResult(spec.world, spec.algorithm, spec.arm, spec.seed, spec.regime, traj, dict(scalars))
+    return RunResult(spec.world, spec.algorithm, spec.arm, spec.seed, spec.regime, eval_trajectory(metrics),
+                     dict(scalars))
 
 
 def ser_result(spec: RunSpec, table_rows: Sequence[Sequence]) -> RunResult:

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import NamedTuple, Sequence
 
-from r2m.core.frontier import gold_at_kl, trajectory
+from r2m.core.frontier import eval_trajectory, gold_at_kl
 from r2m.runtime.runlog import peak
 
 ARM_NAMES = {"rloo": "RLOO (frozen proxy RM)", "r2m": "RLOO + R2M", "gold": "RL on gold (ceiling)"}
@@ -58,9 +58,7 @@ def _evals(res) -> list[dict]:
 
 def gold_at_budget(res, budget: float) -> float:
     """Gold interpolated at KL ``budget`` on the run's evaluation points (NaN: not reached)."""
-    ev = _evals(res)
-    traj = trajectory([int(r["step"]) for r in ev], [float(r["eval/kl"]) for r in ev], [float(r["eval/gold"]) for r in ev])
-    g = gold_at_kl(traj, budget).gold
+    g = gold_at_kl(eval_trajectory(res.history), budget).gold
     return float("nan") if g is None else g
 
 

@@ -15,6 +15,7 @@ from r2m.core.frontier import (
     PairedBootstrap,
     Verdict,
     VerdictRecord,
+    eval_trajectory,
     final_gold,
     frontier_band,
     gold_at_budgets,
@@ -179,3 +180,13 @@ def test_write_verdicts(tmp_path):
     assert first["diff_mean"] == pytest.approx(0.2) and first["ci95"] == pytest.approx([0.1, 0.3])
     assert second["diff_mean"] is None and second["ci95"] == [None, None] and second["verdict"] == "too few pairs"
     assert sorted(p.name for p in path.parent.iterdir()) == ["verdicts.json"]  # no temporary file left
+
+
+def test_eval_trajectory_reads_only_the_evaluation_rows() -> None:
+    rows = [{"step": 0, "eval/kl": 0, "eval/gold": 0.7}, {"step": 1, "kl": 0.3, "reward": 0.2},
+            {"step": 2, "eval/kl": 0.05, "eval/gold": 0.8, "loss": 1.0}]
+    traj = eval_trajectory(rows)
+    assert traj == trajectory([0, 2], [0.0, 0.05], [0.7, 0.8])
+    assert isinstance(traj.kls[0], float)
+    with pytest.raises(DataError, match="no evaluation points"):
+        eval_trajectory([{"step": 1, "kl": 0.3}])
