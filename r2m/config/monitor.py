@@ -1,9 +1,9 @@
 """``rl.monitor``: the over-optimisation monitor's settings and the alarm's thresholds (docs/MONITOR.md).
 
 Its own module of the config package. The threshold fields are those of
-:class:`r2m.core.monitor.AlarmConfig` (same names, defaults and meaning; a test keeps them equal), so that
-``rl.monitor.token_js=0.05`` on the command line reads as the alarm's ``token_js``. The config layer sits
-below the core layer, hence the copy rather than an import.
+:class:`r2m.core.monitor.AlarmConfig` (same names and meaning), so that ``rl.monitor.token_js=0.05`` on the
+command line reads as the alarm's ``token_js``. The defaults are written here only: AlarmConfig's read them
+(the core layer may import the config layer, not the other way round).
 """
 
 from __future__ import annotations

@@ -55,6 +55,11 @@ THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
 of 100 steps, from the first evaluations to well past the gold peak)."""
 PATIENCE_GRID = (1, 2, 3)
 MIN_SIGNALS_GRID = (1, 2, 3)
+TUNING_START = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3,
+                           token_js=0.1, hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1,
+                           min_signals=2, patience=2, warmup=1)
+"""The coordinate ascent's first start: the monitor's placeholder thresholds from before the validation, fixed
+here so that the tuning does not depend on the shipped defaults (which come from it, docs/MONITOR.md)."""
 
 
 class RunSeries(NamedTuple):
@@ -301,7 +306,7 @@ def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int) -> AlarmCo
     return cfg
 
 
-def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (AlarmConfig(),),
+def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (TUNING_START,),
                also: Sequence[AlarmConfig] = (), sweeps: int = 2) -> AlarmConfig:
     """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
     the thresholds (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's
@@ -310,6 +315,31 @@ def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (Alarm
     finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps)
                  for start in starts for m in MIN_SIGNALS_GRID for p in PATIENCE_GRID]
     return _best([*finalists, *also], runs, _alarm)
+
+
+class TunedRules(NamedTuple):
+    """Every alarm rule tuned on one set of runs."""
+
+    signals: dict[Signal, AlarmConfig]
+    """Each signal alone (:func:`tune_signal`)."""
+    combined: AlarmConfig
+    """The combined rule (:func:`tune_alarm` from :data:`TUNING_START` and from the best single signal, each
+    single signal a finalist)."""
+
+
+def tune_rules(runs: Sequence[RunSeries]) -> TunedRules:
+    """:class:`TunedRules` on ``runs``; with no run, each signal at its grid's first threshold and the start."""
+    if not runs:
+        return TunedRules({s: only(s, THRESHOLD_GRID[s][0], 1) for s in Signal}, TUNING_START)
+    singles = {s: tune_signal(runs, s) for s in Signal}
+    starts = (TUNING_START, best_rule(runs, list(singles.values())))
+    return TunedRules(singles, tune_alarm(runs, starts, list(singles.values())))
+
+
+def tune_lowo(runs: Sequence[RunSeries], worlds: Sequence[str]) -> dict[str, AlarmConfig]:
+    """Per world, the combined rule tuned on the runs of every OTHER world (leave one world out, the protocol of
+    :func:`lowo_kl_budgets`)."""
+    return {w: tune_rules([r for r in runs if r.world != w]).combined for w in worlds}
 
 
 def thresholds(config: AlarmConfig) -> dict[str, object]:

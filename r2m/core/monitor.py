@@ -49,7 +49,11 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
+from r2m.config.monitor import MonitorConfig
 from r2m.errors import ConfigError, DataError
+
+_SHIPPED = MonitorConfig()
+"""``rl.monitor``'s defaults: :class:`AlarmConfig`'s defaults read them, so they are written once."""
 
 
 class RankDisagreement(NamedTuple):
@@ -324,27 +328,28 @@ SIGNAL_RULES: dict[Signal, Rule] = {
 
 @dataclass(frozen=True)
 class AlarmConfig:
-    """Thresholds of the over-optimisation alarm (placeholders until tuned on held-out worlds); None = off."""
+    """Thresholds of the over-optimisation alarm; None = off. The defaults are ``rl.monitor``'s
+    (:class:`r2m.config.MonitorConfig`, the one place they are written: docs/MONITOR.md says where they come from)."""
 
-    check_disagreement_rise: Optional[float] = 0.1
+    check_disagreement_rise: Optional[float] = _SHIPPED.check_disagreement_rise
     """Trip when the proxy-vs-check rank disagreement rises this much above its baseline (share of pairs)."""
-    proxy_gain_per_kl_ratio: Optional[float] = 0.25
+    proxy_gain_per_kl_ratio: Optional[float] = _SHIPPED.proxy_gain_per_kl_ratio
     """Trip when proxy gain per unit KL falls to this fraction of its baseline (first) value; in (0, 1)."""
-    length_rel_change: Optional[float] = 0.3
+    length_rel_change: Optional[float] = _SHIPPED.length_rel_change
     """Trip when the mean response length differs from the SFT policy's by this fraction (either way)."""
-    token_js: Optional[float] = 0.1
+    token_js: Optional[float] = _SHIPPED.token_js
     """Trip when the unigram JS divergence from the SFT policy's responses reaches this (nats, <= ln 2)."""
-    hidden_drift: Optional[float] = 0.2
+    hidden_drift: Optional[float] = _SHIPPED.hidden_drift
     """Trip when the mean cosine distance of hidden states from the SFT policy's reaches this (in [0, 2])."""
-    hidden_separation_rise: Optional[float] = 0.05
+    hidden_separation_rise: Optional[float] = _SHIPPED.hidden_separation_rise
     """Trip when the 2-cluster separation (within - cross similarity) rises this much above its baseline."""
-    fused_disagreement_rise: Optional[float] = 0.1
+    fused_disagreement_rise: Optional[float] = _SHIPPED.fused_disagreement_rise
     """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline."""
-    min_signals: int = 2
+    min_signals: int = _SHIPPED.min_signals
     """How many signals must trip at one evaluation."""
-    patience: int = 2
+    patience: int = _SHIPPED.patience
     """How many consecutive evaluations must each have ``min_signals`` tripped."""
-    warmup: int = 1
+    warmup: int = _SHIPPED.warmup
     """Evaluations 0 .. warmup-1 never count (evaluation 0 is the SFT policy, the baseline)."""
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from r2m.experience.rollout import text_feedback
@@ -17,6 +17,13 @@ class RMAccuracy:
     """Share of pairs with distinct gold rewards ordered as gold orders them (NaN without gold)."""
     n: int
     """Pairs scored."""
+    equal_length_accuracy: float = float("nan")
+    """``accuracy`` on the pairs whose two answers have the same length in words (NaN: none, or rows without
+    ``chosen``/``rejected``). A length-biased RM cannot lean on length here (SER Table 1, issue 14 item 6)."""
+    unequal_length_accuracy: float = float("nan")
+    """``accuracy`` on the pairs whose answers differ in length (NaN: none)."""
+    n_equal_length: int = 0
+    """Pairs of equal length (the rest, ``n - n_equal_length``, are unequal)."""
 
 
 def pairwise_wins(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -24,8 +31,23 @@ def pairwise_wins(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a > b).float() + 0.5 * (a == b).float()
 
 
+def _subset_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return x[mask].mean().item() if mask.any() else float("nan")
+
+
+def equal_length_mask(rows: Sequence[dict]) -> Optional[torch.Tensor]:
+    """(N,) bool: the pair's chosen and rejected answers have the same number of words (the world's length,
+    as ``r2m.world.data`` counts it); None when the rows carry no answer texts."""
+    if not rows or "chosen" not in rows[0] or "rejected" not in rows[0]:
+        return None
+    return torch.tensor([len(r["chosen"].split()) == len(r["rejected"].split()) for r in rows])
+
+
 def accuracy_from_scores(s_chosen: torch.Tensor, s_rejected: torch.Tensor, rows: Sequence[dict]) -> RMAccuracy:
-    acc = pairwise_wins(s_chosen, s_rejected).mean().item()
+    """Accuracy of scores (N,) of the chosen and rejected answers of ``rows``: against the labels, against gold
+    where the rows carry it, and split by equal vs unequal answer length where they carry the texts."""
+    wins = pairwise_wins(s_chosen, s_rejected)  # (N,)
+    acc = wins.mean().item()
     gold_acc = float("nan")
     if rows and "gold_chosen" in rows[0]:
         g_c = torch.tensor([r["gold_chosen"] for r in rows])
@@ -35,7 +57,12 @@ def accuracy_from_scores(s_chosen: torch.Tensor, s_rejected: torch.Tensor, rows:
             # Orient each pair by gold, then ask whether the RM agrees.
             agree = torch.where(g_c > g_r, pairwise_wins(s_chosen, s_rejected), pairwise_wins(s_rejected, s_chosen))
             gold_acc = agree[distinct].mean().item()
-    return RMAccuracy(accuracy=acc, gold_accuracy=gold_acc, n=len(rows))
+    equal = equal_length_mask(rows)
+    if equal is None:
+        return RMAccuracy(accuracy=acc, gold_accuracy=gold_acc, n=len(rows))
+    return RMAccuracy(accuracy=acc, gold_accuracy=gold_acc, n=len(rows),
+                      equal_length_accuracy=_subset_mean(wins, equal),
+                      unequal_length_accuracy=_subset_mean(wins, ~equal), n_equal_length=int(equal.sum()))
 
 
 @torch.no_grad()

@@ -6,10 +6,11 @@ The bench's finished RL runs (sweep and cells; their ``metrics.jsonl``) are read
 are the ``length`` world's runs of seeds 0 and 1 and of the sweep's tuning seeds; every other run is held
 out (the other worlds entirely, and ``length``'s seeds 2-4). The gold-ceiling arm (``reward.source=gold``:
 its proxy IS gold, nothing to detect) is left out and counted, as is any run not finished yet. The thresholds
-(the combined rule, each signal alone) and the fixed-step stop are tuned on the tuning runs only; the
-fixed-KL stop is tuned leave-one-world-out: for a held-out run of world w, on every run of the other worlds
-(tuning and held-out alike -- the baseline is not the alarm, so more data only makes it stronger). All
-figures are then taken on the held-out runs (the arithmetic: r2m.core.alarm_eval; docs/MONITOR.md).
+(one combined rule, each signal alone) and the fixed-step stop are tuned on the tuning runs only. The fixed-KL
+stop and the headline alarm are tuned the same way, leave one world out: for a held-out run of world w, on
+every run of the other worlds (tuning and held-out alike), so that the alarm is compared with the baseline
+under one protocol. All figures are then taken on the held-out runs (the arithmetic: r2m.core.alarm_eval;
+docs/MONITOR.md). The combined rule tuned on every run is reported as the candidate for rl.monitor's defaults.
 """
 
 from __future__ import annotations
@@ -99,9 +100,14 @@ class Rule:
 class Validation:
     runs: Runs
     combined: AlarmConfig
+    """The combined rule tuned on the tuning runs (``length``)."""
     combined_rule: Rule
+    lowo: dict[str, AlarmConfig]
+    """Per held-out world, the combined rule tuned on every run of the other worlds."""
+    lowo_rule: Rule
+    """The headline: the alarm under the fixed-KL baseline's own protocol (leave one world out)."""
     default_rule: Rule
-    """The untuned defaults of rl.monitor, for reference."""
+    """rl.monitor's shipped defaults (tuned on every run of an earlier bench: in sample, for reference)."""
     signal_rules: dict[Signal, Rule]
     kl_rule: Rule
     step_rule: Rule
@@ -110,10 +116,12 @@ class Validation:
     fixed_step: Optional[int]
     combined_in_sample: ae.Summary
     """The combined rule on the tuning runs themselves (how much the held-out figures fall from it)."""
+    all_runs: AlarmConfig
+    """The combined rule tuned on every run (tuning and held out): the candidate defaults, never scored here."""
 
     @property
     def alarm_rules(self) -> list[Rule]:
-        return [self.combined_rule, self.default_rule, *self.signal_rules.values()]
+        return [self.lowo_rule, self.combined_rule, self.default_rule, *self.signal_rules.values()]
 
     @property
     def rules(self) -> list[Rule]:
@@ -121,11 +129,22 @@ class Validation:
         return [*self.alarm_rules, self.kl_rule, self.step_rule]
 
 
-def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Rule:
+def _setting(cfg: AlarmConfig) -> str:
     t = ae.thresholds(cfg)
     on = ", ".join(f"{k}={v:g}" for k, v in t.items() if isinstance(v, float))
-    return Rule(name, f"{on or 'every signal off'}; min_signals={cfg.min_signals}, patience={cfg.patience}",
-                ae.evaluate(held, lambda rows: ae.alarm_selection(rows, cfg)))
+    return f"{on or 'every signal off'}; min_signals={cfg.min_signals}, patience={cfg.patience}"
+
+
+def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Rule:
+    return Rule(name, _setting(cfg), ae.evaluate(held, lambda rows: ae.alarm_selection(rows, cfg)))
+
+
+def _lowo_rule(runs: Runs) -> tuple[Rule, dict[str, AlarmConfig]]:
+    """The combined rule, tuned per held-out world on the other worlds' runs, scored on that world's held-out runs."""
+    configs = ae.tune_lowo([*runs.tune, *runs.held_out], sorted({r.world for r in runs.held_out}))
+    outs = [ae.score(r, ae.alarm_selection(r.rows, configs[r.world])) for r in runs.held_out]
+    words = "; ".join(f"{w}: {_setting(c)}" for w, c in configs.items())
+    return Rule("alarm, combined (leave one world out)", words or "none", outs), configs
 
 
 def _kl_rule(runs: Runs) -> tuple[Rule, dict[str, Optional[float]]]:
@@ -137,23 +156,23 @@ def _kl_rule(runs: Runs) -> tuple[Rule, dict[str, Optional[float]]]:
 
 
 def validate(runs: Runs) -> Validation:
-    """Tune every rule on ``runs.tune`` (fixed KL: leave one world out) and score it on ``runs.held_out``."""
-    signal_cfgs = {s: ae.tune_signal(runs.tune, s) if runs.tune else ae.only(s, ae.THRESHOLD_GRID[s][0], 1)
-                   for s in Signal}
-    # Coordinate ascent from the defaults and from the best single signal; each single signal is a finalist.
-    singles = list(signal_cfgs.values())
-    combined = (ae.tune_alarm(runs.tune, (AlarmConfig(), ae.best_rule(runs.tune, singles)), singles) if runs.tune
-                else AlarmConfig())
+    """Tune every rule on ``runs.tune`` (fixed KL and the headline alarm: leave one world out) and score it on
+    ``runs.held_out``."""
+    tuned = ae.tune_rules(runs.tune)
     signal_rules = {s: _alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out)
-                    for s, c in signal_cfgs.items()}
+                    for s, c in tuned.signals.items()}
+    lowo_rule, lowo = _lowo_rule(runs)
     kl, budgets = _kl_rule(runs)
     step = ae.tune_stop(runs.tune, ae.step_candidates(runs.tune), ae.step_stop)
     step_outs = [] if step is None else ae.evaluate(runs.held_out, lambda rows: ae.step_stop(rows, step))
     step_rule = Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)
-    return Validation(runs, combined, _alarm_rule("alarm, combined (tuned)", combined, runs.held_out),
-                      _alarm_rule("alarm, defaults (untuned)", AlarmConfig(), runs.held_out), signal_rules, kl,
-                      step_rule, signal_cfgs, budgets, step,
-                      ae.summarize(ae.evaluate(runs.tune, lambda rows: ae.alarm_selection(rows, combined))))
+    combined = tuned.combined
+    return Validation(runs, combined, _alarm_rule(f"alarm, combined (tuned on `{TUNE_WORLD}`)", combined,
+                                                  runs.held_out),
+                      lowo, lowo_rule, _alarm_rule("alarm, rl.monitor defaults", AlarmConfig(), runs.held_out),
+                      signal_rules, kl, step_rule, tuned.signals, budgets, step,
+                      ae.summarize(ae.evaluate(runs.tune, lambda rows: ae.alarm_selection(rows, combined))),
+                      ae.tune_rules([*runs.tune, *runs.held_out]).combined)
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -181,8 +200,9 @@ def _median(values: Sequence[float]) -> Optional[float]:
 
 
 def headline(v: Validation) -> dict:
-    """The keys of alarm.json issue 19 names, from the combined rule and the fixed-KL stop."""
-    comb, kl = v.combined_rule.summary, v.kl_rule.summary
+    """The keys of alarm.json issue 19 names: the leave-one-world-out alarm against the fixed-KL stop tuned the
+    same way, on the same held-out runs."""
+    comb, kl = v.lowo_rule.summary, v.kl_rule.summary
     beats = (comb.mean_recovered is not None and kl.mean_recovered is not None
              and comb.mean_recovered > kl.mean_recovered)
     share = comb.recovered_90pct_share
@@ -199,9 +219,14 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
                   "held_out": f"every other run (other worlds; {TUNE_WORLD}'s other seeds)",
                   "tune_runs": len(v.runs.tune), "held_out_names": [r.name for r in v.runs.held_out]},
         "excluded": {k: len(names) for k, names in v.runs.excluded.items()},
+        "headline_rule": "combined_lowo",
+        "combined_lowo": {"thresholds": {w: ae.thresholds(c) for w, c in v.lowo.items()},
+                          "held_out": v.lowo_rule.summary.as_dict(), "per_world": _per_world(v.lowo_rule.outcomes)},
         "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict(),
                      "tuning_runs_in_sample": v.combined_in_sample.as_dict()},
         "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.default_rule.summary.as_dict()},
+        "tuned_on_all_runs": {"thresholds": ae.thresholds(v.all_runs),
+                              "note": "the candidate defaults: tuned on every run, so not scored here"},
         "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
                                  "per_world": _per_world(r.outcomes)} for s, r in v.signal_rules.items()},
         "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.kl_rule.summary.as_dict()},
@@ -214,10 +239,10 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
 
 
 def _per_run(v: Validation) -> list[dict]:
-    """Each held-out run: the combined rule's outcome, and the fixed-KL stop's kept step and share."""
+    """Each held-out run: the headline rule's outcome, and the fixed-KL stop's kept step and share."""
     kl = {o.run.name: o for o in v.kl_rule.outcomes}
     out = []
-    for o in v.combined_rule.outcomes:
+    for o in v.lowo_rule.outcomes:
         r, k = o.run, kl.get(o.run.name)
         out.append({"name": r.name, "world": r.world, "algorithm": r.algorithm, "arm": r.arm, "seed": r.seed,
                     "r2m": r.r2m, "peak_step": o.peak_step, "alarm_step": o.fired_step,
@@ -276,10 +301,10 @@ def _failures(v: Validation) -> str:
             lines.append(f"- {rule.name}, `{w}`: {_pct(s.recovered_90pct_share)} recover >= 90% "
                          f"(mean {_num(s.mean_recovered)}); of its {len(misses)} misses, {misses.count(worst)} "
                          f"{worst}")
-    comb, kl = v.combined_rule.summary, v.kl_rule.summary
+    comb, kl = v.lowo_rule.summary, v.kl_rule.summary
     if not headline(v)["beats_fixed_kl"]:
-        lines.append(f"- the combined rule's mean recovered share ({_num(comb.mean_recovered)}) does not beat the "
-                     f"leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)})")
+        lines.append(f"- the leave-one-world-out combined rule's mean recovered share ({_num(comb.mean_recovered)}) "
+                     f"does not beat the leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)})")
     return "\n".join(lines) if lines else "- nowhere: every alarm rule meets the 80% share in every held-out world."
 
 
@@ -288,11 +313,13 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
     h = headline(v)
     excl = "; ".join(f"{k}: {len(n)}" for k, n in v.runs.excluded.items())
     verdict = ("met" if h["target_met"] else "NOT met")
-    comb = v.combined_rule.summary
+    comb = v.lowo_rule.summary
     return (
         f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
-        f"Tuned on {len(v.runs.tune)} runs (world `{TUNE_WORLD}`, seeds {list(tuning_seeds(design))}), scored on "
-        f"{len(v.runs.held_out)} held-out runs (the other worlds; `{TUNE_WORLD}`'s other seeds). Left out: {excl}. "
+        f"Scored on {len(v.runs.held_out)} held-out runs (the worlds other than `{TUNE_WORLD}`, and `{TUNE_WORLD}`'s "
+        f"seeds outside {list(tuning_seeds(design))}). The headline rule and the fixed-KL stop are tuned leave one "
+        f"world out: for the held-out runs of world w, on every run of the other worlds. The other rules are tuned on "
+        f"the {len(v.runs.tune)} tuning runs (`{TUNE_WORLD}`, seeds {list(tuning_seeds(design))}). Left out: {excl}. "
         f"A rule keeps the evaluation before the alarm's onset (`checkpoints/best-before-alarm`), or the final "
         f"policy when no alarm fires; *rec.* is that checkpoint's gold as a share of the SFT -> peak gold gain; "
         f"*hit* = the alarm fires within one evaluation interval of the gold peak; *none due* counts the runs "
@@ -300,7 +327,7 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         f"SFT's have no gain to recover: counted in *runs*, not in the recovered figures. Method: "
         f"[docs/MONITOR.md](MONITOR.md#validation-in-the-gold-reward-world); figures in `{rel}/{ALARM_FILE}`.\n\n"
         f"**Target (>= 90% recovered in >= 80% of held-out runs, and beating the fixed-KL stop): {verdict}.** "
-        f"The combined rule recovers >= 90% in {_pct(comb.recovered_90pct_share)} of the "
+        f"The combined rule tuned leave one world out recovers >= 90% in {_pct(comb.recovered_90pct_share)} of the "
         f"{comb.runs - comb.no_gain} held-out runs with a gain; it "
         f"{'beats' if h['beats_fixed_kl'] else 'does not beat'} the leave-one-world-out fixed-KL stop on the mean "
         f"recovered share. The monitor's cost: median `time/monitor` "
@@ -310,9 +337,11 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         + f"\n\nIn sample, on its {v.combined_in_sample.runs} tuning runs, the combined rule's mean recovered share "
         f"is {_num(v.combined_in_sample.mean_recovered)} and {_pct(v.combined_in_sample.recovered_90pct_share)} "
         f"of them recover >= 90%."
-        + "\n\nSettings (tuned on the tuning runs, except the defaults):\n\n"
+        + "\n\nSettings (the defaults are not tuned here):\n\n"
         + "\n".join(f"- {r.name}: {r.setting}" for r in v.rules)
-        + "\n\n### The combined rule by world, algorithm and R2M\n\n" + _groups_table(v.combined_rule.outcomes)
+        + f"\n\nTuned on every run (tuning and held out; the candidate for rl.monitor's defaults, which this "
+          f"section cannot score): {_setting(v.all_runs)}."
+        + "\n\n### The headline rule by world, algorithm and R2M\n\n" + _groups_table(v.lowo_rule.outcomes)
         + "\n\n### Each signal alone, by held-out world\n\nCells: share recovering >= 90% / mean recovered / "
           "hit-early-late-no alarm.\n\n" + _signal_world_table(v)
         + "\n\n### Where the target is missed\n\n" + _failures(v) + "\n")

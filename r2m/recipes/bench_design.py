@@ -214,6 +214,26 @@ class Sweep(NamedTuple):
         return [SweepPoint(lr, i, o) for lr in self.lrs for i in self.inits for o in self.omega_floors]
 
 
+class SERMode(NamedTuple):
+    """One SER setting of the bench: its runs are one more "algorithm" of the SER claims (issue 14, item 6)."""
+
+    name: str
+    """The algorithm column of the verdicts and SER Table 1 (``SER`` for the defaults)."""
+    tag: str
+    """Its part of the run names (``ser`` for the defaults, so that old runs keep their names)."""
+    overrides: tuple[str, ...]
+    """``ser.*`` overrides after the design's ``ser_overrides``."""
+
+
+SER_DEFAULT = SERMode("SER", "ser", ())
+SER_PLUS_SEED = SERMode("SER+seed", "ser_plus_seed", ("ser.retrain_data=filtered_plus_seed",))
+"""The other retraining mode: each loop also retrains on the seed's human-labelled pairs (docs/SER.md)."""
+SER_LOW_TAU = SERMode("SER tau_delta=0.15", "ser_tau015", ("ser.tau_delta=0.15",))
+"""A sensitivity arm, not a tuned setting: at the default tau_Delta 0.3 no bench run reaches Status 2 (the
+validation Delta_p after a marginal Status-1 loop was 0.19-0.29 in the issue-14 run), at 0.15 it can. The
+Status-2 filter's delta follows tau_Delta (``ser.delta`` unset)."""
+
+
 @dataclass(frozen=True)
 class BenchDesign:
     """A whole benchmark: RL cells, the sweep, the SER runs, the KL budgets and the base overrides."""
@@ -228,6 +248,8 @@ class BenchDesign:
     ser_worlds: tuple[str, ...]
     ser_seeds: tuple[int, ...]
     ser_overrides: tuple[str, ...] = ()
+    ser_modes: tuple[SERMode, ...] = (SER_DEFAULT,)
+    """The SER settings run in every SER world and seed (each decides the SER claims on its own)."""
     budgets: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
     """KL budgets of the matched-KL comparison."""
     headline_budget: float = 0.2
@@ -328,7 +350,8 @@ def claims_in(design: BenchDesign) -> list[ClaimCell]:
         if c.regime is KLRegime.FIXED:
             out += [ClaimCell(c.world, c.algorithm, spec) for spec in CLAIMS
                     if spec.a.arm is not Arm.SER and {spec.a.arm, spec.b.arm} <= set(c.arms)]
-    out += [ClaimCell(w, "SER", spec) for w in design.ser_worlds for spec in CLAIMS if spec.a.arm is Arm.SER]
+    out += [ClaimCell(w, m.name, spec) for w in design.ser_worlds for m in design.ser_modes
+            for spec in CLAIMS if spec.a.arm is Arm.SER]
     return out
 
 
@@ -391,7 +414,7 @@ def estimate_cost(design: BenchDesign, model: CostModel = CostModel(), workers: 
     pretrained = {(r.world, r.seed) for r in runs if r.arm is Arm.PRETRAINED_RM}
     builds = len(rms) + len(pretrained)
     build_s = builds * model.rm_build_s + model.sft_build_s
-    ser_s = len(design.ser_worlds) * len(design.ser_seeds) * model.ser_run_s
+    ser_s = len(ser_runs(design)) * model.ser_run_s
     total = (rl_s + ser_s) / workers + build_s
     return CostEstimate(len(runs), design.steps * len(runs), rl_s, builds, build_s, ser_s, total)
 
@@ -419,6 +442,7 @@ SMOKE = BenchDesign(
     ser_worlds=("length",),
     ser_seeds=(0, 1),
     ser_overrides=("ser.max_loops=1", "ser.tau_delta=0.001"),
+    ser_modes=(SER_DEFAULT, SER_PLUS_SEED),
     # 4 tiny steps move the policy by a KL of about 1e-4 (measured on the smoke run): budgets to match.
     budgets=(5e-5, 1e-4, 2e-4),
     headline_budget=5e-5,
@@ -444,9 +468,11 @@ PAPER = BenchDesign(
     base=("rl.steps=100", "rl.eval_every=10"),
     steps=100,
     sweep=Sweep("length", "RLOO", (1e-6, 1e-5, 1e-4), ("random", "matched"), (0.6, 0.8), (100, 101, 102)),
-    # SER in `blind` too (its RMs read the masked prompt, r2m/world/view.py): 3 runs of about 20 s.
+    # SER in `blind` too (its RMs read the masked prompt, r2m/world/view.py); both retraining modes and the
+    # Status-2 sensitivity arm; 5 seeds like the headline rows. 60 runs of 4-16 s.
     ser_worlds=("length", "noisy", "blind", "ser_headroom"),
-    ser_seeds=(0, 1, 2),
+    ser_seeds=_SEEDS,
+    ser_modes=(SER_DEFAULT, SER_PLUS_SEED, SER_LOW_TAU),
     budgets=(0.05, 0.1, 0.2, 0.3),
     headline_budget=0.1,
     kl_target=0.2,
@@ -463,12 +489,13 @@ def design_preset(name: str) -> BenchDesign:
 
 
 def ser_runs(design: BenchDesign) -> list[RunSpec]:
-    """SER's RM runs (``ser.ppo=false``): one per SER world and seed; the seed sets the RM's pairs too."""
+    """SER's RM runs (``ser.ppo=false``): one per SER world, mode and seed; the seed sets the RM's pairs too."""
     out = []
     for w in design.ser_worlds:
-        for seed in design.ser_seeds:
-            name = f"bench14-{design.name}-{w}-ser-s{seed}"
-            overrides = (*world_overrides(w), *design.base, *design.ser_overrides, "ser.ppo=false",
-                         *seed_overrides(seed), f"run.name={name}")
-            out.append(RunSpec(name, w, "SER", Arm.SER, seed, KLRegime.FIXED, overrides))
+        for mode in design.ser_modes:
+            for seed in design.ser_seeds:
+                name = f"bench14-{design.name}-{w}-{mode.tag}-s{seed}"
+                overrides = (*world_overrides(w), *design.base, *design.ser_overrides, *mode.overrides,
+                             "ser.ppo=false", *seed_overrides(seed), f"run.name={name}")
+                out.append(RunSpec(name, w, mode.name, Arm.SER, seed, KLRegime.FIXED, overrides))
     return out

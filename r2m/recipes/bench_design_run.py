@@ -29,6 +29,7 @@ import torch
 from r2m.config import load_config
 from r2m.core.frontier import gold_at_kl
 from r2m.recipes.bench_design import (
+    Arm,
     BenchDesign,
     KLRegime,
     RunSpec,
@@ -71,7 +72,7 @@ def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
     saved = read_json_or_none(done)
     if saved is None:
         t0 = time.perf_counter()
-        if spec.algorithm == "SER":
+        if spec.arm is Arm.SER:
             res = run_ser(_config(spec, root, extra))
             # Table 1's rows for the verdicts, and the loops and stop for SER Table 1 per world (bench_report).
             saved = {"table_rows": [list(r) for r in res.table[1]], **ser_summary(res)}
@@ -85,7 +86,7 @@ def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
         saved["commit"] = git_commit(Path(__file__).parent)  # the code that made this run (a bench may resume later)
         atomic_write_text(done, json.dumps(saved))
         log.info("[bench14] %s done in %.0f s", spec.name, saved["wall_s"])
-    if spec.algorithm == "SER":
+    if spec.arm is Arm.SER:
         return ser_result(spec, saved["table_rows"])
     return rl_result(spec, saved["evals"], saved["scalars"])
 

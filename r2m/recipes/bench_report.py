@@ -12,6 +12,7 @@ per world, the cost section, each run's wall time, the provenance (commit, comma
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import statistics
@@ -27,7 +28,7 @@ from r2m.core.frontier import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench import bench_cost, format_cost
 from r2m.recipes.bench_alarm import write_alarm_validation
-from r2m.recipes.bench_design import (BenchDesign, RunSpec, design_preset, design_runs, ser_runs, sweep_runs,
+from r2m.recipes.bench_design import (Arm, BenchDesign, RunSpec, design_preset, design_runs, ser_runs, sweep_runs,
                                      world_overrides)
 from r2m.recipes.bench_design_run import RESULT_FILE, DesignOutcome, run_design
 from r2m.recipes.bench_verdicts import rl_result
@@ -75,7 +76,7 @@ def run_times(design: BenchDesign, root: str, setting) -> list[RunTime]:
     out = []
     for s in specs:
         saved = read_json_or_none(Path(root) / s.name / RESULT_FILE) or {}
-        out.append(RunTime(s.name, "SER" if s.algorithm == "SER" else s.arm.value, saved.get("wall_s", float("nan")),
+        out.append(RunTime(s.name, s.algorithm if s.arm is Arm.SER else s.arm.value, saved.get("wall_s", float("nan")),
                            saved.get("commit", "not recorded")))
     return out
 
@@ -90,10 +91,14 @@ def _times_table(times: Sequence[RunTime]) -> str:
 
 
 def _ser_section(design: BenchDesign, root: str) -> str:
+    """SER Table 1 per world and SER mode (issue 14 item 6), from the SER runs' result files."""
     parts = []
     for w in design.ser_worlds:
-        saved = [read_json_or_none(Path(root) / s.name / RESULT_FILE) for s in ser_runs(design) if s.world == w]
-        parts.append(f"### World `{w}` ({len(saved)} seeds)\n\n" + ser_tables(saved))
+        for mode in design.ser_modes:
+            specs = [s for s in ser_runs(design) if s.world == w and s.algorithm == mode.name]
+            saved = [read_json_or_none(Path(root) / s.name / RESULT_FILE) for s in specs]
+            how = ", ".join(f"`{o}`" for o in mode.overrides) or "the defaults"
+            parts.append(f"### World `{w}`, {mode.name} ({how}; {len(saved)} seeds)\n\n" + ser_tables(saved))
     return "\n\n".join(parts)
 
 
@@ -111,6 +116,10 @@ def _sweep_table(design: BenchDesign, root: str, chosen) -> str:
     tag = "none eligible" if chosen is None else f"lr {chosen.lr:g}, init {chosen.init}, Omega {chosen.omega_floor:g}"
     return (format_table(["setting", *[f"seed {s}" for s in design.sweep.seeds]], rows, markdown=True)
             + f"\n\nCarried to the test seeds: {tag}.")
+
+
+def _run_minutes(times: Sequence[RunTime]) -> float:
+    return sum(t.wall_s for t in times if math.isfinite(t.wall_s)) / 60
 
 
 def _run_commits(times: Sequence[RunTime]) -> str:
@@ -148,7 +157,10 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n{_sweep_table(design, root, outcome.setting)}"
             f"\n\n## Frontier plots: gold against KL\n\n{plots}\n\n{alarm}\n"
             f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop (SER) and "
-            f"BT on every labelled pair (Full); test = data.pref_eval (docs/SER.md).\n\n{_ser_section(design, root)}\n\n"
+            f"the run's pairwise loss on every labelled pair (Full); test = data.pref_eval, also split into pairs "
+            f"whose answers have equal and unequal length in words (docs/SER.md). One table per SER setting: the "
+            f"defaults, the other retraining mode and a lower tau_Delta at which Status 2 can be reached."
+            f"\n\n{_ser_section(design, root)}\n\n"
             f"## Cost: R2M vs vanilla RLOO (R2M Figure 7)\n\n`bench_cost` for {cost_steps} steps on this preset's "
             f"`length` world; methods in benchmarks/README.md.\n\n{format_cost(cost, markdown=True)}\n\n"
             f"## Run wall times\n\nFrom each run's `bench14.json` (a run read from an earlier invocation keeps its "
@@ -156,8 +168,10 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"## Provenance\n\n- commit (this report): `{commit}`\n- runs made at: {_run_commits(times)}\n"
             f"- command: `{command}`\n- runs: {_threads_line(workers)}; "
             f"this process: {torch.get_num_threads()} torch threads, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- wall time of this invocation: "
-            f"{wall_s / 60:.1f} min (design {outcome.wall_s / 60:.1f} min)\n- CPU results are bit-identical only at "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- the runs' own wall times add up to "
+            f"{_run_minutes(times):.1f} min over {len(times)} runs (a resumed bench keeps each run's time; divide by "
+            f"the workers for the elapsed time)\n- wall time of this invocation: {wall_s / 60:.1f} min (design "
+            f"{outcome.wall_s / 60:.1f} min; runs found finished are not re-run)\n- CPU results are bit-identical only at "
             f"the same thread count and CPU.\n\n## Reading\n\n{_reading(art, design.name)}\n")
 
 

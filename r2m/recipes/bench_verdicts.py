@@ -35,6 +35,7 @@ from r2m.recipes.bench_design import (
     RunSpec,
     claims_in,
 )
+from r2m.reports.tables import mean_sd
 
 
 class RunResult(NamedTuple):
@@ -65,7 +66,7 @@ def ser_result(spec: RunSpec, table_rows: Sequence[Sequence]) -> RunResult:
         raise ValueError(f"SER result {spec.name}: expected Table 1 rows Loop 0, SER and Full, got {len(table_rows)}")
     acc = {"ser/loop0_test_acc": table_rows[0][3], "ser/test_acc": table_rows[1][3],
            "ser/full_test_acc": table_rows[2][3]}
-    return RunResult(spec.world, "SER", Arm.SER, spec.seed, KLRegime.FIXED, None, acc)
+    return RunResult(spec.world, spec.algorithm, Arm.SER, spec.seed, KLRegime.FIXED, None, acc)
 
 
 class Metric(NamedTuple):
@@ -190,11 +191,7 @@ def frontier_curves(results: Sequence[RunResult], regime: KLRegime = KLRegime.FI
 
 
 def _mean_sd(values: Sequence[float]) -> str:
-    if not values:
-        return "not reached"
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {sd:.3f}"
+    return mean_sd(values, empty="not reached")
 
 
 def _row(world: str, label: str, trajs: Sequence[Trajectory], budgets: Sequence[float]) -> str:

@@ -288,7 +288,8 @@ class SERRun:
             fit = self.fit(self.init, labelled_pairs(self.splits.rm), "full", 10_000)
             ev = evaluate_rm(fit.rm, self.splits.val, self.test_rows)
             state.full = FullBaseline(self.rel(fit.path), len(self.splits.rm), ev.val.accuracy, ev.val.gold_accuracy,
-                                      ev.test.accuracy, ev.test.gold_accuracy, fit.steps, fit.wall_s)
+                                      ev.test.accuracy, ev.test.gold_accuracy, fit.steps, fit.wall_s,
+                                      ev.test.equal_length_accuracy, ev.test.unequal_length_accuracy)
             state.save(self.run_dir)
         return state.full
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -111,13 +111,25 @@ class FullBaseline:
     test_gold_acc: float
     train_steps: int
     wall_s: float
+    test_acc_equal_len: Optional[float] = None
+    """Test accuracy on the pairs of equal answer length (None: a state written before it was measured; NaN: no
+    such pair)."""
+    test_acc_unequal_len: Optional[float] = None
+    """Test accuracy on the pairs of unequal answer length (None, NaN: as above)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"rm_dir": self.rm_dir, **{f"ser/{f.name}": getattr(self, f.name) for f in fields(self)[1:]}}
+        """The state's JSON object; a field left None is not written (an older state reads back byte-identical)."""
+        values = {f"ser/{f.name}": getattr(self, f.name) for f in fields(self)[1:]}
+        return {"rm_dir": self.rm_dir, **{k: v for k, v in values.items() if v is not None}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FullBaseline":
-        return cls(d["rm_dir"], **{f.name: d[f"ser/{f.name}"] for f in fields(cls)[1:]})
+        # A field added after the state was written (it has a default) reads as that default.
+        def value(f):
+            key = f"ser/{f.name}"
+            return d[key] if f.default is MISSING else d.get(key, f.default)
+
+        return cls(d["rm_dir"], **{f.name: value(f) for f in fields(cls)[1:]})
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,16 @@ def evaluate_rm(rm, val_rows: Sequence[dict], test_rows: Sequence[dict]) -> RMEv
 
 def _eval_metrics(ev: RMEval) -> dict[str, float]:
     return {"ser/val_acc": ev.val.accuracy, "ser/val_gold_acc": ev.val.gold_accuracy,
-            "ser/test_acc": ev.test.accuracy, "ser/test_gold_acc": ev.test.gold_accuracy}
+            "ser/test_acc": ev.test.accuracy, "ser/test_gold_acc": ev.test.gold_accuracy,
+            **length_split_metrics(ev.test)}
+
+
+def length_split_metrics(test: RMAccuracy) -> dict[str, float]:
+    """Test accuracy on equal-length and on unequal-length pairs (SER Table 1 per world, issue 14 item 6), and
+    how many test pairs are of equal length."""
+    return {"ser/test_acc_equal_len": test.equal_length_accuracy,
+            "ser/test_acc_unequal_len": test.unequal_length_accuracy,
+            "ser/test_n_equal_len": test.n_equal_length}
 
 
 

@@ -3,20 +3,9 @@ world (mean ± std over seeds; the pairs, share and learning status of each loop
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Sequence
 
-from r2m.reports.tables import format_table
-
-
-def mean_std(values: Sequence[float]) -> str:
-    """``mean ± std`` over the non-NaN values; ``-`` when none."""
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return "-"
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{sum(vals) / len(vals):.3f} ± {std:.3f}"
+from r2m.reports.tables import format_table, mean_sd
 
 
 def ser_summary(res) -> dict:
@@ -26,7 +15,7 @@ def ser_summary(res) -> dict:
             "loops": [{"loop": h["loop"], "status": h["status"], "pairs": int(h["ser/selected"]),
                        "frac": h["ser/selected_frac"], "pseudo_acc": h.get("ser/pseudo_acc", float("nan")),
                        "val_acc": h["ser/val_acc"], "test_acc": h["ser/test_acc"]} for h in res.history],
-            "stop": res.stop}
+            "stop": res.stop, "test_n_equal_len": res.history[0].get("ser/test_n_equal_len")}
 
 
 def ser_tables(results: Sequence[dict]) -> str:
@@ -34,11 +23,11 @@ def ser_tables(results: Sequence[dict]) -> str:
     headers = results[0]["table"]["headers"]
     rows = []
     for i, first in enumerate(results[0]["table"]["rows"]):
-        name = "SER (last loop)" if i == 1 else first[0]
+        name = "SER (kept loop)" if i == 1 else first[0]
         cells = [r["table"]["rows"][i] for r in results]
         counts = sorted({str(c[1]) for c in cells}), sorted({str(c[2]) for c in cells})
         rows.append([name, "/".join(counts[0]), "/".join(counts[1]),
-                     *[mean_std([c[j] for c in cells]) for j in range(3, len(headers))]])
+                     *[mean_sd([c[j] for c in cells]) for j in range(3, len(headers))]])
     main = format_table(headers, rows, markdown=True)
     n_loops = max(len(r["loops"]) for r in results)
     loop_rows = []
@@ -48,4 +37,8 @@ def ser_tables(results: Sequence[dict]) -> str:
         loop_rows.append([seed, *cells, *["-"] * (n_loops - len(cells)),
                           f"{stop.get('reason', '?')} at loop {stop.get('loop', '?')}"])
     loops = format_table(["run", *[f"loop {k}" for k in range(n_loops)], "ended"], loop_rows, markdown=True)
-    return main + "\n\nPairs trained per loop (share of the RM data, learning status):\n\n" + loops
+    status2 = sum(any(lp["status"] == "status2" for lp in r["loops"]) for r in results)
+    equal = "/".join("?" if r.get("test_n_equal_len") is None else str(r["test_n_equal_len"]) for r in results)
+    return (main + "\n\nPairs trained per loop (share of the RM data, learning status):\n\n" + loops
+            + f"\n\nStatus 2 reached in {status2} of {len(results)} runs. Test pairs of equal length, per run: "
+            + f"{equal}.")

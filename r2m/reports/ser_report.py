@@ -29,17 +29,21 @@ def ser_table(history: Sequence[dict], full: dict, sizes: dict[str, int], kept: 
     """SER Table 1 for this run: held-out (data.pref_eval) accuracy of Loop 0, SER (the kept loop) and Full,
     every one trained with ``loss`` (named in the first header)."""
     headers = [f"RM ({PairLoss(loss).value} loss)", "human labels", "pairs trained", "test acc", "test gold acc",
-               "val acc"]
+               "val acc", "test acc, equal length", "test acc, unequal length"]
     labelled = sizes["seed"] + sizes["val"]
     first, ser = history[0], history[kept.index if kept is not None else -1]
     return headers, [
-        ["Loop 0 (seed)", labelled, _trained(first), first["ser/test_acc"], first["ser/test_gold_acc"],
-         first["ser/val_acc"]],
-        [f"SER (loop {ser['loop']})", labelled, _trained(ser), ser["ser/test_acc"], ser["ser/test_gold_acc"],
-         ser["ser/val_acc"]],
-        ["Full dataset", sizes["rm"], int(full["ser/selected"]), full["ser/test_acc"], full["ser/test_gold_acc"],
-         full["ser/val_acc"]],
+        ["Loop 0 (seed)", labelled, _trained(first), *_accuracies(first)],
+        [f"SER (loop {ser['loop']})", labelled, _trained(ser), *_accuracies(ser)],
+        ["Full dataset", sizes["rm"], int(full["ser/selected"]), *_accuracies(full)],
     ]
+
+
+def _accuracies(row: dict) -> list[float]:
+    """Table 1's accuracy columns of one RM (the length split is NaN in a run made before it was measured)."""
+    split = [row.get(k) for k in ("ser/test_acc_equal_len", "ser/test_acc_unequal_len")]
+    return [row["ser/test_acc"], row["ser/test_gold_acc"], row["ser/val_acc"],
+            *[float("nan") if v is None else v for v in split]]
 
 
 def loop_table(history: Sequence[dict]) -> tuple[list[str], list[list]]:

@@ -130,8 +130,8 @@ def test_grid_search_picks_the_known_threshold():
     cfg = ae.tune_alarm([run])
     s = ae.summarize(ae.evaluate([run], lambda rows: ae.alarm_selection(rows, cfg)))
     assert s.mean_recovered == pytest.approx(1.0) and s.hits == 1
-    defaults = ae.summarize(ae.evaluate([run], lambda rows: ae.alarm_selection(rows, AlarmConfig())))
-    assert defaults.mean_recovered < 1.0  # the untuned rule never fires here: final policy (gold 0.5 -> 0.0)
+    start = ae.summarize(ae.evaluate([run], lambda rows: ae.alarm_selection(rows, ae.TUNING_START)))
+    assert start.mean_recovered < 1.0  # the ascent's start never fires here: final policy (gold 0.5 -> 0.0)
 
 
 def test_check_series_names_run_and_row():
@@ -145,3 +145,21 @@ def test_check_series_names_run_and_row():
         ae.check_series(back)
     with pytest.raises(DataError, match="no evaluation row"):
         ae.check_series(back._replace(rows=()))
+
+
+def test_lowo_alarm_is_tuned_on_the_other_worlds_only():
+    # World A's token_js first reaches 0.005 just after its gold peak, world C's reaches 0.01 there (0.005 at
+    # the peak itself). Each world's own rule keeps its peak; the rule tuned on the other world does not.
+    a = _run(PEAKED["gold"], world="A", name="a", token_js=PEAKED["token_js"])
+    c = _run(PEAKED["gold"], world="C", name="c", token_js=[0.0, 0.001, 0.003, 0.007, 0.015, 0.03])
+    lowo = ae.tune_lowo([a, c], ["A", "C"])
+    assert lowo == {"A": ae.tune_rules([c]).combined, "C": ae.tune_rules([a]).combined}
+    on = lambda run, cfg: ae.score(run, ae.alarm_selection(run.rows, cfg)).recovered  # noqa: E731
+    assert on(a, ae.tune_rules([a]).combined) == pytest.approx(1.0)
+    assert on(c, ae.tune_rules([c]).combined) == pytest.approx(1.0)
+    assert on(c, lowo["C"]) == pytest.approx(2 / 3)  # A's 0.005 fires at C's peak and keeps the one before
+
+
+def test_tune_rules_without_runs_is_the_start():
+    empty = ae.tune_rules([])
+    assert empty.combined == ae.TUNING_START and set(empty.signals) == set(Signal)

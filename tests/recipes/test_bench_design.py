@@ -99,7 +99,8 @@ def test_paper_preset_covers_the_issue() -> None:
     cells = claims_in(PAPER)
     length_rloo = {c.spec.claim for c in cells if (c.world, c.algorithm) == ("length", "RLOO")}
     assert length_rloo == {s.claim for s in CLAIMS if s.a.arm is not Arm.SER}
-    assert {c.algorithm for c in cells if c.world == "length"} >= {"RLOO", "GRPO", "ReMax", "REINFORCE++", "SER"}
+    assert {c.algorithm for c in cells if c.world == "length"} >= {"RLOO", "GRPO", "ReMax", "REINFORCE++", "SER",
+                                                                   "SER+seed"}
     assert len({c.world for c in cells}) >= 3
     assert len(PAPER.sweep.points()) == 12 and len(PAPER.sweep.seeds) == 3  # lr x init x Omega, 3 tuning seeds
 
@@ -152,3 +153,18 @@ def test_a_carried_setting_renames_only_the_r2m_family() -> None:
             assert a.name != b.name and f"reward.r2m.lr={point.lr}" in b.overrides
         else:
             assert a == b
+
+
+def test_ser_runs_cover_both_retraining_modes_on_the_headline_seeds() -> None:
+    runs = ser_runs(PAPER)
+    assert len({r.name for r in runs}) == len(runs) == 4 * 3 * 5  # worlds x modes x seeds, names unique
+    by_mode = {m.name: [r for r in runs if r.algorithm == m.name] for m in PAPER.ser_modes}
+    plus_seed = by_mode["SER+seed"][0].overrides
+    assert "ser.retrain_data=filtered_plus_seed" in plus_seed and "ser.ppo=false" in plus_seed
+    assert all("ser.retrain_data=filtered_plus_seed" not in r.overrides for r in by_mode["SER"])
+    assert {r.seed for r in by_mode["SER"]} == set(range(5))
+    # the defaults keep the run names of the first paper run (a resumed bench finds them)
+    assert by_mode["SER"][0].name == "bench14-paper-length-ser-s0"
+    # every mode decides both SER claims in every SER world
+    cells = [c for c in claims_in(PAPER) if c.spec.a.arm is Arm.SER]
+    assert len(cells) == 4 * 3 * 2

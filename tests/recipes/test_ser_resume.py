@@ -47,3 +47,12 @@ def test_stop_after_a_decision_carries_its_evidence() -> None:
     ev = stop.evidence
     assert isinstance(ev, StopEvidence) and (ev.val_confident, ev.val_n, ev.val_delta_p) == (1, 8, 0.1786)
     assert math.isnan(ev.status1_gain)
+
+
+def test_a_full_baseline_written_before_the_length_split_reads_as_none() -> None:
+    full = FullBaseline.from_json(STOPPED["full"])
+    assert full.test_acc == 0.77 and full.test_acc_equal_len is None and full.test_acc_unequal_len is None
+    assert full.to_json() == STOPPED["full"]  # written back as it was read
+    again = FullBaseline.from_json({**STOPPED["full"], "ser/test_acc_equal_len": 0.6, "ser/test_acc_unequal_len": 0.8})
+    assert (again.test_acc_equal_len, again.test_acc_unequal_len) == (0.6, 0.8)
+    assert FullBaseline.from_json(again.to_json()) == again
