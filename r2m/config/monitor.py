@@ -25,8 +25,9 @@ class MonitorConfig:
     """Label-free over-optimisation signals at every evaluation (logged under monitor/*) and the alarm rule.
 
     A signal trips by its rule (docs/MONITOR.md); the alarm fires once ``min_signals`` signals have tripped at
-    ``patience`` evaluations running. A threshold of null turns its signal off. The defaults are placeholders,
-    not tuned on held-out worlds yet."""
+    ``patience`` evaluations running. A threshold of null turns its signal off. The defaults are the rule the
+    alarm's validation tuned on every run of the paper bench (gold-reward world, 0.3M-parameter models;
+    docs/MONITOR.md gives how it scores held out and where it fails); other model sizes may need their own."""
 
     enabled: bool = True
     """Compute the signals at every evaluation (false: no monitor/* metrics, no alarm)."""
@@ -36,23 +37,24 @@ class MonitorConfig:
     pref_train; elsewhere the signal is off (logged once)."""
     world_check_rm: bool = True
     """With check_rm null in the gold-reward world, build the world's check RM (false: the signal is off)."""
-    check_disagreement_rise: Optional[float] = 0.1
+    check_disagreement_rise: Optional[float] = 0.2
     """Trip when the proxy-vs-check rank disagreement rises this much above its baseline (share of pairs)."""
     proxy_gain_per_kl_ratio: Optional[float] = 0.25
     """Trip when proxy gain per unit KL falls to this fraction of its baseline (first) value; in (0, 1)."""
-    length_rel_change: Optional[float] = 0.3
+    length_rel_change: Optional[float] = 0.1
     """Trip when the mean response length differs from the SFT policy's by this fraction (either way)."""
-    token_js: Optional[float] = 0.1
+    token_js: Optional[float] = 0.002
     """Trip when the unigram JS divergence from the SFT policy's responses reaches this (nats, <= ln 2)."""
-    hidden_drift: Optional[float] = 0.2
+    hidden_drift: Optional[float] = 0.03
     """Trip when the mean cosine distance of hidden states from the SFT policy's reaches this (in [0, 2])."""
-    hidden_separation_rise: Optional[float] = 0.05
+    hidden_separation_rise: Optional[float] = 0.002
     """Trip when the 2-cluster separation (within - cross similarity) rises this much above its baseline."""
-    fused_disagreement_rise: Optional[float] = 0.1
-    """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline."""
+    fused_disagreement_rise: Optional[float] = None
+    """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline (off by default:
+    the tuning never used it, and alone it recovered >= 90% in 6% of the held-out runs)."""
     min_signals: int = 2
     """How many signals must trip at one evaluation."""
-    patience: int = 2
+    patience: int = 1
     """How many consecutive evaluations must each have ``min_signals`` tripped."""
     warmup: int = 1
     """Evaluations 0 .. warmup-1 never count (evaluation 0 is the SFT policy, the baseline)."""

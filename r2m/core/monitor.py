@@ -37,7 +37,8 @@ evaluation i by its :class:`Rule`:
 A signal missing from h_i, None or NaN does not trip; a threshold of None turns the signal off. The alarm
 fires at the first i >= ``warmup`` such that at each of the evaluations i - patience + 1 .. i (all >=
 ``warmup``) at least ``min_signals`` signals trip; ``onset`` = i - patience + 1, so the last checkpoint
-before the alarm is the one of evaluation onset - 1. The default thresholds are placeholders, not tuned.
+before the alarm is the one of evaluation onset - 1. The default thresholds are ``rl.monitor``'s, set from the
+alarm's validation in the gold-reward world (docs/MONITOR.md).
 """
 
 from __future__ import annotations

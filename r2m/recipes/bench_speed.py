@@ -298,7 +298,10 @@ def p4(cfg: Config, spec: SpeedSpec, root: Path) -> dict:
     return {"step_s": {n: o["median_s"] for n, o in out.items()},
             "ratio_prompts_x2": _ratio(out["prompts_x2"], out["base"]),
             "ratio_tokens_x2": _ratio(out["tokens_x2"], out["base"]),
-            "response_length": {n: o["response_length"] for n, o in out.items()}}
+            "response_length": {n: o["response_length"] for n, o in out.items()},
+            # where a non-linear step goes (the first measurement read 2.9x and 3.1x, unexplained)
+            "phases": {n: o.get("phases") for n, o in out.items()},
+            "peak_rss_mb": {n: o["peak_rss_mb"] for n, o in out.items()}}
 
 
 def replace(spec: SpeedSpec, **kw) -> SpeedSpec:

@@ -204,6 +204,11 @@ def test_two_means_on_identical_rows_is_one_cluster():
 
 # --- the alarm rule ------------------------------------------------------------------------------------
 
+RULE = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3, token_js=0.1,
+                   hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1, min_signals=2,
+                   patience=2, warmup=1)
+"""The rule these tests work by hand (every signal on; not the shipped defaults, which the validation sets)."""
+
 FLAT = {Signal.CHECK_DISAGREEMENT.value: 0.2, Signal.PROXY_GAIN_PER_KL.value: 1.2,
         Signal.LENGTH_REL_CHANGE.value: 0.02, Signal.TOKEN_JS.value: 0.01, Signal.HIDDEN_DRIFT.value: 0.03,
         Signal.HIDDEN_SEPARATION.value: 0.1, Signal.FUSED_DISAGREEMENT.value: 0.05}
@@ -223,33 +228,33 @@ def _history(n: int = 10, onset: int | None = None) -> list[dict]:
 
 
 def test_alarm_fires_at_the_planted_onset():
-    alarm = first_alarm(_history(onset=6), AlarmConfig(min_signals=2, patience=2))
+    alarm = first_alarm(_history(onset=6), dataclasses.replace(RULE, min_signals=2, patience=2))
     assert (alarm.index, alarm.onset) == (7, 6)
     assert {r.signal for r in alarm.reasons} == {Signal.CHECK_DISAGREEMENT, Signal.TOKEN_JS, Signal.HIDDEN_DRIFT}
     rise = next(r for r in alarm.reasons if r.signal is Signal.CHECK_DISAGREEMENT)
     assert (rise.value, rise.baseline, rise.threshold, rise.rule) == (0.35, 0.2, 0.1, Rule.RISE)
-    assert first_alarm(_history(onset=6), AlarmConfig(min_signals=3, patience=1)).index == 6
-    assert first_alarm(_history(onset=6), AlarmConfig(min_signals=4, patience=1)).index is None
+    assert first_alarm(_history(onset=6), dataclasses.replace(RULE, min_signals=3, patience=1)).index == 6
+    assert first_alarm(_history(onset=6), dataclasses.replace(RULE, min_signals=4, patience=1)).index is None
 
 
 def test_alarm_does_not_fire_on_a_flat_history():
-    assert first_alarm(_history()).index is None
-    assert all(t == () for t in tripped_signals(_history(), AlarmConfig()))
+    assert first_alarm(_history(), RULE).index is None
+    assert all(t == () for t in tripped_signals(_history(), RULE))
     assert first_alarm([]).index is None
 
 
 def test_alarm_warmup_and_patience():
     hist = _history(onset=0)
-    assert first_alarm(hist, AlarmConfig(min_signals=1, patience=1, warmup=0)).index == 0
-    assert first_alarm(hist, AlarmConfig(min_signals=1, patience=1, warmup=3)).index == 3
-    assert first_alarm(hist, AlarmConfig(min_signals=1, patience=3, warmup=3))[:2] == (5, 3)
+    assert first_alarm(hist, dataclasses.replace(RULE, min_signals=1, patience=1, warmup=0)).index == 0
+    assert first_alarm(hist, dataclasses.replace(RULE, min_signals=1, patience=1, warmup=3)).index == 3
+    assert first_alarm(hist, dataclasses.replace(RULE, min_signals=1, patience=3, warmup=3))[:2] == (5, 3)
     # A tripped run broken by one quiet evaluation starts again.
     broken = _history(onset=4)
     broken[5] = _history()[5]
-    assert first_alarm(broken, AlarmConfig(min_signals=2, patience=2)).onset == 6
+    assert first_alarm(broken, dataclasses.replace(RULE, min_signals=2, patience=2)).onset == 6
 
 
-# (signal, its threshold field, baseline value, a value just under the threshold, one past it), defaults.
+# (signal, its threshold field, baseline value, a value just under the threshold, one past it), under RULE.
 THRESHOLD_CASES = [
     (Signal.CHECK_DISAGREEMENT, "check_disagreement_rise", 0.2, 0.29, 0.31),
     (Signal.PROXY_GAIN_PER_KL, "proxy_gain_per_kl_ratio", 1.2, 0.31, 0.29),  # falls to 0.25 x 1.2 = 0.3
@@ -264,7 +269,7 @@ THRESHOLD_CASES = [
 @pytest.mark.parametrize("signal, field, base, under, over", THRESHOLD_CASES,
                          ids=[c[0].name for c in THRESHOLD_CASES])
 def test_each_threshold_is_respected(signal, field, base, under, over):
-    cfg = AlarmConfig(min_signals=1, patience=1)
+    cfg = dataclasses.replace(RULE, min_signals=1, patience=1)
     assert cfg.threshold(signal) == getattr(cfg, field)
     hist = lambda v: [{signal.value: base}, {signal.value: base}, {signal.value: v}]  # noqa: E731
     assert first_alarm(hist(under), cfg).index is None
@@ -275,7 +280,7 @@ def test_each_threshold_is_respected(signal, field, base, under, over):
 
 
 def test_alarm_missing_values_and_baselines():
-    cfg = AlarmConfig(min_signals=1, patience=1)
+    cfg = dataclasses.replace(RULE, min_signals=1, patience=1)
     key = Signal.FUSED_DISAGREEMENT.value
     # Absent (R2M off), None or NaN never trip; the baseline is the first finite value.
     hist = [{}, {key: None}, {key: float("nan")}, {key: 0.3}, {key: 0.38}]
