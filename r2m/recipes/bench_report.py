@@ -171,8 +171,8 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- the runs' own wall times add up to "
             f"{_run_minutes(times):.1f} min over {len(times)} runs (a resumed bench keeps each run's time; divide by "
             f"the workers for the elapsed time)\n- wall time of this invocation: {wall_s / 60:.1f} min (design "
-            f"{outcome.wall_s / 60:.1f} min; runs found finished are not re-run)\n- CPU results are bit-identical only at "
-            f"the same thread count and CPU.\n\n## Reading\n\n{_reading(art, design.name)}\n")
+            f"{outcome.wall_s / 60:.1f} min; runs found finished are not re-run)\n- CPU results are bit-identical "
+            f"only at the same thread count and CPU.\n\n## Reading\n\n{_reading(art, design.name)}\n")
 
 
 def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: str | None = None,

@@ -32,13 +32,16 @@ def ser_tables(results: Sequence[dict]) -> str:
     n_loops = max(len(r["loops"]) for r in results)
     loop_rows = []
     for seed, r in enumerate(results):
-        cells = [f"{lp['pairs']} ({100 * lp['frac']:.0f}%, {lp['status']})" for lp in r["loops"]]
+        cells = [f"{lp['pairs']} ({100 * lp['frac']:.0f}%, {lp['status']}, test {lp['test_acc']:.3f})"
+                 for lp in r["loops"]]
         stop = r.get("stop") or {}
         loop_rows.append([seed, *cells, *["-"] * (n_loops - len(cells)),
-                          f"{stop.get('reason', '?')} at loop {stop.get('loop', '?')}"])
-    loops = format_table(["run", *[f"loop {k}" for k in range(n_loops)], "ended"], loop_rows, markdown=True)
+                          f"{stop.get('reason', '?')} at loop {stop.get('loop', '?')}", r["table"]["rows"][1][0]])
+    loops = format_table(["run", *[f"loop {k}" for k in range(n_loops)], "ended", "kept"], loop_rows,
+                         markdown=True)
     status2 = sum(any(lp["status"] == "status2" for lp in r["loops"]) for r in results)
     equal = "/".join("?" if r.get("test_n_equal_len") is None else str(r["test_n_equal_len"]) for r in results)
-    return (main + "\n\nPairs trained per loop (share of the RM data, learning status):\n\n" + loops
+    return (main + "\n\nPairs trained per loop (share of the RM data, learning status, test accuracy), how the loop "
+            "ended and the loop kept (`ser.keep`):\n\n" + loops
             + f"\n\nStatus 2 reached in {status2} of {len(results)} runs. Test pairs of equal length, per run: "
             + f"{equal}.")
