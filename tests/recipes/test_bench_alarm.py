@@ -74,6 +74,10 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     assert set(doc["baselines"]["fixed_kl_lowo"]["budgets"]) == {"noisy", "blind"}
     assert doc["baselines"]["fixed_kl_lowo"]["mean_recovered"] == 1.0 and doc["beats_fixed_kl"] is False
     assert doc["target_met"] is False and doc["baselines"]["fixed_step"]["step"] == 30
+    # The headline alarm is tuned per held-out world on the other worlds' runs, as the fixed-KL stop is.
+    assert doc["headline_rule"] == "combined_lowo" and set(doc["combined_lowo"]["thresholds"]) == {"noisy", "blind"}
+    assert doc["recovered_90pct_share"] == doc["combined_lowo"]["held_out"]["recovered_90pct_share"]
+    assert doc["combined_lowo"]["held_out"]["runs"] == 3 and "tuned_on_all_runs" in doc
     assert doc["excluded"] == {k: len(v) for k, v in runs.excluded.items()}
     assert "## Over-optimisation alarm: validation on held-out runs" in text and "NOT met" in text
     assert "token_js alone" in text and "fixed KL (leave one world out)" in text
