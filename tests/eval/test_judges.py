@@ -96,8 +96,14 @@ class FakeServer:
                     server.models.add(body.get("model", ""))
                     failure = server.failures.pop(0) if server.failures else None
                     delay = server.delays.pop(0) if server.delays else server.delay
+                counted = True
                 try:
                     time.sleep(delay)
+                    # Leave the in-flight count before replying: once the reply is written the client may send
+                    # its next request, and counting this one until after the write would see one too many.
+                    with server.lock:
+                        server.in_flight -= 1
+                    counted = False
                     if failure is not None:
                         # Echo the request's auth header: the client must redact it from its errors.
                         self._send(failure, {"error": f"boom; you sent {self.headers.get('Authorization')}"},
@@ -109,8 +115,9 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    if counted:
+                        with server.lock:
+                            server.in_flight -= 1
 
             def _send(self, code: int, payload: dict, headers: Optional[dict] = None) -> None:
                 data = json.dumps(payload).encode()
