@@ -17,6 +17,7 @@ Resumable like the bench (each run's bench14.json).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -32,9 +33,14 @@ def _fusion_share(run_dir: Path) -> float:
     return statistics.fmean(rows[-10:]) if rows else float("nan")
 
 
+@functools.lru_cache(maxsize=None)
+def _trajectory(run_dir: Path):
+    """A run's evaluation points, read once (every budget, and every arm paired with the same vanilla run)."""
+    return eval_trajectory(json.loads((run_dir / RESULT_FILE).read_text())["evals"])
+
+
 def _gold(root: Path, spec, budget: float):
-    evals = json.loads((root / spec.name / RESULT_FILE).read_text())["evals"]
-    return gold_at_kl(eval_trajectory(evals), budget).gold
+    return gold_at_kl(_trajectory(root / spec.name), budget).gold
 
 
 def main() -> None:

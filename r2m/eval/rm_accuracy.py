@@ -55,14 +55,13 @@ def accuracy_from_scores(s_chosen: torch.Tensor, s_rejected: torch.Tensor, rows:
         distinct = g_c != g_r
         if distinct.any():
             # Orient each pair by gold, then ask whether the RM agrees.
-            agree = torch.where(g_c > g_r, pairwise_wins(s_chosen, s_rejected), pairwise_wins(s_rejected, s_chosen))
+            agree = torch.where(g_c > g_r, wins, pairwise_wins(s_rejected, s_chosen))
             gold_acc = agree[distinct].mean().item()
     equal = equal_length_mask(rows)
-    if equal is None:
-        return RMAccuracy(accuracy=acc, gold_accuracy=gold_acc, n=len(rows))
-    return RMAccuracy(accuracy=acc, gold_accuracy=gold_acc, n=len(rows),
-                      equal_length_accuracy=_subset_mean(wins, equal),
-                      unequal_length_accuracy=_subset_mean(wins, ~equal), n_equal_length=int(equal.sum()))
+    split = {} if equal is None else {"equal_length_accuracy": _subset_mean(wins, equal),
+                                      "unequal_length_accuracy": _subset_mean(wins, ~equal),
+                                      "n_equal_length": int(equal.sum())}
+    return RMAccuracy(accuracy=acc, gold_accuracy=gold_acc, n=len(rows), **split)
 
 
 @torch.no_grad()

@@ -92,10 +92,10 @@ def _times_table(times: Sequence[RunTime]) -> str:
 
 def _ser_section(design: BenchDesign, root: str) -> str:
     """SER Table 1 per world and SER mode (issue 14 item 6), from the SER runs' result files."""
-    parts = []
+    parts, runs = [], ser_runs(design)
     for w in design.ser_worlds:
         for mode in design.ser_modes:
-            specs = [s for s in ser_runs(design) if s.world == w and s.algorithm == mode.name]
+            specs = [s for s in runs if s.world == w and s.algorithm == mode.name]
             saved = [read_json_or_none(Path(root) / s.name / RESULT_FILE) for s in specs]
             how = ", ".join(f"`{o}`" for o in mode.overrides) or "the defaults"
             parts.append(f"### World `{w}`, {mode.name} ({how}; {len(saved)} seeds)\n\n" + ser_tables(saved))

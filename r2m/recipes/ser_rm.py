@@ -158,8 +158,6 @@ def length_split_metrics(test: RMAccuracy) -> dict[str, float]:
             "ser/test_n_equal_len": test.n_equal_length}
 
 
-
-
 def load_rm(cfg: Config, path: Path):
     tok = load_tokenizer(str(path), cfg.reward.trust_remote_code)
     model = load_reward_model(str(path), cfg.reward.dtype, cfg.reward.trust_remote_code, tok.pad_token_id,
