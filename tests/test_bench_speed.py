@@ -80,5 +80,8 @@ def test_bench_speed_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert result["p4"]["response_length"]["tokens_x2"] == 12
     assert {"generate", "update"} <= set(result["p4"]["phases"]["prompts_x2"])
     assert result["p4"]["peak_rss_mb"]["base"] > 0
+    # the control: base and prompts x K doubled again under glibc's default allocator
+    assert result["p4"]["ratio_prompts_x2_system_malloc"] > 0 and result["environment"]["malloc"] == "heap"
+    assert result["p4"]["response_length"]["prompts_x2_system_malloc"] == 6
     assert BEGIN in (tmp_path / "README.md").read_text()
     assert "r2m / TRL" in capsys.readouterr().out

@@ -145,6 +145,19 @@ class OptimizerImpl(str, enum.Enum):
                 OptimizerImpl.FUSED: {"fused": True}}[self]
 
 
+class Malloc(str, enum.Enum):
+    """How glibc's malloc serves this process's tensors (``run.malloc``; Linux with glibc only)."""
+
+    HEAP = "heap"
+    """Every allocation from the heap, freed memory kept for reuse (``mallopt``: ``M_MMAP_MAX=0``,
+    ``M_TRIM_THRESHOLD`` at its maximum). Under glibc's defaults a block over the mmap threshold (32 MiB at
+    most) is a fresh mapping whose pages fault in, zero-filled, at its first touch, on every allocation: a
+    forward+backward at 256 x 72 tokens of a 512-wide Llama ran 1.7x slower per sequence than at 128 x 72,
+    and an RL step at twice the prompts 2.9x slower (issue 18's P4). The process's RSS then stays at its peak."""
+    SYSTEM = "system"
+    """glibc's defaults (r2m's behaviour before issue 18)."""
+
+
 class RewardBaseline(str, enum.Enum):
     """Reward-model baselines of the R2M paper (Table 2), as alternatives to R2M."""
 

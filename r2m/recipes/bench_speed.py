@@ -9,7 +9,8 @@ Each arm (a framework at a size) runs in its own spawned process (its peak RSS i
 warm-up step and ``steps`` timed steps; arms alternate in ``rounds`` (the order flips every round), so
 drift in the machine's load falls on both. Reported per arm: median/min/max seconds per step, peak RSS,
 r2m's per-phase split; per size: the FLOP floor (the step's GEMM FLOPs at a measured fp32 GEMM rate).
-P4: r2m's step time at size B as prompts x K doubles and as the response length doubles (linear: 2.0).
+P4: r2m's step time at size B as prompts x K doubles and as the response length doubles (linear: 2.0), with
+the control of glibc's default allocator (``run.malloc=system``), under which it was not linear.
 R2M's overhead: RLOO+R2M over RLOO, step time and peak RSS, at A and B.
 """
 
@@ -30,7 +31,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from r2m.config import ArchConfig, Config, OldLogprobs, replace_path
+from r2m.config import ArchConfig, Config, Malloc, OldLogprobs, replace_path
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm, save_model
 from r2m.recipes.pipeline import resolve_inputs
@@ -38,7 +39,7 @@ from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
 from r2m.recipes.old_logprobs_agreement import agreement
 from r2m.reports.speed import format_speed, write_readme_section
-from r2m.updates.supervised import set_threads
+from r2m.runtime.host import configure_host
 from r2m.recipes.rl.run import RLRun
 from r2m.fileio import atomic_write_text
 from r2m.utils import quiet_transformers
@@ -287,19 +288,28 @@ def floor_multiple(arm: Optional[dict], fl: dict) -> Optional[float]:
     return arm["median_s"] / fl["step_s"] if arm is not None else None
 
 
-def p4(cfg: Config, spec: SpeedSpec, root: Path) -> dict:
-    """P4 at size B (r2m only): step time as prompts x K doubles and as the response length doubles."""
-    one = replace(spec, rounds=1, steps=spec.p4_steps)
+def p4_cases(cfg: Config, spec: SpeedSpec, root: Path) -> dict[str, Config]:
+    """P4's configurations at size B: the base, prompts x K doubled, the response length doubled."""
     base = size_b_cfg(cfg, spec, root)
-    cases = {"base": base, "prompts_x2": replace_path(base, rl__prompts_per_step=2 * spec.prompts),
-             "tokens_x2": size_b_cfg(cfg, spec, root, tokens=2 * spec.b_tokens)}
+    return {"base": base, "prompts_x2": replace_path(base, rl__prompts_per_step=2 * spec.prompts),
+            "tokens_x2": size_b_cfg(cfg, spec, root, tokens=2 * spec.b_tokens)}
+
+
+def p4(cfg: Config, spec: SpeedSpec, root: Path) -> dict:
+    """P4 at size B (r2m only): step time as prompts x K doubles and as the response length doubles.
+
+    The control ``system_malloc``: base and prompts x K doubled under ``run.malloc=system`` (glibc's
+    defaults, r2m before issue 18), which read 2.9x; the instrument must see that non-linearity."""
+    cases = p4_cases(cfg, spec, root)
+    control = {f"{name}_system_malloc": replace_path(cases[name], run__malloc=Malloc.SYSTEM)
+               for name in ("base", "prompts_x2")}
     out = {name: summarize([in_child(spec.spawn, r2m_arm, replace_path(c, run__name=f"{cfg.run.name}-p4-{name}"),
-                                     one.steps)]) for name, c in cases.items()}
+                                     spec.p4_steps)]) for name, c in {**cases, **control}.items()}
     return {"step_s": {n: o["median_s"] for n, o in out.items()},
             "ratio_prompts_x2": _ratio(out["prompts_x2"], out["base"]),
             "ratio_tokens_x2": _ratio(out["tokens_x2"], out["base"]),
+            "ratio_prompts_x2_system_malloc": _ratio(out["prompts_x2_system_malloc"], out["base_system_malloc"]),
             "response_length": {n: o["response_length"] for n, o in out.items()},
-            # where a non-linear step goes (the first measurement read 2.9x and 3.1x, unexplained)
             "phases": {n: o.get("phases") for n, o in out.items()},
             "peak_rss_mb": {n: o["peak_rss_mb"] for n, o in out.items()}}
 
@@ -315,8 +325,9 @@ def _load() -> Optional[float]:
         return None
 
 
-def _environment(gflops: float, spec: SpeedSpec) -> dict:
+def _environment(gflops: float, spec: SpeedSpec, cfg: Config) -> dict:
     return {"gemm_gflops": gflops, "gemm_n": spec.gemm_n, "threads": torch.get_num_threads(),
+            "malloc": cfg.run.malloc.value,
             "torch": torch.__version__, "trl": trl_version(), "cpu_count": os.cpu_count(),
             "machine": platform.platform(), "python": platform.python_version()}
 
@@ -326,7 +337,7 @@ def bench_speed(cfg: Config, preset: str, out: str) -> dict:
     if preset not in PRESETS:
         raise ConfigError(f"bench speed --preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     spec = PRESETS[preset]
-    set_threads(cfg)  # the GEMM rate at the arms' thread count (each arm applies run.threads itself)
+    configure_host(cfg.run)  # the GEMM rate at the arms' host settings (each arm applies them itself)
     load_start = _load()
     root = Path(cfg.run.root) / "bench-speed"
     a_cfg = work_cfg(cfg, spec, "speed")
@@ -349,7 +360,7 @@ def bench_speed(cfg: Config, preset: str, out: str) -> dict:
         "old_logprobs_agreement": {"A": agreement(replace_path(a_cfg, reward__r2m__enabled=True)),
                                    "B": agreement(replace_path(b_cfg, reward__r2m__enabled=True))},
         "sizes": sizes, "floor": floors, "preset": preset, "spec": dataclasses.asdict(spec),
-        "environment": _environment(gflops, spec), "load_avg": {"start": load_start, "end": _load()},
+        "environment": _environment(gflops, spec, cfg), "load_avg": {"start": load_start, "end": _load()},
     }
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     write_readme_section(Path(out).parent / "README.md", result, out)

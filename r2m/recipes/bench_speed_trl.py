@@ -24,7 +24,7 @@ from r2m.config import Config
 from r2m.models.loading import load_policy, load_reward_model, load_tokenizer
 from r2m.recipes.pipeline import read_rows, resolve_inputs
 from r2m.runtime.profiling import lifetime_peak_rss_mb
-from r2m.updates.supervised import set_threads
+from r2m.runtime.host import configure_host
 
 
 def trl_available() -> bool:
@@ -85,7 +85,7 @@ def trl_arm(cfg: Config, spec, steps: int) -> dict:
     from transformers.trainer_callback import PrinterCallback  # heavy: lazy (with TRL)
     from trl import RLOOTrainer  # heavy: lazy
 
-    set_threads(cfg)  # run.threads, as r2m's RLRun applies it: both frameworks at one thread count
+    configure_host(cfg.run)  # run.threads and run.malloc, as r2m applies them: both frameworks under one host setting
     inputs = resolve_inputs(cfg)
     tok = load_tokenizer(inputs.policy, cfg.policy.trust_remote_code)
     rm_tok = load_tokenizer(inputs.reward_model, cfg.reward.trust_remote_code)

@@ -96,7 +96,7 @@ from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
 )
 from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlog import RunDir
-from r2m.updates.supervised import make_accelerator, set_threads
+from r2m.updates.supervised import make_accelerator
 
 log = logging.getLogger("r2m")
 
@@ -170,7 +170,6 @@ class SERRun:
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.hooks = Hooks(callbacks)
-        set_threads(cfg)
         self.run_dir = Path(cfg.run.root) / cfg.run.name
         paths = data_paths(cfg, ser_needs(cfg))
         self.splits = make_splits(read_rows(cfg, "pref_train", paths["pref_train"]), cfg.ser, cfg.run.seed)

@@ -42,7 +42,7 @@ def format_speed(result: dict) -> str:
     r, g = result["ratio_vs_trl"], result["ratio_vs_trl_generation"]
     lines = [
         f"preset {result['preset']}; {env['threads']} threads; fp32 GEMM {_f(env['gemm_gflops'], 1)} GFLOP/s "
-        f"({env['gemm_n']}²); torch {env['torch']}, trl {env['trl'] or 'not installed'}; load average "
+        f"({env['gemm_n']}²); run.malloc {env.get('malloc', 'system')}; torch {env['torch']}, trl {env['trl'] or 'not installed'}; load average "
         f"{_f(result['load_avg']['start'], 2)} -> {_f(result['load_avg']['end'], 2)}", "",
         *_arm_rows(result), "",
         f"- r2m / TRL (median s/step): A {_f(r['A'])}, B {_f(r['B'])}; with rl.old_logprobs=generation: "
@@ -53,7 +53,8 @@ def format_speed(result: dict) -> str:
         f"- R2M / RLOO step time: A {_f(result['r2m_overhead_A'])}, B {_f(result['r2m_overhead_B'])}; peak RSS: "
         f"A {_f(result['r2m_memory_ratio']['A'])}, B {_f(result['r2m_memory_ratio']['B'])}",
         f"- P4 (size B, r2m): prompts x K doubled {_f(p4['ratio_prompts_x2'], 2)}x, response length doubled "
-        f"{_f(p4['ratio_tokens_x2'], 2)}x the step time (linear: 2.00)", "",
+        f"{_f(p4['ratio_tokens_x2'], 2)}x the step time (linear: 2.00); control, prompts x K doubled under "
+        f"run.malloc=system (glibc's defaults): {_f(p4.get('ratio_prompts_x2_system_malloc'), 2)}x", "",
         *_phase_rows(result, "B"), "", *_phase_rows(result, "A"),
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from r2m.config import Config, LRSchedule
 from r2m.errors import ConfigError
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
 from r2m.runtime.distributed import Dist
+from r2m.runtime.host import configure_host
 from r2m.runtime.safeio import load_safetensors as load_file
 from r2m.fileio import atomic_dir
 
@@ -53,6 +54,7 @@ def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    configure_host(cfg.run)  # run.threads and run.malloc: every training job builds its accelerator first
     # "auto" without CUDA is CPU; saying so also lets a CPU launch with N processes run as MULTI_CPU (gloo).
     cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
     kwargs = dict(
@@ -101,11 +103,6 @@ def progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
-
-
-def set_threads(cfg: Config) -> None:
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
 
 
 # ---------------------------------------------------------------------------------------------

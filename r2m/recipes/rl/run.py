@@ -41,7 +41,7 @@ from r2m.recipes.alarm import AlarmWatch
 from r2m.recipes.pipeline import read_rows, resolve_inputs
 from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
 from r2m.updates.r2m import R2MUpdater
-from r2m.updates.supervised import make_accelerator, make_lr_scheduler, progress, set_threads
+from r2m.updates.supervised import make_accelerator, make_lr_scheduler, progress
 from r2m.utils import StopSignal, seed_everything, torch_dtype
 
 from r2m.recipes.rl.checkpoints import CheckpointMixin
@@ -73,7 +73,6 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
 
         self.t_start = time.perf_counter()
         self.cfg = cfg
-        set_threads(cfg)
         check_generator(cfg)  # rl.generator=vllm without vllm or CUDA: fail before building anything
         run_dir = Path(cfg.run.root) / cfg.run.name
         self.acc = make_accelerator(cfg, project_dir=str(run_dir))
