@@ -15,7 +15,7 @@ from typing import Optional
 from r2m.errors import ConfigError
 
 THRESHOLDS = ("check_disagreement_rise", "proxy_gain_per_kl_ratio", "length_rel_change", "token_js",
-              "hidden_drift", "hidden_separation_rise", "fused_disagreement_rise")
+              "hidden_drift", "hidden_separation_rise", "fused_disagreement_rise", "kl")
 """The threshold fields (one per signal of r2m.core.monitor.Signal); the rest of AlarmConfig is ALARM_RULE."""
 ALARM_RULE = ("min_signals", "patience", "warmup")
 
@@ -52,6 +52,9 @@ class MonitorConfig:
     fused_disagreement_rise: Optional[float] = None
     """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline (off by default:
     the tuning never used it, and alone it recovered >= 90% in 6% of the held-out runs)."""
+    kl: Optional[float] = None
+    """Trip when the policy's KL from the reference on the evaluation prompts (eval/kl, nats) reaches this: a
+    fixed KL budget as one of the signals (off by default)."""
     min_signals: int = 2
     """How many signals must trip at one evaluation."""
     patience: int = 1

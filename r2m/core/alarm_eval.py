@@ -50,6 +50,7 @@ THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
     Signal.HIDDEN_DRIFT: (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2),
     Signal.HIDDEN_SEPARATION: (0.002, 0.005, 0.01, 0.02, 0.05),
     Signal.FUSED_DISAGREEMENT: (0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+    Signal.KL: (*(round(0.01 * i, 2) for i in range(1, 13)), 0.15, 0.2),  # every 0.01 nats to 0.12
 }
 """Per signal, the thresholds the tuning tries (spanning the values logged in the paper bench's `length` runs
 of 100 steps, from the first evaluations to well past the gold peak)."""
@@ -57,7 +58,7 @@ PATIENCE_GRID = (1, 2, 3)
 MIN_SIGNALS_GRID = (1, 2, 3)
 TUNING_START = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3,
                            token_js=0.1, hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1,
-                           min_signals=2, patience=2, warmup=1)
+                           kl=None, min_signals=2, patience=2, warmup=1)
 """The coordinate ascent's first start: the monitor's placeholder thresholds from before the validation, fixed
 here so that the tuning does not depend on the shipped defaults (which come from it, docs/MONITOR.md)."""
 
@@ -297,22 +298,23 @@ def tune_signal(runs: Sequence[RunSeries], signal: Signal) -> AlarmConfig:
     return _best(grid, runs, _alarm)
 
 
-def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int) -> AlarmConfig:
-    """Coordinate ascent on the thresholds: each signal in turn tries its current value, off, then its grid."""
+def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int, signals: Sequence[Signal]) -> AlarmConfig:
+    """Coordinate ascent on the thresholds: each of ``signals`` in turn tries its current value, off, then its grid."""
     for _ in range(sweeps):
-        for sig in Signal:
+        for sig in signals:
             options = [replace(cfg, **{_FIELDS[sig]: t}) for t in (cfg.threshold(sig), None, *THRESHOLD_GRID[sig])]
             cfg = _best(options, runs, _alarm)
     return cfg
 
 
 def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (TUNING_START,),
-               also: Sequence[AlarmConfig] = (), sweeps: int = 2) -> AlarmConfig:
+               also: Sequence[AlarmConfig] = (), sweeps: int = 2,
+               signals: Sequence[Signal] = tuple(Signal)) -> AlarmConfig:
     """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
-    the thresholds (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's
-    own tuned rule, so that the combined rule is never worse than one signal on the tuning runs). A full grid
-    (about 8^7 threshold sets) would cost hours; this costs about 1,000 replays per start."""
-    finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps)
+    the thresholds of ``signals`` (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g.
+    each signal's own tuned rule, so that the combined rule is never worse than one signal on the tuning runs).
+    A full grid (about 8^8 threshold sets) would cost hours; this costs about 1,000 replays per start."""
+    finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps, signals)
                  for start in starts for m in MIN_SIGNALS_GRID for p in PATIENCE_GRID]
     return _best([*finalists, *also], runs, _alarm)
 
@@ -327,19 +329,25 @@ class TunedRules(NamedTuple):
     single signal a finalist)."""
 
 
-def tune_rules(runs: Sequence[RunSeries]) -> TunedRules:
-    """:class:`TunedRules` on ``runs``; with no run, each signal at its grid's first threshold and the start."""
+def tune_rules(runs: Sequence[RunSeries], signals: Sequence[Signal] = tuple(Signal)) -> TunedRules:
+    """:class:`TunedRules` on ``runs`` over ``signals`` (the others stay off in the combined rule); with no run,
+    each signal at its grid's first threshold and the start."""
     if not runs:
-        return TunedRules({s: only(s, THRESHOLD_GRID[s][0], 1) for s in Signal}, TUNING_START)
-    singles = {s: tune_signal(runs, s) for s in Signal}
+        return TunedRules({s: only(s, THRESHOLD_GRID[s][0], 1) for s in signals}, TUNING_START)
+    singles = {s: tune_signal(runs, s) for s in signals}
     starts = (TUNING_START, best_rule(runs, list(singles.values())))
-    return TunedRules(singles, tune_alarm(runs, starts, list(singles.values())))
+    return TunedRules(singles, tune_alarm(runs, starts, list(singles.values()), signals=signals))
 
 
-def tune_lowo(runs: Sequence[RunSeries], worlds: Sequence[str]) -> dict[str, AlarmConfig]:
-    """Per world, the combined rule tuned on the runs of every OTHER world (leave one world out, the protocol of
-    :func:`lowo_kl_budgets`)."""
-    return {w: tune_rules([r for r in runs if r.world != w]).combined for w in worlds}
+WITHOUT_KL = tuple(s for s in Signal if s is not Signal.KL)
+"""The label-free signals other than the KL budget (the combined rule before the KL signal joined it)."""
+
+
+def tune_lowo(runs: Sequence[RunSeries], worlds: Sequence[str],
+              signals: Sequence[Signal] = tuple(Signal)) -> dict[str, AlarmConfig]:
+    """Per world, the combined rule over ``signals`` tuned on the runs of every OTHER world (leave one world out,
+    the protocol of :func:`lowo_kl_budgets`)."""
+    return {w: tune_rules([r for r in runs if r.world != w], signals).combined for w in worlds}
 
 
 def thresholds(config: AlarmConfig) -> dict[str, object]:

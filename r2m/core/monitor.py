@@ -301,6 +301,9 @@ class Signal(str, enum.Enum):
     HIDDEN_DRIFT = "monitor/hidden_drift"
     HIDDEN_SEPARATION = "monitor/hidden_separation"
     FUSED_DISAGREEMENT = "monitor/fused_disagreement"
+    KL = "eval/kl"
+    """The policy's KL from the reference on the evaluation prompts: a fixed KL budget as one signal among the
+    others (logged by every evaluation, not by the monitor)."""
 
 
 class Rule(str, enum.Enum):
@@ -324,6 +327,7 @@ SIGNAL_RULES: dict[Signal, Rule] = {
     Signal.HIDDEN_DRIFT: Rule.ABOVE,
     Signal.HIDDEN_SEPARATION: Rule.RISE,
     Signal.FUSED_DISAGREEMENT: Rule.RISE,
+    Signal.KL: Rule.ABOVE,
 }
 
 
@@ -346,6 +350,8 @@ class AlarmConfig:
     """Trip when the 2-cluster separation (within - cross similarity) rises this much above its baseline."""
     fused_disagreement_rise: Optional[float] = _SHIPPED.fused_disagreement_rise
     """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline."""
+    kl: Optional[float] = _SHIPPED.kl
+    """Trip when the policy's KL from the reference on the evaluation prompts (eval/kl, nats) reaches this."""
     min_signals: int = _SHIPPED.min_signals
     """How many signals must trip at one evaluation."""
     patience: int = _SHIPPED.patience
@@ -380,6 +386,7 @@ _FIELDS: dict[Signal, str] = {
     Signal.HIDDEN_DRIFT: "hidden_drift",
     Signal.HIDDEN_SEPARATION: "hidden_separation_rise",
     Signal.FUSED_DISAGREEMENT: "fused_disagreement_rise",
+    Signal.KL: "kl",
 }
 SIGNAL_FIELDS: Mapping[Signal, str] = _FIELDS
 """Each signal's threshold field of :class:`AlarmConfig` (read-only view for the alarm's validation)."""

@@ -106,6 +106,9 @@ class Validation:
     """Per held-out world, the combined rule tuned on every run of the other worlds."""
     lowo_rule: Rule
     """The headline: the alarm under the fixed-KL baseline's own protocol (leave one world out)."""
+    lowo_without_kl: dict[str, AlarmConfig]
+    lowo_without_kl_rule: Rule
+    """The same without the KL signal: what the drift signals do on their own (the headline before it joined)."""
     default_rule: Rule
     """rl.monitor's shipped defaults (tuned on every run of an earlier bench: in sample, for reference)."""
     signal_rules: dict[Signal, Rule]
@@ -121,7 +124,8 @@ class Validation:
 
     @property
     def alarm_rules(self) -> list[Rule]:
-        return [self.lowo_rule, self.combined_rule, self.default_rule, *self.signal_rules.values()]
+        return [self.lowo_rule, self.lowo_without_kl_rule, self.combined_rule, self.default_rule,
+                *self.signal_rules.values()]
 
     @property
     def rules(self) -> list[Rule]:
@@ -139,12 +143,14 @@ def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Ru
     return Rule(name, _setting(cfg), ae.evaluate(held, lambda rows: ae.alarm_selection(rows, cfg)))
 
 
-def _lowo_rule(runs: Runs) -> tuple[Rule, dict[str, AlarmConfig]]:
-    """The combined rule, tuned per held-out world on the other worlds' runs, scored on that world's held-out runs."""
-    configs = ae.tune_lowo([*runs.tune, *runs.held_out], sorted({r.world for r in runs.held_out}))
+def _lowo_rule(runs: Runs, signals: Sequence[Signal] = tuple(Signal),
+               name: str = "alarm, combined (leave one world out)") -> tuple[Rule, dict[str, AlarmConfig]]:
+    """The combined rule over ``signals``, tuned per held-out world on the other worlds' runs, scored on that
+    world's held-out runs."""
+    configs = ae.tune_lowo([*runs.tune, *runs.held_out], sorted({r.world for r in runs.held_out}), signals)
     outs = [ae.score(r, ae.alarm_selection(r.rows, configs[r.world])) for r in runs.held_out]
     words = "; ".join(f"{w}: {_setting(c)}" for w, c in configs.items())
-    return Rule("alarm, combined (leave one world out)", words or "none", outs), configs
+    return Rule(name, words or "none", outs), configs
 
 
 def _kl_rule(runs: Runs) -> tuple[Rule, dict[str, Optional[float]]]:
@@ -162,6 +168,7 @@ def validate(runs: Runs) -> Validation:
     signal_rules = {s: _alarm_rule(f"{s.value.split('/')[-1]} alone", c, runs.held_out)
                     for s, c in tuned.signals.items()}
     lowo_rule, lowo = _lowo_rule(runs)
+    no_kl_rule, no_kl = _lowo_rule(runs, ae.WITHOUT_KL, "alarm, combined without kl (leave one world out)")
     kl, budgets = _kl_rule(runs)
     step = ae.tune_stop(runs.tune, ae.step_candidates(runs.tune), ae.step_stop)
     step_outs = [] if step is None else ae.evaluate(runs.held_out, lambda rows: ae.step_stop(rows, step))
@@ -171,7 +178,7 @@ def validate(runs: Runs) -> Validation:
     defaults = _alarm_rule("alarm, rl.monitor defaults (in sample on the paper bench)", AlarmConfig(), runs.held_out)
     return Validation(runs, combined, _alarm_rule(f"alarm, combined (tuned on `{TUNE_WORLD}`)", combined,
                                                   runs.held_out),
-                      lowo, lowo_rule, defaults,
+                      lowo, lowo_rule, no_kl, no_kl_rule, defaults,
                       signal_rules, kl, step_rule, tuned.signals, budgets, step,
                       ae.summarize(ae.evaluate(runs.tune, lambda rows: ae.alarm_selection(rows, combined))),
                       ae.tune_rules([*runs.tune, *runs.held_out]).combined)
@@ -224,6 +231,9 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
         "headline_rule": "combined_lowo",
         "combined_lowo": {"thresholds": {w: ae.thresholds(c) for w, c in v.lowo.items()},
                           "held_out": v.lowo_rule.summary.as_dict(), "per_world": _per_world(v.lowo_rule.outcomes)},
+        "combined_lowo_without_kl": {"thresholds": {w: ae.thresholds(c) for w, c in v.lowo_without_kl.items()},
+                                     "held_out": v.lowo_without_kl_rule.summary.as_dict(),
+                                     "per_world": _per_world(v.lowo_without_kl_rule.outcomes)},
         "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict(),
                      "tuning_runs_in_sample": v.combined_in_sample.as_dict()},
         "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.default_rule.summary.as_dict()},

@@ -90,6 +90,15 @@ def test_kl_and_step_stops():
     assert ae.step_stop(run.rows, 40) == ae.Selection(4, None)
 
 
+def test_the_kl_signal_alone_is_the_fixed_kl_stop():
+    """Signal.KL reads eval/kl; alone (warmup 1, patience 1) it keeps what kl_stop keeps, at budgets between the
+    logged values (the signal trips at >= its threshold, the stop at > its budget)."""
+    run = _run([0.5, 0.6, 0.7, 0.65, 0.6], kl=[0.0, 0.013, 0.031, 0.062, 0.097])
+    for budget in (0.005, 0.02, 0.05, 0.08, 0.5):
+        assert ae.alarm_selection(run.rows, ae.only(Signal.KL, budget, 1)) == ae.kl_stop(run.rows, budget)
+    assert ae.alarm_selection(run.rows, ae.only(Signal.KL, 0.05, 1)) == ae.Selection(2, 3)
+
+
 KLS = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12]
 
 

@@ -205,8 +205,8 @@ def test_two_means_on_identical_rows_is_one_cluster():
 # --- the alarm rule ------------------------------------------------------------------------------------
 
 RULE = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3, token_js=0.1,
-                   hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1, min_signals=2,
-                   patience=2, warmup=1)
+                   hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1, kl=0.07,
+                   min_signals=2, patience=2, warmup=1)
 """The rule these tests work by hand (every signal on; not the shipped defaults, which the validation sets)."""
 
 FLAT = {Signal.CHECK_DISAGREEMENT.value: 0.2, Signal.PROXY_GAIN_PER_KL.value: 1.2,
@@ -263,6 +263,7 @@ THRESHOLD_CASES = [
     (Signal.HIDDEN_DRIFT, "hidden_drift", 0.03, 0.19, 0.21),
     (Signal.HIDDEN_SEPARATION, "hidden_separation_rise", 0.1, 0.14, 0.16),
     (Signal.FUSED_DISAGREEMENT, "fused_disagreement_rise", 0.05, 0.14, 0.16),
+    (Signal.KL, "kl", 0.0, 0.069, 0.071),  # eval/kl, logged by every evaluation
 ]
 
 
