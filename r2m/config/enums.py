@@ -153,7 +153,8 @@ class Malloc(str, enum.Enum):
     ``M_TRIM_THRESHOLD`` at its maximum). Under glibc's defaults a block over the mmap threshold (32 MiB at
     most) is a fresh mapping whose pages fault in, zero-filled, at its first touch, on every allocation: a
     forward+backward at 256 x 72 tokens of a 512-wide Llama ran 1.7x slower per sequence than at 128 x 72,
-    and an RL step at twice the prompts 2.9x slower (issue 18's P4). The process's RSS then stays at its peak."""
+    and an RL step at twice the prompts 2.9x slower (issue 18's P4). The process's RSS then stays at its peak,
+    so a phase's RSS peak includes memory earlier phases freed (``r2m bench``'s cost arms run ``system``)."""
     SYSTEM = "system"
     """glibc's defaults (r2m's behaviour before issue 18)."""
 

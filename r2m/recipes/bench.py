@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from r2m.config import Config, replace_path
+from r2m.config import Config, Malloc, replace_path
 from r2m.fileio import atomic_write_text
 from r2m.core.losses import grebt_terms
 from r2m.recipes.pipeline import resolve_inputs
@@ -180,6 +180,9 @@ def _load_avg() -> float:
 def bench_cost(cfg: Config, steps: int = 12) -> dict:
     """Figure 7 (a) and (b) on ``cfg`` (the world by default)."""
     resolve_inputs(cfg)  # build the world's artifacts once, outside the timed arms
+    # glibc's default allocator returns large freed blocks, so each phase's RSS peak is its own; under
+    # run.malloc=heap a phase's peak would include heap memory earlier phases freed (and kept)
+    cfg = replace_path(cfg, run__malloc=Malloc.SYSTEM)
     load_start = _load_avg()
     vanilla_cfg = replace_path(cfg, reward__r2m__enabled=False, run__name=f"{cfg.run.name}-vanilla")
     r2m_cfg = replace_path(cfg, reward__r2m__enabled=True, run__name=f"{cfg.run.name}-r2m")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import time
 from pathlib import Path
 
@@ -20,11 +21,19 @@ from r2m.utils import PhaseTimer
 MiB = 2**20
 
 
+def _fresh(mb: int) -> mmap.mmap:
+    """``mb`` MiB of fresh pages, touched: new RSS whatever the allocator keeps (run.malloc=heap reuses freed
+    heap memory, so a tensor's pages may already be resident)."""
+    buf = mmap.mmap(-1, mb * MiB)
+    buf.write(b"\x07" * (mb * MiB))
+    return buf
+
+
 def _hold(mb: int, seconds: float) -> None:
-    """Touch ``mb`` MiB for ``seconds``, then free it."""
-    buf = torch.ones(mb * MiB // 4, dtype=torch.float32)
+    """Touch ``mb`` MiB of fresh pages for ``seconds``, then free them."""
+    buf = _fresh(mb)
     time.sleep(seconds)
-    del buf
+    buf.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,9 +77,9 @@ def test_boundary_only_sampling_and_rss_readers() -> None:
     assert lifetime_peak_rss_mb() >= read() / MiB - 1
     with PhaseProfiler(interval_s=0) as prof:  # no thread: start and end of each phase only
         with prof("kept"):
-            buf = torch.ones(48 * MiB // 4)  # still alive at the phase end
+            buf = _fresh(48)  # still alive at the phase end
         mem = prof.pop_memory()
-        del buf
+        buf.close()
     assert prof.sampler._thread is None and mem["kept"]["rss_growth_mb"] > 32
 
 
