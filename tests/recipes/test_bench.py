@@ -227,11 +227,11 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert text.index("## Frontier plots") < text.index("## Over-optimisation alarm: validation") < \
         text.index("## SER Table 1")
     for part in ("### Every rule on the held-out runs", "fixed KL (leave one world out)", "token_js alone",
-                 "### Where the target is missed"):
+                 "kl alone", "alarm, combined without kl (leave one world out)", "### Where the target is missed"):
         assert part in text, part
     alarm = json.loads((tmp_path / "alarm.json").read_text())
     assert {"held_out_runs", "recovered_90pct_share", "beats_fixed_kl", "per_signal", "combined", "split",
-            "baselines", "excluded", "time_monitor_median_s"} <= set(alarm)
+            "baselines", "excluded", "time_monitor_median_s", "combined_lowo_without_kl"} <= set(alarm)
     # Held out: the other worlds' rows and none of `length` (its seeds 0-1 tune); the gold arm left out, counted.
     n_other = sum(s.world != "length" for s in design_runs(SMOKE))
     assert alarm["held_out_runs"] == n_other and alarm["excluded"]["gold arm (the proxy is gold)"] == 2
