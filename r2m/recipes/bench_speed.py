@@ -319,10 +319,6 @@ def p4(cfg: Config, spec: SpeedSpec, root: Path) -> dict:
             "peak_rss_mb": {n: o["peak_rss_mb"] for n, o in out.items()}}
 
 
-def replace(spec: SpeedSpec, **kw) -> SpeedSpec:
-    return dataclasses.replace(spec, **kw)
-
-
 def _load() -> Optional[float]:
     try:
         return os.getloadavg()[0]
