@@ -57,8 +57,8 @@ def set_malloc(mode: Malloc) -> bool:
         settings = ((M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 1024))
     ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
     if not ok:
-        log.warning("run.malloc=%s: glibc's mallopt refused a setting; the allocator is left as it was",
-                    mode.value)
+        log.warning("run.malloc=%s: glibc's mallopt refused a setting; the allocator may be left as it was, or "
+                    "half set", mode.value)
     return ok
 
 
@@ -66,7 +66,8 @@ _applied: Optional[Malloc] = None
 
 
 def configure_host(run: RunConfig) -> None:
-    """``run.threads`` (0 keeps torch's) and ``run.malloc`` for this process; each call re-applies them."""
+    """``run.threads`` (0 keeps torch's; set at every call) and ``run.malloc`` (set when it differs from the
+    last one this process applied) for this process."""
     global _applied
     if run.threads:
         torch.set_num_threads(run.threads)
