@@ -326,8 +326,9 @@ def _load() -> Optional[float]:
         return None
 
 
-def _environment(gflops: dict[str, float], spec: SpeedSpec, cfg: Config) -> dict:
-    return {"gemm_gflops": max(gflops.values()), "gemm_gflops_at": gflops, "gemm_n": spec.gemm_n,
+def _environment(gemm: dict[str, float], spec: SpeedSpec, cfg: Config) -> dict:
+    """``gemm``: the GEMM rates measured (GFLOP/s, by when); the floor used their best."""
+    return {"gemm_gflops": max(gemm.values()), "gemm_gflops_at": gemm, "gemm_n": spec.gemm_n,
             "threads": torch.get_num_threads(),
             "malloc": cfg.run.malloc.value,
             "torch": torch.__version__, "trl": trl_version(), "cpu_count": os.cpu_count(),

@@ -28,6 +28,8 @@ log = logging.getLogger("r2m")
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 INT_MAX = 2**31 - 1  # mallopt takes an int: free heap top beyond 2 GiB still goes back to the OS
+GLIBC_MMAP_MAX = 65536  # glibc's defaults (malloc.c: DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD)
+GLIBC_TRIM_THRESHOLD = 128 * 1024
 
 
 @lru_cache(maxsize=1)
@@ -54,7 +56,7 @@ def set_malloc(mode: Malloc) -> bool:
     if mode == Malloc.HEAP:
         settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, INT_MAX))
     else:
-        settings = ((M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 1024))
+        settings = ((M_MMAP_MAX, GLIBC_MMAP_MAX), (M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD))
     ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
     if not ok:
         log.warning("run.malloc=%s: glibc's mallopt refused a setting; the allocator may be left as it was, or "
