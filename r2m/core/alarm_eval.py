@@ -54,6 +54,8 @@ THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
 }
 """Per signal, the thresholds the tuning tries (spanning the values logged in the paper bench's `length` runs
 of 100 steps, from the first evaluations to well past the gold peak)."""
+Grid = Mapping[Signal, Sequence[float]]
+"""Per signal, the thresholds one tuning tries (:func:`threshold_grid`)."""
 PATIENCE_GRID = (1, 2, 3)
 MIN_SIGNALS_GRID = (1, 2, 3)
 TUNING_START = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3,
@@ -292,29 +294,51 @@ def best_rule(runs: Sequence[RunSeries], configs: Sequence[AlarmConfig]) -> Opti
     return _best(configs, runs, _alarm)
 
 
-def tune_signal(runs: Sequence[RunSeries], signal: Signal) -> AlarmConfig:
-    """One signal alone: the best of its threshold grid x :data:`PATIENCE_GRID` on ``runs``."""
-    grid = [only(signal, t, p) for p in PATIENCE_GRID for t in THRESHOLD_GRID[signal]]
-    return _best(grid, runs, _alarm)
+def kl_thresholds(runs: Sequence[RunSeries]) -> tuple[float, ...]:
+    """The KL signal's thresholds on ``runs``: just above each positive fixed-KL budget of :func:`kl_candidates`.
+
+    The alarm trips at eval/kl >= t and :func:`kl_stop` at eval/kl > b, so t = nextafter(b, +inf) makes the KL
+    signal alone at patience 1 stop exactly where the fixed-KL stop at budget b does: the alarm's KL threshold is
+    tuned at the baseline's own resolution, not on a coarser grid (a budget of 0, a stop at the first evaluation
+    with any KL, is left out: AlarmConfig's thresholds are > 0)."""
+    return tuple(math.nextafter(b, math.inf) for b in kl_candidates(runs) if b > 0)
 
 
-def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int, signals: Sequence[Signal]) -> AlarmConfig:
+def threshold_grid(runs: Sequence[RunSeries]) -> dict[Signal, tuple[float, ...]]:
+    """The grid one tuning on ``runs`` tries: :data:`THRESHOLD_GRID`, with the KL signal's thresholds at the
+    fixed-KL stop's resolution on the same runs (:func:`kl_thresholds`; the fixed grid when no KL was logged)."""
+    kl = kl_thresholds(runs)
+    return {**THRESHOLD_GRID, Signal.KL: kl or THRESHOLD_GRID[Signal.KL]}
+
+
+def tune_signal(runs: Sequence[RunSeries], signal: Signal, grid: Optional[Grid] = None) -> AlarmConfig:
+    """One signal alone: the best of its thresholds in ``grid`` (default :func:`threshold_grid` of ``runs``) x
+    :data:`PATIENCE_GRID` on ``runs``."""
+    grid = threshold_grid(runs) if grid is None else grid
+    configs = [only(signal, t, p) for p in PATIENCE_GRID for t in grid[signal]]
+    return _best(configs, runs, _alarm)
+
+
+def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int, signals: Sequence[Signal],
+            grid: Grid) -> AlarmConfig:
     """Coordinate ascent on the thresholds: each of ``signals`` in turn tries its current value, off, then its grid."""
     for _ in range(sweeps):
         for sig in signals:
-            options = [replace(cfg, **{_FIELDS[sig]: t}) for t in (cfg.threshold(sig), None, *THRESHOLD_GRID[sig])]
+            options = [replace(cfg, **{_FIELDS[sig]: t}) for t in (cfg.threshold(sig), None, *grid[sig])]
             cfg = _best(options, runs, _alarm)
     return cfg
 
 
 def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (TUNING_START,),
                also: Sequence[AlarmConfig] = (), sweeps: int = 2,
-               signals: Sequence[Signal] = tuple(Signal)) -> AlarmConfig:
+               signals: Sequence[Signal] = tuple(Signal), grid: Optional[Grid] = None) -> AlarmConfig:
     """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
-    the thresholds of ``signals`` (:func:`_ascend`, ``sweeps`` rounds); the best of these and of ``also`` (e.g.
-    each signal's own tuned rule, so that the combined rule is never worse than one signal on the tuning runs).
-    A full grid (about 8^8 threshold sets) would cost hours; this costs about 1,000 replays per start."""
-    finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps, signals)
+    the thresholds of ``signals`` in ``grid`` (default :func:`threshold_grid` of ``runs``; :func:`_ascend`,
+    ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's own tuned rule, so that the
+    combined rule is never worse than one signal on the tuning runs). A full grid (about 8^8 threshold sets)
+    would cost hours; this costs about 1,000-2,000 replays per start."""
+    grid = threshold_grid(runs) if grid is None else grid
+    finalists = [_ascend(runs, replace(start, min_signals=m, patience=p), sweeps, signals, grid)
                  for start in starts for m in MIN_SIGNALS_GRID for p in PATIENCE_GRID]
     return _best([*finalists, *also], runs, _alarm)
 
@@ -334,9 +358,10 @@ def tune_rules(runs: Sequence[RunSeries], signals: Sequence[Signal] = tuple(Sign
     each signal at its grid's first threshold and the start."""
     if not runs:
         return TunedRules({s: only(s, THRESHOLD_GRID[s][0], 1) for s in signals}, TUNING_START)
-    singles = {s: tune_signal(runs, s) for s in signals}
+    grid = threshold_grid(runs)
+    singles = {s: tune_signal(runs, s, grid) for s in signals}
     starts = (TUNING_START, best_rule(runs, list(singles.values())))
-    return TunedRules(singles, tune_alarm(runs, starts, list(singles.values()), signals=signals))
+    return TunedRules(singles, tune_alarm(runs, starts, list(singles.values()), signals=signals, grid=grid))
 
 
 WITHOUT_KL = tuple(s for s in Signal if s is not Signal.KL)

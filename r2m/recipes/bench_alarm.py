@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.core import alarm_eval as ae
+from r2m.core.frontier import PairedBootstrap, Verdict, paired_bootstrap
 from r2m.core.monitor import AlarmConfig, Signal
 from r2m.fileio import atomic_write_text
 from r2m.recipes.alarm import EVAL_MARK
@@ -208,12 +209,45 @@ def _median(values: Sequence[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
+PAIRED_METRICS = {"mean_recovered": lambda rec: rec,
+                  "recovered_90pct_share": lambda rec: float(rec >= ae.TARGET_RECOVERED)}
+"""Per-run values a paired comparison takes the mean difference of: the recovered share, and whether it is
+>= 90% (1 or 0: the mean difference of these is the difference of the two rules' >= 90% shares)."""
+
+
+def _values(rule: Rule, held: Sequence[ae.RunSeries], metric: str) -> dict[int, Optional[float]]:
+    """Held-out run index -> the metric of ``rule``'s outcome there (None: no gain to recover)."""
+    index = {r.name: i for i, r in enumerate(held)}
+    f = PAIRED_METRICS[metric]
+    return {index[o.run.name]: None if o.recovered is None else f(o.recovered) for o in rule.outcomes}
+
+
+def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, PairedBootstrap]:
+    """``rule`` - ``base`` over the held-out runs both score (paired by run), per :data:`PAIRED_METRICS`: the
+    mean difference with a percentile-bootstrap 95% interval over runs (r2m.core.frontier.paired_bootstrap,
+    10,000 resamples, seed 0) and its verdict."""
+    return {m: paired_bootstrap(_values(rule, held, m), _values(base, held, m)) for m in PAIRED_METRICS}
+
+
+def comparisons(v: Validation) -> dict[str, dict[str, PairedBootstrap]]:
+    """Against the leave-one-world-out fixed-KL stop: the headline rule, the rule without kl, the rule tuned
+    on `length`; and the control, the fixed-step stop, which shows the instrument can tell two stops apart."""
+    return {r.name: paired(r, v.kl_rule, v.runs.held_out)
+            for r in (v.lowo_rule, v.lowo_without_kl_rule, v.combined_rule, v.step_rule)}
+
+
+def _paired_json(p: PairedBootstrap) -> dict:
+    finite = lambda x: x if x == x else None  # noqa: E731  (JSON has no NaN)
+    return {"diff_mean": finite(p.diff_mean), "ci95": [finite(p.ci95[0]), finite(p.ci95[1])],
+            "verdict": p.verdict.value, "pairs": len(p.seeds)}
+
+
 def headline(v: Validation) -> dict:
     """The keys of alarm.json issue 19 names: the leave-one-world-out alarm against the fixed-KL stop tuned the
-    same way, on the same held-out runs."""
-    comb, kl = v.lowo_rule.summary, v.kl_rule.summary
-    beats = (comb.mean_recovered is not None and kl.mean_recovered is not None
-             and comb.mean_recovered > kl.mean_recovered)
+    same way, on the same held-out runs. It beats the stop when the paired 95% interval of the mean recovered
+    share's difference lies above 0 (a point estimate above the stop's inside the noise does not)."""
+    beats = paired(v.lowo_rule, v.kl_rule, v.runs.held_out)["mean_recovered"].verdict is Verdict.BETTER
+    comb = v.lowo_rule.summary
     share = comb.recovered_90pct_share
     return {"held_out_runs": comb.runs, "recovered_90pct_share": share, "beats_fixed_kl": beats,
             "target_met": bool(beats and share is not None and share >= ae.TARGET_SHARE)}
@@ -241,6 +275,8 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
                               "note": "the candidate defaults: tuned on every run, so not scored here"},
         "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
                                  "per_world": _per_world(r.outcomes)} for s, r in v.signal_rules.items()},
+        "paired_vs_fixed_kl": {name: {m: _paired_json(p) for m, p in c.items()}
+                               for name, c in comparisons(v).items()},
         "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.kl_rule.summary.as_dict()},
                       "fixed_step": {"step": v.fixed_step, **v.step_rule.summary.as_dict()}},
         "held_out_outcomes": _per_run(v),
@@ -315,9 +351,27 @@ def _failures(v: Validation) -> str:
                          f"{worst}")
     comb, kl = v.lowo_rule.summary, v.kl_rule.summary
     if not headline(v)["beats_fixed_kl"]:
+        d = paired(v.lowo_rule, v.kl_rule, v.runs.held_out)["mean_recovered"]
         lines.append(f"- the leave-one-world-out combined rule's mean recovered share ({_num(comb.mean_recovered)}) "
-                     f"does not beat the leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)})")
+                     f"does not beat the leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)}): "
+                     f"{_interval(d)}, {d.verdict.value}")
     return "\n".join(lines) if lines else "- nowhere: every alarm rule meets the 80% share in every held-out world."
+
+
+def _interval(p: PairedBootstrap) -> str:
+    if p.verdict is Verdict.TOO_FEW_PAIRS:
+        return "n/a (too few pairs)"
+    return f"{p.diff_mean:+.3f} [{p.ci95[0]:+.3f}, {p.ci95[1]:+.3f}]"
+
+
+def _paired_table(v: Validation) -> str:
+    rows = []
+    for name, c in comparisons(v).items():
+        rec, share = c["mean_recovered"], c["recovered_90pct_share"]
+        rows.append([name, str(len(rec.seeds)), _interval(rec), rec.verdict.value, _interval(share),
+                     share.verdict.value])
+    return format_table(["rule - fixed KL (leave one world out)", "paired runs", "mean rec. [95% CI]", "verdict",
+                         ">= 90% share [95% CI]", "verdict"], rows, markdown=True)
 
 
 def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
@@ -326,6 +380,7 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
     excl = "; ".join(f"{k}: {len(n)}" for k, n in v.runs.excluded.items())
     verdict = ("met" if h["target_met"] else "NOT met")
     comb = v.lowo_rule.summary
+    d = paired(v.lowo_rule, v.kl_rule, v.runs.held_out)["mean_recovered"]
     return (
         f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
         f"Scored on {len(v.runs.held_out)} held-out runs (the worlds other than `{TUNE_WORLD}`, and `{TUNE_WORLD}`'s "
@@ -342,10 +397,17 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         f"The combined rule tuned leave one world out recovers >= 90% in {_pct(comb.recovered_90pct_share)} of the "
         f"{comb.runs - comb.no_gain} held-out runs with a gain; it "
         f"{'beats' if h['beats_fixed_kl'] else 'does not beat'} the leave-one-world-out fixed-KL stop on the mean "
-        f"recovered share. The monitor's cost: median `time/monitor` "
+        f"recovered share (paired over the held-out runs: {_interval(d)}, {d.verdict.value}). The monitor's "
+        f"cost: median `time/monitor` "
         f"{_num(_median(v.runs.monitor_s), 3)} s per evaluation ({len(v.runs.monitor_s)} evaluations).\n\n"
         f"### Every rule on the held-out runs\n\n"
         + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
+        + "\n\n### Against the fixed-KL stop, paired by run\n\nEach rule's recovered share minus the "
+          "leave-one-world-out fixed-KL stop's on the same held-out run: the mean difference with a "
+          "percentile-bootstrap 95% interval over runs (10,000 resamples), and whether the interval lies above 0 "
+          "(better), below (worse) or around it (no difference); the *>= 90% share* column is the difference of "
+          "the shares of runs recovering >= 90%. The fixed-step stop is the control: that the instrument can tell "
+          "two stopping rules apart on these runs.\n\n" + _paired_table(v)
         + f"\n\nIn sample, on its {v.combined_in_sample.runs} tuning runs, the combined rule's mean recovered share "
         f"is {_num(v.combined_in_sample.mean_recovered)} and {_pct(v.combined_in_sample.recovered_90pct_share)} "
         f"of them recover >= 90%."

@@ -172,3 +172,39 @@ def test_lowo_alarm_is_tuned_on_the_other_worlds_only():
 def test_tune_rules_without_runs_is_the_start():
     empty = ae.tune_rules([])
     assert empty.combined == ae.TUNING_START and set(empty.signals) == set(Signal)
+
+
+def test_kl_thresholds_reproduce_the_fixed_kl_stop_at_every_logged_budget():
+    """At a budget equal to a logged KL the stop (> b) and the signal (>= t) differ; t = nextafter(b) agrees."""
+    kl = [0.0, 0.013, 0.031, 0.062, 0.097]
+    run = _run([0.5, 0.6, 0.7, 0.65, 0.6], kl=kl)
+    ts = ae.kl_thresholds([run])
+    assert len(ts) == 4 and all(t > b for t, b in zip(ts, kl[1:]))  # the budget 0 is left out
+    for t, b in zip(ts, kl[1:]):
+        assert ae.alarm_selection(run.rows, ae.only(Signal.KL, t, 1)) == ae.kl_stop(run.rows, b)
+    # At the logged value itself the signal fires one evaluation earlier than the stop: why nextafter.
+    assert ae.alarm_selection(run.rows, ae.only(Signal.KL, 0.031, 1)) == ae.Selection(1, 2)
+    assert ae.kl_stop(run.rows, 0.031) == ae.Selection(2, 3)
+
+
+def test_threshold_grid_swaps_only_the_kl_thresholds():
+    run = _run([0.5, 0.6, 0.7], kl=[0.0, 0.0137, 0.0291])
+    grid = ae.threshold_grid([run])
+    assert grid[Signal.KL] == ae.kl_thresholds([run]) and len(grid[Signal.KL]) == 2
+    assert all(grid[s] == ae.THRESHOLD_GRID[s] for s in Signal if s is not Signal.KL)
+    flat = _run([0.5, 0.6], kl=[0.0, 0.0])  # no positive KL logged: the fixed grid
+    assert ae.threshold_grid([flat])[Signal.KL] == ae.THRESHOLD_GRID[Signal.KL]
+
+
+def test_the_tuned_kl_signal_matches_the_tuned_fixed_kl_stop_in_sample():
+    """On the same runs the KL signal's tuning reaches the fixed-KL stop's best, which a 0.01 grid would miss:
+    gold peaks at KL 0.0437 in both runs, just before KL 0.0468 / 0.0471."""
+    runs = [_run([0.5, 0.6, 0.7, 0.8, 0.6, 0.5], kl=[0.0, 0.0121, 0.0283, 0.0437, 0.0468 + 0.0003 * j, 0.07],
+                 name=f"r{j}") for j in range(2)]
+    on = lambda sel: ae.summarize(ae.evaluate(runs, sel)).mean_recovered  # noqa: E731
+    budget = ae.tune_stop(runs, ae.kl_candidates(runs), ae.kl_stop)
+    assert on(lambda rows: ae.kl_stop(rows, budget)) == pytest.approx(1.0)
+    cfg = ae.tune_signal(runs, Signal.KL)
+    assert on(lambda rows: ae.alarm_selection(rows, cfg)) == pytest.approx(1.0)
+    coarse = ae.tune_signal(runs, Signal.KL, ae.THRESHOLD_GRID)  # 0.04 fires at the peak, 0.05 after 0.0468
+    assert on(lambda rows: ae.alarm_selection(rows, coarse)) < 1.0

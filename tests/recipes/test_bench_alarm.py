@@ -83,6 +83,10 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     assert "token_js alone" in text and "fixed KL (leave one world out)" in text
     assert "- token_js alone, `noisy`: 0% recover >= 90% (mean 0.67); of its 1 misses, 1 kept before the peak" in text
     assert "does not beat the leave-one-world-out fixed-KL stop's (1.00)" in text
+    assert set(doc["paired_vs_fixed_kl"]) == {"alarm, combined (leave one world out)", "fixed step",
+                                             "alarm, combined without kl (leave one world out)",
+                                             "alarm, combined (tuned on `length`)"}
+    assert "### Against the fixed-KL stop, paired by run" in text
 
 
 def test_no_finished_run_is_reported_not_crashed(tmp_path):
@@ -91,3 +95,33 @@ def test_no_finished_run_is_reported_not_crashed(tmp_path):
     assert doc["held_out_runs"] == 0 and doc["recovered_90pct_share"] is None and doc["beats_fixed_kl"] is False
     assert doc["baselines"]["fixed_step"]["step"] is None
     assert "no held-out run has finished" in text
+
+
+def _outcomes(recs, world="noisy"):
+    from r2m.core import alarm_eval as ae
+    runs = [ae.RunSeries(f"run{i}", world, "RLOO", "vanilla", i, False, ({"step": 0},)) for i in range(len(recs))]
+    return runs, [ae.Outcome(r, 10, 10, 20, ae.Timing.EARLY, rec) for r, rec in zip(runs, recs)]
+
+
+def test_paired_comparison_by_hand_and_the_beats_verdict():
+    from types import SimpleNamespace
+
+    from r2m.core.frontier import Verdict
+    held, base = _outcomes([0.5, 0.7, 0.93, None])
+    _, better = _outcomes([0.9, 0.97, 0.95, None])
+    # Differences 0.4, 0.27, 0.02 (the no-gain run is not a pair): mean 0.23, every resample above 0.
+    p = ba.paired(ba.Rule("a", "", better), ba.Rule("kl", "", base), held)
+    assert p["mean_recovered"].diff_mean == pytest.approx(0.23) and len(p["mean_recovered"].seeds) == 3
+    assert p["mean_recovered"].verdict is Verdict.BETTER and p["mean_recovered"].ci95[0] > 0
+    # >= 90%: 1, 1, 1 against 0, 0, 1: the share rises by 2/3.
+    assert p["recovered_90pct_share"].diff_mean == pytest.approx(2 / 3)
+    v = SimpleNamespace(lowo_rule=ba.Rule("a", "", better), kl_rule=ba.Rule("kl", "", base),
+                        runs=SimpleNamespace(held_out=held))
+    assert ba.headline(v)["beats_fixed_kl"] is True and ba.headline(v)["recovered_90pct_share"] == 1.0
+    # A higher mean inside the noise does not beat: +0.3 on one run, -0.2 and -0.05 on the others.
+    _, mixed = _outcomes([0.8, 0.5, 0.88, None])
+    v = SimpleNamespace(lowo_rule=ba.Rule("a", "", mixed), kl_rule=ba.Rule("kl", "", base),
+                        runs=SimpleNamespace(held_out=held))
+    d = ba.paired(v.lowo_rule, v.kl_rule, held)["mean_recovered"]
+    assert d.diff_mean == pytest.approx(0.05 / 3) and d.verdict is Verdict.NO_DIFFERENCE
+    assert ba.headline(v)["beats_fixed_kl"] is False
