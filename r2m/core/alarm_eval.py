@@ -22,7 +22,10 @@ never silently. The timing of an alarm (:func:`timing`) compares the step where 
 step, within one evaluation interval.
 
 Tuning (:func:`tune_alarm`, :func:`tune_stop`) picks, on the tuning runs only, the candidate with the highest
-mean recovered share (ties: the higher share of runs recovering >= 90%, then the earlier candidate).
+mean recovered share (ties: the higher share of runs recovering >= 90%, then the earlier candidate). The
+thresholds tried are :func:`threshold_grid`'s: a fixed grid per signal, except the KL signal's, which are the
+fixed-KL stop's own budgets on the same runs (:func:`kl_thresholds`), so that the alarm is never tuned on a
+coarser KL grid than the baseline it is compared with.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
     Signal.KL: (*(round(0.01 * i, 2) for i in range(1, 13)), 0.15, 0.2),  # every 0.01 nats to 0.12
 }
 """Per signal, the thresholds the tuning tries (spanning the values logged in the paper bench's `length` runs
-of 100 steps, from the first evaluations to well past the gold peak)."""
+of 100 steps, from the first evaluations to well past the gold peak). The KL signal's row is used only when the
+tuning runs logged no positive KL; otherwise :func:`threshold_grid` replaces it by :func:`kl_thresholds`."""
 Grid = Mapping[Signal, Sequence[float]]
 """Per signal, the thresholds one tuning tries (:func:`threshold_grid`)."""
 PATIENCE_GRID = (1, 2, 3)
