@@ -270,7 +270,7 @@ VERDICT_KEYS = ("world", "algorithm", "claim", "metric", "seeds", "diff_mean", "
 """The keys of one object of ``verdicts.json``, in order."""
 
 
-def _json_float(x: float) -> Optional[float]:
+def json_float(x: float) -> Optional[float]:
     return float(x) if math.isfinite(x) else None  # JSON has no NaN: "no interval" is written as null
 
 
@@ -299,7 +299,7 @@ class VerdictRecord:
         """Exactly :data:`VERDICT_KEYS`; ``ci95`` as ``[lo, hi]``, NaN as null."""
         return {"world": self.world, "algorithm": self.algorithm, "claim": self.claim.value,
                 "metric": self.metric, "seeds": [int(s) for s in self.seeds],
-                "diff_mean": _json_float(self.diff_mean), "ci95": [_json_float(c) for c in self.ci95],
+                "diff_mean": json_float(self.diff_mean), "ci95": [json_float(c) for c in self.ci95],
                 "verdict": self.verdict.value}
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.core import alarm_eval as ae
-from r2m.core.frontier import PairedBootstrap, Verdict, paired_bootstrap
+from r2m.core.frontier import PairedBootstrap, Verdict, json_float, paired_bootstrap
 from r2m.core.monitor import AlarmConfig, Signal
 from r2m.fileio import atomic_write_text
 from r2m.recipes.alarm import EVAL_MARK
@@ -133,6 +134,14 @@ class Validation:
         """The alarm rules, then the two baselines."""
         return [*self.alarm_rules, self.kl_rule, self.step_rule]
 
+    @cached_property
+    def paired(self) -> dict[str, dict[str, PairedBootstrap]]:
+        """Rule name -> :func:`paired` against the fixed-KL stop: the headline, the rule without kl, the rule
+        tuned on `length`; and the control, the fixed-step stop, which shows the instrument can tell two stops
+        apart on these runs."""
+        return comparisons([self.lowo_rule, self.lowo_without_kl_rule, self.combined_rule, self.step_rule],
+                           self.kl_rule, self.runs.held_out)
+
 
 def _setting(cfg: AlarmConfig) -> str:
     t = ae.thresholds(cfg)
@@ -229,24 +238,23 @@ def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, Pa
     return {m: paired_bootstrap(_values(rule, held, m), _values(base, held, m)) for m in PAIRED_METRICS}
 
 
-def comparisons(v: Validation) -> dict[str, dict[str, PairedBootstrap]]:
-    """Against the leave-one-world-out fixed-KL stop: the headline rule, the rule without kl, the rule tuned
-    on `length`; and the control, the fixed-step stop, which shows the instrument can tell two stops apart."""
-    return {r.name: paired(r, v.kl_rule, v.runs.held_out)
-            for r in (v.lowo_rule, v.lowo_without_kl_rule, v.combined_rule, v.step_rule)}
+def comparisons(rules: Sequence[Rule], base: Rule,
+                held: Sequence[ae.RunSeries]) -> dict[str, dict[str, PairedBootstrap]]:
+    """Rule name -> :func:`paired` (rule - ``base``) for each of ``rules``."""
+    return {r.name: paired(r, base, held) for r in rules}
 
 
 def _paired_json(p: PairedBootstrap) -> dict:
-    finite = lambda x: x if x == x else None  # noqa: E731  (JSON has no NaN)
-    return {"diff_mean": finite(p.diff_mean), "ci95": [finite(p.ci95[0]), finite(p.ci95[1])],
-            "verdict": p.verdict.value, "pairs": len(p.seeds)}
+    """One comparison for alarm.json (no interval: nulls, since JSON has no NaN)."""
+    return {"diff_mean": json_float(p.diff_mean), "ci95": [json_float(c) for c in p.ci95],
+            "verdict": p.verdict.value, "pairs": len(p.seeds), "dropped": len(p.dropped)}
 
 
 def headline(v: Validation) -> dict:
     """The keys of alarm.json issue 19 names: the leave-one-world-out alarm against the fixed-KL stop tuned the
     same way, on the same held-out runs. It beats the stop when the paired 95% interval of the mean recovered
     share's difference lies above 0 (a point estimate above the stop's inside the noise does not)."""
-    beats = paired(v.lowo_rule, v.kl_rule, v.runs.held_out)["mean_recovered"].verdict is Verdict.BETTER
+    beats = v.paired[v.lowo_rule.name]["mean_recovered"].verdict is Verdict.BETTER
     comb = v.lowo_rule.summary
     share = comb.recovered_90pct_share
     return {"held_out_runs": comb.runs, "recovered_90pct_share": share, "beats_fixed_kl": beats,
@@ -275,8 +283,7 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
                               "note": "the candidate defaults: tuned on every run, so not scored here"},
         "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),
                                  "per_world": _per_world(r.outcomes)} for s, r in v.signal_rules.items()},
-        "paired_vs_fixed_kl": {name: {m: _paired_json(p) for m, p in c.items()}
-                               for name, c in comparisons(v).items()},
+        "paired_vs_fixed_kl": {name: {m: _paired_json(p) for m, p in c.items()} for name, c in v.paired.items()},
         "baselines": {"fixed_kl_lowo": {"budgets": v.kl_budgets, **v.kl_rule.summary.as_dict()},
                       "fixed_step": {"step": v.fixed_step, **v.step_rule.summary.as_dict()}},
         "held_out_outcomes": _per_run(v),
@@ -351,7 +358,7 @@ def _failures(v: Validation) -> str:
                          f"{worst}")
     comb, kl = v.lowo_rule.summary, v.kl_rule.summary
     if not headline(v)["beats_fixed_kl"]:
-        d = paired(v.lowo_rule, v.kl_rule, v.runs.held_out)["mean_recovered"]
+        d = v.paired[v.lowo_rule.name]["mean_recovered"]
         lines.append(f"- the leave-one-world-out combined rule's mean recovered share ({_num(comb.mean_recovered)}) "
                      f"does not beat the leave-one-world-out fixed-KL stop's ({_num(kl.mean_recovered)}): "
                      f"{_interval(d)}, {d.verdict.value}")
@@ -359,14 +366,16 @@ def _failures(v: Validation) -> str:
 
 
 def _interval(p: PairedBootstrap) -> str:
+    """``+mean [lo, hi]``, or why there is no interval."""
     if p.verdict is Verdict.TOO_FEW_PAIRS:
         return "n/a (too few pairs)"
     return f"{p.diff_mean:+.3f} [{p.ci95[0]:+.3f}, {p.ci95[1]:+.3f}]"
 
 
 def _paired_table(v: Validation) -> str:
+    """Each compared rule - the fixed-KL stop: mean recovered and >= 90% share, with intervals and verdicts."""
     rows = []
-    for name, c in comparisons(v).items():
+    for name, c in v.paired.items():
         rec, share = c["mean_recovered"], c["recovered_90pct_share"]
         rows.append([name, str(len(rec.seeds)), _interval(rec), rec.verdict.value, _interval(share),
                      share.verdict.value])
@@ -380,7 +389,7 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
     excl = "; ".join(f"{k}: {len(n)}" for k, n in v.runs.excluded.items())
     verdict = ("met" if h["target_met"] else "NOT met")
     comb = v.lowo_rule.summary
-    d = paired(v.lowo_rule, v.kl_rule, v.runs.held_out)["mean_recovered"]
+    d = v.paired[v.lowo_rule.name]["mean_recovered"]
     return (
         f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
         f"Scored on {len(v.runs.held_out)} held-out runs (the worlds other than `{TUNE_WORLD}`, and `{TUNE_WORLD}`'s "
@@ -425,5 +434,5 @@ def write_alarm_validation(design: BenchDesign, root: str | Path, setting: Optio
                            rel: str) -> str:
     """Validate, write ``<art>/alarm.json``, return the report section."""
     v = validate(load_runs(design, root, setting))
-    atomic_write_text(Path(art) / ALARM_FILE, json.dumps(alarm_json(v, design), indent=1))
+    atomic_write_text(Path(art) / ALARM_FILE, json.dumps(alarm_json(v, design), indent=1, allow_nan=False))
     return alarm_section(v, design, rel)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from r2m.core import alarm_eval as ae
@@ -179,9 +181,11 @@ def test_kl_thresholds_reproduce_the_fixed_kl_stop_at_every_logged_budget():
     kl = [0.0, 0.013, 0.031, 0.062, 0.097]
     run = _run([0.5, 0.6, 0.7, 0.65, 0.6], kl=kl)
     ts = ae.kl_thresholds([run])
-    assert len(ts) == 4 and all(t > b for t, b in zip(ts, kl[1:]))  # the budget 0 is left out
-    for t, b in zip(ts, kl[1:]):
+    assert len(ts) == 5 and all(b < t < b + 1e-12 for t, b in zip(ts, kl))  # budget 0 -> the least float > 0
+    for t, b in zip(ts, kl):
         assert ae.alarm_selection(run.rows, ae.only(Signal.KL, t, 1)) == ae.kl_stop(run.rows, b)
+    # A budget below 0 (k1 can log one) has no threshold > 0: left out.
+    assert ae.kl_thresholds([_run([0.5, 0.6], kl=[-0.004, 0.02])]) == (math.nextafter(0.02, math.inf),)
     # At the logged value itself the signal fires one evaluation earlier than the stop: why nextafter.
     assert ae.alarm_selection(run.rows, ae.only(Signal.KL, 0.031, 1)) == ae.Selection(1, 2)
     assert ae.kl_stop(run.rows, 0.031) == ae.Selection(2, 3)
@@ -190,9 +194,9 @@ def test_kl_thresholds_reproduce_the_fixed_kl_stop_at_every_logged_budget():
 def test_threshold_grid_swaps_only_the_kl_thresholds():
     run = _run([0.5, 0.6, 0.7], kl=[0.0, 0.0137, 0.0291])
     grid = ae.threshold_grid([run])
-    assert grid[Signal.KL] == ae.kl_thresholds([run]) and len(grid[Signal.KL]) == 2
+    assert grid[Signal.KL] == ae.kl_thresholds([run]) and len(grid[Signal.KL]) == 3
     assert all(grid[s] == ae.THRESHOLD_GRID[s] for s in Signal if s is not Signal.KL)
-    flat = _run([0.5, 0.6], kl=[0.0, 0.0])  # no positive KL logged: the fixed grid
+    flat = _run([0.5, 0.6], kl=[-0.01, -0.02])  # no budget >= 0 logged: the fixed grid
     assert ae.threshold_grid([flat])[Signal.KL] == ae.THRESHOLD_GRID[Signal.KL]
 
 

@@ -94,12 +94,16 @@ def test_no_finished_run_is_reported_not_crashed(tmp_path):
     doc = json.loads((tmp_path / ba.ALARM_FILE).read_text())
     assert doc["held_out_runs"] == 0 and doc["recovered_90pct_share"] is None and doc["beats_fixed_kl"] is False
     assert doc["baselines"]["fixed_step"]["step"] is None
+    # No pair to compare: nulls in the JSON (written with allow_nan=False), never NaN.
+    headline = doc["paired_vs_fixed_kl"]["alarm, combined (leave one world out)"]["mean_recovered"]
+    assert headline == {"diff_mean": None, "ci95": [None, None], "verdict": "too few pairs", "pairs": 0, "dropped": 0}
     assert "no held-out run has finished" in text
 
 
-def _outcomes(recs, world="noisy"):
+def _outcomes(recs, worlds=("noisy",) * 4, seeds=(0, 1, 2, 3)):
     from r2m.core import alarm_eval as ae
-    runs = [ae.RunSeries(f"run{i}", world, "RLOO", "vanilla", i, False, ({"step": 0},)) for i in range(len(recs))]
+    runs = [ae.RunSeries(f"run{i}", w, "RLOO", "vanilla", s, False, ({"step": 0},))
+            for i, (w, s) in enumerate(zip(worlds, seeds))]
     return runs, [ae.Outcome(r, 10, 10, 20, ae.Timing.EARLY, rec) for r, rec in zip(runs, recs)]
 
 
@@ -107,21 +111,29 @@ def test_paired_comparison_by_hand_and_the_beats_verdict():
     from types import SimpleNamespace
 
     from r2m.core.frontier import Verdict
-    held, base = _outcomes([0.5, 0.7, 0.93, None])
-    _, better = _outcomes([0.9, 0.97, 0.95, None])
-    # Differences 0.4, 0.27, 0.02 (the no-gain run is not a pair): mean 0.23, every resample above 0.
+    # Two worlds share seeds 0 and 1: pairing must be by run, not by seed or by position.
+    worlds, seeds = ("noisy", "noisy", "blind", "blind", "blind"), (0, 1, 0, 1, 2)
+    held, base = _outcomes([0.5, 0.7, 0.93, None, 0.6], worlds, seeds)
+    _, better = _outcomes([0.9, 0.97, 0.95, None, 0.99], worlds, seeds)
+    base = base[:4]  # the fixed-KL stop had no budget for run4's world: a rule's run without a pair
+    better = better[::-1]
+    # Differences 0.4, 0.27, 0.02 (run3 has no gain, run4 no pair): mean 0.23, every resample above 0.
     p = ba.paired(ba.Rule("a", "", better), ba.Rule("kl", "", base), held)
     assert p["mean_recovered"].diff_mean == pytest.approx(0.23) and len(p["mean_recovered"].seeds) == 3
+    assert p["mean_recovered"].seeds == (0, 1, 2) and p["mean_recovered"].dropped == (3, 4)
     assert p["mean_recovered"].verdict is Verdict.BETTER and p["mean_recovered"].ci95[0] > 0
     # >= 90%: 1, 1, 1 against 0, 0, 1: the share rises by 2/3.
     assert p["recovered_90pct_share"].diff_mean == pytest.approx(2 / 3)
-    v = SimpleNamespace(lowo_rule=ba.Rule("a", "", better), kl_rule=ba.Rule("kl", "", base),
-                        runs=SimpleNamespace(held_out=held))
-    assert ba.headline(v)["beats_fixed_kl"] is True and ba.headline(v)["recovered_90pct_share"] == 1.0
+
+    def validation(rule):
+        r, kl = ba.Rule("a", "", rule), ba.Rule("kl", "", base)
+        return SimpleNamespace(lowo_rule=r, kl_rule=kl, runs=SimpleNamespace(held_out=held),
+                               paired=ba.comparisons([r], kl, held))
+
+    assert ba.headline(validation(better))["beats_fixed_kl"] is True
+    assert ba.headline(validation(better))["recovered_90pct_share"] == 1.0
     # A higher mean inside the noise does not beat: +0.3 on one run, -0.2 and -0.05 on the others.
-    _, mixed = _outcomes([0.8, 0.5, 0.88, None])
-    v = SimpleNamespace(lowo_rule=ba.Rule("a", "", mixed), kl_rule=ba.Rule("kl", "", base),
-                        runs=SimpleNamespace(held_out=held))
-    d = ba.paired(v.lowo_rule, v.kl_rule, held)["mean_recovered"]
+    _, mixed = _outcomes([0.8, 0.5, 0.88, None, 0.99], worlds, seeds)
+    d = ba.paired(ba.Rule("a", "", mixed), ba.Rule("kl", "", base), held)["mean_recovered"]
     assert d.diff_mean == pytest.approx(0.05 / 3) and d.verdict is Verdict.NO_DIFFERENCE
-    assert ba.headline(v)["beats_fixed_kl"] is False
+    assert ba.headline(validation(mixed))["beats_fixed_kl"] is False
