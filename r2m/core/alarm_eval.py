@@ -57,7 +57,7 @@ THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
 }
 """Per signal, the thresholds the tuning tries (spanning the values logged in the paper bench's `length` runs
 of 100 steps, from the first evaluations to well past the gold peak). The KL signal's row is used only when the
-tuning runs logged no positive KL; otherwise :func:`threshold_grid` replaces it by :func:`kl_thresholds`."""
+tuning runs logged no KL >= 0; otherwise :func:`threshold_grid` replaces it by :func:`kl_thresholds`."""
 Grid = Mapping[Signal, Sequence[float]]
 """Per signal, the thresholds one tuning tries (:func:`threshold_grid`)."""
 PATIENCE_GRID = (1, 2, 3)
@@ -313,7 +313,7 @@ def kl_thresholds(runs: Sequence[RunSeries]) -> tuple[float, ...]:
 
 def threshold_grid(runs: Sequence[RunSeries]) -> dict[Signal, tuple[float, ...]]:
     """The grid one tuning on ``runs`` tries: :data:`THRESHOLD_GRID`, with the KL signal's thresholds at the
-    fixed-KL stop's resolution on the same runs (:func:`kl_thresholds`; the fixed grid when no KL was logged)."""
+    fixed-KL stop's resolution on the same runs (:func:`kl_thresholds`; the fixed grid when none is > 0)."""
     kl = kl_thresholds(runs)
     return {**THRESHOLD_GRID, Signal.KL: kl or THRESHOLD_GRID[Signal.KL]}
 

@@ -271,6 +271,7 @@ VERDICT_KEYS = ("world", "algorithm", "claim", "metric", "seeds", "diff_mean", "
 
 
 def json_float(x: float) -> Optional[float]:
+    """``x`` as a JSON number, or None (null) when it is NaN or infinite."""
     return float(x) if math.isfinite(x) else None  # JSON has no NaN: "no interval" is written as null
 
 
