@@ -42,7 +42,8 @@ def format_speed(result: dict) -> str:
     r, g = result["ratio_vs_trl"], result["ratio_vs_trl_generation"]
     lines = [
         f"preset {result['preset']}; {env['threads']} threads; fp32 GEMM {_f(env['gemm_gflops'], 1)} GFLOP/s "
-        f"({env['gemm_n']}²); run.malloc {env.get('malloc', 'system')}; torch {env['torch']}, trl {env['trl'] or 'not installed'}; load average "
+        f"({env['gemm_n']}²); run.malloc {env.get('malloc', 'system')}; torch {env['torch']}, "
+        f"trl {env['trl'] or 'not installed'}; load average "
         f"{_f(result['load_avg']['start'], 2)} -> {_f(result['load_avg']['end'], 2)}", "",
         *_arm_rows(result), "",
         f"- r2m / TRL (median s/step): A {_f(r['A'])}, B {_f(r['B'])}; with rl.old_logprobs=generation: "
