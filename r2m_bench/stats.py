@@ -393,7 +393,7 @@ def decision_rates(n: int, trials: int = 4000, errors: Errors | str = Errors.NOR
                    effect_se: float = 0.0, interval: IntervalFn = t_bounds) -> DecisionRates:
     """How often ``interval`` declares a difference (lo > 0: better, hi < 0: worse) over ``trials`` simulated
     comparisons of n pairs (:func:`simulated_differences`). At effect_se = 0 every decision is false (the error
-    rate; the t-interval's is 1 - LEVEL); at effect_se > 0, ``better`` is the power. The margin is not applied:
+    rate: alpha for the t-interval with normal errors); at effect_se > 0, ``better`` is the power. No margin:
     this checks the test of a difference."""
     lo, hi = interval(simulated_differences(n, trials, errors, seed, effect_se))  # (trials,) each
     return DecisionRates(float(np.mean(lo > 0)), float(np.mean(hi < 0)), trials)
