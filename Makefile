@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION) \
 	  || $(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX)
-	$(PY) -m pip install -q -e ".[test,trl]"
+	$(PY) -m pip install -q -e ".[test,trl,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -4,7 +4,8 @@
 - no upward import: a module imports r2m modules of its own layer or of a lower one (``LAYERS``);
 - no file over 600 lines, no function over 60 (``GRANDFATHERED``: the sizes still to be cut, which may shrink only);
 - every function-local import of an r2m module, or of a heavy optional dependency, is marked ``# heavy: lazy``;
-- nothing inside r2m imports a compatibility module (they exist for the README's Public API only).
+- nothing inside r2m imports a compatibility module (they exist for the README's Public API only);
+- the benchmark package ``r2m_bench`` is the top layer: the same rules hold in it, and nothing in r2m imports it.
 
 Each rule is also run on a planted violation (a tmp tree), so that the failure mode is tested too.
 """
@@ -39,7 +40,10 @@ LAYERS = [
     ("recipes", ["r2m.recipes"]),
     ("api", ["r2m.api"]),
     ("cli", ["r2m.cli", "r2m.__main__", "r2m"]),
+    ("bench", ["r2m_bench"]),
 ]
+TOP = ("r2m", "r2m_bench")
+"""The packages checked (folders under the root)."""
 COMPAT = {"r2m.losses", "r2m.advantages", "r2m.kl_control", "r2m.reward_shaping", "r2m.rollout", "r2m.trainers",
           "r2m.trainers.pg", "r2m.trainers.ser"}
 """Compatibility modules: each re-exports its new home for the README's Public API; nothing in r2m imports them."""
@@ -106,7 +110,7 @@ def imports_of(path: Path, root: Path, known: set[str]) -> list[Import]:
         else:
             continue
         for t in targets:
-            if t.split(".")[0] in HEAVY | {"r2m"}:
+            if t.split(".")[0] in HEAVY | set(TOP):
                 out.append(Import(module, t, node.lineno, id(node) in local, id(node) in typing,
                                   MARK in lines[node.end_lineno - 1]))
     return out
@@ -145,8 +149,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def violations(root: Path, grandfathered: dict[str, int] = GRANDFATHERED) -> list[str]:
-    """Every breach of the contract in the package tree under ``root`` (the folder holding ``r2m/``)."""
-    files = sorted((root / "r2m").rglob("*.py"))
+    """Every breach of the contract in the package trees under ``root`` (the folder holding ``r2m/``)."""
+    files = sorted(f for top in TOP for f in (root / top).rglob("*.py"))
     known = {module_name(f, root) for f in files}
     found: list[str] = []
     pkg_graph: dict[str, set[str]] = {}
@@ -247,6 +251,9 @@ def test_a_clean_tree_passes(tmp_path) -> None:
     ({"r2m/core/__init__.py": "", "r2m/core/big.py": "x = 1\n" * 601}, r"r2m/core/big\.py: 601 lines"),
     ({"r2m/core/__init__.py": "", "r2m/core/long.py": "def f():\n" + "    x = 1\n" * 60},
      r"function f is 61 lines"),
+    ({"r2m/cli.py": "from r2m_bench.stats import X\n", "r2m_bench/__init__.py": "", "r2m_bench/stats.py": "X = 1\n"},
+     r"upward import of r2m_bench\.stats \(bench\) from r2m\.cli \(cli\)"),
+    ({"r2m_bench/__init__.py": "", "r2m_bench/big.py": "x = 1\n" * 601}, r"r2m_bench/big\.py: 601 lines"),
 ])
 def test_a_planted_violation_fails(tmp_path, files, expected) -> None:
     found = violations(plant(tmp_path, files), {})
