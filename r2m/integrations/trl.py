@@ -257,17 +257,18 @@ class R2MCallback(TrainerCallback):
             elif self.reward.log_metric is not None:
                 self.reward.log_metric(key, value)  # flushed with the next generation batch
 
-    def save(self, directory: str | Path, state, repo_id: Optional[str] = None) -> Path:
-        """The R2M as it is now, into ``directory`` (:meth:`FeedbackRewardModel.save_pretrained`)."""
+    def save(self, directory: str | Path, state, repo_id: Optional[str] = None, model: bool = True) -> Path:
+        """The R2M as it is now, into ``directory`` (:meth:`FeedbackRewardModel.save_pretrained`). ``include_base``
+        applies to the model (``model=True``: what ``save_model`` and ``push_to_hub`` carry), not to checkpoints."""
         return self.reward.model.save_pretrained(
-            directory, self.base_rm, include_base=self.include_base, repo_id=repo_id,
+            directory, self.base_rm, include_base=self.include_base and model, repo_id=repo_id,
             subfolder=R2M_DIR if repo_id else None,
             extra={"omega_floor": self.reward.cfg.omega_floor, "total_steps": state.max_steps})
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        out = self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}" / R2M_DIR, state)
+        out = self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}" / R2M_DIR, state, model=False)
         tmp = out / f".tmp-{OPTIMIZER_FILE}-{os.getpid()}"
         torch.save({"optimizer": self.updater.optimizer.state_dict(), "calibration": self.reward.reward.calibration},
                    tmp)
