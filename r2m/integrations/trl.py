@@ -97,6 +97,16 @@ def check_groups(prompts: Sequence[Any], k: int) -> None:
                               "GREBT update needs whole groups of num_generations consecutive rows")
 
 
+def refuse_tools(log_metric, kwargs: dict) -> None:
+    """Tool calling and environments are refused: the policy reads prompts rendered with tool schemas and
+    completions holding tool turns, which R2M's h and the RM's single assistant reply would not see."""
+    trainer = getattr(log_metric, "__self__", None)  # TRL passes its own bound _log_metric
+    if getattr(trainer, "tools", None) or kwargs.get("environments") is not None:
+        raise ConfigError("R2MReward: the trainer uses tools or environments (tool calling); R2M scores one "
+                          "assistant reply to the prompt and takes h on the policy's prompt and completion tokens, "
+                          "so tool-calling runs are not supported")
+
+
 class R2MReward:
     """A TRL reward function: r_φ(x, y, h) with h from an extra no-grad forward of the trainer's policy.
 
@@ -161,6 +171,7 @@ class R2MReward:
                  log_metric=None, **kwargs: Any) -> list[float]:
         if self.policy is None or self.num_generations is None:
             raise ConfigError("R2MReward: no policy bound; pass callbacks=[R2MCallback(reward)] to the trainer")
+        refuse_tools(log_metric, kwargs)
         prompts, train = list(prompts), self.scores_training_batch()
         k = self.num_generations if train else 0  # evaluation rows are not groups to learn from (no calibration)
         if train:

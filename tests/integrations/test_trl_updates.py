@@ -131,3 +131,15 @@ def test_an_r2m_that_could_not_be_saved_or_pushed_is_refused_before_any_step(fam
     with pytest.raises(ConfigError, match="base RM of this R2M was not loaded from a path"):
         R2MCallback(reward).on_train_begin(SimpleNamespace(**{**vars(args), "push_to_hub": False}), state, None,
                                            model=policy)
+
+
+def test_tool_calling_runs_are_refused(family_models, prompts) -> None:
+    from r2m.errors import ConfigError
+
+    policy, reward = _bound_reward(family_models)
+    trainer = SimpleNamespace(tools=[len])
+    log_metric = SimpleNamespace(__self__=trainer)  # TRL's bound _log_metric: its __self__ is the trainer
+    with pytest.raises(ConfigError, match="the trainer uses tools or environments"):
+        reward(prompts.texts(1) * 2, ["a", "b"], log_metric=log_metric)
+    with pytest.raises(ConfigError, match="tool-calling runs are not supported"):
+        reward(prompts.texts(1) * 2, ["a", "b"], environments=[object(), object()])
