@@ -197,8 +197,8 @@ class R2MCallback(TrainerCallback):
     ``resume_from``: the checkpoint directory to restore R2M from when the trainer resumes (default:
     ``output_dir/checkpoint-<global_step>``, where ``trainer.train(resume_from_checkpoint=True)`` resumes).
     ``base_rm``: how the saved R2M names its base RM (default: where it was loaded from; a Hub id makes the
-    upload of ``trainer.push_to_hub()`` loadable anywhere). ``include_base``: store the base RM inside each
-    saved R2M instead (``r2m/base``), so that it stands alone.
+    upload of ``trainer.push_to_hub()`` loadable anywhere). ``include_base``: store the base RM inside the
+    saved model's R2M (``output_dir/r2m/base``), so that it stands alone; checkpoints still only name it.
     """
 
     def __init__(self, reward: R2MReward, resume_from: Optional[str | Path] = None,
