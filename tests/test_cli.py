@@ -129,8 +129,8 @@ def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> 
         assert (final / "r2m" / "r2m.safetensors").exists()
         assert any("rm_acc/r2m_after" in r for r in rows)
         meta = json.loads((final / "r2m" / "r2m.json").read_text())
-        assert meta["base_rm_kind"] == "relative" and not Path(meta["base_rm"]).is_absolute()  # the run can move
-        assert (final / "r2m" / meta["base_rm"]).resolve().is_dir()
+        assert meta["base_rm_kind"] == "local" and not Path(meta["base_rm_relative"]).is_absolute()  # the run can move
+        assert (final / "r2m" / meta["base_rm_relative"]).resolve() == Path(meta["base_rm"])
     if "reward.baseline=pretrained_rm" in variant:
         assert any(p.name.startswith("rm-pretrained-") for p in (root / "world").iterdir())
 

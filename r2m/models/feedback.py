@@ -77,6 +77,20 @@ def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedb
 
 
 @torch.no_grad()
+def sequence_feedback(policy: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
+                      device: torch.device) -> Feedback:
+    """R2M's h over token sequences the policy read (prompt ids then response ids), left-padded.
+
+    ``pad_id`` only fills the padding, which the attention mask hides (any id works).
+    """
+    ids, mask = left_pad(sequences, pad_id)  # (B, S)
+    ids, mask = ids.to(device), mask.to(device)
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
+                 use_cache=False)
+    return feedback_states(out.hidden_states[-1], mask)
+
+
+@torch.no_grad()
 def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str],
                   device: torch.device) -> Feedback:
     """R2M's h for arbitrary (prompt, response) texts, tokenised by the policy's own tokenizer.
@@ -86,8 +100,4 @@ def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], response
     """
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
-                 use_cache=False)
-    return feedback_states(out.hidden_states[-1], mask)
+    return sequence_feedback(policy, [p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id, device)

@@ -32,7 +32,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -181,10 +181,11 @@ def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(directory: Path) -> None:
-    """Record every file's size and SHA-256; the last file a checkpoint gets."""
-    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in _files(directory)}
+def write_manifest(directory: Path, names: Optional[Sequence[str]] = None) -> None:
+    """Record every file's size and SHA-256 (or only those ``names``, in a directory shared with other files); the
+    last file a checkpoint gets."""
+    paths = _files(directory) if names is None else [directory / n for n in names]
+    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
     atomic_write_text(directory / MANIFEST, json.dumps({"files": files}, indent=1))
 
 
