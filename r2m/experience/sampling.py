@@ -53,13 +53,13 @@ NEUTRAL_WARPERS = dict(top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, et
 """The sampling-only fields (warpers) at the values that leave softmax(logits / T) alone."""
 NEUTRAL_SAMPLING = dict(
     **NEUTRAL_WARPERS, repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-    encoder_no_repeat_ngram_size=0, min_new_tokens=0, num_beams=1, num_return_sequences=1, length_penalty=1.0,
+    encoder_no_repeat_ngram_size=0, num_beams=1, num_return_sequences=1, length_penalty=1.0,
     guidance_scale=1.0, renormalize_logits=False, remove_invalid_values=False, use_cache=True,
 )
 """Every logits-processing field of ``GenerationConfig`` at the value that leaves the logits alone. transformers
 fills each field a passed config leaves unset from the checkpoint's ``generation_config.json`` (Qwen2.5-Instruct:
 repetition_penalty 1.05, top_k 20, top_p 0.8), so r2m sets them all; the fields whose only neutral value is
-unset (min_p, suppress_tokens, ...) are kept out by :func:`own_generation_config`."""
+unset (min_p, min_new_tokens, suppress_tokens, ...) are kept out by :func:`own_generation_config`."""
 
 
 def sampling_config(temperature: float, max_new_tokens: int, eos_token_id: int, pad_token_id: int, **outputs):
@@ -80,12 +80,15 @@ def sampling_config(temperature: float, max_new_tokens: int, eos_token_id: int, 
 
 @contextlib.contextmanager
 def own_generation_config(model: nn.Module) -> Iterator[None]:
-    """Within the block, every ``generation_config`` of ``model`` (and of the models it wraps: PEFT, DDP) is an
-    empty one, so that ``generate`` inherits nothing from the checkpoint: the fields that no value switches off
-    (min_p, suppress_tokens, bad_words_ids, sequence_bias, forced_eos_token_id, ...) included."""
+    """Within the block, every ``generation_config`` of ``model`` (and of the models it wraps: PEFT, DDP, or holds
+    as a plain attribute: :class:`r2m.models.lora.AdapterFreeReference`) is an empty one, so that ``generate``
+    inherits nothing from the checkpoint: the fields that no value switches off (min_p, suppress_tokens,
+    bad_words_ids, sequence_bias, forced_eos_token_id, ...) included."""
     from transformers import GenerationConfig
 
-    owners = [m for m in model.modules() if isinstance(getattr(m, "generation_config", None), GenerationConfig)]
+    roots = [model, *(v for v in vars(model).values() if isinstance(v, nn.Module))]
+    owners = list({id(m): m for r in roots for m in r.modules()
+                   if isinstance(getattr(m, "generation_config", None), GenerationConfig)}.values())
     saved = [m.generation_config for m in owners]
     for m in owners:
         m.generation_config = GenerationConfig()
@@ -96,8 +99,9 @@ def own_generation_config(model: nn.Module) -> Iterator[None]:
             m.generation_config = cfg
 
 
-_UNSET_ONLY = ("min_p", "top_h", "suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias",
-               "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty", "watermarking_config")
+_UNSET_ONLY = ("min_p", "min_new_tokens", "min_length", "top_h", "suppress_tokens", "begin_suppress_tokens",
+               "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
+               "exponential_decay_length_penalty", "watermarking_config")
 
 
 def inherited_sampling(model: nn.Module) -> dict:
@@ -107,7 +111,7 @@ def inherited_sampling(model: nn.Module) -> dict:
     if cfg is None:
         return {}
     fields = {**{k: getattr(cfg, k, None) for k in (*NEUTRAL_SAMPLING, *_UNSET_ONLY)}, "temperature": cfg.temperature}
-    neutral = {**NEUTRAL_SAMPLING, "temperature": 1.0}
+    neutral = {**NEUTRAL_SAMPLING, "temperature": 1.0, "min_p": 0.0, "min_new_tokens": 0, "min_length": 0}
     return {k: v for k, v in fields.items() if v is not None and v != neutral.get(k) and k != "use_cache"}
 
 

@@ -86,7 +86,9 @@ def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], response
     """
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id)
+    # The mask marks the padding; a user's pad-less tokenizer (a TRL trainer's) pads with its eos id.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], pad)
     ids, mask = ids.to(device), mask.to(device)
     out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
                  use_cache=False)

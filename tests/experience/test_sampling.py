@@ -105,3 +105,30 @@ def test_the_shipped_fields_are_named_in_the_log(model) -> None:
     found = inherited_sampling(model)
     assert {k: found[k] for k in SHIPPED if k != "do_sample"} == {k: v for k, v in SHIPPED.items() if k != "do_sample"}
     assert math.isclose(found["temperature"], 0.5)
+
+
+def test_wrapped_models_inherit_nothing_either(model, monkeypatch) -> None:
+    """A LoRA policy (PeftModel) and its adapter-free reference (which holds the PeftModel as a plain attribute)."""
+    import copy
+
+    from transformers.generation.utils import GenerationMixin
+
+    from r2m.config import LoRAConfig
+    from r2m.models.lora import AdapterFreeReference, apply_lora
+
+    seen: list[set[str]] = []
+    build = GenerationMixin._get_logits_processor
+
+    def spy(m, *args, **kwargs):
+        out = build(m, *args, **kwargs)
+        seen.append({type(p).__name__ for p in out})
+        return out
+
+    monkeypatch.setattr(GenerationMixin, "_get_logits_processor", spy)
+    policy = apply_lora(copy.deepcopy(model), LoRAConfig(enabled=True, r=2), "causal")
+    prompts = torch.tensor([[1, 2, 2], [3, 1, 4]])
+    for m in (policy, AdapterFreeReference(policy)):
+        generate(m, prompts, torch.ones_like(prompts), temperature=T, max_new_tokens=4, eos_token_id=EOS,
+                 pad_token_id=PAD)
+    assert len(seen) == 2 and all(names == {"TemperatureLogitsWarper"} for names in seen), seen
+    assert policy.get_base_model().generation_config.min_p == 0.2  # restored

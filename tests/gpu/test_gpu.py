@@ -24,7 +24,7 @@ DEVICE = os.environ.get("R2M_GPU_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(), reason="needs CUDA")]
 
-BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", f"run.device={DEVICE}"]
+BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", "run.mixed_precision=bf16", f"run.device={DEVICE}"]
 
 
 def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
