@@ -72,7 +72,12 @@ class PolicyConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)
     """Size of the world's policy when it is built here."""
     dtype: DType = DType.FLOAT32
-    """Weights dtype: float32, bfloat16 or float16."""
+    """Weights dtype: float32, bfloat16 or float16. The frozen reference (and a LoRA policy's base) stays in it;
+    the weights that train (the policy, PPO's critic, SFT) are kept as float32 master weights, as verl and
+    DeepSpeed/FSDP do, because AdamW on 16-bit weights rounds updates of ~1e-6 away; their forward and backward
+    run under ``run.mixed_precision``'s autocast (set bf16 for 16-bit compute). Logged at start. Under DeepSpeed,
+    whose optimiser keeps fp32 masters itself, the weights are left as loaded. Saved checkpoints hold the
+    float32 masters."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -153,7 +158,8 @@ class RewardConfig:
     arch: ArchConfig = field(default_factory=lambda: ArchConfig(hidden_size=96, num_heads=4, intermediate_size=192))
     """Size of the world's RM backbone (deliberately another width than the policy)."""
     dtype: DType = DType.FLOAT32
-    """Weights dtype of the reward model."""
+    """Weights dtype of the reward model. Frozen (RL's RM backbone) it stays in it; trained (``r2m rm``, SER's RMs,
+    R2M's head and fusion) the trainable weights are float32 masters, as for ``policy.dtype``."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
     scaling: Scaling = Scaling.NONE

@@ -7,18 +7,21 @@ picks one by name with :func:`compute_advantages`. The standalone math (``comput
 
 Layout: ``N`` prompts, ``K`` samples per prompt, flattened responses ``N*K`` (row ``n*K + k`` is
 prompt ``n``, sample ``k``), ``T`` response tokens (right-padded, mask 1 on real tokens).
+
+float16/bfloat16 inputs are computed in float32, and masked positions are selected away (a NaN or inf
+there never reaches a return, an advantage or a whitening statistic): see :mod:`r2m.core.losses`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from r2m.core.losses import masked_whiten
+from r2m.core.losses import apply_mask, full_precision, masked_whiten
 
 __all__ = [
     "Estimator",
@@ -125,7 +128,9 @@ def compute_advantages(
         raise ValueError(f"unknown advantage estimator {estimator!r}; valid: {valid}") from None
     if key not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"advantage estimator {key.value!r} has no registered implementation")
-    return ADVANTAGE_ESTIMATORS[key](inp, params)
+    upcast = {f.name: full_precision(getattr(inp, f.name)) for f in fields(inp)
+              if f.name != "mask" and getattr(inp, f.name) is not None}
+    return ADVANTAGE_ESTIMATORS[key](replace(inp, **upcast), params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +151,7 @@ def compute_rloo_advantage(rewards: Tensor) -> Tensor:
     (the float sum would leave about one ulp).
     """
     _check_group(rewards, "rloo")
+    rewards = full_precision(rewards)
     k = rewards.shape[-1]
     leave_one_out = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)  # (N, K)
     return (rewards - leave_one_out).masked_fill(constant_groups(rewards), 0.0)  # (N, K)
@@ -167,6 +173,7 @@ def compute_group_centered(rewards: Tensor) -> Tensor:
     scaling up-weights groups whose rewards barely differ. A constant group gives exactly 0.
     """
     _check_group(rewards, "dr_grpo")
+    rewards = full_precision(rewards)
     centered = rewards - rewards.mean(dim=-1, keepdim=True)  # (N, K)
     return centered.masked_fill(constant_groups(rewards), 0.0)  # (N, K)
 
@@ -180,6 +187,7 @@ def compute_grpo_advantage(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     (|A| up to ~1 at K = 8–16), which is R2M's group degeneration case.
     """
     _check_group(rewards, "grpo")
+    rewards = full_precision(rewards)
     mean = rewards.mean(dim=-1, keepdim=True)  # (N, 1)
     std = rewards.std(dim=-1, keepdim=True)  # (N, 1) unbiased
     adv = (rewards - mean) / (std + eps)  # (N, K)
@@ -190,7 +198,7 @@ def compute_remax_advantage(rewards: Tensor, baseline: Tensor) -> Tensor:
     """ReMax: A_ij = r_ij − b_i, b_i the reward of the greedy response; (N, K), (N,) → (N, K)."""
     if baseline.shape != rewards.shape[:1]:
         raise ValueError(f"baseline must be (N,) = {tuple(rewards.shape[:1])}, got {tuple(baseline.shape)}")
-    return rewards - baseline.unsqueeze(-1)  # (N, K): one greedy baseline shared by the K samples
+    return full_precision(rewards) - full_precision(baseline).unsqueeze(-1)  # (N, K): one greedy baseline per group
 
 
 def compute_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
@@ -199,11 +207,12 @@ def compute_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor
     Computed as G_t = m_t (r_t + γ G_{t+1}); with right padding G is 0 past the last valid token,
     so nothing is bootstrapped from padding, and masked positions get 0.
     """
+    token_rewards = full_precision(token_rewards)
     m = mask.to(token_rewards.dtype)  # (B, T)
     returns = torch.zeros_like(token_rewards)  # (B, T)
     running = torch.zeros_like(token_rewards[:, 0])  # (B,)
     for t in reversed(range(token_rewards.shape[-1])):  # loop over T only, vectorised over B
-        running = m[:, t] * (token_rewards[:, t] + gamma * running)  # (B,)
+        running = apply_mask(token_rewards[:, t] + gamma * running, m[:, t])  # (B,)
         returns[:, t] = running
     return returns
 
@@ -222,19 +231,20 @@ def compute_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam
     A_t = Σ_l (γλ)^l δ_{t+l}, computed as A_t = m_t (δ_t + γλ A_{t+1}); returns R_t = A_t + V_t.
     Masked (right-padded) positions get 0 and are never bootstrapped from. No whitening here.
     """
+    rewards, values = full_precision(rewards), full_precision(values)
     m = mask.to(values.dtype)  # (B, T)
     n_tokens = values.shape[-1]
     advantages = torch.zeros_like(values)  # (B, T)
     running = torch.zeros_like(values[:, 0])  # (B,)
     for t in reversed(range(n_tokens)):  # loop over T only, vectorised over B
         if t + 1 < n_tokens:
-            next_value = values[:, t + 1] * m[:, t + 1]  # (B,) 0 once the response has ended
+            next_value = apply_mask(values[:, t + 1], m[:, t + 1])  # (B,) 0 once the response has ended
         else:
             next_value = torch.zeros_like(running)  # (B,)
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
-        running = m[:, t] * (delta + gamma * lam * running)  # (B,)
+        running = apply_mask(delta + gamma * lam * running, m[:, t])  # (B,)
         advantages[:, t] = running
-    returns = (advantages + values) * m  # (B, T)
+    returns = apply_mask(advantages + values, m)  # (B, T)
     return GAEOutput(advantages=advantages, returns=returns)
 
 
@@ -269,7 +279,7 @@ def _masked_kl(inp: AdvantageInput) -> Tensor:
     m = inp.mask.to(inp.scores.dtype)  # (N*K, T)
     if inp.kl_penalty is None:
         return torch.zeros_like(m)
-    return inp.kl_penalty.to(m.dtype) * m  # (N*K, T)
+    return apply_mask(inp.kl_penalty.to(m.dtype), m)  # (N*K, T)
 
 
 def _sequence_rewards(inp: AdvantageInput) -> Tensor:
@@ -280,7 +290,7 @@ def _sequence_rewards(inp: AdvantageInput) -> Tensor:
 
 def _broadcast(seq_values: Tensor, mask: Tensor) -> Tensor:
     """Per-sequence values (N, K) onto every response token, (N*K, T), zero where masked."""
-    return seq_values.reshape(-1, 1) * mask.to(seq_values.dtype)  # (N*K, T)
+    return apply_mask(seq_values.reshape(-1, 1), mask)  # (N*K, T)
 
 
 def _token_rewards(inp: AdvantageInput) -> Tensor:
@@ -292,7 +302,7 @@ def _token_rewards(inp: AdvantageInput) -> Tensor:
     last = (positions * m).argmax(dim=-1, keepdim=True)  # (N*K, 1)
     rewards = -_masked_kl(inp)  # (N*K, T)
     rewards = rewards.scatter_add(-1, last, inp.scores.reshape(-1, 1).to(m.dtype))  # (N*K, T)
-    return rewards * m
+    return apply_mask(rewards, m)
 
 
 @register(Estimator.RLOO)
@@ -337,7 +347,7 @@ def reinforce_pp_estimator(inp: AdvantageInput, params: AdvantageParams) -> Adva
     r_t = −β·KL_t (+ score at the last token); whitening is global over the batch (masked)."""
     m = inp.mask.to(inp.scores.dtype)  # (N*K, T)
     returns = compute_returns(_token_rewards(inp), m, params.gamma)  # (N*K, T)
-    adv = masked_whiten(returns, m) * m if params.whiten else returns  # (N*K, T)
+    adv = apply_mask(masked_whiten(returns, m), m) if params.whiten else returns  # (N*K, T)
     return AdvantageOutput(advantages=adv, returns=returns)
 
 
@@ -360,5 +370,5 @@ def gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutp
     m = inp.mask.to(inp.scores.dtype)  # (N*K, T)
     values = inp.values.to(m.dtype)  # (N*K, T)
     gae = compute_gae(_token_rewards(inp), values, m, params.gamma, params.lam)
-    adv = masked_whiten(gae.advantages, m) * m if params.whiten else gae.advantages  # (N*K, T)
+    adv = apply_mask(masked_whiten(gae.advantages, m), m) if params.whiten else gae.advantages  # (N*K, T)
     return AdvantageOutput(advantages=adv, returns=gae.returns)

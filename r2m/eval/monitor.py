@@ -13,7 +13,6 @@ the caller logs once per run.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Sequence
 
@@ -34,6 +33,7 @@ from r2m.errors import DataError
 from r2m.eval.policy import PolicySamples
 from r2m.experience.rewards import RewardFunction, RewardQuery
 from r2m.experience.rollout import eval_mode, left_pad, position_ids
+from r2m.utils import device_clock
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def monitor_signals(samples: PolicySamples, sft: PolicySamples, models: MonitorM
     the proxy gain per KL; None at the first evaluation)."""
     if samples.response_ids is None or sft.response_ids is None or samples.prompt_ids is None:
         raise DataError("monitor_signals: the samples carry no token ids; expected r2m.eval.policy.sample_policy's")
-    t0 = time.perf_counter()
+    t0 = device_clock()
     out = MonitorReading({})
     _rank_signals(samples, models, out)
     if previous is not None and samples.proxy is not None:
@@ -185,5 +185,5 @@ def monitor_signals(samples: PolicySamples, sft: PolicySamples, models: MonitorM
     for k in nan:  # e.g. no KL growth since the last evaluation: no rate to speak of
         out.missing[k] = "undefined on this evaluation (NaN)"
         del out.metrics[k]
-    out.metrics["time/monitor"] = time.perf_counter() - t0
+    out.metrics["time/monitor"] = device_clock() - t0
     return out

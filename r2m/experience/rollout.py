@@ -17,7 +17,7 @@ from torch import nn
 from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
 from r2m.config import Algorithm, KLMode, OldLogprobs, RLConfig
 from r2m.runtime.distributed import Dist
-from r2m.core.losses import entropy_from_logits, kl_penalty, masked_mean, masked_var
+from r2m.core.losses import entropy_from_logits, kl_penalty, masked_mean, masked_sum, masked_var
 from r2m.models.critic import response_values
 from r2m.experience.rewards import RewardFunction, RewardQuery
 from r2m.utils import PhaseTimer
@@ -305,7 +305,7 @@ class ExperienceMaker:
                                                     position_ids(gen.attention_mask[r]))
                                     for r in self._row_chunks(gen.sequences.shape[0])]) * gen.action_mask
         mask_f = gen.action_mask.float()
-        kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask_f  # (B, R)
+        kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator, mask_f)  # (B, R) 0 on padding
         in_reward = cfg.kl_mode == KLMode.REWARD
         advantages, returns = self._advantages(scores, mask_f, baseline, values, beta * kl_tok if in_reward else None)
         return Experience(
@@ -337,7 +337,7 @@ def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]
         "reward/shaped": scores.mean().item(),
         "kl": masked_mean(log_ratio, m).item(),
         # Sequence-level KL (sum over tokens): what adaptive-KL targets are stated in (TRL, SER).
-        "kl/seq_sum": (log_ratio * m).sum(-1).mean().item(),
+        "kl/seq_sum": masked_sum(log_ratio, m, dim=-1).mean().item(),
         "response/length": lengths.mean().item(),
         "adv/mean": adv_seq.mean().item(),
         "adv/std": adv_seq.std().item() if B > 1 else 0.0,

@@ -100,4 +100,6 @@ def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], response
     """
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    return sequence_feedback(policy, [p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id, device)
+    # The mask marks the padding; a user's pad-less tokenizer (a TRL trainer's) pads with its eos id.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return sequence_feedback(policy, [p + r for p, r in zip(p_ids, r_ids)], pad, device)

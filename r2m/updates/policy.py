@@ -60,7 +60,7 @@ class PolicyUpdater:
                                             clip_ratio_c=cfg.clip_ratio_c)
         loss = pg.loss
         if cfg.kl_mode == KLMode.LOSS and beta > 0:
-            kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator)  # (b, R)
+            kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator, mask)  # (b, R)
             loss = loss + beta * aggregate(kl, mask, cfg.aggregation, **norms)
         # Token means of this part, weighted by its share of the (global) tokens: they add up over
         # micro-batches and ranks to the minibatch's token means.

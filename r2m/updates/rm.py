@@ -10,6 +10,7 @@ import torch
 
 from r2m.config import Config, LoRAConfig, RMConfig
 from r2m.runtime.distributed import configure_deepspeed
+from r2m.runtime.precision import fp32_master_weights
 from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.core.losses import bradley_terry_loss
 from r2m.runtime.runlog import RunDir
@@ -88,6 +89,7 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
 
     enc_c, enc_r = rm.tokenize(prompts, chosen), rm.tokenize(prompts, rejected)
     steps = num_steps(len(prompts), rmc.batch_size, rmc.epochs, rmc.max_steps)
+    fp32_master_weights(rm, "reward model", accelerator)
     opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=rmc.lr, weight_decay=rmc.weight_decay)
     schedule = get_linear_schedule_with_warmup if linear_decay else get_cosine_schedule_with_warmup
     sched = schedule(opt, int(rmc.warmup_ratio * steps), steps)

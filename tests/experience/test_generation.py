@@ -221,6 +221,9 @@ def test_vllm_engine_and_sampling_arguments(fake_vllm) -> None:
     sp = llm.params[-1]
     assert [p.kwargs["temperature"] for p in sp] == [0.7] * 3
     assert all(p.top_p == 1.0 and p.top_k == -1 and p.n == 1 and p.max_tokens == 4 for p in sp)
+    # every sampling field at its neutral value, explicitly: nothing left to the engine's or checkpoint's defaults
+    assert all(p.min_p == 0.0 and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+               and p.frequency_penalty == 0.0 and p.min_tokens == 0 and p.ignore_eos is False for p in sp)
     assert all(p.stop_token_ids == [tok.eos_token_id] for p in sp)
     seeds = [p.seed for p in sp]
     assert seeds == list(range(seeds[0], seeds[0] + 3))  # one draw from torch's RNG, one seed per request

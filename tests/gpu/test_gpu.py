@@ -24,7 +24,7 @@ DEVICE = os.environ.get("R2M_GPU_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(), reason="needs CUDA")]
 
-BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", f"run.device={DEVICE}"]
+BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", "run.mixed_precision=bf16", f"run.device={DEVICE}"]
 
 
 def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
@@ -33,7 +33,8 @@ def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
     run = RLRun(load_config(None, [*tiny, *BF16, "reward.r2m.enabled=true", "run.name=gpu-bf16-step"]))
     policy = run.acc.unwrap_model(run.policy)
     first = next(policy.parameters())
-    assert first.dtype == torch.bfloat16 and first.device.type == DEVICE
+    assert first.dtype == torch.float32 and first.device.type == DEVICE  # fp32 master weights (r2m.runtime.precision)
+    assert next(run.ref.parameters()).dtype == torch.bfloat16  # the frozen reference keeps policy.dtype
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     rm_before = run.rm_updater.model.trainable_state()
     rows = [run.step(s) for s in (1, 2)]

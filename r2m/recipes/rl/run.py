@@ -23,6 +23,7 @@ import torch
 
 from r2m.config import Algorithm, Config
 from r2m.runtime.distributed import Dist
+from r2m.runtime.precision import fp32_master_weights, master_dtype
 from r2m.experience.rollout import ExperienceMaker, HiddenStore, Shaping
 from r2m.experience.sampling import tokenize_prompts
 from r2m.runtime.runlog import RunDir
@@ -90,7 +91,9 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         self.tok = load_tokenizer(self.inputs.policy, cfg.policy.trust_remote_code)
         # With policy.lora the reference is the policy's own base, adapters off (ref is None here).
         policy, ref = build_policy_and_reference(cfg.policy, self.inputs.policy, self.resume_dir and
-                                                 self.resume_dir / "policy", cfg.run.allow_unsafe_weights)
+                                                 self.resume_dir / "policy", cfg.run.allow_unsafe_weights,
+                                                 resume_dtype=master_dtype(cfg.policy.dtype, self.acc))
+        fp32_master_weights(policy, "policy", self.acc)  # the reference keeps policy.dtype
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                       weight_decay=0.0, **cfg.rl.optimizer_impl.torch_kwargs)
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
@@ -178,6 +181,7 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
                                   "the policy's tokenizer, since the critic reads the policy's tokens; use 'policy'")
         path = self.inputs.reward_model if rl.critic_init == "reward" else self.inputs.policy
         critic = build_critic(rl.critic_init, path, self.cfg.policy.dtype, self.cfg.policy.trust_remote_code)
+        fp32_master_weights(critic, "critic", self.acc)
         if self.cfg.policy.gradient_checkpointing:
             enable_gradient_checkpointing(critic.backbone)
         opt = torch.optim.AdamW(critic.parameters(), lr=rl.critic_lr, **rl.optimizer_impl.torch_kwargs)

@@ -4,7 +4,6 @@ guard that skips a step whose experience holds NaN/inf."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Optional
 
 import torch
@@ -13,6 +12,7 @@ from r2m.experience.rollout import Experience, experience_metrics
 from r2m.recipes.rl.trl_aliases import with_trl_aliases
 from r2m.errors import NumericError
 from r2m.experience.sampling import chunk_seed
+from r2m.utils import device_clock
 
 log = logging.getLogger("r2m")
 
@@ -55,11 +55,11 @@ class StepMixin:
         # The global batch (the same on every rank), then this rank's contiguous share: a prompt's K
         # samples are made on one rank, so group advantages and R2M's per-group loss stay local.
         idx = self.dist.shard(self.sampler.next(cfg.rl.prompts_per_step))
-        t0 = time.perf_counter()
+        t0 = device_clock()
         beta = self.kl_ctl.value
         exp = self.maker.make([self.train.texts[i] for i in idx], [self.train.ids[i] for i in idx], step=step - 1,
                               beta=beta, seeds=self._chunk_seeds(step))
-        t1 = time.perf_counter()
+        t1 = device_clock()
         if self.rm_updater is not None and self.initial_rm_state is None:
             self.initial_rm_state = self.rm_updater.model.trainable_state()
         bad = bad_experience(exp)
@@ -70,10 +70,10 @@ class StepMixin:
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.generator.sync_weights(self.acc.unwrap_model(self.policy))  # vLLM: push the new weights; hf: nothing
-        t2 = time.perf_counter()
+        t2 = device_clock()
         if self.rm_updater is not None:
             stats.update(self.rm_updater.update(exp, update.policy_hidden))
-        t3 = time.perf_counter()
+        t3 = device_clock()
         self.bad_steps = self.bad_steps + 1 if stats.get("guard/skipped_minibatches", 0) == cfg.rl.epochs * \
             cfg.rl.minibatches else 0
         timing = {f"time/{k}": v for k, v in self.maker.timer.pop().items()}
