@@ -5,7 +5,9 @@ needs. In the models layer so that a reward model can compute h for texts withou
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NamedTuple, Optional, Sequence
+import functools
+import inspect
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -76,6 +78,60 @@ def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedb
     return Feedback(hidden[:, :-1], feedback_mask(attention_mask))
 
 
+# ---------------------------------------------------------------------------------------------
+# The decoder's last-layer states, from inside the model's own forward
+# ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The Hugging Face causal LM inside the wrappers a policy may come in: DDP or DeepSpeed (``.module``), the
+    adapter-free reference (``.peft_model``, :class:`r2m.models.lora.AdapterFreeReference`) and PEFT
+    (``get_base_model()``). Its ``get_decoder()`` and ``get_output_embeddings()`` are the backbone and LM head."""
+    while True:
+        inner = getattr(model, "peft_model", None)
+        if inner is None and isinstance(getattr(model, "module", None), nn.Module):
+            inner = model.module
+        if inner is None and hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        if inner is None:
+            return model
+        model = inner
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def last_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                read: Callable[[torch.Tensor], T]) -> T:
+    """``read(states)`` of the decoder's last-layer states (B, S, D) (after its final norm: what the LM head
+    reads, and ``hidden_states[-1]``), computed inside ``model``'s own forward.
+
+    ``model`` is called as it is, so whatever wraps its forward still applies: DDP's gradient synchronisation,
+    FSDP's gathered parameters, accelerate's autocast. A forward hook on the decoder hands ``read`` the states
+    while that forward runs. The model's own LM head is asked for one position only (``logits_to_keep=1``,
+    where the model takes it), so no (B, S, V) logits exist, and accelerate's float32 copy of the outputs
+    covers (B, 1, V). Positions skip left padding, as ``generate`` counts them; no KV cache is built.
+    """
+    lm = causal_lm(model)
+    out: list = []
+
+    def hook(module, args, output):
+        out.append(read(output[0]))  # (B, S, D) last_hidden_state; returning None keeps the output
+
+    handle = lm.get_decoder().register_forward_hook(hook)
+    extra = {"logits_to_keep": 1} if _takes_logits_to_keep(type(lm)) else {}
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+              use_cache=False, **extra)
+    finally:
+        handle.remove()
+    return out[0]
+
+
 @torch.no_grad()
 def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str],
                   device: torch.device) -> Feedback:
@@ -88,6 +144,4 @@ def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], response
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
-                 use_cache=False)
-    return feedback_states(out.hidden_states[-1], mask)
+    return feedback_states(last_states(policy, ids, mask, torch.Tensor.detach), mask)  # (B, S-1, D_p)
