@@ -110,7 +110,7 @@ class R2MUpdater:
         grebt_terms takes itself (so the paper's update stays exactly as it was). ``r`` (n, K): the scores, whose
         values only ``self`` would read (``gold`` reads the gold reward, ``random`` the step's seed)."""
         choice = self.cfg.pair_choice
-        if choice is PairChoice.SELF:
+        if PairChoice(choice) is PairChoice.SELF:
             return None
         gold = exp.gold.view(exp.n, exp.k) if exp.gold is not None else None  # (n, K)
         gen = torch.Generator().manual_seed(pair_seed(self.reward.seed, exp.step))
