@@ -111,8 +111,16 @@ class _Job:
     pass_rows: int
 
 
-def _passes(job: _Job, gen) -> tuple[float, float, Optional[Feedback]]:
-    """KL to the reference (sum, tokens) and R2M's h of one batch, in chunks of ``pass_rows`` rows."""
+def batch_rows(b: int, size: int, total: int) -> tuple[list[int], int]:
+    """Sample indices of evaluation batch ``b`` (``size`` of them: a short last batch repeats its own samples, so
+    every batch runs the same passes) and how many are its own (the rest are thrown away)."""
+    own = list(range(b * size, min((b + 1) * size, total)))
+    return [own[j % len(own)] for j in range(size)], len(own)
+
+
+def _passes(job: _Job, gen, real: int) -> tuple[float, float, Optional[Feedback]]:
+    """KL to the reference over the first ``real`` rows (sum, tokens) and R2M's h of one batch, in chunks of
+    ``pass_rows`` rows."""
     needs_hidden = job.reward_fn is not None and job.reward_fn.needs_policy_hidden
     args = (gen.sequences, gen.attention_mask, gen.prompt_len, job.kl_temperature, job.pass_rows)
     if job.ref is None and not needs_hidden:
@@ -121,13 +129,13 @@ def _passes(job: _Job, gen) -> tuple[float, float, Optional[Feedback]]:
     h = Feedback(fwd.hidden, feedback_mask(gen.attention_mask)) if needs_hidden else None
     if job.ref is None:
         return 0.0, 0.0, h
-    m = gen.action_mask.float()
+    m = gen.action_mask[:real].float()  # (real, R)
     lr = chunked_response_forward(job.ref, *args).logprobs
-    return ((fwd.logprobs - lr) * m).sum().item(), m.sum().item(), h
+    return ((fwd.logprobs[:real] - lr[:real]) * m).sum().item(), m.sum().item(), h
 
 
-def _sample_batch(job: _Job, b: int, texts: Sequence[str], ids: Sequence[Sequence[int]]) -> _Batch:
-    """Sample, measure and score evaluation batch ``b`` from its own seed."""
+def _sample_batch(job: _Job, b: int, texts: Sequence[str], ids: Sequence[Sequence[int]], real: int) -> _Batch:
+    """Sample, measure and score evaluation batch ``b`` from its own seed; the results of its first ``real`` rows."""
     tok, device = job.tokenizer, job.device
     torch.manual_seed(batch_seed(job.cfg.seed, b))
     pids, pmask = left_pad(ids, tok.pad_token_id)
@@ -135,7 +143,7 @@ def _sample_batch(job: _Job, b: int, texts: Sequence[str], ids: Sequence[Sequenc
                    max_new_tokens=job.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     resp, am = gen.sequences[:, gen.prompt_len:].cpu(), gen.action_mask.cpu()
     responses = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=False) for r, m in zip(resp, am)]
-    kl_num, kl_den, h = _passes(job, gen)
+    kl_num, kl_den, h = _passes(job, gen, real)
     hidden, mask = (h.hidden, h.mask) if h is not None else (None, None)
     query = RewardQuery(list(texts), responses, policy_hidden=hidden, policy_mask=mask, step=job.step)
     gold = proxy = vanilla = None
@@ -147,8 +155,9 @@ def _sample_batch(job: _Job, b: int, texts: Sequence[str], ids: Sequence[Sequenc
         if job.reward_fn is not None:
             out = job.reward_fn(query)
             proxy, vanilla = out.scores.cpu(), out.vanilla.cpu() if out.vanilla is not None else None
-    return _Batch(b, responses, [r[m.bool()].tolist() for r, m in zip(resp, am)], am.sum(-1).float(), gold, proxy,
-                  vanilla, kl_num, kl_den)
+    own = (lambda x: None if x is None else x[:real])
+    return _Batch(b, responses[:real], [r[m.bool()].tolist() for r, m in zip(resp[:real], am[:real])],
+                  am[:real].sum(-1).float(), own(gold), own(proxy), own(vanilla), kl_num, kl_den)
 
 
 @torch.no_grad()
@@ -158,17 +167,20 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
                   kl_temperature: float = 1.0, step: int = 0, dist: Dist = Dist(), pass_rows: int = 0) -> PolicySamples:
     """Responses to the evaluation prompts (each ``eval.samples_per_prompt`` times), in batches of ``eval.batch_size``
     samples, each from its own seed and shared out over the ``dist`` ranks; every rank returns all of them, in
-    order, so the result does not depend on the number of processes. ``pass_rows``: rows per log-prob pass."""
+    order, so the result does not depend on the number of processes. Every rank runs the same passes (FSDP needs
+    every rank in every forward): the batches all have the first one's size (:func:`batch_rows`) and every rank
+    as many of them (:func:`rank_batches`). ``pass_rows``: rows per log-prob pass."""
     reps = cfg.samples_per_prompt
     texts = [t for t in prompt_texts for _ in range(reps)]
     ids_list = [p for p in prompt_ids for _ in range(reps)]
     job = _Job(policy, tokenizer, cfg, max_new_tokens, device, ref, reward_fn, gold_fn, kl_temperature, step, pass_rows)
-    size = cfg.batch_size
+    size = min(cfg.batch_size, len(texts)) or 1
     done = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eval_mode(policy):
         for b in rank_batches(-(-len(texts) // size), dist):
             i = b if b >= 0 else -1 - b
-            part = _sample_batch(job, i, texts[i * size: (i + 1) * size], ids_list[i * size: (i + 1) * size])
+            rows, real = batch_rows(i, size, len(texts))
+            part = _sample_batch(job, i, [texts[j] for j in rows], [ids_list[j] for j in rows], real)
             if b >= 0:
                 done.append(part)
     parts = sorted(dist.gather_objects(done), key=lambda p: p.index)

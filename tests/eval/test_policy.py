@@ -84,7 +84,10 @@ def test_evaluation_shared_out_over_ranks_equals_one_process() -> None:
 
 
 def test_rank_batches_give_every_rank_the_same_number_of_passes() -> None:
-    from r2m.eval.policy import rank_batches
+    from r2m.eval.policy import batch_rows, rank_batches
+
+    assert batch_rows(3, 3, 10) == ([9, 9, 9], 1)  # a short last batch repeats its own samples
+    assert batch_rows(1, 3, 10) == ([3, 4, 5], 3) and batch_rows(0, 4, 4) == ([0, 1, 2, 3], 4)
 
     assert [rank_batches(4, _Rank(r, 3)) for r in range(3)] == [[0, 3], [1, -2], [2, -3]]
     assert rank_batches(5, _Rank(0, 1)) == [0, 1, 2, 3, 4]
