@@ -12,6 +12,8 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence, TypeVar
 import torch
 from torch import nn
 
+from r2m.errors import ModelError
+
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
@@ -106,7 +108,7 @@ def _takes_logits_to_keep(cls: type) -> bool:
 
 
 def last_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                read: Callable[[torch.Tensor], T]) -> T:
+                read: Callable[[torch.Tensor], T], check_head: bool = False) -> T:
     """``read(states)`` of the decoder's last-layer states (B, S, D) (after its final norm: what the LM head
     reads, and ``hidden_states[-1]``), computed inside ``model``'s own forward.
 
@@ -115,21 +117,39 @@ def last_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     while that forward runs. The model's own LM head is asked for one position only (``logits_to_keep=1``,
     where the model takes it), so no (B, S, V) logits exist, and accelerate's float32 copy of the outputs
     covers (B, 1, V). Positions skip left padding, as ``generate`` counts them; no KV cache is built.
+
+    ``check_head``: refuse a model whose logits are not its output embeddings applied to these states (a
+    softcap or scale after the head, as some families apply), by comparing the two at the last position.
     """
     lm = causal_lm(model)
     out: list = []
 
     def hook(module, args, output):
-        out.append(read(output[0]))  # (B, S, D) last_hidden_state; returning None keeps the output
+        states = output[0]  # (B, S, D) last_hidden_state; returning None keeps the output
+        out.append(read(states))
+        if check_head:
+            out.append(lm.get_output_embeddings()(states[:, -1]).detach())  # (B, V)
 
     handle = lm.get_decoder().register_forward_hook(hook)
     extra = {"logits_to_keep": 1} if _takes_logits_to_keep(type(lm)) else {}
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-              use_cache=False, **extra)
+        result = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                       use_cache=False, **extra)
     finally:
         handle.remove()
+    if check_head:
+        _check_head(lm, out[1], result.logits[:, -1])
     return out[0]
+
+
+def _check_head(lm: nn.Module, ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """``ours`` (B, V) = head(last states) against the model's own last-position logits ``theirs`` (B, V)."""
+    ours, theirs = ours.float(), theirs.detach().float()
+    scale = theirs.abs().max().clamp(min=1.0)
+    if not torch.allclose(ours, theirs, rtol=1e-2, atol=1e-2 * scale.item()):
+        raise ModelError(f"{type(lm).__name__}: its logits are not its output embeddings applied to the decoder's last "
+                         f"states (largest difference {(ours - theirs).abs().max().item():.3g}: a softcap or scale "
+                         "after the LM head?); r2m's response-only log-prob pass does not support this model")
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ def response_forward(model: nn.Module, sequences: torch.Tensor, attention_mask: 
         lp, ent = token_logprobs(head, states[:, P - 1: -1][real], targets, temperature, with_entropy)  # (N,)
         return lp, ent, states.detach() if with_hidden else None
 
-    lp, ent, hidden = last_states(model, seq, mask, read)
+    lp, ent, hidden = last_states(model, seq, mask, read, check_head=True)
 
     def spread(x: torch.Tensor) -> torch.Tensor:  # (N,) -> (B, R)
         return cols.response(x.new_zeros(real.shape).masked_scatter(real, x))

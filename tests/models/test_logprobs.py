@@ -167,3 +167,39 @@ def test_entropy_and_logprobs_match_the_full_softmax(temperature) -> None:
     torch.testing.assert_close(f.entropy[real], -(logp.exp() * logp).sum(-1)[real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(f.logprobs[real], logp.gather(-1, seq[:, 5:, None]).squeeze(-1)[real],
                                atol=1e-5, rtol=1e-5)
+
+
+def _family(name: str):
+    from transformers import (Gemma2Config, Gemma2ForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM)
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    return {"llama": lambda: LlamaForCausalLM(LlamaConfig(**small)),
+            "qwen2": lambda: _narrow_qwen(64),
+            "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**small)),
+            "gemma2_softcap": lambda: Gemma2ForCausalLM(Gemma2Config(**small, head_dim=8, num_key_value_heads=1,
+                                                                     final_logit_softcapping=0.1))}[name]().eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt_neox"])
+def test_the_pass_equals_full_logits_for_each_family_with_left_padding(family) -> None:
+    """logits_to_keep and the decoder's last states work for the families the paper configs use, left-padded."""
+    model = _family(family)
+    seq, mask = _rows(64, [5, 2, 4], [6, 3, 1], 5, 6, seed=4)
+    with torch.no_grad():
+        f = response_forward(model, seq, mask, 5, 0.7, with_hidden=True)
+        full = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
+    real = mask[:, 5:].bool()
+    torch.testing.assert_close(f.logprobs[real], _full_logits_logprobs(model, seq, mask, 5, 0.7)[real],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f.hidden[mask.bool()], full.hidden_states[-1][mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_that_transforms_its_logits_after_the_head_is_refused() -> None:
+    """Gemma 2 softcaps its logits after the LM head: the response-only pass would read other logits, so it refuses."""
+    from r2m.errors import ModelError
+
+    seq, mask = _rows(64, [3, 2], [4, 2], 3, 4, seed=5)
+    with torch.no_grad(), pytest.raises(ModelError, match="Gemma2ForCausalLM: its logits are not its output"):
+        response_forward(_family("gemma2_softcap"), seq, mask, 3, 1.0)
