@@ -1,4 +1,5 @@
-"""rl.old_logprobs (issue 18): recompute is bit-identical to before; generation agrees with it to float rounding."""
+"""rl.old_logprobs (issue 18): recompute matches the code before it (to float rounding since the log-prob pass and the
+fusion changed shape); generation agrees with it to float rounding."""
 
 from __future__ import annotations
 
@@ -51,14 +52,36 @@ NEW_KEYS = {*TRL_ALIASES, "reward/group_std"}
 """Metrics added after the fixtures (issue 17): TRL-named copies, and the within-group reward std they copy."""
 
 
-def test_recompute_is_bit_identical_to_the_code_before_issue_18() -> None:
+ROUNDING = dict(rel=1e-3, abs=1e-6)
+"""How far the fixtures' numbers may move: the log-prob pass (response-only logits, a selective log-softmax, padding
+cut per chunk), the k/v-free fusion and the chunked RM and fusion passes compute the same quantities in other
+orders. Measured against the code before them at one thread (CPU, AVX2): at most 1.3e-4 relative (on a 1e-7
+approx KL) and 5e-8 absolute; the samples, gold rewards and Table 3 are identical."""
+
+
+def _assert_rows_match(got: list[dict], expected: list[dict]) -> None:
+    """The same rows and keys, strings equal and numbers (hex floats or plain) equal up to ``ROUNDING``."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.keys() == e.keys(), set(g) ^ set(e)
+        for key, want in e.items():
+            have = g[key]
+            if isinstance(want, str) and want.startswith(("0x", "-0x", "inf", "-inf", "nan")):
+                have, want = float.fromhex(have) if isinstance(have, str) else have, float.fromhex(want)
+            if isinstance(want, float):
+                assert have == pytest.approx(want, nan_ok=True, **ROUNDING), (g.get("step"), key)
+            else:
+                assert have == want, key
+
+
+def test_recompute_matches_the_code_before_issue_18_to_float_rounding() -> None:
     # The fixture was written by tests/old_logprobs_run.py on the code before rl.old_logprobs existed.
     got = [{k: v for k, v in row.items() if k not in NEW_KEYS} for row in short_run(old_logprobs=OldLogprobs.RECOMPUTE)]
-    assert got == _expected(FIXTURE)
+    _assert_rows_match(got, _expected(FIXTURE))
 
 
-def test_a_cli_rl_run_with_r2m_is_bit_identical_to_the_code_before_issue_18(tiny, world_artifacts) -> None:
-    """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, bit for bit."""
+def test_a_cli_rl_run_with_r2m_matches_the_code_before_issue_18_to_float_rounding(tiny, world_artifacts) -> None:
+    """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
     from r2m.cli import main
     from r2m.config import load_config
 
@@ -71,7 +94,7 @@ def test_a_cli_rl_run_with_r2m_is_bit_identical_to_the_code_before_issue_18(tiny
            for r in rows]
     # monitor/* (issue 19) are new evaluation keys, and NEW_KEYS issue 17's TRL aliases, added after the fixture:
     # the training numbers are compared
-    assert got == expected
+    _assert_rows_match(got, expected)
 
 
 def _policy(layers: int = 2):

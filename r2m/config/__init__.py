@@ -17,7 +17,7 @@ from r2m.config.enums import (  # noqa: F401
     Algorithm, KLEstimator, KLMode, LossAggregation, RatioLevel, LRSchedule, FusionInit, RewardSource,
     R2MAblation, RewardBaseline, SERVariant, PairLoss, RetrainFrom, RetrainData, Calibration, KeepLoop,
     PPOPrompts, JudgeMode, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
-    HiddenDevice, Scaling, Generator, CriticInit, PairChoice, OldLogprobs, OptimizerImpl, Malloc,
+    HiddenDevice, HiddenDType, Scaling, Generator, CriticInit, PairChoice, OldLogprobs, OptimizerImpl, Malloc,
 )
 from r2m.config.monitor import MonitorConfig  # noqa: F401
 from r2m.config.run import (  # noqa: F401

@@ -307,7 +307,7 @@ class OnMismatch(str, enum.Enum):
 
 
 class DType(enum.StrEnum):
-    """Weights or activations dtype (``policy.dtype``, ``reward.dtype``, ``reward.r2m.hidden_dtype``)."""
+    """Weights dtype (``policy.dtype``, ``reward.dtype``)."""
 
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
@@ -329,6 +329,16 @@ class VLLMDType(enum.StrEnum):
 
     AUTO = "auto"
     """The checkpoint's."""
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class HiddenDType(enum.StrEnum):
+    """``reward.r2m.hidden_dtype``: the dtype R2M's h is stored in."""
+
+    POLICY = "policy"
+    """The dtype the policy computes in: run.mixed_precision's (bf16, fp16) when set, else policy.dtype."""
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"

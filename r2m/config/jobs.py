@@ -71,7 +71,10 @@ class EvalConfig:
     samples_per_prompt: int = 2
     """Samples per evaluation prompt (more: less noise)."""
     batch_size: int = 256
-    """Prompts per generation batch."""
+    """Samples per generation batch; each batch has its own seed, and the batches are shared out over the ranks."""
+    max_prompts: int = 512
+    """Evaluate the first this many evaluation prompts (0: all); the number left out is logged and recorded as
+    ``data/eval_prompts_capped``."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The API judge of ``r2m eval winrate --judge api`` (endpoint, model, key variable, limits, cache)."""
 
@@ -79,6 +82,7 @@ class EvalConfig:
         _check(self.temperature >= 0, "eval.temperature", ">= 0", self.temperature)
         _check(self.samples_per_prompt >= 1, "eval.samples_per_prompt", ">= 1", self.samples_per_prompt)
         _check(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+        _check(self.max_prompts >= 0, "eval.max_prompts", ">= 0 (0: all)", self.max_prompts)
 
 
 @dataclass(frozen=True)

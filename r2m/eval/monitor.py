@@ -32,7 +32,8 @@ from r2m.core.monitor import (
 from r2m.errors import DataError
 from r2m.eval.policy import PolicySamples
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.experience.rollout import eval_mode, left_pad, position_ids
+from r2m.experience.rollout import eval_mode, left_pad
+from r2m.models.feedback import last_states
 from r2m.utils import device_clock
 
 
@@ -101,8 +102,7 @@ def response_states(model: nn.Module, prompt_ids: Sequence[Sequence[int]], respo
             for i, b in enumerate(r):
                 resp[i, width - len(b):] = len(b) > 0
             ids, mask = ids.to(device), mask.to(device)
-            hidden = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                           output_hidden_states=True, use_cache=False).hidden_states[-1]  # (b, S, D)
+            hidden = last_states(model, ids, mask, torch.Tensor.detach)  # (b, S, D), no logits
             out.append(mean_pool(hidden.float().cpu(), resp))
     return torch.cat(out)
 

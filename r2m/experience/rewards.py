@@ -15,6 +15,7 @@ import torch
 
 from r2m.config import R2MAblation, R2MConfig, WorldConfig
 from r2m.models.fusion import omega
+from r2m.models.reward import DEFAULT_BATCH_SIZE
 from r2m.world import gold_rewards, parse_prompt
 
 log = logging.getLogger("r2m")
@@ -60,7 +61,7 @@ class ModelReward:
 
     needs_policy_hidden = False
 
-    def __init__(self, rm: "r2m.models.RewardModel", batch_size: int = 256):  # noqa: F821
+    def __init__(self, rm: "r2m.models.RewardModel", batch_size: int = DEFAULT_BATCH_SIZE):  # noqa: F821
         self.rm = self.reward_model = rm.eval().requires_grad_(False)
         self.batch_size = batch_size
 
@@ -104,8 +105,10 @@ class FeedbackReward:
     """R2M's reward r_φ(x, y, h) (or the Iterative RM-head baseline when the model has no fusion)."""
 
     def __init__(self, model: "r2m.models.r2m.FeedbackRewardModel", cfg: R2MConfig, total_steps: int,  # noqa: F821
-                 batch_size: int = 256, seed: int = 0):
-        self.model, self.cfg, self.total_steps, self.batch_size = model, cfg, total_steps, batch_size
+                 batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0):
+        self.model, self.cfg, self.total_steps = model, cfg, total_steps
+        self.batch_size = batch_size
+        """Rows per RM backbone forward (``reward.batch_size``); the fusion reads ``reward.r2m.fusion_batch_size``."""
         self.seed = seed
         self.needs_policy_hidden = model.fusion is not None
         self.reward_model = model.rm
@@ -131,12 +134,13 @@ class FeedbackReward:
     def __call__(self, query: RewardQuery) -> RewardOutput:
         rte = self.model.embed_texts(query.prompts, query.responses, self.batch_size)  # (B, D_m)
         h = self.feedback(query.policy_hidden, query.policy_mask, query.step) if self.needs_policy_hidden else None
+        rows = self.cfg.fusion_batch_size
         if h is not None and query.group_size >= 2:
-            factor = self.model.calibrate(rte, h, query.policy_mask, query.group_size)  # init=matched, once
+            factor = self.model.calibrate(rte, h, query.policy_mask, query.group_size, rows)  # init=matched, once
             if factor is not None:
                 self.calibration = factor
                 log.info("reward.r2m.init=matched: W_o rescaled by %.4g on the first rollout batch", factor)
-        scores = self.model.score_embeddings(rte, h, query.policy_mask, self.omega(query.step))
+        scores = self.model.score_rows(rte, h, query.policy_mask, self.omega(query.step), rows)
         return RewardOutput(scores.float(), rte, self.model.vanilla_score(rte))
 
 

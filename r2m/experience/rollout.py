@@ -11,42 +11,21 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
-from r2m.config import Algorithm, KLMode, OldLogprobs, RLConfig
+from r2m.config import Algorithm, KLMode, OldLogprobs, R2MConfig, RLConfig
 from r2m.runtime.distributed import Dist
-from r2m.core.losses import entropy_from_logits, kl_penalty, masked_mean, masked_sum, masked_var
+from r2m.core.losses import kl_penalty, masked_mean, masked_sum, masked_var
 from r2m.models.critic import response_values
+from r2m.models.logprobs import Forward, chunked_response_forward, length_sorted_chunks, real_columns
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.utils import PhaseTimer
+from r2m.utils import PhaseTimer, torch_dtype
 from r2m.models.feedback import Feedback, feedback_mask, feedback_states, text_feedback
 from r2m.experience.sampling import left_pad, position_ids, Generation, eval_mode, generate, concat_generations
 from r2m.core.reward_shaping import RunningMoments, normalize_rewards, scale_rewards
 from r2m.experience.generation import HFGenerator
 
-
-
-class Forward(NamedTuple):
-    logprobs: torch.Tensor  # (B, R) log pi(y_t | x, y_<t) of the response tokens
-    entropy: Optional[torch.Tensor]  # (B, R)
-    hidden: Optional[torch.Tensor]  # (B, P+R, D) last-layer hidden states
-
-
-def response_forward(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                     temperature: float, with_entropy: bool = False, with_hidden: bool = False) -> Forward:
-    """Log-probs of the response tokens under ``model`` at the sampling temperature."""
-    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                output_hidden_states=with_hidden, use_cache=False)
-    logits = out.logits[:, prompt_len - 1: -1].float()  # (B, R, V) predicts tokens P..P+R-1
-    if temperature > 0:
-        logits = logits / temperature
-    targets = sequences[:, prompt_len:]  # (B, R)
-    logprobs = torch.gather(F.log_softmax(logits, dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)  # (B, R)
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    hidden = out.hidden_states[-1] if with_hidden else None
-    return Forward(logprobs, entropy, hidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,12 +83,15 @@ class Experience:
         return self.sequences.shape[0]
 
     def select(self, idx: torch.Tensor) -> "Experience":
-        """The sub-batch of rows ``idx`` (group structure is not kept: use after advantages)."""
+        """The sub-batch of rows ``idx`` (group structure is not kept: use after advantages), for the policy update.
+        R2M's h (``policy_hidden``) is not copied: the policy loss never reads it (the sub-batch holds None)."""
         rows = idx.tolist()
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
+            if f.name == "policy_hidden":
+                kw[f.name] = None
+            elif isinstance(v, torch.Tensor):
                 kw[f.name] = v[idx.to(v.device)]
             elif isinstance(v, list):
                 kw[f.name] = [v[i] for i in rows]
@@ -138,12 +120,28 @@ class OldPass(NamedTuple):
 class HiddenStore(NamedTuple):
     """Where and in which dtype R2M's h is kept between rollout and the RM update."""
 
-    device: Optional[torch.device]
+    device: Optional[torch.device] = None
     """None: keep it where the policy computed it."""
-    dtype: torch.dtype
+    dtype: Optional[torch.dtype] = None
+    """None: the dtype the policy computed it in (``reward.r2m.hidden_dtype=policy``)."""
 
     def put(self, h: torch.Tensor) -> torch.Tensor:
-        return h.detach().to(device=self.device or h.device, dtype=self.dtype)
+        """``h`` detached, on this store's device and in its dtype (no copy when it already is)."""
+        return h.detach().to(device=self.device or h.device, dtype=self.dtype or h.dtype)
+
+    def states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A pass's last-layer states (b, P+R, D) -> R2M's h (b, P+R-1, D) as stored (:func:`feedback_states`)."""
+        return self.put(hidden[:, :-1])
+
+
+def hidden_store(cfg: R2MConfig, policy_dtype: str, mixed_precision: str) -> HiddenStore:
+    """The store ``reward.r2m.hidden_device`` / ``hidden_dtype`` ask for; ``hidden_dtype=policy`` is the dtype the
+    policy computes in: ``mixed_precision``'s (accelerate's ``bf16``/``fp16``) when set, else ``policy_dtype``."""
+    device = torch.device("cpu") if cfg.hidden_device == "cpu" else None
+    if cfg.hidden_dtype != "policy":
+        return HiddenStore(device, torch_dtype(cfg.hidden_dtype))
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(mixed_precision))
+    return HiddenStore(device, autocast or torch_dtype(policy_dtype))
 
 
 class Shaping(NamedTuple):
@@ -159,7 +157,7 @@ class ExperienceMaker:
 
     def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer, reward_fn: RewardFunction, cfg: RLConfig,
                  device: torch.device, gold_fn: Optional[RewardFunction] = None,
-                 hidden_store: HiddenStore = HiddenStore(None, torch.float32), critic: Optional[nn.Module] = None,
+                 hidden_store: HiddenStore = HiddenStore(), critic: Optional[nn.Module] = None,
                  shaping: Shaping = Shaping(), dist: Dist = Dist(), generator=None):
 
         self.policy, self.ref, self.tokenizer = policy, ref, tokenizer
@@ -223,13 +221,13 @@ class ExperienceMaker:
         return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step, group_size=group_size)
 
     def _old_pass(self, gen: Generation, with_hidden: bool) -> "OldPass":
-        """pi_old's log-probs and R2M's h (Algorithm 1 line 6): from the generation pass itself with
-        ``rl.old_logprobs=generation``, else from a second forward pass of the policy over the samples."""
+        """pi_old's log-probs and R2M's h (Algorithm 1 line 6), h already in the hidden store: from the generation
+        pass itself with ``rl.old_logprobs=generation``, else from a second forward pass of the policy."""
         if gen.logprobs is not None:
-            fb = Feedback(gen.hidden, feedback_mask(gen.attention_mask)) if with_hidden else None
+            fb = Feedback(self.hidden_store.put(gen.hidden), feedback_mask(gen.attention_mask)) if with_hidden else None
             return OldPass(gen.logprobs, fb)
         old = self._forward(self.policy, gen, with_hidden)
-        return OldPass(old.logprobs, feedback_states(old.hidden, gen.attention_mask) if with_hidden else None)
+        return OldPass(old.logprobs, Feedback(old.hidden, feedback_mask(gen.attention_mask)) if with_hidden else None)
 
     def _greedy_baseline(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int) -> torch.Tensor:
         """ReMax's baseline: the reward of one greedy response per prompt, (n,)."""
@@ -237,23 +235,26 @@ class ExperienceMaker:
         fb = None
         if self.reward_fn.needs_policy_hidden:
             with eval_mode(self.policy):
-                hidden = response_forward(self.policy, gen.sequences, gen.attention_mask, gen.prompt_len, 1.0,
-                                          with_hidden=True).hidden
-            fb = feedback_states(hidden, gen.attention_mask)
+                fb = Feedback(self._forward(self.policy, gen, True).hidden, feedback_mask(gen.attention_mask))
         return self.reward_fn(self._query(list(prompt_texts), gen, fb, step)).scores.to(self.device).float()
 
-    def _row_chunks(self, n: int) -> tuple[torch.Tensor, ...]:
-        """Row indices of the no-grad passes, ``rl.rollout_batch_size`` at a time (all at once when 0)."""
-        return torch.arange(n).split(self.cfg.rollout_batch_size or n)
-
     def _forward(self, model: nn.Module, gen: Generation, with_hidden: bool) -> Forward:
-        """``response_forward`` over the batch in row chunks: peak memory is one chunk's logits and states."""
-        parts = [response_forward(model, gen.sequences[r], gen.attention_mask[r], gen.prompt_len, self.cfg.temperature,
-                                  with_hidden=with_hidden) for r in self._row_chunks(gen.sequences.shape[0])]
-        if len(parts) == 1:
-            return parts[0]
-        return Forward(torch.cat([f.logprobs for f in parts]), None,
-                       torch.cat([f.hidden for f in parts]) if with_hidden else None)
+        """The log-prob pass in chunks of ``rl.rollout_batch_size`` rows (all at once when 0), each cut to its own
+        widest row; with ``with_hidden``, R2M's h (B, P+R-1, D) goes to the hidden store a chunk at a time."""
+        return chunked_response_forward(model, gen.sequences, gen.attention_mask, gen.prompt_len, self.cfg.temperature,
+                                        self.cfg.rollout_batch_size, with_hidden, self.hidden_store.states)
+
+    def _values(self, gen: Generation) -> torch.Tensor:
+        """PPO critic's values (B, R) before each response token, in the log-prob pass's row chunks, each cut to its
+        own widest row."""
+        values = torch.zeros(gen.action_mask.shape, device=gen.sequences.device)  # (B, R)
+        for idx in length_sorted_chunks(gen.attention_mask, gen.prompt_len, self.cfg.rollout_batch_size):
+            r = idx.to(gen.sequences.device)
+            cols = real_columns(gen.attention_mask[r], gen.prompt_len)
+            mask = cols.cut(gen.attention_mask[r])
+            v = response_values(self.critic, cols.cut(gen.sequences[r]), mask, cols.cut_prompt_len, position_ids(mask))
+            values[r] = cols.response(v)
+        return values * gen.action_mask
 
     def _advantages(self, scores: torch.Tensor, mask: torch.Tensor, baseline: Optional[torch.Tensor],
                     values: Optional[torch.Tensor], kl: Optional[torch.Tensor]):
@@ -301,9 +302,7 @@ class ExperienceMaker:
         values = None
         if self.critic is not None:
             with self.timer("values"), eval_mode(self.critic):
-                values = torch.cat([response_values(self.critic, gen.sequences[r], gen.attention_mask[r], gen.prompt_len,
-                                                    position_ids(gen.attention_mask[r]))
-                                    for r in self._row_chunks(gen.sequences.shape[0])]) * gen.action_mask
+                values = self._values(gen)
         mask_f = gen.action_mask.float()
         kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator, mask_f)  # (B, R) 0 on padding
         in_reward = cfg.kl_mode == KLMode.REWARD
@@ -313,7 +312,7 @@ class ExperienceMaker:
             attention_mask=gen.attention_mask, action_mask=gen.action_mask, prompt_len=gen.prompt_len,
             old_logprobs=old.logprobs, ref_logprobs=ref.logprobs, scores=scores, advantages=advantages,
             returns=returns, gold=gold, n=len(prompt_texts), k=K, step=step,
-            policy_hidden=self.hidden_store.put(query.policy_hidden) if with_hidden else None,
+            policy_hidden=query.policy_hidden,  # in the hidden store since the log-prob pass
             policy_mask=query.policy_mask, rm_embeddings=out.embeddings, values=values, raw_scores=raw,
         )
 

@@ -30,7 +30,7 @@ from r2m.models.fusion import PolicyFeedbackFusion, omega
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m_hub import (BASE_DIR, CARD, FORMAT, FORMAT_VERSION, base_fields, hub_id_of, included_fields,
                                  is_hub_repo, model_card, resolve_base)
-from r2m.models.reward import RewardModel
+from r2m.models.reward import DEFAULT_BATCH_SIZE, RewardModel
 from r2m.runtime.checkpoint import MANIFEST, verify, write_manifest
 from r2m.runtime.safeio import load_safetensors as load_file, read_json
 
@@ -81,13 +81,11 @@ class FeedbackRewardModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """H_last of each (prompt, response), (B, D_m) float32, from the RM's own tokenizer."""
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            enc = self.rm.tokenize(prompts[i: i + batch_size], responses[i: i + batch_size])
-            out.append(self.rm.embed(enc["input_ids"].to(self.rm.device), enc["attention_mask"].to(self.rm.device)))
-        return torch.cat(out).float()
+    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """H_last of each (prompt, response), (B, D_m) float32, from the RM's own tokenizer (``batch_size`` rows per
+        forward: :meth:`RewardModel.embed_texts`)."""
+        return self.rm.embed_texts(prompts, responses, batch_size).float()
 
     def score_embeddings(self, rte: torch.Tensor, policy_hidden: Optional[torch.Tensor],
                          policy_mask: Optional[torch.Tensor], w: float) -> torch.Tensor:
@@ -100,24 +98,36 @@ class FeedbackRewardModel(nn.Module):
         return self.head(h_fin.float()).squeeze(-1)
 
     @torch.no_grad()
+    def score_rows(self, rte: torch.Tensor, policy_hidden: Optional[torch.Tensor], policy_mask: Optional[torch.Tensor],
+                   w: float, batch_size: int = 0) -> torch.Tensor:
+        """:meth:`score_embeddings` without gradients, ``batch_size`` rows at a time (all at once when 0): each chunk's
+        h goes to the fusion's device (and to float32) alone."""
+        if policy_hidden is None:
+            return self.score_embeddings(rte, None, None, w)
+        return torch.cat([self.score_embeddings(rte[s], policy_hidden[s], policy_mask[s], w)
+                          for s in row_slices(rte.shape[0], batch_size)])
+
+    @torch.no_grad()
     def score_parts(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor,
-                    w: float) -> ScoreParts:
-        """The two terms of the score that vary within a group (the head's bias is shared)."""
+                    w: float, batch_size: int = 0) -> ScoreParts:
+        """The two terms of the score that vary within a group (the head's bias is shared), ``batch_size`` rows at a
+        time (all at once when 0)."""
         dev = self.head.weight.device
-        h_hat = self.fusion(rte, policy_hidden.to(dev), policy_mask.to(dev)).float()  # (B, D_m)
         weight = self.head.weight.float().view(-1)  # (D_m,) the linear head's w
-        return ScoreParts((1.0 - w) * (h_hat @ weight), w * (rte.to(dev).float() @ weight))
+        fusion = torch.cat([self.fusion(rte[s].to(dev), policy_hidden[s].to(dev), policy_mask[s].to(dev)).float()
+                            for s in row_slices(rte.shape[0], batch_size)])  # (B, D_m) Ĥ
+        return ScoreParts((1.0 - w) * (fusion @ weight), w * (rte.to(dev).float() @ weight))
 
     @torch.no_grad()
     def calibrate(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor,
-                  k: int) -> Optional[float]:
+                  k: int, batch_size: int = 0) -> Optional[float]:
         """init=matched: rescale W_o once so that φ(Ĥ) has φ(H_last)'s within-group spread on this batch.
 
         Returns the factor applied, or None when there is nothing to do (already calibrated, or no fusion).
         """
         if self.fusion is None or bool(self.fusion.calibrated):
             return None
-        parts = self.score_parts(rte, policy_hidden, policy_mask, 0.0)  # ω = 0: fusion = w·Ĥ, embedding = 0
+        parts = self.score_parts(rte, policy_hidden, policy_mask, 0.0, batch_size)  # ω = 0: fusion = w·Ĥ
         target = within_group_spread(rte.to(self.head.weight.device).float() @ self.head.weight.float().view(-1), k)
         spread = within_group_spread(parts.fusion, k)
         factor = float(target / spread) if spread > 0 else 1.0
@@ -305,6 +315,12 @@ class FeedbackRewardModel(nn.Module):
                 h = text_feedback(policy, policy_tokenizer, p, r, device)  # (b, S-1, D_p) on the policy's tokens
                 out.append(self.score_embeddings(rte, h.hidden, h.mask, w).cpu())
         return torch.cat(out).float()
+
+
+def row_slices(n: int, size: int) -> list[slice]:
+    """Slices of ``size`` rows covering ``n`` rows (one slice of all of them when ``size`` is 0)."""
+    size = size or n or 1
+    return [slice(i, i + size) for i in range(0, n, size)]
 
 
 def _download(repo_id: str, revision: Optional[str], token: Optional[str], subfolder: Optional[str] = None) -> Path:

@@ -16,7 +16,8 @@ import torch
 
 from r2m.config import Config, OldLogprobs, replace_path
 from r2m.core.losses import POLICY_LOSSES
-from r2m.experience.rollout import Experience, response_forward
+from r2m.experience.rollout import Experience
+from r2m.models.logprobs import response_forward
 from r2m.recipes.rl.run import RLRun
 
 

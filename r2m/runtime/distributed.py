@@ -67,6 +67,14 @@ class Dist:
             x = pad_across_processes(x.contiguous(), dim=1, pad_index=0, pad_first=False)
         return gather(x.contiguous())
 
+    def gather_objects(self, items: list) -> list:
+        """Every rank's list of picklable ``items``, concatenated rank-major (``items`` itself with one process)."""
+        if not self.enabled:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
     def sum(self, value: float) -> float:
         if not self.enabled:
             return value

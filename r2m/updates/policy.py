@@ -12,8 +12,10 @@ import torch
 
 from r2m.config import KLMode, RLConfig
 from r2m.core.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
-from r2m.experience.rollout import Experience, feedback_states, response_forward
+from r2m.experience.rollout import Experience
 from r2m.models.critic import response_values
+from r2m.models.feedback import feedback_states
+from r2m.models.logprobs import real_columns, response_forward
 from r2m.runtime.distributed import Dist
 
 log = logging.getLogger("r2m")
@@ -69,12 +71,18 @@ class PolicyUpdater:
                  "policy/approx_kl": pg.approx_kl.item() * w,
                  "policy/entropy": masked_mean(fwd.entropy, mask).item() * w}
         if self.critic is not None:
-            values = response_values(self.critic, mb.sequences, mb.attention_mask, mb.prompt_len)  # (b, R)
+            values = self._values(mb)  # (b, R)
             vl = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.value_clip, cfg.aggregation, **norms)
             # Separate parameters and optimisers: one backward serves both.
             loss = loss + vl.loss
             stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item() * w})
         return MicroStep(loss, stats, fwd.hidden)
+
+    def _values(self, mb: Experience) -> torch.Tensor:
+        """The critic's values (b, R) before each response token, its forward cut to the rows' widest row."""
+        cols = real_columns(mb.attention_mask, mb.prompt_len)
+        values = response_values(self.critic, cols.cut(mb.sequences), cols.cut(mb.attention_mask), cols.cut_prompt_len)
+        return cols.response(values)  # (b, R)
 
     def update(self, exp: Experience, beta: Optional[float] = None) -> PolicyUpdate:
         """k epochs over ``exp`` of the clipped surrogate (R2M paper Eq. 2); ``beta`` is the current KL coefficient

@@ -7,6 +7,10 @@
 Only the fusion module and the head φ receive gradients. The reward token embeddings H_last come
 from annotation (the backbone is frozen), so the update never runs the RM backbone.
 
+The update runs over chunks of whole groups (``reward.r2m.fusion_batch_size`` rows), accumulating each
+chunk's share of the gradient, so its loss and gradient are the whole batch's while the fusion holds one
+chunk's h (in float32) at a time.
+
 The Iterative RM-head baseline is the same update on a model without fusion: GREBT on the
 annotation-time scores φ(H_last), updating the head only (R2M paper Appendix G.5).
 
@@ -40,10 +44,17 @@ class R2MUpdater:
         self.dist = dist
         dist.broadcast_parameters(self.params)  # one starting point on every rank
 
-    def rescore(self, exp: Experience, h: torch.Tensor | None) -> torch.Tensor:
-        """r' over the batch, (n, K), with gradients into the fusion module and head."""
+    def group_chunks(self, exp: Experience) -> list[slice]:
+        """Slices of whole groups, ``reward.r2m.fusion_batch_size`` rows at most (at least one group) per chunk."""
+        groups = max(1, self.cfg.fusion_batch_size // exp.k)
+        return [slice(i * exp.k, min(i + groups, exp.n) * exp.k) for i in range(0, exp.n, groups)]
+
+    def rescore(self, exp: Experience, h: torch.Tensor | None, rows: slice = slice(None)) -> torch.Tensor:
+        """r' over the groups in ``rows``, (n_rows / K, K), with gradients into the fusion module and head."""
         w = self.reward.omega(exp.step)
-        return self.model.score_embeddings(exp.rm_embeddings, h, exp.policy_mask, w).view(exp.n, exp.k)
+        mask = exp.policy_mask[rows] if exp.policy_mask is not None else None
+        return self.model.score_embeddings(exp.rm_embeddings[rows], h[rows] if h is not None else None, mask,
+                                           w).view(-1, exp.k)
 
     def update(self, exp: Experience, policy_hidden: Optional[torch.Tensor]) -> dict[str, float]:
         """R2M's per-step RM update (GREBT, R2M paper Eq. 5-7) with ``policy_hidden`` (B, S, D_p): the h the policy
@@ -57,32 +68,49 @@ class R2MUpdater:
         self.model.train()
         h = self.reward.feedback(policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
         for _ in range(cfg.updates_per_step):
-            r = self.rescore(exp, h)  # (n, K)
-            terms = grebt_terms(r, cfg.effective_alpha, cfg.gre_eps, pair=self.pair(exp, r))
             self.optimizer.zero_grad(set_to_none=True)
-            # A plain backward: this module is outside accelerate's prepare (an accelerate backward would
-            # step a DeepSpeed policy engine, or scale by an fp16 scaler that never unscales these grads).
-            terms.loss.backward()
+            step = self.grebt_step(exp, h)
             self.dist.average_gradients(self.params)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.optimizer.step()
         self.model.eval()
         with torch.no_grad():
-            after = self.rescore(exp, h)
+            after = torch.cat([self.rescore(exp, h, rows) for rows in self.group_chunks(exp)])  # (n, K)
         stats.update(self.scale_stats(exp, h, after))
         stats.update({
-            "r2m/grebt": terms.loss.item(), "r2m/bt": float(terms.bt), "r2m/gre": float(terms.gre),
-            "r2m/grad_norm": float(grad_norm), "r2m/reward_before": r.detach().mean().item(),
+            "r2m/grebt": step["loss"], "r2m/bt": step["bt"], "r2m/gre": step["gre"],
+            "r2m/grad_norm": float(grad_norm), "r2m/reward_before": step["reward"],
             "r2m/reward_after": after.mean().item(),
             "r2m/group_spread": (after.max(-1).values - after.min(-1).values).mean().item(),
         })
         return self.dist.mean_stats(stats)
 
+    def grebt_step(self, exp: Experience, h: Optional[torch.Tensor]) -> dict[str, float]:
+        """The gradient of L_GREBT over all n groups into the parameters, a chunk of whole groups at a time: each
+        chunk's loss (its groups' mean) is weighted by its share of the groups, so the summed gradients are the whole
+        batch's. Returns the loss, its BT and GRE parts and the mean reward r' before the step."""
+        pair = self.pair(exp, torch.empty(exp.n, exp.k, device=exp.rm_embeddings.device))  # (n,) each, or None
+        sums = dict.fromkeys(("loss", "bt", "gre", "reward"), 0.0)
+        for rows in self.group_chunks(exp):
+            r = self.rescore(exp, h, rows)  # (g, K)
+            g0, g = rows.start // exp.k, r.shape[0]
+            part = None if pair is None else WinnerLoser(pair.winner[g0: g0 + g], pair.loser[g0: g0 + g])
+            terms = grebt_terms(r, self.cfg.effective_alpha, self.cfg.gre_eps, pair=part)
+            share = g / exp.n
+            # A plain backward: this module is outside accelerate's prepare (an accelerate backward would
+            # step a DeepSpeed policy engine, or scale by an fp16 scaler that never unscales these grads).
+            (terms.loss * share).backward()
+            for key, value in (("loss", terms.loss.item()), ("bt", float(terms.bt)), ("gre", float(terms.gre)),
+                               ("reward", r.detach().mean().item())):
+                sums[key] += value * share
+        return sums
+
     def pair(self, exp: Experience, r: torch.Tensor) -> WinnerLoser | None:
         """The winner/loser of each group per ``reward.r2m.pair_choice``; None for ``self``, whose argmax/argmin
-        grebt_terms takes itself (so the paper's update stays exactly as it was)."""
+        grebt_terms takes itself (so the paper's update stays exactly as it was). ``r`` (n, K): the scores, whose
+        values only ``self`` would read (``gold`` reads the gold reward, ``random`` the step's seed)."""
         choice = self.cfg.pair_choice
-        if choice is PairChoice.SELF:
+        if PairChoice(choice) is PairChoice.SELF:
             return None
         gold = exp.gold.view(exp.n, exp.k) if exp.gold is not None else None  # (n, K)
         gen = torch.Generator().manual_seed(pair_seed(self.reward.seed, exp.step))
@@ -96,8 +124,9 @@ class R2MUpdater:
         up, so these show whether a run's reward grows by learning or by inflation."""
         out = {"r2m/head_norm": self.model.head.weight.float().norm().item(), "r2m/reward_std": r.std().item()}
         if h is not None:
-            parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.reward.omega(exp.step))
+            parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.reward.omega(exp.step),
+                                           self.cfg.fusion_batch_size)
             s_f, s_e = within_group_spread(parts.fusion, exp.k), within_group_spread(parts.embedding, exp.k)
-            out.update({"r2m/fusion_spread": s_f.item(), "r2m/rte_spread": s_e.item(),
-                        "r2m/fusion_share": (s_f / (s_f + s_e)).item() if s_f + s_e > 0 else 0.0})
+            out.update({"r2m/fusion_share": (s_f / (s_f + s_e)).item() if s_f + s_e > 0 else 0.0,
+                        "r2m/fusion_spread": s_f.item(), "r2m/rte_spread": s_e.item()})
         return out

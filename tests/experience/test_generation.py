@@ -20,7 +20,8 @@ from r2m.config import ArchConfig, ConfigError, RLConfig, VLLMConfig, WorldConfi
 from r2m.experience.generation import HFGenerator, VLLMGenerator, build_generator, policy_weights
 from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
-from r2m.experience.rollout import ExperienceMaker, response_forward
+from r2m.experience.rollout import ExperienceMaker
+from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate, left_pad
 from r2m.world import build_tokenizer, format_prompt
 

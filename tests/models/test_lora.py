@@ -29,7 +29,7 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
 
     from r2m.models.loading import load_policy
     from r2m.models.lora import AdapterFreeReference, is_peft
-    from r2m.experience.rollout import response_forward
+    from r2m.models.logprobs import response_forward
     from r2m.recipes.rl.run import RLRun
 
     policy_dir = str(world_artifacts[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -211,3 +213,43 @@ def test_update_logs_the_reward_scale(r2m_bed) -> None:
     assert 0.0 <= stats["r2m/fusion_share"] <= 1.0
     assert stats["r2m/head_norm"] == pytest.approx(reward.model.head.weight.norm().item())
     assert stats["r2m/reward_std"] > 0 and stats["r2m/fusion_spread"] >= 0 and stats["r2m/rte_spread"] > 0
+
+
+# ------------------------------------------------------------------ memory: chunks, dtype, no copies
+
+
+@pytest.mark.parametrize("pair_choice", ["self", "random"])
+def test_update_in_group_chunks_equals_the_whole_batch(r2m_bed, pair_choice) -> None:
+    """reward.r2m.fusion_batch_size: GREBT is per group, so chunks of whole groups with accumulated gradients give
+    the whole batch's loss and gradient; the fusion never sees more than one chunk's h."""
+    grads, stats = {}, {}
+    for size in (64, 2):  # all 8 rows at once; one group of K=2 per chunk
+        cfg = R2MConfig(enabled=True, lr=1e-2, pair_choice=pair_choice, fusion_batch_size=size)
+        _, reward, exp, _ = _setup(r2m_bed, cfg)
+        rows, forward = [], reward.model.fusion.forward
+        reward.model.fusion.forward = lambda rte, h, m: rows.append(h.shape[0]) or forward(rte, h, m)
+        updater = R2MUpdater(reward, cfg)
+        stats[size] = updater.grebt_step(exp, exp.policy_hidden)
+        grads[size] = [p.grad.clone() for p in updater.params]
+        assert max(rows) == min(size, exp.batch_size)
+        updater.optimizer.zero_grad()
+        assert all(map(math.isfinite, updater.update(exp, exp.policy_hidden).values()))
+    for a, b in zip(grads[2], grads[64]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    for key in ("loss", "bt", "gre", "reward"):
+        assert stats[2][key] == pytest.approx(stats[64][key], rel=1e-6), key
+
+
+def test_h_is_stored_in_the_policys_dtype_and_minibatches_do_not_copy_it(r2m_bed) -> None:
+    from r2m.experience.rollout import hidden_store
+
+    assert R2MConfig().hidden_dtype == "policy"
+    assert hidden_store(R2MConfig(), "bfloat16", "no").dtype == torch.bfloat16
+    assert hidden_store(R2MConfig(), "float32", "bf16").dtype == torch.bfloat16  # autocast computes in bf16
+    assert hidden_store(R2MConfig(), "float32", "no").dtype == torch.float32
+    store = hidden_store(R2MConfig(hidden_dtype="float16", hidden_device="cpu"), "bfloat16", "bf16")
+    assert store.dtype == torch.float16 and store.device == torch.device("cpu")
+    _, _, exp, _ = _setup(r2m_bed, R2MConfig(enabled=True))
+    mb = exp.select(torch.tensor([3, 1]))
+    assert mb.policy_hidden is None and exp.policy_hidden is not None  # the policy loss never reads h
+    assert torch.equal(mb.sequences, exp.sequences[[3, 1]])

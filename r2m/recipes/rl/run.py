@@ -24,7 +24,7 @@ import torch
 from r2m.config import Algorithm, Config
 from r2m.runtime.distributed import Dist
 from r2m.runtime.precision import fp32_master_weights, master_dtype
-from r2m.experience.rollout import ExperienceMaker, HiddenStore, Shaping
+from r2m.experience.rollout import ExperienceMaker, Shaping, hidden_store
 from r2m.experience.sampling import tokenize_prompts
 from r2m.runtime.runlog import RunDir
 from r2m.errors import TrainingInterrupted
@@ -33,6 +33,7 @@ from r2m.updates.policy import PolicyUpdater
 from r2m.core.kl_control import make_kl_controller
 from r2m.errors import ConfigError, DataError
 from r2m.experience.generation import build_generator, check_generator
+from r2m.eval.policy import cap_prompts
 from r2m.experience.rewards import FeedbackReward, GoldReward, is_world_prompt_set
 from r2m.models.critic import build_critic
 from r2m.models.loading import build_policy_and_reference, load_tokenizer
@@ -43,7 +44,7 @@ from r2m.recipes.pipeline import read_rows, resolve_inputs
 from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
 from r2m.updates.r2m import R2MUpdater
 from r2m.updates.supervised import make_accelerator, make_lr_scheduler, progress
-from r2m.utils import StopSignal, seed_everything, torch_dtype
+from r2m.utils import StopSignal, seed_everything
 
 from r2m.recipes.rl.checkpoints import CheckpointMixin
 from r2m.recipes.rl.evaluation import EvaluationMixin
@@ -130,11 +131,14 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         train = read_rows(cfg, "prompts", self.inputs.prompts, self.tok)
         evalp = read_rows(cfg, "eval_prompts", self.inputs.eval_prompts, self.tok)
         self.train = tokenize_prompts(self.tok, train, cfg.data.max_prompt_tokens, cfg.data.overlong)
-        self.evalp = tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens, cfg.data.overlong)
+        self.evalp, capped = cap_prompts(tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens, cfg.data.overlong),
+                                         cfg.eval.max_prompts)
         if not self.train.texts:
             raise DataError(f"{self.inputs.prompts}: every prompt is longer than data.max_prompt_tokens="
                             f"{cfg.data.max_prompt_tokens} and data.overlong=skip; no prompt is left")
         self.prompt_stats = {"data/prompts_truncated": self.train.truncated, "data/prompts_skipped": self.train.skipped}
+        if capped:
+            self.prompt_stats["data/eval_prompts_capped"] = capped
         world = is_world_prompt_set(self.train.texts[:64] + self.evalp.texts)
         self.gold_fn = GoldReward(cfg.world) if world else None
 
@@ -150,7 +154,7 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
     def _build_loop(self, device: torch.device) -> None:
 
         cfg, r2m = self.cfg, self.cfg.reward.r2m
-        store = HiddenStore(torch.device("cpu") if r2m.hidden_device == "cpu" else None, torch_dtype(r2m.hidden_dtype))
+        store = hidden_store(r2m, cfg.policy.dtype, self.acc.mixed_precision)
         self.critic, self.critic_optimizer = self._build_critic()
         shaping = Shaping(cfg.reward.scaling, cfg.reward.normalize, cfg.reward.clip)
         self.maker = ExperienceMaker(self.policy, self.ref, self.tok, self.reward_fn, cfg.rl, device,
