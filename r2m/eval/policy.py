@@ -72,8 +72,9 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
                            pad_token_id=tokenizer.pad_token_id)
             resp, am = gen.sequences[:, gen.prompt_len:].cpu(), gen.action_mask.cpu()
             batch_resp = [tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=False) for r, m in zip(resp, am)]
+            batch_ids = [r[m.bool()].tolist() for r, m in zip(resp, am)]
             responses += batch_resp
-            response_ids += [r[m.bool()].tolist() for r, m in zip(resp, am)]
+            response_ids += batch_ids
             lengths.append(am.sum(-1).float())
             fwd = None
             if ref is not None or needs_hidden:
@@ -85,7 +86,8 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
                 kl_num += ((fwd.logprobs - lr) * m).sum().item()
                 kl_den += m.sum().item()
             h = feedback_states(fwd.hidden, gen.attention_mask) if needs_hidden else (None, None)
-            query = RewardQuery(batch_texts, batch_resp, policy_hidden=h[0], policy_mask=h[1], step=step)
+            query = RewardQuery(batch_texts, batch_resp, policy_hidden=h[0], policy_mask=h[1], step=step,
+                                response_ids=batch_ids)
             # Scoring may draw random numbers (R2M's w/ Noise ablation): in a fork of its own, so that the
             # next batch's samples, and so every method's evaluation set, depend on the policy alone.
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
