@@ -236,10 +236,10 @@ MAPPERS: dict[str, Callable[[Any, _Ctx], dict]] = {
 """Names mapped one by one; the others (batch shape, steps, evaluation, saving, data, resume) by the groups below."""
 
 _VLLM_ONLY = {n for n in RULES if n.startswith("vllm_")}
-_GROUPED = {*_ROLLOUT_NAMES, "max_steps", "num_train_epochs", "warmup_steps", "warmup_ratio", "eval_strategy",
+GROUPED = {*_ROLLOUT_NAMES, "max_steps", "num_train_epochs", "warmup_steps", "warmup_ratio", "eval_strategy",
             "eval_steps", "save_strategy", "save_steps", "dataset_name", "dataset_train_split", "dataset_test_split",
             "resume_from_checkpoint", "reward_funcs", "reward_weights", "logging_steps"}
-_API_ONLY = {"model", "processing_class", "peft_config", "train_dataset", "eval_dataset", "callbacks", "args",
+API_ONLY = {"model", "processing_class", "peft_config", "train_dataset", "eval_dataset", "callbacks", "args",
              "reward_processing_classes"}
 
 
@@ -410,7 +410,7 @@ def map_trl(values: Mapping[str, Any], command: str, *, complete: bool = False, 
     c = _Ctx(command, dict(values), complete, trainer, base, what, world)
     m, out, errors = TrlMapping(), {}, []
     for name, v in values.items():
-        if name not in _API_ONLY:
+        if name not in API_ONLY:
             _one(name, v, c, out, errors)
     training = command in TRAINED and not errors
     try:

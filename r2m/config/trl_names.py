@@ -146,8 +146,10 @@ _add("learning_rate", M, "the trained section's lr: rl.lr, rm.lr, sft.lr", T)
 _add("lr_scheduler_type", M, "rl.lr_schedule: linear, cosine, constant (constant_with_warmup: constant); r2m rm and "
      "sft decay by cosine after warm-up (TRL's linear default is accepted with a warning)", T)
 _add("lr_scheduler_kwargs", D, "no scheduler arguments", T, (None,))
-_add("warmup_steps", M, f"rl.warmup_steps ({_NOT_TRL_STEPS}); r2m rm / sft: TRL's default 0 only", T)
-_add("warmup_ratio", M, "rl.warmup_steps = ratio x RL steps; rm.warmup_ratio, sft.warmup_ratio", T)
+_add("warmup_steps", M, f"rl.warmup_steps ({_NOT_TRL_STEPS}); below 1: warmup_ratio; r2m rm / sft: as a ratio only",
+     T)
+_add("warmup_ratio", M, "rl.warmup_steps = ratio x RL steps; rm.warmup_ratio, sft.warmup_ratio (transformers < 5's "
+     "name; in 5, a warmup_steps below 1 is the ratio)", T)
 _add("optim", M, "adamw_torch: torch's AdamW (rl.optimizer_impl=auto), adamw_torch_fused: fused (rl); r2m rm and sft "
      "use torch's AdamW for both", T)
 _add("optim_args optim_target_modules", D, "AdamW without extra arguments", T, (None,))
@@ -298,10 +300,57 @@ _add("center_rewards_coefficient", D, "no reward centring term in the Bradley-Te
 
 def markdown_table(where: dict[str, list[str]]) -> str:
     """docs/TRL.md's table: one row per name; ``where``: name -> the TRL classes that have it."""
-    rows = ["| TRL name | in | r2m | |", "|---|---|---|---|"]
+    rows = ["| TRL name | in | r2m | verdict |", "|---|---|---|---|"]
     for name in sorted(RULES):
         rule = RULES[name]
-        kind = {Kind.MAPPED: "mapped", Kind.NO_EFFECT: "no effect",
-                Kind.DEFAULT_ONLY: f"refused unless {' or '.join(repr(d) for d in rule.defaults)}"}[rule.kind]
-        rows.append(f"| `{name}` | {', '.join(where.get(name, ['r2m']))} | {rule.doc} | {kind} |")
+        rows.append(f"| `{name}` | {', '.join(where.get(name, ['older TRL']))} | {rule.doc} | {_verdict(rule)} |")
     return "\n".join(rows) + "\n"
+
+
+def _verdict(rule: Rule) -> str:
+    if rule.kind != Kind.DEFAULT_ONLY:
+        return rule.kind.value
+    shown = " or ".join(f"`{d!r}`" for d in rule.ok) or "nothing"
+    warned = [d for d in rule.defaults if not _same(d, rule.ok)]
+    return f"refused unless {shown}" + (f" (TRL's default `{warned[0]!r}`: accepted, with a warning)" if warned
+                                       else "")
+
+
+EXTRA_NAMES = frozenset({"max_prompt_length", "warmup_ratio"})
+"""Names r2m maps that the installed TRL does not define (older TRL's and transformers')."""
+
+
+def trl_sources() -> dict[str, dict[str, Any]]:
+    """Every name of the installed TRL a GRPOTrainer / RLOOTrainer / RewardTrainer user passes: class (or
+    ``Trainer()`` for ``__init__``) -> {name: TRL's default}. Imports TRL."""
+    import dataclasses
+    import inspect
+
+    from transformers import TrainingArguments
+    from trl import (GRPOConfig, GRPOTrainer, ModelConfig, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer,
+                     ScriptArguments)
+    from trl.scripts.grpo import GRPOScriptArguments
+
+    def defaults(cls: type) -> dict[str, Any]:
+        return {f.name: f.default if f.default is not dataclasses.MISSING else
+                (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+                for f in dataclasses.fields(cls)}
+
+    out = {c.__name__: defaults(c) for c in (TrainingArguments, GRPOConfig, RLOOConfig, RewardConfig,
+                                             ScriptArguments, GRPOScriptArguments, ModelConfig)}
+    for t in (GRPOTrainer, RLOOTrainer, RewardTrainer):
+        params = list(inspect.signature(t.__init__).parameters.values())[1:]
+        out[f"{t.__name__}()"] = {p.name: None if p.default is inspect.Parameter.empty else p.default for p in params}
+    return out
+
+
+def where_defined(sources: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """name -> the TRL classes that define it (TrainingArguments' fields named once, not under each config)."""
+    base = set(sources["TrainingArguments"]) | set(sources["ScriptArguments"])
+    where: dict[str, list[str]] = {}
+    for cls, names in sources.items():
+        for name in names:
+            inherited = name in base and cls not in ("TrainingArguments", "ScriptArguments")
+            if not inherited:
+                where.setdefault(name, []).append(cls)
+    return where
