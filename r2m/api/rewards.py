@@ -25,8 +25,8 @@ class CallableReward:
     needs_policy_hidden = False
     reward_model = None
 
-    def __init__(self, fn: Callable[..., Sequence[Optional[float]]], tokenizer: Any):
-        self.fn, self.tokenizer = fn, tokenizer
+    def __init__(self, fn: Callable[..., Sequence[Optional[float]]], tokenizer: Any = None):
+        self.fn, self.tokenizer = fn, tokenizer  # the policy's tokenizer (set before the first call)
         self.name = getattr(fn, "__name__", type(fn).__name__)
         params = inspect.signature(fn).parameters.values()
         self.takes_all = any(p.kind == p.VAR_KEYWORD for p in params)
@@ -60,7 +60,7 @@ class RewardFuncs:
     tokenizer: Any = None
     """The reward model's tokenizer (reward_processing_classes), for a model object."""
     model_weight: float = 1.0
-    callables: list[tuple[float, Callable]] = field(default_factory=list)
+    callables: list[tuple[float, CallableReward]] = field(default_factory=list)
 
 
 def _as_list(value: Any) -> list:
@@ -84,7 +84,7 @@ def sort_reward_funcs(reward_funcs: Any, processing_classes: Any = None,
             raise ConfigError(f"reward_funcs[{i}]: expected a reward model (path or transformers model) or a "
                               f"callable, got {type(fn).__name__}")
         if not is_model:
-            out.callables.append((w, fn))
+            out.callables.append((w, CallableReward(fn)))
             continue
         if out.model is not None:
             raise ConfigError(f"reward_funcs[{i}]: a second reward model; r2m scores with one (reward.path, the one "

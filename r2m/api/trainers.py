@@ -19,7 +19,7 @@ import torch
 from r2m.api.args import RLArguments, RMArguments, SERArguments
 from r2m.api.callbacks import TransformersHooks, callback_args, check_callbacks, is_transformers_callback, \
     trainer_state
-from r2m.api.rewards import CallableReward, sort_reward_funcs
+from r2m.api.rewards import CallableReward, sort_reward_funcs  # noqa: F401 (CallableReward: public)
 from r2m.api.staging import Staging
 from r2m.api.trl_args import log_warnings, peft_overrides, refuse_unsupported, resolve_args, resume_config
 from r2m.config import Config, PPOPrompts, load_config, replace_path
@@ -139,17 +139,21 @@ class RLTrainer:
                                                                               pc.trust_remote_code)
 
     def _reward_terms(self) -> tuple[Any, list, float]:
-        """(the primary reward function or None: the config's RM, extra (weight, fn) terms, the primary's weight)."""
+        """(the primary reward function or None: the config's RM, extra (weight, fn) terms, the primary's weight).
+        The callables decode with the policy's tokenizer."""
         from r2m.models.loading import load_tokenizer
+        from r2m.recipes.pipeline import resolve_inputs
 
         rw = self.rewards
         if not rw.callables:
             return None, [], rw.model_weight
-        tok = self.processing_class or load_tokenizer(self.cfg.policy.path or "", self.cfg.policy.trust_remote_code)
-        terms = [(w, CallableReward(fn, tok)) for w, fn in rw.callables]
+        tok = self.processing_class or load_tokenizer(resolve_inputs(self.cfg, need_rm=False).policy,
+                                                      self.cfg.policy.trust_remote_code)
+        for _, fn in rw.callables:
+            fn.tokenizer = tok
         if rw.model is not None:
-            return None, terms, rw.model_weight
-        (w0, first), rest = terms[0], terms[1:]
+            return None, rw.callables, rw.model_weight
+        (w0, first), rest = rw.callables[0], rw.callables[1:]
         return first, rest, w0
 
     def train(self, resume_from_checkpoint: Any = None):
