@@ -24,7 +24,7 @@ import torch
 from r2m.config import Algorithm, Config
 from r2m.runtime.distributed import Dist
 from r2m.experience.rollout import ExperienceMaker, HiddenStore, Shaping
-from r2m.experience.sampling import tokenize_prompts
+from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.runlog import RunDir
 from r2m.errors import TrainingInterrupted
 from r2m.experience.reward_factory import build_reward
@@ -133,7 +133,8 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         # No evaluation set (a user's model without data.eval_prompts): no evaluation, as TRL without eval_dataset.
         evalp = read_rows(cfg, "eval_prompts", self.inputs.eval_prompts, self.tok) if self.inputs.eval_prompts else []
         self.train = tokenize_prompts(self.tok, train, cfg.data.max_prompt_tokens, cfg.data.overlong)
-        self.evalp = tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens, cfg.data.overlong)
+        self.evalp = (tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens, cfg.data.overlong) if evalp
+                      else PromptSet([], [], 0, 0))
         if not self.train.texts:
             raise DataError(f"{self.inputs.prompts}: every prompt is longer than data.max_prompt_tokens="
                             f"{cfg.data.max_prompt_tokens} and data.overlong=skip; no prompt is left")
