@@ -28,7 +28,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from r2m.config import Config, to_dict
+from r2m.config import Config, load_config, parse_override, replace_path, to_dict
+from r2m.config.commands import check_models
+from r2m.config.parsing import read_config_file
+from r2m.config.trl_map import FLAGS, map_trl, steps_for
+from r2m.config.trl_names import RULES
+from r2m.config.trl_recipe import parse_recipe, split_recipe
 from r2m.errors import R2MError
 
 # Only the config layer is imported here: `--help`, `--help-config` and argument errors come before torch loads
@@ -49,8 +54,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def split_trl(argv: list[str]) -> tuple[list[str], list[str]]:
     """(argv with ``--section.key value`` as ``section.key=value``, the ``--<TRL name> [value]`` tokens)."""
-    from r2m.config.trl_map import FLAGS
-    from r2m.config.trl_names import RULES
 
     out, trl, i = [], [], 0
     while i < len(argv):
@@ -154,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
-    from r2m.recipes.pipeline import resolve_inputs, world_data
-    from r2m.world import generate_world
+    from r2m.recipes.pipeline import resolve_inputs, world_data  # heavy: lazy
+    from r2m.world import generate_world  # heavy: lazy
 
     files = generate_world(cfg.world, out) if out else world_data(cfg)
     print(json.dumps({k: str(v) for k, v in vars(files).items()}, indent=2))
@@ -164,7 +167,7 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
         inputs = resolve_inputs(cfg)
         built = {"policy": inputs.policy, "reward_model": inputs.reward_model}
         if cfg.rl.monitor.enabled:
-            from r2m.recipes.alarm import check_rm_path
+            from r2m.recipes.alarm import check_rm_path  # heavy: lazy
 
             built["check_rm"] = check_rm_path(cfg, inputs.world)  # the monitor's (docs/MONITOR.md)
         print(json.dumps(built, indent=2))
@@ -172,7 +175,7 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
 
 
 def cmd_sft(cfg: Config) -> int:
-    from r2m.recipes.pipeline import data_paths, run_sft
+    from r2m.recipes.pipeline import data_paths, run_sft  # heavy: lazy
 
     out = Path(cfg.run.root) / cfg.run.name / "checkpoints" / "final"
     result = run_sft(cfg, cfg.policy.path, "policy", data_paths(cfg, ("sft",))["sft"], out, cfg.run.name, trackers=True,
@@ -183,7 +186,7 @@ def cmd_sft(cfg: Config) -> int:
 
 def cmd_rm(cfg: Config) -> int:
     """Without data.pref_eval (a user's model), no held-out accuracy: as TRL without an eval_dataset."""
-    from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, run_rm
+    from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, run_rm  # heavy: lazy
 
     paths = data_paths(cfg, ("pref_train",))
     init = cfg.rm.init_from or str(ensure_world_rm_backbone(cfg))
@@ -202,9 +205,9 @@ def _rl_rewards(cfg: Config, trl: Any) -> tuple[Any, list, float]:
     primary's weight), as :func:`r2m.recipes.rl.run.run_rl` takes them."""
     if trl is None or not trl.reward_funcs:
         return None, [], 1.0
-    from r2m.api.rewards import CallableReward, import_reward
-    from r2m.models.loading import load_tokenizer
-    from r2m.recipes.pipeline import resolve_inputs
+    from r2m.api.rewards import CallableReward, import_reward  # heavy: lazy
+    from r2m.models.loading import load_tokenizer  # heavy: lazy
+    from r2m.recipes.pipeline import resolve_inputs  # heavy: lazy
 
     tok = load_tokenizer(resolve_inputs(cfg, need_rm=False).policy, cfg.policy.trust_remote_code)
     has_rm = cfg.reward.source.value == "model"
@@ -218,7 +221,7 @@ def _rl_rewards(cfg: Config, trl: Any) -> tuple[Any, list, float]:
 
 
 def cmd_rl(cfg: Config, trl: Any = None) -> int:
-    from r2m.recipes.rl.run import run_rl
+    from r2m.recipes.rl.run import run_rl  # heavy: lazy
 
     cfg = _steps_from_epochs(cfg, trl)
     primary, extra, weight = _rl_rewards(cfg, trl)
@@ -238,10 +241,8 @@ def _steps_from_epochs(cfg: Config, trl: Any) -> Config:
     """TRL's num_train_epochs (with max_steps <= 0): rl.steps from the number of training prompts."""
     if trl is None or trl.train_epochs is None:
         return cfg
-    from r2m.config import replace_path
-    from r2m.config.trl_map import steps_for
-    from r2m.models.loading import load_tokenizer
-    from r2m.recipes.pipeline import read_rows, resolve_inputs
+    from r2m.models.loading import load_tokenizer  # heavy: lazy
+    from r2m.recipes.pipeline import read_rows, resolve_inputs  # heavy: lazy
 
     inputs = resolve_inputs(cfg, need_rm=False)
     n = len(read_rows(cfg, "prompts", inputs.prompts, load_tokenizer(inputs.policy, cfg.policy.trust_remote_code)))
@@ -252,14 +253,14 @@ def _steps_from_epochs(cfg: Config, trl: Any) -> Config:
 
 
 def cmd_eval(cfg: Config, what: str) -> int:
-    from r2m.recipes.eval import eval_policy, eval_rm
+    from r2m.recipes.eval import eval_policy, eval_rm  # heavy: lazy
 
     print(json.dumps(eval_policy(cfg) if what == "policy" else eval_rm(cfg), indent=2))
     return 0
 
 
 def cmd_demo(cfg: Config) -> int:
-    from r2m.recipes.demo import run_demo
+    from r2m.recipes.demo import run_demo  # heavy: lazy
 
     run_demo(cfg)
     return 0
@@ -269,18 +270,18 @@ def _cmd_extra(args, cfg: Config) -> int:
     """bench, analyze and eval winrate: subcommands with flags of their own."""
     if args.command == "bench":
         if args.what == "cost":
-            from r2m.recipes.bench import run_bench
+            from r2m.recipes.bench import run_bench  # heavy: lazy
 
             return run_bench(cfg, "cost", args.steps, args.out or "benchmarks/cost.json")
         if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
-            from r2m.recipes.bench_speed import run_bench_speed
+            from r2m.recipes.bench_speed import run_bench_speed  # heavy: lazy
 
             return run_bench_speed(cfg, args.preset, args.out)
         # The issue-14 design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
-        from r2m.recipes.bench_report import run_bench_design
+        from r2m.recipes.bench_report import run_bench_design  # heavy: lazy
 
         return run_bench_design(cfg, args.preset, args.out, command=args.command_line, workers=args.workers)
-    from r2m.recipes.eval import analyze_hidden_states, eval_winrate
+    from r2m.recipes.eval import analyze_hidden_states, eval_winrate  # heavy: lazy
 
     if args.command == "analyze":
         print(analyze_hidden_states(cfg, args.out, args.checkpoints))
@@ -290,7 +291,7 @@ def _cmd_extra(args, cfg: Config) -> int:
 
 
 def cmd_ser(cfg: Config) -> int:
-    from r2m.recipes.ser import run_ser
+    from r2m.recipes.ser import run_ser  # heavy: lazy
 
     run_ser(cfg)
     return 0
@@ -300,11 +301,6 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Any]:
     """The config: the file (r2m's sections, or a flat TRL recipe parsed by TRL's parser), TRL's names, then r2m's
     ``a.b=c`` overrides; and what TRL's names became (:class:`r2m.config.trl_map.TrlMapping`, or None). Refuses a
     model path the command would not read (r2m.config.commands.check_models)."""
-    from r2m.config import load_config, parse_override
-    from r2m.config.commands import check_models
-    from r2m.config.parsing import read_config_file
-    from r2m.config.trl_map import map_trl
-    from r2m.config.trl_recipe import split_recipe
 
     command, what = args.command, getattr(args, "what", None)
     overrides = list(args.overrides) + (["run.resume=auto"] if getattr(args, "resume", False) else [])
@@ -328,7 +324,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Any]:
         for text in trl.warnings:
             logging.getLogger("r2m").warning("%s", text)
         if trl.resume:
-            from r2m.api.trl_args import resume_config
+            from r2m.api.trl_args import resume_config  # heavy: lazy
 
             cfg = resume_config(cfg, trl.resume)
     if command in ("sft", "rm", "rl", "ser", "eval"):
@@ -339,10 +335,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Any]:
 def _recipe_layers(args: argparse.Namespace, recipe: tuple[dict, dict], overrides: list[str]) -> tuple[Any, list]:
     """A flat TRL recipe's layers: TRL's values mapped (every field, TRL's defaults included), then the recipe's
     own r2m sections; with callables only (reward_funcs), no reward model."""
-    from r2m.api.trl_args import dotted
-    from r2m.config import parse_override
-    from r2m.config.trl_map import map_trl
-    from r2m.config.trl_recipe import parse_recipe
+    from r2m.api.trl_args import dotted  # heavy: lazy
 
     r2m_part, trl_part = recipe
     command = "rl" if args.command == "config" else args.command
@@ -388,11 +381,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # `r2m bench --preset smoke a.b=c`: the optional positional took the first override.
             args.overrides, args.what = [args.what, *args.overrides], "run"
         if args.command == "monitor":
-            from r2m.recipes.monitor import cmd_monitor
+            from r2m.recipes.monitor import cmd_monitor  # heavy: lazy
 
             return cmd_monitor(args.run_dir, args.overrides, not args.no_plot)
         if getattr(args, "help_config", False):
-            from r2m.config.help import config_help
+            from r2m.config.help import config_help  # heavy: lazy
 
             print(config_help(args.command))
             return 0
@@ -402,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"r2m: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from r2m.errors import NumericError, TrainingInterrupted
+        from r2m.errors import NumericError, TrainingInterrupted  # heavy: lazy
 
         if isinstance(e, TrainingInterrupted):
             print(f"r2m: stopped: {e}", file=sys.stderr)
@@ -420,8 +413,8 @@ def _run(args: argparse.Namespace, cfg: Config, trl: Any) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from r2m.runtime import runlock
-    from r2m.utils import quiet_transformers
+    from r2m.runtime import runlock  # heavy: lazy
+    from r2m.utils import quiet_transformers  # heavy: lazy
 
     quiet_transformers()
     if args.command in ("bench", "analyze") or getattr(args, "what", None) == "winrate":

@@ -104,11 +104,11 @@ def import_reward(name: str) -> Callable:
         raise ConfigError(f"reward_funcs: {name} reads the dataset's solution column, which r2m does not pass to "
                           "reward functions")
     if name == "think_format_reward":
-        from trl.rewards import think_format_reward
+        from trl.rewards import think_format_reward  # heavy: lazy
 
         return think_format_reward
     if name == "get_soft_overlong_punishment":
-        from trl.rewards import get_soft_overlong_punishment
+        from trl.rewards import get_soft_overlong_punishment  # heavy: lazy
 
         return get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256)
     if "." not in name:

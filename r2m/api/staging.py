@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from r2m.errors import ConfigError, DataError
+from r2m.fileio import atomic_dir
+from r2m.runtime import runlock
 
 log = logging.getLogger("r2m")
 
@@ -60,9 +62,6 @@ class Staging:
 
     def write(self) -> None:
         """Save every object, atomically, on the main process (the others wait), holding the run's lock."""
-        from r2m.fileio import atomic_dir
-        from r2m.runtime import runlock
-
         if not self._writes:
             return
         with _main_process_first() as main:

@@ -26,6 +26,11 @@ from r2m.config import Config, PPOPrompts, load_config, replace_path
 from r2m.config.commands import check_models
 from r2m.config.trl_map import steps_for
 from r2m.errors import ConfigError
+from r2m.models.loading import load_policy, load_tokenizer
+from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, read_rows, resolve_inputs, run_rm
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser import run_ser
+from r2m.runtime.runlog import read_metrics
 
 log = logging.getLogger("r2m")
 
@@ -61,8 +66,6 @@ def _count_prompts(cfg: Config, dataset: Any, tokenizer: Any) -> int:
     """The training prompts (num_train_epochs counts passes over them)."""
     if dataset is not None and not isinstance(dataset, (str, Path)) and hasattr(dataset, "__len__"):
         return len(dataset)
-    from r2m.recipes.pipeline import data_paths, read_rows
-
     return len(read_rows(cfg, "prompts", data_paths(cfg, ("prompts",))["prompts"], tokenizer))
 
 
@@ -128,8 +131,6 @@ class RLTrainer:
 
     def _policy(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         """The policy object trained in place (a path is loaded here, as TRL does) and its tokenizer."""
-        from r2m.models.loading import load_policy, load_tokenizer
-
         pc = self.cfg.policy
         if model is None:
             return None, tokenizer
@@ -141,9 +142,6 @@ class RLTrainer:
     def _reward_terms(self) -> tuple[Any, list, float]:
         """(the primary reward function or None: the config's RM, extra (weight, fn) terms, the primary's weight).
         The callables decode with the policy's tokenizer."""
-        from r2m.models.loading import load_tokenizer
-        from r2m.recipes.pipeline import resolve_inputs
-
         rw = self.rewards
         if not rw.callables:
             return None, [], rw.model_weight
@@ -159,8 +157,6 @@ class RLTrainer:
     def train(self, resume_from_checkpoint: Any = None):
         """Runs the loop; returns transformers' ``TrainOutput`` (``trainer.result``: r2m's ``RLResult``;
         ``trainer.state``: a ``TrainerState``; ``trainer.model``: the trained policy)."""
-        from r2m.recipes.rl.run import run_rl
-
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else self.resolved.trl.resume
         cfg = resume_config(self.cfg, resume)
         hooks, adapter, state = _hooks(self.callbacks, self.resolved.trl_args, cfg, cfg.rl.steps, self.model,
@@ -218,9 +214,6 @@ class RMTrainer:
     def train(self, resume_from_checkpoint: Any = None):
         """Trains and saves to ``<output_dir>/checkpoints/final``; returns transformers' ``TrainOutput``
         (``trainer.result``: r2m's ``RMResult``, ``.eval`` the held-out accuracy, ``.stopped_early``)."""
-        from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, run_rm
-        from r2m.runtime.runlog import read_metrics
-
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else self.resolved.trl.resume
         cfg = resume_config(self.cfg, resume)
         paths = data_paths(cfg, ("pref_train",))
@@ -298,8 +291,6 @@ class SERTrainer:
 
     def train(self):
         """Runs SER (and PPO with ``ser.ppo``); returns its ``SERResult`` (``stop["reason"]``, ``history``, ...)."""
-        from r2m.recipes.ser import run_ser
-
         return run_ser(self.cfg, callbacks=self.callbacks)
 
 

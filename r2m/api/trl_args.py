@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from r2m.api.args import RLArguments, RMArguments, TrainerArguments
+from r2m.config import replace_path
 from r2m.config.trl_map import TrlMapping, map_trl
+from r2m.config.trl_names import RULES
 from r2m.errors import ConfigError
 
 log = logging.getLogger("r2m")
@@ -91,8 +93,6 @@ def peft_overrides(peft_config: Any, model: str) -> dict[str, Any]:
 
 def refuse_unsupported(**given: Any) -> None:
     """TRL trainer arguments r2m has no use for (optimizers, quantization_config, tools, ...): TRL's default only."""
-    from r2m.config.trl_names import RULES
-
     errors = [verdict[8:] for name, value in given.items()
               if (verdict := RULES[name].check(name, value)).startswith("refuse: ")]
     if errors:
@@ -104,8 +104,7 @@ def resume_config(cfg: Any, resume: Any) -> Any:
     resume without a checkpoint is an error; r2m resumes from the run's latest checkpoint only."""
     from pathlib import Path
 
-    from r2m.config import replace_path
-    from r2m.runtime.checkpoint import latest_checkpoint
+    from r2m.runtime.checkpoint import latest_checkpoint  # heavy: lazy
 
     if isinstance(resume, str) and resume.lower() in ("true", "false"):
         resume = resume.lower() == "true"

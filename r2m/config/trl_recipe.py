@@ -30,8 +30,8 @@ def split_recipe(data: dict) -> Optional[tuple[dict, dict]]:
 def recipe_types(command: str, algorithm: Optional[str]) -> tuple[tuple[type, ...], str]:
     """The dataclasses TRL's script for ``command`` parses (GRPO's, or RLOO's with rl.algorithm=rloo), and the
     trainer they configure."""
-    from trl import GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, ScriptArguments
-    from trl.scripts.grpo import GRPOScriptArguments
+    from trl import GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, ScriptArguments  # heavy: lazy
+    from trl.scripts.grpo import GRPOScriptArguments  # heavy: lazy
 
     if command == "rl":
         rloo = algorithm == "rloo"
@@ -59,7 +59,7 @@ def parse_recipe(trl_part: dict, cli: Sequence[str], command: str, algorithm: Op
     if unknown:
         raise ConfigError(f"{where}: {', '.join(unknown)}: not TRL's names for r2m {command} (nor r2m config "
                           f"sections: {', '.join(sorted(R2M_SECTIONS))})")
-    from trl import TrlParser
+    from trl import TrlParser  # heavy: lazy
 
     parser = TrlParser(types)
     parser.set_defaults_with_config(**trl_part)
