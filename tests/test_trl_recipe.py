@@ -73,3 +73,21 @@ def test_a_reward_recipe_maps_onto_r2m_rm(tmp_path, capsys) -> None:
     d = cfg.data
     assert (d.pref_train, d.pref_eval, d.splits.pref_train, d.splits.pref_eval) == (
         "trl-lib/ultrafeedback_binarized", "trl-lib/ultrafeedback_binarized", "train", "test")
+
+
+def test_recipe_reward_funcs_without_a_reward_model(world_artifacts, tmp_path, monkeypatch) -> None:
+    """GRPO's script argument reward_funcs: TRL's names and dotted import paths, weighted, no reward model."""
+    policy, _, files = world_artifacts
+    (tmp_path / "my_rewards.py").write_text("def short(completions, **kwargs):\n"
+                                            "    return [0.7 if len(c) < 40 else 0.0 for c in completions]\n")
+    monkeypatch.chdir(tmp_path)  # as TRL's script: modules beside the recipe
+    recipe = tmp_path / "funcs.yaml"
+    recipe.write_text(f"model_name_or_path: {policy}\ndataset_name: {files.prompts}\noutput_dir: {tmp_path / 'f'}\n"
+                      "reward_funcs: [my_rewards.short, get_soft_overlong_punishment]\nreward_weights: [1.0, 0.5]\n")
+    assert main(["rl", "--config", str(recipe), *TINY, "--max_steps", "1"]) == 0
+    rows = read_metrics(tmp_path / "f" / "metrics.jsonl")
+    assert len(rows) == 1 and 0.0 <= rows[0]["reward"] <= 0.7  # the overlong term is 0 under 1280 - 256 tokens
+    cfg = yaml.safe_load((tmp_path / "f" / "config.yaml").read_text())
+    assert cfg["reward"]["source"] == "gold"  # no reward model is loaded
+    recipe.write_text(recipe.read_text().replace("my_rewards.short", "accuracy_reward"))
+    assert main(["rl", "--config", str(recipe), *TINY]) == 2

@@ -94,8 +94,8 @@ def sort_reward_funcs(reward_funcs: Any, processing_classes: Any = None,
 
 
 def import_reward(name: str) -> Callable:
-    """GRPO's script argument ``reward_funcs``: a dotted import path, or TRL's registry names that need no
-    dataset column (think_format_reward, get_soft_overlong_punishment as TRL's script builds it)."""
+    """GRPO's script argument ``reward_funcs``: a dotted import path, or TRL's registry name that reads only the
+    completions' tokens (get_soft_overlong_punishment, as TRL's script builds it)."""
     import importlib
     import os
     import sys
@@ -104,9 +104,8 @@ def import_reward(name: str) -> Callable:
         raise ConfigError(f"reward_funcs: {name} reads the dataset's solution column, which r2m does not pass to "
                           "reward functions")
     if name == "think_format_reward":
-        from trl.rewards import think_format_reward  # heavy: lazy
-
-        return think_format_reward
+        raise ConfigError("reward_funcs: think_format_reward reads conversational completions ([{'content': ...}]); "
+                          "r2m passes completions as strings")
     if name == "get_soft_overlong_punishment":
         from trl.rewards import get_soft_overlong_punishment  # heavy: lazy
 
