@@ -93,8 +93,8 @@ def peft_overrides(peft_config: Any, model: str) -> dict[str, Any]:
 
 def refuse_unsupported(**given: Any) -> None:
     """TRL trainer arguments r2m has no use for (optimizers, quantization_config, tools, ...): TRL's default only."""
-    errors = [verdict[8:] for name, value in given.items()
-              if (verdict := RULES[name].check(name, value)).startswith("refuse: ")]
+    verdicts = [RULES[name].check(name, value) for name, value in given.items()]
+    errors = [v.text for v in verdicts if v is not None and v.refused]
     if errors:
         raise ConfigError("TRL arguments r2m cannot honour (docs/TRL.md):\n  " + "\n  ".join(errors))
 

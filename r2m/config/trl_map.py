@@ -390,10 +390,8 @@ def _one(name: str, v: Any, c: _Ctx, out: dict, errors: list[str]) -> None:
                                                                    "vllm_importance_sampling_correction"):
         return  # read only with use_vllm / beta (see _trainer)
     verdict = rule.check(name, v)
-    if verdict.startswith("warn: "):
-        c.warnings.append(verdict[6:])
-    elif verdict:
-        errors.append(verdict[8:])
+    if verdict is not None:
+        (errors if verdict.refused else c.warnings).append(verdict.text)
     elif name in MAPPERS and rule.kind == Kind.MAPPED:
         try:
             out.update(MAPPERS[name](v, c))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 
 class Kind(str, enum.Enum):
@@ -49,13 +49,20 @@ class Rule:
     ok: tuple = ()
     """DEFAULT_ONLY: the values r2m honours as TRL does; a TRL default outside ``ok`` is accepted with a warning."""
 
-    def check(self, name: str, value: Any) -> str:
-        """"" (fine), "warn: ..." (TRL's default, which r2m does not reproduce) or "refuse: ..." for ``value``."""
+    def check(self, name: str, value: Any) -> Optional["Verdict"]:
+        """None when r2m honours ``value`` as TRL does; else a warning (TRL's default, which r2m does not
+        reproduce) or a refusal, with the reason."""
         if self.kind != Kind.DEFAULT_ONLY or _same(value, self.ok):
-            return ""
+            return None
         if _same(value, self.defaults):
-            return f"warn: {name}={value!r} (TRL's default): {self.doc}"
-        return f"refuse: {name}={value!r}: {self.doc}"
+            return Verdict(False, f"{name}={value!r} (TRL's default): {self.doc}")
+        return Verdict(True, f"{name}={value!r}: {self.doc}")
+
+
+class Verdict(NamedTuple):
+    refused: bool
+    """True: the value is refused; False: accepted with a warning."""
+    text: str
 
 
 def _same(value: Any, allowed: tuple) -> bool:
