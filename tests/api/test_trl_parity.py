@@ -64,6 +64,9 @@ class Events:
             def on_save(self, args, state, control, **kw):
                 self._note("save", args, state, control)
 
+            def on_evaluate(self, args, state, control, metrics=None, **kw):
+                self._note("evaluate", args, state, control)
+
             def on_train_end(self, args, state, control, **kw):
                 self._note("train_end", args, state, control)
 
@@ -191,5 +194,23 @@ def test_reward_config_trains_the_model_object_in_place(tiny, world_artifacts, t
     assert (trainer.cfg.rm.batch_size, trainer.cfg.rm.max_steps, trainer.cfg.reward.max_length) == (8, 2, 1024)
     output = trainer.train()
     assert output.global_step == 2 and math.isfinite(output.training_loss) and "eval_accuracy" in output.metrics
-    assert cb.steps == [1, 2] and cb.events[-1] == "train_end"
+    assert cb.steps == [1, 2] and cb.events[-1] == "train_end" and "evaluate" in cb.events
     assert trainer.model is model and not torch.equal(head, model.score.weight)
+    # no eval_dataset: no held-out accuracy, as TRL without one
+    again = r2m.RMTrainer(str(rm_dir), args=args, train_dataset=str(files.pref_train),
+                          overrides={"run.name": "rw-no-eval"}).train()
+    assert again.global_step == 2 and "eval_accuracy" not in again.metrics
+
+
+def test_num_train_epochs_counts_passes_over_the_prompts(world_artifacts, tmp_path) -> None:
+    """max_steps=-1 (TRL's default): num_train_epochs passes over the training prompts; a warmup_steps below 1 is a
+    ratio of those steps (transformers 5)."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    policy_dir, _, files = world_artifacts
+    args = GRPOConfig(output_dir=str(tmp_path / "ep"), use_cpu=True, bf16=False, num_train_epochs=2,
+                      per_device_train_batch_size=4, num_generations=2, warmup_steps=0.5, max_completion_length=8)
+    trainer = r2m.RLTrainer(str(policy_dir), lambda completions, **kw: [0.0] * len(completions), args=args,
+                            train_dataset=Dataset.from_json(str(files.prompts)).select(range(7)))
+    assert (trainer.cfg.rl.steps, trainer.cfg.rl.warmup_steps) == (7, 4)  # ceil(2 x 7 / 2); ceil(0.5 x 7)
