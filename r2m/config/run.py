@@ -187,7 +187,8 @@ class DataConfig:
             _check(not source.endswith((".jsonl", ".json", ".parquet")), f"data.{held_out}",
                    f"another file than data.{train} (a single file is one split: evaluation would read the training "
                    "rows)", source)
-            splits = (getattr(self.splits, train) or self.train_split, getattr(self.splits, held_out) or self.eval_split)
+            splits = (getattr(self.splits, train) or self.train_split,
+                      getattr(self.splits, held_out) or self.eval_split)
             _check(splits[1] is not None and splits[1] != splits[0], f"data.splits.{held_out}",
                    f"a split other than data.{train}'s (both read {source}; without one, evaluation would read the "
                    "training split: set data.eval_split or data.splits." + held_out + ")", splits[1])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Callable, Mapping, Optional
 
-from r2m.config.trl_names import RULES, Kind, Scope
+from r2m.config.trl_names import RULES, Kind
 from r2m.errors import ConfigError
 
 log = logging.getLogger("r2m")
@@ -443,13 +443,6 @@ def steps_for(m: TrlMapping, n_prompts: int, prompts_per_step: int) -> dict[str,
     return out
 
 
-def as_override(dotted: str, value: Any) -> str:
-    """``dotted=value`` as the CLI's override text (YAML-quoted)."""
-    import json
-
-    return f"{dotted}={value if isinstance(value, str) else json.dumps(value)}"
-
-
-FLAGS = frozenset(n for n, r in RULES.items() if n in ("bf16", "fp16", "use_vllm", "use_peft", "use_cpu",
-                                                      "gradient_checkpointing", "disable_tqdm", "trust_remote_code"))
+FLAGS = frozenset({"bf16", "fp16", "use_vllm", "use_peft", "use_cpu", "gradient_checkpointing", "disable_tqdm",
+                   "trust_remote_code"})
 """TRL names that may stand alone as flags (``--bf16`` means ``--bf16 true``)."""

@@ -127,7 +127,8 @@ _add("cast_lm_head_to_fp32", D, "the LM head keeps the policy's dtype", RL, (Fal
 _add("router_aux_loss_coef", D, "no mixture-of-experts auxiliary loss", RL, (None,))
 
 # ------------------------------------------------------------------ data
-_add("train_dataset", M, "the training set: r2m rl: data.prompts; r2m rm: data.pref_train (path or datasets.Dataset)", T)
+_add("train_dataset", M, "the training set: r2m rl: data.prompts; r2m rm: data.pref_train (path or "
+     "datasets.Dataset)", T)
 _add("eval_dataset", M, "the evaluation set (data.eval_prompts, data.pref_eval); none: no evaluation, as TRL", T)
 _add("dataset_name", M, "the training set (rl: data.prompts, rm: data.pref_train, sft: data.sft) and, when "
      "eval_strategy is not no, the evaluation set; read in TRL's formats", T)
@@ -255,7 +256,8 @@ _add("repetition_penalty", D, "no repetition penalty", RL, (1.0,))
 _add("generation_kwargs cache_implementation chat_template_kwargs", D, "r2m's sampling settings only "
      "(rl.temperature, rl.max_new_tokens); chat templates with their defaults", RL, (None,))
 _add("mask_truncated_completions", D, "truncated completions are trained on", RL, (False,))
-_add("use_transformers_paged use_transformers_continuous_batching", D, "generation with generate() or vLLM", RL, (False,))
+_add("use_transformers_paged use_transformers_continuous_batching", D, "generation with generate() or vLLM", RL,
+     (False,))
 _add("transformers_continuous_batching_config", D, "generation with generate() or vLLM", RL, (None,))
 _add("ds3_gather_for_generation", N, "r2m refuses ZeRO-3", RL)
 _add("tools max_tool_calling_iterations rollout_func environment_factory", D, "single-turn generation only", RL,

@@ -91,8 +91,8 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
 
 
 def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: Optional[Path] = None,
-                               allow_unsafe_weights: bool = False,
-                               base: Optional[PreTrainedModel] = None) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
+                               allow_unsafe_weights: bool = False, base: Optional[PreTrainedModel] = None
+                               ) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
     """RL's trainable policy and its frozen reference, loaded from ``path`` (the policy of ``resume_dir`` when
     resuming).
 

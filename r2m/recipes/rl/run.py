@@ -67,7 +67,8 @@ log = logging.getLogger("r2m")
 class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
     """One RL run: setup (or resume), then ``step(t)`` T times, evaluating every ``rl.eval_every`` steps."""
 
-    def __init__(self, cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence = (), reward_weight: float = 1.0):
+    def __init__(self, cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence = (),
+                 reward_weight: float = 1.0):
         """``reward_fn``: a reward function object (:class:`r2m.experience.rewards.RewardFunction`) used instead of
         the one ``cfg.reward`` builds (the object API's Python callables; then reward.source=gold loads no RM).
         ``extra_rewards``: (weight, reward function) pairs added to it, itself weighted ``reward_weight`` (TRL's
