@@ -6,7 +6,9 @@ never mutated; derive a new one with :func:`replace_path` instead.
 
 A package: ``enums`` (closed choices), ``run`` / ``models`` / ``training`` / ``jobs`` (the sections' dataclasses),
 ``root`` (:class:`Config`), ``parsing`` (YAML, overrides, fingerprints), ``paths`` (per-path formats and splits),
-``checks`` (the validation helper). Every public name is re-exported here: ``from r2m.config import X`` works.
+``checks`` (the validation helper); ``commands`` (what each subcommand reads), ``help`` (``--help-config``),
+``trl_names`` / ``trl_map`` / ``trl_recipe`` (TRL's names, docs/TRL.md). The sections' and parsing's public names are
+re-exported here: ``from r2m.config import X`` works.
 """
 
 from __future__ import annotations

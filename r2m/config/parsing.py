@@ -17,6 +17,7 @@ import yaml
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text, decode_lines
 from r2m.config.checks import _check
+from r2m.config.commands import with_user_model_defaults
 from r2m.config.root import Config
 
 
@@ -125,27 +126,37 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the world default when ``path`` is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p}: not found")
+def read_config_file(path: str | Path) -> dict:
+    """The mapping of a YAML config file (errors name the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    text = "\n".join(decode_lines(p, p.read_bytes()))
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: invalid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded or {}
 
-        text = "\n".join(decode_lines(p, p.read_bytes()))
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: invalid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
+
+def load_config(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = (),
+                layers: typing.Sequence[typing.Mapping[str, Any]] = (), data: Optional[dict] = None) -> Config:
+    """The config of the YAML file ``path`` (or ``data``, its already-read mapping; neither: the world's defaults),
+    then each of ``layers`` (``{dotted: value}``, e.g. what TRL's names became), then the ``a.b=c`` overrides.
+
+    A field left unset by all of them takes its default, except where the policy is a user's model: then
+    :data:`r2m.config.commands.USER_MODEL_DEFAULTS` replace the world's toy lengths."""
+    data = dict(data) if data is not None else (read_config_file(path) if path is not None else {})
+    for layer in layers:
+        for dotted, value in layer.items():
+            _set_path(data, dotted, to_dict(value))
     for ov in overrides:
         key, value = parse_override(ov)
         _set_path(data, key, value)
     try:
-        return _build(Config, data)
+        return _build(Config, with_user_model_defaults(data))
     except ConfigError as e:
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None

@@ -180,4 +180,16 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
+        for train, held_out in (("prompts", "eval_prompts"), ("pref_train", "pref_eval")):
+            source = getattr(self, train)
+            if source is None or getattr(self, held_out) != source:
+                continue
+            _check(not source.endswith((".jsonl", ".json", ".parquet")), f"data.{held_out}",
+                   f"another file than data.{train} (a single file is one split: evaluation would read the training "
+                   "rows)", source)
+            splits = (getattr(self.splits, train) or self.train_split,
+                      getattr(self.splits, held_out) or self.eval_split)
+            _check(splits[1] is not None and splits[1] != splits[0], f"data.splits.{held_out}",
+                   f"a split other than data.{train}'s (both read {source}; without one, evaluation would read the "
+                   "training split: set data.eval_split or data.splits." + held_out + ")", splits[1])
         _check(self.max_response_tokens >= 0, "data.max_response_tokens", ">= 0", self.max_response_tokens)

@@ -145,7 +145,9 @@ def _sample_batch(job: _Job, b: int, texts: Sequence[str], ids: Sequence[Sequenc
     responses = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=False) for r, m in zip(resp, am)]
     kl_num, kl_den, h = _passes(job, gen, real)
     hidden, mask = (h.hidden, h.mask) if h is not None else (None, None)
-    query = RewardQuery(list(texts), responses, policy_hidden=hidden, policy_mask=mask, step=job.step)
+    response_ids = [r[m.bool()].tolist() for r, m in zip(resp, am)]
+    query = RewardQuery(list(texts), responses, policy_hidden=hidden, policy_mask=mask, step=job.step,
+                        response_ids=response_ids)
     gold = proxy = vanilla = None
     # Scoring may draw random numbers (R2M's w/ Noise ablation): in a fork of its own, so that the next batch's
     # samples, and so every method's evaluation set, depend on the policy alone.
@@ -156,7 +158,7 @@ def _sample_batch(job: _Job, b: int, texts: Sequence[str], ids: Sequence[Sequenc
             out = job.reward_fn(query)
             proxy, vanilla = out.scores.cpu(), out.vanilla.cpu() if out.vanilla is not None else None
     own = (lambda x: None if x is None else x[:real])
-    return _Batch(b, responses[:real], [r[m.bool()].tolist() for r, m in zip(resp[:real], am[:real])],
+    return _Batch(b, responses[:real], response_ids[:real],
                   am[:real].sum(-1).float(), own(gold), own(proxy), own(vanilla), kl_num, kl_den)
 
 

@@ -37,6 +37,8 @@ class RewardQuery:
     """Training round t (0-based) for R2M's ω(t)."""
     group_size: int = 0
     """K when rows are prompt-major groups of K samples (a rollout batch); 0 when they are not (evaluation)."""
+    response_ids: Optional[Sequence[Sequence[int]]] = None
+    """(B,) each response's sampled policy tokens (TRL's ``completion_ids``), when the caller has them."""
 
 
 class RewardOutput(NamedTuple):
@@ -165,6 +167,29 @@ class OmegaScaledReward:
     def __call__(self, query: RewardQuery) -> RewardOutput:
         vanilla = self.inner(query).scores  # (B,)
         return RewardOutput(vanilla * self.omega(query.step), None, vanilla)
+
+
+class WeightedRewards:
+    """Σ_i w_i r_i over reward functions (TRL's ``reward_funcs`` with ``reward_weights``). The first is the primary:
+    its reward model, h and R2M state are the run's (embeddings, vanilla and ``omega`` come from it)."""
+
+    def __init__(self, terms: Sequence[tuple[float, "RewardFunction"]]):
+        self.terms = list(terms)
+        self.primary = self.terms[0][1]
+        self.reward_model = self.primary.reward_model
+        self.needs_policy_hidden = any(fn.needs_policy_hidden for _, fn in self.terms)
+
+    def __getattr__(self, name: str):  # omega, model, cfg, ...: the primary's (R2M's schedule)
+        if name in ("terms", "primary"):
+            raise AttributeError(name)
+        return getattr(self.primary, name)
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        outs = [fn(query) for _, fn in self.terms]
+        weighted = torch.stack([w * out.scores.float().cpu() for (w, _), out in zip(self.terms, outs)])  # (F, B)
+        scores = weighted.nansum(0)  # a NaN score is "not applicable" (TRL's None); all NaN: NaN (unscorable)
+        scores[weighted.isnan().all(0)] = float("nan")
+        return RewardOutput(scores, outs[0].embeddings, outs[0].vanilla)
 
 
 def is_world_prompt_set(prompts: Sequence[str]) -> bool:

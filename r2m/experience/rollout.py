@@ -183,9 +183,7 @@ class ExperienceMaker:
         return scores
 
     def decode(self, gen: Generation) -> list[str]:
-        resp = gen.sequences[:, gen.prompt_len:]
-        return [self.tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=False)
-                for r, m in zip(resp.cpu(), gen.action_mask.cpu())]
+        return [self.tokenizer.decode(ids, skip_special_tokens=False) for ids in response_ids(gen)]
 
     def _sample(self, prompt_ids: Sequence[Sequence[int]], temperature: float,
                 seeds: Optional[Sequence[int]] = None, keep: bool = False) -> Generation:
@@ -218,7 +216,8 @@ class ExperienceMaker:
     def _query(self, texts: list[str], gen: Generation, feedback: Optional[Feedback], step: int,
                group_size: int = 0) -> RewardQuery:
         h, m = feedback if feedback is not None else (None, None)
-        return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step, group_size=group_size)
+        return RewardQuery(texts, self.decode(gen), policy_hidden=h, policy_mask=m, step=step, group_size=group_size,
+                           response_ids=response_ids(gen))
 
     def _old_pass(self, gen: Generation, with_hidden: bool) -> "OldPass":
         """pi_old's log-probs and R2M's h (Algorithm 1 line 6), h already in the hidden store: from the generation
@@ -315,6 +314,12 @@ class ExperienceMaker:
             policy_hidden=query.policy_hidden,  # in the hidden store since the log-prob pass
             policy_mask=query.policy_mask, rm_embeddings=out.embeddings, values=values, raw_scores=raw,
         )
+
+
+def response_ids(gen: Generation) -> list[list[int]]:
+    """Each row's sampled tokens, without padding."""
+    resp = gen.sequences[:, gen.prompt_len:]
+    return [r[m.bool()].tolist() for r, m in zip(resp.cpu(), gen.action_mask.cpu())]
 
 
 def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]:

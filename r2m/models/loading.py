@@ -133,6 +133,7 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
 
 def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: Optional[Path] = None,
                                allow_unsafe_weights: bool = False, resume_dtype: Optional[str] = None,
+                               base: Optional[PreTrainedModel] = None,
                                ) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
     """RL's trainable policy and its frozen reference, loaded from ``path`` (the policy of ``resume_dir`` when
     resuming, read in ``resume_dtype``: the dtype it was trained in, default ``policy.dtype``).
@@ -140,14 +141,23 @@ def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: 
     With ``policy.lora.enabled`` the policy is a ``peft`` model over the base of ``path`` (its adapter from
     ``resume_dir``) and the reference is ``None``: it is that model with the adapters off
     (:class:`r2m.models.lora.AdapterFreeReference`), built once the policy is placed. Otherwise the reference
-    is a full copy. ``policy.gradient_checkpointing`` is applied to the policy.
+    is a full copy. ``policy.gradient_checkpointing`` is applied to the policy. ``base``: the model of ``path``,
+    already loaded (the object API's): it is the one trained, in place (a resume loads the checkpoint's weights
+    into it), and the reference is a copy of it as passed (resuming: ``path``'s weights).
     """
     pc = policy_cfg
-    base = load_policy(path, pc.dtype, pc.trust_remote_code, allow_unsafe_weights)
+    given = base is not None
+    base = base if given else load_policy(path, pc.dtype, pc.trust_remote_code, allow_unsafe_weights)
     if pc.lora.enabled:
         ref = None
         policy = (apply_lora(base, pc.lora, "causal", base_path=path) if resume_dir is None
                   else load_adapter(base, resume_dir, trainable=True))
+    elif given:  # a resumed run's reference is path's (the object may hold trained weights by now)
+        ref = copy.deepcopy(base) if resume_dir is None else load_policy(path, pc.dtype, pc.trust_remote_code,
+                                                                         allow_unsafe_weights)
+        policy = base
+        if resume_dir is not None:
+            policy.load_state_dict(load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code).state_dict())
     else:
         ref, policy = base, copy.deepcopy(base)
         if resume_dir is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
+from r2m.config.commands import is_world_artifact
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.errors import ConfigError
 from r2m.world.seeds import rm_seed, sft_world
@@ -94,22 +95,17 @@ MODEL_FIELDS = (("policy.path", lambda c: c.policy.path), ("reward.path", lambda
                 ("rm.init_from", lambda c: c.rm.init_from))
 
 
-def _is_world_artifact(path: str, cfg: Config) -> bool:
-    root = world_root(cfg).resolve()
-    p = Path(path).resolve()
-    return p == root or root in p.parents
-
-
 def user_models(cfg: Config) -> list[str]:
     """``field=value`` of each model path set by the user: not the world's own (under <run.root>/world)."""
     return [f"{name}={get(cfg)}" for name, get in MODEL_FIELDS
-            if get(cfg) is not None and not _is_world_artifact(get(cfg), cfg)]
+            if get(cfg) is not None and not is_world_artifact(get(cfg), cfg.run.root)]
 
 
 def rl_needs(cfg: Config) -> tuple[str, ...]:
-    """The data fields `r2m rl` reads: prompts, plus the held-out pairs of Table 3 (R2M, iterative head) and the
-    Pretrained-RM baseline's pairs."""
-    need = ["prompts", "eval_prompts"]
+    """The data fields `r2m rl` must have from the user with a user's model: prompts, plus the held-out pairs of
+    Table 3 (R2M, iterative head) and the Pretrained-RM baseline's pairs. data.eval_prompts is optional: without
+    it the run does not evaluate (as TRL without an eval_dataset)."""
+    need = ["prompts"]
     if cfg.reward.source == RewardSource.MODEL and (cfg.reward.r2m.enabled or
                                                     cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
         need.append("pref_eval")

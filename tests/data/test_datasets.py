@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -326,9 +327,10 @@ def test_rm_trains_on_a_real_schema_through_the_cli(tiny, world_artifacts, tmp_p
     from r2m.runtime.runlog import read_metrics
 
     fixture = FIXTURES / "ultrafeedback.jsonl"
+    held_out = Path(shutil.copy(fixture, tmp_path / "ultrafeedback_eval.jsonl"))  # one file for both is refused
     backbone = ensure_world_rm_backbone(load_config(None, tiny))
     args = [*tiny, f"run.root={tmp_path}", "run.name=uf", f"rm.init_from={backbone}", "data.format=ultrafeedback",
-            f"data.pref_train={fixture}", f"data.pref_eval={fixture}"]
+            f"data.pref_train={fixture}", f"data.pref_eval={held_out}"]
     assert main(["rm", *args]) == 0
     rows = read_metrics(tmp_path / "uf" / "metrics.jsonl")
     assert any("rm/loss" in r for r in rows) and any("rm/eval_acc" in r for r in rows)

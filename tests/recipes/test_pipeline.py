@@ -7,9 +7,10 @@ from r2m.recipes.pipeline import precision_part, rl_needs, ser_needs, user_model
 
 
 def test_rl_needs() -> None:
-    assert rl_needs(load_config(overrides=["reward.source=gold"])) == ("prompts", "eval_prompts")
+    # data.eval_prompts is optional: without it a run with a user's model does not evaluate (as TRL)
+    assert rl_needs(load_config(overrides=["reward.source=gold"])) == ("prompts",)
     r2m = load_config(overrides=["reward.source=model", "reward.r2m.enabled=true"])
-    assert rl_needs(r2m) == ("prompts", "eval_prompts", "pref_eval")  # Table 3's held-out pairs
+    assert rl_needs(r2m) == ("prompts", "pref_eval")  # Table 3's held-out pairs
 
 
 def test_ser_needs() -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.runtime.runlog import RunDir, peak, plot_curves
@@ -35,6 +35,8 @@ class RLResult:
     """Step of the evaluation where the over-optimisation alarm fired (None: it did not; docs/MONITOR.md)."""
     best_before_alarm: Optional[Path] = None
     """rl.stop_on_alarm: checkpoints/best-before-alarm, the policy of the evaluation before the alarm's onset."""
+    policy: Optional[Any] = None
+    """The trained policy module (a peft model with policy.lora; the object passed in, trained in place)."""
 
 
 def _write_plots(run: RunDir, write: bool = True) -> Optional[int]:
@@ -85,4 +87,4 @@ class ReportMixin:
             peak_step = _write_plots(self.run, write=self.acc.is_main_process)
         self.run.close()
         return RLResult(self.run.path, self.run.history, self.final_eval, peak_step,
-                        time.perf_counter() - self.t_start, rm_acc, self.watch.alarm_step, self.watch.best_path)
+                        time.perf_counter() - self.t_start, rm_acc, self.watch.alarm_step, self.watch.best_path, policy)

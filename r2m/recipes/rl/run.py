@@ -25,7 +25,7 @@ from r2m.config import Algorithm, Config
 from r2m.runtime.distributed import Dist
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 from r2m.experience.rollout import ExperienceMaker, Shaping, hidden_store
-from r2m.experience.sampling import tokenize_prompts
+from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.runlog import RunDir
 from r2m.errors import TrainingInterrupted
 from r2m.experience.reward_factory import build_reward
@@ -34,7 +34,7 @@ from r2m.core.kl_control import make_kl_controller
 from r2m.errors import ConfigError, DataError
 from r2m.experience.generation import build_generator, check_generator
 from r2m.eval.policy import cap_prompts
-from r2m.experience.rewards import FeedbackReward, GoldReward, is_world_prompt_set
+from r2m.experience.rewards import FeedbackReward, GoldReward, WeightedRewards, is_world_prompt_set
 from r2m.models.critic import build_critic
 from r2m.models.loading import build_policy_and_reference, load_tokenizer
 from r2m.models.lora import AdapterFreeReference, enable_gradient_checkpointing
@@ -69,9 +69,13 @@ log = logging.getLogger("r2m")
 class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
     """One RL run: setup (or resume), then ``step(t)`` T times, evaluating every ``rl.eval_every`` steps."""
 
-    def __init__(self, cfg: Config, reward_fn=None):
+    def __init__(self, cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence = (),
+                 reward_weight: float = 1.0):
         """``reward_fn``: a reward function object (:class:`r2m.experience.rewards.RewardFunction`) used instead of
-        the one ``cfg.reward`` builds (the object API's Python callables; then reward.source=gold loads no RM)."""
+        the one ``cfg.reward`` builds (the object API's Python callables; then reward.source=gold loads no RM).
+        ``extra_rewards``: (weight, reward function) pairs added to it, itself weighted ``reward_weight`` (TRL's
+        reward_funcs and reward_weights). ``policy``: a loaded causal LM of policy.path to train in place (the
+        object API's model; its reference is a copy of it as passed)."""
 
         self.t_start = time.perf_counter()
         self.cfg = cfg
@@ -93,7 +97,7 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         # With policy.lora the reference is the policy's own base, adapters off (ref is None here).
         policy, ref = build_policy_and_reference(cfg.policy, self.inputs.policy, self.resume_dir and
                                                  self.resume_dir / "policy", cfg.run.allow_unsafe_weights,
-                                                 resume_dtype=master_dtype(cfg.policy.dtype, self.acc))
+                                                 resume_dtype=master_dtype(cfg.policy.dtype, self.acc), base=policy)
         fp32_master_weights(policy, "policy", self.acc)  # the reference keeps policy.dtype
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                       weight_decay=0.0, **cfg.rl.optimizer_impl.torch_kwargs)
@@ -101,7 +105,9 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
         self.ref = self._reference(ref)
         policy_dim = policy.config.get_text_config().hidden_size
-        self.reward_fn = reward_fn or build_reward(cfg, self.inputs.reward_model, device, policy_dim)
+        self.primary_reward = reward_fn or build_reward(cfg, self.inputs.reward_model, device, policy_dim)
+        self.reward_fn = (WeightedRewards([(reward_weight, self.primary_reward), *extra_rewards])
+                          if extra_rewards or reward_weight != 1.0 else self.primary_reward)
         self._load_prompts()
         self._check_pairing()
         self.generator = build_generator(cfg, self.inputs.policy, self.policy, self.tok, device, self.acc)
@@ -129,13 +135,24 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
     def _load_prompts(self) -> None:
         cfg = self.cfg
         train = read_rows(cfg, "prompts", self.inputs.prompts, self.tok)
-        evalp = read_rows(cfg, "eval_prompts", self.inputs.eval_prompts, self.tok)
+        # No evaluation set (a user's model without data.eval_prompts): no evaluation, as TRL without eval_dataset.
+        evalp = read_rows(cfg, "eval_prompts", self.inputs.eval_prompts, self.tok) if self.inputs.eval_prompts else []
         self.train = tokenize_prompts(self.tok, train, cfg.data.max_prompt_tokens, cfg.data.overlong)
-        self.evalp, capped = cap_prompts(tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens, cfg.data.overlong),
-                                         cfg.eval.max_prompts)
+        self.evalp, capped = (cap_prompts(tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens,
+                                                           cfg.data.overlong), cfg.eval.max_prompts)
+                              if evalp else (PromptSet([], [], 0, 0), 0))
         if not self.train.texts:
             raise DataError(f"{self.inputs.prompts}: every prompt is longer than data.max_prompt_tokens="
                             f"{cfg.data.max_prompt_tokens} and data.overlong=skip; no prompt is left")
+        if not self.evalp.texts:
+            if cfg.rl.stop_on_alarm:
+                raise ConfigError("rl.stop_on_alarm: needs evaluations, and no data.eval_prompts is set")
+            log.info("no evaluation prompts (data.eval_prompts): the run does not evaluate")
+        for name, ps in (("data.prompts", self.train), ("data.eval_prompts", self.evalp)):
+            if ps.truncated or ps.skipped:
+                log.warning("%s: %d prompts cut to their last data.max_prompt_tokens=%d tokens, %d skipped as longer "
+                            "(data.overlong=%s)", name, ps.truncated, cfg.data.max_prompt_tokens, ps.skipped,
+                            cfg.data.overlong.value)
         self.prompt_stats = {"data/prompts_truncated": self.train.truncated, "data/prompts_skipped": self.train.skipped}
         if capped:
             self.prompt_stats["data/eval_prompts_capped"] = capped
@@ -163,8 +180,8 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         self.updater = PolicyUpdater(self.policy, self.optimizer, self.acc, cfg.rl, self.critic, self.critic_optimizer,
                                      self.dist)
         self.rm_updater = None
-        if isinstance(self.reward_fn, FeedbackReward):
-            self.rm_updater = R2MUpdater(self.reward_fn, r2m, self.dist)
+        if isinstance(self.primary_reward, FeedbackReward):
+            self.rm_updater = R2MUpdater(self.primary_reward, r2m, self.dist)
         # R2M "before" (Table 3): the RM as the first rollout batch left it (init=matched rescales W_o there).
         self.initial_rm_state = None
 
@@ -192,14 +209,17 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         return self.acc.prepare(critic, opt)
 
 
-def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None) -> RLResult:
+def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None, policy=None, extra_rewards: Sequence = (),
+           reward_weight: float = 1.0) -> RLResult:
     """The RL loop; resumes from the latest checkpoint with ``run.resume=auto``; SIGINT/SIGTERM stop it
-    after the current step with a checkpoint. ``callbacks``: objects with ``on_step_end(step, metrics)``,
-    ``on_evaluate(step, metrics)``, ``on_save(step, path)``; one returning True stops the run after that step."""
+    after the current step with a checkpoint. ``callbacks``: objects with ``on_step_begin(step)``,
+    ``on_step_end(step, metrics)``, ``on_evaluate(step, metrics)``, ``on_save(step, path)``; one returning True
+    stops the run after that step. The other arguments: :class:`RLRun`'s."""
 
-    rl = RLRun(cfg, reward_fn)
+    rl = RLRun(cfg, reward_fn, policy, extra_rewards, reward_weight)
     hooks = Hooks(callbacks)
-    if rl.start_step == 0:
+    evaluates = bool(rl.evalp.texts)
+    if rl.start_step == 0 and evaluates:
         first = rl.evaluate(0)
         rl.run.log(first, 0)
         hooks("on_evaluate", 0, first)
@@ -207,11 +227,12 @@ def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None) -> RLResult:
     bar.update(rl.start_step)
     with StopSignal() as stop:
         for step in range(rl.start_step + 1, cfg.rl.steps + 1):
+            hooks("on_step_begin", step)
             metrics = rl.step(step)
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("reward/proxy", "reward/gold", "kl")
                              if k in metrics})
-            if step % cfg.rl.eval_every == 0 or step == cfg.rl.steps:
+            if evaluates and (step % cfg.rl.eval_every == 0 or step == cfg.rl.steps):
                 evaluation = rl.evaluate(step)
                 metrics.update(evaluation)
                 hooks("on_evaluate", step, evaluation)
