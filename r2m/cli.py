@@ -1,6 +1,7 @@
 """The ``r2m`` command line. ``main(argv) -> int`` runs in-process (tests call it directly).
 
     r2m world   [-c CFG] [a.b=c ...] [--out DIR]   write the gold-reward world's JSONL files
+    r2m world --ceilings [JSON] [a.b=c ...]        the presets' exact label ceilings (docs/bench/worlds.json)
     r2m sft     [-c CFG] [a.b=c ...]               supervised fine-tuning of the policy
     r2m rm      [-c CFG] [a.b=c ...]               Bradley-Terry reward-model training
     r2m rl      [-c CFG] [a.b=c ...]               policy optimisation (rloo, grpo, reinforce_pp, ...)
@@ -32,10 +33,11 @@ from r2m.runtime import runlock
 from r2m.config import Config, load_config, to_dict
 from r2m.config.help import config_help
 from r2m.config.trl_names import cli_overrides
-from r2m.errors import R2MError
+from r2m.errors import ConfigError, R2MError
 from r2m.utils import quiet_transformers
 from r2m.errors import NumericError, TrainingInterrupted
 from r2m.recipes.bench import run_bench
+from r2m.recipes.bench_design import WORLD_PRESETS, WORLDS
 from r2m.recipes.bench_report import run_bench_design
 from r2m.recipes.demo import run_demo
 from r2m.recipes.eval import analyze_hidden_states, eval_policy, eval_rm, eval_winrate
@@ -43,6 +45,7 @@ from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, resolve_i
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
 from r2m.world import generate_world
+from r2m.world.ceiling import write_world_ceilings
 from r2m.recipes.alarm import check_rm_path
 from r2m.recipes.bench_speed import run_bench_speed
 from r2m.recipes.monitor import cmd_monitor
@@ -90,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", action="store_true",
                    help="also build the world's SFT policy and reward model(s) into the cache (do this in one process "
                         "before a multi-process launch)")
+    p.add_argument("--ceilings", nargs="?", const="docs/bench/worlds.json", default=None, metavar="JSON",
+                   help="write the labeller's ceiling and the best accuracy through the RM's view and the full view, "
+                        "exactly, for each world preset (configs/world/worlds/, plus any a.b=c) to JSON (default: "
+                        "docs/bench/worlds.json; docs/WORLDS.md)")
     for name, text in [("demo", "the end-to-end world demo"), ("config", "print the resolved config as YAML")]:
         _add_common(sub.add_parser(name, help=text))
     for name, text in [("sft", "supervised fine-tuning"), ("rm", "reward-model training (Bradley-Terry)")]:
@@ -143,6 +150,14 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
 
             built["check_rm"] = check_rm_path(cfg, inputs.world)  # the monitor's (docs/MONITOR.md)
         print(json.dumps(built, indent=2))
+    return 0
+
+
+def cmd_world_ceilings(out: str, overrides: Sequence[str]) -> int:
+    """``r2m world --ceilings``: :func:`r2m.world.ceiling.write_world_ceilings` over the bench's world presets."""
+    worlds = {name: load_config(WORLD_PRESETS / f"{name}.yaml", overrides).world for name in WORLDS}
+    print(json.dumps(write_world_ceilings(worlds, out), indent=2))
+    print(f"written to {out}")
     return 0
 
 
@@ -238,6 +253,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return 0
+        if args.command == "world" and args.ceilings:
+            if args.config:
+                raise ConfigError(f"r2m world --ceilings reads the world presets ({WORLD_PRESETS}); expected no "
+                                  f"-c/--config (got {args.config}), only a.b=c overrides applied to every preset")
+            return cmd_world_ceilings(args.ceilings, overrides)
         if args.command == "world":
             return cmd_world(cfg, args.out, args.models)
         if args.command == "eval":
