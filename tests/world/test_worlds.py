@@ -262,3 +262,16 @@ def test_new_world_fields_keep_the_default_cache_keys() -> None:
 def test_rm_prompt_digits_is_checked() -> None:
     with pytest.raises(Exception, match="world.rm_prompt_digits"):
         WorldConfig(rm_prompt_digits=-1)
+
+
+def test_world_ceilings_command(tmp_path, capsys) -> None:
+    from r2m.cli import main
+
+    out = tmp_path / "bench" / "worlds.json"
+    assert main(["world", "--ceilings", str(out), "world.n_pref_eval=40"]) == 0
+    table = json.loads(out.read_text())["worlds"]
+    assert sorted(table) == ["blind", "length", "noisy", "ser_headroom"]
+    small = dataclasses.replace(_world("blind"), n_pref_eval=40)
+    assert table["blind"]["view_best_accuracy"] == round(world_ceilings(small).view_best_accuracy, 4)
+    assert main(["world", "--ceilings", str(out), "-c", str(WORLDS / "blind.yaml")]) == 2
+    assert "expected no -c/--config" in capsys.readouterr().err
