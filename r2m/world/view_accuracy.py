@@ -19,7 +19,7 @@ exact (no labels are drawn), like the labeller's ceiling (:mod:`r2m.world.ceilin
 quantity for the full view (q = p). The rule reads both answers of a pair at once, so it bounds a pointwise RM
 from above. Classes are taken over the world's distribution, not over the N pairs at hand: among a thousand
 pairs almost every class holds one pair, and a rule fitted per class on the pairs themselves would see the
-labeller's probability of each and match the full view. Pure python.
+labeller's probability of each and match the full view. numpy.
 """
 
 from __future__ import annotations
