@@ -1,6 +1,7 @@
 """The ``r2m`` command line. ``main(argv) -> int`` runs in-process (tests call it directly).
 
     r2m world   [-c CFG] [a.b=c ...] [--out DIR]   write the gold-reward world's JSONL files
+    r2m world --ceilings [JSON] [a.b=c ...]        the presets' exact label ceilings (docs/bench/worlds.json)
     r2m sft     [-c CFG] [a.b=c ...]               supervised fine-tuning of the policy
     r2m rm      [-c CFG] [a.b=c ...]               Bradley-Terry reward-model training
     r2m rl      [-c CFG] [a.b=c ...]               policy optimisation (rloo, grpo, reinforce_pp, ...)
@@ -34,13 +35,13 @@ from r2m.config.parsing import read_config_file
 from r2m.config.trl_map import FLAGS, map_trl, steps_for
 from r2m.config.trl_names import RULES
 from r2m.config.trl_recipe import parse_recipe, split_recipe
-from r2m.errors import R2MError
+from r2m.errors import ConfigError, R2MError
 
 # Only the config layer is imported here: `--help`, `--help-config` and argument errors come before torch loads
 # (tests/test_cli.py checks sys.modules); each command imports its recipe when it runs.
 
 _R2M_FLAGS = {"config", "help-config", "out", "models", "resume", "policy-responses", "ref-responses", "judge",
-              "checkpoints", "preset", "steps", "workers", "no-plot", "verbose", "help"}
+              "checkpoints", "preset", "steps", "workers", "no-plot", "verbose", "help", "ceilings"}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", action="store_true",
                    help="also build the world's SFT policy and reward model(s) into the cache (do this in one process "
                         "before a multi-process launch)")
+    p.add_argument("--ceilings", nargs="?", const="docs/bench/worlds.json", default=None, metavar="JSON",
+                   help="write the labeller's ceiling and the best accuracy through the RM's view and the full view, "
+                        "exactly, for each world preset (configs/world/worlds/, plus any a.b=c) to JSON (default: "
+                        "docs/bench/worlds.json; docs/WORLDS.md)")
     for name, text in [("demo", "the end-to-end world demo"), ("config", "print the resolved config as YAML")]:
         _add_common(sub.add_parser(name, help=text))
     for name, text in [("sft", "supervised fine-tuning"), ("rm", "reward-model training (Bradley-Terry)")]:
@@ -171,6 +176,17 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
 
             built["check_rm"] = check_rm_path(cfg, inputs.world)  # the monitor's (docs/MONITOR.md)
         print(json.dumps(built, indent=2))
+    return 0
+
+
+def cmd_world_ceilings(out: str, overrides: Sequence[str]) -> int:
+    """``r2m world --ceilings``: :func:`r2m.world.ceiling.write_world_ceilings` over the bench's world presets."""
+    from r2m.recipes.bench_design import WORLD_PRESETS, WORLDS  # heavy: lazy
+    from r2m.world.ceiling import write_world_ceilings  # heavy: lazy
+
+    worlds = {name: load_config(WORLD_PRESETS / f"{name}.yaml", overrides).world for name in WORLDS}
+    print(json.dumps(write_world_ceilings(worlds, out), indent=2))
+    print(f"written to {out}")
     return 0
 
 
@@ -389,6 +405,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             print(config_help(args.command))
             return 0
+        if args.command == "world" and args.ceilings:
+            if args.config:
+                raise ConfigError(f"r2m world --ceilings reads the world presets (configs/world/worlds); expected no "
+                                  f"-c/--config (got {args.config}), only a.b=c overrides applied to every preset")
+            return cmd_world_ceilings(args.ceilings, list(args.overrides))
         cfg, trl = resolve_config(args)
         return _run(args, cfg, trl)
     except R2MError as e:

@@ -184,7 +184,7 @@ NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "
 
 # Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,
 # so that existing caches stay valid (sft.max_length=2048 cuts nothing the old 512 did not on the world's data).
-KEY_NEUTRAL = {"max_length": 2048, "rm_seed": None, "rm_prompt_digits": 0}
+KEY_NEUTRAL = {"max_length": 2048, "rm_seed": None, "rm_prompt_digits": 0, "wrong_digit": 0.0}
 
 
 def _semantic(d: Any) -> Any:

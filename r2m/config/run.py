@@ -71,6 +71,9 @@ class MixtureConfig:
     """Random digits of the right length."""
     repeat: float = 0.02
     """Correct, plus 1-3 repeated digits at the end (too long)."""
+    wrong_digit: float = 0.0
+    """Sorted and of the right length, with one digit replaced by another: wrong in a way only a reader of the
+    prompt can see (the ``blind`` world, docs/WORLDS.md)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
