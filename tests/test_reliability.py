@@ -225,7 +225,7 @@ def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world
     run is detected as stale and taken over; a finished run releases it."""
     import socket
 
-    from r2m.runtime.runlock import lock_path
+    from r2m.runtime.runlock import holder_path, lock_path
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "busy"
@@ -241,13 +241,15 @@ def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=120)
-    assert lock_path(root / name).exists()  # SIGKILL leaves the file; its flock died with the process
+    assert holder_path(root / name).exists()  # SIGKILL leaves the files; the flock died with the process
+    assert lock_path(root / name).parent == root / name  # the lock lives inside the run directory
     with caplog.at_level("WARNING", logger="r2m"):
         assert main(_rl(tiny, name, "rl.steps=1")) == 0
     assert f"took over the stale lock of PID {proc.pid}" in caplog.text
     _documented("is in use by PID", "wait for it to finish, or use another run.name (lock file",
                 "took over the stale lock of PID", "(that process has ended)")
-    assert not lock_path(root / name).exists()  # released at the end of the run
+    assert not holder_path(root / name).exists()  # released at the end of the run
+    assert not (root / f".{name}.lock").exists()  # nothing beside the run directory
 
 
 def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None:
@@ -263,14 +265,17 @@ def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None
 
     monkeypatch.setattr("fcntl.flock", no_flock)
     run = tmp_path / "run"
+    run.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": time.time()}
-    runlock.lock_path(run).write_text(json.dumps(holder))
-    runlock.acquire(run)  # the dead holder's file is removed and replaced
-    assert json.loads(runlock.lock_path(run).read_text())["pid"] == os.getpid()
+    runlock.lock_path(run).write_text("")  # the soft lock: the file's existence
+    runlock.holder_path(run).write_text(json.dumps(holder))
+    runlock.acquire(run)  # the dead holder's files are removed and replaced
+    assert json.loads(runlock.holder_path(run).read_text())["pid"] == os.getpid()
     runlock.release(run)
-    assert not runlock.lock_path(run).exists()
-    runlock.lock_path(run).write_text(json.dumps({**holder, "pid": os.getppid()}))  # a live one
+    assert not runlock.holder_path(run).exists() and not runlock.lock_path(run).exists()
+    runlock.lock_path(run).write_text("")
+    runlock.holder_path(run).write_text(json.dumps({**holder, "pid": os.getppid()}))  # a live one
     with pytest.raises(runlock.RunLockedError, match=rf"in use by PID {os.getppid()} on host"):
         runlock.acquire(run)
 
@@ -468,7 +473,7 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
 def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
     """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
     from r2m.errors import DataError
-    from r2m.runtime.runlock import is_held, lock_path
+    from r2m.runtime.runlock import holder_path, is_held
     from r2m.recipes.rl.run import RLRun
 
     def fail(self, step):
@@ -478,4 +483,4 @@ def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatc
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(_rl(tiny, "fails", "rl.steps=3")) == 2
     assert (root / "fails" / "metrics.jsonl").exists()  # the run had started
-    assert not is_held(root / "fails") and not lock_path(root / "fails").exists()
+    assert not is_held(root / "fails") and not holder_path(root / "fails").exists()

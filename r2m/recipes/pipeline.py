@@ -10,6 +10,10 @@ new reward model while the RL seed never invalidates anything.
     <run.root>/world/rmbase-<h>/model   SFT-trained LM of another width: the RM's backbone
     <run.root>/world/rm-<h>/model       the proxy reward model (BT on the length-biased labels)
     <run.root>/world/rm-check-<h>/model the monitor's check RM (the same recipe on the disjoint pref_policy pairs)
+
+The Pretrained-RM baseline's RM is cached there too for the world's RM; from a user's RM it is trained inside
+the run directory (``<run.root>/<run.name>/rm-pretrained-<h>/model``): a run on a user's models writes nothing
+beside its run directory.
 """
 
 from __future__ import annotations
@@ -331,11 +335,14 @@ def ensure_pretrained_rm(cfg: Config, rm_path: str, pairs: str, eval_pairs: str)
     lora = [cfg.reward.lora] if cfg.reward.lora.enabled else []  # keys of full fine-tuning stay as they were
     key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs,
                       *lora, *precision_part(cfg))
-    out = world_root(cfg) / f"rm-pretrained-{key}" / "model"
+    # The world's RM is cached with the world; a user's RM is trained inside the run directory (nothing of a
+    # user's run is written beside it), where a resumed run finds it again.
+    home = "world" if not user_models(cfg) else cfg.run.name
+    out = Path(cfg.run.root) / home / f"rm-pretrained-{key}" / "model"
     if _must_build(out, "the Pretrained-RM baseline's reward model"):
         log.info("training the Pretrained-RM baseline into %s", out)
         pre = replace_path(cfg, rm__lr=cfg.reward.pretrain_lr, rm__epochs=cfg.reward.pretrain_epochs)
-        run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}", adapt=True)
+        run_rm(pre, rm_path, pairs, eval_pairs, out, f"{home}/rm-pretrained-{key}", adapt=True)
     return out
 
 
