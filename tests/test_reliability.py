@@ -117,7 +117,7 @@ def test_partial_checkpoint_is_never_loaded(tiny, world_artifacts) -> None:
     (ckpts / ".tmp-step-000009-123").mkdir()  # a crash mid-write
     broken = ckpts / "step-000007"
     broken.mkdir()  # a directory without its state: not complete
-    assert latest_checkpoint(ckpts).name == "step-000001"
+    assert latest_checkpoint(ckpts).name == "step-000002"  # the last step always gets a checkpoint
 
 
 def _nan_reward(rl, bad_steps: set[int]):
@@ -297,16 +297,16 @@ def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, w
     assert main(_rl(tiny, "damaged", *extra)) == 0
     whole = _stable(read_metrics(root / "damaged" / "metrics.jsonl"))
     ckpts = root / "damaged" / "checkpoints"
-    _truncate(ckpts / "step-000003" / "state.pt")
-    assert "state.pt has" in verify(ckpts / "step-000003")
+    _truncate(ckpts / "step-000004" / "state.pt")  # the newest: the last step always gets a checkpoint
+    assert "state.pt has" in verify(ckpts / "step-000004")
     with caplog.at_level("WARNING", logger="r2m"):
-        assert latest_checkpoint(ckpts).name == "step-000002"
+        assert latest_checkpoint(ckpts).name == "step-000003"
         assert main(_rl(tiny, "damaged", *extra, "--resume")) == 0
-    assert f"checkpoint {ckpts / 'step-000003'} is damaged (state.pt has" in caplog.text
+    assert f"checkpoint {ckpts / 'step-000004'} is damaged (state.pt has" in caplog.text
     assert "the manifest says" in caplog.text and "skipping it for an older one" in caplog.text
     _documented("is damaged (state.pt has", "the manifest says", "skipping it for an older one")
     assert _stable(read_metrics(root / "damaged" / "metrics.jsonl")) == whole
-    assert verify(ckpts / "step-000003") is None  # written again, whole
+    assert verify(ckpts / "step-000004") is None  # written again, whole
 
 
 def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artifacts, caplog) -> None:
@@ -322,7 +322,7 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
-    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume .*, got 1"):
+    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 4 to resume .*, got 1"):
         from r2m.recipes.rl.run import run_rl
 
         run_rl(load_config(None, [*tiny, "run.name=longer", "rl.steps=1", "rl.save_every=2", "run.resume=auto"]))
@@ -336,6 +336,7 @@ def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
     assert main(_rl(tiny, "before-move", "rl.steps=3", "rl.save_every=1")) == 0
     whole = _stable(read_metrics(root / "before-move" / "metrics.jsonl"))
     shutil.move(root / "before-move", root / "after-move")
+    shutil.rmtree(root / "after-move" / "checkpoints" / "step-000003")  # so that a step remains to be taken
     with caplog.at_level("INFO", logger="r2m"):
         assert main(_rl(tiny, "after-move", "rl.steps=3", "rl.save_every=1", "--resume")) == 0
     assert "run.name changed from 'before-move' to 'after-move'" in caplog.text
@@ -455,17 +456,17 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
     name = "fault-between-renames"
     assert main(_rl(tiny, name, *FAULT_RUN)) == 0
     ckpts = root / name / "checkpoints"
-    _truncate(ckpts / "step-000004" / "state.pt")
+    _truncate(ckpts / "step-000005" / "state.pt")  # the last step's: resumed from step 4, step 5 is saved again
     cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, *FAULT_RUN, "--resume")]
-    env = {**_env(), FAULT_ENV: "atomic_dir.between_renames:step-000004"}
+    env = {**_env(), FAULT_ENV: "atomic_dir.between_renames:step-000005"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]
-    assert any(p.name.startswith(".old-step-000004") for p in ckpts.iterdir())
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004"]
+    assert any(p.name.startswith(".old-step-000005") for p in ckpts.iterdir())
 
     assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
     assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
-    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004"]
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004", "step-000005"]
     assert all(verify(p) is None for p in list_checkpoints(ckpts))
     assert not any(p.name.startswith((".tmp-", ".old-")) for p in ckpts.iterdir())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.models.critic import load_critic, save_critic
@@ -49,7 +50,15 @@ class CheckpointMixin:
                 write_state(tmp, self.training_state(step), step, fingerprint(self.cfg), free_fields(self.cfg))
             prune(self.run.checkpoints, self.cfg.run.keep_checkpoints)
         self.acc.wait_for_everyone()
+        self._saved_step = step
         return final
+
+    def checkpoint_last_step(self, step: int) -> Optional[Path]:
+        """The last step's checkpoint, unless this run saved (or resumed from) it already: a run extended later
+        (rl.steps raised, run.resume=auto) resumes at this step, not at the last rl.save_every multiple."""
+        if step <= 0 or step == getattr(self, "_saved_step", None):
+            return None
+        return self.save_checkpoint(step)
 
     def _restore(self, state: dict) -> None:
         d = self.resume_dir
@@ -68,6 +77,6 @@ class CheckpointMixin:
             self.rm_updater.model.load_trainable_state(load_file(str(d / "r2m" / "r2m.safetensors")))
             self.rm_updater.optimizer.load_state_dict(state["r2m_optimizer"])
             self.initial_rm_state = state["r2m_initial"]
-        self.start_step = state["step"]
+        self.start_step = self._saved_step = state["step"]
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", d, self.start_step)
