@@ -2,8 +2,9 @@
 
 Each resolves its arguments into one r2m ``Config`` and calls the loop the CLI calls (``run_rl``, ``run_rm``,
 ``run_ser``). Objects the loops take only as paths are written to a temporary directory that lives as long
-as the trainer: a ``transformers`` model (with its ``processing_class``) is saved with ``save_pretrained``,
-a ``datasets.Dataset`` as JSONL. A Python reward callable is injected into the RL run instead (no file).
+as the trainer: a ``transformers`` model (with its ``processing_class``) is saved with ``save_pretrained``. A
+``datasets.Dataset`` or ``IterableDataset`` is read where it is (:mod:`r2m.data.sources`), and a Python reward
+callable is injected into the RL run (no file).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from r2m.api.args import RLConfig, RMConfig, SERConfig, TrainerArgs
 from r2m.config import PPOPrompts
+from r2m.data.sources import register_dataset
 from r2m.errors import ConfigError, DataError
 from r2m.experience.rewards import RewardOutput, RewardQuery
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, run_rm
@@ -49,6 +51,7 @@ class _Staging:
     def __init__(self):
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
         self.overrides: dict[str, Any] = {}
+        self.datasets: list = []
 
     def dir(self, name: str) -> Path:
         if self._tmp is None:
@@ -75,11 +78,9 @@ class _Staging:
         if isinstance(data, (str, Path)):
             self.overrides[key] = str(data)
             return
-        if not hasattr(data, "to_json"):
-            raise DataError(f"{what}: expected a path or a datasets.Dataset, got {type(data).__name__}")
-        out = self.dir(key).with_suffix(".jsonl")
-        data.to_json(str(out), lines=True)
-        self.overrides[key] = str(out)
+        # Read where it is (no copy): errors name ``what``, an IterableDataset streams (r2m.data.sources).
+        self.overrides[key] = register_dataset(data, what)
+        self.datasets.append(data)  # the registry holds weak references: the trainer keeps its datasets
 
 
 def _callbacks(callbacks: Any) -> list:

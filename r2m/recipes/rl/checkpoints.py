@@ -21,7 +21,8 @@ class CheckpointMixin:
     """Checkpoints of :class:`r2m.recipes.rl.run.RLRun`."""
 
     def training_state(self, step: int) -> dict:
-        state = {"step": step, "sampler_position": self.sampler.position, "rng": rng_state(),
+        state = {"step": step, "sampler_position": self.sampler.position, "sampler": self.sampler.state_dict(),
+                 "rng": rng_state(),
                  "optimizer": self.optimizer.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
                  "bad_steps": self.bad_steps, "omega_step": step}
         if self.maker.moments is not None:
@@ -66,7 +67,7 @@ class CheckpointMixin:
         if self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.sampler.position = state["sampler_position"]
+        self.sampler.load_state_dict(state.get("sampler") or {"position": state["sampler_position"]})
         self.bad_steps = state["bad_steps"]
         if "moments" in state:
             self.maker.moments.load_state_dict(state["moments"])
