@@ -62,7 +62,7 @@ def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
         cpu=cpu,
         mixed_precision=resolve_mixed_precision(cfg),
         # Trackers need a directory; internal stages (the world cache) log to metrics.jsonl only.
-        # run.log_with as accelerate takes it; a tracker named but not installed is an error here, before any model loads.
+        # run.log_with as accelerate takes it; a tracker named but not installed is an error here, before a model loads.
         log_with=(resolve_trackers(cfg.run.log_with) or None) if project_dir else None,
         project_dir=project_dir,
     )

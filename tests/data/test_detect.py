@@ -117,9 +117,9 @@ def test_errors_name_the_format_choice(tmp_path) -> None:
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"question": "Why?"}) + "\n")
     cfg = load_config(None, [f"data.prompts={path}"])
-    with pytest.raises(DataError, match=r"q.jsonl:1: missing field 'prompt' \(required: \['prompt'\]\) \(format 'plain' "
-                                        r"expects .*; another schema: set data.format or data.formats.<field> to one "
-                                        r"of plain, ultrafeedback, hh_rlhf"):
+    with pytest.raises(DataError, match=r"q.jsonl:1: missing field 'prompt' \(required: \['prompt'\]\) "
+                                        r"\(format 'plain' expects .*; another schema: set data.format or "
+                                        r"data.formats.<field> to one of plain, ultrafeedback, hh_rlhf"):
         read_rows(cfg, "prompts", str(path))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "a"}], "completion": 3}) + "\n")

@@ -203,7 +203,8 @@ def test_each_evaluation_keeps_its_samples(users_run) -> None:
     rows = [json.loads(line) for line in (run / "samples" / "step_000002.jsonl").read_text().splitlines()]
     evalp = [json.loads(line)["prompt"] for line in (user["eval_prompts"]).read_text().splitlines()]
     assert len(rows) == len(evalp)  # eval.samples_per_prompt=1
-    assert {"step", "prompt", "completion", "reward", "reward_vanilla", "length"} <= set(rows[0]) and "gold" not in rows[0]
+    assert {"step", "prompt", "completion", "reward", "reward_vanilla", "length"} <= set(rows[0])
+    assert "gold" not in rows[0]
     assert all(r["step"] == 2 and isinstance(r["reward"], float) for r in rows)
     from r2m.runtime.runlog import read_metrics
 
@@ -229,7 +230,8 @@ def test_the_policy_gets_a_model_card_and_is_pushed(users_run) -> None:
     card = ModelCard.load(run / "checkpoints" / "final" / "README.md")
     assert card.data.base_model is None  # a local base: no Hub metadata that would point nowhere
     assert {"r2m", "rlhf", "rloo", "r2m-reward-model"} <= set(card.data.tags)
-    assert "trained by r2m with RLOO and R2M" in card.text and "Real-Time Aligned Reward Model beyond Semantics" in card.text
+    assert "trained by r2m with RLOO and R2M" in card.text
+    assert "Real-Time Aligned Reward Model beyond Semantics" in card.text
     assert "arXiv:2402.14740" in card.text and "| `rl.steps` | `2` |" in card.text and str(user["policy"]) in card.text
     assert "`eval/proxy`" in card.text
     assert pushed["repo"] == ("me/my-policy", True)
@@ -245,6 +247,14 @@ def test_a_hub_base_model_is_the_cards_base_model(tiny_cfg) -> None:
     card = policy_card(cfg, "Qwen/Qwen2.5-0.5B-Instruct", {"eval/proxy": 0.7})
     assert card.data.base_model == "Qwen/Qwen2.5-0.5B-Instruct" and "grpo" in card.data.tags
     assert "arXiv:2402.03300" in card.text and "R2M" not in card.text.split("## Citations")[1]
+
+
+def test_every_algorithm_has_its_citation() -> None:
+    from r2m.config import Algorithm
+    from r2m.recipes.rl.card import METHODS
+
+    assert set(METHODS) == {a.value for a in Algorithm}
+    assert all("eprint" in bib for _, bib in METHODS.values())
 
 
 def test_a_failed_push_says_where_the_model_is(tiny_cfg, tmp_path, monkeypatch) -> None:
@@ -322,6 +332,7 @@ def test_a_table_reaches_each_kind_of_tracker(caplog) -> None:
     rows = [{"step": 3, "prompt": "a|b", "completion": "x\ny", "reward": 0.7}]
     with caplog.at_level("INFO", logger="r2m"):
         log_table([Wandb(), Board(), Other()], "completions", rows, 3)
-    assert calls[0] == ("table", "completions", ["step", "prompt", "completion", "reward"], [[3, "a|b", "x\ny", 0.7]], 3)
+    columns = ["step", "prompt", "completion", "reward"]
+    assert calls[0] == ("table", "completions", columns, [[3, "a|b", "x\ny", 0.7]], 3)
     assert calls[1][1]["completions"].splitlines()[-1] == "| 3 | a\\|b | x<br>y | 0.7 |"
     assert "tracker aim logs no tables: the completions are in the run's samples/*.jsonl" in caplog.text

@@ -52,7 +52,8 @@ def test_a_resumed_stream_continues_where_it_was(tok) -> None:
 
 def test_over_long_prompts_of_a_stream_are_counted(tok) -> None:
     s = StreamSampler(_passes(WORDS, []), tok, max_tokens=3, overlong="skip")  # every prompt has 4 tokens
-    with pytest.raises(DataError, match="every prompt of a pass over the stream is longer than data.max_prompt_tokens=3"):
+    with pytest.raises(DataError, match="every prompt of a pass over the stream is longer than "
+                                        "data.max_prompt_tokens=3"):
         s.take(2)
     s = StreamSampler(_passes(WORDS, []), tok, max_tokens=3, overlong="truncate")
     s.take(2)

@@ -17,7 +17,7 @@ log = logging.getLogger("r2m")
 
 CARD = "README.md"
 
-# rl.algorithm -> (the method's name, its paper as BibTeX).
+# rl.algorithm -> (the method's name, its paper as BibTeX); every Algorithm has one (tests/recipes/test_outputs.py).
 METHODS: dict[str, tuple[str, str]] = {
     "rloo": ("RLOO", """@inproceedings{ahmadian2024back,
     title     = {{Back to Basics: Revisiting REINFORCE-Style Optimization for Learning from Human Feedback in LLMs}},
@@ -47,6 +47,13 @@ METHODS: dict[str, tuple[str, str]] = {
     year   = 2025,
     eprint = {arXiv:2501.03262}
 }"""),
+    "dr_grpo": ("Dr. GRPO", """@article{liu2025understanding,
+    title  = {{Understanding R1-Zero-Like Training: A Critical Perspective}},
+    author = {Zichen Liu and Changyu Chen and Wenjun Li and Penghui Qi and Tianyu Pang and Chao Du and Wee Sun Lee
+              and Min Lin},
+    year   = 2025,
+    eprint = {arXiv:2503.20783}
+}"""),
     "ppo": ("PPO", """@article{schulman2017proximal,
     title  = {{Proximal Policy Optimization Algorithms}},
     author = {John Schulman and Filip Wolski and Prafulla Dhariwal and Alec Radford and Oleg Klimov},
@@ -54,6 +61,7 @@ METHODS: dict[str, tuple[str, str]] = {
     eprint = {arXiv:1707.06347}
 }"""),
 }
+METHODS["reinforce_pp_baseline"] = ("REINFORCE++ (with the group baseline)", METHODS["reinforce_pp"][1])
 R2M_CITATION = """@article{huang2026r2m,
     title  = {{Real-Time Aligned Reward Model beyond Semantics}},
     author = {Zixuan Huang and Xin Xia and Yuxi Ren and Jianbin Zheng and Xuefeng Xiao and Hongyan Xie and Li Huaqiu
