@@ -1,4 +1,4 @@
-"""Objects the loops take by path (a transformers model, a ``datasets.Dataset``), saved inside the run's own
+"""Objects the loops take by path (a transformers model), saved inside the run's own
 directory, ``<output_dir>/inputs/``: they outlive the trainer (a saved R2M names its base reward model there, and
 the run's config.yaml names them), and a resume finds the same paths, so its config matches the checkpoint's."""
 
@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from r2m.errors import ConfigError, DataError
+from r2m.data.sources import register_dataset
+from r2m.errors import ConfigError
 from r2m.fileio import atomic_dir
 from r2m.runtime import runlock
 
@@ -23,6 +24,7 @@ class Staging:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "inputs"
         self.overrides: dict[str, Any] = {}
+        self.datasets: list = []
         self._writes: list[tuple[Path, Callable[[Path], None]]] = []
 
     def dir(self, name: str) -> Path:
@@ -46,15 +48,15 @@ class Staging:
         self._add(key, name, write)
 
     def dataset(self, key: str, data: Any, what: str, name: str) -> None:
-        """``key`` (data.prompts, ...) from a path, or a ``datasets.Dataset`` saved as ``name``.jsonl."""
+        """``key`` (data.prompts, ...) from a path, or a ``datasets.Dataset`` / ``IterableDataset`` read where it is
+        (:func:`r2m.data.sources.register_dataset`: errors name ``what``, an IterableDataset streams)."""
         if data is None:
             return
         if isinstance(data, (str, Path)):
             self.overrides[key] = str(data)
             return
-        if not hasattr(data, "to_json"):
-            raise DataError(f"{what}: expected a path or a datasets.Dataset, got {type(data).__name__}")
-        self._add(key, f"{name}.jsonl", lambda out: data.to_json(str(out), lines=True))
+        self.overrides[key] = register_dataset(data, what)
+        self.datasets.append(data)  # the registry holds weak references: the trainer keeps its datasets
 
     def _add(self, key: str, name: str, write: Callable[[Path], None]) -> None:
         self.overrides[key] = str(self.dir(name))

@@ -5,6 +5,7 @@ They take what TRL's ``GRPOTrainer`` / ``RLOOTrainer`` / ``RewardTrainer`` take 
 ``peft_config``, transformers callbacks, ``train(resume_from_checkpoint=...)``. Each resolves its arguments into one
 r2m ``Config`` and calls the loop the CLI calls (``run_rl``, ``run_rm``, ``run_ser``). Objects the loops read by
 path are saved under ``<output_dir>/inputs/`` (:mod:`r2m.api.staging`); the policy object itself is the one trained.
+A ``datasets.Dataset`` or ``IterableDataset`` is read where it is (:mod:`r2m.data.sources`).
 """
 
 from __future__ import annotations

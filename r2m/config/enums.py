@@ -282,10 +282,21 @@ class MixedPrecision(enum.StrEnum):
 
 
 class Tracker(enum.StrEnum):
-    """An entry of ``run.log_with``."""
+    """An entry of ``run.log_with``: transformers' ``report_to`` values that accelerate has a tracker for."""
 
     TENSORBOARD = "tensorboard"
     WANDB = "wandb"
+    TRACKIO = "trackio"
+    MLFLOW = "mlflow"
+    COMET_ML = "comet_ml"
+    AIM = "aim"
+    CLEARML = "clearml"
+    DVCLIVE = "dvclive"
+    SWANLAB = "swanlab"
+    ALL = "all"
+    """Every tracker installed (transformers' and accelerate's ``all``)."""
+    NONE = "none"
+    """No tracker (alone; the same as the empty list)."""
 
 
 class Overlong(enum.StrEnum):

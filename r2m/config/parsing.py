@@ -179,7 +179,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # enter the cache keys of artifacts, so adding or changing one never rebuilds the world's models.
 # gradient_checkpointing recomputes the same activations: it changes memory and time, not the result.
 NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "log_with", "keep_checkpoints",
-                          "resume", "threads", "gradient_checkpointing"})
+                          "resume", "threads", "gradient_checkpointing", "push_to_hub", "hub_model_id",
+                          "hub_private_repo"})
 
 
 # Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,

@@ -22,7 +22,15 @@ class RunConfig:
     device: Device = Device.AUTO
     """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
     log_with: tuple[Tracker, ...] = (Tracker.TENSORBOARD,)
-    """accelerate trackers to log to: any of ``tensorboard``, ``wandb``; empty for none."""
+    """Trackers to log to, through accelerate (transformers' ``report_to`` values): ``tensorboard``, ``wandb``,
+    ``trackio``, ``mlflow``, ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``; ``all`` (every one
+    installed); ``none`` or empty for none. A tracker named but not installed is an error."""
+    push_to_hub: bool = False
+    """Upload the trained policy (checkpoints/final, with its model card) to the Hub at the end of the run."""
+    hub_model_id: Optional[str] = None
+    """The Hub repository of run.push_to_hub (``org/name``); None: the run's name under the token's user."""
+    hub_private_repo: Optional[bool] = None
+    """Create the Hub repository private (None: the Hub's default)."""
     progress: bool = True
     """Show a progress bar."""
     threads: int = 0
@@ -48,6 +56,10 @@ class RunConfig:
         _check(self.threads >= 0, "run.threads", ">= 0", self.threads)
         _check(self.keep_checkpoints >= 0, "run.keep_checkpoints", ">= 0", self.keep_checkpoints)
         _check(self.max_bad_steps >= 1, "run.max_bad_steps", ">= 1", self.max_bad_steps)
+        _check(Tracker.NONE not in self.log_with or len(self.log_with) == 1, "run.log_with",
+               "'none' alone (no tracker), or a list of trackers", [str(t) for t in self.log_with])
+        _check(self.hub_model_id is None or self.push_to_hub, "run.hub_model_id",
+               "null unless run.push_to_hub=true", self.hub_model_id)
         _check(not (self.device == "cpu" and self.mixed_precision == "fp16"), "run.mixed_precision",
                "no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)", self.mixed_precision)
 

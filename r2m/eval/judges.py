@@ -3,8 +3,9 @@
 A :class:`Judge` compares two responses to the same prompt: 1 = a is better, 0 = b is better,
 0.5 = tie, NaN = no usable verdict. A :class:`Scorer` rates single responses.
 
-:class:`ApiJudge` talks to any OpenAI-compatible ``/chat/completions`` endpoint with the standard
-library only. Pairwise, it asks in both orders and calls inconsistent verdicts a tie (SER paper,
+:class:`ApiJudge` talks to any OpenAI-compatible ``/chat/completions`` endpoint through the ``openai`` client (the
+``r2m[openai]`` extra), with r2m's own retries, backoff, bounded concurrency, reply cache and named errors on top
+(the client's own retries are off). Pairwise, it asks in both orders and calls inconsistent verdicts a tie (SER paper,
 Appendix C.2); single-answer, it uses SER's additive 5-point rubric (Appendix D.4). The API key is
 read from an environment variable or a key file only, and never reaches logs, caches or errors.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import http.client
 import json
 import logging
 import math
@@ -23,8 +23,6 @@ import re
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,8 +339,20 @@ def _retry_after(headers) -> Optional[float]:
         return None
 
 
+def _openai_client(cfg: ApiJudgeConfig, key: str):
+    """The ``openai.OpenAI`` client of ``cfg``, its own retries off; a clear error where the extra is missing."""
+    try:
+        import openai
+    except ImportError:
+        raise ConfigError("eval.judge: the API judge talks to its endpoint through the openai client, which is not "
+                          "installed: pip install 'r2m[openai]'") from None
+    # "User-Agent": some gateways refuse a library's default agent.
+    return openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0,
+                         default_headers={"User-Agent": "r2m-judge/0.1"})
+
+
 class ChatClient:
-    """Chat completions with retries, a disk cache and a bounded thread pool."""
+    """Chat completions (the ``openai`` client) with r2m's retries, a disk cache and a bounded thread pool."""
 
     def __init__(self, cfg: ApiJudgeConfig):
         self.cfg = cfg
@@ -350,6 +360,7 @@ class ChatClient:
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.stats = ApiJudgeStats()
         self._lock = threading.Lock()
+        self._client = _openai_client(cfg, self._key)
 
     def __repr__(self) -> str:  # the default repr would be harmless, but be explicit: no key
         return f"ChatClient(url={self.url!r}, model={self.cfg.model!r})"
@@ -398,23 +409,27 @@ class ChatClient:
 
     # ---- HTTP ----
 
-    def _post_once(self, data: bytes) -> bytes:
-        req = urllib.request.Request(self.url, data=data, method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self._key}",
-            # Some gateways refuse urllib's default "Python-urllib/x.y" agent.
-            "User-Agent": "r2m-judge/0.1"})
+    def _status_error(self, e) -> Exception:
+        """An ``openai.APIStatusError`` as r2m's: 429 and 5xx are retried (after the server's Retry-After, if any)."""
+        detail = self._redact(getattr(e.response, "text", "")[:300]).strip()
+        code = e.status_code
+        if code == 429 or code >= 500:
+            return _Retryable(f"HTTP {code} {detail}", _retry_after(e.response.headers))
+        reason = getattr(e.response, "reason_phrase", "") or type(e).__name__
+        return JudgeError(f"judge endpoint {self.url}: HTTP {code} {reason}: {detail}")
+
+    def _post_once(self, body: dict):
+        """One request through the openai client (its own retries off: r2m retries, counts and logs them)."""
+        import openai
+
         self.record("http_requests")
         try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as e:
-            detail = self._redact(e.read()[:300].decode("utf-8", "replace")).strip()
-            if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code} {detail}", _retry_after(e.headers)) from None
-            raise JudgeError(f"judge endpoint {self.url}: HTTP {e.code} {e.reason}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", None) or e
-            raise _Retryable(f"{type(e).__name__}: {self._redact(str(reason))}") from None
+            return self._client.chat.completions.create(**body)
+        except openai.APIStatusError as e:
+            raise self._status_error(e) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            cause = e.__cause__ or e
+            raise _Retryable(f"{type(e).__name__}: {self._redact(str(cause))}") from None
 
     def _delay(self, attempt: int, retry_after: Optional[float]) -> float:
         delay = self.cfg.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
@@ -422,11 +437,11 @@ class ChatClient:
             delay = max(delay, retry_after)
         return min(delay, self.cfg.max_backoff_s)
 
-    def _post(self, data: bytes) -> bytes:
+    def _post(self, body: dict):
         attempts = self.cfg.max_retries + 1
         for attempt in range(attempts):
             try:
-                return self._post_once(data)
+                return self._post_once(body)
             except _Retryable as e:
                 last = str(e)
                 if attempt + 1 == attempts:
@@ -450,13 +465,13 @@ class ChatClient:
     def _fetch(self, key: str, messages: Messages) -> str:
         body = {"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
                 "max_tokens": self.cfg.max_tokens}
-        raw = self._post(json.dumps(body).encode("utf-8"))
+        reply = self._post(body)
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            snippet = self._redact(raw[:200].decode("utf-8", "replace"))
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            snippet = self._redact(repr(reply)[:200])
             raise JudgeError(f"judge endpoint {self.url}: unexpected reply (expected choices[0].message.content): "
-                             f"{snippet!r}") from None
+                             f"{snippet}") from None
         content = content or ""  # a refusal may come back as null content: unparseable, not a crash
         self._cache_put(key, messages, content)
         return content

@@ -10,6 +10,10 @@ new reward model while the RL seed never invalidates anything.
     <run.root>/world/rmbase-<h>/model   SFT-trained LM of another width: the RM's backbone
     <run.root>/world/rm-<h>/model       the proxy reward model (BT on the length-biased labels)
     <run.root>/world/rm-check-<h>/model the monitor's check RM (the same recipe on the disjoint pref_policy pairs)
+
+The Pretrained-RM baseline's RM is cached there too for the world's RM; from a user's RM it is trained inside
+the run directory (``<run.root>/<run.name>/rm-pretrained-<h>/model``): a run on a user's models writes nothing
+beside its run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
 from r2m.config.commands import is_world_artifact
@@ -28,6 +32,7 @@ from r2m.errors import ConfigError
 from r2m.world.seeds import rm_seed, sft_world
 from r2m.world.view import rm_prompt_view
 from r2m.data import datasets, jsonl as plain
+from r2m.data.sources import is_iterable
 from r2m.models.reward import count_truncated as count_truncated_pairs
 from r2m.models.loading import build_world_lm, load_policy, load_reward_model, load_tokenizer, save_model
 from r2m.runtime.checkpoint import latest_checkpoint
@@ -327,36 +332,64 @@ def ensure_pretrained_rm(cfg: Config, rm_path: str, pairs: str, eval_pairs: str)
     lora = [cfg.reward.lora] if cfg.reward.lora.enabled else []  # keys of full fine-tuning stay as they were
     key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs,
                       *lora, *precision_part(cfg))
-    out = world_root(cfg) / f"rm-pretrained-{key}" / "model"
+    # The world's RM is cached with the world; a user's RM is trained inside the run directory (nothing of a
+    # user's run is written beside it), where a resumed run finds it again.
+    home = "world" if not user_models(cfg) else cfg.run.name
+    out = Path(cfg.run.root) / home / f"rm-pretrained-{key}" / "model"
     if _must_build(out, "the Pretrained-RM baseline's reward model"):
         log.info("training the Pretrained-RM baseline into %s", out)
         pre = replace_path(cfg, rm__lr=cfg.reward.pretrain_lr, rm__epochs=cfg.reward.pretrain_epochs)
-        run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}", adapt=True)
+        run_rm(pre, rm_path, pairs, eval_pairs, out, f"{home}/rm-pretrained-{key}", adapt=True)
     return out
 
 
 EVAL_FILES = ("eval_prompts", "pref_eval")
 
 
+def _user_path(cfg: Config, path: str) -> bool:
+    """Whether ``path`` is one the user set under a data field (world files are r2m's own plain JSONL)."""
+    d = cfg.data
+    return str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
+
+
+def _data_format(cfg: Config, name: str) -> str:
+    return getattr(cfg.data.formats, name, None) or cfg.data.format
+
+
+def _split(cfg: Config, name: str) -> Optional[str]:
+    d = cfg.data
+    return getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
+
+
 def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
     """The rows of data file ``name`` (a ``DataConfig`` path field) read from ``path``.
 
-    World files and ``data.format=plain`` go through :mod:`r2m.data.jsonl` (errors name file and line); a
-    path set by the user in another format goes through the adapters of :mod:`r2m.data.datasets`.
-    Prompt files give a list of prompt strings; the others give row dicts.
+    World files go through :mod:`r2m.data.jsonl` (errors name file and line). A path the user set goes through
+    :mod:`r2m.data.datasets` in its format (data.formats.<name>, else data.format): a plain one is read as r2m's
+    JSONL, or in the format its columns name (TRL's, UltraFeedback's), from a JSONL, JSON or Parquet file, a
+    dataset directory, a hub name or a Python dataset. Prompt files give a list of prompt strings; the others
+    give row dicts.
     """
     d = cfg.data
-    # A path the user set (under any data field) is read in its format (data.formats.<name>, else data.format);
-    # world files are plain.
-    user_path = str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
-    fmt = getattr(d.formats, name, None) or d.format
     kind = "prompts" if name in ("prompts", "eval_prompts") else ("sft" if name == "sft" else "preferences")
-    if not user_path or fmt == "plain":
+    if not _user_path(cfg, path):
         return {"prompts": plain.read_prompts, "sft": plain.read_sft, "preferences": plain.read_preferences}[kind](path)
-
     load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
-    split = getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
-    rows = load(path, fmt, split, tokenizer,
+    rows = load(path, _data_format(cfg, name), _split(cfg, name), tokenizer,
                 d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
                 datasets.Source(d.config, d.streaming))
     return [r["prompt"] for r in rows] if kind == "prompts" else rows
+
+
+def prompt_stream(cfg: Config, path: str, tokenizer=None) -> Optional[Callable[[int], Iterator[str]]]:
+    """The RL prompts of ``path`` as a stream, ``epoch -> that pass's prompts``, when they are one: an
+    ``IterableDataset`` given to the object API, or a user's path with data.streaming. None: a finite set,
+    read whole (:func:`read_rows`)."""
+    if not _user_path(cfg, path) or not (cfg.data.streaming or is_iterable(path)):
+        return None
+    if cfg.data.max_response_tokens:
+        raise ConfigError("data.max_response_tokens: measures each row's chosen response against the whole prompt "
+                          "set, which a stream (data.streaming, an IterableDataset) does not hold; set it to 0")
+    how = datasets.Source(cfg.data.config, cfg.data.streaming)
+    fmt, split = _data_format(cfg, "prompts"), _split(cfg, "prompts")
+    return lambda epoch: datasets.stream_prompts(path, fmt, split, tokenizer, how, epoch)

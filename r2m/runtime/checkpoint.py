@@ -51,6 +51,8 @@ _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 # Fields that may change between a run and its resumption without changing what it computed so far.
 RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoints", "run.threads",
+               # What happens to the result at the end: never how it is computed.
+               "run.push_to_hub", "run.hub_model_id", "run.hub_private_repo",
                # Train longer (or shorter): the steps already taken stay as they were.
                "rl.steps",
                # Where the run lives: a moved or renamed run directory resumes (the run it holds decides).

@@ -14,6 +14,7 @@ from r2m.errors import ConfigError
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
 from r2m.runtime.distributed import Dist
 from r2m.runtime.host import configure_host
+from r2m.runtime.runlog import resolve_trackers
 from r2m.runtime.safeio import load_safetensors as load_file
 from r2m.fileio import atomic_dir
 
@@ -61,7 +62,8 @@ def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
         cpu=cpu,
         mixed_precision=resolve_mixed_precision(cfg),
         # Trackers need a directory; internal stages (the world cache) log to metrics.jsonl only.
-        log_with=(list(cfg.run.log_with) or None) if project_dir else None,
+        # run.log_with as accelerate takes it; a tracker named but not installed is an error here, before a model loads.
+        log_with=(resolve_trackers(cfg.run.log_with) or None) if project_dir else None,
         project_dir=project_dir,
     )
     try:

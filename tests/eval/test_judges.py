@@ -152,6 +152,7 @@ def _env(monkeypatch) -> None:
 
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
+    pytest.importorskip("openai", reason="the API judge's client is the r2m[openai] extra")
     s = FakeServer()
     yield s
     s.close()
@@ -273,6 +274,7 @@ def test_pairwise_asks_both_orders_consistent_judge(server) -> None:
 
 
 def test_position_biased_judge_gives_ties() -> None:
+    pytest.importorskip("openai", reason="the API judge's client is the r2m[openai] extra")
     server = FakeServer(position_biased_judge)
     try:
         details = ApiJudge(_cfg(server)).compare_detailed(PROMPTS, A, B)
@@ -385,6 +387,20 @@ def test_key_from_file_and_missing_key(server, tmp_path, monkeypatch) -> None:
         ChatClient(_cfg(server))
     with pytest.raises(ConfigError, match="api_key_file"):
         ChatClient(_cfg(server, api_key_file=str(tmp_path / "missing")))
+
+
+def test_without_the_openai_extra_the_api_judge_says_how_to_install_it(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ConfigError, match=r"the API judge .* openai client, which is not installed: "
+                                          r"pip install 'r2m\[openai\]'"):
+        ChatClient(ApiJudgeConfig(api_key_env="R2M_TEST_JUDGE_KEY"))
+
+
+def test_a_null_reply_is_unparseable_not_a_crash(server) -> None:
+    server.reply = lambda messages: None  # the fake then sends {"choices": [{"message": {"content": null}}]}
+    assert ChatClient(_cfg(server)).complete(neutral_messages()) == ""  # a null content: unparseable, no crash
 
 
 def test_config_validation() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.models.critic import load_critic, save_critic
@@ -20,7 +21,8 @@ class CheckpointMixin:
     """Checkpoints of :class:`r2m.recipes.rl.run.RLRun`."""
 
     def training_state(self, step: int) -> dict:
-        state = {"step": step, "sampler_position": self.sampler.position, "rng": rng_state(),
+        state = {"step": step, "sampler_position": self.sampler.position, "sampler": self.sampler.state_dict(),
+                 "rng": rng_state(),
                  "optimizer": self.optimizer.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
                  "bad_steps": self.bad_steps, "omega_step": step}
         if self.maker.moments is not None:
@@ -49,7 +51,15 @@ class CheckpointMixin:
                 write_state(tmp, self.training_state(step), step, fingerprint(self.cfg), free_fields(self.cfg))
             prune(self.run.checkpoints, self.cfg.run.keep_checkpoints)
         self.acc.wait_for_everyone()
+        self._saved_step = step
         return final
+
+    def checkpoint_last_step(self, step: int) -> Optional[Path]:
+        """The last step's checkpoint, unless this run saved (or resumed from) it already: a run extended later
+        (rl.steps raised, run.resume=auto) resumes at this step, not at the last rl.save_every multiple."""
+        if step <= 0 or step == getattr(self, "_saved_step", None):
+            return None
+        return self.save_checkpoint(step)
 
     def _restore(self, state: dict) -> None:
         d = self.resume_dir
@@ -57,7 +67,7 @@ class CheckpointMixin:
         if self.lr_scheduler is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.sampler.position = state["sampler_position"]
+        self.sampler.load_state_dict(state.get("sampler") or {"position": state["sampler_position"]})
         self.bad_steps = state["bad_steps"]
         if "moments" in state:
             self.maker.moments.load_state_dict(state["moments"])
@@ -68,6 +78,6 @@ class CheckpointMixin:
             self.rm_updater.model.load_trainable_state(load_file(str(d / "r2m" / "r2m.safetensors")))
             self.rm_updater.optimizer.load_state_dict(state["r2m_optimizer"])
             self.initial_rm_state = state["r2m_initial"]
-        self.start_step = state["step"]
+        self.start_step = self._saved_step = state["step"]
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", d, self.start_step)

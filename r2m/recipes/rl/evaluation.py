@@ -28,6 +28,7 @@ class EvaluationMixin:
     def evaluate(self, step: int) -> dict[str, float]:
         samples = self._samples(self.acc.unwrap_model(self.policy), ref=self.ref, reward_fn=self.reward_fn,
                                 gold_fn=self.gold_fn, kl_temperature=self.cfg.rl.temperature, step=max(step - 1, 0))
+        self.log_samples(step, samples)  # samples/step_NNNNNN.jsonl and a tracker table (r2m.recipes.rl.reports)
         if self.sft_samples is None:
             self.sft_samples = samples if step == 0 else self._reference_samples()
         self.final_eval = summarize(samples, self.sft_samples if step > 0 else None)

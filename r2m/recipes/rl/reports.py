@@ -1,4 +1,5 @@
-"""The RL run's end: the final models, the result (:class:`RLResult`) and the training-curve plots."""
+"""The RL run's outputs: each evaluation's samples, and at the end the last step's checkpoint, the final models with
+the policy's model card (and its upload, run.push_to_hub), the result (:class:`RLResult`) and the curves' plots."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from r2m.runtime.distributed import sharded_state_dict
 from r2m.runtime.runlog import RunDir, peak, plot_curves
 from r2m.models.loading import save_model
 from r2m.models.lora import is_peft, merged_copy
+from r2m.recipes.rl.card import policy_card, push_policy, write_card
 
 log = logging.getLogger("r2m")
 
@@ -39,31 +41,61 @@ class RLResult:
     """The trained policy module (a peft model with policy.lora; the object passed in, trained in place)."""
 
 
+# The curves every run has: (file, keys, labels, title, y label). Rows lacking a key are skipped, a plot whose
+# keys no row has is not drawn.
+CURVES = (
+    ("rewards.png", ("reward/proxy", "eval/proxy"), ("rollouts", "evaluation"), "The run's reward (proxy)", "reward"),
+    ("kl.png", ("kl", "eval/kl"), ("rollouts (mean per-token log-ratio)", "evaluation"), "KL to the reference", "KL"),
+    ("length.png", ("response/length", "eval/length"), ("rollouts", "evaluation"), "Response length", "tokens"),
+    ("policy_loss.png", ("loss/policy",), ("policy loss",), "Policy loss", "loss"),
+    ("r2m_loss.png", ("r2m/grebt", "r2m/bt", "r2m/gre"), ("GREBT", "BT", "GRE"), "R2M online update: GREBT and its "
+     "parts", "loss"),
+)
+
+
 def _write_plots(run: RunDir, write: bool = True) -> Optional[int]:
-    """The run's plots (``write``: on the main process only); returns the step of peak gold reward."""
+    """The run's plots (``write``: on the main process only): the curves of :data:`CURVES` for every run, and
+    gold against proxy where the gold reward is known. Returns the step of peak gold reward (None without gold)."""
     rows = [r for r in run.history if "eval/gold" in r]
-    if not rows:
-        return None
-    p = peak(rows, "eval/gold")
+    peak_step = peak(rows, "eval/gold").step if rows else None
     if not write:
-        return p.step
-    plot_curves(rows, ["eval/gold", "eval/proxy"], run.plots / "gold_vs_proxy.png",
-                "Evaluation: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"], vline=p.step)
-    train_rows = [r for r in run.history if "reward/gold" in r]
-    plot_curves(train_rows, ["reward/gold", "reward/proxy"], run.plots / "train_rewards.png",
-                "Rollouts: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"])
-    plot_curves(train_rows, ["kl"], run.plots / "kl.png", "KL to the reference (mean per-token log-ratio)", "KL")
-    if any("r2m/grebt" in r for r in run.history):
-        r2m_rows = [r for r in run.history if "r2m/grebt" in r]
-        plot_curves(r2m_rows, ["r2m/grebt", "r2m/bt", "r2m/gre"], run.plots / "r2m_loss.png",
-                    "R2M online update: GREBT and its parts", "loss", ["GREBT", "BT", "GRE"])
-    return p.step
+        return peak_step
+    for name, keys, labels, title, ylabel in CURVES:
+        if any(k in r for r in run.history for k in keys):
+            plot_curves(run.history, list(keys), run.plots / name, title, ylabel, list(labels))
+    if rows:
+        plot_curves(rows, ["eval/gold", "eval/proxy"], run.plots / "gold_vs_proxy.png",
+                    "Evaluation: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"], vline=peak_step)
+        train_rows = [r for r in run.history if "reward/gold" in r]
+        plot_curves(train_rows, ["reward/gold", "reward/proxy"], run.plots / "train_rewards.png",
+                    "Rollouts: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"])
+    return peak_step
+
+
+def sample_rows(samples, step: int) -> list[dict]:
+    """One row per evaluation sample (:class:`r2m.eval.policy.PolicySamples`): prompt, completion, the run's reward,
+    the unmodified RM's and the gold reward where known, and the completion's length in tokens."""
+    rows = []
+    for i, (prompt, completion) in enumerate(zip(samples.prompts, samples.responses)):
+        row = {"step": step, "prompt": str(prompt), "completion": completion}
+        for key, values in (("reward", samples.proxy), ("reward_vanilla", samples.vanilla), ("gold", samples.gold)):
+            if values is not None:
+                row[key] = float(values[i])
+        row["length"] = int(samples.lengths[i])
+        rows.append(row)
+    return rows
 
 
 class ReportMixin:
     """The end of :class:`r2m.recipes.rl.run.RLRun`."""
 
+    def log_samples(self, step: int, samples) -> None:
+        """An evaluation's samples: ``samples/step_NNNNNN.jsonl`` in the run directory and a table on the trackers."""
+        self.run.log_samples(step, sample_rows(samples, step))
+
     def finish(self) -> RLResult:
+        last = int(self.run.history[-1]["step"]) if self.run.history else self.start_step
+        self.checkpoint_last_step(last)  # an extended run (rl.steps raised, run.resume=auto) resumes here
         final = self.run.checkpoints / "final"
         policy = self.acc.unwrap_model(self.policy)
         policy_state = sharded_state_dict(self.acc, self.policy)
@@ -82,9 +114,12 @@ class ReportMixin:
         rm_acc = self.rm_accuracy()
         if rm_acc:
             self.run.amend_last(rm_acc)
-        peak_step = None
-        if self.gold_fn is not None:
-            peak_step = _write_plots(self.run, write=self.acc.is_main_process)
+        if self.acc.is_main_process:
+            card = policy_card(self.cfg, self.inputs.policy, {**self.final_eval, **rm_acc}, self.cfg.run.hub_model_id)
+            write_card(final, card)
+        peak_step = _write_plots(self.run, write=self.acc.is_main_process)
         self.run.close()
+        if self.cfg.run.push_to_hub and self.acc.is_main_process:
+            push_policy(final, self.cfg)
         return RLResult(self.run.path, self.run.history, self.final_eval, peak_step,
                         time.perf_counter() - self.t_start, rm_acc, self.watch.alarm_step, self.watch.best_path, policy)

@@ -40,7 +40,8 @@ from r2m.models.loading import build_policy_and_reference, load_tokenizer
 from r2m.models.lora import AdapterFreeReference, enable_gradient_checkpointing
 from r2m.models.reward import check_pairing, check_positions
 from r2m.recipes.alarm import AlarmWatch
-from r2m.recipes.pipeline import read_rows, resolve_inputs
+from r2m.data.sources import display_name
+from r2m.recipes.pipeline import prompt_stream, read_rows, resolve_inputs
 from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
 from r2m.updates.r2m import R2MUpdater
 from r2m.updates.supervised import make_accelerator, make_lr_scheduler, progress
@@ -50,7 +51,7 @@ from r2m.recipes.rl.checkpoints import CheckpointMixin
 from r2m.recipes.rl.evaluation import EvaluationMixin
 from r2m.runtime.hooks import Hooks
 from r2m.recipes.rl.reports import ReportMixin, RLResult
-from r2m.recipes.rl.setup import PromptSampler, check_data_parallel, configure_backend
+from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend
 from r2m.recipes.rl.step import StepMixin, bad_experience, tensor_stats  # noqa: F401 (the guard, re-exported)
 
 log = logging.getLogger("r2m")
@@ -115,7 +116,6 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         self.run = RunDir(cfg, self.acc, resume_step=self.resume_state["step"] if self.resume_dir else None)
         self._build_loop(device)
         self.kl_ctl = make_kl_controller(cfg.rl.beta, cfg.rl.kl_adaptive, cfg.rl.kl_target, cfg.rl.kl_horizon)
-        self.sampler = PromptSampler(len(self.train.texts), cfg.run.seed)
         self.sft_samples = None
         self.final_eval: dict[str, float] = {}
         self.start_step = 0
@@ -134,15 +134,21 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
 
     def _load_prompts(self) -> None:
         cfg = self.cfg
-        train = read_rows(cfg, "prompts", self.inputs.prompts, self.tok)
         # No evaluation set (a user's model without data.eval_prompts): no evaluation, as TRL without eval_dataset.
         evalp = read_rows(cfg, "eval_prompts", self.inputs.eval_prompts, self.tok) if self.inputs.eval_prompts else []
-        self.train = tokenize_prompts(self.tok, train, cfg.data.max_prompt_tokens, cfg.data.overlong)
         self.evalp, capped = (cap_prompts(tokenize_prompts(self.tok, evalp, cfg.data.max_prompt_tokens,
                                                            cfg.data.overlong), cfg.eval.max_prompts)
                               if evalp else (PromptSet([], [], 0, 0), 0))
+        stream = prompt_stream(cfg, self.inputs.prompts, self.tok)  # None: a prompt set, read whole
+        if stream is None:
+            train = read_rows(cfg, "prompts", self.inputs.prompts, self.tok)
+            self.train = tokenize_prompts(self.tok, train, cfg.data.max_prompt_tokens, cfg.data.overlong)
+            self.sampler = PromptSampler(len(self.train.texts), cfg.run.seed, self.train)
+        else:  # taken as needed; its first prompts stand for it in the checks below
+            self.sampler = StreamSampler(stream, self.tok, cfg.data.max_prompt_tokens, cfg.data.overlong)
+            self.train = self.sampler.peek(256)
         if not self.train.texts:
-            raise DataError(f"{self.inputs.prompts}: every prompt is longer than data.max_prompt_tokens="
+            raise DataError(f"{display_name(self.inputs.prompts)}: every prompt is longer than data.max_prompt_tokens="
                             f"{cfg.data.max_prompt_tokens} and data.overlong=skip; no prompt is left")
         if not self.evalp.texts:
             if cfg.rl.stop_on_alarm:
@@ -161,7 +167,8 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
 
     def _check_pairing(self) -> None:
         rm = self.reward_fn.reward_model
-        longest = max(len(ids) for ids in self.train.ids + self.evalp.ids) + self.cfg.rl.max_new_tokens
+        longest = max([len(ids) for ids in self.train.ids + self.evalp.ids] + [self.sampler.max_prompt_len]) \
+            + self.cfg.rl.max_new_tokens
         check_positions(self.acc.unwrap_model(self.policy), longest, self.inputs.policy)
         if rm is not None:
             rm.read_policy(self.tok)

@@ -54,10 +54,11 @@ class StepMixin:
         cfg = self.cfg
         # The global batch (the same on every rank), then this rank's contiguous share: a prompt's K
         # samples are made on one rank, so group advantages and R2M's per-group loss stay local.
-        idx = self.dist.shard(self.sampler.next(cfg.rl.prompts_per_step))
+        texts, ids = self.sampler.take(cfg.rl.prompts_per_step)
+        idx = self.dist.shard(list(range(len(texts))))
         t0 = device_clock()
         beta = self.kl_ctl.value
-        exp = self.maker.make([self.train.texts[i] for i in idx], [self.train.ids[i] for i in idx], step=step - 1,
+        exp = self.maker.make([texts[i] for i in idx], [ids[i] for i in idx], step=step - 1,
                               beta=beta, seeds=self._chunk_seeds(step))
         t1 = device_clock()
         if self.rm_updater is not None and self.initial_rm_state is None:
@@ -85,6 +86,7 @@ class StepMixin:
             metrics["r2m/hidden_mb"] = exp.policy_hidden.numel() * exp.policy_hidden.element_size() / 2**20
         if step == 1:
             metrics.update(self.prompt_stats)
+        metrics.update(self.sampler.counts())  # a prompt stream's cuts so far (a prompt set's are known at step 1)
         if self.reward_fn.reward_model is not None:  # RM inputs cut at reward.max_length since the last step
             metrics["data/rm_truncated"] = self.reward_fn.reward_model.pop_truncated()
         self._check_bad_steps(step)
