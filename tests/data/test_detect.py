@@ -156,9 +156,9 @@ def test_the_trainers_python_dataset_errors_name_train_dataset(world_artifacts, 
     import r2m
 
     policy, _, files = world_artifacts
-    args = r2m.RLConfig(output_dir=str(tmp_path / "run"), max_steps=1, report_to="none",
+    args = r2m.RLArguments(output_dir=str(tmp_path / "run"), max_steps=1, report_to="none",
                         overrides={"run.progress": False})
-    trainer = r2m.RLTrainer(str(policy), lambda p, c: [0.0] * len(c), args=args,
+    trainer = r2m.RLTrainer(str(policy), lambda prompts, completions, **kw: [0.0] * len(completions), args=args,
                             train_dataset=Dataset.from_list([{"question": "Why?"}] * 4),
                             eval_dataset=str(files.eval_prompts))
     with pytest.raises(DataError, match=r"^train_dataset: row 1: missing field 'prompt' \(format 'plain'"):

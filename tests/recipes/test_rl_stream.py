@@ -76,17 +76,18 @@ def _train(policy, files, out, steps: int, prompts, seen: list, resume: bool = F
 
     gc.collect()  # an earlier trainer, and its dataset, are gone: this one takes the same source name (resumable)
 
-    def reward(prompts, completions):
+    def reward(prompts, completions, **kwargs):
         seen.append(list(dict.fromkeys(prompts)) if len(prompts) == 8 else None)  # K=2 x 4 prompts: a step
         return [0.7 * len(c) for c in completions]
 
-    args = r2m.RLConfig(output_dir=str(out), max_steps=steps, num_generations=2, report_to="none",
+    args = r2m.RLArguments(output_dir=str(out), max_steps=steps, num_generations=2, report_to="none",
                         overrides={"rl.prompts_per_step": 4, "rl.eval_every": 100, "run.progress": False,
                                    "eval.samples_per_prompt": 1, "run.resume": "auto" if resume else "never",
-                                   "data.max_prompt_tokens": 32})  # a stream is checked at this bound
+                                   "data.max_prompt_tokens": 32, "rl.max_new_tokens": 10})  # a stream is checked at this bound
     trainer = r2m.RLTrainer(str(policy), reward, args=args, train_dataset=_stream(prompts),
                             eval_dataset=str(files.eval_prompts))
-    return trainer.train()
+    trainer.train()
+    return trainer.result  # r2m's RLResult (train() returns TRL's TrainOutput)
 
 
 def test_an_iterable_dataset_streams_through_the_trainer(world_artifacts, tmp_path) -> None:
