@@ -12,7 +12,7 @@ from r2m.config import R2MConfig, RLConfig
 from r2m.core.losses import within_group_spread
 from r2m.models.r2m import build_feedback_rm, load_feedback_rm
 from r2m.experience.rewards import FeedbackReward, RewardQuery, noise_like
-from r2m.experience.rollout import feedback_states
+from r2m.models.feedback import feedback_states
 from r2m.updates.policy import PolicyUpdater
 from r2m.updates.r2m import R2MUpdater
 
