@@ -14,7 +14,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import Algorithm, Config
+from r2m.config.enums import Algorithm
+from r2m.config.root import Config
 from r2m.core.kl_control import make_kl_controller
 from r2m.data.sources import display_name
 from r2m.errors import ConfigError, DataError

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.fileio import atomic_dir
 from r2m.models.critic import load_critic, save_critic
 from r2m.models.loading import save_model

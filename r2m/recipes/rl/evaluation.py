@@ -7,7 +7,7 @@ import logging
 import traceback
 from typing import Optional
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.eval.policy import PolicySamples, sample_policy, summarize
 from r2m.eval.rm_accuracy import feedback_pairwise_accuracy, vanilla_pairwise_accuracy
 from r2m.recipes.alarm import AlarmWatch

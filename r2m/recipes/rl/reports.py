@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.models.loading import save_model
 from r2m.models.lora import is_peft, merged_copy
 from r2m.recipes.alarm import AlarmWatch

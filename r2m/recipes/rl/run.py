@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.errors import TrainingInterrupted
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.checkpoints import save_checkpoint

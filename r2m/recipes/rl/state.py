@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # the types of the fields; nothing here is needed to build them
-    from r2m.config import Config
+    from r2m.config.root import Config
     from r2m.core.kl_control import KLController
     from r2m.core.reward_shaping import RunningMoments
     from r2m.eval.policy import PolicySamples
