@@ -125,7 +125,7 @@ class GREBTUpdater:
 
     def pair(self, exp: Experience, r: torch.Tensor) -> WinnerLoser | None:
         """The winner/loser of each group per ``reward.r2m.pair_choice``; None for ``self``, whose argmax/argmin
-        grebt_terms takes itself (so the paper's update stays exactly as it was). ``r`` (n, K): the scores, whose
+        grebt_terms takes itself (the paper's update). ``r`` (n, K): the scores, whose
         values only ``self`` would read (``gold`` reads the gold reward, ``random`` the step's seed)."""
         choice = self.cfg.pair_choice
         if PairChoice(choice) is PairChoice.SELF:

@@ -5,7 +5,6 @@ evaluation and the run's end take only the parts they read (:class:`Models`, :cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import torch
@@ -148,7 +147,3 @@ class RLComponents:
         return Resumable(self.models, self.optimizer, self.lr_scheduler, self.critic_optimizer, self.kl_ctl,
                          self.sampler, self.maker.moments, self.grebt, self.progress,
                          None if self.inputs.reward_model is None else str(self.inputs.reward_model))
-
-    @property
-    def run_dir(self) -> Path:
-        return self.run.path
