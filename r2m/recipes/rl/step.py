@@ -57,8 +57,8 @@ def train_step(s: RLComponents, step: int) -> dict[str, float]:
             s.lr_scheduler.step()
         s.generator.sync_weights(s.models.unwrapped_policy())  # vLLM: push the new weights; hf: nothing
     # 5. R2M's GREBT update of the RM's fusion and head.
-    with s.timer("rm_update"):
-        if s.grebt is not None:
+    if s.grebt is not None:
+        with s.timer("rm_update"):
             stats.update(s.grebt.update(exp, update.states))
     time_step = device_clock() - t0
     # 6. Metrics; the KL controller reads the step's sequence-level KL.
