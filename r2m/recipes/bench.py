@@ -117,8 +117,11 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
     try:
         for step in range(1, steps + 1):
             idx = run.sampler.next(cfg.rl.prompts_per_step)
-            train = run.train_prompts
-            exp = run.maker.make([train.texts[i] for i in idx], [train.ids[i] for i in idx], step=step - 1)
+            train, maker = run.train_prompts, run.maker
+            rollout = maker.rollout([train.texts[i] for i in idx], [train.ids[i] for i in idx], step - 1)
+            if run.r2m.calibrates(rollout.query):  # init=matched, as the step does it
+                rollout = rollout._replace(query=run.r2m.calibrate(rollout.query))
+            exp = maker.estimate(rollout, maker.score(rollout))
             with prof("rm_update"):
                 if full:
                     # Recompute H_last through the unfrozen backbone so its gradient flows too.
