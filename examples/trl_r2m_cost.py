@@ -113,26 +113,29 @@ def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops
     from r2m.models.loading import load_policy, load_tokenizer
     from r2m.rollout import ExperienceMaker, tokenize_prompts
     from r2m.updates.policy import PolicyUpdater
-    from r2m.updates.r2m import R2MUpdater
+    from r2m.updates.grebt import GREBTUpdater
 
     torch.manual_seed(0)
     policy, tok = load_policy(policy_path), load_tokenizer(policy_path)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     cfg = R2MConfig(enabled=True, lr=1e-3, init="matched")
     reward = R2MReward.from_base(rm_path, policy, tok, cfg).reward  # the same FeedbackReward R2MReward wraps
-    reward.total_steps = steps
+    reward.schedule.total_steps = steps
     rl = RLConfig(algorithm=Algorithm.GRPO, prompts_per_step=PROMPTS, k=K, max_new_tokens=NEW_TOKENS, minibatches=1,
                   epochs=1, lr=1e-4)
     maker = ExperienceMaker(policy, ref, tok, reward, rl, torch.device("cpu"))
     updater = PolicyUpdater(policy, torch.optim.AdamW(policy.parameters(), lr=1e-4), Accelerator(cpu=True), rl)
-    rm_updater = R2MUpdater(reward, cfg)
+    rm_updater = GREBTUpdater(reward.model, reward.schedule, cfg)
     rows = read_jsonl(prompts_path, ["prompt"])
     with meter() as total:
         for step in range(steps):
             texts = [r["prompt"] for r in rows[step * PROMPTS: (step + 1) * PROMPTS]]
             prompts = tokenize_prompts(tok, texts, 64, "truncate")
-            exp = maker.make(prompts.texts, prompts.ids, step=step)
-            refreshed = updater.update(exp).policy_hidden  # h from the last policy epoch
+            rollout = maker.rollout(prompts.texts, prompts.ids, step)
+            if reward.calibrates(rollout.query):  # init=matched: W_o scaled once, on the first batch
+                rollout = rollout._replace(query=reward.calibrate(rollout.query))
+            exp = maker.estimate(rollout, maker.score(rollout))
+            refreshed = updater.update(exp, keep_states=rm_updater.keep_states).states  # h from the last policy epoch
             rm_updater.update(exp, refreshed)
     return {"step": total.get_total_flops() / steps, "extra_forward": 0.0}
 

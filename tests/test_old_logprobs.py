@@ -81,7 +81,7 @@ def test_recompute_matches_the_code_before_issue_18_to_float_rounding() -> None:
 
 
 def test_a_cli_rl_run_with_r2m_matches_the_code_before_issue_18_to_float_rounding(tiny, world_artifacts) -> None:
-    """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
+    """Through the RL loop (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
     from r2m.cli import main
     from r2m.config import load_config
 

@@ -32,8 +32,8 @@ def test_fused_is_close() -> None:
 
 def test_the_rl_run_builds_its_optimiser_from_the_field(tiny, world_artifacts) -> None:
     from r2m.config import load_config
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
 
-    run = RLRun(load_config(None, [*tiny, "run.name=optimizer-impl", "rl.optimizer_impl=foreach"]))
+    run = build_run(load_config(None, [*tiny, "run.name=optimizer-impl", "rl.optimizer_impl=foreach"]))
     group = run.optimizer.param_groups[0]
     assert group["foreach"] is True and not group["fused"] and group["weight_decay"] == 0.0

@@ -99,7 +99,7 @@ def _check_start(line: str) -> None:
     """
     from accelerate.utils import DistributedType
 
-    from r2m.recipes.rl.run import check_data_parallel, configure_backend
+    from r2m.recipes.rl.setup import check_data_parallel, configure_backend
     from r2m.recipes.ser import ppo_config
 
     words = shlex.split(line[1:] if line.startswith("#") else line)

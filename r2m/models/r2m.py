@@ -25,7 +25,8 @@ from r2m.config import FusionInit
 from r2m.errors import ModelError
 from r2m.fileio import atomic_write_text
 from r2m.core.losses import within_group_spread
-from r2m.models.feedback import eval_mode, text_feedback
+from r2m.models.feedback import text_feedback
+from r2m.models.forward import eval_mode
 from r2m.models.fusion import PolicyFeedbackFusion, omega
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m_hub import (BASE_DIR, CARD, FORMAT, FORMAT_VERSION, base_fields, hub_id_of, included_fields,

@@ -6,7 +6,8 @@ import torch
 
 from r2m.config import ArchConfig
 from r2m.models.loading import build_world_lm
-from r2m.experience.rollout import Experience, feedback_states, text_feedback
+from r2m.experience.rollout import Experience
+from r2m.models.feedback import feedback_states, text_feedback
 from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate, left_pad, position_ids, tokenize_prompts
 from r2m.world import build_tokenizer

@@ -34,19 +34,19 @@ def _outside(paths: set[Path], run: Path) -> list[str]:
 def test_a_run_on_users_models_writes_only_inside_its_run_dir(tiny, world_artifacts, tmp_path, monkeypatch) -> None:
     """During and after `r2m rl` on a user's policy and RM (with the Pretrained-RM baseline, which trains an RM
     of its own), every file created under the working folder is inside the run directory."""
-    from r2m.recipes.rl.run import RLRun
+    import r2m.recipes.rl.run
 
     user = _user_setup(world_artifacts, tmp_path)
     before = _files(tmp_path)
     run = tmp_path / "runs" / "mine"
     seen: list[set[Path]] = []
-    step = RLRun.step
+    step = r2m.recipes.rl.run.train_step
 
-    def snapshot(self, t):
+    def snapshot(s, t):
         seen.append(_files(tmp_path) - before)  # mid-run: the lock and the run's files as they are
-        return step(self, t)
+        return step(s, t)
 
-    monkeypatch.setattr(RLRun, "step", snapshot)
+    monkeypatch.setattr(r2m.recipes.rl.run, "train_step", snapshot)
     args = ["rl", *tiny, f"run.root={tmp_path / 'runs'}", "run.name=mine", f"policy.path={user['policy']}",
             f"reward.path={user['rm']}", f"data.prompts={user['prompts']}", f"data.eval_prompts={user['eval_prompts']}",
             f"data.pref_eval={user['pref_eval']}", f"data.pref_policy={user['pref_policy']}",

@@ -16,7 +16,7 @@ import torch
 from r2m.config import load_config
 from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
-from r2m.recipes.rl.run import check_data_parallel
+from r2m.recipes.rl.setup import check_data_parallel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,7 +138,7 @@ class FakeDeepSpeed:
 
 
 def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
-    from r2m.recipes.rl.run import configure_backend
+    from r2m.recipes.rl.setup import configure_backend
 
     cfg = load_config(None, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.max_grad_norm=0.5"])
     acc = FakeDeepSpeed(stage=2)
@@ -157,7 +157,7 @@ def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
     (2, ["policy.lora.enabled=true"], "policy.lora.enabled"),
 ])
 def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, field):
-    from r2m.recipes.rl.run import configure_backend
+    from r2m.recipes.rl.setup import configure_backend
 
     with pytest.raises(ConfigError, match=field):
         configure_backend(FakeDeepSpeed(stage), load_config(None, overrides))
