@@ -111,7 +111,8 @@ def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops
     from r2m.data.jsonl import read_jsonl
     from r2m.integrations.trl import R2MReward
     from r2m.models.loading import load_policy, load_tokenizer
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
     from r2m.updates.policy import PolicyUpdater
     from r2m.updates.r2m import R2MUpdater
 

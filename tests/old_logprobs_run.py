@@ -17,7 +17,8 @@ from accelerate import Accelerator
 from r2m.config import ArchConfig, RLConfig, WorldConfig
 from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
-from r2m.rollout import ExperienceMaker, experience_metrics, tokenize_prompts
+from r2m.experience.rollout import ExperienceMaker, experience_metrics
+from r2m.experience.sampling import tokenize_prompts
 from r2m.updates.policy import PolicyUpdater
 from r2m.world import build_tokenizer, format_prompt
 

@@ -16,7 +16,9 @@ import torch
 from r2m.config import ArchConfig, OldLogprobs, RLConfig
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm
-from r2m.rollout import feedback_states, generate, left_pad, response_forward
+from r2m.experience.sampling import generate
+from r2m.models.feedback import feedback_states, left_pad
+from r2m.models.logprobs import response_forward
 from r2m.world import build_tokenizer, format_prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,7 +156,8 @@ class _HiddenReward:
 @pytest.mark.parametrize("rollout_batch_size", [0, 3])
 def test_experience_from_generation_matches_recompute_with_r2m_h(rollout_batch_size) -> None:
     """pi_old's log-probs and h from the generation pass, in rollout chunks too, equal the recomputed ones."""
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
 
     tok, policy = _policy()
     ref = copy.deepcopy(policy).requires_grad_(False)

@@ -292,7 +292,7 @@ class FeedbackRewardModel(nn.Module):
         """r_φ(x, y, h) of each (prompt, response), (B,) float32 on the CPU, in one call.
 
         H_last comes from the RM's own tokenizer; h from ``policy`` over the same texts tokenised by
-        ``policy_tokenizer`` (:func:`r2m.rollout.text_feedback`, the rollout's h up to rounding). ω(t) is
+        ``policy_tokenizer`` (:func:`r2m.models.feedback.text_feedback`, the rollout's h up to rounding). ω(t) is
         ω(step) of ``total_steps`` (default: ``r2m.json``'s), or Ω without ``step``. Without fusion (the
         RM-head baseline) the policy is not needed.
         """

@@ -1,6 +1,6 @@
 """The over-optimisation alarm inside an RL run (issue 19, item 2; docs/MONITOR.md).
 
-:class:`AlarmWatch` is what :class:`r2m.trainers.pg.RLRun` holds: at every evaluation it computes the
+:class:`AlarmWatch` is what :class:`r2m.recipes.rl.run.RLRun` holds: at every evaluation it computes the
 label-free signals (:func:`r2m.eval.monitor.monitor_signals`), appends them to the evaluation history and
 applies :func:`r2m.core.monitor.first_alarm` with ``rl.monitor``'s thresholds. The alarm always runs and is
 logged (``monitor/alarm`` on the evaluation where it fires, ``monitor/tripped`` at each one); with
@@ -109,7 +109,7 @@ def save_policy_snapshot(rl, dest: Path) -> None:
 
 
 class AlarmWatch:
-    """The monitor and the alarm of one RL run (``rl`` is the :class:`r2m.trainers.pg.RLRun`)."""
+    """The monitor and the alarm of one RL run (``rl`` is the :class:`r2m.recipes.rl.run.RLRun`)."""
 
     def __init__(self, rl):
         self.rl, self.cfg = rl, rl.cfg

@@ -16,7 +16,7 @@ from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer
 from r2m.models.r2m import FeedbackRewardModel, build_feedback_rm, load_feedback_rm
 from r2m.models.r2m_hub import resolve_base
 from r2m.models.reward import RewardModel
-from r2m.rollout import text_feedback
+from r2m.models.feedback import text_feedback
 from r2m.world import build_tokenizer, format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [3, 1, 2], [9, 0, 4, 4], [9, 0, 4, 4])]

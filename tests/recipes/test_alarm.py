@@ -65,7 +65,7 @@ def _core(rows: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def unarmed(tiny, world_artifacts):
     """The forced-alarm run without stop_on_alarm, with a checkpoint at every step."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     return run_rl(load_config(None, [*tiny, *FORCED, "rl.save_every=1", "run.keep_checkpoints=0",
                                      "run.name=alarm-unarmed"]))
@@ -86,7 +86,7 @@ def test_the_monitor_runs_in_every_rl_run_and_the_alarm_is_logged(unarmed) -> No
 
 
 def test_the_monitor_leaves_the_trajectory_alone(tiny, unarmed) -> None:
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     off = run_rl(load_config(None, [*tiny, *FORCED, "rl.monitor.enabled=false", "run.name=alarm-off"]))
     assert not any(k.startswith("monitor/") for r in off.history for k in r)
@@ -96,7 +96,7 @@ def test_the_monitor_leaves_the_trajectory_alone(tiny, unarmed) -> None:
 @pytest.fixture(scope="module")
 def armed(tiny, world_artifacts):
     """The forced-alarm run with stop_on_alarm."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     return run_rl(load_config(None, [*tiny, *FORCED, "rl.stop_on_alarm=true", "run.name=alarm-armed"]))
 
@@ -119,7 +119,7 @@ def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(armed, un
 
 def test_a_run_stopped_by_its_alarm_resumes_unarmed(tiny, armed, unarmed) -> None:
     """A false alarm: resume with rl.stop_on_alarm=false (a resume-free field) and train on to rl.steps."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     armed = [*tiny, *FORCED, "run.name=alarm-armed"]
     res = run_rl(load_config(None, [*armed, "rl.stop_on_alarm=false", "run.resume=auto"]))
@@ -167,7 +167,7 @@ def test_stop_on_alarm_needs_the_monitor() -> None:
 
 def test_armed_on_resume_without_the_snapshot_it_needs(tiny, world_artifacts, caplog) -> None:
     """Unarmed up to step 1, resumed armed: the alarm at step 3 needs step 1's policy, never saved."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     base = [*tiny, *FORCED, "rl.save_every=1", "run.name=alarm-late"]
     run_rl(load_config(None, [*base, "rl.steps=2"]))  # a training checkpoint at step 1 only

@@ -52,7 +52,7 @@ from r2m.recipes.rl.evaluation import EvaluationMixin
 from r2m.runtime.hooks import Hooks
 from r2m.recipes.rl.reports import ReportMixin, RLResult
 from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend
-from r2m.recipes.rl.step import StepMixin, bad_experience, tensor_stats  # noqa: F401 (the guard, re-exported)
+from r2m.recipes.rl.step import StepMixin
 
 log = logging.getLogger("r2m")
 
