@@ -316,17 +316,21 @@ def public_api_imports() -> list[str]:
     section = readme.split("## Public API", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     lines = [ln for ln in code.splitlines() if ln.startswith(("from ", "import "))]
-    dotted = sorted(set(re.findall(r"`(r2m(?:\.\w+)+)\(", section)))  # `r2m.models.omega(...)` in the prose
+    dotted = sorted(set(re.findall(r"`(r2m(?:\.\w+)+)\(", section)))  # `r2m.models.fusion.omega(...)` in the prose
     return lines + [_import_line(d) for d in dotted]
 
 
 def _import_line(dotted: str) -> str:
     """``from MODULE import NAME`` for the longest module prefix of ``dotted``; the rest is an attribute path
-    (``r2m.models.FeedbackRewardModel.from_pretrained``: the class, then its method)."""
+    (``r2m.models.r2m.FeedbackRewardModel.from_pretrained``: the class, then its method)."""
     parts = dotted.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         module = ".".join(parts[:cut])
-        if importlib.util.find_spec(module) is not None:
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # a prefix that is a module, not a package: ``module`` goes past it
+            found = None
+        if found is not None:
             attrs = parts[cut:]
             return f"from {module} import {attrs[0]}" + "".join(f"; {attrs[0]}.{a}" for a in attrs[1:2])
     raise AssertionError(f"{dotted}: no importable module prefix")

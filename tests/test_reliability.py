@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from r2m.cli import main
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.errors import ConfigError
 from r2m.runtime.runlog import read_metrics
 
@@ -170,7 +170,7 @@ def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, cap
 
 def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
     """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
     cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])

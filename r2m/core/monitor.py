@@ -334,7 +334,7 @@ SIGNAL_RULES: dict[Signal, Rule] = {
 @dataclass(frozen=True)
 class AlarmConfig:
     """Thresholds of the over-optimisation alarm; None = off. The defaults are ``rl.monitor``'s
-    (:class:`r2m.config.MonitorConfig`, the one place they are written: docs/MONITOR.md says where they come from)."""
+    (:class:`r2m.config.monitor.MonitorConfig`, the one place they are written: docs/MONITOR.md says where they come from)."""
 
     check_disagreement_rise: Optional[float] = _SHIPPED.check_disagreement_rise
     """Trip when the proxy-vs-check rank disagreement rises this much above its baseline (share of pairs)."""

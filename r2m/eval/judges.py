@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from r2m.config import JudgeConfig, JudgeMode, WorldConfig
+from r2m.config.jobs import JudgeConfig
+from r2m.config.enums import JudgeMode
+from r2m.config.run import WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts
 from r2m.eval.winrate import LOSS, TIE, WIN, outcomes_from_scores
-from r2m.world import gold_rewards
+from r2m.world.task import gold_rewards
 
 if TYPE_CHECKING:
     from r2m.models.reward import RewardModel
@@ -103,7 +105,7 @@ class RewardModelJudge:
 
 
 CompareMode = JudgeMode
-"""How :meth:`ApiJudge.compare` decides: ``eval.judge.mode``'s Enum (:class:`r2m.config.JudgeMode`), validated where
+"""How :meth:`ApiJudge.compare` decides: ``eval.judge.mode``'s Enum (:class:`r2m.config.enums.JudgeMode`), validated where
 the config is parsed; this name stays for the callers of before issue 13."""
 
 

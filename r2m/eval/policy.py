@@ -16,12 +16,12 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import EvalConfig
+from r2m.config.jobs import EvalConfig
 from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.eval.winrate import length_controlled_win_rate
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.experience.sampling import PromptSet, eval_mode, generate, left_pad
-from r2m.models.feedback import Feedback, feedback_mask
+from r2m.experience.sampling import PromptSet, generate
+from r2m.models.feedback import Feedback, feedback_mask, eval_mode, left_pad
 from r2m.models.logprobs import chunked_response_forward
 from r2m.runtime.distributed import Dist
 

@@ -14,15 +14,18 @@ import torch
 from torch import nn
 
 from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
-from r2m.config import Algorithm, KLMode, OldLogprobs, R2MConfig, RLConfig
+from r2m.config.enums import Algorithm, KLMode, OldLogprobs
+from r2m.config.models import R2MConfig
+from r2m.config.training import RLConfig
 from r2m.runtime.distributed import Dist
 from r2m.core.losses import kl_penalty, masked_mean, masked_sum, masked_var
 from r2m.models.critic import response_values
 from r2m.models.logprobs import Forward, chunked_response_forward, length_sorted_chunks, real_columns
 from r2m.experience.rewards import RewardFunction, RewardQuery
 from r2m.utils import PhaseTimer, torch_dtype
-from r2m.models.feedback import Feedback, feedback_mask, feedback_states, text_feedback
-from r2m.experience.sampling import left_pad, position_ids, Generation, eval_mode, generate, concat_generations
+from r2m.models.feedback import (Feedback, feedback_mask, feedback_states, text_feedback, left_pad, position_ids,
+                                 eval_mode)
+from r2m.experience.sampling import Generation, generate, concat_generations
 from r2m.core.reward_shaping import RunningMoments, normalize_rewards, scale_rewards
 from r2m.experience.generation import HFGenerator
 

@@ -50,7 +50,8 @@ from typing import Any, Optional, Sequence
 import torch
 from transformers import TrainerCallback
 
-from r2m.config import PairChoice, R2MConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
 from r2m.errors import CheckpointError, ConfigError
 from r2m.experience.rewards import FeedbackReward, RewardQuery
 from r2m.integrations.trl_batch import R2MBatch, merge, read_rows

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import FusionInit
+from r2m.config.enums import FusionInit
 from r2m.errors import ModelError
 from r2m.fileio import atomic_write_text
 from r2m.core.losses import within_group_spread

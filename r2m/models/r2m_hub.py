@@ -168,7 +168,7 @@ A reward model r_φ(x, y, h) that reads the policy's hidden states h through a f
 ## Use
 
 ```python
-from r2m.models import FeedbackRewardModel
+from r2m import FeedbackRewardModel
 
 rm = FeedbackRewardModel.from_pretrained({load})
 scores = rm.score(prompts, responses, policy=policy, policy_tokenizer=policy_tokenizer)  # (B,) float32

@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 
 from r2m.runtime.checkpoint import rng_state, set_rng_state
-from r2m.config import Config, RewardSource
+from r2m.config.root import Config
+from r2m.config.enums import RewardSource
 from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
 from r2m.core.monitor import Alarm, AlarmConfig, first_alarm, tripped_signals
 from r2m.runtime.distributed import sharded_state_dict

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.eval.analysis import Checkpoint, run_hidden_state_analysis, world_hacking_labels
 from r2m.eval.judges import GoldJudge, JudgeKind, RewardModelJudge, api_judge_config, build_judge

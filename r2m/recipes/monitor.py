@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.config.monitor import ALARM_RULE, THRESHOLDS
 from r2m.core.monitor import Alarm, AlarmConfig, Reason, Signal, first_alarm, tripped_signals
 from r2m.errors import ConfigError, DataError

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
+from r2m.config.root import Config
+from r2m.config.enums import PPOPrompts, RewardBaseline, RewardSource
+from r2m.config.parsing import config_hash, replace_path
 from r2m.config.commands import is_world_artifact
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.errors import ConfigError
@@ -42,7 +44,8 @@ from r2m.runtime.runlog import RunDir
 from r2m.updates.rm import make_trainable_rm, merged_rm_model, train_reward_model
 from r2m.updates.sft import count_truncated, sft_length, train_sft
 from r2m.updates.supervised import make_accelerator, resolve_mixed_precision
-from r2m.world import WorldFiles, build_tokenizer, generate_world
+from r2m.world.data import WorldFiles, generate_world
+from r2m.world.tokenizer import build_tokenizer
 
 log = logging.getLogger("r2m")
 
@@ -376,7 +379,7 @@ def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
         return {"prompts": plain.read_prompts, "sft": plain.read_sft, "preferences": plain.read_preferences}[kind](path)
     load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
     rows = load(path, _data_format(cfg, name), _split(cfg, name), tokenizer,
-                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
+                d.max_response_tokens or None, d.on_mismatch,
                 datasets.Source(d.config, d.streaming))
     return [r["prompt"] for r in rows] if kind == "prompts" else rows
 

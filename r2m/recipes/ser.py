@@ -17,7 +17,7 @@
 This module is the run (the stages of :class:`SERRun`, the loop, :func:`run_ser`). The pure rules live in
 ``algorithms.ser_rules`` (calibration, status, filters, loss), the data in ``algorithms.ser_data``, the report in
 ``reports.ser_report``, SER's RMs (factory, training, scoring) in ``ser_rm``, the PPO stage in ``ser_ppo`` and the
-loop state in ``ser_resume``; every name is re-exported here. Every loop writes its RM, a metrics row and the
+loop state in ``ser_resume``. Every loop writes its RM, a metrics row and the
 loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
 """
 
@@ -29,71 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from r2m.config import Config, RetrainData, RetrainFrom, SERConfig, SERLoRAConfig, SERVariant, config_hash, to_dict
-from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
-    PairSet,
-    PseudoQuality,
-    SERSplits,
-    SplitSizes,
-    UnlabeledPool,
-    ValSplit,
-    labelled_pairs,
-    make_splits,
-    pool_accuracy,
-    pseudo_pairs,
-    pseudo_quality,
-    split_by_prompt,
-    split_sizes,
-    write_splits,
-)
-from r2m.reports.ser_report import (  # noqa: F401  (re-exported)
-    STATE_FILE,
-    decision_lines,
-    loop_table,
-    plot_accuracy,
-    plot_data_fraction,
-    print_loop,
-    print_report,
-    ser_table,
-    write_report,
-)
-from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
-    Kept,
-    LearningStatus,
-    ScoreCalibration,
-    Selection,
-    StatusDecision,
-    StatusEvidence,
-    calibrate,
-    filter_pairs,
-    kept_loop,
-    learning_status,
-    pair_loss,
-    platt_scale,
-    release_filter,
-    status_evidence,
-)
+from r2m.config.root import Config
+from r2m.config.enums import RetrainData, RetrainFrom, SERVariant
+from r2m.config.jobs import SERConfig, SERLoRAConfig
+from r2m.config.parsing import config_hash, to_dict
+from r2m.algorithms.ser_data import (PairSet, labelled_pairs, make_splits, pool_accuracy, pseudo_pairs, pseudo_quality,
+                                     write_splits)
+from r2m.algorithms.ser_rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate,
+                                      filter_pairs, kept_loop, learning_status, release_filter, status_evidence)
 from r2m.errors import ConfigError
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
-from r2m.recipes.ser_ppo import ppo_config, run_ppo_stage  # noqa: F401  (re-exported)
+from r2m.recipes.ser_ppo import run_ppo_stage
 from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
                                     before_damaged_rm)
-from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
-    FitResult,
-    PairProbs,
-    PairScores,
-    RMEval,
-    _eval_metrics,
-    build_trainable_rm,
-    evaluate_rm,
-    fit_rm,
-    load_rm,
-    save_trainable_rm,
-    score_pairs,
-    score_rows,
-    steps_config,
-    train_pairs,
-)
+from r2m.recipes.ser_rm import (FitResult, PairScores, _eval_metrics, evaluate_rm, fit_rm, load_rm, score_pairs,
+                                score_rows)
+from r2m.reports.ser_report import STATE_FILE, print_loop, print_report, ser_table, write_report
 from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlog import RunDir
 from r2m.updates.supervised import make_accelerator

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
-from r2m.config import to_dict
+from r2m.config.parsing import to_dict
 from r2m.errors import CheckpointError, ConfigError
 from r2m.fileio import fault_point
 from r2m.fileio import atomic_write_text

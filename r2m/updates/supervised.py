@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional, Sequ
 
 import torch
 
-from r2m.config import Config, LRSchedule
+from r2m.config.root import Config
+from r2m.config.enums import LRSchedule
 from r2m.errors import ConfigError
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
 from r2m.runtime.distributed import Dist

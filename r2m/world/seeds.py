@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 
 RM_STREAMS = frozenset({"pref_train", "pref_policy"})
 """The data streams drawn from :func:`rm_seed` instead of ``world.seed``."""

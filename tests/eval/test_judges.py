@@ -13,7 +13,9 @@ from typing import Callable, Iterator, Optional
 import pytest
 import torch
 
-from r2m.config import JudgeConfig, WorldConfig, load_config, save_config
+from r2m.config.jobs import JudgeConfig
+from r2m.config.run import WorldConfig
+from r2m.config.parsing import load_config, save_config
 from r2m.errors import ConfigError
 from r2m.eval import judge_prompts
 from r2m.eval.judges import (
@@ -235,7 +237,7 @@ def test_reward_model_judge_compares_by_score() -> None:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from r2m.models.reward import RewardModel
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("rm")
     torch.manual_seed(0)
@@ -444,7 +446,7 @@ def test_judge_config_precedence_config_then_env_then_default() -> None:
 
 def test_judge_mode_is_an_enum_validated_where_it_is_read() -> None:
     # eval.judge.mode is a JudgeMode once parsed (issue 13); CompareMode is the same Enum.
-    from r2m.config import JudgeMode
+    from r2m.config.enums import JudgeMode
 
     assert CompareMode is JudgeMode
     assert load_config(None, ["eval.judge.mode=single"]).eval.judge.mode is JudgeMode.SINGLE

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r2m.config import ArchConfig
+from r2m.config.models import ArchConfig
 from r2m.errors import ModelError
 from r2m.models.critic import ValueModel, build_critic, load_critic, save_critic
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel, last_token_index
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 ARCH = ArchConfig(hidden_size=24, num_layers=1, num_heads=2, intermediate_size=48)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
 from r2m.core.monitor import Alarm, AlarmConfig, Reason, Rule, Signal, first_alarm
 from r2m.errors import ConfigError

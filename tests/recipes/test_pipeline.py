@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.recipes.pipeline import precision_part, rl_needs, ser_needs, user_models
 
 

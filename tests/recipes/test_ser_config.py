@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import Algorithm, ConfigError, LoRAConfig, RLConfig, SERRLOverrides, load_config, to_dict
-from r2m.recipes.ser import ppo_config, state_key
+from r2m.config.enums import Algorithm
+from r2m.errors import ConfigError
+from r2m.config.models import LoRAConfig
+from r2m.config.training import RLConfig
+from r2m.config.jobs import SERRLOverrides
+from r2m.config.parsing import load_config, to_dict
+from r2m.recipes.ser import state_key
+from r2m.recipes.ser_ppo import ppo_config
 
 # (config, overrides) -> state key on main before issue 13 (ser.lora=true spelt ser.lora.enabled=true now).
 OLD_KEYS = {

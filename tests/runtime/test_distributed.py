@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
 from r2m.recipes.rl.run import check_data_parallel

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import torch
 
-from r2m.config import Algorithm, Config
+from r2m.config.enums import Algorithm
+from r2m.config.root import Config
 from r2m.runtime.distributed import Dist
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 from r2m.experience.rollout import ExperienceMaker, Shaping, hidden_store
