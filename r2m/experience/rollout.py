@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
+from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages
 from r2m.config.enums import Algorithm, KLMode, OldLogprobs
 from r2m.config.models import R2MConfig
 from r2m.config.training import RLConfig
@@ -101,18 +101,6 @@ class Experience:
             else:
                 kw[f.name] = v
         return Experience(**kw)
-
-
-# Which advantage estimator each algorithm uses (PPO is GAE over a critic's values).
-ESTIMATOR_OF = {
-    Algorithm.RLOO: Estimator.RLOO,
-    Algorithm.GRPO: Estimator.GRPO,
-    Algorithm.REMAX: Estimator.REMAX,
-    Algorithm.REINFORCE_PP: Estimator.REINFORCE_PP,
-    Algorithm.REINFORCE_PP_BASELINE: Estimator.REINFORCE_PP_BASELINE,
-    Algorithm.DR_GRPO: Estimator.DR_GRPO,
-    Algorithm.PPO: Estimator.GAE,
-}
 
 
 class OldPass(NamedTuple):
@@ -265,7 +253,7 @@ class ExperienceMaker:
         B, R = mask.shape
         g = (lambda x: None if x is None else d.gather_rows(x))
         adv = compute_advantages(
-            ESTIMATOR_OF[self.cfg.algorithm],
+            self.cfg.algorithm,
             AdvantageInput(scores=g(scores).view(-1, K), mask=g(mask), baseline=g(baseline), values=g(values),
                            kl_penalty=g(kl)),
             self.params,
