@@ -23,9 +23,9 @@ evaluation at step 0 is the SFT policy's). None reads the gold reward. Logged un
 * ``monitor/fused_disagreement`` -- :func:`rank_disagreement` of R2M's fused score and the vanilla score of
   the same responses (only when R2M is on): how far the policy-feedback term reorders the vanilla RM.
 
-The alarm (:func:`first_alarm`, thresholds and rule in :class:`~r2m.config.monitor.MonitorConfig`, ``rl.monitor``). With history h_0..h_{n-1}, one dict of
-signal values per evaluation (h_0 = the SFT policy), each signal s with a threshold t_s "trips" at
-evaluation i by its :class:`Rule`:
+The alarm (:func:`first_alarm`; thresholds and rule in ``rl.monitor``, :class:`~r2m.config.monitor.MonitorConfig`).
+With history h_0..h_{n-1}, one dict of signal values per evaluation (h_0 = the SFT policy), each signal s with a
+threshold t_s "trips" at evaluation i by its :class:`Rule`:
 
 * ABOVE (token_js, hidden_drift): h_i[s] >= t_s -- already measured against the SFT policy;
 * ABS_ABOVE (length_rel_change): |h_i[s]| >= t_s -- longer or shorter;
