@@ -140,3 +140,18 @@ def test_demo_config_parses() -> None:
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     assert cfg.run.name == "demo" and "rloo" in cfg.demo.arms
     assert RLConfig().steps == cfg.rl.steps
+
+
+def test_sft_and_rm_share_one_definition_of_the_optimiser_fields() -> None:
+    """sft and rm inherit the loop's fields from SupervisedConfig: their YAML keys, own defaults and the section
+    named in errors."""
+    from r2m.config.training import RMConfig, SFTConfig, SupervisedConfig
+
+    shared = {f.name for f in dataclasses.fields(SupervisedConfig)}
+    assert shared == {"epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_steps",
+                      "log_every", "save_every"}
+    assert set(to_dict(SFTConfig())) == shared | {"max_length"} and set(to_dict(RMConfig())) == shared | {"init_from"}
+    assert (SFTConfig().epochs, SFTConfig().lr, RMConfig().epochs, RMConfig().lr) == (1.0, 3e-3, 2.0, 1e-3)
+    for section in ("sft", "rm"):
+        with pytest.raises(ConfigError, match=rf"^{section}\.warmup_ratio: expected in \[0, 1\)"):
+            load_config(None, [f"{section}.warmup_ratio=1.0"])
