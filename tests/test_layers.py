@@ -36,7 +36,7 @@ LAYERS = [
     ("experience", ["r2m.experience"]),
     ("eval", ["r2m.eval"]),
     ("updates", ["r2m.updates"]),
-    ("algorithms", ["r2m.algorithms"]),
+    ("ser", ["r2m.ser"]),
     ("reports", ["r2m.reports"]),
     ("integrations", ["r2m.integrations"]),
     ("recipes", ["r2m.recipes"]),

@@ -15,7 +15,7 @@
     PPO         the kept RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
 
 This module is the run (the stages of :class:`SERRun`, the loop, :func:`run_ser`). The pure rules live in
-``algorithms.ser_rules`` (calibration, status, filters, loss), the data in ``algorithms.ser_data``, the report in
+``r2m.ser.rules`` (calibration, status, filters, loss), the data in ``r2m.ser.data``, the report in
 ``reports.ser_report``, SER's RMs (factory, training, scoring) in ``ser_rm``, the PPO stage in ``ser_ppo`` and the
 loop state in ``ser_resume``. Every loop writes its RM, a metrics row and the
 loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
@@ -33,10 +33,6 @@ from r2m.config.root import Config
 from r2m.config.enums import RetrainData, RetrainFrom, SERVariant
 from r2m.config.jobs import SERConfig, SERLoRAConfig
 from r2m.config.parsing import config_hash, to_dict
-from r2m.algorithms.ser_data import (PairSet, labelled_pairs, make_splits, pool_accuracy, pseudo_pairs, pseudo_quality,
-                                     write_splits)
-from r2m.algorithms.ser_rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate,
-                                      filter_pairs, kept_loop, learning_status, release_filter, status_evidence)
 from r2m.errors import ConfigError
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
 from r2m.recipes.ser_ppo import run_ppo_stage
@@ -46,6 +42,10 @@ from r2m.recipes.ser_rm import (FitResult, PairScores, _eval_metrics, evaluate_r
                                 score_rows)
 from r2m.reports.ser_report import STATE_FILE, print_loop, print_report, ser_table, write_report
 from r2m.runtime.hooks import Hooks
+from r2m.ser.data import (PairSet, labelled_pairs, make_splits, pool_accuracy, pseudo_pairs, pseudo_quality,
+                          write_splits)
+from r2m.ser.rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate, filter_pairs,
+                           kept_loop, learning_status, release_filter, status_evidence)
 from r2m.runtime.runlog import RunDir
 from r2m.updates.supervised import make_accelerator
 

@@ -11,8 +11,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from r2m.algorithms.ser_data import PairSet, labelled_pairs
-from r2m.algorithms.ser_rules import ScoreCalibration, pair_loss
+from r2m.ser.data import PairSet, labelled_pairs
+from r2m.ser.rules import ScoreCalibration, pair_loss
 from r2m.config.root import Config
 from r2m.config.enums import PairLoss
 from r2m.config.training import RMConfig

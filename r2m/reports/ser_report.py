@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.config.enums import PairLoss
-from r2m.algorithms.ser_rules import Kept
+from r2m.ser.rules import Kept
 from r2m.reports.tables import format_table
 from r2m.fileio import atomic_savefig
 

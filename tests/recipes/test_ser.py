@@ -23,10 +23,9 @@ from r2m.runtime.runlog import read_metrics
 from r2m.updates.supervised import num_steps
 from r2m.recipes.ser import last_loop
 from r2m.reports.ser_report import STATE_FILE
-from r2m.algorithms.ser_rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate,
-                                      filter_pairs, kept_loop, learning_status, pair_loss, platt_scale, release_filter,
-                                      status_evidence)
-from r2m.algorithms.ser_data import make_splits, pseudo_quality
+from r2m.ser.rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate, filter_pairs,
+                           kept_loop, learning_status, pair_loss, platt_scale, release_filter, status_evidence)
+from r2m.ser.data import make_splits, pseudo_quality
 from r2m.recipes.ser_rm import steps_config
 
 T = torch.tensor

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.algorithms.ser_data import make_splits, split_sizes, status1_unreachable
-from r2m.algorithms.ser_rules import calibrate, status_evidence
+from r2m.ser.data import make_splits, split_sizes, status1_unreachable
+from r2m.ser.rules import calibrate, status_evidence
 from r2m.config.models import ArchConfig
 from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.config.jobs import SERConfig
