@@ -75,8 +75,8 @@ def rank_batches(n_batches: int, dist: Dist) -> list[int]:
     """This rank's evaluation batches: b = rank, rank + N, ... Every rank runs the same number of batches (FSDP
     gathers parameters in every forward, so all ranks must run each one): a short rank repeats a batch of its
     own (or batch 0), marked -1 - b and thrown away."""
-    mine = list(range(dist.rank, n_batches, dist.world))
-    per_rank = -(-n_batches // dist.world)
+    mine = list(range(dist.rank, n_batches, dist.num_processes))
+    per_rank = -(-n_batches // dist.num_processes)
     return mine + [-1 - (mine[-1] if mine else 0)] * (per_rank - len(mine))
 
 

@@ -40,9 +40,9 @@ class _Rank:
     ``after``), as accelerate's gather_object does."""
 
     def __init__(self, rank: int, world: int, before=(), after=()):
-        self.rank, self.world, self.before, self.after, self.sent = rank, world, list(before), list(after), None
+        self.rank, self.num_processes, self.before, self.after, self.sent = rank, world, list(before), list(after), None
 
-    enabled = property(lambda self: self.world > 1)
+    enabled = property(lambda self: self.num_processes > 1)
 
     def gather_objects(self, items):
         self.sent = items

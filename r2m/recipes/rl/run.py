@@ -85,7 +85,7 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
         run_dir = Path(cfg.run.root) / cfg.run.name
         self.acc = make_accelerator(cfg, project_dir=str(run_dir))
         self.dist = Dist(self.acc)
-        check_data_parallel(cfg.rl, self.dist.world)
+        check_data_parallel(cfg.rl, self.dist.num_processes)
         configure_backend(self.acc, cfg)
         self.inputs = resolve_inputs(cfg)  # under several processes the world cache must exist already
         seed_everything(cfg.run.seed)

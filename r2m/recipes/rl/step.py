@@ -81,7 +81,7 @@ class StepMixin:
         metrics = {**experience_metrics(exp, self.dist), **stats, **timing, "time/update": t2 - t1,
                    "time/rm_update": t3 - t2, "time/step": t3 - t0, "prompts/seen": self.sampler.position,
                    "kl/beta": beta}
-        self.kl_ctl.update(metrics["kl/seq_sum"], exp.batch_size * self.dist.world)
+        self.kl_ctl.update(metrics["kl/seq_sum"], exp.batch_size * self.dist.num_processes)
         if exp.policy_hidden is not None:
             metrics["r2m/hidden_mb"] = exp.policy_hidden.numel() * exp.policy_hidden.element_size() / 2**20
         if step == 1:
