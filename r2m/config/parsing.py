@@ -183,20 +183,15 @@ NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "
                           "hub_private_repo"})
 
 
-# Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,
-# so that existing caches stay valid (sft.max_length=2048 cuts nothing the old 512 did not on the world's data).
-KEY_NEUTRAL = {"max_length": 2048, "rm_seed": None, "rm_prompt_digits": 0, "wrong_digit": 0.0}
-
-
 def _semantic(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: _semantic(v) for k, v in d.items()
-                if k not in NON_SEMANTIC and not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+        return {k: _semantic(v) for k, v in d.items() if k not in NON_SEMANTIC}
     return d
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable short hash of config parts (for caching world artifacts); logging/checkpoint fields excluded."""
+    """Stable short hash of config parts (for caching world artifacts): every field, whatever its value, except the
+    logging/checkpoint ones (:data:`NON_SEMANTIC`)."""
     blob = json.dumps([_semantic(to_dict(p)) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

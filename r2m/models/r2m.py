@@ -28,8 +28,8 @@ from r2m.core.losses import within_group_spread
 from r2m.models.feedback import eval_mode, text_feedback
 from r2m.models.fusion import PolicyFeedbackFusion, omega
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-from r2m.models.r2m_hub import (BASE_DIR, CARD, FORMAT, FORMAT_VERSION, base_fields, hub_id_of, included_fields,
-                                 is_hub_repo, model_card, resolve_base)
+from r2m.models.r2m_hub import (BASE_DIR, CARD, FORMAT, R2M_FORMAT, base_fields, check_format, hub_id_of,
+                                 included_fields, is_hub_repo, model_card, resolve_base)
 from r2m.models.reward import DEFAULT_BATCH_SIZE, RewardModel
 from r2m.runtime.checkpoint import MANIFEST, verify, write_manifest
 from r2m.runtime.safeio import load_safetensors as load_file, read_json
@@ -150,10 +150,7 @@ class FeedbackRewardModel(nn.Module):
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         if self.fusion is not None:
-            fusion = {k[7:]: v for k, v in state.items() if k.startswith("fusion.")}
-            # Saved before init=matched existed: every such fusion was random or zero, i.e. calibrated.
-            fusion.setdefault("calibrated", torch.tensor(True))
-            self.fusion.load_state_dict(fusion)
+            self.fusion.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("fusion.")})
 
     def save(self, directory: str | Path, base_rm: str, extra: Optional[dict] = None) -> None:
         """The RL run's checkpoint save: :meth:`save_pretrained` with the run's base RM."""
@@ -191,7 +188,7 @@ class FeedbackRewardModel(nn.Module):
             raise ModelError("save_pretrained: base_rm is unknown (the base RM was not loaded from a path); pass "
                              "base_rm= (a path or hub id) or include_base=True")
         fields = included_fields() if include_base else base_fields(base_rm, directory)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **fields, "fusion": None, **self.info,
+        meta = {"format": FORMAT, **R2M_FORMAT.stamp(), **fields, "fusion": None, **self.info,
                 **(extra or {})}
         if self.fusion is not None:
             f = self.fusion
@@ -230,6 +227,7 @@ class FeedbackRewardModel(nn.Module):
         if (directory / MANIFEST).is_file() and (problem := verify(directory)) is not None:
             raise ModelError(f"{directory}: {problem}; the R2M files are damaged or were not completely written")
         meta = read_json(directory / _META)
+        check_format(meta, directory)
         base = str(base_rm) if base_rm is not None else resolve_base(meta, directory)
         tok = load_tokenizer(base, trust_remote_code)
         rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)

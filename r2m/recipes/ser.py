@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional, Sequence
 
 from r2m.config.root import Config
 from r2m.config.enums import RetrainData, RetrainFrom, SERVariant
-from r2m.config.jobs import SERConfig, SERLoRAConfig
+from r2m.config.jobs import SERConfig
 from r2m.config.parsing import config_hash, to_dict
 from r2m.errors import ConfigError
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
@@ -61,23 +61,18 @@ STATUS_CODE = {"seed": 0.0, LearningStatus.STATUS1.value: 1.0, LearningStatus.ST
 """``ser/status`` in metrics.jsonl: 0 Loop 0 (seed), 1 Status 1, 2 Status 2, 3 the release variant's OR filter."""
 
 
+RESUME_FREE_SER = ("max_loops", "keep", "rl")
+"""``ser.*`` fields (with ``ser.ppo*``) that may change on resume: how far the loop goes, which RM is kept, PPO."""
+
+
 def state_key(cfg: Config) -> str:
-    """What determines the loop's trajectory; max_loops, ser.keep and the PPO stage may change on resume."""
-    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora.enabled else []  # old keys stay valid
-    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_part(cfg.ser),
-                       *lora, *precision_part(cfg))
-
-
-def loop_part(ser: SERConfig) -> dict:
-    """The ``ser.*`` fields that shape the loop, in the flat layout from before issue 13 (``lora``, ``lora_r``, ...):
-    the state key of a ``ser_state.json`` written then stays the same, so that run still resumes."""
-    part = {k: v for k, v in to_dict(ser).items()
-            if k not in ("max_loops", "keep", "lora", "rl") and not k.startswith("ppo")}
-    lora = ser.lora
-    part.update(lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
-    if lora.target_modules != SERLoRAConfig().target_modules:  # new in issue 13: in the key only when set
-        part["lora_target_modules"] = list(lora.target_modules)
-    return part
+    """What determines the loop's trajectory: the world, the data, the RM's training and architecture, the seed,
+    the loop's ``ser.*`` fields (not :data:`RESUME_FREE_SER` nor ``ser.ppo*``) and the mixed precision.
+    ``reward.lora`` shapes SER's RMs only when it is on and ``ser.lora`` is not."""
+    loop = {k: v for k, v in to_dict(cfg.ser).items() if k not in RESUME_FREE_SER and not k.startswith("ppo")}
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora.enabled else []
+    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop, *lora,
+                       precision_part(cfg))
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:

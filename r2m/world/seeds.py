@@ -36,6 +36,6 @@ def sft_world(world: WorldConfig) -> WorldConfig:
     """The world as the SFT stages see it (their cache keys): the :data:`LABELLER_FIELDS` at their defaults,
     since the SFT policy and the RM backbone read only the demonstrations. So every RM seed and every world
     preset (they differ in labeller fields only) shares one SFT policy and one RM backbone. For the default
-    world this is ``world`` itself: the default run's keys are unchanged."""
+    world this is ``world`` itself."""
     default = WorldConfig()
     return dataclasses.replace(world, **{f: getattr(default, f) for f in LABELLER_FIELDS})

@@ -245,22 +245,23 @@ def test_rm_seed_varies_the_rm_pairs_only() -> None:
     assert make_pairs(WorldConfig(**SMALL, rm_seed=base.seed), "pref_train") == make_pairs(base, "pref_train")
 
 
-def test_new_world_fields_keep_the_default_cache_keys() -> None:
-    # The keys the default world had before rm_seed / rm_prompt_digits existed (those fields left out).
-    old = {k: v for k, v in to_dict(WorldConfig()).items() if k not in ("rm_seed", "rm_prompt_digits")}
-    assert config_hash(WorldConfig()) == config_hash(old) == "2f525fb922"
-    assert config_hash(WorldConfig(rm_seed=3)) != config_hash(WorldConfig())
-    # The SFT stages (policy, RM backbone) are shared by every RM seed and every world preset.
-    assert config_hash(sft_world(WorldConfig(rm_seed=3, rm_prompt_digits=2))) == config_hash(WorldConfig())
+def test_cache_keys_follow_every_field_that_changes_the_data() -> None:
+    # Every world field is in the key, whatever its value (none is left out at a "neutral" value).
+    default = config_hash(WorldConfig())
+    for changed in (WorldConfig(rm_seed=3), WorldConfig(rm_prompt_digits=2),
+                    WorldConfig(mixture=MixtureConfig(wrong_digit=0.33)), WorldConfig(n_sft=10)):
+        assert config_hash(changed) != default, changed
+    assert config_hash(MixtureConfig(wrong_digit=0.0)) == config_hash(to_dict(MixtureConfig()))
+    # The SFT stages (policy, RM backbone) read only the demonstrations: every RM seed and every world preset whose
+    # demonstrations are the default's shares them.
+    assert config_hash(sft_world(WorldConfig(rm_seed=3, rm_prompt_digits=2))) == default
     for name in ("noisy", "ser_headroom"):
-        assert config_hash(sft_world(_world(name))) == config_hash(WorldConfig()), name
+        assert config_hash(sft_world(_world(name))) == default, name
     # `blind` draws other demonstrations (its wrong-digit answers): its own SFT policy and RM backbone, and its own
-    # data cache; a mixture at its defaults (wrong_digit 0) keeps the default world's keys.
-    assert config_hash(sft_world(_world("blind"))) != config_hash(WorldConfig())
-    assert config_hash(MixtureConfig(wrong_digit=0.0)) == config_hash(to_dict(MixtureConfig())) != \
-        config_hash(MixtureConfig(wrong_digit=0.33))
+    # data cache.
+    assert config_hash(sft_world(_world("blind"))) != default
     assert make_sft(WorldConfig(**SMALL, mixture=MixtureConfig(wrong_digit=0.0))) == make_sft(WorldConfig(**SMALL))
-    assert config_hash(sft_world(WorldConfig(n_sft=10))) != config_hash(WorldConfig())
+    assert config_hash(sft_world(WorldConfig(n_sft=10))) != default
 
 
 def test_rm_prompt_digits_is_checked() -> None:
