@@ -407,9 +407,11 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     from r2m.recipes.pipeline import _must_build
 
     cache = tmp_path / "world" / "policy-abc"
-    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; d = Path(sys.argv[1]); "
-            "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
-            "runlock.release(d)")
+    # The builder, as _must_build leaves it: the entry's cache.json first, then the lock while it builds.
+    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; "
+            "from r2m.recipes.pipeline import CACHE_FILE, WORLD_CACHE_FORMAT; d = Path(sys.argv[1]); "
+            "WORLD_CACHE_FORMAT.write(d / CACHE_FILE); runlock.acquire(d); print('held', flush=True); "
+            "time.sleep(1.5); (d / 'model').mkdir(parents=True); runlock.release(d)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile
