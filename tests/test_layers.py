@@ -180,6 +180,12 @@ def reexports(rel: str, module: str, text: str) -> list[str]:
             found.append(f"{rel}:{node.lineno}: an import kept for re-export (# noqa: F401): a name has one home")
     if module != LAZY_EXPORTS and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
         found.append(f"{rel}: a PEP 562 __getattr__ export table (only r2m/__init__.py has one)")
+    imported = {a.asname or a.name.split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    for node in (n for n in tree.body if _is_all(n) and module != LAZY_EXPORTS):
+        listed = {c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        for name in sorted(listed & imported):
+            found.append(f"{rel}:{node.lineno}: __all__ lists {name}, imported from elsewhere (a re-export)")
     return found
 
 
@@ -294,6 +300,9 @@ def test_a_clean_tree_passes(tmp_path) -> None:
      r"r2m/core/b\.py:1: an import kept for re-export"),
     ({"r2m/models/__init__.py": "def __getattr__(name):\n    raise AttributeError(name)\n"},
      r"r2m/models/__init__\.py: a PEP 562 __getattr__ export table"),
+    ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n",
+      "r2m/core/b.py": 'from r2m.core.a import X\n\nY = X\n__all__ = ["X", "Y"]\n'},
+     r"r2m/core/b\.py:4: __all__ lists X, imported from elsewhere"),
     ({"r2m/core/__init__.py": "", "r2m/core/big.py": "x = 1\n" * 601}, r"r2m/core/big\.py: 601 lines"),
     ({"r2m/core/__init__.py": "", "r2m/core/long.py": "def f():\n" + "    x = 1\n" * 60},
      r"function f is 61 lines"),

@@ -135,4 +135,4 @@ def dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["RLArguments", "RMArguments", "Resolved", "resolve_args", "peft_overrides", "trl_kind"]
+__all__ = ["Resolved", "resolve_args", "peft_overrides", "trl_kind"]
