@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from r2m.api.args import RLArguments, RMArguments, TrainerArguments
+from r2m.api.args import RLArguments, TrainerArguments
 from r2m.config.parsing import replace_path
 from r2m.config.trl_map import TrlMapping, map_trl
 from r2m.config.trl_names import RULES

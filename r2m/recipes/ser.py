@@ -318,7 +318,6 @@ def self_evolve(ser_run: SERRun) -> LoopState:
             print_loop(row)
     if _may_continue(state, cfg.ser):
         state.stop = None  # an earlier run ended on max_loops: go on to the new max_loops
-    done_before = state.loop
     while state.stop is None and state.loop < cfg.ser.max_loops and not ser_run.hooks.stop_requested:
         ser_run.next_loop(state)
     if state.stop is None and ser_run.hooks.stop_requested and state.loop < cfg.ser.max_loops:
