@@ -248,6 +248,8 @@ def test_rm_seed_varies_the_rm_pairs_only() -> None:
 def test_cache_keys_follow_every_field_that_changes_the_data() -> None:
     # Every world field is in the key, whatever its value (none is left out at a "neutral" value).
     default = config_hash(WorldConfig())
+    for name in ("rm_seed", "rm_prompt_digits"):
+        assert config_hash({k: v for k, v in to_dict(WorldConfig()).items() if k != name}) != default, name
     for changed in (WorldConfig(rm_seed=3), WorldConfig(rm_prompt_digits=2),
                     WorldConfig(mixture=MixtureConfig(wrong_digit=0.33)), WorldConfig(n_sft=10)):
         assert config_hash(changed) != default, changed
