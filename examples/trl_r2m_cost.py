@@ -48,7 +48,7 @@ def flops() -> FlopCounterMode:
 
 def tiny_world() -> list[str]:
     """The world's tiny SFT policy, proxy RM and RL prompts, built by r2m's own pipeline (cached in runs/)."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 
     cfg = load_config(None, [
@@ -67,7 +67,7 @@ def build(policy_path: str, rm_path: str, prompts_path: str, output_dir: str, st
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from r2m.config import R2MConfig
+    from r2m.config.models import R2MConfig
     from r2m.integrations.trl import R2MCallback, R2MReward
 
     policy = AutoModelForCausalLM.from_pretrained(policy_path)
@@ -107,11 +107,14 @@ def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops
     """r2m's own loop (GRPO + R2M) on the same models and work: the whole step, per step."""
     from accelerate import Accelerator
 
-    from r2m.config import Algorithm, R2MConfig, RLConfig
+    from r2m.config.enums import Algorithm
+    from r2m.config.models import R2MConfig
+    from r2m.config.training import RLConfig
     from r2m.data.jsonl import read_jsonl
     from r2m.integrations.trl import R2MReward
     from r2m.models.loading import load_policy, load_tokenizer
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
     from r2m.updates.policy import PolicyUpdater
     from r2m.updates.grebt import GREBTUpdater
 

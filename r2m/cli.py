@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from r2m.config import Config, load_config, parse_override, replace_path, to_dict
+from r2m.config.root import Config
 from r2m.config.commands import check_models
-from r2m.config.parsing import read_config_file
+from r2m.config.parsing import read_config_file, load_config, parse_override, replace_path, to_dict
 from r2m.config.trl_map import FLAGS, map_trl, steps_for
 from r2m.config.trl_names import RULES
 from r2m.config.trl_recipe import parse_recipe, split_recipe
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
     from r2m.recipes.pipeline import resolve_inputs, world_data  # heavy: lazy
-    from r2m.world import generate_world  # heavy: lazy
+    from r2m.world.data import generate_world  # heavy: lazy
 
     files = generate_world(cfg.world, out) if out else world_data(cfg)
     print(json.dumps({k: str(v) for k, v in vars(files).items()}, indent=2))

@@ -157,7 +157,7 @@ def test_paper_config_rehearsal(config, models, data, tmp_path, monkeypatch, cap
 def test_qwen_config_policy_and_skywork_rm_read_their_own_templates(models, data, tmp_path, monkeypatch) -> None:
     """The policy's prompt set is Qwen's ChatML; the Skywork-style RM's input is Llama 3.1's template of the same
     conversation (with the reply), built through the paper config's real setup."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.rl.build import build_run
 
     plan = Plan(ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", models, data,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from r2m.cli import main
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.errors import ConfigError
 from r2m.runtime.runlog import read_metrics
 
@@ -173,7 +173,7 @@ def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, cap
 
 def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
     """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
     cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])
@@ -410,9 +410,11 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     from r2m.recipes.pipeline import _must_build
 
     cache = tmp_path / "world" / "policy-abc"
-    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; d = Path(sys.argv[1]); "
-            "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
-            "runlock.release(d)")
+    # The builder, as _must_build leaves it: the entry's cache.json first, then the lock while it builds.
+    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; "
+            "from r2m.recipes.pipeline import CACHE_FILE, WORLD_CACHE_FORMAT; d = Path(sys.argv[1]); "
+            "WORLD_CACHE_FORMAT.write(d / CACHE_FILE); runlock.acquire(d); print('held', flush=True); "
+            "time.sleep(1.5); (d / 'model').mkdir(parents=True); runlock.release(d)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile

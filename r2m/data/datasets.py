@@ -33,9 +33,9 @@ import json
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 from r2m.config.paths import DatasetFormat
-from r2m.data.adapters import (KIND_FIELDS, Adapter, AdapterContext, OnMismatch, RowKind, _hh_rlhf, _plain, _stack_exchange,
-                               _tldr, _tldr_preference, _ultrafeedback, format_hint)
-from r2m.data.adapters import render_messages, split_hh, tldr_prompt  # noqa: F401 (the readers' public names)
+from r2m.data.adapters import (KIND_FIELDS, Adapter, AdapterContext, RowKind, _hh_rlhf, _plain, _stack_exchange, _tldr,
+                               _tldr_preference, _ultrafeedback, format_hint)
+from r2m.config.enums import OnMismatch
 from r2m.data.jsonl import read_jsonl
 from r2m.data.sources import display_name, python_source
 from r2m.data.trl_formats import adapt as _trl, detect_format

@@ -13,10 +13,12 @@ from typing import NamedTuple, Optional, Protocol, Sequence
 
 import torch
 
-from r2m.config import R2MAblation, R2MConfig, WorldConfig
+from r2m.config.enums import R2MAblation
+from r2m.config.models import R2MConfig
+from r2m.config.run import WorldConfig
 from r2m.models.fusion import omega
 from r2m.models.reward import DEFAULT_BATCH_SIZE
-from r2m.world import gold_rewards, parse_prompt
+from r2m.world.task import gold_rewards, parse_prompt
 
 log = logging.getLogger("r2m")
 
@@ -55,7 +57,7 @@ class RewardOutput(NamedTuple):
 
 class RewardFunction(Protocol):
     needs_policy_hidden: bool
-    reward_model: Optional["r2m.models.RewardModel"]  # noqa: F821  (the RM it reads, None for gold)
+    reward_model: Optional["r2m.models.reward.RewardModel"]  # noqa: F821  (the RM it reads, None for gold)
 
     def __call__(self, query: RewardQuery) -> RewardOutput:
         ...
@@ -66,7 +68,7 @@ class ModelReward:
 
     needs_policy_hidden = False
 
-    def __init__(self, rm: "r2m.models.RewardModel", batch_size: int = DEFAULT_BATCH_SIZE):  # noqa: F821
+    def __init__(self, rm: "r2m.models.reward.RewardModel", batch_size: int = DEFAULT_BATCH_SIZE):  # noqa: F821
         self.rm = self.reward_model = rm.eval().requires_grad_(False)
         self.batch_size = batch_size
 

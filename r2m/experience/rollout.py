@@ -17,8 +17,10 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
-from r2m.config import Algorithm, KLMode, OldLogprobs, R2MConfig, RLConfig
+from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages
+from r2m.config.enums import Algorithm, KLMode, OldLogprobs
+from r2m.config.models import R2MConfig
+from r2m.config.training import RLConfig
 from r2m.runtime.distributed import Dist
 from r2m.core.losses import kl_penalty, masked_mean, masked_sum, masked_var
 from r2m.models.critic import response_values
@@ -102,18 +104,6 @@ class Experience:
             else:
                 kw[f.name] = v
         return Experience(**kw)
-
-
-# Which advantage estimator each algorithm uses (PPO is GAE over a critic's values).
-ESTIMATOR_OF = {
-    Algorithm.RLOO: Estimator.RLOO,
-    Algorithm.GRPO: Estimator.GRPO,
-    Algorithm.REMAX: Estimator.REMAX,
-    Algorithm.REINFORCE_PP: Estimator.REINFORCE_PP,
-    Algorithm.REINFORCE_PP_BASELINE: Estimator.REINFORCE_PP_BASELINE,
-    Algorithm.DR_GRPO: Estimator.DR_GRPO,
-    Algorithm.PPO: Estimator.GAE,
-}
 
 
 class OldPass(NamedTuple):
@@ -299,7 +289,7 @@ class ExperienceMaker:
         B, R = mask.shape
         g = (lambda x: None if x is None else d.gather_rows(x))
         adv = compute_advantages(
-            ESTIMATOR_OF[self.cfg.algorithm],
+            self.cfg.algorithm,
             AdvantageInput(scores=g(scores).view(-1, K), mask=g(mask), baseline=g(baseline), values=g(values),
                            kl_penalty=g(kl)),
             self.params,

@@ -50,7 +50,8 @@ from typing import Any, Optional, Sequence
 import torch
 from transformers import TrainerCallback
 
-from r2m.config import PairChoice, R2MConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
 from r2m.errors import CheckpointError, ConfigError
 from r2m.experience.rewards import FeedbackReward, RewardQuery
 from r2m.integrations.trl_batch import R2MBatch, merge, read_rows
@@ -58,11 +59,11 @@ from r2m.models.feedback import Feedback, sequence_feedback
 from r2m.models.forward import eval_mode
 from r2m.models.loading import load_reward_model, load_tokenizer
 from r2m.models.r2m import FeedbackRewardModel, build_feedback_rm
-from r2m.models.r2m_hub import hub_id_of
+from r2m.models.r2m_hub import check_format, hub_id_of
 from r2m.models.reward import RewardModel
 from r2m.runtime.checkpoint import load_state_file
 from r2m.runtime.distributed import Dist
-from r2m.runtime.safeio import load_safetensors
+from r2m.runtime.safeio import load_safetensors, read_json
 from r2m.updates.grebt import GREBTUpdater
 
 log = logging.getLogger("r2m")
@@ -305,9 +306,10 @@ class R2MCallback(TrainerCallback):
     def restore(self, checkpoint: Path) -> None:
         """Fusion, head and the RM optimiser from ``checkpoint/r2m`` (written by :meth:`on_save`)."""
         d = checkpoint / R2M_DIR
-        if not (d / "r2m.safetensors").is_file() or not (d / OPTIMIZER_FILE).is_file():
+        if not all((d / name).is_file() for name in ("r2m.safetensors", "r2m.json", OPTIMIZER_FILE)):
             raise CheckpointError(f"{d}: no R2M state to resume from (was {checkpoint} saved with R2MCallback?); "
                                   "pass R2MCallback(reward, resume_from=<the checkpoint directory>)")
+        check_format(read_json(d / "r2m.json"), d)
         self.reward.model.load_trainable_state(load_safetensors(d / "r2m.safetensors"))
         extra = load_state_file(d / OPTIMIZER_FILE)
         self.updater.optimizer.load_state_dict(extra["optimizer"])

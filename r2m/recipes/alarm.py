@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from r2m.runtime.checkpoint import rng_state, set_rng_state
-from r2m.config import Config, RewardSource
-from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
-from r2m.core.monitor import Alarm, AlarmConfig, first_alarm, tripped_signals
+from r2m.config.root import Config
+from r2m.config.enums import RewardSource
+from r2m.core.monitor import Alarm, first_alarm, tripped_signals
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.eval.monitor import MonitorModels, PreviousEval, monitor_signals
 from r2m.eval.policy import PolicySamples
@@ -49,11 +49,6 @@ BEST = "best-before-alarm"
 _SNAPSHOT = re.compile(r"^eval-(\d{6,})$")
 EVAL_MARK = "eval/length"
 """A key every evaluation row has (r2m.eval.policy.summarize): how evaluation rows are told from training rows."""
-
-
-def alarm_config(mc: MonitorConfig) -> AlarmConfig:
-    """``rl.monitor``'s thresholds and rule as the core's :class:`AlarmConfig`."""
-    return AlarmConfig(**{name: getattr(mc, name) for name in THRESHOLDS + ALARM_RULE})
 
 
 def describe(alarm: Alarm, steps: list[int]) -> str:
@@ -123,7 +118,7 @@ class AlarmWatch:
         self.cfg, self.models, self.dist = cfg, models, dist
         mc = self.cfg.rl.monitor
         self.enabled, self.armed = mc.enabled, mc.enabled and self.cfg.rl.stop_on_alarm
-        self.alarm_cfg = alarm_config(mc)
+        self.alarm_cfg = mc
         self.checkpoints: Path = run.checkpoints
         # On resume, the evaluations up to the checkpoint are in the run's history already.
         self.rows: list[dict] = [dict(r) for r in run.history if EVAL_MARK in r]

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from r2m.config import Config, Malloc, replace_path
+from r2m.config.root import Config
+from r2m.config.enums import Malloc
+from r2m.config.parsing import replace_path
 from r2m.fileio import atomic_write_text
 from r2m.core.losses import grebt_terms
 from r2m.recipes.pipeline import resolve_inputs

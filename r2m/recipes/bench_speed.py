@@ -31,7 +31,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from r2m.config import ArchConfig, Config, Malloc, OldLogprobs, replace_path
+from r2m.config.models import ArchConfig
+from r2m.config.root import Config
+from r2m.config.enums import Malloc, OldLogprobs
+from r2m.config.parsing import replace_path
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm, save_model
 from r2m.recipes.pipeline import resolve_inputs
@@ -44,7 +47,7 @@ from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step
 from r2m.fileio import atomic_write_text
 from r2m.utils import quiet_transformers
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from typing import Optional
 
 import torch
 
-from r2m.config import PairChoice, R2MConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
 from r2m.core.losses import grebt_terms, within_group_spread
 from r2m.core.pair_choice import WinnerLoser, choose_pair, pair_seed
 from r2m.experience.rewards import R2MSchedule

@@ -10,7 +10,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from r2m.config import KLMode, RLConfig
+from r2m.config.enums import KLMode
+from r2m.config.training import RLConfig
 from r2m.core.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
 from r2m.experience.rollout import Experience
 from r2m.models.critic import response_values

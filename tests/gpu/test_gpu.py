@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 
 DEVICE = os.environ.get("R2M_GPU_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"

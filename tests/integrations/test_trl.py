@@ -246,7 +246,7 @@ def test_rloo_smoke(world_artifacts, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
-    from r2m.config import R2MConfig
+    from r2m.config.models import R2MConfig
 
     policy_dir, rm_dir, files = world_artifacts
     policy = AutoModelForCausalLM.from_pretrained(str(policy_dir))

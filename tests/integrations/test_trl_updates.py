@@ -11,7 +11,7 @@ import pytest
 
 trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'r2m[trl]'): the TRL integration tests skip")
 
-from r2m.config import R2MConfig  # noqa: E402
+from r2m.config.models import R2MConfig  # noqa: E402
 from r2m.integrations.trl import R2MCallback, R2MReward  # noqa: E402
 from r2m.updates.grebt import GREBTUpdater  # noqa: E402
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import ArchConfig, ConfigError, load_config
+from r2m.config.models import ArchConfig
+from r2m.errors import ConfigError
+from r2m.config.parsing import load_config
 
 
 def _lora_rl_cfg(tiny, name: str, *extra: str):
@@ -109,10 +111,10 @@ def test_lora_policy_with_ppo_and_checkpointed_critic(tiny, world_artifacts) -> 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(lora: bool) -> None:
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.models.loading import build_world_lm
     from r2m.models.lora import apply_lora, enable_gradient_checkpointing
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("policy")
     arch = ArchConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -176,7 +178,7 @@ def test_adapter_directories_load_merged_and_bad_ones_are_refused(tmp_path) -> N
 
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.errors import ModelError
     from r2m.models.loading import load_policy, load_reward_model
     from r2m.models.lora import apply_lora, merged_copy

@@ -240,7 +240,7 @@ def test_the_policy_gets_a_model_card_and_is_pushed(users_run) -> None:
 
 
 def test_a_hub_base_model_is_the_cards_base_model(tiny_cfg) -> None:
-    from r2m.config import replace_path
+    from r2m.config.parsing import replace_path
     from r2m.recipes.rl.card import policy_card
 
     cfg = replace_path(tiny_cfg, rl__algorithm="grpo")
@@ -250,7 +250,7 @@ def test_a_hub_base_model_is_the_cards_base_model(tiny_cfg) -> None:
 
 
 def test_every_algorithm_has_its_citation() -> None:
-    from r2m.config import Algorithm
+    from r2m.config.enums import Algorithm
     from r2m.recipes.rl.card import METHODS
 
     assert set(METHODS) == {a.value for a in Algorithm}
@@ -260,7 +260,7 @@ def test_every_algorithm_has_its_citation() -> None:
 def test_a_failed_push_says_where_the_model_is(tiny_cfg, tmp_path, monkeypatch) -> None:
     import huggingface_hub
 
-    from r2m.config import replace_path
+    from r2m.config.parsing import replace_path
     from r2m.errors import ModelError
     from r2m.recipes.rl.card import push_policy
 
@@ -295,7 +295,7 @@ def test_a_tracker_that_is_not_installed_is_an_error(tiny, world_artifacts, caps
 
 def test_report_to_takes_transformers_values(tmp_path) -> None:
     """transformers' report_to values: a list, one name, "all" (every installed tracker), "none"."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.runtime.runlog import resolve_trackers
 
     assert resolve_trackers(load_config(None, ["run.log_with=none"]).run.log_with) == []

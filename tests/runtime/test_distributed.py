@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
 from r2m.recipes.rl.setup import check_data_parallel
@@ -31,7 +31,7 @@ class FakeAccelerator:
 def test_single_process_is_the_identity():
     d = Dist()
     x = torch.arange(6.0).view(3, 2)
-    assert not d.enabled and d.world == 1
+    assert not d.enabled and d.num_processes == 1
     assert d.shard([1, 2, 3]) == [1, 2, 3]
     assert d.gather_rows(x) is x and d.local_rows(x, 3, 1) is x
     assert d.sum(5) == 5 and d.share(6) == 6 and d.all(True) and not d.all(False)

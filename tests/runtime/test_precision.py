@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 
 
@@ -45,7 +45,7 @@ def test_one_bf16_step_at_lr_1e6_moves_every_policy_weight(tiny, world_artifacts
 def test_lora_adapters_and_a_trained_head_are_float32_over_a_bf16_base() -> None:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.models.lora import apply_lora
 
     cfg = LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,

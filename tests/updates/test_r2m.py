@@ -8,7 +8,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from r2m.config import R2MConfig, RLConfig
+from r2m.config.models import R2MConfig
+from r2m.config.training import RLConfig
 from r2m.core.losses import within_group_spread
 from r2m.models.r2m import build_feedback_rm, load_feedback_rm
 from r2m.experience.rewards import FeedbackReward, RewardQuery, noise_like

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r2m.config import PairChoice, R2MConfig, RLConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
+from r2m.config.training import RLConfig
 from r2m.core.pair_choice import choose_random, pair_seed
 from r2m.models.fusion import omega
 from r2m.experience.rewards import ModelReward, OmegaScaledReward, RewardQuery
@@ -84,7 +86,7 @@ def test_scale_control_is_vanilla_times_omega(r2m_bed) -> None:
 
 
 def test_build_reward_wires_the_scale_control_and_the_blind_view(r2m_bed) -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.experience.reward_factory import build_reward
 
     cfg = load_config(None, ["reward.baseline=scale_control", "world.rm_prompt_digits=2"])

@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from r2m.config import MixtureConfig, WorldConfig
-from r2m.world import gold_reward, make_response
+from r2m.config.run import MixtureConfig, WorldConfig
+from r2m.world.task import gold_reward
+from r2m.world.data import make_response
 from r2m.world.likelihood import (SORTED_KINDS, Response, gold_given, kind_shares, read_response,
                                   response_likelihood, sorted_likelihood)
 

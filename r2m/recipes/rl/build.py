@@ -73,7 +73,7 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
     run_dir = Path(cfg.run.root) / cfg.run.name
     acc = make_accelerator(cfg, project_dir=str(run_dir))
     dist = Dist(acc)
-    check_data_parallel(cfg.rl, dist.world)
+    check_data_parallel(cfg.rl, dist.num_processes)
     configure_backend(acc, cfg)
     inputs = resolve_inputs(cfg)  # under several processes the world cache must exist already
     seed_everything(cfg.run.seed)

@@ -10,7 +10,9 @@ import torch
 
 from typing import Callable, Iterator, Optional
 
-from r2m.config import Algorithm, Config, RLConfig
+from r2m.config.enums import Algorithm
+from r2m.config.root import Config
+from r2m.config.training import RLConfig
 from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.distributed import configure_deepspeed
 from r2m.errors import ConfigError, DataError

@@ -65,7 +65,7 @@ def train_step(s: RLComponents, step: int) -> dict[str, float]:
     all_skipped = stats.get("guard/skipped_minibatches", 0) == cfg.rl.epochs * cfg.rl.minibatches
     s.progress.bad_steps = s.progress.bad_steps + 1 if all_skipped else 0
     metrics = step_metrics(s, step, exp, stats, beta, time_step)
-    s.kl_ctl.update(sequence_kl(exp, s.dist), exp.batch_size * s.dist.world)
+    s.kl_ctl.update(sequence_kl(exp, s.dist), exp.batch_size * s.dist.num_processes)
     check_bad_steps(s, step)
     return with_trl_aliases(metrics)  # reward, reward_std, ... beside r2m's keys
 
