@@ -14,7 +14,7 @@ from r2m.recipes.bench_speed import in_child, no_eos_lm, step_flops, summarize
 from r2m.recipes.bench_speed_trl import trl_available
 from r2m.reports.speed import BEGIN, END, write_readme_section
 from r2m.experience.sampling import generate
-from r2m.models.feedback import left_pad
+from r2m.models.forward import left_pad
 from r2m.world.tokenizer import build_tokenizer
 
 

@@ -19,7 +19,8 @@ from r2m.config.training import RLConfig
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm
 from r2m.experience.sampling import generate
-from r2m.models.feedback import feedback_states, left_pad
+from r2m.models.feedback import feedback_states
+from r2m.models.forward import left_pad
 from r2m.models.logprobs import response_forward
 from r2m.world.tokenizer import build_tokenizer
 from r2m.world.task import format_prompt

@@ -21,7 +21,8 @@ from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.eval.winrate import length_controlled_win_rate
 from r2m.experience.rewards import RewardFunction, RewardQuery
 from r2m.experience.sampling import PromptSet, generate
-from r2m.models.feedback import Feedback, feedback_mask, eval_mode, left_pad
+from r2m.models.feedback import Feedback, feedback_mask
+from r2m.models.forward import eval_mode, left_pad
 from r2m.models.logprobs import chunked_response_forward
 from r2m.runtime.distributed import Dist
 

@@ -31,7 +31,7 @@ from r2m.config.root import Config
 from r2m.config.training import VLLMConfig
 from r2m.errors import ConfigError, ModelError
 from r2m.experience.sampling import Generation, assemble_generation, generate, inherited_sampling
-from r2m.models.feedback import left_pad
+from r2m.models.forward import left_pad
 
 log = logging.getLogger("r2m")
 

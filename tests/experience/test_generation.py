@@ -27,7 +27,7 @@ from r2m.experience.rewards import GoldReward
 from r2m.experience.rollout import ExperienceMaker
 from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate
-from r2m.models.feedback import left_pad
+from r2m.models.forward import left_pad
 from r2m.world.tokenizer import build_tokenizer
 from r2m.world.task import format_prompt
 

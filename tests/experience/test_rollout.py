@@ -10,7 +10,7 @@ from r2m.experience.rollout import Experience
 from r2m.models.feedback import feedback_states, text_feedback
 from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate, tokenize_prompts
-from r2m.models.feedback import left_pad, position_ids
+from r2m.models.forward import left_pad, position_ids
 from r2m.world.tokenizer import build_tokenizer
 
 

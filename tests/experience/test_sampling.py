@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from r2m.experience.sampling import generate
-from r2m.models.feedback import position_ids
+from r2m.models.forward import position_ids
 
 V, EOS, PAD, T = 8, 7, 6, 0.8
 SHIPPED = dict(do_sample=True, temperature=0.5, repetition_penalty=1.8, no_repeat_ngram_size=2, top_k=3, top_p=0.7,

@@ -65,7 +65,7 @@ def eos_padded(tmp_path):
 
 def test_an_eos_pad_never_hides_the_real_eos(eos_padded) -> None:
     from r2m.experience.sampling import assemble_generation, concat_generations
-    from r2m.models.feedback import left_pad
+    from r2m.models.forward import left_pad
     from r2m.updates.sft import tokenize_sft
 
     tok, eos = eos_padded, eos_padded.eos_token_id
