@@ -94,6 +94,12 @@ def _case_args(case: str, tmp_path: Path, world_artifacts, world_data_args) -> l
         return ["reward.r2m.omega_floor=-0.1"]
     if case == "k_below_2_for_rloo":
         return ["rl.k=1"]
+    if case == "r2m_with_one_sample":
+        return ["rl.algorithm=reinforce_pp", "rl.k=1", "reward.r2m.enabled=true"]
+    if case == "warmup_longer_than_run":
+        return ["rl.steps=3", "rl.warmup_steps=5"]
+    if case == "kl_horizon_below_a_fifth_of_the_batch":
+        return ["rl.kl_adaptive=true", "rl.kl_horizon=1"]
     if case == "fp16_on_cpu":
         return ["run.device=cpu", "run.mixed_precision=fp16"]
     if case == "lora_rank_0":
@@ -127,6 +133,10 @@ CASES = {
     "alpha_out_of_range": "reward.r2m.alpha: expected in [0, 1], got 1.5",
     "omega_out_of_range": "reward.r2m.omega_floor: expected in [0, 1], got -0.1",
     "k_below_2_for_rloo": "rl.k: expected >= 2 for rloo, got 1",
+    "r2m_with_one_sample": "rl.k: expected >= 2 with reward.r2m.enabled=true (GREBT compares the K samples of a "
+                           "prompt), got 1",
+    "warmup_longer_than_run": "rl.warmup_steps: expected < rl.steps=3 (the warm-up must end before the run does), got 5",
+    "kl_horizon_below_a_fifth_of_the_batch": "rl.kl_horizon: expected > prompts_per_step*k/5",
     "fp16_on_cpu": "run.mixed_precision: expected no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)",
     "lora_rank_0": "policy.lora.r: expected >= 1, got 0",
     "invalid_utf8": "p.jsonl:2: not valid UTF-8 (byte 0xff at column 20)",

@@ -43,3 +43,6 @@ class Config:
         _check(self.reward.max_length >= budget, "reward.max_length",
                f">= data.max_prompt_tokens + rl.max_new_tokens = {budget} (the RM reads prompt and response whole)",
                self.reward.max_length)
+        # GREBT (Eq. 5-7) contrasts the best and worst of each prompt's K samples: a group of one has no pair.
+        _check(not self.reward.r2m.enabled or self.rl.k >= 2, "rl.k",
+               ">= 2 with reward.r2m.enabled=true (GREBT compares the K samples of a prompt)", self.rl.k)

@@ -80,7 +80,7 @@ class RMConfig(SupervisedConfig):
 
 @dataclass(frozen=True)
 class VLLMConfig:
-    """The vLLM generation backend (``rl.generator=vllm``): a colocated engine, weights synced after each step."""
+    """The vLLM generation backend (``rl.generator=vllm``): one colocated engine per process (docs/VLLM.md)."""
 
     gpu_memory_utilization: float = 0.3
     """Share of the GPU's memory vLLM may take (weights + KV cache); the rest is left to training."""
@@ -90,17 +90,29 @@ class VLLMConfig:
     """Run the engine without CUDA graphs (slower decoding, less memory, faster start)."""
     max_model_len: int = 0
     """Longest sequence the engine holds; 0: data.max_prompt_tokens + rl.max_new_tokens (capped by the model)."""
-    per_request_seed: bool = True
-    """Give every request a seed drawn from torch's RNG (saved in checkpoints): a run and its resumption
-    sample the same stream. false: only vLLM's engine RNG, seeded once with run.seed."""
-    enable_sleep_mode: bool = False
-    """Put the engine to sleep (level 1: weights to CPU, KV cache freed) between rollouts; weights are
-    pushed on wake-up. Frees the engine's GPU memory for training at the cost of a copy per step."""
+    max_num_batched_tokens: int = 4096
+    """Tokens the engine schedules per forward pass (vLLM's ``max_num_batched_tokens``; prefills longer than it are
+    chunked). vLLM's own default (tens of thousands) makes its memory profiler reserve activations for that many
+    tokens and leaves little KV cache in a colocated share; TRL sets 4096. 0: vLLM's default."""
+    sleep_level: int = 2
+    """Between rollouts the engine sleeps, freeing its GPU memory for training: 2 discards the weights and KV cache
+    (the policy's weights are pushed at the wake-up anyway), 1 offloads the weights to CPU RAM (a host round trip of
+    the whole model per step), 0 never sleeps (the engine keeps its share during training)."""
+    tensor_parallel_size: int = 1
+    """GPUs (processes) per engine: the processes form groups of this many consecutive ranks, each group one engine
+    over the group's gathered prompts. Must divide the number of processes."""
+    lora_adapter: bool = True
+    """A LoRA policy's adapter goes to the engine as a vLLM LoRA adapter (the base weights only when the engine lost
+    them); false, or an adapter vLLM cannot serve (DoRA, modules_to_save, several active adapters): the merged
+    weights W + BA are pushed one tensor at a time."""
 
     def __post_init__(self) -> None:
         _check(0.0 < self.gpu_memory_utilization < 1.0, "vllm.gpu_memory_utilization", "in (0, 1)",
                self.gpu_memory_utilization)
         _check(self.max_model_len >= 0, "vllm.max_model_len", ">= 0", self.max_model_len)
+        _check(self.max_num_batched_tokens >= 0, "vllm.max_num_batched_tokens", ">= 0", self.max_num_batched_tokens)
+        _check(self.sleep_level in (0, 1, 2), "vllm.sleep_level", "0, 1 or 2", self.sleep_level)
+        _check(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size", ">= 1", self.tensor_parallel_size)
 
 
 GENERATORS = tuple(g.value for g in Generator)
@@ -219,6 +231,8 @@ class RLConfig:
         _check(self.ratio_level == RatioLevel.TOKEN or self.algorithm.sequence_level, "rl.ratio_level",
                f"token for {self.algorithm.value} (its advantage is per token)", self.ratio_level.value)
         _check(self.warmup_steps >= 0, "rl.warmup_steps", ">= 0", self.warmup_steps)
+        _check(self.warmup_steps < self.steps, "rl.warmup_steps",
+               f"< rl.steps={self.steps} (the warm-up must end before the run does)", self.warmup_steps)
         _check(self.epochs >= 1, "rl.epochs", ">= 1", self.epochs)
         _check(self.minibatches >= 1, "rl.minibatches", ">= 1", self.minibatches)
         batch = self.prompts_per_step * self.k
@@ -237,6 +251,9 @@ class RLConfig:
         _check(self.eval_every >= 1, "rl.eval_every", ">= 1", self.eval_every)
         _check(self.kl_target > 0, "rl.kl_target", "> 0", self.kl_target)
         _check(self.kl_horizon >= 1, "rl.kl_horizon", ">= 1", self.kl_horizon)
+        if self.kl_adaptive:  # beta <- beta * (1 + e * n / horizon), e >= -0.2, n = prompts_per_step * k samples
+            _check(5 * self.kl_horizon > batch, "rl.kl_horizon", f"> prompts_per_step*k/5 = {batch / 5:g} with "
+                   "rl.kl_adaptive=true (else one update below the target takes beta to 0 or below)", self.kl_horizon)
         _check(0 <= self.gamma <= 1, "rl.gamma", "in [0, 1]", self.gamma)
         _check(0 <= self.lam <= 1, "rl.lam", "in [0, 1]", self.lam)
         _check(self.critic_lr > 0, "rl.critic_lr", "> 0", self.critic_lr)

@@ -230,7 +230,9 @@ MAPPERS: dict[str, Callable[[Any, _Ctx], dict]] = {
     "importance_sampling_level": _ratio_level, "reward_clip_range": _reward_clip,
     "use_vllm": lambda v, c: {"rl.generator": "vllm" if _bool("use_vllm", v) else "hf"},
     "vllm_gpu_memory_utilization": _simple("rl.vllm.gpu_memory_utilization"),
-    "vllm_enable_sleep_mode": _simple("rl.vllm.enable_sleep_mode"),
+    "vllm_enable_sleep_mode": lambda v, c: {} if v is None else {"rl.vllm.sleep_level": 2 if _bool(
+        "vllm_enable_sleep_mode", v) else 0},
+    "vllm_tensor_parallel_size": _simple("rl.vllm.tensor_parallel_size"),
     "vllm_max_model_length": lambda v, c: {"rl.vllm.max_model_len": v or 0},
 }
 """Names mapped one by one; the others (batch shape, steps, evaluation, saving, data, resume) by the groups below."""

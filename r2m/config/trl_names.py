@@ -266,9 +266,9 @@ _add("use_vllm", M, "rl.generator=vllm (colocated engine; docs/GENERATION.md)", 
 _add("vllm_mode", D, "colocate only (no vLLM server)", RL, ("colocate",))
 _add("vllm_model_impl", D, "vLLM's own model implementation", RL, ("vllm",))
 _add("vllm_gpu_memory_utilization", M, "rl.vllm.gpu_memory_utilization", RL)
-_add("vllm_enable_sleep_mode", M, "rl.vllm.enable_sleep_mode", RL)
+_add("vllm_enable_sleep_mode", M, "rl.vllm.sleep_level (true: 2, false: 0)", RL)
 _add("vllm_max_model_length", M, "rl.vllm.max_model_len (unset: 0, prompt + completion budget)", RL)
-_add("vllm_tensor_parallel_size", D, "one GPU per engine", RL, (1,))
+_add("vllm_tensor_parallel_size", M, "rl.vllm.tensor_parallel_size", RL)
 _add("vllm_structured_outputs_regex", D, "no structured outputs", RL, (None,))
 _add("vllm_server_base_url vllm_server_host vllm_server_port vllm_server_timeout vllm_group_port", N,
      "read only with vllm_mode=server (refused)", RL)

@@ -60,7 +60,7 @@ class AdaptiveKLController:
     On every update with the measured KL ``current_kl`` over ``n_steps`` samples::
 
         e = clip(current_kl / target − 1, −0.2, 0.2)
-        β ← β · (1 + e · n_steps / horizon)
+        β ← max(0, β · (1 + e · n_steps / horizon))
 
     so β grows when the KL exceeds ``target`` and shrinks when it falls short. The clip bounds the
     change per update (a single outlier batch cannot blow β up), and ``horizon`` sets how many
@@ -88,7 +88,8 @@ class AdaptiveKLController:
             raise ValueError(f"current_kl must be finite, got {current_kl!r}")
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         mult = 1.0 + proportional_error * n_steps / self.horizon
-        self.value *= mult
+        # n_steps > 5 * horizon makes mult negative below the target: beta stops at 0, never below.
+        self.value = max(0.0, self.value * mult)
 
     def state_dict(self) -> dict[str, Any]:
         # target and horizon are settings, taken from the (resumed) run's config, not from here;

@@ -217,7 +217,7 @@ class ExperienceMaker:
         """Sample the rows; with ``seeds``, in len(seeds) equal chunks of rows, each from its own seed
         and without touching the global RNG stream (samples then do not depend on how the global
         batch is split over processes)."""
-        if not seeds:
+        if not seeds or self.generator.whole_step:
             return self._generate(prompt_ids, temperature, keep)
         parts = []
         devices = [self.device] if self.device.type == "cuda" else []
@@ -232,7 +232,7 @@ class ExperienceMaker:
         """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0).
 
         ``keep``: with ``rl.old_logprobs=generation``, also pi_old's log-probs (and, for R2M, h) from it."""
-        size = self.cfg.rollout_batch_size or len(prompt_ids) or 1
+        size = (0 if self.generator.whole_step else self.cfg.rollout_batch_size) or len(prompt_ids) or 1
         extra = {}
         if keep and self.cfg.old_logprobs == OldLogprobs.GENERATION:
             extra = dict(with_logprobs=True, with_hidden=self.reward_fn.needs_policy_hidden)

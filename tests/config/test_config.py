@@ -46,6 +46,10 @@ def test_overrides_are_yaml_typed() -> None:
         ("rl.clip_ratio_c=1.0", "rl.clip_ratio_c: expected > 1 or null"),
         ("rl.clip_eps_high=0", "rl.clip_eps_high: expected > 0 or null"),
         ("rl.warmup_steps=-1", "rl.warmup_steps: expected >= 0"),
+        ("rl.warmup_steps=200", "rl.warmup_steps: expected < rl.steps=200 (the warm-up must end before the run does)"),
+        ("rl.vllm.sleep_level=3", "rl.vllm.sleep_level: expected 0, 1 or 2, got 3"),
+        ("rl.vllm.tensor_parallel_size=0", "rl.vllm.tensor_parallel_size: expected >= 1, got 0"),
+        ("rl.vllm.max_num_batched_tokens=-1", "rl.vllm.max_num_batched_tokens: expected >= 0, got -1"),
         ("rl.lr_schedule=step", "rl.lr_schedule: expected one of"),
         ("reward.r2m.init=xavier", "reward.r2m.init: expected one of"),
         ("world.tau=0", "world.tau: expected > 0"),
@@ -155,3 +159,29 @@ def test_sft_and_rm_share_one_definition_of_the_optimiser_fields() -> None:
     for section in ("sft", "rm"):
         with pytest.raises(ConfigError, match=rf"^{section}\.warmup_ratio: expected in \[0, 1\)"):
             load_config(None, [f"{section}.warmup_ratio=1.0"])
+
+
+def test_r2m_needs_a_group_of_samples() -> None:
+    """GREBT contrasts the best and worst of a prompt's K samples: K = 1 is refused at start-up, naming rl.k (an
+    algorithm that takes K = 1 alone accepts it)."""
+    assert load_config(None, ["rl.algorithm=reinforce_pp", "rl.k=1"]).rl.k == 1
+    with pytest.raises(ConfigError, match=r"rl.k: expected >= 2 with reward.r2m.enabled=true .*got 1"):
+        load_config(None, ["rl.algorithm=reinforce_pp", "rl.k=1", "reward.r2m.enabled=true"])
+    assert load_config(None, ["rl.algorithm=reinforce_pp", "rl.k=2", "reward.r2m.enabled=true"]).rl.k == 2
+
+
+def test_warmup_must_end_before_the_run() -> None:
+    assert load_config(None, ["rl.steps=10", "rl.warmup_steps=9"]).rl.warmup_steps == 9
+    for warmup in (10, 25):
+        with pytest.raises(ConfigError, match=f"rl.warmup_steps: expected < rl.steps=10 .*got {warmup}"):
+            load_config(None, ["rl.steps=10", f"rl.warmup_steps={warmup}"])
+
+
+def test_adaptive_kl_horizon_must_keep_beta_positive() -> None:
+    """beta <- beta * (1 + e * n / horizon) with e >= -0.2: n = prompts_per_step * k = 8 * 4 = 32 samples need a
+    horizon above 32 / 5 = 6.4; at 6 one update at KL 0 gives 1 - 0.2 * 32 / 6 < 0."""
+    base = ["rl.prompts_per_step=8", "rl.k=4", "rl.kl_adaptive=true"]
+    assert load_config(None, [*base, "rl.kl_horizon=7"]).rl.kl_horizon == 7
+    with pytest.raises(ConfigError, match=r"rl.kl_horizon: expected > prompts_per_step\*k/5 = 6.4 .*got 6"):
+        load_config(None, [*base, "rl.kl_horizon=6"])
+    assert load_config(None, [*base[:-1], "rl.kl_horizon=6"]).rl.kl_horizon == 6  # a fixed beta reads no horizon

@@ -68,6 +68,26 @@ def test_adaptive_rejects_bad_settings_and_nan_kl() -> None:
     assert ctl.value == 0.2
 
 
+def test_adaptive_beta_stops_at_zero() -> None:
+    """n_steps > 5 * horizon below the target makes the multiplier negative; beta stops at 0 and stays there.
+    beta0 = 0.2, target 0.1, horizon 100, n = 1000:
+    KL 0.09: e = -0.1, mult = 1 - 0.1 * 10 = 0 -> 0.2 * 0 = 0
+    restart at 0.2, KL 0.0: e = -0.2, mult = 1 - 0.2 * 10 = -1 -> max(0, -0.2) = 0; then KL 0.2: e = +0.2,
+    mult = 3, 0 * 3 = 0."""
+    ctl = AdaptiveKLController(0.2, target=0.1, horizon=100)
+    ctl.update(0.09, 1000)
+    assert ctl.value == 0.0
+    ctl = AdaptiveKLController(0.2, target=0.1, horizon=100)
+    ctl.update(0.0, 1000)
+    assert ctl.value == 0.0 and not str(ctl.value).startswith("-")
+    ctl.update(0.2, 1000)
+    assert ctl.value == 0.0
+    ok = AdaptiveKLController(0.2, target=0.1, horizon=100)
+    ok.update(0.09, 100)  # e = -0.1, mult = 0.9
+    ok.update(0.0, 200)  # e = -0.2, mult = 1 - 0.4 = 0.6
+    assert ok.value == pytest.approx(0.2 * 0.9 * 0.6)  # 0.108: inside the range the clamp leaves alone
+
+
 def test_fixed_never_moves() -> None:
     ctl = FixedKLController(0.05)
     for kl in (0.0, 0.1, 10.0, 1e6):

@@ -5,10 +5,8 @@ from the log-prob pass."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +29,10 @@ from r2m.models.forward import left_pad
 from r2m.world.tokenizer import build_tokenizer
 from r2m.world.task import format_prompt
 
+sys.path.insert(0, str(Path(__file__).parent))
+import fake_vllm as fake_vllm_module  # noqa: E402
+from fake_vllm import FakeLLM, OldFakeLLM, fake_module, fake_tokens  # noqa: E402
+
 DIGITS = ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0], [6, 3], [1, 2, 0])
 
 
@@ -43,115 +45,15 @@ def _prompt_ids(tok, digits=DIGITS) -> list[list[int]]:
     return [tok(format_prompt(d))["input_ids"] for d in digits]
 
 
-# ---------------------------------------------------------------------------------------------
-# A fake vllm: records what it is asked, answers deterministically
-# ---------------------------------------------------------------------------------------------
-
-
-class FakeSamplingParams:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.__dict__.update(kwargs)
-
-
-class FakeModel:
-    """vLLM's model: ``load_weights`` takes HF-named (name, tensor) pairs; it keeps a copy of each push."""
-
-    def __init__(self):
-        self.loads: list[dict[str, torch.Tensor]] = []
-
-    def load_weights(self, weights):
-        self.loads.append({name: t.detach().clone() for name, t in weights})
-
-
-def fake_tokens(prompt_ids: list[int], index: int, params: FakeSamplingParams) -> list[int]:
-    """Row 3i: the sorted digits + eos; 3i+1: digits until max_tokens (no eos); 3i+2: stops early without eos
-    (another stop id, as a checkpoint's generation_config may add)."""
-    eos, n = params.stop_token_ids[0], params.max_tokens
-    digits = prompt_ids[1:-1]  # <bos> d d d =>
-    if index % 3 == 0:
-        return (sorted(digits)[: n - 1] + [eos])[:n]
-    if index % 3 == 1:
-        return (digits * n)[:n]
-    return digits[:1]
-
-
-class _FakeLLMBase:
-    instances: list = []
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.model = FakeModel()
-        self.params: list = []
-        self.events: list = []
-        self.prefix_resets = 0
-        type(self).instances.append(self)
-
-    def generate(self, prompts, sampling_params=None, use_tqdm=True):
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
-        self.params.append(params)
-        self.events.append("generate")
-        outs = []
-        for i, (p, sp) in enumerate(zip(prompts, params)):
-            toks = fake_tokens(list(p["prompt_token_ids"]), i, sp)
-            reason = "length" if len(toks) == sp.max_tokens and toks[-1] != sp.stop_token_ids[0] else "stop"
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=tuple(toks), finish_reason=reason)]))
-        return outs
-
-    def reset_prefix_cache(self):
-        self.prefix_resets += 1
-
-    def sleep(self, level=1):
-        self.events.append(f"sleep{level}")
-
-    def wake_up(self):
-        self.events.append("wake")
-
-
-class FakeLLM(_FakeLLMBase):
-    """Newer vLLM: ``collective_rpc`` runs a callable on each worker (one here)."""
-
-    def collective_rpc(self, method, args=(), kwargs=None):
-        worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
-        return [method(worker, *args, **(kwargs or {}))]
-
-
-class OldFakeLLM(_FakeLLMBase):
-    """Older vLLM: no collective_rpc; the model sits on the driver worker."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker))
-
-
-@dataclasses.dataclass
-class FakeEngineArgs:
-    model: str = ""
-    generation_config: str = "auto"
-
-
-def _fake_module(llm_cls, engine_args: bool = False) -> types.ModuleType:
-    mod = types.ModuleType("vllm")
-    mod.LLM, mod.SamplingParams = llm_cls, FakeSamplingParams
-    mod.inputs = types.ModuleType("vllm.inputs")
-    mod.inputs.TokensPrompt = dict
-    if engine_args:
-        mod.EngineArgs = FakeEngineArgs
-    llm_cls.instances = []
-    return mod
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
     """Install the fake as ``vllm`` and pretend the (CPU) device is CUDA; returns an installer."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "x")
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")  # restored (unset) after the test
-    monkeypatch.setattr(generation, "_cuda_device", lambda device: True)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
 
-    def install(llm_cls=FakeLLM, engine_args: bool = False) -> type:
-        monkeypatch.setitem(sys.modules, "vllm", _fake_module(llm_cls, engine_args))
-        return llm_cls
+    def install(llm_cls=FakeLLM, engine_args: bool = False, lora: bool = False) -> type:
+        return fake_vllm_module.install(monkeypatch, llm_cls, engine_args, lora)
 
     install()
     return install
@@ -202,7 +104,7 @@ def test_vllm_layout_matches_the_hf_path(fake_vllm) -> None:
     assert torch.equal(gen.sequences[:, :P], ids) and torch.equal(gen.attention_mask[:, :P], mask)
     params = FakeLLM.instances[0].params[0]
     for i, (p, row, m) in enumerate(zip(prompts, gen.sequences[:, P:], gen.action_mask)):
-        toks = fake_tokens(p, i, params[i])
+        toks = fake_tokens(p, i, params)
         n = len(toks)
         assert m[:n].all() and not m[n:].any()  # a prefix: up to and including eos, or the whole response
         assert row[:n].tolist() == toks and (row[n:] == pad).all()
@@ -221,38 +123,37 @@ def test_vllm_engine_and_sampling_arguments(fake_vllm) -> None:
     llm = FakeLLM.instances[0]
     assert llm.kwargs == dict(model="/models/policy", dtype="auto", gpu_memory_utilization=0.3, enforce_eager=False,
                               max_model_len=32, seed=5, tensor_parallel_size=1, trust_remote_code=False,
-                              load_format="safetensors")
+                              load_format="safetensors", enable_sleep_mode=True, max_num_batched_tokens=4096)
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # the engine runs in this process
-    torch.manual_seed(0)
     g.generate(_prompt_ids(tok)[:3], temperature=0.7, max_new_tokens=4)
-    sp = llm.params[-1]
-    assert [p.kwargs["temperature"] for p in sp] == [0.7] * 3
-    assert all(p.top_p == 1.0 and p.top_k == -1 and p.n == 1 and p.max_tokens == 4 for p in sp)
+    sp = llm.params[-1]  # one SamplingParams for the whole call
+    assert not isinstance(sp, list) and sp.kwargs["temperature"] == 0.7
+    assert sp.top_p == 1.0 and sp.top_k == -1 and sp.n == 1 and sp.max_tokens == 4
     # every sampling field at its neutral value, explicitly: nothing left to the engine's or checkpoint's defaults
-    assert all(p.min_p == 0.0 and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
-               and p.frequency_penalty == 0.0 and p.min_tokens == 0 and p.ignore_eos is False for p in sp)
-    assert all(p.stop_token_ids == [tok.eos_token_id] for p in sp)
-    seeds = [p.seed for p in sp]
-    assert seeds == list(range(seeds[0], seeds[0] + 3))  # one draw from torch's RNG, one seed per request
-    torch.manual_seed(0)
-    g.generate(_prompt_ids(tok)[:3], temperature=0.7, max_new_tokens=4)
-    assert [p.seed for p in llm.params[-1]] == seeds  # reproducible from the torch seed
+    assert (sp.min_p == 0.0 and sp.repetition_penalty == 1.0 and sp.presence_penalty == 0.0
+            and sp.frequency_penalty == 0.0 and sp.min_tokens == 0 and sp.ignore_eos is False)
+    assert sp.stop_token_ids == [tok.eos_token_id]
+    assert "seed" not in sp.kwargs  # no per-request seed: vLLM's batched sampler, the engine's seed
     g.generate(_prompt_ids(tok)[:3], temperature=0.0, max_new_tokens=4)  # greedy (ReMax's baseline)
-    assert all(p.temperature == 0.0 and "seed" not in p.kwargs for p in llm.params[-1])
-    # Newer vLLM: the checkpoint's generation_config does not add stop ids; unsafe weights only when allowed.
+    assert llm.params[-1].temperature == 0.0 and "seed" not in llm.params[-1].kwargs
+    # Newer vLLM: the checkpoint's generation_config does not add stop ids; unsafe weights only when allowed;
+    # sleep level 0 and max_num_batched_tokens 0 leave vLLM's own behaviour.
     fake_vllm(FakeLLM, engine_args=True)
-    _vllm_gen(policy, tok, VLLMConfig(per_request_seed=False, dtype="bfloat16"), allow_unsafe_weights=True)
+    _vllm_gen(policy, tok, VLLMConfig(dtype="bfloat16", sleep_level=0, max_num_batched_tokens=0),
+              allow_unsafe_weights=True)
     kw = FakeLLM.instances[-1].kwargs
     assert kw["generation_config"] == "vllm" and kw["load_format"] == "auto" and kw["dtype"] == "bfloat16"
+    assert kw["enable_sleep_mode"] is False and "max_num_batched_tokens" not in kw
+    assert "distributed_executor_backend" not in kw  # one process: vLLM's own in-process executor
 
 
 @pytest.mark.parametrize("llm_cls", [FakeLLM, OldFakeLLM], ids=["collective_rpc", "driver_worker"])
 def test_sync_pushes_every_weight_by_name(fake_vllm, llm_cls) -> None:
     fake_vllm(llm_cls)
     policy, tok = _policy()
-    g = _vllm_gen(policy, tok)
+    g = _vllm_gen(policy, tok, VLLMConfig(sleep_level=0))
     llm = llm_cls.instances[0]
-    assert len(llm.model.loads) == 1 and llm.prefix_resets == 1  # pushed at construction
+    assert len(llm.model.loads) == 1 and llm.prefix_resets == 1  # never asleep: pushed at construction
     params = dict(policy.named_parameters())
     with torch.no_grad():
         for p in policy.parameters():
@@ -264,19 +165,62 @@ def test_sync_pushes_every_weight_by_name(fake_vllm, llm_cls) -> None:
     for name, p in params.items():
         assert torch.equal(pushed[name], p.detach()), name
     assert not torch.equal(llm.model.loads[0]["model.norm.weight"], pushed["model.norm.weight"])
+    g.release()
+    assert llm.counts()["sleeps"] == []  # sleep level 0: never sleeps
 
 
-def test_sleep_mode_defers_the_push_to_the_wake_up(fake_vllm) -> None:
+def test_sleep_level_2_wakes_weights_pushes_then_kv_cache(fake_vllm) -> None:
     policy, tok = _policy()
-    g = _vllm_gen(policy, tok, VLLMConfig(enable_sleep_mode=True))
+    g = _vllm_gen(policy, tok)  # rl.vllm.sleep_level=2, the default
     llm = FakeLLM.instances[0]
     assert llm.kwargs["enable_sleep_mode"] is True
-    g.generate(_prompt_ids(tok)[:2], 1.0, 3)
-    assert llm.events == ["generate", "sleep1"]
-    g.sync_weights(policy)
-    assert len(llm.model.loads) == 1  # asleep: nothing pushed yet
-    g.generate(_prompt_ids(tok)[:2], 1.0, 3)
-    assert llm.events == ["generate", "sleep1", "wake", "generate", "sleep1"] and len(llm.model.loads) == 2
+    assert llm.events == ["sleep2"]  # asleep from construction: its memory is training's until the first rollout
+    for step in range(2):
+        g.generate(_prompt_ids(tok)[:2], 1.0, 3)
+        g.generate(_prompt_ids(tok)[2:4], 0.0, 3)  # ReMax's greedy baseline: the engine is awake already
+        g.release()
+        with torch.no_grad():
+            policy.model.norm.weight.add_(1.0)
+        g.sync_weights(policy)  # asleep: the push waits for the wake-up
+        assert len(llm.model.loads) == step + 1
+    # one sleep and one wake (weights, push, KV cache) per step, however many generate calls the step makes
+    assert llm.events == ["sleep2"] + 2 * ["wake:weights", "load", "wake:kv_cache", "generate", "generate", "sleep2"]
+    g.generate(_prompt_ids(tok)[:1], 1.0, 3)
+    assert torch.equal(llm.model.loads[-1]["model.norm.weight"], policy.model.norm.weight)  # the latest weights
+    # Level 1 keeps the weights (offloaded to CPU): pushed again only after a sync.
+    one = _vllm_gen(policy, tok, VLLMConfig(sleep_level=1))
+    llm1 = FakeLLM.instances[-1]
+    one.generate(_prompt_ids(tok)[:1], 1.0, 3)
+    one.release()
+    one.generate(_prompt_ids(tok)[:1], 1.0, 3)  # no sync in between: nothing to push
+    assert llm1.events == ["sleep1", "wake:weights", "load", "wake:kv_cache", "generate", "sleep1", "wake:weights",
+                           "wake:kv_cache", "generate"]
+
+
+def test_one_step_at_the_paper_sizes(fake_vllm) -> None:
+    """configs/paper/r2m_qwen2.5-3b_ultrafeedback_rloo.yaml's batch (64 prompts x K=8, rl.rollout_batch_size=16,
+    rl.rollout_chunks=8) on one process: one generate of all 512 rows, one sleep at level 2, a wake of the
+    weights, one push, a wake of the KV cache; no per-request seed, the engine seeded once."""
+    from r2m.recipes.rl.step import chunk_seeds
+    from r2m.runtime.distributed import Dist
+
+    policy, tok = _policy()
+    cfg = RLConfig(prompts_per_step=64, k=8, rollout_batch_size=16, rollout_chunks=8, max_new_tokens=4,
+                   generator="vllm", minibatches=4)
+    g = _vllm_gen(policy, tok, cfg.vllm)
+    llm = FakeLLM.instances[0]
+    maker = ExperienceMaker(policy, policy, tok, GoldReward(WorldConfig()), cfg, torch.device("cpu"), generator=g)
+    digits = [DIGITS[i % len(DIGITS)] for i in range(64)]
+    llm.events.clear()
+    rollout = maker.rollout([str(d) for d in digits], _prompt_ids(tok, digits), 0, chunk_seeds(8, 0, Dist(), 1))
+    g.release()  # train_step: after the rewards, before the update
+    g.sync_weights(policy)  # train_step: after the update
+    assert rollout.gen.sequences.shape[0] == 512
+    assert llm.counts() == {"generate": 1, "rows": [512], "sleeps": ["sleep2"],
+                            "wakes": ["wake:weights", "wake:kv_cache"], "loads": 1}
+    assert llm.events == ["wake:weights", "load", "wake:kv_cache", "generate", "sleep2"]
+    assert "seed" not in llm.params[0].kwargs and llm.kwargs["seed"] == 5
+    assert maker.generator.whole_step and not HFGenerator.whole_step  # hf keeps rl.rollout_batch_size's chunks
 
 
 def test_lora_policy_is_merged_for_the_engine() -> None:
@@ -288,6 +232,7 @@ def test_lora_policy_is_merged_for_the_engine() -> None:
         for name, p in lora.named_parameters():
             if "lora_B" in name:
                 p.normal_()
+    own = {k: v.clone() for k, v in lora.state_dict().items()}
     weights = dict(policy_weights(lora))
     merged = copy.deepcopy(lora).merge_and_unload().state_dict()
     assert set(weights) == set(merged) == set(policy.state_dict())
@@ -295,6 +240,75 @@ def test_lora_policy_is_merged_for_the_engine() -> None:
         torch.testing.assert_close(weights[name], t, rtol=1e-6, atol=1e-6)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(weights[q], policy.state_dict()[q])  # the adapter is in the pushed weight
+    # merged on the fly: the policy's own weights (and the adapter-free reference's base) are untouched, bit for bit
+    assert all(torch.equal(own[k], v) for k, v in lora.state_dict().items())
+
+
+def _lora_policy(r: int = 2):
+    peft = pytest.importorskip("peft")
+    policy, tok = _policy()
+    lora = peft.get_peft_model(policy, peft.LoraConfig(r=r, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    return lora, tok
+
+
+def test_lora_adapter_goes_to_vllm_as_a_lora_request(fake_vllm) -> None:
+    """Where vLLM serves LoRA, the adapter is written as PEFT saves it and passed as a LoRARequest with a new id
+    per sync; the base weights go unmerged, and only when the engine lost them (level 2 sleep, or first)."""
+    from safetensors.torch import load_file
+
+    fake_vllm(FakeLLM, engine_args=True, lora=True)
+    lora, tok = _lora_policy()
+    g = _vllm_gen(lora, tok, VLLMConfig(sleep_level=0))
+    llm = FakeLLM.instances[0]
+    assert llm.kwargs["enable_lora"] is True and llm.kwargs["max_loras"] == 1 and llm.kwargs["max_lora_rank"] == 8
+    base = dict(llm.model.loads[0])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert set(base) == set(_policy()[0].state_dict())
+    assert torch.equal(base[q], lora.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight)  # unmerged
+    g.generate(_prompt_ids(tok)[:2], 1.0, 3)
+    req = llm.lora_requests[-1]
+    assert req.lora_int_id == 1 and Path(req.lora_path, "adapter_config.json").exists()
+    saved = load_file(str(Path(req.lora_path, "adapter_model.safetensors")))
+    b = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    assert torch.equal(saved[b], lora.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight)
+    with torch.no_grad():
+        lora.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.add_(1.0)
+    g.sync_weights(lora)
+    g.generate(_prompt_ids(tok)[:2], 1.0, 3)
+    assert len(llm.model.loads) == 1  # awake: the base stays; only the adapter moves
+    req2 = llm.lora_requests[-1]
+    assert req2.lora_int_id == 2
+    saved = load_file(str(Path(req2.lora_path, "adapter_model.safetensors")))
+    assert torch.equal(saved[b], lora.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight)
+    # Level 2 sleep discards the base: pushed again at every wake-up.
+    g2 = _vllm_gen(lora, tok)
+    llm2 = FakeLLM.instances[-1]
+    for _ in range(2):
+        g2.generate(_prompt_ids(tok)[:1], 1.0, 3)
+        g2.release()
+    assert llm2.counts()["loads"] == 2 and [r.lora_int_id for r in llm2.lora_requests] == [1, 2]
+    # Without vLLM's LoRA support: the merged weights, and no LoRA request.
+    fake_vllm(FakeLLM, engine_args=True, lora=False)
+    _vllm_gen(lora, tok, VLLMConfig(sleep_level=0)).generate(_prompt_ids(tok)[:1], 1.0, 3)
+    llm3 = FakeLLM.instances[-1]
+    assert "enable_lora" not in llm3.kwargs and llm3.lora_requests == [None]
+    assert not torch.equal(llm3.model.loads[0][q], base[q])  # W + BA
+
+
+def test_sleep_mode_refuses_expandable_segments(fake_vllm, monkeypatch) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128,expandable_segments:True")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = load_config(None, ["rl.generator=vllm"])
+    with pytest.raises(ConfigError, match=r"rl.vllm.sleep_level=2: vLLM's sleep mode cannot run with "
+                                          r"PYTORCH_CUDA_ALLOC_CONF=.*unset that environment variable"):
+        generation.check_generator(cfg)
+    generation.check_generator(load_config(None, ["rl.generator=vllm", "rl.vllm.sleep_level=0"]))  # no sleep: fine
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
+    generation.check_generator(cfg)
 
 
 def test_missing_vllm_or_cuda_is_a_clear_config_error(monkeypatch) -> None:
@@ -302,7 +316,7 @@ def test_missing_vllm_or_cuda_is_a_clear_config_error(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"rl.generator=vllm needs the vllm package \(pip install vllm\) and a "
                                           r"CUDA GPU .*use rl.generator=hf"):
         generation.require_vllm(torch.device("cpu"))
-    monkeypatch.setitem(sys.modules, "vllm", _fake_module(FakeLLM))  # installed, but no GPU
+    monkeypatch.setitem(sys.modules, "vllm", fake_module(FakeLLM))  # installed, but no GPU
     with pytest.raises(ConfigError, match="needs a CUDA GPU") as err:
         generation.require_vllm(torch.device("cpu"))
     assert "pip install" not in str(err.value)
@@ -330,8 +344,8 @@ def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, 
 
 
 def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
-    """End to end with the fake: samples come from the engine, h from the policy's log-prob pass, and the
-    engine gets the updated weights after every step."""
+    """End to end with the fake: samples come from the engine, h from the policy's log-prob pass; each step wakes
+    the engine once (the weights of the previous update pushed), generates once and sleeps before the update."""
     from r2m.recipes.rl.build import build_run
     from r2m.recipes.rl.step import train_step
 
@@ -339,6 +353,7 @@ def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
     assert isinstance(rl.generator, VLLMGenerator) and rl.maker.generator is rl.generator
     llm = FakeLLM.instances[0]
     assert llm.kwargs["model"] == rl.inputs.policy and llm.kwargs["max_model_len"] == 64  # 64 + 10, capped by the model
+    assert llm.kwargs["seed"] == rl.cfg.run.seed and llm.events == ["sleep2"]
     policy = rl.models.unwrapped_policy()
 
     idx, train = [0, 1, 2, 3], rl.train_prompts
@@ -346,24 +361,27 @@ def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
     params = llm.params[-1]
     prompts = [ids for i in idx for ids in [train.ids[i]] * rl.cfg.rl.k]
     for j, (row, m) in enumerate(zip(exp.sequences[:, exp.prompt_len:], exp.action_mask)):
-        assert row[m.bool()].tolist() == fake_tokens(prompts[j], j, params[j])  # the engine's samples
+        assert row[m.bool()].tolist() == fake_tokens(prompts[j], j, params)  # the engine's samples
     B, S = exp.sequences.shape
     assert exp.policy_hidden.shape == (B, S - 1, 32) and exp.policy_mask.shape == (B, S - 1)
     with torch.no_grad():
         h = response_forward(policy, exp.sequences, exp.attention_mask, exp.prompt_len, rl.cfg.rl.temperature,
                              with_hidden=True).hidden[:, :-1]
     torch.testing.assert_close(exp.policy_hidden, h)  # h from pi_old's forward pass over the sampled tokens
+    assert all(torch.equal(llm.model.loads[0][k], v) for k, v in policy.state_dict().items())  # pushed at the wake
 
-    assert len(llm.model.loads) == 1
-    before = {k: v.clone() for k, v in policy.state_dict().items()}
-    m1 = train_step(rl, 1)
+    llm.events.clear()
+    m1 = train_step(rl, 1)  # awake (make() above does not release): no push; sleeps before the update
     assert "r2m/grebt" in m1 and m1["r2m/hidden_mb"] > 0 and "loss/policy" in m1
-    assert len(llm.model.loads) == 2
-    pushed = llm.model.loads[-1]
-    assert all(torch.equal(pushed[k], v) for k, v in policy.state_dict().items())  # the updated weights
-    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert llm.events == ["generate", "sleep2"]  # the update's weights wait for the next wake-up
+    after1 = {k: v.clone() for k, v in policy.state_dict().items()}
+    assert any(not torch.equal(llm.model.loads[0][k], v) for k, v in after1.items())
+    llm.events.clear()
     train_step(rl, 2)
-    assert len(llm.model.loads) == 3 and len(llm.params) == 3
+    assert llm.events == ["wake:weights", "load", "wake:kv_cache", "generate", "sleep2"]
+    assert all(torch.equal(llm.model.loads[-1][k], v) for k, v in after1.items())  # step 1's updated weights
+    rows = rl.cfg.rl.prompts_per_step * rl.cfg.rl.k
+    assert len(llm.params) == 3 and llm.counts()["rows"] == [4 * rl.cfg.rl.k, rows, rows]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -377,16 +395,55 @@ def test_generator_config_is_validated(override, message) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert message in str(err.value)
-    cfg = load_config(None, ["rl.generator=vllm", "rl.vllm.enable_sleep_mode=true"])
-    assert cfg.rl.generator == "vllm" and cfg.rl.vllm.enable_sleep_mode and load_config().rl.generator == "hf"
+    cfg = load_config(None, ["rl.generator=vllm", "rl.vllm.sleep_level=1", "rl.vllm.tensor_parallel_size=2"])
+    assert cfg.rl.generator == "vllm" and cfg.rl.vllm.sleep_level == 1 and load_config().rl.generator == "hf"
+    assert load_config().rl.vllm.sleep_level == 2 and load_config().rl.vllm.max_num_batched_tokens == 4096
 
 
-def test_build_generator_defaults_to_hf_and_refuses_several_processes(fake_vllm) -> None:
+def test_build_generator_defaults_to_hf_and_checks_the_tensor_parallel_size(fake_vllm) -> None:
     policy, tok = _policy()
     cpu = torch.device("cpu")
     assert isinstance(build_generator(load_config(), "/p", policy, tok, cpu), HFGenerator)
-    acc = SimpleNamespace(num_processes=2, unwrap_model=lambda m: m)
-    with pytest.raises(ConfigError, match="rl.generator=vllm: one training process only"):
-        build_generator(load_config(None, ["rl.generator=vllm"]), "/p", policy, tok, cpu, acc)
+    acc = SimpleNamespace(num_processes=3, process_index=0, local_process_index=0, unwrap_model=lambda m: m)
+    with pytest.raises(ConfigError, match="rl.vllm.tensor_parallel_size: expected a divisor of the 3 processes, got 2"):
+        build_generator(load_config(None, ["rl.generator=vllm", "rl.vllm.tensor_parallel_size=2"]), "/p", policy,
+                        tok, cpu, acc)
     g = build_generator(load_config(None, ["rl.generator=vllm", "rl.vllm.max_model_len=20"]), "/p", policy, tok, cpu)
     assert isinstance(g, VLLMGenerator) and FakeLLM.instances[-1].kwargs["max_model_len"] == 20
+
+
+@pytest.mark.slow
+def test_process_layout_under_torchrun(tmp_path) -> None:
+    """`torchrun --nproc_per_node 2` (gloo, CPU) against the fake: one engine per rank with the external launcher,
+    seeded run.seed + rank; then one tensor-parallel group of 2 that gathers both ranks' prompts in rank order into
+    one engine call (seeded alike on both ranks) and hands each rank its own outputs back."""
+    import json
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(Path(__file__).with_name("vllm_tp_worker.py")),
+                           str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, o in enumerate(out):
+        dp = o["tp1"]
+        assert dp["engines"] == 1 and dp["kwargs"]["distributed_executor_backend"] == "external_launcher"
+        assert dp["kwargs"]["tensor_parallel_size"] == 1 and dp["kwargs"]["seed"] == 7 + r
+        assert dp["engine_rows"] == [dp["local_prompts"]]  # its own rows only
+        assert dp["responses"] == dp["expected_own"]
+        assert o["env"] == {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2"}
+        tp = o["tp2"]
+        assert tp["engines"] == 1 and tp["kwargs"]["tensor_parallel_size"] == 2 and tp["kwargs"]["seed"] == 7
+        assert tp["kwargs"]["distributed_executor_backend"] == "external_launcher"
+        both = out[0]["tp2"]["local_prompts"] + out[1]["tp2"]["local_prompts"]
+        assert tp["engine_rows"] == [both]  # rank 0's rows then rank 1's, in one call on each rank
+        assert tp["responses"] == tp["expected_in_group"]  # the group's outputs at this rank's offset
+    assert len(out[0]["tp2"]["local_prompts"]) == 3 and len(out[1]["tp2"]["local_prompts"]) == 2  # ragged shares
+    assert out[0]["tp2"]["responses"] != out[1]["tp2"]["responses"]

@@ -40,6 +40,7 @@ def train_step(s: RLComponents, step: int) -> dict[str, float]:
     if s.r2m is not None and s.r2m.calibrates(rollout.query):
         rollout = rollout._replace(query=s.r2m.calibrate(rollout.query))
     rewards = s.maker.score(rollout)
+    s.generator.release()  # the step's sampling is over (ReMax's greedy baseline included): vLLM sleeps
     if s.grebt is not None and s.progress.r2m_before is None:
         s.progress.r2m_before = s.grebt.model.trainable_state()  # Table 3's "before"
     # 3. Advantages (over PPO's values; with rl.kl_mode=reward, of the KL-penalised reward).
