@@ -415,8 +415,8 @@ def check_generator(cfg: Config) -> None:
     if cfg.rl.vllm.sleep_level and re.search(r"expandable_segments\s*:\s*True", alloc):
         # vLLM's sleep mode allocates through its own CUDA memory pool, which expandable segments break.
         raise ConfigError(f"rl.vllm.sleep_level={cfg.rl.vllm.sleep_level}: vLLM's sleep mode cannot run with "
-                          f"PYTORCH_CUDA_ALLOC_CONF={alloc!r} (expandable_segments:True); unset that environment "
-                          "variable or set rl.vllm.sleep_level=0 (docs/VLLM.md)")
+                          f"expandable_segments:True in PYTORCH_CUDA_ALLOC_CONF ({alloc!r}); unset that environment "
+                          "variable (or drop expandable_segments from it) or set rl.vllm.sleep_level=0 (docs/VLLM.md)")
 
 
 def build_generator(cfg: Config, policy_dir: str, policy: nn.Module, tokenizer, device: torch.device,

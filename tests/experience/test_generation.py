@@ -304,7 +304,8 @@ def test_sleep_mode_refuses_expandable_segments(fake_vllm, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = load_config(None, ["rl.generator=vllm"])
     with pytest.raises(ConfigError, match=r"rl.vllm.sleep_level=2: vLLM's sleep mode cannot run with "
-                                          r"PYTORCH_CUDA_ALLOC_CONF=.*unset that environment variable"):
+                                          r"expandable_segments:True in PYTORCH_CUDA_ALLOC_CONF .*unset that "
+                                          r"environment variable"):
         generation.check_generator(cfg)
     generation.check_generator(load_config(None, ["rl.generator=vllm", "rl.vllm.sleep_level=0"]))  # no sleep: fine
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
