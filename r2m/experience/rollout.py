@@ -229,7 +229,8 @@ class ExperienceMaker:
         return concat_generations(parts, self.tokenizer.pad_token_id)
 
     def _generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, keep: bool = False) -> Generation:
-        """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0).
+        """The generator over the rows, ``rl.rollout_batch_size`` rows per call (all at once when 0, or when the
+        generator takes a whole step: vLLM schedules its own batches).
 
         ``keep``: with ``rl.old_logprobs=generation``, also pi_old's log-probs (and, for R2M, h) from it."""
         size = (0 if self.generator.whole_step else self.cfg.rollout_batch_size) or len(prompt_ids) or 1

@@ -92,3 +92,11 @@ def test_trl_defaults_r2m_does_not_reproduce_are_warned() -> None:
     assert any("lr_scheduler_type='linear'" in w for w in m.warnings), m.warnings
     assert (m.overrides["rm.lr"], m.overrides["rm.batch_size"], m.overrides["rm.epochs"]) == (1e-4, 8, 3.0)
     assert m.overrides["reward.max_length"] == 1024
+
+
+def test_vllm_sleep_mode_and_tensor_parallel_size_map_onto_rl_vllm() -> None:
+    """TRL's vllm_enable_sleep_mode is a switch; r2m's sleep level 2 is what TRL's colocate mode sleeps at."""
+    for sleep, level in ((True, 2), (False, 0)):
+        got = map_trl({"use_vllm": True, "vllm_enable_sleep_mode": sleep, "vllm_tensor_parallel_size": 2}, "rl",
+                      trainer="grpo").overrides
+        assert got["rl.vllm.sleep_level"] == level and got["rl.vllm.tensor_parallel_size"] == 2
