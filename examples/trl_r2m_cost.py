@@ -141,7 +141,8 @@ def main(argv: list[str]) -> dict:
     policy_path, rm_path, prompts_path = argv[:3] if len(argv) >= 3 else tiny_world()[:3]
     trl, own = trl_cost(policy_path, rm_path, prompts_path), r2m_loop_cost(policy_path, rm_path, prompts_path)
     report = {
-        "trl_step_flops": trl["step"], "trl_extra_forward_flops": trl["extra_forward"], "r2m_loop_step_flops": own["step"],
+        "trl_step_flops": trl["step"], "trl_extra_forward_flops": trl["extra_forward"],
+        "r2m_loop_step_flops": own["step"],
         "extra_forward_share_of_trl_step": trl["extra_forward"] / trl["step"],
         "extra_forward_vs_r2m_loop_step": trl["extra_forward"] / own["step"],
     }

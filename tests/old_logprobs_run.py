@@ -15,8 +15,8 @@ import torch
 from accelerate import Accelerator
 
 from r2m.config import ArchConfig, RLConfig, WorldConfig
-from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
+from r2m.models.loading import build_world_lm
 from r2m.rollout import ExperienceMaker, experience_metrics, tokenize_prompts
 from r2m.updates.policy import PolicyUpdater
 from r2m.world import build_tokenizer, format_prompt

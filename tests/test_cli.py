@@ -59,8 +59,8 @@ def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
 
 
 def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, capsys) -> None:
-    from r2m.recipes.pipeline import ensure_world_rm_backbone
     from r2m.config import load_config
+    from r2m.recipes.pipeline import ensure_world_rm_backbone
 
     backbone = ensure_world_rm_backbone(load_config(None, tiny))
     args = [*tiny, f"run.root={tmp_path}", "run.name=rm", f"rm.init_from={backbone}",
@@ -190,8 +190,10 @@ def test_metrics_have_one_row_per_step(tiny, world_artifacts) -> None:
 
 
 def test_eval_winrate_with_the_gold_judge(tiny, tmp_path, capsys) -> None:
-    rows_p = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 3 <eos>"}, {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
-    rows_r = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 <eos>"}, {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
+    rows_p = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 3 <eos>"},
+              {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
+    rows_r = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 <eos>"},
+              {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
     for name, rows in (("p.jsonl", rows_p), ("r.jsonl", rows_r)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["eval", "winrate", *tiny, "--policy-responses", str(tmp_path / "p.jsonl"),

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 import torch
 
 from r2m.config import ArchConfig, OldLogprobs, RLConfig
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm
+from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 from r2m.rollout import feedback_states, generate, left_pad, response_forward
 from r2m.world import build_tokenizer, format_prompt
 

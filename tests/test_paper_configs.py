@@ -288,8 +288,8 @@ def _plugin_env(path: Path) -> dict[str, str]:
 
 def test_distributed_setups() -> None:
     """Each launcher setup builds the accelerate plugin it means to (deepspeed itself need not be installed)."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
     from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     acc = ROOT / "configs" / "accelerate"
     ddp = load_config_from_file(str(acc / "ddp.yaml"))
@@ -374,7 +374,8 @@ def test_start_checks_refuse_what_r2m_refuses(monkeypatch) -> None:
     zero3 = "accelerate launch --config_file configs/accelerate/zero3.yaml"
     qwen = "-m r2m rl -c configs/paper/r2m_qwen2.5-3b_ultrafeedback_rloo.yaml"
     refused = {
-        f"{zero2} {qwen}": "rl.micro_batch_size: expected 0 \\(or the per-process minibatch",  # the config's micro_batch_size=2
+        # the config's micro_batch_size=2
+        f"{zero2} {qwen}": "rl.micro_batch_size: expected 0 \\(or the per-process minibatch",
         f"{zero3} {qwen} rl.micro_batch_size=0": "ZeRO-3",
         f"{zero2} -m r2m rl -c configs/paper/ser_hh_rlhf.yaml": "ppo under DeepSpeed",
         f"{fsdp} {qwen} rl.prompts_per_step=60 rl.rollout_chunks=0": "a multiple of the 8 processes",

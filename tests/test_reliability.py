@@ -364,8 +364,8 @@ def uninterrupted(tiny, world_artifacts) -> list[dict]:
 @pytest.mark.parametrize("point", ["checkpoint.before_state@2", "checkpoint.before_meta@2",
                                    "checkpoint.before_manifest@2", "atomic_dir.before_rename:step-000004"])
 def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_artifacts, uninterrupted) -> None:
-    from r2m.runtime.checkpoint import list_checkpoints, verify
     from r2m.fileio import FAULT_ENV
+    from r2m.runtime.checkpoint import list_checkpoints, verify
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "fault-" + "".join(c if c.isalnum() else "-" for c in point)
@@ -418,9 +418,9 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
 
 def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
     """A bench result.json left damaged is computed again (logged); an unreadable state.pt is named."""
-    from r2m.runtime.checkpoint import load_state_file, verify, write_manifest
     from r2m.errors import CheckpointError
     from r2m.fileio import read_json_or_none
+    from r2m.runtime.checkpoint import load_state_file, verify, write_manifest
 
     done = tmp_path / "bench-smoke-rloo-s0" / "result.json"
     done.parent.mkdir()
@@ -449,8 +449,8 @@ def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
 def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_artifacts, uninterrupted) -> None:
     """Re-saving a step whose checkpoint exists (after a resume past a damaged one) swaps two directories: a
     SIGKILL between the two renames leaves neither under the step's name, and the older checkpoint is used."""
-    from r2m.runtime.checkpoint import list_checkpoints, verify
     from r2m.fileio import FAULT_ENV
+    from r2m.runtime.checkpoint import list_checkpoints, verify
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "fault-between-renames"
@@ -474,8 +474,8 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
 def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
     """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
     from r2m.errors import DataError
-    from r2m.runtime.runlock import holder_path, is_held
     from r2m.recipes.rl.run import RLRun
+    from r2m.runtime.runlock import holder_path, is_held
 
     def fail(self, step):
         raise DataError("a failure at step 1")

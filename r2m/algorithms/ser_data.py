@@ -13,11 +13,11 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import SERConfig, SERVariant
-from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.algorithms.ser_rules import Selection
+from r2m.config import SERConfig, SERVariant
 from r2m.data.jsonl import write_jsonl
 from r2m.errors import ConfigError
+from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.fileio import atomic_write_text
 
 log = logging.getLogger("r2m")

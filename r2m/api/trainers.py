@@ -18,8 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from r2m.api.args import RLArguments, RMArguments, SERArguments
-from r2m.api.callbacks import TransformersHooks, callback_args, check_callbacks, is_transformers_callback, \
-    trainer_state
+from r2m.api.callbacks import TransformersHooks, callback_args, check_callbacks, is_transformers_callback, trainer_state
 from r2m.api.rewards import CallableReward, sort_reward_funcs  # noqa: F401 (CallableReward: public)
 from r2m.api.staging import Staging
 from r2m.api.trl_args import log_warnings, peft_overrides, refuse_unsupported, resolve_args, resume_config

@@ -13,31 +13,90 @@ re-exported here: ``from r2m.config import X`` works.
 
 from __future__ import annotations
 
-from r2m.errors import ConfigError  # noqa: F401  (re-exported)
-from r2m.config.paths import DatasetFormat, PathFormats, PathSplits, format_names  # noqa: F401
 from r2m.config.enums import (  # noqa: F401
-    Algorithm, KLEstimator, KLMode, LossAggregation, RatioLevel, LRSchedule, FusionInit, RewardSource,
-    R2MAblation, RewardBaseline, SERVariant, PairLoss, RetrainFrom, RetrainData, Calibration, KeepLoop,
-    PPOPrompts, JudgeMode, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
-    HiddenDevice, HiddenDType, Scaling, Generator, CriticInit, PairChoice, OldLogprobs, OptimizerImpl, Malloc,
-)
-from r2m.config.monitor import MonitorConfig  # noqa: F401
-from r2m.config.run import (  # noqa: F401
-    RunConfig, MIXED_PRECISIONS, MixtureConfig, WorldConfig, DataConfig,
-)
-from r2m.config.models import (  # noqa: F401
-    ArchConfig, LoRAConfig, PEFT_DEFAULT_TARGETS, PolicyConfig, R2MConfig, RewardConfig,
-)
-from r2m.config.training import (  # noqa: F401
-    SFTConfig, RMConfig, VLLMConfig, GENERATORS, RLConfig,
+    Algorithm,
+    BackboneDType,
+    Calibration,
+    CriticInit,
+    Device,
+    DType,
+    FusionInit,
+    Generator,
+    HiddenDevice,
+    HiddenDType,
+    JudgeMode,
+    KeepLoop,
+    KLEstimator,
+    KLMode,
+    LossAggregation,
+    LRSchedule,
+    Malloc,
+    MixedPrecision,
+    OldLogprobs,
+    OnMismatch,
+    OptimizerImpl,
+    Overlong,
+    PairChoice,
+    PairLoss,
+    PPOPrompts,
+    R2MAblation,
+    RatioLevel,
+    Resume,
+    RetrainData,
+    RetrainFrom,
+    RewardBaseline,
+    RewardSource,
+    Scaling,
+    SERVariant,
+    Tracker,
+    VLLMDType,
 )
 from r2m.config.jobs import (  # noqa: F401
-    JudgeConfig, EvalConfig, DemoConfig, DEMO_ARMS, SERConfig, SERLoRAConfig, SERRLOverrides,
+    DEMO_ARMS,
+    DemoConfig,
+    EvalConfig,
+    JudgeConfig,
+    SERConfig,
+    SERLoRAConfig,
+    SERRLOverrides,
 )
+from r2m.config.models import (  # noqa: F401
+    PEFT_DEFAULT_TARGETS,
+    ArchConfig,
+    LoRAConfig,
+    PolicyConfig,
+    R2MConfig,
+    RewardConfig,
+)
+from r2m.config.monitor import MonitorConfig  # noqa: F401
+from r2m.config.parsing import (  # noqa: F401
+    KEY_NEUTRAL,
+    NON_SEMANTIC,
+    _build,
+    config_hash,
+    field_docs,
+    load_config,
+    parse_override,
+    replace_path,
+    save_config,
+    to_dict,
+)
+from r2m.config.paths import DatasetFormat, PathFormats, PathSplits, format_names  # noqa: F401
 from r2m.config.root import (  # noqa: F401
     Config,
 )
-from r2m.config.parsing import (  # noqa: F401
-    _build, to_dict, parse_override, load_config, replace_path, save_config, NON_SEMANTIC, KEY_NEUTRAL,
-    config_hash, field_docs,
+from r2m.config.run import (  # noqa: F401
+    MIXED_PRECISIONS,
+    DataConfig,
+    MixtureConfig,
+    RunConfig,
+    WorldConfig,
 )
+from r2m.config.training import (  # noqa: F401
+    GENERATORS,
+    RLConfig,
+    RMConfig,
+    SFTConfig,
+    VLLMConfig,
+)
+from r2m.errors import ConfigError  # noqa: F401  (re-exported)

@@ -6,11 +6,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from r2m.errors import ConfigError
 from r2m.config.checks import _check
+from r2m.config.enums import (
+    Calibration,
+    JudgeMode,
+    KeepLoop,
+    PairLoss,
+    PPOPrompts,
+    RetrainData,
+    RetrainFrom,
+    SERVariant,
+)
 from r2m.config.models import PEFT_DEFAULT_TARGETS, LoRAConfig
-from r2m.config.enums import Calibration, JudgeMode, KeepLoop, PPOPrompts, PairLoss, RetrainData, RetrainFrom, SERVariant
-
+from r2m.errors import ConfigError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -36,7 +36,8 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
-from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS, AlarmConfig, Signal, first_alarm
+from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS
+from r2m.core.monitor import AlarmConfig, Signal, first_alarm
 from r2m.errors import DataError
 
 GOLD, KL = "eval/gold", "eval/kl"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Sequence
+
 from r2m.fileio import atomic_write_text
 
 PROMPT_FIELDS = ("prompt",)

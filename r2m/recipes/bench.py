@@ -19,13 +19,12 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
 from r2m.config import Config, Malloc, replace_path
-from r2m.fileio import atomic_write_text
 from r2m.core.losses import grebt_terms
+from r2m.fileio import atomic_write_text
 from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.run import RLRun
 from r2m.reports.tables import format_table

@@ -28,8 +28,16 @@ from r2m.core.frontier import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench import bench_cost, format_cost
 from r2m.recipes.bench_alarm import write_alarm_validation
-from r2m.recipes.bench_design import (Arm, BenchDesign, RunSpec, design_preset, design_runs, ser_runs, sweep_runs,
-                                     world_overrides)
+from r2m.recipes.bench_design import (
+    Arm,
+    BenchDesign,
+    RunSpec,
+    design_preset,
+    design_runs,
+    ser_runs,
+    sweep_runs,
+    world_overrides,
+)
 from r2m.recipes.bench_design_run import RESULT_FILE, DesignOutcome, run_design
 from r2m.recipes.bench_verdicts import rl_result
 from r2m.reports.ser_bench import ser_tables
@@ -154,9 +162,11 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
             f"any run). The same verdicts are in `{rel}/verdicts.json`.\n\n## Verdicts\n\n{outcome.table}\n\n"
             f"## Gold at matched KL, peak and final\n\n"
             f"{(art / f'matched_kl_{design.name}.md').read_text()}\n\n"
-            f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n{_sweep_table(design, root, outcome.setting)}"
+            f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n"
+            f"{_sweep_table(design, root, outcome.setting)}"
             f"\n\n## Frontier plots: gold against KL\n\n{plots}\n\n{alarm}\n"
-            f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop (SER) and "
+            f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop "
+            f"(SER) and "
             f"the run's pairwise loss on every labelled pair (Full); test = data.pref_eval, also split into pairs "
             f"whose answers have equal and unequal length in words (docs/SER.md). One table per SER setting: the "
             f"defaults, the other retraining mode and a lower tau_Delta at which Status 2 can be reached."

@@ -33,15 +33,15 @@ from torch import nn
 
 from r2m.config import ArchConfig, Config, Malloc, OldLogprobs, replace_path
 from r2m.errors import ConfigError
+from r2m.fileio import atomic_write_text
 from r2m.models.loading import build_world_lm, save_model
-from r2m.recipes.pipeline import resolve_inputs
-from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
 from r2m.recipes.old_logprobs_agreement import agreement
+from r2m.recipes.pipeline import resolve_inputs
+from r2m.recipes.rl.run import RLRun
 from r2m.reports.speed import format_speed, write_readme_section
 from r2m.runtime.host import configure_host
-from r2m.recipes.rl.run import RLRun
-from r2m.fileio import atomic_write_text
+from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.utils import quiet_transformers
 from r2m.world import build_tokenizer
 

@@ -27,15 +27,14 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
 from r2m.config.commands import is_world_artifact
-from r2m.runtime.distributed import sharded_state_dict
-from r2m.errors import ConfigError
-from r2m.world.seeds import rm_seed, sft_world
-from r2m.world.view import rm_prompt_view
-from r2m.data import datasets, jsonl as plain
+from r2m.data import datasets
+from r2m.data import jsonl as plain
 from r2m.data.sources import is_iterable
-from r2m.models.reward import count_truncated as count_truncated_pairs
+from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm, load_policy, load_reward_model, load_tokenizer, save_model
+from r2m.models.reward import count_truncated as count_truncated_pairs
 from r2m.runtime.checkpoint import latest_checkpoint
+from r2m.runtime.distributed import sharded_state_dict
 from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlock import wait_until_free
 from r2m.runtime.runlog import RunDir
@@ -43,6 +42,8 @@ from r2m.updates.rm import make_trainable_rm, merged_rm_model, train_reward_mode
 from r2m.updates.sft import count_truncated, sft_length, train_sft
 from r2m.updates.supervised import make_accelerator, resolve_mixed_precision
 from r2m.world import WorldFiles, build_tokenizer, generate_world
+from r2m.world.seeds import rm_seed, sft_world
+from r2m.world.view import rm_prompt_view
 
 log = logging.getLogger("r2m")
 

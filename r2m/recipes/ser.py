@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from r2m.config import Config, RetrainData, RetrainFrom, SERConfig, SERLoRAConfig, SERVariant, config_hash, to_dict
 from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
     PairSet,
     PseudoQuality,
@@ -45,17 +44,6 @@ from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
     split_by_prompt,
     split_sizes,
     write_splits,
-)
-from r2m.reports.ser_report import (  # noqa: F401  (re-exported)
-    STATE_FILE,
-    decision_lines,
-    loop_table,
-    plot_accuracy,
-    plot_data_fraction,
-    print_loop,
-    print_report,
-    ser_table,
-    write_report,
 )
 from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
     Kept,
@@ -73,11 +61,19 @@ from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
     release_filter,
     status_evidence,
 )
+from r2m.config import Config, RetrainData, RetrainFrom, SERConfig, SERLoRAConfig, SERVariant, config_hash, to_dict
 from r2m.errors import ConfigError
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
 from r2m.recipes.ser_ppo import ppo_config, run_ppo_stage  # noqa: F401  (re-exported)
-from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
-                                    before_damaged_rm)
+from r2m.recipes.ser_resume import (
+    FullBaseline,
+    LoopState,
+    LoopStop,
+    PPOSummary,
+    StopEvidence,
+    StopReason,
+    before_damaged_rm,
+)
 from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
     FitResult,
     PairProbs,
@@ -93,6 +89,17 @@ from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
     score_rows,
     steps_config,
     train_pairs,
+)
+from r2m.reports.ser_report import (  # noqa: F401  (re-exported)
+    STATE_FILE,
+    decision_lines,
+    loop_table,
+    plot_accuracy,
+    plot_data_fraction,
+    print_loop,
+    print_report,
+    ser_table,
+    write_report,
 )
 from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlog import RunDir
@@ -372,7 +379,6 @@ def self_evolve(ser_run: SERRun) -> LoopState:
             print_loop(row)
     if _may_continue(state, cfg.ser):
         state.stop = None  # an earlier run ended on max_loops: go on to the new max_loops
-    done_before = state.loop
     while state.stop is None and state.loop < cfg.ser.max_loops and not ser_run.hooks.stop_requested:
         ser_run.next_loop(state)
     if state.stop is None and ser_run.hooks.stop_requested and state.loop < cfg.ser.max_loops:

@@ -23,7 +23,6 @@ from r2m.updates.supervised import LoopResult
 from r2m.utils import resolve_device, seed_everything
 from r2m.world.view import rm_prompt_view
 
-
 # ---------------------------------------------------------------------------------------------
 # Reward-model training on pairs (BT or the Eq. 5 hinge; full fine-tuning or LoRA)
 # ---------------------------------------------------------------------------------------------

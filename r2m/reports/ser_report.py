@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.config import PairLoss
 from r2m.algorithms.ser_rules import Kept
-from r2m.reports.tables import format_table
+from r2m.config import PairLoss
 from r2m.fileio import atomic_savefig
+from r2m.reports.tables import format_table
 
 STATE_FILE = "ser_state.json"
 

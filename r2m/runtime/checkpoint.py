@@ -39,8 +39,7 @@ import torch
 
 from r2m.config import to_dict
 from r2m.errors import CheckpointError, ConfigError
-from r2m.fileio import fault_point
-from r2m.fileio import atomic_write_text
+from r2m.fileio import atomic_write_text, fault_point
 
 log = logging.getLogger("r2m")
 

@@ -17,11 +17,10 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
-from r2m.runtime import runlock
 from r2m.config import Config, save_config, to_dict
 from r2m.errors import ConfigError, DataError
-from r2m.fileio import atomic_savefig, atomic_write_text
-from r2m.fileio import decode_lines
+from r2m.fileio import atomic_savefig, atomic_write_text, decode_lines
+from r2m.runtime import runlock
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:

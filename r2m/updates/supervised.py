@@ -11,12 +11,12 @@ import torch
 
 from r2m.config import Config, LRSchedule
 from r2m.errors import ConfigError
+from r2m.fileio import atomic_dir
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
 from r2m.runtime.distributed import Dist
 from r2m.runtime.host import configure_host
 from r2m.runtime.runlog import resolve_trackers
 from r2m.runtime.safeio import load_safetensors as load_file
-from r2m.fileio import atomic_dir
 
 if TYPE_CHECKING:
     from r2m.runtime.hooks import Hooks

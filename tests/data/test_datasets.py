@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from r2m.data.jsonl import read_preferences
 from r2m.data.datasets import (
     ADAPTERS,
     FORMATS,
@@ -22,6 +21,7 @@ from r2m.data.datasets import (
     load_sft,
     render_messages,
 )
+from r2m.data.jsonl import read_preferences
 from r2m.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -15,14 +15,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2m.experience import generation
 from r2m.config import ArchConfig, ConfigError, RLConfig, VLLMConfig, WorldConfig, load_config
+from r2m.experience import generation
 from r2m.experience.generation import HFGenerator, VLLMGenerator, build_generator, policy_weights
-from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
 from r2m.experience.rollout import ExperienceMaker
-from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate, left_pad
+from r2m.models.loading import build_world_lm
+from r2m.models.logprobs import response_forward
 from r2m.world import build_tokenizer, format_prompt
 
 DIGITS = ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0], [6, 3], [1, 2, 0])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from r2m.config import ArchConfig
-from r2m.models.loading import build_world_lm
 from r2m.experience.rollout import Experience, feedback_states, text_feedback
-from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate, left_pad, position_ids, tokenize_prompts
+from r2m.models.loading import build_world_lm
+from r2m.models.logprobs import response_forward
 from r2m.world import build_tokenizer
 
 
@@ -55,7 +55,8 @@ def test_tokenize_prompts_truncates_or_skips() -> None:
     tok = build_tokenizer("policy")
     prompts = ["<bos> 1 2 =>", "<bos> 1 2 3 4 5 6 =>"]
     t = tokenize_prompts(tok, prompts, max_tokens=5, overlong="truncate")
-    assert t.truncated == 1 and t.skipped == 0 and len(t.ids[1]) == 5 and t.ids[1][-1] == tok.convert_tokens_to_ids("=>")
+    assert t.truncated == 1 and t.skipped == 0 and len(t.ids[1]) == 5
+    assert t.ids[1][-1] == tok.convert_tokens_to_ids("=>")
     s = tokenize_prompts(tok, prompts, max_tokens=5, overlong="skip")
     assert s.skipped == 1 and s.texts == prompts[:1]
 

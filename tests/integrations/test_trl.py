@@ -108,7 +108,8 @@ def test_grpo_with_r2m_trains_fusion_and_head_only(grpo_run) -> None:
     run = grpo_run
     assert all(math.isfinite(h["r2m/grebt"]) for h in run.callback.history)
     model = run.reward.model
-    assert any(not torch.equal(v, _state(model.fusion)[k]) for k, v in run.before["fusion"].items() if k != "calibrated")
+    assert any(not torch.equal(v, _state(model.fusion)[k])
+               for k, v in run.before["fusion"].items() if k != "calibrated")
     assert not torch.equal(run.before["head"]["weight"], model.head.weight)
     after = _state(model.rm.backbone)
     assert all(torch.equal(v, after[k]) for k, v in run.before["backbone"].items())  # frozen

@@ -32,7 +32,8 @@ def grpo(models, out, train, eval_prompts=None, **overrides):
         args.update(eval_strategy="steps", eval_steps=1)
     callback = R2MCallback(reward)
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward], args=GRPOConfig(**{**args, **overrides}),
-                          processing_class=tok, callbacks=[callback], train_dataset=Dataset.from_dict({"prompt": train}),
+                          processing_class=tok, callbacks=[callback],
+                          train_dataset=Dataset.from_dict({"prompt": train}),
                           eval_dataset=None if eval_prompts is None else Dataset.from_dict({"prompt": eval_prompts}))
     return SimpleNamespace(trainer=trainer, reward=reward, callback=callback)
 

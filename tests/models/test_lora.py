@@ -28,8 +28,8 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
     from transformers import AutoModelForCausalLM
 
     from r2m.models.loading import load_policy
-    from r2m.models.lora import AdapterFreeReference, is_peft
     from r2m.models.logprobs import response_forward
+    from r2m.models.lora import AdapterFreeReference, is_peft
     from r2m.recipes.rl.run import RLRun
 
     policy_dir = str(world_artifacts[0])
@@ -183,7 +183,7 @@ def test_adapter_directories_load_merged_and_bad_ones_are_refused(tmp_path) -> N
     peft = apply_lora(load_reward_model(str(tmp_path / "base")), LoRAConfig(enabled=True, r=2), "seq_cls",
                       base_path=str(tmp_path / "base"))
     with torch.no_grad():
-        for n, p in peft.named_parameters():
+        for _, p in peft.named_parameters():
             if p.requires_grad:  # the adapters and the score head
                 p.add_(0.1)
     peft.save_pretrained(tmp_path / "adapter")

@@ -8,9 +8,9 @@ import pytest
 
 from r2m.cli import main
 from r2m.config import load_config
+from r2m.core.monitor import Signal
 from r2m.recipes.monitor import replay
 from r2m.reports.monitor_plot import trip_line
-from r2m.core.monitor import Signal
 
 
 @pytest.fixture(scope="module")

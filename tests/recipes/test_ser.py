@@ -15,8 +15,6 @@ from r2m.cli import main
 from r2m.config import Calibration, ConfigError, KeepLoop, PairLoss, RMConfig, SERConfig, load_config
 from r2m.core.losses import margin_pairwise_loss
 from r2m.recipes.pipeline import ensure_world_rm_backbone
-from r2m.runtime.runlog import read_metrics
-from r2m.updates.supervised import num_steps
 from r2m.recipes.ser import (
     STATE_FILE,
     LearningStatus,
@@ -36,6 +34,8 @@ from r2m.recipes.ser import (
     status_evidence,
     steps_config,
 )
+from r2m.runtime.runlog import read_metrics
+from r2m.updates.supervised import num_steps
 
 T = torch.tensor
 # Thresholds exact in binary, so that the boundary cases test the comparison and not float rounding.
@@ -102,7 +102,8 @@ def test_decisions_state_their_evidence() -> None:
     ev = StatusEvidence(confident=27, delta_p=0.35, n=98, previous=S1, gain=0.0)
     decision = learning_status(ev, 0.3, 10, 0.01)
     assert decision.status is S2
-    assert "gain +0.0000 <= marginal_gain 0.01" in decision.reason and "delta_p 0.350 >= tau_delta 0.3" in decision.reason
+    assert "gain +0.0000 <= marginal_gain 0.01" in decision.reason
+    assert "delta_p 0.350 >= tau_delta 0.3" in decision.reason
     seed = learning_status(ev._replace(previous=None, gain=float("nan")), 0.3, 10, 0.01)
     assert seed.status is S1 and "27/98 confident >= min_status1 10" in seed.reason
 
@@ -255,7 +256,8 @@ def test_hinge_values() -> None:
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "gold_chosen": 1.0, "gold_rejected": float(i % 2)}
+    return [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "gold_chosen": 1.0,
+             "gold_rejected": float(i % 2)}
             for i in range(n)]
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from r2m.config import load_config
-from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
 from r2m.recipes.rl.run import check_data_parallel
+from r2m.runtime.distributed import Dist
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,12 +9,12 @@ import torch
 from accelerate import Accelerator
 
 from r2m.config import ArchConfig, RLConfig, WorldConfig
-from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
 from r2m.experience.rollout import ExperienceMaker, experience_metrics
 from r2m.experience.sampling import tokenize_prompts
-from r2m.updates.policy import PolicyUpdater
+from r2m.models.loading import build_world_lm
 from r2m.recipes.rl.run import PromptSampler
+from r2m.updates.policy import PolicyUpdater
 from r2m.world import build_tokenizer, format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0], [6, 3, 3], [1, 2, 0])]

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from r2m.config import PairChoice, R2MConfig, RLConfig
 from r2m.core.pair_choice import choose_random, pair_seed
-from r2m.models.fusion import omega
 from r2m.experience.rewards import ModelReward, OmegaScaledReward, RewardQuery
+from r2m.models.fusion import omega
 from r2m.updates.r2m import R2MUpdater
 
 

@@ -18,7 +18,7 @@ from r2m.models.reward import RewardModel
 from r2m.world import build_tokenizer, format_prompt, parse_prompt
 from r2m.world.ceiling import WorldCeilings, labeller_ceiling, world_ceilings
 from r2m.world.data import label_probability, make_pairs, make_prompts, make_sft
-from r2m.world.seeds import sft_world, rm_seed
+from r2m.world.seeds import rm_seed, sft_world
 from r2m.world.view import mask_prompt, rm_prompt_view
 
 WORLDS = Path(__file__).resolve().parents[2] / "configs" / "world" / "worlds"

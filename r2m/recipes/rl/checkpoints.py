@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from r2m.runtime.distributed import sharded_state_dict
+from r2m.fileio import atomic_dir
 from r2m.models.critic import load_critic, save_critic
 from r2m.models.loading import save_model
 from r2m.runtime.checkpoint import fingerprint, free_fields, prune, rng_state, set_rng_state, step_dir, write_state
+from r2m.runtime.distributed import sharded_state_dict
 from r2m.runtime.safeio import load_safetensors as load_file
-from r2m.fileio import atomic_dir
 
 log = logging.getLogger("r2m")
 

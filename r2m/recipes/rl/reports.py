@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from r2m.runtime.distributed import sharded_state_dict
-from r2m.runtime.runlog import RunDir, peak, plot_curves
 from r2m.models.loading import save_model
 from r2m.models.lora import is_peft, merged_copy
 from r2m.recipes.rl.card import policy_card, push_policy, write_card
+from r2m.runtime.distributed import sharded_state_dict
+from r2m.runtime.runlog import RunDir, peak, plot_curves
 
 log = logging.getLogger("r2m")
 

@@ -22,37 +22,35 @@ from typing import Sequence
 import torch
 
 from r2m.config import Algorithm, Config
-from r2m.runtime.distributed import Dist
-from r2m.runtime.precision import fp32_master_weights, master_dtype
+from r2m.core.kl_control import make_kl_controller
+from r2m.data.sources import display_name
+from r2m.errors import ConfigError, DataError, TrainingInterrupted
+from r2m.eval.policy import cap_prompts
+from r2m.experience.generation import build_generator, check_generator
+from r2m.experience.reward_factory import build_reward
+from r2m.experience.rewards import FeedbackReward, GoldReward, WeightedRewards, is_world_prompt_set
 from r2m.experience.rollout import ExperienceMaker, Shaping, hidden_store
 from r2m.experience.sampling import PromptSet, tokenize_prompts
-from r2m.runtime.runlog import RunDir
-from r2m.errors import TrainingInterrupted
-from r2m.experience.reward_factory import build_reward
-from r2m.updates.policy import PolicyUpdater
-from r2m.core.kl_control import make_kl_controller
-from r2m.errors import ConfigError, DataError
-from r2m.experience.generation import build_generator, check_generator
-from r2m.eval.policy import cap_prompts
-from r2m.experience.rewards import FeedbackReward, GoldReward, WeightedRewards, is_world_prompt_set
 from r2m.models.critic import build_critic
 from r2m.models.loading import build_policy_and_reference, load_tokenizer
 from r2m.models.lora import AdapterFreeReference, enable_gradient_checkpointing
 from r2m.models.reward import check_pairing, check_positions
 from r2m.recipes.alarm import AlarmWatch
-from r2m.data.sources import display_name
 from r2m.recipes.pipeline import prompt_stream, read_rows, resolve_inputs
-from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
-from r2m.updates.r2m import R2MUpdater
-from r2m.updates.supervised import make_accelerator, make_lr_scheduler, progress
-from r2m.utils import StopSignal, seed_everything
-
 from r2m.recipes.rl.checkpoints import CheckpointMixin
 from r2m.recipes.rl.evaluation import EvaluationMixin
-from r2m.runtime.hooks import Hooks
 from r2m.recipes.rl.reports import ReportMixin, RLResult
 from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend
 from r2m.recipes.rl.step import StepMixin, bad_experience, tensor_stats  # noqa: F401 (the guard, re-exported)
+from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
+from r2m.runtime.distributed import Dist
+from r2m.runtime.hooks import Hooks
+from r2m.runtime.precision import fp32_master_weights, master_dtype
+from r2m.runtime.runlog import RunDir
+from r2m.updates.policy import PolicyUpdater
+from r2m.updates.r2m import R2MUpdater
+from r2m.updates.supervised import make_accelerator, make_lr_scheduler, progress
+from r2m.utils import StopSignal, seed_everything
 
 log = logging.getLogger("r2m")
 
@@ -205,7 +203,8 @@ class RLRun(StepMixin, CheckpointMixin, EvaluationMixin, ReportMixin):
                 raise ConfigError("rl.critic_init: 'reward' needs a reward model; with reward.source=gold use 'policy'")
             rm_tok = load_tokenizer(self.inputs.reward_model, self.cfg.reward.trust_remote_code)
             if rm_tok.get_vocab() != self.tok.get_vocab():
-                raise ConfigError(f"rl.critic_init: 'reward' needs the reward model ({self.inputs.reward_model}) to share "
+                raise ConfigError(f"rl.critic_init: 'reward' needs the reward model ({self.inputs.reward_model}) "
+                                  "to share "
                                   "the policy's tokenizer, since the critic reads the policy's tokens; use 'policy'")
         path = self.inputs.reward_model if rl.critic_init == "reward" else self.inputs.policy
         critic = build_critic(rl.critic_init, path, self.cfg.policy.dtype, self.cfg.policy.trust_remote_code)
@@ -256,7 +255,8 @@ def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None, policy=None, e
                 path = rl.save_checkpoint(step)
                 bar.close()
                 rl.run.close()
-                raise TrainingInterrupted(f"{stop.signal_name or 'a signal'} at step {step}: checkpoint saved to {path}; "
+                raise TrainingInterrupted(f"{stop.signal_name or 'a signal'} at step {step}: checkpoint saved to "
+                                          f"{path}; "
                                           f"continue with run.resume=auto")
     bar.close()
     result = rl.finish()

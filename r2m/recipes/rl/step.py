@@ -8,10 +8,10 @@ from typing import Optional
 
 import torch
 
-from r2m.experience.rollout import Experience, experience_metrics
-from r2m.recipes.rl.trl_aliases import with_trl_aliases
 from r2m.errors import NumericError
+from r2m.experience.rollout import Experience, experience_metrics
 from r2m.experience.sampling import chunk_seed
+from r2m.recipes.rl.trl_aliases import with_trl_aliases
 from r2m.utils import device_clock
 
 log = logging.getLogger("r2m")
@@ -110,5 +110,6 @@ class StepMixin:
             self.run.log(metrics, step)
         path = self.save_checkpoint(step)
         raise NumericError(f"{self.bad_steps} consecutive steps with NaN/inf rewards, advantages, losses or gradients "
-                           f"(run.max_bad_steps={self.cfg.run.max_bad_steps}) at step {step}; stopped with a checkpoint "
+                           f"(run.max_bad_steps={self.cfg.run.max_bad_steps}) at step {step}; stopped with a "
+                           "checkpoint "
                            f"in {path}. See guard/* in {self.run.metrics_path}.")
