@@ -157,6 +157,7 @@ def test_bad_input_is_refused_before_training(case, tiny, world_artifacts, world
     assert CASES[case] in DOCS.read_text(), f"docs/ERRORS.md lacks the message of {case}"
 
 
+@pytest.mark.slow
 def test_overlong_prompts_are_counted(tiny, world_artifacts) -> None:
     from r2m.runtime.runlog import read_metrics
 

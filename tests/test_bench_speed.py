@@ -23,6 +23,7 @@ def test_step_flops_by_hand() -> None:
     assert f == {"generate": 42.0, "logprobs": 84.0, "reward": 70.0, "update": 252.0}
 
 
+@pytest.mark.slow
 def test_in_child_returns_the_result_and_reports_a_dead_child() -> None:
     import os
 
@@ -64,6 +65,7 @@ def test_readme_section_is_replaced_in_place(tmp_path, monkeypatch) -> None:
     assert "table two" in text and "table one" not in text and text.startswith("# Benchmarks") and "## after" in text
 
 
+@pytest.mark.slow
 def test_bench_speed_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
     out = tmp_path / "speed.json"
     assert main(["bench", "speed", *tiny, "run.name=speed-smoke", "--preset", "smoke", "--out", str(out)]) == 0

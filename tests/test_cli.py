@@ -41,6 +41,7 @@ def test_world_writes_plain_schemas(tmp_path, tiny, capsys) -> None:
     assert {"prompt", "response"} <= set(sft)
 
 
+@pytest.mark.slow
 def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
     from r2m.config import load_config
     from r2m.recipes.pipeline import fresh_world_lm
@@ -58,6 +59,7 @@ def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
     assert (Path(root) / "sft" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, capsys) -> None:
     from r2m.config import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone
@@ -76,6 +78,7 @@ def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, caps
     assert any("rm/eval_acc" in r for r in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo", "remax", "reinforce_pp", "ppo", "dr_grpo",
                                        "reinforce_pp_baseline"])
 def test_rl_stage(tmp_path, tiny, world_artifacts, algorithm, capsys) -> None:
@@ -100,6 +103,7 @@ def test_rl_stage(tmp_path, tiny, world_artifacts, algorithm, capsys) -> None:
         assert all("time/greedy_baseline" in r for r in train)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
     ["reward.r2m.enabled=true"],
     ["reward.r2m.enabled=true", "rl.algorithm=grpo", "reward.r2m.init=zero", "reward.r2m.ablation=no_gre"],
@@ -135,6 +139,7 @@ def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> 
         assert any(p.name.startswith("rm-pretrained-") for p in (root / "world").iterdir())
 
 
+@pytest.mark.slow
 def test_rl_lr_schedule_with_warmup(tiny, world_artifacts) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["rl", *tiny, "run.name=rl-cosine", "reward.source=gold", "rl.lr=1e-3", "rl.lr_schedule=linear",
@@ -144,6 +149,7 @@ def test_rl_lr_schedule_with_warmup(tiny, world_artifacts) -> None:
     assert lrs == pytest.approx([0.0, 1e-3, 5e-4])
 
 
+@pytest.mark.slow
 def test_rl_on_gold_reward(tiny, world_artifacts) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["rl", *tiny, "run.name=rl-gold", "reward.source=gold"]) == 0
@@ -162,6 +168,7 @@ def test_eval_subcommands(tiny, world_artifacts, capsys) -> None:
     assert out["n"] == 100 and 0.0 <= out["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_demo_prints_table_and_writes_plot(tiny, world_artifacts, capsys) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["demo", *tiny, "run.name=demo", "demo.arms=[rloo, r2m, gold]", "demo.seeds=[0, 1]",
@@ -203,6 +210,7 @@ def test_eval_winrate_with_the_gold_judge(tiny, tmp_path, capsys) -> None:
     assert "winrate/lc_win_rate" in out
 
 
+@pytest.mark.slow
 def test_analyze_hidden_states(tiny, world_artifacts, tmp_path, capsys) -> None:
     out = tmp_path / "analysis"
     assert main(["analyze", "hidden-states", *tiny, "--out", str(out)]) == 0

@@ -79,6 +79,7 @@ def test_recompute_matches_the_code_before_issue_18_to_float_rounding() -> None:
     _assert_rows_match(got, _expected(FIXTURE))
 
 
+@pytest.mark.slow
 def test_a_cli_rl_run_with_r2m_matches_the_code_before_issue_18_to_float_rounding(tiny, world_artifacts) -> None:
     """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
     from r2m.cli import main
@@ -122,6 +123,7 @@ def test_generation_logprobs_and_states_agree_with_a_recomputed_pass(temperature
     assert torch.allclose(gen.hidden[keep], ref.hidden[keep], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_short_run_with_generation_logprobs_matches_recompute_closely() -> None:
     rec = short_run(old_logprobs=OldLogprobs.RECOMPUTE)
     gen = short_run(old_logprobs=OldLogprobs.GENERATION)

@@ -129,6 +129,7 @@ def _resume(plan: Plan, capsys) -> None:
         assert after[2][key] == pytest.approx(before[2][key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", PAPER, ids=lambda p: p.stem)
 def test_paper_config_rehearsal(config, models, data, tmp_path, monkeypatch, capsys) -> None:
     plan = Plan(config, models, data, tmp_path / "runs")
@@ -231,6 +232,7 @@ def _launch(cmd: list[str]) -> subprocess.CompletedProcess:
 TORCHRUN_CONFIG = ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml"
 
 
+@pytest.mark.slow
 def test_r2m_config_under_torchrun_two_processes(models, data, tmp_path) -> None:
     """`torchrun --nproc_per_node 2` (gloo, CPU) of the Qwen RLOO + R2M config: the same 2 steps, rank 0 writes."""
     plan = Plan(TORCHRUN_CONFIG, models, data, tmp_path / "runs")

@@ -31,6 +31,7 @@ def test_readme_includes_the_example_verbatim() -> None:
     assert block.group(1) == EXAMPLE.read_text(), "README's From Python block and examples/python_rl_r2m.py differ"
 
 
+@pytest.mark.slow
 def test_example_runs_grpo_with_r2m(world_artifacts, tmp_path) -> None:
     policy_dir, rm_dir, files = world_artifacts
     result, recorder = _example().train(str(policy_dir), str(rm_dir), str(files.prompts), str(files.eval_prompts),
@@ -56,6 +57,7 @@ class StopAfterOne(r2m.TrainerCallback):
         self.calls.append(("save", step))
 
 
+@pytest.mark.slow
 def test_callable_reward_and_stopping_callback(world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,6 +109,7 @@ def test_rl_arguments_map_trl_names() -> None:
     assert (rm.rm.lr, rm.rm.save_every, rm.rm.epochs) == (3e-4, 2, 4)
 
 
+@pytest.mark.slow
 def test_trl_aliases_copy_r2m_metrics(world_artifacts, tmp_path) -> None:
     from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 
@@ -139,6 +142,7 @@ def _dotted(tiny: list[str]) -> dict:
     return {k: yaml.safe_load(v) for k, v in (t.split("=", 1) for t in tiny)}
 
 
+@pytest.mark.slow
 def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
 
@@ -181,6 +185,7 @@ class Recorder(r2m.TrainerCallback):
         return self._record("save", step, path)
 
 
+@pytest.mark.slow
 def test_rm_trainer_callback_stops_at_step_2(tiny, world_artifacts, tmp_path) -> None:
     _, _, files = world_artifacts
     cb = Recorder(stop=lambda hook, step: hook == "step" and step == 2)
@@ -216,6 +221,7 @@ SER_LOOSE = {"ser.tau_high": 0.5, "ser.tau_low": 0.5, "ser.tau_delta": 0.001, "s
              "ser.seed_steps": 4}
 
 
+@pytest.mark.slow
 def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -254,6 +260,7 @@ def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world
     assert loop0.stat().st_mtime_ns == mtime and again.history[0] == result.history[0]
 
 
+@pytest.mark.slow
 def test_ser_trainer_passes_its_callbacks_to_the_ppo_stage(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -24,6 +24,7 @@ def _split(model) -> tuple[dict, dict]:
     return lora, base
 
 
+@pytest.mark.slow
 def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -81,6 +82,7 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
     resumed.run.close()
 
 
+@pytest.mark.slow
 def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
     from r2m.recipes.rl.run import run_rl
 
@@ -92,6 +94,7 @@ def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
     assert (result.run_dir / "checkpoints" / "final" / "r2m").is_dir()
 
 
+@pytest.mark.slow
 def test_lora_policy_with_ppo_and_checkpointed_critic(tiny, world_artifacts) -> None:
     from r2m.recipes.rl.run import RLRun
 
@@ -137,6 +140,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(lora: bool) ->
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rm_with_lora_trains_adapters_and_head_and_saves_a_merged_rm(tiny, world_artifacts) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification

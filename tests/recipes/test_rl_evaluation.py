@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from r2m.cli import main
 
 
+@pytest.mark.slow
 def test_a_table3_failure_keeps_the_run_and_is_recorded(tiny, world_artifacts, monkeypatch) -> None:
     import r2m.recipes.rl.evaluation as evaluation
 

@@ -91,6 +91,7 @@ def _train(policy, files, out, steps: int, prompts, seen: list, resume: bool = F
     return trainer.result  # r2m's RLResult (train() returns TRL's TrainOutput)
 
 
+@pytest.mark.slow
 def test_an_iterable_dataset_streams_through_the_trainer(world_artifacts, tmp_path) -> None:
     """Six prompts, four per step: step 2 ends the first pass and begins the second; a run of two steps, resumed
     for a third, takes the same prompts as the run of three."""

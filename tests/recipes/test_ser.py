@@ -335,6 +335,7 @@ def _state(root: Path, name: str) -> dict:
     return json.loads((root / name / STATE_FILE).read_text())
 
 
+@pytest.mark.slow
 def test_ser_end_to_end_and_resume(tiny, world_artifacts, capsys) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     args = [*tiny, *LOOSE, "ser.rl.steps=2"]
@@ -379,6 +380,7 @@ def test_ser_end_to_end_and_resume(tiny, world_artifacts, capsys) -> None:
     assert "run.resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ser_stops_on_status_with_lora(tiny, world_artifacts, capsys) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     args = ["ser", *tiny, "run.name=ser-stop", "ser.ppo=false", "ser.lora.enabled=true", "ser.min_status1=100000",
@@ -397,6 +399,7 @@ def test_ser_stops_on_status_with_lora(tiny, world_artifacts, capsys) -> None:
     assert torch.equal(saved[k], base[k])  # k_proj carries no adapter: untouched
 
 
+@pytest.mark.slow
 def test_ser_release_variant(tiny, world_artifacts) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     # min_status1 that could never be met: the release variant does not look at the status at all.
@@ -407,6 +410,7 @@ def test_ser_release_variant(tiny, world_artifacts) -> None:
     assert rows[1]["ser/selected"] > 0
 
 
+@pytest.mark.slow
 def test_ser_one_loss_seed_pairs_and_kept_loop(tiny, world_artifacts, monkeypatch) -> None:
     """Loop 0, the loops and Full all train with ser.loss; filtered_plus_seed adds the seed's labelled pairs; the kept
     loop is Table 1's SER row. Fails on the old code (Loop 0 and Full were always BT; no ser.retrain_data)."""
