@@ -1,8 +1,8 @@
 """A short RLOO run on a tiny world LM (2 steps, AdamW), its metrics as exact hex floats.
 
 Used by tests/test_old_logprobs.py: ``python tests/old_logprobs_run.py OUT.json`` with the code before
-issue 18 wrote tests/fixtures/old_logprobs_recompute.json; the test reruns it with rl.old_logprobs=recompute
-and compares bit for bit (same thread count: the suite runs with OMP_NUM_THREADS=1).
+rl.old_logprobs existed wrote tests/fixtures/old_logprobs_recompute.json; the test reruns it with
+rl.old_logprobs=recompute and compares bit for bit (same thread count: the suite runs with OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations

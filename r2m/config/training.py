@@ -214,10 +214,10 @@ class RLConfig:
     """Stop the run when the alarm fires, with a checkpoint; the policy of the evaluation before the alarm's onset
     is kept as checkpoints/best-before-alarm (a policy snapshot is saved at each evaluation while armed)."""
     old_logprobs: OldLogprobs = OldLogprobs.RECOMPUTE
-    """pi_old's log-probs (and R2M's h): ``recompute`` (a second forward pass, bit-identical to before) or
+    """pi_old's log-probs (and R2M's h): ``recompute`` (a second forward pass, the default) or
     ``generation`` (from generate's own logits and states, equal to ~1e-6; hf only; docs/GENERATION.md)."""
     optimizer_impl: OptimizerImpl = OptimizerImpl.AUTO
-    """Policy/critic AdamW implementation: auto (torch's default, as before), foreach or fused."""
+    """Policy/critic AdamW implementation: auto (torch's default), foreach or fused."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)

@@ -104,7 +104,7 @@ class RewardModelJudge:
 
 CompareMode = JudgeMode
 """How :meth:`ApiJudge.compare` decides: ``eval.judge.mode``'s Enum (:class:`r2m.config.JudgeMode`), validated where
-the config is parsed; this name stays for the callers of before issue 13."""
+the config is parsed."""
 
 
 class Verdict(str, enum.Enum):

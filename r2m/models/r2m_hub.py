@@ -42,7 +42,7 @@ class BaseKind(str, enum.Enum):
     RELATIVE = "relative"
     """Format 2: a path relative to the R2M directory."""
     LEGACY = "legacy"
-    """Saved before ``base_rm_kind`` existed: the path or id exactly as it was given."""
+    """No ``base_rm_kind`` in ``r2m.json``: the path or id exactly as it was given."""
 
 
 def snapshot_hub_id(path: Path) -> Optional[str]:

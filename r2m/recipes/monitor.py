@@ -1,4 +1,4 @@
-"""``r2m monitor RUN_DIR``: replay the alarm on a finished run's logged signals (issue 19, item 3).
+"""``r2m monitor RUN_DIR``: replay the alarm on a finished run's logged signals (docs/MONITOR.md).
 
 The run's evaluation rows (metrics.jsonl, those with monitor/* values) are the history
 :func:`r2m.core.monitor.first_alarm` reads; the thresholds are the run's ``rl.monitor`` (its config.yaml),

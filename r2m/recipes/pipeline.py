@@ -236,7 +236,7 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     tok = load_tokenizer(init_from, cfg.reward.trust_remote_code)
     rows = read_rows(cfg, "pref_train", train_path, tok)
     eval_rows = read_rows(cfg, "pref_eval", eval_path, tok) if eval_path else None
-    seed = rm_seed(cfg.world)  # world.rm_seed when set (bench seeds vary the RM), else world.seed as before
+    seed = rm_seed(cfg.world)  # world.rm_seed when set (bench seeds vary the RM), else world.seed
     with torch.random.fork_rng():
         # A new score head is drawn here: from a fixed seed, so the same config trains the same RM.
         torch.manual_seed(seed)

@@ -125,13 +125,13 @@ def state_key(cfg: Config) -> str:
 
 
 def loop_part(ser: SERConfig) -> dict:
-    """The ``ser.*`` fields that shape the loop, in the flat layout from before issue 13 (``lora``, ``lora_r``, ...):
-    the state key of a ``ser_state.json`` written then stays the same, so that run still resumes."""
+    """The ``ser.*`` fields that shape the loop, in a flat layout (``lora``, ``lora_r``, ...): the
+    state key of a ``ser_state.json`` hashes them in this layout."""
     part = {k: v for k, v in to_dict(ser).items()
             if k not in ("max_loops", "keep", "lora", "rl") and not k.startswith("ppo")}
     lora = ser.lora
     part.update(lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
-    if lora.target_modules != SERLoRAConfig().target_modules:  # new in issue 13: in the key only when set
+    if lora.target_modules != SERLoRAConfig().target_modules:  # in the key only when set
         part["lora_target_modules"] = list(lora.target_modules)
     return part
 

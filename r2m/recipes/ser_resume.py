@@ -112,8 +112,8 @@ class FullBaseline:
     train_steps: int
     wall_s: float
     test_acc_equal_len: Optional[float] = None
-    """Test accuracy on the pairs of equal answer length (None: a state written before it was measured; NaN: no
-    such pair)."""
+    """Test accuracy on the pairs of equal answer length (None: not in the state file; NaN: no such
+    pair)."""
     test_acc_unequal_len: Optional[float] = None
     """Test accuracy on the pairs of unequal answer length (None, NaN: as above)."""
 

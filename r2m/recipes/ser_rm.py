@@ -150,7 +150,7 @@ def _eval_metrics(ev: RMEval) -> dict[str, float]:
 
 
 def length_split_metrics(test: RMAccuracy) -> dict[str, float]:
-    """Test accuracy on equal-length and on unequal-length pairs (SER Table 1 per world, issue 14 item 6), and
+    """Test accuracy on equal-length and on unequal-length pairs (SER Table 1 per world), and
     how many test pairs are of equal length."""
     return {"ser/test_acc_equal_len": test.equal_length_accuracy,
             "ser/test_acc_unequal_len": test.unequal_length_accuracy,

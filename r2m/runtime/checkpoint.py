@@ -204,7 +204,7 @@ def _size_mtime(directory: Path) -> tuple:
 
 def _check_manifest(directory: Path) -> Optional[str]:
     if not (directory / MANIFEST).exists():
-        # Written before r2m wrote manifests: complete by its atomic rename, but its bytes cannot be checked.
+        # No manifest: complete by its atomic rename, but its bytes cannot be checked.
         log.warning("checkpoint %s has no %s (written by an older r2m): not verified", directory, MANIFEST)
         return None
     try:

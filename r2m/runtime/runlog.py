@@ -87,7 +87,7 @@ class RunDir:
         # make_accelerator resolved and checked run.log_with; an accelerator made without trackers logs to none.
         self._trackers = accelerator is not None and bool(getattr(accelerator, "log_with", None))
         if self._trackers:
-            # Named after the run (issue 17): wandb's project and run name, tensorboard's <run dir>/<run.name>/
+            # Named after the run: wandb's project and run name, tensorboard's <run dir>/<run.name>/
             accelerator.init_trackers(cfg.run.name, config=_flatten(to_dict(cfg)),
                                       init_kwargs={"wandb": {"name": cfg.run.name}})
 

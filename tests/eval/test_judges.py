@@ -443,7 +443,7 @@ def test_judge_config_precedence_config_then_env_then_default() -> None:
 
 
 def test_judge_mode_is_an_enum_validated_where_it_is_read() -> None:
-    # eval.judge.mode is a JudgeMode once parsed (issue 13); CompareMode is the same Enum.
+    # eval.judge.mode is a JudgeMode once parsed; CompareMode is the same Enum.
     from r2m.config import JudgeMode
 
     assert CompareMode is JudgeMode

@@ -1,4 +1,4 @@
-"""SER in the ``blind`` world (issue 14, item 4): SER's reward models read the world's masked prompt view,
+"""SER in the ``blind`` world: SER's reward models read the world's masked prompt view,
 as the world RM and the RL reward do (r2m/world/view.py)."""
 
 from __future__ import annotations

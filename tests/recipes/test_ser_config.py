@@ -1,7 +1,7 @@
-"""SER's nested config (issue 13): ser.lora (a LoRAConfig), ser.rl (the PPO stage's rl.* overrides), one RM factory.
+"""SER's nested config: ser.lora (a LoRAConfig), ser.rl (the PPO stage's rl.* overrides), one RM factory.
 
-The expected values are those of the flat layout before issue 13 (ser.lora_r, ser.ppo_steps, ...), computed on
-that code: the PPO stage's RL config and the loop's state key must not have moved."""
+The expected values are those of a flat layout (ser.lora_r, ser.ppo_steps, ...), computed on code that had it:
+the PPO stage's RL config and the loop's state key must not have moved."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from r2m.config import Algorithm, ConfigError, LoRAConfig, RLConfig, SERRLOverrides, load_config, to_dict
 from r2m.recipes.ser import ppo_config, state_key
 
-# (config, overrides) -> state key on main before issue 13 (ser.lora=true spelt ser.lora.enabled=true now).
+# (config, overrides) -> state key computed with the flat ser.* layout (ser.lora=true for ser.lora.enabled=true).
 OLD_KEYS = {
     (None, ()): "63c13cefe2",
     ("configs/world/ser.yaml", ()): "63c13cefe2",
@@ -29,7 +29,7 @@ OLD_KEYS = {
 
 @pytest.mark.parametrize("path,overrides", list(OLD_KEYS))
 def test_state_key_unchanged_by_the_nested_layout(path, overrides) -> None:
-    # A ser_state.json written before issue 13 still resumes: the key hashes the loop's fields in the old flat layout.
+    # A ser_state.json of the flat layout still resumes: the key hashes the loop's fields in that layout.
     assert state_key(load_config(path, list(overrides))) == OLD_KEYS[(path, overrides)]
 
 

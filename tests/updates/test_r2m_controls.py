@@ -1,5 +1,5 @@
 """The benchmark's controls in the loop: oracle (gold) and random winner/loser in R2M's update, and the scale
-control's reward vanilla × ω(t) (issue 14, item 2)."""
+control's reward vanilla × ω(t)."""
 
 from __future__ import annotations
 
