@@ -1,5 +1,6 @@
-"""The object API (README "From Python"): examples/python_rl_r2m.py runs GRPO + R2M through r2m.RLTrainer with a
-callback; a reward callable replaces the RM; a callback stops the run; objects (model, Dataset) are accepted."""
+"""The object API (docs/PYTHON.md): examples/python_rl_r2m.py runs GRPO + R2M through r2m.RLTrainer with a
+callback; a reward callable replaces the RM; a callback stops the run; objects (model, Dataset) are accepted; the
+README's example builds its trainer."""
 
 from __future__ import annotations
 
@@ -25,10 +26,39 @@ def _example():
     return module
 
 
-def test_readme_includes_the_example_verbatim() -> None:
-    block = re.search(r"## From Python\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert block is not None, "README.md has no python block in a '## From Python' section"
-    assert block.group(1) == EXAMPLE.read_text(), "README's From Python block and examples/python_rl_r2m.py differ"
+def test_python_doc_includes_the_example_verbatim() -> None:
+    block = re.search(r"## The example\n.*?```python\n(.*?)```", (ROOT / "docs" / "PYTHON.md").read_text(), re.S)
+    assert block is not None, "docs/PYTHON.md has no python block in a '## The example' section"
+    assert block.group(1) == EXAMPLE.read_text(), "docs/PYTHON.md's example and examples/python_rl_r2m.py differ"
+
+
+def test_readme_example_builds_its_trainer(world_artifacts, tmp_path, monkeypatch) -> None:
+    """The README's Python example as written (TRL's GRPOConfig, R2M on) resolves into the run it says: its hub names
+    are replaced by the world's tiny models and files, GRPOConfig runs on the CPU, and train() is not called."""
+    trl = pytest.importorskip("trl")
+    import datasets
+
+    block = re.search(r"## Your models\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert len(block.splitlines()) <= 16, "the README's example grew past 15 lines"
+    policy_dir, rm_dir, files = world_artifacts
+    models = {"Qwen/Qwen2.5-0.5B-Instruct": policy_dir, "Skywork/Skywork-Reward-V2-Llama-3.1-8B": rm_dir}
+    data = {("trl-lib/ultrafeedback-prompt", "train"): files.prompts,
+            ("trl-lib/ultrafeedback_binarized", "test"): files.pref_eval}
+    for name, path in models.items():
+        assert f'"{name}"' in block, name
+        block = block.replace(f'"{name}"', repr(str(path)))
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_json(str(data[name, split])))
+    grpo_config = trl.GRPOConfig
+    monkeypatch.setattr(trl, "GRPOConfig", lambda **kw: grpo_config(**kw, use_cpu=True, bf16=False))
+    monkeypatch.setattr(r2m.RLTrainer, "train", lambda self: None)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (the README's own example)
+    cfg = scope["trainer"].cfg
+    assert cfg.reward.r2m.enabled and cfg.reward.dtype == "bfloat16"
+    assert (cfg.rl.algorithm.value, cfg.rl.k, cfg.rl.prompts_per_step, cfg.rl.steps) == ("grpo", 8, 8, 500)
+    assert (cfg.rl.lr, cfg.rl.beta, cfg.rl.max_new_tokens) == (1e-6, 0.05, 512)
+    assert cfg.policy.path == str(policy_dir) and cfg.data.pref_eval is not None
 
 
 @pytest.mark.slow
