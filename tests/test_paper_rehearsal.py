@@ -248,4 +248,4 @@ def test_r2m_config_under_torchrun_two_processes(models, data, tmp_path) -> None
 # FSDP on CPU is not rehearsed: accelerate (1.15) turns its FSDP plugin on only for accelerator devices (MULTI_GPU,
 # MULTI_XPU, ...); on CPU, `accelerate launch --config_file configs/accelerate/fsdp.yaml` runs as MULTI_CPU, i.e.
 # plain gloo DDP, which the torchrun test above covers. torch's own fully_shard does run on CPU with gloo, but only
-# outside accelerate, which is not r2m's path. See README "Run on your GPUs".
+# outside accelerate, which is not r2m's path. See docs/GPU.md.

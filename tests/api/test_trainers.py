@@ -47,7 +47,8 @@ def test_readme_example_builds_its_trainer(world_artifacts, tmp_path, monkeypatc
     for name, path in models.items():
         assert f'"{name}"' in block, name
         block = block.replace(f'"{name}"', repr(str(path)))
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_json(str(data[name, split])))
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda name, split: datasets.Dataset.from_json(str(data[name, split])))
     grpo_config = trl.GRPOConfig
     monkeypatch.setattr(trl, "GRPOConfig", lambda **kw: grpo_config(**kw, use_cpu=True, bf16=False))
     monkeypatch.setattr(r2m.RLTrainer, "train", lambda self: None)

@@ -1,4 +1,4 @@
-"""R2M inside TRL, as a TRL user runs it: examples/trl_grpo_r2m.py (the README's "With TRL" block) with its tiny
+"""R2M inside TRL, as a TRL user runs it: examples/trl_grpo_r2m.py (the example of docs/TRL.md) with its tiny
 config (conversational prompts, LoRA, evaluation every 2 steps, a generation batch reused over 2 steps). The
 RM's updates read only training groups; fusion and head train, the backbone does not; checkpoints, save_model
 and push_to_hub carry the R2M, which loads from a moved folder; resume restores it. Also: an RLOO smoke run on the
@@ -86,11 +86,11 @@ def grpo_run(tmp_path_factory):
                            callback=next(c for c in trainer.callback_handler.callbacks if isinstance(c, R2MCallback)))
 
 
-def test_readme_includes_the_example_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## With TRL\n.*?```python\n(.*?)```", readme, re.S)
-    assert block is not None, "README.md has no python block in a '## With TRL' section"
-    assert block.group(1) == EXAMPLE.read_text(), "README's With TRL block and examples/trl_grpo_r2m.py differ"
+def test_trl_doc_includes_the_example_verbatim() -> None:
+    doc = (ROOT / "docs" / "TRL.md").read_text()
+    block = re.search(r"## The example\n.*?```python\n(.*?)```", doc, re.S)
+    assert block is not None, "docs/TRL.md has no python block in a '## The example' section"
+    assert block.group(1) == EXAMPLE.read_text(), "docs/TRL.md's example and examples/trl_grpo_r2m.py differ"
 
 
 @pytest.mark.slow
