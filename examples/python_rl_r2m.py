@@ -40,7 +40,7 @@ def train(policy_path, rm_path, prompts_path, eval_prompts_path, pairs_path, out
 
 def tiny_world() -> list[str]:
     """The world's tiny SFT policy, proxy RM and prompt files, built by r2m's own pipeline (cached)."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 
     cfg = load_config(None, [

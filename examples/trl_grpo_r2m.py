@@ -21,7 +21,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from r2m.config import R2MConfig
+from r2m.config.models import R2MConfig
 from r2m.integrations.trl import R2MCallback, R2MReward
 
 

@@ -48,7 +48,7 @@ def flops() -> FlopCounterMode:
 
 def tiny_world() -> list[str]:
     """The world's tiny SFT policy, proxy RM and RL prompts, built by r2m's own pipeline (cached in runs/)."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 
     cfg = load_config(None, [
@@ -67,7 +67,7 @@ def build(policy_path: str, rm_path: str, prompts_path: str, output_dir: str, st
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from r2m.config import R2MConfig
+    from r2m.config.models import R2MConfig
     from r2m.integrations.trl import R2MCallback, R2MReward
 
     policy = AutoModelForCausalLM.from_pretrained(policy_path)
@@ -107,32 +107,38 @@ def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops
     """r2m's own loop (GRPO + R2M) on the same models and work: the whole step, per step."""
     from accelerate import Accelerator
 
-    from r2m.config import Algorithm, R2MConfig, RLConfig
+    from r2m.config.enums import Algorithm
+    from r2m.config.models import R2MConfig
+    from r2m.config.training import RLConfig
     from r2m.data.jsonl import read_jsonl
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
     from r2m.integrations.trl import R2MReward
     from r2m.models.loading import load_policy, load_tokenizer
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.updates.grebt import GREBTUpdater
     from r2m.updates.policy import PolicyUpdater
-    from r2m.updates.r2m import R2MUpdater
 
     torch.manual_seed(0)
     policy, tok = load_policy(policy_path), load_tokenizer(policy_path)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     cfg = R2MConfig(enabled=True, lr=1e-3, init="matched")
     reward = R2MReward.from_base(rm_path, policy, tok, cfg).reward  # the same FeedbackReward R2MReward wraps
-    reward.total_steps = steps
+    reward.schedule.total_steps = steps
     rl = RLConfig(algorithm=Algorithm.GRPO, prompts_per_step=PROMPTS, k=K, max_new_tokens=NEW_TOKENS, minibatches=1,
                   epochs=1, lr=1e-4)
     maker = ExperienceMaker(policy, ref, tok, reward, rl, torch.device("cpu"))
     updater = PolicyUpdater(policy, torch.optim.AdamW(policy.parameters(), lr=1e-4), Accelerator(cpu=True), rl)
-    rm_updater = R2MUpdater(reward, cfg)
+    rm_updater = GREBTUpdater(reward.model, reward.schedule, cfg)
     rows = read_jsonl(prompts_path, ["prompt"])
     with meter() as total:
         for step in range(steps):
             texts = [r["prompt"] for r in rows[step * PROMPTS: (step + 1) * PROMPTS]]
             prompts = tokenize_prompts(tok, texts, 64, "truncate")
-            exp = maker.make(prompts.texts, prompts.ids, step=step)
-            refreshed = updater.update(exp).policy_hidden  # h from the last policy epoch
+            rollout = maker.rollout(prompts.texts, prompts.ids, step)
+            if reward.calibrates(rollout.query):  # init=matched: W_o scaled once, on the first batch
+                rollout = rollout._replace(query=reward.calibrate(rollout.query))
+            exp = maker.estimate(rollout, maker.score(rollout))
+            refreshed = updater.update(exp, keep_states=rm_updater.keep_states).states  # h from the last policy epoch
             rm_updater.update(exp, refreshed)
     return {"step": total.get_total_flops() / steps, "extra_forward": 0.0}
 

@@ -10,7 +10,7 @@ The public objects are exported lazily (PEP 562): ``import r2m`` imports neither
                                                      (transformers' TrainerCallbacks work too)
     r2m.FeedbackRewardModel                          the R2M reward model (r2m.models.r2m)
 
-The config file's sections are ``r2m.config.RLConfig``, ``RMConfig``, ``SERConfig``, ...
+The config file's sections are ``r2m.config.training.RLConfig``, ``RMConfig``, ``SERConfig``, ...
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def tiny(world_root) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny):
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
 
     return load_config(None, tiny)
 

@@ -22,7 +22,7 @@ def _write(path: Path, lines: list[str]) -> str:
 def _saved_rm_with_labels(tmp_path: Path, num_labels: int) -> str:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("rm")
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -43,7 +43,7 @@ def test_world_writes_plain_schemas(tmp_path, tiny, capsys) -> None:
 
 @pytest.mark.slow
 def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import fresh_world_lm
 
     root = str(tmp_path)
@@ -61,7 +61,7 @@ def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
 
 @pytest.mark.slow
 def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, capsys) -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone
 
     backbone = ensure_world_rm_backbone(load_config(None, tiny))

@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import ArchConfig, OldLogprobs, RLConfig
+from r2m.config.enums import OldLogprobs
+from r2m.config.models import ArchConfig
+from r2m.config.training import RLConfig
 from r2m.errors import ConfigError
+from r2m.experience.sampling import generate
+from r2m.models.feedback import feedback_states
+from r2m.models.forward import left_pad
 from r2m.models.loading import build_world_lm
+from r2m.models.logprobs import response_forward
 from r2m.recipes.rl.trl_aliases import TRL_ALIASES
-from r2m.rollout import feedback_states, generate, left_pad, response_forward
-from r2m.world import build_tokenizer, format_prompt
+from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from old_logprobs_run import short_run  # noqa: E402
@@ -81,9 +87,10 @@ def test_recompute_matches_its_fixture_to_float_rounding() -> None:
 
 @pytest.mark.slow
 def test_a_cli_rl_run_with_r2m_matches_its_fixture_to_float_rounding(tiny, world_artifacts) -> None:
-    """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
+    """Through the RL loop (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to
+    ``ROUNDING``."""
     from r2m.cli import main
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
 
     expected = _expected(Path(__file__).parent / "fixtures" / "rl_r2m_recompute_metrics.json")
     assert main(["rl", *tiny, "run.name=bitid-recompute", "reward.r2m.enabled=true"]) == 0
@@ -155,7 +162,8 @@ class _HiddenReward:
 @pytest.mark.parametrize("rollout_batch_size", [0, 3])
 def test_experience_from_generation_matches_recompute_with_r2m_h(rollout_batch_size) -> None:
     """pi_old's log-probs and h from the generation pass, in rollout chunks too, equal the recomputed ones."""
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
 
     tok, policy = _policy()
     ref = copy.deepcopy(policy).requires_grad_(False)

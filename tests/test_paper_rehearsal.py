@@ -161,14 +161,14 @@ def test_paper_config_rehearsal(config, models, data, tmp_path, monkeypatch, cap
 def test_qwen_config_policy_and_skywork_rm_read_their_own_templates(models, data, tmp_path, monkeypatch) -> None:
     """The policy's prompt set is Qwen's ChatML; the Skywork-style RM's input is Llama 3.1's template of the same
     conversation (with the reply), built through the paper config's real setup."""
-    from r2m.config import load_config
-    from r2m.recipes.rl.run import RLRun
+    from r2m.config.parsing import load_config
+    from r2m.recipes.rl.build import build_run
 
     plan = Plan(ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", models, data,
                 tmp_path / "runs")
     cfg = load_config(ROOT / "configs" / "paper" / f"{plan.name}.yaml", plan.overrides)
-    rl = RLRun(cfg)
-    prompt = rl.train.texts[0]
+    rl = build_run(cfg)
+    prompt = rl.train_prompts.texts[0]
     assert prompt.startswith("<|im_start|>system\nYou are Qwen") and prompt.endswith("<|im_start|>assistant\n")
     rm = rl.reward_fn.reward_model
     enc = rm.tokenize([prompt], ["Here is a line.<|im_end|>"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from r2m.cli import main
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.errors import ConfigError
 from r2m.runtime.runlog import read_metrics
 
@@ -141,40 +141,43 @@ def _nan_reward(rl, bad_steps: set[int]):
 
 @pytest.mark.slow
 def test_nan_reward_skips_the_step_and_logs_stats(tiny, world_artifacts) -> None:
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
-    rl = RLRun(load_config(None, [*tiny, "run.name=nan-skip", "rl.steps=3"]))
+    rl = build_run(load_config(None, [*tiny, "run.name=nan-skip", "rl.steps=3"]))
     _nan_reward(rl, {2})
-    before = {k: v.clone() for k, v in rl.policy.state_dict().items()}
-    m1 = rl.step(1)
-    after1 = {k: v.clone() for k, v in rl.policy.state_dict().items()}
-    m2 = rl.step(2)
+    policy = rl.models.policy
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    m1 = train_step(rl, 1)
+    after1 = {k: v.clone() for k, v in policy.state_dict().items()}
+    m2 = train_step(rl, 2)
     assert "loss/policy" in m1 and m2["guard/skipped_step"] == 1.0
     assert m2["guard/scores_nan"] == 8 and math.isnan(m2["guard/scores_min"]) and m2["guard/bad_steps"] == 1
-    assert all(torch.equal(after1[k], v) for k, v in rl.policy.state_dict().items())  # no update on step 2
+    assert all(torch.equal(after1[k], v) for k, v in policy.state_dict().items())  # no update on step 2
     assert any(not torch.equal(before[k], v) for k, v in after1.items())
-    m3 = rl.step(3)
-    assert "loss/policy" in m3 and rl.bad_steps == 0  # the count resets after a good step
+    m3 = train_step(rl, 3)
+    assert "loss/policy" in m3 and rl.progress.bad_steps == 0  # the count resets after a good step
 
 
 @pytest.mark.slow
 def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, capsys) -> None:
     from r2m.errors import NumericError
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
     root = Path(tiny[-1].split("=", 1)[1])
-    rl = RLRun(load_config(None, [*tiny, "run.name=nan-stop", "rl.steps=6", "run.max_bad_steps=2"]))
+    rl = build_run(load_config(None, [*tiny, "run.name=nan-stop", "rl.steps=6", "run.max_bad_steps=2"]))
     _nan_reward(rl, {2, 3})
-    rl.step(1)
-    rl.step(2)
+    train_step(rl, 1)
+    train_step(rl, 2)
     with pytest.raises(NumericError, match=r"2 consecutive steps with NaN/inf .* step 3; stopped with a checkpoint"):
-        rl.step(3)
+        train_step(rl, 3)
     assert (root / "nan-stop" / "checkpoints" / "step-000003" / "state.pt").exists()
 
 
 def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
     """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
     cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])
@@ -419,9 +422,11 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     from r2m.recipes.pipeline import _must_build
 
     cache = tmp_path / "world" / "policy-abc"
-    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; d = Path(sys.argv[1]); "
-            "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
-            "runlock.release(d)")
+    # The builder, as _must_build leaves it: the entry's cache.json first, then the lock while it builds.
+    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; "
+            "from r2m.recipes.pipeline import CACHE_FILE, WORLD_CACHE_FORMAT; d = Path(sys.argv[1]); "
+            "WORLD_CACHE_FORMAT.write(d / CACHE_FILE); runlock.acquire(d); print('held', flush=True); "
+            "time.sleep(1.5); (d / 'model').mkdir(parents=True); runlock.release(d)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile
@@ -487,14 +492,14 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
 @pytest.mark.slow
 def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
     """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
+    import r2m.recipes.rl.run
     from r2m.errors import DataError
-    from r2m.recipes.rl.run import RLRun
     from r2m.runtime.runlock import holder_path, is_held
 
-    def fail(self, step):
+    def fail(s, step):
         raise DataError("a failure at step 1")
 
-    monkeypatch.setattr(RLRun, "step", fail)
+    monkeypatch.setattr(r2m.recipes.rl.run, "train_step", fail)
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(_rl(tiny, "fails", "rl.steps=3")) == 2
     assert (root / "fails" / "metrics.jsonl").exists()  # the run had started

@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from r2m.api.args import RLArguments, RMArguments, TrainerArguments
-from r2m.config import replace_path
+from r2m.api.args import RLArguments, TrainerArguments
+from r2m.config.parsing import replace_path
 from r2m.config.trl_map import TrlMapping, map_trl
 from r2m.config.trl_names import RULES
 from r2m.errors import ConfigError
@@ -135,4 +135,4 @@ def dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["RLArguments", "RMArguments", "Resolved", "resolve_args", "peft_overrides", "trl_kind"]
+__all__ = ["Resolved", "resolve_args", "peft_overrides", "trl_kind"]

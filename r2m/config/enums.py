@@ -6,7 +6,8 @@ import enum
 
 
 class Algorithm(str, enum.Enum):
-    """Policy-gradient algorithm, i.e. the advantage estimator of the RL loop."""
+    """Policy-gradient algorithm: the key of the advantage-estimator registry (:mod:`r2m.core.advantages`; ppo is GAE
+    over a critic's values)."""
 
     RLOO = "rloo"
     GRPO = "grpo"

@@ -183,35 +183,32 @@ NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "
                           "hub_private_repo"})
 
 
-# Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,
-# so that existing caches stay valid (sft.max_length=2048 cuts nothing the old 512 did not on the world's data).
-KEY_NEUTRAL = {"max_length": 2048, "rm_seed": None, "rm_prompt_digits": 0, "wrong_digit": 0.0}
-
-
 def _semantic(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: _semantic(v) for k, v in d.items()
-                if k not in NON_SEMANTIC and not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+        return {k: _semantic(v) for k, v in d.items() if k not in NON_SEMANTIC}
     return d
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable short hash of config parts (for caching world artifacts); logging/checkpoint fields excluded."""
+    """Stable short hash of config parts (for caching world artifacts): every field, whatever its value, except the
+    logging/checkpoint ones (:data:`NON_SEMANTIC`)."""
     blob = json.dumps([_semantic(to_dict(p)) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings of a config dataclass (the string literal under each field)."""
+    """Field docstrings of a config dataclass (the string literal under each field), its bases' included (a field a
+    subclass declares again has the subclass's docstring)."""
     import ast
     import inspect
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            docs[prev.target.id] = node.value.value.strip()
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for prev, node in zip(body, body[1:]):
+            if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                docs[prev.target.id] = node.value.value.strip()
     return docs

@@ -1,8 +1,9 @@
 """Advantage estimators (RLOO, GRPO, ReMax, REINFORCE++, GAE) behind one registry.
 
 Every estimator has the same explicit signature ``(AdvantageInput, AdvantageParams) ->
-AdvantageOutput`` and is registered under an :class:`Estimator` member (verl-style), so a trainer
-picks one by name with :func:`compute_advantages`. The standalone math (``compute_rloo_advantage``,
+AdvantageOutput`` and is registered under the :class:`~r2m.config.enums.Algorithm` that uses it (verl-style:
+``rl.algorithm`` is the registry's key; PPO's estimator is GAE over a critic's values), so a trainer picks one by
+name with :func:`compute_advantages`. The standalone math (``compute_rloo_advantage``,
 ``compute_gae``, ...) is public too; the registered functions are thin compositions of it.
 
 Layout: ``N`` prompts, ``K`` samples per prompt, flattened responses ``N*K`` (row ``n*K + k`` is
@@ -15,16 +16,15 @@ there never reaches a return, an advantage or a whitening statistic): see :mod:`
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from enum import Enum
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
+from r2m.config.enums import Algorithm
 from r2m.core.losses import apply_mask, full_precision, masked_whiten
 
 __all__ = [
-    "Estimator",
     "AdvantageInput",
     "AdvantageParams",
     "AdvantageOutput",
@@ -40,18 +40,6 @@ __all__ = [
     "GAEOutput",
     "compute_gae",
 ]
-
-
-class Estimator(str, Enum):
-    """Advantage estimator of the RL loop."""
-
-    RLOO = "rloo"
-    GRPO = "grpo"
-    REMAX = "remax"
-    REINFORCE_PP = "reinforce_pp"
-    REINFORCE_PP_BASELINE = "reinforce_pp_baseline"
-    DR_GRPO = "dr_grpo"
-    GAE = "gae"
 
 
 @dataclass(frozen=True)
@@ -101,16 +89,17 @@ class AdvantageOutput(NamedTuple):
 
 EstimatorFn = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]
 
-ADVANTAGE_ESTIMATORS: dict[Estimator, EstimatorFn] = {}
+ADVANTAGE_ESTIMATORS: dict[Algorithm, EstimatorFn] = {}
+"""Each algorithm's advantage estimator (PPO: GAE)."""
 
 
-def register(name: Union[Estimator, str]) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Decorator: store the function in :data:`ADVANTAGE_ESTIMATORS` under ``name``."""
-    name = Estimator(name)
+def register(name: Union[Algorithm, str]) -> Callable[[EstimatorFn], EstimatorFn]:
+    """Decorator: store the function in :data:`ADVANTAGE_ESTIMATORS` under the algorithm ``name``."""
+    name = Algorithm(name)
 
     def deco(fn: EstimatorFn) -> EstimatorFn:
         if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name.value!r} is already registered")
+            raise ValueError(f"the advantage estimator of {name.value!r} is already registered")
         ADVANTAGE_ESTIMATORS[name] = fn
         return fn
 
@@ -118,16 +107,16 @@ def register(name: Union[Estimator, str]) -> Callable[[EstimatorFn], EstimatorFn
 
 
 def compute_advantages(
-    estimator: Union[Estimator, str], inp: AdvantageInput, params: AdvantageParams = AdvantageParams()
+    algorithm: Union[Algorithm, str], inp: AdvantageInput, params: AdvantageParams = AdvantageParams()
 ) -> AdvantageOutput:
-    """Look up ``estimator`` (member or its string value) in the registry and apply it."""
+    """Look up ``algorithm``'s estimator (an :class:`Algorithm` or its string value) in the registry and apply it."""
     try:
-        key = Estimator(estimator)
+        key = Algorithm(algorithm)
     except ValueError:
-        valid = ", ".join(e.value for e in Estimator)
-        raise ValueError(f"unknown advantage estimator {estimator!r}; valid: {valid}") from None
+        valid = ", ".join(e.value for e in Algorithm)
+        raise ValueError(f"unknown algorithm {algorithm!r} (no advantage estimator); valid: {valid}") from None
     if key not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"advantage estimator {key.value!r} has no registered implementation")
+        raise ValueError(f"algorithm {key.value!r} has no registered advantage estimator")
     upcast = {f.name: full_precision(getattr(inp, f.name)) for f in fields(inp)
               if f.name != "mask" and getattr(inp, f.name) is not None}
     return ADVANTAGE_ESTIMATORS[key](replace(inp, **upcast), params)
@@ -305,7 +294,7 @@ def _token_rewards(inp: AdvantageInput) -> Tensor:
     return apply_mask(rewards, m)
 
 
-@register(Estimator.RLOO)
+@register(Algorithm.RLOO)
 def rloo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """RLOO on r = score − Σ_t β·KL_t, broadcast to tokens; returns = broadcast r."""
     rewards = _sequence_rewards(inp)  # (N, K)
@@ -313,7 +302,7 @@ def rloo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.GRPO)
+@register(Algorithm.GRPO)
 def grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """GRPO group normalisation of r = score − Σ_t β·KL_t, broadcast to tokens; returns = broadcast r."""
     rewards = _sequence_rewards(inp)  # (N, K)
@@ -321,7 +310,7 @@ def grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.DR_GRPO)
+@register(Algorithm.DR_GRPO)
 def dr_grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """Dr. GRPO: r − group mean of r = score − Σ_t β·KL_t (no std scaling), broadcast to tokens.
 
@@ -331,7 +320,7 @@ def dr_grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> Advantage
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.REMAX)
+@register(Algorithm.REMAX)
 def remax_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """ReMax: r − b with b the greedy reward per prompt, broadcast to tokens; returns = broadcast r."""
     if inp.baseline is None:
@@ -341,7 +330,7 @@ def remax_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.REINFORCE_PP)
+@register(Algorithm.REINFORCE_PP)
 def reinforce_pp_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """REINFORCE++: A_t = whiten(G_t), G_t = Σ_{t' ≥ t} γ^{t' − t} r_t' on token rewards
     r_t = −β·KL_t (+ score at the last token); whitening is global over the batch (masked)."""
@@ -351,7 +340,7 @@ def reinforce_pp_estimator(inp: AdvantageInput, params: AdvantageParams) -> Adva
     return AdvantageOutput(advantages=adv, returns=returns)
 
 
-@register(Estimator.REINFORCE_PP_BASELINE)
+@register(Algorithm.REINFORCE_PP_BASELINE)
 def reinforce_pp_baseline_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """REINFORCE++-baseline (OpenRLHF's ``reinforce_baseline``): each score minus its group's mean
     score, then REINFORCE++ on it: token rewards r_t = −β·KL_t (+ the centred score at the last token),
@@ -361,7 +350,7 @@ def reinforce_pp_baseline_estimator(inp: AdvantageInput, params: AdvantageParams
     return reinforce_pp_estimator(AdvantageInput(scores=centered, mask=inp.mask, kl_penalty=inp.kl_penalty), params)
 
 
-@register(Estimator.GAE)
+@register(Algorithm.PPO)
 def gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """PPO's GAE on token rewards r_t = −β·KL_t (+ score at the last token) and critic values;
     returns = A + V (unwhitened, the critic's target), advantages whitened (masked) if asked."""

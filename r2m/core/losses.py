@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from r2m.config import KLEstimator, LossAggregation, RatioLevel
+from r2m.config.enums import KLEstimator, LossAggregation, RatioLevel
 
 Number = Union[int, float]
 

@@ -32,12 +32,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
+from r2m.config.enums import OnMismatch
 from r2m.config.paths import DatasetFormat
-from r2m.data.adapters import (  # noqa: F401 (the readers' public names)
+from r2m.data.adapters import (
     KIND_FIELDS,
     Adapter,
     AdapterContext,
-    OnMismatch,
     RowKind,
     _hh_rlhf,
     _plain,
@@ -46,9 +46,6 @@ from r2m.data.adapters import (  # noqa: F401 (the readers' public names)
     _tldr_preference,
     _ultrafeedback,
     format_hint,
-    render_messages,
-    split_hh,
-    tldr_prompt,
 )
 from r2m.data.jsonl import read_jsonl
 from r2m.data.sources import display_name, python_source

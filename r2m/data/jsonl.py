@@ -14,15 +14,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from r2m.fileio import atomic_write_text
+from r2m.errors import DataError
+from r2m.fileio import atomic_write_text, decode_lines
 
 PROMPT_FIELDS = ("prompt",)
 SFT_FIELDS = ("prompt", "response")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
-
-
-from r2m.errors import DataError  # noqa: E402  (re-exported)
-from r2m.fileio import decode_lines  # noqa: E402,F401 (re-exported)
 
 
 def read_jsonl(path: str | Path, required: Sequence[str], hint: str = "") -> list[dict]:

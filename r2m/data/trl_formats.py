@@ -14,7 +14,7 @@ plain schema (:func:`detect_format`), as TRL reads a dataset by its columns.
 Standard rows hold strings; conversational rows hold ``[{"role", "content"}]`` message lists (the
 prompt's messages; completion / chosen / rejected: the assistant's reply, or with an implicit prompt
 the whole conversation). A conversational prompt is rendered with the reading model's chat template
-(:func:`r2m.data.datasets.render_messages`), and the reward model renders it with its own
+(:func:`r2m.data.adapters.render_messages`), and the reward model renders it with its own
 (:mod:`r2m.data.chat`). An implicit standard prompt is the common prefix of chosen and rejected cut before
 its last space (a word boundary; see :func:`_common_prefix`).
 """

@@ -24,15 +24,17 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from r2m.config import JudgeConfig, JudgeMode, WorldConfig
+from r2m.config.enums import JudgeMode
+from r2m.config.jobs import JudgeConfig
+from r2m.config.run import WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts
 from r2m.eval.winrate import LOSS, TIE, WIN, outcomes_from_scores
-from r2m.world import gold_rewards
+from r2m.world.task import gold_rewards
 
 if TYPE_CHECKING:
     from r2m.models.reward import RewardModel
@@ -102,11 +104,6 @@ class RewardModelJudge:
 # ---------------------------------------------------------------------------------------------
 
 
-CompareMode = JudgeMode
-"""How :meth:`ApiJudge.compare` decides: ``eval.judge.mode``'s Enum (:class:`r2m.config.JudgeMode`), validated where
-the config is parsed."""
-
-
 class Verdict(str, enum.Enum):
     """One pairwise reply, in the positions the judge saw."""
 
@@ -117,73 +114,20 @@ class Verdict(str, enum.Enum):
     """No ``[[A]]``/``[[B]]``/``[[C]]`` in the reply."""
 
 
-@dataclass(frozen=True)
-class ApiJudgeConfig:
-    """An OpenAI-compatible chat-completions endpoint used as a judge. Holds no secret."""
-
-    base_url: str = "https://api.openai.com/v1"
-    """API root; requests go to ``<base_url>/chat/completions``."""
-    model: str = "gpt-4o-2024-08-06"
-    """Judge model name (SER used gpt-4o-2024-08-06)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (used when ``api_key_file`` is unset)."""
-    api_key_file: Optional[str] = None
-    """File whose stripped content is the API key; takes precedence over ``api_key_env``."""
-    mode: CompareMode = CompareMode.PAIRWISE
-    """How ``compare`` judges: ``pairwise`` (both orders) or ``single`` (rubric score of each response)."""
-    max_concurrency: int = 4
-    """Most requests in flight at once (threads in the pool)."""
-    max_retries: int = 5
-    """Retries after the first attempt on HTTP 429, 5xx, timeouts and connection errors."""
-    backoff_s: float = 1.0
-    """First retry delay; doubles on every further retry (with jitter in [0.5, 1] of it)."""
-    max_backoff_s: float = 60.0
-    """Cap on one retry delay (also on a server's ``Retry-After``)."""
-    timeout_s: float = 60.0
-    """Socket timeout of one request."""
-    cache_dir: Optional[str] = None
-    """Directory of the reply cache (keyed by endpoint, model, messages, temperature, max_tokens); None: no cache."""
-    temperature: float = 0.0
-    """Sampling temperature of the judge."""
-    max_tokens: int = 512
-    """Most tokens the judge may reply with (explanation plus verdict)."""
-
-    def __post_init__(self) -> None:
-        def check(cond: bool, name: str, expected: str, value: object) -> None:
-            if not cond:
-                raise ConfigError(f"judge.{name}: expected {expected}, got {value!r}")
-
-        check(self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
-        check(bool(self.model), "model", "a model name", self.model)
-        check(isinstance(self.mode, JudgeMode), "mode", "a JudgeMode (pairwise or single)", self.mode)
-        check(bool(self.api_key_env) or bool(self.api_key_file), "api_key_env", "a variable name (or api_key_file)",
-              self.api_key_env)
-        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
-            # Never echo the value: it may be a key pasted in the wrong place.
-            raise ConfigError("judge.api_key_env: expected the NAME of an environment variable (letters, digits, _), "
-                              "not a key; the given value is not shown")
-        check(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
-        check(self.max_retries >= 0, "max_retries", ">= 0", self.max_retries)
-        check(self.backoff_s >= 0, "backoff_s", ">= 0", self.backoff_s)
-        check(self.max_backoff_s >= self.backoff_s, "max_backoff_s", ">= backoff_s", self.max_backoff_s)
-        check(self.timeout_s > 0, "timeout_s", "> 0", self.timeout_s)
-        check(self.temperature >= 0, "temperature", ">= 0", self.temperature)
-        check(self.max_tokens >= 1, "max_tokens", ">= 1", self.max_tokens)
-
-
-# ``eval.judge`` field -> (environment variable used when the field is null, ApiJudgeConfig field).
-JUDGE_ENV: dict[str, tuple[str, str]] = {
-    "base_url": ("R2M_JUDGE_BASE_URL", "base_url"),
-    "model": ("R2M_JUDGE_MODEL", "model"),
-    "api_key_env": ("R2M_JUDGE_KEY_ENV", "api_key_env"),
-    "api_key_file": ("R2M_JUDGE_KEY_FILE", "api_key_file"),
-    "mode": ("R2M_JUDGE_MODE", "mode"),
-    "concurrency": ("R2M_JUDGE_CONCURRENCY", "max_concurrency"),
-    "max_retries": ("R2M_JUDGE_MAX_RETRIES", "max_retries"),
-    "timeout": ("R2M_JUDGE_TIMEOUT", "timeout_s"),
-    "cache_dir": ("R2M_JUDGE_CACHE", "cache_dir"),
+JUDGE_ENV: dict[str, str] = {
+    "base_url": "R2M_JUDGE_BASE_URL", "model": "R2M_JUDGE_MODEL", "api_key_env": "R2M_JUDGE_KEY_ENV",
+    "api_key_file": "R2M_JUDGE_KEY_FILE", "mode": "R2M_JUDGE_MODE", "concurrency": "R2M_JUDGE_CONCURRENCY",
+    "max_retries": "R2M_JUDGE_MAX_RETRIES", "timeout": "R2M_JUDGE_TIMEOUT", "cache_dir": "R2M_JUDGE_CACHE",
 }
-DEFAULT_CACHE_DIR = ".r2m_judge_cache"
+"""Each nullable ``eval.judge`` field -> the environment variable read when it is null."""
+JUDGE_DEFAULTS: dict[str, object] = {
+    "base_url": "https://api.openai.com/v1", "model": "gpt-4o-2024-08-06", "api_key_env": "OPENAI_API_KEY",
+    "api_key_file": None, "mode": JudgeMode.PAIRWISE, "concurrency": 4, "max_retries": 5, "timeout": 60.0,
+    "cache_dir": ".r2m_judge_cache",
+}
+"""The value of a field that is null in the config and unset in the environment."""
+DEFAULT_CACHE_DIR = JUDGE_DEFAULTS["cache_dir"]
+_ENV_KINDS = {"concurrency": int, "max_retries": int, "timeout": float, "mode": JudgeMode}
 
 
 def _from_env(var: str, value: str, kind: type) -> object:
@@ -196,25 +140,19 @@ def _from_env(var: str, value: str, kind: type) -> object:
         raise ConfigError(f"{var}: expected {expected}, got {value!r}") from None
 
 
-def api_judge_config(judge: Optional[JudgeConfig] = None,
-                     environ: Optional[Mapping[str, str]] = None) -> ApiJudgeConfig:
-    """The :class:`ApiJudgeConfig` of ``eval.judge``: each field from the config when set, else from its
-    ``R2M_JUDGE_*`` environment variable (:data:`JUDGE_ENV`), else the default. Reads no key."""
+def resolve_judge(judge: Optional[JudgeConfig] = None, environ: Optional[Mapping[str, str]] = None) -> JudgeConfig:
+    """``judge`` with every null field filled: from its ``R2M_JUDGE_*`` environment variable (:data:`JUDGE_ENV`)
+    when set, else its default (:data:`JUDGE_DEFAULTS`; ``api_key_file`` stays None). ``cache_dir`` "" (in the
+    config or ``R2M_JUDGE_CACHE=""``) is no cache. Reads no key."""
     judge = judge or JudgeConfig()
     environ = os.environ if environ is None else environ
-    kinds = {"concurrency": int, "max_retries": int, "timeout": float, "mode": JudgeMode}
-    kwargs: dict = {"cache_dir": DEFAULT_CACHE_DIR}
-    for name, (var, target) in JUDGE_ENV.items():
+    filled = {}
+    for name, var in JUDGE_ENV.items():
         value = getattr(judge, name)
-        if value is None and environ.get(var, "") != "":
-            value = _from_env(var, environ[var], kinds.get(name, str))
-        elif value is None and name == "cache_dir" and var in environ:  # R2M_JUDGE_CACHE="": no cache
-            value = ""
-        if value is not None:
-            kwargs[target] = value
-    if kwargs["cache_dir"] == "":
-        kwargs["cache_dir"] = None
-    return ApiJudgeConfig(**kwargs)
+        if value is None and var in environ and (environ[var] != "" or name == "cache_dir"):
+            value = _from_env(var, environ[var], _ENV_KINDS.get(name, str))
+        filled[name] = JUDGE_DEFAULTS[name] if value is None else value
+    return replace(judge, **filled)
 
 
 class JudgeError(R2MError):
@@ -293,7 +231,7 @@ def rubric_messages(question: str, answer: str) -> Messages:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_api_key(cfg: ApiJudgeConfig) -> str:
+def read_api_key(cfg: JudgeConfig) -> str:
     """The key from ``api_key_file`` if set, else from ``$api_key_env``; errors name the source, not the key."""
     if cfg.api_key_file:
         path = Path(cfg.api_key_file).expanduser()
@@ -339,7 +277,7 @@ def _retry_after(headers) -> Optional[float]:
         return None
 
 
-def _openai_client(cfg: ApiJudgeConfig, key: str):
+def _openai_client(cfg: JudgeConfig, key: str):
     """The ``openai.OpenAI`` client of ``cfg``, its own retries off; a clear error where the extra is missing."""
     try:
         import openai
@@ -347,15 +285,15 @@ def _openai_client(cfg: ApiJudgeConfig, key: str):
         raise ConfigError("eval.judge: the API judge talks to its endpoint through the openai client, which is not "
                           "installed: pip install 'r2m[openai]'") from None
     # "User-Agent": some gateways refuse a library's default agent.
-    return openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0,
+    return openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0,
                          default_headers={"User-Agent": "r2m-judge/0.1"})
 
 
 class ChatClient:
     """Chat completions (the ``openai`` client) with r2m's retries, a disk cache and a bounded thread pool."""
 
-    def __init__(self, cfg: ApiJudgeConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: JudgeConfig):
+        self.cfg = cfg = resolve_judge(cfg)
         self._key = read_api_key(cfg)
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.stats = ApiJudgeStats()
@@ -478,7 +416,7 @@ class ChatClient:
 
     def complete_many(self, conversations: Sequence[Messages]) -> list[str]:
         """Replies in order. Cached and duplicate conversations cost no request; the rest run
-        at most ``max_concurrency`` at a time."""
+        at most ``concurrency`` at a time."""
         keys = [self.cache_key(m) for m in conversations]
         replies: dict[str, str] = {}
         todo: dict[str, Messages] = {}
@@ -498,7 +436,7 @@ class ChatClient:
         return [replies[k] for k in keys]
 
     def _fetch_all(self, todo: dict[str, Messages]) -> dict[str, str]:
-        pool = ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(todo)),
+        pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(todo)),
                                   thread_name_prefix="r2m-judge")
         try:
             futures: dict[str, Future] = {k: pool.submit(self._fetch, k, m) for k, m in todo.items()}
@@ -516,9 +454,9 @@ class ChatClient:
 class ApiJudge:
     """An LLM judge behind an OpenAI-compatible endpoint: pairwise (both orders) or SER's rubric."""
 
-    def __init__(self, cfg: ApiJudgeConfig, client: Optional[ChatClient] = None):
-        self.cfg = cfg
-        self.client = client or ChatClient(cfg)
+    def __init__(self, cfg: JudgeConfig, client: Optional[ChatClient] = None):
+        self.cfg = resolve_judge(cfg)
+        self.client = client or ChatClient(self.cfg)
 
     def __repr__(self) -> str:
         return f"ApiJudge(url={self.client.url!r}, model={self.cfg.model!r}, mode={self.cfg.mode.value})"
@@ -548,7 +486,7 @@ class ApiJudge:
         return scores
 
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
-        if self.cfg.mode == CompareMode.SINGLE:
+        if self.cfg.mode == JudgeMode.SINGLE:
             _check_lengths(prompts, responses_a, responses_b)
             n = len(prompts)
             # One call for both sides, so that all 2N requests share the bounded pool.
@@ -579,7 +517,7 @@ class JudgeKind(str, enum.Enum):
 
 
 def build_judge(kind: JudgeKind, world: Optional[WorldConfig] = None, reward_model: Optional["RewardModel"] = None,
-                api: Optional[ApiJudgeConfig] = None) -> Judge:
+                api: Optional[JudgeConfig] = None) -> Judge:
     """The judge of ``kind``; it needs ``world``, ``reward_model`` or ``api`` respectively."""
     if kind == JudgeKind.GOLD:
         return GoldJudge(world or WorldConfig())
@@ -587,4 +525,4 @@ def build_judge(kind: JudgeKind, world: Optional[WorldConfig] = None, reward_mod
         if reward_model is None:
             raise ConfigError("judge: kind reward_model needs a reward model")
         return RewardModelJudge(reward_model)
-    return ApiJudge(api or ApiJudgeConfig())
+    return ApiJudge(api or JudgeConfig())

@@ -32,8 +32,7 @@ from r2m.core.monitor import (
 from r2m.errors import DataError
 from r2m.eval.policy import PolicySamples
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.experience.rollout import eval_mode, left_pad
-from r2m.models.feedback import last_states
+from r2m.models.forward import eval_mode, last_states, left_pad
 from r2m.utils import device_clock
 
 

@@ -16,12 +16,13 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import EvalConfig
+from r2m.config.jobs import EvalConfig
 from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.eval.winrate import length_controlled_win_rate
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.experience.sampling import PromptSet, eval_mode, generate, left_pad
+from r2m.experience.sampling import PromptSet, generate
 from r2m.models.feedback import Feedback, feedback_mask
+from r2m.models.forward import eval_mode, left_pad
 from r2m.models.logprobs import chunked_response_forward
 from r2m.runtime.distributed import Dist
 
@@ -75,8 +76,8 @@ def rank_batches(n_batches: int, dist: Dist) -> list[int]:
     """This rank's evaluation batches: b = rank, rank + N, ... Every rank runs the same number of batches (FSDP
     gathers parameters in every forward, so all ranks must run each one): a short rank repeats a batch of its
     own (or batch 0), marked -1 - b and thrown away."""
-    mine = list(range(dist.rank, n_batches, dist.world))
-    per_rank = -(-n_batches // dist.world)
+    mine = list(range(dist.rank, n_batches, dist.num_processes))
+    per_rank = -(-n_batches // dist.num_processes)
     return mine + [-1 - (mine[-1] if mine else 0)] * (per_rank - len(mine))
 
 

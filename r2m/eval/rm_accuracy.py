@@ -68,7 +68,7 @@ def accuracy_from_scores(s_chosen: torch.Tensor, s_rejected: torch.Tensor, rows:
 
 @torch.no_grad()
 def pairwise_accuracy(rm, rows: Sequence[dict], batch_size: int = DEFAULT_BATCH_SIZE) -> RMAccuracy:
-    """Accuracy of a plain :class:`r2m.models.RewardModel`."""
+    """Accuracy of a plain :class:`r2m.models.reward.RewardModel`."""
     prompts = [r["prompt"] for r in rows]
     s_c = rm.score_texts(prompts, [r["chosen"] for r in rows], batch_size)  # (N,)
     s_r = rm.score_texts(prompts, [r["rejected"] for r in rows], batch_size)  # (N,)

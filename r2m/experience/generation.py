@@ -1,8 +1,8 @@
 """Rollout generation backends: transformers ``generate`` (the default) or a colocated vLLM engine.
 
-A backend turns token-id prompts into a :class:`~r2m.experience.rollout.Generation` laid out as
+A backend turns token-id prompts into a :class:`~r2m.experience.sampling.Generation` laid out as
 ``[left-padded prompt | right-padded response]``, the response's ``action_mask`` running up to and
-including the first eos (both backends go through :func:`r2m.experience.rollout.assemble_generation`).
+including the first eos (both backends go through :func:`r2m.experience.sampling.assemble_generation`).
 
 R2M's ``h`` comes from the pass that gives pi_old's log-probs (:meth:`r2m.experience.rollout.ExperienceMaker.make`):
 the generation pass itself with ``rl.old_logprobs=generation`` (hf only), else a second forward pass over
@@ -27,9 +27,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import Config, VLLMConfig
+from r2m.config.root import Config
+from r2m.config.training import VLLMConfig
 from r2m.errors import ConfigError, ModelError
-from r2m.experience.sampling import Generation, assemble_generation, generate, inherited_sampling, left_pad
+from r2m.experience.sampling import Generation, assemble_generation, generate, inherited_sampling
+from r2m.models.forward import left_pad
 
 log = logging.getLogger("r2m")
 

@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from r2m.config import Config, RewardBaseline, RewardSource
+from r2m.config.enums import RewardBaseline, RewardSource
+from r2m.config.root import Config
 from r2m.experience.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward
 from r2m.models.loading import load_reward_model, load_tokenizer
 from r2m.models.r2m import build_feedback_rm
@@ -28,7 +29,7 @@ def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, poli
     rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world: the RM reads a truncated prompt (None: all)
     r2m = cfg.reward.r2m
     rows = cfg.reward.batch_size
-    if cfg.reward.baseline == RewardBaseline.SCALE_CONTROL:  # issue 14's scale control: vanilla × ω(t)
+    if cfg.reward.baseline == RewardBaseline.SCALE_CONTROL:  # the scale control: vanilla × ω(t)
         return OmegaScaledReward(ModelReward(rm, rows), r2m.omega_floor, cfg.rl.steps)
     if not (r2m.enabled or cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
         return ModelReward(rm, rows)

@@ -1,4 +1,8 @@
-"""Experience making: generation -> log-probs -> rewards -> advantages, kept apart from optimisation.
+"""Experience making, kept apart from optimisation, in three phases that the RL step calls in order:
+
+    rollout = maker.rollout(prompts)          # sample K per prompt; pi_old's log-probs (and R2M's h), the reference's
+    rewards = maker.score(rollout)            # the reward function on (x, y[, h]), shaped; gold; ReMax's baseline
+    exp = maker.estimate(rollout, rewards)    # PPO's values, the KL penalty, advantages and returns -> Experience
 
 A rollout batch holds B = n*K sequences laid out prompt-major: row ``i*K + j`` is sample j of
 prompt i. Sequences are ``[left-padded prompt | right-padded response]``, so every response starts
@@ -13,15 +17,18 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import Algorithm, KLMode, OldLogprobs, R2MConfig, RLConfig
-from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages
+from r2m.config.enums import Algorithm, KLMode, OldLogprobs
+from r2m.config.models import R2MConfig
+from r2m.config.training import RLConfig
+from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages
 from r2m.core.losses import kl_penalty, masked_mean, masked_sum, masked_var
 from r2m.core.reward_shaping import RunningMoments, normalize_rewards, scale_rewards
 from r2m.experience.generation import HFGenerator
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.experience.sampling import Generation, concat_generations, eval_mode, generate, left_pad, position_ids  # noqa: F401
+from r2m.experience.sampling import Generation, concat_generations
 from r2m.models.critic import response_values
-from r2m.models.feedback import Feedback, feedback_mask, feedback_states, text_feedback  # noqa: F401 (re-exported)
+from r2m.models.feedback import Feedback, feedback_mask
+from r2m.models.forward import eval_mode, position_ids
 from r2m.models.logprobs import Forward, chunked_response_forward, length_sorted_chunks, real_columns
 from r2m.runtime.distributed import Dist
 from r2m.utils import PhaseTimer, torch_dtype
@@ -98,21 +105,41 @@ class Experience:
         return Experience(**kw)
 
 
-# Which advantage estimator each algorithm uses (PPO is GAE over a critic's values).
-ESTIMATOR_OF = {
-    Algorithm.RLOO: Estimator.RLOO,
-    Algorithm.GRPO: Estimator.GRPO,
-    Algorithm.REMAX: Estimator.REMAX,
-    Algorithm.REINFORCE_PP: Estimator.REINFORCE_PP,
-    Algorithm.REINFORCE_PP_BASELINE: Estimator.REINFORCE_PP_BASELINE,
-    Algorithm.DR_GRPO: Estimator.DR_GRPO,
-    Algorithm.PPO: Estimator.GAE,
-}
-
-
 class OldPass(NamedTuple):
     logprobs: torch.Tensor  # (B, R) pi_old's log-probs of the sampled tokens
     feedback: Optional[Feedback]  # R2M's h, when the reward reads it
+
+
+class Rollout(NamedTuple):
+    """A sampled batch with pi_old's and the reference's log-probs: what rewards and advantages are computed on."""
+
+    prompt_texts: Sequence[str]
+    """(n,) the prompts, once each (ReMax's greedy baseline samples them again)."""
+    prompt_ids: Sequence[Sequence[int]]
+    """(n,) their token ids."""
+    gen: Generation
+    """(B = n*K) the samples, prompt-major."""
+    old_logprobs: torch.Tensor
+    """(B, R) log-probs under pi_old (the policy that sampled)."""
+    ref_logprobs: torch.Tensor
+    """(B, R) log-probs under the frozen reference."""
+    query: RewardQuery
+    """What the reward function reads: the texts, R2M's h (in the hidden store), the round t and K."""
+
+
+class Rewards(NamedTuple):
+    """A rollout's rewards."""
+
+    raw: torch.Tensor
+    """(B,) the reward function's scores."""
+    scores: torch.Tensor
+    """(B,) after scaling/normalisation (``raw`` when no shaping is set)."""
+    gold: Optional[torch.Tensor]
+    """(B,) the gold reward, when the prompts are world prompts."""
+    baseline: Optional[torch.Tensor]
+    """(n,) ReMax's baseline: the shaped reward of one greedy response per prompt."""
+    embeddings: Optional[torch.Tensor]
+    """(B, D_m) R2M's reward token embeddings H_last (its update reuses them)."""
 
 
 class HiddenStore(NamedTuple):
@@ -156,7 +183,7 @@ class ExperienceMaker:
     def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer, reward_fn: RewardFunction, cfg: RLConfig,
                  device: torch.device, gold_fn: Optional[RewardFunction] = None,
                  hidden_store: HiddenStore = HiddenStore(), critic: Optional[nn.Module] = None,
-                 shaping: Shaping = Shaping(), dist: Dist = Dist(), generator=None):
+                 shaping: Shaping = Shaping(), dist: Dist = Dist(), generator=None, timer: Optional[PhaseTimer] = None):
 
         self.policy, self.ref, self.tokenizer = policy, ref, tokenizer
         self.reward_fn, self.gold_fn = reward_fn, gold_fn
@@ -167,7 +194,8 @@ class ExperienceMaker:
         self.dist = dist
         self.moments = RunningMoments() if shaping.normalize else None
         self.params = AdvantageParams(gamma=cfg.gamma, lam=cfg.lam, whiten=cfg.whiten_advantages)
-        self.timer = PhaseTimer()
+        self.timer = timer if timer is not None else PhaseTimer()
+        """Times each phase (generate, logprobs, reward, greedy_baseline, values); the run passes its own."""
         # Rollouts (and ReMax's greedy baseline) sample through this; h never comes from it (see make).
         self.generator = generator or HFGenerator(policy, tokenizer.eos_token_id, tokenizer.pad_token_id, device)
 
@@ -261,7 +289,7 @@ class ExperienceMaker:
         B, R = mask.shape
         g = (lambda x: None if x is None else d.gather_rows(x))
         adv = compute_advantages(
-            ESTIMATOR_OF[self.cfg.algorithm],
+            self.cfg.algorithm,
             AdvantageInput(scores=g(scores).view(-1, K), mask=g(mask), baseline=g(baseline), values=g(values),
                            kl_penalty=g(kl)),
             self.params,
@@ -269,50 +297,72 @@ class ExperienceMaker:
         return d.local_rows(adv.advantages, B, R), d.local_rows(adv.returns, B, R)
 
     @torch.no_grad()
-    def make(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int = 0,
-             beta: Optional[float] = None, seeds: Optional[Sequence[int]] = None) -> Experience:
-        """One rollout batch at training round ``step`` (0-based; R2M's ω(t) reads it).
+    def rollout(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int = 0,
+                seeds: Optional[Sequence[int]] = None) -> Rollout:
+        """K samples of each prompt at training round ``step`` (0-based; R2M's ω(t) reads it), with pi_old's
+        log-probs (and R2M's h, Algorithm 1 line 6) and the reference's.
 
-        ``beta`` is the current KL coefficient (the adaptive controller's); default ``rl.beta``.
         ``seeds``: sample the prompts in that many equal chunks, one seed each (``rl.rollout_chunks``).
         """
-        beta = self.cfg.beta if beta is None else beta
         cfg, K = self.cfg, self.cfg.k
-        rep_texts = [t for t in prompt_texts for _ in range(K)]
         with self.timer("generate"):
             gen = self._sample([ids for ids in prompt_ids for _ in range(K)], cfg.temperature, seeds, keep=True)
-        with_hidden = self.reward_fn.needs_policy_hidden
         with self.timer("logprobs"), eval_mode(self.policy):
             # R2M's h comes from the same pass of pi_old as its log-probs (generation or recompute), and
             # never from vLLM (it returns no hidden states), so h does not depend on the backend.
-            old = self._old_pass(gen, with_hidden)
+            old = self._old_pass(gen, self.reward_fn.needs_policy_hidden)
             ref = self._forward(self.ref, gen, False)
-        query = self._query(rep_texts, gen, old.feedback, step, group_size=K)
+        query = self._query([t for t in prompt_texts for _ in range(K)], gen, old.feedback, step, group_size=K)
+        return Rollout(prompt_texts, prompt_ids, gen, old.logprobs, ref.logprobs, query)
+
+    @torch.no_grad()
+    def score(self, rollout: Rollout) -> Rewards:
+        """The reward function on the rollout (R2M: r_φ(x, y, h), Eq. 4), shaped over the global batch; the gold
+        reward where known; ReMax's greedy baseline."""
         with self.timer("reward"):
-            out = self.reward_fn(query)
+            out = self.reward_fn(rollout.query)
             raw = out.scores.to(self.device).float()  # (B,)
             scores = self.shape(raw)
-            gold = self.gold_fn(query).scores.to(self.device).float() if self.gold_fn is not None else None
+            gold = self.gold_fn(rollout.query).scores.to(self.device).float() if self.gold_fn is not None else None
         baseline = None
-        if cfg.algorithm == Algorithm.REMAX:
+        if self.cfg.algorithm == Algorithm.REMAX:
             with self.timer("greedy_baseline"):
-                baseline = self.shape(self._greedy_baseline(prompt_texts, prompt_ids, step))
+                baseline = self.shape(self._greedy_baseline(rollout.prompt_texts, rollout.prompt_ids,
+                                                            rollout.query.step))
+        return Rewards(raw, scores, gold, baseline, out.embeddings)
+
+    @torch.no_grad()
+    def estimate(self, rollout: Rollout, rewards: Rewards, beta: Optional[float] = None) -> Experience:
+        """Advantages and returns of the scored rollout (PPO: over the critic's values), as an :class:`Experience`.
+
+        ``beta`` is the current KL coefficient (the adaptive controller's); default ``rl.beta``.
+        """
+        beta = self.cfg.beta if beta is None else beta
+        gen, query = rollout.gen, rollout.query
         values = None
         if self.critic is not None:
             with self.timer("values"), eval_mode(self.critic):
                 values = self._values(gen)
         mask_f = gen.action_mask.float()
-        kl_tok = kl_penalty(old.logprobs, ref.logprobs, cfg.kl_estimator, mask_f)  # (B, R) 0 on padding
-        in_reward = cfg.kl_mode == KLMode.REWARD
-        advantages, returns = self._advantages(scores, mask_f, baseline, values, beta * kl_tok if in_reward else None)
+        kl_tok = kl_penalty(rollout.old_logprobs, rollout.ref_logprobs, self.cfg.kl_estimator, mask_f)  # (B, R)
+        in_reward = self.cfg.kl_mode == KLMode.REWARD
+        advantages, returns = self._advantages(rewards.scores, mask_f, rewards.baseline, values,
+                                               beta * kl_tok if in_reward else None)
         return Experience(
-            prompts=rep_texts, responses=list(query.responses), sequences=gen.sequences,
+            prompts=list(query.prompts), responses=list(query.responses), sequences=gen.sequences,
             attention_mask=gen.attention_mask, action_mask=gen.action_mask, prompt_len=gen.prompt_len,
-            old_logprobs=old.logprobs, ref_logprobs=ref.logprobs, scores=scores, advantages=advantages,
-            returns=returns, gold=gold, n=len(prompt_texts), k=K, step=step,
+            old_logprobs=rollout.old_logprobs, ref_logprobs=rollout.ref_logprobs, scores=rewards.scores,
+            advantages=advantages, returns=returns, gold=rewards.gold, n=len(rollout.prompt_texts), k=self.cfg.k,
+            step=query.step,
             policy_hidden=query.policy_hidden,  # in the hidden store since the log-prob pass
-            policy_mask=query.policy_mask, rm_embeddings=out.embeddings, values=values, raw_scores=raw,
+            policy_mask=query.policy_mask, rm_embeddings=rewards.embeddings, values=values, raw_scores=rewards.raw,
         )
+
+    def make(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int = 0,
+             beta: Optional[float] = None, seeds: Optional[Sequence[int]] = None) -> Experience:
+        """One rollout batch, its three phases in order (:meth:`rollout`, :meth:`score`, :meth:`estimate`)."""
+        rollout = self.rollout(prompt_texts, prompt_ids, step, seeds)
+        return self.estimate(rollout, self.score(rollout), beta)
 
 
 def response_ids(gen: Generation) -> list[list[int]]:
@@ -332,15 +382,14 @@ def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]
     adv_seq = (adv * m).sum(-1) / lengths.clamp(min=1)  # (B,)
     scores = g(exp.scores)
     raw = g(exp.raw_scores if exp.raw_scores is not None else exp.scores)
-    log_ratio = g(exp.old_logprobs - exp.ref_logprobs)
+    log_ratio = g(exp.old_logprobs - exp.ref_logprobs)  # (B, R)
     groups = scores.view(-1, exp.k)
     out = {
         "reward/proxy": raw.mean().item(),
         "reward/proxy_std": raw.std().item() if B > 1 else 0.0,
         "reward/shaped": scores.mean().item(),
         "kl": masked_mean(log_ratio, m).item(),
-        # Sequence-level KL (sum over tokens): what adaptive-KL targets are stated in (TRL, SER).
-        "kl/seq_sum": masked_sum(log_ratio, m, dim=-1).mean().item(),
+        "kl/seq_sum": _sequence_kl(log_ratio, m),
         "response/length": lengths.mean().item(),
         "adv/mean": adv_seq.mean().item(),
         "adv/std": adv_seq.std().item() if B > 1 else 0.0,
@@ -357,3 +406,15 @@ def experience_metrics(exp: Experience, dist: Dist = Dist()) -> dict[str, float]
         out["critic/explained_var"] = (1 - masked_var(returns - values, m) / var_ret.clamp(min=1e-8)).item()
         out["critic/value_mean"] = masked_mean(values, m).item()
     return out
+
+
+def _sequence_kl(log_ratio: torch.Tensor, mask: torch.Tensor) -> float:
+    """The mean over rows of sum_t log pi_old/pi_ref over each response: log_ratio, mask (B, R) -> a number."""
+    return masked_sum(log_ratio, mask, dim=-1).mean().item()
+
+
+def sequence_kl(exp: Experience, dist: Dist = Dist()) -> float:
+    """The batch's sequence-level KL to the reference (every rank's rows): what adaptive-KL targets are stated in
+    (TRL, SER), and what the KL controller reads."""
+    g = dist.gather_rows
+    return _sequence_kl(g(exp.old_logprobs - exp.ref_logprobs), g(exp.action_mask.float()))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r2m.models.feedback import eval_mode, left_pad, position_ids  # noqa: F401 (re-exported: the rollout layout)
+from r2m.models.forward import eval_mode
 
 # ---------------------------------------------------------------------------------------------
 # Tokenised prompts

@@ -5,7 +5,7 @@
 
 :class:`R2MReward` is a TRL reward function, ``(prompts, completions, **kwargs) -> list[float]``,
 returning r_φ(x, y, h) (R2M paper Eq. 3-4). :class:`R2MCallback` runs the GREBT update (the one of
-:mod:`r2m.updates.r2m`, Algorithm 1 lines 15-20) after each optimiser step on the training groups the
+:mod:`r2m.updates.grebt`, Algorithm 1 lines 15-20) after each optimiser step on the training groups the
 reward function scored during that step, saves the fusion module and head with each checkpoint and
 into ``output_dir/r2m`` (what ``trainer.save_model()`` writes and ``trainer.push_to_hub()`` uploads),
 and restores them on resume.
@@ -50,19 +50,21 @@ from typing import Any, Optional, Sequence
 import torch
 from transformers import TrainerCallback
 
-from r2m.config import PairChoice, R2MConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
 from r2m.errors import CheckpointError, ConfigError
 from r2m.experience.rewards import FeedbackReward, RewardQuery
 from r2m.integrations.trl_batch import R2MBatch, merge, read_rows
-from r2m.models.feedback import Feedback, eval_mode, sequence_feedback
+from r2m.models.feedback import Feedback, sequence_feedback
+from r2m.models.forward import eval_mode
 from r2m.models.loading import load_reward_model, load_tokenizer
 from r2m.models.r2m import FeedbackRewardModel, build_feedback_rm
-from r2m.models.r2m_hub import hub_id_of
+from r2m.models.r2m_hub import check_format, hub_id_of
 from r2m.models.reward import RewardModel
 from r2m.runtime.checkpoint import load_state_file
 from r2m.runtime.distributed import Dist
-from r2m.runtime.safeio import load_safetensors
-from r2m.updates.r2m import R2MUpdater
+from r2m.runtime.safeio import load_safetensors, read_json
+from r2m.updates.grebt import GREBTUpdater
 
 log = logging.getLogger("r2m")
 
@@ -180,11 +182,14 @@ class R2MReward:
             check_groups(prompts, k)
         step = trainer_state.global_step if trainer_state is not None else 0
         if trainer_state is not None and trainer_state.max_steps > 0:
-            self.reward.total_steps = trainer_state.max_steps  # ω(t) = ω(global_step / max_steps)
+            self.reward.schedule.total_steps = trainer_state.max_steps  # ω(t) = ω(global_step / max_steps)
         rows = read_rows(self.tokenizer, prompts, completions, completion_ids, self.chat_template_kwargs)
         fb = self.feedback(rows.sequences)
         hidden, mask = (fb.hidden, fb.mask) if fb is not None else (None, None)
-        out = self.reward(RewardQuery(rows.prompts, rows.responses, hidden, mask, step=step, group_size=k))
+        query = RewardQuery(rows.prompts, rows.responses, hidden, mask, step=step, group_size=k)
+        if self.reward.calibrates(query):  # init=matched: W_o scaled once, on the first training batch
+            query = self.reward.calibrate(query)
+        out = self.reward(query)
         if train:
             self.pending.append(R2MBatch(out.embeddings, hidden, mask, step, len(prompts) // k, k, prompts[::k]))
         self.log_metric = log_metric
@@ -230,7 +235,9 @@ class R2MCallback(TrainerCallback):
         self.reward.bind(model, k, getattr(args, "chat_template_kwargs", None))
         self.reward.model.to(next(model.parameters()).device)
         self.reward.pending, self.reward.in_step = [], False
-        self.updater = R2MUpdater(self.reward.reward, self.reward.cfg, Dist(PartialState()) if procs > 1 else Dist())
+        r2m = self.reward.reward
+        dist = Dist(PartialState()) if procs > 1 else Dist()
+        self.updater = GREBTUpdater(r2m.model, r2m.schedule, self.reward.cfg, dist)
         if state.global_step > 0:
             self.restore(Path(self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}"))
 
@@ -301,9 +308,10 @@ class R2MCallback(TrainerCallback):
     def restore(self, checkpoint: Path) -> None:
         """Fusion, head and the RM optimiser from ``checkpoint/r2m`` (written by :meth:`on_save`)."""
         d = checkpoint / R2M_DIR
-        if not (d / "r2m.safetensors").is_file() or not (d / OPTIMIZER_FILE).is_file():
+        if not all((d / name).is_file() for name in ("r2m.safetensors", "r2m.json", OPTIMIZER_FILE)):
             raise CheckpointError(f"{d}: no R2M state to resume from (was {checkpoint} saved with R2MCallback?); "
                                   "pass R2MCallback(reward, resume_from=<the checkpoint directory>)")
+        check_format(read_json(d / "r2m.json"), d)
         self.reward.model.load_trainable_state(load_safetensors(d / "r2m.safetensors"))
         extra = load_state_file(d / OPTIMIZER_FILE)
         self.updater.optimizer.load_state_dict(extra["optimizer"])

@@ -120,7 +120,7 @@ def read_rows(tokenizer, prompts: Sequence[Any], completions: Sequence[Any],
 
 @dataclass
 class R2MBatch:
-    """The groups of one optimiser step: what :meth:`R2MUpdater.update` reads of an Experience."""
+    """The groups of one optimiser step: what :meth:`r2m.updates.grebt.GREBTUpdater.update` reads of an Experience."""
 
     rm_embeddings: torch.Tensor
     """(B, D_m) H_last from scoring (the backbone is frozen, so the update reuses it)."""

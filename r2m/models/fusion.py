@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from r2m.config import FusionInit
+from r2m.config.enums import FusionInit
 
 
 def omega(t: float, total_steps: int, floor: float) -> float:

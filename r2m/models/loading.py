@@ -24,8 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from r2m.config import ArchConfig, PolicyConfig
-from r2m.errors import ModelError  # noqa: E402  (re-exported)
+from r2m.config.models import ArchConfig, PolicyConfig
+from r2m.errors import ModelError
 from r2m.fileio import atomic_dir
 from r2m.models.lora import apply_lora, enable_gradient_checkpointing, is_adapter_dir, load_adapter, load_merged
 from r2m.runtime.checkpoint import write_manifest

@@ -1,7 +1,7 @@
 """The policy's log-prob pass over rollout rows, at real vocabulary sizes.
 
 Rows are ``[left-padded prompt | right-padded response]``: every response starts at column P and the states
-at columns P-1 .. P+R-2 predict its tokens. The pass runs the decoder once (:func:`r2m.models.feedback.last_states`,
+at columns P-1 .. P+R-2 predict its tokens. The pass runs the decoder once (:func:`r2m.models.forward.last_states`,
 inside the model's own forward) and applies the LM head to the real response tokens only, a chunk of tokens
 at a time, with a selective log-softmax (``z[y] - logsumexp(z)`` in float32): no (B, P+R, V) logits exist, and
 at most one chunk of (tokens, V) float32 logits at a time outside autograd (TRL's ``logits_to_keep`` and
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r2m.core.losses import entropy_from_logits
-from r2m.models.feedback import causal_lm, last_states
+from r2m.models.forward import causal_lm, last_states
 
 LOGIT_CHUNK_ELEMENTS = 2**26
 """Logits per chunk of the selective log-softmax: tokens per chunk = this // V (441 at V = 151,936: 256 MiB

@@ -21,19 +21,21 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import FusionInit
+from r2m.config.enums import FusionInit
 from r2m.core.losses import within_group_spread
 from r2m.errors import ModelError
 from r2m.fileio import atomic_write_text
-from r2m.models.feedback import eval_mode, text_feedback
+from r2m.models.feedback import text_feedback
+from r2m.models.forward import eval_mode
 from r2m.models.fusion import PolicyFeedbackFusion, omega
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m_hub import (
     BASE_DIR,
     CARD,
     FORMAT,
-    FORMAT_VERSION,
+    R2M_FORMAT,
     base_fields,
+    check_format,
     hub_id_of,
     included_fields,
     is_hub_repo,
@@ -162,10 +164,7 @@ class FeedbackRewardModel(nn.Module):
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         if self.fusion is not None:
-            fusion = {k[7:]: v for k, v in state.items() if k.startswith("fusion.")}
-            # Saved before init=matched existed: every such fusion was random or zero, i.e. calibrated.
-            fusion.setdefault("calibrated", torch.tensor(True))
-            self.fusion.load_state_dict(fusion)
+            self.fusion.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("fusion.")})
 
     def save(self, directory: str | Path, base_rm: str, extra: Optional[dict] = None) -> None:
         """The RL run's checkpoint save: :meth:`save_pretrained` with the run's base RM."""
@@ -204,7 +203,7 @@ class FeedbackRewardModel(nn.Module):
             raise ModelError("save_pretrained: base_rm is unknown (the base RM was not loaded from a path); pass "
                              "base_rm= (a path or hub id) or include_base=True")
         fields = included_fields() if include_base else base_fields(base_rm, directory)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **fields, "fusion": None, **self.info,
+        meta = {"format": FORMAT, **R2M_FORMAT.stamp(), **fields, "fusion": None, **self.info,
                 **(extra or {})}
         if self.fusion is not None:
             f = self.fusion
@@ -244,6 +243,7 @@ class FeedbackRewardModel(nn.Module):
         if (directory / MANIFEST).is_file() and (problem := verify(directory)) is not None:
             raise ModelError(f"{directory}: {problem}; the R2M files are damaged or were not completely written")
         meta = read_json(directory / _META)
+        check_format(meta, directory)
         base = str(base_rm) if base_rm is not None else resolve_base(meta, directory)
         tok = load_tokenizer(base, trust_remote_code)
         rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)
@@ -306,7 +306,7 @@ class FeedbackRewardModel(nn.Module):
         """r_φ(x, y, h) of each (prompt, response), (B,) float32 on the CPU, in one call.
 
         H_last comes from the RM's own tokenizer; h from ``policy`` over the same texts tokenised by
-        ``policy_tokenizer`` (:func:`r2m.rollout.text_feedback`, the rollout's h up to rounding). ω(t) is
+        ``policy_tokenizer`` (:func:`r2m.models.feedback.text_feedback`, the rollout's h up to rounding). ω(t) is
         ω(step) of ``total_steps`` (default: ``r2m.json``'s), or Ω without ``step``. Without fusion (the
         RM-head baseline) the policy is not needed.
         """

@@ -12,8 +12,8 @@ after it is moved, copied or downloaded (``base_rm_kind``):
 - ``hub_id``: a Hugging Face Hub repository id (``org/name``), loaded through ``from_pretrained``;
 - ``included``: ``include_base=True`` stored the base RM inside the R2M directory, as ``base/``.
 
-Directories of earlier formats still load: ``relative`` (format 2: a path relative to the directory
-only) and files without ``base_rm_kind`` (the path or id exactly as it was given).
+``r2m.json`` carries ``format`` and ``format_version`` (:data:`R2M_FORMAT`); a directory of another version is
+refused by name (:func:`check_format`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Optional
 
 from r2m.errors import ModelError
+from r2m.fileio import FORMAT_KEY, ArtifactFormat
 
 FORMAT = "r2m.feedback_rm"
-FORMAT_VERSION = 3
+R2M_FORMAT = ArtifactFormat("R2M reward model directory", 3, "train it again with this r2m, or load it with the r2m "
+                            "release that wrote it")
+"""``r2m.json``'s ``format_version``: its fields, ``base_rm_kind`` among them, and what ``r2m.safetensors`` holds."""
 CARD = "README.md"
 BASE_DIR = "base"
 """Where ``include_base=True`` stores the base RM, inside the R2M directory."""
@@ -39,10 +42,6 @@ class BaseKind(str, enum.Enum):
     """A Hugging Face Hub repository id."""
     INCLUDED = "included"
     """Stored inside the R2M directory (``base/``)."""
-    RELATIVE = "relative"
-    """Format 2: a path relative to the R2M directory."""
-    LEGACY = "legacy"
-    """No ``base_rm_kind`` in ``r2m.json``: the path or id exactly as it was given."""
 
 
 def snapshot_hub_id(path: Path) -> Optional[str]:
@@ -87,11 +86,20 @@ def included_fields() -> dict:
     return {"base_rm": BASE_DIR, "base_rm_kind": BaseKind.INCLUDED.value}
 
 
+def check_format(meta: dict, directory: Path) -> None:
+    """Refuse an ``r2m.json`` that is not an R2M reward model's, or of another format version (:data:`R2M_FORMAT`)."""
+    where = directory / "r2m.json"
+    if meta.get("format", FORMAT) != FORMAT:
+        raise ModelError(f"{where}: format={meta.get('format')!r}, expected {FORMAT!r} (a directory written by "
+                         "FeedbackRewardModel.save_pretrained)")
+    R2M_FORMAT.check(meta.get(FORMAT_KEY), where)
+
+
 def base_kind(meta: dict, directory: Path) -> BaseKind:
     try:
-        return BaseKind(meta.get("base_rm_kind", BaseKind.LEGACY.value))
+        return BaseKind(meta.get("base_rm_kind"))
     except ValueError:
-        raise ModelError(f"{directory / 'r2m.json'}: base_rm_kind={meta['base_rm_kind']!r}, expected one of "
+        raise ModelError(f"{directory / 'r2m.json'}: base_rm_kind={meta.get('base_rm_kind')!r}, expected one of "
                          f"{[k.value for k in BaseKind]}") from None
 
 
@@ -100,12 +108,11 @@ def resolve_base(meta: dict, directory: Path) -> str:
     if "base_rm" not in meta:
         raise ModelError(f"{directory / 'r2m.json'}: missing field 'base_rm' (the base reward model's path or hub id)")
     ref, kind = str(meta["base_rm"]), base_kind(meta, directory)
-    if kind in (BaseKind.HUB_ID, BaseKind.LEGACY):
+    if kind == BaseKind.HUB_ID:
         return ref
     if kind == BaseKind.LOCAL:
-        local = [directory / meta["base_rm_relative"]] if "base_rm_relative" in meta else []
-        local.append(Path(ref))
-    else:  # relative (format 2) or included: inside or beside the directory
+        local = [directory / meta["base_rm_relative"], Path(ref)]
+    else:  # included: inside the directory
         local = [directory / ref]
     for path in local:
         if path.exists():
@@ -124,16 +131,14 @@ def is_hub_repo(name_or_path: str | Path) -> bool:
 
 def _base_line(meta: dict) -> tuple[str, Optional[str]]:
     """How the card names the base RM, and its Hub id when it has one."""
-    kind, base = BaseKind(meta.get("base_rm_kind", BaseKind.LEGACY.value)), meta["base_rm"]
+    kind, base = BaseKind(meta["base_rm_kind"]), meta["base_rm"]
     hub = base if kind == BaseKind.HUB_ID else meta.get("base_rm_hub_id")
     if kind == BaseKind.INCLUDED:
         line = f"stored in this repository, under `{base}/`"
     elif hub:
         line = f"[`{hub}`](https://huggingface.co/{hub})"
-    elif kind == BaseKind.LOCAL:
-        line = f"the local directory `{base}` (pass `base_rm=` where it is not)"
     else:
-        line = f"`{base}`" + (" (a path relative to this directory)" if kind == BaseKind.RELATIVE else "")
+        line = f"the local directory `{base}` (pass `base_rm=` where it is not)"
     return line, hub
 
 
@@ -168,7 +173,7 @@ A reward model r_φ(x, y, h) that reads the policy's hidden states h through a f
 ## Use
 
 ```python
-from r2m.models import FeedbackRewardModel
+from r2m import FeedbackRewardModel
 
 rm = FeedbackRewardModel.from_pretrained({load})
 scores = rm.score(prompts, responses, policy=policy, policy_tokenizer=policy_tokenizer)  # (B,) float32

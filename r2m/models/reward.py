@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from r2m.config import RewardConfig
+from r2m.config.models import RewardConfig
 from r2m.data.chat import RMRenderer
-from r2m.models.loading import ModelError
+from r2m.errors import ModelError
 
 DEFAULT_MAX_LENGTH = RewardConfig.max_length
 DEFAULT_BATCH_SIZE = RewardConfig.batch_size

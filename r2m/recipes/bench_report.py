@@ -1,4 +1,4 @@
-"""``r2m bench [run] --preset smoke|paper``: the issue-14 design end to end and its report.
+"""``r2m bench [run] --preset smoke|paper``: the benchmark design end to end and its report.
 
 :func:`run_bench_design` runs :func:`r2m.recipes.bench_design_run.run_design` on ``<run.root>`` (resumable: each
 finished run is read from its ``bench14.json``), the cost arms of R2M Figure 7 on the ``length`` world, and writes
@@ -23,7 +23,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from r2m.config import Config, load_config
+from r2m.config.parsing import load_config
+from r2m.config.root import Config
 from r2m.core.frontier import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench import bench_cost, format_cost
@@ -99,7 +100,7 @@ def _times_table(times: Sequence[RunTime]) -> str:
 
 
 def _ser_section(design: BenchDesign, root: str) -> str:
-    """SER Table 1 per world and SER mode (issue 14 item 6), from the SER runs' result files."""
+    """SER Table 1 per world and SER mode, from the SER runs' result files."""
     parts, runs = [], ser_runs(design)
     for w in design.ser_worlds:
         for mode in design.ser_modes:
@@ -156,7 +157,7 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
     rel = os.path.relpath(art, out.parent)
     times = run_times(design, root, outcome.setting)
     plots = "\n".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in outcome.plots)
-    return (f"# Benchmarks: matched KL, controls, worlds, paired seeds (issue 14)\n\n"
+    return (f"# Benchmarks: matched KL, controls, worlds, paired seeds\n\n"
             f"Preset `{design.name}`, made by `{command}` at commit `{commit}`. Paired differences over seeds with "
             f"95% bootstrap intervals; gold at KL {design.headline_budget:g} is the headline metric (fixed before "
             f"any run). The same verdicts are in `{rel}/verdicts.json`.\n\n## Verdicts\n\n{outcome.table}\n\n"

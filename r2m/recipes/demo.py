@@ -14,7 +14,9 @@ import math
 import time
 from pathlib import Path
 
-from r2m.config import Config, RewardSource, replace_path
+from r2m.config.enums import RewardSource
+from r2m.config.parsing import replace_path
+from r2m.config.root import Config
 from r2m.data.jsonl import read_preferences
 from r2m.eval.rm_accuracy import pairwise_accuracy
 from r2m.experience.reward_factory import build_reward

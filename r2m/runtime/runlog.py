@@ -17,7 +17,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
-from r2m.config import Config, save_config, to_dict
+from r2m.config.parsing import save_config, to_dict
+from r2m.config.root import Config
 from r2m.errors import ConfigError, DataError
 from r2m.fileio import atomic_savefig, atomic_write_text, decode_lines
 from r2m.runtime import runlock

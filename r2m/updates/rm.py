@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import Config, LoRAConfig, RMConfig
+from r2m.config.models import LoRAConfig
+from r2m.config.root import Config
+from r2m.config.training import RMConfig
 from r2m.core.losses import bradley_terry_loss
 from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.models.lora import apply_lora, enable_gradient_checkpointing
@@ -37,7 +39,7 @@ class RMResult:
 
 class TrainableRM(NamedTuple):
     rm: torch.nn.Module
-    """The :class:`r2m.models.RewardModel` being trained."""
+    """The :class:`r2m.models.reward.RewardModel` being trained."""
     peft: Optional[torch.nn.Module]
     """The ``peft`` wrapper when LoRA is on (merged into the weights before saving)."""
 
@@ -118,7 +120,7 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
 def train_reward_model(rm, rows: Sequence[dict], eval_rows: Optional[Sequence[dict]], cfg: Config, accelerator,
                        run: Optional[RunDir], seed: int, checkpoint_dir: Optional[Path] = None,
                        resume: bool = False, hooks: Optional["Hooks"] = None) -> RMResult:
-    """Train ``rm`` (an :class:`r2m.models.RewardModel`) with BT on (prompt, chosen, rejected) rows.
+    """Train ``rm`` (an :class:`r2m.models.reward.RewardModel`) with BT on (prompt, chosen, rejected) rows.
 
     ``hooks``: ``on_step_end`` / ``on_save`` of each step and checkpoint (``fit_pairs``), then ``on_evaluate``
     with the held-out accuracy; one returning True ends training after that step."""

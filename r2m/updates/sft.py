@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.runtime.checkpoint import fingerprint
 from r2m.runtime.distributed import configure_deepspeed
 from r2m.runtime.precision import fp32_master_weights

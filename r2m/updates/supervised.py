@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional, Sequ
 
 import torch
 
-from r2m.config import Config, LRSchedule
+from r2m.config.enums import LRSchedule
+from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_dir
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
@@ -173,9 +174,9 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     and checkpointed when there is a ``checkpoint_dir``).
     """
     dist = Dist(accelerator)
-    if batch_size % dist.world:
-        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.world} processes (each takes an "
-                          f"equal share of every batch), got {batch_size}")
+    if batch_size % dist.num_processes:
+        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.num_processes} processes (each "
+                          f"takes an equal share of every batch), got {batch_size}")
     start = _resume_start(model, optimizer, scheduler, accelerator, prefix, fingerprint,
                           checkpoint_dir if resume else None)
     model.train()
@@ -187,9 +188,9 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     for step, idx in enumerate(batch_indices(n_items, batch_size, steps, seed), start=1):
         if step <= start:
             continue  # replayed batch order: skip what the checkpoint already covers
-        if len(idx) % dist.world:
+        if len(idx) % dist.num_processes:
             raise ConfigError(f"{prefix}.batch_size: the data has {n_items} items, fewer than a batch of {batch_size}; "
-                              f"the short batch of {len(idx)} cannot be split over {dist.world} processes")
+                              f"the short batch of {len(idx)} cannot be split over {dist.num_processes} processes")
         out = loss_fn(dist.shard(idx))  # this process's share of the global batch
         accelerator.backward(out.loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -233,7 +234,7 @@ def _log_window(run: Optional["RunDir"], dist: Dist, prefix: str, step: int, win
     final = means.pop("loss")
     if run is not None:
         run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": norm,
-                 f"{prefix}/rows_per_process": batch_size // dist.world,
+                 f"{prefix}/rows_per_process": batch_size // dist.num_processes,
                  f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
     return final
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 from r2m.fileio import atomic_write_text
 from r2m.world.data import label_probability, make_pairs
 from r2m.world.view_accuracy import view_best_accuracy

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from r2m.config import MixtureConfig, WorldConfig, to_dict
+from r2m.config.parsing import to_dict
+from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.world.seeds import stream_seed
 from r2m.world.task import EOS, format_prompt, gold_reward, parse_prompt
 

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from r2m.config import MixtureConfig, WorldConfig
+from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.world.task import EOS
 
 Digits = tuple[int, ...]
@@ -137,7 +137,7 @@ def response_likelihood(r: Response, digits: Sequence[int], shares: dict[str, fl
 
 
 def gold_given(r: Response, S: np.ndarray, world: WorldConfig) -> np.ndarray:
-    """(M,): :func:`r2m.world.gold_reward` of the well-formed answer r for each target row of S (M, n): positional
+    """(M,): :func:`r2m.world.task.gold_reward` of the well-formed answer r for each target row of S (M, n): positional
     hits / n, less ``extra_token_penalty`` per digit beyond n (r ends in ``<eos>``: no missing-eos penalty)."""
     n, m = S.shape[1], len(r.digits)
     if not r.well_formed:

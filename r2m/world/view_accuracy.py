@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 from r2m.world.data import label_probability
 from r2m.world.likelihood import gold_given, kind_shares, read_response, sorted_likelihood, unsorted_likelihood
 from r2m.world.task import parse_prompt

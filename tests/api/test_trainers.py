@@ -280,7 +280,7 @@ def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world
     assert "ended: callback at loop 0" in (tmp_path / "ser-cb" / "table.md").read_text()
 
     # A callback's stop resumes like max_loops: run.resume=auto goes on after loop 0, whose RM is kept as is.
-    from r2m.config import replace_path
+    from r2m.config.parsing import replace_path
 
     loop0 = tmp_path / "ser-cb" / "loop-0" / "checkpoints" / "final" / "model.safetensors"
     mtime = loop0.stat().st_mtime_ns

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from r2m.config import KLEstimator, LossAggregation
-from r2m.core.advantages import AdvantageInput, AdvantageParams, Estimator, compute_advantages, compute_gae
+from r2m.config.enums import Algorithm, KLEstimator, LossAggregation
+from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages, compute_gae
 from r2m.core.losses import (
     POLICY_LOSSES,
     aggregate,
@@ -93,7 +93,7 @@ def test_masked_statistics_ignore_garbage() -> None:
     torch.testing.assert_close(dirty.loss, clean.loss)
 
 
-@pytest.mark.parametrize("estimator", list(Estimator))
+@pytest.mark.parametrize("estimator", list(Algorithm))
 def test_advantages_ignore_garbage_in_kl_and_values(estimator) -> None:
     m = _mask()
     scores = torch.tensor([[0.7, -0.2], [1.3, 0.4], [0.1, 0.1]])  # (N=3, K=2)
@@ -176,7 +176,7 @@ def test_16_bit_inputs_are_computed_in_float32(dtype) -> None:
         assert low.dtype == torch.float32, (name, low.dtype)
         torch.testing.assert_close(low, full, msg=name)
     scores = adv[:3, :2]
-    for est in Estimator:
+    for est in Algorithm:
         inp = AdvantageInput(scores=scores, mask=m, kl_penalty=ref * 0.01, values=old, baseline=scores[:, 0])
         out = compute_advantages(est, inp, AdvantageParams())
         assert out.advantages.dtype == out.returns.dtype == torch.float32, est

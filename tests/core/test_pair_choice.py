@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from r2m.config import PairChoice, R2MConfig, load_config
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
+from r2m.config.parsing import load_config
 from r2m.core.losses import grebt_terms, group_reward_entropy
 from r2m.core.pair_choice import PAIR_CHOICES, choose_gold, choose_pair, choose_random, choose_self, pair_seed
 

@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from r2m.data.datasets import (
-    ADAPTERS,
-    FORMATS,
-    AdapterContext,
-    DatasetFormat,
-    OnMismatch,
-    RowKind,
-    load_preferences,
-    load_prompts,
-    load_rows,
-    load_sft,
-    render_messages,
-)
+from r2m.config.enums import OnMismatch
+from r2m.config.paths import DatasetFormat
+from r2m.data.adapters import AdapterContext, RowKind, render_messages
+from r2m.data.datasets import ADAPTERS, FORMATS, load_preferences, load_prompts, load_rows, load_sft
 from r2m.data.jsonl import read_preferences
 from r2m.errors import ConfigError, DataError
 
@@ -35,7 +26,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% en
 @pytest.fixture()
 def tok():
     """The world's word-level tokenizer: one token per space-separated word (unknown words -> <unk>)."""
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     return build_tokenizer("policy")
 
@@ -322,7 +313,7 @@ def test_missing_file_and_offline_hub_name(tmp_path) -> None:
 def test_rm_trains_on_a_real_schema_through_the_cli(tiny, world_artifacts, tmp_path) -> None:
     """`r2m rm data.format=ultrafeedback data.pref_train=...`: the adapter path is wired end to end."""
     from r2m.cli import main
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone
     from r2m.runtime.runlog import read_metrics
 
@@ -337,7 +328,7 @@ def test_rm_trains_on_a_real_schema_through_the_cli(tiny, world_artifacts, tmp_p
 
 
 def test_unknown_format_is_a_config_error() -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.format: expected one of"):

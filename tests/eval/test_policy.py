@@ -40,9 +40,9 @@ class _Rank:
     ``after``), as accelerate's gather_object does."""
 
     def __init__(self, rank: int, world: int, before=(), after=()):
-        self.rank, self.world, self.before, self.after, self.sent = rank, world, list(before), list(after), None
+        self.rank, self.num_processes, self.before, self.after, self.sent = rank, world, list(before), list(after), None
 
-    enabled = property(lambda self: self.world > 1)
+    enabled = property(lambda self: self.num_processes > 1)
 
     def gather_objects(self, items):
         self.sent = items
@@ -52,12 +52,15 @@ class _Rank:
 def test_evaluation_shared_out_over_ranks_equals_one_process() -> None:
     import copy
 
-    from r2m.config import ArchConfig, EvalConfig, WorldConfig
+    from r2m.config.jobs import EvalConfig
+    from r2m.config.models import ArchConfig
+    from r2m.config.run import WorldConfig
     from r2m.eval.policy import sample_policy
     from r2m.experience.rewards import GoldReward
     from r2m.experience.sampling import tokenize_prompts
     from r2m.models.loading import build_world_lm
-    from r2m.world import build_tokenizer, format_prompt
+    from r2m.world.task import format_prompt
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("policy")
     policy = build_world_lm(ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, 0)
@@ -95,7 +98,8 @@ def test_rank_batches_give_every_rank_the_same_number_of_passes() -> None:
 
 
 def test_max_prompts_caps_and_counts(caplog) -> None:
-    from r2m.config import EvalConfig, WorldConfig
+    from r2m.config.jobs import EvalConfig
+    from r2m.config.run import WorldConfig
     from r2m.eval.policy import cap_prompts
     from r2m.experience.sampling import PromptSet
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import ArchConfig
-from r2m.experience.rollout import Experience, feedback_states, text_feedback
-from r2m.experience.sampling import generate, left_pad, position_ids, tokenize_prompts
+from r2m.config.models import ArchConfig
+from r2m.experience.rollout import Experience
+from r2m.experience.sampling import generate, tokenize_prompts
+from r2m.models.feedback import feedback_states, text_feedback
+from r2m.models.forward import left_pad, position_ids
 from r2m.models.loading import build_world_lm
 from r2m.models.logprobs import response_forward
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 
 def _policy():
@@ -80,7 +82,8 @@ PROMPTS = ["<bos> 3 1 2 =>", "<bos> 1 =>", "<bos> 4 4 2 1 =>", "<bos> 2 3 =>"]
 def _maker(**rl):
     import copy
 
-    from r2m.config import RLConfig, WorldConfig
+    from r2m.config.run import WorldConfig
+    from r2m.config.training import RLConfig
     from r2m.experience.rewards import GoldReward
     from r2m.experience.rollout import ExperienceMaker
 
@@ -176,7 +179,7 @@ def test_h_goes_to_the_hidden_store_a_chunk_at_a_time() -> None:
     dtype) as it is made, so the step's whole h never exists where the policy runs."""
     import copy
 
-    from r2m.config import RLConfig
+    from r2m.config.training import RLConfig
     from r2m.experience.rewards import RewardOutput
     from r2m.experience.rollout import ExperienceMaker, HiddenStore
 

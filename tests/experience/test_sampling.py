@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r2m.experience.sampling import generate, position_ids
+from r2m.experience.sampling import generate
+from r2m.models.forward import position_ids
 
 V, EOS, PAD, T = 8, 7, 6, 0.8
 SHIPPED = dict(do_sample=True, temperature=0.5, repetition_penalty=1.8, no_repeat_ngram_size=2, top_k=3, top_p=0.7,
@@ -113,7 +114,7 @@ def test_wrapped_models_inherit_nothing_either(model, monkeypatch) -> None:
 
     from transformers.generation.utils import GenerationMixin
 
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.models.lora import AdapterFreeReference, apply_lora
 
     seen: list[set[str]] = []

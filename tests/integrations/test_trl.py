@@ -24,7 +24,7 @@ trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'r2m[
 from r2m.errors import CheckpointError, ConfigError  # noqa: E402
 from r2m.integrations.trl import R2MCallback, R2MReward, check_groups  # noqa: E402
 from r2m.models.r2m import FeedbackRewardModel  # noqa: E402
-from r2m.updates.r2m import R2MUpdater  # noqa: E402
+from r2m.updates.grebt import GREBTUpdater  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "trl_grpo_r2m.py"
@@ -66,7 +66,7 @@ def grpo_run(tmp_path_factory):
     before = {"fusion": _state(reward.model.fusion), "head": _state(reward.model.head),
               "backbone": _state(reward.model.rm.backbone)}
     seen = SimpleNamespace(updates=[], scored=[])
-    update, call = R2MUpdater.update, R2MReward.__call__
+    update, call = GREBTUpdater.update, R2MReward.__call__
 
     def record_update(self, batch, hidden):
         seen.updates.append([_user_text(p) for p in batch.prompts])
@@ -77,7 +77,7 @@ def grpo_run(tmp_path_factory):
         return call(self, prompts, completions, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(R2MUpdater, "update", record_update)
+        mp.setattr(GREBTUpdater, "update", record_update)
         mp.setattr(R2MReward, "__call__", record_call)
         trainer.train()
     return SimpleNamespace(trainer=trainer, reward=reward, before=before, out=out, seen=seen,
@@ -255,7 +255,7 @@ def test_rloo_smoke(world_artifacts, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
-    from r2m.config import R2MConfig
+    from r2m.config.models import R2MConfig
 
     policy_dir, rm_dir, files = world_artifacts
     policy = AutoModelForCausalLM.from_pretrained(str(policy_dir))

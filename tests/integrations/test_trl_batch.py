@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("trl", reason="TRL is not installed (pip install 'r2m[trl]'): the TRL integration tests skip")
 
-from r2m.config import R2MConfig  # noqa: E402
+from r2m.config.models import R2MConfig  # noqa: E402
 from r2m.data.adapters import render_messages  # noqa: E402
 from r2m.errors import DataError, ModelError  # noqa: E402
 from r2m.integrations.trl import R2MReward  # noqa: E402

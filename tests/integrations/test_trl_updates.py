@@ -11,9 +11,9 @@ import pytest
 
 trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'r2m[trl]'): the TRL integration tests skip")
 
-from r2m.config import R2MConfig  # noqa: E402
+from r2m.config.models import R2MConfig  # noqa: E402
 from r2m.integrations.trl import R2MCallback, R2MReward  # noqa: E402
-from r2m.updates.r2m import R2MUpdater  # noqa: E402
+from r2m.updates.grebt import GREBTUpdater  # noqa: E402
 
 
 def grpo(models, out, train, eval_prompts=None, **overrides):
@@ -42,13 +42,13 @@ def grpo(models, out, train, eval_prompts=None, **overrides):
 def spy(monkeypatch):
     """Every GREBT update's groups (their prompts) and every prompt the reward scored."""
     seen = SimpleNamespace(updates=[], scored=[])
-    update = R2MUpdater.update
+    update = GREBTUpdater.update
 
     def record(self, batch, hidden):
         seen.updates.append(list(batch.prompts))
         return update(self, batch, hidden)
 
-    monkeypatch.setattr(R2MUpdater, "update", record)
+    monkeypatch.setattr(GREBTUpdater, "update", record)
     call = R2MReward.__call__
 
     def scored(self, prompts, completions, **kw):

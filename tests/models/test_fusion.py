@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from r2m.models import omega
-from r2m.models.fusion import PolicyFeedbackFusion
+from r2m.models.fusion import PolicyFeedbackFusion, omega
 
 
 def test_omega_schedule() -> None:

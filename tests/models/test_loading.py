@@ -38,7 +38,7 @@ def test_each_family_pads_with_a_token_of_its_own_vocabulary(family, pad, tmp_pa
 
 
 def test_the_world_tokenizer_without_its_pad_setting_finds_its_pad_word(tmp_path) -> None:
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     path = tmp_path / "nopad"
     build_tokenizer("policy").save_pretrained(path)
@@ -64,7 +64,8 @@ def eos_padded(tmp_path):
 
 
 def test_an_eos_pad_never_hides_the_real_eos(eos_padded) -> None:
-    from r2m.experience.sampling import assemble_generation, concat_generations, left_pad
+    from r2m.experience.sampling import assemble_generation, concat_generations
+    from r2m.models.forward import left_pad
     from r2m.updates.sft import tokenize_sft
 
     tok, eos = eos_padded, eos_padded.eos_token_id

@@ -13,11 +13,12 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from r2m.config import ArchConfig
-from r2m.models.feedback import last_states, position_ids, text_feedback
+from r2m.config.models import ArchConfig
+from r2m.models.feedback import text_feedback
+from r2m.models.forward import last_states, position_ids
 from r2m.models.loading import build_world_lm
 from r2m.models.logprobs import LOGIT_CHUNK_ELEMENTS, chunked_response_forward, real_columns, response_forward
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from memory_probe import Allocations  # noqa: E402

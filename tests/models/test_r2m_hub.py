@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import ArchConfig, FusionInit
-from r2m.errors import ModelError
+from r2m.config.enums import FusionInit
+from r2m.config.models import ArchConfig
+from r2m.errors import FormatVersionError, ModelError
+from r2m.models.feedback import text_feedback
 from r2m.models.fusion import omega
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import FeedbackRewardModel, build_feedback_rm, load_feedback_rm
 from r2m.models.r2m_hub import resolve_base
 from r2m.models.reward import RewardModel
-from r2m.rollout import text_feedback
-from r2m.world import build_tokenizer, format_prompt
+from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [3, 1, 2], [9, 0, 4, 4], [9, 0, 4, 4])]
 RESPONSES = ["1 2 3 <eos>", "3 2 1 <eos>", "0 4 4 9 <eos>", "9 <eos>"]
@@ -140,20 +142,33 @@ def test_the_calibrated_flag_round_trips(tmp_path, policy) -> None:
     assert torch.equal(loaded.fusion.w_o.weight, model.fusion.w_o.weight)
 
 
-@pytest.mark.parametrize("legacy", ["absolute", "relative"])
-def test_files_of_earlier_formats_still_load(tmp_path, policy, legacy) -> None:
-    pol, ptok = policy
+@pytest.mark.parametrize("old", ["format 1", "format 2", "no calibrated flag"])
+def test_a_directory_of_another_format_version_is_refused_by_name(tmp_path, old) -> None:
+    """r2m.json carries format_version 3; an earlier one (format 1: no version, the base as given; format 2: a base
+    relative to the directory) is refused naming the file, both versions and what to do, never read another way.
+    A state without the fusion's calibrated flag (written before it existed, so before format 3) does not load."""
     rm_dir = _build_rm_dir(tmp_path)
     model = _r2m(rm_dir)
     model.save_pretrained(tmp_path / "r2m")
     meta = json.loads((tmp_path / "r2m" / "r2m.json").read_text())
-    old = ({"base_rm": str(rm_dir), "fusion": meta["fusion"]} if legacy == "absolute"  # format 1: as given
-           else {"base_rm": "../rm", "base_rm_kind": "relative", "fusion": meta["fusion"]})  # format 2
-    (tmp_path / "r2m" / "r2m.json").write_text(json.dumps(old))
-    (tmp_path / "r2m" / "manifest.json").unlink()  # written by formats 1 and 2 without one
-    loaded = FeedbackRewardModel.from_pretrained(tmp_path / "r2m")
-    kw = dict(policy=pol, policy_tokenizer=ptok, omega_floor=0.6)
-    torch.testing.assert_close(loaded.score(PROMPTS, RESPONSES, **kw), model.score(PROMPTS, RESPONSES, **kw))
+    assert (meta["format"], meta["format_version"]) == ("r2m.feedback_rm", 3)
+    if old == "no calibrated flag":
+        state = {k: v for k, v in model.trainable_state().items() if k != "fusion.calibrated"}
+        with pytest.raises(RuntimeError, match="calibrated"):
+            _r2m(rm_dir).load_trainable_state(state)
+        return
+    legacy = ({"base_rm": str(rm_dir), "fusion": meta["fusion"]} if old == "format 1"
+              else {"format": "r2m.feedback_rm", "format_version": 2, "base_rm": "../rm", "base_rm_kind": "relative",
+                    "fusion": meta["fusion"]})
+    (tmp_path / "r2m" / "r2m.json").write_text(json.dumps(legacy))
+    (tmp_path / "r2m" / "manifest.json").unlink()
+    has = "no format version" if old == "format 1" else "format version 2"
+    with pytest.raises(FormatVersionError, match=rf"r2m\.json: this R2M reward model directory has {has}.*; this r2m "
+                                                 r"reads version 3: train it again"):
+        FeedbackRewardModel.from_pretrained(tmp_path / "r2m")
+    (tmp_path / "r2m" / "r2m.json").write_text(json.dumps({**meta, "format": "something.else"}))
+    with pytest.raises(ModelError, match=r"r2m\.json: format='something\.else', expected 'r2m\.feedback_rm'"):
+        FeedbackRewardModel.from_pretrained(tmp_path / "r2m")
 
 
 def test_a_missing_base_is_named(tmp_path) -> None:

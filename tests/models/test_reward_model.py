@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import ArchConfig
+from r2m.config.models import ArchConfig
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel, last_token_index
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 
 def _tiny_rm(tmp_path):

@@ -194,7 +194,7 @@ def test_bench_cost_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# `r2m bench run --preset smoke`: the issue-14 design end to end (CI runs the whole smoke preset here)
+# `r2m bench run --preset smoke`: the benchmark design end to end (CI runs the whole smoke preset here)
 # ---------------------------------------------------------------------------------------------
 
 VERDICT_KEYS = {"world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict"}
@@ -224,7 +224,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     for w in ("length", "noisy", "blind", "ser_headroom"):
         assert (tmp_path / f"frontier_smoke_{w}.png").is_file(), w
     assert (tmp_path / "frontier_smoke_kl_length.png").is_file()
-    # The alarm's validation (issue 19, item 4): its section after the frontier plots, alarm.json beside the report.
+    # The alarm's validation: its section after the frontier plots, alarm.json beside the report.
     assert text.index("## Frontier plots") < text.index("## Over-optimisation alarm: validation") < \
         text.index("## SER Table 1")
     for part in ("### Every rule on the held-out runs", "fixed KL (leave one world out)", "token_js alone",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.core.frontier import Claim
 from r2m.recipes.bench_design import (
     ARM_OVERRIDES,

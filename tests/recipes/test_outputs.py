@@ -35,19 +35,19 @@ def _outside(paths: set[Path], run: Path) -> list[str]:
 def test_a_run_on_users_models_writes_only_inside_its_run_dir(tiny, world_artifacts, tmp_path, monkeypatch) -> None:
     """During and after `r2m rl` on a user's policy and RM (with the Pretrained-RM baseline, which trains an RM
     of its own), every file created under the working folder is inside the run directory."""
-    from r2m.recipes.rl.run import RLRun
+    import r2m.recipes.rl.run
 
     user = _user_setup(world_artifacts, tmp_path)
     before = _files(tmp_path)
     run = tmp_path / "runs" / "mine"
     seen: list[set[Path]] = []
-    step = RLRun.step
+    step = r2m.recipes.rl.run.train_step
 
-    def snapshot(self, t):
+    def snapshot(s, t):
         seen.append(_files(tmp_path) - before)  # mid-run: the lock and the run's files as they are
-        return step(self, t)
+        return step(s, t)
 
-    monkeypatch.setattr(RLRun, "step", snapshot)
+    monkeypatch.setattr(r2m.recipes.rl.run, "train_step", snapshot)
     args = ["rl", *tiny, f"run.root={tmp_path / 'runs'}", "run.name=mine", f"policy.path={user['policy']}",
             f"reward.path={user['rm']}", f"data.prompts={user['prompts']}", f"data.eval_prompts={user['eval_prompts']}",
             f"data.pref_eval={user['pref_eval']}", f"data.pref_policy={user['pref_policy']}",
@@ -246,7 +246,7 @@ def test_the_policy_gets_a_model_card_and_is_pushed(users_run) -> None:
 
 
 def test_a_hub_base_model_is_the_cards_base_model(tiny_cfg) -> None:
-    from r2m.config import replace_path
+    from r2m.config.parsing import replace_path
     from r2m.recipes.rl.card import policy_card
 
     cfg = replace_path(tiny_cfg, rl__algorithm="grpo")
@@ -256,7 +256,7 @@ def test_a_hub_base_model_is_the_cards_base_model(tiny_cfg) -> None:
 
 
 def test_every_algorithm_has_its_citation() -> None:
-    from r2m.config import Algorithm
+    from r2m.config.enums import Algorithm
     from r2m.recipes.rl.card import METHODS
 
     assert set(METHODS) == {a.value for a in Algorithm}
@@ -266,7 +266,7 @@ def test_every_algorithm_has_its_citation() -> None:
 def test_a_failed_push_says_where_the_model_is(tiny_cfg, tmp_path, monkeypatch) -> None:
     import huggingface_hub
 
-    from r2m.config import replace_path
+    from r2m.config.parsing import replace_path
     from r2m.errors import ModelError
     from r2m.recipes.rl.card import push_policy
 
@@ -301,7 +301,7 @@ def test_a_tracker_that_is_not_installed_is_an_error(tiny, world_artifacts, caps
 
 def test_report_to_takes_transformers_values(tmp_path) -> None:
     """transformers' report_to values: a list, one name, "all" (every installed tracker), "none"."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.runtime.runlog import resolve_trackers
 
     assert resolve_trackers(load_config(None, ["run.log_with=none"]).run.log_with) == []

@@ -15,7 +15,7 @@ WORDS = ["<bos> 1 2 =>", "<bos> 3 4 =>", "<bos> 5 6 =>", "<bos> 7 8 =>", "<bos> 
 
 @pytest.fixture(scope="module")
 def tok():
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     return build_tokenizer("policy")
 

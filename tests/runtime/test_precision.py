@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 
 
@@ -18,33 +18,34 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 
 def test_one_bf16_step_at_lr_1e6_moves_every_policy_weight(tiny, world_artifacts, caplog) -> None:
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
     cfg = load_config(None, [*tiny, "policy.dtype=bfloat16", "reward.dtype=bfloat16", "run.mixed_precision=bf16",
                              "rl.lr=1e-6", "rl.epochs=1", "rl.minibatches=1", "run.name=bf16-masters"])
     with caplog.at_level(logging.INFO, logger="r2m"):
-        run = RLRun(cfg)
-    policy = run.acc.unwrap_model(run.policy)
+        run = build_run(cfg)
+    policy = run.models.unwrapped_policy()
     assert {p.dtype for p in policy.parameters()} == {torch.float32}  # the masters
-    assert {p.dtype for p in run.ref.parameters()} == {torch.bfloat16}  # the frozen reference keeps its dtype
+    assert {p.dtype for p in run.models.ref.parameters()} == {torch.bfloat16}  # the frozen reference keeps its dtype
     assert any("float32 master weights" in r.getMessage() and r.getMessage().startswith("policy")
                for r in caplog.records)
-    before, ref_before = _params(policy), _params(run.ref)
-    row = run.step(1)
+    before, ref_before = _params(policy), _params(run.models.ref)
+    row = train_step(run, 1)
     assert row.get("guard/skipped_minibatches", 0) == 0
     changed = {n: (before[n] != p.detach()).float().mean().item() for n, p in policy.named_parameters()}
     norms = {n: v for n, v in changed.items() if "norm" in n}
     print("\nshare of elements changed:", {n: round(v, 3) for n, v in changed.items()})
     assert norms and min(norms.values()) > 0.9, norms  # |w| = 1, bf16 ulp 2^-7: a 1e-6 step needs the master
     assert sum(changed.values()) / len(changed) > 0.9 and min(changed.values()) > 0.5, changed
-    assert all(torch.equal(ref_before[n], p) for n, p in run.ref.named_parameters())
+    assert all(torch.equal(ref_before[n], p) for n, p in run.models.ref.named_parameters())
     run.run.close()
 
 
 def test_lora_adapters_and_a_trained_head_are_float32_over_a_bf16_base() -> None:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.models.lora import apply_lora
 
     cfg = LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from r2m.config import MixtureConfig, WorldConfig
-from r2m.world import gold_reward, make_response
+from r2m.config.run import MixtureConfig, WorldConfig
+from r2m.world.data import make_response
 from r2m.world.likelihood import (
     SORTED_KINDS,
     Response,
@@ -19,6 +19,7 @@ from r2m.world.likelihood import (
     response_likelihood,
     sorted_likelihood,
 )
+from r2m.world.task import gold_reward
 
 CASES = [[3, 1, 2], [4, 4, 7, 0], [5, 5, 5], [9, 0, 9, 2, 6], [8], [2, 6]]
 KINDS = MixtureConfig().kinds()

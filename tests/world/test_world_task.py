@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from r2m.config import WorldConfig
-from r2m.world import (
+from r2m.config.run import WorldConfig
+from r2m.world.task import (
     format_prompt,
     gold_reward,
     gold_reward_text,

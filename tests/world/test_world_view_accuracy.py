@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from r2m.config import MixtureConfig, WorldConfig
-from r2m.world import format_prompt, gold_reward, make_response
+from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.world.ceiling import labeller_ceiling
-from r2m.world.data import _pair_row, label_probability
+from r2m.world.data import _pair_row, label_probability, make_response
 from r2m.world.likelihood import kind_shares, read_response, response_likelihood
+from r2m.world.task import format_prompt, gold_reward
 from r2m.world.view_accuracy import (
     PairView,
     hidden_multisets,

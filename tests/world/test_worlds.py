@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.algorithms.ser_data import make_splits, split_sizes, status1_unreachable
-from r2m.algorithms.ser_rules import calibrate, status_evidence
-from r2m.config import ArchConfig, MixtureConfig, SERConfig, WorldConfig, config_hash, load_config, to_dict
+from r2m.config.jobs import SERConfig
+from r2m.config.models import ArchConfig
+from r2m.config.parsing import config_hash, load_config, to_dict
+from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel
-from r2m.world import build_tokenizer, format_prompt, parse_prompt
+from r2m.ser.data import make_splits, split_sizes, status1_unreachable
+from r2m.ser.rules import calibrate, status_evidence
 from r2m.world.ceiling import WorldCeilings, labeller_ceiling, world_ceilings
 from r2m.world.data import label_probability, make_pairs, make_prompts, make_sft
 from r2m.world.seeds import rm_seed, sft_world
+from r2m.world.task import format_prompt, parse_prompt
+from r2m.world.tokenizer import build_tokenizer
 from r2m.world.view import mask_prompt, rm_prompt_view
 
 WORLDS = Path(__file__).resolve().parents[2] / "configs" / "world" / "worlds"
@@ -241,22 +245,25 @@ def test_rm_seed_varies_the_rm_pairs_only() -> None:
     assert make_pairs(WorldConfig(**SMALL, rm_seed=base.seed), "pref_train") == make_pairs(base, "pref_train")
 
 
-def test_new_world_fields_keep_the_default_cache_keys() -> None:
-    # The keys the default world had before rm_seed / rm_prompt_digits existed (those fields left out).
-    old = {k: v for k, v in to_dict(WorldConfig()).items() if k not in ("rm_seed", "rm_prompt_digits")}
-    assert config_hash(WorldConfig()) == config_hash(old) == "2f525fb922"
-    assert config_hash(WorldConfig(rm_seed=3)) != config_hash(WorldConfig())
-    # The SFT stages (policy, RM backbone) are shared by every RM seed and every world preset.
-    assert config_hash(sft_world(WorldConfig(rm_seed=3, rm_prompt_digits=2))) == config_hash(WorldConfig())
+def test_cache_keys_follow_every_field_that_changes_the_data() -> None:
+    # Every world field is in the key, whatever its value (none is left out at a "neutral" value).
+    default = config_hash(WorldConfig())
+    for name in ("rm_seed", "rm_prompt_digits"):
+        assert config_hash({k: v for k, v in to_dict(WorldConfig()).items() if k != name}) != default, name
+    for changed in (WorldConfig(rm_seed=3), WorldConfig(rm_prompt_digits=2),
+                    WorldConfig(mixture=MixtureConfig(wrong_digit=0.33)), WorldConfig(n_sft=10)):
+        assert config_hash(changed) != default, changed
+    assert config_hash(MixtureConfig(wrong_digit=0.0)) == config_hash(to_dict(MixtureConfig()))
+    # The SFT stages (policy, RM backbone) read only the demonstrations: every RM seed and every world preset whose
+    # demonstrations are the default's shares them.
+    assert config_hash(sft_world(WorldConfig(rm_seed=3, rm_prompt_digits=2))) == default
     for name in ("noisy", "ser_headroom"):
-        assert config_hash(sft_world(_world(name))) == config_hash(WorldConfig()), name
+        assert config_hash(sft_world(_world(name))) == default, name
     # `blind` draws other demonstrations (its wrong-digit answers): its own SFT policy and RM backbone, and its own
-    # data cache; a mixture at its defaults (wrong_digit 0) keeps the default world's keys.
-    assert config_hash(sft_world(_world("blind"))) != config_hash(WorldConfig())
-    assert config_hash(MixtureConfig(wrong_digit=0.0)) == config_hash(to_dict(MixtureConfig())) != \
-        config_hash(MixtureConfig(wrong_digit=0.33))
+    # data cache.
+    assert config_hash(sft_world(_world("blind"))) != default
     assert make_sft(WorldConfig(**SMALL, mixture=MixtureConfig(wrong_digit=0.0))) == make_sft(WorldConfig(**SMALL))
-    assert config_hash(sft_world(WorldConfig(n_sft=10))) != config_hash(WorldConfig())
+    assert config_hash(sft_world(WorldConfig(n_sft=10))) != default
 
 
 def test_rm_prompt_digits_is_checked() -> None:

@@ -1,5 +1,5 @@
-"""The RL run's outputs: each evaluation's samples, and at the end the last step's checkpoint, the final models with
-the policy's model card (and its upload, run.push_to_hub), the result (:class:`RLResult`) and the curves' plots."""
+"""The RL run's end: the last step's checkpoint, the final models with the policy's model card (and its upload,
+run.push_to_hub), Table 3, the curves' plots and the result (:class:`RLResult`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from r2m.config.root import Config
 from r2m.models.loading import save_model
 from r2m.models.lora import is_peft, merged_copy
+from r2m.recipes.alarm import AlarmWatch
+from r2m.recipes.pipeline import Inputs
 from r2m.recipes.rl.card import policy_card, push_policy, write_card
+from r2m.recipes.rl.checkpoints import checkpoint_last_step
+from r2m.recipes.rl.evaluation import rm_accuracy
+from r2m.recipes.rl.state import Resumable
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.runtime.runlog import RunDir, peak, plot_curves
 
 log = logging.getLogger("r2m")
-
 
 
 @dataclass(frozen=True)
@@ -72,54 +77,35 @@ def _write_plots(run: RunDir, write: bool = True) -> Optional[int]:
     return peak_step
 
 
-def sample_rows(samples, step: int) -> list[dict]:
-    """One row per evaluation sample (:class:`r2m.eval.policy.PolicySamples`): prompt, completion, the run's reward,
-    the unmodified RM's and the gold reward where known, and the completion's length in tokens."""
-    rows = []
-    for i, (prompt, completion) in enumerate(zip(samples.prompts, samples.responses)):
-        row = {"step": step, "prompt": str(prompt), "completion": completion}
-        for key, values in (("reward", samples.proxy), ("reward_vanilla", samples.vanilla), ("gold", samples.gold)):
-            if values is not None:
-                row[key] = float(values[i])
-        row["length"] = int(samples.lengths[i])
-        rows.append(row)
-    return rows
-
-
-class ReportMixin:
-    """The end of :class:`r2m.recipes.rl.run.RLRun`."""
-
-    def log_samples(self, step: int, samples) -> None:
-        """An evaluation's samples: ``samples/step_NNNNNN.jsonl`` in the run directory and a table on the trackers."""
-        self.run.log_samples(step, sample_rows(samples, step))
-
-    def finish(self) -> RLResult:
-        last = int(self.run.history[-1]["step"]) if self.run.history else self.start_step
-        self.checkpoint_last_step(last)  # an extended run (rl.steps raised, run.resume=auto) resumes here
-        final = self.run.checkpoints / "final"
-        policy = self.acc.unwrap_model(self.policy)
-        policy_state = sharded_state_dict(self.acc, self.policy)
-        if self.acc.is_main_process:  # one writer: the ranks' copies are identical
-            if is_peft(policy):
-                # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
-                save_model(merged_copy(policy), self.tok, final)
-                save_model(policy, self.tok, final / "adapter")
-            else:
-                save_model(policy, self.tok, final, policy_state)
-            if self.rm_updater is not None:
-                self.rm_updater.model.save(final / "r2m", base_rm=str(self.inputs.reward_model),
-                                           extra={"omega_floor": self.cfg.reward.r2m.omega_floor,
-                                                  "total_steps": self.cfg.rl.steps})
-        self.acc.wait_for_everyone()
-        rm_acc = self.rm_accuracy()
-        if rm_acc:
-            self.run.amend_last(rm_acc)
-        if self.acc.is_main_process:
-            card = policy_card(self.cfg, self.inputs.policy, {**self.final_eval, **rm_acc}, self.cfg.run.hub_model_id)
-            write_card(final, card)
-        peak_step = _write_plots(self.run, write=self.acc.is_main_process)
-        self.run.close()
-        if self.cfg.run.push_to_hub and self.acc.is_main_process:
-            push_policy(final, self.cfg)
-        return RLResult(self.run.path, self.run.history, self.final_eval, peak_step,
-                        time.perf_counter() - self.t_start, rm_acc, self.watch.alarm_step, self.watch.best_path, policy)
+def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eval: dict[str, float],
+           watch: AlarmWatch, t_start: float) -> RLResult:
+    """The run's end: the last step's checkpoint, the final models (the policy with its model card, R2M), Table 3,
+    the plots, and the upload (run.push_to_hub)."""
+    models, grebt = parts.models, parts.grebt
+    last = int(run.history[-1]["step"]) if run.history else parts.progress.start_step
+    checkpoint_last_step(parts, cfg, run, last)  # an extended run (rl.steps raised, run.resume=auto) resumes here
+    final = run.checkpoints / "final"
+    policy = models.unwrapped_policy()
+    policy_state = sharded_state_dict(models.acc, models.policy)
+    if models.acc.is_main_process:  # one writer: the ranks' copies are identical
+        if is_peft(policy):
+            # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
+            save_model(merged_copy(policy), models.tokenizer, final)
+            save_model(policy, models.tokenizer, final / "adapter")
+        else:
+            save_model(policy, models.tokenizer, final, policy_state)
+        if grebt is not None:
+            grebt.model.save(final / "r2m", base_rm=str(parts.rm_path),
+                             extra={"omega_floor": cfg.reward.r2m.omega_floor, "total_steps": cfg.rl.steps})
+    models.acc.wait_for_everyone()
+    rm_acc = rm_accuracy(grebt, parts.progress.r2m_before, models, cfg, inputs.pref_eval, run)
+    if rm_acc:
+        run.amend_last(rm_acc)
+    if models.acc.is_main_process:
+        write_card(final, policy_card(cfg, inputs.policy, {**final_eval, **rm_acc}, cfg.run.hub_model_id))
+    peak_step = _write_plots(run, write=models.acc.is_main_process)
+    run.close()
+    if cfg.run.push_to_hub and models.acc.is_main_process:
+        push_policy(final, cfg)
+    return RLResult(run.path, run.history, final_eval, peak_step, time.perf_counter() - t_start, rm_acc,
+                    watch.alarm_step, watch.best_path, policy)

@@ -9,7 +9,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from r2m.config import Algorithm, Config, RLConfig
+from r2m.config.enums import Algorithm
+from r2m.config.root import Config
+from r2m.config.training import RLConfig
 from r2m.errors import ConfigError, DataError
 from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.distributed import configure_deepspeed

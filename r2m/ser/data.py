@@ -1,7 +1,4 @@
-"""SER's data: the splits (SER App. D.1), the unlabelled pool, pseudo-labelled pairs and their quality.
-
-``r2m.recipes.ser`` re-exports every name.
-"""
+"""SER's data: the splits (SER App. D.1), the unlabelled pool, pseudo-labelled pairs and their quality."""
 
 from __future__ import annotations
 
@@ -13,12 +10,13 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.algorithms.ser_rules import Selection
-from r2m.config import SERConfig, SERVariant
+from r2m.config.enums import SERVariant
+from r2m.config.jobs import SERConfig
 from r2m.data.jsonl import write_jsonl
 from r2m.errors import ConfigError
 from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.fileio import atomic_write_text
+from r2m.ser.rules import Selection
 
 log = logging.getLogger("r2m")
 

@@ -1,4 +1,4 @@
-"""R2M's lightweight reward-model optimisation after each policy step (Algorithm 1, lines 15-20).
+"""GREBT: R2M's lightweight reward-model optimisation after each policy step (Algorithm 1, lines 15-20).
 
     r'_ij = r_φ(x_i, y_ij, h_ij) with the refreshed h and ω(t)       (h from the last policy epoch)
     (w, l) = argmax_j r'_ij, argmin_j r'_ij                           per group G_i
@@ -6,6 +6,10 @@
 
 Only the fusion module and the head φ receive gradients. The reward token embeddings H_last come
 from annotation (the backbone is frozen), so the update never runs the RM backbone.
+
+The refreshed h is the policy's last-layer states from the last epoch of its update: the policy update hands back
+the states of the rows it trained (:meth:`GREBTUpdater.keep_states` says what is kept of them: h, in the hidden
+store), and :meth:`GREBTUpdater.update` reads them.
 
 The update runs over chunks of whole groups (``reward.r2m.fusion_batch_size`` rows), accumulating each
 chunk's share of the gradient, so its loss and gradient are the whole batch's while the fusion holds one
@@ -25,24 +29,39 @@ from typing import Optional
 
 import torch
 
-from r2m.config import PairChoice, R2MConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
 from r2m.core.losses import grebt_terms, within_group_spread
 from r2m.core.pair_choice import WinnerLoser, choose_pair, pair_seed
-from r2m.experience.rewards import FeedbackReward
-from r2m.experience.rollout import Experience
+from r2m.experience.rewards import R2MSchedule
+from r2m.experience.rollout import Experience, HiddenStore
+from r2m.models.r2m import FeedbackRewardModel
 from r2m.runtime.distributed import Dist
 
 
-class R2MUpdater:
-    """Owns the RM optimiser; ``update(exp)`` runs ``updates_per_step`` GREBT steps."""
+class GREBTUpdater:
+    """Owns the RM optimiser; ``update(exp, h)`` runs ``updates_per_step`` GREBT steps on the fusion and head of
+    ``model``. ``schedule``: ω(t), the w/ Noise view of h and the seed, shared with R2M's reward. ``store``: where
+    and in which dtype h is kept (the rollout's :class:`HiddenStore`)."""
 
-    def __init__(self, reward: FeedbackReward, cfg: R2MConfig, dist: Dist = Dist()):
-        self.reward, self.cfg = reward, cfg
-        self.model = reward.model
+    def __init__(self, model: FeedbackRewardModel, schedule: R2MSchedule, cfg: R2MConfig, dist: Dist = Dist(),
+                 store: HiddenStore = HiddenStore()):
+        self.model, self.schedule, self.cfg, self.store = model, schedule, cfg, store
         self.params = list(self.model.trainable_parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.dist = dist
         dist.broadcast_parameters(self.params)  # one starting point on every rank
+
+    @property
+    def reads_hidden(self) -> bool:
+        """Whether the update reads h (R2M; the Iterative RM-head baseline has no fusion)."""
+        return self.model.fusion is not None
+
+    def keep_states(self, states: torch.Tensor) -> torch.Tensor:
+        """R2M's h from a training pass's last-layer states (b, P+R, D_p): (b, P+R-1, D_p) in the hidden store, each
+        row's states without the batch's last column (:func:`r2m.models.feedback.feedback_states`; the rollout's
+        ``policy_mask`` marks each row's own positions)."""
+        return self.store.states(states)
 
     def group_chunks(self, exp: Experience) -> list[slice]:
         """Slices of whole groups, ``reward.r2m.fusion_batch_size`` rows at most (at least one group) per chunk."""
@@ -51,22 +70,22 @@ class R2MUpdater:
 
     def rescore(self, exp: Experience, h: torch.Tensor | None, rows: slice = slice(None)) -> torch.Tensor:
         """r' over the groups in ``rows``, (n_rows / K, K), with gradients into the fusion module and head."""
-        w = self.reward.omega(exp.step)
+        w = self.schedule.omega(exp.step)
         mask = exp.policy_mask[rows] if exp.policy_mask is not None else None
         return self.model.score_embeddings(exp.rm_embeddings[rows], h[rows] if h is not None else None, mask,
                                            w).view(-1, exp.k)
 
     def update(self, exp: Experience, policy_hidden: Optional[torch.Tensor]) -> dict[str, float]:
-        """R2M's per-step RM update (GREBT, R2M paper Eq. 5-7) with ``policy_hidden`` (B, S, D_p): the h the policy
-        update refreshed (:class:`r2m.updates.policy.PolicyUpdate`), or the rollout's."""
+        """R2M's per-step RM update (GREBT, R2M paper Eq. 5-7) with ``policy_hidden`` (B, S-1, D_p): h from the
+        states the policy update kept in its last epoch (:meth:`keep_states`), or the rollout's."""
         if exp.rm_embeddings is None:
             raise ValueError("R2M update: the experience has no reward token embeddings (rm_embeddings)")
         cfg = self.cfg
-        stats: dict[str, float] = {"r2m/omega": self.reward.omega(exp.step)}
+        stats: dict[str, float] = {"r2m/omega": self.schedule.omega(exp.step)}
         if not cfg.trains:
             return stats
         self.model.train()
-        h = self.reward.feedback(policy_hidden, exp.policy_mask, exp.step) if self.reward.needs_policy_hidden else None
+        h = self.schedule.hidden(policy_hidden, exp.policy_mask, exp.step) if self.reads_hidden else None
         for _ in range(cfg.updates_per_step):
             self.optimizer.zero_grad(set_to_none=True)
             step = self.grebt_step(exp, h)
@@ -107,13 +126,13 @@ class R2MUpdater:
 
     def pair(self, exp: Experience, r: torch.Tensor) -> WinnerLoser | None:
         """The winner/loser of each group per ``reward.r2m.pair_choice``; None for ``self``, whose argmax/argmin
-        grebt_terms takes itself (so the paper's update stays exactly as it was). ``r`` (n, K): the scores, whose
+        grebt_terms takes itself (the paper's update). ``r`` (n, K): the scores, whose
         values only ``self`` would read (``gold`` reads the gold reward, ``random`` the step's seed)."""
         choice = self.cfg.pair_choice
         if PairChoice(choice) is PairChoice.SELF:
             return None
         gold = exp.gold.view(exp.n, exp.k) if exp.gold is not None else None  # (n, K)
-        gen = torch.Generator().manual_seed(pair_seed(self.reward.seed, exp.step))
+        gen = torch.Generator().manual_seed(pair_seed(self.schedule.seed, exp.step))
         return choose_pair(choice, r, gold, gen)
 
     @torch.no_grad()
@@ -124,7 +143,7 @@ class R2MUpdater:
         up, so these show whether a run's reward grows by learning or by inflation."""
         out = {"r2m/head_norm": self.model.head.weight.float().norm().item(), "r2m/reward_std": r.std().item()}
         if h is not None:
-            parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.reward.omega(exp.step),
+            parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.schedule.omega(exp.step),
                                            self.cfg.fusion_batch_size)
             s_f, s_e = within_group_spread(parts.fusion, exp.k), within_group_spread(parts.embedding, exp.k)
             out.update({"r2m/fusion_share": (s_f / (s_f + s_e)).item() if s_f + s_e > 0 else 0.0,
