@@ -9,7 +9,8 @@ of the reward model's fusion module and head after every optimiser step.
 ``--tiny`` builds a random Qwen2.5 policy and Llama 3 reward model from configs (their families' tokenizers and
 chat templates: the RM reads each conversation through its own template) and a small conversational dataset.
 ``trainer.save_model()`` writes the policy (its LoRA adapter) and the trained R2M in ``output_dir/r2m``, which
-``trainer.push_to_hub()`` uploads too; load it with ``FeedbackRewardModel.from_pretrained(output_dir, subfolder="r2m")``.
+``trainer.push_to_hub()`` uploads too; load it with
+``FeedbackRewardModel.from_pretrained(output_dir, subfolder="r2m")``.
 """
 
 from dataclasses import dataclass, field

@@ -111,12 +111,12 @@ def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops
     from r2m.config.models import R2MConfig
     from r2m.config.training import RLConfig
     from r2m.data.jsonl import read_jsonl
-    from r2m.integrations.trl import R2MReward
-    from r2m.models.loading import load_policy, load_tokenizer
     from r2m.experience.rollout import ExperienceMaker
     from r2m.experience.sampling import tokenize_prompts
-    from r2m.updates.policy import PolicyUpdater
+    from r2m.integrations.trl import R2MReward
+    from r2m.models.loading import load_policy, load_tokenizer
     from r2m.updates.grebt import GREBTUpdater
+    from r2m.updates.policy import PolicyUpdater
 
     torch.manual_seed(0)
     policy, tok = load_policy(policy_path), load_tokenizer(policy_path)
@@ -147,7 +147,8 @@ def main(argv: list[str]) -> dict:
     policy_path, rm_path, prompts_path = argv[:3] if len(argv) >= 3 else tiny_world()[:3]
     trl, own = trl_cost(policy_path, rm_path, prompts_path), r2m_loop_cost(policy_path, rm_path, prompts_path)
     report = {
-        "trl_step_flops": trl["step"], "trl_extra_forward_flops": trl["extra_forward"], "r2m_loop_step_flops": own["step"],
+        "trl_step_flops": trl["step"], "trl_extra_forward_flops": trl["extra_forward"],
+        "r2m_loop_step_flops": own["step"],
         "extra_forward_share_of_trl_step": trl["extra_forward"] / trl["step"],
         "extra_forward_vs_r2m_loop_step": trl["extra_forward"] / own["step"],
     }

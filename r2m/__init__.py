@@ -3,7 +3,7 @@
 The public objects are exported lazily (PEP 562): ``import r2m`` imports neither torch nor transformers, so that
 ``r2m.__version__`` and the CLI's ``--help`` stay fast; ``r2m.RLTrainer`` imports the training stack on first use.
 
-    r2m.RLTrainer, r2m.RMTrainer, r2m.SERTrainer     the object API (r2m.api.trainers; README "From Python")
+    r2m.RLTrainer, r2m.RMTrainer, r2m.SERTrainer     the object API (r2m.api.trainers; docs/PYTHON.md)
     r2m.RLArguments, r2m.RMArguments, r2m.SERArguments   r2m's flat, TRL-named arguments (r2m.api.args); the
                                                      trainers also take trl.GRPOConfig, RLOOConfig, RewardConfig
     r2m.TrainerCallback                              on_step_end / on_evaluate / on_save; return True to stop

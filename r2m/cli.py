@@ -11,8 +11,8 @@
     r2m demo    [-c CFG] [a.b=c ...]               world -> SFT -> RM -> RL arms -> table and plot
     r2m ser     [-c CFG] [a.b=c ...] [--resume]    SER: self-evolved RM loops, Loop 0 / SER / Full table, then PPO
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
-    r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer (issue 18)
-    r2m bench [run] --preset smoke|paper [--out F]  the issue-14 design: verdicts at matched KL (docs/BENCHMARKS.md)
+    r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer (docs/BENCHMARKS.md)
+    r2m bench [run] --preset smoke|paper [--out F]  the benchmark design: verdicts at matched KL (docs/BENCHMARKS.md)
     r2m config  [-c CFG] [a.b=c ...]               print the resolved config
     r2m monitor RUN_DIR [name=value ...] [--no-plot]   replay the over-optimisation alarm on a finished run
 
@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from r2m.config.root import Config
 from r2m.config.commands import check_models
-from r2m.config.parsing import read_config_file, load_config, parse_override, replace_path, to_dict
+from r2m.config.parsing import load_config, parse_override, read_config_file, replace_path, to_dict
+from r2m.config.root import Config
 from r2m.config.trl_map import FLAGS, map_trl, steps_for
 from r2m.config.trl_names import RULES
 from r2m.config.trl_recipe import parse_recipe, split_recipe
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="run", help="cost, speed or run (default: run)")
     _add_common(p)
     p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
-                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: issue 18's)")
+                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: the published sizes)")
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
     p.add_argument("--workers", type=int, default=1, help="run: processes for the design's runs, one torch "
                    "thread each (2 on a 2-core machine; results are the same files, so a bench resumes either way)")
@@ -289,11 +289,11 @@ def _cmd_extra(args, cfg: Config) -> int:
             from r2m.recipes.bench import run_bench  # heavy: lazy
 
             return run_bench(cfg, "cost", args.steps, args.out or "benchmarks/cost.json")
-        if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
+        if args.what == "speed":  # r2m against TRL's RLOOTrainer (benchmarks/README.md)
             from r2m.recipes.bench_speed import run_bench_speed  # heavy: lazy
 
             return run_bench_speed(cfg, args.preset, args.out)
-        # The issue-14 design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
+        # The benchmark design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
         from r2m.recipes.bench_report import run_bench_design  # heavy: lazy
 
         return run_bench_design(cfg, args.preset, args.out, command=args.command_line, workers=args.workers)

@@ -96,7 +96,6 @@ def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
 def read_json_or_none(path: str | Path):
     """A JSON file's value; None when it does not exist, or (logged, naming it) when it is damaged: a result
     left half-written by a crash is then computed again instead of stopping a resume."""
-    import json
     import logging
 
     path = Path(path)

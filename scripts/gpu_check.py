@@ -64,13 +64,13 @@ def build_models(out: Path, tiny: bool) -> dict:
 
 def paper_run(models: dict, data: dict, root: Path, name: str, sizes: list[str], device: str, *extra: str) -> dict:
     """One in-process `r2m rl -c <Qwen RLOO+R2M config>` run; its step times and CUDA peak."""
+    import gc
+
     import torch
 
     from r2m.cli import main
     from r2m.recipes.rehearsal import PAPER_DIR, Plan
     from r2m.runtime.runlog import read_metrics
-
-    import gc
 
     plan = Plan(PAPER_DIR / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", models, data, root, sizes)
     baseline = 0.0

@@ -1,8 +1,8 @@
 """A short RLOO run on a tiny world LM (2 steps, AdamW), its metrics as exact hex floats.
 
 Used by tests/test_old_logprobs.py: ``python tests/old_logprobs_run.py OUT.json`` with the code before
-issue 18 wrote tests/fixtures/old_logprobs_recompute.json; the test reruns it with rl.old_logprobs=recompute
-and compares bit for bit (same thread count: the suite runs with OMP_NUM_THREADS=1).
+rl.old_logprobs existed wrote tests/fixtures/old_logprobs_recompute.json; the test reruns it with
+rl.old_logprobs=recompute and compares bit for bit (same thread count: the suite runs with OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import torch
 from accelerate import Accelerator
 
 from r2m.config.models import ArchConfig
-from r2m.config.training import RLConfig
 from r2m.config.run import WorldConfig
-from r2m.models.loading import build_world_lm
+from r2m.config.training import RLConfig
 from r2m.experience.rewards import GoldReward
 from r2m.experience.rollout import ExperienceMaker, experience_metrics
 from r2m.experience.sampling import tokenize_prompts
+from r2m.models.loading import build_world_lm
 from r2m.updates.policy import PolicyUpdater
-from r2m.world.tokenizer import build_tokenizer
 from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]
 

@@ -167,6 +167,7 @@ def test_bad_input_is_refused_before_training(case, tiny, world_artifacts, world
     assert CASES[case] in DOCS.read_text(), f"docs/ERRORS.md lacks the message of {case}"
 
 
+@pytest.mark.slow
 def test_overlong_prompts_are_counted(tiny, world_artifacts) -> None:
     from r2m.runtime.runlog import read_metrics
 
@@ -182,8 +183,8 @@ def test_overlong_prompts_are_counted(tiny, world_artifacts) -> None:
 
 def test_bom_and_crlf_jsonl_is_read_as_plain(tmp_path) -> None:
     """A JSONL as Windows editors save it (UTF-8 BOM, CRLF line ends) gives the rows of the plain file."""
-    from r2m.data.jsonl import read_preferences, read_prompts
     from r2m.data.datasets import load_prompts
+    from r2m.data.jsonl import read_preferences, read_prompts
 
     rows = ['{"prompt": "<bos> 1 2 =>"}', '{"prompt": "<bos> 3 \u00e9 =>"}']
     plain = _write(tmp_path / "plain.jsonl", rows)

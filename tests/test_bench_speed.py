@@ -1,4 +1,4 @@
-"""``r2m bench speed`` (issue 18): the FLOP floor by hand, answers that never stop early, the report section,
+"""``r2m bench speed``: the FLOP floor by hand, answers that never stop early, the report section,
 and the command end to end at the smoke size (seconds; no timing is asserted)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import torch
 
 from r2m.cli import main
 from r2m.config.models import ArchConfig
+from r2m.experience.sampling import generate
+from r2m.models.forward import left_pad
 from r2m.recipes.bench_speed import in_child, no_eos_lm, step_flops, summarize
 from r2m.recipes.bench_speed_trl import trl_available
 from r2m.reports.speed import BEGIN, END, write_readme_section
-from r2m.experience.sampling import generate
-from r2m.models.forward import left_pad
 from r2m.world.tokenizer import build_tokenizer
 
 
@@ -24,6 +24,7 @@ def test_step_flops_by_hand() -> None:
     assert f == {"generate": 42.0, "logprobs": 84.0, "reward": 70.0, "update": 252.0}
 
 
+@pytest.mark.slow
 def test_in_child_returns_the_result_and_reports_a_dead_child() -> None:
     import os
 
@@ -65,6 +66,7 @@ def test_readme_section_is_replaced_in_place(tmp_path, monkeypatch) -> None:
     assert "table two" in text and "table one" not in text and text.startswith("# Benchmarks") and "## after" in text
 
 
+@pytest.mark.slow
 def test_bench_speed_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
     out = tmp_path / "speed.json"
     assert main(["bench", "speed", *tiny, "run.name=speed-smoke", "--preset", "smoke", "--out", str(out)]) == 0

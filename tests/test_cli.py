@@ -41,6 +41,7 @@ def test_world_writes_plain_schemas(tmp_path, tiny, capsys) -> None:
     assert {"prompt", "response"} <= set(sft)
 
 
+@pytest.mark.slow
 def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
     from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import fresh_world_lm
@@ -58,9 +59,10 @@ def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
     assert (Path(root) / "sft" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, capsys) -> None:
-    from r2m.recipes.pipeline import ensure_world_rm_backbone
     from r2m.config.parsing import load_config
+    from r2m.recipes.pipeline import ensure_world_rm_backbone
 
     backbone = ensure_world_rm_backbone(load_config(None, tiny))
     args = [*tiny, f"run.root={tmp_path}", "run.name=rm", f"rm.init_from={backbone}",
@@ -76,6 +78,7 @@ def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, caps
     assert any("rm/eval_acc" in r for r in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo", "remax", "reinforce_pp", "ppo", "dr_grpo",
                                        "reinforce_pp_baseline"])
 def test_rl_stage(tmp_path, tiny, world_artifacts, algorithm, capsys) -> None:
@@ -100,6 +103,7 @@ def test_rl_stage(tmp_path, tiny, world_artifacts, algorithm, capsys) -> None:
         assert all("time/greedy_baseline" in r for r in train)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
     ["reward.r2m.enabled=true"],
     ["reward.r2m.enabled=true", "rl.algorithm=grpo", "reward.r2m.init=zero", "reward.r2m.ablation=no_gre"],
@@ -135,6 +139,7 @@ def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> 
         assert any(p.name.startswith("rm-pretrained-") for p in (root / "world").iterdir())
 
 
+@pytest.mark.slow
 def test_rl_lr_schedule_with_warmup(tiny, world_artifacts) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["rl", *tiny, "run.name=rl-cosine", "reward.source=gold", "rl.lr=1e-3", "rl.lr_schedule=linear",
@@ -144,6 +149,7 @@ def test_rl_lr_schedule_with_warmup(tiny, world_artifacts) -> None:
     assert lrs == pytest.approx([0.0, 1e-3, 5e-4])
 
 
+@pytest.mark.slow
 def test_rl_on_gold_reward(tiny, world_artifacts) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["rl", *tiny, "run.name=rl-gold", "reward.source=gold"]) == 0
@@ -162,6 +168,7 @@ def test_eval_subcommands(tiny, world_artifacts, capsys) -> None:
     assert out["n"] == 100 and 0.0 <= out["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_demo_prints_table_and_writes_plot(tiny, world_artifacts, capsys) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(["demo", *tiny, "run.name=demo", "demo.arms=[rloo, r2m, gold]", "demo.seeds=[0, 1]",
@@ -190,8 +197,10 @@ def test_metrics_have_one_row_per_step(tiny, world_artifacts) -> None:
 
 
 def test_eval_winrate_with_the_gold_judge(tiny, tmp_path, capsys) -> None:
-    rows_p = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 3 <eos>"}, {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
-    rows_r = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 <eos>"}, {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
+    rows_p = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 3 <eos>"},
+              {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
+    rows_r = [{"prompt": "<bos> 3 1 2 =>", "response": "1 2 <eos>"},
+              {"prompt": "<bos> 2 1 =>", "response": "1 2 <eos>"}]
     for name, rows in (("p.jsonl", rows_p), ("r.jsonl", rows_r)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["eval", "winrate", *tiny, "--policy-responses", str(tmp_path / "p.jsonl"),
@@ -201,6 +210,7 @@ def test_eval_winrate_with_the_gold_judge(tiny, tmp_path, capsys) -> None:
     assert "winrate/lc_win_rate" in out
 
 
+@pytest.mark.slow
 def test_analyze_hidden_states(tiny, world_artifacts, tmp_path, capsys) -> None:
     out = tmp_path / "analysis"
     assert main(["analyze", "hidden-states", *tiny, "--out", str(out)]) == 0

@@ -1,4 +1,4 @@
-"""The import contract of the layered layout (README "Layout"), checked on the source with ``ast``.
+"""The import contract of the layered layout (docs/ARCHITECTURE.md), checked on the source with ``ast``.
 
 - no cycle between packages (``r2m.<package>``), none between modules at import time;
 - no upward import: a module imports r2m modules of its own layer or of a lower one (``LAYERS``);
@@ -113,7 +113,7 @@ def imports_of(path: Path, root: Path, known: set[str]) -> list[Import]:
         for t in targets:
             if t.split(".")[0] in HEAVY | set(TOP):
                 out.append(Import(module, t, node.lineno, id(node) in local, id(node) in typing,
-                                  MARK in lines[node.end_lineno - 1]))
+                                  any(MARK in line for line in lines[node.lineno - 1:node.end_lineno])))
     return out
 
 
@@ -268,7 +268,8 @@ def test_a_clean_tree_passes(tmp_path) -> None:
                             "r2m/core/__init__.py": '"""A package: its docstring only."""\n',
                             "r2m/core/a.py": "from r2m.config import X\n\nY = X\n",
                             "r2m/config.py": "X = 1\n",
-                            "r2m/recipes/__init__.py": "", "r2m/recipes/b.py": "def f():\n    import matplotlib  # heavy: lazy\n"})
+                            "r2m/recipes/__init__.py": "",
+                            "r2m/recipes/b.py": "def f():\n    import matplotlib  # heavy: lazy\n"})
     assert violations(root, {}) == []
 
 
@@ -279,7 +280,8 @@ def test_a_clean_tree_passes(tmp_path) -> None:
       "r2m/runtime/__init__.py": "", "r2m/runtime/b.py": "from r2m.core.a import X\nY = 1\n"},
      r"package cycle: r2m\.core <-> r2m\.runtime"),
     ({"r2m/core/__init__.py": "", "r2m/core/a.py": "from r2m.core.b import Y\nX = 1\n",
-      "r2m/core/b.py": "from r2m.core.a import X\nY = 1\n"}, r"module cycle at import time: r2m\.core\.a <-> r2m\.core\.b"),
+      "r2m/core/b.py": "from r2m.core.a import X\nY = 1\n"},
+     r"module cycle at import time: r2m\.core\.a <-> r2m\.core\.b"),
     ({"r2m/core/__init__.py": "", "r2m/core/a.py": "def f():\n    from r2m.config import X\n", "r2m/config.py": ""},
      r"function-local import of r2m\.config without '# heavy: lazy'"),
     ({"r2m/reports/__init__.py": "", "r2m/reports/p.py": "import matplotlib\n"}, r"matplotlib is a heavy dependency"),
@@ -289,7 +291,8 @@ def test_a_clean_tree_passes(tmp_path) -> None:
       "r2m/core/old.py": '"""Compatibility module."""\n\nfrom r2m.core.a import *  # noqa: F401,F403\n'},
      r"r2m/core/old\.py: a re-export-only module"),
     ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n",
-      "r2m/core/hub.py": '"""A hub."""\nfrom __future__ import annotations\n\nfrom r2m.core.a import X\n\n__all__ = ["X"]\n'},
+      "r2m/core/hub.py": ('"""A hub."""\nfrom __future__ import annotations\n\nfrom r2m.core.a import X\n\n'
+                          '__all__ = ["X"]\n')},
      r"r2m/core/hub\.py: a re-export-only module"),
     ({"r2m/core/__init__.py": '"""Docs."""\nfrom r2m.core.a import X\n', "r2m/core/a.py": "X = 1\n"},
      r"r2m/core/__init__\.py: a re-export-only module"),
@@ -316,13 +319,13 @@ def test_a_planted_violation_fails(tmp_path, files, expected) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's Public API keeps importing
+# docs/PYTHON.md's public functions keep importing
 # ---------------------------------------------------------------------------------------------
 
 
 def public_api_imports() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Public API", 1)[1].split("\n## ", 1)[0]
+    doc = (ROOT / "docs" / "PYTHON.md").read_text()
+    section = doc.split("## Public functions", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     lines = [ln for ln in code.splitlines() if ln.startswith(("from ", "import "))]
     dotted = sorted(set(re.findall(r"`(r2m(?:\.\w+)+)\(", section)))  # `r2m.models.fusion.omega(...)` in the prose
@@ -349,4 +352,30 @@ def test_every_public_api_name_imports() -> None:
     lines = public_api_imports()
     assert len(lines) >= 8, lines
     for line in lines:
-        exec(line, {})  # noqa: S102 (the README's own import lines)
+        exec(line, {})  # noqa: S102 (the doc's own import lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# No history in the library's source: what changed when is in CHANGELOG.md
+# ---------------------------------------------------------------------------------------------
+
+ISSUE = re.compile(r"\bissues? ?#?\d+|\bissue-\d+", re.IGNORECASE)
+"""An issue number in a comment, docstring or message (``issue 12``, ``issue-14``, ``issues 4``)."""
+
+
+def issue_mentions(root: Path) -> list[str]:
+    """``path:line`` of every issue number in the packages' Python source under ``root``."""
+    return [f"{p.relative_to(root).as_posix()}:{i}" for pkg in TOP if (root / pkg).is_dir()
+            for p in sorted((root / pkg).rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if ISSUE.search(line)]
+
+
+def test_library_source_names_no_issue() -> None:
+    found = issue_mentions(ROOT)
+    assert found == [], f"say what the code does; history goes to CHANGELOG.md: {found}"
+
+
+def test_an_issue_number_in_the_source_is_found(tmp_path) -> None:
+    root = plant(tmp_path, {"r2m/core/__init__.py": "", "r2m/core/a.py": "x = 1  # fixed in issue 12\n",
+                            "r2m/core/b.py": '"""The issue-14 design."""\n', "r2m/core/c.py": "# a tissue 3 mm\n"})
+    assert issue_mentions(root) == ["r2m/core/a.py:1", "r2m/core/b.py:1"]

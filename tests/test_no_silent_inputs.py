@@ -82,6 +82,7 @@ def test_world_models_by_path_still_use_the_world(tiny, world_artifacts) -> None
     assert resolve_inputs(cfg).prompts == str(world_artifacts[2].prompts)
 
 
+@pytest.mark.slow
 def test_sft_counts_what_it_cuts(tiny, tmp_path) -> None:
     from r2m.updates.sft import count_truncated
     from r2m.world.tokenizer import build_tokenizer

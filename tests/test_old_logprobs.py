@@ -1,4 +1,4 @@
-"""rl.old_logprobs (issue 18): recompute matches the code before it (to float rounding since the log-prob pass and the
+"""rl.old_logprobs: recompute matches the code before it existed (to float rounding since the log-prob pass and the
 fusion changed shape); generation agrees with it to float rounding."""
 
 from __future__ import annotations
@@ -9,21 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 import torch
 
-from r2m.config.models import ArchConfig
 from r2m.config.enums import OldLogprobs
+from r2m.config.models import ArchConfig
 from r2m.config.training import RLConfig
 from r2m.errors import ConfigError
-from r2m.models.loading import build_world_lm
 from r2m.experience.sampling import generate
 from r2m.models.feedback import feedback_states
 from r2m.models.forward import left_pad
+from r2m.models.loading import build_world_lm
 from r2m.models.logprobs import response_forward
-from r2m.world.tokenizer import build_tokenizer
+from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from old_logprobs_run import short_run  # noqa: E402
@@ -50,12 +49,12 @@ def _expected(path: Path) -> list:
            "threads": torch.get_num_threads()}
     if env != data["environment"]:
         pytest.skip(f"{path.name} was made under {data['environment']}, this is {env}; rerun its maker "
-                    f"({data['made_by']}) on the code before issue 18 ({data['code']}) to compare here")
+                    f"({data['made_by']}) on the code before rl.old_logprobs ({data['code']}) to compare here")
     return data["rows"]
 
 
 NEW_KEYS = {*TRL_ALIASES, "reward/group_std"}
-"""Metrics added after the fixtures (issue 17): TRL-named copies, and the within-group reward std they copy."""
+"""Metrics added after the fixtures: TRL-named copies, and the within-group reward std they copy."""
 
 
 ROUNDING = dict(rel=1e-3, abs=1e-6)
@@ -80,25 +79,27 @@ def _assert_rows_match(got: list[dict], expected: list[dict]) -> None:
                 assert have == want, key
 
 
-def test_recompute_matches_the_code_before_issue_18_to_float_rounding() -> None:
+def test_recompute_matches_its_fixture_to_float_rounding() -> None:
     # The fixture was written by tests/old_logprobs_run.py on the code before rl.old_logprobs existed.
     got = [{k: v for k, v in row.items() if k not in NEW_KEYS} for row in short_run(old_logprobs=OldLogprobs.RECOMPUTE)]
     _assert_rows_match(got, _expected(FIXTURE))
 
 
-def test_a_cli_rl_run_with_r2m_matches_the_code_before_issue_18_to_float_rounding(tiny, world_artifacts) -> None:
-    """Through the RL loop (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
+@pytest.mark.slow
+def test_a_cli_rl_run_with_r2m_matches_its_fixture_to_float_rounding(tiny, world_artifacts) -> None:
+    """Through the RL loop (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to
+    ``ROUNDING``."""
     from r2m.cli import main
     from r2m.config.parsing import load_config
 
     expected = _expected(Path(__file__).parent / "fixtures" / "rl_r2m_recompute_metrics.json")
-    assert main(["rl", *tiny, "run.name=bitid-issue18", "reward.r2m.enabled=true"]) == 0
+    assert main(["rl", *tiny, "run.name=bitid-recompute", "reward.r2m.enabled=true"]) == 0
     root = Path(load_config(None, tiny).run.root)
-    rows = [json.loads(line) for line in (root / "bitid-issue18" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (root / "bitid-recompute" / "metrics.jsonl").read_text().splitlines()]
     got = [{k: float(v).hex() if isinstance(v, (int, float)) else v for k, v in sorted(r.items())
             if not k.startswith(("time/", "monitor/")) and k not in NEW_KEYS and isinstance(v, (int, float, str))}
            for r in rows]
-    # monitor/* (issue 19) are new evaluation keys, and NEW_KEYS issue 17's TRL aliases, added after the fixture:
+    # monitor/* (evaluation keys) and NEW_KEYS (the TRL aliases) were added after the fixture:
     # the training numbers are compared
     _assert_rows_match(got, expected)
 
@@ -129,6 +130,7 @@ def test_generation_logprobs_and_states_agree_with_a_recomputed_pass(temperature
     assert torch.allclose(gen.hidden[keep], ref.hidden[keep], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_short_run_with_generation_logprobs_matches_recompute_closely() -> None:
     rec = short_run(old_logprobs=OldLogprobs.RECOMPUTE)
     gen = short_run(old_logprobs=OldLogprobs.GENERATION)

@@ -1,4 +1,4 @@
-"""rl.optimizer_impl (issue 18): auto is torch's default AdamW; foreach is bit-identical to it on CPU (torch 2.13);
+"""rl.optimizer_impl: auto is torch's default AdamW; foreach is bit-identical to it on CPU (torch 2.13);
 fused differs by rounding only."""
 
 from __future__ import annotations

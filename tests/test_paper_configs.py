@@ -1,5 +1,5 @@
 """The GPU configs: configs/paper/*.yaml (r2m configs sized after the papers), configs/accelerate/*.yaml
-(launcher setups) and the README's "Run on your GPUs" commands. Nothing is downloaded: only configs are
+(launcher setups) and the commands of docs/GPU.md. Nothing is downloaded: only configs are
 parsed, by r2m's own loader and by accelerate's, and every command line by the parsers that would run it.
 Launch commands also go through the checks r2m makes at start-up for their process count and backend
 (``check_data_parallel``, ``configure_backend``), so each runs as written up to the model download."""
@@ -21,6 +21,7 @@ from r2m.config.parsing import load_config
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
 ACCELERATE = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+GPU_DOC = ROOT / "docs" / "GPU.md"
 R2M_SUBCOMMANDS = ("world", "sft", "rm", "rl", "eval", "analyze", "ser", "bench", "demo", "config")
 
 
@@ -29,7 +30,7 @@ def _first_line(path: Path) -> str:
 
 
 def _command(line: str) -> list[str]:
-    """The shell words of a ``# command`` comment line (or of a README command line)."""
+    """The shell words of a ``# command`` comment line (or of a command line of docs/GPU.md)."""
     return shlex.split(line[1:] if line.startswith("#") else line)
 
 
@@ -169,12 +170,10 @@ def test_commands_in_comments_parse(path: Path, monkeypatch) -> None:
         _check_start(command)
 
 
-@pytest.mark.parametrize("path", PAPER + ACCELERATE + [ROOT / "README.md"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", PAPER + ACCELERATE + [GPU_DOC], ids=lambda p: p.name)
 def test_no_remarks_about_fields_in_progress(path: Path) -> None:
-    """The memory, precision, LoRA and vLLM fields exist: no config or README line may say they are coming."""
+    """The memory, precision, LoRA and vLLM fields exist: no config or doc line may say they are coming."""
     text = path.read_text()
-    if path.name == "README.md":
-        text = text.split("## Run on your GPUs", 1)[1].split("\n## ", 1)[0]
     for phrase in ("in progress", "once that field lands", "does not fit yet", "until those passes", "chunked rollout"):
         assert phrase not in text.lower(), f"{path.name}: {phrase!r}"
 
@@ -288,8 +287,8 @@ def _plugin_env(path: Path) -> dict[str, str]:
 
 def test_distributed_setups() -> None:
     """Each launcher setup builds the accelerate plugin it means to (deepspeed itself need not be installed)."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
     from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     acc = ROOT / "configs" / "accelerate"
     ddp = load_config_from_file(str(acc / "ddp.yaml"))
@@ -322,15 +321,13 @@ def test_distributed_setups() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# README "Run on your GPUs"
+# docs/GPU.md's commands
 # --------------------------------------------------------------------------------------------
 
 
-def _readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Run on your GPUs", 1)[1].split("\n## ", 1)[0]
+def _doc_commands() -> list[str]:
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", GPU_DOC.read_text(), flags=re.S):
         for line in block.splitlines():
             line = line.split("  #", 1)[0].strip()
             if line and not line.startswith("#"):
@@ -338,9 +335,9 @@ def _readme_commands() -> list[str]:
     return lines
 
 
-def test_readme_gpu_section_commands(monkeypatch) -> None:
+def test_gpu_doc_commands(monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
-    commands = _readme_commands()
+    commands = _doc_commands()
     r2m_commands = [c for c in commands if c.startswith(("r2m ", "accelerate launch ", "torchrun "))]
     assert len(r2m_commands) >= 10, commands
     launchers = set()
@@ -374,7 +371,8 @@ def test_start_checks_refuse_what_r2m_refuses(monkeypatch) -> None:
     zero3 = "accelerate launch --config_file configs/accelerate/zero3.yaml"
     qwen = "-m r2m rl -c configs/paper/r2m_qwen2.5-3b_ultrafeedback_rloo.yaml"
     refused = {
-        f"{zero2} {qwen}": "rl.micro_batch_size: expected 0 \\(or the per-process minibatch",  # the config's micro_batch_size=2
+        # the config's micro_batch_size=2
+        f"{zero2} {qwen}": "rl.micro_batch_size: expected 0 \\(or the per-process minibatch",
         f"{zero3} {qwen} rl.micro_batch_size=0": "ZeRO-3",
         f"{zero2} -m r2m rl -c configs/paper/ser_hh_rlhf.yaml": "ppo under DeepSpeed",
         f"{fsdp} {qwen} rl.prompts_per_step=60 rl.rollout_chunks=0": "a multiple of the 8 processes",

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,6 +129,7 @@ def _resume(plan: Plan, capsys) -> None:
         assert after[2][key] == pytest.approx(before[2][key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", PAPER, ids=lambda p: p.stem)
 def test_paper_config_rehearsal(config, models, data, tmp_path, monkeypatch, capsys) -> None:
     plan = Plan(config, models, data, tmp_path / "runs")
@@ -217,10 +221,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(cmd: list[str]) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
+def _launch(cmd: list[str]) -> subprocess.CompletedProcess:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -231,6 +232,7 @@ def _launch(cmd: list[str]) -> "subprocess.CompletedProcess":
 TORCHRUN_CONFIG = ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml"
 
 
+@pytest.mark.slow
 def test_r2m_config_under_torchrun_two_processes(models, data, tmp_path) -> None:
     """`torchrun --nproc_per_node 2` (gloo, CPU) of the Qwen RLOO + R2M config: the same 2 steps, rank 0 writes."""
     plan = Plan(TORCHRUN_CONFIG, models, data, tmp_path / "runs")
@@ -246,4 +248,4 @@ def test_r2m_config_under_torchrun_two_processes(models, data, tmp_path) -> None
 # FSDP on CPU is not rehearsed: accelerate (1.15) turns its FSDP plugin on only for accelerator devices (MULTI_GPU,
 # MULTI_XPU, ...); on CPU, `accelerate launch --config_file configs/accelerate/fsdp.yaml` runs as MULTI_CPU, i.e.
 # plain gloo DDP, which the torchrun test above covers. torch's own fully_shard does run on CPU with gloo, but only
-# outside accelerate, which is not r2m's path. See README "Run on your GPUs".
+# outside accelerate, which is not r2m's path. See docs/GPU.md.

@@ -96,6 +96,7 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, world_artifacts, how) -> N
     assert resumed == whole
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_config(tiny, world_artifacts) -> None:
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(_rl(tiny, "refuse", "rl.steps=2", "rl.save_every=1")) == 0
@@ -108,6 +109,7 @@ def test_resume_refuses_another_config(tiny, world_artifacts) -> None:
     assert (root / "refuse" / "checkpoints" / "step-000001").exists()
 
 
+@pytest.mark.slow
 def test_partial_checkpoint_is_never_loaded(tiny, world_artifacts) -> None:
     from r2m.runtime.checkpoint import latest_checkpoint
 
@@ -137,6 +139,7 @@ def _nan_reward(rl, bad_steps: set[int]):
     rl.maker.reward_fn = reward
 
 
+@pytest.mark.slow
 def test_nan_reward_skips_the_step_and_logs_stats(tiny, world_artifacts) -> None:
     from r2m.recipes.rl.build import build_run
     from r2m.recipes.rl.step import train_step
@@ -156,6 +159,7 @@ def test_nan_reward_skips_the_step_and_logs_stats(tiny, world_artifacts) -> None
     assert "loss/policy" in m3 and rl.progress.bad_steps == 0  # the count resets after a good step
 
 
+@pytest.mark.slow
 def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, capsys) -> None:
     from r2m.errors import NumericError
     from r2m.recipes.rl.build import build_run
@@ -188,6 +192,7 @@ def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: s
     return train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "rm"])
 @pytest.mark.parametrize("damaged", [False, True])
 def test_sft_and_rm_resume_exactly(stage, damaged, tiny, world_artifacts, tmp_path, caplog) -> None:
@@ -223,6 +228,7 @@ def test_sft_and_rm_resume_exactly(stage, damaged, tiny, world_artifacts, tmp_pa
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world_artifacts, capsys, caplog) -> None:
     """A second `r2m rl` of the same run.name is refused at once (PID and host named); the lock of a killed
     run is detected as stale and taken over; a finished run releases it."""
@@ -292,6 +298,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, world_artifacts, caplog) -> None:
     from r2m.runtime.checkpoint import latest_checkpoint, verify
 
@@ -312,6 +319,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, w
     assert verify(ckpts / "step-000004") is None  # written again, whole
 
 
+@pytest.mark.slow
 def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artifacts, caplog) -> None:
     """rl.steps, rl.eval_every, rl.save_every may change on resume (logged); the steps taken stay as they were."""
     root = Path(tiny[-1].split("=", 1)[1])
@@ -332,6 +340,7 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     _documented("rl.steps: expected at least the checkpoint's step")
 
 
+@pytest.mark.slow
 def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
     import shutil
 
@@ -364,11 +373,12 @@ def uninterrupted(tiny, world_artifacts) -> list[dict]:
 
 # The second save (step 4) dies: after the weights, before state.pt; after state.pt, before meta.json;
 # before the manifest; with every file written, before the rename.
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["checkpoint.before_state@2", "checkpoint.before_meta@2",
                                    "checkpoint.before_manifest@2", "atomic_dir.before_rename:step-000004"])
 def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_artifacts, uninterrupted) -> None:
-    from r2m.runtime.checkpoint import list_checkpoints, verify
     from r2m.fileio import FAULT_ENV
+    from r2m.runtime.checkpoint import list_checkpoints, verify
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "fault-" + "".join(c if c.isalnum() else "-" for c in point)
@@ -387,6 +397,7 @@ def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_art
     assert all(verify(p) is None for p in list_checkpoints(ckpts))
 
 
+@pytest.mark.slow
 def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog) -> None:
     from safetensors.torch import load_file
 
@@ -405,6 +416,7 @@ def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog
     assert [r["step"] for r in read_metrics(root / "ser-damaged" / "metrics.jsonl")] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     """Two runs on a fresh run.root: the second waits for the first's world model instead of building it too."""
     from r2m.recipes.pipeline import _must_build
@@ -423,9 +435,9 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
 
 def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
     """A bench result.json left damaged is computed again (logged); an unreadable state.pt is named."""
-    from r2m.runtime.checkpoint import load_state_file, verify, write_manifest
     from r2m.errors import CheckpointError
     from r2m.fileio import read_json_or_none
+    from r2m.runtime.checkpoint import load_state_file, verify, write_manifest
 
     done = tmp_path / "bench-smoke-rloo-s0" / "result.json"
     done.parent.mkdir()
@@ -451,11 +463,12 @@ def test_damaged_results_and_state_files_are_named(tmp_path, caplog) -> None:
                 "cannot be read (…); the checkpoint is damaged")
 
 
+@pytest.mark.slow
 def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_artifacts, uninterrupted) -> None:
     """Re-saving a step whose checkpoint exists (after a resume past a damaged one) swaps two directories: a
     SIGKILL between the two renames leaves neither under the step's name, and the older checkpoint is used."""
-    from r2m.runtime.checkpoint import list_checkpoints, verify
     from r2m.fileio import FAULT_ENV
+    from r2m.runtime.checkpoint import list_checkpoints, verify
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "fault-between-renames"
@@ -476,11 +489,12 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
     assert not any(p.name.startswith((".tmp-", ".old-")) for p in ckpts.iterdir())
 
 
+@pytest.mark.slow
 def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
     """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
+    import r2m.recipes.rl.run
     from r2m.errors import DataError
     from r2m.runtime.runlock import holder_path, is_held
-    import r2m.recipes.rl.run
 
     def fail(s, step):
         raise DataError("a failure at step 1")

@@ -24,6 +24,7 @@ def test_recipe_starts_with_its_command() -> None:
     assert RECIPE.read_text().splitlines()[0] == "# r2m rl --config examples/trl_grpo_recipe.yaml"
 
 
+@pytest.mark.slow
 def test_the_example_recipe_runs_grpo_with_r2m_and_lora(world_artifacts, tmp_path) -> None:
     policy, rm, files = world_artifacts
     out = tmp_path / "recipe"
@@ -75,6 +76,7 @@ def test_a_reward_recipe_maps_onto_r2m_rm(tmp_path, capsys) -> None:
         "trl-lib/ultrafeedback_binarized", "trl-lib/ultrafeedback_binarized", "train", "test")
 
 
+@pytest.mark.slow
 def test_recipe_reward_funcs_without_a_reward_model(world_artifacts, tmp_path, monkeypatch) -> None:
     """GRPO's script argument reward_funcs: TRL's names and dotted import paths, weighted, no reward model."""
     policy, _, files = world_artifacts

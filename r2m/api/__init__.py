@@ -1,1 +1,1 @@
-"""The object API (README "From Python"): trainers over the recipes' loops, their TRL-named arguments, callbacks."""
+"""The object API (docs/PYTHON.md): trainers over the recipes' loops, their TRL-named arguments, callbacks."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
 
-from r2m.config.root import Config
 from r2m.config.parsing import load_config
+from r2m.config.root import Config
 from r2m.config.trl_map import map_trl
 from r2m.config.trl_names import RULES
 

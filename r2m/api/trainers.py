@@ -18,15 +18,14 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from r2m.api.args import RLArguments, RMArguments, SERArguments
-from r2m.api.callbacks import TransformersHooks, callback_args, check_callbacks, is_transformers_callback, \
-    trainer_state
+from r2m.api.callbacks import TransformersHooks, callback_args, check_callbacks, is_transformers_callback, trainer_state
 from r2m.api.rewards import sort_reward_funcs
 from r2m.api.staging import Staging
 from r2m.api.trl_args import log_warnings, peft_overrides, refuse_unsupported, resolve_args, resume_config
-from r2m.config.root import Config
+from r2m.config.commands import check_models
 from r2m.config.enums import PPOPrompts
 from r2m.config.parsing import load_config, replace_path
-from r2m.config.commands import check_models
+from r2m.config.root import Config
 from r2m.config.trl_map import steps_for
 from r2m.errors import ConfigError
 from r2m.models.loading import load_policy, load_tokenizer

@@ -108,7 +108,7 @@ class R2MAblation(str, enum.Enum):
 
 
 class PairChoice(str, enum.Enum):
-    """How R2M's update picks each group's winner and loser for L_BT (issue 14 controls; r2m.core.pair_choice)."""
+    """How R2M's update picks each group's winner and loser for L_BT (benchmark controls: r2m.core.pair_choice)."""
 
     SELF = "self"
     """The paper: argmax / argmin of the RM's own rescored rewards."""
@@ -122,7 +122,7 @@ class OldLogprobs(str, enum.Enum):
     """Where pi_old's log-probs (and R2M's h) come from (docs/GENERATION.md, "pi_old from the generation pass")."""
 
     RECOMPUTE = "recompute"
-    """A second full forward pass of the policy over the sampled sequences (r2m's behaviour before issue 18)."""
+    """A second full forward pass of the policy over the sampled sequences (the default)."""
     GENERATION = "generation"
     """From ``generate`` itself (its logits, and with R2M its hidden states): no second pass; equal up to float
     rounding (KV-cache vs full attention), not bit-identical; rl.generator=hf only."""
@@ -132,7 +132,7 @@ class OptimizerImpl(str, enum.Enum):
     """torch AdamW implementation of the policy (and critic) optimiser."""
 
     AUTO = "auto"
-    """torch's own choice (for-loop on CPU, foreach on CUDA): r2m's behaviour before issue 18."""
+    """torch's own choice (for-loop on CPU, foreach on CUDA)."""
     FOREACH = "foreach"
     """Multi-tensor ops (``foreach=True``); bit-identical to the for-loop on CPU in torch 2.13
     (tests/test_optimizer_impl.py)."""
@@ -154,10 +154,10 @@ class Malloc(str, enum.Enum):
     ``M_TRIM_THRESHOLD`` at its maximum). Under glibc's defaults a block over the mmap threshold (32 MiB at
     most) is a fresh mapping whose pages fault in, zero-filled, at its first touch, on every allocation: a
     forward+backward at 256 x 72 tokens of a 512-wide Llama ran 1.7x slower per sequence than at 128 x 72,
-    and an RL step at twice the prompts 2.9x slower (issue 18's P4). The process's RSS then stays at its peak,
+    and an RL step at twice the prompts 2.9x slower. The process's RSS then stays at its peak,
     so a phase's RSS peak includes memory earlier phases freed (``r2m bench``'s cost arms run ``system``)."""
     SYSTEM = "system"
-    """glibc's defaults (r2m's behaviour before issue 18)."""
+    """glibc's defaults."""
 
 
 class RewardBaseline(str, enum.Enum):
@@ -170,7 +170,7 @@ class RewardBaseline(str, enum.Enum):
     ITERATIVE_HEAD = "iterative_head"
     """Iterative RM-head: GREBT on the annotation-time scores after each step, updating the head only."""
     SCALE_CONTROL = "scale_control"
-    """Scale control (issue 14): the frozen vanilla RM's reward times R2M's omega(t), nothing else (beside
+    """Scale control: the frozen vanilla RM's reward times R2M's omega(t), nothing else (beside
     w/o Train)."""
 
 
@@ -214,7 +214,7 @@ class Calibration(str, enum.Enum):
     """How SER turns an RM's raw scores into the probabilities Eq. 2-4 threshold (docs/SER.md)."""
 
     SIGMOID = "sigmoid"
-    """sigmoid(score): depends on the offset and spread BT leaves free (the behaviour before issue 12)."""
+    """sigmoid(score): depends on the offset and spread BT leaves free."""
     MEDIAN = "median"
     """sigmoid(score - median of the D_val scores): offset-free, not spread-free."""
     PLATT = "platt"

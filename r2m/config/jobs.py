@@ -6,11 +6,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from r2m.errors import ConfigError
 from r2m.config.checks import _check
+from r2m.config.enums import (
+    Calibration,
+    JudgeMode,
+    KeepLoop,
+    PairLoss,
+    PPOPrompts,
+    RetrainData,
+    RetrainFrom,
+    SERVariant,
+)
 from r2m.config.models import PEFT_DEFAULT_TARGETS, LoRAConfig
-from r2m.config.enums import Calibration, JudgeMode, KeepLoop, PPOPrompts, PairLoss, RetrainData, RetrainFrom, SERVariant
-
+from r2m.errors import ConfigError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -141,7 +149,7 @@ class SERLoRAConfig(LoRAConfig):
     """Scaling numerator: the update is (alpha / r) * B A (SER: 32)."""
     target_modules: tuple[str, ...] = (PEFT_DEFAULT_TARGETS,)
     """As :class:`LoRAConfig`; default ``peft-default``: the modules ``peft`` picks for the architecture
-    (``q_proj``, ``v_proj`` on Llama, Qwen2, Mistral), as SER's RMs were trained before issue 13."""
+    (``q_proj``, ``v_proj`` on Llama, Qwen2, Mistral)."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +206,7 @@ class SERConfig:
     to Status 2 (SER Sec. 3.1). Accuracy as a fraction (0.01: one point)."""
     calibration: Calibration = Calibration.PLATT
     """Scores -> probabilities for Eq. 2-4: ``platt`` (median-centred, temperature fitted on D_val), ``median``
-    or ``sigmoid`` (raw sigmoid, the behaviour before issue 12)."""
+    or ``sigmoid`` (the raw sigmoid of the score)."""
     loss: PairLoss = PairLoss.HINGE
     """Pairwise loss of every RM of the run (Loop 0, the loops, Full): ``hinge`` (Eq. 5) or ``bt`` (log-sigmoid).
     ``release`` always uses bt."""

@@ -6,8 +6,18 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from r2m.config.checks import _check
-from r2m.config.enums import BackboneDType, DType, HiddenDevice, HiddenDType, Scaling
-from r2m.config.enums import FusionInit, PairChoice, R2MAblation, RewardBaseline, RewardSource
+from r2m.config.enums import (
+    BackboneDType,
+    DType,
+    FusionInit,
+    HiddenDevice,
+    HiddenDType,
+    PairChoice,
+    R2MAblation,
+    RewardBaseline,
+    RewardSource,
+    Scaling,
+)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from typing import Any, Optional
 
 import yaml
 
-from r2m.errors import ConfigError
-from r2m.fileio import atomic_write_text, decode_lines
 from r2m.config.checks import _check
 from r2m.config.commands import with_user_model_defaults
 from r2m.config.root import Config
+from r2m.errors import ConfigError
+from r2m.fileio import atomic_write_text, decode_lines
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from r2m.config.checks import _check
-from r2m.config.run import DataConfig, RunConfig, WorldConfig
-from r2m.config.models import PolicyConfig, RewardConfig
-from r2m.config.training import RLConfig, RMConfig, SFTConfig
 from r2m.config.jobs import DemoConfig, EvalConfig, SERConfig
+from r2m.config.models import PolicyConfig, RewardConfig
+from r2m.config.run import DataConfig, RunConfig, WorldConfig
+from r2m.config.training import RLConfig, RMConfig, SFTConfig
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from r2m.config.paths import PathFormats, PathSplits
 from r2m.config.checks import _check
 from r2m.config.enums import Device, Malloc, MixedPrecision, OnMismatch, Overlong, Resume, Tracker
-from r2m.config.paths import DatasetFormat
+from r2m.config.paths import DatasetFormat, PathFormats, PathSplits
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,8 @@ class WorldConfig:
     def __post_init__(self) -> None:
         _check(self.rm_prompt_digits >= 0, "world.rm_prompt_digits", ">= 0 (0: the whole prompt)",
                self.rm_prompt_digits)
-        _check(1 <= self.min_digits <= self.max_digits, "world.min_digits", "1 <= min_digits <= max_digits", self.min_digits)
+        _check(1 <= self.min_digits <= self.max_digits, "world.min_digits", "1 <= min_digits <= max_digits",
+               self.min_digits)
         _check(self.max_digits <= 16, "world.max_digits", "<= 16", self.max_digits)
         for name in ("n_sft", "n_pref_train", "n_pref_eval", "n_rl_prompts", "n_eval_prompts", "n_pref_policy"):
             _check(getattr(self, name) >= 1, f"world.{name}", ">= 1", getattr(self, name))

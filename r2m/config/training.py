@@ -6,9 +6,20 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from r2m.config.checks import _check
-from r2m.config.enums import CriticInit, Generator, OldLogprobs, OptimizerImpl, VLLMDType
+from r2m.config.enums import (
+    Algorithm,
+    CriticInit,
+    Generator,
+    KLEstimator,
+    KLMode,
+    LossAggregation,
+    LRSchedule,
+    OldLogprobs,
+    OptimizerImpl,
+    RatioLevel,
+    VLLMDType,
+)
 from r2m.config.monitor import MonitorConfig
-from r2m.config.enums import Algorithm, KLEstimator, KLMode, LRSchedule, LossAggregation, RatioLevel
 
 
 @dataclass(frozen=True)
@@ -203,15 +214,16 @@ class RLConfig:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM engine (used when ``generator=vllm``)."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    """Over-optimisation monitor: label-free signals at every evaluation and the alarm's thresholds (docs/MONITOR.md)."""
+    """Over-optimisation monitor: label-free signals at every evaluation and the alarm's thresholds
+    (docs/MONITOR.md)."""
     stop_on_alarm: bool = False
     """Stop the run when the alarm fires, with a checkpoint; the policy of the evaluation before the alarm's onset
     is kept as checkpoints/best-before-alarm (a policy snapshot is saved at each evaluation while armed)."""
     old_logprobs: OldLogprobs = OldLogprobs.RECOMPUTE
-    """pi_old's log-probs (and R2M's h): ``recompute`` (a second forward pass, bit-identical to before) or
+    """pi_old's log-probs (and R2M's h): ``recompute`` (a second forward pass, the default) or
     ``generation`` (from generate's own logits and states, equal to ~1e-6; hf only; docs/GENERATION.md)."""
     optimizer_impl: OptimizerImpl = OptimizerImpl.AUTO
-    """Policy/critic AdamW implementation: auto (torch's default, as before), foreach or fused."""
+    """Policy/critic AdamW implementation: auto (torch's default), foreach or fused."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "rl.steps", ">= 1", self.steps)
@@ -236,7 +248,8 @@ class RLConfig:
         _check(self.epochs >= 1, "rl.epochs", ">= 1", self.epochs)
         _check(self.minibatches >= 1, "rl.minibatches", ">= 1", self.minibatches)
         batch = self.prompts_per_step * self.k
-        _check(batch % self.minibatches == 0, "rl.minibatches", f"a divisor of prompts_per_step*k={batch}", self.minibatches)
+        _check(batch % self.minibatches == 0, "rl.minibatches", f"a divisor of prompts_per_step*k={batch}",
+               self.minibatches)
         _check(self.micro_batch_size >= 0, "rl.micro_batch_size", ">= 0", self.micro_batch_size)
         if self.micro_batch_size:
             mb = batch // self.minibatches

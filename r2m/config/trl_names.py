@@ -336,8 +336,16 @@ def trl_sources() -> dict[str, dict[str, Any]]:
     import inspect
 
     from transformers import TrainingArguments
-    from trl import GRPOConfig, GRPOTrainer, ModelConfig, RewardConfig, RewardTrainer  # heavy: lazy
-    from trl import RLOOConfig, RLOOTrainer, ScriptArguments  # heavy: lazy
+    from trl import (  # heavy: lazy
+        GRPOConfig,
+        GRPOTrainer,
+        ModelConfig,
+        RewardConfig,
+        RewardTrainer,
+        RLOOConfig,
+        RLOOTrainer,
+        ScriptArguments,
+    )
     from trl.scripts.grpo import GRPOScriptArguments  # heavy: lazy
 
     def defaults(cls: type) -> dict[str, Any]:

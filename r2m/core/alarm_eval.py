@@ -1,4 +1,4 @@
-"""The over-optimisation alarm scored against the gold reward (issue 19, item 4): pure arithmetic on the
+"""The over-optimisation alarm scored against the gold reward: pure arithmetic on the
 evaluation rows a run logged, no I/O.
 
 A run is a :class:`RunSeries`: its evaluation rows in step order (each with ``step``, ``eval/gold``,
@@ -37,14 +37,15 @@ from dataclasses import dataclass, replace
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 from r2m.config.monitor import MonitorConfig
-from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS, Signal, first_alarm
+from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS
+from r2m.core.monitor import Signal, first_alarm
 from r2m.errors import DataError
 
 GOLD, KL = "eval/gold", "eval/kl"
 TARGET_RECOVERED = 0.9
 """A run 'recovers' when its kept checkpoint has at least this share of the SFT -> peak gold gain."""
 TARGET_SHARE = 0.8
-"""Issue 19's target: at least this share of the held-out runs recover."""
+"""The alarm's target: at least this share of the held-out runs recover."""
 
 THRESHOLD_GRID: dict[Signal, tuple[float, ...]] = {
     Signal.CHECK_DISAGREEMENT: (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2),

@@ -1,4 +1,4 @@
-"""Matched-KL comparison of RL runs and paired verdicts over seeds (issue 14, items 1, 3 and 7).
+"""Matched-KL comparison of RL runs and paired verdicts over seeds.
 
 A run's evaluation points, in step order, trace gold reward against KL(pi || pi_ref): the trajectory
 ``(step_i, kl_i, gold_i)``, i = 0..n-1. From it:
@@ -249,7 +249,7 @@ def paired_bootstrap(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[
 
 
 class Claim(str, enum.Enum):
-    """The papers' claims (issue 14, item 7); each id names two arms, the first minus the second."""
+    """The papers' claims the benchmark tests; each id names two arms, the first minus the second."""
 
     R2M_VS_VANILLA = "r2m_vs_vanilla"
     R2M_VS_PRETRAINED_RM = "r2m_vs_pretrained_rm"

@@ -1,4 +1,4 @@
-"""Label-free over-optimisation signals and the alarm rule that combines them (issue 19, items 1-2).
+"""Label-free over-optimisation signals and the alarm rule that combines them (docs/MONITOR.md).
 
 Each signal is a pure function of what an evaluation already has -- the evaluation responses, their scores,
 hidden states and KL -- and of the SFT policy's counterpart (the reference model is the SFT policy, and the

@@ -1,4 +1,4 @@
-"""Which member of each group R2M's BT term treats as winner and loser (issue 14, item 2).
+"""Which member of each group R2M's BT term treats as winner and loser (the benchmark's controls).
 
 R2M's GREBT update (Eq. 5-7) takes, in each group i of K rollouts, the winner w_i = argmax_j r'_ij and the loser
 l_i = argmin_j r'_ij of the RM's own scores. The benchmark's controls replace that choice and keep the rest:

@@ -156,7 +156,7 @@ def render_messages(messages: Sequence[dict], tokenizer: Optional["PreTrainedTok
     turns = [f"{_ROLE_NAMES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
     text = "\n\n".join([*turns, "Assistant:"])
     # No tokenizer: no model reads these rows as a policy (SER's model-agnostic splits), so they stay plain
-    # text that every model reads alike, as before.
+    # text that every model reads alike.
     return ChatPrompt(text, messages) if tokenizer is not None else text
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from typing import NamedTuple, Optional, Sequence
+
 from r2m.errors import ModelError
 
 log = logging.getLogger("r2m")

@@ -26,19 +26,31 @@ The row adapters are in :mod:`r2m.data.adapters` and :mod:`r2m.data.trl_formats`
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 import itertools
 import json
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
-from r2m.config.paths import DatasetFormat
-from r2m.data.adapters import (KIND_FIELDS, Adapter, AdapterContext, RowKind, _hh_rlhf, _plain, _stack_exchange, _tldr,
-                               _tldr_preference, _ultrafeedback, format_hint)
 from r2m.config.enums import OnMismatch
+from r2m.config.paths import DatasetFormat
+from r2m.data.adapters import (
+    KIND_FIELDS,
+    Adapter,
+    AdapterContext,
+    RowKind,
+    _hh_rlhf,
+    _plain,
+    _stack_exchange,
+    _tldr,
+    _tldr_preference,
+    _ultrafeedback,
+    format_hint,
+)
 from r2m.data.jsonl import read_jsonl
 from r2m.data.sources import display_name, python_source
-from r2m.data.trl_formats import adapt as _trl, detect_format
+from r2m.data.trl_formats import adapt as _trl
+from r2m.data.trl_formats import detect_format
 from r2m.errors import ConfigError, DataError
 from r2m.fileio import decode_lines
 

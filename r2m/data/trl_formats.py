@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from r2m.config.paths import DatasetFormat
-from r2m.data.adapters import (AdapterContext, RowKind, _messages, _pair, _single, _text, render_messages)
+from r2m.data.adapters import AdapterContext, RowKind, _messages, _pair, _single, _text, render_messages
 
 TRL_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages")
 """The columns TRL reads (``trl.data_utils.is_conversational``'s keys)."""

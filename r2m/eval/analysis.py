@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional, Sequ
 import torch
 from torch import nn
 
-from r2m.models.forward import left_pad, position_ids
-from r2m.fileio import atomic_savefig, atomic_write_text
 from r2m.errors import ConfigError
+from r2m.fileio import atomic_savefig, atomic_write_text
+from r2m.models.forward import left_pad, position_ids
 from r2m.world.task import is_hacking, parse_prompt
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from r2m.config.jobs import JudgeConfig
 from r2m.config.enums import JudgeMode
+from r2m.config.jobs import JudgeConfig
 from r2m.config.run import WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts

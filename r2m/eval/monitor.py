@@ -1,4 +1,4 @@
-"""The over-optimisation monitor's signals on one evaluation's samples (issue 19, item 1; docs/MONITOR.md).
+"""The over-optimisation monitor's signals on one evaluation's samples (docs/MONITOR.md).
 
 :func:`monitor_signals` takes the evaluation's samples of the policy and of the SFT policy (the step-0
 evaluation: the reference is the SFT policy and the evaluation seed is fixed) and returns the label-free

@@ -192,7 +192,8 @@ def sample_policy(policy: nn.Module, tokenizer, prompt_texts: Sequence[str], pro
                          gold=_cat([p.gold for p in parts]), proxy=_cat([p.proxy for p in parts]),
                          vanilla=_cat([p.vanilla for p in parts]), lengths=torch.cat([p.lengths for p in parts]),
                          kl=sum(p.kl_num for p in parts) / kl_den if kl_den else float("nan"),
-                         prompt_ids=[list(p) for p in ids_list], response_ids=[r for p in parts for r in p.response_ids])
+                         prompt_ids=[list(p) for p in ids_list],
+                         response_ids=[r for p in parts for r in p.response_ids])
 
 
 def summarize(samples: PolicySamples, baseline: Optional[PolicySamples] = None) -> dict[str, float]:

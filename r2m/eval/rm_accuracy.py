@@ -21,7 +21,7 @@ class RMAccuracy:
     """Pairs scored."""
     equal_length_accuracy: float = float("nan")
     """``accuracy`` on the pairs whose two answers have the same length in words (NaN: none, or rows without
-    ``chosen``/``rejected``). A length-biased RM cannot lean on length here (SER Table 1, issue 14 item 6)."""
+    ``chosen``/``rejected``). A length-biased RM cannot lean on length here (SER Table 1 per world)."""
     unequal_length_accuracy: float = float("nan")
     """``accuracy`` on the pairs whose answers differ in length (NaN: none)."""
     n_equal_length: int = 0

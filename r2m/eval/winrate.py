@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Union
 
 import torch
+
 from r2m.data.jsonl import read_sft
 from r2m.errors import DataError
 

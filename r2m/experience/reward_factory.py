@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-from r2m.config.root import Config
 from r2m.config.enums import RewardBaseline, RewardSource
+from r2m.config.root import Config
 from r2m.experience.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward
 from r2m.models.loading import load_reward_model, load_tokenizer
 from r2m.models.r2m import build_feedback_rm

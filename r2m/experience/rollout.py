@@ -17,22 +17,21 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages
 from r2m.config.enums import Algorithm, KLMode, OldLogprobs
 from r2m.config.models import R2MConfig
 from r2m.config.training import RLConfig
-from r2m.runtime.distributed import Dist
+from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages
 from r2m.core.losses import kl_penalty, masked_mean, masked_sum, masked_var
-from r2m.models.critic import response_values
-from r2m.models.logprobs import Forward, chunked_response_forward, length_sorted_chunks, real_columns
-from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.utils import PhaseTimer, torch_dtype
-from r2m.models.feedback import Feedback, feedback_mask
-from r2m.models.forward import eval_mode, position_ids
-from r2m.experience.sampling import Generation, concat_generations
 from r2m.core.reward_shaping import RunningMoments, normalize_rewards, scale_rewards
 from r2m.experience.generation import HFGenerator
-
+from r2m.experience.rewards import RewardFunction, RewardQuery
+from r2m.experience.sampling import Generation, concat_generations
+from r2m.models.critic import response_values
+from r2m.models.feedback import Feedback, feedback_mask
+from r2m.models.forward import eval_mode, position_ids
+from r2m.models.logprobs import Forward, chunked_response_forward, length_sorted_chunks, real_columns
+from r2m.runtime.distributed import Dist
+from r2m.utils import PhaseTimer, torch_dtype
 
 # ---------------------------------------------------------------------------------------------
 # Experience
@@ -256,7 +255,8 @@ class ExperienceMaker:
         old = self._forward(self.policy, gen, with_hidden)
         return OldPass(old.logprobs, Feedback(old.hidden, feedback_mask(gen.attention_mask)) if with_hidden else None)
 
-    def _greedy_baseline(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]], step: int) -> torch.Tensor:
+    def _greedy_baseline(self, prompt_texts: Sequence[str], prompt_ids: Sequence[Sequence[int]],
+                         step: int) -> torch.Tensor:
         """ReMax's baseline: the reward of one greedy response per prompt, (n,)."""
         gen = self._sample(prompt_ids, temperature=0.0)
         fb = None

@@ -84,7 +84,8 @@ def trl_version() -> str:
                           f"(tested: trl{','.join(TESTED_TRL)})") from None
     major_minor = tuple(int(x) for x in version.split(".")[:2])
     if major_minor != (1, 16):
-        log.warning("r2m.integrations.trl: TRL %s is installed; the tested range is trl%s", version, ",".join(TESTED_TRL))
+        log.warning("r2m.integrations.trl: TRL %s is installed; the tested range is trl%s", version,
+                    ",".join(TESTED_TRL))
     return version
 
 
@@ -129,7 +130,8 @@ class R2MReward:
         self.num_generations: Optional[int] = None
         """Set by :class:`R2MCallback` from the trainer's args."""
         self.chat_template_kwargs: dict = {}
-        """The trainer's ``chat_template_kwargs`` (set by :class:`R2MCallback`): the policy's prompts render with them."""
+        """The trainer's ``chat_template_kwargs`` (set by :class:`R2MCallback`): the policy's prompts render with
+        them."""
         self.in_step = False
         """True between the callback's ``on_step_begin`` and ``on_step_end``: calls then score training batches."""
         self.pending: list[R2MBatch] = []

@@ -24,9 +24,10 @@ from torch import nn
 
 from r2m.errors import ModelError
 from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_dir
-from r2m.utils import torch_dtype
 from r2m.models.loading import load_policy, load_reward_model
-from r2m.runtime.safeio import load_safetensors as load_file, read_json
+from r2m.runtime.safeio import load_safetensors as load_file
+from r2m.runtime.safeio import read_json
+from r2m.utils import torch_dtype
 
 __all__ = ["ValueModel", "build_critic", "save_critic", "load_critic"]
 

@@ -5,8 +5,8 @@ The reward token embedding H_last (D_m) of the RM queries the policy's last-laye
 
     q = H_last W_q,  k = h W_k,  v = h W_v,  Ĥ = softmax(q kᵀ / √d) v W_o           (Eq. 3)
 
-with W_q: D_m->d, W_k, W_v: D_p->d, W_o: d->D_m (computed without forming k or v: see forward), and is mixed with H_last by a weight that decays
-with the training step t out of T, floored at Omega:
+with W_q: D_m->d, W_k, W_v: D_p->d, W_o: d->D_m (computed without forming k or v: see forward), and is mixed
+with H_last by a weight that decays with the training step t out of T, floored at Omega:
 
     H_fin = (1 - ω(t)) Ĥ + ω(t) H_last,   ω(t) = max(½ cos(π t / T) + ½, Ω)         (Eq. 4)
 """

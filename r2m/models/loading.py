@@ -26,11 +26,11 @@ from transformers import (
 
 from r2m.config.models import ArchConfig, PolicyConfig
 from r2m.errors import ModelError
-from r2m.runtime.safeio import named_load_errors
 from r2m.fileio import atomic_dir
-from r2m.utils import torch_dtype
 from r2m.models.lora import apply_lora, enable_gradient_checkpointing, is_adapter_dir, load_adapter, load_merged
 from r2m.runtime.checkpoint import write_manifest
+from r2m.runtime.safeio import named_load_errors
+from r2m.utils import torch_dtype
 
 log = logging.getLogger("r2m")
 
@@ -155,7 +155,8 @@ def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: 
                                                                          allow_unsafe_weights)
         policy = base
         if resume_dir is not None:
-            policy.load_state_dict(load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code).state_dict())
+            policy.load_state_dict(
+                load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code).state_dict())
     else:
         ref, policy = base, copy.deepcopy(base)
         if resume_dir is not None:

@@ -34,7 +34,7 @@ def peft_config(cfg: LoRAConfig, task: str, model: Optional[nn.Module] = None):
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     named = tuple(cfg.target_modules)
-    # peft-default: None lets peft pick the architecture's own targets (SER's RMs before issue 13).
+    # peft-default: None lets peft pick the architecture's own targets (SER's LoRA default).
     targets = {("all-linear",): "all-linear", (PEFT_DEFAULT_TARGETS,): None}.get(named, list(named))
     heads = [h for h in _HEADS if model is not None and isinstance(getattr(model, h, None), nn.Module)]
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,

@@ -22,18 +22,30 @@ import torch
 from torch import nn
 
 from r2m.config.enums import FusionInit
+from r2m.core.losses import within_group_spread
 from r2m.errors import ModelError
 from r2m.fileio import atomic_write_text
-from r2m.core.losses import within_group_spread
 from r2m.models.feedback import text_feedback
 from r2m.models.forward import eval_mode
 from r2m.models.fusion import PolicyFeedbackFusion, omega
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-from r2m.models.r2m_hub import (BASE_DIR, CARD, FORMAT, R2M_FORMAT, base_fields, check_format, hub_id_of,
-                                 included_fields, is_hub_repo, model_card, resolve_base)
+from r2m.models.r2m_hub import (
+    BASE_DIR,
+    CARD,
+    FORMAT,
+    R2M_FORMAT,
+    base_fields,
+    check_format,
+    hub_id_of,
+    included_fields,
+    is_hub_repo,
+    model_card,
+    resolve_base,
+)
 from r2m.models.reward import DEFAULT_BATCH_SIZE, RewardModel
 from r2m.runtime.checkpoint import MANIFEST, verify, write_manifest
-from r2m.runtime.safeio import load_safetensors as load_file, read_json
+from r2m.runtime.safeio import load_safetensors as load_file
+from r2m.runtime.safeio import read_json
 
 _FILE = "r2m.safetensors"
 _META = "r2m.json"
@@ -49,7 +61,8 @@ class ScoreParts(NamedTuple):
 
 
 class FeedbackRewardModel(nn.Module):
-    def __init__(self, rm: RewardModel, fusion: Optional[PolicyFeedbackFusion], backbone_dtype: Optional[torch.dtype] = None):
+    def __init__(self, rm: RewardModel, fusion: Optional[PolicyFeedbackFusion],
+                 backbone_dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.rm = rm
         self.fusion = fusion
@@ -167,7 +180,8 @@ class FeedbackRewardModel(nn.Module):
         state = self.rm.model.state_dict()
         key = self._head_key()
         state.update({f"{key}.{k}": v for k, v in self.base_head.state_dict().items()})
-        save_model(self.rm.model, self.rm.tokenizer, directory, {k: v.detach().cpu().contiguous() for k, v in state.items()})
+        save_model(self.rm.model, self.rm.tokenizer, directory,
+                   {k: v.detach().cpu().contiguous() for k, v in state.items()})
 
     def save_pretrained(self, directory: str | Path, base_rm: Optional[str | Path] = None, *,
                         include_base: bool = False, extra: Optional[dict] = None,
@@ -224,7 +238,8 @@ class FeedbackRewardModel(nn.Module):
             directory = Path(name_or_path)
         directory = directory / subfolder if subfolder else directory
         if not (directory / _META).is_file():
-            raise ModelError(f"{directory}: no {_META}; expected a directory written by FeedbackRewardModel.save_pretrained")
+            raise ModelError(f"{directory}: no {_META}; expected a directory written by "
+                             "FeedbackRewardModel.save_pretrained")
         if (directory / MANIFEST).is_file() and (problem := verify(directory)) is not None:
             raise ModelError(f"{directory}: {problem}; the R2M files are damaged or were not completely written")
         meta = read_json(directory / _META)

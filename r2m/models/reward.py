@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from r2m.data.chat import RMRenderer
 from r2m.config.models import RewardConfig
+from r2m.data.chat import RMRenderer
 from r2m.errors import ModelError
 
 DEFAULT_MAX_LENGTH = RewardConfig.max_length

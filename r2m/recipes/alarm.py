@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from r2m.runtime.checkpoint import rng_state, set_rng_state
-from r2m.config.root import Config
 from r2m.config.enums import RewardSource
+from r2m.config.root import Config
 from r2m.core.monitor import Alarm, first_alarm, tripped_signals
-from r2m.runtime.distributed import sharded_state_dict
 from r2m.eval.monitor import MonitorModels, PreviousEval, monitor_signals
 from r2m.eval.policy import PolicySamples
+from r2m.experience.rewards import ModelReward
+from r2m.fileio import atomic_dir
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.lora import is_peft, merged_copy
 from r2m.models.reward import RewardModel
 from r2m.recipes.pipeline import ensure_world_check_rm, user_models, world_check_rm_dir
-from r2m.experience.rewards import ModelReward
-from r2m.fileio import atomic_dir
+from r2m.runtime.checkpoint import rng_state, set_rng_state
+from r2m.runtime.distributed import sharded_state_dict
 
 if TYPE_CHECKING:
     from r2m.recipes.rl.state import Models

@@ -19,15 +19,14 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
-from r2m.config.root import Config
 from r2m.config.enums import Malloc
 from r2m.config.parsing import replace_path
-from r2m.fileio import atomic_write_text
+from r2m.config.root import Config
 from r2m.core.losses import grebt_terms
+from r2m.fileio import atomic_write_text
 from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step

@@ -1,4 +1,4 @@
-"""The alarm's validation in the gold-reward world (issue 19, item 4): a section of the ``r2m bench`` report
+"""The alarm's validation in the gold-reward world: a section of the ``r2m bench`` report
 and ``alarm.json`` beside its other artefacts (docs/bench/alarm.json for ``paper``).
 
 The bench's finished RL runs (sweep and cells; their ``metrics.jsonl``) are read as
@@ -22,9 +22,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional, Sequence
 
+from r2m.config.monitor import MonitorConfig
 from r2m.core import alarm_eval as ae
 from r2m.core.frontier import PairedBootstrap, Verdict, json_float, paired_bootstrap
-from r2m.config.monitor import MonitorConfig
 from r2m.core.monitor import Signal
 from r2m.fileio import atomic_write_text
 from r2m.recipes.alarm import EVAL_MARK
@@ -252,7 +252,7 @@ def _paired_json(p: PairedBootstrap) -> dict:
 
 
 def headline(v: Validation) -> dict:
-    """The keys of alarm.json issue 19 names: the leave-one-world-out alarm against the fixed-KL stop tuned the
+    """The headline keys of alarm.json: the leave-one-world-out alarm against the fixed-KL stop tuned the
     same way, on the same held-out runs. It beats the stop when the paired 95% interval of the mean recovered
     share's difference lies above 0 (a point estimate above the stop's inside the noise does not)."""
     beats = v.paired[v.lowo_rule.name]["mean_recovered"].verdict is Verdict.BETTER
@@ -392,7 +392,7 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
     comb = v.lowo_rule.summary
     d = v.paired[v.lowo_rule.name]["mean_recovered"]
     return (
-        f"## Over-optimisation alarm: validation on held-out runs (issue 19)\n\n"
+        f"## Over-optimisation alarm: validation on held-out runs\n\n"
         f"Scored on {len(v.runs.held_out)} held-out runs (the worlds other than `{TUNE_WORLD}`, and `{TUNE_WORLD}`'s "
         f"seeds outside {list(tuning_seeds(design))}). The headline rule and the fixed-KL stop are tuned leave one "
         f"world out: for the held-out runs of world w, on every run of the other worlds. The other rules are tuned on "

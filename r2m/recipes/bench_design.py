@@ -1,4 +1,4 @@
-"""The benchmark's design as data (issue 14, items 1-3, 5, 7 and 8): worlds x algorithms x arms x seeds.
+"""The benchmark's design as data: worlds x algorithms x arms x seeds.
 
 Nothing here runs anything. A :class:`BenchDesign` lists :class:`Cell`\\ s (one world, one algorithm, its arms,
 its seeds, a KL regime); :func:`design_runs` turns it into :class:`RunSpec`\\ s, each a run name and the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional
 
 import yaml
 
@@ -172,7 +172,7 @@ CLAIMS: tuple[ClaimSpec, ...] = (
     ClaimSpec(Claim.R2M_RM_ACC_VS_VANILLA, ArmMetric(Arm.R2M, "rm_acc/r2m_after"),
               ArmMetric(Arm.R2M, "rm_acc/vanilla"), "R2M's RM accuracy after > vanilla RM (R2M Table 3)"),
 )
-"""The 13 claims of issue 14, item 7, in table order."""
+"""The 13 claims the benchmark tests, in table order."""
 
 
 # ---------------------------------------------------------------------------------------------------- design
@@ -215,7 +215,7 @@ class Sweep(NamedTuple):
 
 
 class SERMode(NamedTuple):
-    """One SER setting of the bench: its runs are one more "algorithm" of the SER claims (issue 14, item 6)."""
+    """One SER setting of the bench: its runs are one more "algorithm" of the SER claims."""
 
     name: str
     """The algorithm column of the verdicts and SER Table 1 (``SER`` for the defaults)."""
@@ -230,7 +230,7 @@ SER_PLUS_SEED = SERMode("SER+seed", "ser_plus_seed", ("ser.retrain_data=filtered
 """The other retraining mode: each loop also retrains on the seed's human-labelled pairs (docs/SER.md)."""
 SER_LOW_TAU = SERMode("SER tau_delta=0.15", "ser_tau015", ("ser.tau_delta=0.15",))
 """A sensitivity arm, not a tuned setting: at the default tau_Delta 0.3 no bench run reaches Status 2 (the
-validation Delta_p after a marginal Status-1 loop was 0.19-0.29 in the issue-14 run), at 0.15 it can. The
+validation Delta_p after a marginal Status-1 loop was 0.19-0.29 in the published paper-preset run), at 0.15 it can. The
 Status-2 filter's delta follows tau_Delta (``ser.delta`` unset)."""
 
 

@@ -28,6 +28,7 @@ import torch
 
 from r2m.config.parsing import load_config
 from r2m.core.frontier import gold_at_kl
+from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench_design import (
     Arm,
     BenchDesign,
@@ -48,13 +49,12 @@ from r2m.recipes.bench_verdicts import (
     verdict_table,
     write_bench_verdicts,
 )
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser import run_ser
 from r2m.reports.frontier_plot import plot_frontiers
 from r2m.reports.ser_bench import ser_summary
 from r2m.runtime.provenance import git_commit
 from r2m.runtime.runlog import read_metrics
-from r2m.recipes.rl.run import run_rl
-from r2m.recipes.ser import run_ser
-from r2m.fileio import atomic_write_text, read_json_or_none
 
 log = logging.getLogger("r2m")
 

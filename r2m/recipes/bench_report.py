@@ -1,4 +1,4 @@
-"""``r2m bench [run] --preset smoke|paper``: the issue-14 design end to end and its report.
+"""``r2m bench [run] --preset smoke|paper``: the benchmark design end to end and its report.
 
 :func:`run_bench_design` runs :func:`r2m.recipes.bench_design_run.run_design` on ``<run.root>`` (resumable: each
 finished run is read from its ``bench14.json``), the cost arms of R2M Figure 7 on the ``length`` world, and writes
@@ -23,14 +23,22 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from r2m.config.root import Config
 from r2m.config.parsing import load_config
+from r2m.config.root import Config
 from r2m.core.frontier import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench import bench_cost, format_cost
 from r2m.recipes.bench_alarm import write_alarm_validation
-from r2m.recipes.bench_design import (Arm, BenchDesign, RunSpec, design_preset, design_runs, ser_runs, sweep_runs,
-                                     world_overrides)
+from r2m.recipes.bench_design import (
+    Arm,
+    BenchDesign,
+    RunSpec,
+    design_preset,
+    design_runs,
+    ser_runs,
+    sweep_runs,
+    world_overrides,
+)
 from r2m.recipes.bench_design_run import RESULT_FILE, DesignOutcome, run_design
 from r2m.recipes.bench_verdicts import rl_result
 from r2m.reports.ser_bench import ser_tables
@@ -92,7 +100,7 @@ def _times_table(times: Sequence[RunTime]) -> str:
 
 
 def _ser_section(design: BenchDesign, root: str) -> str:
-    """SER Table 1 per world and SER mode (issue 14 item 6), from the SER runs' result files."""
+    """SER Table 1 per world and SER mode, from the SER runs' result files."""
     parts, runs = [], ser_runs(design)
     for w in design.ser_worlds:
         for mode in design.ser_modes:
@@ -149,15 +157,17 @@ def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, c
     rel = os.path.relpath(art, out.parent)
     times = run_times(design, root, outcome.setting)
     plots = "\n".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in outcome.plots)
-    return (f"# Benchmarks: matched KL, controls, worlds, paired seeds (issue 14)\n\n"
+    return (f"# Benchmarks: matched KL, controls, worlds, paired seeds\n\n"
             f"Preset `{design.name}`, made by `{command}` at commit `{commit}`. Paired differences over seeds with "
             f"95% bootstrap intervals; gold at KL {design.headline_budget:g} is the headline metric (fixed before "
             f"any run). The same verdicts are in `{rel}/verdicts.json`.\n\n## Verdicts\n\n{outcome.table}\n\n"
             f"## Gold at matched KL, peak and final\n\n"
             f"{(art / f'matched_kl_{design.name}.md').read_text()}\n\n"
-            f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n{_sweep_table(design, root, outcome.setting)}"
+            f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n"
+            f"{_sweep_table(design, root, outcome.setting)}"
             f"\n\n## Frontier plots: gold against KL\n\n{plots}\n\n{alarm}\n"
-            f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop (SER) and "
+            f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop "
+            f"(SER) and "
             f"the run's pairwise loss on every labelled pair (Full); test = data.pref_eval, also split into pairs "
             f"whose answers have equal and unequal length in words (docs/SER.md). One table per SER setting: the "
             f"defaults, the other retraining mode and a lower tau_Delta at which Status 2 can be reached."

@@ -1,4 +1,4 @@
-"""``r2m bench speed``: r2m's RL step against TRL's ``RLOOTrainer`` on identical work (issue 18).
+"""``r2m bench speed``: r2m's RL step against TRL's ``RLOOTrainer`` on identical work.
 
 Two sizes: **A**, the world's own models (the config's SFT policy and proxy RM), and **B**, a random Llama
 policy and RM of width ``b_hidden`` x ``b_layers`` whose every answer runs the full ``b_tokens`` (its
@@ -31,21 +31,21 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from r2m.config.models import ArchConfig
-from r2m.config.root import Config
 from r2m.config.enums import Malloc, OldLogprobs
+from r2m.config.models import ArchConfig
 from r2m.config.parsing import replace_path
+from r2m.config.root import Config
 from r2m.errors import ConfigError
+from r2m.fileio import atomic_write_text
 from r2m.models.loading import build_world_lm, save_model
-from r2m.recipes.pipeline import resolve_inputs
-from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
 from r2m.recipes.old_logprobs_agreement import agreement
-from r2m.reports.speed import format_speed, write_readme_section
-from r2m.runtime.host import configure_host
+from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step
-from r2m.fileio import atomic_write_text
+from r2m.reports.speed import format_speed, write_readme_section
+from r2m.runtime.host import configure_host
+from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.utils import quiet_transformers
 from r2m.world.tokenizer import build_tokenizer
 
@@ -308,7 +308,7 @@ def p4(cfg: Config, spec: SpeedSpec, root: Path) -> dict:
     """P4 at size B (r2m only): step time as prompts x K doubles and as the response length doubles.
 
     The control ``system_malloc``: base and prompts x K doubled under ``run.malloc=system`` (glibc's
-    defaults, r2m before issue 18), which read 2.9x; the instrument must see that non-linearity."""
+    defaults), which read 2.9x; the instrument must see that non-linearity."""
     cases = p4_cases(cfg, spec, root)
     control = {f"{name}_system_malloc": replace_path(cases[name], run__malloc=Malloc.SYSTEM)
                for name in ("base", "prompts_x2")}

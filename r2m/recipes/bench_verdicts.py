@@ -1,4 +1,4 @@
-"""Verdicts of a benchmark by claim (issue 14, items 1, 3 and 7): paired differences at matched KL.
+"""Verdicts of a benchmark by claim: paired differences at matched KL.
 
 Input: :class:`RunResult`\\ s, one per finished run (RL or SER), built from a run's metrics by
 :func:`rl_result` / :func:`ser_result`. For each claim the design can decide (:func:`r2m.recipes.bench_design.

@@ -14,18 +14,18 @@ import math
 import time
 from pathlib import Path
 
-from r2m.config.root import Config
 from r2m.config.enums import RewardSource
 from r2m.config.parsing import replace_path
-from r2m.reports.demo_table import ARM_NAMES, demo_table, spread
-from r2m.reports.tables import format_table
-from r2m.runtime.runlog import peak
-from r2m.fileio import atomic_savefig, atomic_write_text
+from r2m.config.root import Config
 from r2m.data.jsonl import read_preferences
 from r2m.eval.rm_accuracy import pairwise_accuracy
 from r2m.experience.reward_factory import build_reward
+from r2m.fileio import atomic_savefig, atomic_write_text
 from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 from r2m.recipes.rl.run import run_rl
+from r2m.reports.demo_table import ARM_NAMES, demo_table, spread
+from r2m.reports.tables import format_table
+from r2m.runtime.runlog import peak
 from r2m.utils import resolve_device
 
 

@@ -1,4 +1,4 @@
-"""``r2m monitor RUN_DIR``: replay the alarm on a finished run's logged signals (issue 19, item 3).
+"""``r2m monitor RUN_DIR``: replay the alarm on a finished run's logged signals (docs/MONITOR.md).
 
 The run's evaluation rows (metrics.jsonl, those with monitor/* values) are the history
 :func:`r2m.core.monitor.first_alarm` reads; the thresholds are the run's ``rl.monitor`` (its config.yaml),
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.config.parsing import load_config
 from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
+from r2m.config.parsing import load_config
 from r2m.core.monitor import Alarm, Reason, Signal, first_alarm, tripped_signals
 from r2m.errors import ConfigError, DataError
 from r2m.recipes.alarm import EVAL_MARK, describe

@@ -1,4 +1,4 @@
-"""How close ``rl.old_logprobs=generation`` is to ``recompute`` on a run's own models (issue 18, docs/GENERATION.md).
+"""How close ``rl.old_logprobs=generation`` is to ``recompute`` on a run's own models (docs/GENERATION.md).
 
 One rollout batch is made twice from the same RNG state, once per mode (the samples are the same: asking
 ``generate`` for its logits and states draws nothing from the RNG). Reported: the largest and mean
@@ -14,9 +14,9 @@ from typing import Optional
 
 import torch
 
-from r2m.config.root import Config
 from r2m.config.enums import OldLogprobs
 from r2m.config.parsing import replace_path
+from r2m.config.root import Config
 from r2m.core.losses import POLICY_LOSSES
 from r2m.experience.rollout import Experience
 from r2m.models.logprobs import response_forward

@@ -28,20 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from r2m.config.root import Config
+from r2m.config.commands import is_world_artifact
 from r2m.config.enums import PPOPrompts, RewardBaseline, RewardSource
 from r2m.config.parsing import config_hash, replace_path
-from r2m.config.commands import is_world_artifact
-from r2m.runtime.distributed import sharded_state_dict
+from r2m.config.root import Config
+from r2m.data import datasets
+from r2m.data import jsonl as plain
+from r2m.data.sources import is_iterable
 from r2m.errors import ConfigError
 from r2m.fileio import ArtifactFormat
-from r2m.world.seeds import rm_seed, sft_world
-from r2m.world.view import rm_prompt_view
-from r2m.data import datasets, jsonl as plain
-from r2m.data.sources import is_iterable
-from r2m.models.reward import count_truncated as count_truncated_pairs
 from r2m.models.loading import build_world_lm, load_policy, load_reward_model, load_tokenizer, save_model
+from r2m.models.reward import count_truncated as count_truncated_pairs
 from r2m.runtime.checkpoint import latest_checkpoint
+from r2m.runtime.distributed import sharded_state_dict
 from r2m.runtime.hooks import Hooks
 from r2m.runtime.runlock import wait_until_free
 from r2m.runtime.runlog import RunDir
@@ -49,7 +48,9 @@ from r2m.updates.rm import make_trainable_rm, merged_rm_model, train_reward_mode
 from r2m.updates.sft import count_truncated, sft_length, train_sft
 from r2m.updates.supervised import make_accelerator, resolve_mixed_precision
 from r2m.world.data import WorldFiles, generate_world
+from r2m.world.seeds import rm_seed, sft_world
 from r2m.world.tokenizer import build_tokenizer
+from r2m.world.view import rm_prompt_view
 
 log = logging.getLogger("r2m")
 
@@ -260,7 +261,7 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     tok = load_tokenizer(init_from, cfg.reward.trust_remote_code)
     rows = read_rows(cfg, "pref_train", train_path, tok)
     eval_rows = read_rows(cfg, "pref_eval", eval_path, tok) if eval_path else None
-    seed = rm_seed(cfg.world)  # world.rm_seed when set (bench seeds vary the RM), else world.seed as before
+    seed = rm_seed(cfg.world)  # world.rm_seed when set (bench seeds vary the RM), else world.seed
     with torch.random.fork_rng():
         # A new score head is drawn here: from a fixed seed, so the same config trains the same RM.
         torch.manual_seed(seed)

@@ -29,24 +29,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from r2m.config.root import Config
 from r2m.config.enums import RetrainData, RetrainFrom, SERVariant
 from r2m.config.jobs import SERConfig
 from r2m.config.parsing import config_hash, to_dict
+from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
 from r2m.recipes.ser_ppo import run_ppo_stage
-from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
-                                    before_damaged_rm)
-from r2m.recipes.ser_rm import (FitResult, PairScores, _eval_metrics, evaluate_rm, fit_rm, load_rm, score_pairs,
-                                score_rows)
+from r2m.recipes.ser_resume import (
+    FullBaseline,
+    LoopState,
+    LoopStop,
+    PPOSummary,
+    StopEvidence,
+    StopReason,
+    before_damaged_rm,
+)
+from r2m.recipes.ser_rm import (
+    FitResult,
+    PairScores,
+    _eval_metrics,
+    evaluate_rm,
+    fit_rm,
+    load_rm,
+    score_pairs,
+    score_rows,
+)
 from r2m.reports.ser_report import STATE_FILE, print_loop, print_report, ser_table, write_report
 from r2m.runtime.hooks import Hooks
-from r2m.ser.data import (PairSet, labelled_pairs, make_splits, pool_accuracy, pseudo_pairs, pseudo_quality,
-                          write_splits)
-from r2m.ser.rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate, filter_pairs,
-                           kept_loop, learning_status, release_filter, status_evidence)
 from r2m.runtime.runlog import RunDir
+from r2m.ser.data import PairSet, labelled_pairs, make_splits, pool_accuracy, pseudo_pairs, pseudo_quality, write_splits
+from r2m.ser.rules import (
+    LearningStatus,
+    ScoreCalibration,
+    Selection,
+    StatusEvidence,
+    calibrate,
+    filter_pairs,
+    kept_loop,
+    learning_status,
+    release_filter,
+    status_evidence,
+)
 from r2m.updates.supervised import make_accelerator
 
 log = logging.getLogger("r2m")

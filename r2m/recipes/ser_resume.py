@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_write_text
 from r2m.reports.ser_report import STATE_FILE
 from r2m.runtime.checkpoint import verify
 from r2m.runtime.safeio import read_json
-from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_write_text
 
 log = logging.getLogger("r2m")
 

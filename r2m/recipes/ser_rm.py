@@ -11,20 +11,19 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from r2m.ser.data import PairSet, labelled_pairs
-from r2m.ser.rules import ScoreCalibration, pair_loss
-from r2m.config.root import Config
 from r2m.config.enums import PairLoss
+from r2m.config.root import Config
 from r2m.config.training import RMConfig
 from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel
 from r2m.runtime.runlog import RunDir
+from r2m.ser.data import PairSet, labelled_pairs
+from r2m.ser.rules import ScoreCalibration, pair_loss
 from r2m.updates.rm import TrainableRM, fit_pairs, make_trainable_rm, merged_rm_model
 from r2m.updates.supervised import LoopResult
 from r2m.utils import resolve_device, seed_everything
 from r2m.world.view import rm_prompt_view
-
 
 # ---------------------------------------------------------------------------------------------
 # Reward-model training on pairs (BT or the Eq. 5 hinge; full fine-tuning or LoRA)
@@ -153,7 +152,7 @@ def _eval_metrics(ev: RMEval) -> dict[str, float]:
 
 
 def length_split_metrics(test: RMAccuracy) -> dict[str, float]:
-    """Test accuracy on equal-length and on unequal-length pairs (SER Table 1 per world, issue 14 item 6), and
+    """Test accuracy on equal-length and on unequal-length pairs (SER Table 1 per world), and
     how many test pairs are of equal length."""
     return {"ser/test_acc_equal_len": test.equal_length_accuracy,
             "ser/test_acc_unequal_len": test.unequal_length_accuracy,

@@ -1,4 +1,4 @@
-"""The demo's table: each arm's final-policy metrics as mean and spread over the RL seeds (issue 14, item 9).
+"""The demo's table: each arm's final-policy metrics as mean and spread over the RL seeds.
 
 One run gives :func:`run_metrics` (a dict of the table's columns); the seeds of one arm give a
 :class:`Spread` per column (:func:`spread`), shown as ``mean ± sd`` (sample sd, n-1) in the table and kept

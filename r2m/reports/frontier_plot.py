@@ -1,4 +1,4 @@
-"""The gold-vs-KL frontier per world (issue 14, item 1): each method's mean curve over seeds, with a band.
+"""The gold-vs-KL frontier per world: each method's mean curve over seeds, with a band.
 
 For each world, one panel; for each method (a label such as ``RLOO r2m``) its runs' trajectories are read at a
 grid of KL budgets by :func:`r2m.core.frontier.frontier_band`: the mean gold over the runs that reach each

@@ -1,4 +1,4 @@
-"""SER Table 1 of the benchmark (issue 14, item 6): what one SER run keeps for the report, and the table per
+"""SER Table 1 of the benchmark: what one SER run keeps for the report, and the table per
 world (mean ± std over seeds; the pairs, share and learning status of each loop; why the loop stopped)."""
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.config.enums import PairLoss
-from r2m.ser.rules import Kept
-from r2m.reports.tables import format_table
 from r2m.fileio import atomic_savefig
+from r2m.reports.tables import format_table
+from r2m.ser.rules import Kept
 
 STATE_FILE = "ser_state.json"
 
@@ -37,7 +37,7 @@ def ser_table(history: Sequence[dict], full: dict, sizes: dict[str, int], kept: 
 
 
 def _accuracies(row: dict) -> list[float]:
-    """Table 1's accuracy columns of one RM (the length split is NaN in a run made before it was measured)."""
+    """Table 1's accuracy columns of one RM (the length split is NaN where the run did not record it)."""
     split = [row.get(k) for k in ("ser/test_acc_equal_len", "ser/test_acc_unequal_len")]
     return [row["ser/test_acc"], row["ser/test_gold_acc"], row["ser/val_acc"],
             *[float("nan") if v is None else v for v in split]]

@@ -41,7 +41,7 @@ import torch
 
 from r2m.config.parsing import to_dict
 from r2m.errors import CheckpointError, ConfigError
-from r2m.fileio import ArtifactFormat, FORMAT_KEY, atomic_write_text, fault_point
+from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_write_text, fault_point
 
 log = logging.getLogger("r2m")
 
@@ -209,7 +209,7 @@ def _size_mtime(directory: Path) -> tuple:
 
 def _check_manifest(directory: Path) -> Optional[str]:
     if not (directory / MANIFEST).exists():
-        # Written before r2m wrote manifests: complete by its atomic rename, but its bytes cannot be checked.
+        # No manifest: complete by its atomic rename, but its bytes cannot be checked.
         log.warning("checkpoint %s has no %s (written by an older r2m): not verified", directory, MANIFEST)
         return None
     try:

@@ -26,6 +26,7 @@ from typing import Iterable
 
 import torch
 
+
 class Dist:
     """This process's rank among ``num_processes`` data-parallel processes, and the collectives the loop uses."""
 

@@ -3,7 +3,7 @@
 Why the allocator: glibc serves a block over its mmap threshold (dynamic, 32 MiB at most) with a fresh
 ``mmap`` and returns it with ``munmap`` when freed, so every such tensor's pages fault in, zero-filled, at
 their first touch, on every allocation. Activations of a few hundred sequences cross that size; measured
-on 2 cores (issue 18), a forward+backward of a 512-wide Llama at 256 x 72 tokens then ran 1.7x slower per
+on 2 cores, a forward+backward of a 512-wide Llama at 256 x 72 tokens then ran 1.7x slower per
 sequence than at 128 x 72, elementwise ops 8-18x slower, and an RL step at twice the prompts 2.9x slower
 instead of 2x. ``Malloc.HEAP`` keeps every block on the heap and freed memory there for reuse, the choice
 PyTorch's own CUDA caching allocator makes for device memory. Neither setting changes a number.

@@ -17,12 +17,11 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
-from r2m.runtime import runlock
-from r2m.config.root import Config
 from r2m.config.parsing import save_config, to_dict
+from r2m.config.root import Config
 from r2m.errors import ConfigError, DataError
-from r2m.fileio import atomic_savefig, atomic_write_text
-from r2m.fileio import decode_lines
+from r2m.fileio import atomic_savefig, atomic_write_text, decode_lines
+from r2m.runtime import runlock
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -89,7 +88,7 @@ class RunDir:
         # make_accelerator resolved and checked run.log_with; an accelerator made without trackers logs to none.
         self._trackers = accelerator is not None and bool(getattr(accelerator, "log_with", None))
         if self._trackers:
-            # Named after the run (issue 17): wandb's project and run name, tensorboard's <run dir>/<run.name>/
+            # Named after the run: wandb's project and run name, tensorboard's <run dir>/<run.name>/
             accelerator.init_trackers(cfg.run.name, config=_flatten(to_dict(cfg)),
                                       init_kwargs={"wandb": {"name": cfg.run.name}})
 

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Optional
 
-from r2m.errors import CheckpointError, ModelError
-from r2m.errors import DataError
+from r2m.errors import CheckpointError, DataError, ModelError
 from r2m.fileio import decode_lines
 
 # The text files a Hugging Face model or tokenizer directory holds.

@@ -10,13 +10,13 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config.jobs import SERConfig
 from r2m.config.enums import SERVariant
-from r2m.eval.rm_accuracy import pairwise_wins
-from r2m.ser.rules import Selection
+from r2m.config.jobs import SERConfig
 from r2m.data.jsonl import write_jsonl
 from r2m.errors import ConfigError
+from r2m.eval.rm_accuracy import pairwise_wins
 from r2m.fileio import atomic_write_text
+from r2m.ser.rules import Selection
 
 log = logging.getLogger("r2m")
 

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config.root import Config
 from r2m.config.models import LoRAConfig
+from r2m.config.root import Config
 from r2m.config.training import RMConfig
-from r2m.runtime.distributed import configure_deepspeed
-from r2m.runtime.precision import fp32_master_weights
-from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.core.losses import bradley_terry_loss
-from r2m.runtime.runlog import RunDir
-from r2m.updates.supervised import LoopResult, LossOutput, num_steps, supervised_loop
+from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.models.lora import apply_lora, enable_gradient_checkpointing
 from r2m.models.reward import RewardModel
 from r2m.runtime.checkpoint import fingerprint
+from r2m.runtime.distributed import configure_deepspeed
+from r2m.runtime.precision import fp32_master_weights
+from r2m.runtime.runlog import RunDir
+from r2m.updates.supervised import LoopResult, LossOutput, num_steps, supervised_loop
 
 if TYPE_CHECKING:
     from r2m.runtime.hooks import Hooks
@@ -68,7 +68,8 @@ def _pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
 def pair_batch(chosen: dict, rejected: dict, idx: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
     """Chosen then rejected rows of ``idx`` in one right-padded batch, (2b, S), all-pad columns dropped."""
     width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
-    ids = torch.cat([_pad_to(chosen["input_ids"][idx], width, pad_id), _pad_to(rejected["input_ids"][idx], width, pad_id)])
+    ids = torch.cat([_pad_to(chosen["input_ids"][idx], width, pad_id),
+                     _pad_to(rejected["input_ids"][idx], width, pad_id)])
     mask = torch.cat([_pad_to(chosen["attention_mask"][idx], width, 0),
                       _pad_to(rejected["attention_mask"][idx], width, 0)])
     w = int(mask.sum(1).max())

@@ -8,11 +8,11 @@ from typing import Optional, Sequence
 import torch
 
 from r2m.config.root import Config
+from r2m.runtime.checkpoint import fingerprint
 from r2m.runtime.distributed import configure_deepspeed
 from r2m.runtime.precision import fp32_master_weights
 from r2m.runtime.runlog import RunDir
 from r2m.updates.supervised import LoopResult, LossOutput, num_steps, right_pad, supervised_loop
-from r2m.runtime.checkpoint import fingerprint
 
 IGNORE = -100
 
@@ -47,9 +47,9 @@ def train_sft(model, tokenizer, rows: Sequence[dict], cfg: Config, accelerator, 
               resume: bool = False) -> LoopResult:
     """SFT on ``rows``; sequences are cut at ``max_length`` (default: :func:`sft_length`), the cut rows counted
     and logged."""
-    from transformers import get_cosine_schedule_with_warmup
-
     import logging
+
+    from transformers import get_cosine_schedule_with_warmup
 
     sft = cfg.sft
     max_length = max_length or sft_length(cfg, model)

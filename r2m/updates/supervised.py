@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional, Sequ
 
 import torch
 
-from r2m.config.root import Config
 from r2m.config.enums import LRSchedule
+from r2m.config.root import Config
 from r2m.errors import ConfigError
+from r2m.fileio import atomic_dir
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
 from r2m.runtime.distributed import Dist
 from r2m.runtime.host import configure_host
 from r2m.runtime.runlog import resolve_trackers
 from r2m.runtime.safeio import load_safetensors as load_file
-from r2m.fileio import atomic_dir
 
 if TYPE_CHECKING:
     from r2m.runtime.hooks import Hooks
@@ -175,8 +175,8 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     """
     dist = Dist(accelerator)
     if batch_size % dist.num_processes:
-        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.num_processes} processes (each takes an "
-                          f"equal share of every batch), got {batch_size}")
+        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.num_processes} processes (each "
+                          f"takes an equal share of every batch), got {batch_size}")
     start = _resume_start(model, optimizer, scheduler, accelerator, prefix, fingerprint,
                           checkpoint_dir if resume else None)
     model.train()

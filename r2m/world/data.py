@@ -2,8 +2,9 @@
 
 Every product draws from its own random stream, ``default_rng([seed, stream_id])``, so that resizing
 one (say ``n_rl_prompts``) leaves the others byte-identical, and rows are drawn one after another
-so that growing a budget only appends rows; the same config always gives the same files. The preference labeller is length-biased on purpose: it is the flaw that a reward model
-learns and a policy then exploits, measurable because the gold reward is known.
+so that growing a budget only appends rows; the same config always gives the same files. The preference
+labeller is length-biased on purpose: it is the flaw that a reward model learns and a policy then exploits,
+measurable because the gold reward is known.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.config.parsing import to_dict
+from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.world.seeds import stream_seed
-from r2m.world.task import EOS, format_prompt, gold_reward
-from r2m.world.task import parse_prompt
+from r2m.world.task import EOS, format_prompt, gold_reward, parse_prompt
 
 # Stream ids: never reuse or renumber one, or previously generated worlds change.
 STREAMS: dict[str, int] = {"sft": 1, "pref_train": 2, "pref_eval": 3, "rl_prompts": 4, "eval_prompts": 5,

@@ -1,4 +1,4 @@
-"""Which seed each product of the world draws from (issue 14, item 3: seeds that vary the reward model).
+"""Which seed each product of the world draws from (and the seeds that vary the reward model).
 
 ``world.seed`` sets everything by default. ``world.rm_seed`` (when set) takes over what makes the proxy RM: its
 training pairs (``pref_train``, and ``pref_policy`` for the Pretrained-RM baseline), its head init and its batch

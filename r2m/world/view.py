@@ -1,4 +1,4 @@
-"""What the reward model reads of a world prompt (the ``blind`` world, issue 14 item 4).
+"""What the reward model reads of a world prompt (the ``blind`` world).
 
 In the ``blind`` world (``world.rm_prompt_digits = N > 0``) the RM reads only the first N prompt digits; the
 others are replaced by ``<unk>``, so the RM still sees how many digits there are but not which. The gold reward

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from r2m.cli import main, parse_args, resolve_config
-from r2m.config.training import RLConfig as RLSection
 from r2m.config.parsing import field_docs, load_config
+from r2m.config.training import RLConfig as RLSection
 from r2m.config.trl_map import map_trl
 from r2m.errors import ConfigError
 

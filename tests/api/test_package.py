@@ -23,7 +23,7 @@ def test_version_and_exports() -> None:
             "TrainerCallback"} <= set(dir(r2m))
     assert not {"RLConfig", "RMConfig", "SERConfig"} & set(dir(r2m))
     try:
-        r2m.NoSuchThing
+        _ = r2m.NoSuchThing
     except AttributeError as e:
         assert "NoSuchThing" in str(e)
     else:

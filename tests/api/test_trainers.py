@@ -1,5 +1,6 @@
-"""The object API (README "From Python"): examples/python_rl_r2m.py runs GRPO + R2M through r2m.RLTrainer with a
-callback; a reward callable replaces the RM; a callback stops the run; objects (model, Dataset) are accepted."""
+"""The object API (docs/PYTHON.md): examples/python_rl_r2m.py runs GRPO + R2M through r2m.RLTrainer with a
+callback; a reward callable replaces the RM; a callback stops the run; objects (model, Dataset) are accepted; the
+README's example builds its trainer."""
 
 from __future__ import annotations
 
@@ -25,12 +26,43 @@ def _example():
     return module
 
 
-def test_readme_includes_the_example_verbatim() -> None:
-    block = re.search(r"## From Python\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert block is not None, "README.md has no python block in a '## From Python' section"
-    assert block.group(1) == EXAMPLE.read_text(), "README's From Python block and examples/python_rl_r2m.py differ"
+def test_python_doc_includes_the_example_verbatim() -> None:
+    block = re.search(r"## The example\n.*?```python\n(.*?)```", (ROOT / "docs" / "PYTHON.md").read_text(), re.S)
+    assert block is not None, "docs/PYTHON.md has no python block in a '## The example' section"
+    assert block.group(1) == EXAMPLE.read_text(), "docs/PYTHON.md's example and examples/python_rl_r2m.py differ"
 
 
+def test_readme_example_builds_its_trainer(world_artifacts, tmp_path, monkeypatch) -> None:
+    """The README's Python example as written (TRL's GRPOConfig, R2M on) resolves into the run it says: its hub names
+    are replaced by the world's tiny models and files, GRPOConfig runs on the CPU, and train() is not called."""
+    trl = pytest.importorskip("trl")
+    import datasets
+
+    block = re.search(r"## Your models\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert len(block.splitlines()) <= 16, "the README's example grew past 15 lines"
+    policy_dir, rm_dir, files = world_artifacts
+    models = {"Qwen/Qwen2.5-0.5B-Instruct": policy_dir, "Skywork/Skywork-Reward-V2-Llama-3.1-8B": rm_dir}
+    data = {("trl-lib/ultrafeedback-prompt", "train"): files.prompts,
+            ("trl-lib/ultrafeedback_binarized", "test"): files.pref_eval}
+    for name, path in models.items():
+        assert f'"{name}"' in block, name
+        block = block.replace(f'"{name}"', repr(str(path)))
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda name, split: datasets.Dataset.from_json(str(data[name, split])))
+    grpo_config = trl.GRPOConfig
+    monkeypatch.setattr(trl, "GRPOConfig", lambda **kw: grpo_config(**kw, use_cpu=True, bf16=False))
+    monkeypatch.setattr(r2m.RLTrainer, "train", lambda self: None)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (the README's own example)
+    cfg = scope["trainer"].cfg
+    assert cfg.reward.r2m.enabled and cfg.reward.dtype == "bfloat16"
+    assert (cfg.rl.algorithm.value, cfg.rl.k, cfg.rl.prompts_per_step, cfg.rl.steps) == ("grpo", 8, 8, 500)
+    assert (cfg.rl.lr, cfg.rl.beta, cfg.rl.max_new_tokens) == (1e-6, 0.05, 512)
+    assert cfg.policy.path == str(policy_dir) and cfg.data.pref_eval is not None
+
+
+@pytest.mark.slow
 def test_example_runs_grpo_with_r2m(world_artifacts, tmp_path) -> None:
     policy_dir, rm_dir, files = world_artifacts
     result, recorder = _example().train(str(policy_dir), str(rm_dir), str(files.prompts), str(files.eval_prompts),
@@ -56,6 +88,7 @@ class StopAfterOne(r2m.TrainerCallback):
         self.calls.append(("save", step))
 
 
+@pytest.mark.slow
 def test_callable_reward_and_stopping_callback(world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,6 +140,7 @@ def test_rl_arguments_map_trl_names() -> None:
     assert (rm.rm.lr, rm.rm.save_every, rm.rm.epochs) == (3e-4, 2, 4)
 
 
+@pytest.mark.slow
 def test_trl_aliases_copy_r2m_metrics(world_artifacts, tmp_path) -> None:
     from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 
@@ -139,6 +173,7 @@ def _dotted(tiny: list[str]) -> dict:
     return {k: yaml.safe_load(v) for k, v in (t.split("=", 1) for t in tiny)}
 
 
+@pytest.mark.slow
 def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
 
@@ -181,6 +216,7 @@ class Recorder(r2m.TrainerCallback):
         return self._record("save", step, path)
 
 
+@pytest.mark.slow
 def test_rm_trainer_callback_stops_at_step_2(tiny, world_artifacts, tmp_path) -> None:
     _, _, files = world_artifacts
     cb = Recorder(stop=lambda hook, step: hook == "step" and step == 2)
@@ -216,6 +252,7 @@ SER_LOOSE = {"ser.tau_high": 0.5, "ser.tau_low": 0.5, "ser.tau_delta": 0.001, "s
              "ser.seed_steps": 4}
 
 
+@pytest.mark.slow
 def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -254,6 +291,7 @@ def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world
     assert loop0.stat().st_mtime_ns == mtime and again.history[0] == result.history[0]
 
 
+@pytest.mark.slow
 def test_ser_trainer_passes_its_callbacks_to_the_ppo_stage(tiny, world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer

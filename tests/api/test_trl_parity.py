@@ -73,6 +73,7 @@ class Events:
         return Recorder()
 
 
+@pytest.mark.slow
 def test_grpo_config_weighted_callables_and_a_transformers_callback(world_artifacts, tmp_path) -> None:
     """args=GRPOConfig (an AttributeError before), TRL-style rewards by keyword, reward_weights, on_* events,
     should_training_stop, TrainOutput, trainer.state, and the policy object trained in place."""
@@ -110,6 +111,7 @@ def test_grpo_config_weighted_callables_and_a_transformers_callback(world_artifa
     assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters())
 
 
+@pytest.mark.slow
 def test_rm_object_r2m_loads_after_the_trainer_is_gone(world_artifacts, tmp_path) -> None:
     """The RM passed as an object was saved to a temporary directory, which the saved R2M named and which was
     deleted with the trainer; it lives in the run's inputs/ now, and the run directory moves whole."""
@@ -133,6 +135,7 @@ def test_rm_object_r2m_loads_after_the_trainer_is_gone(world_artifacts, tmp_path
     assert FeedbackRewardModel.from_pretrained(moved / "obj" / "checkpoints" / "final" / "r2m").fusion is not None
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint(world_artifacts, tmp_path) -> None:
     policy_dir, _, files = world_artifacts
 
@@ -178,6 +181,7 @@ def test_peft_config_and_unsupported_trl_arguments(world_artifacts, tmp_path) ->
         r2m.RLTrainer(args=RewardConfig(output_dir="x", use_cpu=True, bf16=False))
 
 
+@pytest.mark.slow
 def test_reward_config_trains_the_model_object_in_place(tiny, world_artifacts, tmp_path) -> None:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig
@@ -202,6 +206,7 @@ def test_reward_config_trains_the_model_object_in_place(tiny, world_artifacts, t
     assert again.global_step == 2 and "eval_accuracy" not in again.metrics
 
 
+@pytest.mark.slow
 def test_num_train_epochs_counts_passes_over_the_prompts(world_artifacts, tmp_path) -> None:
     """max_steps=-1 (TRL's default): num_train_epochs passes over the training prompts; a warmup_steps below 1 is a
     ratio of those steps (transformers 5)."""

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from r2m.errors import DataError
+from r2m_bench.power import t_test_power
 from r2m_bench.stats import (
     VERDICT_KEYS,
     BootstrapMethod,
@@ -32,7 +33,6 @@ from r2m_bench.stats import (
     verdict_of,
     write_verdicts,
 )
-from r2m_bench.power import t_test_power
 
 D = [0.7, 0.1, 0.4, -0.2, 0.5]
 """Hand-worked: mean 0.3; deviations 0.4, -0.2, 0.1, -0.5, 0.2, squares sum 0.5; s² = 0.5 / 4 = 0.125;

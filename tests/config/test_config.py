@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from r2m.config.enums import Algorithm
-from r2m.config.root import Config
-from r2m.errors import ConfigError
-from r2m.config.training import RLConfig
 from r2m.config.parsing import field_docs, load_config, replace_path, to_dict
+from r2m.config.root import Config
+from r2m.config.training import RLConfig
+from r2m.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,6 +144,29 @@ def test_demo_config_parses() -> None:
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     assert cfg.run.name == "demo" and "rloo" in cfg.demo.arms
     assert RLConfig().steps == cfg.rl.steps
+
+
+def test_readme_fields_exist_with_their_defaults() -> None:
+    """Every field in the README's table of the fields a user sets is a config field, and a plain default shown
+    there is the field's default."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## The fields you set", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 20, rows
+    cfg = load_config(None, [])
+    for names, default in rows:
+        fields = re.findall(r"`([a-z_.]+)`", names)
+        values = [v.strip() for v in default.split(",")]
+        for i, name in enumerate(fields):
+            value = cfg
+            for part in name.split("."):
+                assert hasattr(value, part), f"README: {name} is not a config field"
+                value = getattr(value, part)
+            shown = values[i].strip("`") if len(values) == len(fields) else None
+            if shown and re.fullmatch(r"[\w.+-]+", shown) and not shown.startswith("the"):
+                assert str(getattr(value, "value", value)).lower() == shown.lower() or \
+                    float(value) == float(shown), f"README: {name} default {shown}, config {value}"
 
 
 def test_sft_and_rm_share_one_definition_of_the_optimiser_fields() -> None:

@@ -7,8 +7,8 @@ import enum
 import pytest
 import yaml
 
-from r2m.errors import ConfigError
 from r2m.config.parsing import load_config, save_config
+from r2m.errors import ConfigError
 
 CLOSED = ["run.device", "run.resume", "run.mixed_precision", "data.overlong", "data.format", "data.on_mismatch",
           "policy.dtype", "reward.dtype", "reward.scaling", "reward.r2m.hidden_device", "reward.r2m.hidden_dtype",

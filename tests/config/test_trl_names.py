@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from r2m.config.trl_map import GROUPED, MAPPERS, API_ONLY, map_trl
+from r2m.config.trl_map import API_ONLY, GROUPED, MAPPERS, map_trl
 from r2m.config.trl_names import EXTRA_NAMES, RULES, Kind, _same, markdown_table, trl_sources, where_defined
 from r2m.errors import ConfigError
 

@@ -16,10 +16,10 @@ from r2m.core.advantages import (
     compute_gae,
     compute_group_centered,
     compute_grpo_advantage,
-    constant_groups,
     compute_remax_advantage,
     compute_returns,
     compute_rloo_advantage,
+    constant_groups,
 )
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from r2m.core import alarm_eval as ae
 from r2m.config.monitor import MonitorConfig
+from r2m.core import alarm_eval as ae
 from r2m.core.monitor import Signal
 from r2m.errors import DataError
 

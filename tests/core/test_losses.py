@@ -10,13 +10,11 @@ import torch
 
 from r2m.config.enums import KLEstimator, LossAggregation
 from r2m.core.losses import (
+    POLICY_LOSSES,
     GREBTLoss,
     aggregate,
     bradley_terry_loss,
-    POLICY_LOSSES,
     clipped_policy_loss,
-    sequence_clipped_policy_loss,
-    within_group_spread,
     clipped_value_loss,
     entropy_from_logits,
     grebt_loss,
@@ -28,6 +26,8 @@ from r2m.core.losses import (
     masked_sum,
     masked_var,
     masked_whiten,
+    sequence_clipped_policy_loss,
+    within_group_spread,
 )
 
 LN2 = math.log(2.0)

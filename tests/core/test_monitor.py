@@ -30,7 +30,6 @@ from r2m.core.monitor import (
 )
 from r2m.errors import ConfigError, DataError
 
-
 # --- rank disagreement (proxy vs check RM; R2M fused vs vanilla) -----------------------------------------
 
 def test_rank_disagreement_hand_worked():

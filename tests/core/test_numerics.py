@@ -10,8 +10,7 @@ import math
 import pytest
 import torch
 
-from r2m.config.enums import KLEstimator, LossAggregation
-from r2m.config.enums import Algorithm
+from r2m.config.enums import Algorithm, KLEstimator, LossAggregation
 from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages, compute_gae
 from r2m.core.losses import (
     POLICY_LOSSES,

@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from r2m.config.enums import PairChoice
 from r2m.config.models import R2MConfig
 from r2m.config.parsing import load_config
+from r2m.core.losses import grebt_terms, group_reward_entropy
 from r2m.core.pair_choice import PAIR_CHOICES, choose_gold, choose_pair, choose_random, choose_self, pair_seed
-from r2m.core.losses import group_reward_entropy, grebt_terms
 
 SCORES = torch.tensor([[0.7, -1.3, 2.1, 0.2],
                        [1.1, 1.1, -0.4, -0.4],   # ties: the first index wins

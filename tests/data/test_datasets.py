@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from r2m.data.jsonl import read_preferences
-from r2m.data.datasets import ADAPTERS, FORMATS, load_preferences, load_prompts, load_rows, load_sft
-from r2m.data.adapters import AdapterContext, RowKind, render_messages
-from r2m.config.paths import DatasetFormat
 from r2m.config.enums import OnMismatch
+from r2m.config.paths import DatasetFormat
+from r2m.data.adapters import AdapterContext, RowKind, render_messages
+from r2m.data.datasets import ADAPTERS, FORMATS, load_preferences, load_prompts, load_rows, load_sft
+from r2m.data.jsonl import read_preferences
 from r2m.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

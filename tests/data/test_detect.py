@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from r2m.config.paths import DatasetFormat
 from r2m.config.parsing import load_config
-from r2m.data.datasets import load_rows
+from r2m.config.paths import DatasetFormat
 from r2m.data.adapters import RowKind
+from r2m.data.datasets import load_rows
 from r2m.data.trl_formats import detect_format, is_conversational
 from r2m.errors import DataError
 from r2m.recipes.pipeline import read_rows

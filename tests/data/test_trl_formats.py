@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from r2m.data.adapters import RowKind
 from r2m.data.chat import prompt_messages
 from r2m.data.datasets import Source, load_rows
-from r2m.data.adapters import RowKind
 from r2m.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

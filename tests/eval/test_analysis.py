@@ -33,9 +33,9 @@ from r2m.eval.analysis import (
 )
 from r2m.eval.judges import GoldJudge
 from r2m.models.loading import build_world_lm
-from r2m.world.tokenizer import build_tokenizer
-from r2m.world.task import format_prompt
 from r2m.world.data import make_response
+from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 ARCH = ArchConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

@@ -15,8 +15,8 @@ import torch
 
 from r2m.config.enums import JudgeMode
 from r2m.config.jobs import JudgeConfig
-from r2m.config.run import WorldConfig
 from r2m.config.parsing import load_config, save_config
+from r2m.config.run import WorldConfig
 from r2m.errors import ConfigError
 from r2m.eval import judge_prompts
 from r2m.eval.judges import (
@@ -29,12 +29,12 @@ from r2m.eval.judges import (
     RewardModelJudge,
     Scorer,
     Verdict,
-    resolve_judge,
     build_judge,
     combine_verdicts,
     pairwise_messages,
     parse_score,
     parse_verdict,
+    resolve_judge,
 )
 
 KEY = "sk-test-DO-NOT-LEAK-4f9a1c"

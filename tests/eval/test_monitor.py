@@ -13,8 +13,8 @@ from r2m.core.monitor import hidden_clustering, hidden_drift, rank_disagreement,
 from r2m.errors import DataError
 from r2m.eval.monitor import MonitorModels, PreviousEval, monitor_signals, response_states
 from r2m.eval.policy import PolicySamples
-from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import RewardOutput
+from r2m.models.loading import build_world_lm
 from r2m.world.tokenizer import build_tokenizer
 
 ARCH = ArchConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)

@@ -52,15 +52,15 @@ class _Rank:
 def test_evaluation_shared_out_over_ranks_equals_one_process() -> None:
     import copy
 
-    from r2m.config.models import ArchConfig
     from r2m.config.jobs import EvalConfig
+    from r2m.config.models import ArchConfig
     from r2m.config.run import WorldConfig
     from r2m.eval.policy import sample_policy
     from r2m.experience.rewards import GoldReward
     from r2m.experience.sampling import tokenize_prompts
     from r2m.models.loading import build_world_lm
-    from r2m.world.tokenizer import build_tokenizer
     from r2m.world.task import format_prompt
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("policy")
     policy = build_world_lm(ArchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, 0)

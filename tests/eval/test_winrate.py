@@ -141,9 +141,9 @@ def test_evaluation_samples_do_not_depend_on_a_random_reward(world_artifacts, ti
     import torch
 
     from r2m.eval.policy import sample_policy
-    from r2m.models.loading import load_policy, load_tokenizer
     from r2m.experience.rewards import GoldReward, RewardOutput
     from r2m.experience.sampling import tokenize_prompts
+    from r2m.models.loading import load_policy, load_tokenizer
 
     policy_dir, _, files = world_artifacts
     tok = load_tokenizer(str(policy_dir))

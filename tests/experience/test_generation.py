@@ -13,21 +13,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2m.experience import generation
 from r2m.config.models import ArchConfig
-from r2m.errors import ConfigError
-from r2m.config.training import RLConfig, VLLMConfig
-from r2m.config.run import WorldConfig
 from r2m.config.parsing import load_config
+from r2m.config.run import WorldConfig
+from r2m.config.training import RLConfig, VLLMConfig
+from r2m.errors import ConfigError
+from r2m.experience import generation
 from r2m.experience.generation import HFGenerator, VLLMGenerator, build_generator, policy_weights
-from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
 from r2m.experience.rollout import ExperienceMaker
-from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate
 from r2m.models.forward import left_pad
-from r2m.world.tokenizer import build_tokenizer
+from r2m.models.loading import build_world_lm
+from r2m.models.logprobs import response_forward
 from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_vllm as fake_vllm_module  # noqa: E402

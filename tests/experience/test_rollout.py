@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from r2m.config.models import ArchConfig
-from r2m.models.loading import build_world_lm
 from r2m.experience.rollout import Experience
-from r2m.models.feedback import feedback_states, text_feedback
-from r2m.models.logprobs import response_forward
 from r2m.experience.sampling import generate, tokenize_prompts
+from r2m.models.feedback import feedback_states, text_feedback
 from r2m.models.forward import left_pad, position_ids
+from r2m.models.loading import build_world_lm
+from r2m.models.logprobs import response_forward
 from r2m.world.tokenizer import build_tokenizer
 
 
@@ -57,7 +57,8 @@ def test_tokenize_prompts_truncates_or_skips() -> None:
     tok = build_tokenizer("policy")
     prompts = ["<bos> 1 2 =>", "<bos> 1 2 3 4 5 6 =>"]
     t = tokenize_prompts(tok, prompts, max_tokens=5, overlong="truncate")
-    assert t.truncated == 1 and t.skipped == 0 and len(t.ids[1]) == 5 and t.ids[1][-1] == tok.convert_tokens_to_ids("=>")
+    assert t.truncated == 1 and t.skipped == 0 and len(t.ids[1]) == 5
+    assert t.ids[1][-1] == tok.convert_tokens_to_ids("=>")
     s = tokenize_prompts(tok, prompts, max_tokens=5, overlong="skip")
     assert s.skipped == 1 and s.texts == prompts[:1]
 
@@ -81,8 +82,8 @@ PROMPTS = ["<bos> 3 1 2 =>", "<bos> 1 =>", "<bos> 4 4 2 1 =>", "<bos> 2 3 =>"]
 def _maker(**rl):
     import copy
 
-    from r2m.config.training import RLConfig
     from r2m.config.run import WorldConfig
+    from r2m.config.training import RLConfig
     from r2m.experience.rewards import GoldReward
     from r2m.experience.rollout import ExperienceMaker
 

@@ -1,4 +1,4 @@
-"""R2M inside TRL, as a TRL user runs it: examples/trl_grpo_r2m.py (the README's "With TRL" block) with its tiny
+"""R2M inside TRL, as a TRL user runs it: examples/trl_grpo_r2m.py (the example of docs/TRL.md) with its tiny
 config (conversational prompts, LoRA, evaluation every 2 steps, a generation batch reused over 2 steps). The
 RM's updates read only training groups; fusion and head train, the backbone does not; checkpoints, save_model
 and push_to_hub carry the R2M, which loads from a moved folder; resume restores it. Also: an RLOO smoke run on the
@@ -86,13 +86,14 @@ def grpo_run(tmp_path_factory):
                            callback=next(c for c in trainer.callback_handler.callbacks if isinstance(c, R2MCallback)))
 
 
-def test_readme_includes_the_example_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## With TRL\n.*?```python\n(.*?)```", readme, re.S)
-    assert block is not None, "README.md has no python block in a '## With TRL' section"
-    assert block.group(1) == EXAMPLE.read_text(), "README's With TRL block and examples/trl_grpo_r2m.py differ"
+def test_trl_doc_includes_the_example_verbatim() -> None:
+    doc = (ROOT / "docs" / "TRL.md").read_text()
+    block = re.search(r"## The example\n.*?```python\n(.*?)```", doc, re.S)
+    assert block is not None, "docs/TRL.md has no python block in a '## The example' section"
+    assert block.group(1) == EXAMPLE.read_text(), "docs/TRL.md's example and examples/trl_grpo_r2m.py differ"
 
 
+@pytest.mark.slow
 def test_updates_read_only_training_groups_once(grpo_run) -> None:
     run = grpo_run
     assert any(set(rows) <= set(run.test) and not train for rows, train in run.seen.scored)  # evaluation scored
@@ -104,11 +105,13 @@ def test_updates_read_only_training_groups_once(grpo_run) -> None:
     assert used == scored_for_training and len(used) == 2 * 2  # every training group once: 2 batches x 2 groups
 
 
+@pytest.mark.slow
 def test_grpo_with_r2m_trains_fusion_and_head_only(grpo_run) -> None:
     run = grpo_run
     assert all(math.isfinite(h["r2m/grebt"]) for h in run.callback.history)
     model = run.reward.model
-    assert any(not torch.equal(v, _state(model.fusion)[k]) for k, v in run.before["fusion"].items() if k != "calibrated")
+    assert any(not torch.equal(v, _state(model.fusion)[k])
+               for k, v in run.before["fusion"].items() if k != "calibrated")
     assert not torch.equal(run.before["head"]["weight"], model.head.weight)
     after = _state(model.rm.backbone)
     assert all(torch.equal(v, after[k]) for k, v in run.before["backbone"].items())  # frozen
@@ -123,6 +126,7 @@ def test_grpo_with_r2m_trains_fusion_and_head_only(grpo_run) -> None:
     assert any("lora_" in n for n, _ in run.trainer.model.named_parameters())  # the policy trained with LoRA
 
 
+@pytest.mark.slow
 def test_checkpoints_and_save_model_hold_the_trained_r2m(grpo_run) -> None:
     run = grpo_run
     saved = run.out / "checkpoint-4" / "r2m"
@@ -162,6 +166,7 @@ def _fake_hub(tmp_path: Path, monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_push_to_hub_carries_the_r2m_which_loads_from_a_moved_folder(grpo_run, tmp_path, monkeypatch) -> None:
     from r2m.models.feedback import sequence_feedback
 
@@ -190,6 +195,7 @@ def test_push_to_hub_carries_the_r2m_which_loads_from_a_moved_folder(grpo_run, t
     torch.testing.assert_close(loaded.vanilla_score(rte), model.vanilla_score(rte))
 
 
+@pytest.mark.slow
 def test_save_model_output_loads_after_a_move(grpo_run, tmp_path) -> None:
     run = grpo_run
     run.callback.include_base = False
@@ -205,6 +211,7 @@ def test_save_model_output_loads_after_a_move(grpo_run, tmp_path) -> None:
         assert torch.equal(loaded.head.weight, run.reward.model.head.weight)
 
 
+@pytest.mark.slow
 def test_resume_restores_fusion_head_and_optimizer(grpo_run) -> None:
     run = grpo_run
     trainer, _ = example_trainer(run.out, "--max_steps", "6", "--eval_strategy", "no")
@@ -226,6 +233,7 @@ def test_resume_restores_fusion_head_and_optimizer(grpo_run) -> None:
         callback.restore(run.out / "no-such-checkpoint")
 
 
+@pytest.mark.slow
 def test_the_example_runs_as_a_script(tmp_path) -> None:
     """What CI runs: the TRL user's script on its tiny config, as a subprocess."""
     import os
@@ -241,6 +249,7 @@ def test_the_example_runs_as_a_script(tmp_path) -> None:
     assert FeedbackRewardModel.from_pretrained(tmp_path / "out" / "r2m").fusion is not None
 
 
+@pytest.mark.slow
 def test_rloo_smoke(world_artifacts, tmp_path) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,6 +273,7 @@ def test_rloo_smoke(world_artifacts, tmp_path) -> None:
     assert (tmp_path / "r2m" / "r2m.safetensors").is_file()  # the trained R2M, where save_model writes
 
 
+@pytest.mark.slow
 def test_a_split_group_is_refused(grpo_run) -> None:
     callback = R2MCallback(grpo_run.reward)
     args = SimpleNamespace(num_generations=4, per_device_train_batch_size=6, steps_per_generation=1)
@@ -277,6 +287,7 @@ def test_a_split_group_is_refused(grpo_run) -> None:
     check_groups(["a", "a", "b", "b"], 2)
 
 
+@pytest.mark.slow
 def test_a_missing_callback_is_refused(grpo_run) -> None:
     unbound = R2MReward(grpo_run.reward.model, grpo_run.reward.tokenizer)
     with pytest.raises(ConfigError, match=r"no policy bound; pass callbacks=\[R2MCallback\(reward\)\]"):
@@ -317,6 +328,7 @@ def test_two_processes_keep_one_r2m_and_refuse_split_groups(world_artifacts, tmp
     assert "2 completions, not a multiple of num_generations=4, so a group would be split" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cost_script_counts_and_times_the_extra_forward(world_artifacts, capsys) -> None:
     """examples/trl_r2m_cost.py: FLOPs and seconds of the extra forward and of both loops' steps (2 timed steps
     here; the script's own 20 on a quiet machine give the figures of docs/TRL.md)."""

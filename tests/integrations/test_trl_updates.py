@@ -32,7 +32,8 @@ def grpo(models, out, train, eval_prompts=None, **overrides):
         args.update(eval_strategy="steps", eval_steps=1)
     callback = R2MCallback(reward)
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward], args=GRPOConfig(**{**args, **overrides}),
-                          processing_class=tok, callbacks=[callback], train_dataset=Dataset.from_dict({"prompt": train}),
+                          processing_class=tok, callbacks=[callback],
+                          train_dataset=Dataset.from_dict({"prompt": train}),
                           eval_dataset=None if eval_prompts is None else Dataset.from_dict({"prompt": eval_prompts}))
     return SimpleNamespace(trainer=trainer, reward=reward, callback=callback)
 
@@ -62,6 +63,7 @@ def text(prompt) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse", [dict(steps_per_generation=2), dict(num_iterations=2)],
                          ids=["steps_per_generation=2", "num_iterations=2"])
 def test_evaluation_batches_never_reach_the_update(family_models, prompts, tmp_path, spy, reuse) -> None:
@@ -78,6 +80,7 @@ def test_evaluation_batches_never_reach_the_update(family_models, prompts, tmp_p
     assert run.reward.pending == []
 
 
+@pytest.mark.slow
 def test_two_generation_batches_in_one_step_are_both_updated_once(family_models, prompts, tmp_path, spy) -> None:
     """gradient_accumulation_steps=2 with steps_per_generation=1: each optimiser step scores two generation
     batches; the step's update reads the groups of both, once."""

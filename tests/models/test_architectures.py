@@ -47,6 +47,7 @@ def _save(arch: str, kind: str, variant: str, out: Path) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy_arch, rm_arch", [("llama", "qwen2"), ("qwen2", "gpt_neox"), ("gpt_neox", "gemma"),
                                                   ("gemma", "llama")])
 def test_rloo_r2m_step(policy_arch, rm_arch, tiny, world_artifacts, world_data_args, tmp_path) -> None:

@@ -17,8 +17,7 @@ from r2m.config.models import ArchConfig
 from r2m.models.feedback import text_feedback
 from r2m.models.forward import last_states, position_ids
 from r2m.models.loading import build_world_lm
-from r2m.models.logprobs import (LOGIT_CHUNK_ELEMENTS, chunked_response_forward, real_columns,
-                                 response_forward)
+from r2m.models.logprobs import LOGIT_CHUNK_ELEMENTS, chunked_response_forward, real_columns, response_forward
 from r2m.world.tokenizer import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -162,7 +161,8 @@ def test_entropy_and_logprobs_match_the_full_softmax(temperature) -> None:
     seq, mask = _rows(len(tok), [4, 2, 3], [5, 1, 3], 5, 6, seed=3)
     with torch.no_grad():
         f = response_forward(model, seq, mask, 5, temperature, with_entropy=True)
-        logits = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask)).logits[:, 4:-1] / temperature
+        logits = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask)).logits[:, 4:-1]
+        logits = logits / temperature
     real = mask[:, 5:].bool()
     logp = torch.log_softmax(logits, -1)
     torch.testing.assert_close(f.entropy[real], -(logp.exp() * logp).sum(-1)[real], atol=1e-5, rtol=1e-5)
@@ -171,8 +171,14 @@ def test_entropy_and_logprobs_match_the_full_softmax(temperature) -> None:
 
 
 def _family(name: str):
-    from transformers import (Gemma2Config, Gemma2ForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from r2m.config.models import ArchConfig
-from r2m.errors import ConfigError
 from r2m.config.parsing import load_config
+from r2m.errors import ConfigError
 
 
 def _lora_rl_cfg(tiny, name: str, *extra: str):
@@ -26,12 +26,13 @@ def _split(model) -> tuple[dict, dict]:
     return lora, base
 
 
+@pytest.mark.slow
 def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None:
     from transformers import AutoModelForCausalLM
 
     from r2m.models.loading import load_policy
-    from r2m.models.lora import AdapterFreeReference, is_peft
     from r2m.models.logprobs import response_forward
+    from r2m.models.lora import AdapterFreeReference, is_peft
     from r2m.recipes.rl.build import build_run
     from r2m.recipes.rl.checkpoints import save_checkpoint
     from r2m.recipes.rl.run import finish_run
@@ -86,6 +87,7 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
     resumed.run.close()
 
 
+@pytest.mark.slow
 def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
     from r2m.recipes.rl.run import run_rl
 
@@ -97,6 +99,7 @@ def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
     assert (result.run_dir / "checkpoints" / "final" / "r2m").is_dir()
 
 
+@pytest.mark.slow
 def test_lora_policy_with_ppo_and_checkpointed_critic(tiny, world_artifacts) -> None:
     from r2m.recipes.rl.build import build_run
     from r2m.recipes.rl.step import train_step
@@ -144,6 +147,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(lora: bool) ->
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rm_with_lora_trains_adapters_and_head_and_saves_a_merged_rm(tiny, world_artifacts) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
@@ -190,7 +194,7 @@ def test_adapter_directories_load_merged_and_bad_ones_are_refused(tmp_path) -> N
     peft = apply_lora(load_reward_model(str(tmp_path / "base")), LoRAConfig(enabled=True, r=2), "seq_cls",
                       base_path=str(tmp_path / "base"))
     with torch.no_grad():
-        for n, p in peft.named_parameters():
+        for _, p in peft.named_parameters():
             if p.requires_grad:  # the adapters and the score head
                 p.add_(0.1)
     peft.save_pretrained(tmp_path / "adapter")

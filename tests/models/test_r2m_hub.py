@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config.models import ArchConfig
 from r2m.config.enums import FusionInit
+from r2m.config.models import ArchConfig
 from r2m.errors import FormatVersionError, ModelError
+from r2m.models.feedback import text_feedback
 from r2m.models.fusion import omega
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import FeedbackRewardModel, build_feedback_rm, load_feedback_rm
 from r2m.models.r2m_hub import resolve_base
 from r2m.models.reward import RewardModel
-from r2m.models.feedback import text_feedback
-from r2m.world.tokenizer import build_tokenizer
 from r2m.world.task import format_prompt
+from r2m.world.tokenizer import build_tokenizer
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [3, 1, 2], [9, 0, 4, 4], [9, 0, 4, 4])]
 RESPONSES = ["1 2 3 <eos>", "3 2 1 <eos>", "0 4 4 9 <eos>", "9 <eos>"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config.parsing import load_config
 from r2m.config.monitor import ALARM_RULE, THRESHOLD_OF, THRESHOLDS, MonitorConfig
+from r2m.config.parsing import load_config
 from r2m.core.monitor import SIGNAL_FIELDS, Alarm, Reason, Rule, Signal, first_alarm
 from r2m.errors import ConfigError
 from r2m.recipes.alarm import BEST, describe
@@ -74,6 +74,7 @@ def unarmed(tiny, world_artifacts):
                                      "run.name=alarm-unarmed"]))
 
 
+@pytest.mark.slow
 def test_the_monitor_runs_in_every_rl_run_and_the_alarm_is_logged(unarmed) -> None:
     evals = [r for r in unarmed.history if "eval/length" in r]
     assert [int(r["step"]) for r in evals] == [0, 1, 2, 3, 4, 5]
@@ -88,6 +89,7 @@ def test_the_monitor_runs_in_every_rl_run_and_the_alarm_is_logged(unarmed) -> No
     assert not (ckpts / BEST).exists() and not list(ckpts.glob("eval-*"))  # unarmed: no snapshot written
 
 
+@pytest.mark.slow
 def test_the_monitor_leaves_the_trajectory_alone(tiny, unarmed) -> None:
     from r2m.recipes.rl.run import run_rl
 
@@ -104,6 +106,7 @@ def armed(tiny, world_artifacts):
     return run_rl(load_config(None, [*tiny, *FORCED, "rl.stop_on_alarm=true", "run.name=alarm-armed"]))
 
 
+@pytest.mark.slow
 def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(armed, unarmed) -> None:
     res = armed
     assert res.alarm_step == 3 and int(res.history[-1]["step"]) == 3  # stopped at the alarm's evaluation
@@ -120,6 +123,7 @@ def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(armed, un
     assert _core(res.history) == _core(unarmed.history)[:4]  # snapshots do not move the trajectory
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_its_alarm_resumes_unarmed(tiny, armed, unarmed) -> None:
     """A false alarm: resume with rl.stop_on_alarm=false (a resume-free field) and train on to rl.steps."""
     from r2m.recipes.rl.run import run_rl
@@ -131,6 +135,7 @@ def test_a_run_stopped_by_its_alarm_resumes_unarmed(tiny, armed, unarmed) -> Non
     assert _core(res.history) == _core(unarmed.history)
 
 
+@pytest.mark.slow
 def test_first_alarm_on_the_logged_rows_matches_the_run(unarmed) -> None:
     evals = [r for r in unarmed.history if "eval/length" in r]
     cfg = load_config(unarmed.run_dir / "config.yaml")
@@ -138,6 +143,7 @@ def test_first_alarm_on_the_logged_rows_matches_the_run(unarmed) -> None:
     assert alarm.index == 3 and alarm.onset == 2
 
 
+@pytest.mark.slow
 def test_world_models_builds_the_check_rm(tiny, world_artifacts, capsys) -> None:
     """`r2m world --models` builds the monitor's check RM too (a multi-process launch cannot build it)."""
     import json
@@ -168,6 +174,7 @@ def test_stop_on_alarm_needs_the_monitor() -> None:
         load_config(None, ["rl.stop_on_alarm=true", "rl.monitor.enabled=false"])
 
 
+@pytest.mark.slow
 def test_armed_on_resume_without_the_snapshot_it_needs(tiny, world_artifacts, caplog) -> None:
     """Unarmed up to step 1, resumed armed: the alarm at step 3 needs step 1's policy, never saved."""
     from r2m.recipes.rl.run import run_rl

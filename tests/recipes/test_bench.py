@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.recipes.bench import PHASES, format_cost
 from r2m.cli import main
 from r2m.core.monitor import Signal
+from r2m.recipes.bench import format_cost
 from r2m.recipes.bench_design import SMOKE, design_runs, ser_runs, sweep_runs
 from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 from r2m.utils import PhaseTimer
@@ -194,7 +194,7 @@ def test_bench_cost_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# `r2m bench run --preset smoke`: the issue-14 design end to end (CI runs the whole smoke preset here)
+# `r2m bench run --preset smoke`: the benchmark design end to end (CI runs the whole smoke preset here)
 # ---------------------------------------------------------------------------------------------
 
 VERDICT_KEYS = {"world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict"}
@@ -210,7 +210,8 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
     for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
                  "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
-                 "Run wall times", "## Provenance", "- runs: 2 worker processes side by side", "- runs made at: `", "## Reading", "`r2m bench run --preset smoke "):
+                 "Run wall times", "## Provenance", "- runs: 2 worker processes side by side", "- runs made at: `",
+                 "## Reading", "`r2m bench run --preset smoke "):
         assert part in text, part
     doc = json.loads((tmp_path / "verdicts.json").read_text())
     assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
@@ -223,7 +224,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     for w in ("length", "noisy", "blind", "ser_headroom"):
         assert (tmp_path / f"frontier_smoke_{w}.png").is_file(), w
     assert (tmp_path / "frontier_smoke_kl_length.png").is_file()
-    # The alarm's validation (issue 19, item 4): its section after the frontier plots, alarm.json beside the report.
+    # The alarm's validation: its section after the frontier plots, alarm.json beside the report.
     assert text.index("## Frontier plots") < text.index("## Over-optimisation alarm: validation") < \
         text.index("## SER Table 1")
     for part in ("### Every rule on the held-out runs", "fixed KL (leave one world out)", "token_js alone",

@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from r2m.config.parsing import load_config
-from r2m.recipes.pipeline import ensure_world_rm
 from r2m.recipes.bench_design import SMOKE, Arm, KLRegime, design_runs
 from r2m.recipes.bench_verdicts import rl_result
-from r2m.runtime.runlog import read_metrics
+from r2m.recipes.pipeline import ensure_world_rm
 from r2m.recipes.rl.run import run_rl
+from r2m.runtime.runlog import read_metrics
 
 
 def _pick(world: str, arm: Arm, regime: KLRegime = KLRegime.FIXED):
@@ -19,6 +21,7 @@ def _pick(world: str, arm: Arm, regime: KLRegime = KLRegime.FIXED):
     return spec
 
 
+@pytest.mark.slow
 def test_smoke_runs_of_the_new_arms(tiny, world_artifacts) -> None:
     root = next(o for o in tiny if o.startswith("run.root=")).split("=", 1)[1]
     specs = [_pick("length", Arm.ORACLE, KLRegime.TARGETED), _pick("length", Arm.RANDOM),

@@ -8,9 +8,9 @@ import pytest
 
 from r2m.cli import main
 from r2m.config.parsing import load_config
+from r2m.core.monitor import Signal
 from r2m.recipes.monitor import replay
 from r2m.reports.monitor_plot import trip_line
-from r2m.core.monitor import Signal
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ ONLY_DRIFT = ["check_disagreement_rise=null", "proxy_gain_per_kl_ratio=null", "l
               "token_js=null", "hidden_separation_rise=null", "fused_disagreement_rise=null", "hidden_drift=1e-9"]
 
 
+@pytest.mark.slow
 def test_replay_with_the_runs_thresholds_and_with_overrides(run_dir, capsys) -> None:
     # The run's own thresholds (the placeholders) on a 3-step run: the printout names every evaluation.
     assert main(["monitor", str(run_dir), "--no-plot"]) == 0
@@ -46,6 +47,7 @@ def test_replay_with_the_runs_thresholds_and_with_overrides(run_dir, capsys) -> 
     assert replay(run_dir, [*ONLY_DRIFT, "hidden_drift=null"], plot=False).alarm_step is None
 
 
+@pytest.mark.slow
 def test_bad_overrides_and_run_dirs_are_refused(run_dir, tmp_path, capsys) -> None:
     assert main(["monitor", str(run_dir), "rl.steps=5"]) == 2
     assert "override 'rl.steps=5'" in capsys.readouterr().err

@@ -31,6 +31,7 @@ def _outside(paths: set[Path], run: Path) -> list[str]:
     return sorted(str(p) for p in paths if p != run and run not in p.parents and p not in run.parents)
 
 
+@pytest.mark.slow
 def test_a_run_on_users_models_writes_only_inside_its_run_dir(tiny, world_artifacts, tmp_path, monkeypatch) -> None:
     """During and after `r2m rl` on a user's policy and RM (with the Pretrained-RM baseline, which trains an RM
     of its own), every file created under the working folder is inside the run directory."""
@@ -58,6 +59,7 @@ def test_a_run_on_users_models_writes_only_inside_its_run_dir(tiny, world_artifa
     assert any(p.name.startswith("rm-pretrained-") for p in run.iterdir())
 
 
+@pytest.mark.slow
 def test_ser_leaves_no_lock_of_its_inner_runs(tiny, world_artifacts, tmp_path) -> None:
     """SER's per-loop RM runs sit inside its run directory and are covered by its lock: after a normal exit no
     holder file is left anywhere, and no lock file but the run's own."""
@@ -127,6 +129,7 @@ def test_a_live_holder_is_refused(tmp_path, holder) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_extended_run_resumes_at_its_last_step(tiny, world_artifacts, caplog) -> None:
     """The last step always gets a checkpoint (rl.save_every=0 saves none before it): raising rl.steps and resuming
     continues at step 2, not from scratch."""
@@ -186,6 +189,7 @@ def users_run(tiny, world_artifacts, tmp_path_factory):
     return tmp / "runs" / "mine", user, pushed
 
 
+@pytest.mark.slow
 def test_plots_appear_without_the_gold_reward(users_run) -> None:
     run, _, _ = users_run
     names = {p.name for p in (run / "plots").iterdir()}
@@ -194,6 +198,7 @@ def test_plots_appear_without_the_gold_reward(users_run) -> None:
     assert all((run / "plots" / n).stat().st_size > 5_000 for n in names)
 
 
+@pytest.mark.slow
 def test_each_evaluation_keeps_its_samples(users_run) -> None:
     """samples/step_NNNNNN.jsonl per evaluation (steps 0, 1, 2 with rl.eval_every=1): prompt, completion, the run's
     reward and the vanilla RM's; the same rows reach tensorboard as a text table."""
@@ -223,6 +228,7 @@ def test_each_evaluation_keeps_its_samples(users_run) -> None:
     assert rows[0]["completion"].replace("|", "\\|").replace("\n", "<br>") in texts[-1]
 
 
+@pytest.mark.slow
 def test_the_policy_gets_a_model_card_and_is_pushed(users_run) -> None:
     from huggingface_hub import ModelCard
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from r2m.cli import main
 
 
+@pytest.mark.slow
 def test_a_table3_failure_keeps_the_run_and_is_recorded(tiny, world_artifacts, monkeypatch) -> None:
     import r2m.recipes.rl.evaluation as evaluation
 
@@ -19,7 +22,8 @@ def test_a_table3_failure_keeps_the_run_and_is_recorded(tiny, world_artifacts, m
     assert main(["rl", *tiny, "run.name=table3-fails", "reward.r2m.enabled=true", "rl.steps=1",
                  "eval.max_prompts=5"]) == 0  # the run's outputs are complete: exit status 0
     run = root / "table3-fails"
-    assert (run / "checkpoints" / "final" / "config.json").is_file() and (run / "checkpoints" / "final" / "r2m").is_dir()
+    final = run / "checkpoints" / "final"
+    assert (final / "config.json").is_file() and (final / "r2m").is_dir()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["rm_acc/failed"] == 1.0 and "eval/gold" in rows[-1] and "rm_acc/r2m_after" not in rows[-1]
     assert "CUDA out of memory (simulated)" in (run / evaluation.TABLE3_ERROR).read_text()

@@ -11,8 +11,8 @@ import torch
 
 from r2m.config.root import Config
 from r2m.core.kl_control import AdaptiveKLController
-from r2m.experience.rollout import Experience, Rewards, Rollout
 from r2m.experience.rewards import RewardQuery
+from r2m.experience.rollout import Experience, Rewards, Rollout
 from r2m.experience.sampling import PromptSet
 from r2m.recipes.rl.setup import PromptSampler
 from r2m.recipes.rl.state import Evaluation, Models, Progress, RLComponents
@@ -103,7 +103,8 @@ def components(parts: Parts, kl_ctl=None) -> RLComponents:
     prompts = PromptSet([f"prompt {i}" for i in range(5)], [[i, i + 1] for i in range(5)], 0, 0)
     acc = SimpleNamespace(unwrap_model=lambda m: m, device=torch.device("cpu"))
     timer = PhaseTimer()
-    maker = SimpleNamespace(rollout=parts.rollout, score=parts.score, estimate=parts.estimate, timer=timer, moments=None)
+    maker = SimpleNamespace(rollout=parts.rollout, score=parts.score, estimate=parts.estimate, timer=timer,
+                            moments=None)
     grebt = SimpleNamespace(keep_states=parts.keep_states, update=parts.grebt_update,
                             model=SimpleNamespace(trainable_state=parts.trainable_state))
     reward = SimpleNamespace(reward_model=None, needs_policy_hidden=True)

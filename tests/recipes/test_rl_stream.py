@@ -83,13 +83,15 @@ def _train(policy, files, out, steps: int, prompts, seen: list, resume: bool = F
     args = r2m.RLArguments(output_dir=str(out), max_steps=steps, num_generations=2, report_to="none",
                         overrides={"rl.prompts_per_step": 4, "rl.eval_every": 100, "run.progress": False,
                                    "eval.samples_per_prompt": 1, "run.resume": "auto" if resume else "never",
-                                   "data.max_prompt_tokens": 32, "rl.max_new_tokens": 10})  # a stream is checked at this bound
+                                   "data.max_prompt_tokens": 32,  # a stream is checked at this bound
+                                   "rl.max_new_tokens": 10})
     trainer = r2m.RLTrainer(str(policy), reward, args=args, train_dataset=_stream(prompts),
                             eval_dataset=str(files.eval_prompts))
     trainer.train()
     return trainer.result  # r2m's RLResult (train() returns TRL's TrainOutput)
 
 
+@pytest.mark.slow
 def test_an_iterable_dataset_streams_through_the_trainer(world_artifacts, tmp_path) -> None:
     """Six prompts, four per step: step 2 ends the first pass and begins the second; a run of two steps, resumed
     for a third, takes the same prompts as the run of three."""

@@ -13,20 +13,32 @@ from safetensors.torch import load_file
 
 from r2m.cli import main
 from r2m.config.enums import Calibration, KeepLoop, PairLoss
-from r2m.errors import ConfigError
-from r2m.config.training import RMConfig
 from r2m.config.jobs import SERConfig
 from r2m.config.parsing import load_config
+from r2m.config.training import RMConfig
 from r2m.core.losses import margin_pairwise_loss
+from r2m.errors import ConfigError
 from r2m.recipes.pipeline import ensure_world_rm_backbone
-from r2m.runtime.runlog import read_metrics
-from r2m.updates.supervised import num_steps
 from r2m.recipes.ser import last_loop
-from r2m.reports.ser_report import STATE_FILE
-from r2m.ser.rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate, filter_pairs,
-                           kept_loop, learning_status, pair_loss, platt_scale, release_filter, status_evidence)
-from r2m.ser.data import make_splits, pseudo_quality
 from r2m.recipes.ser_rm import steps_config
+from r2m.reports.ser_report import STATE_FILE
+from r2m.runtime.runlog import read_metrics
+from r2m.ser.data import make_splits, pseudo_quality
+from r2m.ser.rules import (
+    LearningStatus,
+    ScoreCalibration,
+    Selection,
+    StatusEvidence,
+    calibrate,
+    filter_pairs,
+    kept_loop,
+    learning_status,
+    pair_loss,
+    platt_scale,
+    release_filter,
+    status_evidence,
+)
+from r2m.updates.supervised import num_steps
 
 T = torch.tensor
 # Thresholds exact in binary, so that the boundary cases test the comparison and not float rounding.
@@ -93,7 +105,8 @@ def test_decisions_state_their_evidence() -> None:
     ev = StatusEvidence(confident=27, delta_p=0.35, n=98, previous=S1, gain=0.0)
     decision = learning_status(ev, 0.3, 10, 0.01)
     assert decision.status is S2
-    assert "gain +0.0000 <= marginal_gain 0.01" in decision.reason and "delta_p 0.350 >= tau_delta 0.3" in decision.reason
+    assert "gain +0.0000 <= marginal_gain 0.01" in decision.reason
+    assert "delta_p 0.350 >= tau_delta 0.3" in decision.reason
     seed = learning_status(ev._replace(previous=None, gain=float("nan")), 0.3, 10, 0.01)
     assert seed.status is S1 and "27/98 confident >= min_status1 10" in seed.reason
 
@@ -246,7 +259,8 @@ def test_hinge_values() -> None:
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "gold_chosen": 1.0, "gold_rejected": float(i % 2)}
+    return [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "gold_chosen": 1.0,
+             "gold_rejected": float(i % 2)}
             for i in range(n)]
 
 
@@ -324,6 +338,7 @@ def _state(root: Path, name: str) -> dict:
     return json.loads((root / name / STATE_FILE).read_text())
 
 
+@pytest.mark.slow
 def test_ser_end_to_end_and_resume(tiny, world_artifacts, capsys) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     args = [*tiny, *LOOSE, "ser.rl.steps=2"]
@@ -368,6 +383,7 @@ def test_ser_end_to_end_and_resume(tiny, world_artifacts, capsys) -> None:
     assert "run.resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ser_stops_on_status_with_lora(tiny, world_artifacts, capsys) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     args = ["ser", *tiny, "run.name=ser-stop", "ser.ppo=false", "ser.lora.enabled=true", "ser.min_status1=100000",
@@ -386,6 +402,7 @@ def test_ser_stops_on_status_with_lora(tiny, world_artifacts, capsys) -> None:
     assert torch.equal(saved[k], base[k])  # k_proj carries no adapter: untouched
 
 
+@pytest.mark.slow
 def test_ser_release_variant(tiny, world_artifacts) -> None:
     root = Path(next(a for a in tiny if a.startswith("run.root=")).split("=", 1)[1])
     # min_status1 that could never be met: the release variant does not look at the status at all.
@@ -396,6 +413,7 @@ def test_ser_release_variant(tiny, world_artifacts) -> None:
     assert rows[1]["ser/selected"] > 0
 
 
+@pytest.mark.slow
 def test_ser_one_loss_seed_pairs_and_kept_loop(tiny, world_artifacts, monkeypatch) -> None:
     """Loop 0, the loops and Full all train with ser.loss; filtered_plus_seed adds the seed's labelled pairs; the kept
     loop is Table 1's SER row. Fails on the old code (Loop 0 and Full were always BT; no ser.retrain_data)."""

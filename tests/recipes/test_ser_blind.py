@@ -1,4 +1,4 @@
-"""SER in the ``blind`` world (issue 14, item 4): SER's reward models read the world's masked prompt view,
+"""SER in the ``blind`` world: SER's reward models read the world's masked prompt view,
 as the world RM and the RL reward do (r2m/world/view.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from r2m.config.parsing import load_config
-from r2m.recipes.ser_rm import build_trainable_rm, load_rm as _load_rm, save_trainable_rm
+from r2m.recipes.ser_rm import build_trainable_rm, save_trainable_rm
+from r2m.recipes.ser_rm import load_rm as _load_rm
 from r2m.world.view import MaskedPromptView, mask_prompt
 
 PROMPT = "<bos> 3 1 2 7 =>"

@@ -1,8 +1,8 @@
 """SER's nested config: ser.lora (a LoRAConfig), ser.rl (the PPO stage's rl.* overrides), one RM factory; the loop
 state's key.
 
-The PPO stage's expected values are those of the flat layout before the nesting (ser.lora_r, ser.ppo_steps, ...),
-computed on that code: the PPO stage's RL config must not have moved."""
+The PPO stage's expected values are those of a flat layout (ser.lora_r, ser.ppo_steps, ...), computed
+on code that had it: the PPO stage's RL config must not have moved."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from r2m.config.enums import Algorithm
-from r2m.errors import ConfigError
-from r2m.config.models import LoRAConfig
-from r2m.config.training import RLConfig
 from r2m.config.jobs import SERRLOverrides
+from r2m.config.models import LoRAConfig
 from r2m.config.parsing import load_config, to_dict
+from r2m.config.training import RLConfig
+from r2m.errors import ConfigError
 from r2m.recipes.ser import state_key
 from r2m.recipes.ser_ppo import ppo_config
 

@@ -24,7 +24,8 @@ STOPPED = {"format_version": 1, "key": "475ae16b82", "loop": 0, "rm_dir": "loop-
            "ppo": None}
 # ... and max_loops with a PPO stage.
 WITH_PPO = {**STOPPED, "stop": {"reason": "max_loops", "loop": 2},
-            "ppo": {"run_dir": "/runs/ser-e2e-ppo", "rm_dir": "loop-2/checkpoints/final", "steps": 2, "sft_gold": -0.1448,
+            "ppo": {"run_dir": "/runs/ser-e2e-ppo", "rm_dir": "loop-2/checkpoints/final", "steps": 2,
+                    "sft_gold": -0.1448,
                     "eval/gold": -0.1448, "eval/win_rate_vs_sft": 0.5, "eval/lc_win_rate_vs_sft": 0.5,
                     "eval/proxy": 0.0388, "eval/kl": 0.00046, "eval/length": 5.25, "eval/exact_match": 0.0,
                     "sft_length": 5.25, "wall_s": 1.03}}

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from r2m.errors import ConfigError, FormatVersionError
-from r2m.runtime.checkpoint import (latest_checkpoint, list_checkpoints, prune, read_state, rng_state,
-                                    set_rng_state, step_dir, verify, write_state)
+from r2m.runtime.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    prune,
+    read_state,
+    rng_state,
+    set_rng_state,
+    step_dir,
+    verify,
+    write_state,
+)
 
 
 def _save(root, step: int, fp: dict) -> None:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from r2m.config.parsing import load_config
-from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
 from r2m.recipes.rl.setup import check_data_parallel
+from r2m.runtime.distributed import Dist
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,6 +89,7 @@ KEYS = ["reward/proxy", "reward/gold", "kl", "response/length", "adv/std", "loss
         "policy/clip_frac", "policy/grad_norm", "r2m/grebt", "r2m/grad_norm", "eval/gold", "eval/proxy", "eval/kl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
     ["rl.algorithm=rloo", "reward.r2m.enabled=true"],
     # global statistics: reward normalisation and batch-whitened advantages
@@ -163,6 +164,7 @@ def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, fiel
         configure_backend(FakeDeepSpeed(stage), load_config(None, overrides))
 
 
+@pytest.mark.slow
 def test_two_process_reward_model_training_matches_one_process(tiny, world_artifacts):
     """`r2m rm` (the supervised loop shared with SFT): each process takes half of every batch; BT is a
     mean over pairs, so the averaged gradient and the logged loss equal one process's."""

@@ -50,6 +50,7 @@ def mmapped_bytes(mode: str) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
+@pytest.mark.slow
 def test_heap_serves_large_tensors_from_the_heap():
     assert all(b >= 64 * 2**20 for b in mmapped_bytes("system"))  # glibc's default: a fresh mapping each time
     assert mmapped_bytes("heap") == [0, 0]  # the heap's, the second from the memory freed by the first

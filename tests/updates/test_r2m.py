@@ -11,11 +11,11 @@ from accelerate import Accelerator
 from r2m.config.models import R2MConfig
 from r2m.config.training import RLConfig
 from r2m.core.losses import within_group_spread
-from r2m.models.r2m import build_feedback_rm, load_feedback_rm
 from r2m.experience.rewards import FeedbackReward, RewardQuery, noise_like
 from r2m.models.feedback import feedback_states
-from r2m.updates.policy import PolicyUpdater
+from r2m.models.r2m import build_feedback_rm, load_feedback_rm
 from r2m.updates.grebt import GREBTUpdater
+from r2m.updates.policy import PolicyUpdater
 
 
 def _setup(bed, r2m: R2MConfig, rl: RLConfig = RLConfig(prompts_per_step=4, k=2, minibatches=2, epochs=2, lr=0.05),
@@ -262,7 +262,10 @@ def test_update_in_group_chunks_equals_the_whole_batch(r2m_bed, pair_choice) -> 
         cfg = R2MConfig(enabled=True, lr=1e-2, pair_choice=pair_choice, fusion_batch_size=size)
         _, reward, exp, _ = _setup(r2m_bed, cfg)
         rows, forward = [], reward.model.fusion.forward
-        reward.model.fusion.forward = lambda rte, h, m: rows.append(h.shape[0]) or forward(rte, h, m)
+        def counted(rte, h, m, rows=rows, forward=forward):
+            return rows.append(h.shape[0]) or forward(rte, h, m)
+
+        reward.model.fusion.forward = counted
         updater = _grebt(reward, cfg)
         stats[size] = updater.grebt_step(exp, exp.policy_hidden)
         grads[size] = [p.grad.clone() for p in updater.params]

@@ -11,8 +11,8 @@ from r2m.config.enums import PairChoice
 from r2m.config.models import R2MConfig
 from r2m.config.training import RLConfig
 from r2m.core.pair_choice import choose_random, pair_seed
-from r2m.models.fusion import omega
 from r2m.experience.rewards import ModelReward, OmegaScaledReward, RewardQuery
+from r2m.models.fusion import omega
 from r2m.updates.grebt import GREBTUpdater
 
 

@@ -11,9 +11,17 @@ import numpy as np
 import pytest
 
 from r2m.config.run import MixtureConfig, WorldConfig
+from r2m.world.data import (
+    WorldFiles,
+    _read_jsonl,
+    generate_world,
+    label_probability,
+    make_pairs,
+    make_prompts,
+    make_response,
+    make_sft,
+)
 from r2m.world.task import gold_reward_text, parse_prompt, target_tokens
-from r2m.world.data import (_read_jsonl, label_probability, make_pairs, make_prompts, make_sft, WorldFiles,
-                            generate_world, make_response)
 
 SMALL = WorldConfig(n_sft=2000, n_pref_train=1000, n_pref_eval=200, n_rl_prompts=500, n_eval_prompts=64)
 FILES = ("prompts", "eval_prompts", "sft", "pref_train", "pref_eval", "summary")

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from r2m.config.run import MixtureConfig, WorldConfig
-from r2m.world.task import gold_reward
 from r2m.world.data import make_response
-from r2m.world.likelihood import (SORTED_KINDS, Response, gold_given, kind_shares, read_response,
-                                  response_likelihood, sorted_likelihood)
+from r2m.world.likelihood import (
+    SORTED_KINDS,
+    Response,
+    gold_given,
+    kind_shares,
+    read_response,
+    response_likelihood,
+    sorted_likelihood,
+)
+from r2m.world.task import gold_reward
 
 CASES = [[3, 1, 2], [4, 4, 7, 0], [5, 5, 5], [9, 0, 9, 2, 6], [8], [2, 6]]
 KINDS = MixtureConfig().kinds()
@@ -48,7 +55,8 @@ def test_likelihood_matches_the_makers_frequencies(kind: str) -> None:
 
 def test_random_answers_are_uniform_over_the_digit_strings() -> None:
     digits = [3, 1, 2]
-    total = sum(_lik(" ".join(map(str, r)) + " <eos>", digits, "random") for r in itertools.product(range(10), repeat=3))
+    total = sum(_lik(" ".join(map(str, r)) + " <eos>", digits, "random")
+                for r in itertools.product(range(10), repeat=3))
     assert total == pytest.approx(1.0, abs=1e-12)
     assert _lik("1 2 <eos>", digits, "random") == 0.0  # the wrong length
 

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 
 from r2m.config.run import MixtureConfig, WorldConfig
-from r2m.world.task import format_prompt, gold_reward
 from r2m.world.ceiling import labeller_ceiling
 from r2m.world.data import _pair_row, label_probability, make_response
 from r2m.world.likelihood import kind_shares, read_response, response_likelihood
-from r2m.world.view_accuracy import (PairView, hidden_multisets, pair_view, rule_accuracy, view_best_accuracy,
-                                     view_posterior)
+from r2m.world.task import format_prompt, gold_reward
+from r2m.world.view_accuracy import (
+    PairView,
+    hidden_multisets,
+    pair_view,
+    rule_accuracy,
+    view_best_accuracy,
+    view_posterior,
+)
 
 NONE = dict(correct=0, truncated=0, swap=0, unsorted=0, random=0, repeat=0, wrong_digit=0)
 # Only correct and wrong-digit answers, half each: small enough to work by hand.

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.ser.data import make_splits, split_sizes, status1_unreachable
-from r2m.ser.rules import calibrate, status_evidence
-from r2m.config.models import ArchConfig
-from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.config.jobs import SERConfig
+from r2m.config.models import ArchConfig
 from r2m.config.parsing import config_hash, load_config, to_dict
+from r2m.config.run import MixtureConfig, WorldConfig
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel
-from r2m.world.tokenizer import build_tokenizer
-from r2m.world.task import format_prompt, parse_prompt
+from r2m.ser.data import make_splits, split_sizes, status1_unreachable
+from r2m.ser.rules import calibrate, status_evidence
 from r2m.world.ceiling import WorldCeilings, labeller_ceiling, world_ceilings
 from r2m.world.data import label_probability, make_pairs, make_prompts, make_sft
-from r2m.world.seeds import sft_world, rm_seed
+from r2m.world.seeds import rm_seed, sft_world
+from r2m.world.task import format_prompt, parse_prompt
+from r2m.world.tokenizer import build_tokenizer
 from r2m.world.view import mask_prompt, rm_prompt_view
 
 WORLDS = Path(__file__).resolve().parents[2] / "configs" / "world" / "worlds"

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from r2m.config.root import Config
 from r2m.config.parsing import to_dict
+from r2m.config.root import Config
 from r2m.errors import ModelError
 from r2m.fileio import atomic_write_text
 from r2m.models.r2m_hub import is_hub_repo

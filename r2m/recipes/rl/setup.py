@@ -5,17 +5,16 @@ shuffled passes over a prompt set (:class:`PromptSampler`) or the passes over a 
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterator, Optional
 
 import torch
-
-from typing import Callable, Iterator, Optional
 
 from r2m.config.enums import Algorithm
 from r2m.config.root import Config
 from r2m.config.training import RLConfig
+from r2m.errors import ConfigError, DataError
 from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.distributed import configure_deepspeed
-from r2m.errors import ConfigError, DataError
 
 log = logging.getLogger("r2m")
 
@@ -162,7 +161,8 @@ def configure_backend(acc, cfg: Config) -> None:
 
     sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and cfg.run.resume == "auto":
-        raise ConfigError(f"run.resume=auto under {acc.distributed_type.value}: r2m's checkpoints hold rank 0's optimiser "
+        raise ConfigError(f"run.resume=auto under {acc.distributed_type.value}: r2m's checkpoints hold rank 0's "
+                          "optimiser "
                           "shard only, so a sharded run cannot resume yet; resume under DDP (one process or many), "
                           "or start a new run.name (checkpoints/*/policy hold the full policy weights)")
     if sharded and cfg.policy.lora.enabled:
