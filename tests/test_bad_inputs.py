@@ -135,7 +135,8 @@ CASES = {
     "k_below_2_for_rloo": "rl.k: expected >= 2 for rloo, got 1",
     "r2m_with_one_sample": "rl.k: expected >= 2 with reward.r2m.enabled=true (GREBT compares the K samples of a "
                            "prompt), got 1",
-    "warmup_longer_than_run": "rl.warmup_steps: expected < rl.steps=3 (the warm-up must end before the run does), got 5",
+    "warmup_longer_than_run": "rl.warmup_steps: expected < rl.steps=3 (the warm-up must end before the run does), "
+                              "got 5",
     "kl_horizon_below_a_fifth_of_the_batch": "rl.kl_horizon: expected > prompts_per_step*k/5",
     "fp16_on_cpu": "run.mixed_precision: expected no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)",
     "lora_rank_0": "policy.lora.r: expected >= 1, got 0",

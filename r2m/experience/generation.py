@@ -54,7 +54,7 @@ class Generator(abc.ABC):
     def sync_weights(self, policy: nn.Module) -> None:
         """Make the next ``generate`` sample from ``policy``'s current weights (called after each policy step)."""
 
-    def release(self) -> None:
+    def release(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """The step's sampling is over (called before the policy update): free what the backend holds on the GPU
         until the next ``generate``. Nothing to free by default."""
 
@@ -446,6 +446,7 @@ def build_generator(cfg: Config, policy_dir: str, policy: nn.Module, tokenizer, 
         if isinstance(cap, int) and cap > 0:
             max_len = min(max_len, cap)
     # One seed per engine: the ranks of a tensor-parallel group sample together and must agree.
-    return VLLMGenerator(policy_dir, unwrapped, eos, pad, device, vc, max_model_len=max_len, seed=cfg.run.seed + tp.index,
+    return VLLMGenerator(policy_dir, unwrapped, eos, pad, device, vc, max_model_len=max_len,
+                         seed=cfg.run.seed + tp.index,
                          trust_remote_code=cfg.policy.trust_remote_code,
                          allow_unsafe_weights=cfg.run.allow_unsafe_weights, tp=tp)

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import fake_vllm
 import torch
 import torch.distributed as dist
 
-import fake_vllm
 from r2m.config.models import ArchConfig
 from r2m.config.parsing import load_config
 from r2m.experience.generation import build_generator
