@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from r2m.config.enums import KLLevel
 from r2m.config.root import Config
 from r2m.core.kl_control import AdaptiveKLController
 from r2m.experience.rollout import Experience, Rewards, Rollout
@@ -92,8 +93,9 @@ class Parts:
         self.calls.append("r2m_before")
         return {"head.weight": torch.zeros(1)}
 
-    def grebt_update(self, exp, policy_hidden):
+    def grebt_update(self, exp, policy_hidden, initial=None):
         self.calls.append("grebt_update")
+        assert initial is not None  # r2m/weight_change is measured from Table 3's "before"
         assert policy_hidden is self.states  # the h the policy update kept
         return {"r2m/grebt": 0.5}
 
@@ -150,6 +152,18 @@ def test_the_kl_controller_reads_the_steps_sequence_kl() -> None:
     train_step(s, 1)
     assert s.kl_ctl.value == pytest.approx(0.1 * (1 + 0.2 * 4 / 100), rel=1e-12)
     assert train_step(s, 2)["kl/beta"] == pytest.approx(0.1008, rel=1e-12)
+
+
+def test_a_token_level_controller_reads_the_steps_mean_per_token_kl() -> None:
+    """rl.kl_target_level=token: the controller reads the batch's mean per-token KL, 2.0 / 9 tokens = 0.2222 (the
+    ``kl`` metric's units), against a target of 0.25: e = 0.2222/0.25 - 1 = -0.1111, beta 0.1 (1 - 0.1111 * 4/100)."""
+    parts = Parts(torch.tensor([0.3, -0.2, 1.0, 0.5]))
+    s = components(parts)
+    s.cfg = dataclasses.replace(s.cfg, rl=dataclasses.replace(s.cfg.rl, kl_target_level=KLLevel.TOKEN))
+    m = train_step(s, 1)
+    kl = 2.0 / 9
+    assert m["kl"] == pytest.approx(kl)
+    assert s.kl_ctl.value == pytest.approx(0.1 * (1 + (kl / 0.25 - 1) * 4 / 100), rel=1e-7)
 
 
 def test_a_non_finite_experience_skips_the_updates() -> None:
