@@ -45,6 +45,27 @@ class KLMode(str, enum.Enum):
     LOSS = "loss"
 
 
+class KLLevel(str, enum.Enum):
+    """How a KL to the reference is stated: per sequence or per token."""
+
+    SEQUENCE = "sequence"
+    """The mean over responses of the sum over each response's tokens (TRL's and SER's adaptive-KL targets)."""
+    TOKEN = "token"
+    """The mean over all response tokens of the batch (``kl``, ``eval/kl``: what KL budgets are stated in)."""
+
+
+class EnsembleMode(str, enum.Enum):
+    """How a reward-model ensemble's scores are combined (Coste et al., 2023): the key of
+    :data:`r2m.core.ensembles.ENSEMBLE_REDUCERS`."""
+
+    MEAN = "mean"
+    """The members' mean."""
+    WORST = "worst"
+    """Worst-case optimisation (WCO): the members' minimum."""
+    UWO = "uwo"
+    """Uncertainty-weighted optimisation: the mean minus λ times the members' (population) variance."""
+
+
 class LossAggregation(str, enum.Enum):
     """How per-token policy-loss terms are reduced to a scalar."""
 

@@ -9,6 +9,7 @@ from r2m.config.checks import _check
 from r2m.config.enums import (
     BackboneDType,
     DType,
+    EnsembleMode,
     FusionInit,
     HiddenDevice,
     HiddenDType,
@@ -205,6 +206,27 @@ class RewardConfig:
     """Longest reward-model input (prompt + response in RM tokens, its chat template included); a longer
     input keeps its last tokens and is counted (``data/rm_truncated``). At least data.max_prompt_tokens +
     rl.max_new_tokens (checked)."""
+    gold_mix: float = 0.0
+    """The calibration ladder's proxy of known quality: (1 − λ)·RM + λ·gold with λ this, gold standardised to the
+    RM's mean and SD on the calibration rows (the first 256 pairs of data.pref_eval, both responses). World runs
+    only (gold is the world's); 0: the RM alone."""
+    ensemble: tuple[str, ...] = ()
+    """A reward-model ensemble (Coste et al., 2023): the members' RM paths (at least 2), combined per
+    ``ensemble_mode``. Each member is standardised (mean 0, SD 1) on the calibration rows (the first 256 pairs of
+    data.pref_eval, both responses). Empty: one RM (``path``)."""
+    ensemble_seeds: tuple[int, ...] = ()
+    """A world ensemble: the world's RMs trained with these ``world.rm_seed`` values (each the world RM a run with
+    that rm_seed uses, cached once), combined as ``ensemble``'s members. Empty: none."""
+    ensemble_mode: EnsembleMode = EnsembleMode.MEAN
+    """How the members' standardised scores combine: ``mean``, ``worst`` (their minimum) or ``uwo`` (their mean
+    minus ``ensemble_uwo_lambda`` × their variance)."""
+    ensemble_uwo_lambda: float = 1.0
+    """λ of ``uwo``: the weight of the members' (population) variance, in standardised units²."""
+
+    @property
+    def ensembled(self) -> bool:
+        """Whether the reward is an ensemble of RMs (``ensemble`` or ``ensemble_seeds``)."""
+        return bool(self.ensemble or self.ensemble_seeds)
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "reward.max_length", ">= 8", self.max_length)
@@ -217,3 +239,26 @@ class RewardConfig:
                "model when R2M or an RM baseline is used", self.source.value)
         _check(self.pretrain_lr > 0, "reward.pretrain_lr", "> 0", self.pretrain_lr)
         _check(self.pretrain_epochs > 0, "reward.pretrain_epochs", "> 0", self.pretrain_epochs)
+        self._check_proxies(needs_model)
+
+    def _check_proxies(self, r2m_or_baseline: bool) -> None:
+        """gold_mix and the ensembles: a frozen RM's alternatives, not R2M's or a baseline's."""
+        _check(0.0 <= self.gold_mix <= 1.0, "reward.gold_mix", "in [0, 1]", self.gold_mix)
+        _check(not (self.gold_mix and self.source == RewardSource.GOLD), "reward.gold_mix",
+               "0 with reward.source=gold (the reward is gold already)", self.gold_mix)
+        _check(not (self.gold_mix and r2m_or_baseline), "reward.gold_mix",
+               "0 with R2M or an RM baseline (the ladder mixes gold into a frozen RM's reward)", self.gold_mix)
+        _check(not (self.ensemble and self.ensemble_seeds), "reward.ensemble_seeds",
+               "empty when reward.ensemble lists the members' paths (one or the other)", list(self.ensemble_seeds))
+        for name in ("ensemble", "ensemble_seeds"):
+            members = getattr(self, name)
+            _check(len(members) != 1, f"reward.{name}", "at least 2 members (or none: one RM)", list(members))
+            _check(len(set(members)) == len(members), f"reward.{name}", "distinct members", list(members))
+        if not self.ensembled:
+            return
+        _check(self.source == RewardSource.MODEL, "reward.source", "model with an RM ensemble", self.source.value)
+        _check(not r2m_or_baseline, "reward.ensemble",
+               "empty with R2M or an RM baseline: R2M's fusion reads one RM's reward-token embedding and GREBT trains "
+               "that RM's head, and an ensemble has one per member", list(self.ensemble or self.ensemble_seeds))
+        _check(self.path is None, "reward.path", "null with an RM ensemble (the members are the RMs)", self.path)
+        _check(self.ensemble_uwo_lambda >= 0, "reward.ensemble_uwo_lambda", ">= 0", self.ensemble_uwo_lambda)

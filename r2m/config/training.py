@@ -11,6 +11,7 @@ from r2m.config.enums import (
     CriticInit,
     Generator,
     KLEstimator,
+    KLLevel,
     KLMode,
     LossAggregation,
     LRSchedule,
@@ -156,9 +157,20 @@ class RLConfig:
     kl_adaptive: bool = False
     """Adapt beta towards ``kl_target`` (Ziegler et al.'s proportional controller)."""
     kl_target: float = 0.1
-    """Target sequence-level KL (sum over tokens) of the adaptive controller (SER's PPO: 0.1, beta 0.2)."""
+    """Target KL of the adaptive controller, in ``kl_target_level``'s units (SER's PPO: 0.1 per sequence, beta 0.2)."""
+    kl_target_level: KLLevel = KLLevel.SEQUENCE
+    """Units of ``kl_target`` and of the KL the controller reads: ``sequence`` (the batch's mean over responses of
+    the summed per-token log-ratio, as TRL and SER state targets) or ``token`` (the batch's mean per-token log-ratio,
+    the units of ``kl``, ``eval/kl`` and ``stop_at_kl``)."""
     kl_horizon: int = 10000
-    """Horizon (in samples) of the adaptive controller."""
+    """Horizon (in samples) of the adaptive controller (TRL's 10000), unless ``kl_horizon_batches`` is set."""
+    kl_horizon_batches: float = 0.0
+    """Horizon of the adaptive controller in steps' batches: horizon = this × prompts_per_step × k (× processes),
+    so β moves by at most 20%/this per step (10: ±2%). 0: ``kl_horizon`` samples."""
+    stop_at_kl: float = 0.0
+    """Stop the run at the first evaluation (every ``eval_every`` steps) whose ``eval/kl`` (mean per-token log-ratio
+    on the evaluation samples) is at least this, with ``steps`` as the cap; the result records which happened
+    (``stop/kl_reached``, ``RLResult.stop_reason``). 0: train ``steps`` steps."""
     kl_estimator: KLEstimator = KLEstimator.K1
     """Per-token KL estimator: k1, k2 or k3."""
     kl_mode: KLMode = KLMode.REWARD
@@ -264,9 +276,17 @@ class RLConfig:
         _check(self.eval_every >= 1, "rl.eval_every", ">= 1", self.eval_every)
         _check(self.kl_target > 0, "rl.kl_target", "> 0", self.kl_target)
         _check(self.kl_horizon >= 1, "rl.kl_horizon", ">= 1", self.kl_horizon)
+        _check(self.kl_horizon_batches >= 0, "rl.kl_horizon_batches", ">= 0 (0: rl.kl_horizon samples)",
+               self.kl_horizon_batches)
+        _check(self.stop_at_kl >= 0, "rl.stop_at_kl", ">= 0 (0: no KL stop)", self.stop_at_kl)
         if self.kl_adaptive:  # beta <- beta * (1 + e * n / horizon), e >= -0.2, n = prompts_per_step * k samples
-            _check(5 * self.kl_horizon > batch, "rl.kl_horizon", f"> prompts_per_step*k/5 = {batch / 5:g} with "
-                   "rl.kl_adaptive=true (else one update below the target takes beta to 0 or below)", self.kl_horizon)
+            if self.kl_horizon_batches > 0:
+                _check(self.kl_horizon_batches > 0.2, "rl.kl_horizon_batches", "> 0.2 with rl.kl_adaptive=true (else "
+                       "one update below the target takes beta to 0 or below)", self.kl_horizon_batches)
+            else:
+                _check(5 * self.kl_horizon > batch, "rl.kl_horizon", f"> prompts_per_step*k/5 = {batch / 5:g} with "
+                       "rl.kl_adaptive=true (else one update below the target takes beta to 0 or below)",
+                       self.kl_horizon)
         _check(0 <= self.gamma <= 1, "rl.gamma", "in [0, 1]", self.gamma)
         _check(0 <= self.lam <= 1, "rl.lam", "in [0, 1]", self.lam)
         _check(self.critic_lr > 0, "rl.critic_lr", "> 0", self.critic_lr)

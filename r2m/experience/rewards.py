@@ -1,4 +1,5 @@
-"""Reward functions for RL: a learned (proxy) reward model, R2M, or the world's gold reward.
+"""Reward functions for RL: a learned (proxy) reward model, R2M, the world's gold reward, an RM ensemble, or the
+calibration ladder's gold-mixed proxy.
 
 All take a :class:`RewardQuery` (texts; each model tokenises them itself, so the policy and the
 reward model may use different tokenizers) and return a :class:`RewardOutput`. A reward function
@@ -13,9 +14,10 @@ from typing import NamedTuple, Optional, Protocol, Sequence
 
 import torch
 
-from r2m.config.enums import R2MAblation
+from r2m.config.enums import EnsembleMode, R2MAblation
 from r2m.config.models import R2MConfig
 from r2m.config.run import WorldConfig
+from r2m.core.ensembles import EnsembleParams, Moments, combine_ensemble, gold_mixture, standardize
 from r2m.models.fusion import omega
 from r2m.models.reward import DEFAULT_BATCH_SIZE
 from r2m.world.task import gold_rewards, parse_prompt
@@ -214,6 +216,49 @@ class OmegaScaledReward:
     def __call__(self, query: RewardQuery) -> RewardOutput:
         vanilla = self.inner(query).scores  # (B,)
         return RewardOutput(vanilla * self.omega(query.step), None, vanilla)
+
+
+class EnsembleReward:
+    """A reward-model ensemble (Coste et al., 2023): each member's score standardised with its calibration moments,
+    then combined per ``mode`` (:func:`r2m.core.ensembles.combine_ensemble`: mean, worst or uwo). ``vanilla`` is the
+    members' standardised mean, so evaluation shows what the conservative modes take off it."""
+
+    needs_policy_hidden = False
+
+    def __init__(self, members: Sequence[ModelReward], mode: EnsembleMode, moments: Sequence[Moments],
+                 params: EnsembleParams = EnsembleParams()):
+        if len(members) != len(moments) or len(members) < 2:
+            raise ValueError(f"EnsembleReward: expected >= 2 members, each with its moments; got {len(members)} "
+                             f"members and {len(moments)} moments")
+        self.members, self.mode, self.moments, self.params = list(members), EnsembleMode(mode), list(moments), params
+        self.reward_model = self.members[0].reward_model  # the checks of the RM's inputs read the first member's
+
+    def member_scores(self, query: RewardQuery) -> torch.Tensor:
+        """(M, B) each member's standardised score."""
+        return torch.stack([standardize(m(query).scores.float().cpu(), mo)
+                            for m, mo in zip(self.members, self.moments, strict=True)])
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        z = self.member_scores(query)  # (M, B)
+        return RewardOutput(combine_ensemble(self.mode, z, self.params), None, z.mean(0))
+
+
+class GoldMixedReward:
+    """The calibration ladder's proxy: (1 − λ)·r + λ·ĝ, with ĝ the world's gold put on r's scale by the two
+    calibration moments (:func:`r2m.core.ensembles.gold_mixture`). ``vanilla`` is r alone."""
+
+    needs_policy_hidden = False
+
+    def __init__(self, inner: "RewardFunction", gold: GoldReward, lam: float, rm_moments: Moments,
+                 gold_moments: Moments):
+        self.inner, self.gold, self.lam = inner, gold, lam
+        self.rm_moments, self.gold_moments = rm_moments, gold_moments
+        self.reward_model = inner.reward_model
+
+    def __call__(self, query: RewardQuery) -> RewardOutput:
+        rm = self.inner(query).scores.float().cpu()  # (B,)
+        gold = self.gold(query).scores  # (B,)
+        return RewardOutput(gold_mixture(rm, gold, self.lam, self.rm_moments, self.gold_moments), None, rm)
 
 
 class WeightedRewards:

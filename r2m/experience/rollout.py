@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config.enums import Algorithm, KLMode, OldLogprobs
+from r2m.config.enums import Algorithm, KLLevel, KLMode, OldLogprobs
 from r2m.config.models import R2MConfig
 from r2m.config.training import RLConfig
 from r2m.core.advantages import AdvantageInput, AdvantageParams, compute_advantages
@@ -415,7 +415,16 @@ def _sequence_kl(log_ratio: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def sequence_kl(exp: Experience, dist: Dist = Dist()) -> float:
-    """The batch's sequence-level KL to the reference (every rank's rows): what adaptive-KL targets are stated in
-    (TRL, SER), and what the KL controller reads."""
+    """The batch's sequence-level KL to the reference (every rank's rows): what TRL's and SER's adaptive-KL targets
+    are stated in."""
     g = dist.gather_rows
     return _sequence_kl(g(exp.old_logprobs - exp.ref_logprobs), g(exp.action_mask.float()))
+
+
+def batch_kl(exp: Experience, level: KLLevel, dist: Dist = Dist()) -> float:
+    """The batch's KL to the reference (every rank's rows) at ``level``: :func:`sequence_kl`, or the mean per-token
+    log-ratio over all response tokens (the ``kl`` metric, and ``eval/kl``'s units). What the KL controller reads."""
+    if KLLevel(level) is KLLevel.SEQUENCE:
+        return sequence_kl(exp, dist)
+    g = dist.gather_rows
+    return masked_mean(g(exp.old_logprobs - exp.ref_logprobs), g(exp.action_mask.float())).item()

@@ -119,6 +119,9 @@ class Inputs:
     pref_policy: str
     world: bool
     """True when the prompts are the world's (gold reward available)."""
+    reward_models: tuple[str, ...] = ()
+    """An RM ensemble's members (reward.ensemble, or the world's RMs of reward.ensemble_seeds); ``reward_model`` is
+    then the first. Empty: one RM."""
 
 
 DATA_FIELDS = ("prompts", "eval_prompts", "sft", "pref_train", "pref_eval", "pref_policy")
@@ -128,8 +131,9 @@ MODEL_FIELDS = (("policy.path", lambda c: c.policy.path), ("reward.path", lambda
 
 def user_models(cfg: Config) -> list[str]:
     """``field=value`` of each model path set by the user: not the world's own (under <run.root>/world)."""
-    return [f"{name}={get(cfg)}" for name, get in MODEL_FIELDS
-            if get(cfg) is not None and not is_world_artifact(get(cfg), cfg.run.root)]
+    paths = [(name, get(cfg)) for name, get in MODEL_FIELDS] + [("reward.ensemble", p) for p in cfg.reward.ensemble]
+    return [f"{name}={path}" for name, path in paths
+            if path is not None and not is_world_artifact(path, cfg.run.root)]
 
 
 def rl_needs(cfg: Config) -> tuple[str, ...]:
@@ -169,8 +173,11 @@ def check_no_world(cfg: Config, need: Sequence[str]) -> None:
         if getattr(cfg.data, name) is None:
             raise ConfigError(f"data.{name}: must be set when a model is a user's ({', '.join(users)}); left unset, "
                               "r2m would read the gold-reward world's toy data instead (docs/DATA.md)")
-    if cfg.reward.source == RewardSource.MODEL and cfg.reward.path is None and cfg.policy.path is not None \
-            and "prompts" in need:
+    if cfg.reward.ensemble_seeds and "prompts" in need:
+        raise ConfigError(f"reward.ensemble_seeds: trains the gold-reward world's toy RMs, and a model is a user's "
+                          f"({', '.join(users)}); list the members' RM paths in reward.ensemble instead")
+    if cfg.reward.source == RewardSource.MODEL and cfg.reward.path is None and not cfg.reward.ensemble \
+            and cfg.policy.path is not None and "prompts" in need:
         raise ConfigError(f"reward.path: must be set when the policy is a user's (policy.path={cfg.policy.path}); "
                           "left unset, r2m would train the gold-reward world's toy reward model")
 
@@ -198,12 +205,23 @@ def resolve_inputs(cfg: Config, need_policy: bool = True, need_rm: bool = True,
     user's when a model is."""
     paths = data_paths(cfg, rl_needs(cfg) if need is None else need)
     policy = cfg.policy.path if cfg.policy.path is not None else (str(ensure_world_policy(cfg)) if need_policy else "")
-    rm = None
-    if need_rm and cfg.reward.source == RewardSource.MODEL:
+    rm, members = None, ()
+    if need_rm and cfg.reward.source == RewardSource.MODEL and cfg.reward.ensembled:
+        members = ensemble_members(cfg)
+        rm = members[0]
+    elif need_rm and cfg.reward.source == RewardSource.MODEL:
         rm = cfg.reward.path if cfg.reward.path is not None else str(ensure_world_rm(cfg))
         if cfg.reward.baseline == RewardBaseline.PRETRAINED_RM:
             rm = str(ensure_pretrained_rm(cfg, rm, paths["pref_policy"], paths["pref_eval"]))
-    return Inputs(policy=policy, reward_model=rm, world=cfg.data.prompts is None, **paths)
+    return Inputs(policy=policy, reward_model=rm, world=cfg.data.prompts is None, reward_models=members, **paths)
+
+
+def ensemble_members(cfg: Config) -> tuple[str, ...]:
+    """An RM ensemble's members: reward.ensemble's paths, or the world's RM of each reward.ensemble_seeds value
+    (the RM a run with that world.rm_seed uses: built once, then read from the world cache)."""
+    if cfg.reward.ensemble:
+        return tuple(cfg.reward.ensemble)
+    return tuple(str(ensure_world_rm(replace_path(cfg, world__rm_seed=seed))) for seed in cfg.reward.ensemble_seeds)
 
 
 # ---------------------------------------------------------------------------------------------

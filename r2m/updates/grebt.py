@@ -75,15 +75,17 @@ class GREBTUpdater:
         return self.model.score_embeddings(exp.rm_embeddings[rows], h[rows] if h is not None else None, mask,
                                            w).view(-1, exp.k)
 
-    def update(self, exp: Experience, policy_hidden: Optional[torch.Tensor]) -> dict[str, float]:
+    def update(self, exp: Experience, policy_hidden: Optional[torch.Tensor],
+               initial: Optional[dict[str, torch.Tensor]] = None) -> dict[str, float]:
         """R2M's per-step RM update (GREBT, R2M paper Eq. 5-7) with ``policy_hidden`` (B, S-1, D_p): h from the
-        states the policy update kept in its last epoch (:meth:`keep_states`), or the rollout's."""
+        states the policy update kept in its last epoch (:meth:`keep_states`), or the rollout's. ``initial``: the
+        trainable state before the first update (``trainable_state()``), that ``r2m/weight_change`` is measured from."""
         if exp.rm_embeddings is None:
             raise ValueError("R2M update: the experience has no reward token embeddings (rm_embeddings)")
         cfg = self.cfg
         stats: dict[str, float] = {"r2m/omega": self.schedule.omega(exp.step)}
         if not cfg.trains:
-            return stats
+            return {**stats, **self.weight_stats(initial)}
         self.model.train()
         h = self.schedule.hidden(policy_hidden, exp.policy_mask, exp.step) if self.reads_hidden else None
         for _ in range(cfg.updates_per_step):
@@ -96,6 +98,7 @@ class GREBTUpdater:
         with torch.no_grad():
             after = torch.cat([self.rescore(exp, h, rows) for rows in self.group_chunks(exp)])  # (n, K)
         stats.update(self.scale_stats(exp, h, after))
+        stats.update(self.weight_stats(initial))
         stats.update({
             "r2m/grebt": step["loss"], "r2m/bt": step["bt"], "r2m/gre": step["gre"],
             "r2m/grad_norm": float(grad_norm), "r2m/reward_before": step["reward"],
@@ -138,7 +141,9 @@ class GREBTUpdater:
     @torch.no_grad()
     def scale_stats(self, exp: Experience, h: torch.Tensor | None, r: torch.Tensor) -> dict[str, float]:
         """What sets the reward's scale after the update: the fusion term's share of the within-group
-        spread, s_f / (s_f + s_e) with s_f, s_e the spreads of (1 − ω)·w·Ĥ and ω·w·H_last; the head's
+        spread, s_f / (s_f + s_e) with s_f, s_e the spreads of (1 − ω)·w·Ĥ and ω·w·H_last (``r2m/fusion_share``),
+        and s_f / s_r with s_r the spread of the reward itself (``r2m/fusion_spread_share``; each spread the
+        population std over a group, averaged over groups: :func:`within_group_spread`); the head's
         norm ‖w‖; and the std of r' over the batch. GREBT's BT term keeps falling as scores are scaled
         up, so these show whether a run's reward grows by learning or by inflation."""
         out = {"r2m/head_norm": self.model.head.weight.float().norm().item(), "r2m/reward_std": r.std().item()}
@@ -146,6 +151,38 @@ class GREBTUpdater:
             parts = self.model.score_parts(exp.rm_embeddings, h, exp.policy_mask, self.schedule.omega(exp.step),
                                            self.cfg.fusion_batch_size)
             s_f, s_e = within_group_spread(parts.fusion, exp.k), within_group_spread(parts.embedding, exp.k)
+            s_r = within_group_spread(parts.fusion + parts.embedding, exp.k)  # the reward's (the bias is shared)
             out.update({"r2m/fusion_share": (s_f / (s_f + s_e)).item() if s_f + s_e > 0 else 0.0,
+                        "r2m/fusion_spread_share": (s_f / s_r).item() if s_r > 0 else 0.0,
                         "r2m/fusion_spread": s_f.item(), "r2m/rte_spread": s_e.item()})
         return out
+
+    def weight_stats(self, initial: Optional[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """How far the update has moved the RM from ``initial``: ``r2m/weight_change`` over every trained parameter
+        (fusion and head) and ``r2m/fusion_weight_change`` over the fusion's alone (:func:`relative_change`). Below
+        ~1e-3 the fusion has not moved: its reward is still its random init's."""
+        if initial is None:
+            return {}
+        now = self.model.trainable_state()
+        out = {"r2m/weight_change": relative_change(now, initial, self.trained_names())}
+        if self.reads_hidden:
+            out["r2m/fusion_weight_change"] = relative_change(
+                now, initial, [n for n in self.trained_names() if n.startswith("fusion.")])
+        return out
+
+    def trained_names(self) -> list[str]:
+        """The keys of :meth:`FeedbackRewardModel.trainable_state` that are trained parameters (not buffers)."""
+        names = [f"head.{n}" for n, _ in self.model.head.named_parameters()]
+        if self.model.fusion is not None:
+            names += [f"fusion.{n}" for n, _ in self.model.fusion.named_parameters()]
+        return names
+
+
+def relative_change(now: dict[str, torch.Tensor], initial: dict[str, torch.Tensor], names: list[str]) -> float:
+    """‖θ − θ_0‖ / ‖θ_0‖ over the tensors ``names`` of two state dicts, each norm over all of them together (the
+    Frobenius norm of their concatenation). 0 when nothing moved."""
+    diff = sum(float((now[n].double() - initial[n].double()).pow(2).sum()) for n in names)
+    base = sum(float(initial[n].double().pow(2).sum()) for n in names)
+    if base == 0:
+        return 0.0 if diff == 0 else float("inf")
+    return (diff / base) ** 0.5

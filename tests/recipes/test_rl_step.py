@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from r2m.config.enums import KLLevel
 from r2m.config.root import Config
 from r2m.core.kl_control import AdaptiveKLController
 from r2m.experience.rewards import RewardQuery
@@ -81,6 +82,9 @@ class Parts:
     def lr_step(self):
         self.calls.append("lr_scheduler")
 
+    def release(self):
+        self.calls.append("release")
+
     def sync_weights(self, policy):
         self.calls.append("weight_sync")
 
@@ -92,8 +96,9 @@ class Parts:
         self.calls.append("r2m_before")
         return {"head.weight": torch.zeros(1)}
 
-    def grebt_update(self, exp, policy_hidden):
+    def grebt_update(self, exp, policy_hidden, initial=None):
         self.calls.append("grebt_update")
+        assert initial is not None  # r2m/weight_change is measured from Table 3's "before"
         assert policy_hidden is self.states  # the h the policy update kept
         return {"r2m/grebt": 0.5}
 
@@ -114,7 +119,7 @@ def components(parts: Parts, kl_ctl=None) -> RLComponents:
         lr_scheduler=SimpleNamespace(step=parts.lr_step), critic_optimizer=None, reward_fn=reward,
         r2m=SimpleNamespace(calibrates=parts.calibrates, calibrate=parts.calibrate),
         sampler=PromptSampler(5, 0, prompts), train_prompts=prompts, prompt_stats={"data/prompts_skipped": 0},
-        generator=SimpleNamespace(sync_weights=parts.sync_weights), maker=maker,
+        generator=SimpleNamespace(sync_weights=parts.sync_weights, release=parts.release), maker=maker,
         updater=SimpleNamespace(update=parts.update), grebt=grebt,
         kl_ctl=kl_ctl or AdaptiveKLController(0.1, target=0.25, horizon=100), timer=timer, run=None,
         evaluation=Evaluation(PromptSet([], [], 0, 0), reward, None), watch=None, progress=Progress())
@@ -124,12 +129,12 @@ def test_the_step_runs_its_phases_in_order_and_hands_each_its_input() -> None:
     parts = Parts(torch.tensor([0.3, -0.2, 1.0, 0.5]))
     s = components(parts)
     m1 = train_step(s, 1)
-    assert parts.calls == ["rollout", "calibrate", "score", "r2m_before", "estimate", "policy_update",
+    assert parts.calls == ["rollout", "calibrate", "score", "release", "r2m_before", "estimate", "policy_update",
                            "lr_scheduler", "weight_sync", "grebt_update"]
     assert s.progress.r2m_before is not None and parts.beta_seen == pytest.approx(0.1)
     parts.calls.clear()
     train_step(s, 2)  # calibrated once; Table 3's "before" kept from step 1
-    assert parts.calls == ["rollout", "score", "estimate", "policy_update", "lr_scheduler", "weight_sync",
+    assert parts.calls == ["rollout", "score", "release", "estimate", "policy_update", "lr_scheduler", "weight_sync",
                            "grebt_update"]
     # The metrics: the experience's (hand-worked), the updates', the phases' times, the data counts at step 1.
     assert m1["kl/seq_sum"] == pytest.approx((0.7 + 0.2 + 0.0 + 1.1) / 4)
@@ -153,10 +158,22 @@ def test_the_kl_controller_reads_the_steps_sequence_kl() -> None:
     assert train_step(s, 2)["kl/beta"] == pytest.approx(0.1008, rel=1e-12)
 
 
+def test_a_token_level_controller_reads_the_steps_mean_per_token_kl() -> None:
+    """rl.kl_target_level=token: the controller reads the batch's mean per-token KL, 2.0 / 9 tokens = 0.2222 (the
+    ``kl`` metric's units), against a target of 0.25: e = 0.2222/0.25 - 1 = -0.1111, beta 0.1 (1 - 0.1111 * 4/100)."""
+    parts = Parts(torch.tensor([0.3, -0.2, 1.0, 0.5]))
+    s = components(parts)
+    s.cfg = dataclasses.replace(s.cfg, rl=dataclasses.replace(s.cfg.rl, kl_target_level=KLLevel.TOKEN))
+    m = train_step(s, 1)
+    kl = 2.0 / 9
+    assert m["kl"] == pytest.approx(kl)
+    assert s.kl_ctl.value == pytest.approx(0.1 * (1 + (kl / 0.25 - 1) * 4 / 100), rel=1e-7)
+
+
 def test_a_non_finite_experience_skips_the_updates() -> None:
     parts = Parts(torch.tensor([0.3, float("nan"), 1.0, 0.5]), calibrate=False)
     s = components(parts)
     m = train_step(s, 1)
-    assert parts.calls == ["rollout", "score", "r2m_before", "estimate"]  # no update, no weight sync, no GREBT
+    assert parts.calls == ["rollout", "score", "release", "r2m_before", "estimate"]  # no update, no sync, no GREBT
     assert m["guard/skipped_step"] == 1.0 and m["guard/scores_nan"] == 1 and s.progress.bad_steps == 1
     assert s.kl_ctl.value == 0.1 and not s.timer.totals and m["guard/scores_min"] == pytest.approx(0.3)

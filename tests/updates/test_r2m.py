@@ -250,6 +250,36 @@ def test_update_logs_the_reward_scale(r2m_bed) -> None:
     assert stats["r2m/reward_std"] > 0 and stats["r2m/fusion_spread"] >= 0 and stats["r2m/rte_spread"] > 0
 
 
+def test_update_reports_how_far_the_rm_moved(r2m_bed) -> None:
+    """r2m/weight_change = ‖θ_t − θ_0‖ / ‖θ_0‖ over the fusion and head: 0 before an update, > 0 after one at a
+    working lr, and exactly that norm ratio (checked by hand on the state dicts); frozen, it stays 0."""
+    from r2m.core.losses import within_group_spread
+    from r2m.updates.grebt import relative_change
+
+    cfg = R2MConfig(enabled=True, lr=1e-2)
+    _, reward, exp, _ = _setup(r2m_bed, cfg)
+    grebt = _grebt(reward, cfg)
+    initial = reward.model.trainable_state()
+    assert grebt.weight_stats(initial) == {"r2m/weight_change": 0.0, "r2m/fusion_weight_change": 0.0}
+    stats = grebt.update(exp, exp.policy_hidden, initial=initial)
+    now = reward.model.trainable_state()
+    trained = [n for n, _ in reward.model.head.named_parameters(prefix="head")] + \
+              [n for n, _ in reward.model.fusion.named_parameters(prefix="fusion")]
+    diff = sum(((now[n].double() - initial[n].double()) ** 2).sum() for n in trained)
+    base = sum((initial[n].double() ** 2).sum() for n in trained)
+    assert stats["r2m/weight_change"] == pytest.approx((diff / base).sqrt().item()) and stats["r2m/weight_change"] > 0
+    assert 0 < stats["r2m/fusion_weight_change"] and relative_change(now, now, trained) == 0.0
+    # The fusion's share of the reward's within-group spread, from the parts of the score after the update.
+    parts = reward.model.score_parts(exp.rm_embeddings, exp.policy_hidden, exp.policy_mask,
+                                     reward.schedule.omega(exp.step))
+    share = within_group_spread(parts.fusion, exp.k) / within_group_spread(parts.fusion + parts.embedding, exp.k)
+    assert stats["r2m/fusion_spread_share"] == pytest.approx(share.item(), rel=1e-5) and share > 0
+    frozen = R2MConfig(enabled=True, ablation="frozen")
+    _, reward, exp, _ = _setup(r2m_bed, frozen)
+    assert _grebt(reward, frozen).update(exp, exp.policy_hidden, initial=reward.model.trainable_state())[
+        "r2m/weight_change"] == 0.0
+
+
 # ------------------------------------------------------------------ memory: chunks, dtype, no copies
 
 

@@ -14,14 +14,13 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config.enums import Algorithm
+from r2m.config.enums import Algorithm, RewardSource
 from r2m.config.root import Config
-from r2m.core.kl_control import make_kl_controller
 from r2m.data.sources import display_name
 from r2m.errors import ConfigError, DataError
 from r2m.eval.policy import cap_prompts
 from r2m.experience.generation import build_generator, check_generator
-from r2m.experience.reward_factory import build_reward
+from r2m.experience.reward_factory import Calibration, build_reward
 from r2m.experience.rewards import FeedbackReward, GoldReward, WeightedRewards, is_world_prompt_set
 from r2m.experience.rollout import ExperienceMaker, Shaping, hidden_store
 from r2m.experience.sampling import PromptSet, tokenize_prompts
@@ -32,7 +31,7 @@ from r2m.models.reward import check_pairing, check_positions
 from r2m.recipes.alarm import AlarmWatch
 from r2m.recipes.pipeline import Inputs, prompt_stream, read_rows, resolve_inputs
 from r2m.recipes.rl.checkpoints import restore
-from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend
+from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend, kl_controller
 from r2m.recipes.rl.state import Evaluation, Models, RLComponents
 from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
 from r2m.runtime.distributed import Dist
@@ -84,10 +83,11 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
     models, optimizer = _policy_models(cfg, inputs, acc, resume_dir, policy)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
     policy_dim = models.unwrapped_policy().config.get_text_config().hidden_size
-    primary = reward_fn or build_reward(cfg, inputs.reward_model, models.device, policy_dim)
+    prompts = _load_prompts(cfg, inputs, models.tokenizer)
+    primary = reward_fn or build_reward(cfg, inputs.reward_model, models.device, policy_dim, inputs.reward_models,
+                                        _calibration(cfg, inputs, prompts, models.tokenizer))
     reward = (WeightedRewards([(reward_weight, primary), *extra_rewards]) if extra_rewards or reward_weight != 1.0
               else primary)
-    prompts = _load_prompts(cfg, inputs, models.tokenizer)
     _check_pairing(cfg, inputs, models, reward, prompts)
     generator = build_generator(cfg, inputs.policy, models.policy, models.tokenizer, models.device, acc)
     # Inputs are valid: only now does the run directory appear (bad input leaves nothing behind).
@@ -107,7 +107,7 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
         cfg=cfg, inputs=inputs, dist=dist, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler,
         critic_optimizer=critic_optimizer, reward_fn=reward, r2m=r2m, sampler=prompts.sampler,
         train_prompts=prompts.train, prompt_stats=prompts.stats, generator=generator, maker=maker, updater=updater,
-        grebt=grebt, kl_ctl=make_kl_controller(cfg.rl.beta, cfg.rl.kl_adaptive, cfg.rl.kl_target, cfg.rl.kl_horizon),
+        grebt=grebt, kl_ctl=kl_controller(cfg.rl, dist.num_processes),
         timer=timer, run=run, evaluation=Evaluation(prompts.evaluation, reward, prompts.gold_fn),
         watch=AlarmWatch(cfg, run, models, dist, world=prompts.gold_fn is not None), t_start=t_start)
     if resume_dir is not None:  # (the watch's check RM puts back the RNG states it drew from)
@@ -157,6 +157,8 @@ def _load_prompts(cfg: Config, inputs: Inputs, tok) -> Prompts:
     if not evalp.texts:
         if cfg.rl.stop_on_alarm:
             raise ConfigError("rl.stop_on_alarm: needs evaluations, and no data.eval_prompts is set")
+        if cfg.rl.stop_at_kl:
+            raise ConfigError("rl.stop_at_kl: reads the evaluation's KL (eval/kl), and no data.eval_prompts is set")
         log.info("no evaluation prompts (data.eval_prompts): the run does not evaluate")
     for name, ps in (("data.prompts", train), ("data.eval_prompts", evalp)):
         if ps.truncated or ps.skipped:
@@ -168,6 +170,28 @@ def _load_prompts(cfg: Config, inputs: Inputs, tok) -> Prompts:
         stats["data/eval_prompts_capped"] = capped
     world = is_world_prompt_set(train.texts[:64] + evalp.texts)
     return Prompts(train, sampler, evalp, stats, GoldReward(cfg.world) if world else None)
+
+
+def _calibration(cfg: Config, inputs: Inputs, prompts: Prompts, tok) -> Optional[Calibration]:
+    """The rows reward.gold_mix and an RM ensemble are scaled on (None when neither is set): both responses of the
+    first pairs of data.pref_eval. The gold mix needs the world's gold reward on the run's prompts and on these."""
+    r = cfg.reward
+    if r.source != RewardSource.MODEL or not (r.gold_mix or r.ensembled):
+        return None
+    what = "reward.gold_mix" if r.gold_mix else "reward.ensemble"
+    if r.gold_mix and prompts.gold_fn is None:
+        raise ConfigError(f"reward.gold_mix: mixes in the gold-reward world's gold, and the run's prompts "
+                          f"({display_name(inputs.prompts)}) are not world prompts; set it to 0")
+    if not inputs.pref_eval:
+        raise ConfigError(f"{what}: scales its terms on the responses of data.pref_eval, which is not set")
+    calibration = Calibration.from_pairs(read_rows(cfg, "pref_eval", inputs.pref_eval, tok),
+                                         display_name(inputs.pref_eval))
+    if not calibration.responses:
+        raise DataError(f"{display_name(inputs.pref_eval)}: no preference pair to scale {what} on")
+    if r.gold_mix and not is_world_prompt_set(calibration.prompts):
+        raise ConfigError(f"reward.gold_mix: gold is scaled on data.pref_eval ({calibration.source}), whose prompts "
+                          "are not world prompts")
+    return calibration
 
 
 def _check_pairing(cfg: Config, inputs: Inputs, models: Models, reward, prompts: Prompts) -> None:

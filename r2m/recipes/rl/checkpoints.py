@@ -22,10 +22,10 @@ log = logging.getLogger("r2m")
 
 def training_state(parts: Resumable, step: int) -> dict:
     """What ``state.pt`` holds: the step, the prompt order, the RNG states, the optimisers', the KL controller's,
-    the reward normaliser's and R2M's states, and the counters."""
+    the reward normaliser's and R2M's states, the counters, and the evaluation that passed ``rl.stop_at_kl``."""
     state = {"step": step, "sampler_position": parts.sampler.position, "sampler": parts.sampler.state_dict(),
              "rng": rng_state(), "optimizer": parts.optimizer.state_dict(), "kl_ctl": parts.kl_ctl.state_dict(),
-             "bad_steps": parts.progress.bad_steps, "omega_step": step}
+             "bad_steps": parts.progress.bad_steps, "omega_step": step, "kl_stop": parts.progress.kl_stop}
     if parts.moments is not None:
         state["moments"] = parts.moments.state_dict()
     if parts.critic_optimizer is not None:
@@ -75,6 +75,7 @@ def restore(parts: Resumable, directory: Path, state: dict) -> None:
     parts.kl_ctl.load_state_dict(state["kl_ctl"])
     parts.sampler.load_state_dict(state.get("sampler") or {"position": state["sampler_position"]})
     parts.progress.bad_steps = state["bad_steps"]
+    parts.progress.kl_stop = state.get("kl_stop")
     if "moments" in state:
         parts.moments.load_state_dict(state["moments"])
     if models.critic is not None:

@@ -61,14 +61,15 @@ def evaluate(ev: Evaluation, models: Models, cfg: Config, dist: Dist, run: RunDi
 
 
 def rm_accuracy(grebt: Optional[GREBTUpdater], before: Optional[dict], models: Models, cfg: Config,
-                pref_eval: str, run: RunDir) -> dict[str, float]:
-    """Table 3, after the final model and metrics are written. A failure (out of memory, ...) does not fail the
-    run: it is logged with its traceback, written to ``rm_accuracy_error.txt`` and recorded as
-    ``rm_acc/failed = 1`` in the last metrics row; the run still exits 0."""
+                pref_eval: str, run: RunDir, last_step: Optional[int] = None) -> dict[str, float]:
+    """Table 3, after the final model and metrics are written, with ω of the run's last step ``last_step`` (None:
+    rl.steps; a KL-stopped run ends earlier). A failure (out of memory, ...) does not fail the run: it is logged with
+    its traceback, written to ``rm_accuracy_error.txt`` and recorded as ``rm_acc/failed = 1`` in the last metrics row;
+    the run still exits 0."""
     if grebt is None:
         return {}
     try:
-        return _table3(grebt, before, models, cfg, pref_eval)
+        return _table3(grebt, before, models, cfg, pref_eval, cfg.rl.steps if last_step is None else last_step)
     except Exception as e:  # noqa: BLE001  (any failure here must not lose the finished run)
         log.error("Table 3 (R2M's held-out RM accuracy) failed; the final model and metrics are saved: %s: %s",
                   type(e).__name__, e, exc_info=True)
@@ -77,11 +78,14 @@ def rm_accuracy(grebt: Optional[GREBTUpdater], before: Optional[dict], models: M
         return {"rm_acc/failed": 1.0}
 
 
-def _table3(grebt: GREBTUpdater, before: dict, models: Models, cfg: Config, pref_eval: str) -> dict[str, float]:
-    """Held-out pairwise accuracy without feedback, and R2M's before/after with ω(T), ``reward.batch_size`` rows
-    at a time."""
+def _table3(grebt: GREBTUpdater, before: dict, models: Models, cfg: Config, pref_eval: str,
+            last_step: int) -> dict[str, float]:
+    """Held-out pairwise accuracy without feedback (``rm_acc/vanilla``), and R2M's with ω(T) at T = ``last_step``:
+    before any GREBT update (``rm_acc/r2m_before``: the state the first rollout batch left, h of the initial policy)
+    and after the run (``rm_acc/r2m_after``: the final state, h of the final policy), ``reward.batch_size`` rows at
+    a time."""
     model, rows = grebt.model, read_rows(cfg, "pref_eval", pref_eval, models.tokenizer)
-    w, size = grebt.schedule.omega(cfg.rl.steps), cfg.reward.batch_size
+    w, size = grebt.schedule.omega(last_step), cfg.reward.batch_size
     out = {}
     acc = vanilla_pairwise_accuracy(model, rows, size)
     out.update({"rm_acc/vanilla": acc.accuracy, "rm_acc/vanilla_gold": acc.gold_accuracy})

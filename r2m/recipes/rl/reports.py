@@ -44,6 +44,18 @@ class RLResult:
     """rl.stop_on_alarm: checkpoints/best-before-alarm, the policy of the evaluation before the alarm's onset."""
     policy: Optional[Any] = None
     """The trained policy module (a peft model with policy.lora; the object passed in, trained in place)."""
+    stop_reason: str = "steps"
+    """Why the run ended: ``steps`` (rl.steps trained), ``kl_reached`` (an evaluation's KL passed rl.stop_at_kl at
+    ``stop_step``), ``step_cap`` (rl.stop_at_kl set and not reached by rl.steps; ``stop_kl`` is the KL reached),
+    ``alarm`` (rl.stop_on_alarm) or ``callback``."""
+    stop_step: Optional[int] = None
+    """The last step trained."""
+    stop_kl: Optional[float] = None
+    """The last evaluation's ``eval/kl`` (at the stop, or at the cap)."""
+    r2m_movement: Optional[dict[str, float]] = None
+    """R2M (and the Iterative RM-head): how far the GREBT update moved the RM, from the last update's row:
+    ``r2m/weight_change`` (‖θ_t − θ_0‖ / ‖θ_0‖ over the trained parameters) and the run's mean
+    ``r2m/fusion_spread_share`` (:meth:`r2m.updates.grebt.GREBTUpdater.movement_stats`)."""
 
 
 # The curves every run has: (file, keys, labels, title, y label). Rows lacking a key are skipped, a plot whose
@@ -77,6 +89,33 @@ def _write_plots(run: RunDir, write: bool = True) -> Optional[int]:
     return peak_step
 
 
+def stop_record(cfg: Config, progress, last: int, final_eval: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """Why the run ended (:attr:`RLResult.stop_reason`) and, with rl.stop_at_kl, the ``stop/*`` metrics of its last
+    row: ``stop/kl_reached`` (1: an evaluation passed rl.stop_at_kl; 0: rl.steps capped the run), ``stop/step`` and
+    ``stop/eval_kl`` (the KL at the stop, or the last evaluation's at the cap)."""
+    if progress.kl_stop is not None:
+        return "kl_reached", {"stop/kl_reached": 1.0, "stop/step": progress.kl_stop["step"],
+                              "stop/eval_kl": progress.kl_stop["kl"]}
+    if progress.stop_reason is not None:
+        return progress.stop_reason, {}
+    if cfg.rl.stop_at_kl:
+        return "step_cap", {"stop/kl_reached": 0.0, "stop/step": last,
+                            "stop/eval_kl": final_eval.get("eval/kl", float("nan"))}
+    return "steps", {}
+
+
+def movement(history: list[dict]) -> Optional[dict[str, float]]:
+    """R2M's movement over the run (:attr:`RLResult.r2m_movement`), None without GREBT updates."""
+    rows = [r for r in history if "r2m/weight_change" in r]
+    if not rows:
+        return None
+    out = {"r2m/weight_change": rows[-1]["r2m/weight_change"]}
+    shares = [r["r2m/fusion_spread_share"] for r in rows if "r2m/fusion_spread_share" in r]
+    if shares:
+        out["r2m/fusion_spread_share"] = sum(shares) / len(shares)
+    return out
+
+
 def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eval: dict[str, float],
            watch: AlarmWatch, t_start: float) -> RLResult:
     """The run's end: the last step's checkpoint, the final models (the policy with its model card, R2M), Table 3,
@@ -84,6 +123,9 @@ def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eva
     models, grebt = parts.models, parts.grebt
     last = int(run.history[-1]["step"]) if run.history else parts.progress.start_step
     checkpoint_last_step(parts, cfg, run, last)  # an extended run (rl.steps raised, run.resume=auto) resumes here
+    reason, stop_metrics = stop_record(cfg, parts.progress, last, final_eval)
+    if stop_metrics and run.history:
+        run.amend_last(stop_metrics)
     final = run.checkpoints / "final"
     policy = models.unwrapped_policy()
     policy_state = sharded_state_dict(models.acc, models.policy)
@@ -98,7 +140,7 @@ def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eva
             grebt.model.save(final / "r2m", base_rm=str(parts.rm_path),
                              extra={"omega_floor": cfg.reward.r2m.omega_floor, "total_steps": cfg.rl.steps})
     models.acc.wait_for_everyone()
-    rm_acc = rm_accuracy(grebt, parts.progress.r2m_before, models, cfg, inputs.pref_eval, run)
+    rm_acc = rm_accuracy(grebt, parts.progress.r2m_before, models, cfg, inputs.pref_eval, run, last)
     if rm_acc:
         run.amend_last(rm_acc)
     if models.acc.is_main_process:
@@ -108,4 +150,5 @@ def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eva
     if cfg.run.push_to_hub and models.acc.is_main_process:
         push_policy(final, cfg)
     return RLResult(run.path, run.history, final_eval, peak_step, time.perf_counter() - t_start, rm_acc,
-                    watch.alarm_step, watch.best_path, policy)
+                    watch.alarm_step, watch.best_path, policy, reason, last,
+                    final_eval.get("eval/kl"), movement(run.history))

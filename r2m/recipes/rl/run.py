@@ -4,6 +4,7 @@
     for step in 1..T:
         metrics = train_step(s, step)         # one step (r2m/recipes/rl/step.py)
         every rl.eval_every: evaluate         # the policy on the fixed prompts, the alarm (evaluation.py)
+            eval/kl >= rl.stop_at_kl: stop    # a KL-stopped run (rl.steps is then the cap)
         every rl.save_every: save_checkpoint  # (checkpoints.py)
     finish                                    # final models, Table 3, plots (reports.py)
 """
@@ -39,8 +40,9 @@ def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None, policy=None, e
         hooks("on_evaluate", 0, first)
     bar = progress(cfg.rl.steps, "rl", cfg.run.progress)
     bar.update(s.progress.start_step)
+    first_step = s.progress.start_step + 1 if not kl_stopped(s) else cfg.rl.steps + 1  # stopped: nothing to train
     with StopSignal() as stop:
-        for step in range(s.progress.start_step + 1, cfg.rl.steps + 1):
+        for step in range(first_step, cfg.rl.steps + 1):
             hooks("on_step_begin", step)
             metrics = train_step(s, step)
             bar.update(1)
@@ -50,12 +52,17 @@ def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None, policy=None, e
                 evaluation = run_evaluation(s, step)
                 metrics.update(evaluation)
                 hooks("on_evaluate", step, evaluation)
+                check_kl_stop(s, step, evaluation)
             s.run.log(metrics, step)  # one row per step: training and (when due) evaluation metrics
             hooks("on_step_end", step, metrics)
             if cfg.rl.save_every and step % cfg.rl.save_every == 0 and step < cfg.rl.steps:
                 hooks("on_save", step, str(save_checkpoint(s.resumable, cfg, s.run, step)))
+            if s.progress.kl_stop is not None and step < cfg.rl.steps:
+                s.progress.stop_reason = "kl_reached"  # the last step's checkpoint (finish) records the stop
+                break
             if s.watch.stop_requested or (hooks.stop_requested and step < cfg.rl.steps):
                 # rl.stop_on_alarm (the alarm fired at this evaluation), or a callback asked to stop
+                s.progress.stop_reason = "alarm" if s.watch.stop_requested else "callback"
                 hooks("on_save", step, str(save_checkpoint(s.resumable, cfg, s.run, step)))
                 break
             # Every rank stops after the same step (a signal may reach them at different times).
@@ -69,6 +76,25 @@ def run_rl(cfg: Config, callbacks: Sequence = (), reward_fn=None, policy=None, e
     result = finish_run(s)
     hooks("on_save", int(s.run.history[-1]["step"]) if s.run.history else 0, str(s.run.checkpoints / "final"))
     return result
+
+
+def check_kl_stop(s: RLComponents, step: int, evaluation: dict[str, float]) -> None:
+    """rl.stop_at_kl: record the first evaluation after step 0 whose ``eval/kl`` is at least it."""
+    kl = evaluation.get("eval/kl", float("nan"))
+    if s.cfg.rl.stop_at_kl and s.progress.kl_stop is None and step > 0 and kl >= s.cfg.rl.stop_at_kl:
+        s.progress.kl_stop = {"step": step, "kl": kl}
+
+
+def kl_stopped(s: RLComponents) -> bool:
+    """Whether a resumed run had stopped at rl.stop_at_kl already (its checkpoint records the evaluation). A stop
+    that the current rl.stop_at_kl would not make (raised, or 0) is forgotten: the run trains on."""
+    stop = s.progress.kl_stop
+    if stop is not None and not (s.cfg.rl.stop_at_kl and stop["kl"] >= s.cfg.rl.stop_at_kl):
+        s.progress.kl_stop = None
+    if s.progress.kl_stop is None:
+        return False
+    s.progress.stop_reason = "kl_reached"
+    return True
 
 
 def run_evaluation(s: RLComponents, step: int) -> dict[str, float]:

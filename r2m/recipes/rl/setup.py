@@ -12,11 +12,27 @@ import torch
 from r2m.config.enums import Algorithm
 from r2m.config.root import Config
 from r2m.config.training import RLConfig
+from r2m.core.kl_control import KLController, make_kl_controller
 from r2m.errors import ConfigError, DataError
 from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.distributed import configure_deepspeed
 
 log = logging.getLogger("r2m")
+
+
+def kl_horizon(rl: RLConfig, processes: int = 1) -> int:
+    """The adaptive controller's horizon in samples: ``rl.kl_horizon_batches`` steps' batches (prompts_per_step × k
+    samples on each of ``processes``), or ``rl.kl_horizon`` samples when that is 0. With a horizon of H batches, an
+    update moves β by the factor 1 + clip(KL/target − 1, ±0.2) / H."""
+    if not rl.kl_horizon_batches:
+        return rl.kl_horizon
+    return max(1, round(rl.kl_horizon_batches * rl.prompts_per_step * rl.k * processes))
+
+
+def kl_controller(rl: RLConfig, processes: int = 1) -> KLController:
+    """The run's β: fixed, or adaptive towards ``rl.kl_target`` (in ``rl.kl_target_level``'s units) over
+    :func:`kl_horizon` samples."""
+    return make_kl_controller(rl.beta, rl.kl_adaptive, rl.kl_target, kl_horizon(rl, processes))
 
 
 

@@ -65,6 +65,10 @@ class Progress:
     """The last step with a checkpoint: saved by this run, or the one it resumed from."""
     r2m_before: Optional[dict[str, torch.Tensor]] = None
     """R2M's trainable state as the first rollout batch left it (after init=matched): Table 3's "before"."""
+    kl_stop: Optional[dict[str, float]] = None
+    """``{"step": N, "kl": eval/kl}`` of the evaluation that passed ``rl.stop_at_kl`` (None: none has)."""
+    stop_reason: Optional[str] = None
+    """Why the loop ended before ``rl.steps``: ``kl_reached``, ``alarm`` or ``callback`` (None: it did not)."""
 
 
 class Resumable(NamedTuple):

@@ -6,7 +6,7 @@
        guard          a batch with NaN/inf anywhere is skipped by every rank
     4. policy update  k epochs of the clipped surrogate (Eq. 2); the generator gets the weights (updates/policy.py)
     5. R2M update     GREBT on the RM's fusion and head, with the last epoch's h (Eq. 5-7)     (updates/grebt.py)
-    6. metrics        the step's statistics; the KL controller reads the step's sequence KL
+    6. metrics        the step's statistics; the KL controller reads the step's KL (rl.kl_target_level)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from r2m.errors import NumericError
-from r2m.experience.rollout import Experience, experience_metrics, sequence_kl
+from r2m.experience.rollout import Experience, batch_kl, experience_metrics
 from r2m.experience.sampling import chunk_seed
 from r2m.recipes.rl.checkpoints import save_checkpoint
 from r2m.recipes.rl.state import RLComponents
@@ -60,13 +60,13 @@ def train_step(s: RLComponents, step: int) -> dict[str, float]:
     # 5. R2M's GREBT update of the RM's fusion and head.
     if s.grebt is not None:
         with s.timer("rm_update"):
-            stats.update(s.grebt.update(exp, update.states))
+            stats.update(s.grebt.update(exp, update.states, initial=s.progress.r2m_before))
     time_step = device_clock() - t0
-    # 6. Metrics; the KL controller reads the step's sequence-level KL.
+    # 6. Metrics; the KL controller reads the step's KL, per sequence or per token (rl.kl_target_level).
     all_skipped = stats.get("guard/skipped_minibatches", 0) == cfg.rl.epochs * cfg.rl.minibatches
     s.progress.bad_steps = s.progress.bad_steps + 1 if all_skipped else 0
     metrics = step_metrics(s, step, exp, stats, beta, time_step)
-    s.kl_ctl.update(sequence_kl(exp, s.dist), exp.batch_size * s.dist.num_processes)
+    s.kl_ctl.update(batch_kl(exp, cfg.rl.kl_target_level, s.dist), exp.batch_size * s.dist.num_processes)
     check_bad_steps(s, step)
     return with_trl_aliases(metrics)  # reward, reward_std, ... beside r2m's keys
 
