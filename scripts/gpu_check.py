@@ -106,13 +106,18 @@ def run_part(report: Report, name: str, fn: Callable[["Ctx"], dict], ctx: "Ctx",
     report.data[name] = {"status": "running", "budget_s": budget_s}
     report.write()
     entry: dict = {"budget_s": budget_s}
+    ctx.progress.clear()
     previous = signal.signal(signal.SIGALRM, _alarm)
     t0 = time.perf_counter()
-    signal.setitimer(signal.ITIMER_REAL, budget_s)
     try:
-        if inject == name:
-            raise RuntimeError(f"injected failure (--inject-failure {name})")
-        entry.update(status="ok", measurements=fn(ctx))
+        try:
+            signal.setitimer(signal.ITIMER_REAL, budget_s)
+            if inject == name:
+                raise RuntimeError(f"injected failure (--inject-failure {name})")
+            entry.update(status="ok", measurements=fn(ctx))
+        finally:  # the alarm off before any handler runs
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
     except PartTimeout:
         entry.update(status="timed_out", error=f"over its budget of {budget_s:g} s")
     except Skip as e:
@@ -120,15 +125,15 @@ def run_part(report: Report, name: str, fn: Callable[["Ctx"], dict], ctx: "Ctx",
     except Exception as e:  # every part reports, whatever another did
         entry.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
         entry.update(getattr(e, "partial", {}))
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    if ctx.progress and "measurements" not in entry:
+        entry["measurements_so_far"] = dict(ctx.progress)
     entry["seconds"] = round(time.perf_counter() - t0, 3)
     measured = entry.get("measurements") or {}
     if isinstance(measured, dict) and measured.get("skipped_reason"):  # a part that ran but could not do its job
         entry.update(status="skipped", reason=measured.pop("skipped_reason"))
     if isinstance(measured, dict) and measured.get("failed_checks"):
         entry.update(status="failed", error="check failed: " + "; ".join(measured["failed_checks"]))
+    entry = json.loads(json.dumps(entry, default=str))  # a copy: nothing the next part does can change it
     report.data[name] = entry
     report.write()
     probes.release(ctx.device)
@@ -157,6 +162,7 @@ class Ctx(NamedTuple):
     work: Path  # a scratch directory for the run
     vllm: dict  # P0's finding: {"ok": bool, "version"/"error": ...}
     launch_on_cpu: bool  # P6 on a CPU: launch anyway (MULTI_CPU, unsharded)
+    progress: dict  # what the running part has measured so far: kept in the report if it times out or fails
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +321,7 @@ def part_p5(ctx: Ctx) -> dict:
         logging.getLogger("r2m").removeHandler(handler)
     out = {"returncode": rc, "returncode_resume": rc_resume, "run_s": t1 - t0, "resume_s": t2 - t1,
            "resumed": [m for m in seen if m.startswith("resumed from")]}
+    ctx.progress.update(out)
     if rc != 0 or rc_resume != 0:
         raise CheckFailed(f"r2m rl returned {rc} (run) and {rc_resume} (resume): {errors.getvalue()[-800:]}", out)
     checks, failed = run_checks(ctx, root, root / "p5")
@@ -375,7 +382,8 @@ def part_p6(ctx: Ctx) -> dict:
                    "as MULTI_CPU, unsharded (--launch-on-cpu runs it anyway, to check this part's launch and resume)")
     root = ctx.work / "runs"  # P5's: the world's artifacts are reused
     first = launch(ctx, rl_args(ctx, root, "p6", steps=2), "p6_run")
-    out = {"run": first}
+    out = ctx.progress
+    out["run"] = first
     if first.get("rc") != 0:
         raise CheckFailed(f"the FSDP run failed (launcher {first['launcher_returncode']}, r2m {first.get('rc')}): "
                           f"{first['log_tail'][-400:]}", out)
@@ -450,7 +458,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
         ctx = Ctx(args.device, args.tiny, Path(args.wheels).resolve() if args.wheels else None, Path(work), {},
-                  args.launch_on_cpu)
+                  args.launch_on_cpu, {})
         for name in PARTS:
             if name not in wanted:
                 report.data[name] = {"status": "skipped", "reason": "not in --parts", "seconds": 0.0}

@@ -30,6 +30,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow
 def test_cpu_self_test_writes_every_part_after_an_injected_failure(tmp_path) -> None:
     """The CI self-test: tiny shapes on the CPU, P3 made to raise; every other part still runs and reports."""
     out = tmp_path / "gpu_check.json"
@@ -62,10 +63,16 @@ def test_cpu_self_test_writes_every_part_after_an_injected_failure(tmp_path) -> 
 def test_a_part_over_its_budget_is_timed_out_and_the_next_part_runs(tmp_path) -> None:
     gc = _load_script()
     report = gc.Report(tmp_path / "r.json", {"device": "cpu"})
-    ctx = gc.Ctx("cpu", True, None, tmp_path, {}, False)
+    ctx = gc.Ctx("cpu", True, None, tmp_path, {}, False, {})
     t0 = time.perf_counter()
-    entry = gc.run_part(report, "P1", lambda ctx: time.sleep(30), ctx, budget_s=0.5)
+
+    def slow(ctx):
+        ctx.progress["first_half_s"] = 0.1
+        time.sleep(30)
+
+    entry = gc.run_part(report, "P1", slow, ctx, budget_s=0.5)
     assert entry["status"] == "timed_out" and time.perf_counter() - t0 < 10
+    assert entry["measurements_so_far"] == {"first_half_s": 0.1}
     assert gc.run_part(report, "P2", lambda ctx: {"x": 1.5}, ctx, budget_s=5)["status"] == "ok"
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["P1"]["status"] == "timed_out" and data["P2"]["measurements"] == {"x": 1.5}
@@ -75,7 +82,7 @@ def test_a_part_over_its_budget_is_timed_out_and_the_next_part_runs(tmp_path) ->
 def test_checks_that_fail_after_measuring_fail_the_part_and_keep_the_measurements(tmp_path) -> None:
     gc = _load_script()
     report = gc.Report(tmp_path / "r.json", {})
-    ctx = gc.Ctx("cpu", True, None, tmp_path, {}, False)
+    ctx = gc.Ctx("cpu", True, None, tmp_path, {}, False, {})
     entry = gc.run_part(report, "P5", lambda ctx: {"steps": [1], "failed_checks": ["weights did not move"]}, ctx, 5)
     assert entry["status"] == "failed" and entry["error"] == "check failed: weights did not move"
     assert entry["measurements"]["steps"] == [1]
@@ -103,7 +110,7 @@ def test_fsdp_part_launches_checkpoints_and_resumes_on_cpu(tmp_path) -> None:
     on a CPU where accelerate runs it unsharded: reported as skipped, with every measurement."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out),
-                           "--parts", "P6", "--launch-on-cpu"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                           "--parts", "P6", "--launch-on-cpu", "--budget-scale", "4"], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=900)
     p6 = json.loads(out.read_text())["P6"]
     assert p6["status"] == "skipped", (p6.get("error"), proc.stdout[-2000:])
