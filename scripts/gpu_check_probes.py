@@ -227,7 +227,8 @@ def reference_arch(ref: dict) -> Optional[Qwen]:
     a = ref["archs"].get(path)
     if not a:
         return None
-    return Qwen(a["hidden"], a["intermediate"], a["heads"], a["kv_heads"], a["vocab"], a["layers"], eos=0, pad=1)
+    return Qwen(a["hidden"], a["intermediate"], a["heads"], a["kv_heads"], a["vocab"], a["layers"], eos=a["vocab"] - 2,
+                pad=a["vocab"] - 1)
 
 
 def compare_memory_json(ctx, s: Shapes) -> dict:
@@ -246,7 +247,8 @@ def compare_memory_json(ctx, s: Shapes) -> dict:
     measured = logprob_chunk(ctx, arch, s.depths[0], *spec)
     expected = ref["one_gpu_r2m_gib"] or ref["logprob_chunk_gib"]
     ratio = measured.get("rise_gib", math.nan) / expected if expected else None
-    return {**ref, "compared": True, "measured": measured, "measured_rise_over_memory_json": ratio,
+    return {**ref, "compared": True, "measured": measured, "measured_dtype": str(dtype_of(ctx)),
+            "measured_depth": s.depths[0], "measured_rise_over_memory_json": ratio,
             "agrees_within_25pct": ratio is not None and abs(ratio - 1) <= 0.25}
 
 
@@ -321,11 +323,11 @@ def grebt_at(ctx, s: Shapes, policy_dim: int) -> dict:
     cfg = R2MConfig(enabled=True, inner_dim=inner, num_heads=1, fusion_batch_size=fusion_batch)
     model = build_feedback_rm(RewardModel(backbone, build_tokenizer("rm")), policy_dim, inner, 1, FusionInit.RANDOM)
     updater = GREBTUpdater(model, R2MSchedule(cfg.omega_floor, total_steps=100), cfg, store=HiddenStore())
-    g = torch.Generator().manual_seed(policy_dim)
-    lengths = positions - torch.randint(0, positions // 2, (B,), generator=g)  # ragged rows
-    policy_mask = (torch.arange(positions) < lengths[:, None]).long().to(dev)  # (B, S)
-    h = torch.randn(B, positions, policy_dim, generator=g).to(dev, dtype_of(ctx))  # (B, S, D_p)
-    rte = torch.randn(B, s.llama.hidden, generator=g).to(dev)  # (B, D_m) H_last
+    g = torch.Generator(device=dev).manual_seed(policy_dim)  # on the device: h is 3.2 GB at D_p = 2048
+    lengths = positions - torch.randint(0, positions // 2, (B,), generator=g, device=dev)  # ragged rows
+    policy_mask = (torch.arange(positions, device=dev) < lengths[:, None]).long()  # (B, S)
+    h = torch.randn(B, positions, policy_dim, generator=g, device=dev, dtype=dtype_of(ctx))  # (B, S, D_p)
+    rte = torch.randn(B, s.llama.hidden, generator=g, device=dev)  # (B, D_m) H_last
     one = torch.zeros(B, 1, device=dev)
     exp = Experience([""] * B, [""] * B, one.long(), one.long(), one, 0, one, one, one[:, 0], one, one,
                      policy_mask=policy_mask, rm_embeddings=rte, step=10, n=n, k=k)
