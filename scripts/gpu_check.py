@@ -27,7 +27,6 @@ The exit status is 0 when no part failed or timed out.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import importlib.metadata as metadata
 import importlib.util
@@ -275,12 +274,13 @@ def run_checks(ctx: Ctx, root: Path, run: Path) -> tuple[dict, list[str]]:
         failed.append(f"training steps in metrics.jsonl: expected [1, 2, 3], got {steps}")
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir()) if (run / "checkpoints").is_dir() else []
     initial = sorted(root.glob("world/policy-*/model/model.safetensors"))
-    moved = probes.weights_moved(load_file(str(initial[-1])), load_file(str(run / "checkpoints/final/model.safetensors")))
+    final = run / "checkpoints/final"
+    moved = probes.weights_moved(load_file(str(initial[-1])), load_file(str(final / "model.safetensors")))
     r2m_moved = probes.weights_moved(load_file(str(run / "checkpoints/step-000001/r2m/r2m.safetensors")),
                                      load_file(str(run / "checkpoints/final/r2m/r2m.safetensors")))
     dtype = "bfloat16" if mixed_precision(ctx) == "bf16" else "float32"
-    ratio = [{"step": r["step"], "approx_kl": r["policy/approx_kl"], "rms_log_ratio": math.sqrt(2 * r["policy/approx_kl"]),
-              "clip_frac": r["policy/clip_frac"]} for r in rows]
+    ratio = [{"step": r["step"], "approx_kl": r["policy/approx_kl"], "clip_frac": r["policy/clip_frac"],
+              "rms_log_ratio": math.sqrt(2 * r["policy/approx_kl"])} for r in rows]
     if moved["changed_tensors"] == 0:
         failed.append("the final policy's weights equal the initial policy's")
     if r2m_moved["changed_tensors"] == 0:
@@ -362,8 +362,10 @@ def launch(ctx: Ctx, argv: list[str], tag: str) -> dict:
     out (PartTimeout), and then the launcher and its worker are killed together."""
     result = ctx.work / f"{tag}.json"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(fsdp_config(ctx)),
-           "--num_processes", "1", "--mixed_precision", mixed_precision(ctx), str(Path(__file__).resolve()), "--child-rl", str(result), "--", *argv]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+           "--num_processes", "1", "--mixed_precision", mixed_precision(ctx), str(Path(__file__).resolve()),
+           "--child-rl", str(result), "--", *argv]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

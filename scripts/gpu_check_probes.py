@@ -147,7 +147,8 @@ def rollout_rows(rows: int, prompt: int, response: int, vocab: int, pad: int, de
 def weights_moved(before: dict, after: dict) -> dict:
     """How many tensors of two state dicts differ, and the largest absolute difference."""
     diffs = [(before[k].float() - after[k].float()).abs().max().item() for k in before if k in after]
-    return {"tensors": len(diffs), "changed_tensors": sum(d > 0 for d in diffs), "max_abs_diff": max(diffs, default=0.0)}
+    return {"tensors": len(diffs), "changed_tensors": sum(d > 0 for d in diffs),
+            "max_abs_diff": max(diffs, default=0.0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +166,7 @@ def logprob_chunk(ctx, q: Qwen, layers: int, rows: int, prompt: int, response: i
     with torch.no_grad():
         _, m = measure(ctx, lambda: response_forward(model, ids, mask, prompt, temperature=1.0))
     m["weights_gib"] = sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
-    del model
-    return m
+    return m  # the model is freed on return
 
 
 def micro_step(ctx, q: Qwen, layers: int, rows: int, prompt: int, response: int) -> dict:
@@ -198,7 +198,6 @@ def micro_step(ctx, q: Qwen, layers: int, rows: int, prompt: int, response: int)
 
     out, m = measure(ctx, step)
     m["loss"] = None if out is None else out.loss.item()
-    del model, optimizer, updater
     return m
 
 
@@ -217,7 +216,8 @@ def memory_json_reference() -> dict:
 
 
 def reference_arch(ref: dict) -> Optional[Qwen]:
-    """The policy architecture of memory.json's chunk config (configs/paper/<config>.yaml's policy.path in its archs)."""
+    """The policy architecture of memory.json's chunk config: configs/paper/<config>.yaml's policy.path, looked up
+    in memory.json's archs."""
     import yaml
 
     config = ROOT / "configs/paper" / f"{ref.get('config')}.yaml"
@@ -287,7 +287,7 @@ def part_p2(ctx) -> dict:
                 scores, by_rows[rows][depth] = measure(ctx, lambda: rm(ids, mask))
             if scores is not None and not torch.isfinite(scores).all():
                 by_rows[rows][depth]["non_finite_scores"] = True
-        del rm
+        rm = None  # this depth's model freed before the next is built
     out = {"shape": {"hidden": m.hidden, "vocab": m.vocab, "tokens": tokens, "dtype": str(dtype_of(ctx))}}
     for rows, at in by_rows.items():
         full = extrapolate(at, m.layers)
@@ -337,7 +337,6 @@ def grebt_at(ctx, s: Shapes, policy_dim: int) -> dict:
         stats, m = measure(ctx, lambda: updater.update(exp, h))
         runs.append({**m, **({k: stats[k] for k in ("r2m/grebt", "r2m/grad_norm")} if stats else {})})
     moved = weights_moved(before, model.fusion.state_dict())
-    del model, updater, backbone, h
     return {"h_gib": B * positions * policy_dim * torch.finfo(dtype_of(ctx)).bits / 8 / GIB, "updates": runs,
             "fusion_moved": moved}
 
@@ -374,7 +373,8 @@ def tokens_per_s(ctx, generator, prompts: list[list[int]], calls: int, new_token
     if gens is None:
         return m
     tokens = sum(int(g.action_mask.sum()) for g in gens)
-    return {**m, "calls": calls, "rows_per_call": size, "response_tokens": tokens, "tokens_per_s": tokens / m["seconds"]}
+    return {**m, "calls": calls, "rows_per_call": size, "response_tokens": tokens,
+            "tokens_per_s": tokens / m["seconds"]}
 
 
 def part_p4(ctx) -> dict:
@@ -421,7 +421,8 @@ def vllm_half(ctx, policy, prompts: list[list[int]], calls: int, new_tokens: int
     gen = VLLMGenerator(str(model_dir), policy, q.eos, q.pad, torch.device("cuda"),
                         VLLMConfig(gpu_memory_utilization=0.35, enable_sleep_mode=True),
                         max_model_len=len(prompts[0]) + new_tokens, seed=0)
-    out = {"status": "ok", "engine_start_s": time.perf_counter() - t0, "one_call": tokens_per_s(ctx, gen, prompts, 1, new_tokens),
+    out = {"status": "ok", "engine_start_s": time.perf_counter() - t0,
+           "one_call": tokens_per_s(ctx, gen, prompts, 1, new_tokens),
            f"{calls}_calls": tokens_per_s(ctx, gen, prompts, calls, new_tokens)}
     gen._wake()  # sleep/wake and the sync timed on an awake engine
     t0 = time.perf_counter()

@@ -36,7 +36,8 @@ def test_cpu_self_test_writes_every_part_after_an_injected_failure(tmp_path) -> 
     tripled: this checks the script, not the speed of a busy CI machine)."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out),
-                           "--inject-failure", "P3", "--budget-scale", "3"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+                           "--inject-failure", "P3", "--budget-scale", "3"], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=900)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())  # valid JSON, written atomically
     assert [p for p in PARTS if p not in report] == []
@@ -111,8 +112,8 @@ def test_fsdp_part_launches_checkpoints_and_resumes_on_cpu(tmp_path) -> None:
     on a CPU where accelerate runs it unsharded: reported as skipped, with every measurement."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out),
-                           "--parts", "P6", "--launch-on-cpu", "--budget-scale", "4"], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=900)
+                           "--parts", "P6", "--launch-on-cpu", "--budget-scale", "4"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=900)
     p6 = json.loads(out.read_text())["P6"]
     assert p6["status"] == "skipped", (p6.get("error"), proc.stdout[-2000:])
     m = p6["measurements"]
