@@ -284,7 +284,7 @@ def part_p2(ctx) -> dict:
         for rows in s.rm_rows:
             ids, mask, _ = rollout_rows(rows, 0, tokens, m.vocab, m.vocab - 1, ctx.device, seed=rows)  # right-padded
             with torch.no_grad():
-                scores, by_rows[rows][depth] = measure(ctx, lambda: rm(ids, mask))
+                scores, by_rows[rows][depth] = measure(ctx, lambda rm=rm, ids=ids, mask=mask: rm(ids, mask))
             if scores is not None and not torch.isfinite(scores).all():
                 by_rows[rows][depth]["non_finite_scores"] = True
         rm = None  # this depth's model freed before the next is built
