@@ -100,7 +100,8 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
                             gold_fn=prompts.gold_fn, hidden_store=store, critic=models.critic,
                             shaping=Shaping(cfg.reward.scaling, cfg.reward.normalize, cfg.reward.clip), dist=dist,
                             generator=generator, timer=timer)
-    updater = PolicyUpdater(models.policy, optimizer, acc, cfg.rl, models.critic, critic_optimizer, dist)
+    updater = PolicyUpdater(models.policy, optimizer, acc, cfg.rl, models.critic, critic_optimizer, dist,
+                            cfg.dist.sync_every_micro_batch)
     r2m = primary if isinstance(primary, FeedbackReward) else None
     grebt = GREBTUpdater(r2m.model, r2m.schedule, cfg.reward.r2m, dist, store) if r2m is not None else None
     s = RLComponents(
