@@ -8,6 +8,7 @@ code runs only when ``trust_remote_code`` is asked for.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from pathlib import Path
@@ -188,16 +189,39 @@ def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: i
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path,
-               state_dict: Optional[dict] = None) -> Path:
+               state_dict: Optional[dict] = None, dtype: Optional[str] = None) -> Path:
     """``save_pretrained`` (safetensors) into ``directory``, atomically, with a manifest
     (:func:`r2m.runtime.checkpoint.write_manifest`); ``state_dict`` overrides the module's own (a sharded model's
-    gathered full state)."""
+    gathered full state). ``dtype``: the floating-point weights are written in it (the policy's dtype, for
+    float32 master weights trained under autocast), and config.json says so."""
+    if dtype is not None and torch_dtype(dtype) != model.dtype:
+        state_dict = in_dtype(model.state_dict() if state_dict is None else state_dict, torch_dtype(dtype))
     with atomic_dir(directory) as tmp:
         if state_dict is None:
             model.save_pretrained(tmp, safe_serialization=True)
         else:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        if dtype is not None:
+            config = json.loads((tmp / "config.json").read_text())
+            config["dtype"] = str(torch_dtype(dtype)).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_manifest(tmp)  # sizes and checksums, last: a later resume can tell a damaged copy
     return Path(directory)
+
+
+def in_dtype(state: dict, dtype: torch.dtype) -> dict:
+    """``state`` with its floating-point tensors cast to ``dtype``; tensors that shared memory (tied weights) share
+    the cast one."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, v in state.items():
+        if not (isinstance(v, torch.Tensor) and v.is_floating_point()):
+            out[k] = v
+            continue
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()))
+        if key not in cast:
+            cast[key] = v.detach().to(dtype)
+        out[k] = cast[key]
+    return out

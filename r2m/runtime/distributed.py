@@ -111,6 +111,18 @@ class Dist:
             if p.grad is not None:
                 p.grad.copy_(reduce(p.grad, "mean"))
 
+    def broadcast_object(self, obj):
+        """Rank 0's picklable ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            self.acc.wait_for_everyone()
+
     def broadcast_parameters(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Copy rank 0's values into every rank's parameters (one starting point for modules outside DDP)."""
         if not self.enabled:

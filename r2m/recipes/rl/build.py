@@ -81,7 +81,9 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
     # Another config's checkpoint is refused; a changed rl.steps, *_every, ... is logged.
     resume_state = read_state(resume_dir, fingerprint(cfg), free_fields(cfg)) if resume_dir is not None else None
 
-    models, optimizer = _policy_models(cfg, inputs, acc, resume_dir, policy)
+    # A sharded checkpoint holds no policy/ directory: the policy loads from its path, then takes its shards.
+    policy_dir = None if resume_state is None or resume_state.get("sharded") else resume_dir
+    models, optimizer = _policy_models(cfg, inputs, acc, policy_dir, policy)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
     policy_dim = models.unwrapped_policy().config.get_text_config().hidden_size
     primary = reward_fn or build_reward(cfg, inputs.reward_model, models.device, policy_dim)
