@@ -12,7 +12,9 @@ import torch
 from r2m.config.root import Config
 from r2m.config.enums import LRSchedule
 from r2m.errors import ConfigError
-from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
+from r2m.runtime.checkpoint import (
+    guard_write, latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, tensor_bytes, write_state,
+)
 from r2m.runtime.distributed import Dist, fsdp_plugin, route_fsdp
 from r2m.runtime.host import configure_host
 from r2m.runtime.runlog import resolve_trackers
@@ -253,7 +255,9 @@ def _checkpoint(accelerator, checkpoint_dir: Path, model, optimizer, scheduler, 
                 keep_checkpoints: int, hooks: Optional["Hooks"]) -> None:
     path = step_dir(checkpoint_dir, step)
     if accelerator.is_main_process:  # the replicas are identical: one writer
-        _save_loop_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, fingerprint)
+        unwrapped = accelerator.unwrap_model(model)
+        with guard_write(path, tensor_bytes(unwrapped.state_dict()) + tensor_bytes(optimizer.state_dict())):
+            _save_loop_checkpoint(path, unwrapped, optimizer, scheduler, step, fingerprint)
         prune(checkpoint_dir, keep_checkpoints)
     accelerator.wait_for_everyone()
     if hooks is not None:
