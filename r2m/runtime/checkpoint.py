@@ -77,7 +77,9 @@ RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoin
                # Recomputing activations gives the same gradients: turn it on to resume on a smaller GPU.
                "policy.gradient_checkpointing", "reward.gradient_checkpointing",
                # Stopping on the over-optimisation alarm changes no step taken so far.
-               "rl.stop_on_alarm"}
+               "rl.stop_on_alarm",
+               # How long a rank waits in a collective; when gradients are reduced (the same sums, in another order).
+               "dist.timeout_minutes", "dist.sync_every_micro_batch"}
 # How often to evaluate, save or log (rl.*, sft.*, rm.*, ser.*): never what a step computes.
 RESUME_FREE_SUFFIXES = (".save_every", ".eval_every", ".log_every")
 # The API judge only reads finished samples: its endpoint, model and cache never change a trajectory.

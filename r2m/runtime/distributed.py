@@ -173,6 +173,18 @@ def route_fsdp(accelerator, plugin) -> None:
     accelerator.state.fsdp_plugin = plugin
 
 
+def policy_on_meta(accelerator) -> bool:
+    """True on the ranks other than 0 under FSDP2 with ``fsdp_cpu_ram_efficient_loading: true``: there the trained
+    policy is built on the meta device (no host memory), and accelerate's ``prepare`` broadcasts rank 0's weights
+    into each rank's shard."""
+    from accelerate.utils import DistributedType
+
+    if accelerator is None or accelerator.distributed_type != DistributedType.FSDP or accelerator.is_main_process:
+        return False
+    plugin = accelerator.state.fsdp_plugin
+    return plugin.fsdp_version == 2 and bool(plugin.cpu_ram_efficient_loading)
+
+
 def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float) -> None:
     """Give a DeepSpeed engine what accelerate cannot infer without a DataLoader (call before ``prepare``).
 

@@ -52,10 +52,10 @@ def test_fsdp_plugin_reduces_in_the_configured_dtype(monkeypatch, reduce_dtype, 
 def test_prepared_fsdp2_model_reduces_gradients_in_float32(tmp_path):
     """The default config under an FSDP2 launch with bf16 autocast: weights gathered in bf16, gradients reduced
     (and kept) in float32, on CPU processes as on GPUs."""
-    out = tmp_path / "probe.json"
-    proc = _torchrun([str(REPO / "tests" / "runtime" / "fsdp_two_process.py"), str(out), "run.mixed_precision=bf16"])
+    proc = _torchrun([str(REPO / "tests" / "runtime" / "fsdp_two_process.py"), str(tmp_path), "-",
+                      "run.mixed_precision=bf16"])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(out.read_text())
+    got = json.loads((tmp_path / "rank0.json").read_text())
     assert got["distributed_type"] == "FSDP" and got["units"] >= 3  # the decoder layers and the root
     assert got["param_dtype"] == ["torch.bfloat16"] and got["reduce_dtype"] == ["torch.float32"]
     assert got["grad_dtype"] == ["torch.float32"]
@@ -125,3 +125,24 @@ def test_fsdp_run_killed_after_a_sharded_checkpoint_resumes_bit_identical(tiny, 
     assert a == b
     final = json.loads((root / "fsdp-cut" / "checkpoints" / "final" / "config.json").read_text())
     assert final["dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_ranks_other_than_0_build_the_policy_on_meta_and_get_rank_0s_weights(tmp_path):
+    """Under FSDP2 with fsdp_cpu_ram_efficient_loading, rank 1 builds the trained policy on the meta device and
+    prepare() broadcasts rank 0's weights: every rank's policy then holds the loaded weights, and the reference
+    (read whole on every rank) too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r2m.models.loading import save_model
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False))
+    save_model(model, None, tmp_path / "policy")
+    proc = _torchrun([str(REPO / "tests" / "runtime" / "fsdp_two_process.py"), str(tmp_path), str(tmp_path / "policy")],
+                     {"FSDP_CPU_RAM_EFFICIENT_LOADING": "true"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["policy_built_on_meta"] for r in ranks] == [False, True]
+    assert all(r["weights_match_reference"] for r in ranks)

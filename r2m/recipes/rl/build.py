@@ -35,7 +35,7 @@ from r2m.recipes.rl.checkpoints import restore
 from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend
 from r2m.recipes.rl.state import Evaluation, Models, RLComponents
 from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
-from r2m.runtime.distributed import Dist
+from r2m.runtime.distributed import Dist, policy_on_meta
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 from r2m.runtime.runlog import RunDir
 from r2m.updates.grebt import GREBTUpdater
@@ -124,7 +124,8 @@ def _policy_models(cfg: Config, inputs: Inputs, acc, resume_dir: Optional[Path],
     # With policy.lora the reference is the policy's own base, adapters off (ref is None here).
     policy, ref = build_policy_and_reference(cfg.policy, inputs.policy, resume_dir and resume_dir / "policy",
                                              cfg.run.allow_unsafe_weights,
-                                             resume_dtype=master_dtype(cfg.policy.dtype, acc), base=policy)
+                                             resume_dtype=master_dtype(cfg.policy.dtype, acc), base=policy,
+                                             empty_policy=policy_on_meta(acc))
     fp32_master_weights(policy, "policy", acc)  # the reference keeps policy.dtype
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                   weight_decay=0.0, **cfg.rl.optimizer_impl.torch_kwargs)
