@@ -89,10 +89,11 @@ def ensure_pad_token(tok: PreTrainedTokenizerBase, path: str) -> PreTrainedToken
 
 @contextlib.contextmanager
 def whole_weights() -> Iterator[None]:
-    """Within the block ``from_pretrained`` reads the weights on every rank. Under an FSDP launch with
-    ``fsdp_cpu_ram_efficient_loading`` transformers would leave them unread on the ranks other than 0, for FSDP to
-    broadcast; but the reference and the reward model are not sharded (each rank holds them whole), and the
-    trained policy's empty copy is r2m's own (:func:`empty_copy`)."""
+    """Within the block ``from_pretrained`` loads as in a single process. Under an FSDP launch with
+    ``fsdp_cpu_ram_efficient_loading`` transformers treats the ranks other than 0 as receiving their weights from
+    FSDP's broadcast (it skips their initialisation; older versions skipped reading them); but the reference and the
+    reward model are not sharded (each rank holds them whole), and the trained policy's empty copy is r2m's own
+    (:func:`empty_copy`)."""
     key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
     saved = os.environ.pop(key, None)
     try:
