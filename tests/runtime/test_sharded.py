@@ -107,9 +107,11 @@ def test_fsdp_run_killed_after_a_sharded_checkpoint_resumes_bit_identical(tiny, 
     root = Path(next(o.split("=", 1)[1] for o in tiny if o.startswith("run.root=")))
     run = ["-m", "r2m", "rl", *tiny, "reward.r2m.enabled=true", "rl.steps=3", "rl.save_every=1", "rl.eval_every=3",
            "run.keep_checkpoints=0"]
-    whole = _torchrun([*run, "run.name=fsdp-whole"])
+    # As configs/accelerate/fsdp.yaml: rank 1 builds the policy on the meta device, rank 0's weights broadcast.
+    lean = {"FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+    whole = _torchrun([*run, "run.name=fsdp-whole"], lean)
     assert whole.returncode == 0, whole.stderr[-4000:]
-    cut = _torchrun([*run, "run.name=fsdp-cut"], {FAULT_ENV: "atomic_dir.before_rename:step-000002"})
+    cut = _torchrun([*run, "run.name=fsdp-cut"], {**lean, FAULT_ENV: "atomic_dir.before_rename:step-000002"})
     assert cut.returncode != 0
     ckpts = root / "fsdp-cut" / "checkpoints"
     assert [p.name for p in list_checkpoints(ckpts)] == ["step-000001"]
@@ -117,7 +119,7 @@ def test_fsdp_run_killed_after_a_sharded_checkpoint_resumes_bit_identical(tiny, 
     assert verify(step1) is None
     assert (step1 / "sharded" / ".metadata").is_file() and (step1 / "rng" / "rank-00001.pt").is_file()
     assert not (step1 / "policy").exists()  # no rank gathered the full weights for a checkpoint
-    resumed = _torchrun([*run, "run.name=fsdp-cut", "run.resume=auto"])
+    resumed = _torchrun([*run, "run.name=fsdp-cut", "run.resume=auto"], lean)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr + resumed.stdout
     a, b = _rows(root / "fsdp-whole" / "metrics.jsonl"), _rows(root / "fsdp-cut" / "metrics.jsonl")
