@@ -94,8 +94,14 @@ def save_checkpoint(parts: Resumable, cfg: Config, run: RunDir, step: int) -> Pa
 
 
 def _save_rank_rng(directory: Path, rank: int) -> None:
+    """This rank's RNG states into the shared checkpoint ``directory``. A rank on a node that does not share rank 0's
+    file system (possible under DDP, whose weights rank 0 alone writes) skips it, and on resume takes rank 0's."""
     import torch
 
+    if not directory.is_dir():
+        log.warning("rank %d does not see the checkpoint directory %s (no shared file system): its RNG states are not "
+                    "saved, and a resume gives it rank 0's", rank, directory)
+        return
     rank_rng_file(directory, rank).parent.mkdir(exist_ok=True)
     torch.save({"rng": rng_state()}, rank_rng_file(directory, rank))
 
