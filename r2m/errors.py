@@ -21,6 +21,11 @@ class CheckpointError(R2MError):
     """A checkpoint or saved model file cannot be read (damaged, truncated). The message names the file."""
 
 
+class CheckpointWriteError(R2MError):
+    """A checkpoint could not be written (no space left, an I/O error). The message names the path, the bytes it
+    needs and those free; the partial write is removed, and the newest complete checkpoint stays the resume point."""
+
+
 class FormatVersionError(R2MError):
     """An artefact on disk (a world cache entry, a checkpoint, SER's loop state, an R2M or critic directory) has a
     format version this r2m does not read. The message names the file, what it is, its version, the one expected,

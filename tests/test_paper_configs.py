@@ -318,6 +318,7 @@ def test_distributed_setups() -> None:
     assert fsdp.fsdp_version == 2 and fsdp.reshard_after_forward is True  # FSDP2's FULL_SHARD
     assert fsdp.state_dict_type.name == "FULL_STATE_DICT"
     assert fsdp.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
+    assert fsdp.cpu_ram_efficient_loading is True  # ranks other than 0 build the policy on the meta device
 
 
 # --------------------------------------------------------------------------------------------

@@ -245,7 +245,6 @@ def test_r2m_config_under_torchrun_two_processes(models, data, tmp_path) -> None
 
 
 
-# FSDP on CPU is not rehearsed: accelerate (1.15) turns its FSDP plugin on only for accelerator devices (MULTI_GPU,
-# MULTI_XPU, ...); on CPU, `accelerate launch --config_file configs/accelerate/fsdp.yaml` runs as MULTI_CPU, i.e.
-# plain gloo DDP, which the torchrun test above covers. torch's own fully_shard does run on CPU with gloo, but only
-# outside accelerate, which is not r2m's path. See docs/GPU.md.
+# FSDP on CPU is not rehearsed here: accelerate (1.16) turns its FSDP plugin on only for accelerator devices; r2m
+# routes torch's fully_shard on CPU processes itself (r2m.runtime.distributed.route_fsdp), and
+# tests/runtime/test_sharded.py runs `r2m rl` so with two processes over gloo. See docs/DISTRIBUTED.md.

@@ -398,6 +398,49 @@ def test_sigkill_inside_a_checkpoint_save_resumes_exactly(point, tiny, world_art
 
 
 @pytest.mark.slow
+def test_checkpoint_write_that_runs_out_of_space_is_named_and_resumes(tiny, world_artifacts, uninterrupted,
+                                                                      monkeypatch) -> None:
+    """A full disk during the second save (torch's writer raising ENOSPC, as a file system would, after part of
+    state.pt is on disk): a CheckpointWriteError naming the path, the bytes needed and free; no partial directory
+    left; the step-2 checkpoint stays the resume point, and the resumed run matches the uninterrupted one."""
+    import errno
+
+    from r2m.errors import CheckpointWriteError
+    from r2m.recipes.rl.run import run_rl
+    from r2m.runtime.checkpoint import list_checkpoints, verify
+
+    root = Path(tiny[-1].split("=", 1)[1])
+    name = "enospc"
+    real_save, saves = torch.save, []
+
+    def full_disk(obj, f, *args, **kwargs):
+        if str(f).endswith("state.pt"):
+            saves.append(f)
+            if len(saves) == 2:
+                Path(f).write_bytes(b"PK\x03\x04 partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg = load_config(None, [*tiny, f"run.name={name}", *FAULT_RUN])
+    with pytest.raises(CheckpointWriteError) as err:
+        run_rl(cfg)
+    msg = str(err.value)
+    ckpts = root / name / "checkpoints"
+    assert msg.startswith(f"{ckpts / 'step-000004'}: the checkpoint could not be written (ENOSPC: No space left")
+    assert "bytes) and " in msg and " bytes are free there" in msg
+    assert f"{ckpts / 'step-000002'}, stays the resume point" in msg
+    assert int(msg.split(" MiB (")[1].split(" bytes")[0]) > 0
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000002"]  # the partial write is removed
+    assert verify(ckpts / "step-000002") is None and [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]
+    _documented("CheckpointWriteError", "the checkpoint could not be written")
+
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
+    assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
+
+
+@pytest.mark.slow
 def test_ser_resume_retrains_a_damaged_newest_loop(tiny, world_artifacts, caplog) -> None:
     from safetensors.torch import load_file
 

@@ -181,6 +181,22 @@ class Malloc(str, enum.Enum):
     """glibc's defaults."""
 
 
+class ReduceDtype(str, enum.Enum):
+    """The dtype FSDP reduces gradients in under 16-bit mixed precision (``dist.reduce_dtype``)."""
+
+    FLOAT32 = "float32"
+    """Sums of many ranks' and micro-batches' gradients keep their low bits (verl's choice)."""
+    BFLOAT16 = "bfloat16"
+    """Half the traffic; accelerate's mapping of ``mixed_precision: bf16``. The sum of small gradients at lr 1e-6
+    loses bits below bfloat16's 8-bit mantissa."""
+
+    @property
+    def torch(self):
+        import torch
+
+        return {ReduceDtype.FLOAT32: torch.float32, ReduceDtype.BFLOAT16: torch.bfloat16}[self]
+
+
 class RewardBaseline(str, enum.Enum):
     """Reward-model baselines of the R2M paper (Table 2), as alternatives to R2M."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from r2m.config.checks import _check
 from r2m.config.jobs import DemoConfig, EvalConfig, SERConfig
 from r2m.config.models import PolicyConfig, RewardConfig
-from r2m.config.run import DataConfig, RunConfig, WorldConfig
+from r2m.config.run import DataConfig, DistConfig, RunConfig, WorldConfig
 from r2m.config.training import RLConfig, RMConfig, SFTConfig
 
 
@@ -17,6 +17,8 @@ class Config:
 
     run: RunConfig = field(default_factory=RunConfig)
     """Run name, output root, seed, device and trackers."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Several processes: FSDP's reduce dtype, gradient sync per micro-batch, the process-group timeout."""
     world: WorldConfig = field(default_factory=WorldConfig)
     """The gold-reward world."""
     data: DataConfig = field(default_factory=DataConfig)

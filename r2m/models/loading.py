@@ -7,11 +7,14 @@ code runs only when ``trust_remote_code`` is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
+import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from transformers import (
@@ -84,13 +87,29 @@ def ensure_pad_token(tok: PreTrainedTokenizerBase, path: str) -> PreTrainedToken
     return tok
 
 
+@contextlib.contextmanager
+def whole_weights() -> Iterator[None]:
+    """Within the block ``from_pretrained`` loads as in a single process. Under an FSDP launch with
+    ``fsdp_cpu_ram_efficient_loading`` transformers treats the ranks other than 0 as receiving their weights from
+    FSDP's broadcast (it skips their initialisation; older versions skipped reading them); but the reference and the
+    reward model are not sharded (each rank holds them whole), and the trained policy's empty copy is r2m's own
+    (:func:`empty_copy`)."""
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    saved = os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[key] = saved
+
+
 def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                 allow_unsafe_weights: bool = False) -> PreTrainedModel:
     """An ``AutoModelForCausalLM``; a LoRA adapter directory loads as its base with the adapter merged in."""
     if is_adapter_dir(path):
         return load_merged(path, lambda base: load_policy(base, dtype, trust_remote_code, allow_unsafe_weights),
                            allow_unsafe_weights)
-    with named_load_errors(path, "policy"):
+    with named_load_errors(path, "policy"), whole_weights():
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_unsafe_weights else True,
@@ -117,7 +136,7 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
         raise ModelError(f"reward model at {path}: num_labels={config.num_labels}, expected 1 (a scalar reward)")
     # transformers warns that the score head is newly initialised; that is the intent here.
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-    with named_load_errors(path, "reward model"):
+    with named_load_errors(path, "reward model"), whole_weights():
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=1, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_unsafe_weights else True,
@@ -131,7 +150,7 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
 
 def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: Optional[Path] = None,
                                allow_unsafe_weights: bool = False, resume_dtype: Optional[str] = None,
-                               base: Optional[PreTrainedModel] = None,
+                               base: Optional[PreTrainedModel] = None, empty_policy: bool = False,
                                ) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
     """RL's trainable policy and its frozen reference, loaded from ``path`` (the policy of ``resume_dir`` when
     resuming, read in ``resume_dtype``: the dtype it was trained in, default ``policy.dtype``).
@@ -141,7 +160,9 @@ def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: 
     (:class:`r2m.models.lora.AdapterFreeReference`), built once the policy is placed. Otherwise the reference
     is a full copy. ``policy.gradient_checkpointing`` is applied to the policy. ``base``: the model of ``path``,
     already loaded (the object API's): it is the one trained, in place (a resume loads the checkpoint's weights
-    into it), and the reference is a copy of it as passed (resuming: ``path``'s weights).
+    into it), and the reference is a copy of it as passed (resuming: ``path``'s weights). ``empty_policy``: the
+    full-weight policy is built on the meta device (:func:`empty_copy`; a rank whose weights FSDP broadcasts from
+    rank 0), so that this process holds one copy of the weights, the reference's.
     """
     pc = policy_cfg
     given = base is not None
@@ -158,7 +179,7 @@ def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: 
             policy.load_state_dict(
                 load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code).state_dict())
     else:
-        ref, policy = base, copy.deepcopy(base)
+        ref, policy = base, empty_copy(base) if empty_policy and resume_dir is None else copy.deepcopy(base)
         if resume_dir is not None:
             policy = load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code)
     if pc.gradient_checkpointing:
@@ -166,6 +187,17 @@ def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: 
     # Train mode from the start, as after every update: a resumed run's first rollout then computes what the
     # uninterrupted run's did (it matters with dropout, e.g. LoRA's). Generation switches to eval mode itself.
     return policy.train(), ref
+
+
+def empty_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """``model``'s architecture with its parameters on the meta device (they take no memory until FSDP fills this
+    rank's shard) and its buffers copied (the rotary frequencies are not in any state dict)."""
+    with torch.device("meta"):
+        empty = type(model)(model.config)
+    for name, buf in model.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        empty.get_submodule(owner)._buffers[leaf] = buf.clone()
+    return empty
 
 
 def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
@@ -189,16 +221,39 @@ def build_world_lm(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase, seed: i
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path,
-               state_dict: Optional[dict] = None) -> Path:
+               state_dict: Optional[dict] = None, dtype: Optional[str] = None) -> Path:
     """``save_pretrained`` (safetensors) into ``directory``, atomically, with a manifest
     (:func:`r2m.runtime.checkpoint.write_manifest`); ``state_dict`` overrides the module's own (a sharded model's
-    gathered full state)."""
+    gathered full state). ``dtype``: the floating-point weights are written in it (the policy's dtype, for
+    float32 master weights trained under autocast), and config.json says so."""
+    if dtype is not None and torch_dtype(dtype) != model.dtype:
+        state_dict = in_dtype(model.state_dict() if state_dict is None else state_dict, torch_dtype(dtype))
     with atomic_dir(directory) as tmp:
         if state_dict is None:
             model.save_pretrained(tmp, safe_serialization=True)
         else:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        if dtype is not None:
+            config = json.loads((tmp / "config.json").read_text())
+            config["dtype"] = str(torch_dtype(dtype)).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_manifest(tmp)  # sizes and checksums, last: a later resume can tell a damaged copy
     return Path(directory)
+
+
+def in_dtype(state: dict, dtype: torch.dtype) -> dict:
+    """``state`` with its floating-point tensors cast to ``dtype``; tensors that shared memory (tied weights) share
+    the cast one."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, v in state.items():
+        if not (isinstance(v, torch.Tensor) and v.is_floating_point()):
+            out[k] = v
+            continue
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()))
+        if key not in cast:
+            cast[key] = v.detach().to(dtype)
+        out[k] = cast[key]
+    return out

@@ -18,6 +18,13 @@ The manifest is what makes a checkpoint trustworthy after the fact: a file trunc
 full disk, a bad copy) no longer matches it, and resume falls back to the newest checkpoint that verifies,
 naming the damaged one (:func:`latest_checkpoint`).
 
+Under FSDP or DeepSpeed the weights and optimiser state are saved sharded, every rank writing its own part
+(:mod:`r2m.runtime.sharded`: ``sharded/``, no ``policy/``), and with several processes each rank's RNG states go
+to ``rng/rank-NNNNN.pt``: every rank writes into one temporary directory, which rank 0 renames once every rank has
+written (:func:`shared_atomic_dir`). A write that fails (no space left, an I/O error) ends the run with a
+:class:`r2m.errors.CheckpointWriteError` naming the path, the bytes needed and free (:func:`guard_write`); the
+partial write is removed and the previous checkpoint stays the resume point.
+
 The format version and the config fingerprint guard resume: a checkpoint of another format version is refused
 by name (:class:`r2m.errors.FormatVersionError`), one of another config with a message naming the fields that
 differ. Fields that do not change what was computed so far (:data:`RESUME_FREE`:
@@ -27,6 +34,8 @@ change is logged.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -34,20 +43,24 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from r2m.config.parsing import to_dict
-from r2m.errors import CheckpointError, ConfigError
-from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_write_text, fault_point
+from r2m.errors import CheckpointError, CheckpointWriteError, ConfigError
+from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_dir, atomic_write_text, fault_point
+
+if TYPE_CHECKING:
+    from r2m.runtime.distributed import Dist
 
 log = logging.getLogger("r2m")
 
 STATE = "state.pt"
 META = "meta.json"
 MANIFEST = "manifest.json"
+RNG_DIR = "rng"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 CHECKPOINT_FORMAT = ArtifactFormat("training checkpoint", 1, "resume it with the r2m release that wrote it, or start "
                                    "a new run (another run.name, or run.resume=never)")
@@ -64,7 +77,9 @@ RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoin
                # Recomputing activations gives the same gradients: turn it on to resume on a smaller GPU.
                "policy.gradient_checkpointing", "reward.gradient_checkpointing",
                # Stopping on the over-optimisation alarm, or at an evaluation KL, changes no step taken so far.
-               "rl.stop_on_alarm", "rl.stop_at_kl"}
+               "rl.stop_on_alarm", "rl.stop_at_kl",
+               # How long a rank waits in a collective; when gradients are reduced (the same sums, in another order).
+               "dist.timeout_minutes", "dist.sync_every_micro_batch"}
 # How often to evaluate, save or log (rl.*, sft.*, rm.*, ser.*): never what a step computes.
 RESUME_FREE_SUFFIXES = (".save_every", ".eval_every", ".log_every")
 # The API judge only reads finished samples: its endpoint, model and cache never change a trajectory.
@@ -286,3 +301,125 @@ def load_state_file(path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); the "
                               "checkpoint is damaged") from None
+
+
+def rank_rng_file(directory: Path, rank: int) -> Path:
+    """Where rank ``rank``'s RNG states are in a checkpoint written by several processes."""
+    return directory / RNG_DIR / f"rank-{rank:05d}.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: one directory for every rank's part, and failed writes named
+# ---------------------------------------------------------------------------------------------
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in nested dicts, lists and tuples (a sharded tensor's local shard only)."""
+    if isinstance(obj, torch.Tensor):
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return local.numel() * local.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_failure(e: BaseException) -> Optional[str]:
+    """What failed when ``e`` is a failed write (no space left, an I/O error), else None. torch's writer raises a
+    ``RuntimeError`` ("file write failed"), safetensors a ``SafetensorError`` (an ``IoError``), torch's distributed
+    checkpoint a ``CheckpointException`` holding each rank's error."""
+    if isinstance(e, OSError):
+        code = errno.errorcode.get(e.errno or 0)
+        return f"{code}: {e.strerror}" if code and e.strerror else f"{type(e).__name__}: {e}"
+    first = (str(e).splitlines() or [""])[0]
+    name = type(e).__name__
+    if isinstance(e, RuntimeError) and "write" in str(e).lower():
+        return f"{name}: {first}"
+    if name == "SafetensorError" and "io" in str(e).lower():
+        return f"{name}: {first}"
+    if name == "CheckpointException":
+        for exc, _ in getattr(e, "failures", {}).values():
+            inner = _write_failure(exc)
+            if inner is not None:
+                return inner
+        return f"{name}: {first}"
+    cause = e.__cause__ or e.__context__
+    return _write_failure(cause) if cause is not None and cause is not e else None
+
+
+def _free_bytes(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+@contextlib.contextmanager
+def guard_write(final: Path, needed: int) -> Iterator[None]:
+    """Around a checkpoint's write (outside its :func:`r2m.fileio.atomic_dir`, which removes the partial write):
+    a write that fails becomes a :class:`CheckpointWriteError` naming ``final``, the bytes ``needed`` (an estimate:
+    the tensors to write) and those free, and the checkpoint that stays the resume point."""
+    try:
+        yield
+    except BaseException as e:
+        reason = _write_failure(e)
+        if reason is None:
+            raise
+        final = Path(final)
+        previous = [p for p in list_checkpoints(final.parent) if p != final] or [final] * final.exists()
+        stays = (f"the newest complete checkpoint, {previous[-1]}, stays the resume point" if previous
+                 else "no earlier checkpoint exists, so a resume starts the run over")
+        raise CheckpointWriteError(
+            f"{final}: the checkpoint could not be written ({reason}); it needs about {needed / 2**20:.1f} MiB "
+            f"({needed} bytes) and {_free_bytes(final.parent)} bytes are free there; the partial write was removed "
+            f"and {stays}; free space (or lower run.keep_checkpoints) and continue with run.resume=auto") from None
+
+
+def _other_rank_failed(final: Path) -> CheckpointWriteError:
+    return CheckpointWriteError(f"{final}: another process could not write its part of the checkpoint (its error says "
+                                "why); the partial write was removed and the previous checkpoint stays the resume "
+                                "point")
+
+
+def _caught(e: BaseException) -> bool:
+    """An error of a rank's write that the ranks agree on (torch's CheckpointException is a BaseException)."""
+    return not isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit))
+
+
+def each_rank(dist: "Dist", final: Path, write: Callable[[], None]) -> None:
+    """``write`` (this rank's part of the checkpoint ``final``) on every rank, then an agreement: when any rank's
+    write failed, every rank raises (the others a :class:`CheckpointWriteError` that says so)."""
+    error: Optional[BaseException] = None
+    try:
+        write()
+    except BaseException as e:
+        if not _caught(e):
+            raise
+        error = e
+    if not dist.all(error is None):
+        raise error if error is not None else _other_rank_failed(final)
+
+
+@contextlib.contextmanager
+def shared_atomic_dir(final: Path, dist: "Dist") -> Iterator[Path]:
+    """:func:`r2m.fileio.atomic_dir` for a checkpoint that every rank writes a part of: rank 0 makes the temporary
+    directory and renames it once every rank's block has ended without an error. A rank whose block fails
+    fails every rank (the others with a :class:`CheckpointWriteError` that says so), and the partial write is
+    removed. Every rank must enter it; with one process it is ``atomic_dir``."""
+    if not dist.enabled:
+        with atomic_dir(final) as tmp:
+            yield tmp
+        return
+    with contextlib.ExitStack() as rank0:
+        tmp = rank0.enter_context(atomic_dir(final)) if dist.rank == 0 else None
+        tmp = Path(dist.broadcast_object(None if tmp is None else str(tmp)))
+        error: Optional[BaseException] = None
+        try:
+            yield tmp
+        except BaseException as e:
+            if not _caught(e):
+                raise
+            error = e
+        if not dist.all(error is None):  # rank 0 leaves atomic_dir with an error: the partial write is removed
+            raise error if error is not None else _other_rank_failed(final)
+    dist.barrier()  # rank 0 has renamed it: every rank sees the checkpoint

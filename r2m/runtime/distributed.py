@@ -112,6 +112,18 @@ class Dist:
             if p.grad is not None:
                 p.grad.copy_(reduce(p.grad, "mean"))
 
+    def broadcast_object(self, obj):
+        """Rank 0's picklable ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            self.acc.wait_for_everyone()
+
     def broadcast_parameters(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Copy rank 0's values into every rank's parameters (one starting point for modules outside DDP)."""
         if not self.enabled:
@@ -121,6 +133,57 @@ class Dist:
         with torch.no_grad():
             for p in params:
                 p.copy_(broadcast(p.data.clone(), from_process=0))
+
+
+def fsdp_plugin(reduce_dtype, mixed_precision: str):
+    """accelerate's FSDP plugin for a launch that asks for FSDP (``ACCELERATE_USE_FSDP``), else None.
+
+    Its settings come from the launcher's config (``FSDP_*`` variables), except the mixed-precision policy:
+    accelerate maps ``mixed_precision: bf16`` to gradients reduced in bf16; here they are reduced in
+    ``reduce_dtype`` (``dist.reduce_dtype``), the weights gathered in the autocast dtype.
+    """
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    policy = None
+    if mixed_precision in ("bf16", "fp16"):
+        param = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+        policy = {"param_dtype": param, "reduce_dtype": reduce_dtype.torch}
+        if int(os.environ.get("FSDP_VERSION", "1")) == 1:
+            policy["buffer_dtype"] = param  # FSDP1's policy also names the buffers' dtype (accelerate's choice)
+    return FullyShardedDataParallelPlugin(mixed_precision_policy=policy)
+
+
+def route_fsdp(accelerator, plugin) -> None:
+    """FSDP on CPU processes (gloo), where accelerate would silently run plain data parallelism instead: torch's
+    FSDP2 shards over gloo as over NCCL (the CPU tests of sharded training and resume run this way)."""
+    from accelerate.utils import DistributedType
+
+    if plugin is None or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on CPU processes needs fsdp_version: 2 (FSDP2); FSDP1 runs on GPUs only")
+    from accelerate.state import PartialState
+
+    # Both of accelerate's shared states: an AcceleratorState() made later copies PartialState's over its own.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+def policy_on_meta(accelerator) -> bool:
+    """True on the ranks other than 0 under FSDP2 with ``fsdp_cpu_ram_efficient_loading: true``: there the trained
+    policy is built on the meta device (no host memory), and accelerate's ``prepare`` broadcasts rank 0's weights
+    into each rank's shard."""
+    from accelerate.utils import DistributedType
+
+    if accelerator is None or accelerator.distributed_type != DistributedType.FSDP or accelerator.is_main_process:
+        return False
+    plugin = accelerator.state.fsdp_plugin
+    return plugin.fsdp_version == 2 and bool(plugin.cpu_ram_efficient_loading)
 
 
 def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float) -> None:

@@ -65,6 +65,16 @@ def set_malloc(mode: Malloc) -> bool:
     return ok
 
 
+def host_peak_bytes() -> int:
+    """This process's peak resident host memory so far, in bytes (``getrusage``'s ``ru_maxrss``): with several
+    processes, each rank's own peak (``r2m bench memory`` reports it per rank)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS counts bytes, Linux KiB
+
+
 _applied: Optional[Malloc] = None
 
 

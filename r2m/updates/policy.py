@@ -41,13 +41,18 @@ class PolicyUpdate(NamedTuple):
 
 
 class PolicyUpdater:
-    """k epochs of minibatch updates on one :class:`Experience` (and the critic's, for PPO)."""
+    """k epochs of minibatch updates on one :class:`Experience` (and the critic's, for PPO).
+
+    ``sync_every_micro_batch`` (``dist.sync_every_micro_batch``): reduce gradients after every micro-batch instead
+    of accumulating them unreduced until the minibatch's last one (under FSDP the unreduced gradients are whole,
+    unsharded, on every rank)."""
 
     def __init__(self, policy, optimizer, accelerator, cfg: RLConfig, critic=None, critic_optimizer=None,
-                 dist: Dist = Dist()):
+                 dist: Dist = Dist(), sync_every_micro_batch: bool = False):
         self.policy, self.optimizer, self.accelerator, self.cfg = policy, optimizer, accelerator, cfg
         self.critic, self.critic_optimizer = critic, critic_optimizer
         self.dist = dist
+        self.sync_every_micro_batch = sync_every_micro_batch
 
     def _micro_loss(self, mb: Experience, num_tokens: float, num_seqs: int, with_hidden: bool,
                     beta: float) -> MicroStep:
@@ -119,7 +124,8 @@ class PolicyUpdater:
         sums: dict[str, float] = {}
         parts = torch.arange(mb.batch_size).split(micro)
         for i, part in enumerate(parts):
-            # Gradients are all-reduced once per minibatch, on its last micro-batch.
+            # Gradients are all-reduced once per minibatch, on its last micro-batch (or on every one: see
+            # sync_every_micro_batch).
             with self._no_sync(last=i == len(parts) - 1):
                 step = self._micro_loss(mb.select(part), num_tokens, num_seqs, into is not None, beta)
                 self.accelerator.backward(step.loss)
@@ -132,7 +138,9 @@ class PolicyUpdater:
         return {**stats, "policy/grad_norm": grad_norm, "guard/skipped_minibatches": float(not applied)}
 
     def _no_sync(self, last: bool):
-        if last or not self.dist.enabled:
+        """accelerate's ``no_sync`` on the trained models, except on the minibatch's last micro-batch (and on every
+        one with ``sync_every_micro_batch``, or one process)."""
+        if last or not self.dist.enabled or self.sync_every_micro_batch:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         for model in (self.policy, self.critic):

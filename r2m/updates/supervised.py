@@ -13,8 +13,18 @@ from r2m.config.enums import LRSchedule
 from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_dir
-from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
-from r2m.runtime.distributed import Dist
+from r2m.runtime.checkpoint import (
+    guard_write,
+    latest_checkpoint,
+    prune,
+    read_state,
+    rng_state,
+    set_rng_state,
+    step_dir,
+    tensor_bytes,
+    write_state,
+)
+from r2m.runtime.distributed import Dist, fsdp_plugin, route_fsdp
 from r2m.runtime.host import configure_host
 from r2m.runtime.runlog import resolve_trackers
 from r2m.runtime.safeio import load_safetensors as load_file
@@ -53,29 +63,39 @@ def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
     Under ``accelerate launch`` the distributed setup comes from the launcher; on a plain
     ``python`` call this is a single process.
     """
+    from datetime import timedelta
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
     configure_host(cfg.run)  # run.threads and run.malloc: every training job builds its accelerator first
     # "auto" without CUDA is CPU; saying so also lets a CPU launch with N processes run as MULTI_CPU (gloo).
     cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
+    mixed_precision = resolve_mixed_precision(cfg)
+    plugin = fsdp_plugin(cfg.dist.reduce_dtype, mixed_precision)
     kwargs = dict(
         cpu=cpu,
-        mixed_precision=resolve_mixed_precision(cfg),
+        mixed_precision=mixed_precision,
+        fsdp_plugin=plugin,
+        # The first Accelerator of a process starts its process group: with this timeout.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.dist.timeout_minutes))],
         # Trackers need a directory; internal stages (the world cache) log to metrics.jsonl only.
         # run.log_with as accelerate takes it; a tracker named but not installed is an error here, before a model loads.
         log_with=(resolve_trackers(cfg.run.log_with) or None) if project_dir else None,
         project_dir=project_dir,
     )
     try:
-        return Accelerator(**kwargs)
+        acc = Accelerator(**kwargs)
     except ValueError as e:
         if "already been initialized" not in str(e):
             raise
         # accelerate keeps one process-wide state: a process that made an Accelerator with another precision
         # before (a test session, a notebook) starts that state over. The process group is kept.
         AcceleratorState._reset_state()
-        return Accelerator(**kwargs)
+        acc = Accelerator(**kwargs)
+    route_fsdp(acc, plugin)
+    return acc
 
 
 def num_steps(n_items: int, batch_size: int, epochs: float, max_steps: int) -> int:
@@ -243,7 +263,9 @@ def _checkpoint(accelerator, checkpoint_dir: Path, model, optimizer, scheduler, 
                 keep_checkpoints: int, hooks: Optional["Hooks"]) -> None:
     path = step_dir(checkpoint_dir, step)
     if accelerator.is_main_process:  # the replicas are identical: one writer
-        _save_loop_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, fingerprint)
+        unwrapped = accelerator.unwrap_model(model)
+        with guard_write(path, tensor_bytes(unwrapped.state_dict()) + tensor_bytes(optimizer.state_dict())):
+            _save_loop_checkpoint(path, unwrapped, optimizer, scheduler, step, fingerprint)
         prune(checkpoint_dir, keep_checkpoints)
     accelerator.wait_for_everyone()
     if hooks is not None:

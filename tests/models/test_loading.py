@@ -101,3 +101,25 @@ def test_the_reward_model_reads_the_real_eos_when_the_pad_is_eos(eos_padded) -> 
         without_eos = rm(enc["input_ids"][:1, :3], enc["attention_mask"][:1, :3])
     torch.testing.assert_close(batched[:1], alone)
     assert not torch.allclose(alone, without_eos)  # the eos itself is what the RM reads
+
+
+def test_final_model_is_written_in_the_policy_dtype(tmp_path):
+    """float32 master weights saved with dtype=bfloat16: bf16 tensors, config.json saying so, and the values the
+    bf16 cast gives."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r2m.models.loading import save_model
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    save_model(model, None, tmp_path / "final", dtype="bfloat16")
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["dtype"] == "bfloat16"
+    w = model.model.layers[0].mlp.up_proj.weight
+    assert torch.equal(saved["model.layers.0.mlp.up_proj.weight"], w.detach().to(torch.bfloat16))
+    assert model.dtype == torch.float32  # the trained model itself is untouched

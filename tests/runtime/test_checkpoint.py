@@ -88,3 +88,34 @@ def test_rng_state_round_trip() -> None:
     set_rng_state(state)
     b = (random.random(), torch.rand(3))
     assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("raised,shown", [
+    (OSError(28, "No space left on device"), "ENOSPC: No space left on device"),
+    (OSError(5, "Input/output error"), "EIO: Input/output error"),
+    # what torch.save raises on a full disk
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 320 vs 214\nPytorchStreamWriter "
+                  "failed writing file data/0: file write failed"), "RuntimeError: [enforce fail"),
+])
+def test_failed_checkpoint_writes_are_named_with_bytes_needed_and_free(tmp_path, raised, shown):
+    from r2m.errors import CheckpointWriteError
+    from r2m.fileio import atomic_dir
+    from r2m.runtime.checkpoint import guard_write
+
+    final = tmp_path / "checkpoints" / "step-000004"
+    with pytest.raises(CheckpointWriteError) as err:
+        with guard_write(final, 3 * 2**20), atomic_dir(final) as tmp:
+            (tmp / "state.pt").write_bytes(b"partial")
+            raise raised
+    msg = str(err.value)
+    assert msg.startswith(f"{final}: the checkpoint could not be written ({shown}")
+    assert "needs about 3.0 MiB (3145728 bytes)" in msg and "no earlier checkpoint exists" in msg
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # the partial write is removed
+
+
+def test_errors_that_are_not_failed_writes_pass_through(tmp_path):
+    from r2m.runtime.checkpoint import guard_write
+
+    with pytest.raises(KeyError):
+        with guard_write(tmp_path / "step-000001", 0):
+            raise KeyError("optimizer")

@@ -154,7 +154,6 @@ def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
     (3, [], "ZeRO-3"),
     (2, ["rl.algorithm=ppo"], "rl.algorithm=ppo"),
     (2, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.micro_batch_size=4"], "rl.micro_batch_size"),
-    (2, ["run.resume=auto"], "run.resume=auto"),
     (2, ["policy.lora.enabled=true"], "policy.lora.enabled"),
 ])
 def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, field):
@@ -162,6 +161,13 @@ def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, fiel
 
     with pytest.raises(ConfigError, match=field):
         configure_backend(FakeDeepSpeed(stage), load_config(None, overrides))
+
+
+def test_sharded_runs_may_resume():
+    """Their checkpoints are sharded (r2m.runtime.sharded): run.resume=auto is accepted under DeepSpeed and FSDP."""
+    from r2m.recipes.rl.setup import configure_backend
+
+    configure_backend(FakeDeepSpeed(2), load_config(None, ["run.resume=auto"]))
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from r2m.recipes.rl.checkpoints import restore
 from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend, kl_controller
 from r2m.recipes.rl.state import Evaluation, Models, RLComponents
 from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
-from r2m.runtime.distributed import Dist
+from r2m.runtime.distributed import Dist, policy_on_meta
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 from r2m.runtime.runlog import RunDir
 from r2m.updates.grebt import GREBTUpdater
@@ -80,7 +80,9 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
     # Another config's checkpoint is refused; a changed rl.steps, *_every, ... is logged.
     resume_state = read_state(resume_dir, fingerprint(cfg), free_fields(cfg)) if resume_dir is not None else None
 
-    models, optimizer = _policy_models(cfg, inputs, acc, resume_dir, policy)
+    # A sharded checkpoint holds no policy/ directory: the policy loads from its path, then takes its shards.
+    policy_dir = None if resume_state is None or resume_state.get("sharded") else resume_dir
+    models, optimizer = _policy_models(cfg, inputs, acc, policy_dir, policy)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
     policy_dim = models.unwrapped_policy().config.get_text_config().hidden_size
     prompts = _load_prompts(cfg, inputs, models.tokenizer)
@@ -100,7 +102,8 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
                             gold_fn=prompts.gold_fn, hidden_store=store, critic=models.critic,
                             shaping=Shaping(cfg.reward.scaling, cfg.reward.normalize, cfg.reward.clip), dist=dist,
                             generator=generator, timer=timer)
-    updater = PolicyUpdater(models.policy, optimizer, acc, cfg.rl, models.critic, critic_optimizer, dist)
+    updater = PolicyUpdater(models.policy, optimizer, acc, cfg.rl, models.critic, critic_optimizer, dist,
+                            cfg.dist.sync_every_micro_batch)
     r2m = primary if isinstance(primary, FeedbackReward) else None
     grebt = GREBTUpdater(r2m.model, r2m.schedule, cfg.reward.r2m, dist, store) if r2m is not None else None
     s = RLComponents(
@@ -121,7 +124,8 @@ def _policy_models(cfg: Config, inputs: Inputs, acc, resume_dir: Optional[Path],
     # With policy.lora the reference is the policy's own base, adapters off (ref is None here).
     policy, ref = build_policy_and_reference(cfg.policy, inputs.policy, resume_dir and resume_dir / "policy",
                                              cfg.run.allow_unsafe_weights,
-                                             resume_dtype=master_dtype(cfg.policy.dtype, acc), base=policy)
+                                             resume_dtype=master_dtype(cfg.policy.dtype, acc), base=policy,
+                                             empty_policy=policy_on_meta(acc))
     fp32_master_weights(policy, "policy", acc)  # the reference keeps policy.dtype
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                   weight_decay=0.0, **cfg.rl.optimizer_impl.torch_kwargs)

@@ -1,5 +1,9 @@
 """The RL run's checkpoints: the training state, atomic saves (older ones pruned), and the restore on resume. Each
-function takes the parts a checkpoint holds (:class:`r2m.recipes.rl.state.Resumable`)."""
+function takes the parts a checkpoint holds (:class:`r2m.recipes.rl.state.Resumable`).
+
+Under FSDP and DeepSpeed the policy (and PPO's critic) with their optimisers are saved sharded, each rank its
+own part (:mod:`r2m.runtime.sharded`); R2M's fusion and head, trained alike on every rank, are written by rank 0;
+with several processes every rank's RNG states are kept."""
 
 from __future__ import annotations
 
@@ -8,27 +12,44 @@ from pathlib import Path
 from typing import Optional
 
 from r2m.config.root import Config
-from r2m.fileio import atomic_dir
 from r2m.models.critic import load_critic, save_critic
 from r2m.models.loading import save_model
 from r2m.recipes.rl.state import Resumable
-from r2m.runtime.checkpoint import fingerprint, free_fields, prune, rng_state, set_rng_state, step_dir, write_state
-from r2m.runtime.distributed import sharded_state_dict
+from r2m.runtime.checkpoint import (
+    each_rank,
+    fingerprint,
+    free_fields,
+    guard_write,
+    load_state_file,
+    prune,
+    rank_rng_file,
+    rng_state,
+    set_rng_state,
+    shared_atomic_dir,
+    step_dir,
+    tensor_bytes,
+    write_state,
+)
+from r2m.runtime.distributed import Dist
 from r2m.runtime.runlog import RunDir
 from r2m.runtime.safeio import load_safetensors as load_file
+from r2m.runtime.sharded import is_sharded, load_sharded, save_sharded
 
 log = logging.getLogger("r2m")
 
 
-def training_state(parts: Resumable, step: int) -> dict:
+def training_state(parts: Resumable, step: int, sharded: bool = False) -> dict:
     """What ``state.pt`` holds: the step, the prompt order, the RNG states, the optimisers', the KL controller's,
-    the reward normaliser's and R2M's states, the counters, and the evaluation that passed ``rl.stop_at_kl``."""
+    the reward normaliser's and R2M's states, the counters, and the evaluation that passed ``rl.stop_at_kl``.
+    ``sharded``: the policy's and critic's optimisers are in the sharded checkpoint instead."""
     state = {"step": step, "sampler_position": parts.sampler.position, "sampler": parts.sampler.state_dict(),
-             "rng": rng_state(), "optimizer": parts.optimizer.state_dict(), "kl_ctl": parts.kl_ctl.state_dict(),
-             "bad_steps": parts.progress.bad_steps, "omega_step": step, "kl_stop": parts.progress.kl_stop}
+             "rng": rng_state(), "kl_ctl": parts.kl_ctl.state_dict(), "bad_steps": parts.progress.bad_steps,
+             "omega_step": step, "kl_stop": parts.progress.kl_stop, "sharded": sharded}
+    if not sharded:
+        state["optimizer"] = parts.optimizer.state_dict()
     if parts.moments is not None:
         state["moments"] = parts.moments.state_dict()
-    if parts.critic_optimizer is not None:
+    if parts.critic_optimizer is not None and not sharded:
         state["critic_optimizer"] = parts.critic_optimizer.state_dict()
     if parts.lr_scheduler is not None:
         state["lr_scheduler"] = parts.lr_scheduler.state_dict()
@@ -38,24 +59,63 @@ def training_state(parts: Resumable, step: int) -> dict:
     return state
 
 
+def _trained(parts: Resumable) -> dict:
+    """The prepared models that train, each with its optimiser."""
+    pairs = {"policy": (parts.models.policy, parts.optimizer)}
+    if parts.models.critic is not None:
+        pairs["critic"] = (parts.models.critic, parts.critic_optimizer)
+    return pairs
+
+
+def _bytes_to_write(parts: Resumable) -> int:
+    """About how many bytes this rank writes into a checkpoint: its (share of the) trained weights and optimiser
+    states, and R2M's."""
+    total = sum(tensor_bytes(list(m.parameters())) + tensor_bytes(opt.state_dict())
+                for m, opt in _trained(parts).values())
+    if parts.grebt is not None:
+        total += tensor_bytes(list(parts.grebt.model.parameters())) + tensor_bytes(parts.grebt.optimizer.state_dict())
+    return total
+
+
 def save_checkpoint(parts: Resumable, cfg: Config, run: RunDir, step: int) -> Path:
-    """Everything needed to continue at step + 1, written atomically into ``run``'s checkpoints; older ones pruned."""
+    """Everything needed to continue at step + 1, written atomically into ``run``'s checkpoints; older ones pruned.
+    Every rank calls it. A failed write raises :class:`r2m.errors.CheckpointWriteError`, leaving the previous
+    checkpoints as they were."""
     models = parts.models
     acc = models.acc
+    dist, sharded = Dist(acc), is_sharded(acc)
     final = step_dir(run.checkpoints, step)
-    policy_state = sharded_state_dict(acc, models.policy)  # every rank takes part in gathering a sharded policy
-    if acc.is_main_process:
-        with atomic_dir(final) as tmp:
-            save_model(models.unwrapped_policy(), models.tokenizer, tmp / "policy", policy_state)
+    with guard_write(final, _bytes_to_write(parts)), shared_atomic_dir(final, dist) as tmp:
+        if sharded:
+            save_sharded(acc, tmp, _trained(parts))  # each rank its shard; no rank gathers the weights
+        if dist.enabled:
+            each_rank(dist, final, lambda: _save_rank_rng(tmp, dist.rank))
+        if acc.is_main_process:
+            if not sharded:  # the replicas are identical: one writer
+                save_model(models.unwrapped_policy(), models.tokenizer, tmp / "policy")
+                if models.critic is not None:
+                    save_critic(acc.unwrap_model(models.critic), tmp / "critic")
             if parts.grebt is not None:
                 parts.grebt.model.save(tmp / "r2m", base_rm=str(parts.rm_path))
-            if models.critic is not None:
-                save_critic(acc.unwrap_model(models.critic), tmp / "critic")
-            write_state(tmp, training_state(parts, step), step, fingerprint(cfg), free_fields(cfg))
+            write_state(tmp, training_state(parts, step, sharded), step, fingerprint(cfg), free_fields(cfg))
+    if acc.is_main_process:
         prune(run.checkpoints, cfg.run.keep_checkpoints)
     acc.wait_for_everyone()
     parts.progress.saved_step = step
     return final
+
+
+def _save_rank_rng(directory: Path, rank: int) -> None:
+    """This rank's RNG states into the shared checkpoint ``directory``. A rank on a node that does not share rank 0's
+    file system (possible under DDP, whose weights rank 0 alone writes) skips it, and on resume takes rank 0's."""
+    import torch
+
+    if not directory.is_dir():
+        log.warning("rank %d does not see the checkpoint directory %s (no shared file system): its RNG states are not "
+                    "saved, and a resume gives it rank 0's", rank, directory)
+        return
+    rank_rng_file(directory, rank).parent.mkdir(exist_ok=True)
+    torch.save({"rng": rng_state()}, rank_rng_file(directory, rank))
 
 
 def checkpoint_last_step(parts: Resumable, cfg: Config, run: RunDir, step: int) -> Optional[Path]:
@@ -69,7 +129,10 @@ def checkpoint_last_step(parts: Resumable, cfg: Config, run: RunDir, step: int) 
 def restore(parts: Resumable, directory: Path, state: dict) -> None:
     """The parts as the checkpoint in ``directory`` (whose ``state.pt`` is ``state``) left them."""
     models = parts.models
-    parts.optimizer.load_state_dict(state["optimizer"])
+    if state.get("sharded"):
+        load_sharded(models.acc, directory, _trained(parts))
+    else:
+        parts.optimizer.load_state_dict(state["optimizer"])
     if parts.lr_scheduler is not None:
         parts.lr_scheduler.load_state_dict(state["lr_scheduler"])
     parts.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -78,7 +141,7 @@ def restore(parts: Resumable, directory: Path, state: dict) -> None:
     parts.progress.kl_stop = state.get("kl_stop")
     if "moments" in state:
         parts.moments.load_state_dict(state["moments"])
-    if models.critic is not None:
+    if models.critic is not None and not state.get("sharded"):
         models.acc.unwrap_model(models.critic).load_state_dict(load_critic(directory / "critic").state_dict())
         parts.critic_optimizer.load_state_dict(state["critic_optimizer"])
     if parts.grebt is not None:
@@ -86,5 +149,7 @@ def restore(parts: Resumable, directory: Path, state: dict) -> None:
         parts.grebt.optimizer.load_state_dict(state["r2m_optimizer"])
         parts.progress.r2m_before = state["r2m_initial"]
     parts.progress.start_step = parts.progress.saved_step = state["step"]
-    set_rng_state(state["rng"])
+    own = rank_rng_file(directory, Dist(models.acc).rank)
+    # This rank's RNG states; a checkpoint of one process (or of an older r2m) has rank 0's alone.
+    set_rng_state(load_state_file(own)["rng"] if own.exists() else state["rng"])
     log.info("resumed from %s at step %d", directory, parts.progress.start_step)

@@ -128,14 +128,15 @@ def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eva
         run.amend_last(stop_metrics)
     final = run.checkpoints / "final"
     policy = models.unwrapped_policy()
-    policy_state = sharded_state_dict(models.acc, models.policy)
+    policy_state = sharded_state_dict(models.acc, models.policy)  # a sharded policy's full weights, gathered once
     if models.acc.is_main_process:  # one writer: the ranks' copies are identical
         if is_peft(policy):
             # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
             save_model(merged_copy(policy), models.tokenizer, final)
             save_model(policy, models.tokenizer, final / "adapter")
         else:
-            save_model(policy, models.tokenizer, final, policy_state)
+            # In the policy's dtype: the float32 master weights are an artefact of training.
+            save_model(policy, models.tokenizer, final, policy_state, dtype=cfg.policy.dtype)
         if grebt is not None:
             grebt.model.save(final / "r2m", base_rm=str(parts.rm_path),
                              extra={"omega_floor": cfg.reward.r2m.omega_floor, "total_steps": cfg.rl.steps})

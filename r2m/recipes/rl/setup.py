@@ -169,18 +169,13 @@ def configure_backend(acc, cfg: Config) -> None:
     cannot infer it: r2m prepares no DataLoader), and it clips at ``rl.max_grad_norm``. ZeRO-3 would
     partition the reference and reward model as they load, and one DeepSpeed engine per Accelerator
     leaves no room for PPO's critic: both are refused, with FSDP as the way out. Under FSDP and
-    DeepSpeed, resuming and LoRA are refused (rank 0 alone writes checkpoints; the final merge would copy
-    a sharded model); fp16 with PPO is refused (one gradient scaler, two optimisers).
+    DeepSpeed LoRA is refused (the final merge would copy a sharded model); fp16 with PPO is refused (one gradient
+    scaler, two optimisers).
     """
     rl = cfg.rl
     from accelerate.utils import DistributedType
 
     sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded and cfg.run.resume == "auto":
-        raise ConfigError(f"run.resume=auto under {acc.distributed_type.value}: r2m's checkpoints hold rank 0's "
-                          "optimiser "
-                          "shard only, so a sharded run cannot resume yet; resume under DDP (one process or many), "
-                          "or start a new run.name (checkpoints/*/policy hold the full policy weights)")
     if sharded and cfg.policy.lora.enabled:
         raise ConfigError(f"policy.lora.enabled under {acc.distributed_type.value} is not supported yet (the final "
                           "merge copies the sharded model); LoRA fits in DDP: use configs/accelerate/ddp.yaml")
