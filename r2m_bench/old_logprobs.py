@@ -14,9 +14,9 @@ from typing import Optional
 
 import torch
 
-from r2m.config.root import Config
 from r2m.config.enums import OldLogprobs
 from r2m.config.parsing import replace_path
+from r2m.config.root import Config
 from r2m.core.losses import POLICY_LOSSES
 from r2m.experience.rollout import Experience
 from r2m.models.logprobs import response_forward
