@@ -30,16 +30,16 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from r2m.config.root import Config
 from r2m.config.commands import check_models
-from r2m.config.parsing import read_config_file, load_config, parse_override, replace_path, to_dict
+from r2m.config.parsing import load_config, parse_override, read_config_file, replace_path, to_dict
+from r2m.config.root import Config
 from r2m.config.trl_map import FLAGS, map_trl, steps_for
 from r2m.config.trl_names import RULES
 from r2m.config.trl_recipe import parse_recipe, split_recipe
 from r2m.errors import ConfigError, R2MError
 
 # Only the config layer is imported here: `--help`, `--help-config` and argument errors come before torch loads
-# (tests/test_cli.py checks sys.modules); each command imports its recipe when it runs.
+# (tests/api/test_cli_names.py checks sys.modules); each command imports its recipe when it runs.
 
 COMMANDS = "r2m.commands"
 """The entry-point group of commands installed beside r2m. Each entry point (named as its subcommand) is a function
@@ -198,7 +198,7 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
 
 
 def cmd_world_ceilings(out: str, overrides: Sequence[str]) -> int:
-    """``r2m world --ceilings``: :func:`r2m.world.ceiling.write_world_ceilings` over the bench's world presets."""
+    """``r2m world --ceilings``: :func:`r2m.world.ceiling.write_world_ceilings` over the world presets."""
     from r2m.world.ceiling import WORLD_PRESETS, WORLDS, write_world_ceilings  # heavy: lazy
 
     worlds = {name: load_config(WORLD_PRESETS / f"{name}.yaml", overrides).world for name in WORLDS}

@@ -19,7 +19,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
 

@@ -30,8 +30,16 @@ from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.reports.tables import format_table
 from r2m_bench.alarm import write_alarm_validation
 from r2m_bench.cost import bench_cost, format_cost
-from r2m_bench.design import (Arm, BenchDesign, RunSpec, design_preset, design_runs, ser_runs, sweep_runs,
-                                     world_overrides)
+from r2m_bench.design import (
+    Arm,
+    BenchDesign,
+    RunSpec,
+    design_preset,
+    design_runs,
+    ser_runs,
+    sweep_runs,
+    world_overrides,
+)
 from r2m_bench.provenance import git_commit
 from r2m_bench.runner import RESULT_FILE, DesignOutcome, run_design
 from r2m_bench.ser_table import ser_tables

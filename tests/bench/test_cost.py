@@ -14,7 +14,7 @@ import torch
 from r2m.cli import main
 from r2m.core.monitor import Signal
 from r2m.utils import PhaseTimer
-from r2m_bench.cost import PHASES, format_cost
+from r2m_bench.cost import format_cost
 from r2m_bench.design import SMOKE, design_runs, ser_runs, sweep_runs
 from r2m_bench.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 
