@@ -169,8 +169,9 @@ def add_installed_commands(sub: argparse._SubParsersAction) -> None:
         found.add(ep.name)
     for name, what in EXPECTED.items():
         if name not in found:
-            p = sub.add_parser(name, help=f"{what}: not installed", add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
+            # Every argument is taken as given (no prefix character), so that any flag reaches the message.
+            p = sub.add_parser(name, help=f"{what}: not installed", add_help=False, prefix_chars="\0")
+            p.add_argument("overrides", nargs=argparse.REMAINDER)
             p.set_defaults(run_command=functools.partial(_not_installed, name, what))
 
 

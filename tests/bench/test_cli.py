@@ -49,8 +49,10 @@ def test_an_override_in_the_subcommand_place_is_an_override(monkeypatch) -> None
 
 def test_without_the_entry_point_bench_says_how_to_install(monkeypatch, capsys) -> None:
     monkeypatch.setattr(r2m.cli, "entry_points", lambda group: [])
-    assert main(["bench", "cost", "--steps", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "r2m bench: the benchmark (the r2m_bench package) is not installed" in err
-    assert "r2m.commands" in err and "pip install -e ." in err
+    for argv in (["bench", "cost", "--steps", "2"], ["bench", "--preset", "smoke", "--num_generations", "4", "a.b=1"],
+                 ["bench", "--help"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "r2m bench: the benchmark (the r2m_bench package) is not installed" in err
+        assert "r2m.commands" in err and "pip install -e ." in err
     assert main(["config", "rl.k=2"]) == 0  # the library's commands do not need it
