@@ -22,10 +22,11 @@ import json
 import statistics
 from pathlib import Path
 
-from r2m.core.frontier import eval_trajectory, gold_at_kl, paired_bootstrap
-from r2m.recipes.bench_design import PAPER, Arm, KLRegime, SweepPoint, design_runs
-from r2m.recipes.bench_design_run import RESULT_FILE, run_all
+from r2m.eval.trajectory import eval_trajectory, gold_at_kl
 from r2m.runtime.runlog import read_metrics
+from r2m_bench.design import PAPER, Arm, KLRegime, SweepPoint, design_runs
+from r2m_bench.frontier import paired_bootstrap
+from r2m_bench.runner import RESULT_FILE, run_all
 
 
 def _fusion_share(run_dir: Path) -> float:

@@ -35,7 +35,7 @@ class R2MScriptArguments(ScriptArguments):
 
 def tiny_models_and_data(script_args, model_args, output_dir) -> DatasetDict:
     """A tiny Qwen2.5 policy and Llama 3 RM (under output_dir/tiny-models) and 40 conversational prompts."""
-    from r2m.models.families import Family, save_family_model
+    from r2m_bench.families import Family, save_family_model
 
     root = Path(output_dir) / "tiny-models"
     model_args.model_name_or_path = str(save_family_model(Family.QWEN2_5, root / "policy", seed=0))

@@ -10,22 +10,23 @@
     r2m analyze hidden-states [-c CFG] [--out DIR] [--checkpoints DIR ...]   R2M Section 3 analyses
     r2m demo    [-c CFG] [a.b=c ...]               world -> SFT -> RM -> RL arms -> table and plot
     r2m ser     [-c CFG] [a.b=c ...] [--resume]    SER: self-evolved RM loops, Loop 0 / SER / Full table, then PPO
-    r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
-    r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer (docs/BENCHMARKS.md)
-    r2m bench [run] --preset smoke|paper [--out F]  the benchmark design: verdicts at matched KL (docs/BENCHMARKS.md)
+    r2m bench ...                                  the benchmark (r2m_bench.cli), an installed command
     r2m config  [-c CFG] [a.b=c ...]               print the resolved config
     r2m monitor RUN_DIR [name=value ...] [--no-plot]   replay the over-optimisation alarm on a finished run
 
-Every subcommand runs on the world's defaults when no config file is given.
+Every subcommand runs on the world's defaults when no config file is given. Commands installed beside r2m come
+from the entry-point group ``r2m.commands`` (:data:`COMMANDS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shlex
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -38,13 +39,20 @@ from r2m.config.trl_recipe import parse_recipe, split_recipe
 from r2m.errors import ConfigError, R2MError
 
 # Only the config layer is imported here: `--help`, `--help-config` and argument errors come before torch loads
-# (tests/test_cli.py checks sys.modules); each command imports its recipe when it runs.
+# (tests/api/test_cli_names.py checks sys.modules); each command imports its recipe when it runs.
+
+COMMANDS = "r2m.commands"
+"""The entry-point group of commands installed beside r2m. Each entry point (named as its subcommand) is a function
+``add(subparsers)`` that adds the subcommand's parser, with the default ``run_command=fn(args) -> int`` that
+:func:`main` calls after the config-free options; ``fn`` resolves its config with :func:`resolve_config`."""
+EXPECTED = {"bench": "the benchmark (the r2m_bench package)"}
+"""Installed commands r2m names: without their entry point, the command answers how to install it."""
 
 _R2M_FLAGS = {"config", "help-config", "out", "models", "resume", "policy-responses", "ref-responses", "judge",
               "checkpoints", "preset", "steps", "workers", "no-plot", "verbose", "help", "ceilings"}
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default=None, help="YAML config file: r2m's sections, or a flat TRL recipe "
                    "(r2m rl / rm; TRL's names at the top level, docs/TRL.md). Default: the world's defaults")
     p.add_argument("overrides", nargs="*", help="overrides: section.key=value, --section.key value, or TRL's names "
@@ -111,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("world", help="write the gold-reward world's prompts, demonstrations and preferences")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--out", default=None, help="output directory (default: the world cache under run.root)")
     p.add_argument("--models", action="store_true",
                    help="also build the world's SFT policy and reward model(s) into the cache (do this in one process "
@@ -121,44 +129,55 @@ def build_parser() -> argparse.ArgumentParser:
                         "exactly, for each world preset (configs/world/worlds/, plus any a.b=c) to JSON (default: "
                         "docs/bench/worlds.json; docs/WORLDS.md)")
     for name, text in [("demo", "the end-to-end world demo"), ("config", "print the resolved config as YAML")]:
-        _add_common(sub.add_parser(name, help=text))
+        add_common(sub.add_parser(name, help=text))
     for name, text in [("sft", "supervised fine-tuning"), ("rm", "reward-model training (Bradley-Terry)")]:
         p = sub.add_parser(name, help=text)
-        _add_common(p)
+        add_common(p)
         p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (run.resume=auto)")
     p = sub.add_parser("rl", help="policy optimisation against the reward")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (run.resume=auto)")
     p = sub.add_parser("ser", help="SER: self-evolved reward learning, then PPO with the evolved RM")
-    _add_common(p)
+    add_common(p)
     p.add_argument("--resume", action="store_true", help="continue after the last completed loop (run.resume=auto)")
     p = sub.add_parser("eval", help="evaluate a policy, a reward model, or win rates")
     p.add_argument("what", choices=["policy", "rm", "winrate"])
-    _add_common(p)
+    add_common(p)
     p.add_argument("--policy-responses", help="winrate: JSONL of {prompt, response} from the policy")
     p.add_argument("--ref-responses", help="winrate: JSONL of {prompt, response} to compare against")
     p.add_argument("--judge", default="gold", choices=["gold", "reward_model", "api"],
                    help="winrate: the judge (api: eval.judge.* settings, else R2M_JUDGE_* env vars; docs/EVAL.md)")
     p = sub.add_parser("analyze", help="analyses of the R2M paper (hidden states)")
     p.add_argument("what", choices=["hidden-states"])
-    _add_common(p)
+    add_common(p)
     p.add_argument("--out", default=None, help="output directory (default: <run.root>/<run.name>/analysis)")
     p.add_argument("--checkpoints", nargs="*", default=[], help="policy checkpoints for the similarity matrices")
-    p = sub.add_parser("bench", help="benchmarks: cost (Figure 7) or the methods-by-seeds matrix (run)")
-    p.add_argument("what", nargs="?", default="run", help="cost, speed or run (default: run)")
-    _add_common(p)
-    p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
-                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: the published sizes)")
-    p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
-    p.add_argument("--workers", type=int, default=1, help="run: processes for the design's runs, one torch "
-                   "thread each (2 on a 2-core machine; results are the same files, so a bench resumes either way)")
-    p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
-                   "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
+    add_installed_commands(sub)
     p = sub.add_parser("monitor", help="replay the over-optimisation alarm on a finished run (docs/MONITOR.md)")
     p.add_argument("run_dir", help="the run directory (<run.root>/<run.name>)")
     p.add_argument("overrides", nargs="*", help="alarm thresholds, e.g. token_js=0.05 min_signals=1 (null: off)")
     p.add_argument("--no-plot", action="store_true", help="do not write RUN_DIR/plots/monitor.png")
     return parser
+
+
+def add_installed_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands of the :data:`COMMANDS` entry points; an :data:`EXPECTED` one that is not installed is added
+    as a command that says so (``r2m bench`` without r2m_bench installed)."""
+    found = set()
+    for ep in entry_points(group=COMMANDS):
+        ep.load()(sub)
+        found.add(ep.name)
+    for name, what in EXPECTED.items():
+        if name not in found:
+            # Every argument is taken as given (no prefix character), so that any flag reaches the message.
+            p = sub.add_parser(name, help=f"{what}: not installed", add_help=False, prefix_chars="\0")
+            p.add_argument("overrides", nargs=argparse.REMAINDER)
+            p.set_defaults(run_command=functools.partial(_not_installed, name, what))
+
+
+def _not_installed(name: str, what: str, args: argparse.Namespace) -> int:
+    raise R2MError(f"r2m {name}: {what} is not installed (no {name!r} entry point in the group {COMMANDS!r}); "
+                   "install r2m from its source tree with `pip install -e .`, which installs it beside r2m")
 
 
 def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
@@ -180,9 +199,8 @@ def cmd_world(cfg: Config, out: Optional[str], models: bool = False) -> int:
 
 
 def cmd_world_ceilings(out: str, overrides: Sequence[str]) -> int:
-    """``r2m world --ceilings``: :func:`r2m.world.ceiling.write_world_ceilings` over the bench's world presets."""
-    from r2m.recipes.bench_design import WORLD_PRESETS, WORLDS  # heavy: lazy
-    from r2m.world.ceiling import write_world_ceilings  # heavy: lazy
+    """``r2m world --ceilings``: :func:`r2m.world.ceiling.write_world_ceilings` over the world presets."""
+    from r2m.world.ceiling import WORLD_PRESETS, WORLDS, write_world_ceilings  # heavy: lazy
 
     worlds = {name: load_config(WORLD_PRESETS / f"{name}.yaml", overrides).world for name in WORLDS}
     print(json.dumps(write_world_ceilings(worlds, out), indent=2))
@@ -283,20 +301,7 @@ def cmd_demo(cfg: Config) -> int:
 
 
 def _cmd_extra(args, cfg: Config) -> int:
-    """bench, analyze and eval winrate: subcommands with flags of their own."""
-    if args.command == "bench":
-        if args.what == "cost":
-            from r2m.recipes.bench import run_bench  # heavy: lazy
-
-            return run_bench(cfg, "cost", args.steps, args.out or "benchmarks/cost.json")
-        if args.what == "speed":  # r2m against TRL's RLOOTrainer (benchmarks/README.md)
-            from r2m.recipes.bench_speed import run_bench_speed  # heavy: lazy
-
-            return run_bench_speed(cfg, args.preset, args.out)
-        # The benchmark design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
-        from r2m.recipes.bench_report import run_bench_design  # heavy: lazy
-
-        return run_bench_design(cfg, args.preset, args.out, command=args.command_line, workers=args.workers)
+    """analyze and eval winrate: subcommands with flags of their own."""
     from r2m.recipes.eval import analyze_hidden_states, eval_winrate  # heavy: lazy
 
     if args.command == "analyze":
@@ -393,9 +398,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        if args.command == "bench" and args.what not in ("cost", "run", "speed"):
-            # `r2m bench --preset smoke a.b=c`: the optional positional took the first override.
-            args.overrides, args.what = [args.what, *args.overrides], "run"
         if args.command == "monitor":
             from r2m.recipes.monitor import cmd_monitor  # heavy: lazy
 
@@ -405,6 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             print(config_help(args.command))
             return 0
+        if hasattr(args, "run_command"):  # an installed command (COMMANDS)
+            return args.run_command(args)
         if args.command == "world" and args.ceilings:
             if args.config:
                 raise ConfigError(f"r2m world --ceilings reads the world presets (configs/world/worlds); expected no "
@@ -438,7 +442,7 @@ def _run(args: argparse.Namespace, cfg: Config, trl: Any) -> int:
     from r2m.utils import quiet_transformers  # heavy: lazy
 
     quiet_transformers()
-    if args.command in ("bench", "analyze") or getattr(args, "what", None) == "winrate":
+    if args.command == "analyze" or getattr(args, "what", None) == "winrate":
         return _cmd_extra(args, cfg)
     if args.command == "world":
         return cmd_world(cfg, args.out, args.models)

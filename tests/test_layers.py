@@ -7,7 +7,10 @@
 - one name, one home: no compatibility or re-export-only module in r2m (a body of imports, ``__all__`` and a
   docstring; a package ``__init__`` that is a docstring only is fine), no star import, no ``# noqa: F401``
   re-export, and no PEP 562 ``__getattr__`` table except r2m/__init__.py's lazy exports (:func:`reexports`);
-- the benchmark package ``r2m_bench`` is the top layer: the same rules hold in it, and nothing in r2m imports it.
+- the benchmark package ``r2m_bench`` is the top layer: the same rules hold in it, and nothing in r2m imports it
+  (:func:`bench_imports`: no import statement, lazy or typing-only, and no ``importlib.import_module``);
+- ``r2m/core`` is RL math (:func:`core_violations`): each of its modules is used by the library outside core, and
+  none defines the benchmark's statistics (bootstrap, verdicts, claims, frontiers, intervals, Holm).
 
 Each rule is also run on a planted violation (a tmp tree), so that the failure mode is tested too.
 """
@@ -234,8 +237,70 @@ def violations(root: Path, grandfathered: dict[str, int] = GRANDFATHERED) -> lis
     return found
 
 
+BENCH = "r2m_bench"
+BENCH_STATISTICS = re.compile(r"bootstrap|verdict|claim|frontier|paired|interval|holm|p_value|power", re.I)
+"""Names of the benchmark's statistics: they live in r2m_bench, not in r2m/core."""
+
+
+def _dynamic_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """``importlib.import_module("x")`` and ``__import__("x")`` calls with a literal name: (line, name)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and \
+                isinstance(node.args[0].value, str) and ast.unparse(node.func) in ("importlib.import_module",
+                                                                                  "import_module", "__import__"):
+            out.append((node.lineno, node.args[0].value))
+    return out
+
+
+def bench_imports(root: Path) -> list[str]:
+    """Each place in r2m that imports the benchmark package: at the top, in a function, under TYPE_CHECKING, or
+    through importlib with a literal name. The library reaches ``r2m bench`` only through an entry point."""
+    found = []
+    for f in sorted((root / "r2m").rglob("*.py")):
+        rel, tree = f.relative_to(root).as_posix(), ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{rel}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] == BENCH]
+        found += [f"{rel}:{line}: imports {name} through importlib" for line, name in _dynamic_imports(tree)
+                  if name.split(".")[0] == BENCH]
+    return found
+
+
+def core_violations(root: Path) -> list[str]:
+    """r2m/core holds RL math the library uses: a core module no r2m module outside core imports, or a core
+    definition named as one of the benchmark's statistics (:data:`BENCH_STATISTICS`), belongs in r2m_bench."""
+    files = sorted(f for f in (root / "r2m").rglob("*.py"))
+    known = {module_name(f, root) for f in files}
+    used = {imp.target for f in files if not module_name(f, root).startswith("r2m.core")
+            for imp in imports_of(f, root, known)}
+    found = []
+    for f in sorted((root / "r2m" / "core").glob("*.py")):
+        module, rel = module_name(f, root), f.relative_to(root).as_posix()
+        if f.name != "__init__.py" and module not in used:
+            found.append(f"{rel}: no r2m module outside core imports it (benchmark-only code goes to r2m_bench)")
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and BENCH_STATISTICS.search(node.name):
+                found.append(f"{rel}:{node.lineno}: {node.name} is a benchmark statistic (r2m_bench)")
+    return found
+
+
 def test_r2m_keeps_the_contract() -> None:
     assert violations(ROOT) == []
+
+
+def test_the_library_does_not_import_the_benchmark() -> None:
+    assert (ROOT / BENCH / "__init__.py").is_file()
+    assert bench_imports(ROOT) == []
+
+
+def test_core_is_rl_math() -> None:
+    assert core_violations(ROOT) == []
 
 
 def test_grandfathered_sizes_are_still_needed() -> None:
@@ -316,6 +381,29 @@ def test_a_clean_tree_passes(tmp_path) -> None:
 def test_a_planted_violation_fails(tmp_path, files, expected) -> None:
     found = violations(plant(tmp_path, files), {})
     assert any(re.search(expected, v) for v in found), found
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("from r2m_bench.stats import X\n", r"r2m/recipes/a\.py:1: imports r2m_bench\.stats"),
+    ("def f():\n    import r2m_bench.cli  # heavy: lazy\n", r"r2m/recipes/a\.py:2: imports r2m_bench\.cli"),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from r2m_bench import stats\n",
+     r"r2m/recipes/a\.py:3: imports r2m_bench"),
+    ("import importlib\n\ndef f():\n    return importlib.import_module('r2m_bench.cost')\n",
+     r"r2m/recipes/a\.py:4: imports r2m_bench\.cost through importlib"),
+])
+def test_a_planted_bench_import_fails(tmp_path, text, expected) -> None:
+    found = bench_imports(plant(tmp_path, {"r2m/recipes/__init__.py": "", "r2m/recipes/a.py": text}))
+    assert any(re.search(expected, v) for v in found), found
+
+
+def test_planted_benchmark_statistics_in_core_fail(tmp_path) -> None:
+    root = plant(tmp_path, {"r2m/core/__init__.py": "", "r2m/core/losses.py": "def loss():\n    pass\n",
+                            "r2m/core/frontier.py": "def paired_bootstrap():\n    pass\n",
+                            "r2m/updates/__init__.py": "", "r2m/updates/a.py": "from r2m.core.losses import loss\n"})
+    found = core_violations(root)
+    assert any("r2m/core/frontier.py: no r2m module outside core imports it" in v for v in found), found
+    assert any("r2m/core/frontier.py:1: paired_bootstrap is a benchmark statistic" in v for v in found), found
+    assert not any("losses" in v for v in found), found
 
 
 # ---------------------------------------------------------------------------------------------

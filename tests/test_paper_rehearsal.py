@@ -5,7 +5,7 @@ overriding only
   Skywork, GPT-NeoX for Pythia), each with a BPE tokenizer trained here carrying the family's chat template and
   special tokens (the Llama tokenizers have no pad token, as the real ones) and the family's shipped
   ``generation_config.json`` (Qwen2.5's repetition penalty, top-k and top-p; here also an n-gram ban and min-p)
-  (:mod:`r2m.models.families`);
+  (:mod:`r2m_bench.families`);
 - data paths: Parquet fixtures in the dataset's Hub schema (same columns, split names and file layout, with the
   dataset card's ``configs`` where the Hub has one), written into tmp;
 - sizes: prompts per step, K, lengths, minibatches, rollout chunks, R2M's inner_dim, loops and steps.
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from r2m.cli import main
-from r2m.models.families import Family, save_family_model
-from r2m.recipes.rehearsal import Plan, write_datasets
 from r2m.runtime.runlog import read_metrics
+from r2m_bench.families import Family, save_family_model
+from tests.fixtures.rehearsal import Plan, write_datasets
 
 pytestmark = pytest.mark.rehearsal
 

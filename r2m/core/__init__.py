@@ -1,3 +1,3 @@
-"""Pure math on tensors: losses, advantage estimators, KL control, reward shaping, pair choice, the
-benchmark's frontier and paired statistics, and the over-optimisation monitor's signals. Imports only torch,
-the stdlib and the layers below (never a higher layer of r2m)."""
+"""Pure math on tensors: losses, advantage estimators, KL control, reward shaping, pair choice and the
+over-optimisation monitor's signals. Imports only torch, the stdlib and the layers below (never a higher layer of
+r2m)."""

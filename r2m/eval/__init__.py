@@ -1,1 +1,2 @@
-"""Evaluation: reward-model accuracy, policy evaluation on a fixed prompt set, win rates."""
+"""Evaluation: reward-model accuracy, policy evaluation on a fixed prompt set, win rates, gold
+at a KL budget along a run (``trajectory``)."""

@@ -1,1 +1,1 @@
-"""Whole jobs: the RL run, the SER run, world caching, bench, demo, evaluation commands."""
+"""Whole jobs: the RL run, the SER run, world caching, demo, evaluation commands."""

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import NamedTuple, Sequence
 
-from r2m.core.frontier import eval_trajectory, gold_at_kl
+from r2m.eval.trajectory import eval_trajectory, gold_at_kl
 from r2m.runtime.runlog import peak
 
 ARM_NAMES = {"rloo": "RLOO (frozen proxy RM)", "r2m": "RLOO + R2M", "gold": "RL on gold (ceiling)"}

@@ -1,1 +1,2 @@
-"""Process and run infrastructure: distributed, profiling, checkpoints, run locks, safe reads, the run directory."""
+"""Process and run infrastructure: distributed, host settings, precision, hooks, checkpoints, run locks, safe reads,
+the run directory."""

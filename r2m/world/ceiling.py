@@ -27,6 +27,12 @@ from r2m.fileio import atomic_write_text
 from r2m.world.data import label_probability, make_pairs
 from r2m.world.view_accuracy import view_best_accuracy
 
+WORLD_PRESETS = Path(__file__).resolve().parents[2] / "configs" / "world" / "worlds"
+"""Where the world presets live (docs/WORLDS.md)."""
+
+WORLDS = ("length", "noisy", "blind", "ser_headroom")
+"""The presets, in the order of the ceilings table and of the benchmark's worlds."""
+
 
 class LabellerCeiling(NamedTuple):
     """Exact expectations over a set of labelled pairs."""

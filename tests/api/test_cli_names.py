@@ -86,12 +86,15 @@ def test_help_config_lists_only_what_the_command_reads(capsys) -> None:
 
 def test_help_and_argument_errors_come_before_torch() -> None:
     code = ("import json, sys\nfrom r2m.cli import main\nout = {}\nfor argv in (['rl', '--help'], ['rl', "
-            "'--no-such-flag'], ['rm', '--help-config']):\n    try:\n        main(argv)\n    except SystemExit as e:\n"
-            "        out[argv[1]] = e.code\nprint(json.dumps({'codes': out, 'torch': 'torch' in sys.modules}))")
+            "'--no-such-flag'], ['rm', '--help-config'], ['bench', '--help']):\n    try:\n        main(argv)\n"
+            "    except SystemExit as e:\n        out[' '.join(argv)] = e.code\n"
+            "print(json.dumps({'codes': out, 'torch': 'torch' in sys.modules, "
+            "'bench': 'r2m_bench.cli' in sys.modules}))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got == {"codes": {"--help": 0, "--no-such-flag": 2}, "torch": False}, got
+    assert got == {"codes": {"rl --help": 0, "rl --no-such-flag": 2, "bench --help": 0}, "torch": False,
+                   "bench": True}, got
 
 
 def test_model_name_or_path_names_the_model_each_command_trains(tmp_path) -> None:

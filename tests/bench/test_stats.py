@@ -247,7 +247,7 @@ def test_the_simulation_decides_as_the_scalar_path():
 
 
 def percentile_bootstrap(d: np.ndarray, resamples: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The first version's interval (r2m.core.frontier.paired_bootstrap), vectorised: per trial, the 2.5% and 97.5%
+    """The first version's interval (r2m_bench.frontier.paired_bootstrap), vectorised: per trial, the 2.5% and 97.5%
     quantiles (linear interpolation) of the means of ``resamples`` draws of the n differences with replacement."""
     trials, n = d.shape
     idx = np.random.default_rng(seed).integers(0, n, (trials, resamples, n))  # (T, R, n)

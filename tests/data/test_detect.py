@@ -35,7 +35,7 @@ TRL_FIXTURES = {
 
 @pytest.fixture(scope="module")
 def chat_tok():
-    from r2m.models.families import Family, train_tokenizer
+    from r2m_bench.families import Family, train_tokenizer
 
     tok = train_tokenizer(Family.PYTHIA)
     tok.chat_template = TEMPLATE
@@ -99,7 +99,7 @@ def test_a_parquet_file_loads_at_the_default_format(tmp_path) -> None:
 def test_a_hub_layout_directory_loads(tmp_path) -> None:
     """A local copy of a hub dataset (data/<split>-*.parquet and a card's ``configs``) loads, its format (here
     UltraFeedback's) detected from the columns, the split named by data.splits."""
-    from r2m.recipes.rehearsal import ultrafeedback
+    from tests.fixtures.rehearsal import ultrafeedback
 
     root = ultrafeedback(tmp_path / "uf")
     cfg = load_config(None, [f"data.pref_train={root}", "data.splits.pref_train=test_prefs"])

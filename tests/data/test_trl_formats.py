@@ -21,7 +21,7 @@ SKY = [{"role": "user", "content": "What color is the sky?"}]
 
 @pytest.fixture(scope="module")
 def chat_tok(tmp_path_factory):
-    from r2m.models.families import Family, train_tokenizer
+    from r2m_bench.families import Family, train_tokenizer
 
     tok = train_tokenizer(Family.PYTHIA)
     tok.chat_template = TEMPLATE

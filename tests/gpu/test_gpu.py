@@ -59,7 +59,7 @@ def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
 
 @pytest.fixture(scope="module")
 def cost(tiny, world_artifacts) -> dict:
-    from r2m.recipes.bench import bench_cost, format_cost
+    from r2m_bench.cost import bench_cost, format_cost
 
     result = bench_cost(load_config(None, [*tiny, *BF16, "run.name=gpu-cost"]), steps=6)
     print("\n[gpu] r2m bench cost, tiny world, bf16\n" + format_cost(result))

@@ -1,5 +1,5 @@
 """Tiny models of real families for the TRL tests: a Qwen2.5 policy (ChatML, no BOS) and a Llama 3 reward model
-(its own tokenizer and header template, BOS added), built from configs by :mod:`r2m.models.families`; and TRL
+(its own tokenizer and header template, BOS added), built from configs by :mod:`r2m_bench.families`; and TRL
 ``prompt`` columns, plain or conversational."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class FamilyModels(NamedTuple):
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory) -> FamilyModels:
-    from r2m.models.families import Family, save_family_model
+    from r2m_bench.families import Family, save_family_model
 
     root = tmp_path_factory.mktemp("families")
     return FamilyModels(save_family_model(Family.QWEN2_5, root / "qwen-policy", seed=0),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.models.families import Family, train_tokenizer
 from r2m.models.loading import load_tokenizer
+from r2m_bench.families import Family, train_tokenizer
 
 
 def _saved(tok, path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Run a :class:`r2m.recipes.bench_design.BenchDesign` end to end (a reference runner for the split bench).
+"""Run a :class:`r2m_bench.design.BenchDesign` end to end (a reference runner for the split bench).
 
 Order: the R2M sweep on the tuning seeds, :func:`best_setting`, every RL run of the cells with that setting, the
 SER runs, then the verdicts (``verdicts.json``, the verdict table) and the frontier plots. Each run is skipped
@@ -27,9 +27,12 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from r2m.config.parsing import load_config
-from r2m.core.frontier import gold_at_kl
+from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
-from r2m.recipes.bench_design import (
+from r2m.recipes.rl.run import run_rl
+from r2m.recipes.ser import run_ser
+from r2m.runtime.runlog import read_metrics
+from r2m_bench.design import (
     Arm,
     BenchDesign,
     KLRegime,
@@ -40,7 +43,10 @@ from r2m.recipes.bench_design import (
     ser_runs,
     sweep_runs,
 )
-from r2m.recipes.bench_verdicts import (
+from r2m_bench.plots import plot_frontiers
+from r2m_bench.provenance import git_commit
+from r2m_bench.ser_table import ser_summary
+from r2m_bench.verdicts import (
     RunResult,
     frontier_curves,
     matched_kl_table,
@@ -49,12 +55,6 @@ from r2m.recipes.bench_verdicts import (
     verdict_table,
     write_bench_verdicts,
 )
-from r2m.recipes.rl.run import run_rl
-from r2m.recipes.ser import run_ser
-from r2m.reports.frontier_plot import plot_frontiers
-from r2m.reports.ser_bench import ser_summary
-from r2m.runtime.provenance import git_commit
-from r2m.runtime.runlog import read_metrics
 
 log = logging.getLogger("r2m")
 
@@ -74,7 +74,7 @@ def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
         t0 = time.perf_counter()
         if spec.arm is Arm.SER:
             res = run_ser(_config(spec, root, extra))
-            # Table 1's rows for the verdicts, and the loops and stop for SER Table 1 per world (bench_report).
+            # Table 1's rows for the verdicts, and the loops and stop for SER Table 1 per world (r2m_bench.report).
             saved = {"table_rows": [list(r) for r in res.table[1]], **ser_summary(res)}
         else:
             res = run_rl(_config(spec, root, extra))

@@ -13,10 +13,10 @@ import torch
 
 from r2m.cli import main
 from r2m.core.monitor import Signal
-from r2m.recipes.bench import format_cost
-from r2m.recipes.bench_design import SMOKE, design_runs, ser_runs, sweep_runs
-from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 from r2m.utils import PhaseTimer
+from r2m_bench.cost import format_cost
+from r2m_bench.design import SMOKE, design_runs, ser_runs, sweep_runs
+from r2m_bench.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 
 MiB = 2**20
 
@@ -204,7 +204,7 @@ VERDICT_KEYS = {"world", "algorithm", "claim", "metric", "seeds", "diff_mean", "
 def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     root = tiny[-1]
     out = tmp_path / "BENCHMARKS.md"
-    # Two one-thread worker processes (bench_design_run.run_all), as on the 2-core benchmark machine.
+    # Two one-thread worker processes (r2m_bench.runner.run_all), as on the 2-core benchmark machine.
     assert main(["bench", "run", "--preset", "smoke", "--workers", "2", root, "--out", str(out)]) == 0
     text = out.read_text()
     assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")

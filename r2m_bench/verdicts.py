@@ -1,12 +1,12 @@
 """Verdicts of a benchmark by claim: paired differences at matched KL.
 
 Input: :class:`RunResult`\\ s, one per finished run (RL or SER), built from a run's metrics by
-:func:`rl_result` / :func:`ser_result`. For each claim the design can decide (:func:`r2m.recipes.bench_design.
-claims_in`), and each metric -- gold at every KL budget (:func:`r2m.core.frontier.gold_at_kl`), final gold, peak
+:func:`rl_result` / :func:`ser_result`. For each claim the design can decide (:func:`r2m_bench.design.
+claims_in`), and each metric -- gold at every KL budget (:func:`r2m_bench.frontier.gold_at_kl`), final gold, peak
 gold, or the claim's scalar (RM accuracy) -- the arms' values are paired by seed and compared by
-:func:`r2m.core.frontier.paired_bootstrap` (A - B, 95% percentile interval). A seed where a budget is not reached
+:func:`r2m_bench.frontier.paired_bootstrap` (A - B, 95% percentile interval). A seed where a budget is not reached
 by either arm is dropped from that pair (and the record's ``seeds`` says which remain). KL-targeted cells give
-``final_gold@kl_target=<t>`` records. Output: :class:`r2m.core.frontier.VerdictRecord`\\ s, ``verdicts.json``
+``final_gold@kl_target=<t>`` records. Output: :class:`r2m_bench.frontier.VerdictRecord`\\ s, ``verdicts.json``
 (:func:`write_bench_verdicts`) and the verdict table that opens docs/BENCHMARKS.md (:func:`verdict_table`).
 """
 
@@ -16,17 +16,9 @@ import math
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
-from r2m.core.frontier import (
-    Trajectory,
-    VerdictRecord,
-    eval_trajectory,
-    final_gold,
-    gold_at_kl,
-    paired_bootstrap,
-    peak_gold,
-    write_verdicts,
-)
-from r2m.recipes.bench_design import (
+from r2m.eval.trajectory import Trajectory, eval_trajectory, gold_at_kl
+from r2m.reports.tables import mean_sd
+from r2m_bench.design import (
     CLAIMS,
     Arm,
     BenchDesign,
@@ -35,7 +27,7 @@ from r2m.recipes.bench_design import (
     RunSpec,
     claims_in,
 )
-from r2m.reports.tables import mean_sd
+from r2m_bench.frontier import VerdictRecord, final_gold, paired_bootstrap, peak_gold, write_verdicts
 
 
 class RunResult(NamedTuple):
@@ -43,7 +35,7 @@ class RunResult(NamedTuple):
 
     world: str
     algorithm: str
-    """A key of ``bench_design.ALGORITHMS``, or ``SER``."""
+    """A key of ``r2m_bench.design.ALGORITHMS``, or ``SER``."""
     arm: Arm
     seed: int
     regime: KLRegime
@@ -183,7 +175,7 @@ def write_bench_verdicts(path: str | Path, results: Sequence[RunResult], design:
 def frontier_curves(results: Sequence[RunResult], regime: KLRegime = KLRegime.FIXED
                     ) -> dict[str, dict[str, list[Trajectory]]]:
     """world -> ``"<algorithm> <arm>"`` -> the seeds' trajectories (seed order), for
-    :func:`r2m.reports.frontier_plot.plot_frontiers`."""
+    :func:`r2m_bench.plots.plot_frontiers`."""
     out: dict[str, dict[str, list[Trajectory]]] = {}
     for r in sorted((r for r in results if r.trajectory is not None and r.regime is regime), key=lambda r: r.seed):
         out.setdefault(r.world, {}).setdefault(f"{r.algorithm} {r.arm.value}", []).append(r.trajectory)

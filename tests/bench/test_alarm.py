@@ -1,4 +1,4 @@
-"""The alarm's validation section and alarm.json (r2m.recipes.bench_alarm) on constructed run directories."""
+"""The alarm's validation section and alarm.json (r2m_bench.alarm) on constructed run directories."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from r2m.recipes import bench_alarm as ba
-from r2m.recipes.bench_design import SMOKE, Arm, design_runs, sweep_runs
-from r2m.recipes.bench_design_run import RESULT_FILE
+from r2m_bench import alarm as ba
+from r2m_bench.design import SMOKE, Arm, design_runs, sweep_runs
+from r2m_bench.runner import RESULT_FILE
 
 GOLD = [0.5, 0.6, 0.7, 0.8, 0.6, 0.5]
 TOKEN_JS = [0.0, 0.0004, 0.0015, 0.003, 0.007, 0.02]
@@ -101,7 +101,7 @@ def test_no_finished_run_is_reported_not_crashed(tmp_path):
 
 
 def _outcomes(recs, worlds=("noisy",) * 4, seeds=(0, 1, 2, 3)):
-    from r2m.core import alarm_eval as ae
+    from r2m_bench import alarm_eval as ae
     runs = [ae.RunSeries(f"run{i}", w, "RLOO", "vanilla", s, False, ({"step": 0},))
             for i, (w, s) in enumerate(zip(worlds, seeds))]
     return runs, [ae.Outcome(r, 10, 10, 20, ae.Timing.EARLY, rec) for r, rec in zip(runs, recs)]
@@ -110,7 +110,7 @@ def _outcomes(recs, worlds=("noisy",) * 4, seeds=(0, 1, 2, 3)):
 def test_paired_comparison_by_hand_and_the_beats_verdict():
     from types import SimpleNamespace
 
-    from r2m.core.frontier import Verdict
+    from r2m_bench.frontier import Verdict
     # Two worlds share seeds 0 and 1: pairing must be by run, not by seed or by position.
     worlds, seeds = ("noisy", "noisy", "blind", "blind", "blind"), (0, 1, 0, 1, 2)
     held, base = _outcomes([0.5, 0.7, 0.93, None, 0.6], worlds, seeds)

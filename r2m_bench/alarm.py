@@ -2,14 +2,14 @@
 and ``alarm.json`` beside its other artefacts (docs/bench/alarm.json for ``paper``).
 
 The bench's finished RL runs (sweep and cells; their ``metrics.jsonl``) are read as
-:class:`r2m.core.alarm_eval.RunSeries` and split (:data:`TUNE_WORLD`, :data:`TUNE_SEEDS`): the tuning runs
+:class:`r2m_bench.alarm_eval.RunSeries` and split (:data:`TUNE_WORLD`, :data:`TUNE_SEEDS`): the tuning runs
 are the ``length`` world's runs of seeds 0 and 1 and of the sweep's tuning seeds; every other run is held
 out (the other worlds entirely, and ``length``'s seeds 2-4). The gold-ceiling arm (``reward.source=gold``:
 its proxy IS gold, nothing to detect) is left out and counted, as is any run not finished yet. The thresholds
 (one combined rule, each signal alone) and the fixed-step stop are tuned on the tuning runs only. The fixed-KL
 stop and the headline alarm are tuned the same way, leave one world out: for a held-out run of world w, on
 every run of the other worlds (tuning and held-out alike), so that the alarm is compared with the baseline
-under one protocol. All figures are then taken on the held-out runs (the arithmetic: r2m.core.alarm_eval;
+under one protocol. All figures are then taken on the held-out runs (the arithmetic: r2m_bench.alarm_eval;
 docs/MONITOR.md). The combined rule tuned on every run is reported as the candidate for rl.monitor's defaults.
 """
 
@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from r2m.config.monitor import MonitorConfig
-from r2m.core import alarm_eval as ae
-from r2m.core.frontier import PairedBootstrap, Verdict, json_float, paired_bootstrap
 from r2m.core.monitor import Signal
 from r2m.fileio import atomic_write_text
 from r2m.recipes.alarm import EVAL_MARK
-from r2m.recipes.bench_design import R2M_ARMS, Arm, BenchDesign, RunSpec, SweepPoint, design_runs, sweep_runs
-from r2m.recipes.bench_design_run import RESULT_FILE
 from r2m.reports.tables import format_table
 from r2m.runtime.runlog import read_metrics
+from r2m_bench import alarm_eval as ae
+from r2m_bench.design import R2M_ARMS, Arm, BenchDesign, RunSpec, SweepPoint, design_runs, sweep_runs
+from r2m_bench.frontier import PairedBootstrap, Verdict, json_float, paired_bootstrap
+from r2m_bench.runner import RESULT_FILE
 
 TUNE_WORLD = "length"
 TUNE_SEEDS = (0, 1)
@@ -234,7 +234,7 @@ def _values(rule: Rule, held: Sequence[ae.RunSeries], metric: str) -> dict[int, 
 
 def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, PairedBootstrap]:
     """``rule`` - ``base`` over the held-out runs both score (paired by run), per :data:`PAIRED_METRICS`: the
-    mean difference with a percentile-bootstrap 95% interval over runs (r2m.core.frontier.paired_bootstrap,
+    mean difference with a percentile-bootstrap 95% interval over runs (r2m_bench.frontier.paired_bootstrap,
     10,000 resamples, seed 0) and its verdict."""
     return {m: paired_bootstrap(_values(rule, held, m), _values(base, held, m)) for m in PAIRED_METRICS}
 

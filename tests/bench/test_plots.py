@@ -1,11 +1,11 @@
-"""The gold-vs-KL frontier plot (r2m.reports.frontier_plot)."""
+"""The gold-vs-KL frontier plot (r2m_bench.plots)."""
 
 from __future__ import annotations
 
 import math
 
-from r2m.core.frontier import trajectory
-from r2m.reports.frontier_plot import kl_grid, method_band, plot_frontiers
+from r2m.eval.trajectory import trajectory
+from r2m_bench.plots import kl_grid, method_band, plot_frontiers
 
 
 def _t(top: float, lift: float):

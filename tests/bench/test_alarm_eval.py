@@ -1,4 +1,4 @@
-"""The alarm's validation arithmetic (r2m.core.alarm_eval) on constructed series, with hand-worked values."""
+"""The alarm's validation arithmetic (r2m_bench.alarm_eval) on constructed series, with hand-worked values."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 
 from r2m.config.monitor import MonitorConfig
-from r2m.core import alarm_eval as ae
 from r2m.core.monitor import Signal
 from r2m.errors import DataError
+from r2m_bench import alarm_eval as ae
 
 STEP = 10
 

@@ -5,8 +5,9 @@ command path without downloading anything, :func:`save_family_model` writes a di
 ``from_pretrained`` loads like the real one: the family's architecture (``Qwen2``, ``Llama``,
 ``GPTNeoX``) at a chosen size and with the family's position limit, and a byte-level BPE tokenizer
 trained here with the ``tokenizers`` library on a small corpus, carrying the family's special tokens,
-BOS behaviour and chat template. Used by the dress rehearsals (tests/test_paper_rehearsal.py) and by
-the GPU check (scripts/gpu_check.sh) at realistic sizes.
+BOS behaviour and chat template. Used by the dress rehearsals (tests/test_paper_rehearsal.py), by the GPU
+check (scripts/gpu_check.sh) at realistic sizes and by the TRL example's ``--tiny`` models
+(examples/trl_grpo_r2m.py).
 
 The chat templates are the chat part of each family's published template (the tool-calling branches
 of Qwen2.5 and Llama 3.1 are left out; no r2m dataset has tools).

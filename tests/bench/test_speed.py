@@ -12,10 +12,10 @@ from r2m.cli import main
 from r2m.config.models import ArchConfig
 from r2m.experience.sampling import generate
 from r2m.models.forward import left_pad
-from r2m.recipes.bench_speed import in_child, no_eos_lm, step_flops, summarize
-from r2m.recipes.bench_speed_trl import trl_available
-from r2m.reports.speed import BEGIN, END, write_readme_section
 from r2m.world.tokenizer import build_tokenizer
+from r2m_bench.speed import in_child, no_eos_lm, step_flops, summarize
+from r2m_bench.speed_report import BEGIN, END, write_readme_section
+from r2m_bench.speed_trl import trl_available
 
 
 def test_step_flops_by_hand() -> None:
@@ -53,7 +53,7 @@ def test_summarize_pools_rounds() -> None:
 
 
 def test_readme_section_is_replaced_in_place(tmp_path, monkeypatch) -> None:
-    import r2m.reports.speed as speed
+    import r2m_bench.speed_report as speed
 
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\nintro\n")

@@ -1,8 +1,8 @@
-"""SER Table 1 of the benchmark (r2m.reports.ser_bench) on constructed run summaries."""
+"""SER Table 1 of the benchmark (r2m_bench.ser_table) on constructed run summaries."""
 
 from __future__ import annotations
 
-from r2m.reports.ser_bench import ser_tables
+from r2m_bench.ser_table import ser_tables
 
 HEADERS = ["RM (hinge loss)", "human labels", "pairs trained", "test acc", "test gold acc", "val acc",
            "test acc, equal length", "test acc, unequal length"]

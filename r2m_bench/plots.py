@@ -1,7 +1,7 @@
 """The gold-vs-KL frontier per world: each method's mean curve over seeds, with a band.
 
 For each world, one panel; for each method (a label such as ``RLOO r2m``) its runs' trajectories are read at a
-grid of KL budgets by :func:`r2m.core.frontier.frontier_band`: the mean gold over the runs that reach each
+grid of KL budgets by :func:`r2m_bench.frontier.frontier_band`: the mean gold over the runs that reach each
 budget, and the band from the lowest to the highest of them. A budget fewer than ``min_runs`` runs reach is
 left out of the curve (the line stops where the seeds stop), so a mean of one surviving seed is never drawn
 as if it were the method's. Formatting only: no training.
@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from r2m.core.frontier import BandPoint, Trajectory, frontier_band
+from r2m.eval.trajectory import Trajectory
 from r2m.fileio import atomic_savefig
+from r2m_bench.frontier import BandPoint, frontier_band
 
 
 def kl_grid(trajs: Sequence[Trajectory], points: int = 25) -> list[float]:

@@ -38,16 +38,16 @@ from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text
 from r2m.models.loading import build_world_lm, save_model
-from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
-from r2m.recipes.old_logprobs_agreement import agreement
 from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step
-from r2m.reports.speed import format_speed, write_readme_section
 from r2m.runtime.host import configure_host
-from r2m.runtime.profiling import lifetime_peak_rss_mb
 from r2m.utils import quiet_transformers
 from r2m.world.tokenizer import build_tokenizer
+from r2m_bench.old_logprobs import agreement
+from r2m_bench.profiling import lifetime_peak_rss_mb
+from r2m_bench.speed_report import format_speed, write_readme_section
+from r2m_bench.speed_trl import trl_arm, trl_available, trl_version
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from r2m.runtime.provenance import git_commit
+from r2m_bench.provenance import git_commit
 
 
 def _git(repo, *args) -> str:

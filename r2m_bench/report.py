@@ -1,10 +1,10 @@
 """``r2m bench [run] --preset smoke|paper``: the benchmark design end to end and its report.
 
-:func:`run_bench_design` runs :func:`r2m.recipes.bench_design_run.run_design` on ``<run.root>`` (resumable: each
+:func:`run_bench_design` runs :func:`r2m_bench.runner.run_design` on ``<run.root>`` (resumable: each
 finished run is read from its ``bench14.json``), the cost arms of R2M Figure 7 on the ``length`` world, and writes
 the report: docs/BENCHMARKS.md for ``paper`` (its artefacts under docs/bench/), ``<run.root>/bench-smoke/`` for
 ``smoke``. The report opens with the verdict table, then the matched-KL tables, the frontier plots, the alarm's
-validation (r2m.recipes.bench_alarm; ``alarm.json`` beside verdicts.json), SER Table 1
+validation (r2m_bench.alarm; ``alarm.json`` beside verdicts.json), SER Table 1
 per world, the cost section, each run's wall time, the provenance (commit, command, threads, wall time) and a
 "Reading" section left for the numbers' reader.
 """
@@ -25,11 +25,12 @@ import torch
 
 from r2m.config.parsing import load_config
 from r2m.config.root import Config
-from r2m.core.frontier import gold_at_kl
+from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
-from r2m.recipes.bench import bench_cost, format_cost
-from r2m.recipes.bench_alarm import write_alarm_validation
-from r2m.recipes.bench_design import (
+from r2m.reports.tables import format_table
+from r2m_bench.alarm import write_alarm_validation
+from r2m_bench.cost import bench_cost, format_cost
+from r2m_bench.design import (
     Arm,
     BenchDesign,
     RunSpec,
@@ -39,11 +40,10 @@ from r2m.recipes.bench_design import (
     sweep_runs,
     world_overrides,
 )
-from r2m.recipes.bench_design_run import RESULT_FILE, DesignOutcome, run_design
-from r2m.recipes.bench_verdicts import rl_result
-from r2m.reports.ser_bench import ser_tables
-from r2m.reports.tables import format_table
-from r2m.runtime.provenance import git_commit
+from r2m_bench.provenance import git_commit
+from r2m_bench.runner import RESULT_FILE, DesignOutcome, run_design
+from r2m_bench.ser_table import ser_tables
+from r2m_bench.verdicts import rl_result
 
 COST_STEPS = {"smoke": 3, "paper": 12}
 """``bench_cost`` steps per preset (one warm-up step is not timed)."""
@@ -190,7 +190,7 @@ def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: 
                      workers: int = 1) -> int:
     """The design of ``preset`` on ``cfg.run.root``, the cost arms, then the report (see the module doc).
 
-    ``workers``: processes for the design's runs (one torch thread each, bench_design_run); ``run.threads``, when
+    ``workers``: processes for the design's runs (one torch thread each, r2m_bench.runner); ``run.threads``, when
     set, is passed to every run of a one-worker bench."""
     design = design_preset(preset)
     root = str(cfg.run.root)

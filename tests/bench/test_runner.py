@@ -1,4 +1,4 @@
-"""The reference runner of a bench design (r2m.recipes.bench_design_run), with RL and SER faked."""
+"""The reference runner of a bench design (r2m_bench.runner), with RL and SER faked."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import r2m.recipes.bench_design_run as runner
-from r2m.recipes.bench_design import Arm, BenchDesign, Cell, KLRegime, Sweep
-from r2m.recipes.bench_design_run import RESULT_FILE, run_design
+import r2m_bench.runner as runner
+from r2m_bench.design import Arm, BenchDesign, Cell, KLRegime, Sweep
+from r2m_bench.runner import RESULT_FILE, run_design
 
 DESIGN = BenchDesign(
     name="fake", cells=(Cell("length", "RLOO", (Arm.VANILLA, Arm.ORACLE, Arm.R2M), (0, 1, 2)),

@@ -1,4 +1,4 @@
-"""``r2m bench cost``: what R2M costs (R2M paper Figure 7); ``r2m bench run`` is r2m/recipes/bench_report.py.
+"""``r2m bench cost``: what R2M costs (R2M paper Figure 7); ``r2m bench run`` is r2m_bench/report.py.
 
 ``r2m bench cost``:
 
@@ -8,7 +8,7 @@
     RM update (backbone unfrozen, embeddings recomputed with gradients), on the same batches.
 
 Each arm runs in its own spawned process, so its memory belongs to that arm alone. Phases are
-measured by :class:`r2m.runtime.profiling.PhaseProfiler`: wall time (CUDA synchronised at phase boundaries),
+measured by :class:`r2m_bench.profiling.PhaseProfiler`: wall time (CUDA synchronised at phase boundaries),
 peak CPU RSS sampled every 5 ms, and CUDA max-allocated (reset at each phase start) where CUDA is in
 use. Times are medians over steps after a warm-up step; memory is the maximum over all steps.
 """
@@ -31,8 +31,8 @@ from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step
 from r2m.reports.tables import format_table
-from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, rss_reader
 from r2m.utils import quiet_transformers
+from r2m_bench.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, rss_reader
 
 # The phases of one RL step, in order, with their names in the report. ``greedy_baseline`` (ReMax)
 # and ``values`` (PPO's critic) only occur with those algorithms.

@@ -23,12 +23,8 @@ from typing import Mapping, NamedTuple, Optional
 
 import yaml
 
-from r2m.core.frontier import Claim
-
-WORLD_PRESETS = Path(__file__).resolve().parents[2] / "configs" / "world" / "worlds"
-"""Where the world presets live (docs/WORLDS.md)."""
-
-WORLDS = ("length", "noisy", "blind", "ser_headroom")
+from r2m.world.ceiling import WORLD_PRESETS, WORLDS
+from r2m_bench.frontier import Claim
 
 ALGORITHMS: dict[str, str] = {"RLOO": "rloo", "GRPO": "grpo", "ReMax": "remax", "REINFORCE++": "reinforce_pp"}
 """Table name -> ``rl.algorithm``."""

@@ -1,12 +1,11 @@
-"""The benchmark design as data (r2m.recipes.bench_design)."""
+"""The benchmark design as data (r2m_bench.design)."""
 
 from __future__ import annotations
 
 import pytest
 
 from r2m.config.parsing import load_config
-from r2m.core.frontier import Claim
-from r2m.recipes.bench_design import (
+from r2m_bench.design import (
     ARM_OVERRIDES,
     CLAIMS,
     PAPER,
@@ -27,6 +26,7 @@ from r2m.recipes.bench_design import (
     sweep_runs,
     world_overrides,
 )
+from r2m_bench.frontier import Claim
 
 ISSUE_CLAIMS = ["r2m_vs_vanilla", "r2m_vs_pretrained_rm", "r2m_vs_iterative_head", "wo_train_vs_vanilla",
                 "scale_control_vs_vanilla", "noise_vs_r2m", "no_bt_vs_r2m", "no_gre_vs_r2m", "oracle_vs_vanilla",

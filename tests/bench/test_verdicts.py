@@ -1,4 +1,4 @@
-"""Verdicts of a constructed bench result (r2m.recipes.bench_verdicts)."""
+"""Verdicts of a constructed bench result (r2m_bench.verdicts)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from r2m.core.frontier import Claim, Verdict, trajectory
-from r2m.recipes.bench_design import Arm, BenchDesign, Cell, KLRegime, RunSpec
-from r2m.recipes.bench_verdicts import (
+from r2m.eval.trajectory import trajectory
+from r2m_bench.design import Arm, BenchDesign, Cell, KLRegime, RunSpec
+from r2m_bench.frontier import Claim, Verdict
+from r2m_bench.verdicts import (
     RunResult,
     frontier_curves,
     rl_result,
@@ -120,7 +121,7 @@ def test_rl_result_reads_metrics_rows() -> None:
 
 
 def test_matched_kl_table_hand_worked() -> None:
-    from r2m.recipes.bench_verdicts import matched_kl_table
+    from r2m_bench.verdicts import matched_kl_table
 
     runs = [RunResult("length", "RLOO", Arm.VANILLA, s, KLRegime.FIXED,
                       trajectory([0, 10, 20], [0.0, 0.2, reach], [0.6, 0.7, 0.8]), {})

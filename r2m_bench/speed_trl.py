@@ -24,7 +24,7 @@ from r2m.config.root import Config
 from r2m.models.loading import load_policy, load_reward_model, load_tokenizer
 from r2m.recipes.pipeline import read_rows, resolve_inputs
 from r2m.runtime.host import configure_host
-from r2m.runtime.profiling import lifetime_peak_rss_mb
+from r2m_bench.profiling import lifetime_peak_rss_mb
 
 
 def trl_available() -> bool:
