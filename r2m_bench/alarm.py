@@ -427,7 +427,8 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
         + "\n\n### Against the fixed-KL stop, paired by run\n\nEach rule's recovered share minus the "
           "leave-one-world-out fixed-KL stop's on the same held-out run: the mean difference with a "
-          "percentile-bootstrap 95% interval resampling (world, seed) clusters (10,000 resamples), and whether the interval lies above 0 "
+          "percentile-bootstrap 95% interval resampling (world, seed) clusters (10,000 resamples), and "
+          "whether the interval lies above 0 "
           "(better), below (worse) or around it (no difference); the *>= 90% share* column is the difference of "
           "the shares of runs recovering >= 90%. The fixed-step stop is the control: that the instrument can tell "
           "two stopping rules apart on these runs.\n\n" + _paired_table(v)
