@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "cell":
         from r2m_bench.report import run_cell  # heavy: lazy
 
+        trl = list(getattr(args, "trl", None) or [])
+        if args.seed is None and "--seed" in trl:  # r2m's parser reads --seed as TRL's name (run.seed)
+            args.seed = int(trl[trl.index("--seed") + 1])
         missing = [f"--{k}" for k in ("world", "arm", "seed") if getattr(args, k) is None]
         if missing:
             raise SystemExit(f"r2m bench cell: {', '.join(missing)} required")
