@@ -29,9 +29,10 @@ from r2m.recipes.alarm import EVAL_MARK
 from r2m.reports.tables import format_table
 from r2m.runtime.runlog import read_metrics
 from r2m_bench import alarm_eval as ae
-from r2m_bench.design import R2M_ARMS, Arm, BenchDesign, RunSpec, SweepPoint, design_runs, sweep_runs
-from r2m_bench.frontier import PairedBootstrap, Verdict, json_float, paired_bootstrap
+from r2m_bench.design import R2M_ARMS, Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
+from r2m_bench.frontier import PairedBootstrap, Verdict, json_float, verdict_of
 from r2m_bench.runner import RESULT_FILE
+from r2m_bench.stats import paired_cluster_bootstrap
 
 TUNE_WORLD = "length"
 TUNE_SEEDS = (0, 1)
@@ -52,7 +53,7 @@ class Runs:
 
 
 def tuning_seeds(design: BenchDesign) -> tuple[int, ...]:
-    return (*TUNE_SEEDS, *(design.sweep.seeds if design.sweep is not None else ()))
+    return (*TUNE_SEEDS, *design.tuning_seeds)
 
 
 def _series(spec: RunSpec, rows: list[dict]) -> ae.RunSeries:
@@ -60,13 +61,17 @@ def _series(spec: RunSpec, rows: list[dict]) -> ae.RunSeries:
                         tuple(rows))
 
 
-def load_runs(design: BenchDesign, root: str | Path, setting: Optional[SweepPoint]) -> Runs:
-    """Every finished RL run of ``design`` (the sweep's, then the cells' with ``setting`` carried), split."""
+def load_runs(design: BenchDesign, root: str | Path, plan: Optional[Plan]) -> Runs:
+    """Every finished RL run of ``design`` (the pilot's, the tuning grid's and the test cells' with ``plan``),
+    split."""
     tune, held, monitor_s = [], [], []
     excluded: dict[str, list[str]] = {"gold arm (the proxy is gold)": [], "not finished": [],
                                       "no monitor/* signals": []}
     seeds = tuning_seeds(design)
-    for spec in [*sweep_runs(design), *design_runs(design, setting)]:
+    specs = phase_runs(design, Phase.PILOT)
+    if plan is not None:
+        specs += [*phase_runs(design, Phase.TUNING, plan), *phase_runs(design, Phase.TEST, plan)]
+    for spec in (s for s in specs if s.arm is not Arm.SER):
         run_dir = Path(root) / spec.name
         if spec.arm is Arm.GOLD:
             excluded["gold arm (the proxy is gold)"].append(spec.name)
@@ -232,11 +237,19 @@ def _values(rule: Rule, held: Sequence[ae.RunSeries], metric: str) -> dict[int, 
     return {index[o.run.name]: None if o.recovered is None else f(o.recovered) for o in rule.outcomes}
 
 
+def _clustered(a: dict, b: dict, held: Sequence[ae.RunSeries]) -> PairedBootstrap:
+    """A - B with a 95% interval that resamples (world, seed) clusters whole (a seed's runs in one world share
+    its reward model and prompts, so they are not independent); fewer than 2 clusters: no interval."""
+    iv = paired_cluster_bootstrap(a, b, {i: (r.world, r.seed) for i, r in enumerate(held)}, min_clusters=2)
+    verdict = verdict_of(*iv.ci) if iv.decidable else Verdict.TOO_FEW_PAIRS
+    return PairedBootstrap(iv.estimate, iv.ci, verdict, iv.keys, iv.dropped)
+
+
 def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, PairedBootstrap]:
     """``rule`` - ``base`` over the held-out runs both score (paired by run), per :data:`PAIRED_METRICS`: the
-    mean difference with a percentile-bootstrap 95% interval over runs (r2m_bench.frontier.paired_bootstrap,
-    10,000 resamples, seed 0) and its verdict."""
-    return {m: paired_bootstrap(_values(rule, held, m), _values(base, held, m)) for m in PAIRED_METRICS}
+    mean difference with a 95% percentile interval from a bootstrap over (world, seed) clusters
+    (r2m_bench.stats.paired_cluster_bootstrap, 10,000 resamples, seed 0) and its verdict."""
+    return {m: _clustered(_values(rule, held, m), _values(base, held, m), held) for m in PAIRED_METRICS}
 
 
 def comparisons(rules: Sequence[Rule], base: Rule,
@@ -414,7 +427,8 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         + format_table(["rule", *_HEAD], [_row([r.name], r.summary) for r in v.rules], markdown=True)
         + "\n\n### Against the fixed-KL stop, paired by run\n\nEach rule's recovered share minus the "
           "leave-one-world-out fixed-KL stop's on the same held-out run: the mean difference with a "
-          "percentile-bootstrap 95% interval over runs (10,000 resamples), and whether the interval lies above 0 "
+          "percentile-bootstrap 95% interval resampling (world, seed) clusters (10,000 resamples), and "
+          "whether the interval lies above 0 "
           "(better), below (worse) or around it (no difference); the *>= 90% share* column is the difference of "
           "the shares of runs recovering >= 90%. The fixed-step stop is the control: that the instrument can tell "
           "two stopping rules apart on these runs.\n\n" + _paired_table(v)
@@ -431,9 +445,9 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
         + "\n\n### Where the target is missed\n\n" + _failures(v) + "\n")
 
 
-def write_alarm_validation(design: BenchDesign, root: str | Path, setting: Optional[SweepPoint], art: Path,
+def write_alarm_validation(design: BenchDesign, root: str | Path, plan: Optional[Plan], art: Path,
                            rel: str) -> str:
     """Validate, write ``<art>/alarm.json``, return the report section."""
-    v = validate(load_runs(design, root, setting))
+    v = validate(load_runs(design, root, plan))
     atomic_write_text(Path(art) / ALARM_FILE, json.dumps(alarm_json(v, design), indent=1, allow_nan=False))
     return alarm_section(v, design, rel)

@@ -3,7 +3,9 @@
 
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
     r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer
-    r2m bench [run] --preset smoke|paper [--out F]              the design: verdicts at matched KL (docs/BENCHMARKS.md)
+    r2m bench [run] --preset smoke|paper [--workers N] [--out F]  the design, phases A-C, verdicts (docs/BENCHMARKS.md)
+    r2m bench report --from docs/bench/trajectories.json [--out F]  the verdicts and report again, nothing run
+    r2m bench cell --world W --arm A --seed S [--preset paper] [--root DIR] [--from F]  one run of the design
 
 Only the config layer is imported here, so ``r2m --help`` and ``r2m bench --help`` come before torch loads; each
 benchmark imports its module when it runs.
@@ -15,7 +17,7 @@ import argparse
 
 from r2m.cli import add_common, resolve_config
 
-WHATS = ("cost", "speed", "run")
+WHATS = ("cost", "speed", "run", "report", "cell")
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +33,14 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    "thread each (2 on a 2-core machine; results are the same files, so a bench resumes either way)")
     p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
+    p.add_argument("--from", dest="from_path", default=None, help="report: the trajectories.json to read; cell: "
+                   "the one whose plan (budgets, step caps, R2M setting) the cell takes (default "
+                   "docs/bench/trajectories.json for paper)")
+    p.add_argument("--world", default=None, help="cell: the world")
+    p.add_argument("--arm", default=None, help="cell: the arm (r2m, vanilla, ladder_0.25, ...; '<arm>-kl' for the "
+                   "KL-targeted regime)")
+    p.add_argument("--seed", type=int, default=None, help="cell: the seed")
+    p.add_argument("--root", default=None, help="cell: where the run goes (default <run.root>/cells)")
     p.set_defaults(run_command=run)
 
 
@@ -51,6 +61,22 @@ def run(args: argparse.Namespace) -> int:
         from r2m_bench.speed import run_bench_speed  # heavy: lazy
 
         return run_bench_speed(cfg, args.preset, args.out)
+    if args.what == "report":
+        from r2m_bench.report import report_from  # heavy: lazy
+
+        if not args.from_path:
+            raise SystemExit("r2m bench report: --from <trajectories.json> is required")
+        return report_from(args.from_path, args.out, args.command_line)
+    if args.what == "cell":
+        from r2m_bench.report import run_cell  # heavy: lazy
+
+        trl = list(getattr(args, "trl", None) or [])
+        if args.seed is None and "--seed" in trl:  # r2m's parser reads --seed as TRL's name (run.seed)
+            args.seed = int(trl[trl.index("--seed") + 1])
+        missing = [f"--{k}" for k in ("world", "arm", "seed") if getattr(args, k) is None]
+        if missing:
+            raise SystemExit(f"r2m bench cell: {', '.join(missing)} required")
+        return run_cell(cfg, args.preset, args.world, args.arm, args.seed, args.root, args.from_path)
     from r2m_bench.report import run_bench_design  # heavy: lazy
 
     return run_bench_design(cfg, args.preset, args.out, command=args.command_line, workers=args.workers)

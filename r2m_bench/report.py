@@ -1,52 +1,34 @@
-"""``r2m bench [run] --preset smoke|paper``: the benchmark design end to end and its report.
+"""``r2m bench [run] --preset smoke|paper``, ``r2m bench report --from trajectories.json`` and ``r2m bench cell``.
 
-:func:`run_bench_design` runs :func:`r2m_bench.runner.run_design` on ``<run.root>`` (resumable: each
-finished run is read from its ``bench14.json``), the cost arms of R2M Figure 7 on the ``length`` world, and writes
-the report: docs/BENCHMARKS.md for ``paper`` (its artefacts under docs/bench/), ``<run.root>/bench-smoke/`` for
-``smoke``. The report opens with the verdict table, then the matched-KL tables, the frontier plots, the alarm's
-validation (r2m_bench.alarm; ``alarm.json`` beside verdicts.json), SER Table 1
-per world, the cost section, each run's wall time, the provenance (commit, command, threads, wall time) and a
-"Reading" section left for the numbers' reader.
+:func:`run_bench_design` prints the cost estimate, runs :func:`r2m_bench.runner.run_design` on ``<run.root>``
+(resumable) and writes the outputs: docs/BENCHMARKS.md for ``paper`` (its artefacts under docs/bench/),
+``<run.root>/bench-smoke/`` for ``smoke``. :func:`write_outputs` makes verdicts.json, calibration.json and the
+report from a trajectories document alone, so :func:`report_from` regenerates them without running anything.
+The report opens with the primary verdicts, then the calibration ladder, then the exploratory verdicts, the
+budgets and tuning, gold at matched KL, the runs' provenance, and a "Reading" section that says when the run has
+not finished.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import statistics
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Optional, Sequence
 
-import torch
-
-from r2m.config.parsing import load_config
 from r2m.config.root import Config
 from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
-from r2m.reports.tables import format_table
-from r2m_bench.alarm import write_alarm_validation
-from r2m_bench.cost import bench_cost, format_cost
-from r2m_bench.design import (
-    Arm,
-    BenchDesign,
-    RunSpec,
-    design_preset,
-    design_runs,
-    ser_runs,
-    sweep_runs,
-    world_overrides,
-)
+from r2m.reports.tables import format_table, mean_sd
+from r2m_bench.design import Arm, BenchDesign, KLRegime, Phase, Plan, design_preset, phase_runs
+from r2m_bench.phases import estimate_cost, format_cost
 from r2m_bench.provenance import git_commit
-from r2m_bench.runner import RESULT_FILE, DesignOutcome, run_design
-from r2m_bench.ser_table import ser_tables
-from r2m_bench.verdicts import rl_result
-
-COST_STEPS = {"smoke": 3, "paper": 12}
-"""``bench_cost`` steps per preset (one warm-up step is not timed)."""
+from r2m_bench.trajectories import RunRecord, Trajectories, read_trajectories
+from r2m_bench.verdicts import calibration, verdict_records, verdict_table, write_bench_verdicts, write_calibration
 
 
 def default_out(preset: str, root: str) -> Path:
@@ -55,157 +37,162 @@ def default_out(preset: str, root: str) -> Path:
 
 
 def artefact_dir(preset: str, out: Path) -> Path:
-    """verdicts.json, the tables and the plots: ``<report dir>/bench/`` for paper (docs/bench), else beside it."""
+    """The JSON files: ``<report dir>/bench/`` for paper (docs/bench), else beside the report."""
     return out.parent / "bench" if preset == "paper" else out.parent
 
 
-def run_cost_bench(design: BenchDesign, root: str, steps: int) -> dict:
-    """``bench_cost`` on the design's ``length`` world, skipped when ``bench14-<name>-cost/result.json`` exists."""
-    name = f"bench14-{design.name}-cost"
-    done = Path(root) / name / "result.json"
-    if read_json_or_none(done) is None:
-        cfg = load_config(None, [*world_overrides("length"), *design.base, f"run.root={root}", "run.log_with=[]",
-                                 "run.progress=false", f"run.name={name}"])
-        atomic_write_text(done, json.dumps(bench_cost(cfg, steps), indent=1))
-    return read_json_or_none(done)
-
-
-class RunTime(NamedTuple):
-    name: str
-    kind: str
-    wall_s: float
-    commit: str
-    """The commit that made the run (``bench14.json``; "not recorded" before runs recorded it)."""
-
-
-def run_times(design: BenchDesign, root: str, setting) -> list[RunTime]:
-    """Each run's logged wall time (``bench14.json``: the first run of a (world, seed) includes its RM build, the
-    first run of all the SFT stages)."""
-    specs: Sequence[RunSpec] = [*sweep_runs(design), *design_runs(design, setting), *ser_runs(design)]
-    out = []
-    for s in specs:
-        saved = read_json_or_none(Path(root) / s.name / RESULT_FILE) or {}
-        out.append(RunTime(s.name, s.algorithm if s.arm is Arm.SER else s.arm.value, saved.get("wall_s", float("nan")),
-                           saved.get("commit", "not recorded")))
-    return out
-
-
-def _times_table(times: Sequence[RunTime]) -> str:
-    kinds = sorted({t.kind for t in times})
+def _ladder_table(cal: dict) -> str:
     rows = []
-    for k in kinds:
-        vals = [t.wall_s for t in times if t.kind == k]
-        rows.append([k, len(vals), f"{statistics.median(vals):.1f}", f"{max(vals):.1f}", f"{sum(vals):.0f}"])
-    return format_table(["arm", "runs", "median s", "max s", "total s"], rows, markdown=True)
+    for w, rungs in cal["worlds"].items():
+        cells = []
+        for lam in ("0.1", "0.25", "0.5"):
+            r = rungs.get(lam)
+            cells.append("-" if r is None or r["diff_mean"] is None else
+                         f"{r['diff_mean']:+.3f} [{_num(r['ci95'][0])}, {_num(r['ci95'][1])}] {r['verdict']}")
+        rows.append([w, *cells, _num(rungs.get("min_detectable_effect"))])
+    return format_table(["world", "λ = 0.1", "λ = 0.25", "λ = 0.5", "min. detectable effect"], rows, markdown=True)
 
 
-def _ser_section(design: BenchDesign, root: str) -> str:
-    """SER Table 1 per world and SER mode, from the SER runs' result files."""
-    parts, runs = [], ser_runs(design)
-    for w in design.ser_worlds:
-        for mode in design.ser_modes:
-            specs = [s for s in runs if s.world == w and s.algorithm == mode.name]
-            saved = [read_json_or_none(Path(root) / s.name / RESULT_FILE) for s in specs]
-            how = ", ".join(f"`{o}`" for o in mode.overrides) or "the defaults"
-            parts.append(f"### World `{w}`, {mode.name} ({how}; {len(saved)} seeds)\n\n" + ser_tables(saved))
-    return "\n\n".join(parts)
+def _num(x: Optional[float]) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
 
-def _sweep_table(design: BenchDesign, root: str, chosen) -> str:
-    """Each sweep point's gold at the headline budget per tuning seed (the chosen point marked)."""
-    if design.sweep is None:
-        return "(no sweep)"
-    by_point: dict = {}
-    for spec in sweep_runs(design):
-        saved = read_json_or_none(Path(root) / spec.name / RESULT_FILE)
-        gold = gold_at_kl(rl_result(spec, saved["evals"], saved["scalars"]).trajectory, design.headline_budget).gold
-        point = spec.name.rsplit("-s", 1)[0].split("-r2m-", 1)[1]
-        by_point.setdefault(point, []).append("not reached" if gold is None else f"{gold:.3f}")
-    rows = [[p, *golds] for p, golds in by_point.items()]
-    tag = "none eligible" if chosen is None else f"lr {chosen.lr:g}, init {chosen.init}, Omega {chosen.omega_floor:g}"
-    return (format_table(["setting", *[f"seed {s}" for s in design.sweep.seeds]], rows, markdown=True)
-            + f"\n\nCarried to the test seeds: {tag}.")
+def _matched_kl(records: Sequence[RunRecord], plan: Plan) -> str:
+    """Gold at each of the world's budgets (mean ± sd over the seeds reaching it), the stop and movement."""
+    groups: dict = {}
+    for r in records:
+        if r.phase is Phase.TEST and r.trajectory is not None:
+            groups.setdefault((r.world, r.algorithm, r.arm.value, r.regime.value), []).append(r)
+    rows = []
+    for (w, algo, arm, regime), rs in groups.items():
+        cells = []
+        for b in plan.budgets.get(w, ()):
+            g = [x.gold for x in (gold_at_kl(r.trajectory, b) for r in rs) if x.gold is not None]
+            cells.append(f"@{b:g}: {mean_sd(g, empty='not reached')} ({len(g)}/{len(rs)})")
+        reached = sum(r.stop_reason == "kl_reached" for r in rs)
+        moves = [r.scalars["r2m/weight_change"] for r in rs if "r2m/weight_change" in r.scalars]
+        move = f"{statistics.median(moves):.2g}" if moves else "-"
+        rows.append([w, algo, arm + (" (KL-targeted)" if regime == KLRegime.TARGETED.value else ""), "; ".join(cells),
+                     f"{reached}/{len(rs)}", move])
+    return format_table(["world", "algorithm", "arm", "gold at the budgets", "KL stop reached", "weight change"],
+                        rows, markdown=True)
 
 
-def _run_minutes(times: Sequence[RunTime]) -> float:
-    return sum(t.wall_s for t in times if math.isfinite(t.wall_s)) / 60
+def _provenance(records: Sequence[RunRecord]) -> str:
+    commits: dict[str, int] = {}
+    for r in records:
+        commits[r.commit] = commits.get(r.commit, 0) + 1
+    wall = sum(r.wall_s for r in records if r.wall_s is not None and math.isfinite(r.wall_s))
+    return (f"- runs made at: {', '.join(f'`{c}` ({n} runs)' for c, n in sorted(commits.items()))}\n"
+            f"- the runs' own wall times add up to {wall / 3600:.2f} h over {len(records)} runs (divide by the "
+            "workers for the elapsed time)")
 
 
-def _run_commits(times: Sequence[RunTime]) -> str:
-    counts: dict[str, int] = {}
-    for t in times:
-        counts[t.commit] = counts.get(t.commit, 0) + 1
-    return ", ".join(f"`{c}` ({n} runs)" for c, n in sorted(counts.items()))
-
-
-def _reading(art: Path, preset: str) -> str:
-    """The "Reading" section: ``<artefacts>/reading_<preset>.md`` when a reader has written it (so re-making the
-    report keeps it), else a placeholder."""
-    path = art / f"reading_{preset}.md"
+def _reading(design: BenchDesign, traj: Trajectories, art: Path) -> str:
+    """The reader's words (``<artefacts>/reading_<preset>.md``) once every run of the design has finished; before
+    that, a plain statement that the run has not finished."""
+    expected = len(phase_runs(design, Phase.TEST, traj.plan)) if traj.plan is not None else None
+    done = sum(r.phase is Phase.TEST for r in traj.runs)
+    if expected is None or done < expected:
+        return (f"The {design.name} run has not finished ({done} of {expected or 'the'} test runs recorded): no "
+                "reading is written and no number above is final.")
+    path = art / f"reading_{design.name}.md"
     return path.read_text().strip() if path.is_file() else f"(Not written yet: put it in {path}.)"
 
 
-def _threads_line(workers: int) -> str:
-    if workers > 1:
-        return f"{workers} worker processes side by side, one torch thread each (wall times are under that load)"
-    return "one after another"
+def write_outputs(traj: Trajectories, report: Path, art: Path, *, commit: str, command: str) -> str:
+    """verdicts.json, calibration.json (in ``art``) and the report at ``report``, from ``traj`` alone."""
+    design = design_preset(traj.design)
+    if traj.plan is None:
+        raise ValueError(f"bench report: the trajectories of {design.name} hold no plan (the pilot has not run)")
+    test = [r for r in traj.runs if r.phase is Phase.TEST]
+    verdicts = verdict_records(test, design, traj.plan)
+    write_bench_verdicts(art / "verdicts.json", verdicts, commit=commit, command=command)
+    cal = calibration(test, verdicts, design, traj.plan)
+    write_calibration(art / "calibration.json", cal)
+    tuning = read_json_or_none(art / "tuning.json")
+    budgets = "\n".join(f"- `{w}`: {', '.join(f'{b:g}' for b in bs)} (primary {traj.plan.primary(design, w):g}; "
+                        f"step cap {traj.plan.caps[w]})" for w, bs in traj.plan.budgets.items())
+    s = traj.plan.setting
+    setting = "none (no grid point complete: the config's defaults)" if s is None else \
+        f"lr {s.lr:g}, init {s.init}, Omega {s.omega_floor:g}"
+    text = (f"# Benchmarks: matched KL, a calibration ladder, paired seeds\n\n"
+            f"Preset `{design.name}`; runs by `{traj.command}`; this report by `{command}` at commit `{commit}`. "
+            f"Paired t-intervals over seeds (95%), Holm across the primary claims, margins gold ±0.01 and RM "
+            f"accuracy ±0.01, fewer than 5 pairs: not decidable.\n\n"
+            f"## Primary verdicts\n\n{verdict_table(verdicts, True)}\n"
+            f"## Calibration ladder: (1 − λ)·RM + λ·gold against vanilla at the primary budget\n\n"
+            f"{_ladder_table(cal)}\n\n"
+            f"## Exploratory verdicts (each claim's first metric; every metric in verdicts.json)\n\n"
+            f"{verdict_table(verdicts, False)}\n"
+            f"## Budgets (phase A) and the carried R2M setting (phase B)\n\n{budgets}\n\nCarried setting: {setting}"
+            f" (the oracle's gain over vanilla; grid in tuning.json{'' if tuning else ', not written yet'}).\n\n"
+            f"## Gold at matched KL\n\n{_matched_kl(test, traj.plan)}\n\n"
+            f"## Provenance\n\n- commit (this report): `{commit}`\n{_provenance(traj.runs)}\n\n"
+            f"## Reading\n\n{_reading(design, traj, art)}\n")
+    atomic_write_text(report, text)
+    return text
 
 
-def _report(design: BenchDesign, outcome: DesignOutcome, root: str, out: Path, cost: dict, cost_steps: int,
-            command: str, commit: str, wall_s: float, workers: int = 1, alarm: str = "") -> str:
-    art = artefact_dir(design.name, out)
-    rel = os.path.relpath(art, out.parent)
-    times = run_times(design, root, outcome.setting)
-    plots = "\n".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in outcome.plots)
-    return (f"# Benchmarks: matched KL, controls, worlds, paired seeds\n\n"
-            f"Preset `{design.name}`, made by `{command}` at commit `{commit}`. Paired differences over seeds with "
-            f"95% bootstrap intervals; gold at KL {design.headline_budget:g} is the headline metric (fixed before "
-            f"any run). The same verdicts are in `{rel}/verdicts.json`.\n\n## Verdicts\n\n{outcome.table}\n\n"
-            f"## Gold at matched KL, peak and final\n\n"
-            f"{(art / f'matched_kl_{design.name}.md').read_text()}\n\n"
-            f"## R2M hyper-parameter sweep (tuning seeds, `length` world)\n\n"
-            f"{_sweep_table(design, root, outcome.setting)}"
-            f"\n\n## Frontier plots: gold against KL\n\n{plots}\n\n{alarm}\n"
-            f"## SER Table 1 per world\n\n`ser.ppo=false`: the seed RM (Loop 0), the kept self-labelling loop "
-            f"(SER) and "
-            f"the run's pairwise loss on every labelled pair (Full); test = data.pref_eval, also split into pairs "
-            f"whose answers have equal and unequal length in words (docs/SER.md). One table per SER setting: the "
-            f"defaults, the other retraining mode and a lower tau_Delta at which Status 2 can be reached."
-            f"\n\n{_ser_section(design, root)}\n\n"
-            f"## Cost: R2M vs vanilla RLOO (R2M Figure 7)\n\n`bench_cost` for {cost_steps} steps on this preset's "
-            f"`length` world; methods in benchmarks/README.md.\n\n{format_cost(cost, markdown=True)}\n\n"
-            f"## Run wall times\n\nFrom each run's `bench14.json` (a run read from an earlier invocation keeps its "
-            f"own time).\n\n{_times_table(times)}\n\n"
-            f"## Provenance\n\n- commit (this report): `{commit}`\n- runs made at: {_run_commits(times)}\n"
-            f"- command: `{command}`\n- runs: {_threads_line(workers)}; "
-            f"this process: {torch.get_num_threads()} torch threads, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n- the runs' own wall times add up to "
-            f"{_run_minutes(times):.1f} min over {len(times)} runs (a resumed bench keeps each run's time; divide by "
-            f"the workers for the elapsed time)\n- wall time of this invocation: {wall_s / 60:.1f} min (design "
-            f"{outcome.wall_s / 60:.1f} min; runs found finished are not re-run)\n- CPU results are bit-identical "
-            f"only at the same thread count and CPU.\n\n## Reading\n\n{_reading(art, design.name)}\n")
+def report_from(path: str | Path, out: Optional[str], command: str) -> int:
+    """``r2m bench report --from docs/bench/trajectories.json``: the outputs again, nothing run."""
+    traj = read_trajectories(path)
+    report = Path(out) if out else (Path("docs/BENCHMARKS.md") if traj.design == "paper" else
+                                    Path(path).parent / "BENCHMARKS.md")
+    art = Path(path).parent
+    print(write_outputs(traj, report, art, commit=git_commit(), command=command))
+    return 0
 
 
 def run_bench_design(cfg: Config, preset: str, out: str | None = None, command: str | None = None,
                      workers: int = 1) -> int:
-    """The design of ``preset`` on ``cfg.run.root``, the cost arms, then the report (see the module doc).
+    """The cost estimate, the design of ``preset`` on ``cfg.run.root`` phase by phase, then the outputs."""
+    from r2m_bench.runner import run_design  # heavy: lazy
 
-    ``workers``: processes for the design's runs (one torch thread each, r2m_bench.runner); ``run.threads``, when
-    set, is passed to every run of a one-worker bench."""
     design = design_preset(preset)
+    if cfg.run.threads and workers == 1:
+        design = replace(design, extra=(f"run.threads={cfg.run.threads}",))
+    print(format_cost(estimate_cost(design, workers=workers), workers), flush=True)
     root = str(cfg.run.root)
-    out_path = Path(out) if out else default_out(preset, root)
+    report = Path(out) if out else default_out(preset, root)
+    art = artefact_dir(preset, report)
     command = command or "r2m " + shlex.join(sys.argv[1:])
-    commit = git_commit()
-    t0 = time.perf_counter()
-    extra = (f"run.threads={cfg.run.threads}",) if cfg.run.threads else ()
-    outcome = run_design(design, root, artefact_dir(preset, out_path), commit=commit, command=command, extra=extra,
-                         workers=workers)
-    art = artefact_dir(preset, out_path)
-    alarm = write_alarm_validation(design, root, outcome.setting, art, os.path.relpath(art, out_path.parent))
-    cost = run_cost_bench(design, root, COST_STEPS[preset])
-    text = _report(design, outcome, root, out_path, cost, COST_STEPS[preset], command, commit,
-                   time.perf_counter() - t0, workers, alarm)
-    atomic_write_text(out_path, text)
-    print(text)
+    outcome = run_design(design, root, art, command=command, workers=workers)
+    print(format_cost(estimate_cost(design, outcome.plan, workers=workers), workers))
+    traj = read_trajectories(art / "trajectories.json")
+    print(write_outputs(traj, report, art, commit=git_commit(), command=command))
     return 0
+
+
+def run_cell(cfg: Config, preset: str, world: str, arm: str, seed: int, root: Optional[str],
+             plan_from: Optional[str]) -> int:
+    """``r2m bench cell``: one run of the design with its overrides and name, under ``root`` (default
+    ``<run.root>/cells``), the plan (budgets, caps, setting) read from the trajectories document."""
+    from r2m_bench.runner import run_one  # heavy: lazy
+
+    if plan_from is None:
+        plan_from = str(artefact_dir(preset, default_out(preset, str(cfg.run.root))) / "trajectories.json")
+    spec = cell_spec(preset, world, arm, seed, plan_from)
+    where = root or str(Path(cfg.run.root) / "cells")
+    saved = run_one(spec, where)
+    print(json.dumps({"name": spec.name, "root": where, "stop_reason": saved.get("stop_reason"),
+                      "scalars": saved.get("scalars")}, indent=1))
+    return 0
+
+
+def cell_spec(preset: str, world: str, arm: str, seed: int, plan_from: Optional[str]):
+    """The design's run of (world, arm, seed) in the test phase (KL-targeted when ``arm`` ends in ``-kl``)."""
+    design = design_preset(preset)
+    plan = None
+    if plan_from is not None and Path(plan_from).is_file():
+        plan = read_trajectories(plan_from).plan
+    target = Arm(arm.removesuffix("-kl")) if arm.removesuffix("-kl") in {a.value for a in Arm} else None
+    regime = KLRegime.TARGETED if arm.endswith("-kl") else KLRegime.FIXED
+    if plan is None:
+        raise ValueError(f"bench cell: no plan in {plan_from!r}; expected the trajectories.json of a bench whose "
+                         "pilot has run (--from)")
+    found = [s for s in phase_runs(design, Phase.TEST, plan)
+             if (s.world, s.arm, s.seed, s.regime) == (world, target, seed, regime)]
+    if not found:
+        raise ValueError(f"bench cell: no run of world {world!r}, arm {arm!r}, seed {seed} in preset {preset!r}")
+    return found[0]

@@ -1,16 +1,14 @@
-"""Run a :class:`r2m_bench.design.BenchDesign` end to end (a reference runner for the split bench).
+"""Run a :class:`r2m_bench.design.BenchDesign` phase by phase (resumable).
 
-Order: the R2M sweep on the tuning seeds, :func:`best_setting`, every RL run of the cells with that setting, the
-SER runs, then the verdicts (``verdicts.json``, the verdict table) and the frontier plots. Each run is skipped
-when its ``<run.root>/<name>/bench14.json`` exists, so an interrupted bench resumes where it stopped; that file
-holds what the verdicts read (the evaluation points and the scalars), so a finished bench can be re-reported
-without rerunning anything.
+Order: phase A (the pilot) -> the budgets (``budgets.json``); phase B (the oracle grid) -> the carried R2M setting
+(``tuning.json``); phase C (the test runs, KL-stopped, and SER). Each phase starts once every run of the previous
+one has finished. A run is skipped when its ``<run.root>/<name>/bench14.json`` exists, so an interrupted bench
+resumes where it stopped; that file holds what the report reads (the evaluation points, the stop, the scalars and
+the commit that made the run), and every finished run goes into ``trajectories.json``.
 
-With ``workers > 1`` the runs of each phase (the sweep; then the cells and SER) go to that many spawned processes,
-each with one torch thread (``run.threads=1``, ``OMP_NUM_THREADS=1``): on 2 cores two one-thread runs of this
-world's tiny models finish sooner than one two-thread run after another. A run's numbers depend on its thread
-count, not on how many workers ran beside it; the world cache is built once and shared (its builds wait on one
-another's lock). The result files are the same either way, so a bench can resume with another worker count.
+With ``workers > 1`` a phase's unfinished runs go to that many spawned processes, each with one torch thread
+(``run.threads=1``, ``OMP_NUM_THREADS=1``). A run's numbers depend on its thread count, not on how many workers
+ran beside it, so a bench can resume with another worker count.
 """
 
 from __future__ import annotations
@@ -32,63 +30,55 @@ from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
 from r2m.runtime.runlog import read_metrics
-from r2m_bench.design import (
-    Arm,
-    BenchDesign,
-    KLRegime,
-    RunSpec,
-    SweepPoint,
-    best_setting,
-    design_runs,
-    ser_runs,
-    sweep_runs,
-)
-from r2m_bench.plots import plot_frontiers
+from r2m_bench import phases
+from r2m_bench.design import Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
 from r2m_bench.provenance import git_commit
 from r2m_bench.ser_table import ser_summary
-from r2m_bench.verdicts import (
-    RunResult,
-    frontier_curves,
-    matched_kl_table,
-    rl_result,
-    ser_result,
-    verdict_table,
-    write_bench_verdicts,
-)
+from r2m_bench.trajectories import RunRecord, record_of, write_trajectories
 
 log = logging.getLogger("r2m")
 
 RESULT_FILE = "bench14.json"
-_EVAL_KEYS = ("step", "eval/kl", "eval/gold")
+_EVAL_KEYS = ("step", "eval/kl", "eval/gold", "eval/proxy", "eval/gold_se")
 
 
 def _config(spec: RunSpec, root: str, extra: Sequence[str]):
     return load_config(None, [*spec.overrides, *extra, f"run.root={root}", "run.log_with=[]", "run.progress=false"])
 
 
-def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> RunResult:
-    """One RL or SER run of the design (skipped when its result file exists) as a :class:`RunResult`."""
+def _rl_saved(spec: RunSpec, root: str, extra: Sequence[str]) -> dict:
+    res = run_rl(_config(spec, root, extra))
+    rows = read_metrics(Path(root) / spec.name / "metrics.jsonl")
+    scalars = {**dict(res.rm_accuracy), **(res.r2m_movement or {})}
+    if res.stop_kl is not None:
+        scalars["stop/eval_kl"] = res.stop_kl
+    return {"evals": [{k: r[k] for k in _EVAL_KEYS if k in r} for r in rows if "eval/gold" in r],
+            "scalars": scalars, "stop_reason": res.stop_reason}
+
+
+def _ser_saved(spec: RunSpec, root: str, extra: Sequence[str]) -> dict:
+    res = run_ser(_config(spec, root, extra))
+    rows = res.table[1]
+    summary = ser_summary(res)
+    loops = sum(1 for lp in summary["loops"] if lp["loop"] > 0)
+    scalars = {"ser/loop0_test_acc": rows[0][3], "ser/test_acc": rows[1][3], "ser/full_test_acc": rows[2][3],
+               "ser/loops": loops}
+    return {"scalars": scalars, "stop_reason": (res.stop or {}).get("reason"), **summary}
+
+
+def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> dict:
+    """One run of the design (skipped when its result file exists); its saved result."""
     done = Path(root) / spec.name / RESULT_FILE
     saved = read_json_or_none(done)
     if saved is None:
         t0 = time.perf_counter()
-        if spec.arm is Arm.SER:
-            res = run_ser(_config(spec, root, extra))
-            # Table 1's rows for the verdicts, and the loops and stop for SER Table 1 per world (r2m_bench.report).
-            saved = {"table_rows": [list(r) for r in res.table[1]], **ser_summary(res)}
-        else:
-            res = run_rl(_config(spec, root, extra))
-            rows = read_metrics(Path(root) / spec.name / "metrics.jsonl")
-            saved = {"evals": [{k: r[k] for k in _EVAL_KEYS} for r in rows if "eval/gold" in r],
-                     "scalars": dict(res.rm_accuracy)}
+        saved = _ser_saved(spec, root, extra) if spec.arm is Arm.SER else _rl_saved(spec, root, extra)
         saved["wall_s"] = time.perf_counter() - t0
         saved["threads"] = torch.get_num_threads()
         saved["commit"] = git_commit(Path(__file__).parent)  # the code that made this run (a bench may resume later)
         atomic_write_text(done, json.dumps(saved))
-        log.info("[bench14] %s done in %.0f s", spec.name, saved["wall_s"])
-    if spec.arm is Arm.SER:
-        return ser_result(spec, saved["table_rows"])
-    return rl_result(spec, saved["evals"], saved["scalars"])
+        log.info("[bench] %s done in %.0f s (%s)", spec.name, saved["wall_s"], saved.get("stop_reason"))
+    return saved
 
 
 def _worker_init() -> None:
@@ -102,57 +92,69 @@ def _run_quietly(spec: RunSpec, root: str, extra: Sequence[str]) -> str:
     return spec.name
 
 
-def run_all(specs: Sequence[RunSpec], root: str, extra: Sequence[str] = (), workers: int = 1) -> list[RunResult]:
-    """``run_one`` of every spec, in order; with ``workers > 1`` the unfinished ones first run in that many
-    one-thread processes (see the module doc), and every result is then read back from its file."""
+def run_all(specs: Sequence[RunSpec], root: str, extra: Sequence[str] = (), workers: int = 1) -> list[RunRecord]:
+    """``run_one`` of every spec; with ``workers > 1`` the unfinished ones run in that many one-thread processes
+    first; every result is then read back from its file. Returns when all have finished (a phase's barrier)."""
     if workers < 1:
         raise ValueError(f"bench workers: expected >= 1, got {workers!r}")
     todo = [s for s in specs if not (Path(root) / s.name / RESULT_FILE).is_file()]
     if workers > 1 and len(todo) > 1:
-        one_thread = (*extra, "run.threads=1")
+        extra = (*extra, "run.threads=1")
         ctx = multiprocessing.get_context("spawn")  # no forked torch state: each worker imports its own
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as pool:
-            futures = [pool.submit(_run_quietly, s, root, one_thread) for s in todo]
-            for f in futures:
-                log.info("[bench14] %s finished (worker)", f.result())
-        extra = one_thread
-    return [run_one(s, root, extra) for s in specs]
+            for f in [pool.submit(_run_quietly, s, root, extra) for s in todo]:
+                log.info("[bench] %s finished (worker)", f.result())
+    return [record_of(s, run_one(s, root, extra)) for s in specs]
 
 
-class DesignOutcome(NamedTuple):
-    results: list[RunResult]
-    setting: Optional[SweepPoint]
-    """The sweep's best R2M setting, carried to the test seeds (None: no sweep, or no eligible point)."""
-    verdicts: Path
-    table: str
-    plots: list[Path]
+def _primary_gold(r: RunRecord, budget: float) -> Optional[float]:
+    return gold_at_kl(r.trajectory, budget).gold if r.trajectory is not None else None
+
+
+class Outcome(NamedTuple):
+    plan: Plan
+    records: list[RunRecord]
+    """Every finished run of every phase, in phase order."""
     wall_s: float
 
 
-def run_sweep(design: BenchDesign, root: str, extra: Sequence[str] = (), workers: int = 1) -> Optional[SweepPoint]:
-    """The sweep's runs, then the setting with the best mean gold at the headline budget."""
-    specs = sweep_runs(design)
-    results = run_all(specs, root, extra, workers)
-    gold = {spec.name: gold_at_kl(res.trajectory, design.headline_budget).gold for spec, res in zip(specs, results)}
-    return best_setting(gold, design)
+def run_pilot(design: BenchDesign, root: str, out: Path, workers: int) -> tuple[list[RunRecord], dict]:
+    """Phase A and ``<out>/budgets.json``."""
+    recs = run_all(phase_runs(design, Phase.PILOT), root, (), workers)
+    trajs: dict = {}
+    for r in recs:
+        trajs.setdefault(r.world, []).append(r.trajectory)
+    se = {}
+    for w in trajs:
+        ses = sorted(float(x) for r in recs if r.world == w for x in [r.scalars.get("eval/gold_se")] if x is not None)
+        se[w] = ses[len(ses) // 2] if ses else None
+    budgets = phases.budgets_from_pilot(design, trajs, se)
+    atomic_write_text(out / "budgets.json", json.dumps(phases.budgets_json(design, budgets), indent=2) + "\n")
+    return recs, budgets
 
 
-def run_design(design: BenchDesign, root: str, out_dir: str | Path, *, commit: str, command: str,
-               extra: Sequence[str] = (), workers: int = 1) -> DesignOutcome:
-    """Everything of ``design``; writes ``<out_dir>/verdicts.json``, ``<out_dir>/verdicts_<name>.md`` (the verdict
-    table), ``<out_dir>/matched_kl_<name>.md`` (gold at each budget, peak, final) and the frontier plots
-    ``<out_dir>/frontier_<name>[_kl]_<world>.png``."""
+def run_tuning(design: BenchDesign, root: str, out: Path, workers: int, pilot: Sequence[RunRecord],
+               plan: Plan) -> tuple[list[RunRecord], Plan]:
+    """Phase B and ``<out>/tuning.json``; the plan with the chosen setting."""
+    recs = run_all(phase_runs(design, Phase.TUNING, plan), root, (), workers)
+    budget = plan.primary(design, design.sweep.world)
+    oracle = {r.name: (_primary_gold(r, budget), r.scalars.get("r2m/weight_change")) for r in recs}
+    vanilla = {r.seed: _primary_gold(r, budget) for r in pilot if r.world == design.sweep.world}
+    points = phases.grid_points(design, plan, oracle, vanilla)
+    chosen = phases.choose_setting(points)
+    doc = phases.tuning_json(points, chosen, design.tuning_seeds)
+    atomic_write_text(out / "tuning.json", json.dumps(doc, indent=2) + "\n")
+    return recs, plan._replace(setting=chosen)
+
+
+def run_design(design: BenchDesign, root: str, out: str | Path, *, command: str, workers: int = 1) -> Outcome:
+    """Phases A, B, C in order; writes budgets.json, tuning.json and trajectories.json under ``out``."""
     t0 = time.perf_counter()
-    setting = run_sweep(design, root, extra, workers)
-    results = run_all([*design_runs(design, setting), *ser_runs(design)], root, extra, workers)
-    out = Path(out_dir)
-    verdicts = out / "verdicts.json"
-    records = write_bench_verdicts(verdicts, results, design, commit=commit, command=command)
-    table = verdict_table(records, design)
-    atomic_write_text(out / f"verdicts_{design.name}.md", table)
-    atomic_write_text(out / f"matched_kl_{design.name}.md", matched_kl_table(results, design.budgets))
-    plots = plot_frontiers(frontier_curves(results), out, prefix=f"frontier_{design.name}", budgets=design.budgets)
-    targeted = frontier_curves(results, KLRegime.TARGETED)
-    if targeted:
-        plots += plot_frontiers(targeted, out, prefix=f"frontier_{design.name}_kl", budgets=design.budgets)
-    return DesignOutcome(results, setting, verdicts, table, plots, time.perf_counter() - t0)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pilot, budgets = run_pilot(design, root, out, workers)
+    tuning, plan = run_tuning(design, root, out, workers, pilot, phases.plan_of(budgets))
+    test = run_all(phase_runs(design, Phase.TEST, plan), root, (), workers)
+    records = [*pilot, *tuning, *test]
+    write_trajectories(out / "trajectories.json", design.name, command, plan, records)
+    return Outcome(plan, records, time.perf_counter() - t0)

@@ -1,209 +1,168 @@
-"""Verdicts of a benchmark by claim: paired differences at matched KL.
+"""Verdicts of a benchmark by claim: paired t-intervals over seeds, Holm across the primaries, margins.
 
-Input: :class:`RunResult`\\ s, one per finished run (RL or SER), built from a run's metrics by
-:func:`rl_result` / :func:`ser_result`. For each claim the design can decide (:func:`r2m_bench.design.
-claims_in`), and each metric -- gold at every KL budget (:func:`r2m_bench.frontier.gold_at_kl`), final gold, peak
-gold, or the claim's scalar (RM accuracy) -- the arms' values are paired by seed and compared by
-:func:`r2m_bench.frontier.paired_bootstrap` (A - B, 95% percentile interval). A seed where a budget is not reached
-by either arm is dropped from that pair (and the record's ``seeds`` says which remain). KL-targeted cells give
-``final_gold@kl_target=<t>`` records. Output: :class:`r2m_bench.frontier.VerdictRecord`\\ s, ``verdicts.json``
-(:func:`write_bench_verdicts`) and the verdict table that opens docs/BENCHMARKS.md (:func:`verdict_table`).
+Input: the test phase's :class:`r2m_bench.trajectories.RunRecord`\\ s, the design and its :class:`Plan`. For each
+(world, algorithm, claim) the design can decide (:func:`r2m_bench.design.claims_in`): gold at the world's primary
+budget (the claim's one primary metric; the other budgets are exploratory), final gold for the KL-targeted cells,
+or the claim's scalar. The arms' values are paired by seed (:func:`r2m_bench.stats.paired_t`) and decided by
+:func:`r2m_bench.stats.decide_claims` (Holm over exactly the primary records). ``inactive`` where the method did
+nothing: an R2M-family arm whose fusion moved less than :data:`MIN_WEIGHT_CHANGE` (median ``r2m/weight_change``
+over its runs), SER with no self-labelling loop in any run. Output: ``verdicts.json`` and ``calibration.json``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-from r2m.eval.trajectory import Trajectory, eval_trajectory, gold_at_kl
-from r2m.reports.tables import mean_sd
-from r2m_bench.design import (
-    CLAIMS,
-    Arm,
-    BenchDesign,
-    ClaimSpec,
-    KLRegime,
-    RunSpec,
-    claims_in,
-)
-from r2m_bench.frontier import VerdictRecord, final_gold, paired_bootstrap, peak_gold, write_verdicts
+from r2m.eval.trajectory import gold_at_kl
+from r2m.fileio import atomic_write_text
+from r2m_bench.design import LADDER, MARGINS, R2M_ARMS, Arm, BenchDesign, ClaimSpec, KLRegime, Phase, Plan, claims_in
+from r2m_bench.power import min_detectable_effect
+from r2m_bench.stats import ClaimTest, Verdict, VerdictRecord, decide_claims, json_float, paired_t, verdicts_document
+from r2m_bench.trajectories import RunRecord
+
+MIN_WEIGHT_CHANGE = 1e-3
+"""An R2M-family arm whose fusion's relative weight change is below this did not learn: its claims are inactive."""
 
 
-class RunResult(NamedTuple):
-    """What the verdicts need of one finished run."""
-
-    world: str
-    algorithm: str
-    """A key of ``r2m_bench.design.ALGORITHMS``, or ``SER``."""
-    arm: Arm
-    seed: int
-    regime: KLRegime
-    trajectory: Optional[Trajectory]
-    """The run's evaluation points (step, eval/kl, eval/gold); None for SER runs."""
-    scalars: Mapping[str, float]
-    """Scalars of the run: ``rm_acc/*`` (R2M's Table 3), ``ser/*`` (SER Table 1)."""
+def gold_metric(budget: float) -> str:
+    return f"gold@kl={budget:g}"
 
 
-def rl_result(spec: RunSpec, metrics: Sequence[Mapping[str, float]], scalars: Mapping[str, float]) -> RunResult:
-    """An RL run's result from its ``metrics.jsonl`` rows (those with ``eval/gold``, in step order) and its
-    summary scalars (e.g. ``RLResult.rm_accuracy``)."""
-    return RunResult(spec.world, spec.algorithm, spec.arm, spec.seed, spec.regime, eval_trajectory(metrics),
-                     dict(scalars))
-
-
-def ser_result(spec: RunSpec, table_rows: Sequence[Sequence]) -> RunResult:
-    """An SER run's result from its Table 1 rows (Loop 0, SER's kept loop, Full; column 3 = held-out accuracy)."""
-    if len(table_rows) < 3:
-        raise ValueError(f"SER result {spec.name}: expected Table 1 rows Loop 0, SER and Full, got {len(table_rows)}")
-    acc = {"ser/loop0_test_acc": table_rows[0][3], "ser/test_acc": table_rows[1][3],
-           "ser/full_test_acc": table_rows[2][3]}
-    return RunResult(spec.world, spec.algorithm, Arm.SER, spec.seed, KLRegime.FIXED, None, acc)
-
-
-class Metric(NamedTuple):
-    """A named value of a run (None: not available, e.g. a KL budget the run never reached)."""
-
-    name: str
-    read: Callable[[RunResult], Optional[float]]
-
-
-def _traj_metric(name: str, fn: Callable[[Trajectory], Optional[float]]) -> Metric:
-    return Metric(name, lambda r: fn(r.trajectory) if r.trajectory is not None else None)
-
-
-def gold_metrics(budgets: Sequence[float]) -> list[Metric]:
-    """Gold at each KL budget, then final and peak gold."""
-    out = [_traj_metric(f"gold@kl={b:g}", lambda t, b=b: gold_at_kl(t, float(b)).gold) for b in budgets]
-    out.append(_traj_metric("final_gold", lambda t: final_gold(t).gold))
-    out.append(_traj_metric("peak_gold", lambda t: peak_gold(t).gold))
+def _runs(records: Sequence[RunRecord], world: str, algorithm: str, arm: Arm, regime: KLRegime) -> list[RunRecord]:
+    out = [r for r in records if (r.phase, r.world, r.algorithm, r.arm, r.regime)
+           == (Phase.TEST, world, algorithm, arm, regime)]
+    seeds = [r.seed for r in out]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"bench results: two runs of {world}/{algorithm}/{arm.value}/{regime.value} with one seed")
     return out
 
 
-def scalar_metric(key: str) -> Metric:
-    return Metric(key, lambda r: r.scalars.get(key))
+def _read(r: RunRecord, key: Optional[str], budget: Optional[float]) -> Optional[float]:
+    if key is not None:
+        v = r.scalars.get(key)
+        return None if v is None else float(v)
+    traj = r.trajectory
+    if traj is None:
+        return None
+    return gold_at_kl(traj, budget).gold if budget is not None else float(traj.golds[-1])
 
 
-def _values(results: Sequence[RunResult], world: str, algorithm: str, arm: Arm, regime: KLRegime,
-            metric: Metric) -> dict[int, Optional[float]]:
-    """seed -> the metric, over the runs of one arm (a duplicate seed is refused, not silently overwritten)."""
-    out: dict[int, Optional[float]] = {}
-    for r in results:
-        if (r.world, r.algorithm, r.arm, r.regime) == (world, algorithm, arm, regime):
-            if r.seed in out:
-                raise ValueError(f"bench results: two runs of {world}/{algorithm}/{arm.value}/{regime.value} "
-                                 f"seed {r.seed}")
-            out[r.seed] = metric.read(r)
-    return out
+def inactive_reason(spec: ClaimSpec, runs_a: Sequence[RunRecord]) -> Optional[str]:
+    """Why the claim's method (arm A) did nothing here, or None."""
+    if spec.a.arm in R2M_ARMS and spec.a.arm is not Arm.WO_TRAIN:
+        moves = [r.scalars["r2m/weight_change"] for r in runs_a if "r2m/weight_change" in r.scalars]
+        if moves and statistics.median(moves) < MIN_WEIGHT_CHANGE:
+            return (f"R2M's fusion did not move: relative weight change {statistics.median(moves):.2g} (median "
+                    f"over {len(moves)} runs) < {MIN_WEIGHT_CHANGE:g}")
+    if spec.a.arm is Arm.SER and runs_a and all(r.scalars.get("ser/loops", 0) == 0 for r in runs_a):
+        return f"SER ran no self-labelling loop in any of its {len(runs_a)} runs"
+    return None
 
 
-class MetricPair(NamedTuple):
-    """What a claim reads of arm A and of arm B (the same metric for gold claims)."""
-
-    a: Metric
-    b: Metric
-
-
-def _metrics_of(spec: ClaimSpec, design: BenchDesign) -> list[MetricPair]:
-    if spec.a.key is None:
-        return [MetricPair(m, m) for m in gold_metrics(design.budgets)]
-    return [MetricPair(scalar_metric(spec.a.key), scalar_metric(spec.b.key))]
+def _test(records, world, algorithm, spec: ClaimSpec, metric: str, primary: bool, budget: Optional[float]) -> ClaimTest:
+    runs_a = _runs(records, world, algorithm, spec.a.arm, spec.regime)
+    runs_b = _runs(records, world, algorithm, spec.b.arm, spec.regime)
+    a = {r.seed: _read(r, spec.a.key, budget) for r in runs_a}
+    b = {r.seed: _read(r, spec.b.key, budget) for r in runs_b}
+    margin = MARGINS["gold"] if spec.a.key is None else MARGINS["rm_accuracy"]
+    return ClaimTest(world, algorithm, spec.claim, metric, primary, paired_t(a, b), margin,
+                     inactive_reason(spec, runs_a))
 
 
-def _record(results, world, algorithm, spec: ClaimSpec, regime: KLRegime, ma: Metric, mb: Metric,
-            name: str, resamples: int) -> VerdictRecord:
-    a = _values(results, world, algorithm, spec.a.arm, regime, ma)
-    b = _values(results, world, algorithm, spec.b.arm, regime, mb)
-    name = name if ma.name == mb.name else f"{ma.name} - {mb.name}"
-    return VerdictRecord.from_bootstrap(world, algorithm, spec.claim, name, paired_bootstrap(a, b, resamples=resamples))
-
-
-def verdict_records(results: Sequence[RunResult], design: BenchDesign, resamples: int = 10_000) -> list[VerdictRecord]:
-    """Every (world, algorithm, claim, metric) the design decides, in claim-table order; then the claims of the
-    KL-targeted cells on final gold (``final_gold@kl_target=<t>``)."""
+def claim_tests(records: Sequence[RunRecord], design: BenchDesign, plan: Plan) -> list[ClaimTest]:
+    """Every test of the design: per claim cell its primary metric first (gold at the primary budget, final
+    gold for the KL-targeted regime, or the scalar), then the other budgets (exploratory)."""
     out = []
     for cell in claims_in(design):
-        for ma, mb in _metrics_of(cell.spec, design):
-            out.append(_record(results, cell.world, cell.algorithm, cell.spec, KLRegime.FIXED, ma, mb, ma.name,
-                               resamples))
-    final = gold_metrics(())[0]
-    for c in design.cells:
-        if c.regime is KLRegime.TARGETED:
-            for spec in CLAIMS:
-                if spec.a.key is None and {spec.a.arm, spec.b.arm} <= set(c.arms):
-                    out.append(_record(results, c.world, c.algorithm, spec, KLRegime.TARGETED, final, final,
-                                       f"final_gold@kl_target={design.kl_target:g}", resamples))
+        spec, w = cell.spec, cell.world
+        if spec.a.key is not None:
+            metric = spec.a.key if spec.a.key == spec.b.key else f"{spec.a.key} - {spec.b.key}"
+            out.append(_test(records, w, cell.algorithm, spec, metric, spec.primary, None))
+        elif spec.regime is KLRegime.TARGETED:
+            out.append(_test(records, w, cell.algorithm, spec, f"final_gold@kl_target={plan.primary(design, w):g}",
+                             spec.primary, None))
+        else:
+            primary = plan.primary(design, w)
+            out.append(_test(records, w, cell.algorithm, spec, gold_metric(primary), spec.primary, primary))
+            out += [_test(records, w, cell.algorithm, spec, gold_metric(b), False, b)
+                    for b in plan.budgets[w] if b != primary]
     return out
 
 
-def headline_metric(spec: ClaimSpec, design: BenchDesign) -> str:
-    """The metric of the verdict table: gold at the design's headline budget, or the claim's scalar."""
-    if spec.a.key is None:
-        return f"gold@kl={design.headline_budget:g}"
-    return spec.a.key if spec.a.key == spec.b.key else f"{spec.a.key} - {spec.b.key}"
+def verdict_records(records: Sequence[RunRecord], design: BenchDesign, plan: Plan) -> list[VerdictRecord]:
+    return decide_claims(claim_tests(records, design, plan))
+
+
+def write_bench_verdicts(path: str | Path, verdicts: Sequence[VerdictRecord], *, commit: str, command: str) -> Path:
+    doc = verdicts_document(verdicts, commit=commit, command=command, margin=MARGINS)
+    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------- calibration
+
+
+def calibration(records: Sequence[RunRecord], verdicts: Sequence[VerdictRecord], design: BenchDesign,
+                plan: Plan) -> dict:
+    """``calibration.json``: per world, each ladder rung's paired difference from vanilla at the primary budget
+    (mean, 95% interval, verdict) and the smallest effect the paired t-test detects (80% power, alpha 0.05) at
+    the seed count used, from the SD of the rungs' paired differences (pooled)."""
+    worlds: dict[str, dict] = {}
+    for w in sorted({v.world for v in verdicts}, key=str):
+        metric = gold_metric(plan.primary(design, w)) if w in plan.budgets else None
+        rungs = {v.claim: v for v in verdicts if v.world == w and v.metric == metric and v.algorithm == "RLOO"}
+        out: dict[str, object] = {}
+        sds, ns = [], []
+        for arm, lam in LADDER.items():
+            v = rungs.get(f"{arm.value}_vs_vanilla")
+            if v is None:
+                continue
+            out[f"{lam:g}"] = {"diff_mean": json_float(v.diff_mean), "ci95": [json_float(c) for c in v.ci95],
+                               "verdict": v.verdict.value}
+            a = {r.seed: _read(r, None, plan.primary(design, w)) for r in _runs(records, w, "RLOO", arm,
+                                                                                  KLRegime.FIXED)}
+            b = {r.seed: _read(r, None, plan.primary(design, w)) for r in _runs(records, w, "RLOO", Arm.VANILLA,
+                                                                                  KLRegime.FIXED)}
+            d = [a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None]
+            if len(d) >= 2:
+                sds.append(statistics.stdev(d))
+                ns.append(len(d))
+        if not out:
+            continue
+        sd = math.sqrt(sum(s * s for s in sds) / len(sds)) if sds else None
+        n = min(ns) if ns else 0
+        out["min_detectable_effect"] = (json_float(min_detectable_effect(sd, n)) if sd and n >= 2 else None)
+        worlds[w] = out
+    return {"worlds": worlds}
+
+
+def write_calibration(path: str | Path, doc: Mapping) -> Path:
+    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def _fmt(x: Optional[float]) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
 
-def verdict_table(records: Sequence[VerdictRecord], design: BenchDesign) -> str:
-    """The Markdown table that opens docs/BENCHMARKS.md: one row per claim and (world, algorithm), headline
-    metric only, with the paired difference, its 95% interval, the seeds and the verdict."""
-    specs = {s.claim: s for s in CLAIMS}
-    lines = ["| claim | the paper | world | algorithm | metric | seeds | A − B | 95% CI | verdict |",
+def verdict_table(verdicts: Sequence[VerdictRecord], primary: Optional[bool]) -> str:
+    """Markdown, one row per record (``primary``: only primaries (True), only each exploratory claim's first
+    metric (False), or every record (None))."""
+    lines = ["| claim | world | algorithm | metric | pairs | A − B | 95% CI | p (Holm) | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
-    order = {s.claim: i for i, s in enumerate(CLAIMS)}
-    for r in sorted(records, key=lambda r: order[r.claim]):
-        spec = specs[r.claim]
-        if r.metric != headline_metric(spec, design):
+    seen = set()
+    for v in verdicts:
+        key = (v.world, v.algorithm, v.claim)
+        if (primary is True and not v.primary) or (primary is False and (v.primary or key in seen)):
+            seen.add(key)
             continue
-        seeds = ",".join(str(s) for s in r.seeds) or "-"
-        lines.append(f"| `{r.claim.value}` | {spec.paper} | {r.world} | {r.algorithm} | {r.metric} | {seeds} | "
-                     f"{_fmt(r.diff_mean)} | [{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}] | {r.verdict.value} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_bench_verdicts(path: str | Path, results: Sequence[RunResult], design: BenchDesign, *, commit: str,
-                         command: str, resamples: int = 10_000) -> list[VerdictRecord]:
-    """:func:`verdict_records` written to ``path`` (docs/bench/verdicts.json) by ``write_verdicts``."""
-    records = verdict_records(results, design, resamples)
-    write_verdicts(path, records, commit=commit, command=command)
-    return records
-
-
-def frontier_curves(results: Sequence[RunResult], regime: KLRegime = KLRegime.FIXED
-                    ) -> dict[str, dict[str, list[Trajectory]]]:
-    """world -> ``"<algorithm> <arm>"`` -> the seeds' trajectories (seed order), for
-    :func:`r2m_bench.plots.plot_frontiers`."""
-    out: dict[str, dict[str, list[Trajectory]]] = {}
-    for r in sorted((r for r in results if r.trajectory is not None and r.regime is regime), key=lambda r: r.seed):
-        out.setdefault(r.world, {}).setdefault(f"{r.algorithm} {r.arm.value}", []).append(r.trajectory)
-    return out
-
-
-def _mean_sd(values: Sequence[float]) -> str:
-    return mean_sd(values, empty="not reached")
-
-
-def _row(world: str, label: str, trajs: Sequence[Trajectory], budgets: Sequence[float]) -> str:
-    cells = []
-    for b in budgets:
-        golds = [g.gold for g in (gold_at_kl(t, float(b)) for t in trajs) if g.gold is not None]
-        cells.append(f"{_mean_sd(golds)} ({len(golds)}/{len(trajs)})")
-    peaks, finals = [peak_gold(t) for t in trajs], [final_gold(t) for t in trajs]
-    peak = f"{_mean_sd([p.gold for p in peaks])} at KL {_mean_sd([p.kl for p in peaks])}, " \
-           f"step {_mean_sd([float(p.step) for p in peaks])}"
-    final = f"{_mean_sd([p.gold for p in finals])} at KL {_mean_sd([p.kl for p in finals])}"
-    return f"| {world} | {label} | " + " | ".join(cells) + f" | {peak} | {final} |"
-
-
-def matched_kl_table(results: Sequence[RunResult], budgets: Sequence[float],
-                     regime: KLRegime = KLRegime.FIXED) -> str:
-    """Markdown, one row per (world, algorithm arm): gold at each KL budget (mean ± sd over the seeds that reach
-    it, and how many do), peak gold with its KL and step, final gold with its KL."""
-    head = ["world", "method", *[f"gold @ KL {b:g}" for b in budgets], "peak gold (KL, step)", "final gold (KL)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for world, methods in frontier_curves(results, regime).items():
-        lines += [_row(world, label, trajs, budgets) for label, trajs in methods.items()]
+        seen.add(key)
+        p = "-" if v.p_holm is None else f"{v.p_holm:.3g}"
+        verdict = v.verdict.value + (f" ({v.reason})" if v.verdict is Verdict.INACTIVE else "")
+        lines.append(f"| `{v.claim}` | {v.world} | {v.algorithm} | {v.metric} | {len(v.seeds)} | "
+                     f"{_fmt(v.diff_mean)} | [{_fmt(v.ci95[0])}, {_fmt(v.ci95[1])}] | {p} | {verdict} |")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from r2m_bench import alarm as ba
-from r2m_bench.design import SMOKE, Arm, design_runs, sweep_runs
+from r2m_bench.design import PAPER, Arm, Phase, Plan, SweepPoint, phase_runs
 from r2m_bench.runner import RESULT_FILE
 
 GOLD = [0.5, 0.6, 0.7, 0.8, 0.6, 0.5]
@@ -32,10 +32,15 @@ def _write_run(root: Path, name: str, gold=GOLD, token_js=TOKEN_JS, monitor=True
     (d / RESULT_FILE).write_text("{}")
 
 
+PLAN = Plan({w: (0.01, 0.02, 0.04) for w in ("length", "noisy", "blind")}, {w: 50 for w in ("length", "noisy", "blind")},
+            SweepPoint(1e-4, "random", 0.6))
+
+
+
 def test_split_exclusions_and_alarm_json(tmp_path):
-    specs = design_runs(SMOKE)
+    specs = [s for s in phase_runs(PAPER, Phase.TEST, PLAN) if s.arm is not Arm.SER]
     by = {(s.world, s.arm, s.seed, s.regime.value): s.name for s in specs}
-    tune = [sweep_runs(SMOKE)[0].name, by[("length", Arm.VANILLA, 0, "fixed")]]
+    tune = [phase_runs(PAPER, Phase.PILOT)[0].name, by[("length", Arm.VANILLA, 0, "fixed")]]
     held = [by[("noisy", Arm.VANILLA, 0, "fixed")], by[("blind", Arm.R2M, 1, "fixed")]]
     for name in tune:
         _write_run(tmp_path, name)
@@ -46,17 +51,17 @@ def test_split_exclusions_and_alarm_json(tmp_path):
     flat = by[("blind", Arm.VANILLA, 1, "fixed")]
     # No gain: counted, not in the recovered shares.
     _write_run(tmp_path, flat, gold=[0.5, 0.4, 0.4, 0.3, 0.3, 0.2], token_js=HELD_JS)
-    runs = ba.load_runs(SMOKE, tmp_path, None)
+    runs = ba.load_runs(PAPER, tmp_path, PLAN)
     assert [r.name for r in runs.tune] == tune
     assert sorted(r.name for r in runs.held_out) == sorted([*held, flat])
     assert runs.excluded["gold arm (the proxy is gold)"] == [n for (w, a, s, g), n in by.items() if a is Arm.GOLD]
     assert runs.excluded["no monitor/* signals"] == [by[("noisy", Arm.R2M, 0, "fixed")]]
-    total = len(sweep_runs(SMOKE)) + len(specs)
+    total = len(phase_runs(PAPER, Phase.PILOT)) + len(phase_runs(PAPER, Phase.TUNING, PLAN)) + len(specs)
     assert sum(len(v) for v in runs.excluded.values()) + len(runs.tune) + len(runs.held_out) == total
     assert len(runs.monitor_s) == 6 * 5 and set(runs.monitor_s) == {0.25}
 
     art = tmp_path / "art"
-    text = ba.write_alarm_validation(SMOKE, tmp_path, None, art, "art")
+    text = ba.write_alarm_validation(PAPER, tmp_path, PLAN, art, "art")
     doc = json.loads((art / ba.ALARM_FILE).read_text())
     assert doc["split"]["tune_runs"] == 2 and doc["combined"]["tuning_runs_in_sample"]["runs"] == 2
     assert doc["combined"]["tuning_runs_in_sample"]["mean_recovered"] == 1.0  # the tuned rule keeps their peaks
@@ -90,7 +95,7 @@ def test_split_exclusions_and_alarm_json(tmp_path):
 
 
 def test_no_finished_run_is_reported_not_crashed(tmp_path):
-    text = ba.write_alarm_validation(SMOKE, tmp_path, None, tmp_path, ".")
+    text = ba.write_alarm_validation(PAPER, tmp_path, PLAN, tmp_path, ".")
     doc = json.loads((tmp_path / ba.ALARM_FILE).read_text())
     assert doc["held_out_runs"] == 0 and doc["recovered_90pct_share"] is None and doc["beats_fixed_kl"] is False
     assert doc["baselines"]["fixed_step"]["step"] is None

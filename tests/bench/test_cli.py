@@ -57,3 +57,16 @@ def test_without_the_entry_point_bench_says_how_to_install(monkeypatch, capsys) 
         assert "r2m bench: the benchmark (the r2m_bench package) is not installed" in err
         assert "r2m.commands" in err and "pip install -e ." in err
     assert main(["config", "rl.k=2"]) == 0  # the library's commands do not need it
+
+
+def test_bench_cell_reads_its_flags(monkeypatch) -> None:
+    """``r2m bench cell --world W --arm A --seed S``: --seed reaches the cell although r2m's parser reads it as
+    TRL's name."""
+    import r2m_bench.report as report
+
+    seen = {}
+    monkeypatch.setattr(report, "run_cell", lambda cfg, preset, world, arm, seed, root, plan_from:
+                        seen.update(preset=preset, world=world, arm=arm, seed=seed, root=root, plan=plan_from) or 0)
+    assert main(["bench", "cell", "--preset", "paper", "--world", "noisy", "--arm", "r2m", "--seed", "7",
+                 "--root", "/tmp/x"]) == 0
+    assert seen == {"preset": "paper", "world": "noisy", "arm": "r2m", "seed": 7, "root": "/tmp/x", "plan": None}

@@ -6,16 +6,13 @@ import json
 import math
 import mmap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from r2m.cli import main
-from r2m.core.monitor import Signal
 from r2m.utils import PhaseTimer
 from r2m_bench.cost import format_cost
-from r2m_bench.design import SMOKE, design_runs, ser_runs, sweep_runs
 from r2m_bench.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
 
 MiB = 2**20
@@ -191,63 +188,3 @@ def test_bench_cost_smoke(tiny, world_artifacts, tmp_path, capsys) -> None:
     assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
     text = capsys.readouterr().out
     assert "(a) RLOO vs RLOO+R2M" in text and "reward annotation" in text and "R2M / vanilla RLOO" in text
-
-
-# ---------------------------------------------------------------------------------------------
-# `r2m bench run --preset smoke`: the benchmark design end to end (CI runs the whole smoke preset here)
-# ---------------------------------------------------------------------------------------------
-
-VERDICT_KEYS = {"world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict"}
-
-
-@pytest.mark.slow
-def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
-    root = tiny[-1]
-    out = tmp_path / "BENCHMARKS.md"
-    # Two one-thread worker processes (r2m_bench.runner.run_all), as on the 2-core benchmark machine.
-    assert main(["bench", "run", "--preset", "smoke", "--workers", "2", root, "--out", str(out)]) == 0
-    text = out.read_text()
-    assert text.index("## Verdicts") < text.index("## Gold at matched KL") < text.index("## SER Table 1")
-    for part in ("R2M hyper-parameter sweep", "Carried to the test seeds", "Frontier plots", "World `length`",
-                 "Loop 0 (seed)", "Pairs trained per loop", "Cost: R2M vs vanilla RLOO", "R2M / vanilla RLOO",
-                 "Run wall times", "## Provenance", "- runs: 2 worker processes side by side", "- runs made at: `",
-                 "## Reading", "`r2m bench run --preset smoke "):
-        assert part in text, part
-    doc = json.loads((tmp_path / "verdicts.json").read_text())
-    assert doc["commit"] and doc["command"].startswith("r2m bench run --preset smoke ")
-    records = doc["verdicts"] if isinstance(doc, dict) and "verdicts" in doc else doc
-    assert records and all(set(r) >= VERDICT_KEYS for r in records)
-    assert {r["world"] for r in records} >= {"length", "noisy", "blind", "ser_headroom"}
-    assert {"oracle_vs_vanilla", "random_vs_vanilla", "scale_control_vs_vanilla", "ser_vs_loop0"} <= \
-        {r["claim"] for r in records}
-    # Each world's frontier plot, and the KL-targeted regime's.
-    for w in ("length", "noisy", "blind", "ser_headroom"):
-        assert (tmp_path / f"frontier_smoke_{w}.png").is_file(), w
-    assert (tmp_path / "frontier_smoke_kl_length.png").is_file()
-    # The alarm's validation: its section after the frontier plots, alarm.json beside the report.
-    assert text.index("## Frontier plots") < text.index("## Over-optimisation alarm: validation") < \
-        text.index("## SER Table 1")
-    for part in ("### Every rule on the held-out runs", "fixed KL (leave one world out)", "token_js alone",
-                 "kl alone", "alarm, combined without kl (leave one world out)", "### Where the target is missed"):
-        assert part in text, part
-    alarm = json.loads((tmp_path / "alarm.json").read_text())
-    assert {"held_out_runs", "recovered_90pct_share", "beats_fixed_kl", "per_signal", "combined", "split",
-            "baselines", "excluded", "time_monitor_median_s", "combined_lowo_without_kl"} <= set(alarm)
-    # Held out: the other worlds' rows and none of `length` (its seeds 0-1 tune); the gold arm left out, counted.
-    n_other = sum(s.world != "length" for s in design_runs(SMOKE))
-    assert alarm["held_out_runs"] == n_other and alarm["excluded"]["gold arm (the proxy is gold)"] == 2
-    assert alarm["excluded"]["not finished"] == 0 and alarm["time_monitor_median_s"] > 0
-    assert set(alarm["per_signal"]) == {s.value for s in Signal}
-    runs = Path(root.split("=", 1)[1])
-    files = [runs / s.name / "bench14.json" for s in (*sweep_runs(SMOKE), *ser_runs(SMOKE))]
-    assert all(f.is_file() for f in files)
-    stamps = sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json"))
-    assert len(stamps) >= len(design_runs(SMOKE)) + len(files)
-    # A rerun (`r2m bench --preset smoke`) reads every run from its bench14.json: nothing is trained again.
-    assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
-    assert sorted(f.stat().st_mtime_ns for f in runs.glob("bench14-smoke-*/bench14.json")) == stamps
-    assert {json.loads(f.read_text())["threads"] for f in files} == {1}  # the workers' runs had one thread each
-    assert all(json.loads(f.read_text())["commit"] not in ("", "unknown") for f in files)
-    (tmp_path / "reading_smoke.md").write_text("The reader's words.\n")  # kept when the report is made again
-    assert main(["bench", "--preset", "smoke", root, "--out", str(out)]) == 0
-    assert out.read_text().rstrip().endswith("The reader's words.")

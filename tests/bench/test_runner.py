@@ -1,4 +1,5 @@
-"""The reference runner of a bench design (r2m_bench.runner), with RL and SER faked."""
+"""The phases of a bench design (r2m_bench.runner), with RL and SER faked: budgets from the pilot, the oracle-
+scored tuning, the barrier between phases, trajectories.json and the resume."""
 
 from __future__ import annotations
 
@@ -6,55 +7,65 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 import r2m_bench.runner as runner
-from r2m_bench.design import Arm, BenchDesign, Cell, KLRegime, Sweep
+from r2m_bench.design import Arm, BenchDesign, Cell, Phase, Sweep
 from r2m_bench.runner import RESULT_FILE, run_design
+from r2m_bench.trajectories import read_trajectories
 
 DESIGN = BenchDesign(
-    name="fake", cells=(Cell("length", "RLOO", (Arm.VANILLA, Arm.ORACLE, Arm.R2M), (0, 1, 2)),
-                        Cell("length", "RLOO", (Arm.VANILLA, Arm.ORACLE), (0, 1, 2), KLRegime.TARGETED)),
-    base=(), steps=20, sweep=Sweep("length", "RLOO", (1e-5, 1e-4), ("random",), (0.6,), (100, 101)),
-    ser_worlds=("noisy",), ser_seeds=(0, 1, 2), budgets=(0.1, 0.2), headline_budget=0.1, kl_target=0.2)
+    name="fake", cells=(Cell("length", "RLOO", (Arm.VANILLA,), (100, 101), phase=Phase.PILOT),
+                        Cell("length", "RLOO", (Arm.VANILLA, Arm.ORACLE, Arm.R2M), (0, 1))),
+    base=(), pilot_steps=40, sweep=Sweep("length", (1e-5, 1e-4), ("random",), (0.6,)), tuning_seeds=(100, 101),
+    ser_worlds=("noisy",), ser_seeds=(0, 1), cap_factor=2.0)
+KLS = (0.0, 0.03, 0.07, 0.12, 0.2)
+GOLD = (0.6, 0.65, 0.7, 0.66, 0.6)
+"""Vanilla's gold peaks at KL 0.07 (evaluation 2): budgets 0.07, 0.14, 0.28."""
 
 
-lrs: dict = {}
-
-
-def _fake_rl(calls):
+def _fake_rl(seen):
     def run_rl(cfg):
-        calls.append(cfg.run.name)
-        lrs[cfg.run.name] = (cfg.reward.r2m.enabled, cfg.reward.r2m.lr, cfg.run.seed)
-        lift = 0.1 if cfg.reward.r2m.pair_choice.value == "gold" else 0.0
-        lift += 0.05 if cfg.reward.r2m.lr == 1e-4 else 0.0
-        run_dir = Path(cfg.run.root) / cfg.run.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rows = [{"step": s, "eval/kl": kl, "eval/gold": 0.6 + lift * (s > 0) + 0.01 * cfg.run.seed}
-                for s, kl in ((0, 0.0), (10, 0.15), (20, 0.3))]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        acc = {"rm_acc/vanilla": 0.8, "rm_acc/r2m_after": 0.8} if cfg.reward.r2m.enabled else {}
-        return SimpleNamespace(rm_accuracy=acc)
+        seen.append((cfg.run.name, cfg.rl.steps, cfg.rl.stop_at_kl, cfg.reward.r2m.lr))
+        lift = 0.0
+        if cfg.reward.r2m.pair_choice.value == "gold":
+            lift = 0.05 if cfg.reward.r2m.lr == 1e-4 else 0.01
+        d = Path(cfg.run.root) / cfg.run.name
+        d.mkdir(parents=True, exist_ok=True)
+        rows = [{"step": 10 * i, "eval/kl": k, "eval/gold": g + lift * (i > 0), "eval/proxy": 0.1 * i}
+                for i, (k, g) in enumerate(zip(KLS, GOLD))]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        move = {"r2m/weight_change": 0.02} if cfg.reward.r2m.enabled else None
+        return SimpleNamespace(rm_accuracy={}, r2m_movement=move, stop_kl=0.2, stop_reason="step_cap")
     return run_rl
 
 
-def test_run_design_writes_everything_and_resumes(tmp_path, monkeypatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(runner, "run_rl", _fake_rl(calls))
+def test_phases_run_in_order_and_resume(tmp_path, monkeypatch) -> None:
+    seen: list = []
+    monkeypatch.setattr(runner, "run_rl", _fake_rl(seen))
     monkeypatch.setattr(runner, "run_ser", lambda cfg: SimpleNamespace(
         table=(["method", "a", "b", "acc"], [["Loop 0", 0, 0, 0.7], ["SER", 0, 0, 0.72], ["Full", 0, 0, 0.8]]),
-        history=[{"loop": 0, "status": 1, "ser/selected": 10, "ser/selected_frac": 0.1, "ser/val_acc": 0.7,
+        history=[{"loop": 0, "status": "seed", "ser/selected": 10, "ser/selected_frac": 0.1, "ser/val_acc": 0.7,
                   "ser/test_acc": 0.7}], stop={"reason": "max_loops", "loop": 0}))
     root, out = str(tmp_path / "runs"), tmp_path / "out"
-    outcome = run_design(DESIGN, root, out, commit="abc", command="test")
-    assert outcome.setting is not None and outcome.setting.lr == 1e-4  # the sweep's best, carried over
-    test_r2m = [lr for on, lr, seed in lrs.values() if on and seed < 100]  # R2M-family arms on the test seeds
-    assert test_r2m and set(test_r2m) == {1e-4}
-    doc = json.loads(outcome.verdicts.read_text())
-    oracle = [v for v in doc["verdicts"] if v["claim"] == "oracle_vs_vanilla" and v["metric"] == "gold@kl=0.1"]
-    assert oracle and oracle[0]["verdict"] == "better"
-    assert (out / "matched_kl_fake.md").read_text().startswith("| world | method |")
-    assert "`ser_vs_loop0`" in outcome.table and (out / "verdicts_fake.md").read_text() == outcome.table
-    assert {p.name for p in outcome.plots} == {"frontier_fake_length.png", "frontier_fake_kl_length.png"}
-    n = len(calls)
-    assert all((Path(root) / c / RESULT_FILE).is_file() for c in calls)
-    run_design(DESIGN, root, out, commit="abc", command="test")  # everything done: nothing reruns
-    assert len(calls) == n
+    outcome = run_design(DESIGN, root, out, command="test")
+    budgets = json.loads((out / "budgets.json").read_text())["worlds"]["length"]
+    assert budgets["budgets"] == [0.07, 0.14, 0.28] and budgets["primary"] == 0.14
+    assert budgets["step_cap"] == 80  # 0.28 never reached: cap_factor x the pilot's 40 steps
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["chosen"] == {"lr": 1e-4, "init": "random", "omega_floor": 0.6}
+    assert tuning["grid"][1]["mean_gain"] == pytest.approx(0.05) and tuning["grid"][0]["weight_change"] == [0.02] * 2
+    # The pilot ran before any tuning run, the tuning before any test run; the test runs carry the setting.
+    phases = [n.split("-")[2] for n, *_ in seen]
+    assert phases == sorted(phases, key=["pilot", "tuning", "test"].index)
+    test = [s for s in seen if "-test-" in s[0]]
+    assert all(steps == 80 and stop == 0.28 for _, steps, stop, _ in test)
+    assert {lr for n, _, _, lr in test if "-r2m-" in n or "-oracle-" in n} == {1e-4}
+    traj = read_trajectories(out / "trajectories.json")
+    assert len(traj.runs) == 2 + 4 + 6 + 2 and traj.plan.setting.lr == 1e-4
+    ser = [r for r in traj.runs if r.arm is Arm.SER]
+    assert ser[0].scalars["ser/loops"] == 0 and ser[0].stop_reason == "max_loops"
+    assert all((Path(root) / n / RESULT_FILE).is_file() for n, *_ in seen)
+    n = len(seen)
+    run_design(DESIGN, root, out, command="test")  # everything done: nothing reruns
+    assert len(seen) == n and outcome.plan.caps == {"length": 80}

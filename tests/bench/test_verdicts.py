@@ -1,4 +1,5 @@
-"""Verdicts of a constructed bench result (r2m_bench.verdicts)."""
+"""Verdicts (r2m_bench.verdicts) and calibration.json from constructed runs; the report from a constructed
+trajectories.json (r2m_bench.report)."""
 
 from __future__ import annotations
 
@@ -6,128 +7,107 @@ import json
 
 import pytest
 
-from r2m.eval.trajectory import trajectory
-from r2m_bench.design import Arm, BenchDesign, Cell, KLRegime, RunSpec
-from r2m_bench.frontier import Claim, Verdict
-from r2m_bench.verdicts import (
-    RunResult,
-    frontier_curves,
-    rl_result,
-    ser_result,
-    verdict_records,
-    verdict_table,
-    write_bench_verdicts,
-)
+from r2m_bench.design import PAPER, Arm, KLRegime, Phase, Plan, SweepPoint, phase_runs
+from r2m_bench.report import cell_spec, report_from
+from r2m_bench.trajectories import RunRecord, read_trajectories, write_trajectories
+from r2m_bench.verdicts import calibration, claim_tests, verdict_records
 
-DESIGN = BenchDesign(
-    name="t", cells=(Cell("length", "RLOO", (Arm.VANILLA, Arm.R2M, Arm.ORACLE, Arm.RANDOM), (0, 1, 2, 3, 4)),
-                     Cell("length", "RLOO", (Arm.VANILLA, Arm.ORACLE), (0, 1, 2, 3, 4), KLRegime.TARGETED)),
-    base=(), steps=30, sweep=None, ser_worlds=("noisy",), ser_seeds=(0, 1, 2, 3, 4), budgets=(0.1, 0.2, 0.4),
-    headline_budget=0.2, kl_target=0.2)
+PLAN = Plan({w: (0.05, 0.1, 0.2) for w in ("length", "noisy", "blind")}, {w: 300 for w in ("length", "noisy", "blind")},
+            SweepPoint(1e-4, "random", 0.6))
+LIFT = {Arm.ORACLE: 0.05, Arm.LADDER_10: 0.004, Arm.LADDER_25: 0.03, Arm.LADDER_50: 0.06, Arm.GOLD: 0.1}
+NOISE = (0.7, -0.3, 0.2, -0.6, 0.1, 0.4, -0.2, 0.5, -0.4, 0.0)
 
 
-def _traj(seed: int, lift: float, reach: float = 0.3):
-    # KL 0, 0.1, 0.2, reach; gold rises 0.6 -> 0.7 -> 0.75 and then falls; `lift` is added everywhere but at 0
-    jitter = 0.01 * ((seed * 7) % 5 - 2)  # seed-to-seed variation shared by every arm (the pairing removes it)
-    return trajectory([0, 10, 20, 30], [0.0, 0.1, 0.2, reach],
-                      [0.6, 0.7 + lift + jitter, 0.75 + lift + jitter, 0.65 + lift + jitter])
+def _record(spec, moves: float = 0.01, ser_loops: int = 1, n_seeds: int = 10) -> RunRecord | None:
+    if spec.seed >= n_seeds:
+        return None
+    if spec.arm is Arm.SER:
+        acc = 0.8 + 0.01 * NOISE[spec.seed]
+        return RunRecord(spec.name, spec.phase, spec.world, spec.algorithm, spec.arm, spec.seed, spec.regime, "abc",
+                         "max_loops", (), (), (), (), {"ser/test_acc": acc + 0.03 * (ser_loops > 0),
+                                                       "ser/loop0_test_acc": acc, "ser/full_test_acc": acc + 0.05,
+                                                       "ser/loops": ser_loops})
+    lift = LIFT.get(spec.arm, 0.0) + 0.01 * NOISE[spec.seed] * (spec.arm is not Arm.VANILLA)
+    kls = (0.0, 0.07, 0.15, 0.25)
+    golds = tuple(0.7 + lift * (k > 0) + 0.02 * NOISE[spec.seed] + 0.3 * k for k in kls)
+    scalars = {"r2m/weight_change": moves} if spec.arm in (Arm.R2M, Arm.ORACLE) else {}
+    return RunRecord(spec.name, spec.phase, spec.world, spec.algorithm, spec.arm, spec.seed, spec.regime, "abc",
+                     "kl_reached", (0, 10, 20, 30), kls, golds, (0.0, 0.1, 0.2, 0.3), scalars, 12.0)
 
 
-def _results() -> list[RunResult]:
-    out = []
-    for seed in range(5):
-        noise = 0.004 * (seed - 2)  # a small, mean-zero per-seed difference for the random arm
-        for arm, lift in ((Arm.VANILLA, 0.0), (Arm.R2M, -0.05), (Arm.ORACLE, 0.08), (Arm.RANDOM, noise)):
-            acc = {"rm_acc/vanilla": 0.80, "rm_acc/r2m_after": 0.83 + 0.002 * seed} if arm is Arm.R2M else {}
-            out.append(RunResult("length", "RLOO", arm, seed, KLRegime.FIXED, _traj(seed, lift), acc))
-        for arm, lift in ((Arm.VANILLA, 0.0), (Arm.ORACLE, 0.05)):
-            out.append(RunResult("length", "RLOO", arm, seed, KLRegime.TARGETED, _traj(seed, lift), {}))
-        spec = RunSpec(f"ser-{seed}", "noisy", "SER", Arm.SER, seed, KLRegime.FIXED, ())
-        out.append(ser_result(spec, [["Loop 0", 0, 0, 0.70 + 0.01 * seed], ["SER", 0, 0, 0.75 + 0.01 * seed],
-                                     ["Full", 0, 0, 0.75 + 0.01 * seed + 0.001 * (seed - 2)]]))
-    return out
+def _records(**kw):
+    return [r for r in (_record(s, **kw) for s in phase_runs(PAPER, Phase.TEST, PLAN)) if r is not None]
 
 
-def _find(records, claim: Claim, metric: str, world: str = "length"):
-    (rec,) = [r for r in records if r.claim is claim and r.metric == metric and r.world == world]
-    return rec
+def test_verdicts_holm_over_exactly_the_primaries() -> None:
+    v = verdict_records(_records(), PAPER, PLAN)
+    primary = [x for x in v if x.primary]
+    assert len(primary) == 10 and all(x.p_holm is not None for x in primary)
+    assert all(x.p_holm is None for x in v if not x.primary)
+    by = {(x.world, x.claim, x.metric): x for x in v}
+    assert by[("length", "oracle_vs_vanilla", "gold@kl=0.1")].verdict.value == "better"
+    assert by[("length", "r2m_vs_vanilla", "gold@kl=0.1")].verdict.value == "equivalent"  # lift 0, small noise
+    assert by[("length", "ser_vs_loop0", "ser/test_acc - ser/loop0_test_acc")].verdict.value == "better"
+    # Exploratory: the other budgets and the ladder; λ = 0.1's lift of 0.004 is inside the margin.
+    assert not by[("length", "oracle_vs_vanilla", "gold@kl=0.05")].primary
+    assert by[("noisy", "ladder_0.1_vs_vanilla", "gold@kl=0.1")].verdict.value == "equivalent"
+    assert by[("length", "r2m_vs_vanilla", "final_gold@kl_target=0.1")].algorithm == "RLOO"
+    # Holm: the smallest primary p times 10 (the family's size), capped at 1 and monotone.
+    tests = [t for t in claim_tests(_records(), PAPER, PLAN) if t.primary]
+    ps = sorted(t.interval.p_value for t in tests)
+    assert min(x.p_holm for x in primary) == pytest.approx(min(1.0, 10 * ps[0]))
 
 
-def test_verdicts_find_the_known_differences() -> None:
-    recs = verdict_records(_results(), DESIGN, resamples=2000)
-    oracle = _find(recs, Claim.ORACLE_VS_VANILLA, "gold@kl=0.2")
-    assert oracle.verdict is Verdict.BETTER and oracle.diff_mean == pytest.approx(0.08)
-    assert oracle.seeds == (0, 1, 2, 3, 4)
-    r2m = _find(recs, Claim.R2M_VS_VANILLA, "gold@kl=0.1")
-    assert r2m.verdict is Verdict.WORSE and r2m.diff_mean == pytest.approx(-0.05)
-    # KL 0.2 is an evaluation point of every run; 0.4 is never reached (too few pairs, nothing extrapolated).
-    assert _find(recs, Claim.RANDOM_VS_VANILLA, "gold@kl=0.2").verdict is Verdict.NO_DIFFERENCE
-    unreached = _find(recs, Claim.R2M_VS_VANILLA, "gold@kl=0.4")
-    assert unreached.verdict is Verdict.TOO_FEW_PAIRS and unreached.seeds == ()
-    assert _find(recs, Claim.R2M_VS_VANILLA, "final_gold").diff_mean == pytest.approx(-0.05)
-    acc = _find(recs, Claim.R2M_RM_ACC_VS_VANILLA, "rm_acc/r2m_after - rm_acc/vanilla")
-    assert acc.verdict is Verdict.BETTER and acc.diff_mean == pytest.approx(0.034)
-    assert _find(recs, Claim.SER_VS_LOOP0, "ser/test_acc - ser/loop0_test_acc", "noisy").verdict is Verdict.BETTER
-    assert _find(recs, Claim.SER_VS_FULL, "ser/test_acc - ser/full_test_acc", "noisy").verdict is Verdict.NO_DIFFERENCE
-    targeted = _find(recs, Claim.ORACLE_VS_VANILLA, "final_gold@kl_target=0.2")
-    assert targeted.verdict is Verdict.BETTER and targeted.diff_mean == pytest.approx(0.05)
-    # Claims whose arms are not in the design are not decided.
-    assert not [r for r in recs if r.claim is Claim.R2M_VS_PRETRAINED_RM]
+def test_inactive_and_not_decidable() -> None:
+    v = verdict_records(_records(moves=4e-4, ser_loops=0), PAPER, PLAN)
+    r2m = [x for x in v if x.claim == "r2m_vs_vanilla" and x.primary]
+    assert r2m and all(x.verdict.value == "inactive" and "0.0004" in x.reason for x in r2m)
+    ser = [x for x in v if x.claim == "ser_vs_loop0"]
+    assert all(x.verdict.value == "inactive" and "no self-labelling loop" in x.reason for x in ser)
+    few = verdict_records(_records(n_seeds=4), PAPER, PLAN)
+    assert all(x.verdict.value == "not decidable" and x.p_holm is None for x in few if x.primary)
 
 
-def test_interpolated_budget_hand_worked() -> None:
-    # A budget between two points: vanilla seed 2 (jitter 0) at KL 0.15 -> 0.7 + 0.5 * (0.75 - 0.7) = 0.725.
-    design = BenchDesign(**{**DESIGN.__dict__, "budgets": (0.15, 0.2)})
-    recs = verdict_records(_results(), design, resamples=500)
-    rec = _find(recs, Claim.ORACLE_VS_VANILLA, "gold@kl=0.15")
-    assert rec.diff_mean == pytest.approx(0.08)  # both arms interpolate on the same segment
+def test_calibration_json() -> None:
+    recs = _records()
+    v = verdict_records(recs, PAPER, PLAN)
+    cal = calibration(recs, v, PAPER, PLAN)
+    assert set(cal) == {"worlds"} and set(cal["worlds"]) == {"length", "noisy", "blind"}
+    length = cal["worlds"]["length"]
+    assert set(length) == {"0.1", "0.25", "0.5", "min_detectable_effect"}
+    assert length["0.25"]["verdict"] == "better" and length["0.25"]["diff_mean"] == pytest.approx(0.03 + 0.01 * 0.04)  # mean noise 0.04
+    assert set(length["0.5"]) == {"diff_mean", "ci95", "verdict"} and len(length["0.5"]["ci95"]) == 2
+    assert 0 < length["min_detectable_effect"] < 0.03
 
 
-def test_a_seed_missing_from_one_arm_is_dropped_not_imputed() -> None:
-    results = [r for r in _results() if not (r.arm is Arm.ORACLE and r.seed == 4)]
-    rec = _find(verdict_records(results, DESIGN, resamples=500), Claim.ORACLE_VS_VANILLA, "gold@kl=0.2")
-    assert rec.seeds == (0, 1, 2, 3)
+def test_report_regenerates_from_trajectories(tmp_path, capsys) -> None:
+    runs = _records()
+    write_trajectories(tmp_path / "trajectories.json", "paper", "r2m bench --preset paper", PLAN, runs)
+    assert read_trajectories(tmp_path / "trajectories.json").runs == runs
+    out = tmp_path / "BENCHMARKS.md"
+    assert report_from(tmp_path / "trajectories.json", str(out), "r2m bench report") == 0
+    doc = json.loads((tmp_path / "verdicts.json").read_text())
+    assert set(doc) == {"commit", "command", "method", "margin", "verdicts"}
+    assert set(doc["verdicts"][0]) == {"world", "algorithm", "claim", "metric", "primary", "seeds", "diff_mean",
+                                       "ci95", "p_holm", "verdict", "reason"}
+    assert json.loads((tmp_path / "calibration.json").read_text())["worlds"]["blind"]["0.25"]["verdict"] == "better"
+    text = out.read_text()
+    assert text.index("## Primary verdicts") < text.index("## Calibration ladder") < text.index("## Exploratory")
+    assert "has not finished" not in text  # every test run is in the document
+    partial = [r for r in runs if r.arm is not Arm.GOLD]
+    write_trajectories(tmp_path / "trajectories.json", "paper", "r2m bench --preset paper", PLAN, partial)
+    report_from(tmp_path / "trajectories.json", str(out), "r2m bench report")
+    assert f"has not finished ({len(partial) - 0} of {len(runs)} test runs recorded)" in out.read_text()
 
 
-def test_duplicate_runs_are_refused() -> None:
-    results = _results()
-    with pytest.raises(ValueError, match="two runs"):
-        verdict_records(results + results[:1], DESIGN, resamples=100)
-
-
-def test_verdicts_json_and_table(tmp_path) -> None:
-    path = tmp_path / "bench" / "verdicts.json"
-    recs = write_bench_verdicts(path, _results(), DESIGN, commit="abc1234", command="r2m bench run --preset t",
-                                resamples=500)
-    doc = json.loads(path.read_text())
-    assert doc["commit"] == "abc1234" and doc["command"].startswith("r2m bench")
-    assert len(doc["verdicts"]) == len(recs)
-    one = doc["verdicts"][0]
-    assert list(one) == ["world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict"]
-    table = verdict_table(recs, DESIGN)
-    assert table.startswith("| claim |")
-    assert "| `oracle_vs_vanilla` |" in table and "gold@kl=0.2" in table and "gold@kl=0.1 " not in table
-    assert table.index("`r2m_vs_vanilla`") < table.index("`oracle_vs_vanilla`") < table.index("`ser_vs_loop0`")
-
-
-def test_rl_result_reads_metrics_rows() -> None:
-    spec = RunSpec("x", "length", "RLOO", Arm.R2M, 3, KLRegime.FIXED, ())
-    rows = [{"step": 0, "eval/gold": 0.6, "eval/kl": 0.0}, {"step": 1, "loss": 1.0},
-            {"step": 10, "eval/gold": 0.7, "eval/kl": 0.12}]
-    r = rl_result(spec, rows, {"rm_acc/vanilla": 0.8})
-    assert r.trajectory.steps == (0, 10) and r.trajectory.kls == (0.0, 0.12) and r.seed == 3
-    curves = frontier_curves(_results())
-    assert set(curves) == {"length"} and len(curves["length"]["RLOO oracle"]) == 5
-
-
-def test_matched_kl_table_hand_worked() -> None:
-    from r2m_bench.verdicts import matched_kl_table
-
-    runs = [RunResult("length", "RLOO", Arm.VANILLA, s, KLRegime.FIXED,
-                      trajectory([0, 10, 20], [0.0, 0.2, reach], [0.6, 0.7, 0.8]), {})
-            for s, reach in ((0, 0.4), (1, 0.3))]
-    table = matched_kl_table(runs, (0.1, 0.35))
-    row = table.splitlines()[2]
-    # KL 0.1: half way to 0.2 in both runs -> 0.65; KL 0.35: only run 0 (0.7 + 0.75 * 0.1 = 0.775).
-    assert "| 0.650 ± 0.000 (2/2) | 0.775 ± 0.000 (1/2) |" in row
-    assert "0.800 ± 0.000 at KL 0.350 ± 0.071, step 20.000 ± 0.000" in row
+def test_cell_reruns_the_designs_run(tmp_path) -> None:
+    write_trajectories(tmp_path / "t.json", "paper", "x", PLAN, [])
+    spec = cell_spec("paper", "noisy", "ensemble_mean", 7, str(tmp_path / "t.json"))
+    (same,) = [s for s in phase_runs(PAPER, Phase.TEST, PLAN) if s.name == spec.name]
+    assert same.overrides == spec.overrides and "reward.ensemble_seeds=[7,1007,2007,3007]" in spec.overrides
+    kl = cell_spec("paper", "length", "r2m-kl", 2, str(tmp_path / "t.json"))
+    assert kl.regime is KLRegime.TARGETED and "reward.r2m.lr=0.0001" in kl.overrides
+    with pytest.raises(ValueError, match="no run of world"):
+        cell_spec("paper", "ser_headroom", "r2m", 0, str(tmp_path / "t.json"))
+    with pytest.raises(ValueError, match="no plan"):
+        cell_spec("paper", "length", "r2m", 0, str(tmp_path / "missing.json"))
