@@ -32,7 +32,8 @@ def _write_run(root: Path, name: str, gold=GOLD, token_js=TOKEN_JS, monitor=True
     (d / RESULT_FILE).write_text("{}")
 
 
-PLAN = Plan({w: (0.01, 0.02, 0.04) for w in ("length", "noisy", "blind")}, {w: 50 for w in ("length", "noisy", "blind")},
+PLAN = Plan({w: (0.01, 0.02, 0.04) for w in ("length", "noisy", "blind")},
+            {w: 50 for w in ("length", "noisy", "blind")},
             SweepPoint(1e-4, "random", 0.6))
 
 

@@ -73,7 +73,8 @@ def test_arm_overrides() -> None:
     assert "reward.gold_mix=0.25" in by[("noisy", Arm.LADDER_25, 3, KLRegime.FIXED)]
     assert "reward.ensemble_seeds=[3,1003,2003,3003]" in by[("length", Arm.ENSEMBLE_UWO, 3, KLRegime.FIXED)]
     kl = by[("length", Arm.R2M, 0, KLRegime.TARGETED)]
-    assert {"rl.kl_adaptive=true", "rl.kl_target_level=token", "rl.kl_target=0.1", "rl.kl_horizon_batches=10"} <= set(kl)
+    assert {"rl.kl_adaptive=true", "rl.kl_target_level=token", "rl.kl_target=0.1",
+            "rl.kl_horizon_batches=10"} <= set(kl)
     # The carried setting: all of it on the R2M family, lr on the Iterative RM-head, Omega on the scale control.
     assert "reward.r2m.init=matched" in by[("length", Arm.RANDOM, 0, KLRegime.FIXED)]
     head = by[("length", Arm.ITERATIVE_HEAD, 0, KLRegime.FIXED)]

@@ -75,7 +75,8 @@ def test_calibration_json() -> None:
     assert set(cal) == {"worlds"} and set(cal["worlds"]) == {"length", "noisy", "blind"}
     length = cal["worlds"]["length"]
     assert set(length) == {"0.1", "0.25", "0.5", "min_detectable_effect"}
-    assert length["0.25"]["verdict"] == "better" and length["0.25"]["diff_mean"] == pytest.approx(0.03 + 0.01 * 0.04)  # mean noise 0.04
+    assert length["0.25"]["verdict"] == "better"
+    assert length["0.25"]["diff_mean"] == pytest.approx(0.03 + 0.01 * 0.04)  # mean noise 0.04
     assert set(length["0.5"]) == {"diff_mean", "ci95", "verdict"} and len(length["0.5"]["ci95"]) == 2
     assert 0 < length["min_detectable_effect"] < 0.03
 
