@@ -11,6 +11,7 @@
     r2m ser     [-c CFG] [a.b=c ...] [--resume]    SER: self-evolved RM loops, Loop 0 / SER / Full table, then PPO
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
     r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer (issue 18)
+    r2m bench memory [--preset smoke|paper] [--out F]           peak memory per rank and phase of the paper configs
     r2m bench [run] --preset smoke|paper [--out F]  the issue-14 design: verdicts at matched KL (docs/BENCHMARKS.md)
     r2m config  [-c CFG] [a.b=c ...]               print the resolved config
     r2m monitor RUN_DIR [name=value ...] [--no-plot]   replay the over-optimisation alarm on a finished run
@@ -45,6 +46,7 @@ from r2m.recipes.ser import run_ser
 from r2m.world import generate_world
 from r2m.recipes.alarm import check_rm_path
 from r2m.recipes.bench_speed import run_bench_speed
+from r2m.recipes.bench_memory import run_bench_memory
 from r2m.recipes.monitor import cmd_monitor
 
 
@@ -115,14 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: <run.root>/<run.name>/analysis)")
     p.add_argument("--checkpoints", nargs="*", default=[], help="policy checkpoints for the similarity matrices")
     p = sub.add_parser("bench", help="benchmarks: cost (Figure 7) or the methods-by-seeds matrix (run)")
-    p.add_argument("what", nargs="?", default="run", help="cost, speed or run (default: run)")
+    p.add_argument("what", nargs="?", default="run", help="cost, speed, memory or run (default: run)")
     _add_common(p)
     p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
-                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: issue 18's)")
+                   help="run: matrix size; speed, memory: work size (smoke: seconds, tiny; paper: the real shapes)")
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
     p.add_argument("--workers", type=int, default=1, help="run: processes for the design's runs, one torch "
                    "thread each (2 on a 2-core machine; results are the same files, so a bench resumes either way)")
-    p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
+    p.add_argument("--out", default=None, help="cost, memory: JSON path (benchmarks/cost.json, "
+                   "benchmarks/memory.json); run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
     p = sub.add_parser("monitor", help="replay the over-optimisation alarm on a finished run (docs/MONITOR.md)")
     p.add_argument("run_dir", help="the run directory (<run.root>/<run.name>)")
@@ -197,6 +200,8 @@ def _cmd_extra(args, cfg: Config) -> int:
         if args.what == "speed":  # issue 18: r2m against TRL's RLOOTrainer (benchmarks/README.md)
 
             return run_bench_speed(cfg, args.preset, args.out)
+        if args.what == "memory":  # peak memory per rank and phase at the paper configs' shapes (benchmarks/README.md)
+            return run_bench_memory(args.preset, args.out, cfg.run.root)
         # The issue-14 design (r2m/recipes/bench_design.py); the report's default path is bench_report.default_out.
         return run_bench_design(cfg, args.preset, args.out, command=args.command_line, workers=args.workers)
     if args.command == "analyze":
@@ -220,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_transformers()
     try:
-        if args.command == "bench" and args.what not in ("cost", "run", "speed"):
+        if args.command == "bench" and args.what not in ("cost", "run", "speed", "memory"):
             # `r2m bench --preset smoke a.b=c`: the optional positional took the first override.
             args.overrides, args.what = [args.what, *args.overrides], "run"
         if args.command == "monitor":

@@ -1,0 +1,446 @@
+"""``r2m bench memory``'s adapter: a paper config's models at real width and vocabulary as fake tensors, and one
+function per phase that calls the library's own entry points (the only place that does).
+
+The models are built from the real architectures (:data:`ARCHS`, from each model's ``config.json``) with a chosen
+depth, as fake tensors (:mod:`r2m.runtime.live_bytes`): shapes, dtypes and storages without data, so a pass at
+real width, real vocabulary, real sequence lengths and real rows per rank is counted exactly and costs only its
+dispatch. Tokenizers are the families' local ones (:func:`r2m.models.families.train_tokenizer`; token ids stay
+below 400, which is all an embedding lookup needs). The run is an :class:`~r2m.recipes.rl.run.RLRun` whose
+models are set as ``RLRun.__init__`` sets them; its loop objects come from ``RLRun._build_loop`` itself.
+
+Entry points, one function each (re-point these when the library's change): :func:`make_experience`
+(``ExperienceMaker.make``; its phases ``rollout_logprobs`` = ``ExperienceMaker._old_pass``, ``reference`` =
+``ExperienceMaker._forward`` on the reference, ``rm_scoring`` = ``FeedbackRewardModel.embed_texts`` or
+``RewardModel.score_texts``, ``r2m_annotation`` = ``FeedbackRewardModel.score_embeddings``),
+:func:`policy_update` (``PolicyUpdater.update``), :func:`r2m_update` (``R2MUpdater.update``), :func:`table3`
+(``r2m.eval.rm_accuracy``'s ``vanilla_pairwise_accuracy`` and ``feedback_pairwise_accuracy``, as
+``RLRun.rm_accuracy`` calls them), :func:`evaluation` (``r2m.eval.policy.sample_policy``, as ``RLRun.evaluate``
+calls it) and :func:`trl_logprobs` (TRL's ``RLOOTrainer._get_per_token_logps_and_entropies``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from r2m.config import Config, RewardBaseline
+from r2m.errors import ConfigError
+from r2m.eval import policy as policy_eval
+from r2m.eval.policy import sample_policy
+from r2m.eval.rm_accuracy import feedback_pairwise_accuracy, vanilla_pairwise_accuracy
+from r2m.experience.generation import HFGenerator
+from r2m.experience.rewards import FeedbackReward, ModelReward
+from r2m.experience.sampling import Generation, assemble_generation, eval_mode, left_pad
+from r2m.models.families import Family, Size, model_config, train_tokenizer
+from r2m.models.lora import enable_gradient_checkpointing
+from r2m.models.r2m import build_feedback_rm
+from r2m.models.reward import RewardModel
+from r2m.recipes.rl.run import RLRun
+from r2m.runtime.distributed import Dist
+from r2m.runtime.live_bytes import LiveBytes, storage_bytes
+from r2m.updates.supervised import make_accelerator
+from r2m.utils import torch_dtype
+
+WORD = " the"
+"""The filler text of prompts and responses: one token in every family's tokenizer (and in the real ones)."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A real model's architecture, as its ``config.json`` gives it."""
+
+    family: Family
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    """tie_word_embeddings."""
+    source: str
+    """Where the numbers come from."""
+
+
+_HF = "https://huggingface.co/{}/blob/main/config.json"
+_QWEN05 = Arch(Family.QWEN2_5, 896, 4864, 24, 14, 2, 151936, True, _HF.format("Qwen/Qwen2.5-0.5B-Instruct"))
+_QWEN3 = Arch(Family.QWEN2_5, 2048, 11008, 36, 16, 2, 151936, True, _HF.format("Qwen/Qwen2.5-3B-Instruct"))
+_LLAMA3 = Arch(Family.LLAMA3, 4096, 14336, 32, 32, 8, 128256, False, _HF.format("meta-llama/Meta-Llama-3-8B-Instruct"))
+# Skywork-Reward-(V2-)Llama-3.1-8B: Llama 3.1 8B with a pad token added (128257 rows, Skywork-Reward-Llama-3.1-8B's
+# config.json); the RM computes no logits, so its vocabulary only sizes its embedding.
+_SKYWORK = Arch(Family.LLAMA3_1, 4096, 14336, 32, 32, 8, 128257, False,
+                _HF.format("Skywork/Skywork-Reward-Llama-3.1-8B"))
+_PYTHIA = Arch(Family.PYTHIA, 2560, 10240, 32, 32, 32, 50304, False, _HF.format("EleutherAI/pythia-2.8b-deduped"))
+ARCHS: dict[str, Arch] = {
+    "Qwen/Qwen2.5-0.5B-Instruct": _QWEN05,
+    "Qwen/Qwen2.5-3B-Instruct": _QWEN3,
+    "meta-llama/Meta-Llama-3-8B-Instruct": _LLAMA3,
+    "Skywork/Skywork-Reward-V2-Llama-3.1-8B": _SKYWORK,
+    "cleanrl/EleutherAI_pythia-2.8b-deduped__sft__tldr": _PYTHIA,
+    "cleanrl/EleutherAI_pythia-2.8b-deduped__reward__tldr": _PYTHIA,
+}
+"""The paper configs' models (policy.path / reward.path / rm.init_from) -> architecture."""
+
+
+def arch_of(path: Optional[str], field: str) -> Arch:
+    if path not in ARCHS:
+        raise ConfigError(f"{field}: bench memory knows the architectures of {sorted(ARCHS)}; got {path!r} "
+                          "(add it to r2m.recipes.bench_memory_phases.ARCHS with its config.json's numbers)")
+    return ARCHS[path]
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What one measurement runs: depths, rows and lengths (all real except the depths)."""
+
+    policy_layers: int
+    rm_layers: int
+    rows: int
+    """Sequences per rank in a step: prompts_per_step x k / gpus."""
+    prompt_tokens: int
+    response_tokens: int
+    eval_rows: int
+    """Prompts of one evaluation batch."""
+    table3_rows: int
+    """Preference pairs of one Table 3 batch."""
+    fsdp: bool
+    """Emulate FSDP2's policy: no autocast wrapper, bf16 compute and outputs (configs/accelerate/fsdp.yaml)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and the run
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(family: Family):
+    """The family's local tokenizer (trained once per process)."""
+    return train_tokenizer(family)
+
+
+def fake_model(arch: Arch, layers: int, tok, dtype: torch.dtype, rm: bool, mode: FakeTensorMode) -> nn.Module:
+    """``arch`` with ``layers`` layers as a fake-tensor ``*ForCausalLM`` (or ``*ForSequenceClassification``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = model_config(arch.family, tok, Size(arch.hidden, layers, arch.heads, arch.kv_heads, arch.intermediate),
+                          rm)
+    config.vocab_size, config.tie_word_embeddings = arch.vocab, arch.tied
+    auto = AutoModelForSequenceClassification if rm else AutoModelForCausalLM
+    with mode:
+        return auto.from_config(config, dtype=dtype)
+
+
+class FillerGenerator:
+    """A generator (``ExperienceMaker``'s injection point) answering every prompt with ``length`` filler tokens
+    and no eos: the longest response the config allows, without a sampling loop."""
+
+    def __init__(self, token_id: int, eos_token_id: int, pad_token_id: int, length: int):
+        self.token_id, self.eos, self.pad, self.length = token_id, eos_token_id, pad_token_id, length
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                 with_logprobs: bool = False, with_hidden: bool = False) -> Generation:
+        if with_logprobs or with_hidden:
+            raise ConfigError("bench memory: rl.old_logprobs=generation is not measured (rollouts are not sampled)")
+        ids, mask = left_pad(prompt_ids, self.pad)
+        out = torch.cat([ids, torch.full((ids.shape[0], self.length), self.token_id)], dim=1)
+        return assemble_generation(out, mask, self.eos, self.pad)
+
+    def sync_weights(self, policy: nn.Module) -> None:
+        pass
+
+
+def reward_function(cfg: Config, model: nn.Module, tok, policy_dim: int):
+    """The reward function ``r2m.experience.reward_factory.build_reward`` makes, on an RM already built."""
+    rm = RewardModel(model, tok, cfg.reward.max_length, name="reward model")
+    r2m = cfg.reward.r2m
+    if not (r2m.enabled or cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
+        return ModelReward(rm)
+    backbone_dtype = None if r2m.backbone_dtype == "same" else torch_dtype(r2m.backbone_dtype)
+    fb = build_feedback_rm(rm, policy_dim if r2m.enabled else None, r2m.inner_dim, r2m.num_heads, r2m.init,
+                           backbone_dtype)
+    return FeedbackReward(fb, r2m, total_steps=cfg.rl.steps, seed=cfg.run.seed)
+
+
+def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> RLRun:
+    """An ``RLRun`` with fake models at ``shapes``' depths, set up as ``RLRun.__init__`` does (no data, no run dir)."""
+    p_arch, m_arch = arch_of(cfg.policy.path, "policy.path"), arch_of(cfg.reward.path, "reward.path")
+    run = RLRun.__new__(RLRun)
+    run.cfg, run.acc = cfg, make_accelerator(cfg)
+    run.dist, run.device = Dist(run.acc), run.acc.device
+    run.tok, rm_tok = tokenizer(p_arch.family), tokenizer(m_arch.family)
+    dtype = torch_dtype(cfg.policy.dtype)
+    policy = fake_model(p_arch, shapes.policy_layers, run.tok, dtype, False, mode)
+    ref = fake_model(p_arch, shapes.policy_layers, run.tok, dtype, False, mode)
+    if cfg.policy.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    policy.train()
+    # rl.optimizer_impl=auto is torch's choice, which on CUDA is foreach (its step holds a temporary per state)
+    impl = cfg.rl.optimizer_impl.torch_kwargs or {"foreach": True}
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
+                                  weight_decay=0.0, **impl)
+    with mode:  # the fusion and head too: their gradients meet the fake h
+        rm_model = fake_model(m_arch, shapes.rm_layers, rm_tok, torch_dtype(cfg.reward.dtype), True, mode)
+        run.reward_fn = reward_function(cfg, rm_model, rm_tok, p_arch.hidden)
+    # Under FSDP2 accelerate wraps no forward in autocast: fully_shard computes in bf16 and returns bf16. Elsewhere
+    # prepare as RLRun does, without moving the model (it is on the CPU; a fake trainable parameter cannot be
+    # swapped by Module.to while autograd holds it).
+    run.policy, run.optimizer = ((policy, optimizer) if shapes.fsdp else
+                                 run.acc.prepare(policy, optimizer, device_placement=[False, False]))
+    run.ref = run._reference(ref)
+    run.gold_fn = None
+    token = run.tok(WORD, add_special_tokens=False)["input_ids"][0]
+    run.generator = FillerGenerator(token, run.tok.eos_token_id, run.tok.pad_token_id, shapes.response_tokens)
+    run._build_loop(run.device)
+    return run
+
+
+def warm_optimizers(run: RLRun) -> None:
+    """The optimisers' state as after their first step (AdamW creates it lazily): persistent from step 2 on. Outside
+    any fake mode, so that AdamW's step counters are real tensors (their ``.item()`` is read)."""
+    opts = [(run.optimizer, run.acc.unwrap_model(run.policy))]
+    if run.rm_updater is not None:
+        opts.append((run.rm_updater.optimizer, run.rm_updater.model))
+    for opt, model in opts:
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def persistent_bytes(run: RLRun) -> dict[str, int]:
+    """Bytes held for the whole run: each model's parameters and buffers, and each optimiser's state."""
+    policy = run.acc.unwrap_model(run.policy)
+    ref = run.acc.unwrap_model(run.ref)
+    rm = run.reward_fn.reward_model.model
+    out = {"policy": storage_bytes([*policy.parameters(), *policy.buffers()]),
+           "reference": storage_bytes([*ref.parameters(), *ref.buffers()]),
+           "reward_model": storage_bytes([*rm.parameters(), *rm.buffers()]),
+           "policy_optimizer": storage_bytes(_state_tensors(run.optimizer))}
+    if run.rm_updater is not None:
+        fb = run.rm_updater.model
+        own = [t for n, t in [*fb.named_parameters(), *fb.named_buffers()] if not n.startswith("rm.")]
+        out["r2m_fusion"] = storage_bytes(own)  # fusion and the frozen copy of the head (the head is the RM's)
+        out["r2m_optimizer"] = storage_bytes(_state_tensors(run.rm_updater.optimizer))
+    return out
+
+
+def _state_tensors(optimizer) -> list[torch.Tensor]:
+    return [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+
+
+def param_shapes(run: RLRun) -> set[tuple[int, ...]]:
+    """Shapes of every trainable parameter: a new storage of one of them is a gradient, a state or a cast."""
+    models = [run.acc.unwrap_model(run.policy)]
+    if run.rm_updater is not None:
+        models.append(run.rm_updater.model)
+    return {tuple(p.shape) for m in models for p in m.parameters() if p.requires_grad}
+
+
+def tag_models(run: RLRun, inst: LiveBytes) -> None:
+    """Segments of :class:`LiveBytes`: which model runs (its depth sets what a segment holds)."""
+    inst.tag(run.acc.unwrap_model(run.policy), "policy")
+    inst.tag(run.acc.unwrap_model(run.ref), "reference")
+    inst.tag(run.reward_fn.reward_model.backbone, "reward_model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def prompts(run: RLRun, n: int, tokens: int) -> tuple[list[str], list[list[int]]]:
+    """``n`` prompt texts of ``tokens`` policy tokens each (the first one token shorter: the batch is padded)."""
+    lengths = [tokens - (i == 0) for i in range(n)]
+    texts = [WORD * k for k in lengths]
+    return texts, [run.tok(t, add_special_tokens=True)["input_ids"][-k:] for t, k in zip(texts, lengths)]
+
+
+@contextlib.contextmanager
+def phase_of(obj, method: str, inst: LiveBytes, name: str, when=None) -> Iterator[None]:
+    """While inside, ``obj.method`` runs in phase ``name`` (when ``when(*args)`` holds, if given)."""
+    original = getattr(obj, method)
+
+    def wrapped(*args, **kwargs):
+        if when is not None and not when(*args):
+            return original(*args, **kwargs)
+        with inst.phase(name):
+            return original(*args, **kwargs)
+
+    setattr(obj, method, wrapped)
+    try:
+        yield
+    finally:
+        delattr(obj, method)
+
+
+# ---------------------------------------------------------------------------------------------
+# The phases (the library's entry points)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_experience(run: RLRun, inst: LiveBytes, shapes: Shapes):
+    """``ExperienceMaker.make`` on this rank's prompts: rollout log-probs (with h for R2M), reference, RM scoring and
+    R2M annotation, each its own phase."""
+    maker, reward = run.maker, run.reward_fn
+    texts, ids = prompts(run, shapes.rows // run.cfg.rl.k, shapes.prompt_tokens)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(phase_of(maker, "_old_pass", inst, "rollout_logprobs"))
+        stack.enter_context(phase_of(maker, "_forward", inst, "reference", when=lambda m, *_: m is maker.ref))
+        if isinstance(reward, FeedbackReward):
+            stack.enter_context(phase_of(reward.model, "embed_texts", inst, "rm_scoring"))
+            stack.enter_context(phase_of(reward.model, "score_embeddings", inst, "r2m_annotation"))
+        else:
+            stack.enter_context(phase_of(reward.rm, "score_texts", inst, "rm_scoring"))
+        return maker.make(texts, ids, step=0)
+
+
+def policy_update(run: RLRun, inst: LiveBytes, exp):
+    """``PolicyUpdater.update`` over the step's rows as its last epoch (h refreshed). Only the first two micro-batches
+    of the first two minibatches run; the later ones reuse the second's loss and are not run again: each would
+    repeat its allocations (gradients exist from a minibatch's first micro-batch, the optimiser state from the
+    first minibatch, both as in every later one)."""
+    updater, acc = run.updater, run.acc
+    updater.cfg = dataclasses.replace(updater.cfg, epochs=1)
+    minibatches: list[dict] = []
+    micro: list = []
+    minibatch, micro_loss, backward = updater._minibatch, updater._micro_loss, acc.backward
+
+    def first_minibatches(*args, **kwargs):
+        if len(minibatches) < 2:
+            micro.clear()
+            minibatches.append(minibatch(*args, **kwargs))
+        micro.clear()
+        return minibatches[-1]
+
+    def first_micro(*args, **kwargs):
+        if len(micro) < 2:
+            micro.append(micro_loss(*args, **kwargs))
+        return micro[-1]
+
+    def backward_once(loss, **kwargs):
+        if not getattr(loss, "_bench_done", False):
+            backward(loss, **kwargs)
+            loss._bench_done = True
+
+    updater._minibatch, updater._micro_loss, acc.backward = first_minibatches, first_micro, backward_once
+    try:
+        with inst.phase("policy_micro_step"):
+            return updater.update(exp)
+    finally:
+        del updater._minibatch, updater._micro_loss, acc.backward
+
+
+def r2m_update(run: RLRun, inst: LiveBytes, exp, fresh_hidden) -> None:
+    """``R2MUpdater.update`` with the h the policy update refreshed."""
+    if run.rm_updater is None:
+        return
+    with inst.phase("r2m_update"):
+        run.rm_updater.update(exp, fresh_hidden)
+
+
+def pref_rows(run: RLRun, n: int, shapes: Shapes) -> list[dict]:
+    """``n`` preference pairs with prompt and answers at the config's longest."""
+    prompt, answer = WORD * shapes.prompt_tokens, WORD * shapes.response_tokens
+    return [{"prompt": prompt, "chosen": answer, "rejected": answer} for _ in range(n)]
+
+
+def table3(run: RLRun, inst: LiveBytes, shapes: Shapes) -> None:
+    """Table 3 as ``RLRun.rm_accuracy`` computes it: the vanilla RM, then R2M before (h from the reference) and
+    after (h from the policy), on one batch of pairs."""
+    if run.rm_updater is None:
+        return
+    model, rows = run.rm_updater.model, pref_rows(run, shapes.table3_rows, shapes)
+    w = run.reward_fn.omega(run.cfg.rl.steps)
+    with inst.phase("table3"):
+        vanilla_pairwise_accuracy(model, rows)
+        feedback_pairwise_accuracy(model, run.ref, run.tok, rows, w, run.device)
+        feedback_pairwise_accuracy(model, run.acc.unwrap_model(run.policy), run.tok, rows, w, run.device)
+
+
+def _filler_generate(token_id: int):
+    """``r2m.experience.sampling.generate``'s signature, answering with ``max_new_tokens`` filler tokens."""
+
+    def generate(model, prompt_ids, prompt_mask, *, temperature, max_new_tokens, eos_token_id, pad_token_id,
+                 **_) -> Generation:
+        out = torch.cat([prompt_ids, torch.full((prompt_ids.shape[0], max_new_tokens), token_id)], dim=1)
+        return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)
+
+    return generate
+
+
+def evaluation(run: RLRun, inst: LiveBytes, shapes: Shapes) -> None:
+    """One evaluation batch as ``RLRun.evaluate`` samples it, after its generation: the policy's and the reference's
+    log-probs and the reward of full-length answers (the sampling loop itself is :func:`generation`)."""
+    cfg = run.cfg
+    texts, ids = prompts(run, shapes.eval_rows, shapes.prompt_tokens)
+    original = policy_eval.generate
+    policy_eval.generate = _filler_generate(run.generator.token_id)
+    try:
+        with inst.phase("evaluation"):
+            sample_policy(run.acc.unwrap_model(run.policy), run.tok, texts, ids, cfg.eval, cfg.rl.max_new_tokens,
+                          run.device, ref=run.ref, reward_fn=run.reward_fn, gold_fn=None,
+                          kl_temperature=cfg.rl.temperature, step=cfg.rl.steps - 1)
+    finally:
+        policy_eval.generate = original
+
+
+def generation(run: RLRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_tokens: int,
+               name: str = "generation") -> None:
+    """The sampling loop (``HFGenerator.generate``, transformers ``generate`` on the policy as the rollout uses it) on
+    ``rows`` prompts for ``new_tokens`` tokens (fake logits: every token is the filler, never eos). Its segments are
+    the prefill and the decoding steps: the first holds a fixed amount per layer, the second grows by a fixed
+    amount per layer and per token (the KV cache)."""
+    _, ids = prompts(run, rows, prompt_tokens)
+    gen = HFGenerator(run.policy, run.tok.eos_token_id, run.tok.pad_token_id, run.device)
+    calls: list[int] = []
+
+    def enter(*_):  # the first forward is the prefill; each later one decodes one token
+        inst.segment = "decode" if calls else "prefill"
+        calls.append(1)
+
+    def leave(*_):
+        inst.segment = f"after {inst.segment}"
+
+    policy = run.acc.unwrap_model(run.policy)
+    hooks = [policy.register_forward_pre_hook(enter), policy.register_forward_hook(leave)]
+    try:
+        with inst.phase(name):
+            gen.generate(ids, run.cfg.rl.temperature, new_tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def filler_generation(run: RLRun, rows: int, prompt_tokens: int) -> Generation:
+    """``rows`` prompts answered at full length, as the rollout's generator returns them."""
+    return run.generator.generate(prompts(run, rows, prompt_tokens)[1], run.cfg.rl.temperature,
+                                  run.cfg.rl.max_new_tokens)
+
+
+def r2m_logprobs(run: RLRun, inst: LiveBytes, gen: Generation, name: str) -> None:
+    """pi_old's log-probs of one chunk (``ExperienceMaker._old_pass``, with h when the reward reads it)."""
+    with inst.phase(name), torch.no_grad(), eval_mode(run.policy):
+        run.maker._old_pass(gen, run.reward_fn.needs_policy_hidden)
+
+
+def trl_logprobs(model: nn.Module, acc, inst: LiveBytes, gen: Generation, temperature: float, name: str) -> None:
+    """TRL's log-prob pass on the same chunk: ``RLOOTrainer._get_per_token_logps_and_entropies`` with the fused LM
+    head ``RLOOTrainer`` adds to its policy (``trl.trainer.utils.add_fused_lm_head``); ``model`` is patched."""
+    import types
+
+    from trl.trainer.rloo_trainer import RLOOTrainer  # heavy: lazy
+    from trl.trainer.utils import add_fused_lm_head  # heavy: lazy
+
+    add_fused_lm_head(model, temperature=temperature)
+    trainer = types.SimpleNamespace(accelerator=acc)  # the one attribute the method reads
+    with inst.phase(name), torch.no_grad(), eval_mode(model):
+        RLOOTrainer._get_per_token_logps_and_entropies(trainer, model, gen.sequences, gen.attention_mask,
+                                                        gen.action_mask.shape[1])
