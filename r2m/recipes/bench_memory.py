@@ -93,7 +93,7 @@ class MemorySpec:
 
 
 SMOKE_SHAPES = ("rl.prompts_per_step=8", "rl.k=2", "rl.max_new_tokens=4", "data.max_prompt_tokens=6",
-                "rl.rollout_batch_size=2", "rl.micro_batch_size=1", "rl.minibatches=1", "eval.batch_size=2")
+                "rl.rollout_batch_size=0", "rl.micro_batch_size=1", "rl.minibatches=1", "eval.batch_size=2")
 PRESETS = {
     "paper": MemorySpec(),
     # Seconds: one config at tiny lengths (its numbers mean nothing); every key is written.

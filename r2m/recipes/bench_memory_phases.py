@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -185,7 +186,9 @@ def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> RLRun:
     impl = cfg.rl.optimizer_impl.torch_kwargs or {"foreach": True}
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                   weight_decay=0.0, **impl)
-    with mode:  # the fusion and head too: their gradients meet the fake h
+    with mode, warnings.catch_warnings():  # the fusion and head too: their gradients meet the fake h
+        # Tensor.__deepcopy__ reads data_ptr() (the frozen copy of the head), which a fake tensor warns about
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         rm_model = fake_model(m_arch, shapes.rm_layers, rm_tok, torch_dtype(cfg.reward.dtype), True, mode)
         run.reward_fn = reward_function(cfg, rm_model, rm_tok, p_arch.hidden)
     # Under FSDP2 accelerate wraps no forward in autocast: fully_shard computes in bf16 and returns bf16. Elsewhere
@@ -202,17 +205,19 @@ def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> RLRun:
 
 
 def warm_optimizers(run: RLRun) -> None:
-    """The optimisers' state as after their first step (AdamW creates it lazily): persistent from step 2 on. Outside
-    any fake mode, so that AdamW's step counters are real tensors (their ``.item()`` is read)."""
-    opts = [(run.optimizer, run.acc.unwrap_model(run.policy))]
+    """The optimisers' state as after their first step (AdamW creates it lazily), and R2M's gradients, which its
+    update leaves in place (it clears them before its backward, not after): all held from step 2 on. Outside any
+    fake mode, so that AdamW's step counters are real tensors (their ``.item()`` is read)."""
+    opts = [(run.optimizer, run.acc.unwrap_model(run.policy), True)]
     if run.rm_updater is not None:
-        opts.append((run.rm_updater.optimizer, run.rm_updater.model))
-    for opt, model in opts:
+        opts.append((run.rm_updater.optimizer, run.rm_updater.model, False))
+    for opt, model, clear in opts:
         for p in model.parameters():
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        if clear:  # PolicyUpdater clears after each optimiser step
+            opt.zero_grad(set_to_none=True)
 
 
 def persistent_bytes(run: RLRun) -> dict[str, int]:
@@ -229,6 +234,7 @@ def persistent_bytes(run: RLRun) -> dict[str, int]:
         own = [t for n, t in [*fb.named_parameters(), *fb.named_buffers()] if not n.startswith("rm.")]
         out["r2m_fusion"] = storage_bytes(own)  # fusion and the frozen copy of the head (the head is the RM's)
         out["r2m_optimizer"] = storage_bytes(_state_tensors(run.rm_updater.optimizer))
+        out["r2m_grads"] = storage_bytes([p.grad for p in run.rm_updater.params if p.grad is not None])
     return out
 
 
@@ -400,14 +406,14 @@ def generation(run: RLRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_t
     amount per layer and per token (the KV cache)."""
     _, ids = prompts(run, rows, prompt_tokens)
     gen = HFGenerator(run.policy, run.tok.eos_token_id, run.tok.pad_token_id, run.device)
-    calls: list[int] = []
+    calls: list[str] = []
 
     def enter(*_):  # the first forward is the prefill; each later one decodes one token
-        inst.segment = "decode" if calls else "prefill"
-        calls.append(1)
+        calls.append("decode" if calls else "prefill")
+        inst.segment = calls[-1]
 
     def leave(*_):
-        inst.segment = f"after {inst.segment}"
+        inst.segment = f"after {calls[-1]}"
 
     policy = run.acc.unwrap_model(run.policy)
     hooks = [policy.register_forward_pre_hook(enter), policy.register_forward_hook(leave)]

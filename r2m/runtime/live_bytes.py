@@ -105,6 +105,15 @@ class LiveBytes(TorchDispatchMode):
         setattr(self.counts, kind, getattr(self.counts, kind) + nbytes)
         weakref.finalize(st, self._free, key)
 
+    def _retag(self, t: torch.Tensor) -> None:
+        """A view with a parameter's shape over all of an ``act`` storage (a bias gradient summed with keepdim and
+        viewed): the storage is a gradient, ``param``."""
+        key = t.untyped_storage()._cdata
+        nbytes, kind = self.counts.storages.get(key, (0, "param"))
+        if kind == "act" and tuple(t.shape) in self.param_shapes and t.numel() * t.element_size() == nbytes:
+            self.counts.storages[key] = (nbytes, "param")
+            self.counts.act, self.counts.param = self.counts.act - nbytes, self.counts.param + nbytes
+
     def _record(self) -> None:
         c = self.counts
         for name in self.open:
@@ -126,11 +135,10 @@ class LiveBytes(TorchDispatchMode):
         aliases = [r.alias_info is not None for r in func._schema.returns]
         results = out if isinstance(out, (tuple, list)) else (out,)
         for i, r in enumerate(results):
-            if i < len(aliases) and aliases[i]:
-                continue
+            alias = i < len(aliases) and aliases[i]
             for t in tree_leaves(r):
                 if isinstance(t, torch.Tensor):
-                    self._count(t, inputs)
+                    self._retag(t) if alias else self._count(t, inputs)
         self._record()
         return out
 
