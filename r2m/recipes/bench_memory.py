@@ -5,7 +5,7 @@ library's own code runs each phase (:mod:`r2m.recipes.bench_memory_phases`) on t
 real prompt and response lengths, real vocabulary and real model width, in the config's dtypes, with fake
 tensors (shapes without data), on the CPU. Depth is the one thing not run at full size.
 
-Depth: every quantity is measured at three depths (policy layers, RM layers) = (1, 1), (2, 1), (1, 2), fitted as
+Depth: every quantity is measured at three depths (policy layers, RM layers) = (2, 2), (3, 2), (2, 3), fitted as
 ``a + b_p L_p + b_m L_m`` (decoder layers are identical, so each segment of a phase holds a fixed amount per layer
 of the model it runs), and evaluated at the real depths. A phase's peak is the largest of its segments' (one
 segment per model that runs in it, :meth:`LiveBytes.tag`), each fitted on its own, so a peak that moves from one
@@ -72,9 +72,11 @@ class MemorySpec:
 
     configs: tuple[str, ...] = PAPER_CONFIGS
     """configs/paper/<name>.yaml to measure, each on its GPUs and on one GPU."""
-    fit_depths: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (1, 2))
-    """(policy layers, RM layers) of the three measurements the depth fit solves."""
-    check_depth: tuple[int, int] = (3, 3)
+    fit_depths: tuple[tuple[int, int], ...] = ((2, 2), (3, 2), (2, 3))
+    """(policy layers, RM layers) of the three measurements the depth fit solves: the first two differ in the policy
+    only (the sampling loop is fitted on them). Two layers at least: with one, the first layer's input (the
+    embeddings, which the model keeps) is the last layer's, so one (rows, S, D) tensor fewer is held."""
+    check_depth: tuple[int, int] = (4, 4)
     """The depths of the measurement the fit is checked on."""
     gen_tokens: tuple[int, int, int] = (4, 8, 12)
     """Tokens of the sampling-loop measurements: two fitted, the third checked (>= 2: a decoding step at least)."""
@@ -97,7 +99,7 @@ SMOKE_SHAPES = ("rl.prompts_per_step=8", "rl.k=2", "rl.max_new_tokens=4", "data.
 PRESETS = {
     "paper": MemorySpec(),
     # Seconds: one config at tiny lengths (its numbers mean nothing); every key is written.
-    "smoke": MemorySpec(configs=("r2m_qwen2.5-3b_ultrafeedback_rloo",), check_depth=(2, 2), gen_tokens=(2, 3, 4),
+    "smoke": MemorySpec(configs=("r2m_qwen2.5-3b_ultrafeedback_rloo",), check_depth=(3, 3), gen_tokens=(2, 3, 4),
                         table3_rows=2, chunk=(2, 5, 3), chunk_layers=1, overrides=SMOKE_SHAPES, one_gpu=False),
 }
 
@@ -243,10 +245,10 @@ def loop_values(point: dict, rows: int, tokens: int) -> dict[tuple, float]:
 
 def loop_fit(cfg: Config, points: dict, check: dict, rows: int, spec: MemorySpec) -> dict:
     """The sampling loop's peak (total, act) at the real depth and length, fitted in (layers, tokens) on the loops
-    run at policy depths 1 and 2 (``points`` keyed by depth) and checked on the check depth's."""
+    run at the first two fit depths (``points`` keyed by depth) and checked on the check depth's."""
     t1, t2, t3 = spec.gen_tokens
-    by_depth = {x[0]: p for x, p in points.items() if x[1] == spec.fit_depths[0][1]}  # (1, 1) and (2, 1)
-    pts = {(lp, t): loop_values(by_depth[lp], rows, t) for lp in (1, 2) for t in (t1, t2)}
+    depths = spec.fit_depths[:2]  # two policy depths, one RM depth
+    pts = {(x[0], t): loop_values(points[x], rows, t) for x in depths for t in (t1, t2)}
     coefs = fit(pts, gen_terms)
     real = predict(coefs, (real_depths(cfg)[0], cfg.rl.max_new_tokens), gen_terms)
     err = check_errors(predict(coefs, (spec.check_depth[0], t3), gen_terms), loop_values(check, rows, t3))
@@ -276,12 +278,12 @@ def per_rank(pred: dict, coefs: dict, gpus: int) -> tuple[dict[str, float], dict
 
 
 def loops_at(depth: tuple[int, int], rows: tuple[int, ...], spec: MemorySpec) -> tuple[tuple[int, int], ...]:
-    """The sampling loops a step point at ``depth`` runs: two lengths at policy depths 1 and 2, the third at the
+    """The sampling loops a step point at ``depth`` runs: two lengths at the first two fit depths, the third at the
     check depth."""
     t1, t2, t3 = spec.gen_tokens
     if depth == spec.check_depth:
         return tuple((r, t3) for r in rows)
-    if depth[1] == spec.fit_depths[0][1] and depth[0] in (1, 2):
+    if depth in spec.fit_depths[:2]:
         return tuple((r, t) for r in rows for t in (t1, t2))
     return ()
 
