@@ -47,7 +47,7 @@ from r2m.recipes.rl.run import RLRun
 from r2m.runtime.distributed import Dist
 from r2m.runtime.live_bytes import LiveBytes, storage_bytes
 from r2m.updates.supervised import make_accelerator
-from r2m.utils import torch_dtype
+from r2m.utils import seed_everything, torch_dtype
 
 WORD = " the"
 """The filler text of prompts and responses: one token in every family's tokenizer (and in the real ones)."""
@@ -175,6 +175,7 @@ def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> RLRun:
     run = RLRun.__new__(RLRun)
     run.cfg, run.acc = cfg, make_accelerator(cfg)
     run.dist, run.device = Dist(run.acc), run.acc.device
+    seed_everything(cfg.run.seed)  # the update's minibatch order: which rows (one is padded) come first
     run.tok, rm_tok = tokenizer(p_arch.family), tokenizer(m_arch.family)
     dtype = torch_dtype(cfg.policy.dtype)
     policy = fake_model(p_arch, shapes.policy_layers, run.tok, dtype, False, mode)
