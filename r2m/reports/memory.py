@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from r2m.fileio import atomic_write_text
@@ -63,10 +64,27 @@ def format_memory(result: dict) -> str:
     return "\n".join(lines)
 
 
+def compare_table(before: dict, after: dict) -> str:
+    """GB per rank at each phase's peak, before -> after, per config on its GPUs and for the single-GPU case."""
+    cols = {n: (before["configs"][n]["phases"], c["phases"]) for n, c in after["configs"].items()
+            if n in before.get("configs", {})}
+    cols["single GPU"] = (before["single_gpu"]["phases"], after["single_gpu"]["phases"])
+    phases = list(after["single_gpu"]["phases"])
+    rows = [[p, *(f"{_gb(b.get(p))} -> {_gb(a.get(p))}" for b, a in cols.values())] for p in phases]
+    rows.append(["log-prob chunk (GiB)", *([""] * (len(cols) - 1)),
+                 f"{_gib(before['logprob_chunk_gib'])} -> {_gib(after['logprob_chunk_gib'])}"])
+    return format_table(["phase", *(f"`{n}`" if n in after["configs"] else n for n in cols)], rows, markdown=True)
+
+
 def write_readme_section(readme: Path, result: dict, json_path: str) -> None:
-    """Replace (or append) the bench-memory section of ``readme`` with this result's tables."""
-    body = "\n".join([BEGIN, f"Last run: `{Path(json_path).name}` (preset {result['preset']}).", "",
-                      format_memory(result), END])
+    """Replace (or append) the bench-memory section of ``readme`` with this result's tables; with a
+    ``memory_before.json`` beside ``json_path`` (another file), also the before -> after table."""
+    parts = [BEGIN, f"Last run: `{Path(json_path).name}` (preset {result['preset']}).", "", format_memory(result)]
+    before = Path(json_path).with_name("memory_before.json")
+    if before.exists() and before.resolve() != Path(json_path).resolve():
+        parts += ["", f"Before -> after (`{before.name}` -> `{Path(json_path).name}`), GB per rank:", "",
+                  compare_table(json.loads(before.read_text()), result)]
+    body = "\n".join([*parts, END])
     text = readme.read_text() if readme.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)

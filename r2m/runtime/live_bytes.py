@@ -17,7 +17,8 @@ Storages whose tensor has the shape of a parameter (``param_shapes``: gradients,
 count as ``param``; every other storage as ``act``. Phases (:meth:`LiveBytes.phase`) may nest; within a phase,
 peaks are kept per *segment*, the span of time when one tagged module's forward runs (``"policy"``) or has last
 run (``"after policy"``), set by the hooks of :meth:`LiveBytes.tag`: a phase's peak is the largest of its
-segments', and each segment's peak depends on the depth of one model only, which lets a caller fit it on depth.
+segments', and within one segment the peak grows by a fixed amount per layer of each model, which lets a caller
+fit it on depth even where the largest segment changes with depth.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 aten = torch.ops.aten
+_DEVICE = torch.ops.prim.device.default
 _PLACEHOLDER = {True: 1.0, False: 1}  # .item() of a fake tensor: floating point or not
 
 
@@ -122,6 +124,8 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is _DEVICE:  # metadata: no storage (and the most frequent call on fake tensors)
+            return func(*args, **kwargs)
         clear_memo(self.fake)
         if func is aten._local_scalar_dense.default and _is_fake(args[0]):
             return _PLACEHOLDER[args[0].dtype.is_floating_point]

@@ -188,6 +188,7 @@ def test_every_paper_config_names_its_gpus_and_known_models() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_memory_smoke_writes_every_key(tmp_path) -> None:
     out = tmp_path / "memory.json"
     assert main(["bench", "memory", "--preset", "smoke", "--out", str(out)]) == 0
@@ -207,3 +208,30 @@ def test_bench_memory_smoke_writes_every_key(tmp_path) -> None:
                                       "logprob_chunk_le_3gib", "all_met"}
     readme = (tmp_path / "README.md").read_text()
     assert BEGIN in readme and END in readme and "r2m_qwen2.5-3b_ultrafeedback_rloo" in readme
+
+
+def test_readme_section_compares_with_the_before_file(tmp_path) -> None:
+    """memory.json's section shows before -> after per phase when memory_before.json lies beside it."""
+    from r2m.reports.memory import write_readme_section
+
+    def result(scale: float) -> dict:
+        phases = {p: scale * (i + 1) for i, p in enumerate(bm.PHASES)}
+        config = {"gpus": 8, "per_rank_peak_gb": max(phases.values()), "peak_phase": "evaluation", "phases": phases,
+                  "shapes": {"prompt_tokens": 4, "response_tokens": 2}, "check": {"max_rel_error": 0.0},
+                  "logprob_chunk": {"rows": 2, "r2m_gib": scale, "trl_gib": 0.5}}
+        chunk = {"rows": 16, "tokens": 1535, "vocab": 151936, "fsdp2": {"r2m_gib": scale, "trl_gib": 0.5},
+                 "one_gpu_or_ddp": {"r2m_gib": scale, "trl_gib": 0.5}}
+        return {"preset": "paper", "configs": {"c": config}, "logprob_chunk_gib": scale, "logprob_chunk": chunk,
+                "single_gpu": {"policy": "p", "reward_model": "m", "peak_gb": 9.0, "peak_with_margin_gb": 12.9,
+                               "peak_phase": "evaluation", "phases": phases},
+                "targets": {"per_rank_8gpu_le_64gb": {"c": True}, "single_gpu_fits_80gb_with_margin": True,
+                            "logprob_chunk_le_3gib": scale <= 3, "all_met": scale <= 3}}
+
+    (tmp_path / "memory_before.json").write_text(json.dumps(result(10.0)))
+    write_readme_section(tmp_path / "README.md", result(1.0), str(tmp_path / "memory.json"))
+    text = (tmp_path / "README.md").read_text()
+    assert "Before -> after (`memory_before.json` -> `memory.json`)" in text
+    assert "| table3 " in text and "80.0 -> 8.0" in text  # table3 is the 8th phase: 10 x 8 -> 1 x 8
+    assert "10.00 -> 1.00" in text  # the log-prob chunk, GiB
+    write_readme_section(tmp_path / "README.md", result(10.0), str(tmp_path / "memory_before.json"))
+    assert "Before -> after" not in (tmp_path / "README.md").read_text()  # the before run itself: no comparison
