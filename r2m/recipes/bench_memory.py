@@ -46,9 +46,10 @@ from r2m.utils import quiet_transformers
 
 GB, GIB = 1e9, 2.0**30
 PHASES = ("generation", "rollout_logprobs", "reference", "rm_scoring", "r2m_annotation", "policy_micro_step",
-          "r2m_update", "table3", "evaluation")
-"""Phases in step order (``evaluation`` includes its sampling loop, measured as ``generation``)."""
-POLICY_PHASES = {"generation", "rollout_logprobs", "policy_micro_step", "table3", "evaluation"}
+          "r2m_update", "table3", "evaluation", "monitor")
+"""Phases in step order (``evaluation`` includes its sampling loop, measured as ``generation``; ``monitor`` is the
+over-optimisation monitor's passes at each evaluation)."""
+POLICY_PHASES = {"generation", "rollout_logprobs", "policy_micro_step", "table3", "evaluation", "monitor"}
 """Phases in which the policy runs (under FSDP2 its gathered layers are held)."""
 MARGIN = {"fixed_gb": 3.0, "fraction": 0.10}
 """Added to a measured peak before it is compared with a GPU's memory: the CUDA context and cuBLAS workspace

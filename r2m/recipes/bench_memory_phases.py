@@ -15,7 +15,9 @@ Entry points, one function each (re-point these when the library's change): :fun
 :func:`policy_update` (``PolicyUpdater.update``), :func:`r2m_update` (``R2MUpdater.update``), :func:`table3`
 (``r2m.eval.rm_accuracy``'s ``vanilla_pairwise_accuracy`` and ``feedback_pairwise_accuracy``, as
 ``RLRun.rm_accuracy`` calls them), :func:`evaluation` (``r2m.eval.policy.sample_policy``, as ``RLRun.evaluate``
-calls it) and :func:`trl_logprobs` (TRL's ``RLOOTrainer._get_per_token_logps_and_entropies``).
+calls it), :func:`monitor` (``r2m.eval.monitor.response_states``), :func:`generation` (``HFGenerator.generate``),
+:func:`r2m_logprobs` (``ExperienceMaker._old_pass`` on one chunk) and :func:`trl_logprobs` (TRL's
+``RLOOTrainer._get_per_token_logps_and_entropies``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from r2m.config import Config, RewardBaseline
 from r2m.errors import ConfigError
 from r2m.eval import policy as policy_eval
+from r2m.eval.monitor import response_states
 from r2m.eval.policy import sample_policy
 from r2m.eval.rm_accuracy import feedback_pairwise_accuracy, vanilla_pairwise_accuracy
 from r2m.experience.generation import HFGenerator
@@ -385,18 +388,33 @@ def _filler_generate(token_id: int):
 
 def evaluation(run: RLRun, inst: LiveBytes, shapes: Shapes) -> None:
     """One evaluation batch as ``RLRun.evaluate`` samples it, after its generation: the policy's and the reference's
-    log-probs and the reward of full-length answers (the sampling loop itself is :func:`generation`)."""
+    log-probs and the reward of full-length answers (the sampling loop itself is :func:`generation`); then, in
+    phase ``monitor``, the over-optimisation monitor's passes over those samples (``rl.monitor.enabled``)."""
     cfg = run.cfg
     texts, ids = prompts(run, shapes.eval_rows, shapes.prompt_tokens)
     original = policy_eval.generate
     policy_eval.generate = _filler_generate(run.generator.token_id)
     try:
         with inst.phase("evaluation"):
-            sample_policy(run.acc.unwrap_model(run.policy), run.tok, texts, ids, cfg.eval, cfg.rl.max_new_tokens,
-                          run.device, ref=run.ref, reward_fn=run.reward_fn, gold_fn=None,
-                          kl_temperature=cfg.rl.temperature, step=cfg.rl.steps - 1)
+            samples = sample_policy(run.acc.unwrap_model(run.policy), run.tok, texts, ids, cfg.eval,
+                                    cfg.rl.max_new_tokens, run.device, ref=run.ref, reward_fn=run.reward_fn,
+                                    gold_fn=None, kl_temperature=cfg.rl.temperature, step=cfg.rl.steps - 1)
     finally:
         policy_eval.generate = original
+    if cfg.rl.monitor.enabled:
+        monitor(run, inst, samples)
+
+
+def monitor(run: RLRun, inst: LiveBytes, samples) -> None:
+    """The monitor's hidden-state signals at an evaluation (``r2m.eval.monitor``'s ``response_states`` of the policy
+    and of the reference, in ``MonitorModels``' batches, as ``AlarmWatch`` runs them); its other signals read the
+    samples' token ids and scores on the CPU."""
+    batch = min(run.cfg.eval.batch_size, 64)  # AlarmWatch._models
+    args = (samples.prompt_ids, samples.response_ids, run.tok.pad_token_id, run.device, batch)
+    with inst.phase("monitor"):
+        states = response_states(run.acc.unwrap_model(run.policy), *args)
+        ref_states = response_states(run.ref, *args)
+    del states, ref_states
 
 
 def generation(run: RLRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_tokens: int,
