@@ -79,8 +79,6 @@ def test_fake_tensors_count_what_real_tensors_do() -> None:
     mask[0, :4] = 0  # a padded row
 
     def peak(model, mode, backward: bool):
-        from transformers import AutoModelForCausalLM  # noqa: F401  (the model is built by the caller)
-
         inst = LiveBytes([tuple(p.shape) for p in model.parameters()], fake=mode)
         with inst, inst.phase("p"):
             with torch.set_grad_enabled(backward):
