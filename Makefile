@@ -12,13 +12,14 @@ STAMP  := $(VENV)/.r2m-installed
 setup: $(STAMP)
 
 # torch first, CPU build, so that resolving the other requirements never pulls CUDA wheels.
-# The trl extra is pure Python over r2m's own dependencies (it pins no torch), so CI runs the TRL tests.
+# The trl extra is pure Python over r2m's own dependencies (it pins no torch), so CI runs the TRL tests; the openai
+# extra (the API judges' client) lets CI run the judge tests against their local fake server.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION) \
 	  || $(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX)
-	$(PY) -m pip install -q -e ".[test,trl]"
+	$(PY) -m pip install -q -e ".[test,trl,bench,openai]"
 	touch $(STAMP)
 
 demo: $(STAMP)

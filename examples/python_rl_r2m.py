@@ -22,7 +22,7 @@ class Recorder(r2m.TrainerCallback):
 
 
 def train(policy_path, rm_path, prompts_path, eval_prompts_path, pairs_path, output_dir, steps=2):
-    args = r2m.RLConfig(
+    args = r2m.RLArguments(
         output_dir=output_dir, algorithm="grpo", r2m=True, max_steps=steps, num_generations=2,
         max_completion_length=8, learning_rate=1e-4, seed=0, report_to="none",
         overrides={"rl.prompts_per_step": 4, "rl.eval_every": steps, "eval.samples_per_prompt": 1,
@@ -30,17 +30,17 @@ def train(policy_path, rm_path, prompts_path, eval_prompts_path, pairs_path, out
     )
     recorder = Recorder()
     trainer = r2m.RLTrainer(
-        model=policy_path, reward_model=rm_path, args=args,
+        model=policy_path, reward_funcs=rm_path, args=args,
         train_dataset=Dataset.from_json(prompts_path), eval_dataset=eval_prompts_path,  # a Dataset or a path
         rm_eval_dataset=pairs_path, callbacks=[recorder],  # pairs_path: held-out pairs for the RM's accuracy
     )
-    result = trainer.train()
-    return result, recorder
+    trainer.train()  # transformers' TrainOutput; trainer.result: r2m's RLResult, trainer.model: the trained policy
+    return trainer.result, recorder
 
 
 def tiny_world() -> list[str]:
     """The world's tiny SFT policy, proxy RM and prompt files, built by r2m's own pipeline (cached)."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
 
     cfg = load_config(None, [

@@ -1,6 +1,6 @@
 """What R2M's extra forward pass costs inside TRL, against r2m's own loop, on the same models (FLOPs, seconds).
 
-    python examples/trl_r2m_cost.py [POLICY RM PROMPTS]   # default: the tiny world of trl_grpo_r2m.py
+    python examples/trl_r2m_cost.py [POLICY RM PROMPTS]   # default: the gold-reward world's tiny models (cached)
 
 r2m's loop takes h from the log-prob forward it runs anyway; inside TRL, R2MReward runs one more
 no-grad forward of the policy over prompt + completion. Both loops run 3 steps of 8 sequences
@@ -19,12 +19,9 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STEPS, PROMPTS, K, NEW_TOKENS = 3, 2, 4, 8
 TIME_STEPS = 20
@@ -49,19 +46,53 @@ def flops() -> FlopCounterMode:
     return FlopCounterMode(display=False)
 
 
+def tiny_world() -> list[str]:
+    """The world's tiny SFT policy, proxy RM and RL prompts, built by r2m's own pipeline (cached in runs/)."""
+    from r2m.config.parsing import load_config
+    from r2m.recipes.pipeline import ensure_world_policy, ensure_world_rm, world_data
+
+    cfg = load_config(None, [
+        "world.n_sft=1500", "world.n_pref_train=400", "world.n_pref_eval=100", "world.n_rl_prompts=200",
+        "policy.arch.hidden_size=32", "policy.arch.num_layers=1", "policy.arch.num_heads=2",
+        "policy.arch.intermediate_size=64", "reward.arch.hidden_size=24", "reward.arch.num_layers=1",
+        "reward.arch.num_heads=2", "reward.arch.intermediate_size=48", "sft.batch_size=32", "rm.batch_size=32",
+        "rm.epochs=1", "run.progress=false",
+    ])
+    return [str(ensure_world_policy(cfg)), str(ensure_world_rm(cfg)), str(world_data(cfg).prompts)]
+
+
+def build(policy_path: str, rm_path: str, prompts_path: str, output_dir: str, steps: int):
+    """TRL's GRPOTrainer with R2M on the world's models and {"prompt": ...} JSONL: PROMPTS × K completions a step."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r2m.config.models import R2MConfig
+    from r2m.integrations.trl import R2MCallback, R2MReward
+
+    policy = AutoModelForCausalLM.from_pretrained(policy_path)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    reward = R2MReward.from_base(rm_path, policy, tokenizer, R2MConfig(enabled=True, lr=1e-3, init="matched"))
+    args = GRPOConfig(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=PROMPTS * K, num_generations=K,
+        max_completion_length=NEW_TOKENS, learning_rate=1e-4, beta=0.0, save_strategy="no", logging_steps=1,
+        report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False, seed=0,
+    )
+    return GRPOTrainer(model=policy, reward_funcs=[reward], args=args, processing_class=tokenizer,
+                       train_dataset=Dataset.from_json(str(prompts_path)).select_columns(["prompt"]),
+                       callbacks=[R2MCallback(reward)])
+
+
 def trl_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops, steps: int = STEPS) -> dict[str, float]:
     """TRL GRPO + R2M: the whole step and the extra forward, per step, in the meter's unit."""
-    from trl_grpo_r2m import build
-
     with tempfile.TemporaryDirectory() as out:
-        trainer = build(policy_path, rm_path, prompts_path, out, steps=steps)
-        trainer.args.save_strategy = "no"
+        trainer = build(policy_path, rm_path, prompts_path, out, steps)
         reward = trainer.reward_funcs[0]
         extra, feedback = [], reward.feedback
 
-        def counted(prompts, responses):
+        def counted(sequences):
             with meter() as fc:
-                result = feedback(prompts, responses)
+                result = feedback(sequences)
             extra.append(fc.get_total_flops())
             return result
 
@@ -76,39 +107,43 @@ def r2m_loop_cost(policy_path: str, rm_path: str, prompts_path: str, meter=flops
     """r2m's own loop (GRPO + R2M) on the same models and work: the whole step, per step."""
     from accelerate import Accelerator
 
-    from r2m.config import Algorithm, R2MConfig, RLConfig
+    from r2m.config.enums import Algorithm
+    from r2m.config.models import R2MConfig
+    from r2m.config.training import RLConfig
     from r2m.data.jsonl import read_jsonl
     from r2m.integrations.trl import R2MReward
     from r2m.models.loading import load_policy, load_tokenizer
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
     from r2m.updates.policy import PolicyUpdater
-    from r2m.updates.r2m import R2MUpdater
+    from r2m.updates.grebt import GREBTUpdater
 
     torch.manual_seed(0)
     policy, tok = load_policy(policy_path), load_tokenizer(policy_path)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     cfg = R2MConfig(enabled=True, lr=1e-3, init="matched")
     reward = R2MReward.from_base(rm_path, policy, tok, cfg).reward  # the same FeedbackReward R2MReward wraps
-    reward.total_steps = steps
+    reward.schedule.total_steps = steps
     rl = RLConfig(algorithm=Algorithm.GRPO, prompts_per_step=PROMPTS, k=K, max_new_tokens=NEW_TOKENS, minibatches=1,
                   epochs=1, lr=1e-4)
     maker = ExperienceMaker(policy, ref, tok, reward, rl, torch.device("cpu"))
     updater = PolicyUpdater(policy, torch.optim.AdamW(policy.parameters(), lr=1e-4), Accelerator(cpu=True), rl)
-    rm_updater = R2MUpdater(reward, cfg)
+    rm_updater = GREBTUpdater(reward.model, reward.schedule, cfg)
     rows = read_jsonl(prompts_path, ["prompt"])
     with meter() as total:
         for step in range(steps):
             texts = [r["prompt"] for r in rows[step * PROMPTS: (step + 1) * PROMPTS]]
             prompts = tokenize_prompts(tok, texts, 64, "truncate")
-            exp = maker.make(prompts.texts, prompts.ids, step=step)
-            refreshed = updater.update(exp).policy_hidden  # h from the last policy epoch
+            rollout = maker.rollout(prompts.texts, prompts.ids, step)
+            if reward.calibrates(rollout.query):  # init=matched: W_o scaled once, on the first batch
+                rollout = rollout._replace(query=reward.calibrate(rollout.query))
+            exp = maker.estimate(rollout, maker.score(rollout))
+            refreshed = updater.update(exp, keep_states=rm_updater.keep_states).states  # h from the last policy epoch
             rm_updater.update(exp, refreshed)
     return {"step": total.get_total_flops() / steps, "extra_forward": 0.0}
 
 
 def main(argv: list[str]) -> dict:
-    from trl_grpo_r2m import tiny_world
-
     policy_path, rm_path, prompts_path = argv[:3] if len(argv) >= 3 else tiny_world()[:3]
     trl, own = trl_cost(policy_path, rm_path, prompts_path), r2m_loop_cost(policy_path, rm_path, prompts_path)
     report = {

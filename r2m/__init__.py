@@ -4,12 +4,13 @@ The public objects are exported lazily (PEP 562): ``import r2m`` imports neither
 ``r2m.__version__`` and the CLI's ``--help`` stay fast; ``r2m.RLTrainer`` imports the training stack on first use.
 
     r2m.RLTrainer, r2m.RMTrainer, r2m.SERTrainer     the object API (r2m.api.trainers; README "From Python")
-    r2m.RLConfig, r2m.RMConfig, r2m.SERConfig        their flat, TRL-named arguments (r2m.api.args)
+    r2m.RLArguments, r2m.RMArguments, r2m.SERArguments   r2m's flat, TRL-named arguments (r2m.api.args); the
+                                                     trainers also take trl.GRPOConfig, RLOOConfig, RewardConfig
     r2m.TrainerCallback                              on_step_end / on_evaluate / on_save; return True to stop
+                                                     (transformers' TrainerCallbacks work too)
     r2m.FeedbackRewardModel                          the R2M reward model (r2m.models.r2m)
 
-``r2m.RLConfig`` is the trainer's argument class (like ``trl.GRPOConfig``), not the ``rl`` section of the
-config file, which stays ``r2m.config.RLConfig``.
+The config file's sections are ``r2m.config.training.RLConfig``, ``RMConfig``, ``SERConfig``, ...
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __version__ = _version()
 _EXPORTS = {
     "RLTrainer": "r2m.api.trainers", "RMTrainer": "r2m.api.trainers", "SERTrainer": "r2m.api.trainers",
     "TrainerCallback": "r2m.api.callbacks",
-    "RLConfig": "r2m.api.args", "RMConfig": "r2m.api.args", "SERConfig": "r2m.api.args",
+    "RLArguments": "r2m.api.args", "RMArguments": "r2m.api.args", "SERArguments": "r2m.api.args",
     "FeedbackRewardModel": "r2m.models.r2m",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -21,6 +21,12 @@ class CheckpointError(R2MError):
     """A checkpoint or saved model file cannot be read (damaged, truncated). The message names the file."""
 
 
+class FormatVersionError(R2MError):
+    """An artefact on disk (a world cache entry, a checkpoint, SER's loop state, an R2M or critic directory) has a
+    format version this r2m does not read. The message names the file, what it is, its version, the one expected,
+    and what to do."""
+
+
 class NumericError(RuntimeError):
     """Too many consecutive steps with NaN/inf values: the run stops with a checkpoint."""
 

@@ -9,9 +9,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional
 
-from r2m.errors import DataError
+from r2m.errors import DataError, FormatVersionError
 
 
 def _fsync_tree(path: Path) -> None:
@@ -127,3 +127,43 @@ def decode_lines(path: Path, raw: bytes) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start another
     return lines
+
+
+FORMAT_KEY = "format_version"
+"""The JSON field that holds an artefact's format version."""
+
+
+class ArtifactFormat(NamedTuple):
+    """A kind of artefact r2m writes to disk and reads back, at one format version. A file of another version (or of
+    none) is refused by :meth:`check`, naming it: there is no compatibility path for older layouts."""
+
+    what: str
+    """What the artefact is, as the error names it ("training checkpoint")."""
+    version: int
+    """The version this r2m writes and reads."""
+    remedy: str
+    """What to do with an artefact of another version."""
+
+    def stamp(self) -> dict:
+        """``{"format_version": version}``, for the artefact's JSON file."""
+        return {FORMAT_KEY: self.version}
+
+    def check(self, found: Optional[object], where: str | Path) -> None:
+        """Refuse ``found`` (the file's ``format_version``, None when it has none) unless it is :attr:`version`."""
+        if type(found) is int and found == self.version:
+            return
+        has = "no format version (written before r2m versioned it)" if found is None else f"format version {found!r}"
+        raise FormatVersionError(f"{where}: this {self.what} has {has}; this r2m reads version {self.version}: "
+                                 f"{self.remedy}")
+
+    def check_file(self, path: str | Path) -> None:
+        """:meth:`check` on the ``format_version`` of the JSON object in ``path`` (a file that is not one has none)."""
+        try:
+            value = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            value = None
+        self.check(value.get(FORMAT_KEY) if isinstance(value, dict) else None, path)
+
+    def write(self, path: str | Path, **fields) -> None:
+        """A small JSON file holding the version (and ``fields``), written atomically."""
+        atomic_write_text(path, json.dumps({**fields, **self.stamp()}, indent=1) + "\n")

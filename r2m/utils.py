@@ -30,19 +30,33 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def synchronize_device() -> None:
+    """Wait for the CUDA device's queued work (a no-op on the CPU, or before CUDA is initialised): kernels run
+    asynchronously, so a clock read without it charges GPU time to whichever phase happens to wait next."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def device_clock() -> float:
+    """``time.perf_counter()`` after :func:`synchronize_device`: a phase boundary on any device."""
+    synchronize_device()
+    return time.perf_counter()
+
+
 class PhaseTimer:
-    """Accumulates wall time per named phase (generation, reward, update, ...)."""
+    """Accumulates wall time per named phase (generation, reward, update, ...), synchronising the device at
+    each boundary so that a phase is charged its own GPU work."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0 = device_clock()
         try:
             yield
         finally:
-            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - t0
+            self.totals[phase] = self.totals.get(phase, 0.0) + device_clock() - t0
 
     def pop(self) -> dict[str, float]:
         out, self.totals = self.totals, {}

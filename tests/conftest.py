@@ -22,6 +22,7 @@ TINY = [
     "reward.arch.intermediate_size=48",
     "sft.batch_size=32", "rm.batch_size=32", "rm.epochs=1",
     "rl.steps=2", "rl.prompts_per_step=4", "rl.k=2", "rl.eval_every=1", "rl.minibatches=2",
+    "rl.max_new_tokens=10",  # the world's default, named: a user's policy would get 512 (its models have 64 positions)
     "eval.samples_per_prompt=1", "run.progress=false", "run.log_with=[]",
 ]
 
@@ -39,7 +40,7 @@ def tiny(world_root) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny):
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
 
     return load_config(None, tiny)
 

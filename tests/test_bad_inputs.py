@@ -5,7 +5,6 @@ Each case's message is also checked against the table in docs/ERRORS.md, so the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ def _write(path: Path, lines: list[str]) -> str:
 def _saved_rm_with_labels(tmp_path: Path, num_labels: int) -> str:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("rm")
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -32,18 +31,6 @@ def _saved_rm_with_labels(tmp_path: Path, num_labels: int) -> str:
     out = tmp_path / f"rm{num_labels}"
     LlamaForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)
-    return str(out)
-
-
-def _nopad_tokenizer_model(tmp_path: Path, world_artifacts) -> str:
-    import shutil
-
-    src, _, _ = world_artifacts
-    out = tmp_path / "nopad"
-    shutil.copytree(src, out)
-    cfg = json.loads((out / "tokenizer_config.json").read_text())
-    cfg.pop("pad_token", None)
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
     return str(out)
 
 
@@ -95,9 +82,6 @@ def _case_args(case: str, tmp_path: Path, world_artifacts, world_data_args) -> l
         return [f"data.pref_train={_write(tmp_path / 'pr.jsonl', [row])}"]
     if case == "all_prompts_too_long":
         return ["data.max_prompt_tokens=2", "data.overlong=skip"]
-    if case == "tokenizer_without_pad":
-        return [f"policy.path={_nopad_tokenizer_model(tmp_path, world_artifacts)}", *world_prompts,
-                f"reward.path={world_artifacts[1]}"]
     if case == "rm_num_labels":
         return [f"reward.path={_saved_rm_with_labels(tmp_path, 3)}", *world_prompts]
     if case == "unpairable_rm":
@@ -137,7 +121,6 @@ CASES = {
     "empty_response": "s.jsonl:1: field 'response' is empty",
     "chosen_equals_rejected": "pr.jsonl:1: 'chosen' is identical to 'rejected'",
     "all_prompts_too_long": "every prompt is longer than data.max_prompt_tokens=2 and data.overlong=skip",
-    "tokenizer_without_pad": "has no pad token",
     "rm_num_labels": "num_labels=3, expected 1 (a scalar reward)",
     "unpairable_rm": "cannot read the text of policy",
     "unknown_key": "rl.alpha: unknown key",

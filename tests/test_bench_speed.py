@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from r2m.cli import main
-from r2m.config import ArchConfig
+from r2m.config.models import ArchConfig
 from r2m.recipes.bench_speed import in_child, no_eos_lm, step_flops, summarize
 from r2m.recipes.bench_speed_trl import trl_available
 from r2m.reports.speed import BEGIN, END, write_readme_section
-from r2m.rollout import generate, left_pad
-from r2m.world import build_tokenizer
+from r2m.experience.sampling import generate
+from r2m.models.forward import left_pad
+from r2m.world.tokenizer import build_tokenizer
 
 
 def test_step_flops_by_hand() -> None:

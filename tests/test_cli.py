@@ -42,7 +42,7 @@ def test_world_writes_plain_schemas(tmp_path, tiny, capsys) -> None:
 
 
 def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import fresh_world_lm
 
     root = str(tmp_path)
@@ -60,7 +60,7 @@ def test_sft_stage_trains_and_saves(tmp_path, tiny, world_artifacts) -> None:
 
 def test_rm_stage_trains_head_and_backbone(tmp_path, tiny, world_artifacts, capsys) -> None:
     from r2m.recipes.pipeline import ensure_world_rm_backbone
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
 
     backbone = ensure_world_rm_backbone(load_config(None, tiny))
     args = [*tiny, f"run.root={tmp_path}", "run.name=rm", f"rm.init_from={backbone}",
@@ -129,8 +129,8 @@ def test_rl_with_r2m_and_baselines(tmp_path, tiny, world_artifacts, variant) -> 
         assert (final / "r2m" / "r2m.safetensors").exists()
         assert any("rm_acc/r2m_after" in r for r in rows)
         meta = json.loads((final / "r2m" / "r2m.json").read_text())
-        assert meta["base_rm_kind"] == "relative" and not Path(meta["base_rm"]).is_absolute()  # the run can move
-        assert (final / "r2m" / meta["base_rm"]).resolve().is_dir()
+        assert meta["base_rm_kind"] == "local" and not Path(meta["base_rm_relative"]).is_absolute()  # the run can move
+        assert (final / "r2m" / meta["base_rm_relative"]).resolve() == Path(meta["base_rm"])
     if "reward.baseline=pretrained_rm" in variant:
         assert any(p.name.startswith("rm-pretrained-") for p in (root / "world").iterdir())
 

@@ -15,13 +15,13 @@ IMPLEMENTED_BY = {
     ("R2M", 2): ["r2m.core.losses:clipped_policy_loss", "r2m.updates.policy:PolicyUpdater.update"],
     ("R2M", 3): ["r2m.models.fusion"],
     ("R2M", 4): ["r2m.models.fusion", "r2m.models.r2m:ScoreParts"],
-    ("R2M", 5): ["r2m.core.losses:bradley_terry_loss", "r2m.updates.r2m:R2MUpdater.update"],
-    ("R2M", 6): ["r2m.core.losses:group_reward_entropy", "r2m.updates.r2m:R2MUpdater.update"],
-    ("R2M", 7): ["r2m.core.losses:grebt_terms", "r2m.core.losses:grebt_loss", "r2m.updates.r2m:R2MUpdater.update"],
-    ("SER", 2): ["r2m.algorithms.ser_rules:status_evidence"],
-    ("SER", 3): ["r2m.algorithms.ser_rules:learning_status"],
-    ("SER", 4): ["r2m.algorithms.ser_rules:filter_pairs"],
-    ("SER", 5): ["r2m.core.losses:margin_pairwise_loss", "r2m.algorithms.ser_rules:pair_loss"],
+    ("R2M", 5): ["r2m.core.losses:bradley_terry_loss", "r2m.updates.grebt:GREBTUpdater.update"],
+    ("R2M", 6): ["r2m.core.losses:group_reward_entropy", "r2m.updates.grebt:GREBTUpdater.update"],
+    ("R2M", 7): ["r2m.core.losses:grebt_terms", "r2m.core.losses:grebt_loss", "r2m.updates.grebt:GREBTUpdater.update"],
+    ("SER", 2): ["r2m.ser.rules:status_evidence"],
+    ("SER", 3): ["r2m.ser.rules:learning_status"],
+    ("SER", 4): ["r2m.ser.rules:filter_pairs"],
+    ("SER", 5): ["r2m.core.losses:margin_pairwise_loss", "r2m.ser.rules:pair_loss"],
 }
 
 

@@ -4,7 +4,10 @@
 - no upward import: a module imports r2m modules of its own layer or of a lower one (``LAYERS``);
 - no file over 600 lines, no function over 60 (``GRANDFATHERED``: the sizes still to be cut, which may shrink only);
 - every function-local import of an r2m module, or of a heavy optional dependency, is marked ``# heavy: lazy``;
-- nothing inside r2m imports a compatibility module (they exist for the README's Public API only).
+- one name, one home: no compatibility or re-export-only module in r2m (a body of imports, ``__all__`` and a
+  docstring; a package ``__init__`` that is a docstring only is fine), no star import, no ``# noqa: F401``
+  re-export, and no PEP 562 ``__getattr__`` table except r2m/__init__.py's lazy exports (:func:`reexports`);
+- the benchmark package ``r2m_bench`` is the top layer: the same rules hold in it, and nothing in r2m imports it.
 
 Each rule is also run on a planted violation (a tmp tree), so that the failure mode is tested too.
 """
@@ -33,16 +36,18 @@ LAYERS = [
     ("experience", ["r2m.experience"]),
     ("eval", ["r2m.eval"]),
     ("updates", ["r2m.updates"]),
-    ("algorithms", ["r2m.algorithms"]),
+    ("ser", ["r2m.ser"]),
     ("reports", ["r2m.reports"]),
     ("integrations", ["r2m.integrations"]),
     ("recipes", ["r2m.recipes"]),
     ("api", ["r2m.api"]),
     ("cli", ["r2m.cli", "r2m.__main__", "r2m"]),
+    ("bench", ["r2m_bench"]),
 ]
-COMPAT = {"r2m.losses", "r2m.advantages", "r2m.kl_control", "r2m.reward_shaping", "r2m.rollout", "r2m.trainers",
-          "r2m.trainers.pg", "r2m.trainers.ser"}
-"""Compatibility modules: each re-exports its new home for the README's Public API; nothing in r2m imports them."""
+TOP = ("r2m", "r2m_bench")
+"""The packages checked (folders under the root)."""
+LAZY_EXPORTS = "r2m"
+"""The one module allowed a PEP 562 ``__getattr__`` export table (``import r2m`` stays light)."""
 HEAVY = {"vllm", "deepspeed", "wandb", "matplotlib", "trl", "peft"}
 """Optional or slow-to-import dependencies, imported inside the functions that need them (peft: ~2 s)."""
 MARK = "# heavy: lazy"
@@ -106,7 +111,7 @@ def imports_of(path: Path, root: Path, known: set[str]) -> list[Import]:
         else:
             continue
         for t in targets:
-            if t.split(".")[0] in HEAVY | {"r2m"}:
+            if t.split(".")[0] in HEAVY | set(TOP):
                 out.append(Import(module, t, node.lineno, id(node) in local, id(node) in typing,
                                   MARK in lines[node.end_lineno - 1]))
     return out
@@ -144,9 +149,49 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _is_docstring(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _is_all(node: ast.stmt) -> bool:
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and \
+        all(isinstance(t, ast.Name) and t.id == "__all__" for t in targets)
+
+
+def reexports(rel: str, module: str, text: str) -> list[str]:
+    """A name with a second import path in the library: a re-export-only (compatibility) module, a star import, an
+    import kept only to be re-exported (``# noqa: F401``), a PEP 562 ``__getattr__`` table outside r2m/__init__.py."""
+    if module.split(".")[0] != "r2m":
+        return []
+    tree, lines, found = ast.parse(text), text.splitlines(), []
+    body = [n for n in tree.body if not _is_docstring(n)
+            and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+    if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body) and \
+            all(isinstance(n, (ast.Import, ast.ImportFrom)) or _is_all(n) for n in body):
+        found.append(f"{rel}: a re-export-only module (imports, __all__ and a docstring): import the names from "
+                     "their homes and delete it")
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if any(a.name == "*" for a in node.names):
+            found.append(f"{rel}:{node.lineno}: star import from {node.module}: import each name from its home")
+        if re.search(r"#\s*noqa\b[^#]*F401", "\n".join(lines[node.lineno - 1: node.end_lineno])):
+            found.append(f"{rel}:{node.lineno}: an import kept for re-export (# noqa: F401): a name has one home")
+    if module != LAZY_EXPORTS and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+        found.append(f"{rel}: a PEP 562 __getattr__ export table (only r2m/__init__.py has one)")
+    imported = {a.asname or a.name.split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    for node in (n for n in tree.body if _is_all(n) and module != LAZY_EXPORTS):
+        listed = {c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        for name in sorted(listed & imported):
+            found.append(f"{rel}:{node.lineno}: __all__ lists {name}, imported from elsewhere (a re-export)")
+    return found
+
+
 def violations(root: Path, grandfathered: dict[str, int] = GRANDFATHERED) -> list[str]:
-    """Every breach of the contract in the package tree under ``root`` (the folder holding ``r2m/``)."""
-    files = sorted((root / "r2m").rglob("*.py"))
+    """Every breach of the contract in the package trees under ``root`` (the folder holding ``r2m/``)."""
+    files = sorted(f for top in TOP for f in (root / top).rglob("*.py"))
     known = {module_name(f, root) for f in files}
     found: list[str] = []
     pkg_graph: dict[str, set[str]] = {}
@@ -162,6 +207,7 @@ def violations(root: Path, grandfathered: dict[str, int] = GRANDFATHERED) -> lis
                 n = fn.end_lineno - fn.lineno + 1
                 if n > max(MAX_FUNCTION, grandfathered.get(f"{rel}:{fn.name}", 0)):
                     found.append(f"{rel}:{fn.lineno}: function {fn.name} is {n} lines (at most {MAX_FUNCTION})")
+        found += reexports(rel, module_name(f, root), text)
         for imp in imports_of(f, root, known):
             where = f"{rel}:{imp.line}"
             heavy = imp.target.split(".")[0] in HEAVY
@@ -171,11 +217,6 @@ def violations(root: Path, grandfathered: dict[str, int] = GRANDFATHERED) -> lis
             if heavy:
                 if not imp.local and not imp.typing_only:
                     found.append(f"{where}: {imp.target} is a heavy dependency: import it inside the function ({MARK})")
-                continue
-            if imp.module in COMPAT:
-                continue
-            if imp.target in COMPAT:
-                found.append(f"{where}: imports the compatibility module {imp.target} (import its new home)")
                 continue
             lo, hi = layer_of(imp.module), layer_of(imp.target)
             if hi > lo:
@@ -223,7 +264,9 @@ def plant(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_a_clean_tree_passes(tmp_path) -> None:
-    root = plant(tmp_path, {"r2m/core/__init__.py": "", "r2m/core/a.py": "from r2m.config import X\n",
+    root = plant(tmp_path, {"r2m/__init__.py": "def __getattr__(name):\n    raise AttributeError(name)\n",
+                            "r2m/core/__init__.py": '"""A package: its docstring only."""\n',
+                            "r2m/core/a.py": "from r2m.config import X\n\nY = X\n",
                             "r2m/config.py": "X = 1\n",
                             "r2m/recipes/__init__.py": "", "r2m/recipes/b.py": "def f():\n    import matplotlib  # heavy: lazy\n"})
     assert violations(root, {}) == []
@@ -242,11 +285,30 @@ def test_a_clean_tree_passes(tmp_path) -> None:
     ({"r2m/reports/__init__.py": "", "r2m/reports/p.py": "import matplotlib\n"}, r"matplotlib is a heavy dependency"),
     ({"r2m/reports/__init__.py": "", "r2m/reports/p.py": "def f():\n    import matplotlib.pyplot as plt\n"},
      r"function-local import of matplotlib\.pyplot without"),
-    ({"r2m/recipes/__init__.py": "", "r2m/recipes/a.py": "from r2m.losses import X\n", "r2m/losses.py": ""},
-     r"imports the compatibility module r2m\.losses"),
+    ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n",
+      "r2m/core/old.py": '"""Compatibility module."""\n\nfrom r2m.core.a import *  # noqa: F401,F403\n'},
+     r"r2m/core/old\.py: a re-export-only module"),
+    ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n",
+      "r2m/core/hub.py": '"""A hub."""\nfrom __future__ import annotations\n\nfrom r2m.core.a import X\n\n__all__ = ["X"]\n'},
+     r"r2m/core/hub\.py: a re-export-only module"),
+    ({"r2m/core/__init__.py": '"""Docs."""\nfrom r2m.core.a import X\n', "r2m/core/a.py": "X = 1\n"},
+     r"r2m/core/__init__\.py: a re-export-only module"),
+    ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n", "r2m/core/b.py": "from r2m.core.a import *\nY = 2\n"},
+     r"r2m/core/b\.py:1: star import from r2m\.core\.a"),
+    ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n",
+      "r2m/core/b.py": "from r2m.core.a import (  # noqa: F401  (re-exported)\n    X,\n)\n\nY = 2\n"},
+     r"r2m/core/b\.py:1: an import kept for re-export"),
+    ({"r2m/models/__init__.py": "def __getattr__(name):\n    raise AttributeError(name)\n"},
+     r"r2m/models/__init__\.py: a PEP 562 __getattr__ export table"),
+    ({"r2m/core/__init__.py": "", "r2m/core/a.py": "X = 1\n",
+      "r2m/core/b.py": 'from r2m.core.a import X\n\nY = X\n__all__ = ["X", "Y"]\n'},
+     r"r2m/core/b\.py:4: __all__ lists X, imported from elsewhere"),
     ({"r2m/core/__init__.py": "", "r2m/core/big.py": "x = 1\n" * 601}, r"r2m/core/big\.py: 601 lines"),
     ({"r2m/core/__init__.py": "", "r2m/core/long.py": "def f():\n" + "    x = 1\n" * 60},
      r"function f is 61 lines"),
+    ({"r2m/cli.py": "from r2m_bench.stats import X\n", "r2m_bench/__init__.py": "", "r2m_bench/stats.py": "X = 1\n"},
+     r"upward import of r2m_bench\.stats \(bench\) from r2m\.cli \(cli\)"),
+    ({"r2m_bench/__init__.py": "", "r2m_bench/big.py": "x = 1\n" * 601}, r"r2m_bench/big\.py: 601 lines"),
 ])
 def test_a_planted_violation_fails(tmp_path, files, expected) -> None:
     found = violations(plant(tmp_path, files), {})
@@ -263,17 +325,21 @@ def public_api_imports() -> list[str]:
     section = readme.split("## Public API", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     lines = [ln for ln in code.splitlines() if ln.startswith(("from ", "import "))]
-    dotted = sorted(set(re.findall(r"`(r2m(?:\.\w+)+)\(", section)))  # `r2m.models.omega(...)` in the prose
+    dotted = sorted(set(re.findall(r"`(r2m(?:\.\w+)+)\(", section)))  # `r2m.models.fusion.omega(...)` in the prose
     return lines + [_import_line(d) for d in dotted]
 
 
 def _import_line(dotted: str) -> str:
     """``from MODULE import NAME`` for the longest module prefix of ``dotted``; the rest is an attribute path
-    (``r2m.models.FeedbackRewardModel.from_pretrained``: the class, then its method)."""
+    (``r2m.models.r2m.FeedbackRewardModel.from_pretrained``: the class, then its method)."""
     parts = dotted.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         module = ".".join(parts[:cut])
-        if importlib.util.find_spec(module) is not None:
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # a prefix that is a module, not a package: ``module`` goes past it
+            found = None
+        if found is not None:
             attrs = parts[cut:]
             return f"from {module} import {attrs[0]}" + "".join(f"; {attrs[0]}.{a}" for a in attrs[1:2])
     raise AssertionError(f"{dotted}: no importable module prefix")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from r2m.cli import main
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.errors import ConfigError, ModelError
 from r2m.runtime.runlog import read_metrics
 
@@ -84,7 +84,7 @@ def test_world_models_by_path_still_use_the_world(tiny, world_artifacts) -> None
 
 def test_sft_counts_what_it_cuts(tiny, tmp_path) -> None:
     from r2m.updates.sft import count_truncated
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("policy")
     rows = [{"prompt": "<bos> 1 2 =>", "response": " 1 2 <eos>"}, {"prompt": "<bos> 1 =>", "response": " 1 <eos>"}]

@@ -1,4 +1,5 @@
-"""rl.old_logprobs (issue 18): recompute is bit-identical to before; generation agrees with it to float rounding."""
+"""rl.old_logprobs (issue 18): recompute matches the code before it (to float rounding since the log-prob pass and the
+fusion changed shape); generation agrees with it to float rounding."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ import pytest
 from r2m.recipes.rl.trl_aliases import TRL_ALIASES
 import torch
 
-from r2m.config import ArchConfig, OldLogprobs, RLConfig
+from r2m.config.models import ArchConfig
+from r2m.config.enums import OldLogprobs
+from r2m.config.training import RLConfig
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm
-from r2m.rollout import feedback_states, generate, left_pad, response_forward
-from r2m.world import build_tokenizer, format_prompt
+from r2m.experience.sampling import generate
+from r2m.models.feedback import feedback_states
+from r2m.models.forward import left_pad
+from r2m.models.logprobs import response_forward
+from r2m.world.tokenizer import build_tokenizer
+from r2m.world.task import format_prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from old_logprobs_run import short_run  # noqa: E402
@@ -51,16 +58,38 @@ NEW_KEYS = {*TRL_ALIASES, "reward/group_std"}
 """Metrics added after the fixtures (issue 17): TRL-named copies, and the within-group reward std they copy."""
 
 
-def test_recompute_is_bit_identical_to_the_code_before_issue_18() -> None:
+ROUNDING = dict(rel=1e-3, abs=1e-6)
+"""How far the fixtures' numbers may move: the log-prob pass (response-only logits, a selective log-softmax, padding
+cut per chunk), the k/v-free fusion and the chunked RM and fusion passes compute the same quantities in other
+orders. Measured against the code before them at one thread (CPU, AVX2): at most 1.3e-4 relative (on a 1e-7
+approx KL) and 5e-8 absolute; the samples, gold rewards and Table 3 are identical."""
+
+
+def _assert_rows_match(got: list[dict], expected: list[dict]) -> None:
+    """The same rows and keys, strings equal and numbers (hex floats or plain) equal up to ``ROUNDING``."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.keys() == e.keys(), set(g) ^ set(e)
+        for key, want in e.items():
+            have = g[key]
+            if isinstance(want, str) and want.startswith(("0x", "-0x", "inf", "-inf", "nan")):
+                have, want = float.fromhex(have) if isinstance(have, str) else have, float.fromhex(want)
+            if isinstance(want, float):
+                assert have == pytest.approx(want, nan_ok=True, **ROUNDING), (g.get("step"), key)
+            else:
+                assert have == want, key
+
+
+def test_recompute_matches_the_code_before_issue_18_to_float_rounding() -> None:
     # The fixture was written by tests/old_logprobs_run.py on the code before rl.old_logprobs existed.
     got = [{k: v for k, v in row.items() if k not in NEW_KEYS} for row in short_run(old_logprobs=OldLogprobs.RECOMPUTE)]
-    assert got == _expected(FIXTURE)
+    _assert_rows_match(got, _expected(FIXTURE))
 
 
-def test_a_cli_rl_run_with_r2m_is_bit_identical_to_the_code_before_issue_18(tiny, world_artifacts) -> None:
-    """Through RLRun (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, bit for bit."""
+def test_a_cli_rl_run_with_r2m_matches_the_code_before_issue_18_to_float_rounding(tiny, world_artifacts) -> None:
+    """Through the RL loop (the optimiser hook, R2M's h and its update): metrics.jsonl, time/* aside, to ``ROUNDING``."""
     from r2m.cli import main
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
 
     expected = _expected(Path(__file__).parent / "fixtures" / "rl_r2m_recompute_metrics.json")
     assert main(["rl", *tiny, "run.name=bitid-issue18", "reward.r2m.enabled=true"]) == 0
@@ -71,7 +100,7 @@ def test_a_cli_rl_run_with_r2m_is_bit_identical_to_the_code_before_issue_18(tiny
            for r in rows]
     # monitor/* (issue 19) are new evaluation keys, and NEW_KEYS issue 17's TRL aliases, added after the fixture:
     # the training numbers are compared
-    assert got == expected
+    _assert_rows_match(got, expected)
 
 
 def _policy(layers: int = 2):
@@ -131,7 +160,8 @@ class _HiddenReward:
 @pytest.mark.parametrize("rollout_batch_size", [0, 3])
 def test_experience_from_generation_matches_recompute_with_r2m_h(rollout_batch_size) -> None:
     """pi_old's log-probs and h from the generation pass, in rollout chunks too, equal the recomputed ones."""
-    from r2m.rollout import ExperienceMaker, tokenize_prompts
+    from r2m.experience.rollout import ExperienceMaker
+    from r2m.experience.sampling import tokenize_prompts
 
     tok, policy = _policy()
     ref = copy.deepcopy(policy).requires_grad_(False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r2m.config import OptimizerImpl
+from r2m.config.enums import OptimizerImpl
 
 
 def _train(impl=None) -> list[torch.Tensor]:
@@ -31,9 +31,9 @@ def test_fused_is_close() -> None:
 
 
 def test_the_rl_run_builds_its_optimiser_from_the_field(tiny, world_artifacts) -> None:
-    from r2m.config import load_config
-    from r2m.recipes.rl.run import RLRun
+    from r2m.config.parsing import load_config
+    from r2m.recipes.rl.build import build_run
 
-    run = RLRun(load_config(None, [*tiny, "run.name=optimizer-impl", "rl.optimizer_impl=foreach"]))
+    run = build_run(load_config(None, [*tiny, "run.name=optimizer-impl", "rl.optimizer_impl=foreach"]))
     group = run.optimizer.param_groups[0]
     assert group["foreach"] is True and not group["fused"] and group["weight_decay"] == 0.0

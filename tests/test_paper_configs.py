@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 
 from r2m.cli import parse_args
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
@@ -99,8 +99,8 @@ def _check_start(line: str) -> None:
     """
     from accelerate.utils import DistributedType
 
-    from r2m.recipes.rl.run import check_data_parallel, configure_backend
-    from r2m.recipes.ser import ppo_config
+    from r2m.recipes.rl.setup import check_data_parallel, configure_backend
+    from r2m.recipes.ser_ppo import ppo_config
 
     words = shlex.split(line[1:] if line.startswith("#") else line)
     args, cfg = _check_r2m_argv(_r2m_argv(words))

@@ -2,7 +2,9 @@
 overriding only
 
 - model paths: random models of the same family built from config (Qwen2 for Qwen2.5, Llama for Llama 3 and
-  Skywork, GPT-NeoX for Pythia), each with a BPE tokenizer trained here carrying the family's chat template
+  Skywork, GPT-NeoX for Pythia), each with a BPE tokenizer trained here carrying the family's chat template and
+  special tokens (the Llama tokenizers have no pad token, as the real ones) and the family's shipped
+  ``generation_config.json`` (Qwen2.5's repetition penalty, top-k and top-p; here also an n-gram ban and min-p)
   (:mod:`r2m.models.families`);
 - data paths: Parquet fixtures in the dataset's Hub schema (same columns, split names and file layout, with the
   dataset card's ``configs`` where the Hub has one), written into tmp;
@@ -14,6 +16,7 @@ one), bf16 mixed precision, the dataset formats, splits and length filters.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -31,12 +34,21 @@ pytestmark = pytest.mark.rehearsal
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
 
+QWEN_EXTRA = dict(no_repeat_ngram_size=3, min_p=0.05)
+"""On top of Qwen2.5-Instruct's shipped sampling fields: the rest of what r2m must not inherit."""
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("families")
-    out = {f: str(save_family_model(f, d / f.value, seed=1)) for f in (Family.QWEN2_5, Family.LLAMA3, Family.PYTHIA)}
+    out = {f: str(save_family_model(f, d / f.value, seed=1, generation=QWEN_EXTRA if f == Family.QWEN2_5 else None))
+           for f in (Family.QWEN2_5, Family.LLAMA3, Family.PYTHIA)}
     out["skywork"] = str(save_family_model(Family.LLAMA3_1, d / "skywork", rm=True, seed=2))
     out["pythia_rm"] = str(save_family_model(Family.PYTHIA, d / "pythia-rm", rm=True, seed=3))
+    for name in (Family.LLAMA3, "skywork"):  # pad-less, as Meta's and Skywork's tokenizers
+        assert json.loads(Path(out[name], "tokenizer_config.json").read_text()).get("pad_token") is None
+    shipped = json.loads(Path(out[Family.QWEN2_5], "generation_config.json").read_text())
+    assert shipped["repetition_penalty"] == 1.05 and shipped["top_k"] == 20 and shipped["top_p"] == 0.8
     return out
 
 
@@ -62,6 +74,27 @@ class RMInputs:
         monkeypatch.setattr(RMRenderer, "render", spy)
 
 
+class LogitsProcessors:
+    """Records the logits processors of every ``generate`` call: r2m's sampling must be the temperature alone."""
+
+    def __init__(self, monkeypatch):
+        from transformers.generation.utils import GenerationMixin
+
+        self.seen: list[list[str]] = []
+        build = GenerationMixin._get_logits_processor
+
+        def spy(model, *args, **kwargs):
+            out = build(model, *args, **kwargs)
+            self.seen.append([type(p).__name__ for p in out])
+            return out
+
+        monkeypatch.setattr(GenerationMixin, "_get_logits_processor", spy)
+
+    def check(self, generates: bool) -> None:
+        assert bool(self.seen) == generates, self.seen
+        assert all(set(names) <= {"TemperatureLogitsWarper"} for names in self.seen), self.seen
+
+
 def _finite_steps(run_dir: Path) -> list[dict]:
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/total" in r]
     for r in rows:
@@ -83,7 +116,8 @@ def _resume(plan: Plan, capsys) -> None:
     """Resume from the step-1 checkpoint (as after a kill during step 2): step 2 runs again from its state and gives
     the same metrics."""
     ckpts = sorted(p.name for p in (plan.run_dir / "checkpoints").iterdir() if p.name.startswith("step-"))
-    assert ckpts == ["step-000001"], ckpts
+    assert ckpts == ["step-000001", "step-000002"], ckpts  # the last step always gets a checkpoint
+    shutil.rmtree(plan.run_dir / "checkpoints" / "step-000002")  # as if killed during step 2
     before = {r["step"]: r for r in _finite_steps(plan.run_dir)}
     assert main(plan.argv("run.resume=auto")) == 0, capsys.readouterr().err
     after = {r["step"]: r for r in _finite_steps(plan.run_dir)}
@@ -95,9 +129,10 @@ def _resume(plan: Plan, capsys) -> None:
 @pytest.mark.parametrize("config", PAPER, ids=lambda p: p.stem)
 def test_paper_config_rehearsal(config, models, data, tmp_path, monkeypatch, capsys) -> None:
     plan = Plan(config, models, data, tmp_path / "runs")
-    spy = RMInputs(monkeypatch)
+    spy, processors = RMInputs(monkeypatch), LogitsProcessors(monkeypatch)
     t0 = time.perf_counter()
     assert main(plan.argv()) == 0, capsys.readouterr().err
+    processors.check(generates=plan.command == "rl" or "hh" in plan.name)  # nothing inherited from the checkpoints
     wall = time.perf_counter() - t0
     print(f"rehearsal {plan.name}: {wall:.1f}s")
     assert spy.seen, "the reward model read nothing"
@@ -122,14 +157,14 @@ def test_paper_config_rehearsal(config, models, data, tmp_path, monkeypatch, cap
 def test_qwen_config_policy_and_skywork_rm_read_their_own_templates(models, data, tmp_path, monkeypatch) -> None:
     """The policy's prompt set is Qwen's ChatML; the Skywork-style RM's input is Llama 3.1's template of the same
     conversation (with the reply), built through the paper config's real setup."""
-    from r2m.config import load_config
-    from r2m.recipes.rl.run import RLRun
+    from r2m.config.parsing import load_config
+    from r2m.recipes.rl.build import build_run
 
     plan = Plan(ROOT / "configs" / "paper" / "r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", models, data,
                 tmp_path / "runs")
     cfg = load_config(ROOT / "configs" / "paper" / f"{plan.name}.yaml", plan.overrides)
-    rl = RLRun(cfg)
-    prompt = rl.train.texts[0]
+    rl = build_run(cfg)
+    prompt = rl.train_prompts.texts[0]
     assert prompt.startswith("<|im_start|>system\nYou are Qwen") and prompt.endswith("<|im_start|>assistant\n")
     rm = rl.reward_fn.reward_model
     enc = rm.tokenize([prompt], ["Here is a line.<|im_end|>"])

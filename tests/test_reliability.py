@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from r2m.cli import main
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.errors import ConfigError
 from r2m.runtime.runlog import read_metrics
 
@@ -117,7 +117,7 @@ def test_partial_checkpoint_is_never_loaded(tiny, world_artifacts) -> None:
     (ckpts / ".tmp-step-000009-123").mkdir()  # a crash mid-write
     broken = ckpts / "step-000007"
     broken.mkdir()  # a directory without its state: not complete
-    assert latest_checkpoint(ckpts).name == "step-000001"
+    assert latest_checkpoint(ckpts).name == "step-000002"  # the last step always gets a checkpoint
 
 
 def _nan_reward(rl, bad_steps: set[int]):
@@ -138,39 +138,42 @@ def _nan_reward(rl, bad_steps: set[int]):
 
 
 def test_nan_reward_skips_the_step_and_logs_stats(tiny, world_artifacts) -> None:
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
-    rl = RLRun(load_config(None, [*tiny, "run.name=nan-skip", "rl.steps=3"]))
+    rl = build_run(load_config(None, [*tiny, "run.name=nan-skip", "rl.steps=3"]))
     _nan_reward(rl, {2})
-    before = {k: v.clone() for k, v in rl.policy.state_dict().items()}
-    m1 = rl.step(1)
-    after1 = {k: v.clone() for k, v in rl.policy.state_dict().items()}
-    m2 = rl.step(2)
+    policy = rl.models.policy
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    m1 = train_step(rl, 1)
+    after1 = {k: v.clone() for k, v in policy.state_dict().items()}
+    m2 = train_step(rl, 2)
     assert "loss/policy" in m1 and m2["guard/skipped_step"] == 1.0
     assert m2["guard/scores_nan"] == 8 and math.isnan(m2["guard/scores_min"]) and m2["guard/bad_steps"] == 1
-    assert all(torch.equal(after1[k], v) for k, v in rl.policy.state_dict().items())  # no update on step 2
+    assert all(torch.equal(after1[k], v) for k, v in policy.state_dict().items())  # no update on step 2
     assert any(not torch.equal(before[k], v) for k, v in after1.items())
-    m3 = rl.step(3)
-    assert "loss/policy" in m3 and rl.bad_steps == 0  # the count resets after a good step
+    m3 = train_step(rl, 3)
+    assert "loss/policy" in m3 and rl.progress.bad_steps == 0  # the count resets after a good step
 
 
 def test_consecutive_nan_steps_stop_with_a_checkpoint(tiny, world_artifacts, capsys) -> None:
     from r2m.errors import NumericError
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
     root = Path(tiny[-1].split("=", 1)[1])
-    rl = RLRun(load_config(None, [*tiny, "run.name=nan-stop", "rl.steps=6", "run.max_bad_steps=2"]))
+    rl = build_run(load_config(None, [*tiny, "run.name=nan-stop", "rl.steps=6", "run.max_bad_steps=2"]))
     _nan_reward(rl, {2, 3})
-    rl.step(1)
-    rl.step(2)
+    train_step(rl, 1)
+    train_step(rl, 2)
     with pytest.raises(NumericError, match=r"2 consecutive steps with NaN/inf .* step 3; stopped with a checkpoint"):
-        rl.step(3)
+        train_step(rl, 3)
     assert (root / "nan-stop" / "checkpoints" / "step-000003" / "state.pt").exists()
 
 
 def _supervised_trainer(stage: str, tiny, world_artifacts, root: Path, *extra: str):
     """train(out, name, resume) for SFT or RM training of the tiny world under ``root``."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone, run_rm, run_sft
 
     cfg = load_config(None, [*tiny, f"run.root={root}", f"{stage}.max_steps=8", f"{stage}.log_every=2", *extra])
@@ -225,7 +228,7 @@ def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world
     run is detected as stale and taken over; a finished run releases it."""
     import socket
 
-    from r2m.runtime.runlock import lock_path
+    from r2m.runtime.runlock import holder_path, lock_path
 
     root = Path(tiny[-1].split("=", 1)[1])
     name = "busy"
@@ -241,13 +244,15 @@ def test_second_run_in_a_busy_directory_is_refused_naming_the_holder(tiny, world
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=120)
-    assert lock_path(root / name).exists()  # SIGKILL leaves the file; its flock died with the process
+    assert holder_path(root / name).exists()  # SIGKILL leaves the files; the flock died with the process
+    assert lock_path(root / name).parent == root / name  # the lock lives inside the run directory
     with caplog.at_level("WARNING", logger="r2m"):
         assert main(_rl(tiny, name, "rl.steps=1")) == 0
     assert f"took over the stale lock of PID {proc.pid}" in caplog.text
     _documented("is in use by PID", "wait for it to finish, or use another run.name (lock file",
                 "took over the stale lock of PID", "(that process has ended)")
-    assert not lock_path(root / name).exists()  # released at the end of the run
+    assert not holder_path(root / name).exists()  # released at the end of the run
+    assert not (root / f".{name}.lock").exists()  # nothing beside the run directory
 
 
 def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None:
@@ -263,14 +268,17 @@ def test_lock_without_flock_detects_a_dead_holder(tmp_path, monkeypatch) -> None
 
     monkeypatch.setattr("fcntl.flock", no_flock)
     run = tmp_path / "run"
+    run.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": time.time()}
-    runlock.lock_path(run).write_text(json.dumps(holder))
-    runlock.acquire(run)  # the dead holder's file is removed and replaced
-    assert json.loads(runlock.lock_path(run).read_text())["pid"] == os.getpid()
+    runlock.lock_path(run).write_text("")  # the soft lock: the file's existence
+    runlock.holder_path(run).write_text(json.dumps(holder))
+    runlock.acquire(run)  # the dead holder's files are removed and replaced
+    assert json.loads(runlock.holder_path(run).read_text())["pid"] == os.getpid()
     runlock.release(run)
-    assert not runlock.lock_path(run).exists()
-    runlock.lock_path(run).write_text(json.dumps({**holder, "pid": os.getppid()}))  # a live one
+    assert not runlock.holder_path(run).exists() and not runlock.lock_path(run).exists()
+    runlock.lock_path(run).write_text("")
+    runlock.holder_path(run).write_text(json.dumps({**holder, "pid": os.getppid()}))  # a live one
     with pytest.raises(runlock.RunLockedError, match=rf"in use by PID {os.getppid()} on host"):
         runlock.acquire(run)
 
@@ -292,16 +300,16 @@ def test_damaged_newest_checkpoint_resumes_from_the_newest_that_verifies(tiny, w
     assert main(_rl(tiny, "damaged", *extra)) == 0
     whole = _stable(read_metrics(root / "damaged" / "metrics.jsonl"))
     ckpts = root / "damaged" / "checkpoints"
-    _truncate(ckpts / "step-000003" / "state.pt")
-    assert "state.pt has" in verify(ckpts / "step-000003")
+    _truncate(ckpts / "step-000004" / "state.pt")  # the newest: the last step always gets a checkpoint
+    assert "state.pt has" in verify(ckpts / "step-000004")
     with caplog.at_level("WARNING", logger="r2m"):
-        assert latest_checkpoint(ckpts).name == "step-000002"
+        assert latest_checkpoint(ckpts).name == "step-000003"
         assert main(_rl(tiny, "damaged", *extra, "--resume")) == 0
-    assert f"checkpoint {ckpts / 'step-000003'} is damaged (state.pt has" in caplog.text
+    assert f"checkpoint {ckpts / 'step-000004'} is damaged (state.pt has" in caplog.text
     assert "the manifest says" in caplog.text and "skipping it for an older one" in caplog.text
     _documented("is damaged (state.pt has", "the manifest says", "skipping it for an older one")
     assert _stable(read_metrics(root / "damaged" / "metrics.jsonl")) == whole
-    assert verify(ckpts / "step-000003") is None  # written again, whole
+    assert verify(ckpts / "step-000004") is None  # written again, whole
 
 
 def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artifacts, caplog) -> None:
@@ -317,7 +325,7 @@ def test_resume_may_train_longer_and_change_how_often_it_saves(tiny, world_artif
     rows = _stable(read_metrics(root / "longer" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows == _stable(read_metrics(root / "longer-whole" / "metrics.jsonl"))
-    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 2 to resume .*, got 1"):
+    with pytest.raises(ConfigError, match=r"rl.steps: expected at least the checkpoint's step 4 to resume .*, got 1"):
         from r2m.recipes.rl.run import run_rl
 
         run_rl(load_config(None, [*tiny, "run.name=longer", "rl.steps=1", "rl.save_every=2", "run.resume=auto"]))
@@ -331,6 +339,7 @@ def test_moved_run_directory_resumes(tiny, world_artifacts, caplog) -> None:
     assert main(_rl(tiny, "before-move", "rl.steps=3", "rl.save_every=1")) == 0
     whole = _stable(read_metrics(root / "before-move" / "metrics.jsonl"))
     shutil.move(root / "before-move", root / "after-move")
+    shutil.rmtree(root / "after-move" / "checkpoints" / "step-000003")  # so that a step remains to be taken
     with caplog.at_level("INFO", logger="r2m"):
         assert main(_rl(tiny, "after-move", "rl.steps=3", "rl.save_every=1", "--resume")) == 0
     assert "run.name changed from 'before-move' to 'after-move'" in caplog.text
@@ -401,9 +410,11 @@ def test_a_cache_being_built_by_another_process_is_waited_for(tmp_path) -> None:
     from r2m.recipes.pipeline import _must_build
 
     cache = tmp_path / "world" / "policy-abc"
-    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; d = Path(sys.argv[1]); "
-            "runlock.acquire(d); print('held', flush=True); time.sleep(1.5); (d / 'model').mkdir(parents=True); "
-            "runlock.release(d)")
+    # The builder, as _must_build leaves it: the entry's cache.json first, then the lock while it builds.
+    code = ("import sys, time; from pathlib import Path; from r2m.runtime import runlock; "
+            "from r2m.recipes.pipeline import CACHE_FILE, WORLD_CACHE_FORMAT; d = Path(sys.argv[1]); "
+            "WORLD_CACHE_FORMAT.write(d / CACHE_FILE); runlock.acquire(d); print('held', flush=True); "
+            "time.sleep(1.5); (d / 'model').mkdir(parents=True); runlock.release(d)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     assert _must_build(cache / "model", "the world's SFT policy") is False  # built by the other process meanwhile
@@ -450,17 +461,17 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
     name = "fault-between-renames"
     assert main(_rl(tiny, name, *FAULT_RUN)) == 0
     ckpts = root / name / "checkpoints"
-    _truncate(ckpts / "step-000004" / "state.pt")
+    _truncate(ckpts / "step-000005" / "state.pt")  # the last step's: resumed from step 4, step 5 is saved again
     cmd = [sys.executable, "-m", "r2m", *_rl(tiny, name, *FAULT_RUN, "--resume")]
-    env = {**_env(), FAULT_ENV: "atomic_dir.between_renames:step-000004"}
+    env = {**_env(), FAULT_ENV: "atomic_dir.between_renames:step-000005"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002"]
-    assert any(p.name.startswith(".old-step-000004") for p in ckpts.iterdir())
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004"]
+    assert any(p.name.startswith(".old-step-000005") for p in ckpts.iterdir())
 
     assert main(_rl(tiny, name, *FAULT_RUN, "--resume")) == 0
     assert _stable(read_metrics(root / name / "metrics.jsonl")) == uninterrupted
-    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004"]
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step-000002", "step-000004", "step-000005"]
     assert all(verify(p) is None for p in list_checkpoints(ckpts))
     assert not any(p.name.startswith((".tmp-", ".old-")) for p in ckpts.iterdir())
 
@@ -468,14 +479,14 @@ def test_sigkill_between_the_renames_of_a_resave_resumes_exactly(tiny, world_art
 def test_the_lock_is_released_when_a_run_fails(tiny, world_artifacts, monkeypatch) -> None:
     """A run that fails mid-way (its run directory written, never closed) lets go of it on the way out."""
     from r2m.errors import DataError
-    from r2m.runtime.runlock import is_held, lock_path
-    from r2m.recipes.rl.run import RLRun
+    from r2m.runtime.runlock import holder_path, is_held
+    import r2m.recipes.rl.run
 
-    def fail(self, step):
+    def fail(s, step):
         raise DataError("a failure at step 1")
 
-    monkeypatch.setattr(RLRun, "step", fail)
+    monkeypatch.setattr(r2m.recipes.rl.run, "train_step", fail)
     root = Path(tiny[-1].split("=", 1)[1])
     assert main(_rl(tiny, "fails", "rl.steps=3")) == 2
     assert (root / "fails" / "metrics.jsonl").exists()  # the run had started
-    assert not is_held(root / "fails") and not lock_path(root / "fails").exists()
+    assert not is_held(root / "fails") and not holder_path(root / "fails").exists()

@@ -2,40 +2,10 @@
 
 Every field carries a docstring (the string literal under it). Values are validated in
 ``__post_init__`` and errors name the dotted field path. Configs are frozen: once parsed they are
-never mutated; derive a new one with :func:`replace_path` instead.
+never mutated; derive a new one with :func:`r2m.config.parsing.replace_path` instead.
 
-A package: ``enums`` (closed choices), ``run`` / ``models`` / ``training`` / ``jobs`` (the sections' dataclasses),
-``root`` (:class:`Config`), ``parsing`` (YAML, overrides, fingerprints), ``paths`` (per-path formats and splits),
-``checks`` (the validation helper). Every public name is re-exported here: ``from r2m.config import X`` works.
+Each name has one home, its submodule: ``enums`` (closed choices), ``run`` / ``models`` / ``training`` / ``jobs`` /
+``monitor`` (the sections' dataclasses), ``root`` (:class:`Config`), ``parsing`` (YAML, overrides, fingerprints),
+``paths`` (per-path formats and splits), ``checks`` (the validation helper); ``commands`` (what each subcommand
+reads), ``help`` (``--help-config``), ``trl_names`` / ``trl_map`` / ``trl_recipe`` (TRL's names, docs/TRL.md).
 """
-
-from __future__ import annotations
-
-from r2m.errors import ConfigError  # noqa: F401  (re-exported)
-from r2m.config.paths import DatasetFormat, PathFormats, PathSplits, format_names  # noqa: F401
-from r2m.config.enums import (  # noqa: F401
-    Algorithm, KLEstimator, KLMode, LossAggregation, RatioLevel, LRSchedule, FusionInit, RewardSource,
-    R2MAblation, RewardBaseline, SERVariant, PairLoss, RetrainFrom, RetrainData, Calibration, KeepLoop,
-    PPOPrompts, JudgeMode, Device, Resume, MixedPrecision, Tracker, Overlong, OnMismatch, DType, BackboneDType, VLLMDType,
-    HiddenDevice, Scaling, Generator, CriticInit, PairChoice, OldLogprobs, OptimizerImpl, Malloc,
-)
-from r2m.config.monitor import MonitorConfig  # noqa: F401
-from r2m.config.run import (  # noqa: F401
-    RunConfig, MIXED_PRECISIONS, MixtureConfig, WorldConfig, DataConfig,
-)
-from r2m.config.models import (  # noqa: F401
-    ArchConfig, LoRAConfig, PEFT_DEFAULT_TARGETS, PolicyConfig, R2MConfig, RewardConfig,
-)
-from r2m.config.training import (  # noqa: F401
-    SFTConfig, RMConfig, VLLMConfig, GENERATORS, RLConfig,
-)
-from r2m.config.jobs import (  # noqa: F401
-    JudgeConfig, EvalConfig, DemoConfig, DEMO_ARMS, SERConfig, SERLoRAConfig, SERRLOverrides,
-)
-from r2m.config.root import (  # noqa: F401
-    Config,
-)
-from r2m.config.parsing import (  # noqa: F401
-    _build, to_dict, parse_override, load_config, replace_path, save_config, NON_SEMANTIC, KEY_NEUTRAL,
-    config_hash, field_docs,
-)

@@ -6,7 +6,8 @@ import enum
 
 
 class Algorithm(str, enum.Enum):
-    """Policy-gradient algorithm, i.e. the advantage estimator of the RL loop."""
+    """Policy-gradient algorithm: the key of the advantage-estimator registry (:mod:`r2m.core.advantages`; ppo is GAE
+    over a critic's values)."""
 
     RLOO = "rloo"
     GRPO = "grpo"
@@ -282,10 +283,21 @@ class MixedPrecision(enum.StrEnum):
 
 
 class Tracker(enum.StrEnum):
-    """An entry of ``run.log_with``."""
+    """An entry of ``run.log_with``: transformers' ``report_to`` values that accelerate has a tracker for."""
 
     TENSORBOARD = "tensorboard"
     WANDB = "wandb"
+    TRACKIO = "trackio"
+    MLFLOW = "mlflow"
+    COMET_ML = "comet_ml"
+    AIM = "aim"
+    CLEARML = "clearml"
+    DVCLIVE = "dvclive"
+    SWANLAB = "swanlab"
+    ALL = "all"
+    """Every tracker installed (transformers' and accelerate's ``all``)."""
+    NONE = "none"
+    """No tracker (alone; the same as the empty list)."""
 
 
 class Overlong(enum.StrEnum):
@@ -307,7 +319,7 @@ class OnMismatch(str, enum.Enum):
 
 
 class DType(enum.StrEnum):
-    """Weights or activations dtype (``policy.dtype``, ``reward.dtype``, ``reward.r2m.hidden_dtype``)."""
+    """Weights dtype (``policy.dtype``, ``reward.dtype``)."""
 
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
@@ -329,6 +341,16 @@ class VLLMDType(enum.StrEnum):
 
     AUTO = "auto"
     """The checkpoint's."""
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class HiddenDType(enum.StrEnum):
+    """``reward.r2m.hidden_dtype``: the dtype R2M's h is stored in."""
+
+    POLICY = "policy"
+    """The dtype the policy computes in: run.mixed_precision's (bf16, fp16) when set, else policy.dtype."""
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"

@@ -1,16 +1,17 @@
-"""``r2m <command> --help-config``: every config field, dotted, with its type, default and docstring."""
+"""``r2m <command> --help-config``: the config fields the command reads, dotted, with type, default and docstring."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Iterator
+from typing import Iterator, Optional
 
+from r2m.config.commands import reads_field
 from r2m.config.parsing import field_docs, to_dict
 from r2m.config.root import Config
 
 
-def _rows(cls: type, prefix: str = "") -> Iterator[str]:
+def _rows(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     default = cls()
@@ -21,9 +22,9 @@ def _rows(cls: type, prefix: str = "") -> Iterator[str]:
             yield from _rows(tp, name + ".")
             continue
         doc = " ".join(docs.get(f.name, "(undocumented)").split())
-        yield f"{name} = {to_dict(getattr(default, f.name))!r}\n    {doc}"
+        yield name, f"{name} = {to_dict(getattr(default, f.name))!r}\n    {doc}"
 
 
-def config_help() -> str:
-    """One entry per leaf field of :class:`Config`, in the sections' order."""
-    return "\n".join(_rows(Config))
+def config_help(command: Optional[str] = None) -> str:
+    """One entry per leaf field of :class:`Config` that ``r2m <command>`` reads (all of them without a command)."""
+    return "\n".join(text for name, text in _rows(Config) if command is None or reads_field(command, name))

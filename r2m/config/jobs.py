@@ -17,11 +17,12 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """The API judge of ``r2m eval winrate --judge api`` (docs/EVAL.md): any OpenAI-compatible endpoint.
+    """The API judge (``eval.judge``; :class:`r2m.eval.judges.ApiJudge`, docs/EVAL.md): any OpenAI-compatible endpoint.
 
     Holds no secret: the key stays in the environment variable named by ``api_key_env`` (or in
     ``api_key_file``). A field left null falls back to its ``R2M_JUDGE_*`` environment variable, then to
-    the default given in its docstring; a value set here (YAML or ``eval.judge.x=...``) wins over both.
+    the default given in its docstring (:func:`r2m.eval.judges.resolve_judge`, which the judge calls); a value set
+    here (YAML, ``eval.judge.x=...`` or Python) wins over both.
     """
 
     base_url: Optional[str] = None
@@ -45,7 +46,16 @@ class JudgeConfig:
     timeout: Optional[float] = None
     """Socket timeout of one request, seconds. Null: $R2M_JUDGE_TIMEOUT, else 60."""
     cache_dir: Optional[str] = None
-    """Reply cache directory; "" disables the cache. Null: $R2M_JUDGE_CACHE, else .r2m_judge_cache."""
+    """Reply cache directory (keyed by endpoint, model, messages, temperature, max_tokens); "" disables the cache.
+    Null: $R2M_JUDGE_CACHE, else .r2m_judge_cache."""
+    backoff_s: float = 1.0
+    """First retry delay, seconds; doubles on every further retry (with jitter in [0.5, 1] of it)."""
+    max_backoff_s: float = 60.0
+    """Cap on one retry delay (also on a server's Retry-After), seconds."""
+    temperature: float = 0.0
+    """Sampling temperature of the judge."""
+    max_tokens: int = 512
+    """Most tokens the judge may reply with (explanation plus verdict)."""
 
     def __post_init__(self) -> None:
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
@@ -55,9 +65,16 @@ class JudgeConfig:
         if self.base_url is not None:
             _check(self.base_url.startswith(("http://", "https://")), "eval.judge.base_url", "an http(s) URL",
                    self.base_url)
+        _check(self.model is None or bool(self.model), "eval.judge.model", "a model name", self.model)
+        _check(self.mode is None or isinstance(self.mode, JudgeMode), "eval.judge.mode",
+               "a JudgeMode (pairwise or single)", self.mode)
         _check(self.concurrency is None or self.concurrency >= 1, "eval.judge.concurrency", ">= 1", self.concurrency)
         _check(self.max_retries is None or self.max_retries >= 0, "eval.judge.max_retries", ">= 0", self.max_retries)
         _check(self.timeout is None or self.timeout > 0, "eval.judge.timeout", "> 0", self.timeout)
+        _check(self.backoff_s >= 0, "eval.judge.backoff_s", ">= 0", self.backoff_s)
+        _check(self.max_backoff_s >= self.backoff_s, "eval.judge.max_backoff_s", ">= backoff_s", self.max_backoff_s)
+        _check(self.temperature >= 0, "eval.judge.temperature", ">= 0", self.temperature)
+        _check(self.max_tokens >= 1, "eval.judge.max_tokens", ">= 1", self.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,10 @@ class EvalConfig:
     samples_per_prompt: int = 2
     """Samples per evaluation prompt (more: less noise)."""
     batch_size: int = 256
-    """Prompts per generation batch."""
+    """Samples per generation batch; each batch has its own seed, and the batches are shared out over the ranks."""
+    max_prompts: int = 512
+    """Evaluate the first this many evaluation prompts (0: all); the number left out is logged and recorded as
+    ``data/eval_prompts_capped``."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The API judge of ``r2m eval winrate --judge api`` (endpoint, model, key variable, limits, cache)."""
 
@@ -79,6 +99,7 @@ class EvalConfig:
         _check(self.temperature >= 0, "eval.temperature", ">= 0", self.temperature)
         _check(self.samples_per_prompt >= 1, "eval.samples_per_prompt", ">= 1", self.samples_per_prompt)
         _check(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+        _check(self.max_prompts >= 0, "eval.max_prompts", ">= 0 (0: all)", self.max_prompts)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from r2m.config.checks import _check
-from r2m.config.enums import BackboneDType, DType, HiddenDevice, Scaling
+from r2m.config.enums import BackboneDType, DType, HiddenDevice, HiddenDType, Scaling
 from r2m.config.enums import FusionInit, PairChoice, R2MAblation, RewardBaseline, RewardSource
 
 
@@ -72,7 +72,12 @@ class PolicyConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)
     """Size of the world's policy when it is built here."""
     dtype: DType = DType.FLOAT32
-    """Weights dtype: float32, bfloat16 or float16."""
+    """Weights dtype: float32, bfloat16 or float16. The frozen reference (and a LoRA policy's base) stays in it;
+    the weights that train (the policy, PPO's critic, SFT) are kept as float32 master weights, as verl and
+    DeepSpeed/FSDP do, because AdamW on 16-bit weights rounds updates of ~1e-6 away; their forward and backward
+    run under ``run.mixed_precision``'s autocast (set bf16 for 16-bit compute). Logged at start. Under DeepSpeed,
+    whose optimiser keeps fp32 masters itself, the weights are left as loaded. Saved checkpoints hold the
+    float32 masters."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -113,9 +118,15 @@ class R2MConfig:
     gre_eps: float = 1e-6
     """eps added to the group's population std in GRE."""
     hidden_device: HiddenDevice = HiddenDevice.SAME
-    """Where h is kept between rollout and RM update: ``same`` (the policy's device) or ``cpu``."""
-    hidden_dtype: DType = DType.FLOAT32
-    """dtype h is stored in: float32, bfloat16 or float16 (n*K*S*D_p values: see docs/R2M.md)."""
+    """Where h is kept between rollout and RM update: ``same`` (the policy's device) or ``cpu`` (moved there a
+    log-prob chunk at a time, and back a fusion chunk at a time)."""
+    hidden_dtype: HiddenDType = HiddenDType.POLICY
+    """dtype h is stored in: ``policy`` (the dtype the policy computes in), float32, bfloat16 or float16
+    (n*K*S*D_p values: see docs/R2M.md)."""
+    fusion_batch_size: int = 64
+    """Rows per chunk of the fusion passes over a step's batch: annotation, the GREBT update (whole groups of
+    rl.k, at least one; gradients accumulate over chunks, so the update is the whole batch's), its statistics.
+    The fusion reads each chunk's h in float32: this bounds that copy and what its backward keeps."""
     backbone_dtype: BackboneDType = BackboneDType.SAME
     """Precision of the frozen RM backbone: ``same`` as reward.dtype, or bfloat16/float16."""
     pair_choice: PairChoice = PairChoice.SELF
@@ -131,6 +142,7 @@ class R2MConfig:
         _check(self.updates_per_step >= 0, "reward.r2m.updates_per_step", ">= 0", self.updates_per_step)
         _check(self.max_grad_norm > 0, "reward.r2m.max_grad_norm", "> 0", self.max_grad_norm)
         _check(self.gre_eps > 0, "reward.r2m.gre_eps", "> 0", self.gre_eps)
+        _check(self.fusion_batch_size >= 1, "reward.r2m.fusion_batch_size", ">= 1", self.fusion_batch_size)
 
     @property
     def effective_alpha(self) -> float:
@@ -153,7 +165,8 @@ class RewardConfig:
     arch: ArchConfig = field(default_factory=lambda: ArchConfig(hidden_size=96, num_heads=4, intermediate_size=192))
     """Size of the world's RM backbone (deliberately another width than the policy)."""
     dtype: DType = DType.FLOAT32
-    """Weights dtype of the reward model."""
+    """Weights dtype of the reward model. Frozen (RL's RM backbone) it stays in it; trained (``r2m rm``, SER's RMs,
+    R2M's head and fusion) the trainable weights are float32 masters, as for ``policy.dtype``."""
     trust_remote_code: bool = False
     """Allow custom model code from the checkpoint. Off unless asked for."""
     scaling: Scaling = Scaling.NONE
@@ -175,6 +188,9 @@ class RewardConfig:
     score head trains fully and the saved RM is merged. The world's own RM is always trained fully."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass when a reward model is trained (same gradients)."""
+    batch_size: int = 32
+    """Rows per reward-model forward (RL scoring, R2M's annotation, Table 3 and its policy h pass), rows of similar
+    length together; memory only: the scores do not depend on it beyond float rounding."""
     max_length: int = 2048
     """Longest reward-model input (prompt + response in RM tokens, its chat template included); a longer
     input keeps its last tokens and is counted (``data/rm_truncated``). At least data.max_prompt_tokens +
@@ -182,6 +198,7 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "reward.max_length", ">= 8", self.max_length)
+        _check(self.batch_size >= 1, "reward.batch_size", ">= 1", self.batch_size)
         _check(self.clip >= 0, "reward.clip", ">= 0", self.clip)
         _check(not (self.r2m.enabled and self.baseline != RewardBaseline.NONE), "reward.baseline",
                "none when reward.r2m.enabled (R2M and the baselines are alternatives)", self.baseline.value)

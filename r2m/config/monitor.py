@@ -1,9 +1,8 @@
 """``rl.monitor``: the over-optimisation monitor's settings and the alarm's thresholds (docs/MONITOR.md).
 
-Its own module of the config package. The threshold fields are those of
-:class:`r2m.core.monitor.AlarmConfig` (same names and meaning), so that ``rl.monitor.token_js=0.05`` on the
-command line reads as the alarm's ``token_js``. The defaults are written here only: AlarmConfig's read them
-(the core layer may import the config layer, not the other way round).
+One type for both: :func:`r2m.core.monitor.first_alarm` reads a :class:`MonitorConfig` (its threshold and rule
+fields; the core layer imports the config layer), so ``rl.monitor.token_js=0.05`` on the command line is the
+alarm's ``token_js``, and the bench's rules are MonitorConfigs too.
 """
 
 from __future__ import annotations
@@ -14,10 +13,21 @@ from typing import Optional
 
 from r2m.errors import ConfigError
 
-THRESHOLDS = ("check_disagreement_rise", "proxy_gain_per_kl_ratio", "length_rel_change", "token_js",
-              "hidden_drift", "hidden_separation_rise", "fused_disagreement_rise", "kl")
-"""The threshold fields (one per signal of r2m.core.monitor.Signal); the rest of AlarmConfig is ALARM_RULE."""
+THRESHOLD_OF = {
+    "monitor/check_disagreement": "check_disagreement_rise",
+    "monitor/proxy_gain_per_kl": "proxy_gain_per_kl_ratio",
+    "monitor/length_rel_change": "length_rel_change",
+    "monitor/token_js": "token_js",
+    "monitor/hidden_drift": "hidden_drift",
+    "monitor/hidden_separation": "hidden_separation_rise",
+    "monitor/fused_disagreement": "fused_disagreement_rise",
+    "eval/kl": "kl",
+}
+"""Each signal's metrics key (the value of :class:`r2m.core.monitor.Signal`) -> its threshold field."""
+THRESHOLDS = tuple(THRESHOLD_OF.values())
+"""The threshold fields, one per signal."""
 ALARM_RULE = ("min_signals", "patience", "warmup")
+"""The fields of the rule that combines the tripped signals."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,10 @@ class MonitorConfig:
     """How many consecutive evaluations must each have ``min_signals`` tripped."""
     warmup: int = 1
     """Evaluations 0 .. warmup-1 never count (evaluation 0 is the SFT policy, the baseline)."""
+
+    def threshold(self, signal: str) -> Optional[float]:
+        """The threshold of ``signal`` (a :class:`r2m.core.monitor.Signal`, or its metrics key); None: off."""
+        return getattr(self, THRESHOLD_OF[signal])
 
     def __post_init__(self) -> None:
         for name in THRESHOLDS:

@@ -17,6 +17,7 @@ import yaml
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text, decode_lines
 from r2m.config.checks import _check
+from r2m.config.commands import with_user_model_defaults
 from r2m.config.root import Config
 
 
@@ -125,27 +126,37 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the world default when ``path`` is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p}: not found")
+def read_config_file(path: str | Path) -> dict:
+    """The mapping of a YAML config file (errors name the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    text = "\n".join(decode_lines(p, p.read_bytes()))
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: invalid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded or {}
 
-        text = "\n".join(decode_lines(p, p.read_bytes()))
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: invalid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
+
+def load_config(path: Optional[str | Path] = None, overrides: typing.Sequence[str] = (),
+                layers: typing.Sequence[typing.Mapping[str, Any]] = (), data: Optional[dict] = None) -> Config:
+    """The config of the YAML file ``path`` (or ``data``, its already-read mapping; neither: the world's defaults),
+    then each of ``layers`` (``{dotted: value}``, e.g. what TRL's names became), then the ``a.b=c`` overrides.
+
+    A field left unset by all of them takes its default, except where the policy is a user's model: then
+    :data:`r2m.config.commands.USER_MODEL_DEFAULTS` replace the world's toy lengths."""
+    data = dict(data) if data is not None else (read_config_file(path) if path is not None else {})
+    for layer in layers:
+        for dotted, value in layer.items():
+            _set_path(data, dotted, to_dict(value))
     for ov in overrides:
         key, value = parse_override(ov)
         _set_path(data, key, value)
     try:
-        return _build(Config, data)
+        return _build(Config, with_user_model_defaults(data))
     except ConfigError as e:
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None
@@ -168,38 +179,36 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # enter the cache keys of artifacts, so adding or changing one never rebuilds the world's models.
 # gradient_checkpointing recomputes the same activations: it changes memory and time, not the result.
 NON_SEMANTIC = frozenset({"save_every", "log_every", "eval_every", "progress", "log_with", "keep_checkpoints",
-                          "resume", "threads", "gradient_checkpointing"})
-
-
-# Fields added after artifacts were cached, left out of the keys at the value that reproduces the old behaviour,
-# so that existing caches stay valid (sft.max_length=2048 cuts nothing the old 512 did not on the world's data).
-KEY_NEUTRAL = {"max_length": 2048, "rm_seed": None, "rm_prompt_digits": 0}
+                          "resume", "threads", "gradient_checkpointing", "push_to_hub", "hub_model_id",
+                          "hub_private_repo"})
 
 
 def _semantic(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: _semantic(v) for k, v in d.items()
-                if k not in NON_SEMANTIC and not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+        return {k: _semantic(v) for k, v in d.items() if k not in NON_SEMANTIC}
     return d
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable short hash of config parts (for caching world artifacts); logging/checkpoint fields excluded."""
+    """Stable short hash of config parts (for caching world artifacts): every field, whatever its value, except the
+    logging/checkpoint ones (:data:`NON_SEMANTIC`)."""
     blob = json.dumps([_semantic(to_dict(p)) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings of a config dataclass (the string literal under each field)."""
+    """Field docstrings of a config dataclass (the string literal under each field), its bases' included (a field a
+    subclass declares again has the subclass's docstring)."""
     import ast
     import inspect
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            docs[prev.target.id] = node.value.value.strip()
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for prev, node in zip(body, body[1:]):
+            if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                docs[prev.target.id] = node.value.value.strip()
     return docs

@@ -22,7 +22,15 @@ class RunConfig:
     device: Device = Device.AUTO
     """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
     log_with: tuple[Tracker, ...] = (Tracker.TENSORBOARD,)
-    """accelerate trackers to log to: any of ``tensorboard``, ``wandb``; empty for none."""
+    """Trackers to log to, through accelerate (transformers' ``report_to`` values): ``tensorboard``, ``wandb``,
+    ``trackio``, ``mlflow``, ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``; ``all`` (every one
+    installed); ``none`` or empty for none. A tracker named but not installed is an error."""
+    push_to_hub: bool = False
+    """Upload the trained policy (checkpoints/final, with its model card) to the Hub at the end of the run."""
+    hub_model_id: Optional[str] = None
+    """The Hub repository of run.push_to_hub (``org/name``); None: the run's name under the token's user."""
+    hub_private_repo: Optional[bool] = None
+    """Create the Hub repository private (None: the Hub's default)."""
     progress: bool = True
     """Show a progress bar."""
     threads: int = 0
@@ -48,6 +56,10 @@ class RunConfig:
         _check(self.threads >= 0, "run.threads", ">= 0", self.threads)
         _check(self.keep_checkpoints >= 0, "run.keep_checkpoints", ">= 0", self.keep_checkpoints)
         _check(self.max_bad_steps >= 1, "run.max_bad_steps", ">= 1", self.max_bad_steps)
+        _check(Tracker.NONE not in self.log_with or len(self.log_with) == 1, "run.log_with",
+               "'none' alone (no tracker), or a list of trackers", [str(t) for t in self.log_with])
+        _check(self.hub_model_id is None or self.push_to_hub, "run.hub_model_id",
+               "null unless run.push_to_hub=true", self.hub_model_id)
         _check(not (self.device == "cpu" and self.mixed_precision == "fp16"), "run.mixed_precision",
                "no, bf16 or auto with run.device=cpu (fp16 autocast needs CUDA)", self.mixed_precision)
 
@@ -71,6 +83,9 @@ class MixtureConfig:
     """Random digits of the right length."""
     repeat: float = 0.02
     """Correct, plus 1-3 repeated digits at the end (too long)."""
+    wrong_digit: float = 0.0
+    """Sorted and of the right length, with one digit replaced by another: wrong in a way only a reader of the
+    prompt can see (the ``blind`` world, docs/WORLDS.md)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -180,4 +195,16 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_prompt_tokens >= 1, "data.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
+        for train, held_out in (("prompts", "eval_prompts"), ("pref_train", "pref_eval")):
+            source = getattr(self, train)
+            if source is None or getattr(self, held_out) != source:
+                continue
+            _check(not source.endswith((".jsonl", ".json", ".parquet")), f"data.{held_out}",
+                   f"another file than data.{train} (a single file is one split: evaluation would read the training "
+                   "rows)", source)
+            splits = (getattr(self.splits, train) or self.train_split,
+                      getattr(self.splits, held_out) or self.eval_split)
+            _check(splits[1] is not None and splits[1] != splits[0], f"data.splits.{held_out}",
+                   f"a split other than data.{train}'s (both read {source}; without one, evaluation would read the "
+                   "training split: set data.eval_split or data.splits." + held_out + ")", splits[1])
         _check(self.max_response_tokens >= 0, "data.max_response_tokens", ">= 0", self.max_response_tokens)

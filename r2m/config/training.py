@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from r2m.config.checks import _check
 from r2m.config.enums import CriticInit, Generator, OldLogprobs, OptimizerImpl, VLLMDType
@@ -12,15 +12,18 @@ from r2m.config.enums import Algorithm, KLEstimator, KLMode, LRSchedule, LossAgg
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """Supervised fine-tuning (loss on response tokens only)."""
+class SupervisedConfig:
+    """The optimiser, schedule and bookkeeping of a supervised training loop (:mod:`r2m.updates.supervised`): the
+    fields ``sft`` and ``rm`` share. Errors name the section (:attr:`SECTION`)."""
+
+    SECTION: ClassVar[str] = "supervised"
 
     epochs: float = 1.0
-    """Passes over the demonstrations (fractions allowed)."""
+    """Passes over the training data (fractions allowed)."""
     batch_size: int = 64
-    """Sequences per optimiser step."""
+    """Examples per optimiser step (SFT: sequences; RM: preference pairs)."""
     lr: float = 3e-3
-    """Peak AdamW learning rate (cosine decay after warmup)."""
+    """Peak AdamW learning rate (after the linear warmup, then the loop's decay)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_ratio: float = 0.05
@@ -33,55 +36,46 @@ class SFTConfig:
     """Log metrics every this many steps."""
     save_every: int = 0
     """Write a resumable checkpoint (model, optimiser, scheduler, RNG) every this many steps; 0: never."""
+
+    def __post_init__(self) -> None:
+        name = self.SECTION
+        _check(self.epochs > 0, f"{name}.epochs", "> 0", self.epochs)
+        _check(self.save_every >= 0, f"{name}.save_every", ">= 0", self.save_every)
+        _check(self.batch_size >= 1, f"{name}.batch_size", ">= 1", self.batch_size)
+        _check(self.lr > 0, f"{name}.lr", "> 0", self.lr)
+        _check(0 <= self.warmup_ratio < 1, f"{name}.warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        _check(self.max_steps >= 0, f"{name}.max_steps", ">= 0", self.max_steps)
+        _check(self.log_every >= 1, f"{name}.log_every", ">= 1", self.log_every)
+
+
+@dataclass(frozen=True)
+class SFTConfig(SupervisedConfig):
+    """Supervised fine-tuning (loss on response tokens only; cosine decay after warmup)."""
+
+    SECTION: ClassVar[str] = "sft"
+
     max_length: int = 2048
     """Longest SFT sequence (prompt + response tokens, and never more than the model's positions); longer ones
     are cut at the end and counted (``sft/truncated``)."""
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "sft.max_length", ">= 8", self.max_length)
-        _check(self.epochs > 0, "sft.epochs", "> 0", self.epochs)
-        _check(self.save_every >= 0, "sft.save_every", ">= 0", self.save_every)
-        _check(self.batch_size >= 1, "sft.batch_size", ">= 1", self.batch_size)
-        _check(self.lr > 0, "sft.lr", "> 0", self.lr)
-        _check(0 <= self.warmup_ratio < 1, "sft.warmup_ratio", "in [0, 1)", self.warmup_ratio)
-        _check(self.max_steps >= 0, "sft.max_steps", ">= 0", self.max_steps)
-        _check(self.log_every >= 1, "sft.log_every", ">= 1", self.log_every)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class RMConfig:
+class RMConfig(SupervisedConfig):
     """Bradley-Terry reward-model training."""
 
+    SECTION: ClassVar[str] = "rm"
+
+    epochs: float = 2.0
+    """Passes over the preference pairs."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
     init_from: Optional[str] = None
     """Backbone checkpoint to start from. ``None``: the world's RM backbone, an SFT-trained LM
     (an RM trained from scratch never checks content)."""
-    epochs: float = 2.0
-    """Passes over the preference pairs."""
-    batch_size: int = 64
-    """Pairs per optimiser step."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_ratio: float = 0.05
-    """Fraction of steps of linear warmup."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping."""
-    max_steps: int = 0
-    """Stop after this many steps (0: as many as the epochs give)."""
-    log_every: int = 20
-    """Log metrics every this many steps."""
-    save_every: int = 0
-    """Write a resumable checkpoint (model, optimiser, scheduler, RNG) every this many steps; 0: never."""
-
-    def __post_init__(self) -> None:
-        _check(self.epochs > 0, "rm.epochs", "> 0", self.epochs)
-        _check(self.save_every >= 0, "rm.save_every", ">= 0", self.save_every)
-        _check(self.batch_size >= 1, "rm.batch_size", ">= 1", self.batch_size)
-        _check(self.lr > 0, "rm.lr", "> 0", self.lr)
-        _check(0 <= self.warmup_ratio < 1, "rm.warmup_ratio", "in [0, 1)", self.warmup_ratio)
-        _check(self.max_steps >= 0, "rm.max_steps", ">= 0", self.max_steps)
-        _check(self.log_every >= 1, "rm.log_every", ">= 1", self.log_every)
 
 
 @dataclass(frozen=True)

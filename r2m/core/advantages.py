@@ -1,27 +1,30 @@
 """Advantage estimators (RLOO, GRPO, ReMax, REINFORCE++, GAE) behind one registry.
 
 Every estimator has the same explicit signature ``(AdvantageInput, AdvantageParams) ->
-AdvantageOutput`` and is registered under an :class:`Estimator` member (verl-style), so a trainer
-picks one by name with :func:`compute_advantages`. The standalone math (``compute_rloo_advantage``,
+AdvantageOutput`` and is registered under the :class:`~r2m.config.enums.Algorithm` that uses it (verl-style:
+``rl.algorithm`` is the registry's key; PPO's estimator is GAE over a critic's values), so a trainer picks one by
+name with :func:`compute_advantages`. The standalone math (``compute_rloo_advantage``,
 ``compute_gae``, ...) is public too; the registered functions are thin compositions of it.
 
 Layout: ``N`` prompts, ``K`` samples per prompt, flattened responses ``N*K`` (row ``n*K + k`` is
 prompt ``n``, sample ``k``), ``T`` response tokens (right-padded, mask 1 on real tokens).
+
+float16/bfloat16 inputs are computed in float32, and masked positions are selected away (a NaN or inf
+there never reaches a return, an advantage or a whitening statistic): see :mod:`r2m.core.losses`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, fields, replace
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from r2m.core.losses import masked_whiten
+from r2m.config.enums import Algorithm
+from r2m.core.losses import apply_mask, full_precision, masked_whiten
 
 __all__ = [
-    "Estimator",
     "AdvantageInput",
     "AdvantageParams",
     "AdvantageOutput",
@@ -37,18 +40,6 @@ __all__ = [
     "GAEOutput",
     "compute_gae",
 ]
-
-
-class Estimator(str, Enum):
-    """Advantage estimator of the RL loop."""
-
-    RLOO = "rloo"
-    GRPO = "grpo"
-    REMAX = "remax"
-    REINFORCE_PP = "reinforce_pp"
-    REINFORCE_PP_BASELINE = "reinforce_pp_baseline"
-    DR_GRPO = "dr_grpo"
-    GAE = "gae"
 
 
 @dataclass(frozen=True)
@@ -98,16 +89,17 @@ class AdvantageOutput(NamedTuple):
 
 EstimatorFn = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]
 
-ADVANTAGE_ESTIMATORS: dict[Estimator, EstimatorFn] = {}
+ADVANTAGE_ESTIMATORS: dict[Algorithm, EstimatorFn] = {}
+"""Each algorithm's advantage estimator (PPO: GAE)."""
 
 
-def register(name: Union[Estimator, str]) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Decorator: store the function in :data:`ADVANTAGE_ESTIMATORS` under ``name``."""
-    name = Estimator(name)
+def register(name: Union[Algorithm, str]) -> Callable[[EstimatorFn], EstimatorFn]:
+    """Decorator: store the function in :data:`ADVANTAGE_ESTIMATORS` under the algorithm ``name``."""
+    name = Algorithm(name)
 
     def deco(fn: EstimatorFn) -> EstimatorFn:
         if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name.value!r} is already registered")
+            raise ValueError(f"the advantage estimator of {name.value!r} is already registered")
         ADVANTAGE_ESTIMATORS[name] = fn
         return fn
 
@@ -115,17 +107,19 @@ def register(name: Union[Estimator, str]) -> Callable[[EstimatorFn], EstimatorFn
 
 
 def compute_advantages(
-    estimator: Union[Estimator, str], inp: AdvantageInput, params: AdvantageParams = AdvantageParams()
+    algorithm: Union[Algorithm, str], inp: AdvantageInput, params: AdvantageParams = AdvantageParams()
 ) -> AdvantageOutput:
-    """Look up ``estimator`` (member or its string value) in the registry and apply it."""
+    """Look up ``algorithm``'s estimator (an :class:`Algorithm` or its string value) in the registry and apply it."""
     try:
-        key = Estimator(estimator)
+        key = Algorithm(algorithm)
     except ValueError:
-        valid = ", ".join(e.value for e in Estimator)
-        raise ValueError(f"unknown advantage estimator {estimator!r}; valid: {valid}") from None
+        valid = ", ".join(e.value for e in Algorithm)
+        raise ValueError(f"unknown algorithm {algorithm!r} (no advantage estimator); valid: {valid}") from None
     if key not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"advantage estimator {key.value!r} has no registered implementation")
-    return ADVANTAGE_ESTIMATORS[key](inp, params)
+        raise ValueError(f"algorithm {key.value!r} has no registered advantage estimator")
+    upcast = {f.name: full_precision(getattr(inp, f.name)) for f in fields(inp)
+              if f.name != "mask" and getattr(inp, f.name) is not None}
+    return ADVANTAGE_ESTIMATORS[key](replace(inp, **upcast), params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +140,7 @@ def compute_rloo_advantage(rewards: Tensor) -> Tensor:
     (the float sum would leave about one ulp).
     """
     _check_group(rewards, "rloo")
+    rewards = full_precision(rewards)
     k = rewards.shape[-1]
     leave_one_out = (rewards.sum(dim=-1, keepdim=True) - rewards) / (k - 1)  # (N, K)
     return (rewards - leave_one_out).masked_fill(constant_groups(rewards), 0.0)  # (N, K)
@@ -167,6 +162,7 @@ def compute_group_centered(rewards: Tensor) -> Tensor:
     scaling up-weights groups whose rewards barely differ. A constant group gives exactly 0.
     """
     _check_group(rewards, "dr_grpo")
+    rewards = full_precision(rewards)
     centered = rewards - rewards.mean(dim=-1, keepdim=True)  # (N, K)
     return centered.masked_fill(constant_groups(rewards), 0.0)  # (N, K)
 
@@ -180,6 +176,7 @@ def compute_grpo_advantage(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     (|A| up to ~1 at K = 8–16), which is R2M's group degeneration case.
     """
     _check_group(rewards, "grpo")
+    rewards = full_precision(rewards)
     mean = rewards.mean(dim=-1, keepdim=True)  # (N, 1)
     std = rewards.std(dim=-1, keepdim=True)  # (N, 1) unbiased
     adv = (rewards - mean) / (std + eps)  # (N, K)
@@ -190,7 +187,7 @@ def compute_remax_advantage(rewards: Tensor, baseline: Tensor) -> Tensor:
     """ReMax: A_ij = r_ij − b_i, b_i the reward of the greedy response; (N, K), (N,) → (N, K)."""
     if baseline.shape != rewards.shape[:1]:
         raise ValueError(f"baseline must be (N,) = {tuple(rewards.shape[:1])}, got {tuple(baseline.shape)}")
-    return rewards - baseline.unsqueeze(-1)  # (N, K): one greedy baseline shared by the K samples
+    return full_precision(rewards) - full_precision(baseline).unsqueeze(-1)  # (N, K): one greedy baseline per group
 
 
 def compute_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
@@ -199,11 +196,12 @@ def compute_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor
     Computed as G_t = m_t (r_t + γ G_{t+1}); with right padding G is 0 past the last valid token,
     so nothing is bootstrapped from padding, and masked positions get 0.
     """
+    token_rewards = full_precision(token_rewards)
     m = mask.to(token_rewards.dtype)  # (B, T)
     returns = torch.zeros_like(token_rewards)  # (B, T)
     running = torch.zeros_like(token_rewards[:, 0])  # (B,)
     for t in reversed(range(token_rewards.shape[-1])):  # loop over T only, vectorised over B
-        running = m[:, t] * (token_rewards[:, t] + gamma * running)  # (B,)
+        running = apply_mask(token_rewards[:, t] + gamma * running, m[:, t])  # (B,)
         returns[:, t] = running
     return returns
 
@@ -222,19 +220,20 @@ def compute_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam
     A_t = Σ_l (γλ)^l δ_{t+l}, computed as A_t = m_t (δ_t + γλ A_{t+1}); returns R_t = A_t + V_t.
     Masked (right-padded) positions get 0 and are never bootstrapped from. No whitening here.
     """
+    rewards, values = full_precision(rewards), full_precision(values)
     m = mask.to(values.dtype)  # (B, T)
     n_tokens = values.shape[-1]
     advantages = torch.zeros_like(values)  # (B, T)
     running = torch.zeros_like(values[:, 0])  # (B,)
     for t in reversed(range(n_tokens)):  # loop over T only, vectorised over B
         if t + 1 < n_tokens:
-            next_value = values[:, t + 1] * m[:, t + 1]  # (B,) 0 once the response has ended
+            next_value = apply_mask(values[:, t + 1], m[:, t + 1])  # (B,) 0 once the response has ended
         else:
             next_value = torch.zeros_like(running)  # (B,)
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
-        running = m[:, t] * (delta + gamma * lam * running)  # (B,)
+        running = apply_mask(delta + gamma * lam * running, m[:, t])  # (B,)
         advantages[:, t] = running
-    returns = (advantages + values) * m  # (B, T)
+    returns = apply_mask(advantages + values, m)  # (B, T)
     return GAEOutput(advantages=advantages, returns=returns)
 
 
@@ -269,7 +268,7 @@ def _masked_kl(inp: AdvantageInput) -> Tensor:
     m = inp.mask.to(inp.scores.dtype)  # (N*K, T)
     if inp.kl_penalty is None:
         return torch.zeros_like(m)
-    return inp.kl_penalty.to(m.dtype) * m  # (N*K, T)
+    return apply_mask(inp.kl_penalty.to(m.dtype), m)  # (N*K, T)
 
 
 def _sequence_rewards(inp: AdvantageInput) -> Tensor:
@@ -280,7 +279,7 @@ def _sequence_rewards(inp: AdvantageInput) -> Tensor:
 
 def _broadcast(seq_values: Tensor, mask: Tensor) -> Tensor:
     """Per-sequence values (N, K) onto every response token, (N*K, T), zero where masked."""
-    return seq_values.reshape(-1, 1) * mask.to(seq_values.dtype)  # (N*K, T)
+    return apply_mask(seq_values.reshape(-1, 1), mask)  # (N*K, T)
 
 
 def _token_rewards(inp: AdvantageInput) -> Tensor:
@@ -292,10 +291,10 @@ def _token_rewards(inp: AdvantageInput) -> Tensor:
     last = (positions * m).argmax(dim=-1, keepdim=True)  # (N*K, 1)
     rewards = -_masked_kl(inp)  # (N*K, T)
     rewards = rewards.scatter_add(-1, last, inp.scores.reshape(-1, 1).to(m.dtype))  # (N*K, T)
-    return rewards * m
+    return apply_mask(rewards, m)
 
 
-@register(Estimator.RLOO)
+@register(Algorithm.RLOO)
 def rloo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """RLOO on r = score − Σ_t β·KL_t, broadcast to tokens; returns = broadcast r."""
     rewards = _sequence_rewards(inp)  # (N, K)
@@ -303,7 +302,7 @@ def rloo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.GRPO)
+@register(Algorithm.GRPO)
 def grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """GRPO group normalisation of r = score − Σ_t β·KL_t, broadcast to tokens; returns = broadcast r."""
     rewards = _sequence_rewards(inp)  # (N, K)
@@ -311,7 +310,7 @@ def grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.DR_GRPO)
+@register(Algorithm.DR_GRPO)
 def dr_grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """Dr. GRPO: r − group mean of r = score − Σ_t β·KL_t (no std scaling), broadcast to tokens.
 
@@ -321,7 +320,7 @@ def dr_grpo_estimator(inp: AdvantageInput, params: AdvantageParams) -> Advantage
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.REMAX)
+@register(Algorithm.REMAX)
 def remax_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """ReMax: r − b with b the greedy reward per prompt, broadcast to tokens; returns = broadcast r."""
     if inp.baseline is None:
@@ -331,17 +330,17 @@ def remax_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
     return AdvantageOutput(advantages=_broadcast(adv, inp.mask), returns=_broadcast(rewards, inp.mask))
 
 
-@register(Estimator.REINFORCE_PP)
+@register(Algorithm.REINFORCE_PP)
 def reinforce_pp_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """REINFORCE++: A_t = whiten(G_t), G_t = Σ_{t' ≥ t} γ^{t' − t} r_t' on token rewards
     r_t = −β·KL_t (+ score at the last token); whitening is global over the batch (masked)."""
     m = inp.mask.to(inp.scores.dtype)  # (N*K, T)
     returns = compute_returns(_token_rewards(inp), m, params.gamma)  # (N*K, T)
-    adv = masked_whiten(returns, m) * m if params.whiten else returns  # (N*K, T)
+    adv = apply_mask(masked_whiten(returns, m), m) if params.whiten else returns  # (N*K, T)
     return AdvantageOutput(advantages=adv, returns=returns)
 
 
-@register(Estimator.REINFORCE_PP_BASELINE)
+@register(Algorithm.REINFORCE_PP_BASELINE)
 def reinforce_pp_baseline_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """REINFORCE++-baseline (OpenRLHF's ``reinforce_baseline``): each score minus its group's mean
     score, then REINFORCE++ on it: token rewards r_t = −β·KL_t (+ the centred score at the last token),
@@ -351,7 +350,7 @@ def reinforce_pp_baseline_estimator(inp: AdvantageInput, params: AdvantageParams
     return reinforce_pp_estimator(AdvantageInput(scores=centered, mask=inp.mask, kl_penalty=inp.kl_penalty), params)
 
 
-@register(Estimator.GAE)
+@register(Algorithm.PPO)
 def gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """PPO's GAE on token rewards r_t = −β·KL_t (+ score at the last token) and critic values;
     returns = A + V (unwhitened, the critic's target), advantages whitened (masked) if asked."""
@@ -360,5 +359,5 @@ def gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutp
     m = inp.mask.to(inp.scores.dtype)  # (N*K, T)
     values = inp.values.to(m.dtype)  # (N*K, T)
     gae = compute_gae(_token_rewards(inp), values, m, params.gamma, params.lam)
-    adv = masked_whiten(gae.advantages, m) * m if params.whiten else gae.advantages  # (N*K, T)
+    adv = apply_mask(masked_whiten(gae.advantages, m), m) if params.whiten else gae.advantages  # (N*K, T)
     return AdvantageOutput(advantages=adv, returns=gae.returns)

@@ -36,7 +36,8 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
-from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS, AlarmConfig, Signal, first_alarm
+from r2m.config.monitor import MonitorConfig
+from r2m.core.monitor import SIGNAL_FIELDS as _FIELDS, Signal, first_alarm
 from r2m.errors import DataError
 
 GOLD, KL = "eval/gold", "eval/kl"
@@ -62,7 +63,7 @@ Grid = Mapping[Signal, Sequence[float]]
 """Per signal, the thresholds one tuning tries (:func:`threshold_grid`)."""
 PATIENCE_GRID = (1, 2, 3)
 MIN_SIGNALS_GRID = (1, 2, 3)
-TUNING_START = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3,
+TUNING_START = MonitorConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3,
                            token_js=0.1, hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1,
                            kl=None, min_signals=2, patience=2, warmup=1)
 """The coordinate ascent's first start: the monitor's placeholder thresholds from before the validation, fixed
@@ -119,7 +120,7 @@ class Selection(NamedTuple):
     """Where the rule fired (the alarm's evaluation); None: it never did and the final policy is kept."""
 
 
-def alarm_selection(rows: Sequence[Mapping[str, object]], config: AlarmConfig) -> Selection:
+def alarm_selection(rows: Sequence[Mapping[str, object]], config: MonitorConfig) -> Selection:
     """The alarm's kept evaluation: onset - 1 (best-before-alarm), 0 when onset is 0, the last without alarm."""
     alarm = first_alarm(rows, config)
     if alarm.index is None:
@@ -283,17 +284,17 @@ def lowo_kl_budgets(runs: Sequence[RunSeries], worlds: Sequence[str]) -> dict[st
     return out
 
 
-def only(signal: Signal, threshold: float, patience: int) -> AlarmConfig:
+def only(signal: Signal, threshold: float, patience: int) -> MonitorConfig:
     """The alarm with one signal on (min_signals 1) and every other off."""
     off = {f: None for f in _FIELDS.values()}
-    return AlarmConfig(**{**off, _FIELDS[signal]: threshold}, min_signals=1, patience=patience)
+    return MonitorConfig(**{**off, _FIELDS[signal]: threshold}, min_signals=1, patience=patience)
 
 
-def _alarm(config: AlarmConfig) -> Selector:
+def _alarm(config: MonitorConfig) -> Selector:
     return lambda rows: alarm_selection(rows, config)
 
 
-def best_rule(runs: Sequence[RunSeries], configs: Sequence[AlarmConfig]) -> Optional[AlarmConfig]:
+def best_rule(runs: Sequence[RunSeries], configs: Sequence[MonitorConfig]) -> Optional[MonitorConfig]:
     """The first of ``configs`` best on ``runs`` (the tuning objective of the module doc)."""
     return _best(configs, runs, _alarm)
 
@@ -305,7 +306,7 @@ def kl_thresholds(runs: Sequence[RunSeries]) -> tuple[float, ...]:
     signal alone at patience 1 keep the same checkpoint as the fixed-KL stop at budget b (and fire at the same
     evaluation, except when evaluation 0 already exceeds b: the stop fires there, the alarm at warmup 1 one
     later): the alarm's KL threshold is tuned at the baseline's own resolution, not on a coarser grid. A budget
-    below 0 (the k1 estimate of KL can log one) gives a threshold <= 0, which AlarmConfig refuses: it is left
+    below 0 (the k1 estimate of KL can log one) gives a threshold <= 0, which MonitorConfig refuses: it is left
     out, and the alarm has no rule that stops where such a budget does (at an evaluation with KL below 0)."""
     nudged = (math.nextafter(b, math.inf) for b in kl_candidates(runs))
     return tuple(t for t in nudged if t > 0)
@@ -318,7 +319,7 @@ def threshold_grid(runs: Sequence[RunSeries]) -> dict[Signal, tuple[float, ...]]
     return {**THRESHOLD_GRID, Signal.KL: kl or THRESHOLD_GRID[Signal.KL]}
 
 
-def tune_signal(runs: Sequence[RunSeries], signal: Signal, grid: Optional[Grid] = None) -> AlarmConfig:
+def tune_signal(runs: Sequence[RunSeries], signal: Signal, grid: Optional[Grid] = None) -> MonitorConfig:
     """One signal alone: the best of its thresholds in ``grid`` (default :func:`threshold_grid` of ``runs``) x
     :data:`PATIENCE_GRID` on ``runs``."""
     grid = threshold_grid(runs) if grid is None else grid
@@ -326,8 +327,8 @@ def tune_signal(runs: Sequence[RunSeries], signal: Signal, grid: Optional[Grid] 
     return _best(configs, runs, _alarm)
 
 
-def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int, signals: Sequence[Signal],
-            grid: Grid) -> AlarmConfig:
+def _ascend(runs: Sequence[RunSeries], cfg: MonitorConfig, sweeps: int, signals: Sequence[Signal],
+            grid: Grid) -> MonitorConfig:
     """Coordinate ascent on the thresholds: each of ``signals`` in turn tries its current value, off, then its grid."""
     for _ in range(sweeps):
         for sig in signals:
@@ -336,9 +337,9 @@ def _ascend(runs: Sequence[RunSeries], cfg: AlarmConfig, sweeps: int, signals: S
     return cfg
 
 
-def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (TUNING_START,),
-               also: Sequence[AlarmConfig] = (), sweeps: int = 2,
-               signals: Sequence[Signal] = tuple(Signal), grid: Optional[Grid] = None) -> AlarmConfig:
+def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[MonitorConfig] = (TUNING_START,),
+               also: Sequence[MonitorConfig] = (), sweeps: int = 2,
+               signals: Sequence[Signal] = tuple(Signal), grid: Optional[Grid] = None) -> MonitorConfig:
     """The combined rule: for each start and each (min_signals, patience) of the grids, coordinate ascent on
     the thresholds of ``signals`` in ``grid`` (default :func:`threshold_grid` of ``runs``; :func:`_ascend`,
     ``sweeps`` rounds); the best of these and of ``also`` (e.g. each signal's own tuned rule, so that the
@@ -354,9 +355,9 @@ def tune_alarm(runs: Sequence[RunSeries], starts: Sequence[AlarmConfig] = (TUNIN
 class TunedRules(NamedTuple):
     """Every alarm rule tuned on one set of runs."""
 
-    signals: dict[Signal, AlarmConfig]
+    signals: dict[Signal, MonitorConfig]
     """Each signal alone (:func:`tune_signal`)."""
-    combined: AlarmConfig
+    combined: MonitorConfig
     """The combined rule (:func:`tune_alarm` from :data:`TUNING_START` and from the best single signal, each
     single signal a finalist)."""
 
@@ -377,13 +378,13 @@ WITHOUT_KL = tuple(s for s in Signal if s is not Signal.KL)
 
 
 def tune_lowo(runs: Sequence[RunSeries], worlds: Sequence[str],
-              signals: Sequence[Signal] = tuple(Signal)) -> dict[str, AlarmConfig]:
+              signals: Sequence[Signal] = tuple(Signal)) -> dict[str, MonitorConfig]:
     """Per world, the combined rule over ``signals`` tuned on the runs of every OTHER world (leave one world out,
     the protocol of :func:`lowo_kl_budgets`)."""
     return {w: tune_rules([r for r in runs if r.world != w], signals).combined for w in worlds}
 
 
-def thresholds(config: AlarmConfig) -> dict[str, object]:
+def thresholds(config: MonitorConfig) -> dict[str, object]:
     """The config's fields by name (for a report)."""
     out: dict[str, object] = {f: config.threshold(s) for s, f in _FIELDS.items()}
     out.update(min_signals=config.min_signals, patience=config.patience, warmup=config.warmup)

@@ -3,6 +3,10 @@ estimators, loss aggregation and the PPO clipped policy / value losses.
 
 Everything here is a small pure function of tensors: no modules, no state, no config objects.
 Shapes: ``N`` prompts (groups), ``K`` samples per group, ``B`` sequences, ``T`` tokens, ``V`` vocab.
+
+Numerics: float16/bfloat16 inputs are computed in float32 (:func:`full_precision`); masks select
+(:func:`apply_mask`), so a NaN or inf at a masked (padded) position never reaches a sum or a gradient; the
+token log-ratio and k3 are clamped as verl and OpenRLHF clamp them.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from r2m.config import KLEstimator, LossAggregation, RatioLevel
+from r2m.config.enums import KLEstimator, LossAggregation, RatioLevel
 
 Number = Union[int, float]
 
 __all__ = [
+    "full_precision",
+    "apply_mask",
     "masked_sum",
     "masked_mean",
     "masked_var",
@@ -46,6 +52,18 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is float16 or bfloat16, else as it is (float32 and float64 are kept)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def apply_mask(x: Tensor, mask: Tensor) -> Tensor:
+    """x · m where m ≠ 0 and exactly 0 elsewhere (a select, not a product: nan · 0 is NaN, this is 0, and the
+    gradient at a masked position is 0 too). ``mask`` broadcasts against ``x``; fractional weights are kept."""
+    m = mask.to(x.dtype)
+    return torch.where(m != 0, x * m, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den > 0``, else 0 (an empty mask means "no tokens", not NaN)."""
     # Replacing the zero denominators (instead of clamping) keeps the result exact for any positive
@@ -54,8 +72,9 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: Optional[int] = None) -> Tensor:
-    """Masked sum: Σ_i x_i · m_i, over all elements (``dim=None``) or along ``dim``."""
-    prod = x * mask.to(x.dtype)  # same shape as x
+    """Masked sum: Σ_i x_i · m_i, over all elements (``dim=None``) or along ``dim``; masked elements add nothing,
+    whatever their value (NaN, inf)."""
+    prod = apply_mask(full_precision(x), mask)  # same shape as x
     return prod.sum() if dim is None else prod.sum(dim=dim)
 
 
@@ -71,6 +90,7 @@ def masked_var(x: Tensor, mask: Tensor, dim: Optional[int] = None, unbiased: boo
     ``unbiased`` applies Bessel's correction (as TRL/verl do for whitening); it is skipped where
     fewer than two elements are unmasked, and an empty mask gives 0.
     """
+    x = full_precision(x)
     mean = masked_mean(x, mask, dim)
     if dim is not None:
         mean = mean.unsqueeze(dim)  # broadcast back over the reduced dim
@@ -87,8 +107,9 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     """Masked whitening over all elements: (x − μ) / √(σ² + eps), μ, σ² the masked mean/variance.
 
     With ``shift_mean=False`` the mean is added back (only the scale is normalised). Masked-out
-    positions are transformed like the others; multiply by the mask if they must be zero.
+    positions are transformed like the others; :func:`apply_mask` the result if they must be zero.
     """
+    x = full_precision(x)
     mean = masked_mean(x, mask)  # ()
     var = masked_var(x, mask)  # ()
     whitened = (x - mean) * torch.rsqrt(var + eps)  # same shape as x
@@ -105,7 +126,7 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
 
     Equal scores give log 2.
     """
-    return -F.logsigmoid(chosen - rejected).mean()  # ()
+    return -F.logsigmoid(full_precision(chosen) - full_precision(rejected)).mean()  # ()
 
 
 def margin_pairwise_loss(chosen: Tensor, rejected: Tensor, margin: Union[float, Tensor]) -> Tensor:
@@ -114,7 +135,7 @@ def margin_pairwise_loss(chosen: Tensor, rejected: Tensor, margin: Union[float, 
     ``margin`` m is a float or a per-pair (N,) tensor. Pairs already separated by at least m cost
     nothing (and get no gradient).
     """
-    return F.relu(margin - (chosen - rejected)).mean()  # ()
+    return F.relu(margin - (full_precision(chosen) - full_precision(rejected))).mean()  # ()
 
 
 def within_group_spread(scores: Tensor, k: int) -> Tensor:
@@ -134,6 +155,7 @@ def group_reward_entropy(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     ``rewards`` (N, K) → (N,). Standardising first makes H depend only on the shape of the reward
     spread, not its scale; eps makes a constant group uniform (H = log K) instead of NaN.
     """
+    rewards = full_precision(rewards)
     mean = rewards.mean(dim=-1, keepdim=True)  # (N, 1)
     var = ((rewards - mean) ** 2).mean(dim=-1, keepdim=True)  # (N, 1) population variance
     # sqrt has an infinite derivative at 0: clamping to the smallest normal keeps the gradient of a
@@ -167,6 +189,7 @@ def grebt_terms(rewards: Tensor, alpha: float, eps: float = 1e-6, pair=None) -> 
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     if rewards.dim() != 2 or rewards.shape[-1] < 2:
         raise ValueError(f"rewards must be (N, K) with K >= 2, got shape {tuple(rewards.shape)}")
+    rewards = full_precision(rewards)
     if pair is None:
         # max/min route the gradient to the selected element, exactly like gathering at argmax/argmin
         winner = rewards.max(dim=-1).values  # (N,)
@@ -200,21 +223,36 @@ def grebt_loss(rewards: Tensor, alpha: float, eps: float = 1e-6) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: Union[KLEstimator, str]) -> Tensor:
+K3_LOG_RATIO_CLAMP, K3_CLAMP = 20.0, 10.0
+"""k3's clamps, verl's: ``kl_penalty_forward`` for ``low_var_kl`` (volcengine/verl b178a3c,
+verl/trainer/ppo/core_algos.py) clamps ref − logprob to [−20, 20] before exp and the estimate to [−10, 10];
+OpenRLHF's ``compute_approx_kl`` (OpenRLHF 3c3be62, openrlhf/models/utils.py) clamps its estimate to [−10, 10]."""
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: Union[KLEstimator, str],
+               mask: Optional[Tensor] = None) -> Tensor:
     """Per-token estimator of KL(π || π_ref) from sampled-token log-probs (B, T) → (B, T).
 
     With d = log π − log π_ref (Schulman's estimators, samples from π):
     k1 = d (unbiased, high variance, can be negative); k2 = ½ d² (biased, low variance, ≥ 0);
     k3 = exp(−d) − 1 + d = (π_ref/π − 1) − log(π_ref/π) (unbiased, low variance, ≥ 0).
+
+    k3 is computed on d clamped to ±20 and clamped to [−10, 10] itself, as verl's ``low_var_kl``
+    (:data:`K3_LOG_RATIO_CLAMP`): exp(−d) overflows float32 for d < −88.7, and one such token would be an
+    inf penalty (and a NaN gradient). With ``mask``, d is 0 (so every estimate is 0) where the mask is 0,
+    before any nonlinearity: a NaN or inf there reaches neither the value nor the gradient.
     """
     kind = KLEstimator(kind)
-    d = logprobs - ref_logprobs  # (B, T)
+    d = full_precision(logprobs) - full_precision(ref_logprobs)  # (B, T)
+    if mask is not None:
+        d = torch.where(mask != 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
     if kind is KLEstimator.K1:
         return d
     if kind is KLEstimator.K2:
         return 0.5 * d**2
+    d = d.clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
     # expm1 keeps k3 accurate near d = 0, where exp(−d) − 1 would cancel catastrophically
-    return torch.expm1(-d) + d  # (B, T)
+    return (torch.expm1(-d) + d).clamp(-K3_CLAMP, K3_CLAMP)  # (B, T)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +285,7 @@ def aggregate(
     full minibatch exactly under gradient accumulation, which local means would not.
     """
     aggregation = LossAggregation(aggregation)
+    values = full_precision(values)
     m = mask.to(values.dtype)  # (B, T)
     if aggregation is LossAggregation.TOKEN_MEAN:
         total = masked_sum(values, m)  # ()
@@ -266,6 +305,12 @@ def aggregate(
 # PPO losses
 # --------------------------------------------------------------------------------------------
 
+
+MAX_LOG_RATIO = 20.0
+"""Clamp of the token log-ratio log π − log π_old before exp, the peers': verl's ``compute_policy_loss_vanilla``
+(volcengine/verl b178a3c, verl/trainer/ppo/core_algos.py: ``torch.clamp(negative_approx_kl, min=-20.0,
+max=20.0)``) and OpenRLHF's ``PolicyLoss`` (OpenRLHF 3c3be62, openrlhf/models/loss.py: ``clamp(min=-20.0,
+max=20.0)``). exp(20) ≈ 4.9e8 is far past any clip bound; exp of 88.7 overflows float32."""
 
 class PolicyLossOutput(NamedTuple):
     """Aggregated clipped policy loss, plus detached diagnostics over the local batch."""
@@ -313,6 +358,8 @@ def clipped_policy_loss(
     """PPO clipped surrogate per token (R2M Eq. 2, per token):
     ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε_high)),
     ρ_t = exp(log π − log π_old); with ``clip_ratio_c`` and A_t < 0, ℓ_t = min(ℓ_t, −A_t c) (dual clip).
+    log π − log π_old is clamped to ±:data:`MAX_LOG_RATIO` before exp (as verl and OpenRLHF) and is 0 at masked
+    positions, so neither an extreme ratio nor garbage at a padded position gives an inf loss or NaN gradient.
 
     ``logprobs``/``old_logprobs``/``mask`` (B, T); ``advantages`` (B,) (broadcast over tokens) or
     (B, T). ℓ is reduced with :func:`aggregate`. ``clip_fraction`` is the masked share of tokens
@@ -321,8 +368,10 @@ def clipped_policy_loss(
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)  # (B, 1): a sequence advantage for every token
-    log_ratio = logprobs - old_logprobs  # (B, T)
-    terms = _surrogate(torch.exp(log_ratio), advantages, clip_eps, clip_eps_high, clip_ratio_c)  # (B, T)
+    advantages = full_precision(advantages)
+    log_ratio = apply_mask(full_precision(logprobs) - full_precision(old_logprobs), mask)  # (B, T) 0 where masked
+    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))  # (B, T)
+    terms = _surrogate(ratio, advantages, clip_eps, clip_eps_high, clip_ratio_c)  # (B, T)
     loss = aggregate(terms.loss, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs, horizon=horizon)
     with torch.no_grad():
         clip_fraction = masked_mean(terms.clipped, mask)
@@ -356,14 +405,15 @@ def sequence_clipped_policy_loss(
     ``num_seqs`` or B). ``advantages`` (B,) or (B, T) constant over each row's tokens (its masked mean
     is taken). ``clip_fraction`` is the share of sequences clipped; ``approx_kl`` is per token.
     """
+    logprobs, old_logprobs = full_precision(logprobs), full_precision(old_logprobs)
     m = mask.to(logprobs.dtype)  # (B, T)
-    adv = advantages if advantages.dim() == 1 else masked_mean(advantages, m, dim=-1)  # (B,)
-    log_ratio = (logprobs - old_logprobs) * m  # (B, T)
+    adv = full_precision(advantages if advantages.dim() == 1 else masked_mean(advantages, m, dim=-1))  # (B,)
+    log_ratio = apply_mask(logprobs - old_logprobs, m)  # (B, T)
     seq_log_ratio = log_ratio.sum(dim=-1).clamp(max=_MAX_SEQ_LOG_RATIO)  # (B,)
     terms = _surrogate(torch.exp(seq_log_ratio), adv, clip_eps, clip_eps_high, clip_ratio_c)  # (B,)
     has_tokens = (m.sum(dim=-1) > 0).to(m.dtype)  # (B,) an empty row contributes nothing
     n_seqs = logprobs.shape[0] if num_seqs is None else num_seqs
-    loss = (terms.loss * has_tokens).sum() / n_seqs
+    loss = apply_mask(terms.loss, has_tokens).sum() / n_seqs
     with torch.no_grad():
         clip_fraction = masked_mean(terms.clipped, has_tokens)
         approx_kl = masked_mean(0.5 * (logprobs - old_logprobs) ** 2, m)
@@ -402,6 +452,7 @@ def clipped_value_loss(
 
     ``clip_fraction`` is the masked share of tokens where the clipped error is the larger one.
     """
+    values, old_values, returns = full_precision(values), full_precision(old_values), full_precision(returns)
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
     err = (values - returns) ** 2  # (B, T)
     err_clipped = (values_clipped - returns) ** 2  # (B, T)
@@ -417,7 +468,7 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
     Uses log_softmax (a logsumexp inside) for stability; −inf logits (masked vocab) contribute 0.
     """
-    logp = F.log_softmax(logits, dim=-1)  # (B, T, V)
+    logp = F.log_softmax(full_precision(logits), dim=-1)  # (B, T, V)
     # a finite floor turns 0 · (−inf) = NaN into 0 · (very negative) = 0, in value and in gradient
     logp_floor = logp.clamp_min(torch.finfo(logp.dtype).min)  # (B, T, V)
     return -(logp.exp() * logp_floor).sum(dim=-1)  # (B, T)

@@ -23,9 +23,9 @@ evaluation at step 0 is the SFT policy's). None reads the gold reward. Logged un
 * ``monitor/fused_disagreement`` -- :func:`rank_disagreement` of R2M's fused score and the vanilla score of
   the same responses (only when R2M is on): how far the policy-feedback term reorders the vanilla RM.
 
-The alarm (:func:`first_alarm`, thresholds in :class:`AlarmConfig`). With history h_0..h_{n-1}, one dict of
-signal values per evaluation (h_0 = the SFT policy), each signal s with a threshold t_s "trips" at
-evaluation i by its :class:`Rule`:
+The alarm (:func:`first_alarm`; thresholds and rule in ``rl.monitor``, :class:`~r2m.config.monitor.MonitorConfig`).
+With history h_0..h_{n-1}, one dict of signal values per evaluation (h_0 = the SFT policy), each signal s with a
+threshold t_s "trips" at evaluation i by its :class:`Rule`:
 
 * ABOVE (token_js, hidden_drift): h_i[s] >= t_s -- already measured against the SFT policy;
 * ABS_ABOVE (length_rel_change): |h_i[s]| >= t_s -- longer or shorter;
@@ -45,16 +45,12 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config.monitor import MonitorConfig
-from r2m.errors import ConfigError, DataError
-
-_SHIPPED = MonitorConfig()
-"""``rl.monitor``'s defaults: :class:`AlarmConfig`'s defaults read them, so they are written once."""
+from r2m.config.monitor import THRESHOLD_OF, MonitorConfig
+from r2m.errors import DataError
 
 
 class RankDisagreement(NamedTuple):
@@ -331,65 +327,8 @@ SIGNAL_RULES: dict[Signal, Rule] = {
 }
 
 
-@dataclass(frozen=True)
-class AlarmConfig:
-    """Thresholds of the over-optimisation alarm; None = off. The defaults are ``rl.monitor``'s
-    (:class:`r2m.config.MonitorConfig`, the one place they are written: docs/MONITOR.md says where they come from)."""
-
-    check_disagreement_rise: Optional[float] = _SHIPPED.check_disagreement_rise
-    """Trip when the proxy-vs-check rank disagreement rises this much above its baseline (share of pairs)."""
-    proxy_gain_per_kl_ratio: Optional[float] = _SHIPPED.proxy_gain_per_kl_ratio
-    """Trip when proxy gain per unit KL falls to this fraction of its baseline (first) value; in (0, 1)."""
-    length_rel_change: Optional[float] = _SHIPPED.length_rel_change
-    """Trip when the mean response length differs from the SFT policy's by this fraction (either way)."""
-    token_js: Optional[float] = _SHIPPED.token_js
-    """Trip when the unigram JS divergence from the SFT policy's responses reaches this (nats, <= ln 2)."""
-    hidden_drift: Optional[float] = _SHIPPED.hidden_drift
-    """Trip when the mean cosine distance of hidden states from the SFT policy's reaches this (in [0, 2])."""
-    hidden_separation_rise: Optional[float] = _SHIPPED.hidden_separation_rise
-    """Trip when the 2-cluster separation (within - cross similarity) rises this much above its baseline."""
-    fused_disagreement_rise: Optional[float] = _SHIPPED.fused_disagreement_rise
-    """Trip when R2M's fused-vs-vanilla rank disagreement rises this much above its baseline."""
-    kl: Optional[float] = _SHIPPED.kl
-    """Trip when the policy's KL from the reference on the evaluation prompts (eval/kl, nats) reaches this."""
-    min_signals: int = _SHIPPED.min_signals
-    """How many signals must trip at one evaluation."""
-    patience: int = _SHIPPED.patience
-    """How many consecutive evaluations must each have ``min_signals`` tripped."""
-    warmup: int = _SHIPPED.warmup
-    """Evaluations 0 .. warmup-1 never count (evaluation 0 is the SFT policy, the baseline)."""
-
-    def __post_init__(self) -> None:
-        for sig in Signal:
-            t = self.threshold(sig)
-            if t is not None and not (math.isfinite(t) and t > 0):
-                raise ConfigError(f"AlarmConfig.{_FIELDS[sig]}: expected a finite number > 0 or None, got {t!r}")
-        t = self.proxy_gain_per_kl_ratio
-        if t is not None and t >= 1:
-            raise ConfigError(f"AlarmConfig.proxy_gain_per_kl_ratio: expected a fraction < 1, got {t!r}")
-        for name in ("min_signals", "patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"AlarmConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
-        if self.warmup < 0:
-            raise ConfigError(f"AlarmConfig.warmup: expected an integer >= 0, got {self.warmup!r}")
-
-    def threshold(self, signal: Signal) -> Optional[float]:
-        """The threshold field of ``signal``."""
-        return getattr(self, _FIELDS[signal])
-
-
-_FIELDS: dict[Signal, str] = {
-    Signal.CHECK_DISAGREEMENT: "check_disagreement_rise",
-    Signal.PROXY_GAIN_PER_KL: "proxy_gain_per_kl_ratio",
-    Signal.LENGTH_REL_CHANGE: "length_rel_change",
-    Signal.TOKEN_JS: "token_js",
-    Signal.HIDDEN_DRIFT: "hidden_drift",
-    Signal.HIDDEN_SEPARATION: "hidden_separation_rise",
-    Signal.FUSED_DISAGREEMENT: "fused_disagreement_rise",
-    Signal.KL: "kl",
-}
-SIGNAL_FIELDS: Mapping[Signal, str] = _FIELDS
-"""Each signal's threshold field of :class:`AlarmConfig` (read-only view for the alarm's validation)."""
+SIGNAL_FIELDS: Mapping[Signal, str] = {s: THRESHOLD_OF[s.value] for s in Signal}
+"""Each signal's threshold field of :class:`~r2m.config.monitor.MonitorConfig`."""
 
 
 class Reason(NamedTuple):
@@ -422,7 +361,7 @@ def _trips(rule: Rule, value: float, base: float, t: float) -> bool:
     return base > 0 and value <= t * base  # FALLS_TO
 
 
-def tripped_signals(history: Sequence[Mapping[str, object]], config: AlarmConfig) -> list[tuple[Reason, ...]]:
+def tripped_signals(history: Sequence[Mapping[str, object]], config: MonitorConfig) -> list[tuple[Reason, ...]]:
     """Per evaluation, the signals that trip (module docstring); keys other than :class:`Signal` are ignored."""
     out: list[list[Reason]] = [[] for _ in history]
     for sig in Signal:
@@ -449,7 +388,7 @@ class Alarm(NamedTuple):
     """The signals tripped at ``index``."""
 
 
-def first_alarm(history: Sequence[Mapping[str, object]], config: AlarmConfig = AlarmConfig()) -> Alarm:
+def first_alarm(history: Sequence[Mapping[str, object]], config: MonitorConfig = MonitorConfig()) -> Alarm:
     """The first evaluation where ``min_signals`` signals have tripped for ``patience`` evaluations running."""
     trips = tripped_signals(history, config)
     run = 0

@@ -8,7 +8,7 @@ l_i = argmin_j r'_ij of the RM's own scores. The benchmark's controls replace th
 * ``random`` -- negative control: two distinct members drawn uniformly from the group.
 
 Each rule is a pure function ``(scores (n, K), gold (n, K) | None, generator) -> WinnerLoser`` in
-:data:`PAIR_CHOICES`, keyed by :class:`r2m.config.PairChoice`. Ties go to the first index (torch's max/min),
+:data:`PAIR_CHOICES`, keyed by :class:`r2m.config.enums.PairChoice`. Ties go to the first index (torch's max/min),
 so ``self`` selects exactly the elements that ``rewards.max(-1)`` / ``rewards.min(-1)`` do.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from r2m.config import PairChoice
+from r2m.config.enums import PairChoice
 
 
 class WinnerLoser(NamedTuple):

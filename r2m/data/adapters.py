@@ -11,7 +11,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 
 from r2m.config.enums import OnMismatch
-from r2m.config.paths import DatasetFormat
+from r2m.config.paths import DatasetFormat, format_names
 from r2m.data.chat import ChatPrompt, has_template, strip_bos_text
 from r2m.data.jsonl import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS
 from r2m.errors import DataError
@@ -72,10 +72,13 @@ class AdapterContext:
     """1-based number of the row being adapted (the line number of a JSONL file without blank lines)."""
     skipped: Counter = field(default_factory=Counter)
     """Reason -> rows skipped so far."""
+    detected: bool = False
+    """The format was detected from the columns (the source was left at data.format=plain)."""
 
     def error(self, problem: str) -> DataError:
+        how = ", detected from its columns," if self.detected else ""
         return DataError(f"{self.source}: row {self.index}: {problem} "
-                         f"(format '{self.fmt.value}' expects {self.expects})")
+                         f"(format '{self.fmt.value}'{how} expects {self.expects}; {format_hint()})")
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
@@ -88,6 +91,11 @@ class AdapterContext:
 
 
 Adapter = Callable[[dict, AdapterContext], Optional[dict]]
+
+
+def format_hint() -> str:
+    """The format choice, as errors about a row's schema state it."""
+    return f"another schema: set data.format or data.formats.<field> to one of {', '.join(format_names())}"
 
 
 def _field(container: dict, key: str, ctx: AdapterContext, kind: type, what: str, label: Optional[str] = None) -> Any:

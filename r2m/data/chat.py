@@ -1,7 +1,7 @@
 """Each model reads its own input: prompts that remember their messages, and the RM's own rendering.
 
 A conversational dataset gives a prompt as a list of chat messages. The policy reads those messages
-rendered by *its* chat template (:func:`r2m.data.datasets.render_messages`); that text is a
+rendered by *its* chat template (:func:`r2m.data.adapters.render_messages`); that text is a
 :class:`ChatPrompt`, a ``str`` that also carries the messages. Wherever the text travels (the
 prompt set, the K samples of a group, preference rows), a reward model can render the same
 conversation with *its own* template, as TRL does: ``apply_chat_template(prompt + [assistant reply])``.

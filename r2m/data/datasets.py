@@ -11,8 +11,11 @@ response are tokenised separately downstream (see :meth:`r2m.models.reward.Rewar
 so a split keeps ``prompt + response`` equal to the original text (HH-RLHF and TL;DR responses keep
 their leading space).
 
-Sources are local ``.jsonl``/``.json``/``.parquet`` files, local directories, or hub dataset names,
-all read through ``datasets.load_dataset`` (never with ``trust_remote_code``). A row that does not
+Sources are local ``.jsonl``/``.json``/``.parquet`` files, local directories (a hub dataset's layout:
+``data/<split>-*.parquet`` and a card with a ``configs`` block), hub dataset names, all read through
+``datasets.load_dataset`` (never with ``trust_remote_code``), or a Python dataset the object API was given
+(:mod:`r2m.data.sources`). A source left at format ``plain`` whose columns are TRL's (or UltraFeedback's) is read
+in that format (:func:`r2m.data.trl_formats.detect_format`), and said so in the log. A row that does not
 match its format's schema raises :class:`DataError` naming the source, the row (1-based) and the
 field; rows that match the schema but cannot be used (an empty response, chosen and rejected that do
 not share a prompt) are skipped and counted in a :class:`LoadReport`.
@@ -25,14 +28,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, Union
+import itertools
+import json
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 from r2m.config.paths import DatasetFormat
-from r2m.data.adapters import (KIND_FIELDS, Adapter, AdapterContext, OnMismatch, RowKind, _hh_rlhf, _plain, _stack_exchange,
-                               _tldr, _tldr_preference, _ultrafeedback)
-from r2m.data.adapters import render_messages, split_hh, tldr_prompt  # noqa: F401 (the readers' public names)
+from r2m.data.adapters import (KIND_FIELDS, Adapter, AdapterContext, RowKind, _hh_rlhf, _plain, _stack_exchange, _tldr,
+                               _tldr_preference, _ultrafeedback, format_hint)
+from r2m.config.enums import OnMismatch
 from r2m.data.jsonl import read_jsonl
-from r2m.data.trl_formats import adapt as _trl
+from r2m.data.sources import display_name, python_source
+from r2m.data.trl_formats import adapt as _trl, detect_format
 from r2m.errors import ConfigError, DataError
 from r2m.fileio import decode_lines
 
@@ -74,7 +80,7 @@ FORMATS: dict[DatasetFormat, FormatInfo] = {
     DatasetFormat.TRL: FormatInfo(
         _trl, _ALL, "train",
         "TRL's 'prompt' (prompt-only), 'prompt'+'completion', 'prompt'+'chosen'+'rejected' or 'chosen'+'rejected', "
-        "as strings or as [{'role', 'content'}] message lists"),
+        "as strings or as [{'role', 'content'}] message lists, or 'messages'"),
 }
 
 ADAPTERS: dict[DatasetFormat, Adapter] = {fmt: info.adapter for fmt, info in FORMATS.items()}
@@ -130,7 +136,10 @@ class Source(NamedTuple):
 
 
 def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat, how: Source = Source()) -> Iterable[dict]:
-    """Rows of a local file or directory, or of a hub dataset, via ``datasets.load_dataset``."""
+    """Rows of a Python dataset, a local file or directory, or a hub dataset (``datasets.load_dataset``)."""
+    python = python_source(source)
+    if python is not None:
+        return python.dataset  # a Dataset or IterableDataset iterates as dict rows
     from datasets import load_dataset
 
     path = Path(source)
@@ -140,9 +149,8 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat, how: So
         if path.is_file():
             builder = _LOCAL_BUILDERS.get(path.suffix)
             if builder is None:
-                raise DataError(f"{source}: expected a .jsonl, .json or .parquet file")
+                raise DataError(f"{source}: expected a .jsonl, .json or .parquet file, or a dataset directory")
             if builder == "json":  # Arrow fails on an undecodable byte only when a row is read, and unnamed
-
                 decode_lines(path, path.read_bytes())
             # A local file is one split; naming it after ``split`` lets a caller's split name work too.
             name = split or "train"
@@ -157,23 +165,82 @@ def _load_dataset(source: str, split: Optional[str], fmt: DatasetFormat, how: So
     except DataError:
         raise
     except Exception as e:  # datasets raises many types (builder, arrow, hub, offline); one clear line instead
-        raise DataError(f"{source}: cannot load with datasets.load_dataset: {type(e).__name__}: {e}") from e
+        hint = " (set the split: data.train_split, data.eval_split or data.splits.<field>)" if "split" in str(e) else ""
+        raise DataError(f"{source}: cannot load with datasets.load_dataset: {type(e).__name__}: {e}{hint}") from e
+
+
+def _first_jsonl_row(path: Path) -> Optional[dict]:
+    """The first row of a JSONL file (None: missing, empty or malformed; the plain reader then says which)."""
+    if not path.is_file():
+        return None
+    for line in decode_lines(path, path.read_bytes()):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return None
+            return row if isinstance(row, dict) else None
+    return None
+
+
+def _detected(ctx: AdapterContext, first: Optional[dict]) -> DatasetFormat:
+    """The format of a ``plain`` source from its first row; ``ctx`` then reads (and errors speak) in it."""
+    fmt = detect_format(first) if first is not None else DatasetFormat.PLAIN
+    if fmt != DatasetFormat.PLAIN:
+        log.info("data: %s: columns %s are %s's format: read as data.format=%s", ctx.source, sorted(first),
+                 "TRL" if fmt == DatasetFormat.TRL else fmt.value, fmt.value)
+        ctx.fmt, ctx.expects, ctx.detected = fmt, FORMATS[fmt].expects, True
+    return fmt
+
+
+def _rows(source: str, fmt: DatasetFormat, split: Optional[str], ctx: AdapterContext,
+          how: Source) -> Iterator[dict]:
+    """The source's rows; with ``plain`` its format is detected from the first row first (``ctx.fmt``)."""
+    rows = iter(_load_dataset(source, split, fmt, how))
+    if fmt != DatasetFormat.PLAIN:
+        return rows
+    first = next(rows, None)
+    _detected(ctx, first)
+    return itertools.chain([first] if first is not None else [], rows)
 
 
 def _read(source: str, fmt: DatasetFormat, kind: RowKind, split: Optional[str],
           ctx: AdapterContext, how: Source = Source()) -> tuple[list[dict], int]:
-    """Adapted rows and the number of source rows read."""
-    if fmt == DatasetFormat.PLAIN and Path(source).suffix == ".jsonl":
+    """Adapted rows and the number of source rows read (``ctx.fmt``: the format read, detected for ``plain``)."""
+    if fmt == DatasetFormat.PLAIN and Path(source).suffix == ".jsonl" and python_source(source) is None \
+            and _detected(ctx, _first_jsonl_row(Path(source))) == DatasetFormat.PLAIN:
         # The plain JSONL reader gives line numbers and reports malformed JSON, which Arrow cannot.
-        rows = read_jsonl(source, KIND_FIELDS[kind])
+        rows = read_jsonl(source, KIND_FIELDS[kind], hint=f"format 'plain' expects {ctx.expects}; {format_hint()}")
         return rows, len(rows)
-    adapter, rows, n = ADAPTERS[fmt], [], 0
-    for n, row in enumerate(_load_dataset(source, split, fmt, how), start=1):
+    rows, n = [], 0
+    for n, row in enumerate(_rows(source, ctx.fmt, split, ctx, how), start=1):
         ctx.index = n
-        out = adapter(row, ctx)
+        out = ADAPTERS[ctx.fmt](row, ctx)
         if out is not None:
             rows.append(out)
     return rows, n
+
+
+def stream_prompts(source: Union[str, Path], fmt: Union[DatasetFormat, str] = DatasetFormat.PLAIN,
+                   split: Optional[str] = None, tokenizer: Optional["PreTrainedTokenizerBase"] = None,
+                   how: Source = Source(), epoch: int = 0) -> Iterator[str]:
+    """The prompts of one pass (``epoch``) over a source read as a stream, as they arrive: nothing is held but the
+    current row. An ``IterableDataset`` is told the epoch (``set_epoch``), so that one shuffled with a buffer
+    reshuffles on each pass. Prompts a source repeats (a pair dataset's) are not deduplicated here."""
+    source, fmt = str(source), _as_format(fmt)
+    ctx = AdapterContext(display_name(source), fmt, RowKind.PROMPT, FORMATS[fmt].expects, tokenizer)
+    dataset = _load_dataset(source, split, fmt, how)
+    if callable(getattr(dataset, "set_epoch", None)):
+        dataset.set_epoch(epoch)
+    rows = iter(dataset)
+    first = next(rows, None)
+    if fmt == DatasetFormat.PLAIN:
+        _detected(ctx, first)
+    for n, row in enumerate(itertools.chain([first] if first is not None else [], rows), start=1):
+        ctx.index = n
+        out = ADAPTERS[ctx.fmt](row, ctx)
+        if out is not None:
+            yield out["prompt"]
 
 
 def _response(row: dict) -> Optional[str]:
@@ -238,17 +305,18 @@ def load_rows(source: Union[str, Path], fmt: Union[DatasetFormat, str], kind: Ro
     if max_response_tokens is not None and (tokenizer is None or max_response_tokens < 1):
         raise ConfigError(f"max_response_tokens: expected >= 1 and a tokenizer to count with, got "
                           f"{max_response_tokens!r} and {'a' if tokenizer is not None else 'no'} tokenizer")
-    ctx = AdapterContext(source, fmt, kind, FORMATS[fmt].expects, tokenizer, on_mismatch)
+    ctx = AdapterContext(display_name(source), fmt, kind, FORMATS[fmt].expects, tokenizer, on_mismatch)
     rows, read = _read(source, fmt, kind, split, ctx, how)
+    fmt = ctx.fmt  # detected from the columns when the source was left at plain
     dropped = 0
     if max_response_tokens is not None and rows:
         long = _long_rows(rows, tokenizer, max_response_tokens)
         dropped = sum(long)
         rows = [r for r, too_long in zip(rows, long) if not too_long]
     rows = _finish(rows, fmt, kind, ctx)
-    report = LoadReport(source, fmt, kind, read, len(rows), dropped, dict(ctx.skipped))
+    report = LoadReport(ctx.source, fmt, kind, read, len(rows), dropped, dict(ctx.skipped))
     if not rows:
-        raise DataError(f"{source}: no rows left: {report.summary()}")
+        raise DataError(f"{ctx.source}: no rows left: {report.summary()}")
     log.info("data: %s", report.summary())
     return Loaded(rows, report)
 

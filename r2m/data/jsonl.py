@@ -13,20 +13,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Sequence
-from r2m.fileio import atomic_write_text
+
+from r2m.errors import DataError
+from r2m.fileio import atomic_write_text, decode_lines
 
 PROMPT_FIELDS = ("prompt",)
 SFT_FIELDS = ("prompt", "response")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
 
-from r2m.errors import DataError  # noqa: E402  (re-exported)
-from r2m.fileio import decode_lines  # noqa: E402,F401 (re-exported)
-
-
-def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
-    """Read a JSONL file whose rows must hold non-empty string ``required`` fields."""
+def read_jsonl(path: str | Path, required: Sequence[str], hint: str = "") -> list[dict]:
+    """Read a JSONL file whose rows must hold non-empty string ``required`` fields; ``hint`` (the format choice)
+    ends the errors about a row's fields."""
     path = Path(path)
+    hint = f" ({hint})" if hint else ""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows: list[dict] = []
@@ -41,10 +41,10 @@ def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict]:
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         for name in required:
             if name not in row:
-                raise DataError(f"{path}:{lineno}: missing field '{name}' (required: {list(required)})")
+                raise DataError(f"{path}:{lineno}: missing field '{name}' (required: {list(required)}){hint}")
             value = row[name]
             if not isinstance(value, str):
-                raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}")
+                raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}{hint}")
             if not value.strip():
                 raise DataError(f"{path}:{lineno}: field '{name}' is empty")
         if "chosen" in required and row["chosen"] == row["rejected"]:

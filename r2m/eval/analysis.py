@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional, Sequ
 import torch
 from torch import nn
 
-from r2m.experience.sampling import left_pad, position_ids
+from r2m.models.forward import left_pad, position_ids
 from r2m.fileio import atomic_savefig, atomic_write_text
 from r2m.errors import ConfigError
-from r2m.world import is_hacking, parse_prompt
+from r2m.world.task import is_hacking, parse_prompt
 
 if TYPE_CHECKING:
     from r2m.eval.judges import Scorer
@@ -201,7 +201,7 @@ def hacking_similarity(states: torch.Tensor, is_hacking: Sequence[bool], groups:
 
 
 def world_hacking_labels(prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-    """:func:`r2m.world.is_hacking` on texts: the sorted digits, then extra tokens (world prompts only)."""
+    """:func:`r2m.world.task.is_hacking` on texts: the sorted digits, then extra tokens (world prompts only)."""
     return [is_hacking(parse_prompt(p), r.split()) for p, r in zip(prompts, responses)]
 
 

@@ -3,8 +3,9 @@
 A :class:`Judge` compares two responses to the same prompt: 1 = a is better, 0 = b is better,
 0.5 = tie, NaN = no usable verdict. A :class:`Scorer` rates single responses.
 
-:class:`ApiJudge` talks to any OpenAI-compatible ``/chat/completions`` endpoint with the standard
-library only. Pairwise, it asks in both orders and calls inconsistent verdicts a tie (SER paper,
+:class:`ApiJudge` talks to any OpenAI-compatible ``/chat/completions`` endpoint through the ``openai`` client (the
+``r2m[openai]`` extra), with r2m's own retries, backoff, bounded concurrency, reply cache and named errors on top
+(the client's own retries are off). Pairwise, it asks in both orders and calls inconsistent verdicts a tie (SER paper,
 Appendix C.2); single-answer, it uses SER's additive 5-point rubric (Appendix D.4). The API key is
 read from an environment variable or a key file only, and never reaches logs, caches or errors.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import http.client
 import json
 import logging
 import math
@@ -23,18 +23,18 @@ import re
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from r2m.config import JudgeConfig, JudgeMode, WorldConfig
+from r2m.config.jobs import JudgeConfig
+from r2m.config.enums import JudgeMode
+from r2m.config.run import WorldConfig
 from r2m.errors import ConfigError, R2MError
 from r2m.eval import judge_prompts
 from r2m.eval.winrate import LOSS, TIE, WIN, outcomes_from_scores
-from r2m.world import gold_rewards
+from r2m.world.task import gold_rewards
 
 if TYPE_CHECKING:
     from r2m.models.reward import RewardModel
@@ -104,11 +104,6 @@ class RewardModelJudge:
 # ---------------------------------------------------------------------------------------------
 
 
-CompareMode = JudgeMode
-"""How :meth:`ApiJudge.compare` decides: ``eval.judge.mode``'s Enum (:class:`r2m.config.JudgeMode`), validated where
-the config is parsed; this name stays for the callers of before issue 13."""
-
-
 class Verdict(str, enum.Enum):
     """One pairwise reply, in the positions the judge saw."""
 
@@ -119,73 +114,20 @@ class Verdict(str, enum.Enum):
     """No ``[[A]]``/``[[B]]``/``[[C]]`` in the reply."""
 
 
-@dataclass(frozen=True)
-class ApiJudgeConfig:
-    """An OpenAI-compatible chat-completions endpoint used as a judge. Holds no secret."""
-
-    base_url: str = "https://api.openai.com/v1"
-    """API root; requests go to ``<base_url>/chat/completions``."""
-    model: str = "gpt-4o-2024-08-06"
-    """Judge model name (SER used gpt-4o-2024-08-06)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (used when ``api_key_file`` is unset)."""
-    api_key_file: Optional[str] = None
-    """File whose stripped content is the API key; takes precedence over ``api_key_env``."""
-    mode: CompareMode = CompareMode.PAIRWISE
-    """How ``compare`` judges: ``pairwise`` (both orders) or ``single`` (rubric score of each response)."""
-    max_concurrency: int = 4
-    """Most requests in flight at once (threads in the pool)."""
-    max_retries: int = 5
-    """Retries after the first attempt on HTTP 429, 5xx, timeouts and connection errors."""
-    backoff_s: float = 1.0
-    """First retry delay; doubles on every further retry (with jitter in [0.5, 1] of it)."""
-    max_backoff_s: float = 60.0
-    """Cap on one retry delay (also on a server's ``Retry-After``)."""
-    timeout_s: float = 60.0
-    """Socket timeout of one request."""
-    cache_dir: Optional[str] = None
-    """Directory of the reply cache (keyed by endpoint, model, messages, temperature, max_tokens); None: no cache."""
-    temperature: float = 0.0
-    """Sampling temperature of the judge."""
-    max_tokens: int = 512
-    """Most tokens the judge may reply with (explanation plus verdict)."""
-
-    def __post_init__(self) -> None:
-        def check(cond: bool, name: str, expected: str, value: object) -> None:
-            if not cond:
-                raise ConfigError(f"judge.{name}: expected {expected}, got {value!r}")
-
-        check(self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
-        check(bool(self.model), "model", "a model name", self.model)
-        check(isinstance(self.mode, JudgeMode), "mode", "a JudgeMode (pairwise or single)", self.mode)
-        check(bool(self.api_key_env) or bool(self.api_key_file), "api_key_env", "a variable name (or api_key_file)",
-              self.api_key_env)
-        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
-            # Never echo the value: it may be a key pasted in the wrong place.
-            raise ConfigError("judge.api_key_env: expected the NAME of an environment variable (letters, digits, _), "
-                              "not a key; the given value is not shown")
-        check(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
-        check(self.max_retries >= 0, "max_retries", ">= 0", self.max_retries)
-        check(self.backoff_s >= 0, "backoff_s", ">= 0", self.backoff_s)
-        check(self.max_backoff_s >= self.backoff_s, "max_backoff_s", ">= backoff_s", self.max_backoff_s)
-        check(self.timeout_s > 0, "timeout_s", "> 0", self.timeout_s)
-        check(self.temperature >= 0, "temperature", ">= 0", self.temperature)
-        check(self.max_tokens >= 1, "max_tokens", ">= 1", self.max_tokens)
-
-
-# ``eval.judge`` field -> (environment variable used when the field is null, ApiJudgeConfig field).
-JUDGE_ENV: dict[str, tuple[str, str]] = {
-    "base_url": ("R2M_JUDGE_BASE_URL", "base_url"),
-    "model": ("R2M_JUDGE_MODEL", "model"),
-    "api_key_env": ("R2M_JUDGE_KEY_ENV", "api_key_env"),
-    "api_key_file": ("R2M_JUDGE_KEY_FILE", "api_key_file"),
-    "mode": ("R2M_JUDGE_MODE", "mode"),
-    "concurrency": ("R2M_JUDGE_CONCURRENCY", "max_concurrency"),
-    "max_retries": ("R2M_JUDGE_MAX_RETRIES", "max_retries"),
-    "timeout": ("R2M_JUDGE_TIMEOUT", "timeout_s"),
-    "cache_dir": ("R2M_JUDGE_CACHE", "cache_dir"),
+JUDGE_ENV: dict[str, str] = {
+    "base_url": "R2M_JUDGE_BASE_URL", "model": "R2M_JUDGE_MODEL", "api_key_env": "R2M_JUDGE_KEY_ENV",
+    "api_key_file": "R2M_JUDGE_KEY_FILE", "mode": "R2M_JUDGE_MODE", "concurrency": "R2M_JUDGE_CONCURRENCY",
+    "max_retries": "R2M_JUDGE_MAX_RETRIES", "timeout": "R2M_JUDGE_TIMEOUT", "cache_dir": "R2M_JUDGE_CACHE",
 }
-DEFAULT_CACHE_DIR = ".r2m_judge_cache"
+"""Each nullable ``eval.judge`` field -> the environment variable read when it is null."""
+JUDGE_DEFAULTS: dict[str, object] = {
+    "base_url": "https://api.openai.com/v1", "model": "gpt-4o-2024-08-06", "api_key_env": "OPENAI_API_KEY",
+    "api_key_file": None, "mode": JudgeMode.PAIRWISE, "concurrency": 4, "max_retries": 5, "timeout": 60.0,
+    "cache_dir": ".r2m_judge_cache",
+}
+"""The value of a field that is null in the config and unset in the environment."""
+DEFAULT_CACHE_DIR = JUDGE_DEFAULTS["cache_dir"]
+_ENV_KINDS = {"concurrency": int, "max_retries": int, "timeout": float, "mode": JudgeMode}
 
 
 def _from_env(var: str, value: str, kind: type) -> object:
@@ -198,25 +140,19 @@ def _from_env(var: str, value: str, kind: type) -> object:
         raise ConfigError(f"{var}: expected {expected}, got {value!r}") from None
 
 
-def api_judge_config(judge: Optional[JudgeConfig] = None,
-                     environ: Optional[Mapping[str, str]] = None) -> ApiJudgeConfig:
-    """The :class:`ApiJudgeConfig` of ``eval.judge``: each field from the config when set, else from its
-    ``R2M_JUDGE_*`` environment variable (:data:`JUDGE_ENV`), else the default. Reads no key."""
+def resolve_judge(judge: Optional[JudgeConfig] = None, environ: Optional[Mapping[str, str]] = None) -> JudgeConfig:
+    """``judge`` with every null field filled: from its ``R2M_JUDGE_*`` environment variable (:data:`JUDGE_ENV`)
+    when set, else its default (:data:`JUDGE_DEFAULTS`; ``api_key_file`` stays None). ``cache_dir`` "" (in the
+    config or ``R2M_JUDGE_CACHE=""``) is no cache. Reads no key."""
     judge = judge or JudgeConfig()
     environ = os.environ if environ is None else environ
-    kinds = {"concurrency": int, "max_retries": int, "timeout": float, "mode": JudgeMode}
-    kwargs: dict = {"cache_dir": DEFAULT_CACHE_DIR}
-    for name, (var, target) in JUDGE_ENV.items():
+    filled = {}
+    for name, var in JUDGE_ENV.items():
         value = getattr(judge, name)
-        if value is None and environ.get(var, "") != "":
-            value = _from_env(var, environ[var], kinds.get(name, str))
-        elif value is None and name == "cache_dir" and var in environ:  # R2M_JUDGE_CACHE="": no cache
-            value = ""
-        if value is not None:
-            kwargs[target] = value
-    if kwargs["cache_dir"] == "":
-        kwargs["cache_dir"] = None
-    return ApiJudgeConfig(**kwargs)
+        if value is None and var in environ and (environ[var] != "" or name == "cache_dir"):
+            value = _from_env(var, environ[var], _ENV_KINDS.get(name, str))
+        filled[name] = JUDGE_DEFAULTS[name] if value is None else value
+    return replace(judge, **filled)
 
 
 class JudgeError(R2MError):
@@ -295,7 +231,7 @@ def rubric_messages(question: str, answer: str) -> Messages:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_api_key(cfg: ApiJudgeConfig) -> str:
+def read_api_key(cfg: JudgeConfig) -> str:
     """The key from ``api_key_file`` if set, else from ``$api_key_env``; errors name the source, not the key."""
     if cfg.api_key_file:
         path = Path(cfg.api_key_file).expanduser()
@@ -341,15 +277,28 @@ def _retry_after(headers) -> Optional[float]:
         return None
 
 
-class ChatClient:
-    """Chat completions with retries, a disk cache and a bounded thread pool."""
+def _openai_client(cfg: JudgeConfig, key: str):
+    """The ``openai.OpenAI`` client of ``cfg``, its own retries off; a clear error where the extra is missing."""
+    try:
+        import openai
+    except ImportError:
+        raise ConfigError("eval.judge: the API judge talks to its endpoint through the openai client, which is not "
+                          "installed: pip install 'r2m[openai]'") from None
+    # "User-Agent": some gateways refuse a library's default agent.
+    return openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0,
+                         default_headers={"User-Agent": "r2m-judge/0.1"})
 
-    def __init__(self, cfg: ApiJudgeConfig):
-        self.cfg = cfg
+
+class ChatClient:
+    """Chat completions (the ``openai`` client) with r2m's retries, a disk cache and a bounded thread pool."""
+
+    def __init__(self, cfg: JudgeConfig):
+        self.cfg = cfg = resolve_judge(cfg)
         self._key = read_api_key(cfg)
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.stats = ApiJudgeStats()
         self._lock = threading.Lock()
+        self._client = _openai_client(cfg, self._key)
 
     def __repr__(self) -> str:  # the default repr would be harmless, but be explicit: no key
         return f"ChatClient(url={self.url!r}, model={self.cfg.model!r})"
@@ -398,23 +347,27 @@ class ChatClient:
 
     # ---- HTTP ----
 
-    def _post_once(self, data: bytes) -> bytes:
-        req = urllib.request.Request(self.url, data=data, method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self._key}",
-            # Some gateways refuse urllib's default "Python-urllib/x.y" agent.
-            "User-Agent": "r2m-judge/0.1"})
+    def _status_error(self, e) -> Exception:
+        """An ``openai.APIStatusError`` as r2m's: 429 and 5xx are retried (after the server's Retry-After, if any)."""
+        detail = self._redact(getattr(e.response, "text", "")[:300]).strip()
+        code = e.status_code
+        if code == 429 or code >= 500:
+            return _Retryable(f"HTTP {code} {detail}", _retry_after(e.response.headers))
+        reason = getattr(e.response, "reason_phrase", "") or type(e).__name__
+        return JudgeError(f"judge endpoint {self.url}: HTTP {code} {reason}: {detail}")
+
+    def _post_once(self, body: dict):
+        """One request through the openai client (its own retries off: r2m retries, counts and logs them)."""
+        import openai
+
         self.record("http_requests")
         try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as e:
-            detail = self._redact(e.read()[:300].decode("utf-8", "replace")).strip()
-            if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code} {detail}", _retry_after(e.headers)) from None
-            raise JudgeError(f"judge endpoint {self.url}: HTTP {e.code} {e.reason}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", None) or e
-            raise _Retryable(f"{type(e).__name__}: {self._redact(str(reason))}") from None
+            return self._client.chat.completions.create(**body)
+        except openai.APIStatusError as e:
+            raise self._status_error(e) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            cause = e.__cause__ or e
+            raise _Retryable(f"{type(e).__name__}: {self._redact(str(cause))}") from None
 
     def _delay(self, attempt: int, retry_after: Optional[float]) -> float:
         delay = self.cfg.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
@@ -422,11 +375,11 @@ class ChatClient:
             delay = max(delay, retry_after)
         return min(delay, self.cfg.max_backoff_s)
 
-    def _post(self, data: bytes) -> bytes:
+    def _post(self, body: dict):
         attempts = self.cfg.max_retries + 1
         for attempt in range(attempts):
             try:
-                return self._post_once(data)
+                return self._post_once(body)
             except _Retryable as e:
                 last = str(e)
                 if attempt + 1 == attempts:
@@ -450,20 +403,20 @@ class ChatClient:
     def _fetch(self, key: str, messages: Messages) -> str:
         body = {"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
                 "max_tokens": self.cfg.max_tokens}
-        raw = self._post(json.dumps(body).encode("utf-8"))
+        reply = self._post(body)
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            snippet = self._redact(raw[:200].decode("utf-8", "replace"))
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            snippet = self._redact(repr(reply)[:200])
             raise JudgeError(f"judge endpoint {self.url}: unexpected reply (expected choices[0].message.content): "
-                             f"{snippet!r}") from None
+                             f"{snippet}") from None
         content = content or ""  # a refusal may come back as null content: unparseable, not a crash
         self._cache_put(key, messages, content)
         return content
 
     def complete_many(self, conversations: Sequence[Messages]) -> list[str]:
         """Replies in order. Cached and duplicate conversations cost no request; the rest run
-        at most ``max_concurrency`` at a time."""
+        at most ``concurrency`` at a time."""
         keys = [self.cache_key(m) for m in conversations]
         replies: dict[str, str] = {}
         todo: dict[str, Messages] = {}
@@ -483,7 +436,7 @@ class ChatClient:
         return [replies[k] for k in keys]
 
     def _fetch_all(self, todo: dict[str, Messages]) -> dict[str, str]:
-        pool = ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(todo)),
+        pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(todo)),
                                   thread_name_prefix="r2m-judge")
         try:
             futures: dict[str, Future] = {k: pool.submit(self._fetch, k, m) for k, m in todo.items()}
@@ -501,9 +454,9 @@ class ChatClient:
 class ApiJudge:
     """An LLM judge behind an OpenAI-compatible endpoint: pairwise (both orders) or SER's rubric."""
 
-    def __init__(self, cfg: ApiJudgeConfig, client: Optional[ChatClient] = None):
-        self.cfg = cfg
-        self.client = client or ChatClient(cfg)
+    def __init__(self, cfg: JudgeConfig, client: Optional[ChatClient] = None):
+        self.cfg = resolve_judge(cfg)
+        self.client = client or ChatClient(self.cfg)
 
     def __repr__(self) -> str:
         return f"ApiJudge(url={self.client.url!r}, model={self.cfg.model!r}, mode={self.cfg.mode.value})"
@@ -533,7 +486,7 @@ class ApiJudge:
         return scores
 
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
-        if self.cfg.mode == CompareMode.SINGLE:
+        if self.cfg.mode == JudgeMode.SINGLE:
             _check_lengths(prompts, responses_a, responses_b)
             n = len(prompts)
             # One call for both sides, so that all 2N requests share the bounded pool.
@@ -564,7 +517,7 @@ class JudgeKind(str, enum.Enum):
 
 
 def build_judge(kind: JudgeKind, world: Optional[WorldConfig] = None, reward_model: Optional["RewardModel"] = None,
-                api: Optional[ApiJudgeConfig] = None) -> Judge:
+                api: Optional[JudgeConfig] = None) -> Judge:
     """The judge of ``kind``; it needs ``world``, ``reward_model`` or ``api`` respectively."""
     if kind == JudgeKind.GOLD:
         return GoldJudge(world or WorldConfig())
@@ -572,4 +525,4 @@ def build_judge(kind: JudgeKind, world: Optional[WorldConfig] = None, reward_mod
         if reward_model is None:
             raise ConfigError("judge: kind reward_model needs a reward model")
         return RewardModelJudge(reward_model)
-    return ApiJudge(api or ApiJudgeConfig())
+    return ApiJudge(api or JudgeConfig())

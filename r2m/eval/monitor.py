@@ -13,7 +13,6 @@ the caller logs once per run.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Sequence
 
@@ -33,7 +32,8 @@ from r2m.core.monitor import (
 from r2m.errors import DataError
 from r2m.eval.policy import PolicySamples
 from r2m.experience.rewards import RewardFunction, RewardQuery
-from r2m.experience.rollout import eval_mode, left_pad, position_ids
+from r2m.models.forward import eval_mode, last_states, left_pad
+from r2m.utils import device_clock
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,7 @@ def response_states(model: nn.Module, prompt_ids: Sequence[Sequence[int]], respo
             for i, b in enumerate(r):
                 resp[i, width - len(b):] = len(b) > 0
             ids, mask = ids.to(device), mask.to(device)
-            hidden = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                           output_hidden_states=True, use_cache=False).hidden_states[-1]  # (b, S, D)
+            hidden = last_states(model, ids, mask, torch.Tensor.detach)  # (b, S, D), no logits
             out.append(mean_pool(hidden.float().cpu(), resp))
     return torch.cat(out)
 
@@ -173,7 +172,7 @@ def monitor_signals(samples: PolicySamples, sft: PolicySamples, models: MonitorM
     the proxy gain per KL; None at the first evaluation)."""
     if samples.response_ids is None or sft.response_ids is None or samples.prompt_ids is None:
         raise DataError("monitor_signals: the samples carry no token ids; expected r2m.eval.policy.sample_policy's")
-    t0 = time.perf_counter()
+    t0 = device_clock()
     out = MonitorReading({})
     _rank_signals(samples, models, out)
     if previous is not None and samples.proxy is not None:
@@ -185,5 +184,5 @@ def monitor_signals(samples: PolicySamples, sft: PolicySamples, models: MonitorM
     for k in nan:  # e.g. no KL growth since the last evaluation: no rate to speak of
         out.missing[k] = "undefined on this evaluation (NaN)"
         del out.metrics[k]
-    out.metrics["time/monitor"] = time.perf_counter() - t0
+    out.metrics["time/monitor"] = device_clock() - t0
     return out

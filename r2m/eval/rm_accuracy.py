@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from r2m.experience.rollout import text_feedback
+
+from r2m.models.feedback import text_feedback
+from r2m.models.reward import DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ def accuracy_from_scores(s_chosen: torch.Tensor, s_rejected: torch.Tensor, rows:
 
 
 @torch.no_grad()
-def pairwise_accuracy(rm, rows: Sequence[dict], batch_size: int = 256) -> RMAccuracy:
-    """Accuracy of a plain :class:`r2m.models.RewardModel`."""
+def pairwise_accuracy(rm, rows: Sequence[dict], batch_size: int = DEFAULT_BATCH_SIZE) -> RMAccuracy:
+    """Accuracy of a plain :class:`r2m.models.reward.RewardModel`."""
     prompts = [r["prompt"] for r in rows]
     s_c = rm.score_texts(prompts, [r["chosen"] for r in rows], batch_size)  # (N,)
     s_r = rm.score_texts(prompts, [r["rejected"] for r in rows], batch_size)  # (N,)
@@ -75,19 +77,20 @@ def pairwise_accuracy(rm, rows: Sequence[dict], batch_size: int = 256) -> RMAccu
 
 @torch.no_grad()
 def feedback_pairwise_accuracy(model, policy, policy_tokenizer, rows: Sequence[dict], w: float,
-                               device: torch.device, batch_size: int = 256) -> RMAccuracy:
+                               device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE) -> RMAccuracy:
     """Accuracy of an R2M reward model with h from ``policy`` (R2M paper Appendix G.6, Table 3).
 
-    Chosen and rejected are each passed through the policy for their last-layer states; the RTE
-    weight is ω = ``w`` (the paper uses t = T, i.e. ω(T) = Ω).
+    Chosen and rejected are each passed through the policy's backbone for their last-layer states
+    (:func:`r2m.models.feedback.text_feedback`: no logits), ``batch_size`` rows at a time, as through the RM;
+    the RTE weight is ω = ``w`` (the paper uses t = T, i.e. ω(T) = Ω).
     """
     def scores(key: str) -> torch.Tensor:
         out = []
         for i in range(0, len(rows), batch_size):
             chunk = rows[i: i + batch_size]
             prompts, responses = [r["prompt"] for r in chunk], [r[key] for r in chunk]
-            rte = model.embed_texts(prompts, responses, batch_size)
-            h = text_feedback(policy, policy_tokenizer, prompts, responses, device)
+            rte = model.embed_texts(prompts, responses, batch_size)  # (b, D_m)
+            h = text_feedback(policy, policy_tokenizer, prompts, responses, device)  # (b, S-1, D_p)
             out.append(model.score_embeddings(rte, h.hidden, h.mask, w).cpu())
         return torch.cat(out)
 
@@ -95,7 +98,7 @@ def feedback_pairwise_accuracy(model, policy, policy_tokenizer, rows: Sequence[d
 
 
 @torch.no_grad()
-def vanilla_pairwise_accuracy(model, rows: Sequence[dict], batch_size: int = 256) -> RMAccuracy:
+def vanilla_pairwise_accuracy(model, rows: Sequence[dict], batch_size: int = DEFAULT_BATCH_SIZE) -> RMAccuracy:
     """Accuracy of the unmodified RM inside an R2M model (its frozen original head)."""
     prompts = [r["prompt"] for r in rows]
     s_c = model.vanilla_score(model.embed_texts(prompts, [r["chosen"] for r in rows], batch_size))

@@ -1,8 +1,8 @@
 """Rollout generation backends: transformers ``generate`` (the default) or a colocated vLLM engine.
 
-A backend turns token-id prompts into a :class:`~r2m.experience.rollout.Generation` laid out as
+A backend turns token-id prompts into a :class:`~r2m.experience.sampling.Generation` laid out as
 ``[left-padded prompt | right-padded response]``, the response's ``action_mask`` running up to and
-including the first eos (both backends go through :func:`r2m.experience.rollout.assemble_generation`).
+including the first eos (both backends go through :func:`r2m.experience.sampling.assemble_generation`).
 
 R2M's ``h`` comes from the pass that gives pi_old's log-probs (:meth:`r2m.experience.rollout.ExperienceMaker.make`):
 the generation pass itself with ``rl.old_logprobs=generation`` (hf only), else a second forward pass over
@@ -27,9 +27,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from r2m.config import Config, VLLMConfig
+from r2m.config.root import Config
+from r2m.config.training import VLLMConfig
 from r2m.errors import ConfigError, ModelError
-from r2m.experience.sampling import Generation, assemble_generation, generate, left_pad
+from r2m.experience.sampling import Generation, assemble_generation, generate, inherited_sampling
+from r2m.models.forward import left_pad
 
 log = logging.getLogger("r2m")
 
@@ -143,6 +145,12 @@ def _merged_lora_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+VLLM_NEUTRAL_SAMPLING = dict(top_p=1.0, top_k=-1, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
+                             frequency_penalty=0.0, min_tokens=0, ignore_eos=False)
+"""vLLM's ``SamplingParams`` fields at the values that leave softmax(logits / temperature) alone, set explicitly as
+the HF path sets :data:`r2m.experience.sampling.NEUTRAL_SAMPLING` (top_k=-1: no top-k in every vLLM version)."""
+
+
 class VLLMGenerator(Generator):
     """A vLLM engine in this process, on the policy's GPU, sampling with the policy's current weights.
 
@@ -182,9 +190,8 @@ class VLLMGenerator(Generator):
 
     def _sampling_params(self, n: int, temperature: float, max_new_tokens: int):
         """One SamplingParams for all requests, or one per request when each gets its own seed."""
-        # top_k=-1: no top-k (every vLLM version takes -1; newer ones also 0), top_p=1: no nucleus, as HF's path.
-        base = dict(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
-                    stop_token_ids=[self.eos_token_id])
+        base = dict(n=1, temperature=temperature, max_tokens=max_new_tokens, stop_token_ids=[self.eos_token_id],
+                    **VLLM_NEUTRAL_SAMPLING)
         if temperature == 0 or not self.cfg.per_request_seed:
             return self.SamplingParams(**base)
         # One draw from torch's RNG per batch (checkpointed), request i gets seed0 + i.
@@ -281,6 +288,10 @@ def build_generator(cfg: Config, policy_dir: str, policy: nn.Module, tokenizer, 
                     accelerator=None) -> Generator:
     """The run's rollout backend from ``rl.generator``; for vLLM, checks the machine first."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ignored = inherited_sampling(accelerator.unwrap_model(policy) if accelerator is not None else policy)
+    if ignored:
+        log.info("the policy's generation config sets %s; r2m samples from softmax(logits / rl.temperature) as its "
+                 "log-probs score it, and sets every sampling field itself", ignored)
     if cfg.rl.generator == "hf":
         # The unwrapped module: a DDP wrapper has no ``generate``.
         return HFGenerator(accelerator.unwrap_model(policy) if accelerator is not None else policy, eos, pad, device)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from r2m.config import Config, RewardBaseline, RewardSource
+from r2m.config.root import Config
+from r2m.config.enums import RewardBaseline, RewardSource
 from r2m.experience.rewards import FeedbackReward, GoldReward, ModelReward, OmegaScaledReward
 from r2m.models.loading import load_reward_model, load_tokenizer
 from r2m.models.r2m import build_feedback_rm
@@ -27,11 +28,12 @@ def build_reward(cfg: Config, rm_path: Optional[str], device: torch.device, poli
     rm = RewardModel(model, tok, cfg.reward.max_length, name=f"reward model {rm_path}").to(device)
     rm.prompt_view = rm_prompt_view(cfg.world)  # the blind world: the RM reads a truncated prompt (None: all)
     r2m = cfg.reward.r2m
-    if cfg.reward.baseline == RewardBaseline.SCALE_CONTROL:  # issue 14's scale control: vanilla × ω(t)
-        return OmegaScaledReward(ModelReward(rm), r2m.omega_floor, cfg.rl.steps)
+    rows = cfg.reward.batch_size
+    if cfg.reward.baseline == RewardBaseline.SCALE_CONTROL:  # the scale control: vanilla × ω(t)
+        return OmegaScaledReward(ModelReward(rm, rows), r2m.omega_floor, cfg.rl.steps)
     if not (r2m.enabled or cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
-        return ModelReward(rm)
+        return ModelReward(rm, rows)
     backbone_dtype = None if r2m.backbone_dtype == "same" else torch_dtype(r2m.backbone_dtype)
     feedback_dim = policy_dim if r2m.enabled else None  # iterative_head: no fusion
     model = build_feedback_rm(rm, feedback_dim, r2m.inner_dim, r2m.num_heads, r2m.init, backbone_dtype)
-    return FeedbackReward(model, r2m, total_steps=cfg.rl.steps, seed=cfg.run.seed)
+    return FeedbackReward(model, r2m, total_steps=cfg.rl.steps, batch_size=rows, seed=cfg.run.seed)

@@ -4,13 +4,14 @@ HF ``generate`` and the assembly of its output into a :class:`Generation` (kept 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r2m.models.feedback import eval_mode, left_pad, position_ids  # re-exported: the rollout layout
+from r2m.models.forward import eval_mode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,27 +49,90 @@ class Generation(NamedTuple):
     hidden: Optional[torch.Tensor] = None  # (B, P+R-1, D) last-layer states before tokens 1..P+R-1, from generate
 
 
+NEUTRAL_WARPERS = dict(top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+"""The sampling-only fields (warpers) at the values that leave softmax(logits / T) alone."""
+NEUTRAL_SAMPLING = dict(
+    **NEUTRAL_WARPERS, repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0, num_beams=1, num_return_sequences=1, length_penalty=1.0,
+    guidance_scale=1.0, renormalize_logits=False, remove_invalid_values=False, use_cache=True,
+)
+"""Every logits-processing field of ``GenerationConfig`` at the value that leaves the logits alone. transformers
+fills each field a passed config leaves unset from the checkpoint's ``generation_config.json`` (Qwen2.5-Instruct:
+repetition_penalty 1.05, top_k 20, top_p 0.8), so r2m sets them all; the fields whose only neutral value is
+unset (min_p, min_new_tokens, suppress_tokens, ...) are kept out by :func:`own_generation_config`."""
+
+
+def sampling_config(temperature: float, max_new_tokens: int, eos_token_id: int, pad_token_id: int, **outputs):
+    """The ``GenerationConfig`` of r2m's sampling: the plain softmax(logits / temperature) (greedy at 0: the argmax,
+    without the sampling-only fields), the distribution :func:`response_forward` scores, whatever the checkpoint's
+    generation config says."""
+    from transformers import GenerationConfig
+
+    fields = dict(NEUTRAL_SAMPLING)
+    if temperature > 0:
+        fields.update(do_sample=True, temperature=temperature)
+    else:
+        fields = {k: v for k, v in fields.items() if k not in NEUTRAL_WARPERS}
+        fields.update(do_sample=False)
+    return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                            **fields, **outputs)
+
+
+@contextlib.contextmanager
+def own_generation_config(model: nn.Module) -> Iterator[None]:
+    """Within the block, every ``generation_config`` of ``model`` (and of the models it wraps: PEFT, DDP, or holds
+    as a plain attribute: :class:`r2m.models.lora.AdapterFreeReference`) is an empty one, so that ``generate``
+    inherits nothing from the checkpoint: the fields that no value switches off (min_p, suppress_tokens,
+    bad_words_ids, sequence_bias, forced_eos_token_id, ...) included."""
+    from transformers import GenerationConfig
+
+    roots = [model, *(v for v in vars(model).values() if isinstance(v, nn.Module))]
+    owners = list({id(m): m for r in roots for m in r.modules()
+                   if isinstance(getattr(m, "generation_config", None), GenerationConfig)}.values())
+    saved = [m.generation_config for m in owners]
+    for m in owners:
+        m.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        for m, cfg in zip(owners, saved):
+            m.generation_config = cfg
+
+
+_UNSET_ONLY = ("min_p", "min_new_tokens", "min_length", "top_h", "suppress_tokens", "begin_suppress_tokens",
+               "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
+               "exponential_decay_length_penalty", "watermarking_config")
+
+
+def inherited_sampling(model: nn.Module) -> dict:
+    """The fields of ``model``'s own generation config that would change what ``generate`` samples: what
+    r2m's :func:`generate` keeps out (for a log line)."""
+    cfg = getattr(model, "generation_config", None)
+    if cfg is None:
+        return {}
+    fields = {**{k: getattr(cfg, k, None) for k in (*NEUTRAL_SAMPLING, *_UNSET_ONLY)}, "temperature": cfg.temperature}
+    neutral = {**NEUTRAL_SAMPLING, "temperature": 1.0, "min_p": 0.0, "min_new_tokens": 0, "min_length": 0}
+    return {k: v for k, v in fields.items() if v is not None and v != neutral.get(k) and k != "use_cache"}
+
+
 @torch.no_grad()
 def generate(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, temperature: float,
              max_new_tokens: int, eos_token_id: int, pad_token_id: int, with_logprobs: bool = False,
              with_hidden: bool = False) -> Generation:
-    """Sample one response per prompt row (repeat rows for K samples). temperature 0 is greedy.
+    """Sample one response per prompt row (repeat rows for K samples) from softmax(logits / temperature), with
+    nothing from the checkpoint's generation config (:func:`sampling_config`, :func:`own_generation_config`).
+    temperature 0 is greedy.
 
     ``with_logprobs``: also the sampled tokens' log-probs from the logits ``generate`` sampled from
-    (``rl.old_logprobs=generation``, docs/GENERATION.md): the raw logits / temperature, no top-k/top-p, as
+    (``rl.old_logprobs=generation``, docs/GENERATION.md): the raw logits / temperature, as
     :func:`response_forward` computes them, but through the KV cache (equal up to float rounding).
     ``with_hidden``: also the last layer's states, as :func:`step_states` lays them out (R2M's h).
     """
-    from transformers import GenerationConfig
-
     extra = {}
     if with_logprobs or with_hidden:
         extra = dict(return_dict_in_generate=True, output_logits=with_logprobs, output_hidden_states=with_hidden)
-    gen_cfg = GenerationConfig(
-        do_sample=temperature > 0, temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
-        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **extra,
-    )
-    with eval_mode(model):
+    gen_cfg = sampling_config(temperature, max_new_tokens, eos_token_id, pad_token_id, **extra)
+    with eval_mode(model), own_generation_config(model):
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg)
     if not extra:
         return assemble_generation(out, prompt_mask, eos_token_id, pad_token_id)  # out: (B, P+R)

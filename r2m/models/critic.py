@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from r2m.errors import ModelError
-from r2m.fileio import atomic_dir
+from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_dir
 from r2m.utils import torch_dtype
 from r2m.models.loading import load_policy, load_reward_model
 from r2m.runtime.safeio import load_safetensors as load_file, read_json
@@ -33,7 +33,8 @@ __all__ = ["ValueModel", "build_critic", "save_critic", "load_critic"]
 _CRITIC_JSON = "critic.json"
 _HEAD_FILE = "value_head.safetensors"
 _BACKBONE_DIR = "backbone"
-_FORMAT_VERSION = 1
+CRITIC_FORMAT = ArtifactFormat("PPO critic directory", 1, "train the critic again with this r2m")
+"""critic.json's ``format_version``."""
 
 
 def _hidden_size(backbone: nn.Module) -> int:
@@ -150,7 +151,7 @@ def save_critic(critic: ValueModel, directory: Union[str, Path]) -> Path:
         head = {k: v.detach().to("cpu").clone().contiguous() for k, v in critic.value_head.state_dict().items()}
         save_file(head, str(tmp / _HEAD_FILE), metadata={"format": "pt"})
         meta = {
-            "format_version": _FORMAT_VERSION,
+            **CRITIC_FORMAT.stamp(),
             "backbone_class": type(critic.backbone).__name__,
             "hidden_size": critic.value_head.in_features,
         }
@@ -167,9 +168,7 @@ def load_critic(directory: Union[str, Path], dtype: str = "float32", trust_remot
     if not meta_path.is_file():
         raise ModelError(f"critic at {directory}: no {_CRITIC_JSON} (not written by save_critic, or incomplete)")
     meta = read_json(meta_path)
-    if meta.get("format_version") != _FORMAT_VERSION:
-        raise ModelError(f"critic at {directory}: format_version {meta.get('format_version')!r}, "
-                         f"expected {_FORMAT_VERSION}")
+    CRITIC_FORMAT.check(meta.get(FORMAT_KEY), meta_path)
     backbone = AutoModel.from_pretrained(directory / _BACKBONE_DIR, dtype=torch_dtype(dtype),
                                          trust_remote_code=trust_remote_code, use_safetensors=True)
     if type(backbone).__name__ != meta["backbone_class"]:

@@ -79,7 +79,8 @@ class FamilySpec:
     """BOS token the tokenizer prepends (None: none)."""
     eos: str
     """End of a reply (the instruct models' end-of-turn token)."""
-    pad: str
+    pad: Optional[str]
+    """The tokenizer's pad token; None: it has none (Llama 3 and 3.1 ship without one)."""
     specials: tuple[str, ...]
     template: Optional[str]
     max_positions: int
@@ -89,14 +90,31 @@ class FamilySpec:
 SPECS: dict[Family, FamilySpec] = {
     Family.QWEN2_5: FamilySpec(None, "<|im_end|>", "<|endoftext|>", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
                                QWEN2_5_TEMPLATE, 32768),
-    Family.LLAMA3: FamilySpec("<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>",
-                              ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                               "<|eot_id|>"), LLAMA3_TEMPLATE, 8192),
-    Family.LLAMA3_1: FamilySpec("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
-                                ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                                 "<|eot_id|>", "<|finetune_right_pad_id|>"), LLAMA3_1_TEMPLATE, 131072),
+    # Llama 3's special tokens in their order (ids 128000..), the reserved ones included: no pad token.
+    Family.LLAMA3: FamilySpec("<|begin_of_text|>", "<|eot_id|>", None,
+                              ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                               "<|reserved_special_token_1|>", "<|reserved_special_token_2|>",
+                               "<|reserved_special_token_3|>", "<|start_header_id|>", "<|end_header_id|>",
+                               "<|reserved_special_token_4|>", "<|eot_id|>"), LLAMA3_TEMPLATE, 8192),
+    Family.LLAMA3_1: FamilySpec("<|begin_of_text|>", "<|eot_id|>", None,
+                                ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                                 "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+                                 "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+                                 "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"), LLAMA3_1_TEMPLATE, 131072),
     Family.PYTHIA: FamilySpec(None, "<|endoftext|>", "[PAD]", ("<|endoftext|>", "[PAD]"), None, 2048),
 }
+
+SHIPPED_GENERATION: dict[Family, dict] = {
+    Family.QWEN2_5: dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+                         eos=("<|im_end|>", "<|endoftext|>")),
+    Family.LLAMA3: dict(do_sample=True, temperature=0.6, top_p=0.9, max_length=4096,
+                        eos=("<|end_of_text|>", "<|eot_id|>")),
+    Family.LLAMA3_1: dict(do_sample=True, temperature=0.6, top_p=0.9,
+                          eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
+    Family.PYTHIA: dict(eos=("<|endoftext|>",)),
+}
+"""The sampling fields of each family's ``generation_config.json`` as the instruct checkpoints ship it
+(Qwen2.5-*-Instruct, Meta-Llama-3-*-Instruct, Llama 3.1 Instruct, Pythia); ``eos``: its eos tokens."""
 
 _CORPUS = (
     "The quick brown fox jumps over the lazy dog. What is the capital of France? Paris is the capital. "
@@ -163,10 +181,23 @@ def model_config(family: Family, tokenizer, size: Size = Size(), rm: bool = Fals
     return config
 
 
+def generation_config(family: Family, tokenizer, extra: Optional[dict] = None):
+    """The family's shipped ``GenerationConfig`` (:data:`SHIPPED_GENERATION`) with ``extra`` fields on top."""
+    from transformers import GenerationConfig
+
+    fields = {**SHIPPED_GENERATION[family], **(extra or {})}
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in fields.pop("eos")]
+    bos = tokenizer.bos_token_id if SPECS[family].bos else eos[-1]
+    return GenerationConfig(bos_token_id=bos, eos_token_id=eos if len(eos) > 1 else eos[0],
+                            pad_token_id=tokenizer.pad_token_id, **fields)
+
+
 def save_family_model(family: Family, out: str | Path, size: Size = Size(), rm: bool = False, seed: int = 0,
-                      dtype=None) -> Path:
+                      dtype=None, generation: Optional[dict] = None) -> Path:
     """A random model of ``family`` (``*ForCausalLM``, or ``*ForSequenceClassification`` with ``rm``) and its
-    tokenizer, saved with ``save_pretrained`` into ``out``."""
+    tokenizer, saved with ``save_pretrained`` into ``out``. A causal LM gets the family's shipped
+    ``generation_config.json`` (non-neutral sampling fields: Qwen2.5's repetition penalty, top-k and top-p),
+    with the fields of ``generation`` on top."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -176,6 +207,8 @@ def save_family_model(family: Family, out: str | Path, size: Size = Size(), rm: 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = auto.from_config(config, dtype=dtype) if dtype is not None else auto.from_config(config)
+    if not rm:
+        model.generation_config = generation_config(family, tok, generation)
     out = Path(out)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

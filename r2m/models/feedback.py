@@ -1,54 +1,15 @@
-"""R2M's policy feedback h from a policy forward pass, one definition for every path (rollout, the last-epoch
-refresh, evaluation, Table 3, the TRL integration, ``FeedbackRewardModel.score``), with the padding helpers it
-needs. In the models layer so that a reward model can compute h for texts without the experience layer."""
+"""R2M's policy feedback h from a policy forward pass, one definition for every path (rollout, the policy update's
+last epoch, evaluation, Table 3, the TRL integration, ``FeedbackRewardModel.score``). In the models layer so that
+a reward model can compute h for texts without the experience layer."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as ``generate`` uses them (so log-probs match sampling)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation and log-probs
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
-    """Run ``models`` in eval mode (no dropout), then restore each one's mode.
-
-    Rollout passes (sampling, pi_old's log-probs, values) are measurements of the current policy,
-    not training steps: with dropout on (e.g. LoRA's) pi_old would be a noisy sample and the first
-    update's ratio would not start at 1.
-    """
-    live = [m for m in models if m is not None]
-    modes = [m.training for m in live]
-    for m in live:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(live, modes):
-            m.train(mode)
+from r2m.models.forward import last_states, left_pad
 
 
 class Feedback(NamedTuple):
@@ -77,6 +38,18 @@ def feedback_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Feedb
 
 
 @torch.no_grad()
+def sequence_feedback(policy: nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
+                      device: torch.device) -> Feedback:
+    """R2M's h over token sequences the policy read (prompt ids then response ids), left-padded.
+
+    ``pad_id`` only fills the padding, which the attention mask hides (any id works).
+    """
+    ids, mask = left_pad(sequences, pad_id)  # (B, S)
+    ids, mask = ids.to(device), mask.to(device)
+    return feedback_states(last_states(policy, ids, mask, torch.Tensor.detach), mask)  # (B, S-1, D_p)
+
+
+@torch.no_grad()
 def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], responses: Sequence[str],
                   device: torch.device) -> Feedback:
     """R2M's h for arbitrary (prompt, response) texts, tokenised by the policy's own tokenizer.
@@ -86,8 +59,6 @@ def text_feedback(policy: nn.Module, tokenizer, prompts: Sequence[str], response
     """
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    ids, mask = left_pad([p + r for p, r in zip(p_ids, r_ids)], tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    out = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
-                 use_cache=False)
-    return feedback_states(out.hidden_states[-1], mask)
+    # The mask marks the padding; a user's pad-less tokenizer (a TRL trainer's) pads with its eos id.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return sequence_feedback(policy, [p + r for p, r in zip(p_ids, r_ids)], pad, device)

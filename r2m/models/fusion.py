@@ -5,7 +5,7 @@ The reward token embedding H_last (D_m) of the RM queries the policy's last-laye
 
     q = H_last W_q,  k = h W_k,  v = h W_v,  Ĥ = softmax(q kᵀ / √d) v W_o           (Eq. 3)
 
-with W_q: D_m->d, W_k, W_v: D_p->d, W_o: d->D_m, and is mixed with H_last by a weight that decays
+with W_q: D_m->d, W_k, W_v: D_p->d, W_o: d->D_m (computed without forming k or v: see forward), and is mixed with H_last by a weight that decays
 with the training step t out of T, floored at Omega:
 
     H_fin = (1 - ω(t)) Ĥ + ω(t) H_last,   ω(t) = max(½ cos(π t / T) + ½, Ω)         (Eq. 4)
@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from r2m.config import FusionInit
+from r2m.config.enums import FusionInit
 
 
 def omega(t: float, total_steps: int, floor: float) -> float:
@@ -61,19 +61,26 @@ class PolicyFeedbackFusion(nn.Module):
         self.calibrated.fill_(True)
 
     def forward(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor) -> torch.Tensor:
-        """Ĥ from rte (B, D_m), policy_hidden (B, S, D_p) and policy_mask (B, S) -> (B, D_m)."""
+        """Ĥ from rte (B, D_m), policy_hidden (B, S, D_p) and policy_mask (B, S) -> (B, D_m).
+
+        Eq. 3 without forming k = h W_k or v = h W_v (each (B, S, d)): per head, q_h k_hᵀ = h (q_h W_k,h)ᵀ and
+        attn v_h = (attn h) W_v,hᵀ, so the only (B, S, ·) tensor is h itself (in the fusion's dtype), and the
+        products cost B·S·D_p per head instead of B·S·D_p·d.
+        """
         B, S, _ = policy_hidden.shape
         H, dh = self.num_heads, self.head_dim
         dtype = self.w_q.weight.dtype
-        q = self.w_q(rte.to(dtype)).view(B, H, 1, dh)  # (B, H, 1, dh)
-        h = policy_hidden.to(dtype)
-        k = self.w_k(h).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
-        v = self.w_v(h).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)  # (B, H, 1, S)
-        valid = policy_mask.bool().view(B, 1, 1, S)
+        q = self.w_q(rte.to(dtype)).view(B, H, dh)  # (B, H, dh)
+        w_k = self.w_k.weight.view(H, dh, self.policy_dim)  # (H, dh, D_p): W_k,h
+        w_v = self.w_v.weight.view(H, dh, self.policy_dim)  # (H, dh, D_p): W_v,h
+        h = policy_hidden.to(dtype)  # (B, S, D_p)
+        qk = torch.einsum("bhe,hep->bhp", q, w_k)  # (B, H, D_p) = q_h W_k,h
+        scores = torch.einsum("bsp,bhp->bhs", h, qk) / math.sqrt(dh)  # (B, H, S) = q_h k_hᵀ / √dh
+        valid = policy_mask.bool().view(B, 1, S)
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
-        attn = torch.softmax(scores, dim=-1)
+        attn = torch.softmax(scores, dim=-1)  # (B, H, S)
         # A row with no valid position would attend uniformly to padding: give it zero feedback instead.
         attn = attn * valid.any(-1, keepdim=True)
-        out = (attn @ v).transpose(1, 2).reshape(B, H * dh)  # (B, d)
+        ctx = torch.einsum("bhs,bsp->bhp", attn, h)  # (B, H, D_p) = attn h
+        out = torch.einsum("bhp,hep->bhe", ctx, w_v).reshape(B, H * dh)  # (B, d) = attn v_h, heads concatenated
         return self.w_o(out)  # (B, D_m)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -23,25 +24,63 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from r2m.config import ArchConfig, PolicyConfig
+from r2m.config.models import ArchConfig, PolicyConfig
+from r2m.errors import ModelError
 from r2m.runtime.safeio import named_load_errors
 from r2m.fileio import atomic_dir
 from r2m.utils import torch_dtype
-
-
-from r2m.errors import ModelError  # noqa: E402  (re-exported)
 from r2m.models.lora import apply_lora, enable_gradient_checkpointing, is_adapter_dir, load_adapter, load_merged
 from r2m.runtime.checkpoint import write_manifest
 
+log = logging.getLogger("r2m")
+
+
+PAD_NAMES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|padding|>")
+"""Pad tokens some vocabularies carry without naming them as the pad token (Llama 3.1 has the first)."""
+_RESERVED = re.compile(r"<\|reserved_special_token_(\d+)\|>")
+_announced: set[tuple[str, str]] = set()
+
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(path)``, given a pad token when it has none (:func:`ensure_pad_token`)."""
     with named_load_errors(path, "tokenizer"):  # undecodable tokenizer files: named by file, line, column
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token_id is None:
-        raise ModelError(
-            f"tokenizer at {path}: has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token) "
-            "and save it with save_pretrained"
-        )
+    return ensure_pad_token(tok, path)
+
+
+def _spare_pad_token(tok: PreTrainedTokenizerBase) -> Optional[str]:
+    """A token of ``tok``'s vocabulary that no text uses: a pad-named one, else the lowest reserved special token
+    (Llama 3's ``<|reserved_special_token_N|>``); never a token of the chat template or an eos/bos/unk."""
+    vocab = tok.get_vocab()
+    taken = {tok.eos_token, tok.bos_token, tok.unk_token}
+    template = tok.chat_template if isinstance(tok.chat_template, str) else ""
+
+    def spare(name: str) -> bool:
+        return name in vocab and vocab[name] < len(tok) and name not in taken and name not in template
+
+    reserved = sorted((int(m.group(1)), name) for name in vocab if (m := _RESERVED.fullmatch(name)))
+    return next((name for name in (*PAD_NAMES, *(name for _, name in reserved)) if spare(name)), None)
+
+
+def ensure_pad_token(tok: PreTrainedTokenizerBase, path: str) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token one, from its own vocabulary (no new token, so no embedding grows):
+    a spare pad or reserved special token where it has one, else its eos token (as TRL and OpenRLHF do).
+
+    r2m marks padding with attention and action masks built from lengths, never by comparing ids with the
+    pad id, so an eos used as padding never hides the real eos that ends a response. Logged once per path.
+    """
+    if tok.pad_token_id is not None:
+        return tok
+    name = _spare_pad_token(tok)
+    if name is None and tok.eos_token is None:
+        raise ModelError(f"tokenizer at {path}: has neither a pad token nor an eos token to pad with; set "
+                         "tokenizer.pad_token and save it with save_pretrained")
+    how = "a spare token of its vocabulary" if name is not None else "its eos token, as TRL and OpenRLHF do"
+    tok.pad_token = name if name is not None else tok.eos_token
+    if (path, tok.pad_token) not in _announced:
+        _announced.add((path, tok.pad_token))
+        log.info("tokenizer at %s has no pad token: padding with %r (id %d), %s; masks, not token ids, mark the "
+                 "padding", path, tok.pad_token, tok.pad_token_id, how)
     return tok
 
 
@@ -91,25 +130,36 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
 
 
 def build_policy_and_reference(policy_cfg: PolicyConfig, path: str, resume_dir: Optional[Path] = None,
-                               allow_unsafe_weights: bool = False) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
+                               allow_unsafe_weights: bool = False, resume_dtype: Optional[str] = None,
+                               base: Optional[PreTrainedModel] = None,
+                               ) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
     """RL's trainable policy and its frozen reference, loaded from ``path`` (the policy of ``resume_dir`` when
-    resuming).
+    resuming, read in ``resume_dtype``: the dtype it was trained in, default ``policy.dtype``).
 
     With ``policy.lora.enabled`` the policy is a ``peft`` model over the base of ``path`` (its adapter from
     ``resume_dir``) and the reference is ``None``: it is that model with the adapters off
     (:class:`r2m.models.lora.AdapterFreeReference`), built once the policy is placed. Otherwise the reference
-    is a full copy. ``policy.gradient_checkpointing`` is applied to the policy.
+    is a full copy. ``policy.gradient_checkpointing`` is applied to the policy. ``base``: the model of ``path``,
+    already loaded (the object API's): it is the one trained, in place (a resume loads the checkpoint's weights
+    into it), and the reference is a copy of it as passed (resuming: ``path``'s weights).
     """
     pc = policy_cfg
-    base = load_policy(path, pc.dtype, pc.trust_remote_code, allow_unsafe_weights)
+    given = base is not None
+    base = base if given else load_policy(path, pc.dtype, pc.trust_remote_code, allow_unsafe_weights)
     if pc.lora.enabled:
         ref = None
         policy = (apply_lora(base, pc.lora, "causal", base_path=path) if resume_dir is None
                   else load_adapter(base, resume_dir, trainable=True))
+    elif given:  # a resumed run's reference is path's (the object may hold trained weights by now)
+        ref = copy.deepcopy(base) if resume_dir is None else load_policy(path, pc.dtype, pc.trust_remote_code,
+                                                                         allow_unsafe_weights)
+        policy = base
+        if resume_dir is not None:
+            policy.load_state_dict(load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code).state_dict())
     else:
         ref, policy = base, copy.deepcopy(base)
         if resume_dir is not None:
-            policy = load_policy(str(resume_dir), pc.dtype, pc.trust_remote_code)
+            policy = load_policy(str(resume_dir), resume_dtype or pc.dtype, pc.trust_remote_code)
     if pc.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     # Train mode from the start, as after every update: a resumed run's first rollout then computes what the

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from r2m.config import PEFT_DEFAULT_TARGETS, LoRAConfig
+from r2m.config.models import PEFT_DEFAULT_TARGETS, LoRAConfig
 from r2m.errors import ModelError
 from r2m.runtime.safeio import read_json
 

@@ -13,25 +13,30 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-from r2m.config import FusionInit
+from r2m.config.enums import FusionInit
 from r2m.errors import ModelError
+from r2m.fileio import atomic_write_text
 from r2m.core.losses import within_group_spread
-from r2m.models.feedback import eval_mode, text_feedback
+from r2m.models.feedback import text_feedback
+from r2m.models.forward import eval_mode
 from r2m.models.fusion import PolicyFeedbackFusion, omega
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
-from r2m.models.r2m_hub import CARD, FORMAT, FORMAT_VERSION, BaseKind, base_ref, is_hub_repo, model_card, resolve_base
-from r2m.models.reward import RewardModel
+from r2m.models.r2m_hub import (BASE_DIR, CARD, FORMAT, R2M_FORMAT, base_fields, check_format, hub_id_of,
+                                 included_fields, is_hub_repo, model_card, resolve_base)
+from r2m.models.reward import DEFAULT_BATCH_SIZE, RewardModel
+from r2m.runtime.checkpoint import MANIFEST, verify, write_manifest
 from r2m.runtime.safeio import load_safetensors as load_file, read_json
 
 _FILE = "r2m.safetensors"
 _META = "r2m.json"
-_BASE_DIR = "base"  # where include_base=True stores the base RM, inside the R2M directory
 _INFO_KEYS = ("omega_floor", "total_steps")  # r2m.json fields that score() reads back
 
 
@@ -77,13 +82,11 @@ class FeedbackRewardModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """H_last of each (prompt, response), (B, D_m) float32, from the RM's own tokenizer."""
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            enc = self.rm.tokenize(prompts[i: i + batch_size], responses[i: i + batch_size])
-            out.append(self.rm.embed(enc["input_ids"].to(self.rm.device), enc["attention_mask"].to(self.rm.device)))
-        return torch.cat(out).float()
+    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """H_last of each (prompt, response), (B, D_m) float32, from the RM's own tokenizer (``batch_size`` rows per
+        forward: :meth:`RewardModel.embed_texts`)."""
+        return self.rm.embed_texts(prompts, responses, batch_size).float()
 
     def score_embeddings(self, rte: torch.Tensor, policy_hidden: Optional[torch.Tensor],
                          policy_mask: Optional[torch.Tensor], w: float) -> torch.Tensor:
@@ -96,24 +99,36 @@ class FeedbackRewardModel(nn.Module):
         return self.head(h_fin.float()).squeeze(-1)
 
     @torch.no_grad()
+    def score_rows(self, rte: torch.Tensor, policy_hidden: Optional[torch.Tensor], policy_mask: Optional[torch.Tensor],
+                   w: float, batch_size: int = 0) -> torch.Tensor:
+        """:meth:`score_embeddings` without gradients, ``batch_size`` rows at a time (all at once when 0): each chunk's
+        h goes to the fusion's device (and to float32) alone."""
+        if policy_hidden is None:
+            return self.score_embeddings(rte, None, None, w)
+        return torch.cat([self.score_embeddings(rte[s], policy_hidden[s], policy_mask[s], w)
+                          for s in row_slices(rte.shape[0], batch_size)])
+
+    @torch.no_grad()
     def score_parts(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor,
-                    w: float) -> ScoreParts:
-        """The two terms of the score that vary within a group (the head's bias is shared)."""
+                    w: float, batch_size: int = 0) -> ScoreParts:
+        """The two terms of the score that vary within a group (the head's bias is shared), ``batch_size`` rows at a
+        time (all at once when 0)."""
         dev = self.head.weight.device
-        h_hat = self.fusion(rte, policy_hidden.to(dev), policy_mask.to(dev)).float()  # (B, D_m)
         weight = self.head.weight.float().view(-1)  # (D_m,) the linear head's w
-        return ScoreParts((1.0 - w) * (h_hat @ weight), w * (rte.to(dev).float() @ weight))
+        fusion = torch.cat([self.fusion(rte[s].to(dev), policy_hidden[s].to(dev), policy_mask[s].to(dev)).float()
+                            for s in row_slices(rte.shape[0], batch_size)])  # (B, D_m) Ĥ
+        return ScoreParts((1.0 - w) * (fusion @ weight), w * (rte.to(dev).float() @ weight))
 
     @torch.no_grad()
     def calibrate(self, rte: torch.Tensor, policy_hidden: torch.Tensor, policy_mask: torch.Tensor,
-                  k: int) -> Optional[float]:
+                  k: int, batch_size: int = 0) -> Optional[float]:
         """init=matched: rescale W_o once so that φ(Ĥ) has φ(H_last)'s within-group spread on this batch.
 
         Returns the factor applied, or None when there is nothing to do (already calibrated, or no fusion).
         """
         if self.fusion is None or bool(self.fusion.calibrated):
             return None
-        parts = self.score_parts(rte, policy_hidden, policy_mask, 0.0)  # ω = 0: fusion = w·Ĥ, embedding = 0
+        parts = self.score_parts(rte, policy_hidden, policy_mask, 0.0, batch_size)  # ω = 0: fusion = w·Ĥ
         target = within_group_spread(rte.to(self.head.weight.device).float() @ self.head.weight.float().view(-1), k)
         spread = within_group_spread(parts.fusion, k)
         factor = float(target / spread) if spread > 0 else 1.0
@@ -136,10 +151,7 @@ class FeedbackRewardModel(nn.Module):
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         if self.fusion is not None:
-            fusion = {k[7:]: v for k, v in state.items() if k.startswith("fusion.")}
-            # Saved before init=matched existed: every such fusion was random or zero, i.e. calibrated.
-            fusion.setdefault("calibrated", torch.tensor(True))
-            self.fusion.load_state_dict(fusion)
+            self.fusion.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("fusion.")})
 
     def save(self, directory: str | Path, base_rm: str, extra: Optional[dict] = None) -> None:
         """The RL run's checkpoint save: :meth:`save_pretrained` with the run's base RM."""
@@ -159,54 +171,64 @@ class FeedbackRewardModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path, base_rm: Optional[str | Path] = None, *,
                         include_base: bool = False, extra: Optional[dict] = None,
-                        repo_id: Optional[str] = None) -> Path:
-        """Fusion and head as ``r2m.safetensors``, ``r2m.json`` and a model card (``README.md``).
+                        repo_id: Optional[str] = None, subfolder: Optional[str] = None) -> Path:
+        """Fusion and head as ``r2m.safetensors``, ``r2m.json``, a model card (``README.md``) and a manifest.
 
-        ``base_rm`` (default: where this model's base RM was loaded from) is recorded relative to
-        ``directory`` when it is a local path, else as a hub id; ``include_base=True`` stores the base RM
-        (with its original head) inside ``directory/base`` instead, so the directory stands alone.
-        ``extra`` adds fields to ``r2m.json`` (e.g. ``omega_floor``, ``total_steps``, read back by :meth:`score`).
+        ``base_rm`` (default: where this model's base RM was loaded from) is recorded as a Hub id, or as a
+        local directory's absolute path and its path relative to ``directory``
+        (:func:`r2m.models.r2m_hub.base_fields`); ``include_base=True`` stores the base RM (with its original
+        head) inside ``directory/base`` instead, so the directory stands alone. ``extra`` adds fields to
+        ``r2m.json`` (e.g. ``omega_floor``, ``total_steps``, read back by :meth:`score`). ``repo_id`` and
+        ``subfolder`` only go into the card's loading snippet. Each file is written through a temporary
+        name; ``manifest.json`` (sizes and SHA-256 of these files, written last) lets a load detect a
+        damaged or half-written copy.
         """
-        from safetensors.torch import save_file
-
-
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if include_base:
-            self._save_base(directory / _BASE_DIR)
-            base_rm = directory / _BASE_DIR
         base_rm = base_rm if base_rm is not None else self.base_rm
-        if base_rm is None:
+        if base_rm is None and not include_base:
             raise ModelError("save_pretrained: base_rm is unknown (the base RM was not loaded from a path); pass "
                              "base_rm= (a path or hub id) or include_base=True")
-        ref = base_ref(base_rm, directory)
-        # The original head travels too, so vanilla scores reproduce whatever the base path holds.
-        base = {f"base_head.{k}": v.detach().cpu().contiguous().clone() for k, v in self.base_head.state_dict().items()}
-        save_file({**self.trainable_state(), **base}, str(directory / _FILE))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_rm": ref.ref, "base_rm_kind": ref.kind.value,
-                "fusion": None, **self.info, **(extra or {})}
+        fields = included_fields() if include_base else base_fields(base_rm, directory)
+        meta = {"format": FORMAT, **R2M_FORMAT.stamp(), **fields, "fusion": None, **self.info,
+                **(extra or {})}
         if self.fusion is not None:
             f = self.fusion
             meta["fusion"] = {"rm_dim": f.rm_dim, "policy_dim": f.policy_dim, "inner_dim": f.inner_dim,
                               "num_heads": f.num_heads}
-        (directory / _META).write_text(json.dumps(meta, indent=2))
-        (directory / CARD).write_text(model_card(meta, repo_id), encoding="utf-8")
+        directory.mkdir(parents=True, exist_ok=True)
+        if include_base:
+            self._save_base(directory / BASE_DIR)
+        elif (directory / _META).is_file() and (directory / BASE_DIR / MANIFEST).is_file():
+            shutil.rmtree(directory / BASE_DIR)  # an earlier save's stored base, which r2m.json no longer names
+        # The original head travels too, so vanilla scores reproduce whatever the base path holds.
+        base = {f"base_head.{k}": v.detach().cpu().contiguous().clone() for k, v in self.base_head.state_dict().items()}
+        _save_tensors({**self.trainable_state(), **base}, directory / _FILE)
+        atomic_write_text(directory / _META, json.dumps(meta, indent=2))
+        atomic_write_text(directory / CARD, model_card(meta, repo_id, subfolder))
+        write_manifest(directory, [_FILE, _META, CARD])
         return directory
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, base_rm: Optional[str] = None, dtype: str = "float32",
                         trust_remote_code: bool = False, revision: Optional[str] = None,
-                        token: Optional[str] = None) -> "FeedbackRewardModel":
+                        token: Optional[str] = None, subfolder: Optional[str] = None) -> "FeedbackRewardModel":
         """Load a directory written by :meth:`save_pretrained` (or :meth:`save`), or a hub repository of one.
 
-        The base RM is the one ``r2m.json`` names (relative to the directory, or a hub id), unless
-        ``base_rm`` overrides it.
+        ``subfolder``: the R2M's folder inside the directory or repository (``r2m`` in a TRL trainer's
+        output, :class:`r2m.integrations.trl.R2MCallback`). The base RM is the one ``r2m.json`` names
+        (:func:`r2m.models.r2m_hub.resolve_base`), unless ``base_rm`` overrides it.
         """
-
-        directory = _download(str(name_or_path), revision, token) if is_hub_repo(name_or_path) else Path(name_or_path)
+        if is_hub_repo(name_or_path):
+            directory = _download(str(name_or_path), revision, token, subfolder)
+        else:
+            directory = Path(name_or_path)
+        directory = directory / subfolder if subfolder else directory
         if not (directory / _META).is_file():
             raise ModelError(f"{directory}: no {_META}; expected a directory written by FeedbackRewardModel.save_pretrained")
+        if (directory / MANIFEST).is_file() and (problem := verify(directory)) is not None:
+            raise ModelError(f"{directory}: {problem}; the R2M files are damaged or were not completely written")
         meta = read_json(directory / _META)
+        check_format(meta, directory)
         base = str(base_rm) if base_rm is not None else resolve_base(meta, directory)
         tok = load_tokenizer(base, trust_remote_code)
         rm = RewardModel(load_reward_model(base, dtype, trust_remote_code, tok.pad_token_id), tok)
@@ -224,21 +246,21 @@ class FeedbackRewardModel(nn.Module):
                     commit_message: str = "Upload R2M reward model", api=None):
         """:meth:`save_pretrained` into a temporary directory, uploaded to ``repo_id`` (created if needed).
 
-        The base RM must be a hub id (``base_rm=`` or where it was loaded from) or travel with the
-        upload (``include_base=True``): a local path would mean nothing on the Hub. ``api``: a
-        ``huggingface_hub.HfApi`` (default ``HfApi(token=token)``). Returns ``upload_folder``'s result.
+        The base RM must load from the Hub (a hub id: ``base_rm=``, where it was loaded from, or a Hub
+        cache snapshot) or travel with the upload (``include_base=True``): a local path alone would mean
+        nothing there. ``api``: a ``huggingface_hub.HfApi`` (default ``HfApi(token=token)``). Returns
+        ``upload_folder``'s result.
         """
         import tempfile
 
-
+        base = base_rm if base_rm is not None else self.base_rm
+        hub = hub_id_of(base)
+        if not include_base and hub is None:
+            raise ModelError(f"push_to_hub({repo_id!r}): the base RM {str(base)!r} is a local path, which "
+                             "would mean nothing on the Hub; push it first and pass base_rm='org/name', "
+                             "or pass include_base=True to upload it with the fusion and head")
         with tempfile.TemporaryDirectory() as tmp:
-            if not include_base:
-                base = base_rm if base_rm is not None else self.base_rm
-                if base is None or base_ref(base, Path(tmp)).kind != BaseKind.HUB_ID:
-                    raise ModelError(f"push_to_hub({repo_id!r}): the base RM {str(base)!r} is a local path, which "
-                                     "would mean nothing on the Hub; push it first and pass base_rm='org/name', "
-                                     "or pass include_base=True to upload it with the fusion and head")
-            self.save_pretrained(tmp, base_rm, include_base=include_base, repo_id=repo_id)
+            self.save_pretrained(tmp, None if include_base else hub, include_base=include_base, repo_id=repo_id)
             if api is None:
                 from huggingface_hub import HfApi
 
@@ -269,7 +291,7 @@ class FeedbackRewardModel(nn.Module):
         """r_φ(x, y, h) of each (prompt, response), (B,) float32 on the CPU, in one call.
 
         H_last comes from the RM's own tokenizer; h from ``policy`` over the same texts tokenised by
-        ``policy_tokenizer`` (:func:`r2m.rollout.text_feedback`, the rollout's h up to rounding). ω(t) is
+        ``policy_tokenizer`` (:func:`r2m.models.feedback.text_feedback`, the rollout's h up to rounding). ω(t) is
         ω(step) of ``total_steps`` (default: ``r2m.json``'s), or Ω without ``step``. Without fusion (the
         RM-head baseline) the policy is not needed.
         """
@@ -294,15 +316,32 @@ class FeedbackRewardModel(nn.Module):
         return torch.cat(out).float()
 
 
-def _download(repo_id: str, revision: Optional[str], token: Optional[str]) -> Path:
-    """A hub repository's snapshot (the cache first; ``HF_HUB_OFFLINE=1`` reads only the cache)."""
+def row_slices(n: int, size: int) -> list[slice]:
+    """Slices of ``size`` rows covering ``n`` rows (one slice of all of them when ``size`` is 0)."""
+    size = size or n or 1
+    return [slice(i, i + size) for i in range(0, n, size)]
+
+
+def _download(repo_id: str, revision: Optional[str], token: Optional[str], subfolder: Optional[str] = None) -> Path:
+    """A hub repository's snapshot, or only its ``subfolder`` (the cache first; ``HF_HUB_OFFLINE=1`` reads only the
+    cache)."""
     from huggingface_hub import snapshot_download
 
+    kw = {"allow_patterns": [f"{subfolder}/**"]} if subfolder else {}
     try:
-        return Path(snapshot_download(repo_id, revision=revision, token=token))
+        return Path(snapshot_download(repo_id, revision=revision, token=token, **kw))
     except Exception as e:  # noqa: BLE001  (offline, missing, private, invalid id: all named here)
         raise ModelError(f"{repo_id}: not a local directory, and no Hub snapshot of it could be read "
                          f"({type(e).__name__}: {e})") from None
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors``' ``save_file`` through a temporary name: a reader never sees half a file."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
 
 
 def build_feedback_rm(rm: RewardModel, policy_dim: Optional[int], inner_dim: int, num_heads: int, init: FusionInit,

@@ -15,10 +15,11 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r2m.data.chat import RMRenderer
-from r2m.config import RewardConfig
-from r2m.models.loading import ModelError
+from r2m.config.models import RewardConfig
+from r2m.errors import ModelError
 
 DEFAULT_MAX_LENGTH = RewardConfig.max_length
+DEFAULT_BATCH_SIZE = RewardConfig.batch_size
 
 _HEAD_NAMES = ("score", "v_head")
 
@@ -70,8 +71,9 @@ class RewardModel(nn.Module):
         return self.head.weight.device
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The reward token embedding H_last: last-layer state at the last non-pad token."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D_m)
+        """The reward token embedding H_last: last-layer state at the last non-pad token (one forward, no KV cache)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state  # (B, S, D_m)
         idx = last_token_index(attention_mask)  # (B,)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, D_m)
 
@@ -82,27 +84,33 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.score_embedding(self.embed(input_ids, attention_mask))  # (B,)
 
-    def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise prompt + response as this RM reads them (:class:`r2m.data.chat.RMRenderer`), right-padded.
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """Token ids of prompt + response as this RM reads them (:class:`r2m.data.chat.RMRenderer`).
 
         A chat prompt is rendered with the RM's own chat template; a plain prompt and its response
         are tokenised separately and concatenated, so the boundary is the same as in the policy's
         view. Rows over ``max_length`` keep their last tokens (the reward token is the last one) and
         are counted in ``truncated``.
         """
-        tok = self.tokenizer
         if self.prompt_view is not None:
             prompts = [self.prompt_view(p) for p in prompts]
         seqs = self.renderer.encode(prompts, responses)
         self.truncated += sum(len(s) > self.max_length for s in seqs)
-        seqs = [s[-self.max_length:] for s in seqs]
+        return [s[-self.max_length:] for s in seqs]
+
+    def pad(self, seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids`` and ``attention_mask``, (B, the longest row)."""
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, : len(s)] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+    def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
+        """:meth:`encode`, right-padded (:meth:`pad`)."""
+        return self.pad(self.encode(prompts, responses))
 
     def read_policy(self, policy_tokenizer) -> None:
         """Rendered chats drop the policy's end-of-sequence text from responses (the RM's template ends the turn)."""
@@ -116,13 +124,24 @@ class RewardModel(nn.Module):
         return n
 
     @torch.no_grad()
-    def score_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Rewards for (prompt, response) text pairs, shape (B,), on the CPU."""
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            enc = self.tokenize(prompts[i: i + batch_size], responses[i: i + batch_size])
-            out.append(self(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)).cpu())
-        return torch.cat(out)
+    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """H_last of each (prompt, response), (B, D_m) in the backbone's dtype: ``batch_size`` rows per forward,
+        rows of similar length together, so each forward is padded to its own longest row."""
+        seqs = self.encode(prompts, responses)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        parts = []
+        for start in range(0, len(order), batch_size):
+            enc = self.pad([seqs[i] for i in order[start: start + batch_size]])
+            parts.append(self.embed(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)))
+        out = torch.cat(parts)  # (B, D_m) in length order
+        return out[torch.argsort(torch.tensor(order, device=out.device))]  # (B, D_m) in the rows' order
+
+    @torch.no_grad()
+    def score_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """Rewards for (prompt, response) text pairs, shape (B,), on the CPU (:meth:`embed_texts`' row chunks)."""
+        return self.score_embedding(self.embed_texts(prompts, responses, batch_size)).cpu()
 
 
 def check_pairing(rm: RewardModel, policy_tokenizer, prompts: Sequence[str], max_sequence_tokens: int,

@@ -1,6 +1,6 @@
-"""The over-optimisation alarm inside an RL run (issue 19, item 2; docs/MONITOR.md).
+"""The over-optimisation alarm inside an RL run (docs/MONITOR.md).
 
-:class:`AlarmWatch` is what :class:`r2m.trainers.pg.RLRun` holds: at every evaluation it computes the
+:class:`AlarmWatch` is one of an RL run's parts: at every evaluation it computes the
 label-free signals (:func:`r2m.eval.monitor.monitor_signals`), appends them to the evaluation history and
 applies :func:`r2m.core.monitor.first_alarm` with ``rl.monitor``'s thresholds. The alarm always runs and is
 logged (``monitor/alarm`` on the evaluation where it fires, ``monitor/tripped`` at each one); with
@@ -19,14 +19,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from r2m.runtime.checkpoint import rng_state, set_rng_state
-from r2m.config import Config, RewardSource
-from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
-from r2m.core.monitor import Alarm, AlarmConfig, first_alarm, tripped_signals
+from r2m.config.root import Config
+from r2m.config.enums import RewardSource
+from r2m.core.monitor import Alarm, first_alarm, tripped_signals
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.eval.monitor import MonitorModels, PreviousEval, monitor_signals
 from r2m.eval.policy import PolicySamples
@@ -37,6 +37,11 @@ from r2m.recipes.pipeline import ensure_world_check_rm, user_models, world_check
 from r2m.experience.rewards import ModelReward
 from r2m.fileio import atomic_dir
 
+if TYPE_CHECKING:
+    from r2m.recipes.rl.state import Models
+    from r2m.runtime.distributed import Dist
+    from r2m.runtime.runlog import RunDir
+
 log = logging.getLogger("r2m")
 
 BEST = "best-before-alarm"
@@ -44,11 +49,6 @@ BEST = "best-before-alarm"
 _SNAPSHOT = re.compile(r"^eval-(\d{6,})$")
 EVAL_MARK = "eval/length"
 """A key every evaluation row has (r2m.eval.policy.summarize): how evaluation rows are told from training rows."""
-
-
-def alarm_config(mc: MonitorConfig) -> AlarmConfig:
-    """``rl.monitor``'s thresholds and rule as the core's :class:`AlarmConfig`."""
-    return AlarmConfig(**{name: getattr(mc, name) for name in THRESHOLDS + ALARM_RULE})
 
 
 def describe(alarm: Alarm, steps: list[int]) -> str:
@@ -97,28 +97,31 @@ def build_check_reward(cfg: Config, world: bool, policy_tokenizer, device: torch
         set_rng_state(saved)
 
 
-def save_policy_snapshot(rl, dest: Path) -> None:
+def save_policy_snapshot(models: "Models", dest: Path) -> None:
     """The policy (merged when LoRA) and tokenizer into ``dest``, atomically; every rank calls this."""
-    policy = rl.acc.unwrap_model(rl.policy)
-    state = sharded_state_dict(rl.acc, rl.policy)
-    if rl.acc.is_main_process:
+    acc = models.acc
+    policy = models.unwrapped_policy()
+    state = sharded_state_dict(acc, models.policy)
+    if acc.is_main_process:
         with atomic_dir(dest) as tmp:
-            save_model(merged_copy(policy) if is_peft(policy) else policy, rl.tok, tmp,
+            save_model(merged_copy(policy) if is_peft(policy) else policy, models.tokenizer, tmp,
                        None if is_peft(policy) else state)
-    rl.acc.wait_for_everyone()
+    acc.wait_for_everyone()
 
 
 class AlarmWatch:
-    """The monitor and the alarm of one RL run (``rl`` is the :class:`r2m.trainers.pg.RLRun`)."""
+    """The monitor and the alarm of one RL run: ``models`` (:class:`r2m.recipes.rl.state.Models`) are the policy,
+    its reference and tokenizer; ``run`` holds the run's history and checkpoints; ``world``: the run's prompts are
+    the gold-reward world's (its check RM can be built)."""
 
-    def __init__(self, rl):
-        self.rl, self.cfg = rl, rl.cfg
+    def __init__(self, cfg: Config, run: "RunDir", models: "Models", dist: "Dist", world: bool):
+        self.cfg, self.models, self.dist = cfg, models, dist
         mc = self.cfg.rl.monitor
         self.enabled, self.armed = mc.enabled, mc.enabled and self.cfg.rl.stop_on_alarm
-        self.alarm_cfg = alarm_config(mc)
-        self.checkpoints: Path = rl.run.checkpoints
+        self.alarm_cfg = mc
+        self.checkpoints: Path = run.checkpoints
         # On resume, the evaluations up to the checkpoint are in the run's history already.
-        self.rows: list[dict] = [dict(r) for r in rl.run.history if EVAL_MARK in r]
+        self.rows: list[dict] = [dict(r) for r in run.history if EVAL_MARK in r]
         self.steps: list[int] = [int(r["step"]) for r in self.rows]
         self.alarm = first_alarm(self.rows, self.alarm_cfg) if self.rows else Alarm(None, None, ())
         self.stop_requested = False
@@ -129,7 +132,7 @@ class AlarmWatch:
         self._drop_snapshots(after=self.steps[-1] if self.steps else -1)
         self.check_fn = None
         if self.enabled:
-            self.check_fn = build_check_reward(self.cfg, rl.gold_fn is not None, rl.tok, rl.device)
+            self.check_fn = build_check_reward(self.cfg, world, models.tokenizer, models.device)
 
     @property
     def alarm_step(self) -> Optional[int]:
@@ -137,9 +140,9 @@ class AlarmWatch:
         return None if self.alarm.index is None else self.steps[self.alarm.index]
 
     def _models(self) -> MonitorModels:
-        rl = self.rl
+        m = self.models
         r2m_on = self.cfg.reward.source == RewardSource.MODEL and self.cfg.reward.r2m.enabled
-        return MonitorModels(rl.acc.unwrap_model(rl.policy), rl.ref, rl.tok.pad_token_id, rl.device,
+        return MonitorModels(m.unwrapped_policy(), m.ref, m.tokenizer.pad_token_id, m.device,
                              self.cfg.eval.samples_per_prompt, self.check_fn, r2m_on,
                              min(self.cfg.eval.batch_size, 64))
 
@@ -162,12 +165,12 @@ class AlarmWatch:
         fired_before = self.alarm.index is not None
         if not fired_before:
             self.alarm = first_alarm(self.rows, self.alarm_cfg)
-        fires_now = not self.rl.dist.all(fired_before or self.alarm.index is None)
+        fires_now = not self.dist.all(fired_before or self.alarm.index is None)
         if fires_now:
             metrics["monitor/alarm"] = 1.0
             self._on_alarm()
         elif self.armed and not fired_before:
-            save_policy_snapshot(self.rl, self._snapshot(step))
+            save_policy_snapshot(self.models, self._snapshot(step))
             self._drop_snapshots(keep=self.steps[-self.alarm_cfg.patience:])
         return metrics
 
@@ -180,18 +183,18 @@ class AlarmWatch:
         src = self._snapshot(self.steps[before]) if before >= 0 else None
         if src is None:
             log.warning("monitor: the alarm's onset is the first counted evaluation; no checkpoint comes before it")
-        elif self.rl.acc.is_main_process and not src.is_dir():
+        elif self.models.acc.is_main_process and not src.is_dir():
             # e.g. a run resumed armed whose earlier part was not: that evaluation's policy was never saved.
             log.warning("monitor: %s was not saved (the run was not armed at step %d); no best-before-alarm", src,
                         self.steps[before])
             src = None
-        elif self.rl.acc.is_main_process:
+        elif self.models.acc.is_main_process:
             best = self.checkpoints / BEST
             if best.exists():  # an earlier run's, in this run directory
                 shutil.rmtree(best)
             src.rename(best)
         self._drop_snapshots(keep=[])
-        self.rl.acc.wait_for_everyone()
+        self.models.acc.wait_for_everyone()
         self.best_path = self.checkpoints / BEST if src is not None else None  # every rank names the main's copy
 
     def _snapshot(self, step: int) -> Path:
@@ -199,7 +202,7 @@ class AlarmWatch:
 
     def _drop_snapshots(self, keep: Optional[list[int]] = None, after: Optional[int] = None) -> None:
         """Remove eval-* snapshots not in ``keep`` (or those of steps past ``after``: a resumed run's future)."""
-        if not self.rl.acc.is_main_process or not self.checkpoints.is_dir():
+        if not self.models.acc.is_main_process or not self.checkpoints.is_dir():
             return
         for p in self.checkpoints.glob(".tmp-eval-*"):  # the debris of an interrupted snapshot
             shutil.rmtree(p, ignore_errors=True)

@@ -23,13 +23,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from r2m.config import Config, Malloc, replace_path
+from r2m.config.root import Config
+from r2m.config.enums import Malloc
+from r2m.config.parsing import replace_path
 from r2m.fileio import atomic_write_text
 from r2m.core.losses import grebt_terms
 from r2m.recipes.pipeline import resolve_inputs
-from r2m.recipes.rl.run import RLRun
+from r2m.recipes.rl.build import build_run
+from r2m.recipes.rl.step import train_step
 from r2m.reports.tables import format_table
-from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, profile_method, rss_reader
+from r2m.runtime.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, rss_reader
 from r2m.utils import quiet_transformers
 
 # The phases of one RL step, in order, with their names in the report. ``greedy_baseline`` (ReMax)
@@ -79,27 +82,23 @@ def _phase_summary(laps: list[dict[str, float]], peaks: dict[str, dict[str, floa
 def _rl_arm(cfg: Config, steps: int) -> dict:
     """Child process: ``steps`` RL steps, each phase profiled (time, peak RSS, CUDA max-allocated).
 
-    The maker's phases (generate, logprobs, reward, ...) go through ``run.maker.timer``, which is
-    replaced by a profiler; the policy and RM updates are profiled by wrapping the updaters' ``update``
-    methods, so the training loop itself is unchanged.
+    The profiler is the run's phase timer: the step times its phases (generate, logprobs, reward, ..., update,
+    rm_update) through it.
     """
-    run = RLRun(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False))
     prof = PhaseProfiler(RSS_INTERVAL_S)
-    run.maker.timer = prof
-    profile_method(run.updater, "update", prof, "update")
-    profile_method(getattr(run, "rm_updater", None), "update", prof, "rm_update")
+    run = build_run(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False), timer=prof)
     rows, laps, peaks = [], [], []
     try:
         for s in range(1, steps + 1):
             with prof("step"):
-                rows.append(run.step(s))  # run.step pops the timer's totals itself
+                rows.append(train_step(run, s))  # the step pops the timer's totals itself
             laps.append(prof.pop_laps())
             peaks.append(prof.pop_memory())
     finally:
         prof.close()
     phases = _phase_summary(laps, merge_peaks(peaks))
     out = {**{f"time/{p}": v["time_s"] for p, v in phases.items()}, "phases": phases, **_process_peaks(phases),
-           **_arm_env(run.device)}
+           **_arm_env(run.models.device)}
     if any("r2m/hidden_mb" in r for r in rows):
         out["r2m/hidden_mb"] = rows[-1]["r2m/hidden_mb"]
     return out
@@ -109,8 +108,8 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
     """Child process: R2M's RM update alone, lightweight or full, on fresh rollouts (policy not trained)."""
     import torch
 
-    run = RLRun(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False))
-    updater = run.rm_updater
+    run = build_run(replace_path(cfg, rl__steps=steps, run__log_with=[], run__progress=False))
+    updater = run.grebt
     model = updater.model
     if full:
         model.rm.model.requires_grad_(True)
@@ -120,14 +119,19 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
     try:
         for step in range(1, steps + 1):
             idx = run.sampler.next(cfg.rl.prompts_per_step)
-            exp = run.maker.make([run.train.texts[i] for i in idx], [run.train.ids[i] for i in idx], step=step - 1)
+            train, maker = run.train_prompts, run.maker
+            rollout = maker.rollout([train.texts[i] for i in idx], [train.ids[i] for i in idx], step - 1)
+            if run.r2m.calibrates(rollout.query):  # init=matched, as the step does it
+                rollout = rollout._replace(query=run.r2m.calibrate(rollout.query))
+            exp = maker.estimate(rollout, maker.score(rollout))
             with prof("rm_update"):
                 if full:
                     # Recompute H_last through the unfrozen backbone so its gradient flows too.
                     enc = model.rm.tokenize(exp.prompts, exp.responses)
-                    rte = model.rm.embed(enc["input_ids"].to(run.device), enc["attention_mask"].to(run.device)).float()
+                    device = run.models.device
+                    rte = model.rm.embed(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float()
                     r = model.score_embeddings(rte, exp.policy_hidden, exp.policy_mask,
-                                               run.reward_fn.omega(exp.step)).view(exp.n, exp.k)
+                                               updater.schedule.omega(exp.step)).view(exp.n, exp.k)
                     loss = grebt_terms(r, cfg.reward.r2m.effective_alpha).loss
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -142,7 +146,7 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
         sum(p.numel() for p in model.trainable_parameters())
     phases = _phase_summary(laps, merge_peaks(peaks))
     return {"time/rm_update": phases["rm_update"]["time_s"], "trainable_params": trainable, "phases": phases,
-            **_process_peaks(phases), **_arm_env(run.device)}
+            **_process_peaks(phases), **_arm_env(run.models.device)}
 
 
 def _child(fn: Callable, args: tuple, queue) -> None:

@@ -24,7 +24,8 @@ from typing import Optional, Sequence
 
 from r2m.core import alarm_eval as ae
 from r2m.core.frontier import PairedBootstrap, Verdict, json_float, paired_bootstrap
-from r2m.core.monitor import AlarmConfig, Signal
+from r2m.config.monitor import MonitorConfig
+from r2m.core.monitor import Signal
 from r2m.fileio import atomic_write_text
 from r2m.recipes.alarm import EVAL_MARK
 from r2m.recipes.bench_design import R2M_ARMS, Arm, BenchDesign, RunSpec, SweepPoint, design_runs, sweep_runs
@@ -101,14 +102,14 @@ class Rule:
 @dataclass(frozen=True)
 class Validation:
     runs: Runs
-    combined: AlarmConfig
+    combined: MonitorConfig
     """The combined rule tuned on the tuning runs (``length``)."""
     combined_rule: Rule
-    lowo: dict[str, AlarmConfig]
+    lowo: dict[str, MonitorConfig]
     """Per held-out world, the combined rule tuned on every run of the other worlds."""
     lowo_rule: Rule
     """The headline: the alarm under the fixed-KL baseline's own protocol (leave one world out)."""
-    lowo_without_kl: dict[str, AlarmConfig]
+    lowo_without_kl: dict[str, MonitorConfig]
     lowo_without_kl_rule: Rule
     """The same without the KL signal: what the drift signals do on their own (the headline before it joined)."""
     default_rule: Rule
@@ -116,12 +117,12 @@ class Validation:
     signal_rules: dict[Signal, Rule]
     kl_rule: Rule
     step_rule: Rule
-    signal_configs: dict[Signal, AlarmConfig]
+    signal_configs: dict[Signal, MonitorConfig]
     kl_budgets: dict[str, Optional[float]]
     fixed_step: Optional[int]
     combined_in_sample: ae.Summary
     """The combined rule on the tuning runs themselves (how much the held-out figures fall from it)."""
-    all_runs: AlarmConfig
+    all_runs: MonitorConfig
     """The combined rule tuned on every run (tuning and held out): the candidate defaults, never scored here."""
 
     @property
@@ -143,18 +144,18 @@ class Validation:
                            self.kl_rule, self.runs.held_out)
 
 
-def _setting(cfg: AlarmConfig) -> str:
+def _setting(cfg: MonitorConfig) -> str:
     t = ae.thresholds(cfg)
     on = ", ".join(f"{k}={v:g}" for k, v in t.items() if isinstance(v, float))
     return f"{on or 'every signal off'}; min_signals={cfg.min_signals}, patience={cfg.patience}"
 
 
-def _alarm_rule(name: str, cfg: AlarmConfig, held: Sequence[ae.RunSeries]) -> Rule:
+def _alarm_rule(name: str, cfg: MonitorConfig, held: Sequence[ae.RunSeries]) -> Rule:
     return Rule(name, _setting(cfg), ae.evaluate(held, lambda rows: ae.alarm_selection(rows, cfg)))
 
 
 def _lowo_rule(runs: Runs, signals: Sequence[Signal] = tuple(Signal),
-               name: str = "alarm, combined (leave one world out)") -> tuple[Rule, dict[str, AlarmConfig]]:
+               name: str = "alarm, combined (leave one world out)") -> tuple[Rule, dict[str, MonitorConfig]]:
     """The combined rule over ``signals``, tuned per held-out world on the other worlds' runs, scored on that
     world's held-out runs."""
     configs = ae.tune_lowo([*runs.tune, *runs.held_out], sorted({r.world for r in runs.held_out}), signals)
@@ -185,7 +186,7 @@ def validate(runs: Runs) -> Validation:
     step_rule = Rule("fixed step", "not tuned (no tuning run)" if step is None else f"step {step}", step_outs)
     combined = tuned.combined
     # The shipped defaults were tuned on every run of the paper bench: on those runs they are in sample.
-    defaults = _alarm_rule("alarm, rl.monitor defaults (in sample on the paper bench)", AlarmConfig(), runs.held_out)
+    defaults = _alarm_rule("alarm, rl.monitor defaults (in sample on the paper bench)", MonitorConfig(), runs.held_out)
     return Validation(runs, combined, _alarm_rule(f"alarm, combined (tuned on `{TUNE_WORLD}`)", combined,
                                                   runs.held_out),
                       lowo, lowo_rule, no_kl, no_kl_rule, defaults,
@@ -278,7 +279,7 @@ def alarm_json(v: Validation, design: BenchDesign) -> dict:
                                      "per_world": _per_world(v.lowo_without_kl_rule.outcomes)},
         "combined": {"thresholds": ae.thresholds(v.combined), "held_out": v.combined_rule.summary.as_dict(),
                      "tuning_runs_in_sample": v.combined_in_sample.as_dict()},
-        "default_rule": {"thresholds": ae.thresholds(AlarmConfig()), "held_out": v.default_rule.summary.as_dict()},
+        "default_rule": {"thresholds": ae.thresholds(MonitorConfig()), "held_out": v.default_rule.summary.as_dict()},
         "tuned_on_all_runs": {"thresholds": ae.thresholds(v.all_runs),
                               "note": "the candidate defaults: tuned on every run, so not scored here"},
         "per_signal": {s.value: {"thresholds": ae.thresholds(v.signal_configs[s]), **r.summary.as_dict(),

@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.core.frontier import gold_at_kl
 from r2m.recipes.bench_design import (
     Arm,

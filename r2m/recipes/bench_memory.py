@@ -13,7 +13,8 @@ model's pass to another's as depth grows is followed. The fit is checked against
 (``check_depth``); the errors are in the output. The sampling loop is run for a few tokens at two lengths and
 fitted the same way in (depth, tokens): its KV cache grows by a fixed amount per layer and per token.
 
-Per rank: with one GPU, every model, optimiser state and gradient is whole, as measured. With ``gpus`` > 1 the
+Per rank: with one GPU, every model, optimiser state and gradient is whole, as measured (the policy in fp32
+master weights under bf16 autocast, the reference and the RM in their configured dtype, as ``build_run`` loads them). With ``gpus`` > 1 the
 paper configs run FSDP2 (configs/accelerate/fsdp.yaml): the reference, the RM and R2M's fusion are whole on
 every rank (as measured); the policy is sharded, which is computed, not measured: fp32 master weights and AdamW
 state (12 bytes per parameter) / gpus, plus, while the policy runs, its gathered bf16 root (embeddings, head) and
@@ -35,7 +36,8 @@ from typing import Callable, Optional
 
 import torch
 
-from r2m.config import Config, load_config
+from r2m.config.parsing import load_config
+from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text
 from r2m.recipes import bench_memory_phases as ph
@@ -61,9 +63,7 @@ NOT_MEASURED = {
     "ser_hh_rlhf": "the SER pipeline (LoRA RM loops, then PPO with a critic) has no adapter here yet",
     "ser_ultrafeedback": "the SER pipeline (LoRA RM loops) has no adapter here yet",
 }
-ONE_GPU = ("policy.dtype=float32",)
-"""One GPU without FSDP: the configs' headers say policy.dtype=float32 there (bf16 AdamW keeps no fp32 master)."""
-SINGLE_GPU = ("r2m_qwen2.5-3b_ultrafeedback_rloo", ("policy.path=Qwen/Qwen2.5-0.5B-Instruct", *ONE_GPU))
+SINGLE_GPU = ("r2m_qwen2.5-3b_ultrafeedback_rloo", ("policy.path=Qwen/Qwen2.5-0.5B-Instruct",))
 """The issue's single-GPU case: a 0.5B Qwen2.5 policy, the 8B Llama-3.1 RM, R2M, the Qwen config's settings."""
 
 
@@ -81,8 +81,9 @@ class MemorySpec:
     """The depths of the measurement the fit is checked on."""
     gen_tokens: tuple[int, int, int] = (4, 8, 12)
     """Tokens of the sampling-loop measurements: two fitted, the third checked (>= 2: a decoding step at least)."""
-    table3_rows: int = 256
-    """Preference pairs of one Table 3 batch (rm_accuracy's batch)."""
+    table3_rows: Optional[int] = None
+    """Preference pairs Table 3 scores (None: reward.batch_size, one of its row chunks; the chunks run one after
+    another, so one holds its peak)."""
     chunk: tuple[int, int, int] = (16, 1023, 512)
     """logprob_chunk_gib: rows, prompt tokens and response tokens of the log-prob chunk (Qwen2.5-3B, V = 151,936)."""
     chunk_layers: Optional[int] = None
@@ -128,7 +129,7 @@ def shapes_of(cfg: Config, gpus: int, spec: MemorySpec, depth: tuple[int, int]) 
     if rows % gpus:
         raise ConfigError(f"rl.prompts_per_step x rl.k = {rows} does not split over {gpus} GPUs")
     return ph.Shapes(depth[0], depth[1], rows // gpus, cfg.data.max_prompt_tokens, cfg.rl.max_new_tokens,
-                     cfg.eval.batch_size, spec.table3_rows, fsdp=gpus > 1)
+                     cfg.eval.batch_size, spec.table3_rows or cfg.reward.batch_size, fsdp=gpus > 1)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def session(cfg: Config, shapes: ph.Shapes, warm: bool = True) -> Session:
     clear_memo(mode)
     inst = LiveBytes(ph.param_shapes(run), token_id=run.generator.token_id, fake=mode)
     ph.tag_models(run, inst)
-    policy = run.acc.unwrap_model(run.policy)
+    policy = run.models.unwrapped_policy()
     n = sum({p.untyped_storage()._cdata: p.numel() for p in policy.parameters()}.values())
     return Session(run, inst, ph.persistent_bytes(run), n, mode)
 
@@ -166,7 +167,7 @@ def step_point(cfg: Config, shapes: ph.Shapes, loops: tuple[tuple[int, int], ...
             ph.generation(run, inst, rows, shapes.prompt_tokens, tokens, f"generation/{rows}/{tokens}")
         exp = ph.make_experience(run, inst, shapes)
         update = ph.policy_update(run, inst, exp)
-        ph.r2m_update(run, inst, exp, update.policy_hidden)
+        ph.r2m_update(run, inst, exp, update.states)
         del exp, update  # the step is over: Table 3 and evaluation run without it
         ph.table3(run, inst, shapes)
         ph.evaluation(run, inst, shapes)
@@ -330,7 +331,7 @@ def chunk_peaks(cfg: Config, gpus: int, rows: int, prompt: int, response: int, s
     out = {"r2m": float(s.inst.phase_peak("r2m").total)}
     if spec.trl:
         arch = ph.arch_of(cfg.policy.path, "policy.path")
-        model = ph.fake_model(arch, layers, s.run.tok, s.run.acc.unwrap_model(s.run.policy).dtype, False, s.mode)
+        model = ph.fake_model(arch, layers, s.run.tok, s.run.models.unwrapped_policy().dtype, False, s.mode)
         clear_memo(s.mode)
         with s.inst:
             ph.trl_logprobs(model, s.run.acc, s.inst, gen, cfg.rl.temperature, "trl")
@@ -355,7 +356,7 @@ def config_result(name: str, spec: MemorySpec, log) -> dict:
     out = {"gpus": gpus, **measure_setup(cfg, gpus, spec, log)}
     if spec.one_gpu and gpus > 1:
         log(f"{name}: one GPU")
-        one = measure_setup(setup_config(name, ONE_GPU, spec), 1, spec, log)
+        one = measure_setup(cfg, 1, spec, log)
         out["one_gpu"] = {k: one[k] for k in ("per_rank_peak_gb", "peak_phase", "phases", "persistent_gb", "check")}
     rows = cfg.rl.rollout_batch_size or out["shapes"]["rows_per_rank"]
     chunk = chunk_peaks(cfg, gpus, rows, cfg.data.max_prompt_tokens, cfg.rl.max_new_tokens, spec)

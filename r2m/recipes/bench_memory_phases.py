@@ -5,18 +5,22 @@ The models are built from the real architectures (:data:`ARCHS`, from each model
 depth, as fake tensors (:mod:`r2m.runtime.live_bytes`): shapes, dtypes and storages without data, so a pass at
 real width, real vocabulary, real sequence lengths and real rows per rank is counted exactly and costs only its
 dispatch. Tokenizers are the families' local ones (:func:`r2m.models.families.train_tokenizer`; token ids stay
-below 400, which is all an embedding lookup needs). The run is an :class:`~r2m.recipes.rl.run.RLRun` whose
-models are set as ``RLRun.__init__`` sets them; its loop objects come from ``RLRun._build_loop`` itself.
+below 400, which is all an embedding lookup needs). The run is a :class:`BenchRun`: the parts of an
+:class:`~r2m.recipes.rl.state.RLComponents` the step's phases read, built as
+:func:`r2m.recipes.rl.build.build_run` builds them (fp32 master weights, the prepared policy, the reference, the
+experience maker, the policy updater, GREBT), without data or a run directory.
 
 Entry points, one function each (re-point these when the library's change): :func:`make_experience`
-(``ExperienceMaker.make``; its phases ``rollout_logprobs`` = ``ExperienceMaker._old_pass``, ``reference`` =
-``ExperienceMaker._forward`` on the reference, ``rm_scoring`` = ``FeedbackRewardModel.embed_texts`` or
-``RewardModel.score_texts``, ``r2m_annotation`` = ``FeedbackRewardModel.score_embeddings``),
-:func:`policy_update` (``PolicyUpdater.update``), :func:`r2m_update` (``R2MUpdater.update``), :func:`table3`
-(``r2m.eval.rm_accuracy``'s ``vanilla_pairwise_accuracy`` and ``feedback_pairwise_accuracy``, as
-``RLRun.rm_accuracy`` calls them), :func:`evaluation` (``r2m.eval.policy.sample_policy``, as ``RLRun.evaluate``
-calls it), :func:`monitor` (``r2m.eval.monitor.response_states``), :func:`generation` (``HFGenerator.generate``),
-:func:`r2m_logprobs` (``ExperienceMaker._old_pass`` on one chunk) and :func:`trl_logprobs` (TRL's
+(``ExperienceMaker.rollout``, ``score`` and ``estimate`` as ``train_step`` calls them; its phases
+``rollout_logprobs`` = ``ExperienceMaker._old_pass``, ``reference`` = ``ExperienceMaker._forward`` on the
+reference, ``rm_scoring`` = ``FeedbackRewardModel.embed_texts`` or ``RewardModel.score_texts``,
+``r2m_annotation`` = ``FeedbackRewardModel.score_rows`` (and init=matched's ``FeedbackReward.calibrate``)),
+:func:`policy_update` (``PolicyUpdater.update`` keeping GREBT's states), :func:`r2m_update`
+(``GREBTUpdater.update``), :func:`table3` (``r2m.eval.rm_accuracy``'s ``vanilla_pairwise_accuracy`` and
+``feedback_pairwise_accuracy``, as ``r2m.recipes.rl.evaluation.rm_accuracy`` calls them), :func:`evaluation`
+(``r2m.eval.policy.sample_policy``, as ``r2m.recipes.rl.evaluation.evaluate`` calls it), :func:`monitor`
+(``r2m.eval.monitor.response_states``), :func:`generation` (``HFGenerator.generate``), :func:`r2m_logprobs`
+(``ExperienceMaker._old_pass`` on one chunk) and :func:`trl_logprobs` (TRL's
 ``RLOOTrainer._get_per_token_logps_and_entropies``).
 """
 
@@ -33,7 +37,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from r2m.config import Config, RewardBaseline
+from r2m.config.enums import RewardBaseline
+from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.eval import policy as policy_eval
 from r2m.eval.monitor import response_states
@@ -41,14 +46,21 @@ from r2m.eval.policy import sample_policy
 from r2m.eval.rm_accuracy import feedback_pairwise_accuracy, vanilla_pairwise_accuracy
 from r2m.experience.generation import HFGenerator
 from r2m.experience.rewards import FeedbackReward, ModelReward
-from r2m.experience.sampling import Generation, assemble_generation, eval_mode, left_pad
+from r2m.experience.rollout import ExperienceMaker, Shaping, hidden_store
+from r2m.experience.sampling import Generation, assemble_generation
 from r2m.models.families import Family, Size, model_config, train_tokenizer
+from r2m.models.forward import eval_mode, left_pad
+from r2m.models.loading import ensure_pad_token
 from r2m.models.lora import enable_gradient_checkpointing
 from r2m.models.r2m import build_feedback_rm
 from r2m.models.reward import RewardModel
-from r2m.recipes.rl.run import RLRun
+from r2m.recipes.rl.build import _reference
+from r2m.recipes.rl.state import Models
 from r2m.runtime.distributed import Dist
 from r2m.runtime.live_bytes import LiveBytes, storage_bytes
+from r2m.runtime.precision import fp32_master_weights
+from r2m.updates.grebt import GREBTUpdater
+from r2m.updates.policy import PolicyUpdater
 from r2m.updates.supervised import make_accelerator
 from r2m.utils import seed_everything, torch_dtype
 
@@ -125,8 +137,9 @@ class Shapes:
 
 @functools.lru_cache(maxsize=None)
 def tokenizer(family: Family):
-    """The family's local tokenizer (trained once per process)."""
-    return train_tokenizer(family)
+    """The family's local tokenizer (trained once per process), given a pad token as ``load_tokenizer`` gives a
+    pad-less one (Llama 3's)."""
+    return ensure_pad_token(train_tokenizer(family), f"bench memory's {family.value} tokenizer")
 
 
 def fake_model(arch: Arch, layers: int, tok, dtype: torch.dtype, rm: bool, mode: FakeTensorMode) -> nn.Module:
@@ -163,26 +176,55 @@ class FillerGenerator:
 def reward_function(cfg: Config, model: nn.Module, tok, policy_dim: int):
     """The reward function ``r2m.experience.reward_factory.build_reward`` makes, on an RM already built."""
     rm = RewardModel(model, tok, cfg.reward.max_length, name="reward model")
-    r2m = cfg.reward.r2m
+    r2m, rows = cfg.reward.r2m, cfg.reward.batch_size
     if not (r2m.enabled or cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
-        return ModelReward(rm)
+        return ModelReward(rm, rows)
     backbone_dtype = None if r2m.backbone_dtype == "same" else torch_dtype(r2m.backbone_dtype)
     fb = build_feedback_rm(rm, policy_dim if r2m.enabled else None, r2m.inner_dim, r2m.num_heads, r2m.init,
                            backbone_dtype)
-    return FeedbackReward(fb, r2m, total_steps=cfg.rl.steps, seed=cfg.run.seed)
+    return FeedbackReward(fb, r2m, total_steps=cfg.rl.steps, batch_size=rows, seed=cfg.run.seed)
 
 
-def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> RLRun:
-    """An ``RLRun`` with fake models at ``shapes``' depths, set up as ``RLRun.__init__`` does (no data, no run dir)."""
-    p_arch, m_arch = arch_of(cfg.policy.path, "policy.path"), arch_of(cfg.reward.path, "reward.path")
-    run = RLRun.__new__(RLRun)
-    run.cfg, run.acc = cfg, make_accelerator(cfg)
-    run.dist, run.device = Dist(run.acc), run.acc.device
-    seed_everything(cfg.run.seed)  # the update's minibatch order: which rows (one is padded) come first
-    run.tok, rm_tok = tokenizer(p_arch.family), tokenizer(m_arch.family)
+@dataclass
+class BenchRun:
+    """The parts of an RL run (:class:`~r2m.recipes.rl.state.RLComponents`) that a step's phases, Table 3 and an
+    evaluation read."""
+
+    cfg: Config
+    models: Models
+    optimizer: torch.optim.Optimizer
+    dist: Dist
+    reward_fn: object
+    r2m: Optional[FeedbackReward]
+    generator: "FillerGenerator"
+    maker: ExperienceMaker
+    updater: PolicyUpdater
+    grebt: Optional[GREBTUpdater]
+
+    @property
+    def acc(self):
+        return self.models.acc
+
+    @property
+    def tok(self):
+        return self.models.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
+
+
+def _policy(cfg: Config, shapes: Shapes, acc, arch: Arch, tok, mode: FakeTensorMode):
+    """The policy and its optimiser as ``build_run`` prepares them, and the reference. One GPU: fp32 master weights,
+    prepared by accelerate (autocast, fp32 outputs). Under FSDP2 accelerate wraps no forward in autocast:
+    fully_shard computes in bf16 and returns bf16, and the sharded fp32 masters are counted per rank by the caller
+    (:func:`r2m.recipes.bench_memory.per_rank`), so the module stays in policy.dtype."""
     dtype = torch_dtype(cfg.policy.dtype)
-    policy = fake_model(p_arch, shapes.policy_layers, run.tok, dtype, False, mode)
-    ref = fake_model(p_arch, shapes.policy_layers, run.tok, dtype, False, mode)
+    policy = fake_model(arch, shapes.policy_layers, tok, dtype, False, mode)
+    ref = fake_model(arch, shapes.policy_layers, tok, dtype, False, mode)
+    if not shapes.fsdp:
+        with mode:
+            fp32_master_weights(policy, "policy", acc)
     if cfg.policy.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     policy.train()
@@ -190,31 +232,46 @@ def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> RLRun:
     impl = cfg.rl.optimizer_impl.torch_kwargs or {"foreach": True}
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr,
                                   weight_decay=0.0, **impl)
+    # Prepared without moving the model (it is on the CPU; a fake trainable parameter cannot be swapped by
+    # Module.to while autograd holds it).
+    if not shapes.fsdp:
+        policy, optimizer = acc.prepare(policy, optimizer, device_placement=[False, False])
+    return policy, optimizer, _reference(acc, policy, ref)
+
+
+def build_run(cfg: Config, shapes: Shapes, mode: FakeTensorMode) -> BenchRun:
+    """A :class:`BenchRun` with fake models at ``shapes``' depths, its parts made as ``build_run`` makes them."""
+    p_arch, m_arch = arch_of(cfg.policy.path, "policy.path"), arch_of(cfg.reward.path, "reward.path")
+    acc = make_accelerator(cfg)
+    dist = Dist(acc)
+    seed_everything(cfg.run.seed)  # the update's minibatch order: which rows (one is padded) come first
+    tok, rm_tok = tokenizer(p_arch.family), tokenizer(m_arch.family)
+    policy, optimizer, ref = _policy(cfg, shapes, acc, p_arch, tok, mode)
+    models = Models(acc, tok, policy, ref)
     with mode, warnings.catch_warnings():  # the fusion and head too: their gradients meet the fake h
         # Tensor.__deepcopy__ reads data_ptr() (the frozen copy of the head), which a fake tensor warns about
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         rm_model = fake_model(m_arch, shapes.rm_layers, rm_tok, torch_dtype(cfg.reward.dtype), True, mode)
-        run.reward_fn = reward_function(cfg, rm_model, rm_tok, p_arch.hidden)
-    # Under FSDP2 accelerate wraps no forward in autocast: fully_shard computes in bf16 and returns bf16. Elsewhere
-    # prepare as RLRun does, without moving the model (it is on the CPU; a fake trainable parameter cannot be
-    # swapped by Module.to while autograd holds it).
-    run.policy, run.optimizer = ((policy, optimizer) if shapes.fsdp else
-                                 run.acc.prepare(policy, optimizer, device_placement=[False, False]))
-    run.ref = run._reference(ref)
-    run.gold_fn = None
-    token = run.tok(WORD, add_special_tokens=False)["input_ids"][0]
-    run.generator = FillerGenerator(token, run.tok.eos_token_id, run.tok.pad_token_id, shapes.response_tokens)
-    run._build_loop(run.device)
-    return run
+        reward = reward_function(cfg, rm_model, rm_tok, p_arch.hidden)
+    token = tok(WORD, add_special_tokens=False)["input_ids"][0]
+    generator = FillerGenerator(token, tok.eos_token_id, tok.pad_token_id, shapes.response_tokens)
+    store = hidden_store(cfg.reward.r2m, cfg.policy.dtype, acc.mixed_precision)
+    maker = ExperienceMaker(policy, ref, tok, reward, cfg.rl, acc.device, hidden_store=store,
+                            shaping=Shaping(cfg.reward.scaling, cfg.reward.normalize, cfg.reward.clip), dist=dist,
+                            generator=generator)
+    updater = PolicyUpdater(policy, optimizer, acc, cfg.rl, None, None, dist)
+    r2m = reward if isinstance(reward, FeedbackReward) else None
+    grebt = GREBTUpdater(r2m.model, r2m.schedule, cfg.reward.r2m, dist, store) if r2m is not None else None
+    return BenchRun(cfg, models, optimizer, dist, reward, r2m, generator, maker, updater, grebt)
 
 
-def warm_optimizers(run: RLRun) -> None:
+def warm_optimizers(run: BenchRun) -> None:
     """The optimisers' state as after their first step (AdamW creates it lazily), and R2M's gradients, which its
     update leaves in place (it clears them before its backward, not after): all held from step 2 on. Outside any
     fake mode, so that AdamW's step counters are real tensors (their ``.item()`` is read)."""
-    opts = [(run.optimizer, run.acc.unwrap_model(run.policy), True)]
-    if run.rm_updater is not None:
-        opts.append((run.rm_updater.optimizer, run.rm_updater.model, False))
+    opts = [(run.optimizer, run.models.unwrapped_policy(), True)]
+    if run.grebt is not None:
+        opts.append((run.grebt.optimizer, run.grebt.model, False))
     for opt, model, clear in opts:
         for p in model.parameters():
             if p.requires_grad:
@@ -224,21 +281,21 @@ def warm_optimizers(run: RLRun) -> None:
             opt.zero_grad(set_to_none=True)
 
 
-def persistent_bytes(run: RLRun) -> dict[str, int]:
+def persistent_bytes(run: BenchRun) -> dict[str, int]:
     """Bytes held for the whole run: each model's parameters and buffers, and each optimiser's state."""
-    policy = run.acc.unwrap_model(run.policy)
-    ref = run.acc.unwrap_model(run.ref)
+    policy = run.models.unwrapped_policy()
+    ref = run.acc.unwrap_model(run.models.ref)
     rm = run.reward_fn.reward_model.model
     out = {"policy": storage_bytes([*policy.parameters(), *policy.buffers()]),
            "reference": storage_bytes([*ref.parameters(), *ref.buffers()]),
            "reward_model": storage_bytes([*rm.parameters(), *rm.buffers()]),
            "policy_optimizer": storage_bytes(_state_tensors(run.optimizer))}
-    if run.rm_updater is not None:
-        fb = run.rm_updater.model
+    if run.grebt is not None:
+        fb = run.grebt.model
         own = [t for n, t in [*fb.named_parameters(), *fb.named_buffers()] if not n.startswith("rm.")]
         out["r2m_fusion"] = storage_bytes(own)  # fusion and the frozen copy of the head (the head is the RM's)
-        out["r2m_optimizer"] = storage_bytes(_state_tensors(run.rm_updater.optimizer))
-        out["r2m_grads"] = storage_bytes([p.grad for p in run.rm_updater.params if p.grad is not None])
+        out["r2m_optimizer"] = storage_bytes(_state_tensors(run.grebt.optimizer))
+        out["r2m_grads"] = storage_bytes([p.grad for p in run.grebt.params if p.grad is not None])
     return out
 
 
@@ -246,18 +303,18 @@ def _state_tensors(optimizer) -> list[torch.Tensor]:
     return [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
 
 
-def param_shapes(run: RLRun) -> set[tuple[int, ...]]:
+def param_shapes(run: BenchRun) -> set[tuple[int, ...]]:
     """Shapes of every trainable parameter: a new storage of one of them is a gradient, a state or a cast."""
-    models = [run.acc.unwrap_model(run.policy)]
-    if run.rm_updater is not None:
-        models.append(run.rm_updater.model)
+    models = [run.models.unwrapped_policy()]
+    if run.grebt is not None:
+        models.append(run.grebt.model)
     return {tuple(p.shape) for m in models for p in m.parameters() if p.requires_grad}
 
 
-def tag_models(run: RLRun, inst: LiveBytes) -> None:
+def tag_models(run: BenchRun, inst: LiveBytes) -> None:
     """Segments of :class:`LiveBytes`: which model runs (its depth sets what a segment holds)."""
-    inst.tag(run.acc.unwrap_model(run.policy), "policy")
-    inst.tag(run.acc.unwrap_model(run.ref), "reference")
+    inst.tag(run.models.unwrapped_policy(), "policy")
+    inst.tag(run.acc.unwrap_model(run.models.ref), "reference")
     inst.tag(run.reward_fn.reward_model.backbone, "reward_model")
 
 
@@ -266,7 +323,7 @@ def tag_models(run: RLRun, inst: LiveBytes) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def prompts(run: RLRun, n: int, tokens: int) -> tuple[list[str], list[list[int]]]:
+def prompts(run: BenchRun, n: int, tokens: int) -> tuple[list[str], list[list[int]]]:
     """``n`` prompt texts of ``tokens`` policy tokens each (the first one token shorter: the batch is padded)."""
     lengths = [tokens - (i == 0) for i in range(n)]
     texts = [WORD * k for k in lengths]
@@ -296,9 +353,10 @@ def phase_of(obj, method: str, inst: LiveBytes, name: str, when=None) -> Iterato
 # ---------------------------------------------------------------------------------------------
 
 
-def make_experience(run: RLRun, inst: LiveBytes, shapes: Shapes):
-    """``ExperienceMaker.make`` on this rank's prompts: rollout log-probs (with h for R2M), reference, RM scoring and
-    R2M annotation, each its own phase."""
+def make_experience(run: BenchRun, inst: LiveBytes, shapes: Shapes):
+    """The experience of this rank's prompts as ``train_step`` makes it (rollout, init=matched's calibration,
+    rewards, advantages): rollout log-probs (with h for R2M), reference, RM scoring and R2M annotation, each its
+    own phase."""
     maker, reward = run.maker, run.reward_fn
     texts, ids = prompts(run, shapes.rows // run.cfg.rl.k, shapes.prompt_tokens)
     with contextlib.ExitStack() as stack:
@@ -306,13 +364,17 @@ def make_experience(run: RLRun, inst: LiveBytes, shapes: Shapes):
         stack.enter_context(phase_of(maker, "_forward", inst, "reference", when=lambda m, *_: m is maker.ref))
         if isinstance(reward, FeedbackReward):
             stack.enter_context(phase_of(reward.model, "embed_texts", inst, "rm_scoring"))
-            stack.enter_context(phase_of(reward.model, "score_embeddings", inst, "r2m_annotation"))
+            stack.enter_context(phase_of(reward.model, "score_rows", inst, "r2m_annotation"))
+            stack.enter_context(phase_of(reward.model, "calibrate", inst, "r2m_annotation"))
         else:
             stack.enter_context(phase_of(reward.rm, "score_texts", inst, "rm_scoring"))
-        return maker.make(texts, ids, step=0)
+        rollout = maker.rollout(texts, ids, 0)
+        if run.r2m is not None and run.r2m.calibrates(rollout.query):
+            rollout = rollout._replace(query=run.r2m.calibrate(rollout.query))
+        return maker.estimate(rollout, maker.score(rollout))
 
 
-def policy_update(run: RLRun, inst: LiveBytes, exp):
+def policy_update(run: BenchRun, inst: LiveBytes, exp):
     """``PolicyUpdater.update`` over the step's rows as its last epoch (h refreshed). Only the first two micro-batches
     of the first two minibatches run; the later ones reuse the second's loss and are not run again: each would
     repeat its allocations (gradients exist from a minibatch's first micro-batch, the optimiser state from the
@@ -341,38 +403,40 @@ def policy_update(run: RLRun, inst: LiveBytes, exp):
             loss._bench_done = True
 
     updater._minibatch, updater._micro_loss, acc.backward = first_minibatches, first_micro, backward_once
+    keep = run.grebt.keep_states if run.grebt is not None and exp.policy_hidden is not None else None
     try:
         with inst.phase("policy_micro_step"):
-            return updater.update(exp)
+            return updater.update(exp, keep_states=keep)
     finally:
         del updater._minibatch, updater._micro_loss, acc.backward
 
 
-def r2m_update(run: RLRun, inst: LiveBytes, exp, fresh_hidden) -> None:
-    """``R2MUpdater.update`` with the h the policy update refreshed."""
-    if run.rm_updater is None:
+def r2m_update(run: BenchRun, inst: LiveBytes, exp, fresh_hidden) -> None:
+    """``GREBTUpdater.update`` with the h the policy update kept."""
+    if run.grebt is None:
         return
     with inst.phase("r2m_update"):
-        run.rm_updater.update(exp, fresh_hidden)
+        run.grebt.update(exp, fresh_hidden)
 
 
-def pref_rows(run: RLRun, n: int, shapes: Shapes) -> list[dict]:
+def pref_rows(run: BenchRun, n: int, shapes: Shapes) -> list[dict]:
     """``n`` preference pairs with prompt and answers at the config's longest."""
     prompt, answer = WORD * shapes.prompt_tokens, WORD * shapes.response_tokens
     return [{"prompt": prompt, "chosen": answer, "rejected": answer} for _ in range(n)]
 
 
-def table3(run: RLRun, inst: LiveBytes, shapes: Shapes) -> None:
-    """Table 3 as ``RLRun.rm_accuracy`` computes it: the vanilla RM, then R2M before (h from the reference) and
-    after (h from the policy), on one batch of pairs."""
-    if run.rm_updater is None:
+def table3(run: BenchRun, inst: LiveBytes, shapes: Shapes) -> None:
+    """Table 3 as ``r2m.recipes.rl.evaluation.rm_accuracy`` computes it: the vanilla RM, then R2M before (h from the
+    reference) and after (h from the policy), ``reward.batch_size`` rows at a time, on ``shapes.table3_rows``
+    pairs."""
+    if run.grebt is None:
         return
-    model, rows = run.rm_updater.model, pref_rows(run, shapes.table3_rows, shapes)
-    w = run.reward_fn.omega(run.cfg.rl.steps)
+    model, rows = run.grebt.model, pref_rows(run, shapes.table3_rows, shapes)
+    w, size = run.grebt.schedule.omega(run.cfg.rl.steps), run.cfg.reward.batch_size
     with inst.phase("table3"):
-        vanilla_pairwise_accuracy(model, rows)
-        feedback_pairwise_accuracy(model, run.ref, run.tok, rows, w, run.device)
-        feedback_pairwise_accuracy(model, run.acc.unwrap_model(run.policy), run.tok, rows, w, run.device)
+        vanilla_pairwise_accuracy(model, rows, size)
+        feedback_pairwise_accuracy(model, run.models.ref, run.tok, rows, w, run.device, size)
+        feedback_pairwise_accuracy(model, run.models.unwrapped_policy(), run.tok, rows, w, run.device, size)
 
 
 def _filler_generate(token_id: int):
@@ -386,8 +450,8 @@ def _filler_generate(token_id: int):
     return generate
 
 
-def evaluation(run: RLRun, inst: LiveBytes, shapes: Shapes) -> None:
-    """One evaluation batch as ``RLRun.evaluate`` samples it, after its generation: the policy's and the reference's
+def evaluation(run: BenchRun, inst: LiveBytes, shapes: Shapes) -> None:
+    """One evaluation batch as ``r2m.recipes.rl.evaluation.evaluate`` samples it, after its generation: the policy's and the reference's
     log-probs and the reward of full-length answers (the sampling loop itself is :func:`generation`); then, in
     phase ``monitor``, the over-optimisation monitor's passes over those samples (``rl.monitor.enabled``)."""
     cfg = run.cfg
@@ -396,35 +460,36 @@ def evaluation(run: RLRun, inst: LiveBytes, shapes: Shapes) -> None:
     policy_eval.generate = _filler_generate(run.generator.token_id)
     try:
         with inst.phase("evaluation"):
-            samples = sample_policy(run.acc.unwrap_model(run.policy), run.tok, texts, ids, cfg.eval,
-                                    cfg.rl.max_new_tokens, run.device, ref=run.ref, reward_fn=run.reward_fn,
-                                    gold_fn=None, kl_temperature=cfg.rl.temperature, step=cfg.rl.steps - 1)
+            samples = sample_policy(run.models.unwrapped_policy(), run.tok, texts, ids, cfg.eval,
+                                    cfg.rl.max_new_tokens, run.device, ref=run.models.ref, reward_fn=run.reward_fn,
+                                    gold_fn=None, kl_temperature=cfg.rl.temperature, step=cfg.rl.steps - 1,
+                                    dist=run.dist, pass_rows=cfg.rl.rollout_batch_size)
     finally:
         policy_eval.generate = original
     if cfg.rl.monitor.enabled:
         monitor(run, inst, samples)
 
 
-def monitor(run: RLRun, inst: LiveBytes, samples) -> None:
+def monitor(run: BenchRun, inst: LiveBytes, samples) -> None:
     """The monitor's hidden-state signals at an evaluation (``r2m.eval.monitor``'s ``response_states`` of the policy
     and of the reference, in ``MonitorModels``' batches, as ``AlarmWatch`` runs them); its other signals read the
     samples' token ids and scores on the CPU."""
-    batch = min(run.cfg.eval.batch_size, 64)  # AlarmWatch._models
+    batch = min(run.cfg.eval.batch_size, 64)  # as AlarmWatch._models
     args = (samples.prompt_ids, samples.response_ids, run.tok.pad_token_id, run.device, batch)
     with inst.phase("monitor"):
-        states = response_states(run.acc.unwrap_model(run.policy), *args)
-        ref_states = response_states(run.ref, *args)
+        states = response_states(run.models.unwrapped_policy(), *args)
+        ref_states = response_states(run.models.ref, *args)
     del states, ref_states
 
 
-def generation(run: RLRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_tokens: int,
+def generation(run: BenchRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_tokens: int,
                name: str = "generation") -> None:
     """The sampling loop (``HFGenerator.generate``, transformers ``generate`` on the policy as the rollout uses it) on
     ``rows`` prompts for ``new_tokens`` tokens (fake logits: every token is the filler, never eos). Its segments are
     the prefill and the decoding steps: the first holds a fixed amount per layer, the second grows by a fixed
     amount per layer and per token (the KV cache)."""
     _, ids = prompts(run, rows, prompt_tokens)
-    gen = HFGenerator(run.policy, run.tok.eos_token_id, run.tok.pad_token_id, run.device)
+    gen = HFGenerator(run.models.policy, run.tok.eos_token_id, run.tok.pad_token_id, run.device)
     calls: list[str] = []
 
     def enter(*_):  # the first forward is the prefill; each later one decodes one token
@@ -434,7 +499,7 @@ def generation(run: RLRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_t
     def leave(*_):
         inst.segment = f"after {calls[-1]}"
 
-    policy = run.acc.unwrap_model(run.policy)
+    policy = run.models.unwrapped_policy()
     hooks = [policy.register_forward_pre_hook(enter), policy.register_forward_hook(leave)]
     try:
         with inst.phase(name):
@@ -444,15 +509,15 @@ def generation(run: RLRun, inst: LiveBytes, rows: int, prompt_tokens: int, new_t
             h.remove()
 
 
-def filler_generation(run: RLRun, rows: int, prompt_tokens: int) -> Generation:
+def filler_generation(run: BenchRun, rows: int, prompt_tokens: int) -> Generation:
     """``rows`` prompts answered at full length, as the rollout's generator returns them."""
     return run.generator.generate(prompts(run, rows, prompt_tokens)[1], run.cfg.rl.temperature,
                                   run.cfg.rl.max_new_tokens)
 
 
-def r2m_logprobs(run: RLRun, inst: LiveBytes, gen: Generation, name: str) -> None:
+def r2m_logprobs(run: BenchRun, inst: LiveBytes, gen: Generation, name: str) -> None:
     """pi_old's log-probs of one chunk (``ExperienceMaker._old_pass``, with h when the reward reads it)."""
-    with inst.phase(name), torch.no_grad(), eval_mode(run.policy):
+    with inst.phase(name), torch.no_grad(), eval_mode(run.models.policy):
         run.maker._old_pass(gen, run.reward_fn.needs_policy_hidden)
 
 

@@ -23,7 +23,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from r2m.config import Config, load_config
+from r2m.config.root import Config
+from r2m.config.parsing import load_config
 from r2m.core.frontier import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.bench import bench_cost, format_cost

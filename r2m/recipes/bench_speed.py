@@ -31,7 +31,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from r2m.config import ArchConfig, Config, Malloc, OldLogprobs, replace_path
+from r2m.config.models import ArchConfig
+from r2m.config.root import Config
+from r2m.config.enums import Malloc, OldLogprobs
+from r2m.config.parsing import replace_path
 from r2m.errors import ConfigError
 from r2m.models.loading import build_world_lm, save_model
 from r2m.recipes.pipeline import resolve_inputs
@@ -40,10 +43,11 @@ from r2m.recipes.bench_speed_trl import trl_arm, trl_available, trl_version
 from r2m.recipes.old_logprobs_agreement import agreement
 from r2m.reports.speed import format_speed, write_readme_section
 from r2m.runtime.host import configure_host
-from r2m.recipes.rl.run import RLRun
+from r2m.recipes.rl.build import build_run
+from r2m.recipes.rl.step import train_step
 from r2m.fileio import atomic_write_text
 from r2m.utils import quiet_transformers
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -159,23 +163,23 @@ def linear_params(model: nn.Module) -> int:
 
 def r2m_arm(cfg: Config, steps: int) -> dict:
     """Child: one warm-up and ``steps`` timed r2m RL steps; seconds per step and per phase, peak RSS."""
-    run = RLRun(replace_path(cfg, rl__steps=steps + 1))
+    run = build_run(replace_path(cfg, rl__steps=steps + 1))
     tokens: list[int] = []
-    make = run.maker.make
+    rollout = run.maker.rollout
 
-    def counting_make(*args, **kwargs):
-        exp = make(*args, **kwargs)
-        tokens.append(int(exp.attention_mask.sum()))  # prompt + response tokens of the step
-        return exp
+    def counting_rollout(*args, **kwargs):
+        out = rollout(*args, **kwargs)
+        tokens.append(int(out.gen.attention_mask.sum()))  # prompt + response tokens of the step
+        return out
 
-    run.maker.make = counting_make
-    rows = [run.step(s) for s in range(1, steps + 2)][1:]
+    run.maker.rollout = counting_rollout
+    rows = [train_step(run, s) for s in range(1, steps + 2)][1:]
     phases = {k[len("time/"):]: statistics.median(r[k] for r in rows) for k in rows[0] if k.startswith("time/")}
     rm = run.reward_fn.reward_model
     return {"step_s": [r["time/step"] for r in rows], "phases": phases, "peak_rss_mb": lifetime_peak_rss_mb(),
             "response_length": statistics.mean(r["response/length"] for r in rows),
             "tokens_per_step": statistics.mean(tokens[1:]), "threads": torch.get_num_threads(),
-            "policy_linear_params": linear_params(run.acc.unwrap_model(run.policy)),
+            "policy_linear_params": linear_params(run.models.unwrapped_policy()),
             "rm_linear_params": linear_params(rm.model) if rm is not None else 0}
 
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.models.loading import load_policy, load_reward_model, load_tokenizer
 from r2m.recipes.pipeline import read_rows, resolve_inputs
 from r2m.runtime.profiling import lifetime_peak_rss_mb

@@ -14,7 +14,9 @@ import math
 import time
 from pathlib import Path
 
-from r2m.config import Config, RewardSource, replace_path
+from r2m.config.root import Config
+from r2m.config.enums import RewardSource
+from r2m.config.parsing import replace_path
 from r2m.reports.demo_table import ARM_NAMES, demo_table, spread
 from r2m.reports.tables import format_table
 from r2m.runtime.runlog import peak

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.eval.analysis import Checkpoint, run_hidden_state_analysis, world_hacking_labels
-from r2m.eval.judges import GoldJudge, JudgeKind, RewardModelJudge, api_judge_config, build_judge
+from r2m.eval.judges import GoldJudge, JudgeKind, RewardModelJudge, build_judge
 from r2m.eval.policy import sample_policy, summarize
 from r2m.eval.rm_accuracy import pairwise_accuracy
 from r2m.eval.winrate import judge_win_rate, read_paired_responses, win_rate_dict
@@ -48,9 +48,9 @@ def eval_rm(cfg: Config) -> dict[str, float]:
 
 def _judge(cfg: Config, kind: str):
     if kind == "api":
-        # eval.judge.* first, then the R2M_JUDGE_* environment variables; the key itself is read by the
-        # judge from the environment variable eval.judge.api_key_env names (or the key file).
-        return build_judge(JudgeKind.API, api=api_judge_config(cfg.eval.judge))
+        # eval.judge.* first, then the R2M_JUDGE_* environment variables (the judge resolves them); the key itself
+        # is read by the judge from the environment variable eval.judge.api_key_env names (or the key file).
+        return build_judge(JudgeKind.API, api=cfg.eval.judge)
     if kind == "reward_model":
         inputs = resolve_inputs(cfg, need_policy=False, need=())
         rm = build_reward(cfg, inputs.reward_model, resolve_device(cfg.run.device)).rm

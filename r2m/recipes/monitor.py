@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.config import load_config
-from r2m.config.monitor import ALARM_RULE, THRESHOLDS
-from r2m.core.monitor import Alarm, AlarmConfig, Reason, Signal, first_alarm, tripped_signals
+from r2m.config.parsing import load_config
+from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
+from r2m.core.monitor import Alarm, Reason, Signal, first_alarm, tripped_signals
 from r2m.errors import ConfigError, DataError
-from r2m.recipes.alarm import EVAL_MARK, alarm_config, describe
+from r2m.recipes.alarm import EVAL_MARK, describe
 from r2m.reports.monitor_plot import plot_monitor
 from r2m.runtime.runlog import peak, read_metrics
 
@@ -31,7 +31,7 @@ class Replay:
 
     rows: list[dict]
     """The run's evaluation rows."""
-    config: AlarmConfig
+    config: MonitorConfig
     alarm: Alarm
     trips: list[tuple[Reason, ...]]
     """Per evaluation, the signals that tripped."""
@@ -102,7 +102,7 @@ def replay(run_dir: str | Path, overrides: Sequence[str] = (), plot: bool = True
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise DataError(f"{cfg_path}: no such file; expected the run directory of an `r2m rl` run")
-    config = alarm_config(load_config(cfg_path, _overrides(overrides)).rl.monitor)
+    config = load_config(cfg_path, _overrides(overrides)).rl.monitor
     rows = _eval_rows(run_dir)
     alarm, trips = first_alarm(rows, config), tripped_signals(rows, config)
     peak_step = peak(rows, "eval/gold").step if all("eval/gold" in r for r in rows) else None

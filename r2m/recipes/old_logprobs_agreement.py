@@ -14,26 +14,30 @@ from typing import Optional
 
 import torch
 
-from r2m.config import Config, OldLogprobs, replace_path
+from r2m.config.root import Config
+from r2m.config.enums import OldLogprobs
+from r2m.config.parsing import replace_path
 from r2m.core.losses import POLICY_LOSSES
-from r2m.experience.rollout import Experience, response_forward
-from r2m.recipes.rl.run import RLRun
+from r2m.experience.rollout import Experience
+from r2m.models.logprobs import response_forward
+from r2m.recipes.rl.build import build_run
+from r2m.recipes.rl.state import RLComponents
 
 
-def _batch(run: RLRun, mode: OldLogprobs, idx: list[int]) -> Experience:
-    maker = run.maker
+def _batch(run: RLComponents, mode: OldLogprobs, idx: list[int]) -> Experience:
+    maker, device, train = run.maker, run.models.device, run.train_prompts
     maker.cfg = dataclasses.replace(maker.cfg, old_logprobs=mode)
-    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(run.cfg.run.seed)
-        return maker.make([run.train.texts[i] for i in idx], [run.train.ids[i] for i in idx])
+        return maker.make([train.texts[i] for i in idx], [train.ids[i] for i in idx])
 
 
 @torch.no_grad()
-def first_ratio(run: RLRun, exps: dict[OldLogprobs, Experience]) -> dict[str, dict[str, float]]:
+def first_ratio(run: RLComponents, exps: dict[OldLogprobs, Experience]) -> dict[str, dict[str, float]]:
     """Clip fraction and approx KL at the first minibatch (its first rows) for each mode's π_old."""
     rl = run.cfg.rl
     rows = torch.arange(exps[OldLogprobs.RECOMPUTE].batch_size // rl.minibatches)
-    policy = run.acc.unwrap_model(run.policy)
+    policy = run.models.unwrapped_policy()
     policy.train()
     mb = {mode: exp.select(rows) for mode, exp in exps.items()}
     ref = mb[OldLogprobs.RECOMPUTE]
@@ -57,7 +61,7 @@ def _h_diff(rec: Experience, gen: Experience) -> Optional[float]:
 
 def agreement(cfg: Config) -> dict:
     """Generation-time against recomputed π_old on ``cfg``'s models, one rollout batch of ``rl.prompts_per_step``."""
-    run = RLRun(replace_path(cfg, rl__steps=1, rl__old_logprobs=OldLogprobs.RECOMPUTE))
+    run = build_run(replace_path(cfg, rl__steps=1, rl__old_logprobs=OldLogprobs.RECOMPUTE))
     idx = run.sampler.next(cfg.rl.prompts_per_step)
     exps = {mode: _batch(run, mode, idx) for mode in (OldLogprobs.RECOMPUTE, OldLogprobs.GENERATION)}
     rec, gen = exps[OldLogprobs.RECOMPUTE], exps[OldLogprobs.GENERATION]

@@ -10,6 +10,13 @@ new reward model while the RL seed never invalidates anything.
     <run.root>/world/rmbase-<h>/model   SFT-trained LM of another width: the RM's backbone
     <run.root>/world/rm-<h>/model       the proxy reward model (BT on the length-biased labels)
     <run.root>/world/rm-check-<h>/model the monitor's check RM (the same recipe on the disjoint pref_policy pairs)
+
+Each entry holds ``cache.json`` with its format version (:data:`WORLD_CACHE_FORMAT`), written before it is built;
+an entry of another version (or of none) is refused by name, never read.
+
+The Pretrained-RM baseline's RM is cached there too for the world's RM; from a user's RM it is trained inside
+the run directory (``<run.root>/<run.name>/rm-pretrained-<h>/model``): a run on a user's models writes nothing
+beside its run directory.
 """
 
 from __future__ import annotations
@@ -19,14 +26,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
-from r2m.config import Config, PPOPrompts, RewardBaseline, RewardSource, config_hash, replace_path
+from r2m.config.root import Config
+from r2m.config.enums import PPOPrompts, RewardBaseline, RewardSource
+from r2m.config.parsing import config_hash, replace_path
+from r2m.config.commands import is_world_artifact
 from r2m.runtime.distributed import sharded_state_dict
 from r2m.errors import ConfigError
+from r2m.fileio import ArtifactFormat
 from r2m.world.seeds import rm_seed, sft_world
 from r2m.world.view import rm_prompt_view
 from r2m.data import datasets, jsonl as plain
+from r2m.data.sources import is_iterable
 from r2m.models.reward import count_truncated as count_truncated_pairs
 from r2m.models.loading import build_world_lm, load_policy, load_reward_model, load_tokenizer, save_model
 from r2m.runtime.checkpoint import latest_checkpoint
@@ -36,22 +48,38 @@ from r2m.runtime.runlog import RunDir
 from r2m.updates.rm import make_trainable_rm, merged_rm_model, train_reward_model
 from r2m.updates.sft import count_truncated, sft_length, train_sft
 from r2m.updates.supervised import make_accelerator, resolve_mixed_precision
-from r2m.world import WorldFiles, build_tokenizer, generate_world
+from r2m.world.data import WorldFiles, generate_world
+from r2m.world.tokenizer import build_tokenizer
 
 log = logging.getLogger("r2m")
+
+
+WORLD_CACHE_FORMAT = ArtifactFormat("world cache entry", 1, "delete the directory (r2m builds it again), or use "
+                                    "another run.root")
+"""``cache.json`` of each cache entry: the entry's layout (the files above) and how its key is hashed."""
+CACHE_FILE = "cache.json"
 
 
 def world_root(cfg: Config) -> Path:
     return Path(cfg.run.root) / "world"
 
 
+def _cached(done: Path) -> bool:
+    """Whether the entry of ``done`` (its last file) is built; an entry of another format version is refused."""
+    if not done.exists():
+        return False
+    WORLD_CACHE_FORMAT.check_file(done.parent / CACHE_FILE)
+    return True
+
+
 def _must_build(done: Path, what: str) -> bool:
-    """True when ``what`` (cached at ``done``) must be built now.
+    """True when ``what`` (cached at ``done``, in the entry ``done.parent``) must be built now; the entry's
+    ``cache.json`` is then written first.
 
     Refused under a multi-process launch (torchrun / accelerate set WORLD_SIZE): the processes would all
     build the same cache at once, and the world's SFT/RM training is a single-process job.
     """
-    if done.exists():
+    if _cached(done):
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"{what} is not built yet ({done.parent}). With several processes the world cache must "
@@ -60,7 +88,10 @@ def _must_build(done: Path, what: str) -> bool:
                           "is part of the cache key), then launch again")
 
     wait_until_free(done.parent)  # another process may be building this very cache: let it finish, then reuse it
-    return not done.exists()
+    if _cached(done):
+        return False
+    WORLD_CACHE_FORMAT.write(done.parent / CACHE_FILE, what=what)
+    return True
 
 
 def world_data(cfg: Config):
@@ -94,22 +125,17 @@ MODEL_FIELDS = (("policy.path", lambda c: c.policy.path), ("reward.path", lambda
                 ("rm.init_from", lambda c: c.rm.init_from))
 
 
-def _is_world_artifact(path: str, cfg: Config) -> bool:
-    root = world_root(cfg).resolve()
-    p = Path(path).resolve()
-    return p == root or root in p.parents
-
-
 def user_models(cfg: Config) -> list[str]:
     """``field=value`` of each model path set by the user: not the world's own (under <run.root>/world)."""
     return [f"{name}={get(cfg)}" for name, get in MODEL_FIELDS
-            if get(cfg) is not None and not _is_world_artifact(get(cfg), cfg)]
+            if get(cfg) is not None and not is_world_artifact(get(cfg), cfg.run.root)]
 
 
 def rl_needs(cfg: Config) -> tuple[str, ...]:
-    """The data fields `r2m rl` reads: prompts, plus the held-out pairs of Table 3 (R2M, iterative head) and the
-    Pretrained-RM baseline's pairs."""
-    need = ["prompts", "eval_prompts"]
+    """The data fields `r2m rl` must have from the user with a user's model: prompts, plus the held-out pairs of
+    Table 3 (R2M, iterative head) and the Pretrained-RM baseline's pairs. data.eval_prompts is optional: without
+    it the run does not evaluate (as TRL without an eval_dataset)."""
+    need = ["prompts"]
     if cfg.reward.source == RewardSource.MODEL and (cfg.reward.r2m.enabled or
                                                     cfg.reward.baseline == RewardBaseline.ITERATIVE_HEAD):
         need.append("pref_eval")
@@ -262,10 +288,10 @@ def run_rm(cfg: Config, init_from: str, train_path: str, eval_path: Optional[str
     return result
 
 
-def precision_part(cfg: Config) -> tuple:
-    """The autocast mode as a cache-key part: empty in full precision, so those keys never change."""
-    mp = resolve_mixed_precision(cfg)
-    return () if mp == "no" else ({"mixed_precision": mp},)
+def precision_part(cfg: Config) -> dict:
+    """The autocast mode (``no`` in full precision) as a cache-key part: a model trained under bf16 autocast is
+    another model."""
+    return {"mixed_precision": resolve_mixed_precision(cfg)}
 
 
 def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
@@ -275,7 +301,7 @@ def _resume_step(cfg: Config, run_name: str, resume: bool) -> Optional[int]:
 
 
 def ensure_world_policy(cfg: Config) -> Path:
-    key = config_hash(sft_world(cfg.world), cfg.policy.arch, cfg.sft, *precision_part(cfg))
+    key = config_hash(sft_world(cfg.world), cfg.policy.arch, cfg.sft, precision_part(cfg))
     out = world_root(cfg) / f"policy-{key}" / "model"
     if _must_build(out, "the world's SFT policy"):
         log.info("training the world's SFT policy into %s", out)
@@ -284,7 +310,7 @@ def ensure_world_policy(cfg: Config) -> Path:
 
 
 def ensure_world_rm_backbone(cfg: Config) -> Path:
-    key = config_hash(sft_world(cfg.world), cfg.reward.arch, cfg.sft, *precision_part(cfg))
+    key = config_hash(sft_world(cfg.world), cfg.reward.arch, cfg.sft, precision_part(cfg))
     out = world_root(cfg) / f"rmbase-{key}" / "model"
     if _must_build(out, "the world's RM backbone"):
         log.info("training the world's RM backbone (an SFT LM of width %d) into %s", cfg.reward.arch.hidden_size, out)
@@ -293,7 +319,7 @@ def ensure_world_rm_backbone(cfg: Config) -> Path:
 
 
 def ensure_world_rm(cfg: Config) -> Path:
-    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, *precision_part(cfg))
+    key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, precision_part(cfg))
     out = world_root(cfg) / f"rm-{key}" / "model"
     if _must_build(out, "the world's proxy reward model"):
         files = world_data(cfg)
@@ -306,7 +332,7 @@ def ensure_world_rm(cfg: Config) -> Path:
 def world_check_rm_dir(cfg: Config) -> Path:
     """Where the world's check RM is cached (built or not)."""
     key = config_hash(cfg.world, cfg.reward.arch, cfg.sft, cfg.rm, {"check_rm": "pref_policy"},
-                      *precision_part(cfg))
+                      precision_part(cfg))
     return world_root(cfg) / f"rm-check-{key}" / "model"
 
 
@@ -328,39 +354,67 @@ def ensure_pretrained_rm(cfg: Config, rm_path: str, pairs: str, eval_pairs: str)
 
     Cached by (RM path, pairs file, rm config, pretrain lr/epochs).
     """
-    lora = [cfg.reward.lora] if cfg.reward.lora.enabled else []  # keys of full fine-tuning stay as they were
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled else []  # the adapter's fields matter only when it is on
     key = config_hash({"rm": rm_path, "pairs": pairs}, cfg.rm, cfg.reward.pretrain_lr, cfg.reward.pretrain_epochs,
-                      *lora, *precision_part(cfg))
-    out = world_root(cfg) / f"rm-pretrained-{key}" / "model"
+                      *lora, precision_part(cfg))
+    # The world's RM is cached with the world; a user's RM is trained inside the run directory (nothing of a
+    # user's run is written beside it), where a resumed run finds it again.
+    home = "world" if not user_models(cfg) else cfg.run.name
+    out = Path(cfg.run.root) / home / f"rm-pretrained-{key}" / "model"
     if _must_build(out, "the Pretrained-RM baseline's reward model"):
         log.info("training the Pretrained-RM baseline into %s", out)
         pre = replace_path(cfg, rm__lr=cfg.reward.pretrain_lr, rm__epochs=cfg.reward.pretrain_epochs)
-        run_rm(pre, rm_path, pairs, eval_pairs, out, f"world/rm-pretrained-{key}", adapt=True)
+        run_rm(pre, rm_path, pairs, eval_pairs, out, f"{home}/rm-pretrained-{key}", adapt=True)
     return out
 
 
 EVAL_FILES = ("eval_prompts", "pref_eval")
 
 
+def _user_path(cfg: Config, path: str) -> bool:
+    """Whether ``path`` is one the user set under a data field (world files are r2m's own plain JSONL)."""
+    d = cfg.data
+    return str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
+
+
+def _data_format(cfg: Config, name: str) -> str:
+    return getattr(cfg.data.formats, name, None) or cfg.data.format
+
+
+def _split(cfg: Config, name: str) -> Optional[str]:
+    d = cfg.data
+    return getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
+
+
 def read_rows(cfg: Config, name: str, path: str, tokenizer=None) -> list:
     """The rows of data file ``name`` (a ``DataConfig`` path field) read from ``path``.
 
-    World files and ``data.format=plain`` go through :mod:`r2m.data.jsonl` (errors name file and line); a
-    path set by the user in another format goes through the adapters of :mod:`r2m.data.datasets`.
-    Prompt files give a list of prompt strings; the others give row dicts.
+    World files go through :mod:`r2m.data.jsonl` (errors name file and line). A path the user set goes through
+    :mod:`r2m.data.datasets` in its format (data.formats.<name>, else data.format): a plain one is read as r2m's
+    JSONL, or in the format its columns name (TRL's, UltraFeedback's), from a JSONL, JSON or Parquet file, a
+    dataset directory, a hub name or a Python dataset. Prompt files give a list of prompt strings; the others
+    give row dicts.
     """
     d = cfg.data
-    # A path the user set (under any data field) is read in its format (data.formats.<name>, else data.format);
-    # world files are plain.
-    user_path = str(path) in {str(getattr(d, f)) for f in DATA_FIELDS if getattr(d, f) is not None}
-    fmt = getattr(d.formats, name, None) or d.format
     kind = "prompts" if name in ("prompts", "eval_prompts") else ("sft" if name == "sft" else "preferences")
-    if not user_path or fmt == "plain":
+    if not _user_path(cfg, path):
         return {"prompts": plain.read_prompts, "sft": plain.read_sft, "preferences": plain.read_preferences}[kind](path)
-
     load = {"prompts": datasets.load_prompts, "sft": datasets.load_sft, "preferences": datasets.load_preferences}[kind]
-    split = getattr(d.splits, name, None) or (d.eval_split if name in EVAL_FILES else d.train_split)
-    rows = load(path, fmt, split, tokenizer,
-                d.max_response_tokens or None, datasets.OnMismatch(d.on_mismatch),
+    rows = load(path, _data_format(cfg, name), _split(cfg, name), tokenizer,
+                d.max_response_tokens or None, d.on_mismatch,
                 datasets.Source(d.config, d.streaming))
     return [r["prompt"] for r in rows] if kind == "prompts" else rows
+
+
+def prompt_stream(cfg: Config, path: str, tokenizer=None) -> Optional[Callable[[int], Iterator[str]]]:
+    """The RL prompts of ``path`` as a stream, ``epoch -> that pass's prompts``, when they are one: an
+    ``IterableDataset`` given to the object API, or a user's path with data.streaming. None: a finite set,
+    read whole (:func:`read_rows`)."""
+    if not _user_path(cfg, path) or not (cfg.data.streaming or is_iterable(path)):
+        return None
+    if cfg.data.max_response_tokens:
+        raise ConfigError("data.max_response_tokens: measures each row's chosen response against the whole prompt "
+                          "set, which a stream (data.streaming, an IterableDataset) does not hold; set it to 0")
+    how = datasets.Source(cfg.data.config, cfg.data.streaming)
+    fmt, split = _data_format(cfg, "prompts"), _split(cfg, "prompts")
+    return lambda epoch: datasets.stream_prompts(path, fmt, split, tokenizer, how, epoch)

@@ -15,9 +15,9 @@
     PPO         the kept RM, sigmoid-centred rewards, adaptive KL (SER App. C.3)
 
 This module is the run (the stages of :class:`SERRun`, the loop, :func:`run_ser`). The pure rules live in
-``algorithms.ser_rules`` (calibration, status, filters, loss), the data in ``algorithms.ser_data``, the report in
+``r2m.ser.rules`` (calibration, status, filters, loss), the data in ``r2m.ser.data``, the report in
 ``reports.ser_report``, SER's RMs (factory, training, scoring) in ``ser_rm``, the PPO stage in ``ser_ppo`` and the
-loop state in ``ser_resume``; every name is re-exported here. Every loop writes its RM, a metrics row and the
+loop state in ``ser_resume``. Every loop writes its RM, a metrics row and the
 loop state (atomically), so ``run.resume=auto`` continues after the last completed loop (docs/SER.md).
 """
 
@@ -29,72 +29,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from r2m.config import Config, RetrainData, RetrainFrom, SERConfig, SERLoRAConfig, SERVariant, config_hash, to_dict
-from r2m.algorithms.ser_data import (  # noqa: F401  (re-exported)
-    PairSet,
-    PseudoQuality,
-    SERSplits,
-    SplitSizes,
-    UnlabeledPool,
-    ValSplit,
-    labelled_pairs,
-    make_splits,
-    pool_accuracy,
-    pseudo_pairs,
-    pseudo_quality,
-    split_by_prompt,
-    split_sizes,
-    write_splits,
-)
-from r2m.reports.ser_report import (  # noqa: F401  (re-exported)
-    STATE_FILE,
-    decision_lines,
-    loop_table,
-    plot_accuracy,
-    plot_data_fraction,
-    print_loop,
-    print_report,
-    ser_table,
-    write_report,
-)
-from r2m.algorithms.ser_rules import (  # noqa: F401  (re-exported)
-    Kept,
-    LearningStatus,
-    ScoreCalibration,
-    Selection,
-    StatusDecision,
-    StatusEvidence,
-    calibrate,
-    filter_pairs,
-    kept_loop,
-    learning_status,
-    pair_loss,
-    platt_scale,
-    release_filter,
-    status_evidence,
-)
+from r2m.config.root import Config
+from r2m.config.enums import RetrainData, RetrainFrom, SERVariant
+from r2m.config.jobs import SERConfig
+from r2m.config.parsing import config_hash, to_dict
 from r2m.errors import ConfigError
 from r2m.recipes.pipeline import data_paths, ensure_world_rm_backbone, precision_part, read_rows, ser_needs
-from r2m.recipes.ser_ppo import ppo_config, run_ppo_stage  # noqa: F401  (re-exported)
+from r2m.recipes.ser_ppo import run_ppo_stage
 from r2m.recipes.ser_resume import (FullBaseline, LoopState, LoopStop, PPOSummary, StopEvidence, StopReason,
                                     before_damaged_rm)
-from r2m.recipes.ser_rm import (  # noqa: F401  (re-exported)
-    FitResult,
-    PairProbs,
-    PairScores,
-    RMEval,
-    _eval_metrics,
-    build_trainable_rm,
-    evaluate_rm,
-    fit_rm,
-    load_rm,
-    save_trainable_rm,
-    score_pairs,
-    score_rows,
-    steps_config,
-    train_pairs,
-)
+from r2m.recipes.ser_rm import (FitResult, PairScores, _eval_metrics, evaluate_rm, fit_rm, load_rm, score_pairs,
+                                score_rows)
+from r2m.reports.ser_report import STATE_FILE, print_loop, print_report, ser_table, write_report
 from r2m.runtime.hooks import Hooks
+from r2m.ser.data import (PairSet, labelled_pairs, make_splits, pool_accuracy, pseudo_pairs, pseudo_quality,
+                          write_splits)
+from r2m.ser.rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate, filter_pairs,
+                           kept_loop, learning_status, release_filter, status_evidence)
 from r2m.runtime.runlog import RunDir
 from r2m.updates.supervised import make_accelerator
 
@@ -110,23 +61,18 @@ STATUS_CODE = {"seed": 0.0, LearningStatus.STATUS1.value: 1.0, LearningStatus.ST
 """``ser/status`` in metrics.jsonl: 0 Loop 0 (seed), 1 Status 1, 2 Status 2, 3 the release variant's OR filter."""
 
 
+RESUME_FREE_SER = ("max_loops", "keep", "rl")
+"""``ser.*`` fields (with ``ser.ppo*``) that may change on resume: how far the loop goes, which RM is kept, PPO."""
+
+
 def state_key(cfg: Config) -> str:
-    """What determines the loop's trajectory; max_loops, ser.keep and the PPO stage may change on resume."""
-    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora.enabled else []  # old keys stay valid
-    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop_part(cfg.ser),
-                       *lora, *precision_part(cfg))
-
-
-def loop_part(ser: SERConfig) -> dict:
-    """The ``ser.*`` fields that shape the loop, in the flat layout from before issue 13 (``lora``, ``lora_r``, ...):
-    the state key of a ``ser_state.json`` written then stays the same, so that run still resumes."""
-    part = {k: v for k, v in to_dict(ser).items()
-            if k not in ("max_loops", "keep", "lora", "rl") and not k.startswith("ppo")}
-    lora = ser.lora
-    part.update(lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
-    if lora.target_modules != SERLoRAConfig().target_modules:  # new in issue 13: in the key only when set
-        part["lora_target_modules"] = list(lora.target_modules)
-    return part
+    """What determines the loop's trajectory: the world, the data, the RM's training and architecture, the seed,
+    the loop's ``ser.*`` fields (not :data:`RESUME_FREE_SER` nor ``ser.ppo*``) and the mixed precision.
+    ``reward.lora`` shapes SER's RMs only when it is on and ``ser.lora`` is not."""
+    loop = {k: v for k, v in to_dict(cfg.ser).items() if k not in RESUME_FREE_SER and not k.startswith("ppo")}
+    lora = [cfg.reward.lora] if cfg.reward.lora.enabled and not cfg.ser.lora.enabled else []
+    return config_hash(cfg.world, cfg.data, cfg.rm, cfg.reward.arch, cfg.reward.dtype, cfg.run.seed, loop, *lora,
+                       precision_part(cfg))
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> Optional[LoopState]:
@@ -372,7 +318,6 @@ def self_evolve(ser_run: SERRun) -> LoopState:
             print_loop(row)
     if _may_continue(state, cfg.ser):
         state.stop = None  # an earlier run ended on max_loops: go on to the new max_loops
-    done_before = state.loop
     while state.stop is None and state.loop < cfg.ser.max_loops and not ser_run.hooks.stop_requested:
         ser_run.next_loop(state)
     if state.stop is None and ser_run.hooks.stop_requested and state.loop < cfg.ser.max_loops:

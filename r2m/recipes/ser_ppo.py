@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from r2m.config import Config, PPOPrompts, replace_path, to_dict
+from r2m.config.root import Config
+from r2m.config.enums import PPOPrompts
+from r2m.config.parsing import replace_path, to_dict
 from r2m.recipes.pipeline import user_models, world_data
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser_resume import PPOSummary

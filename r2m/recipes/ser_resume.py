@@ -1,22 +1,26 @@
-"""SER's loop state (``<run>/ser_state.json``) and its resume past a damaged RM: the loop state points at each
-loop's RM directory; where the newest one
-(or the Full baseline's) no longer verifies against its manifest, the loop before it is resumed instead."""
+"""SER's loop state (``<run>/ser_state.json``, :data:`SER_STATE_FORMAT`) and its resume past a damaged RM: the loop
+state points at each loop's RM directory; where the newest one (or the Full baseline's) no longer verifies against
+its manifest, the loop before it is resumed instead. A state of another format version is refused by name."""
 
 from __future__ import annotations
 
 import enum
 import json
 import logging
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from r2m.reports.ser_report import STATE_FILE
 from r2m.runtime.checkpoint import verify
 from r2m.runtime.safeio import read_json
-from r2m.fileio import atomic_write_text
+from r2m.fileio import FORMAT_KEY, ArtifactFormat, atomic_write_text
 
 log = logging.getLogger("r2m")
+
+SER_STATE_FORMAT = ArtifactFormat("SER loop state", 1, "resume it with the r2m release that wrote it, or start a new "
+                                  "run (another run.name, or run.resume=never)")
+"""ser_state.json's ``format_version``: its layout (the typed stop, Full and PPO fields) and its key's parts."""
 
 
 def before_damaged_rm(state: LoopState, run_dir: Path) -> Optional[LoopState]:
@@ -69,8 +73,8 @@ class StopEvidence:
 
 @dataclass(frozen=True)
 class LoopStop:
-    """How the loop ended. In ser_state.json: {"reason", "loop"} and, after a decision, "decision", the evidence as
-    ``ser/<field>`` and "confident", "delta_p" (the layout from before the fields were typed)."""
+    """How the loop ended. In ser_state.json: {"reason", "loop"} and, after a decision, "decision" and the evidence
+    as ``ser/<field>``."""
 
     reason: StopReason
     loop: int
@@ -84,8 +88,7 @@ class LoopStop:
         out: dict[str, Any] = {"reason": self.reason.value, "loop": self.loop}
         if self.decision is not None:
             ev = self.evidence
-            out.update(decision=self.decision, **{f"ser/{f.name}": getattr(ev, f.name) for f in fields(ev)},
-                       confident=ev.val_confident, delta_p=ev.val_delta_p)
+            out.update(decision=self.decision, **{f"ser/{f.name}": getattr(ev, f.name) for f in fields(ev)})
         return out
 
     @classmethod
@@ -111,25 +114,17 @@ class FullBaseline:
     test_gold_acc: float
     train_steps: int
     wall_s: float
-    test_acc_equal_len: Optional[float] = None
-    """Test accuracy on the pairs of equal answer length (None: a state written before it was measured; NaN: no
-    such pair)."""
-    test_acc_unequal_len: Optional[float] = None
-    """Test accuracy on the pairs of unequal answer length (None, NaN: as above)."""
+    test_acc_equal_len: float
+    """Test accuracy on the pairs of equal answer length (NaN: no such pair)."""
+    test_acc_unequal_len: float
+    """Test accuracy on the pairs of unequal answer length (NaN: no such pair)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The state's JSON object; a field left None is not written (an older state reads back byte-identical)."""
-        values = {f"ser/{f.name}": getattr(self, f.name) for f in fields(self)[1:]}
-        return {"rm_dir": self.rm_dir, **{k: v for k, v in values.items() if v is not None}}
+        return {"rm_dir": self.rm_dir, **{f"ser/{f.name}": getattr(self, f.name) for f in fields(self)[1:]}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FullBaseline":
-        # A field added after the state was written (it has a default) reads as that default.
-        def value(f):
-            key = f"ser/{f.name}"
-            return d[key] if f.default is MISSING else d.get(key, f.default)
-
-        return cls(d["rm_dir"], **{f.name: value(f) for f in fields(cls)[1:]})
+        return cls(d["rm_dir"], **{f.name: d[f"ser/{f.name}"] for f in fields(cls)[1:]})
 
 
 @dataclass(frozen=True)
@@ -186,8 +181,8 @@ class LoopState:
     """PPO stage summary, once run."""
 
     def to_json(self) -> dict[str, Any]:
-        """The ser_state.json layout (the same as when these fields were plain dicts)."""
-        out = dict(vars(self))
+        """The ser_state.json layout: the format version, then the fields (the typed ones as their ``to_json``)."""
+        out = {**SER_STATE_FORMAT.stamp(), **vars(self)}
         for name in _TYPED:
             out[name] = None if out[name] is None else out[name].to_json()
         return out
@@ -196,11 +191,13 @@ class LoopState:
         atomic_write_text(run_dir / STATE_FILE, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LoopState":
+    def from_json(cls, d: dict[str, Any], where: str | Path = STATE_FILE) -> "LoopState":
+        """The state of ``d`` (read from ``where``), refused unless it has :data:`SER_STATE_FORMAT`'s version."""
+        SER_STATE_FORMAT.check(d.get(FORMAT_KEY), where)
         typed = {name: None if d.get(name) is None else kind.from_json(d[name]) for name, kind in _TYPED.items()}
-        return cls(**{**d, **typed})
+        return cls(**{**{k: v for k, v in d.items() if k != FORMAT_KEY}, **typed})
 
     @classmethod
     def load(cls, run_dir: Path) -> Optional["LoopState"]:
         path = run_dir / STATE_FILE
-        return cls.from_json(read_json(path)) if path.exists() else None
+        return cls.from_json(read_json(path), path) if path.exists() else None

@@ -11,9 +11,11 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from r2m.algorithms.ser_data import PairSet, labelled_pairs
-from r2m.algorithms.ser_rules import ScoreCalibration, pair_loss
-from r2m.config import Config, PairLoss, RMConfig
+from r2m.ser.data import PairSet, labelled_pairs
+from r2m.ser.rules import ScoreCalibration, pair_loss
+from r2m.config.root import Config
+from r2m.config.enums import PairLoss
+from r2m.config.training import RMConfig
 from r2m.eval.rm_accuracy import RMAccuracy, accuracy_from_scores
 from r2m.models.loading import load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel

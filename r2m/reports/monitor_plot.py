@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.core.monitor import SIGNAL_RULES, Alarm, AlarmConfig, Reason, Rule, Signal
+from r2m.config.monitor import MonitorConfig
+from r2m.core.monitor import SIGNAL_RULES, Alarm, Reason, Rule, Signal
 from r2m.fileio import atomic_savefig
 
 
@@ -37,7 +38,7 @@ def _mark_alarm(ax, alarm: Alarm, steps: Sequence[int], peak_step: Optional[int]
         ax.axvline(peak_step, color="grey", linestyle="--", linewidth=1, label=f"peak gold (step {peak_step})")
 
 
-def plot_monitor(rows: Sequence[dict], alarm: Alarm, trips: Sequence[tuple[Reason, ...]], config: AlarmConfig,
+def plot_monitor(rows: Sequence[dict], alarm: Alarm, trips: Sequence[tuple[Reason, ...]], config: MonitorConfig,
                  path: str | Path, peak_step: Optional[int] = None) -> Path:
     """Top panel: eval/gold (where known) and eval/proxy; one panel per logged signal below, with its trip
     line and the evaluations where it tripped marked; the alarm, the kept checkpoint and peak gold as lines."""

@@ -1,15 +1,12 @@
-"""SER's report: Table 1, the per-loop table with every status decision, Figures 2-3.
-
-``r2m.recipes.ser`` re-exports every name.
-"""
+"""SER's report: Table 1, the per-loop table with every status decision, Figures 2-3."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Sequence
 
-from r2m.config import PairLoss
-from r2m.algorithms.ser_rules import Kept
+from r2m.config.enums import PairLoss
+from r2m.ser.rules import Kept
 from r2m.reports.tables import format_table
 from r2m.fileio import atomic_savefig
 

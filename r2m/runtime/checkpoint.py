@@ -10,15 +10,17 @@ a crash mid-write leaves only a ``.tmp-*`` directory that is never loaded.
       critic/            PPO's critic, when present
       state.pt           optimisers, schedulers, KL controller, reward moments, RNG states, data position,
                          step -- tensors and plain containers only, loaded with ``weights_only=True``
-      meta.json          step, config fingerprint, the resume-free fields' values, the run's name
+      meta.json          format version (:data:`CHECKPOINT_FORMAT`), step, config fingerprint, the resume-free
+                         fields' values
       manifest.json      every other file's size and SHA-256, written last
 
 The manifest is what makes a checkpoint trustworthy after the fact: a file truncated or damaged later (a
 full disk, a bad copy) no longer matches it, and resume falls back to the newest checkpoint that verifies,
 naming the damaged one (:func:`latest_checkpoint`).
 
-The config fingerprint guards resume: a checkpoint of another config is refused with a message
-naming the fields that differ. Fields that do not change what was computed so far (:data:`RESUME_FREE`:
+The format version and the config fingerprint guard resume: a checkpoint of another format version is refused
+by name (:class:`r2m.errors.FormatVersionError`), one of another config with a message naming the fields that
+differ. Fields that do not change what was computed so far (:data:`RESUME_FREE`:
 the number of steps, how often to evaluate, save or log, the trackers, the run's place) may change; each
 change is logged.
 """
@@ -32,15 +34,14 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
-from r2m.config import to_dict
+from r2m.config.parsing import to_dict
 from r2m.errors import CheckpointError, ConfigError
-from r2m.fileio import fault_point
-from r2m.fileio import atomic_write_text
+from r2m.fileio import ArtifactFormat, FORMAT_KEY, atomic_write_text, fault_point
 
 log = logging.getLogger("r2m")
 
@@ -48,9 +49,14 @@ STATE = "state.pt"
 META = "meta.json"
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+CHECKPOINT_FORMAT = ArtifactFormat("training checkpoint", 1, "resume it with the r2m release that wrote it, or start "
+                                   "a new run (another run.name, or run.resume=never)")
+"""meta.json's ``format_version``: what state.pt holds and how meta.json names the config."""
 
 # Fields that may change between a run and its resumption without changing what it computed so far.
 RESUME_FREE = {"run.resume", "run.progress", "run.log_with", "run.keep_checkpoints", "run.threads",
+               # What happens to the result at the end: never how it is computed.
+               "run.push_to_hub", "run.hub_model_id", "run.hub_private_repo",
                # Train longer (or shorter): the steps already taken stay as they were.
                "rl.steps",
                # Where the run lives: a moved or renamed run directory resumes (the run it holds decides).
@@ -181,10 +187,11 @@ def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(directory: Path) -> None:
-    """Record every file's size and SHA-256; the last file a checkpoint gets."""
-    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in _files(directory)}
+def write_manifest(directory: Path, names: Optional[Sequence[str]] = None) -> None:
+    """Record every file's size and SHA-256 (or only those ``names``, in a directory shared with other files); the
+    last file a checkpoint gets."""
+    paths = _files(directory) if names is None else [directory / n for n in names]
+    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
     atomic_write_text(directory / MANIFEST, json.dumps({"files": files}, indent=1))
 
 
@@ -247,22 +254,21 @@ def write_state(directory: Path, state: dict[str, Any], step: int, fingerprint: 
     fault_point("checkpoint.before_state")  # the weights are written, the state not yet
     torch.save(state, directory / STATE)
     fault_point("checkpoint.before_meta")
-    meta = {"step": step, "config": fingerprint, "free": free or {}}
+    meta = {**CHECKPOINT_FORMAT.stamp(), "step": step, "config": fingerprint, "free": free or {}}
     (directory / META).write_text(json.dumps(meta, indent=1, default=str))
     fault_point("checkpoint.before_manifest")
     write_manifest(directory)
 
 
 def read_state(directory: Path, fingerprint: dict[str, Any], free: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The training state of a checkpoint, refused when it was written under another ``fingerprint``.
+    """The training state of a checkpoint, refused when it has another format version (:data:`CHECKPOINT_FORMAT`) or
+    was written under another ``fingerprint``.
 
     ``free`` (the resume-free fields now): each one that changed since the checkpoint is logged."""
     meta = json.loads((directory / META).read_bytes().decode("utf-8"))
-    saved = meta["config"]
-    # Checkpoints written before run.name, run.root and rl.steps became free still hold them: not compared.
-    saved = {k: v for k, v in saved.items() if not _is_free(k)}
+    CHECKPOINT_FORMAT.check(meta.get(FORMAT_KEY), directory / META)
     # JSON turns tuples into lists: compare through the same round trip.
-    check_same_config(saved, json.loads(json.dumps(fingerprint, default=str)), directory)
+    check_same_config(meta["config"], json.loads(json.dumps(fingerprint, default=str)), directory)
     if free is not None:
         if "rl.steps" in free and int(meta["step"]) > int(free["rl.steps"]):
             raise ConfigError(f"rl.steps: expected at least the checkpoint's step {meta['step']} to resume from "

@@ -27,24 +27,24 @@ from typing import Iterable
 import torch
 
 class Dist:
-    """This process's rank among ``world`` data-parallel processes, and the collectives the loop uses."""
+    """This process's rank among ``num_processes`` data-parallel processes, and the collectives the loop uses."""
 
     def __init__(self, accelerator=None):
         self.acc = accelerator
         self.rank = accelerator.process_index if accelerator is not None else 0
-        self.world = accelerator.num_processes if accelerator is not None else 1
+        self.num_processes = accelerator.num_processes if accelerator is not None else 1
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.num_processes > 1
 
     # ------------------------------------------------------------------ sharding
 
     def shard(self, items):
-        """This rank's contiguous share of a global list or 1-D tensor (its length must divide by ``world``)."""
-        if len(items) % self.world:
-            raise ValueError(f"{len(items)} items cannot be split evenly over {self.world} processes")
-        n = len(items) // self.world
+        """This rank's contiguous share of a global list or 1-D tensor (its length must divide by ``num_processes``)."""
+        if len(items) % self.num_processes:
+            raise ValueError(f"{len(items)} items cannot be split evenly over {self.num_processes} processes")
+        n = len(items) // self.num_processes
         part = items[self.rank * n: (self.rank + 1) * n]
         return part if isinstance(items, torch.Tensor) else list(part)
 
@@ -67,6 +67,14 @@ class Dist:
             x = pad_across_processes(x.contiguous(), dim=1, pad_index=0, pad_first=False)
         return gather(x.contiguous())
 
+    def gather_objects(self, items: list) -> list:
+        """Every rank's list of picklable ``items``, concatenated rank-major (``items`` itself with one process)."""
+        if not self.enabled:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
     def sum(self, value: float) -> float:
         if not self.enabled:
             return value
@@ -75,8 +83,8 @@ class Dist:
         return reduce(torch.tensor(float(value), dtype=torch.float64, device=self.acc.device), "sum").item()
 
     def share(self, count: float) -> float:
-        """This rank's share of a global normaliser: sum over ranks of ``count``, divided by ``world``."""
-        return self.sum(count) / self.world
+        """This rank's share of a global normaliser: sum over ranks of ``count``, divided by ``num_processes``."""
+        return self.sum(count) / self.num_processes
 
     def all(self, flag: bool) -> bool:
         """True when ``flag`` holds on every rank (a skip decision every rank takes together)."""

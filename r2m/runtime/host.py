@@ -20,7 +20,8 @@ from typing import Optional
 
 import torch
 
-from r2m.config import Malloc, RunConfig
+from r2m.config.enums import Malloc
+from r2m.config.run import RunConfig
 
 log = logging.getLogger("r2m")
 

@@ -8,7 +8,8 @@ results share their input's storage and count nothing; nor do outputs the op's s
 
 Fake tensors (``torch._subclasses.fake_tensor``) carry shapes, dtypes and storages without data, so a pass at a
 real model's width and real sequence lengths is counted exactly with no memory and almost no compute. Code that
-reads values from a fake tensor gets placeholders: ``.item()`` (and ``bool``, ``float``) gives 1, and
+reads values from a fake tensor gets placeholders: ``.item()`` (and ``bool``, ``float``) gives 1,
+``torch.allclose`` and ``torch.equal`` give True (a check that compares two passes passes), and
 ``torch.multinomial`` gives a real tensor of ``token_id`` (so sampling loops run to their length limit and the
 sampled ids can be decoded); a fake tensor indexed by a real boolean mask is indexed by the mask's integer
 positions instead (the same selection). Nothing else is substituted.
@@ -37,6 +38,7 @@ from torch.utils._pytree import tree_leaves
 aten = torch.ops.aten
 _DEVICE = torch.ops.prim.device.default
 _PLACEHOLDER = {True: 1.0, False: 1}  # .item() of a fake tensor: floating point or not
+_COMPARISONS = (aten.allclose.default, aten.equal.default)  # bool of two tensors' values: True on fake ones
 
 
 @dataclass
@@ -129,6 +131,8 @@ class LiveBytes(TorchDispatchMode):
         clear_memo(self.fake)
         if func is aten._local_scalar_dense.default and _is_fake(args[0]):
             return _PLACEHOLDER[args[0].dtype.is_floating_point]
+        if func in _COMPARISONS and any(_is_fake(a) for a in args[:2]):
+            return True
         if func in _MASK_INDEXED and _is_fake(args[0]):
             args = (args[0], _integer_indices(args[1]), *args[2:])
         out = func(*args, **kwargs)
@@ -144,6 +148,7 @@ class LiveBytes(TorchDispatchMode):
                 if isinstance(t, torch.Tensor):
                     self._retag(t) if alias else self._count(t, inputs)
         self._record()
+        clear_memo(self.fake)  # after it too: autograd takes a gradient as .grad only when nothing else holds it
         return out
 
     # ------------------------------------------------------------------ phases and segments

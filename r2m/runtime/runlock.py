@@ -1,14 +1,19 @@
-"""One process per run directory: an exclusive lock held for the run's life.
+"""One process per run directory: an exclusive lock held for the run's life, on ``filelock``.
 
-The lock is a file ``<root>/.<name>.lock`` beside the run directory (not inside it, so that a run refused
-for bad input still leaves no run directory), locked with ``flock``. The kernel drops an ``flock`` when its
-process exits in any way (SIGKILL included), so a lock left by a dead process is never in force: the next
-run takes it over and logs that it did. The file holds the holder's PID, host and start time, which is
-what a refused second run prints. On a file system without ``flock`` the file itself is the lock
-(created exclusively), and a holder on this host whose PID no longer runs is detected as stale.
+The lock lives inside the run directory: ``<run>/.r2m.lock`` is ``filelock``'s lock file (an ``flock``), and
+``<run>/.r2m.lock.json`` names the holder (PID, host, start time) for the error a refused second run prints.
+Nothing is written beside the run directory. A run refused before its first byte (bad input) leaves no run
+directory: a directory the lock itself created, and that holds nothing else at release, is removed again.
 
-Within one process the lock is re-entrant (the CLI, a trainer and its run directory may all ask for it);
-it is released when the last holder lets go, or when the process ends.
+The kernel drops an ``flock`` when its process exits in any way (SIGKILL included), so a lock left by a dead
+process is never in force: the next run takes it over and logs whose it was (the holder file it finds). On a
+file system without ``flock``, ``filelock.SoftFileLock`` (the file's exclusive creation) is the lock, and a
+holder on this host whose PID no longer runs is detected as stale and replaced.
+
+Within one process the lock is re-entrant (the CLI, a trainer and its run directory may all ask for it), and a
+directory inside one this process holds (SER's per-loop RM runs, a cache kept in the run directory) is covered
+by that hold: it takes no lock file of its own. The lock is released when the last holder lets go, or when the
+process ends.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 from r2m.errors import R2MError
+from r2m.fileio import atomic_write_text
 
 log = logging.getLogger("r2m")
+
+LOCK_NAME = ".r2m.lock"
+"""filelock's lock file, inside the run directory."""
+HOLDER_NAME = ".r2m.lock.json"
+"""The holder's PID, host and start time, inside the run directory while it is held."""
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class RunLockedError(R2MError):
@@ -42,16 +54,19 @@ class Holder(NamedTuple):
 
 
 def lock_path(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    return run_dir.parent / f".{run_dir.name}.lock"
+    return Path(run_dir) / LOCK_NAME
 
 
-def _read_holder(path: Path) -> Optional[Holder]:
+def holder_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / HOLDER_NAME
+
+
+def _read_holder(run_dir: Path) -> Optional[Holder]:
     try:
-        d = json.loads(path.read_bytes().decode("utf-8"))
+        d = json.loads(holder_path(run_dir).read_bytes().decode("utf-8"))
         return Holder(int(d["pid"]), str(d["host"]), float(d["since"]))
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # empty (being written) or not ours
+        return None  # not written yet, or not ours
 
 
 def _pid_alive(pid: int) -> bool:
@@ -72,94 +87,114 @@ def _refuse(run_dir: Path, holder: Optional[Holder]) -> RunLockedError:
 
 
 class _Held(NamedTuple):
-    fd: int
-    """The open lock file (closing it drops an flock)."""
-    path: Path
-    """The lock file."""
-    flock: bool
-    """Locked by flock (else the file's exclusive creation is the lock)."""
+    lock: Any
+    """The acquired ``filelock`` lock (None: covered by an enclosing directory's hold)."""
+    created: Optional[Path]
+    """The outermost directory the lock created (removed again at release when nothing else is in it)."""
 
 
-# path -> (held lock, how many holders in this process)
+# run directory -> [held lock, how many holders in this process]
 _HELD: dict[Path, list] = {}
 
 
-def _write_me(fd: int) -> None:
-    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, me, 0)
+def _soft_lock(run_dir: Path):
+    """The lock as an exclusively created file (``filelock.SoftFileLock``), for file systems without ``flock``;
+    a holder on this host whose PID no longer runs is stale and replaced."""
+    from filelock import SoftFileLock, Timeout
 
-
-def _take_flock(run_dir: Path, path: Path) -> Optional[_Held]:
-    """The lock by ``flock``; None where the file system (or the OS) has no ``flock``."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _refuse(run_dir, _read_holder(path)) from None
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return None
-            raise
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # else the holder released (unlinked) the file between our open and flock: try again
-            break
-        os.close(fd)
-    old = _read_holder(path)
-    if old is not None:
-        log.warning("run directory %s: took over the stale lock of PID %d on host %s (that process has ended)",
-                    run_dir, old.pid, old.host)
-    _write_me(fd)
-    return _Held(fd, path, True)
-
-
-def _take_exclusive(run_dir: Path, path: Path) -> _Held:
-    """The lock as an exclusively created file, for file systems without ``flock``."""
     for _ in range(3):
+        lock = SoftFileLock(str(lock_path(run_dir)))
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = _read_holder(path)
+            lock.acquire(timeout=0)
+            return lock
+        except Timeout:
+            holder = _read_holder(run_dir)
             if holder is None or holder.host != socket.gethostname() or _pid_alive(holder.pid):
                 raise _refuse(run_dir, holder) from None
             log.warning("run directory %s: removed the stale lock of PID %d on host %s (no such process)",
                         run_dir, holder.pid, holder.host)
-            path.unlink(missing_ok=True)
-            continue
-        _write_me(fd)
-        return _Held(fd, path, False)
-    raise _refuse(run_dir, _read_holder(path))
+            holder_path(run_dir).unlink(missing_ok=True)
+            lock_path(run_dir).unlink(missing_ok=True)
+    raise _refuse(run_dir, _read_holder(run_dir))
+
+
+def _take(run_dir: Path):
+    """The acquired lock: ``filelock.FileLock`` (flock), else the soft lock where the file system has no flock."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(run_dir)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise _refuse(run_dir, _read_holder(run_dir)) from None
+    except NotImplementedError:  # filelock's word for a file system without flock
+        return _soft_lock(run_dir)
+    except OSError as e:
+        if e.errno not in _NO_FLOCK:
+            raise
+        return _soft_lock(run_dir)
+    old = _read_holder(run_dir)
+    if old is not None and old.pid != os.getpid():
+        log.warning("run directory %s: took over the stale lock of PID %d on host %s (that process has ended)",
+                    run_dir, old.pid, old.host)
+    return lock
+
+
+def _covering(run_dir: Path) -> Optional[Path]:
+    """A directory this process holds that contains ``run_dir``."""
+    return next((p for p in run_dir.parents if p in _HELD and _HELD[p][0].lock is not None), None)
+
+
+def _missing_top(run_dir: Path) -> Optional[Path]:
+    """The outermost of ``run_dir`` and its parents that does not exist yet (None: it exists)."""
+    top = None
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists():
+            return top
+        top = p
+    return top
 
 
 def acquire(run_dir: str | Path) -> bool:
     """Hold ``run_dir`` for this process; refused at once, naming the holder, when another process holds it.
-    True when this call took the lock (False: this process held it already)."""
+    True when this call took the lock (False: this process held it, or a directory containing it, already)."""
     run_dir = Path(run_dir).absolute()
     entry = _HELD.get(run_dir)
     if entry is not None:
         entry[1] += 1
         return False
-    path = lock_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    held = _take_flock(run_dir, path) or _take_exclusive(run_dir, path)
-    _HELD[run_dir] = [held, 1]
+    if _covering(run_dir) is not None:
+        _HELD[run_dir] = [_Held(None, None), 1]
+        return False
+    created = _missing_top(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _take(run_dir)
+    except BaseException:
+        _remove_if_empty(run_dir, created)
+        raise
+    atomic_write_text(holder_path(run_dir), json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "since": time.time()}))
+    _HELD[run_dir] = [_Held(lock, created), 1]
     return True
 
 
+def _remove_if_empty(run_dir: Path, created: Optional[Path]) -> None:
+    """Remove the directories the lock created, when the lock's files are all they hold."""
+    if created is None:
+        return
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= {LOCK_NAME, HOLDER_NAME}:
+            lock_path(run_dir).unlink(missing_ok=True)
+            for d in [run_dir, *run_dir.parents]:
+                d.rmdir()  # OSError once a directory holds anything else
+                if d == created:
+                    break
+
+
 def release(run_dir: str | Path, everyone: bool = False) -> None:
-    """Let go of one hold (``everyone``: of all of this process's holds); the last one removes the lock file
-    and unlocks."""
+    """Let go of one hold (``everyone``: of all of this process's holds); the last one removes the holder file
+    and unlocks. ``filelock`` keeps its lock file in place (waiters share its inode)."""
     run_dir = Path(run_dir).absolute()
     entry = _HELD.get(run_dir)
     if entry is None:
@@ -168,10 +203,13 @@ def release(run_dir: str | Path, everyone: bool = False) -> None:
     if entry[1] > 0 and not everyone:
         return
     held = _HELD.pop(run_dir)[0]
-    # Unlink while still locked: a process waiting on the old file sees it vanish and retries.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(held.path)
-    os.close(held.fd)
+    if held.lock is None:
+        return
+    for inner in [d for d in _HELD if run_dir in d.parents and _HELD[d][0].lock is None]:
+        del _HELD[inner]  # covered holds end with the hold that covers them
+    holder_path(run_dir).unlink(missing_ok=True)
+    held.lock.release(force=True)
+    _remove_if_empty(run_dir, held.created)
 
 
 def is_rank_zero() -> bool:

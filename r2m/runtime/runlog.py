@@ -1,10 +1,11 @@
-"""The run directory: resolved config, metrics.jsonl, trackers (via accelerate), plots, checkpoints.
+"""The run directory: resolved config, metrics.jsonl, trackers (via accelerate), plots, samples, checkpoints.
 
     runs/<name>/
       config.yaml        the resolved config, written once, never mutated
       metrics.jsonl      one JSON object per logged step
-      <tracker logs>     tensorboard (and wandb when asked), through accelerate's trackers
+      <tracker logs>     run.log_with (transformers' report_to values), through accelerate's trackers
       plots/*.png        matplotlib
+      samples/step_NNNNNN.jsonl   each evaluation's prompts, completions and rewards (also a tracker table)
       checkpoints/       save_pretrained / safetensors, written atomically
 """
 
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from r2m.runtime import runlock
-from r2m.config import Config, save_config, to_dict
-from r2m.errors import DataError
+from r2m.config.root import Config
+from r2m.config.parsing import save_config, to_dict
+from r2m.errors import ConfigError, DataError
 from r2m.fileio import atomic_savefig, atomic_write_text
 from r2m.fileio import decode_lines
 
@@ -34,6 +36,28 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = str(v)
     return out
+
+
+# run.log_with entry -> the package to install (accelerate's ``is_<name>_available`` says whether it is).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
+                    "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab"}
+
+
+def resolve_trackers(names: Sequence[str]) -> list[str]:
+    """accelerate's ``log_with`` for ``run.log_with``: ``none`` is no tracker, ``all`` every installed one; a
+    tracker named but not installed is an error naming the field and the install (accelerate only warns)."""
+    import accelerate.utils
+
+    names = [str(n) for n in names if str(n) != "none"]
+    if "all" in names:
+        return ["all"]
+    missing = [n for n in names if not getattr(accelerate.utils, f"is_{n}_available")()]
+    if missing:
+        pips = " ".join(TRACKER_PACKAGES[n] for n in missing)
+        raise ConfigError(f"run.log_with (report_to): {', '.join(missing)} requested but not installed; "
+                          f"pip install {pips}, or leave it out of run.log_with")
+    return names
 
 
 class RunDir:
@@ -62,7 +86,9 @@ class RunDir:
             self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
         if self._is_main:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
-        if accelerator is not None and cfg.run.log_with:
+        # make_accelerator resolved and checked run.log_with; an accelerator made without trackers logs to none.
+        self._trackers = accelerator is not None and bool(getattr(accelerator, "log_with", None))
+        if self._trackers:
             # Named after the run (issue 17): wandb's project and run name, tensorboard's <run dir>/<run.name>/
             accelerator.init_trackers(cfg.run.name, config=_flatten(to_dict(cfg)),
                                       init_kwargs={"wandb": {"name": cfg.run.name}})
@@ -74,7 +100,7 @@ class RunDir:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        if self.accelerator is not None and self.cfg.run.log_with:
+        if self._trackers:
             self.accelerator.log({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=step)
 
     def amend_last(self, metrics: Mapping[str, float]) -> None:
@@ -86,15 +112,53 @@ class RunDir:
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
         lines[-1] = json.dumps(last)
         atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
-        if self.accelerator is not None and self.cfg.run.log_with:
+        if self._trackers:
             self.accelerator.log({k: float(v) for k, v in metrics.items() if math.isfinite(v)}, step=int(last["step"]))
 
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> Optional[Path]:
+        """One evaluation's samples: ``samples/step_NNNNNN.jsonl`` (atomic; rows as given) and a table on the
+        trackers (TRL's ``log_completions``): wandb and clearml get a table, tensorboard and comet a text."""
+        if not self._is_main or not rows:
+            return None
+        path = self.path / "samples" / f"step_{step:06d}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
+        if self._trackers:
+            log_table(self.accelerator.trackers, "completions", rows, step)
+        return path
+
     def close(self) -> None:
-        if self.accelerator is not None and self.cfg.run.log_with:
+        if self._trackers:
             self.accelerator.end_training()
         if self._locked:
             self._locked = False
             runlock.release(self.path)
+
+
+def _markdown(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows])
+
+
+_NO_TABLE_NOTED: set[str] = set()
+
+
+def log_table(trackers: Sequence[Any], name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+    """``rows`` as a table on each accelerate tracker: ``log_table`` where it has one (wandb, clearml), else a
+    markdown text where it logs text (tensorboard, comet_ml); the others are told once where the rows are."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    for tracker in trackers:
+        if callable(getattr(tracker, "log_table", None)):
+            tracker.log_table(name, columns=columns, data=[[r.get(c) for c in columns] for r in rows], step=step)
+        elif tracker.name in ("tensorboard", "comet_ml"):
+            tracker.log({name: _markdown(columns, rows)}, step=step)
+        elif tracker.name not in _NO_TABLE_NOTED:
+            _NO_TABLE_NOTED.add(tracker.name)
+            logging.getLogger("r2m").info("tracker %s logs no tables: the %s are in the run's samples/*.jsonl",
+                                          tracker.name, name)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from r2m.config import KLMode, RLConfig
+from r2m.config.enums import KLMode
+from r2m.config.training import RLConfig
 from r2m.core.losses import POLICY_LOSSES, aggregate, clipped_value_loss, kl_penalty, masked_mean
-from r2m.experience.rollout import Experience, feedback_states, response_forward
+from r2m.experience.rollout import Experience
 from r2m.models.critic import response_values
+from r2m.models.logprobs import real_columns, response_forward
 from r2m.runtime.distributed import Dist
 
 log = logging.getLogger("r2m")
@@ -22,7 +24,7 @@ log = logging.getLogger("r2m")
 class MicroStep(NamedTuple):
     loss: torch.Tensor
     stats: dict
-    hidden: Optional[torch.Tensor]  # (b, S, D_p) when R2M's h is refreshed
+    states: Optional[torch.Tensor]  # (b, P+R, D) the pass's last-layer states, when asked for
 
 
 class OptimizerStep(NamedTuple):
@@ -33,9 +35,9 @@ class OptimizerStep(NamedTuple):
 class PolicyUpdate(NamedTuple):
     stats: dict[str, float]
     """Means over the minibatches (and ranks) of the update's statistics."""
-    policy_hidden: Optional[torch.Tensor]
-    """(B, S, D_p) R2M's h, refreshed by the last epoch's training forward passes (a new tensor: the Experience
-    keeps the rollout's); R2M's update takes it. None without R2M."""
+    states: Optional[torch.Tensor]
+    """(B, ...) what ``keep_states`` kept of each row's last-layer states in the last epoch's training forward
+    pass (a new tensor); None when the update was not asked to keep them."""
 
 
 class PolicyUpdater:
@@ -46,7 +48,6 @@ class PolicyUpdater:
         self.policy, self.optimizer, self.accelerator, self.cfg = policy, optimizer, accelerator, cfg
         self.critic, self.critic_optimizer = critic, critic_optimizer
         self.dist = dist
-        self.refreshed = 0  # rows whose h was refreshed (tests check the last-epoch-only rule)
 
     def _micro_loss(self, mb: Experience, num_tokens: float, num_seqs: int, with_hidden: bool,
                     beta: float) -> MicroStep:
@@ -60,7 +61,7 @@ class PolicyUpdater:
                                             clip_ratio_c=cfg.clip_ratio_c)
         loss = pg.loss
         if cfg.kl_mode == KLMode.LOSS and beta > 0:
-            kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator)  # (b, R)
+            kl = kl_penalty(fwd.logprobs, mb.ref_logprobs, cfg.kl_estimator, mask)  # (b, R)
             loss = loss + beta * aggregate(kl, mask, cfg.aggregation, **norms)
         # Token means of this part, weighted by its share of the (global) tokens: they add up over
         # micro-batches and ranks to the minibatch's token means.
@@ -69,37 +70,47 @@ class PolicyUpdater:
                  "policy/approx_kl": pg.approx_kl.item() * w,
                  "policy/entropy": masked_mean(fwd.entropy, mask).item() * w}
         if self.critic is not None:
-            values = response_values(self.critic, mb.sequences, mb.attention_mask, mb.prompt_len)  # (b, R)
+            values = self._values(mb)  # (b, R)
             vl = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.value_clip, cfg.aggregation, **norms)
             # Separate parameters and optimisers: one backward serves both.
             loss = loss + vl.loss
             stats.update({"loss/value": vl.loss.item(), "critic/clip_frac": vl.clip_fraction.item() * w})
         return MicroStep(loss, stats, fwd.hidden)
 
-    def update(self, exp: Experience, beta: Optional[float] = None) -> PolicyUpdate:
+    def _values(self, mb: Experience) -> torch.Tensor:
+        """The critic's values (b, R) before each response token, its forward cut to the rows' widest row."""
+        cols = real_columns(mb.attention_mask, mb.prompt_len)
+        values = response_values(self.critic, cols.cut(mb.sequences), cols.cut(mb.attention_mask), cols.cut_prompt_len)
+        return cols.response(values)  # (b, R)
+
+    def update(self, exp: Experience, beta: Optional[float] = None,
+               keep_states: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> PolicyUpdate:
         """k epochs over ``exp`` of the clipped surrogate (R2M paper Eq. 2); ``beta`` is the current KL coefficient
-        (default ``rl.beta``). With R2M, the last epoch's forward passes give the refreshed h."""
+        (default ``rl.beta``).
+
+        ``keep_states``: also return the last-layer states of the last epoch's training forward passes, mapped by
+        ``keep_states`` a micro-batch at a time ((b, P+R, D) -> what is kept of them), so the whole batch's states
+        never exist on the device at once. Every row is in one minibatch of an epoch, so every row is kept once.
+        """
         cfg = self.cfg
         beta = cfg.beta if beta is None else beta
         mb_size = exp.batch_size // cfg.minibatches
         self.policy.train()
         per_minibatch: list[dict[str, float]] = []
-        # R2M: in the last epoch, h is replaced by the states of this (training) forward pass; every row is in
-        # one minibatch of the epoch, so every row of ``fresh`` is written.
-        fresh = exp.policy_hidden.clone() if exp.policy_hidden is not None else None
+        kept = _RowStates(exp.batch_size, keep_states) if keep_states is not None else None
         for epoch in range(cfg.epochs):
-            into = fresh if epoch == cfg.epochs - 1 else None
+            into = kept if epoch == cfg.epochs - 1 else None
             for rows in torch.randperm(exp.batch_size).split(mb_size):
                 per_minibatch.append(self._minibatch(exp, rows, into, beta))
         out = {k: sum(m[k] for m in per_minibatch) / len(per_minibatch) for k in per_minibatch[0]}
         out = self.dist.mean_stats(out)  # each rank's loss is its share of the global loss
         out["guard/skipped_minibatches"] = out["guard/skipped_minibatches"] * len(per_minibatch)
-        return PolicyUpdate(out, fresh)
+        return PolicyUpdate(out, kept.states if kept is not None else None)
 
-    def _minibatch(self, exp: Experience, rows: torch.Tensor, into: Optional[torch.Tensor],
+    def _minibatch(self, exp: Experience, rows: torch.Tensor, into: Optional["_RowStates"],
                    beta: float) -> dict[str, float]:
-        """One optimiser step over the minibatch ``rows``, accumulated over micro-batches; with ``into`` (the
-        refreshed h), their h is written there."""
+        """One optimiser step over the minibatch ``rows``, accumulated over micro-batches; with ``into``, the
+        micro-batches' last-layer states are kept there."""
         mb = exp.select(rows)
         # Global normalisers: the sum of micro-batch losses equals the whole minibatch's loss, and with
         # N processes each rank normalises by 1/N of the global count, since DDP averages gradients.
@@ -113,7 +124,7 @@ class PolicyUpdater:
                 step = self._micro_loss(mb.select(part), num_tokens, num_seqs, into is not None, beta)
                 self.accelerator.backward(step.loss)
             if into is not None:
-                self._refresh(exp, rows[part], step.hidden, into)
+                into.put(rows[part], step.states)
             for k, v in {**step.stats, "loss/total": step.loss.item()}.items():
                 sums[k] = sums.get(k, 0.0) + v
         stats = sums  # every statistic is a part of one sum (see _micro_loss)
@@ -153,8 +164,17 @@ class PolicyUpdater:
             self.critic_optimizer.zero_grad(set_to_none=True)
         return OptimizerStep(grad_norm, finite)
 
-    def _refresh(self, exp: Experience, rows: torch.Tensor, hidden: torch.Tensor, into: torch.Tensor) -> None:
-        """h of ``rows`` from the training forward pass's last-layer states ``hidden`` (b, P+R, D_p), into ``into``."""
-        h = feedback_states(hidden, exp.attention_mask[rows.to(exp.attention_mask.device)]).hidden
-        into[rows.to(into.device)] = h.detach().to(device=into.device, dtype=into.dtype)
-        self.refreshed += len(rows)
+
+class _RowStates:
+    """The kept states of a batch of ``n`` rows, filled a micro-batch at a time in any row order."""
+
+    def __init__(self, n: int, keep: Callable[[torch.Tensor], torch.Tensor]):
+        self.n, self.keep = n, keep
+        self.states: Optional[torch.Tensor] = None  # (n, ...) once the first micro-batch is in
+
+    def put(self, rows: torch.Tensor, states: torch.Tensor) -> None:
+        """``keep(states)`` of the micro-batch (b, P+R, D) into rows ``rows`` (b,)."""
+        kept = self.keep(states.detach())
+        if self.states is None:
+            self.states = kept.new_empty((self.n, *kept.shape[1:]))
+        self.states[rows.to(self.states.device)] = kept

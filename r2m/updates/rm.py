@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import Config, LoRAConfig, RMConfig
+from r2m.config.root import Config
+from r2m.config.models import LoRAConfig
+from r2m.config.training import RMConfig
 from r2m.runtime.distributed import configure_deepspeed
+from r2m.runtime.precision import fp32_master_weights
 from r2m.eval.rm_accuracy import RMAccuracy, pairwise_accuracy
 from r2m.core.losses import bradley_terry_loss
 from r2m.runtime.runlog import RunDir
@@ -36,7 +39,7 @@ class RMResult:
 
 class TrainableRM(NamedTuple):
     rm: torch.nn.Module
-    """The :class:`r2m.models.RewardModel` being trained."""
+    """The :class:`r2m.models.reward.RewardModel` being trained."""
     peft: Optional[torch.nn.Module]
     """The ``peft`` wrapper when LoRA is on (merged into the weights before saving)."""
 
@@ -88,6 +91,7 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
 
     enc_c, enc_r = rm.tokenize(prompts, chosen), rm.tokenize(prompts, rejected)
     steps = num_steps(len(prompts), rmc.batch_size, rmc.epochs, rmc.max_steps)
+    fp32_master_weights(rm, "reward model", accelerator)
     opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=rmc.lr, weight_decay=rmc.weight_decay)
     schedule = get_linear_schedule_with_warmup if linear_decay else get_cosine_schedule_with_warmup
     sched = schedule(opt, int(rmc.warmup_ratio * steps), steps)
@@ -115,7 +119,7 @@ def fit_pairs(rm, prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
 def train_reward_model(rm, rows: Sequence[dict], eval_rows: Optional[Sequence[dict]], cfg: Config, accelerator,
                        run: Optional[RunDir], seed: int, checkpoint_dir: Optional[Path] = None,
                        resume: bool = False, hooks: Optional["Hooks"] = None) -> RMResult:
-    """Train ``rm`` (an :class:`r2m.models.RewardModel`) with BT on (prompt, chosen, rejected) rows.
+    """Train ``rm`` (an :class:`r2m.models.reward.RewardModel`) with BT on (prompt, chosen, rejected) rows.
 
     ``hooks``: ``on_step_end`` / ``on_save`` of each step and checkpoint (``fit_pairs``), then ``on_evaluate``
     with the held-out accuracy; one returning True ends training after that step."""

@@ -7,8 +7,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from r2m.config import Config
+from r2m.config.root import Config
 from r2m.runtime.distributed import configure_deepspeed
+from r2m.runtime.precision import fp32_master_weights
 from r2m.runtime.runlog import RunDir
 from r2m.updates.supervised import LoopResult, LossOutput, num_steps, right_pad, supervised_loop
 from r2m.runtime.checkpoint import fingerprint
@@ -58,6 +59,7 @@ def train_sft(model, tokenizer, rows: Sequence[dict], cfg: Config, accelerator, 
         logging.getLogger("r2m").warning("sft: %d of %d rows are longer than %d tokens (sft.max_length or the model's "
                                          "positions) and were cut at the end", cut, len(rows), max_length)
     steps = num_steps(len(data), sft.batch_size, sft.epochs, sft.max_steps)
+    fp32_master_weights(model, "sft", accelerator)
     opt = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(sft.warmup_ratio * steps), steps)
     configure_deepspeed(accelerator, sft.batch_size // accelerator.num_processes, sft.max_grad_norm)

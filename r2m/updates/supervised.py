@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional, Sequ
 
 import torch
 
-from r2m.config import Config, LRSchedule
+from r2m.config.root import Config
+from r2m.config.enums import LRSchedule
 from r2m.errors import ConfigError
 from r2m.runtime.checkpoint import latest_checkpoint, prune, read_state, rng_state, set_rng_state, step_dir, write_state
 from r2m.runtime.distributed import Dist
 from r2m.runtime.host import configure_host
+from r2m.runtime.runlog import resolve_trackers
 from r2m.runtime.safeio import load_safetensors as load_file
 from r2m.fileio import atomic_dir
 
@@ -61,7 +63,8 @@ def make_accelerator(cfg: Config, project_dir: Optional[str] = None):
         cpu=cpu,
         mixed_precision=resolve_mixed_precision(cfg),
         # Trackers need a directory; internal stages (the world cache) log to metrics.jsonl only.
-        log_with=(list(cfg.run.log_with) or None) if project_dir else None,
+        # run.log_with as accelerate takes it; a tracker named but not installed is an error here, before a model loads.
+        log_with=(resolve_trackers(cfg.run.log_with) or None) if project_dir else None,
         project_dir=project_dir,
     )
     try:
@@ -171,8 +174,8 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     and checkpointed when there is a ``checkpoint_dir``).
     """
     dist = Dist(accelerator)
-    if batch_size % dist.world:
-        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.world} processes (each takes an "
+    if batch_size % dist.num_processes:
+        raise ConfigError(f"{prefix}.batch_size: expected a multiple of the {dist.num_processes} processes (each takes an "
                           f"equal share of every batch), got {batch_size}")
     start = _resume_start(model, optimizer, scheduler, accelerator, prefix, fingerprint,
                           checkpoint_dir if resume else None)
@@ -185,9 +188,9 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
     for step, idx in enumerate(batch_indices(n_items, batch_size, steps, seed), start=1):
         if step <= start:
             continue  # replayed batch order: skip what the checkpoint already covers
-        if len(idx) % dist.world:
+        if len(idx) % dist.num_processes:
             raise ConfigError(f"{prefix}.batch_size: the data has {n_items} items, fewer than a batch of {batch_size}; "
-                              f"the short batch of {len(idx)} cannot be split over {dist.world} processes")
+                              f"the short batch of {len(idx)} cannot be split over {dist.num_processes} processes")
         out = loss_fn(dist.shard(idx))  # this process's share of the global batch
         accelerator.backward(out.loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -231,7 +234,7 @@ def _log_window(run: Optional["RunDir"], dist: Dist, prefix: str, step: int, win
     final = means.pop("loss")
     if run is not None:
         run.log({f"{prefix}/loss": final, f"{prefix}/grad_norm": norm,
-                 f"{prefix}/rows_per_process": batch_size // dist.world,
+                 f"{prefix}/rows_per_process": batch_size // dist.num_processes,
                  f"{prefix}/lr": scheduler.get_last_lr()[0], **means}, step)
     return final
 

@@ -8,15 +8,24 @@ labeller's more likely choice) has expected accuracy
     ceiling = (1/N) sum_pairs max(p_n, 1 - p_n),
 
 exact, not sampled. The same probabilities give the labels' expected agreement with the gold order,
-(1/N') sum_{g_a != g_b} P(label follows gold), which shows how noisy the labels are. Pure python.
+(1/N') sum_{g_a != g_b} P(label follows gold), which shows how noisy the labels are.
+
+The ceiling assumes a rule that reads what the labeller reads. An RM that reads less (the ``blind`` world's
+prompt view) is bounded by :func:`r2m.world.view_accuracy.view_best_accuracy`; :func:`world_ceilings` gives
+the three numbers of a world and :func:`write_world_ceilings` the ``docs/bench/worlds.json`` table.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
 
-from r2m.config import WorldConfig
-from r2m.world.data import label_probability
+from r2m.config.run import WorldConfig
+from r2m.fileio import atomic_write_text
+from r2m.world.data import label_probability, make_pairs
+from r2m.world.view_accuracy import view_best_accuracy
 
 
 class LabellerCeiling(NamedTuple):
@@ -48,3 +57,41 @@ def labeller_ceiling(rows: Sequence[dict[str, Any]], cfg: WorldConfig) -> Labell
             unequal += 1
             agree += p if row["gold_chosen"] > row["gold_rejected"] else 1.0 - p
     return LabellerCeiling(best / len(rows), agree / unequal if unequal else float("nan"), len(rows))
+
+
+# ---------------------------------------------------------------------------------------------- per world
+
+
+class WorldCeilings(NamedTuple):
+    """What the labels of a world's held-out pairs allow, exactly (docs/WORLDS.md, ``docs/bench/worlds.json``)."""
+
+    labeller_ceiling: float
+    """mean max(p, 1 - p): the best expected accuracy of any rule that knows each pair's label probability."""
+    view_best_accuracy: float
+    """The best expected accuracy of a rule reading the pair as the world's RM does (its prompt view)."""
+    full_view_best_accuracy: float
+    """The same for a rule reading the whole prompt and both answers: what the labeller reads, so the ceiling."""
+    n: int
+    """Pairs (the world's ``pref_eval``)."""
+
+
+def world_ceilings(world: WorldConfig) -> WorldCeilings:
+    """:class:`WorldCeilings` of ``world`` on its held-out pairs (``pref_eval``, drawn from ``world.seed``)."""
+    rows = make_pairs(world, "pref_eval")
+    full = dataclasses.replace(world, rm_prompt_digits=0)
+    return WorldCeilings(labeller_ceiling(rows, world).label_accuracy, view_best_accuracy(rows, world),
+                         view_best_accuracy(rows, full), len(rows))
+
+
+def write_world_ceilings(worlds: Mapping[str, WorldConfig], out: str | Path) -> dict[str, Any]:
+    """``{"worlds": {name: {labeller_ceiling, view_best_accuracy, full_view_best_accuracy}}}`` for each preset,
+    rounded to 4 decimals, written atomically to ``out`` (``r2m world --ceilings``); returns the object."""
+    table = {}
+    for name, world in worlds.items():
+        c = world_ceilings(world)
+        table[name] = {"labeller_ceiling": round(c.labeller_ceiling, 4), "view_best_accuracy":
+                       round(c.view_best_accuracy, 4), "full_view_best_accuracy": round(c.full_view_best_accuracy, 4)}
+    obj = {"pairs": "each world's pref_eval pairs (world.seed); exact expectations over the labeller's draws "
+                    "(r2m.world.ceiling.world_ceilings, docs/WORLDS.md)", "worlds": table}
+    atomic_write_text(out, json.dumps(obj, indent=2) + "\n")
+    return obj

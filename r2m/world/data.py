@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from r2m.config import MixtureConfig, WorldConfig, to_dict
+from r2m.config.run import MixtureConfig, WorldConfig
+from r2m.config.parsing import to_dict
 from r2m.world.seeds import stream_seed
 from r2m.world.task import EOS, format_prompt, gold_reward
 from r2m.world.task import parse_prompt
@@ -146,6 +147,17 @@ def _repeat(rng: np.random.Generator, digits: list[int]) -> list[int]:
     return s + [s[-1]] * int(rng.integers(1, 4))
 
 
+def _wrong_digit(rng: np.random.Generator, digits: list[int]) -> list[int]:
+    """Well-formed but wrong: one digit (a uniform position) replaced by one of the 9 others, then sorted.
+
+    Sorted and of the right length, so only a reader of the prompt can tell it from the correct answer (the
+    ``blind`` world's hidden information, docs/WORLDS.md)."""
+    s = sorted(digits)
+    i, y = int(rng.integers(len(s))), int(rng.integers(9))
+    s[i] = y + (y >= s[i])  # uniform over the 9 digits other than s[i]
+    return sorted(s)
+
+
 _MAKERS: dict[str, Callable[[np.random.Generator, list[int]], list[int]]] = {
     "correct": _correct,
     "truncated": _truncated,
@@ -153,6 +165,7 @@ _MAKERS: dict[str, Callable[[np.random.Generator, list[int]], list[int]]] = {
     "unsorted": _unsorted,
     "random": _random,
     "repeat": _repeat,
+    "wrong_digit": _wrong_digit,
 }
 
 

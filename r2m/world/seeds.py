@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 
 RM_STREAMS = frozenset({"pref_train", "pref_policy"})
 """The data streams drawn from :func:`rm_seed` instead of ``world.seed``."""
@@ -36,6 +36,6 @@ def sft_world(world: WorldConfig) -> WorldConfig:
     """The world as the SFT stages see it (their cache keys): the :data:`LABELLER_FIELDS` at their defaults,
     since the SFT policy and the RM backbone read only the demonstrations. So every RM seed and every world
     preset (they differ in labeller fields only) shares one SFT policy and one RM backbone. For the default
-    world this is ``world`` itself: the default run's keys are unchanged."""
+    world this is ``world`` itself."""
     default = WorldConfig()
     return dataclasses.replace(world, **{f: getattr(default, f) for f in LABELLER_FIELDS})

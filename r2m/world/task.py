@@ -11,7 +11,7 @@ import numbers
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # only for annotations; keeps the import light
-    from r2m.config import WorldConfig
+    from r2m.config.run import WorldConfig
 
 PAD = "<pad>"
 BOS = "<bos>"

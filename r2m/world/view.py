@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 from r2m.world.task import ARROW, BOS, UNK, parse_prompt
 
 PromptView = Callable[[str], str]
@@ -20,7 +20,7 @@ PromptView = Callable[[str], str]
 def mask_prompt(prompt: str, keep: int) -> str:
     """``"<bos> 3 1 2 7 =>"`` with keep=2 -> ``"<bos> 3 1 <unk> <unk> =>"``; keep >= n leaves it unchanged.
 
-    Refuses a prompt that is not a world prompt (:func:`r2m.world.parse_prompt`): a view of a foreign prompt
+    Refuses a prompt that is not a world prompt (:func:`r2m.world.task.parse_prompt`): a view of a foreign prompt
     would be meaningless, and the blind world only exists on world prompts."""
     if keep < 1:
         raise ValueError(f"mask_prompt keep: expected >= 1 visible digits, got {keep}")

@@ -18,8 +18,10 @@ def test_version_and_exports() -> None:
     from r2m.models.r2m import FeedbackRewardModel
 
     assert r2m.RLTrainer is RLTrainer and r2m.FeedbackRewardModel is FeedbackRewardModel
-    assert r2m.RLConfig is not __import__("r2m.config", fromlist=["RLConfig"]).RLConfig  # the flat args class
-    assert {"RLTrainer", "RMTrainer", "SERTrainer", "RLConfig", "TrainerCallback"} <= set(dir(r2m))
+    # one class per name: the trainers' arguments are *Arguments, the config file's sections r2m.config.*Config
+    assert {"RLTrainer", "RMTrainer", "SERTrainer", "RLArguments", "RMArguments", "SERArguments",
+            "TrainerCallback"} <= set(dir(r2m))
+    assert not {"RLConfig", "RMConfig", "SERConfig"} & set(dir(r2m))
     try:
         r2m.NoSuchThing
     except AttributeError as e:

@@ -68,40 +68,42 @@ def test_callable_reward_and_stopping_callback(world_artifacts, tmp_path) -> Non
         return [0.7 * len(c) for c in completions]
 
     cb = StopAfterOne()
-    args = r2m.RLConfig(output_dir=str(tmp_path / "cb"), max_steps=3, num_generations=2, report_to="none",
-                        overrides={"rl.prompts_per_step": 2, "rl.eval_every": 1, "eval.samples_per_prompt": 1,
-                                   "run.progress": False})
+    args = r2m.RLArguments(output_dir=str(tmp_path / "cb"), max_steps=3, num_generations=2, report_to="none",
+                           max_completion_length=10, overrides={"rl.prompts_per_step": 2, "rl.eval_every": 1,
+                                                                "eval.samples_per_prompt": 1, "run.progress": False})
     trainer = r2m.RLTrainer(AutoModelForCausalLM.from_pretrained(policy_dir), length_reward, args=args,
                             train_dataset=Dataset.from_json(str(files.prompts)), eval_dataset=str(files.eval_prompts),
                             callbacks=[cb], processing_class=AutoTokenizer.from_pretrained(policy_dir))
-    result = trainer.train()
+    output = trainer.train()
     # stopped after step 1: its checkpoint, then the final model
     assert cb.calls == [("evaluate", 0), ("evaluate", 1), ("step", 1), ("save", 1), ("save", 1)]
     assert seen == [16, 4, 16]  # evaluation (16 prompts), the step (2 prompts x 2 generations), evaluation
-    assert result.history[-1]["step"] == 1
+    assert trainer.result.history[-1]["step"] == 1 and output.global_step == 1
 
 
 def test_bad_arguments_are_refused(world_artifacts) -> None:
-    with pytest.raises(ConfigError, match="args.r2m"):
-        r2m.RLTrainer(None, lambda p, c: [0.0] * len(c), args=r2m.RLConfig(r2m=True))
+    with pytest.raises(ConfigError, match="reward.r2m.enabled: R2M needs a reward model"):
+        r2m.RLTrainer(None, lambda completions, **kw: [0.0] * len(completions), args=r2m.RLArguments(r2m=True))
+    with pytest.raises(ConfigError, match="reward functions are called by keyword"):
+        r2m.RLTrainer(None, lambda p, c: [0.0] * len(c))
     with pytest.raises(ConfigError, match="model: expected a path or a transformers model"):
         r2m.RLTrainer(object(), None)
     with pytest.raises(DataError, match="train_dataset"):
         r2m.RLTrainer(None, None, train_dataset=[{"prompt": "x"}])
-    with pytest.raises(ConfigError, match="not a TRL name"):
-        from r2m.config.trl_names import trl_overrides
+    with pytest.raises(ConfigError, match="num_train_epoch: not a TRL name"):
+        from r2m.config.trl_map import map_trl
 
-        trl_overrides({"num_train_epoch": 1})
+        map_trl({"num_train_epoch": 1}, "rl")
 
 
-def test_rl_config_maps_trl_names() -> None:
-    cfg = r2m.RLConfig(output_dir="runs/a/b", num_generations=3, max_completion_length=7, epsilon=0.3,
+def test_rl_arguments_map_trl_names() -> None:
+    cfg = r2m.RLArguments(output_dir="runs/a/b", num_generations=3, max_completion_length=7, epsilon=0.3,
                        learning_rate=2e-5, report_to="none", save_steps=5, seed=9, bf16=True, algorithm="grpo",
                        overrides={"rl.beta": 0.07}).to_config()
     assert (cfg.run.root, cfg.run.name, cfg.rl.k, cfg.rl.max_new_tokens, cfg.rl.clip_eps) == ("runs/a", "b", 3, 7, 0.3)
     assert (cfg.rl.lr, cfg.run.log_with, cfg.rl.save_every, cfg.run.seed) == (2e-5, (), 5, 9)
     assert cfg.run.mixed_precision == "bf16" and cfg.rl.algorithm == "grpo" and cfg.rl.beta == 0.07
-    rm = r2m.RMConfig(learning_rate=3e-4, save_steps=2, num_train_epochs=4).to_config()
+    rm = r2m.RMArguments(learning_rate=3e-4, save_steps=2, num_train_epochs=4).to_config()
     assert (rm.rm.lr, rm.rm.save_every, rm.rm.epochs) == (3e-4, 2, 4)
 
 
@@ -114,14 +116,16 @@ def test_trl_aliases_copy_r2m_metrics(world_artifacts, tmp_path) -> None:
     def fixed(prompts, completions):
         return next(rewards, [0.3] * len(completions))
 
-    args = r2m.RLConfig(output_dir=str(tmp_path / "al"), max_steps=1, num_generations=2, report_to="none",
+    args = r2m.RLArguments(output_dir=str(tmp_path / "al"), max_steps=1, num_generations=2, report_to="none",
+                           max_completion_length=10,
                         overrides={"rl.prompts_per_step": 2, "rl.eval_every": 5, "eval.samples_per_prompt": 1,
                                    "run.progress": False, "rl.lr_schedule": "constant"})
     trainer = r2m.RLTrainer(str(policy_dir), fixed, args=args, train_dataset=str(files.prompts),
                             eval_dataset=str(files.eval_prompts))
     # the evaluation at step 0 takes the first answer: step 1 must see ours, so evaluation comes first here
     rewards = iter([[0.3] * 16, [0.7, 0.7, 0.1, 0.5]])
-    row = trainer.train().history[1]
+    trainer.train()
+    row = trainer.result.history[1]
     assert row["step"] == 1
     assert all(row[alias] == row[key] for alias, key in TRL_ALIASES.items())
     assert row["frac_reward_zero_std"] == 0.5
@@ -140,15 +144,18 @@ def test_rm_trainer_trains_on_a_dataset(tiny, world_artifacts, tmp_path) -> None
 
     _, _, files = world_artifacts
     overrides = {**_dotted(tiny), "run.name": "rm-api"}
-    args = r2m.RMConfig(learning_rate=1e-3, num_train_epochs=1, report_to="none", overrides=overrides)
-    result = r2m.RMTrainer(args=args, train_dataset=Dataset.from_json(str(files.pref_train)),
-                           eval_dataset=str(files.pref_eval)).train()
+    args = r2m.RMArguments(learning_rate=1e-3, num_train_epochs=1, report_to="none", overrides=overrides)
+    trainer = r2m.RMTrainer(args=args, train_dataset=Dataset.from_json(str(files.pref_train)),
+                            eval_dataset=str(files.pref_eval))
+    output, result = trainer.train(), trainer.result
+    assert output.global_step == result.steps and math.isfinite(output.training_loss)
+    assert output.metrics["eval_accuracy"] == result.eval.accuracy
     assert result.steps > 0 and math.isfinite(result.final_loss)
     assert result.eval.n > 0 and 0.0 <= result.eval.accuracy <= 1.0
 
 
 def test_ser_trainer_resolves_its_config(tiny) -> None:
-    trainer = r2m.SERTrainer(args=r2m.SERConfig(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
+    trainer = r2m.SERTrainer(args=r2m.SERArguments(seed=3, overrides=_dotted(tiny)), overrides={"ser.max_loops": 1})
     assert trainer.cfg.run.seed == 3 and trainer.cfg.ser.max_loops == 1
 
 
@@ -177,10 +184,12 @@ class Recorder(r2m.TrainerCallback):
 def test_rm_trainer_callback_stops_at_step_2(tiny, world_artifacts, tmp_path) -> None:
     _, _, files = world_artifacts
     cb = Recorder(stop=lambda hook, step: hook == "step" and step == 2)
-    args = r2m.RMConfig(learning_rate=1e-3, num_train_epochs=1, report_to="none",
+    args = r2m.RMArguments(learning_rate=1e-3, num_train_epochs=1, report_to="none",
                         overrides={**_dotted(tiny), "run.root": str(tmp_path), "run.name": "rm-cb"})
-    result = r2m.RMTrainer(args=args, train_dataset=str(files.pref_train), eval_dataset=str(files.pref_eval),
-                           callbacks=[cb]).train()
+    trainer = r2m.RMTrainer(args=args, train_dataset=str(files.pref_train), eval_dataset=str(files.pref_eval),
+                            callbacks=[cb])
+    trainer.train()
+    result = trainer.result
     final = tmp_path / "rm-cb" / "checkpoints" / "final"
     # two steps (of 13), the stop's checkpoint, the held-out evaluation, the final model
     assert cb.calls == [("step", 1), ("step", 2), ("save", 2), ("evaluate", 2), ("save", 2)]
@@ -198,7 +207,7 @@ def test_rm_trainer_callback_stops_at_step_2(tiny, world_artifacts, tmp_path) ->
 def test_callbacks_argument_is_checked() -> None:
     with pytest.raises(ConfigError, match="callbacks: expected a list"):
         r2m.RMTrainer(callbacks=Recorder())
-    with pytest.raises(ConfigError, match=r"callbacks\[1\]: expected an object with on_step_end"):
+    with pytest.raises(ConfigError, match=r"callbacks\[1\]: expected a transformers.TrainerCallback or an object"):
         r2m.RLTrainer(callbacks=[Recorder(), "print"])
 
 
@@ -214,7 +223,7 @@ def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world
     from r2m.recipes.pipeline import ensure_world_rm_backbone
 
     _, _, files = world_artifacts
-    cfg = r2m.SERConfig(overrides={**_dotted(tiny), **SER_LOOSE, "run.root": str(tmp_path), "run.name": "ser-cb",
+    cfg = r2m.SERArguments(overrides={**_dotted(tiny), **SER_LOOSE, "run.root": str(tmp_path), "run.name": "ser-cb",
                                    "ser.max_loops": 2, "ser.ppo": False})
     backbone = ensure_world_rm_backbone(cfg.to_config())
     cb = Recorder(stop=lambda hook, loop: hook == "evaluate" and loop == 0)
@@ -234,7 +243,7 @@ def test_ser_trainer_takes_objects_and_a_callback_stops_after_loop_0(tiny, world
     assert "ended: callback at loop 0" in (tmp_path / "ser-cb" / "table.md").read_text()
 
     # A callback's stop resumes like max_loops: run.resume=auto goes on after loop 0, whose RM is kept as is.
-    from r2m.config import replace_path
+    from r2m.config.parsing import replace_path
 
     loop0 = tmp_path / "ser-cb" / "loop-0" / "checkpoints" / "final" / "model.safetensors"
     mtime = loop0.stat().st_mtime_ns
@@ -251,8 +260,8 @@ def test_ser_trainer_passes_its_callbacks_to_the_ppo_stage(tiny, world_artifacts
 
     policy_dir, _, files = world_artifacts
     cb = Recorder()
-    cfg = r2m.SERConfig(overrides={**_dotted(tiny), **SER_LOOSE, "run.root": str(tmp_path), "run.name": "ser-ppo",
-                                   "ser.max_loops": 0, "ser.rl.steps": 1})
+    cfg = r2m.SERArguments(overrides={**_dotted(tiny), **SER_LOOSE, "run.root": str(tmp_path), "run.name": "ser-ppo",
+                                   "ser.max_loops": 0, "ser.rl.steps": 1, "rl.max_new_tokens": 10})
     result = r2m.SERTrainer(policy=AutoModelForCausalLM.from_pretrained(policy_dir), args=cfg, callbacks=[cb],
                             policy_processing_class=AutoTokenizer.from_pretrained(policy_dir),
                             train_dataset=str(files.pref_train), eval_dataset=str(files.pref_eval),
@@ -269,8 +278,8 @@ def test_ser_trainer_arguments_are_checked() -> None:
         r2m.SERTrainer(policy=object())
     with pytest.raises(DataError, match="eval_prompts_dataset"):
         r2m.SERTrainer(eval_prompts_dataset=["a prompt"])
-    with pytest.raises(ConfigError, match="args: expected an r2m.SERConfig"):
-        r2m.SERTrainer(args=r2m.RLConfig())
+    with pytest.raises(ConfigError, match="args: expected an r2m.SERArguments"):
+        r2m.SERTrainer(args=r2m.RLArguments())
     with pytest.raises(ConfigError, match="prompts_dataset: .*ser.ppo_prompts=world"):
         r2m.SERTrainer(prompts_dataset="p.jsonl", overrides={"ser.ppo_prompts": "split"})
     assert r2m.SERTrainer(prompts_dataset="p.jsonl").cfg.ser.ppo_prompts.value == "world"

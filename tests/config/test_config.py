@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from r2m.config import (
-    Algorithm,
-    Config,
-    ConfigError,
-    RLConfig,
-    field_docs,
-    load_config,
-    replace_path,
-    to_dict,
-)
+from r2m.config.enums import Algorithm
+from r2m.config.root import Config
+from r2m.errors import ConfigError
+from r2m.config.training import RLConfig
+from r2m.config.parsing import field_docs, load_config, replace_path, to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,20 +107,16 @@ def test_configs_are_frozen_and_replace_makes_a_new_one() -> None:
 
 def test_round_trip_through_dict() -> None:
     cfg = load_config(None, ["rl.algorithm=grpo", "demo.arms=[rloo, gold]"])
-    from r2m.config import _build
+    from r2m.config.parsing import _build
 
     assert _build(Config, to_dict(cfg)) == cfg
 
 
 def _dataclasses(cls) -> list[type]:
     out = [cls]
-    for f in dataclasses.fields(cls):
-        if isinstance(f.type, str) and f.type[0].isupper():
-            import r2m.config as c
-
-            sub = getattr(c, f.type, None)
-            if sub is not None and dataclasses.is_dataclass(sub):
-                out += _dataclasses(sub)
+    for tp in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(tp):
+            out += _dataclasses(tp)
     return out
 
 
@@ -148,3 +140,18 @@ def test_demo_config_parses() -> None:
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     assert cfg.run.name == "demo" and "rloo" in cfg.demo.arms
     assert RLConfig().steps == cfg.rl.steps
+
+
+def test_sft_and_rm_share_one_definition_of_the_optimiser_fields() -> None:
+    """sft and rm inherit the loop's fields from SupervisedConfig: their YAML keys, own defaults and the section
+    named in errors."""
+    from r2m.config.training import RMConfig, SFTConfig, SupervisedConfig
+
+    shared = {f.name for f in dataclasses.fields(SupervisedConfig)}
+    assert shared == {"epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_steps",
+                      "log_every", "save_every"}
+    assert set(to_dict(SFTConfig())) == shared | {"max_length"} and set(to_dict(RMConfig())) == shared | {"init_from"}
+    assert (SFTConfig().epochs, SFTConfig().lr, RMConfig().epochs, RMConfig().lr) == (1.0, 3e-3, 2.0, 1e-3)
+    for section in ("sft", "rm"):
+        with pytest.raises(ConfigError, match=rf"^{section}\.warmup_ratio: expected in \[0, 1\)"):
+            load_config(None, [f"{section}.warmup_ratio=1.0"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from r2m.config.enums import Algorithm
 from r2m.core.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageInput,
     AdvantageOutput,
     AdvantageParams,
-    Estimator,
     GAEOutput,
     compute_advantages,
     compute_gae,
@@ -144,36 +144,38 @@ def test_reinforce_pp_returns_and_whitening() -> None:
     assert torch.allclose(raw.returns, expected)
     assert torch.allclose(raw.advantages, expected)
 
-    out = compute_advantages(Estimator.REINFORCE_PP, inp, AdvantageParams(gamma=0.9))
+    out = compute_advantages(Algorithm.REINFORCE_PP, inp, AdvantageParams(gamma=0.9))
     assert torch.allclose(out.returns, expected)
     valid = out.advantages[inp.mask.bool()]
     assert valid.mean().item() == pytest.approx(0.0, abs=1e-9)
     assert valid.std().item() == pytest.approx(1.0, abs=1e-6)
 
 
-def test_gae_estimator_uses_token_rewards() -> None:
+def test_ppo_estimator_is_gae_on_token_rewards() -> None:
     inp = _inputs(seed=4)
     params = AdvantageParams(gamma=0.99, lam=0.9, whiten=False)
-    out = compute_advantages("gae", inp, params)
+    out = compute_advantages("ppo", inp, params)
     # same token rewards as REINFORCE++ (its unwhitened advantages are γ-returns of them)
     token_rewards = compute_advantages("reinforce_pp", inp, AdvantageParams(gamma=0.0, whiten=False)).returns
     lengths = inp.mask.sum(-1).long().tolist()
     expected = _loop_gae(token_rewards, inp.values, lengths, 0.99, 0.9)
     assert torch.allclose(out.advantages, expected)
     assert torch.allclose(out.returns, (expected + inp.values) * inp.mask)
-    whitened = compute_advantages("gae", inp, AdvantageParams(gamma=0.99, lam=0.9)).advantages
+    whitened = compute_advantages("ppo", inp, AdvantageParams(gamma=0.99, lam=0.9)).advantages
     assert whitened[inp.mask.bool()].mean().item() == pytest.approx(0.0, abs=1e-9)
 
 
 # ------------------------------------------------------------------ registry
 
 
-def test_registry_covers_every_estimator() -> None:
-    assert set(ADVANTAGE_ESTIMATORS) == set(Estimator)
+def test_registry_covers_every_algorithm() -> None:
+    """One enum: every rl.algorithm has its estimator, keyed by the Algorithm itself (PPO: GAE)."""
+    assert set(ADVANTAGE_ESTIMATORS) == set(Algorithm)
+    assert ADVANTAGE_ESTIMATORS[Algorithm.PPO].__name__ == "gae_estimator"
 
 
-@pytest.mark.parametrize("estimator", list(Estimator))
-def test_every_estimator_zero_on_masked_positions(estimator: Estimator) -> None:
+@pytest.mark.parametrize("estimator", list(Algorithm))
+def test_every_estimator_zero_on_masked_positions(estimator: Algorithm) -> None:
     inp = _inputs(seed=5)
     out = compute_advantages(estimator.value, inp, AdvantageParams())
     assert isinstance(out, AdvantageOutput)
@@ -185,15 +187,15 @@ def test_every_estimator_zero_on_masked_positions(estimator: Estimator) -> None:
     assert torch.isfinite(out.advantages).all()
 
 
-@pytest.mark.parametrize("estimator", [Estimator.RLOO, Estimator.GRPO, Estimator.REMAX])
-def test_sequence_estimators_broadcast(estimator: Estimator) -> None:
+@pytest.mark.parametrize("estimator", [Algorithm.RLOO, Algorithm.GRPO, Algorithm.REMAX])
+def test_sequence_estimators_broadcast(estimator: Algorithm) -> None:
     inp = _inputs(seed=6)
     out = compute_advantages(estimator, inp)
     r = inp.scores - (inp.kl_penalty * inp.mask).sum(-1).view_as(inp.scores)
     expected = {
-        Estimator.RLOO: compute_rloo_advantage(r),
-        Estimator.GRPO: compute_grpo_advantage(r),
-        Estimator.REMAX: compute_remax_advantage(r, inp.baseline),
+        Algorithm.RLOO: compute_rloo_advantage(r),
+        Algorithm.GRPO: compute_grpo_advantage(r),
+        Algorithm.REMAX: compute_remax_advantage(r, inp.baseline),
     }[estimator]
     assert torch.allclose(out.advantages, expected.reshape(-1, 1) * inp.mask)
     assert torch.allclose(out.returns, r.reshape(-1, 1) * inp.mask)
@@ -216,7 +218,7 @@ def test_kl_penalty_lowers_rloo_reward() -> None:
 def test_unknown_estimator_lists_valid_names() -> None:
     with pytest.raises(ValueError) as err:
         compute_advantages("ppo2", _inputs())
-    for e in Estimator:
+    for e in Algorithm:
         assert e.value in str(err.value)
 
 
@@ -225,7 +227,7 @@ def test_missing_inputs_raise() -> None:
     with pytest.raises(ValueError, match="baseline"):
         compute_advantages("remax", AdvantageInput(scores=inp.scores, mask=inp.mask))
     with pytest.raises(ValueError, match="values"):
-        compute_advantages("gae", AdvantageInput(scores=inp.scores, mask=inp.mask))
+        compute_advantages("ppo", AdvantageInput(scores=inp.scores, mask=inp.mask))
     with pytest.raises(ValueError, match="mask"):
         compute_advantages("rloo", AdvantageInput(scores=inp.scores, mask=inp.mask[:-1]))
     with pytest.raises(ValueError, match="gamma"):
@@ -244,7 +246,7 @@ def test_grpo_constant_group_is_exactly_zero(value: float, k: int) -> None:
     assert torch.equal(compute_grpo_advantage(r), torch.zeros(2, k))
     assert torch.equal(compute_group_centered(r), torch.zeros(2, k))
     inp = AdvantageInput(scores=r, mask=torch.ones(2 * k, 3))
-    for est in (Estimator.GRPO, Estimator.DR_GRPO, Estimator.RLOO, Estimator.REINFORCE_PP_BASELINE):
+    for est in (Algorithm.GRPO, Algorithm.DR_GRPO, Algorithm.RLOO, Algorithm.REINFORCE_PP_BASELINE):
         adv = compute_advantages(est, inp).advantages
         assert torch.equal(adv, torch.zeros_like(adv)), est
 
@@ -268,7 +270,7 @@ def test_dr_grpo_by_hand() -> None:
     # no std scaling: scaling the rewards scales the advantage
     assert torch.allclose(compute_group_centered(4.0 * r), 4.0 * compute_group_centered(r))
     inp = _inputs(seed=7)
-    out = compute_advantages(Estimator.DR_GRPO, inp)
+    out = compute_advantages(Algorithm.DR_GRPO, inp)
     seq = inp.scores - (inp.kl_penalty * inp.mask).sum(-1).view_as(inp.scores)
     assert torch.allclose(out.advantages, (seq - seq.mean(-1, keepdim=True)).reshape(-1, 1) * inp.mask)
 
@@ -276,7 +278,7 @@ def test_dr_grpo_by_hand() -> None:
 def test_reinforce_pp_baseline_matches_loop() -> None:
     inp = _inputs(seed=8)
     n, k = inp.scores.shape
-    out = compute_advantages(Estimator.REINFORCE_PP_BASELINE, inp, AdvantageParams(gamma=1.0))
+    out = compute_advantages(Algorithm.REINFORCE_PP_BASELINE, inp, AdvantageParams(gamma=1.0))
     # The loop: centred score at each row's last token, minus beta*KL per token, reward-to-go, global whitening.
     m = inp.mask
     returns = torch.zeros_like(m)

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from r2m.core import alarm_eval as ae
-from r2m.core.monitor import AlarmConfig, Signal
+from r2m.config.monitor import MonitorConfig
+from r2m.core.monitor import Signal
 from r2m.errors import DataError
 
 STEP = 10
@@ -36,7 +37,7 @@ def test_alarm_selection_follows_best_before_alarm():
     assert ae.alarm_selection(run.rows, ae.only(Signal.TOKEN_JS, 0.5, 1)) == ae.Selection(5, None)
     # warmup 0 and a trip at evaluation 0: onset 0, nothing before it, the SFT policy (evaluation 0) is kept.
     early = _run([0.7] * 3, token_js=[0.2, 0.2, 0.2])
-    cfg = AlarmConfig(**{**ae.thresholds(ae.only(Signal.TOKEN_JS, 0.1, 1)), "warmup": 0})
+    cfg = MonitorConfig(**{**ae.thresholds(ae.only(Signal.TOKEN_JS, 0.1, 1)), "warmup": 0})
     assert ae.alarm_selection(early.rows, cfg) == ae.Selection(0, 0)
 
 

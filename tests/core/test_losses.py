@@ -8,7 +8,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from r2m.config import KLEstimator, LossAggregation
+from r2m.config.enums import KLEstimator, LossAggregation
 from r2m.core.losses import (
     GREBTLoss,
     aggregate,

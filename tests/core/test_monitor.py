@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
+from r2m.config.monitor import MonitorConfig
 from r2m.core.monitor import (
     SIGNAL_RULES,
-    AlarmConfig,
     Rule,
     Signal,
     centroid_drift,
@@ -204,9 +204,9 @@ def test_two_means_on_identical_rows_is_one_cluster():
 
 # --- the alarm rule ------------------------------------------------------------------------------------
 
-RULE = AlarmConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3, token_js=0.1,
-                   hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1, kl=0.07,
-                   min_signals=2, patience=2, warmup=1)
+RULE = MonitorConfig(check_disagreement_rise=0.1, proxy_gain_per_kl_ratio=0.25, length_rel_change=0.3, token_js=0.1,
+                     hidden_drift=0.2, hidden_separation_rise=0.05, fused_disagreement_rise=0.1, kl=0.07,
+                     min_signals=2, patience=2, warmup=1)
 """The rule these tests work by hand (every signal on; not the shipped defaults, which the validation sets)."""
 
 FLAT = {Signal.CHECK_DISAGREEMENT.value: 0.2, Signal.PROXY_GAIN_PER_KL.value: 1.2,
@@ -299,5 +299,5 @@ def test_alarm_missing_values_and_baselines():
     ("proxy_gain_per_kl_ratio", 1.5), ("check_disagreement_rise", float("nan")),
 ])
 def test_alarm_config_validation_names_the_field(field, value):
-    with pytest.raises(ConfigError, match=f"AlarmConfig.{field}"):
-        AlarmConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"monitor.{field}"):
+        MonitorConfig(**{field: value})

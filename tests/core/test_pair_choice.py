@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r2m.config import PairChoice, R2MConfig, load_config
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
+from r2m.config.parsing import load_config
 from r2m.core.pair_choice import PAIR_CHOICES, choose_gold, choose_pair, choose_random, choose_self, pair_seed
 from r2m.core.losses import group_reward_entropy, grebt_terms
 

@@ -12,7 +12,8 @@ import pickle
 import pytest
 
 from r2m.data.chat import ChatPrompt, prompt_messages
-from r2m.data.datasets import load_preferences, load_prompts, render_messages
+from r2m.data.datasets import load_preferences, load_prompts
+from r2m.data.adapters import render_messages
 from r2m.models.families import Family, save_family_model
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from r2m.data.jsonl import read_preferences
-from r2m.data.datasets import (
-    ADAPTERS,
-    FORMATS,
-    AdapterContext,
-    DatasetFormat,
-    OnMismatch,
-    RowKind,
-    load_preferences,
-    load_prompts,
-    load_rows,
-    load_sft,
-    render_messages,
-)
+from r2m.data.datasets import ADAPTERS, FORMATS, load_preferences, load_prompts, load_rows, load_sft
+from r2m.data.adapters import AdapterContext, RowKind, render_messages
+from r2m.config.paths import DatasetFormat
+from r2m.config.enums import OnMismatch
 from r2m.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -34,7 +26,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% en
 @pytest.fixture()
 def tok():
     """The world's word-level tokenizer: one token per space-separated word (unknown words -> <unk>)."""
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     return build_tokenizer("policy")
 
@@ -321,21 +313,22 @@ def test_missing_file_and_offline_hub_name(tmp_path) -> None:
 def test_rm_trains_on_a_real_schema_through_the_cli(tiny, world_artifacts, tmp_path) -> None:
     """`r2m rm data.format=ultrafeedback data.pref_train=...`: the adapter path is wired end to end."""
     from r2m.cli import main
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import ensure_world_rm_backbone
     from r2m.runtime.runlog import read_metrics
 
     fixture = FIXTURES / "ultrafeedback.jsonl"
+    held_out = Path(shutil.copy(fixture, tmp_path / "ultrafeedback_eval.jsonl"))  # one file for both is refused
     backbone = ensure_world_rm_backbone(load_config(None, tiny))
     args = [*tiny, f"run.root={tmp_path}", "run.name=uf", f"rm.init_from={backbone}", "data.format=ultrafeedback",
-            f"data.pref_train={fixture}", f"data.pref_eval={fixture}"]
+            f"data.pref_train={fixture}", f"data.pref_eval={held_out}"]
     assert main(["rm", *args]) == 0
     rows = read_metrics(tmp_path / "uf" / "metrics.jsonl")
     assert any("rm/loss" in r for r in rows) and any("rm/eval_acc" in r for r in rows)
 
 
 def test_unknown_format_is_a_config_error() -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.format: expected one of"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from r2m.data.jsonl import DataError, read_preferences, read_prompts, read_sft
+from r2m.data.jsonl import read_preferences, read_prompts, read_sft
+from r2m.errors import DataError
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from r2m.data.chat import prompt_messages
-from r2m.data.datasets import RowKind, Source, load_rows
+from r2m.data.datasets import Source, load_rows
+from r2m.data.adapters import RowKind
 from r2m.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -113,7 +114,7 @@ def test_config_picks_a_subset_of_a_dataset_directory(tmp_path) -> None:
 
 def test_per_path_formats_through_the_config(tmp_path) -> None:
     """Prompts from a TRL prompt-only dataset, pairs from UltraFeedback: each path in its own format."""
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.recipes.pipeline import read_rows
 
     prompts, pairs = FIXTURES / "trl_prompt_only.jsonl", FIXTURES / "ultrafeedback.jsonl"
@@ -124,7 +125,7 @@ def test_per_path_formats_through_the_config(tmp_path) -> None:
 
 
 def test_unknown_per_path_format_names_the_field() -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.formats.sft: expected null or one of"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from r2m.config import ArchConfig, WorldConfig
+from r2m.config.models import ArchConfig
+from r2m.config.run import WorldConfig
 from r2m.eval.analysis import (
     Checkpoint,
     HiddenStateAnalysisConfig,
@@ -32,7 +33,9 @@ from r2m.eval.analysis import (
 )
 from r2m.eval.judges import GoldJudge
 from r2m.models.loading import build_world_lm
-from r2m.world import build_tokenizer, format_prompt, make_response
+from r2m.world.tokenizer import build_tokenizer
+from r2m.world.task import format_prompt
+from r2m.world.data import make_response
 
 ARCH = ArchConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

@@ -13,14 +13,15 @@ from typing import Callable, Iterator, Optional
 import pytest
 import torch
 
-from r2m.config import JudgeConfig, WorldConfig, load_config, save_config
+from r2m.config.enums import JudgeMode
+from r2m.config.jobs import JudgeConfig
+from r2m.config.run import WorldConfig
+from r2m.config.parsing import load_config, save_config
 from r2m.errors import ConfigError
 from r2m.eval import judge_prompts
 from r2m.eval.judges import (
     ApiJudge,
-    ApiJudgeConfig,
     ChatClient,
-    CompareMode,
     GoldJudge,
     Judge,
     JudgeError,
@@ -28,7 +29,7 @@ from r2m.eval.judges import (
     RewardModelJudge,
     Scorer,
     Verdict,
-    api_judge_config,
+    resolve_judge,
     build_judge,
     combine_verdicts,
     pairwise_messages,
@@ -152,16 +153,17 @@ def _env(monkeypatch) -> None:
 
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
+    pytest.importorskip("openai", reason="the API judge's client is the r2m[openai] extra")
     s = FakeServer()
     yield s
     s.close()
 
 
-def _cfg(server: FakeServer, **changes) -> ApiJudgeConfig:
+def _cfg(server: FakeServer, **changes) -> JudgeConfig:
     base = dict(base_url=server.base_url, model="fake-judge", api_key_env="R2M_TEST_JUDGE_KEY", backoff_s=0.01,
-                max_backoff_s=0.05, timeout_s=5.0, max_concurrency=4, max_retries=3)
+                max_backoff_s=0.05, timeout=5.0, concurrency=4, max_retries=3, cache_dir="")
     base.update(changes)
-    return ApiJudgeConfig(**base)
+    return JudgeConfig(**base)
 
 
 def neutral_messages(tag: str = "") -> list[dict]:
@@ -234,7 +236,7 @@ def test_reward_model_judge_compares_by_score() -> None:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from r2m.models.reward import RewardModel
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("rm")
     torch.manual_seed(0)
@@ -273,6 +275,7 @@ def test_pairwise_asks_both_orders_consistent_judge(server) -> None:
 
 
 def test_position_biased_judge_gives_ties() -> None:
+    pytest.importorskip("openai", reason="the API judge's client is the r2m[openai] extra")
     server = FakeServer(position_biased_judge)
     try:
         details = ApiJudge(_cfg(server)).compare_detailed(PROMPTS, A, B)
@@ -283,7 +286,7 @@ def test_position_biased_judge_gives_ties() -> None:
 
 
 def test_single_answer_rubric_mode(server) -> None:
-    judge = ApiJudge(_cfg(server, mode=CompareMode.SINGLE))
+    judge = ApiJudge(_cfg(server, mode=JudgeMode.SINGLE))
     scores = judge.score(["q"] * 3, [f"{MARKER}!", "meh", "GARBLE"])
     assert scores[:2] == [4.0, 1.0] and math.isnan(scores[2])
     assert judge.stats.unparseable == 1
@@ -307,7 +310,7 @@ def test_retries_rate_limit(server) -> None:
 
 def test_retries_timeouts(server) -> None:
     server.delays = [1.0]  # the first request outlives the client's timeout
-    client = ChatClient(_cfg(server, timeout_s=0.2))
+    client = ChatClient(_cfg(server, timeout=0.2))
     assert client.complete(neutral_messages()).endswith("[[C]]")
     assert client.stats.retries == 1 and server.requests == 2
 
@@ -350,7 +353,7 @@ def test_duplicate_conversations_cost_one_request(server) -> None:
 
 def test_bounded_concurrency(server) -> None:
     server.delay = 0.05
-    client = ChatClient(_cfg(server, max_concurrency=3))
+    client = ChatClient(_cfg(server, concurrency=3))
     client.complete_many([neutral_messages(str(i)) for i in range(12)])
     assert server.requests == 12
     assert 1 < server.max_in_flight <= 3
@@ -387,13 +390,29 @@ def test_key_from_file_and_missing_key(server, tmp_path, monkeypatch) -> None:
         ChatClient(_cfg(server, api_key_file=str(tmp_path / "missing")))
 
 
+def test_without_the_openai_extra_the_api_judge_says_how_to_install_it(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ConfigError, match=r"the API judge .* openai client, which is not installed: "
+                                          r"pip install 'r2m\[openai\]'"):
+        ChatClient(JudgeConfig(api_key_env="R2M_TEST_JUDGE_KEY", cache_dir=""))
+
+
+def test_a_null_reply_is_unparseable_not_a_crash(server) -> None:
+    server.reply = lambda messages: None  # the fake then sends {"choices": [{"message": {"content": null}}]}
+    assert ChatClient(_cfg(server)).complete(neutral_messages()) == ""  # a null content: unparseable, no crash
+
+
 def test_config_validation() -> None:
-    with pytest.raises(ConfigError, match="judge.max_concurrency"):
-        ApiJudgeConfig(max_concurrency=0)
+    with pytest.raises(ConfigError, match="judge.concurrency"):
+        JudgeConfig(concurrency=0)
     with pytest.raises(ConfigError, match="judge.base_url"):
-        ApiJudgeConfig(base_url="localhost:8000")
+        JudgeConfig(base_url="localhost:8000")
+    with pytest.raises(ConfigError, match="judge.max_backoff_s"):
+        JudgeConfig(backoff_s=2.0, max_backoff_s=1.0)
     with pytest.raises(ConfigError) as err:
-        ApiJudgeConfig(api_key_env=KEY)  # a key pasted where the variable's name belongs
+        JudgeConfig(api_key_env=KEY)  # a key pasted where the variable's name belongs
     assert KEY not in str(err.value) and "NAME" in str(err.value)
 
 
@@ -403,41 +422,39 @@ def test_config_validation() -> None:
 
 
 def test_judge_config_precedence_config_then_env_then_default() -> None:
-    default = api_judge_config(JudgeConfig(), environ={})
+    default = resolve_judge(JudgeConfig(), environ={})
     assert (default.base_url, default.model, default.api_key_env, default.api_key_file) == \
         ("https://api.openai.com/v1", "gpt-4o-2024-08-06", "OPENAI_API_KEY", None)
-    assert (default.max_concurrency, default.max_retries, default.timeout_s, default.cache_dir, default.mode) == \
-        (4, 5, 60.0, ".r2m_judge_cache", CompareMode.PAIRWISE)
+    assert (default.concurrency, default.max_retries, default.timeout, default.cache_dir, default.mode) == \
+        (4, 5, 60.0, ".r2m_judge_cache", JudgeMode.PAIRWISE)
+    assert resolve_judge(default, environ={"R2M_JUDGE_MODEL": "env-model"}) == default  # resolved: nothing to fill
     env = {"R2M_JUDGE_BASE_URL": "http://env:1/v1", "R2M_JUDGE_MODEL": "env-model", "R2M_JUDGE_KEY_ENV": "ENV_KEY_VAR",
            "R2M_JUDGE_CONCURRENCY": "7", "R2M_JUDGE_MAX_RETRIES": "2", "R2M_JUDGE_TIMEOUT": "3.5",
            "R2M_JUDGE_MODE": "single", "R2M_JUDGE_CACHE": "/tmp/env-cache"}
-    from_env = api_judge_config(JudgeConfig(), environ=env)
-    assert (from_env.base_url, from_env.model, from_env.api_key_env, from_env.max_concurrency, from_env.max_retries,
-            from_env.timeout_s, from_env.mode, from_env.cache_dir) == \
-        ("http://env:1/v1", "env-model", "ENV_KEY_VAR", 7, 2, 3.5, CompareMode.SINGLE, "/tmp/env-cache")
+    from_env = resolve_judge(JudgeConfig(), environ=env)
+    assert (from_env.base_url, from_env.model, from_env.api_key_env, from_env.concurrency, from_env.max_retries,
+            from_env.timeout, from_env.mode, from_env.cache_dir) == \
+        ("http://env:1/v1", "env-model", "ENV_KEY_VAR", 7, 2, 3.5, JudgeMode.SINGLE, "/tmp/env-cache")
     cfg = JudgeConfig(base_url="http://cfg:2/v1", model="cfg-model", api_key_env="CFG_KEY_VAR", concurrency=3,
-                      max_retries=0, timeout=9.0, mode=CompareMode.PAIRWISE, cache_dir="")
-    both = api_judge_config(cfg, environ=env)  # the config wins field by field
-    assert (both.base_url, both.model, both.api_key_env, both.max_concurrency, both.max_retries, both.timeout_s,
+                      max_retries=0, timeout=9.0, mode=JudgeMode.PAIRWISE, cache_dir="")
+    both = resolve_judge(cfg, environ=env)  # the config wins field by field
+    assert (both.base_url, both.model, both.api_key_env, both.concurrency, both.max_retries, both.timeout,
             both.mode, both.cache_dir) == ("http://cfg:2/v1", "cfg-model", "CFG_KEY_VAR", 3, 0, 9.0,
-                                           CompareMode.PAIRWISE, None)  # cache_dir "" disables the cache
-    assert api_judge_config(JudgeConfig(model="m"), environ={"R2M_JUDGE_CACHE": ""}).cache_dir is None
+                                           JudgeMode.PAIRWISE, "")  # cache_dir "" disables the cache
+    assert resolve_judge(JudgeConfig(model="m"), environ={"R2M_JUDGE_CACHE": ""}).cache_dir == ""
     with pytest.raises(ConfigError, match="R2M_JUDGE_CONCURRENCY"):
-        api_judge_config(JudgeConfig(), environ={"R2M_JUDGE_CONCURRENCY": "lots"})
+        resolve_judge(JudgeConfig(), environ={"R2M_JUDGE_CONCURRENCY": "lots"})
 
 
 def test_judge_mode_is_an_enum_validated_where_it_is_read() -> None:
-    # eval.judge.mode is a JudgeMode once parsed (issue 13); CompareMode is the same Enum.
-    from r2m.config import JudgeMode
-
-    assert CompareMode is JudgeMode
+    # eval.judge.mode is a JudgeMode once parsed.
     assert load_config(None, ["eval.judge.mode=single"]).eval.judge.mode is JudgeMode.SINGLE
     with pytest.raises(ConfigError, match=r"eval\.judge\.mode: expected one of pairwise, single, got 'best'"):
         load_config(None, ["eval.judge.mode=best"])
     with pytest.raises(ConfigError, match=r"R2M_JUDGE_MODE: expected one of pairwise, single, got 'best'"):
-        api_judge_config(JudgeConfig(), environ={"R2M_JUDGE_MODE": "best"})
+        resolve_judge(JudgeConfig(), environ={"R2M_JUDGE_MODE": "best"})
     with pytest.raises(ConfigError, match=r"judge\.mode: expected a JudgeMode"):
-        ApiJudgeConfig(mode="single")  # a Python caller passes the Enum; strings are read by the parser and env
+        JudgeConfig(mode="single")  # a Python caller passes the Enum; strings are read by the parser and env
 
 
 def test_judge_config_fields_are_validated_without_echoing_a_key() -> None:

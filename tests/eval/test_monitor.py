@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from r2m.config import ArchConfig
+from r2m.config.models import ArchConfig
 from r2m.core.monitor import hidden_clustering, hidden_drift, rank_disagreement, token_drift
 from r2m.errors import DataError
 from r2m.eval.monitor import MonitorModels, PreviousEval, monitor_signals, response_states
 from r2m.eval.policy import PolicySamples
 from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import RewardOutput
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 ARCH = ArchConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 from r2m.errors import DataError
 from r2m.eval.judges import GoldJudge
 from r2m.eval.winrate import (

@@ -16,13 +16,20 @@ import pytest
 import torch
 
 from r2m.experience import generation
-from r2m.config import ArchConfig, ConfigError, RLConfig, VLLMConfig, WorldConfig, load_config
+from r2m.config.models import ArchConfig
+from r2m.errors import ConfigError
+from r2m.config.training import RLConfig, VLLMConfig
+from r2m.config.run import WorldConfig
+from r2m.config.parsing import load_config
 from r2m.experience.generation import HFGenerator, VLLMGenerator, build_generator, policy_weights
 from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
-from r2m.experience.rollout import ExperienceMaker, response_forward
-from r2m.experience.sampling import generate, left_pad
-from r2m.world import build_tokenizer, format_prompt
+from r2m.experience.rollout import ExperienceMaker
+from r2m.models.logprobs import response_forward
+from r2m.experience.sampling import generate
+from r2m.models.forward import left_pad
+from r2m.world.tokenizer import build_tokenizer
+from r2m.world.task import format_prompt
 
 DIGITS = ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0], [6, 3], [1, 2, 0])
 
@@ -221,6 +228,9 @@ def test_vllm_engine_and_sampling_arguments(fake_vllm) -> None:
     sp = llm.params[-1]
     assert [p.kwargs["temperature"] for p in sp] == [0.7] * 3
     assert all(p.top_p == 1.0 and p.top_k == -1 and p.n == 1 and p.max_tokens == 4 for p in sp)
+    # every sampling field at its neutral value, explicitly: nothing left to the engine's or checkpoint's defaults
+    assert all(p.min_p == 0.0 and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+               and p.frequency_penalty == 0.0 and p.min_tokens == 0 and p.ignore_eos is False for p in sp)
     assert all(p.stop_token_ids == [tok.eos_token_id] for p in sp)
     seeds = [p.seed for p in sp]
     assert seeds == list(range(seeds[0], seeds[0] + 3))  # one draw from torch's RNG, one seed per request
@@ -300,14 +310,14 @@ def test_missing_vllm_or_cuda_is_a_clear_config_error(monkeypatch) -> None:
 
 def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, capsys) -> None:
     import r2m.recipes.pipeline
-    import r2m.recipes.rl.run
+    import r2m.recipes.rl.build
     from r2m.cli import main
 
     def no_build(*a, **k):
         raise AssertionError("world artifacts or models were built before the check")
 
     # Where the RL run looks the name up (its module's top-level import), and at its home.
-    monkeypatch.setattr(r2m.recipes.rl.run, "resolve_inputs", no_build)
+    monkeypatch.setattr(r2m.recipes.rl.build, "resolve_inputs", no_build)
     monkeypatch.setattr(r2m.recipes.pipeline, "resolve_inputs", no_build)
     monkeypatch.setitem(sys.modules, "vllm", None)
     root = Path(tiny[-1].split("=", 1)[1])
@@ -322,18 +332,19 @@ def test_rl_refuses_vllm_without_it_before_building_anything(monkeypatch, tiny, 
 def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
     """End to end with the fake: samples come from the engine, h from the policy's log-prob pass, and the
     engine gets the updated weights after every step."""
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
-    rl = RLRun(load_config(None, [*tiny, "run.name=vllm-r2m", "rl.generator=vllm", "reward.r2m.enabled=true"]))
+    rl = build_run(load_config(None, [*tiny, "run.name=vllm-r2m", "rl.generator=vllm", "reward.r2m.enabled=true"]))
     assert isinstance(rl.generator, VLLMGenerator) and rl.maker.generator is rl.generator
     llm = FakeLLM.instances[0]
     assert llm.kwargs["model"] == rl.inputs.policy and llm.kwargs["max_model_len"] == 64  # 64 + 10, capped by the model
-    policy = rl.acc.unwrap_model(rl.policy)
+    policy = rl.models.unwrapped_policy()
 
-    idx = [0, 1, 2, 3]
-    exp = rl.maker.make([rl.train.texts[i] for i in idx], [rl.train.ids[i] for i in idx], step=0)
+    idx, train = [0, 1, 2, 3], rl.train_prompts
+    exp = rl.maker.make([train.texts[i] for i in idx], [train.ids[i] for i in idx], step=0)
     params = llm.params[-1]
-    prompts = [ids for i in idx for ids in [rl.train.ids[i]] * rl.cfg.rl.k]
+    prompts = [ids for i in idx for ids in [train.ids[i]] * rl.cfg.rl.k]
     for j, (row, m) in enumerate(zip(exp.sequences[:, exp.prompt_len:], exp.action_mask)):
         assert row[m.bool()].tolist() == fake_tokens(prompts[j], j, params[j])  # the engine's samples
     B, S = exp.sequences.shape
@@ -345,13 +356,13 @@ def test_rl_steps_with_vllm_and_r2m(fake_vllm, tiny, world_artifacts) -> None:
 
     assert len(llm.model.loads) == 1
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    m1 = rl.step(1)
+    m1 = train_step(rl, 1)
     assert "r2m/grebt" in m1 and m1["r2m/hidden_mb"] > 0 and "loss/policy" in m1
     assert len(llm.model.loads) == 2
     pushed = llm.model.loads[-1]
     assert all(torch.equal(pushed[k], v) for k, v in policy.state_dict().items())  # the updated weights
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
-    rl.step(2)
+    train_step(rl, 2)
     assert len(llm.model.loads) == 3 and len(llm.params) == 3
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import WorldConfig
+from r2m.config.run import WorldConfig
 from r2m.experience.rewards import GoldReward, RewardQuery, is_world_prompt_set, noise_like, noise_seed
-from r2m.world import format_prompt, gold_rewards
+from r2m.world.task import format_prompt, gold_rewards
 
 PROMPTS = [format_prompt([3, 1, 2]), format_prompt([5, 4])]
 RESPONSES = ["1 2 3 <eos>", "5 4 <eos>"]

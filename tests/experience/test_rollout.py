@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import ArchConfig
+from r2m.config.models import ArchConfig
 from r2m.models.loading import build_world_lm
-from r2m.experience.rollout import Experience, feedback_states, response_forward, text_feedback
-from r2m.experience.sampling import generate, left_pad, position_ids, tokenize_prompts
-from r2m.world import build_tokenizer
+from r2m.experience.rollout import Experience
+from r2m.models.feedback import feedback_states, text_feedback
+from r2m.models.logprobs import response_forward
+from r2m.experience.sampling import generate, tokenize_prompts
+from r2m.models.forward import left_pad, position_ids
+from r2m.world.tokenizer import build_tokenizer
 
 
 def _policy():
@@ -78,7 +81,8 @@ PROMPTS = ["<bos> 3 1 2 =>", "<bos> 1 =>", "<bos> 4 4 2 1 =>", "<bos> 2 3 =>"]
 def _maker(**rl):
     import copy
 
-    from r2m.config import RLConfig, WorldConfig
+    from r2m.config.training import RLConfig
+    from r2m.config.run import WorldConfig
     from r2m.experience.rewards import GoldReward
     from r2m.experience.rollout import ExperienceMaker
 
@@ -167,3 +171,37 @@ def test_same_pair_same_h_whatever_padding_and_batch() -> None:
     assert ref.shape[0] == len(prompt) + len(response) - 1
     torch.testing.assert_close(_kept(fb_batch, 0), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(_kept(fb_text, 0), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_h_goes_to_the_hidden_store_a_chunk_at_a_time() -> None:
+    """reward.r2m.hidden_device=cpu lowers the peak: each log-prob chunk's h moves to the store (its device and
+    dtype) as it is made, so the step's whole h never exists where the policy runs."""
+    import copy
+
+    from r2m.config.training import RLConfig
+    from r2m.experience.rewards import RewardOutput
+    from r2m.experience.rollout import ExperienceMaker, HiddenStore
+
+    seen = []
+
+    class Store(HiddenStore):
+        def states(self, hidden):
+            seen.append(hidden.shape[0])
+            return super().states(hidden)
+
+    class Reward:  # reads h, as R2M's does
+        needs_policy_hidden, reward_model = True, None
+
+        def __call__(self, query):
+            assert query.policy_hidden.dtype == torch.bfloat16
+            return RewardOutput(query.policy_hidden.float().mean((1, 2)))
+
+    policy, tok = _policy()
+    maker = ExperienceMaker(policy, copy.deepcopy(policy), tok, Reward(),
+                            RLConfig(prompts_per_step=4, k=2, max_new_tokens=6, rollout_batch_size=3),
+                            torch.device("cpu"), hidden_store=Store(torch.device("cpu"), torch.bfloat16))
+    prompts = tokenize_prompts(tok, PROMPTS, 64, "truncate")
+    torch.manual_seed(0)
+    exp = maker.make(prompts.texts, prompts.ids)
+    assert seen == [3, 3, 2] and exp.policy_hidden.dtype == torch.bfloat16
+    assert exp.policy_hidden.shape == (8, exp.sequences.shape[1] - 1, 32)

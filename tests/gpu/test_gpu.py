@@ -18,31 +18,33 @@ import os
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 
 DEVICE = os.environ.get("R2M_GPU_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(), reason="needs CUDA")]
 
-BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", f"run.device={DEVICE}"]
+BF16 = ["policy.dtype=bfloat16", "reward.dtype=bfloat16", "run.mixed_precision=bf16", f"run.device={DEVICE}"]
 
 
 def test_bf16_rloo_r2m_step(tiny, world_artifacts) -> None:
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
-    run = RLRun(load_config(None, [*tiny, *BF16, "reward.r2m.enabled=true", "run.name=gpu-bf16-step"]))
-    policy = run.acc.unwrap_model(run.policy)
+    run = build_run(load_config(None, [*tiny, *BF16, "reward.r2m.enabled=true", "run.name=gpu-bf16-step"]))
+    policy = run.models.unwrapped_policy()
     first = next(policy.parameters())
-    assert first.dtype == torch.bfloat16 and first.device.type == DEVICE
+    assert first.dtype == torch.float32 and first.device.type == DEVICE  # fp32 master weights (r2m.runtime.precision)
+    assert next(run.models.ref.parameters()).dtype == torch.bfloat16  # the frozen reference keeps policy.dtype
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    rm_before = run.rm_updater.model.trainable_state()
-    rows = [run.step(s) for s in (1, 2)]
+    rm_before = run.grebt.model.trainable_state()
+    rows = [train_step(run, s) for s in (1, 2)]
     for row in rows:
         assert "guard/skipped_step" not in row and row.get("guard/skipped_minibatches", 0) == 0, row
         for key in ("loss/policy", "r2m/grebt", "reward/proxy", "kl", "policy/grad_norm"):
             assert math.isfinite(row[key]), (key, row[key])
     changed = {n: (before[n] != p.detach()).float().mean().item() for n, p in policy.named_parameters()}
-    rm_after = run.rm_updater.model.trainable_state()
+    rm_after = run.grebt.model.trainable_state()
     rm_changed = [k for k in rm_before if not torch.equal(rm_before[k], rm_after[k])]
     print(f"\n[gpu] bf16 RLOO+R2M on {DEVICE}: loss/policy {[round(r['loss/policy'], 4) for r in rows]}, "
           f"r2m/grebt {[round(r['r2m/grebt'], 4) for r in rows]}, policy tensors changed "

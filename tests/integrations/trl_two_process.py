@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from r2m.config import R2MConfig
+from r2m.config.models import R2MConfig
 from r2m.integrations.trl import R2MCallback, R2MReward
 
 

@@ -35,7 +35,7 @@ def _save(arch: str, kind: str, variant: str, out: Path) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer(variant)
     torch.manual_seed(0)

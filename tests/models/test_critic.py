@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from r2m.config import ArchConfig
-from r2m.errors import ModelError
+from r2m.config.models import ArchConfig
+from r2m.errors import FormatVersionError, ModelError
 from r2m.models.critic import ValueModel, build_critic, load_critic, save_critic
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.reward import RewardModel, last_token_index
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 ARCH = ArchConfig(hidden_size=24, num_layers=1, num_heads=2, intermediate_size=48)
 
@@ -133,4 +135,10 @@ def test_errors(dirs, tmp_path) -> None:
         build_critic("value", dirs[0])
     with pytest.raises(ModelError, match="critic.json"):
         load_critic(tmp_path)
+    out = save_critic(build_critic("policy", dirs[0]), tmp_path / "critic")
+    meta = json.loads((out / "critic.json").read_text())
+    (out / "critic.json").write_text(json.dumps({**meta, "format_version": 0}))
+    with pytest.raises(FormatVersionError, match=r"critic\.json: this PPO critic directory has format version 0; "
+                                                 r"this r2m reads version 1"):
+        load_critic(out)
 

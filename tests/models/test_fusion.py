@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from r2m.models import omega
-from r2m.models.fusion import PolicyFeedbackFusion
+from r2m.models.fusion import PolicyFeedbackFusion, omega
 
 
 def test_omega_schedule() -> None:
@@ -69,3 +68,61 @@ def test_zero_init_outputs_zero() -> None:
     assert r.w_o.weight.abs().sum() > 0
     with pytest.raises(ValueError, match="init"):
         PolicyFeedbackFusion(6, 9, 4, init="xavier")
+
+
+# ------------------------------------------------------------------ no k, no v
+
+
+def _kv_fusion(f: PolicyFeedbackFusion, rte, h, mask):
+    """Eq. 3 as written: k = h W_k and v = h W_v formed, (B, H, S, dh) each."""
+    B, S, _ = h.shape
+    H, dh = f.num_heads, f.head_dim
+    q = f.w_q(rte).view(B, H, 1, dh)
+    k = f.w_k(h).view(B, S, H, dh).transpose(1, 2)
+    v = f.w_v(h).view(B, S, H, dh).transpose(1, 2)
+    valid = mask.bool().view(B, 1, 1, S)
+    scores = ((q @ k.transpose(-1, -2)) / math.sqrt(dh)).masked_fill(~valid, torch.finfo(h.dtype).min)
+    attn = torch.softmax(scores, dim=-1) * valid.any(-1, keepdim=True)
+    return f.w_o((attn @ v).transpose(1, 2).reshape(B, H * dh))
+
+
+def _ragged_batch(B: int, S: int, D: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h = 0.7 * torch.randn(B, S, D, generator=g) + 0.3
+    mask = torch.zeros(B, S, dtype=torch.long)
+    for i in range(B - 1):  # left padding, right padding, both; the last row has no valid position
+        lo, hi = (i * 2) % 5, S - (i * 3) % 4
+        mask[i, lo:hi] = 1
+    return h, mask
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_fusion_equals_the_kv_formulation_in_value_and_gradient(heads) -> None:
+    torch.manual_seed(0)
+    f = PolicyFeedbackFusion(rm_dim=12, policy_dim=20, inner_dim=16, num_heads=heads)
+    rte = 0.7 * torch.randn(6, 12)
+    h, mask = _ragged_batch(6, 9, 20)
+    weights = torch.randn(6, 12)
+    params = list(f.parameters())
+    new, old = f(rte, h, mask), _kv_fusion(f, rte, h, mask)
+    torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad((new * weights).sum(), params), torch.autograd.grad((old * weights).sum(), params)):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    assert torch.equal(new[-1], torch.zeros(12))  # the row without a valid position
+
+
+def test_fusion_forms_no_k_or_v() -> None:
+    """Nothing of shape (B, S, d) (k, v or their gradients) in the forward or the backward: with d = 8·D_p the
+    largest tensor is h-sized."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from memory_probe import Allocations
+
+    B, S, D_p, d = 4, 50, 8, 64
+    f = PolicyFeedbackFusion(rm_dim=6, policy_dim=D_p, inner_dim=d, num_heads=2)
+    h, mask = _ragged_batch(B, S, D_p)
+    with Allocations() as probe:
+        f(torch.randn(B, 6), h, mask).sum().backward()
+    assert not probe.with_numel_at_least(B * S * d // 2), probe.with_numel_at_least(B * S * d // 2)

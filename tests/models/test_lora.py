@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import ArchConfig, ConfigError, load_config
+from r2m.config.models import ArchConfig
+from r2m.errors import ConfigError
+from r2m.config.parsing import load_config
 
 
 def _lora_rl_cfg(tiny, name: str, *extra: str):
@@ -29,20 +31,23 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
 
     from r2m.models.loading import load_policy
     from r2m.models.lora import AdapterFreeReference, is_peft
-    from r2m.experience.rollout import response_forward
-    from r2m.recipes.rl.run import RLRun
+    from r2m.models.logprobs import response_forward
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.checkpoints import save_checkpoint
+    from r2m.recipes.rl.run import finish_run
+    from r2m.recipes.rl.step import train_step
 
     policy_dir = str(world_artifacts[0])
     cfg = _lora_rl_cfg(tiny, "lora-rl", "rl.save_every=1")
-    rl = RLRun(cfg)
-    policy = rl.acc.unwrap_model(rl.policy)
-    assert is_peft(policy) and isinstance(rl.ref, AdapterFreeReference)
+    rl = build_run(cfg)
+    policy = rl.models.unwrapped_policy()
+    assert is_peft(policy) and isinstance(rl.models.ref, AdapterFreeReference)
     assert all(("lora_" in n) == p.requires_grad for n, p in policy.named_parameters())
     lora0, base0 = _split(policy)
 
-    m1 = rl.step(1)
-    rl.save_checkpoint(1)
-    m2 = rl.step(2)
+    m1 = train_step(rl, 1)
+    save_checkpoint(rl.resumable, rl.cfg, rl.run, 1)
+    m2 = train_step(rl, 2)
     for m in (m1, m2):
         assert all(torch.isfinite(torch.tensor(m[k])) for k in ("loss/total", "loss/policy", "kl", "reward/proxy"))
     lora2, base2 = _split(policy)
@@ -50,7 +55,7 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
     assert sum(not torch.equal(lora0[k], lora2[k]) for k in lora0) >= len(lora0) // 2, "the adapters did not train"
 
     # The reference is the base model: its log-probs are the SFT policy's exactly, while the policy moved.
-    prompts = rl.train.texts[:4], rl.train.ids[:4]
+    prompts = rl.train_prompts.texts[:4], rl.train_prompts.ids[:4]
     exp = rl.maker.make(*prompts, step=2)
     sft = load_policy(policy_dir).eval()
     with torch.no_grad():
@@ -62,7 +67,7 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
     # The checkpoint holds the adapter only; the final policy is a plain merged model plus the adapter.
     ckpt = Path(cfg.run.root) / "lora-rl" / "checkpoints" / "step-000001" / "policy"
     assert (ckpt / "adapter_config.json").exists() and not (ckpt / "model.safetensors").exists()
-    rl.finish()
+    finish_run(rl)
     final = Path(cfg.run.root) / "lora-rl" / "checkpoints" / "final"
     plain = AutoModelForCausalLM.from_pretrained(final)
     merged = copy.deepcopy(policy).merge_and_unload().state_dict()
@@ -73,9 +78,9 @@ def test_lora_rl_trains_adapters_only_and_resumes(tiny, world_artifacts) -> None
         torch.testing.assert_close(v, merged[k], rtol=0, atol=1e-6)
 
     # Resume from step 1: step 2 computes what the uninterrupted run did.
-    resumed = RLRun(_lora_rl_cfg(tiny, "lora-rl", "rl.save_every=1", "run.resume=auto"))
-    assert resumed.start_step == 1 and is_peft(resumed.acc.unwrap_model(resumed.policy))
-    r2 = resumed.step(2)
+    resumed = build_run(_lora_rl_cfg(tiny, "lora-rl", "rl.save_every=1", "run.resume=auto"))
+    assert resumed.progress.start_step == 1 and is_peft(resumed.models.unwrapped_policy())
+    r2 = train_step(resumed, 2)
     for key in ("loss/total", "reward/proxy", "kl", "policy/grad_norm"):
         assert r2[key] == pytest.approx(m2[key], rel=1e-5, abs=1e-7), key
     resumed.run.close()
@@ -93,21 +98,23 @@ def test_lora_policy_with_r2m_runs_a_step(tiny, world_artifacts) -> None:
 
 
 def test_lora_policy_with_ppo_and_checkpointed_critic(tiny, world_artifacts) -> None:
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
-    rl = RLRun(_lora_rl_cfg(tiny, "lora-ppo", "rl.algorithm=ppo", "policy.gradient_checkpointing=true"))
-    assert any(getattr(m, "gradient_checkpointing", False) for m in rl.acc.unwrap_model(rl.critic).modules())
-    m = rl.step(1)
+    rl = build_run(_lora_rl_cfg(tiny, "lora-ppo", "rl.algorithm=ppo", "policy.gradient_checkpointing=true"))
+    critic = rl.models.acc.unwrap_model(rl.models.critic)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in critic.modules())
+    m = train_step(rl, 1)
     assert all(torch.isfinite(torch.tensor(m[k])) for k in ("loss/total", "loss/value", "critic/explained_var"))
     rl.run.close()
 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(lora: bool) -> None:
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.models.loading import build_world_lm
     from r2m.models.lora import apply_lora, enable_gradient_checkpointing
-    from r2m.world import build_tokenizer
+    from r2m.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer("policy")
     arch = ArchConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -171,7 +178,7 @@ def test_adapter_directories_load_merged_and_bad_ones_are_refused(tmp_path) -> N
 
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from r2m.config import LoRAConfig
+    from r2m.config.models import LoRAConfig
     from r2m.errors import ModelError
     from r2m.models.loading import load_policy, load_reward_model
     from r2m.models.lora import apply_lora, merged_copy
@@ -236,15 +243,16 @@ def fresh_accelerate_state():
 @pytest.mark.parametrize("lora", [False, True])
 def test_bf16_on_cpu_reference_matches_the_policy_at_start(lora, tiny, world_artifacts, fresh_accelerate_state,
                                                            monkeypatch) -> None:
-    from r2m.recipes.rl.run import RLRun
+    from r2m.recipes.rl.build import build_run
+    from r2m.recipes.rl.step import train_step
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     policy_dir, rm_dir, _ = world_artifacts  # explicit paths: a bf16 run does not rebuild the fp32 world
     cfg = load_config(None, [*tiny, f"run.name=bf16-{lora}", "run.device=cpu", "run.mixed_precision=bf16",
                              f"policy.path={policy_dir}", f"reward.path={rm_dir}", f"policy.lora.enabled={lora}"])
-    rl = RLRun(cfg)
-    assert rl.acc.mixed_precision == "bf16"
-    m = rl.step(1)
+    rl = build_run(cfg)
+    assert rl.models.acc.mixed_precision == "bf16"
+    m = train_step(rl, 1)
     assert torch.isfinite(torch.tensor(m["loss/total"]))
     assert m["kl"] == pytest.approx(0.0, abs=1e-6), "the reference must run in the policy's autocast"
     rl.run.close()

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import load_config
-from r2m.config.monitor import ALARM_RULE, THRESHOLDS, MonitorConfig
-from r2m.core.monitor import Alarm, AlarmConfig, Reason, Rule, Signal, first_alarm
+from r2m.config.parsing import load_config
+from r2m.config.monitor import ALARM_RULE, THRESHOLD_OF, THRESHOLDS, MonitorConfig
+from r2m.core.monitor import SIGNAL_FIELDS, Alarm, Reason, Rule, Signal, first_alarm
 from r2m.errors import ConfigError
-from r2m.recipes.alarm import BEST, alarm_config, describe
+from r2m.recipes.alarm import BEST, describe
 
 # Only hidden_drift counts, with a threshold any trained policy passes; evaluation 1 is warm-up, so the
 # alarm fires at evaluation 3 (steps 2 and 3 trip, patience 2) and keeps evaluation 1's policy (step 1).
@@ -23,12 +23,15 @@ FORCED = ["rl.monitor.check_disagreement_rise=null", "rl.monitor.proxy_gain_per_
 
 
 def test_monitor_config_is_the_alarm_config() -> None:
-    """rl.monitor's threshold and rule fields are AlarmConfig's, with the same defaults and docstrings' sense."""
-    alarm_fields = {f.name: f.default for f in dataclasses.fields(AlarmConfig)}
-    ours = {f.name: f.default for f in dataclasses.fields(MonitorConfig) if f.name in alarm_fields}
-    assert set(THRESHOLDS + ALARM_RULE) == set(alarm_fields) and ours == alarm_fields
-    assert alarm_config(MonitorConfig()) == AlarmConfig()
-    assert alarm_config(MonitorConfig(token_js=None, patience=3)) == AlarmConfig(token_js=None, patience=3)
+    """rl.monitor is the alarm's one config type: a threshold field per signal, the rule's fields, and the
+    monitor's own switches; the thresholds are read by signal."""
+    names = {f.name for f in dataclasses.fields(MonitorConfig)}
+    assert set(THRESHOLDS + ALARM_RULE) | {"enabled", "check_rm", "world_check_rm"} == names
+    assert set(THRESHOLD_OF) == {s.value for s in Signal} and dict(SIGNAL_FIELDS) == {s: THRESHOLD_OF[s.value]
+                                                                                      for s in Signal}
+    cfg = MonitorConfig(token_js=None, kl=0.5)
+    assert cfg.threshold(Signal.TOKEN_JS) is None and cfg.threshold(Signal.KL) == 0.5
+    assert cfg.threshold(Signal.HIDDEN_DRIFT) == MonitorConfig().hidden_drift
 
 
 @pytest.mark.parametrize("override, match", [("rl.monitor.token_js=-0.1", "rl.monitor.token_js"),
@@ -65,7 +68,7 @@ def _core(rows: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def unarmed(tiny, world_artifacts):
     """The forced-alarm run without stop_on_alarm, with a checkpoint at every step."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     return run_rl(load_config(None, [*tiny, *FORCED, "rl.save_every=1", "run.keep_checkpoints=0",
                                      "run.name=alarm-unarmed"]))
@@ -86,7 +89,7 @@ def test_the_monitor_runs_in_every_rl_run_and_the_alarm_is_logged(unarmed) -> No
 
 
 def test_the_monitor_leaves_the_trajectory_alone(tiny, unarmed) -> None:
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     off = run_rl(load_config(None, [*tiny, *FORCED, "rl.monitor.enabled=false", "run.name=alarm-off"]))
     assert not any(k.startswith("monitor/") for r in off.history for k in r)
@@ -96,7 +99,7 @@ def test_the_monitor_leaves_the_trajectory_alone(tiny, unarmed) -> None:
 @pytest.fixture(scope="module")
 def armed(tiny, world_artifacts):
     """The forced-alarm run with stop_on_alarm."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     return run_rl(load_config(None, [*tiny, *FORCED, "rl.stop_on_alarm=true", "run.name=alarm-armed"]))
 
@@ -119,7 +122,7 @@ def test_stop_on_alarm_stops_and_keeps_the_checkpoint_before_the_onset(armed, un
 
 def test_a_run_stopped_by_its_alarm_resumes_unarmed(tiny, armed, unarmed) -> None:
     """A false alarm: resume with rl.stop_on_alarm=false (a resume-free field) and train on to rl.steps."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     armed = [*tiny, *FORCED, "run.name=alarm-armed"]
     res = run_rl(load_config(None, [*armed, "rl.stop_on_alarm=false", "run.resume=auto"]))
@@ -131,7 +134,7 @@ def test_a_run_stopped_by_its_alarm_resumes_unarmed(tiny, armed, unarmed) -> Non
 def test_first_alarm_on_the_logged_rows_matches_the_run(unarmed) -> None:
     evals = [r for r in unarmed.history if "eval/length" in r]
     cfg = load_config(unarmed.run_dir / "config.yaml")
-    alarm = first_alarm(evals, alarm_config(cfg.rl.monitor))
+    alarm = first_alarm(evals, cfg.rl.monitor)
     assert alarm.index == 3 and alarm.onset == 2
 
 
@@ -167,7 +170,7 @@ def test_stop_on_alarm_needs_the_monitor() -> None:
 
 def test_armed_on_resume_without_the_snapshot_it_needs(tiny, world_artifacts, caplog) -> None:
     """Unarmed up to step 1, resumed armed: the alarm at step 3 needs step 1's policy, never saved."""
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     base = [*tiny, *FORCED, "rl.save_every=1", "run.name=alarm-late"]
     run_rl(load_config(None, [*base, "rl.steps=2"]))  # a training checkpoint at step 1 only

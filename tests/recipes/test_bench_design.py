@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.core.frontier import Claim
 from r2m.recipes.bench_design import (
     ARM_OVERRIDES,
@@ -138,7 +138,8 @@ def test_best_setting_uses_only_complete_points() -> None:
 
 def test_world_overrides_and_presets() -> None:
     assert "world.length_bias=0.0" in world_overrides("noisy")
-    assert "world.rm_prompt_digits=2" in world_overrides("blind")
+    assert "world.rm_prompt_digits=1" in world_overrides("blind")
+    assert "world.mixture.wrong_digit=0.33" in world_overrides("blind")  # nested preset fields flatten
     with pytest.raises(ValueError, match="bench world"):
         world_overrides("nowhere")
     with pytest.raises(ValueError, match="bench preset"):

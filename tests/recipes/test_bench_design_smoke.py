@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.recipes.pipeline import ensure_world_rm
 from r2m.recipes.bench_design import SMOKE, Arm, KLRegime, design_runs
 from r2m.recipes.bench_verdicts import rl_result
 from r2m.runtime.runlog import read_metrics
-from r2m.trainers.pg import run_rl
+from r2m.recipes.rl.run import run_rl
 
 
 def _pick(world: str, arm: Arm, regime: KLRegime = KLRegime.FIXED):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from r2m.cli import main
-from r2m.experience.rollout import response_forward
+from r2m.models.logprobs import response_forward
 from r2m.models.families import Family, Size, model_config, train_tokenizer
 from r2m.recipes import bench_memory as bm
 from r2m.recipes import bench_memory_phases as ph

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from r2m.cli import main
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.recipes.monitor import replay
 from r2m.reports.monitor_plot import trip_line
 from r2m.core.monitor import Signal
@@ -15,7 +15,7 @@ from r2m.core.monitor import Signal
 
 @pytest.fixture(scope="module")
 def run_dir(tiny, world_artifacts):
-    from r2m.trainers.pg import run_rl
+    from r2m.recipes.rl.run import run_rl
 
     res = run_rl(load_config(None, [*tiny, "rl.steps=3", "rl.lr=1e-3", "eval.samples_per_prompt=2",
                                     "run.name=monitor-cli"]))

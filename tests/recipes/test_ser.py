@@ -12,30 +12,21 @@ import torch
 from safetensors.torch import load_file
 
 from r2m.cli import main
-from r2m.config import Calibration, ConfigError, KeepLoop, PairLoss, RMConfig, SERConfig, load_config
+from r2m.config.enums import Calibration, KeepLoop, PairLoss
+from r2m.errors import ConfigError
+from r2m.config.training import RMConfig
+from r2m.config.jobs import SERConfig
+from r2m.config.parsing import load_config
 from r2m.core.losses import margin_pairwise_loss
 from r2m.recipes.pipeline import ensure_world_rm_backbone
 from r2m.runtime.runlog import read_metrics
 from r2m.updates.supervised import num_steps
-from r2m.recipes.ser import (
-    STATE_FILE,
-    LearningStatus,
-    ScoreCalibration,
-    Selection,
-    StatusEvidence,
-    calibrate,
-    filter_pairs,
-    kept_loop,
-    last_loop,
-    learning_status,
-    make_splits,
-    pair_loss,
-    platt_scale,
-    pseudo_quality,
-    release_filter,
-    status_evidence,
-    steps_config,
-)
+from r2m.recipes.ser import last_loop
+from r2m.reports.ser_report import STATE_FILE
+from r2m.ser.rules import (LearningStatus, ScoreCalibration, Selection, StatusEvidence, calibrate, filter_pairs,
+                           kept_loop, learning_status, pair_loss, platt_scale, release_filter, status_evidence)
+from r2m.ser.data import make_splits, pseudo_quality
+from r2m.recipes.ser_rm import steps_config
 
 T = torch.tensor
 # Thresholds exact in binary, so that the boundary cases test the comparison and not float rounding.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.recipes.ser_rm import build_trainable_rm, load_rm as _load_rm, save_trainable_rm
 from r2m.world.view import MaskedPromptView, mask_prompt
 

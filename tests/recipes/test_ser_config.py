@@ -1,7 +1,8 @@
-"""SER's nested config (issue 13): ser.lora (a LoRAConfig), ser.rl (the PPO stage's rl.* overrides), one RM factory.
+"""SER's nested config: ser.lora (a LoRAConfig), ser.rl (the PPO stage's rl.* overrides), one RM factory; the loop
+state's key.
 
-The expected values are those of the flat layout before issue 13 (ser.lora_r, ser.ppo_steps, ...), computed on
-that code: the PPO stage's RL config and the loop's state key must not have moved."""
+The PPO stage's expected values are those of the flat layout before the nesting (ser.lora_r, ser.ppo_steps, ...),
+computed on that code: the PPO stage's RL config must not have moved."""
 
 from __future__ import annotations
 
@@ -12,25 +13,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import Algorithm, ConfigError, LoRAConfig, RLConfig, SERRLOverrides, load_config, to_dict
-from r2m.recipes.ser import ppo_config, state_key
+from r2m.config.enums import Algorithm
+from r2m.errors import ConfigError
+from r2m.config.models import LoRAConfig
+from r2m.config.training import RLConfig
+from r2m.config.jobs import SERRLOverrides
+from r2m.config.parsing import load_config, to_dict
+from r2m.recipes.ser import state_key
+from r2m.recipes.ser_ppo import ppo_config
 
-# (config, overrides) -> state key on main before issue 13 (ser.lora=true spelt ser.lora.enabled=true now).
-OLD_KEYS = {
-    (None, ()): "63c13cefe2",
-    ("configs/world/ser.yaml", ()): "63c13cefe2",
-    ("configs/world/ser.yaml", ("ser.lora.enabled=true",)): "475ae16b82",
-    ("configs/world/ser.yaml", ("ser.lora.enabled=true", "ser.lora.r=4")): "356eef75e6",
-    ("configs/world/ser.yaml", ("reward.lora.enabled=true",)): "87a46653bb",
-    ("configs/paper/ser_hh_rlhf.yaml", ()): "543587b046",
-    ("configs/paper/ser_ultrafeedback.yaml", ()): "ecc1184848",
-}
+SER_YAML = "configs/world/ser.yaml"
 
 
-@pytest.mark.parametrize("path,overrides", list(OLD_KEYS))
-def test_state_key_unchanged_by_the_nested_layout(path, overrides) -> None:
-    # A ser_state.json written before issue 13 still resumes: the key hashes the loop's fields in the old flat layout.
-    assert state_key(load_config(path, list(overrides))) == OLD_KEYS[(path, overrides)]
+@pytest.mark.parametrize("override", ["ser.tau_high=0.6", "ser.loss=bt", "ser.lora.enabled=true",
+                                      "ser.lora.target_modules=[q_proj]", "rm.lr=0.002", "world.rm_seed=3",
+                                      "run.seed=1", "reward.lora.enabled=true", "data.max_response_tokens=5"])
+def test_state_key_follows_what_shapes_the_loop(override) -> None:
+    assert state_key(load_config(SER_YAML, [override])) != state_key(load_config(SER_YAML))
+
+
+@pytest.mark.parametrize("override", ["ser.max_loops=9", "ser.keep=best_val", "ser.ppo=false", "ser.rl.steps=7",
+                                      "rl.steps=3", "run.name=other", "reward.lora.r=4", "rm.log_every=5"])
+def test_state_key_ignores_what_may_change_on_resume(override) -> None:
+    """How far the loop goes, the kept RM, the PPO stage, the run's name, and reward.lora's fields while it is off."""
+    assert state_key(load_config(SER_YAML, [override])) == state_key(load_config(SER_YAML))
 
 
 # The PPO stage's rl.* as the old ppo_config set them: (rl.steps, rl.beta, rl.kl_adaptive, rl.kl_target).

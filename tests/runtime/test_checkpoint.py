@@ -1,14 +1,15 @@
 """r2m.runtime.checkpoint: step directories, the newest checkpoint that verifies, pruning, the state round trip
-and the refusal of another config's checkpoint."""
+and the refusal of another config's checkpoint or of another format version's."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 
-from r2m.errors import ConfigError
+from r2m.errors import ConfigError, FormatVersionError
 from r2m.runtime.checkpoint import (latest_checkpoint, list_checkpoints, prune, read_state, rng_state,
                                     set_rng_state, step_dir, verify, write_state)
 
@@ -50,6 +51,26 @@ def test_state_round_trip_and_another_config_is_refused(tmp_path) -> None:
         read_state(step_dir(tmp_path, 3), {"rl.beta": 0.5, "rl.k": 4})
     with pytest.raises(ConfigError, match="rl.steps: expected at least the checkpoint's step 3"):
         read_state(step_dir(tmp_path, 3), {"rl.beta": 0.02, "rl.k": 4}, free={"rl.steps": 2})
+
+
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_a_checkpoint_of_another_format_version_is_refused_by_name(tmp_path, version) -> None:
+    """meta.json carries format_version 1; one without it (an older r2m's, whose config could hold fields that
+    are resume-free now) or of another version is refused, naming the file, both versions and what to do."""
+    _save(tmp_path, 3, {"rl.beta": 0.02})
+    meta_path = step_dir(tmp_path, 3) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["format_version"] == 1
+    if version is None:
+        del meta["format_version"]
+        meta["config"]["run.name"] = "old"  # a field that is resume-free now: not silently filtered out
+    else:
+        meta["format_version"] = version
+    meta_path.write_text(json.dumps(meta))
+    has = "no format version" if version is None else f"format version {version}"
+    with pytest.raises(FormatVersionError, match=rf"meta\.json: this training checkpoint has {has}.*; this r2m reads "
+                                                 r"version 1: .*start a new run"):
+        read_state(step_dir(tmp_path, 3), {"rl.beta": 0.02})
 
 
 def test_rng_state_round_trip() -> None:

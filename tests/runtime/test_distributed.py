@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import load_config
+from r2m.config.parsing import load_config
 from r2m.runtime.distributed import Dist
 from r2m.errors import ConfigError
-from r2m.recipes.rl.run import check_data_parallel
+from r2m.recipes.rl.setup import check_data_parallel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ class FakeAccelerator:
 def test_single_process_is_the_identity():
     d = Dist()
     x = torch.arange(6.0).view(3, 2)
-    assert not d.enabled and d.world == 1
+    assert not d.enabled and d.num_processes == 1
     assert d.shard([1, 2, 3]) == [1, 2, 3]
     assert d.gather_rows(x) is x and d.local_rows(x, 3, 1) is x
     assert d.sum(5) == 5 and d.share(6) == 6 and d.all(True) and not d.all(False)
@@ -138,7 +138,7 @@ class FakeDeepSpeed:
 
 
 def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
-    from r2m.recipes.rl.run import configure_backend
+    from r2m.recipes.rl.setup import configure_backend
 
     cfg = load_config(None, ["rl.prompts_per_step=8", "rl.k=4", "rl.minibatches=2", "rl.max_grad_norm=0.5"])
     acc = FakeDeepSpeed(stage=2)
@@ -157,7 +157,7 @@ def test_deepspeed_gets_micro_batch_and_clipping_from_the_rl_config():
     (2, ["policy.lora.enabled=true"], "policy.lora.enabled"),
 ])
 def test_deepspeed_setups_the_loop_cannot_run_are_refused(stage, overrides, field):
-    from r2m.recipes.rl.run import configure_backend
+    from r2m.recipes.rl.setup import configure_backend
 
     with pytest.raises(ConfigError, match=field):
         configure_backend(FakeDeepSpeed(stage), load_config(None, overrides))

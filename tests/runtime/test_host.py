@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r2m.config import Malloc, RunConfig
+from r2m.config.enums import Malloc
+from r2m.config.run import RunConfig
 from r2m.runtime import host
 
 pytestmark = pytest.mark.skipif(host._glibc() is None, reason="run.malloc acts on glibc only")
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.skipif(host._glibc() is None, reason="run.malloc acts o
 PROBE = """
 import ctypes, sys
 import torch
-from r2m.config import Malloc
+from r2m.config.enums import Malloc
 from r2m.runtime import host
 
 class MallInfo2(ctypes.Structure):
@@ -68,7 +69,7 @@ def test_configure_host_applies_threads_and_malloc():
 
 
 def test_malloc_is_a_config_field():
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
 
     assert load_config(None, []).run.malloc == Malloc.HEAP
     assert load_config(None, ["run.malloc=system"]).run.malloc == Malloc.SYSTEM

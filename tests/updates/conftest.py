@@ -10,14 +10,17 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from r2m.config import ArchConfig, R2MConfig, RLConfig, WorldConfig
+from r2m.config.models import ArchConfig, R2MConfig
+from r2m.config.training import RLConfig
+from r2m.config.run import WorldConfig
 from r2m.experience.rewards import FeedbackReward, GoldReward
 from r2m.experience.rollout import Experience, ExperienceMaker
 from r2m.experience.sampling import tokenize_prompts
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.models.r2m import build_feedback_rm
 from r2m.models.reward import RewardModel
-from r2m.world import build_tokenizer, format_prompt
+from r2m.world.tokenizer import build_tokenizer
+from r2m.world.task import format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0])]
 D_P, D_M = 32, 24  # heterogeneous widths, and the two models have different tokenizers

@@ -8,14 +8,17 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from r2m.config import ArchConfig, RLConfig, WorldConfig
+from r2m.config.models import ArchConfig
+from r2m.config.training import RLConfig
+from r2m.config.run import WorldConfig
 from r2m.models.loading import build_world_lm
 from r2m.experience.rewards import GoldReward
 from r2m.experience.rollout import ExperienceMaker, experience_metrics
 from r2m.experience.sampling import tokenize_prompts
 from r2m.updates.policy import PolicyUpdater
-from r2m.recipes.rl.run import PromptSampler
-from r2m.world import build_tokenizer, format_prompt
+from r2m.recipes.rl.setup import PromptSampler
+from r2m.world.tokenizer import build_tokenizer
+from r2m.world.task import format_prompt
 
 PROMPTS = [format_prompt(d) for d in ([3, 1, 2], [9, 0, 4, 4], [5, 5, 1], [7, 2, 8, 1, 0], [6, 3, 3], [1, 2, 0])]
 

@@ -1,5 +1,5 @@
 """The benchmark's controls in the loop: oracle (gold) and random winner/loser in R2M's update, and the scale
-control's reward vanilla × ω(t) (issue 14, item 2)."""
+control's reward vanilla × ω(t)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r2m.config import PairChoice, R2MConfig, RLConfig
+from r2m.config.enums import PairChoice
+from r2m.config.models import R2MConfig
+from r2m.config.training import RLConfig
 from r2m.core.pair_choice import choose_random, pair_seed
 from r2m.models.fusion import omega
 from r2m.experience.rewards import ModelReward, OmegaScaledReward, RewardQuery
-from r2m.updates.r2m import R2MUpdater
+from r2m.updates.grebt import GREBTUpdater
 
 
 def _setup(bed, r2m: R2MConfig, gold: bool = True):
@@ -20,9 +22,9 @@ def _setup(bed, r2m: R2MConfig, gold: bool = True):
     return out.reward, out.exp
 
 
-def _expected_bt(updater: R2MUpdater, exp, winner: torch.Tensor, loser: torch.Tensor) -> float:
+def _expected_bt(updater: GREBTUpdater, exp, winner: torch.Tensor, loser: torch.Tensor) -> float:
     with torch.no_grad():
-        h = updater.reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step)
+        h = updater.schedule.hidden(exp.policy_hidden, exp.policy_mask, exp.step)
         r = updater.rescore(exp, h)  # (n, K) before the update
     rows = torch.arange(exp.n)
     return (-F.logsigmoid(r[rows, winner] - r[rows, loser])).mean().item()
@@ -32,7 +34,7 @@ def _expected_bt(updater: R2MUpdater, exp, winner: torch.Tensor, loser: torch.Te
 def test_control_update_uses_its_pair_and_trains_fusion_and_head(r2m_bed, choice) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2, pair_choice=choice)
     reward, exp = _setup(r2m_bed, cfg)
-    updater = R2MUpdater(reward, cfg)
+    updater = GREBTUpdater(reward.model, reward.schedule, cfg)
     gold = exp.gold.view(exp.n, exp.k)
     if choice is PairChoice.GOLD:
         w, l = gold.max(-1).indices, gold.min(-1).indices
@@ -54,9 +56,9 @@ def test_control_update_uses_its_pair_and_trains_fusion_and_head(r2m_bed, choice
 def test_self_choice_is_the_papers_argmax_argmin(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, lr=1e-2)
     reward, exp = _setup(r2m_bed, cfg)
-    updater = R2MUpdater(reward, cfg)
+    updater = GREBTUpdater(reward.model, reward.schedule, cfg)
     with torch.no_grad():
-        r = updater.rescore(exp, reward.feedback(exp.policy_hidden, exp.policy_mask, exp.step))
+        r = updater.rescore(exp, reward.schedule.hidden(exp.policy_hidden, exp.policy_mask, exp.step))
     expected = _expected_bt(updater, exp, r.max(-1).indices, r.min(-1).indices)
     assert updater.pair(exp, r) is None  # grebt_terms' own max/min: the default update is untouched
     assert updater.update(exp, exp.policy_hidden)["r2m/bt"] == pytest.approx(expected, rel=1e-5)
@@ -66,7 +68,7 @@ def test_oracle_needs_gold(r2m_bed) -> None:
     cfg = R2MConfig(enabled=True, pair_choice=PairChoice.GOLD)
     reward, exp = _setup(r2m_bed, cfg, gold=False)
     with pytest.raises(ValueError, match="pair_choice=gold"):
-        R2MUpdater(reward, cfg).update(exp, exp.policy_hidden)
+        GREBTUpdater(reward.model, reward.schedule, cfg).update(exp, exp.policy_hidden)
 
 
 def test_scale_control_is_vanilla_times_omega(r2m_bed) -> None:
@@ -84,7 +86,7 @@ def test_scale_control_is_vanilla_times_omega(r2m_bed) -> None:
 
 
 def test_build_reward_wires_the_scale_control_and_the_blind_view(r2m_bed) -> None:
-    from r2m.config import load_config
+    from r2m.config.parsing import load_config
     from r2m.experience.reward_factory import build_reward
 
     cfg = load_config(None, ["reward.baseline=scale_control", "world.rm_prompt_digits=2"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from r2m.config import ArchConfig, RMConfig
+from r2m.config.models import ArchConfig
+from r2m.config.training import RMConfig
 from r2m.models.loading import build_world_lm, load_reward_model, load_tokenizer, save_model
 from r2m.updates.rm import fit_pairs, make_trainable_rm, merged_rm_model, pair_batch
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 
 def test_pair_batch_by_hand() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from r2m.updates.sft import IGNORE, count_truncated, tokenize_sft
-from r2m.world import build_tokenizer
+from r2m.world.tokenizer import build_tokenizer
 
 ROWS = [{"prompt": "3 1 2 ->", "response": " 1 2 3 <eos>"}, {"prompt": "5 4 ->", "response": " 4 5 <eos>"}]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from r2m.config import LRSchedule
+from r2m.config.enums import LRSchedule
 from r2m.updates.supervised import batch_indices, make_lr_scheduler, num_steps, right_pad
 
 

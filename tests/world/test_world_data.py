@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r2m.config import MixtureConfig, WorldConfig
-from r2m.world import WorldFiles, generate_world, gold_reward_text, make_response, parse_prompt, target_tokens
-from r2m.world.data import _read_jsonl, label_probability, make_pairs, make_prompts, make_sft
+from r2m.config.run import MixtureConfig, WorldConfig
+from r2m.world.task import gold_reward_text, parse_prompt, target_tokens
+from r2m.world.data import (_read_jsonl, label_probability, make_pairs, make_prompts, make_sft, WorldFiles,
+                            generate_world, make_response)
 
 SMALL = WorldConfig(n_sft=2000, n_pref_train=1000, n_pref_eval=200, n_rl_prompts=500, n_eval_prompts=64)
 FILES = ("prompts", "eval_prompts", "sft", "pref_train", "pref_eval", "summary")

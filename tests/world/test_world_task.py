@@ -7,16 +7,9 @@ import sys
 
 import pytest
 
-from r2m.config import WorldConfig
-from r2m.world import (
-    format_prompt,
-    gold_reward,
-    gold_reward_text,
-    gold_rewards,
-    is_hacking,
-    parse_prompt,
-    target_tokens,
-)
+from r2m.config.run import WorldConfig
+from r2m.world.task import (format_prompt, gold_reward, gold_reward_text, gold_rewards, is_hacking, parse_prompt,
+                            target_tokens)
 
 P = [3, 1, 2]
 

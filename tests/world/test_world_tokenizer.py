@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from r2m.world import build_tokenizer, save_tokenizer
+from r2m.world.tokenizer import build_tokenizer, save_tokenizer
 
 TEXT = "<bos> 3 1 2 => 1 2 3 <eos>"
 

@@ -1,4 +1,5 @@
-"""The RL run's end: the final models, the result (:class:`RLResult`) and the training-curve plots."""
+"""The RL run's end: the last step's checkpoint, the final models with the policy's model card (and its upload,
+run.push_to_hub), Table 3, the curves' plots and the result (:class:`RLResult`)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from r2m.runtime.distributed import sharded_state_dict
-from r2m.runtime.runlog import RunDir, peak, plot_curves
+from r2m.config.root import Config
 from r2m.models.loading import save_model
 from r2m.models.lora import is_peft, merged_copy
+from r2m.recipes.alarm import AlarmWatch
+from r2m.recipes.pipeline import Inputs
+from r2m.recipes.rl.card import policy_card, push_policy, write_card
+from r2m.recipes.rl.checkpoints import checkpoint_last_step
+from r2m.recipes.rl.evaluation import rm_accuracy
+from r2m.recipes.rl.state import Resumable
+from r2m.runtime.distributed import sharded_state_dict
+from r2m.runtime.runlog import RunDir, peak, plot_curves
 
 log = logging.getLogger("r2m")
-
 
 
 @dataclass(frozen=True)
@@ -35,54 +42,70 @@ class RLResult:
     """Step of the evaluation where the over-optimisation alarm fired (None: it did not; docs/MONITOR.md)."""
     best_before_alarm: Optional[Path] = None
     """rl.stop_on_alarm: checkpoints/best-before-alarm, the policy of the evaluation before the alarm's onset."""
+    policy: Optional[Any] = None
+    """The trained policy module (a peft model with policy.lora; the object passed in, trained in place)."""
+
+
+# The curves every run has: (file, keys, labels, title, y label). Rows lacking a key are skipped, a plot whose
+# keys no row has is not drawn.
+CURVES = (
+    ("rewards.png", ("reward/proxy", "eval/proxy"), ("rollouts", "evaluation"), "The run's reward (proxy)", "reward"),
+    ("kl.png", ("kl", "eval/kl"), ("rollouts (mean per-token log-ratio)", "evaluation"), "KL to the reference", "KL"),
+    ("length.png", ("response/length", "eval/length"), ("rollouts", "evaluation"), "Response length", "tokens"),
+    ("policy_loss.png", ("loss/policy",), ("policy loss",), "Policy loss", "loss"),
+    ("r2m_loss.png", ("r2m/grebt", "r2m/bt", "r2m/gre"), ("GREBT", "BT", "GRE"), "R2M online update: GREBT and its "
+     "parts", "loss"),
+)
 
 
 def _write_plots(run: RunDir, write: bool = True) -> Optional[int]:
-    """The run's plots (``write``: on the main process only); returns the step of peak gold reward."""
+    """The run's plots (``write``: on the main process only): the curves of :data:`CURVES` for every run, and
+    gold against proxy where the gold reward is known. Returns the step of peak gold reward (None without gold)."""
     rows = [r for r in run.history if "eval/gold" in r]
-    if not rows:
-        return None
-    p = peak(rows, "eval/gold")
+    peak_step = peak(rows, "eval/gold").step if rows else None
     if not write:
-        return p.step
-    plot_curves(rows, ["eval/gold", "eval/proxy"], run.plots / "gold_vs_proxy.png",
-                "Evaluation: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"], vline=p.step)
-    train_rows = [r for r in run.history if "reward/gold" in r]
-    plot_curves(train_rows, ["reward/gold", "reward/proxy"], run.plots / "train_rewards.png",
-                "Rollouts: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"])
-    plot_curves(train_rows, ["kl"], run.plots / "kl.png", "KL to the reference (mean per-token log-ratio)", "KL")
-    if any("r2m/grebt" in r for r in run.history):
-        r2m_rows = [r for r in run.history if "r2m/grebt" in r]
-        plot_curves(r2m_rows, ["r2m/grebt", "r2m/bt", "r2m/gre"], run.plots / "r2m_loss.png",
-                    "R2M online update: GREBT and its parts", "loss", ["GREBT", "BT", "GRE"])
-    return p.step
+        return peak_step
+    for name, keys, labels, title, ylabel in CURVES:
+        if any(k in r for r in run.history for k in keys):
+            plot_curves(run.history, list(keys), run.plots / name, title, ylabel, list(labels))
+    if rows:
+        plot_curves(rows, ["eval/gold", "eval/proxy"], run.plots / "gold_vs_proxy.png",
+                    "Evaluation: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"], vline=peak_step)
+        train_rows = [r for r in run.history if "reward/gold" in r]
+        plot_curves(train_rows, ["reward/gold", "reward/proxy"], run.plots / "train_rewards.png",
+                    "Rollouts: gold vs proxy reward", "reward", ["gold (true)", "proxy (RM)"])
+    return peak_step
 
 
-class ReportMixin:
-    """The end of :class:`r2m.recipes.rl.run.RLRun`."""
-
-    def finish(self) -> RLResult:
-        final = self.run.checkpoints / "final"
-        policy = self.acc.unwrap_model(self.policy)
-        policy_state = sharded_state_dict(self.acc, self.policy)
-        if self.acc.is_main_process:  # one writer: the ranks' copies are identical
-            if is_peft(policy):
-                # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
-                save_model(merged_copy(policy), self.tok, final)
-                save_model(policy, self.tok, final / "adapter")
-            else:
-                save_model(policy, self.tok, final, policy_state)
-            if self.rm_updater is not None:
-                self.rm_updater.model.save(final / "r2m", base_rm=str(self.inputs.reward_model),
-                                           extra={"omega_floor": self.cfg.reward.r2m.omega_floor,
-                                                  "total_steps": self.cfg.rl.steps})
-        self.acc.wait_for_everyone()
-        rm_acc = self.rm_accuracy()
-        if rm_acc:
-            self.run.amend_last(rm_acc)
-        peak_step = None
-        if self.gold_fn is not None:
-            peak_step = _write_plots(self.run, write=self.acc.is_main_process)
-        self.run.close()
-        return RLResult(self.run.path, self.run.history, self.final_eval, peak_step,
-                        time.perf_counter() - self.t_start, rm_acc, self.watch.alarm_step, self.watch.best_path)
+def finish(parts: Resumable, cfg: Config, inputs: Inputs, run: RunDir, final_eval: dict[str, float],
+           watch: AlarmWatch, t_start: float) -> RLResult:
+    """The run's end: the last step's checkpoint, the final models (the policy with its model card, R2M), Table 3,
+    the plots, and the upload (run.push_to_hub)."""
+    models, grebt = parts.models, parts.grebt
+    last = int(run.history[-1]["step"]) if run.history else parts.progress.start_step
+    checkpoint_last_step(parts, cfg, run, last)  # an extended run (rl.steps raised, run.resume=auto) resumes here
+    final = run.checkpoints / "final"
+    policy = models.unwrapped_policy()
+    policy_state = sharded_state_dict(models.acc, models.policy)
+    if models.acc.is_main_process:  # one writer: the ranks' copies are identical
+        if is_peft(policy):
+            # A plain merged model (AutoModelForCausalLM loads it), and the adapter itself under final/adapter.
+            save_model(merged_copy(policy), models.tokenizer, final)
+            save_model(policy, models.tokenizer, final / "adapter")
+        else:
+            save_model(policy, models.tokenizer, final, policy_state)
+        if grebt is not None:
+            grebt.model.save(final / "r2m", base_rm=str(parts.rm_path),
+                             extra={"omega_floor": cfg.reward.r2m.omega_floor, "total_steps": cfg.rl.steps})
+    models.acc.wait_for_everyone()
+    rm_acc = rm_accuracy(grebt, parts.progress.r2m_before, models, cfg, inputs.pref_eval, run)
+    if rm_acc:
+        run.amend_last(rm_acc)
+    if models.acc.is_main_process:
+        write_card(final, policy_card(cfg, inputs.policy, {**final_eval, **rm_acc}, cfg.run.hub_model_id))
+    peak_step = _write_plots(run, write=models.acc.is_main_process)
+    run.close()
+    if cfg.run.push_to_hub and models.acc.is_main_process:
+        push_policy(final, cfg)
+    return RLResult(run.path, run.history, final_eval, peak_step, time.perf_counter() - t_start, rm_acc,
+                    watch.alarm_step, watch.best_path, policy)

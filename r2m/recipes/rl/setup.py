@@ -1,5 +1,6 @@
-"""The RL run's setup checks and its prompt order: data-parallel divisibility, the distributed backend,
-the shuffled passes over the prompt set."""
+"""The RL run's setup checks and its prompt order: data-parallel divisibility, the distributed backend, the
+shuffled passes over a prompt set (:class:`PromptSampler`) or the passes over a prompt stream (:class:`StreamSampler`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import logging
 
 import torch
 
-from r2m.config import Algorithm, Config, RLConfig
+from typing import Callable, Iterator, Optional
+
+from r2m.config.enums import Algorithm
+from r2m.config.root import Config
+from r2m.config.training import RLConfig
+from r2m.experience.sampling import PromptSet, tokenize_prompts
 from r2m.runtime.distributed import configure_deepspeed
-from r2m.errors import ConfigError
+from r2m.errors import ConfigError, DataError
 
 log = logging.getLogger("r2m")
 
@@ -18,8 +24,24 @@ log = logging.getLogger("r2m")
 class PromptSampler:
     """Walks the prompt set in shuffled passes; ``position`` is the number of prompts consumed."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.position = n, seed, 0
+    max_prompt_len = 0  # the prompts are all known: the run measures them
+
+    def __init__(self, n: int, seed: int, prompts: Optional[PromptSet] = None):
+        self.n, self.seed, self.position, self.prompts = n, seed, 0, prompts
+
+    def take(self, count: int) -> tuple[list[str], list[list[int]]]:
+        """The next ``count`` prompts' texts and token ids."""
+        idx = self.next(count)
+        return [self.prompts.texts[i] for i in idx], [self.prompts.ids[i] for i in idx]
+
+    def counts(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
 
     def _order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
@@ -32,6 +54,77 @@ class PromptSampler:
             out += self._order(epoch)[offset: offset + take].tolist()
             self.position += take
         return out
+
+
+class StreamSampler:
+    """Takes prompts from a stream as they are needed (an ``IterableDataset``, or data.streaming): nothing needs its
+    length. An epoch is one pass over the stream; at its end the stream is opened again for the next epoch (an
+    ``IterableDataset`` is told the epoch, so that one shuffled with a buffer reshuffles; r2m does not reorder a
+    stream). ``position`` counts the prompts consumed; ``epoch`` and ``offset`` (prompts read in this epoch,
+    over-long skipped ones included) are where a resumed run continues."""
+
+    def __init__(self, open_epoch: Callable[[int], Iterator[str]], tokenizer, max_tokens: int, overlong: str):
+        self.open_epoch, self.tok, self.max_tokens, self.overlong = open_epoch, tokenizer, max_tokens, overlong
+        self.max_prompt_len = max_tokens  # a bound: the stream's prompts are not known ahead
+        self.position = self.epoch = self.offset = self.truncated = self.skipped = 0
+        self._it: Optional[Iterator[str]] = None
+        self._kept = 0  # prompts kept in this epoch
+
+    def peek(self, n: int) -> PromptSet:
+        """The first ``n`` prompts of the stream (its own pass; nothing is consumed), for the run's checks."""
+        it, texts = self.open_epoch(0), []
+        for text in it:
+            texts.append(text)
+            if len(texts) == n:
+                break
+        return tokenize_prompts(self.tok, texts, self.max_tokens, self.overlong)
+
+    def _next_text(self) -> str:
+        while True:
+            if self._it is None:
+                self._it = self.open_epoch(self.epoch)
+                for _ in range(self.offset):  # a resumed run: past the prompts this epoch had given
+                    next(self._it, None)
+            text = next(self._it, None)
+            if text is not None:
+                self.offset += 1
+                return text
+            if self._kept == 0 and self.offset == 0:
+                raise DataError("the prompt stream gave no prompt in a whole pass (data.prompts)")
+            if self._kept == 0:
+                raise DataError(f"every prompt of a pass over the stream is longer than data.max_prompt_tokens="
+                                f"{self.max_tokens} and data.overlong=skip; no prompt is left")
+            log.info("prompt stream: epoch %d ended after %d prompts; epoch %d begins", self.epoch, self.offset,
+                     self.epoch + 1)
+            self.epoch, self.offset, self._it, self._kept = self.epoch + 1, 0, None, 0
+
+    def take(self, count: int) -> tuple[list[str], list[list[int]]]:
+        """The next ``count`` prompts' texts and token ids (over-long ones cut or skipped per data.overlong)."""
+        texts, ids = [], []
+        while len(texts) < count:
+            got = tokenize_prompts(self.tok, [self._next_text() for _ in range(count - len(texts))],
+                                   self.max_tokens, self.overlong)
+            self.truncated, self.skipped = self.truncated + got.truncated, self.skipped + got.skipped
+            self._kept += len(got.texts)
+            texts, ids = texts + got.texts, ids + got.ids
+        self.position += count
+        return texts, ids
+
+    def counts(self) -> dict[str, float]:
+        """What the stream gave so far: its prompts cut or skipped for length, and the epoch."""
+        return {"data/prompts_truncated": self.truncated, "data/prompts_skipped": self.skipped,
+                "prompts/epoch": self.epoch}
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "epoch": self.epoch, "offset": self.offset, "truncated": self.truncated,
+                "skipped": self.skipped, "kept": self._kept}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" not in state:
+            raise DataError("the checkpoint was written with a prompt set, and the prompts are now a stream "
+                            "(data.streaming, an IterableDataset); resume with the same kind of prompts")
+        self.position, self.epoch, self.offset = state["position"], state["epoch"], state["offset"]
+        self.truncated, self.skipped, self._kept, self._it = state["truncated"], state["skipped"], state["kept"], None
 
 
 def check_data_parallel(rl: RLConfig, world: int) -> None:

@@ -1,4 +1,4 @@
-"""TRL-named copies of r2m's step metrics (issue 17), logged beside them so that a TRL dashboard reads r2m runs.
+"""TRL-named copies of r2m's step metrics, logged beside them so that a TRL dashboard reads r2m runs.
 
 Each alias is a copy of an r2m key, never a second computation; docs/TRL.md says where the meanings differ.
 """

@@ -1,7 +1,7 @@
 """SER's pure decision logic: score calibration, learning status (Eq. 2-3), data filters (Eq. 4), the loss (Eq. 5).
 
 Everything here works on score tensors and numbers, with no model, so that each rule can be tested on
-hand-made inputs. ``r2m.recipes.ser`` re-exports every name.
+hand-made inputs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import Calibration, KeepLoop, PairLoss
+from r2m.config.enums import Calibration, KeepLoop, PairLoss
 from r2m.core.losses import bradley_terry_loss, margin_pairwise_loss
 
 # ---------------------------------------------------------------------------------------------

@@ -1,23 +1,24 @@
-"""SER's data: the splits (SER App. D.1), the unlabelled pool, pseudo-labelled pairs and their quality.
-
-``r2m.recipes.ser`` re-exports every name.
-"""
+"""SER's data: the splits (SER App. D.1), the unlabelled pool, pseudo-labelled pairs and their quality."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from r2m.config import SERConfig
+from r2m.config.jobs import SERConfig
+from r2m.config.enums import SERVariant
 from r2m.eval.rm_accuracy import pairwise_wins
-from r2m.algorithms.ser_rules import Selection
+from r2m.ser.rules import Selection
 from r2m.data.jsonl import write_jsonl
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text
+
+log = logging.getLogger("r2m")
 
 # ---------------------------------------------------------------------------------------------
 # Splits (SER Appendix D.1)
@@ -94,9 +95,21 @@ def make_splits(rows: Sequence[dict], ser: SERConfig, seed: int) -> SERSplits:
     sft, rm = shuffled[: sizes.sft], shuffled[sizes.sft: sizes.sft + sizes.rm]
     ppo = shuffled[sizes.sft + sizes.rm:]
     val, seed_rows = split_by_prompt(rm[: sizes.labelled], sizes.val)
+    if (warning := status1_unreachable(len(val), ser)) is not None:
+        log.warning(warning)
     hidden = rm[sizes.labelled:]
     label_first = torch.rand(len(hidden), generator=gen) < 0.5  # (N,) random order: position leaks nothing
     return SERSplits(sft=sft, seed=seed_rows, val=val, unlabeled=_hide_labels(hidden, label_first), rm=rm, ppo=ppo)
+
+
+def status1_unreachable(n_val: int, ser: SERConfig) -> Optional[str]:
+    """Why Status 1 can never fire with ``n_val`` validation pairs (fewer than ``ser.min_status1``, the confident
+    pairs it needs), or None. Such a run can only take Status 2 or stop at once; it is allowed (a tiny world), but
+    said: docs/WORLDS.md sizes D_val for the status rule (``ser.val_size``)."""
+    if ser.variant != SERVariant.PAPER or n_val >= ser.min_status1:
+        return None
+    return (f"ser: D_val holds {n_val} pairs, fewer than ser.min_status1 = {ser.min_status1} confident pairs that "
+            f"Status 1 needs: Status 1 cannot fire (raise ser.val_size or ser.seed_frac, or lower ser.min_status1)")
 
 
 class ValSplit(NamedTuple):

@@ -1,0 +1,118 @@
+"""How r2m runs a causal LM forward pass, for every model and path (rollout, the policy update, evaluation, R2M's h):
+left padding and the positions that skip it, eval mode for measurement passes, the causal LM inside its wrappers,
+and the decoder's last-layer states read from inside the model's own forward."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from r2m.errors import ModelError
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` uses them (so log-probs match sampling)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@contextlib.contextmanager
+def eval_mode(*models: Optional[nn.Module]) -> Iterator[None]:
+    """Run ``models`` in eval mode (no dropout), then restore each one's mode.
+
+    Rollout passes (sampling, pi_old's log-probs, values) are measurements of the current policy,
+    not training steps: with dropout on (e.g. LoRA's) pi_old would be a noisy sample and the first
+    update's ratio would not start at 1.
+    """
+    live = [m for m in models if m is not None]
+    modes = [m.training for m in live]
+    for m in live:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(live, modes):
+            m.train(mode)
+
+
+T = TypeVar("T")
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The Hugging Face causal LM inside the wrappers a policy may come in: DDP or DeepSpeed (``.module``), the
+    adapter-free reference (``.peft_model``, :class:`r2m.models.lora.AdapterFreeReference`) and PEFT
+    (``get_base_model()``). Its ``get_decoder()`` and ``get_output_embeddings()`` are the backbone and LM head."""
+    while True:
+        inner = getattr(model, "peft_model", None)
+        if inner is None and isinstance(getattr(model, "module", None), nn.Module):
+            inner = model.module
+        if inner is None and hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        if inner is None:
+            return model
+        model = inner
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def last_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                read: Callable[[torch.Tensor], T], check_head: bool = False) -> T:
+    """``read(states)`` of the decoder's last-layer states (B, S, D) (after its final norm: what the LM head
+    reads, and ``hidden_states[-1]``), computed inside ``model``'s own forward.
+
+    ``model`` is called as it is, so whatever wraps its forward still applies: DDP's gradient synchronisation,
+    FSDP's gathered parameters, accelerate's autocast. A forward hook on the decoder hands ``read`` the states
+    while that forward runs. The model's own LM head is asked for one position only (``logits_to_keep=1``,
+    where the model takes it), so no (B, S, V) logits exist, and accelerate's float32 copy of the outputs
+    covers (B, 1, V). Positions skip left padding, as ``generate`` counts them; no KV cache is built.
+
+    ``check_head``: refuse a model whose logits are not its output embeddings applied to these states (a
+    softcap or scale after the head, as some families apply), by comparing the two at the last position.
+    """
+    lm = causal_lm(model)
+    out: list = []
+
+    def hook(module, args, output):
+        states = output[0]  # (B, S, D) last_hidden_state; returning None keeps the output
+        out.append(read(states))
+        if check_head:
+            out.append(lm.get_output_embeddings()(states[:, -1]).detach())  # (B, V)
+
+    handle = lm.get_decoder().register_forward_hook(hook)
+    extra = {"logits_to_keep": 1} if _takes_logits_to_keep(type(lm)) else {}
+    try:
+        result = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                       use_cache=False, **extra)
+    finally:
+        handle.remove()
+    if check_head:
+        _check_head(lm, out[1], result.logits[:, -1])
+    return out[0]
+
+
+def _check_head(lm: nn.Module, ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """``ours`` (B, V) = head(last states) against the model's own last-position logits ``theirs`` (B, V)."""
+    ours, theirs = ours.float(), theirs.detach().float()
+    scale = theirs.abs().max().clamp(min=1.0)
+    if not torch.allclose(ours, theirs, rtol=1e-2, atol=1e-2 * scale.item()):
+        raise ModelError(f"{type(lm).__name__}: its logits are not its output embeddings applied to the decoder's last "
+                         f"states (largest difference {(ours - theirs).abs().max().item():.3g}: a softcap or scale "
+                         "after the LM head?); r2m's response-only log-prob pass does not support this model")
