@@ -398,6 +398,42 @@ def targets(result: dict) -> dict:
             "logprob_chunk_le_3gib": chunk, "all_met": all(per_rank.values()) and single and chunk}
 
 
+def _over(what: str, gb: float, limit: float, setup: dict) -> dict:
+    """Why ``setup`` (a config's or the single-GPU result) is over ``limit``: its peak phase, what the rank holds
+    for the whole run then (persistent) and what the phase itself adds."""
+    phase, persistent = setup["peak_phase"], setup["persistent_gb"]
+    held = sum(persistent.values())
+    top = sorted(persistent.items(), key=lambda kv: -kv[1])
+    return {"target": what, "gb": gb, "limit_gb": limit, "peak_phase": phase, "persistent_gb": held,
+            "phase_gb": setup["phases"][phase] - held,
+            "why": f"{phase} peaks at {setup['phases'][phase]:.1f} GB: {held:.1f} GB held for the whole run ("
+                   + ", ".join(f"{k} {v:.1f}" for k, v in top if v >= 0.05) + f") + {setup['phases'][phase] - held:.1f}"
+                   f" GB the phase allocates; the next phases: " + ", ".join(
+                       f"{k} {v:.1f}" for k, v in sorted(setup["phases"].items(), key=lambda kv: -kv[1])[1:4])}
+
+
+def misses(result: dict) -> list[dict]:
+    """Each missed target with the measurement that shows why (empty when all are met)."""
+    t, out = result["targets"], []
+    for name, ok in t["per_rank_8gpu_le_64gb"].items():
+        if not ok:
+            c = result["configs"][name]
+            out.append({"config": name, **_over("per_rank_8gpu_le_64gb", c["per_rank_peak_gb"],
+                                                 TARGETS["per_rank_8gpu_gb"], c)})
+    if not t["single_gpu_fits_80gb_with_margin"]:
+        s = result["single_gpu"]
+        out.append({"config": "single_gpu", **_over("single_gpu_fits_80gb_with_margin", s["peak_with_margin_gb"],
+                                                     TARGETS["single_gpu_gb"], s),
+                    "margin": f"peak {s['peak_gb']:.1f} GB x {1 + MARGIN['fraction']} + {MARGIN['fixed_gb']} GB"})
+    if not t["logprob_chunk_le_3gib"]:
+        c = result["logprob_chunk"]
+        worst = max(("fsdp2", "one_gpu_or_ddp"), key=lambda k: c[k]["r2m_gib"])
+        out.append({"config": "logprob_chunk", "target": "logprob_chunk_le_3gib",
+                    "gib": result["logprob_chunk_gib"], "limit_gib": TARGETS["logprob_chunk_gib"],
+                    "why": f"the {worst} pass holds {c[worst]['r2m_gib']:.2f} GiB (TRL {c[worst]['trl_gib']:.2f})"})
+    return out
+
+
 def bench_memory(preset: str, out: str, log=print) -> dict:
     """The whole benchmark; writes ``out`` (JSON) and its section of ``README.md`` beside it."""
     if preset not in PRESETS:
@@ -410,6 +446,7 @@ def bench_memory(preset: str, out: str, log=print) -> dict:
     result["logprob_chunk_gib"] = max(chunk["fsdp2"]["r2m_gib"], chunk["one_gpu_or_ddp"]["r2m_gib"])
     result["logprob_chunk"] = chunk
     result["targets"] = targets(result)
+    result["missed"] = misses(result)
     result.update(not_measured=NOT_MEASURED, margin=MARGIN, target_values=TARGETS, units={"gb": GB, "gib": GIB},
                   archs={k: {**dataclasses.asdict(a), "family": a.family.value} for k, a in ph.ARCHS.items()},
                   spec=dataclasses.asdict(spec), torch=torch.__version__)

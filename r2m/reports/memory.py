@@ -59,6 +59,9 @@ def format_memory(result: dict) -> str:
              f"GiB; <= 3 GiB: {_yes(t['logprob_chunk_le_3gib'])}.",
              "- Per rank <= 64 GB on 8 GPUs: " + ", ".join(f"`{k}` {_yes(v)}"
                                                            for k, v in t["per_rank_8gpu_le_64gb"].items()) + "."]
+    for m in result.get("missed", []):
+        lines.append(f"- Missed, `{m['config']}` ({m['target']}): {m['why']}" + (f"; {m['note']}" if m.get("note")
+                                                                                  else "") + ".")
     if result.get("not_measured"):
         lines.append("- Not measured: " + "; ".join(f"`{k}` ({v})" for k, v in result["not_measured"].items()) + ".")
     return "\n".join(lines)

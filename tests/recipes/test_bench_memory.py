@@ -233,3 +233,21 @@ def test_readme_section_compares_with_the_before_file(tmp_path) -> None:
     assert "10.00 -> 1.00" in text  # the log-prob chunk, GiB
     write_readme_section(tmp_path / "README.md", result(10.0), str(tmp_path / "memory_before.json"))
     assert "Before -> after" not in (tmp_path / "README.md").read_text()  # the before run itself: no comparison
+
+
+def test_missed_targets_name_the_phase_and_what_it_holds() -> None:
+    """A config over 64 GB per rank is listed with its peak phase, the bytes held for the whole run and the phase's
+    own; a met target is not listed."""
+    over = {"gpus": 8, "per_rank_peak_gb": 70.5, "peak_phase": "policy_micro_step",
+            "phases": {"policy_micro_step": 70.5, "reference": 50.25},
+            "persistent_gb": {"reference": 16.1, "reward_model": 15.0, "policy": 12.0}}
+    fits = {**over, "per_rank_peak_gb": 50.25, "peak_phase": "reference"}
+    result = {"configs": {"big": over, "small": fits}, "logprob_chunk_gib": 2.5,
+              "single_gpu": {"peak_gb": 60.0, "peak_with_margin_gb": 69.0},
+              "logprob_chunk": {}}
+    result["targets"] = bm.targets(result)
+    assert result["targets"]["per_rank_8gpu_le_64gb"] == {"big": False, "small": True}
+    (miss,) = bm.misses(result)
+    assert miss["config"] == "big" and miss["peak_phase"] == "policy_micro_step"
+    assert miss["persistent_gb"] == pytest.approx(43.1) and miss["phase_gb"] == pytest.approx(27.4)
+    assert miss["why"].startswith("policy_micro_step peaks at 70.5 GB: 43.1 GB held for the whole run (reference 16.1")
