@@ -271,12 +271,17 @@ def per_rank(pred: dict, coefs: dict, gpus: int) -> tuple[dict[str, float], dict
     base, gathered = sum(persistent.values()), 2.0 * (root + 2 * layer)  # bf16 root + 2 layers gathered
     out = {}
     for k in total:
-        if k == "policy_micro_step":  # unsharded bf16 grads (no_sync), sharded fp32 grads, one incoming root grad,
-            v = act[k] + 2.0 * n + 4.0 * n / gpus + 2.0 * root + 4.0 * n / gpus  # foreach AdamW's fp32 temporary
-        else:
-            v = total[k]
+        v = act[k] + sum(fsdp_update_terms(n, root, gpus).values()) if k == "policy_micro_step" else total[k]
         out[k] = base + v + (gathered if k in POLICY_PHASES else 0.0)
     return out, persistent
+
+
+def fsdp_update_terms(n: float, root: float, gpus: int) -> dict[str, float]:
+    """Bytes per rank FSDP2's policy update holds besides the activations, for ``n`` policy parameters of which
+    ``root`` are the root module's (embeddings, head)."""
+    return {"unsharded_bf16_grads_no_sync": 2.0 * n,  # accumulated across micro-batches while sync is off
+            "sharded_fp32_grads": 4.0 * n / gpus, "incoming_root_grad": 2.0 * root,
+            "adamw_foreach_temporary": 4.0 * n / gpus}
 
 
 def loops_at(depth: tuple[int, int], rows: tuple[int, ...], spec: MemorySpec) -> tuple[tuple[int, int], ...]:
@@ -309,9 +314,12 @@ def measure_setup(cfg: Config, gpus: int, spec: MemorySpec, log) -> dict:
     phases, persistent = per_rank(pred, coefs, gpus)
     errors = check_errors(_drop_loops(predict(coefs, spec.check_depth, depth_terms)), _drop_loops(check))
     peak_phase = max(phases, key=phases.get)
+    root = coefs[("count", "policy_params")][0]
+    terms = fsdp_update_terms(pred[("count", "policy_params")], root, gpus) if gpus > 1 else {}
     return {"per_rank_peak_gb": phases[peak_phase] / GB, "peak_phase": peak_phase,
             "phases": {k: phases[k] / GB for k in PHASES if k in phases},
             "persistent_gb": {k: v / GB for k, v in persistent.items()},
+            "fsdp_update_terms_gb": {k: v / GB for k, v in terms.items()},
             "backend": "fsdp2" if gpus > 1 else "one_gpu",
             "shapes": {"rows_per_rank": base.rows, "prompt_tokens": base.prompt_tokens,
                        "response_tokens": base.response_tokens, "policy_layers": real_depths(cfg)[0],
@@ -410,6 +418,13 @@ def targets(result: dict) -> dict:
             "logprob_chunk_le_3gib": chunk, "all_met": all(per_rank.values()) and single and chunk}
 
 
+def _update_note(setup: dict) -> str:
+    terms = setup.get("fsdp_update_terms_gb")
+    if not terms or setup["peak_phase"] != "policy_micro_step":
+        return ""
+    return "; of the phase, FSDP2's update holds " + ", ".join(f"{k} {v:.1f}" for k, v in terms.items())
+
+
 def _over(what: str, gb: float, limit: float, setup: dict) -> dict:
     """Why ``setup`` (a config's or the single-GPU result) is over ``limit``: its peak phase, what the rank holds
     for the whole run then (persistent) and what the phase itself adds."""
@@ -421,7 +436,8 @@ def _over(what: str, gb: float, limit: float, setup: dict) -> dict:
             "why": f"{phase} peaks at {setup['phases'][phase]:.1f} GB: {held:.1f} GB held for the whole run ("
                    + ", ".join(f"{k} {v:.1f}" for k, v in top if v >= 0.05) + f") + {setup['phases'][phase] - held:.1f}"
                    f" GB the phase allocates; the next phases: " + ", ".join(
-                       f"{k} {v:.1f}" for k, v in sorted(setup["phases"].items(), key=lambda kv: -kv[1])[1:4])}
+                       f"{k} {v:.1f}" for k, v in sorted(setup["phases"].items(), key=lambda kv: -kv[1])[1:4])
+                   + _update_note(setup)}
 
 
 def _cache_note(chunk: dict) -> str:
