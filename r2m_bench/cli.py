@@ -3,6 +3,7 @@
 
     r2m bench cost [-c CFG] [a.b=c ...] [--steps N] [--out F]   R2M's cost (Figure 7)
     r2m bench speed [--preset smoke|paper] [--out F]            r2m against TRL's RLOOTrainer
+    r2m bench memory [--preset smoke|paper] [--out F]           peak memory per rank and phase of the paper configs
     r2m bench [run] --preset smoke|paper [--workers N] [--out F]  the design, phases A-C, verdicts (docs/BENCHMARKS.md)
     r2m bench report --from docs/bench/trajectories.json [--out F]  the verdicts and report again, nothing run
     r2m bench cell --world W --arm A --seed S [--preset paper] [--root DIR] [--from F]  one run of the design
@@ -17,21 +18,22 @@ import argparse
 
 from r2m.cli import add_common, resolve_config
 
-WHATS = ("cost", "speed", "run", "report", "cell")
+WHATS = ("cost", "speed", "memory", "run", "report", "cell")
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` to r2m's subcommands; its parser sets ``run_command`` (:func:`run`)."""
     p = sub.add_parser("bench", help="benchmarks: cost (Figure 7), speed against TRL, or the methods-by-seeds "
                        "matrix (run)")
-    p.add_argument("what", nargs="?", default="run", help="cost, speed or run (default: run)")
+    p.add_argument("what", nargs="?", default="run", help="cost, speed, memory, run, report or cell (default: run)")
     add_common(p)
     p.add_argument("--preset", default="smoke", choices=["smoke", "paper"],
-                   help="run: matrix size; speed: work size (smoke: seconds, tiny; paper: benchmarks/README.md)")
+                   help="run: matrix size; speed, memory: work size (smoke: tiny; paper: benchmarks/README.md)")
     p.add_argument("--steps", type=int, default=12, help="cost: RL steps per arm (the first is a warm-up)")
     p.add_argument("--workers", type=int, default=1, help="run: processes for the design's runs, one torch "
                    "thread each (2 on a 2-core machine; results are the same files, so a bench resumes either way)")
-    p.add_argument("--out", default=None, help="cost: JSON path (benchmarks/cost.json); run: Markdown path "
+    p.add_argument("--out", default=None, help="cost, memory: JSON path (benchmarks/cost.json, memory.json); "
+                   "run: Markdown path "
                    "(docs/BENCHMARKS.md for paper, <run.root>/bench-smoke/BENCHMARKS.md for smoke)")
     p.add_argument("--from", dest="from_path", default=None, help="report: the trajectories.json to read; cell: "
                    "the one whose plan (budgets, step caps, R2M setting) the cell takes (default "
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         from r2m_bench.speed import run_bench_speed  # heavy: lazy
 
         return run_bench_speed(cfg, args.preset, args.out)
+    if args.what == "memory":  # peak memory per rank and phase at the paper configs' shapes (benchmarks/README.md)
+        from r2m_bench.memory import run_bench_memory  # heavy: lazy
+
+        return run_bench_memory(args.preset, args.out, cfg.run.root)
     if args.what == "report":
         from r2m_bench.report import report_from  # heavy: lazy
 
