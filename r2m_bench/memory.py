@@ -1,6 +1,6 @@
-"""``r2m bench memory``: peak memory per rank and per phase of each paper config at its real shapes (issue 26).
+"""``r2m bench memory``: peak memory per rank and per phase of each paper config at its real shapes.
 
-What is counted: the bytes of live tensors, op by op (:class:`r2m.runtime.live_bytes.LiveBytes`), while the
+What is counted: the bytes of live tensors, op by op (:class:`r2m_bench.live_bytes.LiveBytes`), while the
 library's own code runs each phase (:mod:`r2m_bench.memory_phases`) on the config's real rows per rank,
 real prompt and response lengths, real vocabulary and real model width, in the config's dtypes, with fake
 tensors (shapes without data), on the CPU. Depth is the one thing not run at full size.
@@ -15,9 +15,9 @@ fitted the same way in (depth, tokens): its KV cache grows by a fixed amount per
 
 Per rank: with one GPU, every model, optimiser state and gradient is whole, as measured (the policy in fp32
 master weights under bf16 autocast, the reference and the RM in their configured dtype, as ``build_run`` loads them).
-With ``gpus`` > 1 the paper configs run FSDP2 (configs/accelerate/fsdp.yaml): the reference, the RM and R2M's fusion are whole on
-every rank (as measured); the policy is sharded, which is computed, not measured: fp32 master weights and AdamW
-state (12 bytes per parameter) / gpus, plus, while the policy runs, its gathered bf16 root (embeddings, head) and
+With ``gpus`` > 1 the paper configs run FSDP2 (configs/accelerate/fsdp.yaml): the reference, the RM and R2M's
+fusion are whole on every rank (as measured); the policy is sharded, which is computed, not measured: fp32
+master weights and AdamW state (12 bytes per parameter) / gpus, plus, while the policy runs, its gathered bf16 root (embeddings, head) and
 two decoder layers (the one running and the one prefetched); in the update also the unsharded bf16 gradients
 that accumulate across micro-batches while gradient sync is off (FSDP2 ``set_requires_gradient_sync(False)``)
 and the sharded fp32 gradients. Not counted anywhere (GPU effects a CPU count cannot see): the CUDA context,
@@ -63,7 +63,7 @@ NOT_MEASURED = {
     "ser_ultrafeedback": "the SER pipeline (LoRA RM loops) has no adapter here yet",
 }
 SINGLE_GPU = ("r2m_qwen2.5-3b_ultrafeedback_rloo", ("policy.path=Qwen/Qwen2.5-0.5B-Instruct",))
-"""The issue's single-GPU case: a 0.5B Qwen2.5 policy, the 8B Llama-3.1 RM, R2M, the Qwen config's settings."""
+"""The single-GPU case: a 0.5B Qwen2.5 policy, the 8B Llama-3.1 RM, R2M, the Qwen config's settings."""
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"
 """The paper configs whose shapes are measured."""
@@ -386,7 +386,7 @@ def single_gpu_result(spec: MemorySpec, log) -> dict:
 
 
 def logprob_chunk_result(spec: MemorySpec, log) -> dict:
-    """The issue's chunk: Qwen2.5-3B as its config loads it (bf16), ``spec.chunk`` rows x tokens at V = 151,936,
+    """The headline chunk: Qwen2.5-3B as its config loads it (bf16), ``spec.chunk`` rows x tokens at V = 151,936,
     under FSDP2 (bf16 outputs) and on one GPU or DDP (accelerate's autocast and fp32 outputs); the headline is the
     larger. On one GPU also r2m's pass with autocast's weight-cast cache off (``autocast_cache_off_gib``): autocast
     keeps the bf16 cast of every fp32 master weight it casts until the forward ends, and this shows how much of
