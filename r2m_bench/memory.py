@@ -13,16 +13,16 @@ model's pass to another's as depth grows is followed. The fit is checked against
 (``check_depth``); the errors are in the output. The sampling loop is run for a few tokens at two lengths and
 fitted the same way in (depth, tokens): its KV cache grows by a fixed amount per layer and per token.
 
-Per rank: with one GPU, every model, optimiser state and gradient is whole, as measured (the policy in fp32
-master weights under bf16 autocast, the reference and the RM in their configured dtype, as ``build_run`` loads them).
-With ``gpus`` > 1 the paper configs run FSDP2 (configs/accelerate/fsdp.yaml): the reference, the RM and R2M's
-fusion are whole on every rank (as measured); the policy is sharded, which is computed, not measured: fp32
-master weights and AdamW state (12 bytes per parameter) / gpus, plus, while the policy runs, its gathered bf16 root (embeddings, head) and
-two decoder layers (the one running and the one prefetched); in the update also the unsharded bf16 gradients
-that accumulate across micro-batches while gradient sync is off (FSDP2 ``set_requires_gradient_sync(False)``)
-and the sharded fp32 gradients. Not counted anywhere (GPU effects a CPU count cannot see): the CUDA context,
-cuBLAS/NCCL workspaces and buffers, flash-attention workspaces, the caching allocator's fragmentation, and
-vLLM's KV cache (rl.generator=vllm); :data:`MARGIN` is added for them, separately, where a target is judged.
+Per rank: with one GPU, every model, optimiser state and gradient is whole, as measured (the policy in fp32 master
+weights under bf16 autocast, the reference and the RM in their configured dtype, as ``build_run`` loads them). With
+``gpus`` > 1 the paper configs run FSDP2 (configs/accelerate/fsdp.yaml): the reference, the RM and R2M's fusion are
+whole on every rank (as measured); the policy is sharded, which is computed, not measured: fp32 master weights and
+AdamW state (12 bytes per parameter) / gpus, plus, while the policy runs, its gathered bf16 root (embeddings, head)
+and two decoder layers (the one running and the one prefetched); in the update also the unsharded bf16 gradients that
+accumulate across micro-batches while gradient sync is off (FSDP2 ``set_requires_gradient_sync(False)``) and the
+sharded fp32 gradients. Not counted anywhere (GPU effects a CPU count cannot see): the CUDA context, cuBLAS/NCCL
+workspaces and buffers, flash-attention workspaces, the caching allocator's fragmentation, and vLLM's KV cache
+(rl.generator=vllm); :data:`MARGIN` is added for them, separately, where a target is judged.
 """
 
 from __future__ import annotations
