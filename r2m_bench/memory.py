@@ -18,11 +18,13 @@ weights under bf16 autocast, the reference and the RM in their configured dtype,
 ``gpus`` > 1 the paper configs run FSDP2 (configs/accelerate/fsdp.yaml): the reference, the RM and R2M's fusion are
 whole on every rank (as measured); the policy is sharded, which is computed, not measured: fp32 master weights and
 AdamW state (12 bytes per parameter) / gpus, plus, while the policy runs, its gathered bf16 root (embeddings, head)
-and two decoder layers (the one running and the one prefetched); in the update also the unsharded bf16 gradients that
-accumulate across micro-batches while gradient sync is off (FSDP2 ``set_requires_gradient_sync(False)``) and the
-sharded fp32 gradients. Not counted anywhere (GPU effects a CPU count cannot see): the CUDA context, cuBLAS/NCCL
-workspaces and buffers, flash-attention workspaces, the caching allocator's fragmentation, and vLLM's KV cache
-(rl.generator=vllm); :data:`MARGIN` is added for them, separately, where a target is judged.
+and two decoder layers (the one running and the one prefetched); in the update also the sharded fp32 gradients and
+the unsharded bf16 gradients: all of them, accumulated across micro-batches while gradient sync is off (FSDP2
+``set_requires_gradient_sync(False)``), or, with ``dist.sync_every_micro_batch``, only those not yet reduce-scattered
+(the root's, reduced when the backward ends, one layer's being computed and the previous layer's reduce-scatter
+input in ``dist.reduce_dtype``). Not counted anywhere (GPU effects a CPU count cannot see): the CUDA context,
+cuBLAS/NCCL workspaces and buffers, flash-attention workspaces, the caching allocator's fragmentation, and vLLM's KV
+cache (rl.generator=vllm); :data:`MARGIN` is added for them, separately, where a target is judged.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 
 from r2m.config.parsing import load_config
 from r2m.config.root import Config
+from r2m.config.run import DistConfig
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text
 from r2m.utils import quiet_transformers, torch_dtype
@@ -260,8 +263,10 @@ def loop_fit(cfg: Config, points: dict, check: dict, rows: int, spec: MemorySpec
             "check_rel_error": max(err.values(), default=0.0), "rows": rows}
 
 
-def per_rank(pred: dict, coefs: dict, gpus: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Bytes per rank at each phase's peak, and the persistent bytes per rank (see the module docstring)."""
+def per_rank(pred: dict, coefs: dict, gpus: int,
+             dist: DistConfig = DistConfig()) -> tuple[dict[str, float], dict[str, float]]:
+    """Bytes per rank at each phase's peak, and the persistent bytes per rank (see the module docstring); ``dist``
+    is the config's (its gradient sync sets what FSDP2's update holds)."""
     persistent = {k[1]: v for k, v in pred.items() if k[0] == "persistent"}
     total, act = phase_peaks(pred, "total"), phase_peaks(pred, "act")
     if gpus == 1:
@@ -271,19 +276,25 @@ def per_rank(pred: dict, coefs: dict, gpus: int) -> tuple[dict[str, float], dict
     root, layer = coefs[("count", "policy_params")][:2]  # params = root + layer * L_p
     persistent.update(policy=12.0 * n / gpus, policy_optimizer=0.0)  # fp32 master + AdamW m, v, sharded
     base, gathered = sum(persistent.values()), 2.0 * (root + 2 * layer)  # bf16 root + 2 layers gathered
+    update = sum(fsdp_update_terms(n, root, layer, gpus, dist).values())
     out = {}
     for k in total:
-        v = act[k] + sum(fsdp_update_terms(n, root, gpus).values()) if k == "policy_micro_step" else total[k]
+        v = act[k] + update if k == "policy_micro_step" else total[k]
         out[k] = base + v + (gathered if k in POLICY_PHASES else 0.0)
     return out, persistent
 
 
-def fsdp_update_terms(n: float, root: float, gpus: int) -> dict[str, float]:
+def fsdp_update_terms(n: float, root: float, layer: float, gpus: int,
+                      dist: DistConfig = DistConfig()) -> dict[str, float]:
     """Bytes per rank FSDP2's policy update holds besides the activations, for ``n`` policy parameters of which
-    ``root`` are the root module's (embeddings, head)."""
-    return {"unsharded_bf16_grads_no_sync": 2.0 * n,  # accumulated across micro-batches while sync is off
-            "sharded_fp32_grads": 4.0 * n / gpus, "incoming_root_grad": 2.0 * root,
-            "adamw_foreach_temporary": 4.0 * n / gpus}
+    ``root`` are the root module's (embeddings, head) and ``layer`` each decoder layer's."""
+    sharded, temporary = {"sharded_fp32_grads": 4.0 * n / gpus}, {"adamw_foreach_temporary": 4.0 * n / gpus}
+    if not dist.sync_every_micro_batch:
+        return {"unsharded_bf16_grads_no_sync": 2.0 * n,  # accumulated across micro-batches while sync is off
+                **sharded, "incoming_root_grad": 2.0 * root, **temporary}
+    # Each layer's gradient is reduce-scattered as the backward leaves it; the root's when the backward ends.
+    return {"unsharded_bf16_grads_in_flight": 2.0 * (root + layer), **sharded,
+            "reduce_scatter_input": dist.reduce_dtype.torch.itemsize * layer, **temporary}
 
 
 def loops_at(depth: tuple[int, int], rows: tuple[int, ...], spec: MemorySpec) -> tuple[tuple[int, int], ...]:
@@ -313,11 +324,12 @@ def measure_setup(cfg: Config, gpus: int, spec: MemorySpec, log) -> dict:
     for phase, loop in loops.items():
         for kind in ("total", "act"):
             pred[(kind, phase, "sampling loop")] = loop[kind]
-    phases, persistent = per_rank(pred, coefs, gpus)
+    phases, persistent = per_rank(pred, coefs, gpus, cfg.dist)
     errors = check_errors(_drop_loops(predict(coefs, spec.check_depth, depth_terms)), _drop_loops(check))
     peak_phase = max(phases, key=phases.get)
-    root = coefs[("count", "policy_params")][0]
-    terms = fsdp_update_terms(pred[("count", "policy_params")], root, gpus) if gpus > 1 else {}
+    root, layer = coefs[("count", "policy_params")][:2]
+    n = pred[("count", "policy_params")]
+    terms = fsdp_update_terms(n, root, layer, gpus, cfg.dist) if gpus > 1 else {}
     return {"per_rank_peak_gb": phases[peak_phase] / GB, "peak_phase": peak_phase,
             "phases": {k: phases[k] / GB for k in PHASES if k in phases},
             "persistent_gb": {k: v / GB for k, v in persistent.items()},

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from r2m.cli import main
+from r2m.config.enums import ReduceDtype
+from r2m.config.run import DistConfig
 from r2m.models.logprobs import response_forward
 from r2m_bench import memory as bm
 from r2m_bench import memory_phases as ph
@@ -168,6 +170,15 @@ def test_per_rank_fsdp_accounting_by_hand() -> None:
     assert phases["policy_micro_step"] == 1180.0 + 30.0 + 240.0 + 60.0 + 200.0 + 60.0 + 240.0
     one, _ = bm.per_rank(pred, coefs, gpus=1)
     assert one["policy_micro_step"] == 1000.0 + 240.0 + 480.0 + 900.0  # one GPU: everything as measured
+    # dist.sync_every_micro_batch: no accumulated unsharded gradients, only those not yet reduce-scattered: the
+    # root's and one layer's in bf16 2 x (100 + 10) = 220, the previous layer's reduce-scatter input in float32 40
+    sync = DistConfig(sync_every_micro_batch=True)
+    phases, _ = bm.per_rank(pred, coefs, gpus=8, dist=sync)
+    assert phases["policy_micro_step"] == 1180.0 + 30.0 + 220.0 + 60.0 + 40.0 + 60.0 + 240.0
+    assert phases["rollout_logprobs"] == 1180.0 + 50.0 + 240.0  # only the update changes
+    bf16 = DistConfig(sync_every_micro_batch=True, reduce_dtype=ReduceDtype.BFLOAT16)
+    assert bm.per_rank(pred, coefs, gpus=8, dist=bf16)[0]["policy_micro_step"] == phases["policy_micro_step"] - 20.0
+    assert "unsharded_bf16_grads_no_sync" not in bm.fsdp_update_terms(120.0, 100.0, 10.0, 8, sync)
 
 
 def test_every_paper_config_names_its_gpus_and_known_models() -> None:
