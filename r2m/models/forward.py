@@ -82,7 +82,8 @@ def last_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     FSDP's gathered parameters, accelerate's autocast. A forward hook on the decoder hands ``read`` the states
     while that forward runs. The model's own LM head is asked for one position only (``logits_to_keep=1``,
     where the model takes it), so no (B, S, V) logits exist, and accelerate's float32 copy of the outputs
-    covers (B, 1, V). Positions skip left padding, as ``generate`` counts them; no KV cache is built.
+    covers (B, 1, V). Positions skip left padding, as ``generate`` counts them; no KV cache is built. Without
+    gradients, the decoder and the head run with autocast's weight-cast cache off (:func:`_uncached_autocast`).
 
     ``check_head``: refuse a model whose logits are not its output embeddings applied to these states (a
     softcap or scale after the head, as some families apply), by comparing the two at the last position.
@@ -96,16 +97,50 @@ def last_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         if check_head:
             out.append(lm.get_output_embeddings()(states[:, -1]).detach())  # (B, V)
 
-    handle = lm.get_decoder().register_forward_hook(hook)
+    decoder = lm.get_decoder()
+    handles = [decoder.register_forward_hook(hook)]
+    if not torch.is_grad_enabled():  # after `hook`: its head and log-softmax run inside, too
+        handles += _uncached_autocast(decoder, lm.get_output_embeddings())
     extra = {"logits_to_keep": 1} if _takes_logits_to_keep(type(lm)) else {}
     try:
         result = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                        use_cache=False, **extra)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     if check_head:
         _check_head(lm, out[1], result.logits[:, -1])
     return out[0]
+
+
+def _uncached_autocast(*modules: nn.Module) -> list:
+    """Hooks that run each of ``modules`` with autocast's weight-cast cache off, where autocast is on.
+
+    Autocast keeps the low-precision cast of every float32 leaf tensor that requires grad (the fp32 master weights)
+    until the outermost autocast region ends, so that a training forward casts each weight once for its forward and
+    backward. A no-grad pass has no backward: the cache only holds a 16-bit copy of every weight it has used until
+    the forward ends (5.1 GiB for Qwen2.5-3B). With the cache off each cast is freed after its op, the same values.
+    Entered inside the model's own forward (a module hook), so inside accelerate's autocast, whose entry would turn
+    the cache back on. Returns the hook handles (``.remove()`` each)."""
+    entered: list[Optional[torch.autocast]] = []  # one per module running, innermost last
+
+    def enter(module, args):
+        device = next(module.parameters()).device.type
+        ctx = None
+        if torch.is_autocast_enabled(device) and torch.is_autocast_cache_enabled():
+            ctx = torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=False)
+            ctx.__enter__()  # nested: its exit restores the enclosing autocast's state and clears nothing
+        entered.append(ctx)
+
+    def leave(module, args, output):  # always_call: also when the forward raised
+        ctx = entered.pop() if entered else None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+    handles = []
+    for m in modules:
+        handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave, always_call=True)]
+    return handles
 
 
 def _check_head(lm: nn.Module, ours: torch.Tensor, theirs: torch.Tensor) -> None:

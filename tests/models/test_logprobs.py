@@ -90,6 +90,37 @@ def test_logprob_pass_under_accelerates_autocast_wrapper_copies_no_outputs_to_fp
     assert (got[real] - _full_logits_logprobs(model, seq, mask, P, 1.0)[real]).abs().max() > 0  # autocast ran
 
 
+def test_no_grad_pass_under_autocast_keeps_no_casts_of_the_fp32_master_weights() -> None:
+    """Under accelerate's bf16 autocast wrapper, with float32 weights that require grad (the trained policy's master
+    weights), autocast would keep a bf16 cast of every weight until the forward ends. The no-grad pass holds, op
+    by op, exactly the bytes of the same pass on weights that require no grad (which autocast never caches), with
+    bit-identical results, and leaves autocast's state as it was."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    from r2m_bench.live_bytes import LiveBytes
+
+    P, R = 12, 40
+    seq, mask = _rows(4096, [12, 7, 10], [40, 23, 31], P, R, seed=2)
+
+    def run(requires_grad: bool):
+        torch.manual_seed(0)
+        cfg = Qwen2Config(vocab_size=4096, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True)
+        model = Qwen2ForCausalLM(cfg).eval().requires_grad_(requires_grad)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)(type(model).forward)
+        model.forward = MethodType(convert_outputs_to_fp32(autocast), model)
+        inst = LiveBytes()
+        with inst, inst.phase("pass"), torch.no_grad():
+            out = response_forward(model, seq, mask, P, 0.7, with_hidden=True)
+        return inst.phase_peak("pass").total, out
+
+    trained_peak, got = run(True)
+    frozen_peak, want = run(False)
+    assert trained_peak == frozen_peak > 0
+    assert torch.equal(got.logprobs, want.logprobs) and torch.equal(got.hidden, want.hidden)
+    assert not torch.is_autocast_enabled("cpu") and torch.is_autocast_cache_enabled()
+
+
 def test_h_pass_reads_the_last_states_without_logits() -> None:
     model = _narrow_qwen()
     tok = build_tokenizer("policy")
