@@ -400,9 +400,10 @@ def single_gpu_result(spec: MemorySpec, log) -> dict:
 def logprob_chunk_result(spec: MemorySpec, log) -> dict:
     """The headline chunk: Qwen2.5-3B as its config loads it (bf16), ``spec.chunk`` rows x tokens at V = 151,936,
     under FSDP2 (bf16 outputs) and on one GPU or DDP (accelerate's autocast and fp32 outputs); the headline is the
-    larger. On one GPU also r2m's pass with autocast's weight-cast cache off (``autocast_cache_off_gib``): autocast
-    keeps the bf16 cast of every fp32 master weight it casts until the forward ends, and this shows how much of
-    the pass that is."""
+    larger. On one GPU also r2m's pass with autocast's weight-cast cache off for the whole forward
+    (``autocast_cache_off_gib``): the no-grad pass turns it off inside the model for its decoder and head
+    (``r2m.models.forward.last_states``), so the two agree unless a cached bf16 copy of an fp32 master weight is
+    held."""
     rows, prompt, response = spec.chunk
     name = "r2m_qwen2.5-3b_ultrafeedback_rloo"
     lengths = (f"data.max_prompt_tokens={prompt}", f"rl.max_new_tokens={response}")

@@ -158,6 +158,9 @@ class FillerGenerator:
     """A generator (``ExperienceMaker``'s injection point) answering every prompt with ``length`` filler tokens
     and no eos: the longest response the config allows, without a sampling loop."""
 
+    whole_step = False
+    """Called per chunk of ``rl.rollout_batch_size`` rows, as HF generation is (the rollout reads this)."""
+
     def __init__(self, token_id: int, eos_token_id: int, pad_token_id: int, length: int):
         self.token_id, self.eos, self.pad, self.length = token_id, eos_token_id, pad_token_id, length
 
