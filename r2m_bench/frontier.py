@@ -24,6 +24,7 @@ import torch
 from r2m.errors import DataError
 from r2m.eval.trajectory import BudgetGold, Trajectory, gold_at_kl
 from r2m.fileio import atomic_write_text
+from r2m_bench.stats import paired_differences
 
 
 def gold_at_budgets(traj: Trajectory, budgets: Sequence[float]) -> list[BudgetGold]:
@@ -115,29 +116,6 @@ class PairedBootstrap(NamedTuple):
     """The seeds of the complete pairs, sorted."""
     dropped: tuple[int, ...]
     """Seeds dropped: in one arm only, or missing (None/NaN, e.g. "not reached") in either."""
-
-
-def _complete(value: Optional[float]) -> bool:
-    return value is not None and math.isfinite(float(value))
-
-
-class PairedDifferences(NamedTuple):
-    diffs: dict[int, float]
-    """seed -> a_s - b_s, for the seeds with a finite value in both arms, in seed order."""
-    dropped: tuple[int, ...]
-    """The other seeds, sorted."""
-
-
-def paired_differences(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[float]]) -> PairedDifferences:
-    """d_s = a_s - b_s for each seed s with a finite value in both arms, and the sorted dropped seeds."""
-    diffs, dropped = {}, []
-    for s in sorted(set(a) | set(b)):
-        va, vb = a.get(s), b.get(s)
-        if _complete(va) and _complete(vb):
-            diffs[s] = float(va) - float(vb)
-        else:
-            dropped.append(s)
-    return PairedDifferences(diffs, tuple(dropped))
 
 
 def paired_bootstrap(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[float]], *,

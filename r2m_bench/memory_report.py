@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from r2m.fileio import atomic_write_text
 from r2m.reports.tables import format_table
+from r2m_bench.speed_report import replace_section
 
 BEGIN, END = "<!-- bench-memory:begin -->", "<!-- bench-memory:end -->"
 
@@ -88,10 +88,4 @@ def write_readme_section(readme: Path, result: dict, json_path: str) -> None:
         parts += ["", f"Before -> after (`{before.name}` -> `{Path(json_path).name}`), GB per rank:", "",
                   compare_table(json.loads(before.read_text()), result)]
     body = "\n".join([*parts, END])
-    text = readme.read_text() if readme.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + body + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + body + "\n"
-    atomic_write_text(readme, text)
+    replace_section(readme, body, BEGIN, END)

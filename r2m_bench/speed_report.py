@@ -65,10 +65,16 @@ def write_readme_section(readme: Path, result: dict, json_path: str) -> None:
     """Replace (or append) the bench-speed section of ``readme`` with this result's tables."""
     body = "\n".join([BEGIN, f"Last run: `{Path(json_path).name}` (preset {result['preset']}).", "",
                       format_speed(result), END])
+    replace_section(readme, body, BEGIN, END)
+
+
+def replace_section(readme: Path, body: str, begin: str, end: str) -> None:
+    """Write ``body`` (which starts with ``begin`` and ends with ``end``) over the section between those markers in
+    ``readme``, or append it when the markers are not there; atomically."""
     text = readme.read_text() if readme.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + body + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + body + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + body + "\n"
     atomic_write_text(readme, text)

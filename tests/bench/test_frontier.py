@@ -21,11 +21,11 @@ from r2m_bench.frontier import (
     frontier_band,
     gold_at_budgets,
     paired_bootstrap,
-    paired_differences,
     peak_gold,
     verdict_of,
     write_verdicts,
 )
+from r2m_bench.stats import paired_differences
 
 # kl rises 0 -> 0.5; gold peaks at step 20 (0.7) then falls.
 RUN = trajectory([0, 10, 20, 30], [0.0, 0.1, 0.3, 0.5], [0.2, 0.4, 0.7, 0.6])
