@@ -420,36 +420,40 @@ def vllm_half(ctx, policy, prompts: list[list[int]], calls: int, new_tokens: int
     q = shapes(ctx).qwen
     t0 = time.perf_counter()
     gen = VLLMGenerator(str(model_dir), policy, q.eos, q.pad, torch.device("cuda"),
-                        VLLMConfig(gpu_memory_utilization=0.35, enable_sleep_mode=True),
+                        VLLMConfig(gpu_memory_utilization=0.35, sleep_level=2),
                         max_model_len=len(prompts[0]) + new_tokens, seed=0)
     out = {"status": "ok", "engine_start_s": time.perf_counter() - t0,
            "one_call": tokens_per_s(ctx, gen, prompts, 1, new_tokens),
            f"{calls}_calls": tokens_per_s(ctx, gen, prompts, calls, new_tokens)}
-    gen._wake()  # sleep/wake and the sync timed on an awake engine
+    gen.wake()  # the sync timed on an awake engine
     t0 = time.perf_counter()
     gen.sync_weights(policy)
     out["weight_sync_s"] = time.perf_counter() - t0
-    out["sleep_wake"] = sleep_wake(gen, policy)
+    out["sleep_wake"] = sleep_wake(gen, policy, prompts[:8], new_tokens)
     del gen
     return out
 
 
-def sleep_wake(gen, policy) -> dict:
-    """vLLM's sleep levels: 1 (weights to CPU, KV cache freed) and 2 (weights dropped: wake the weights, push them,
-    then the KV cache)."""
+def sleep_wake(gen, policy, prompts: list[list[int]], new_tokens: int) -> dict:
+    """The step's sleep and wake through r2m's own calls, at vLLM's sleep levels 1 (weights to CPU, KV cache freed)
+    and 2 (weights dropped): ``release()`` (sleep), ``sync_weights`` (the new policy), then the next ``generate``,
+    which wakes the weights, pushes them and wakes the KV cache; one small call after each wake checks the engine
+    still samples."""
+    import dataclasses
+
     out: dict = {}
     for level in (1, 2):
         try:
+            gen.cfg = dataclasses.replace(gen.cfg, sleep_level=level)
             t0 = time.perf_counter()
-            gen.llm.sleep(level=level)
+            gen.release()
             t1 = time.perf_counter()
-            if level == 1:
-                gen.llm.wake_up()
-            else:
-                gen.llm.wake_up(tags=["weights"])
-                gen.sync_weights(policy)
-                gen.llm.wake_up(tags=["kv_cache"])
-            out[f"level_{level}"] = {"sleep_s": t1 - t0, "wake_s": time.perf_counter() - t1}
+            gen.sync_weights(policy)
+            gen.wake()
+            t2 = time.perf_counter()
+            g = gen.generate(prompts, 1.0, new_tokens)
+            out[f"level_{level}"] = {"sleep_s": t1 - t0, "wake_and_push_s": t2 - t1,
+                                     "tokens_after_wake": int(g.action_mask.sum())}
         except Exception as e:
             out[f"level_{level}"] = {"error": f"{type(e).__name__}: {e}"[:600]}
     return out

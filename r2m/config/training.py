@@ -165,8 +165,8 @@ class RLConfig:
     kl_horizon: int = 10000
     """Horizon (in samples) of the adaptive controller (TRL's 10000), unless ``kl_horizon_batches`` is set."""
     kl_horizon_batches: float = 0.0
-    """Horizon of the adaptive controller in steps' batches: horizon = this × prompts_per_step × k (× processes),
-    so β moves by at most 20%/this per step (10: ±2%). 0: ``kl_horizon`` samples."""
+    """Horizon of the adaptive controller in steps' batches: horizon = this × prompts_per_step × k (the global
+    batch), so β moves by at most 20%/this per step (10: ±2%) at any process count. 0: ``kl_horizon`` samples."""
     stop_at_kl: float = 0.0
     """Stop the run at the first evaluation (every ``eval_every`` steps) whose ``eval/kl`` (mean per-token log-ratio
     on the evaluation samples) is at least this, with ``steps`` as the cap; the result records which happened

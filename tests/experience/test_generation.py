@@ -448,3 +448,26 @@ def test_process_layout_under_torchrun(tmp_path) -> None:
         assert tp["responses"] == tp["expected_in_group"]  # the group's outputs at this rank's offset
     assert len(out[0]["tp2"]["local_prompts"]) == 3 and len(out[1]["tp2"]["local_prompts"]) == 2  # ragged shares
     assert out[0]["tp2"]["responses"] != out[1]["tp2"]["responses"]
+
+
+def test_the_gpu_checks_sleep_wake_probe_drives_r2ms_generator(fake_vllm) -> None:
+    """scripts/gpu_check_probes.py's P4 sleep/wake goes through VLLMGenerator's own release / sync_weights / wake
+    (the calls a step makes), at levels 1 and 2, and samples after each wake: no error, events in the step's order."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check_probes.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_probes", script)
+    probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probes)
+    policy, tok = _policy()
+    g = _vllm_gen(policy, tok, VLLMConfig(gpu_memory_utilization=0.35, sleep_level=2))  # the probe's config
+    llm = FakeLLM.instances[-1]
+    g.wake()
+    out = probes.sleep_wake(g, policy, _prompt_ids(tok)[:2], 3)
+    assert set(out) == {"level_1", "level_2"} and all("error" not in v for v in out.values()), out
+    assert all(v["tokens_after_wake"] > 0 for v in out.values())
+    # built asleep; the probe's wake; then per level: sleep, wake the weights, push the synced policy, wake the KV
+    # cache, sample
+    assert llm.events == ["sleep2", "wake:weights", "load", "wake:kv_cache",
+                          "sleep1", "wake:weights", "load", "wake:kv_cache", "generate",
+                          "sleep2", "wake:weights", "load", "wake:kv_cache", "generate"]

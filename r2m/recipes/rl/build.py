@@ -110,7 +110,7 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
         cfg=cfg, inputs=inputs, dist=dist, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler,
         critic_optimizer=critic_optimizer, reward_fn=reward, r2m=r2m, sampler=prompts.sampler,
         train_prompts=prompts.train, prompt_stats=prompts.stats, generator=generator, maker=maker, updater=updater,
-        grebt=grebt, kl_ctl=kl_controller(cfg.rl, dist.num_processes),
+        grebt=grebt, kl_ctl=kl_controller(cfg.rl),
         timer=timer, run=run, evaluation=Evaluation(prompts.evaluation, reward, prompts.gold_fn),
         watch=AlarmWatch(cfg, run, models, dist, world=prompts.gold_fn is not None), t_start=t_start)
     if resume_dir is not None:  # (the watch's check RM puts back the RNG states it drew from)

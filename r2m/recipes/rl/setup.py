@@ -20,19 +20,21 @@ from r2m.runtime.distributed import configure_deepspeed
 log = logging.getLogger("r2m")
 
 
-def kl_horizon(rl: RLConfig, processes: int = 1) -> int:
+def kl_horizon(rl: RLConfig) -> int:
     """The adaptive controller's horizon in samples: ``rl.kl_horizon_batches`` steps' batches (prompts_per_step × k
-    samples on each of ``processes``), or ``rl.kl_horizon`` samples when that is 0. With a horizon of H batches, an
-    update moves β by the factor 1 + clip(KL/target − 1, ±0.2) / H."""
+    samples: ``prompts_per_step`` is the global batch, shared out over the processes), or ``rl.kl_horizon`` samples
+    when that is 0. Each step updates the controller once with the global batch's prompts_per_step × k samples, so
+    with a horizon of H batches a step moves β by the factor 1 + clip(KL/target − 1, ±0.2) / H, whatever the
+    process count."""
     if not rl.kl_horizon_batches:
         return rl.kl_horizon
-    return max(1, round(rl.kl_horizon_batches * rl.prompts_per_step * rl.k * processes))
+    return max(1, round(rl.kl_horizon_batches * rl.prompts_per_step * rl.k))
 
 
-def kl_controller(rl: RLConfig, processes: int = 1) -> KLController:
+def kl_controller(rl: RLConfig) -> KLController:
     """The run's β: fixed, or adaptive towards ``rl.kl_target`` (in ``rl.kl_target_level``'s units) over
     :func:`kl_horizon` samples."""
-    return make_kl_controller(rl.beta, rl.kl_adaptive, rl.kl_target, kl_horizon(rl, processes))
+    return make_kl_controller(rl.beta, rl.kl_adaptive, rl.kl_target, kl_horizon(rl))
 
 
 
