@@ -28,7 +28,14 @@ from r2m_bench.design import Arm, BenchDesign, KLRegime, Phase, Plan, design_pre
 from r2m_bench.phases import estimate_cost, format_cost
 from r2m_bench.provenance import git_commit
 from r2m_bench.trajectories import RunRecord, Trajectories, read_trajectories
-from r2m_bench.verdicts import calibration, verdict_records, verdict_table, write_bench_verdicts, write_calibration
+from r2m_bench.verdicts import (
+    FUSION_MOVE,
+    calibration,
+    verdict_records,
+    verdict_table,
+    write_bench_verdicts,
+    write_calibration,
+)
 
 
 def default_out(preset: str, root: str) -> Path:
@@ -57,6 +64,11 @@ def _num(x: Optional[float]) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
 
+def _median_scalar(rs: Sequence[RunRecord], key: str) -> str:
+    values = [r.scalars[key] for r in rs if key in r.scalars]
+    return f"{statistics.median(values):.2g}" if values else "-"
+
+
 def _matched_kl(records: Sequence[RunRecord], plan: Plan) -> str:
     """Gold at each of the world's budgets (mean ± sd over the seeds reaching it), the stop and movement."""
     groups: dict = {}
@@ -70,11 +82,11 @@ def _matched_kl(records: Sequence[RunRecord], plan: Plan) -> str:
             g = [x.gold for x in (gold_at_kl(r.trajectory, b) for r in rs) if x.gold is not None]
             cells.append(f"@{b:g}: {mean_sd(g, empty='not reached')} ({len(g)}/{len(rs)})")
         reached = sum(r.stop_reason == "kl_reached" for r in rs)
-        moves = [r.scalars["r2m/weight_change"] for r in rs if "r2m/weight_change" in r.scalars]
-        move = f"{statistics.median(moves):.2g}" if moves else "-"
+        move = " / ".join(_median_scalar(rs, k) for k in ("r2m/weight_change", FUSION_MOVE))
         rows.append([w, algo, arm + (" (KL-targeted)" if regime == KLRegime.TARGETED.value else ""), "; ".join(cells),
                      f"{reached}/{len(rs)}", move])
-    return format_table(["world", "algorithm", "arm", "gold at the budgets", "KL stop reached", "weight change"],
+    return format_table(["world", "algorithm", "arm", "gold at the budgets", "KL stop reached",
+                         "weight change (RM / fusion)"],
                         rows, markdown=True)
 
 

@@ -44,7 +44,8 @@ class Verdict(str, enum.Enum):
     INACTIVE = "inactive"
     """The method did nothing here (the caller decides, with a reason); overrides the numbers, still reported."""
     NOT_DECIDABLE = "not decidable"
-    """Fewer than ``min_pairs`` complete pairs: no interval, never a verdict."""
+    """Fewer than ``min_pairs`` complete pairs (no interval), or pairs the caller says cannot be read (with a
+    reason: e.g. seeds dropped because one arm missed a KL budget, a non-random drop): never a verdict."""
     EQUIVALENT = "equivalent"
     """The whole interval lies inside (-margin, +margin), even when it excludes 0: a difference bounded below the
     margin is practically none (+0.0004 in [+0.0001, +0.0007] at margin 0.01 is equivalent, not better)."""
@@ -218,10 +219,18 @@ class ClaimTest:
     """The metric's equivalence margin, in its units (gold 0.01, RM accuracy 0.01); 0 turns equivalence off."""
     inactive: Optional[str] = None
     """Why the method did nothing here (e.g. "SER ran no loop"); set, the verdict is INACTIVE."""
+    undecidable: Optional[str] = None
+    """Why the pairs cannot be read however many there are (e.g. one arm missed a KL budget at seeds 3, 7: the
+    pairs left are not a random sample); set, the verdict is NOT_DECIDABLE (after INACTIVE)."""
+
+    @property
+    def decidable(self) -> bool:
+        """Enough pairs and nothing that makes them unreadable: the test has a p-value in the Holm family."""
+        return self.interval.decidable and self.undecidable is None
 
 
-VERDICT_KEYS = ("world", "algorithm", "claim", "metric", "primary", "seeds", "diff_mean", "ci95", "p_holm",
-                "verdict", "reason")
+VERDICT_KEYS = ("world", "algorithm", "claim", "metric", "primary", "seeds", "dropped", "diff_mean", "ci95",
+                "p_holm", "verdict", "reason")
 """The keys of one object of ``verdicts.json``, in order."""
 
 
@@ -236,6 +245,9 @@ class VerdictRecord:
     primary: bool
     seeds: tuple[int, ...]
     """The seeds of the complete pairs."""
+    dropped: tuple[int, ...]
+    """The seeds left out of the pairs: in one arm only, or with no value (e.g. a KL budget not reached) in
+    either."""
     diff_mean: float
     ci95: tuple[float, float]
     """The unadjusted (1 - alpha) t-interval (95% at the default), also for primary claims."""
@@ -243,12 +255,14 @@ class VerdictRecord:
     """Holm-adjusted p; None for secondary claims and below ``min_pairs``."""
     verdict: Verdict
     reason: Optional[str]
-    """Why there is no verdict on the numbers: the inactive reason, or the pairs short of ``min_pairs``."""
+    """Why there is no verdict on the numbers: the inactive reason, the undecidable one, or the pairs short of
+    ``min_pairs``."""
 
     def to_json(self) -> dict:
         """Exactly :data:`VERDICT_KEYS`; ``ci95`` as ``[lo, hi]``, NaN as null."""
         return {"world": self.world, "algorithm": self.algorithm, "claim": self.claim, "metric": self.metric,
                 "primary": bool(self.primary), "seeds": [int(s) for s in self.seeds],
+                "dropped": [int(s) for s in self.dropped],
                 "diff_mean": json_float(self.diff_mean), "ci95": [json_float(c) for c in self.ci95],
                 "p_holm": None if self.p_holm is None else json_float(self.p_holm), "verdict": self.verdict.value,
                 "reason": self.reason}
@@ -265,6 +279,8 @@ def decide(test: ClaimTest, p_holm: Optional[float], alpha: float = ALPHA) -> tu
     iv = test.interval
     if test.inactive is not None:
         return Verdict.INACTIVE, test.inactive
+    if test.undecidable is not None:
+        return Verdict.NOT_DECIDABLE, test.undecidable
     if not iv.decidable:
         dropped = f"; dropped {', '.join(map(str, iv.dropped))}" if iv.dropped else ""
         return Verdict.NOT_DECIDABLE, f"{iv.n} complete pairs (at least {iv.min_pairs} needed){dropped}"
@@ -293,29 +309,33 @@ def _check_tests(tests: Sequence[ClaimTest], alpha: float) -> None:
                             "expected level = 1 - alpha (one alpha for the interval and the Holm decision)")
         if t.inactive is not None and not str(t.inactive).strip():
             raise DataError(f"decide_claims: {where}: an empty inactive reason; expected why the method did nothing")
+        if t.undecidable is not None and not str(t.undecidable).strip():
+            raise DataError(f"decide_claims: {where}: an empty undecidable reason; expected why the pairs cannot "
+                            "be read")
 
 
 def decide_claims(tests: Sequence[ClaimTest], alpha: float = ALPHA) -> list[VerdictRecord]:
     """One :class:`VerdictRecord` per test, in order.
 
     The Holm family is every primary test passed (one call, one family; inactive ones included, since activity
-    is not an outcome of the comparison). A primary test below ``min_pairs`` has no p-value: it enters the
-    family as p = 1, so the family's size m is the design's, not the count of cells that reached enough pairs;
-    its ``p_holm`` is written as null. Secondary tests are decided on their unadjusted interval.
+    is not an outcome of the comparison). A primary test that is not decidable (below ``min_pairs``, or
+    ``undecidable``) has no p-value: it enters the family as p = 1, so the family's size m is the design's, not
+    the count of cells that reached enough pairs; its ``p_holm`` is written as null. Secondary tests are decided
+    on their unadjusted interval.
     """
     if not 0 < alpha < 1:
         raise DataError(f"decide_claims: alpha={alpha}; expected 0 < alpha < 1")
     _check_tests(tests, alpha)
     primary = [i for i, t in enumerate(tests) if t.primary]
-    family = [tests[i].interval.p_value if tests[i].interval.decidable else 1.0 for i in primary]
+    family = [tests[i].interval.p_value if tests[i].decidable else 1.0 for i in primary]
     adjusted = dict(zip(primary, holm(family).tolist())) if primary else {}
     out = []
     for i, t in enumerate(tests):
-        p_holm = adjusted[i] if t.primary and t.interval.decidable else None
+        p_holm = adjusted[i] if t.primary and t.decidable else None
         verdict, reason = decide(t, p_holm, alpha)
         iv = t.interval
         out.append(VerdictRecord(t.world, t.algorithm, _text(t.claim), t.metric, t.primary, tuple(iv.seeds),
-                                 iv.diff_mean, iv.ci, p_holm, verdict, reason))
+                                 tuple(iv.dropped), iv.diff_mean, iv.ci, p_holm, verdict, reason))
     return out
 
 
@@ -324,7 +344,8 @@ def method_text(margin: Mapping[str, float], *, alpha: float = ALPHA, min_pairs:
     level = f"{100 * (1 - alpha):g}%"
     margins = ", ".join(f"{k} ±{v:g}" for k, v in margin.items())
     return (f"paired t-interval over seeds ({level}, df = n - 1); fewer than {min_pairs} complete pairs: not "
-            f"decidable; Holm's step-down across the primary claims (better/worse when the Holm-adjusted p < "
+            f"decidable, and so are pairs with seeds dropped because one arm alone missed the KL budget; Holm's "
+            f"step-down across the primary claims (better/worse when the Holm-adjusted p < "
             f"{alpha:g}, direction by the sign of the mean; the unadjusted {level} interval reported); secondary "
             f"claims exploratory, decided on their unadjusted interval; equivalence margin {margins}: equivalent "
             f"when the whole interval lies inside it (before better/worse); inactive where the method did nothing")

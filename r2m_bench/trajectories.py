@@ -3,8 +3,9 @@ files regenerate from it without running anything.
 
 One :class:`RunRecord` per run: where it sits in the design (phase, world, algorithm, arm, seed, regime), the
 commit that made it, why it stopped, its evaluation trajectory as parallel lists (step, kl, gold, proxy) and the
-scalars the claims read (``rm_acc/*``, ``r2m/weight_change``, ``ser/*``, ``ser/loops``). The document's header
-holds what the earlier phases decided (the budgets, caps and the carried setting) and the design's name.
+scalars the claims read (``rm_acc/*``, ``r2m/weight_change``, ``r2m/fusion_weight_change``, ``ser/*``,
+``ser/loops``). The document's header holds what the earlier phases decided (the budgets, caps and the carried
+setting) and the design's name.
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@ Input: the test phase's :class:`r2m_bench.trajectories.RunRecord`\\ s, the desig
 budget (the claim's one primary metric; the other budgets are exploratory), final gold for the KL-targeted cells,
 or the claim's scalar. The arms' values are paired by seed (:func:`r2m_bench.stats.paired_t`) and decided by
 :func:`r2m_bench.stats.decide_claims` (Holm over exactly the primary records). ``inactive`` where the method did
-nothing: an R2M-family arm whose fusion moved less than :data:`MIN_WEIGHT_CHANGE` (median ``r2m/weight_change``
-over its runs), SER with no self-labelling loop in any run. Output: ``verdicts.json`` and ``calibration.json``.
+nothing: an R2M-family arm whose fusion moved less than :data:`MIN_WEIGHT_CHANGE` (median
+``r2m/fusion_weight_change`` over its runs; the head's movement does not count), SER with no self-labelling loop in
+any run. ``not decidable`` beyond too few pairs: seeds dropped because one arm alone missed the KL budget (the
+arm's reward decides how far it travels, so the pairs left are not a random sample), or an R2M-family arm whose
+runs did not record the fusion's movement. Every record lists its dropped seeds. Output: ``verdicts.json`` and
+``calibration.json``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text
 from r2m_bench.design import LADDER, MARGINS, R2M_ARMS, Arm, BenchDesign, ClaimSpec, KLRegime, Phase, Plan, claims_in
 from r2m_bench.power import min_detectable_effect
-from r2m_bench.stats import ClaimTest, Verdict, VerdictRecord, decide_claims, json_float, paired_t, verdicts_document
+from r2m_bench.stats import ClaimTest, VerdictRecord, decide_claims, json_float, paired_t, verdicts_document
 from r2m_bench.trajectories import RunRecord
 
 MIN_WEIGHT_CHANGE = 1e-3
 """An R2M-family arm whose fusion's relative weight change is below this did not learn: its claims are inactive."""
+FUSION_MOVE = "r2m/fusion_weight_change"
+"""The run's scalar of the fusion's relative weight change (the cross-attention alone, not the score head)."""
 
 
 def gold_metric(budget: float) -> str:
@@ -51,10 +57,15 @@ def _read(r: RunRecord, key: Optional[str], budget: Optional[float]) -> Optional
     return gold_at_kl(traj, budget).gold if budget is not None else float(traj.golds[-1])
 
 
+def _learns_fusion(arm: Arm) -> bool:
+    """An arm whose reward reads h through a fusion that trains (w/o Train freezes it by design)."""
+    return arm in R2M_ARMS and arm is not Arm.WO_TRAIN
+
+
 def inactive_reason(spec: ClaimSpec, runs_a: Sequence[RunRecord]) -> Optional[str]:
     """Why the claim's method (arm A) did nothing here, or None."""
-    if spec.a.arm in R2M_ARMS and spec.a.arm is not Arm.WO_TRAIN:
-        moves = [r.scalars["r2m/weight_change"] for r in runs_a if "r2m/weight_change" in r.scalars]
+    if _learns_fusion(spec.a.arm):
+        moves = [r.scalars[FUSION_MOVE] for r in runs_a if FUSION_MOVE in r.scalars]
         if moves and statistics.median(moves) < MIN_WEIGHT_CHANGE:
             return (f"R2M's fusion did not move: relative weight change {statistics.median(moves):.2g} (median "
                     f"over {len(moves)} runs) < {MIN_WEIGHT_CHANGE:g}")
@@ -63,14 +74,47 @@ def inactive_reason(spec: ClaimSpec, runs_a: Sequence[RunRecord]) -> Optional[st
     return None
 
 
+def _unrecorded_fusion(spec: ClaimSpec, runs_a: Sequence[RunRecord]) -> Optional[str]:
+    """Arm A learns a fusion but some of its runs hold no ``r2m/fusion_weight_change``: whether it moved is
+    unknown, so the claim is not read as active."""
+    if not _learns_fusion(spec.a.arm):
+        return None
+    missing = sorted(r.seed for r in runs_a if FUSION_MOVE not in r.scalars)
+    if not missing:
+        return None
+    return (f"{spec.a.arm.value}: fusion movement not recorded ({FUSION_MOVE} missing in {len(missing)} of "
+            f"{len(runs_a)} runs, seeds {', '.join(map(str, missing))})")
+
+
+def _has(v: Optional[float]) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _one_arm_misses(spec: ClaimSpec, a: Mapping[int, Optional[float]], b: Mapping[int, Optional[float]],
+                    metric: str) -> Optional[str]:
+    """Seeds whose run in one arm missed the budget (no value) while the other arm's reached it: a drop that
+    depends on the arm, so the remaining pairs are biased. Seeds missing in both arms, or run in one only, drop
+    without this bias (they are listed as dropped all the same)."""
+    parts = []
+    for arm, mine, other in ((spec.a.arm, a, b), (spec.b.arm, b, a)):
+        seeds = sorted(s for s in mine if s in other and not _has(mine[s]) and _has(other[s]))
+        if seeds:
+            parts.append(f"{arm.value} missed {metric} at seeds {', '.join(map(str, seeds))}")
+    if not parts:
+        return None
+    return "; ".join(parts) + " where the other arm reached it (a non-random drop biases the pairs)"
+
+
 def _test(records, world, algorithm, spec: ClaimSpec, metric: str, primary: bool, budget: Optional[float]) -> ClaimTest:
     runs_a = _runs(records, world, algorithm, spec.a.arm, spec.regime)
     runs_b = _runs(records, world, algorithm, spec.b.arm, spec.regime)
     a = {r.seed: _read(r, spec.a.key, budget) for r in runs_a}
     b = {r.seed: _read(r, spec.b.key, budget) for r in runs_b}
     margin = MARGINS["gold"] if spec.a.key is None else MARGINS["rm_accuracy"]
+    why = [x for x in (_unrecorded_fusion(spec, runs_a),
+                       _one_arm_misses(spec, a, b, metric) if budget is not None else None) if x is not None]
     return ClaimTest(world, algorithm, spec.claim, metric, primary, paired_t(a, b), margin,
-                     inactive_reason(spec, runs_a))
+                     inactive_reason(spec, runs_a), "; ".join(why) or None)
 
 
 def claim_tests(records: Sequence[RunRecord], design: BenchDesign, plan: Plan) -> list[ClaimTest]:
@@ -152,8 +196,8 @@ def _fmt(x: Optional[float]) -> str:
 def verdict_table(verdicts: Sequence[VerdictRecord], primary: Optional[bool]) -> str:
     """Markdown, one row per record (``primary``: only primaries (True), only each exploratory claim's first
     metric (False), or every record (None))."""
-    lines = ["| claim | world | algorithm | metric | pairs | A − B | 95% CI | p (Holm) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | world | algorithm | metric | pairs | dropped | A − B | 95% CI | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for v in verdicts:
         key = (v.world, v.algorithm, v.claim)
@@ -162,7 +206,8 @@ def verdict_table(verdicts: Sequence[VerdictRecord], primary: Optional[bool]) ->
             continue
         seen.add(key)
         p = "-" if v.p_holm is None else f"{v.p_holm:.3g}"
-        verdict = v.verdict.value + (f" ({v.reason})" if v.verdict is Verdict.INACTIVE else "")
-        lines.append(f"| `{v.claim}` | {v.world} | {v.algorithm} | {v.metric} | {len(v.seeds)} | "
+        verdict = v.verdict.value + (f" ({v.reason})" if v.reason else "")
+        dropped = ", ".join(map(str, v.dropped)) or "-"
+        lines.append(f"| `{v.claim}` | {v.world} | {v.algorithm} | {v.metric} | {len(v.seeds)} | {dropped} | "
                      f"{_fmt(v.diff_mean)} | [{_fmt(v.ci95[0])}, {_fmt(v.ci95[1])}] | {p} | {verdict} |")
     return "\n".join(lines) + "\n"

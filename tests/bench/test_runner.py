@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 import r2m_bench.runner as runner
-from r2m_bench.design import Arm, BenchDesign, Cell, Phase, Sweep
+from r2m.recipes.rl.reports import movement
+from r2m_bench.design import Arm, BenchDesign, Cell, Phase, Plan, Sweep, phase_runs
 from r2m_bench.runner import RESULT_FILE, run_design
 from r2m_bench.trajectories import read_trajectories
 
@@ -69,3 +70,26 @@ def test_phases_run_in_order_and_resume(tmp_path, monkeypatch) -> None:
     n = len(seen)
     run_design(DESIGN, root, out, command="test")  # everything done: nothing reruns
     assert len(seen) == n and outcome.plan.caps == {"length": 80}
+
+
+def test_an_r2m_run_records_its_fusions_movement(tmp_path, monkeypatch) -> None:
+    """The run's scalars hold r2m/fusion_weight_change (the inactive rule reads it), from the last GREBT row of
+    its history through RLResult.r2m_movement (r2m.recipes.rl.reports.movement), beside the fusion+head change."""
+    history = [{"step": 1, "r2m/weight_change": 0.01, "r2m/fusion_weight_change": 0.002,
+                "r2m/fusion_spread_share": 0.3},
+               {"step": 2, "r2m/weight_change": 0.03, "r2m/fusion_weight_change": 0.007,
+                "r2m/fusion_spread_share": 0.5}]
+
+    def run_rl(cfg):
+        d = Path(cfg.run.root) / cfg.run.name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 2, "eval/kl": 0.1, "eval/gold": 0.7}) + "\n")
+        return SimpleNamespace(rm_accuracy={}, r2m_movement=movement(history), stop_kl=0.1, stop_reason="kl_reached")
+
+    monkeypatch.setattr(runner, "run_rl", run_rl)
+    spec = [s for s in phase_runs(DESIGN, Phase.TEST, Plan({"length": (0.1,)}, {"length": 10}, None))
+            if s.arm is Arm.R2M][0]
+    saved = runner.run_one(spec, str(tmp_path))
+    assert saved["scalars"]["r2m/fusion_weight_change"] == 0.007
+    assert saved["scalars"]["r2m/weight_change"] == 0.03
+    assert saved["scalars"]["r2m/fusion_spread_share"] == pytest.approx(0.4)

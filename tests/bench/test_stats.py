@@ -142,9 +142,9 @@ def test_verdict_of(mean, ci, margin, significant, expected):
     assert verdict_of(mean, ci, margin=margin, significant=significant) is expected
 
 
-def _test(claim, metric, diffs, primary=True, margin=0.01, inactive=None, world="length"):
+def _test(claim, metric, diffs, primary=True, margin=0.01, inactive=None, world="length", undecidable=None):
     return ClaimTest(world, "RLOO", claim, metric, primary, paired_t(dict(enumerate(diffs)), {i: 0.0 for i in
-                     range(len(diffs))}), margin, inactive)
+                     range(len(diffs))}), margin, inactive, undecidable)
 
 
 STRONG = [0.05, 0.06, 0.055, 0.045, 0.05]
@@ -180,6 +180,19 @@ def test_inactive_overrides_the_numbers():
     # Without the reason the same numbers decide.
     assert [x.verdict for x in decide_claims([_test("ser_vs_loop0", "ser/test_acc", [0.0] * 5)])] == \
            [Verdict.EQUIVALENT]
+
+
+def test_undecidable_pairs_leave_the_holm_family():
+    """Pairs the caller cannot read (one arm missed the budget at some seeds) are not decidable with its reason,
+    and enter Holm as p = 1 however small their own p."""
+    why = "oracle missed gold@kl=0.2 at seeds 3, 7 where the other arm reached it"
+    r = decide_claims([_test("r2m_vs_vanilla", "gold@kl=0.1", STRONG),
+                       _test("oracle_vs_vanilla", "gold@kl=0.1", STRONG, undecidable=why)])
+    assert r[1].verdict is Verdict.NOT_DECIDABLE and r[1].reason == why and r[1].p_holm is None
+    assert r[1].diff_mean == pytest.approx(0.052)  # still reported
+    assert r[0].p_holm == pytest.approx(min(1.0, 2 * t_interval(STRONG).p_value))  # m = 2, the other at p = 1
+    with pytest.raises(DataError, match="empty undecidable reason"):
+        decide_claims([_test("c", "m", STRONG, undecidable="")])
 
 
 def test_decide_claims_names_bad_families():

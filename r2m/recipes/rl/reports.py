@@ -54,8 +54,9 @@ class RLResult:
     """The last evaluation's ``eval/kl`` (at the stop, or at the cap)."""
     r2m_movement: Optional[dict[str, float]] = None
     """R2M (and the Iterative RM-head): how far the GREBT update moved the RM, from the last update's row:
-    ``r2m/weight_change`` (‖θ_t − θ_0‖ / ‖θ_0‖ over the trained parameters) and the run's mean
-    ``r2m/fusion_spread_share`` (:meth:`r2m.updates.grebt.GREBTUpdater.movement_stats`)."""
+    ``r2m/weight_change`` (‖θ_t − θ_0‖ / ‖θ_0‖ over the trained parameters), ``r2m/fusion_weight_change`` (the
+    same over the fusion alone, where the RM reads h) and the run's mean ``r2m/fusion_spread_share``
+    (:meth:`r2m.updates.grebt.GREBTUpdater.movement_stats`)."""
 
 
 # The curves every run has: (file, keys, labels, title, y label). Rows lacking a key are skipped, a plot whose
@@ -109,7 +110,7 @@ def movement(history: list[dict]) -> Optional[dict[str, float]]:
     rows = [r for r in history if "r2m/weight_change" in r]
     if not rows:
         return None
-    out = {"r2m/weight_change": rows[-1]["r2m/weight_change"]}
+    out = {k: rows[-1][k] for k in ("r2m/weight_change", "r2m/fusion_weight_change") if k in rows[-1]}
     shares = [r["r2m/fusion_spread_share"] for r in rows if "r2m/fusion_spread_share" in r]
     if shares:
         out["r2m/fusion_spread_share"] = sum(shares) / len(shares)
