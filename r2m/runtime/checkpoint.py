@@ -387,8 +387,9 @@ def _caught(e: BaseException) -> bool:
 
 
 def each_rank(dist: "Dist", final: Path, write: Callable[[], None]) -> None:
-    """``write`` (this rank's part of the checkpoint ``final``) on every rank, then an agreement: when any rank's
-    write failed, every rank raises (the others a :class:`CheckpointWriteError` that says so)."""
+    """``write`` (this rank's part of the checkpoint ``final``, which may be nothing) on every rank, then an
+    agreement: when any rank's write failed, every rank raises (the others a :class:`CheckpointWriteError` that says
+    so). With one process it is ``write()``."""
     error: Optional[BaseException] = None
     try:
         write()

@@ -14,6 +14,7 @@ from r2m.config.root import Config
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_dir
 from r2m.runtime.checkpoint import (
+    each_rank,
     guard_write,
     latest_checkpoint,
     prune,
@@ -228,8 +229,8 @@ def supervised_loop(model, optimizer, scheduler, accelerator, *, n_items: int, b
             bar.set_postfix(loss=f"{final:.3f}")
             window, extras = [], {}
         if checkpoint_dir is not None and ((save_every and step % save_every == 0) or stop) and step < steps:
-            _checkpoint(accelerator, checkpoint_dir, model, optimizer, scheduler, step, fingerprint, keep_checkpoints,
-                        hooks)
+            _checkpoint(accelerator, dist, checkpoint_dir, model, optimizer, scheduler, step, fingerprint,
+                        keep_checkpoints, hooks)
         if stop:
             break
     bar.close()
@@ -259,14 +260,20 @@ def _log_window(run: Optional["RunDir"], dist: Dist, prefix: str, step: int, win
     return final
 
 
-def _checkpoint(accelerator, checkpoint_dir: Path, model, optimizer, scheduler, step: int, fingerprint: dict,
-                keep_checkpoints: int, hooks: Optional["Hooks"]) -> None:
+def _checkpoint(accelerator, dist: Dist, checkpoint_dir: Path, model, optimizer, scheduler, step: int,
+                fingerprint: dict, keep_checkpoints: int, hooks: Optional["Hooks"]) -> None:
+    """Rank 0 writes the checkpoint at ``step`` (the replicas are identical: one writer); the ranks then agree on
+    whether it was written, so a failed write raises on every rank at once instead of leaving the others waiting."""
     path = step_dir(checkpoint_dir, step)
-    if accelerator.is_main_process:  # the replicas are identical: one writer
-        unwrapped = accelerator.unwrap_model(model)
-        with guard_write(path, tensor_bytes(unwrapped.state_dict()) + tensor_bytes(optimizer.state_dict())):
-            _save_loop_checkpoint(path, unwrapped, optimizer, scheduler, step, fingerprint)
-        prune(checkpoint_dir, keep_checkpoints)
+
+    def write() -> None:
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            with guard_write(path, tensor_bytes(unwrapped.state_dict()) + tensor_bytes(optimizer.state_dict())):
+                _save_loop_checkpoint(path, unwrapped, optimizer, scheduler, step, fingerprint)
+            prune(checkpoint_dir, keep_checkpoints)
+
+    each_rank(dist, path, write)  # rank 0's error, or on the others a CheckpointWriteError saying so
     accelerator.wait_for_everyone()
     if hooks is not None:
         hooks("on_save", step, str(path))

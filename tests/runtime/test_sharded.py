@@ -148,3 +148,83 @@ def test_ranks_other_than_0_build_the_policy_on_meta_and_get_rank_0s_weights(tmp
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["policy_built_on_meta"] for r in ranks] == [False, True]
     assert all(r["weights_match_reference"] for r in ranks)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend a checkpoint was written under, and a resume under another refused by name
+# ---------------------------------------------------------------------------------------------
+
+
+class _Typed:
+    def __init__(self, kind):
+        self.distributed_type = kind
+
+
+def test_backend_name_of_each_accelerator_kind() -> None:
+    from accelerate.utils import DistributedType
+
+    from r2m.runtime.sharded import backend_name
+
+    assert backend_name(_Typed(DistributedType.FSDP)) == "fsdp"
+    assert backend_name(_Typed(DistributedType.DEEPSPEED)) == "deepspeed"
+    assert backend_name(_Typed(DistributedType.MULTI_GPU)) == "replicated"
+    assert backend_name(_Typed(DistributedType.NO)) == backend_name(None) == "replicated"
+
+
+@pytest.mark.parametrize("written,now", [("fsdp", "replicated"), ("replicated", "fsdp"), ("deepspeed", "fsdp"),
+                                         ("fsdp", "deepspeed"), ("replicated", "deepspeed")])
+def test_a_checkpoint_resumed_under_another_backend_is_refused_by_name(tmp_path, written, now) -> None:
+    from r2m.errors import ConfigError
+    from r2m.runtime.sharded import check_resume_backend
+
+    state = {"step": 4, "backend": written, "num_processes": 2}
+    with pytest.raises(ConfigError) as err:
+        check_resume_backend(tmp_path, state, now, 2)
+    assert str(err.value).startswith(f"{tmp_path}: this checkpoint was written under {written} and this run trains "
+                                     f"under {now}")
+
+
+@pytest.mark.parametrize("written,saved,now,processes", [("fsdp", 2, "fsdp", 2), ("fsdp", 2, "fsdp", 1),
+                                                          ("fsdp", 2, "fsdp", 4), ("replicated", 1, "replicated", 2),
+                                                          ("replicated", 4, "replicated", 1),
+                                                          ("deepspeed", 2, "deepspeed", 2)])
+def test_a_checkpoint_resumes_under_its_own_backend(tmp_path, written, saved, now, processes) -> None:
+    from r2m.runtime.sharded import check_resume_backend
+
+    check_resume_backend(tmp_path, {"backend": written, "num_processes": saved}, now, processes)
+
+
+def test_a_deepspeed_checkpoint_is_refused_with_another_process_count(tmp_path) -> None:
+    from r2m.errors import ConfigError
+    from r2m.runtime.sharded import check_resume_backend
+
+    with pytest.raises(ConfigError, match=r"written by 2 processes and this run has 4"):
+        check_resume_backend(tmp_path, {"backend": "deepspeed", "num_processes": 2}, "deepspeed", 4)
+
+
+@pytest.mark.parametrize("layout,expected", [("sharded", "fsdp"), ("deepspeed", "deepspeed"), ("policy", "replicated")])
+def test_a_state_that_names_no_backend_is_read_from_its_layout(tmp_path, layout, expected) -> None:
+    from r2m.runtime.sharded import checkpoint_backend
+
+    (tmp_path / layout).mkdir()
+    assert checkpoint_backend(tmp_path, {"step": 4}) == expected
+
+
+def test_a_deepspeed_checkpoint_the_engine_cannot_find_is_a_named_error(tmp_path) -> None:
+    """DeepSpeed's load_checkpoint logs a missing tag and returns (None, None): that is refused, not taken as loaded."""
+    from accelerate.utils import DistributedType
+
+    from r2m.errors import CheckpointError
+    from r2m.runtime.sharded import load_sharded
+
+    class Engine:
+        def __init__(self, found: bool):
+            self.found = found
+
+        def load_checkpoint(self, load_dir, tag, **kwargs):
+            return (f"{load_dir}/{tag}", {}) if self.found else (None, None)
+
+    acc = _Typed(DistributedType.DEEPSPEED)
+    load_sharded(acc, tmp_path, {"policy": (Engine(True), None)})
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'deepspeed' / 'critic'}: DeepSpeed found no checkpoint"):
+        load_sharded(acc, tmp_path, {"policy": (Engine(True), None), "critic": (Engine(False), None)})

@@ -30,10 +30,10 @@ from r2m.models.lora import AdapterFreeReference, enable_gradient_checkpointing
 from r2m.models.reward import check_pairing, check_positions
 from r2m.recipes.alarm import AlarmWatch
 from r2m.recipes.pipeline import Inputs, prompt_stream, read_rows, resolve_inputs
-from r2m.recipes.rl.checkpoints import restore
+from r2m.recipes.rl.checkpoints import holds_policy, read_resume_state, restore
 from r2m.recipes.rl.setup import PromptSampler, StreamSampler, check_data_parallel, configure_backend, kl_controller
 from r2m.recipes.rl.state import Evaluation, Models, RLComponents
-from r2m.runtime.checkpoint import fingerprint, free_fields, latest_checkpoint, read_state
+from r2m.runtime.checkpoint import latest_checkpoint
 from r2m.runtime.distributed import Dist, policy_on_meta
 from r2m.runtime.precision import fp32_master_weights, master_dtype
 from r2m.runtime.runlog import RunDir
@@ -77,11 +77,11 @@ def build_run(cfg: Config, reward_fn=None, policy=None, extra_rewards: Sequence 
     inputs = resolve_inputs(cfg)  # under several processes the world cache must exist already
     seed_everything(cfg.run.seed)
     resume_dir = latest_checkpoint(run_dir / "checkpoints") if cfg.run.resume == "auto" else None
-    # Another config's checkpoint is refused; a changed rl.steps, *_every, ... is logged.
-    resume_state = read_state(resume_dir, fingerprint(cfg), free_fields(cfg)) if resume_dir is not None else None
+    # Another config's checkpoint, or another backend's, is refused; a changed rl.steps, *_every, ... is logged.
+    resume_state = read_resume_state(resume_dir, cfg, acc) if resume_dir is not None else None
 
     # A sharded checkpoint holds no policy/ directory: the policy loads from its path, then takes its shards.
-    policy_dir = None if resume_state is None or resume_state.get("sharded") else resume_dir
+    policy_dir = resume_dir if resume_state is not None and holds_policy(resume_dir, resume_state) else None
     models, optimizer = _policy_models(cfg, inputs, acc, policy_dir, policy)
     lr_scheduler = make_lr_scheduler(optimizer, cfg.rl.lr_schedule, cfg.rl.warmup_steps, cfg.rl.steps)
     policy_dim = models.unwrapped_policy().config.get_text_config().hidden_size

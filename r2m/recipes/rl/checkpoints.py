@@ -3,7 +3,8 @@ function takes the parts a checkpoint holds (:class:`r2m.recipes.rl.state.Resuma
 
 Under FSDP and DeepSpeed the policy (and PPO's critic) with their optimisers are saved sharded, each rank its
 own part (:mod:`r2m.runtime.sharded`); R2M's fusion and head, trained alike on every rank, are written by rank 0;
-with several processes every rank's RNG states are kept."""
+with several processes every rank's RNG states are kept. ``state.pt`` names the backend it was written under, and a
+resume under another is refused (:func:`read_resume_state`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from r2m.runtime.checkpoint import (
     load_state_file,
     prune,
     rank_rng_file,
+    read_state,
     rng_state,
     set_rng_state,
     shared_atomic_dir,
@@ -33,18 +35,28 @@ from r2m.runtime.checkpoint import (
 from r2m.runtime.distributed import Dist
 from r2m.runtime.runlog import RunDir
 from r2m.runtime.safeio import load_safetensors as load_file
-from r2m.runtime.sharded import is_sharded, load_sharded, save_sharded
+from r2m.runtime.sharded import (
+    REPLICATED,
+    backend_name,
+    check_resume_backend,
+    checkpoint_backend,
+    load_sharded,
+    save_sharded,
+)
 
 log = logging.getLogger("r2m")
 
 
-def training_state(parts: Resumable, step: int, sharded: bool = False) -> dict:
+def training_state(parts: Resumable, step: int, backend: str = REPLICATED, num_processes: int = 1) -> dict:
     """What ``state.pt`` holds: the step, the prompt order, the RNG states, the optimisers', the KL controller's,
-    the reward normaliser's and R2M's states, the counters, and the evaluation that passed ``rl.stop_at_kl``.
-    ``sharded``: the policy's and critic's optimisers are in the sharded checkpoint instead."""
+    the reward normaliser's and R2M's states, the counters, the evaluation that passed ``rl.stop_at_kl``, and the
+    ``backend`` (:func:`r2m.runtime.sharded.backend_name`) and ``num_processes`` it was written under. Under a
+    sharded backend the policy's and critic's optimisers are in the sharded checkpoint instead."""
+    sharded = backend != REPLICATED
     state = {"step": step, "sampler_position": parts.sampler.position, "sampler": parts.sampler.state_dict(),
              "rng": rng_state(), "kl_ctl": parts.kl_ctl.state_dict(), "bad_steps": parts.progress.bad_steps,
-             "omega_step": step, "kl_stop": parts.progress.kl_stop, "sharded": sharded}
+             "omega_step": step, "kl_stop": parts.progress.kl_stop, "backend": backend,
+             "num_processes": num_processes}
     if not sharded:
         state["optimizer"] = parts.optimizer.state_dict()
     if parts.moments is not None:
@@ -83,7 +95,8 @@ def save_checkpoint(parts: Resumable, cfg: Config, run: RunDir, step: int) -> Pa
     checkpoints as they were."""
     models = parts.models
     acc = models.acc
-    dist, sharded = Dist(acc), is_sharded(acc)
+    dist, backend = Dist(acc), backend_name(acc)
+    sharded = backend != REPLICATED
     final = step_dir(run.checkpoints, step)
     with guard_write(final, _bytes_to_write(parts)), shared_atomic_dir(final, dist) as tmp:
         if sharded:
@@ -97,7 +110,8 @@ def save_checkpoint(parts: Resumable, cfg: Config, run: RunDir, step: int) -> Pa
                     save_critic(acc.unwrap_model(models.critic), tmp / "critic")
             if parts.grebt is not None:
                 parts.grebt.model.save(tmp / "r2m", base_rm=str(parts.rm_path))
-            write_state(tmp, training_state(parts, step, sharded), step, fingerprint(cfg), free_fields(cfg))
+            state = training_state(parts, step, backend, dist.num_processes)
+            write_state(tmp, state, step, fingerprint(cfg), free_fields(cfg))
     if acc.is_main_process:
         prune(run.checkpoints, cfg.run.keep_checkpoints)
     acc.wait_for_everyone()
@@ -126,10 +140,25 @@ def checkpoint_last_step(parts: Resumable, cfg: Config, run: RunDir, step: int) 
     return save_checkpoint(parts, cfg, run, step)
 
 
+def read_resume_state(directory: Path, cfg: Config, acc) -> dict:
+    """``state.pt`` of the checkpoint in ``directory``, refused when it was written under another config
+    (:func:`r2m.runtime.checkpoint.read_state`; a changed rl.steps, *_every, ... is logged) or under a backend whose
+    state this run cannot put back (:func:`r2m.runtime.sharded.check_resume_backend`)."""
+    state = read_state(directory, fingerprint(cfg), free_fields(cfg))
+    check_resume_backend(directory, state, backend_name(acc), Dist(acc).num_processes)
+    return state
+
+
+def holds_policy(directory: Path, state: dict) -> bool:
+    """True when the checkpoint holds the policy's whole weights (policy/); a sharded one holds its shards."""
+    return checkpoint_backend(directory, state) == REPLICATED
+
+
 def restore(parts: Resumable, directory: Path, state: dict) -> None:
     """The parts as the checkpoint in ``directory`` (whose ``state.pt`` is ``state``) left them."""
     models = parts.models
-    if state.get("sharded"):
+    sharded = not holds_policy(directory, state)
+    if sharded:
         load_sharded(models.acc, directory, _trained(parts))
     else:
         parts.optimizer.load_state_dict(state["optimizer"])
@@ -141,7 +170,7 @@ def restore(parts: Resumable, directory: Path, state: dict) -> None:
     parts.progress.kl_stop = state.get("kl_stop")
     if "moments" in state:
         parts.moments.load_state_dict(state["moments"])
-    if models.critic is not None and not state.get("sharded"):
+    if models.critic is not None and not sharded:
         models.acc.unwrap_model(models.critic).load_state_dict(load_critic(directory / "critic").state_dict())
         parts.critic_optimizer.load_state_dict(state["critic_optimizer"])
     if parts.grebt is not None:
@@ -149,7 +178,19 @@ def restore(parts: Resumable, directory: Path, state: dict) -> None:
         parts.grebt.optimizer.load_state_dict(state["r2m_optimizer"])
         parts.progress.r2m_before = state["r2m_initial"]
     parts.progress.start_step = parts.progress.saved_step = state["step"]
-    own = rank_rng_file(directory, Dist(models.acc).rank)
-    # This rank's RNG states; a checkpoint of one process (or of an older r2m) has rank 0's alone.
-    set_rng_state(load_state_file(own)["rng"] if own.exists() else state["rng"])
+    restore_rank_rng(directory, state, Dist(models.acc).rank)
     log.info("resumed from %s at step %d", directory, parts.progress.start_step)
+
+
+def restore_rank_rng(directory: Path, state: dict, rank: int) -> None:
+    """This rank's RNG states from the checkpoint in ``directory``. A checkpoint of one process has rank 0's alone
+    (``state["rng"]``); a rank whose own file is missing (its node did not share rank 0's file system) takes rank 0's,
+    with a warning: its sampling then repeats rank 0's."""
+    own = rank_rng_file(directory, rank)
+    if own.exists():
+        set_rng_state(load_state_file(own)["rng"])
+        return
+    if rank != 0:
+        log.warning("rank %d: the checkpoint %s holds no RNG state of this rank (%s is missing); it takes rank 0's, "
+                    "so its sampling stream from here on equals rank 0's", rank, directory, own)
+    set_rng_state(state["rng"])
