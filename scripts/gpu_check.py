@@ -356,6 +356,20 @@ def fsdp_config(ctx: Ctx) -> Path:
     return path
 
 
+def build_world(ctx: Ctx, root: Path) -> dict:
+    """`r2m world --models` with P6's world settings and mixed precision (part of the world's cache key), so that the
+    FSDP launch finds the world's SFT policy and RM instead of training them inside the launch."""
+    argv = [sys.executable, "-m", "r2m", "world", "--models", "-c", str(ROOT / "configs/world/rloo_r2m.yaml"), *WORLD,
+            f"run.root={root}", f"run.device={ctx.device}", "run.seed=0"]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path, "ACCELERATE_MIXED_PRECISION": mixed_precision(ctx)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CheckFailed(f"r2m world --models failed (rc {proc.returncode}): {(proc.stdout + proc.stderr)[-600:]}")
+    return {"rc": 0, "seconds": time.perf_counter() - t0}
+
+
 def launch(ctx: Ctx, argv: list[str], tag: str) -> dict:
     """`accelerate launch --config_file <fsdp, 1 process> gpu_check.py --child-rl OUT -- <argv>`: its return code, the
     distributed type accelerate gave the run, and its output's tail. It runs until it ends or the part's budget runs
@@ -380,11 +394,11 @@ def launch(ctx: Ctx, argv: list[str], tag: str) -> dict:
 
 def part_p6(ctx: Ctx) -> dict:
     if ctx.device == "cpu" and not ctx.launch_on_cpu:
-        raise Skip("FSDP through accelerate needs an accelerator: on a CPU, accelerate runs a one-process FSDP launch "
-                   "as MULTI_CPU, unsharded (--launch-on-cpu runs it anyway, to check this part's launch and resume)")
-    root = ctx.work / "runs"  # P5's: the world's artifacts are reused
-    first = launch(ctx, rl_args(ctx, root, "p6", steps=2), "p6_run")
+        raise Skip("P6 is the GPU's FSDP check; --launch-on-cpu runs it on the CPU (r2m routes FSDP2 over gloo there)")
+    root = ctx.work / "runs"  # P5's, when P5 ran: the world's artifacts are reused
     out = ctx.progress
+    out["world"] = build_world(ctx, root)  # before the launch, in one plain process, as docs/DISTRIBUTED.md says
+    first = launch(ctx, rl_args(ctx, root, "p6", steps=2), "p6_run")
     out["run"] = first
     if first.get("rc") != 0:
         raise CheckFailed(f"the FSDP run failed (launcher {first['launcher_returncode']}, r2m {first.get('rc')}): "
