@@ -160,7 +160,7 @@ class Ctx(NamedTuple):
     wheels: Optional[Path]
     work: Path  # a scratch directory for the run
     vllm: dict  # P0's finding: {"ok": bool, "version"/"error": ...}
-    launch_on_cpu: bool  # P6 on a CPU: launch anyway (MULTI_CPU, unsharded)
+    launch_on_cpu: bool  # P6 on a CPU: launch anyway (r2m routes FSDP2 over gloo)
     progress: dict  # what the running part has measured so far: kept in the report if it times out or fails
 
 
@@ -453,7 +453,7 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--wheels", default=None, help="a folder of wheels for `pip install --no-index` of datasets")
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run (default: all)")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every part's budget")
-    p.add_argument("--launch-on-cpu", action="store_true", help="P6 on a CPU: launch it anyway (unsharded)")
+    p.add_argument("--launch-on-cpu", action="store_true", help="P6 on a CPU: launch it anyway (FSDP2 over gloo)")
     p.add_argument("--inject-failure", default=None, choices=PARTS, help="make this part raise (the self-test)")
     p.add_argument("--child-rl", default=None, help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
