@@ -56,6 +56,12 @@ class RewardModel(nn.Module):
             )
         self.head = head
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The wrapped model's decoder-layer classes: FSDP's TRANSFORMER_BASED_WRAP (accelerate reads this on the
+        prepared module) shards each layer as its own unit, so one layer's weights are gathered at a time."""
+        return list(getattr(self.model, "_no_split_modules", None) or [])
+
     def set_max_length(self, max_length: int) -> None:
         """``max_length``, but never more than the model's positions (a longer input could not run at all; the
         start-up checks refuse a budget over them, and what a chat template adds on top is cut and counted)."""
@@ -82,7 +88,9 @@ class RewardModel(nn.Module):
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.score_embedding(self.embed(input_ids, attention_mask))  # (B,)
+        # A fresh tensor, not a view of the head's output: FSDP2 warns that an in-place op on a view its root
+        # returns would skip the backward all-gather.
+        return self.score_embedding(self.embed(input_ids, attention_mask)).clone()  # (B,)
 
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         """Token ids of prompt + response as this RM reads them (:class:`r2m.data.chat.RMRenderer`).
@@ -123,25 +131,33 @@ class RewardModel(nn.Module):
         n, self.truncated = self.truncated, 0
         return n
 
-    @torch.no_grad()
-    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str],
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
-        """H_last of each (prompt, response), (B, D_m) in the backbone's dtype: ``batch_size`` rows per forward,
-        rows of similar length together, so each forward is padded to its own longest row."""
+    def _by_length(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int, fn) -> torch.Tensor:
+        """``fn(input_ids, attention_mask)`` over ``batch_size``-row chunks, rows of similar length together (each
+        chunk padded to its own longest row), in the rows' order: (B, ...)."""
         seqs = self.encode(prompts, responses)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         parts = []
         for start in range(0, len(order), batch_size):
             enc = self.pad([seqs[i] for i in order[start: start + batch_size]])
-            parts.append(self.embed(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)))
-        out = torch.cat(parts)  # (B, D_m) in length order
-        return out[torch.argsort(torch.tensor(order, device=out.device))]  # (B, D_m) in the rows' order
+            parts.append(fn(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)))
+        out = torch.cat(parts)  # (B, ...) in length order
+        return out[torch.argsort(torch.tensor(order, device=out.device))]  # (B, ...) in the rows' order
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: Sequence[str], responses: Sequence[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """H_last of each (prompt, response), (B, D_m) in the backbone's dtype: ``batch_size`` rows per forward,
+        rows of similar length together, so each forward is padded to its own longest row."""
+        return self._by_length(prompts, responses, batch_size, self.embed)
 
     @torch.no_grad()
     def score_texts(self, prompts: Sequence[str], responses: Sequence[str],
                     batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
-        """Rewards for (prompt, response) text pairs, shape (B,), on the CPU (:meth:`embed_texts`' row chunks)."""
-        return self.score_embedding(self.embed_texts(prompts, responses, batch_size)).cpu()
+        """Rewards for (prompt, response) text pairs, shape (B,), on the CPU (:meth:`embed_texts`' row chunks).
+
+        Each chunk goes through ``self(...)``, the module's call: a model sharded by FSDP2 (``fully_shard``
+        gathers its parameters in the root's forward hooks) scores the same way as a whole one."""
+        return self._by_length(prompts, responses, batch_size, self).cpu()
 
 
 def check_pairing(rm: RewardModel, policy_tokenizer, prompts: Sequence[str], max_sequence_tokens: int,
