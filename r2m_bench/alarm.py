@@ -30,9 +30,9 @@ from r2m.reports.tables import format_table
 from r2m.runtime.runlog import read_metrics
 from r2m_bench import alarm_eval as ae
 from r2m_bench.design import R2M_ARMS, Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
-from r2m_bench.frontier import PairedBootstrap, Verdict, json_float, verdict_of
+from r2m_bench.frontier import PairedBootstrap, Verdict, verdict_of
 from r2m_bench.runner import RESULT_FILE
-from r2m_bench.stats import paired_cluster_bootstrap
+from r2m_bench.stats import json_float, paired_cluster_bootstrap
 
 TUNE_WORLD = "length"
 TUNE_SEEDS = (0, 1)

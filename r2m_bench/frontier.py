@@ -6,24 +6,19 @@ gold at a KL budget (:func:`r2m.eval.trajectory.gold_at_kl`):
 * :func:`gold_at_budgets`; :func:`peak_gold` and :func:`final_gold`; :func:`frontier_band` (a method's mean curve
   over seeds, with a band);
 * :func:`paired_bootstrap` -- over seeds shared by two arms, the mean paired difference A - B, its 95%
-  percentile-bootstrap interval and a :class:`Verdict`;
-* :class:`VerdictRecord` and :func:`write_verdicts` -- ``docs/bench/verdicts.json``.
+  percentile-bootstrap interval and a :class:`Verdict` (the alarm's validation reads it; the benchmark's
+  verdicts and ``verdicts.json`` are :mod:`r2m_bench.stats`').
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
 from r2m.errors import DataError
 from r2m.eval.trajectory import BudgetGold, Trajectory, gold_at_kl
-from r2m.fileio import atomic_write_text
 from r2m_bench.stats import paired_differences
 
 
@@ -148,71 +143,3 @@ def paired_bootstrap(a: Mapping[int, Optional[float]], b: Mapping[int, Optional[
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(means, q).tolist()
     return PairedBootstrap(d.mean().item(), (lo, hi), verdict_of(lo, hi), seeds, dropped)
-
-
-class Claim(str, enum.Enum):
-    """The papers' claims the benchmark tests; each id names two arms, the first minus the second."""
-
-    R2M_VS_VANILLA = "r2m_vs_vanilla"
-    R2M_VS_PRETRAINED_RM = "r2m_vs_pretrained_rm"
-    R2M_VS_ITERATIVE_HEAD = "r2m_vs_iterative_head"
-    WO_TRAIN_VS_VANILLA = "wo_train_vs_vanilla"
-    SCALE_CONTROL_VS_VANILLA = "scale_control_vs_vanilla"
-    NOISE_VS_R2M = "noise_vs_r2m"
-    NO_BT_VS_R2M = "no_bt_vs_r2m"
-    NO_GRE_VS_R2M = "no_gre_vs_r2m"
-    ORACLE_VS_VANILLA = "oracle_vs_vanilla"
-    RANDOM_VS_VANILLA = "random_vs_vanilla"
-    SER_VS_FULL = "ser_vs_full"
-    SER_VS_LOOP0 = "ser_vs_loop0"
-    R2M_RM_ACC_VS_VANILLA = "r2m_rm_acc_vs_vanilla"
-
-
-VERDICT_KEYS = ("world", "algorithm", "claim", "metric", "seeds", "diff_mean", "ci95", "verdict")
-"""The keys of one object of ``verdicts.json``, in order."""
-
-
-def json_float(x: float) -> Optional[float]:
-    """``x`` as a JSON number, or None (null) when it is NaN or infinite."""
-    return float(x) if math.isfinite(x) else None  # JSON has no NaN: "no interval" is written as null
-
-
-@dataclass(frozen=True)
-class VerdictRecord:
-    """One (world, algorithm, claim) row of ``docs/bench/verdicts.json``."""
-
-    world: str
-    algorithm: str
-    claim: Claim
-    metric: str
-    """What was compared, e.g. ``gold@kl=0.2``, ``final_gold``, ``peak_gold``, ``rm_accuracy``."""
-    seeds: tuple[int, ...]
-    """The seeds of the complete pairs."""
-    diff_mean: float
-    ci95: tuple[float, float]
-    verdict: Verdict
-
-    @classmethod
-    def from_bootstrap(cls, world: str, algorithm: str, claim: Claim, metric: str,
-                       result: PairedBootstrap) -> "VerdictRecord":
-        return cls(world, algorithm, Claim(claim), metric, result.seeds, result.diff_mean, result.ci95,
-                   result.verdict)
-
-    def to_json(self) -> dict:
-        """Exactly :data:`VERDICT_KEYS`; ``ci95`` as ``[lo, hi]``, NaN as null."""
-        return {"world": self.world, "algorithm": self.algorithm, "claim": self.claim.value,
-                "metric": self.metric, "seeds": [int(s) for s in self.seeds],
-                "diff_mean": json_float(self.diff_mean), "ci95": [json_float(c) for c in self.ci95],
-                "verdict": self.verdict.value}
-
-
-def verdicts_document(records: Sequence[VerdictRecord], *, commit: str, command: str) -> dict:
-    """The object of ``verdicts.json``: ``{"commit", "command", "verdicts": [...]}``, records in order."""
-    return {"commit": commit, "command": command, "verdicts": [r.to_json() for r in records]}
-
-
-def write_verdicts(path: str | Path, records: Sequence[VerdictRecord], *, commit: str, command: str) -> Path:
-    """Write :func:`verdicts_document` as indented JSON through a temporary name (never half a file)."""
-    text = json.dumps(verdicts_document(records, commit=commit, command=command), indent=2, allow_nan=False)
-    atomic_write_text(path, text + "\n")
-    return Path(path)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -12,18 +11,13 @@ import pytest
 from r2m.errors import DataError
 from r2m.eval.trajectory import trajectory
 from r2m_bench.frontier import (
-    VERDICT_KEYS,
-    Claim,
-    PairedBootstrap,
     Verdict,
-    VerdictRecord,
     final_gold,
     frontier_band,
     gold_at_budgets,
     paired_bootstrap,
     peak_gold,
     verdict_of,
-    write_verdicts,
 )
 from r2m_bench.stats import paired_differences
 
@@ -112,19 +106,3 @@ def test_bootstrap_too_few_pairs_and_reproducible():
 ])
 def test_verdict_thresholds(lo, hi, verdict):
     assert verdict_of(lo, hi) is verdict
-
-
-def test_write_verdicts(tmp_path):
-    boot = paired_bootstrap({0: 0.7, 1: 0.9}, {0: 0.6, 1: 0.6}, resamples=1000)
-    none = PairedBootstrap(float("nan"), (float("nan"), float("nan")), Verdict.TOO_FEW_PAIRS, (), (0, 1))
-    records = [VerdictRecord.from_bootstrap("length", "rloo", Claim.R2M_VS_VANILLA, "gold@kl=0.2", boot),
-               VerdictRecord.from_bootstrap("noisy", "grpo", "ser_vs_full", "rm_accuracy", none)]
-    path = write_verdicts(tmp_path / "bench" / "verdicts.json", records, commit="abc123", command="r2m bench run")
-    doc = json.loads(path.read_text())
-    assert list(doc) == ["commit", "command", "verdicts"] and doc["commit"] == "abc123"
-    assert [tuple(v) for v in doc["verdicts"]] == [VERDICT_KEYS, VERDICT_KEYS]
-    first, second = doc["verdicts"]
-    assert first["claim"] == "r2m_vs_vanilla" and first["seeds"] == [0, 1] and first["verdict"] == "better"
-    assert first["diff_mean"] == pytest.approx(0.2) and first["ci95"] == pytest.approx([0.1, 0.3])
-    assert second["diff_mean"] is None and second["ci95"] == [None, None] and second["verdict"] == "too few pairs"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["verdicts.json"]  # no temporary file left
