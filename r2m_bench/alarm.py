@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from r2m.config.monitor import MonitorConfig
 from r2m.core.monitor import Signal
@@ -30,9 +30,8 @@ from r2m.reports.tables import format_table
 from r2m.runtime.runlog import read_metrics
 from r2m_bench import alarm_eval as ae
 from r2m_bench.design import R2M_ARMS, Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
-from r2m_bench.frontier import PairedBootstrap, Verdict, verdict_of
 from r2m_bench.runner import RESULT_FILE
-from r2m_bench.stats import json_float, paired_cluster_bootstrap
+from r2m_bench.stats import Verdict, json_float, paired_cluster_bootstrap, verdict_of
 
 TUNE_WORLD = "length"
 TUNE_SEEDS = (0, 1)
@@ -141,7 +140,7 @@ class Validation:
         return [*self.alarm_rules, self.kl_rule, self.step_rule]
 
     @cached_property
-    def paired(self) -> dict[str, dict[str, PairedBootstrap]]:
+    def paired(self) -> dict[str, dict[str, PairedComparison]]:
         """Rule name -> :func:`paired` against the fixed-KL stop: the headline, the rule without kl, the rule
         tuned on `length`; and the control, the fixed-step stop, which shows the instrument can tell two stops
         apart on these runs."""
@@ -237,15 +236,32 @@ def _values(rule: Rule, held: Sequence[ae.RunSeries], metric: str) -> dict[int, 
     return {index[o.run.name]: None if o.recovered is None else f(o.recovered) for o in rule.outcomes}
 
 
-def _clustered(a: dict, b: dict, held: Sequence[ae.RunSeries]) -> PairedBootstrap:
+class PairedComparison(NamedTuple):
+    """Rule A - rule B over the held-out runs both score."""
+
+    diff_mean: float
+    """The mean paired difference (NaN without an interval)."""
+    ci95: tuple[float, float]
+    """The cluster-bootstrap 95% interval of that mean."""
+    verdict: Verdict
+    """BETTER or WORSE when the interval excludes 0, else INCONCLUSIVE (no margin: never EQUIVALENT);
+    NOT_DECIDABLE with fewer than 2 clusters."""
+    seeds: tuple[int, ...]
+    """The held-out runs (indices) of the complete pairs."""
+    dropped: tuple[int, ...]
+
+
+def _clustered(a: dict, b: dict, held: Sequence[ae.RunSeries]) -> PairedComparison:
     """A - B with a 95% interval that resamples (world, seed) clusters whole (a seed's runs in one world share
     its reward model and prompts, so they are not independent); fewer than 2 clusters: no interval."""
     iv = paired_cluster_bootstrap(a, b, {i: (r.world, r.seed) for i, r in enumerate(held)}, min_clusters=2)
-    verdict = verdict_of(*iv.ci) if iv.decidable else Verdict.TOO_FEW_PAIRS
-    return PairedBootstrap(iv.estimate, iv.ci, verdict, iv.keys, iv.dropped)
+    lo, hi = iv.ci
+    verdict = (verdict_of(iv.estimate, iv.ci, margin=0.0, significant=lo > 0 or hi < 0) if iv.decidable
+               else Verdict.NOT_DECIDABLE)
+    return PairedComparison(iv.estimate, iv.ci, verdict, iv.keys, iv.dropped)
 
 
-def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, PairedBootstrap]:
+def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, PairedComparison]:
     """``rule`` - ``base`` over the held-out runs both score (paired by run), per :data:`PAIRED_METRICS`: the
     mean difference with a 95% percentile interval from a bootstrap over (world, seed) clusters
     (r2m_bench.stats.paired_cluster_bootstrap, 10,000 resamples, seed 0) and its verdict."""
@@ -253,12 +269,12 @@ def paired(rule: Rule, base: Rule, held: Sequence[ae.RunSeries]) -> dict[str, Pa
 
 
 def comparisons(rules: Sequence[Rule], base: Rule,
-                held: Sequence[ae.RunSeries]) -> dict[str, dict[str, PairedBootstrap]]:
+                held: Sequence[ae.RunSeries]) -> dict[str, dict[str, PairedComparison]]:
     """Rule name -> :func:`paired` (rule - ``base``) for each of ``rules``."""
     return {r.name: paired(r, base, held) for r in rules}
 
 
-def _paired_json(p: PairedBootstrap) -> dict:
+def _paired_json(p: PairedComparison) -> dict:
     """One comparison for alarm.json (no interval: nulls, since JSON has no NaN)."""
     return {"diff_mean": json_float(p.diff_mean), "ci95": [json_float(c) for c in p.ci95],
             "verdict": p.verdict.value, "pairs": len(p.seeds), "dropped": len(p.dropped)}
@@ -379,10 +395,10 @@ def _failures(v: Validation) -> str:
     return "\n".join(lines) if lines else "- nowhere: every alarm rule meets the 80% share in every held-out world."
 
 
-def _interval(p: PairedBootstrap) -> str:
+def _interval(p: PairedComparison) -> str:
     """``+mean [lo, hi]``, or why there is no interval."""
-    if p.verdict is Verdict.TOO_FEW_PAIRS:
-        return "n/a (too few pairs)"
+    if p.verdict is Verdict.NOT_DECIDABLE:
+        return "n/a (fewer than 2 clusters)"
     return f"{p.diff_mean:+.3f} [{p.ci95[0]:+.3f}, {p.ci95[1]:+.3f}]"
 
 
@@ -429,7 +445,7 @@ def alarm_section(v: Validation, design: BenchDesign, rel: str) -> str:
           "leave-one-world-out fixed-KL stop's on the same held-out run: the mean difference with a "
           "percentile-bootstrap 95% interval resampling (world, seed) clusters (10,000 resamples), and "
           "whether the interval lies above 0 "
-          "(better), below (worse) or around it (no difference); the *>= 90% share* column is the difference of "
+          "(better), below (worse) or around it (inconclusive); the *>= 90% share* column is the difference of "
           "the shares of runs recovering >= 90%. The fixed-step stop is the control: that the instrument can tell "
           "two stopping rules apart on these runs.\n\n" + _paired_table(v)
         + f"\n\nIn sample, on its {v.combined_in_sample.runs} tuning runs, the combined rule's mean recovered share "

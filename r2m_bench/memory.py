@@ -25,6 +25,10 @@ the unsharded bf16 gradients: all of them, accumulated across micro-batches whil
 input in ``dist.reduce_dtype``). Not counted anywhere (GPU effects a CPU count cannot see): the CUDA context,
 cuBLAS/NCCL workspaces and buffers, flash-attention workspaces, the caching allocator's fragmentation, and vLLM's KV
 cache (rl.generator=vllm); :data:`MARGIN` is added for them, separately, where a target is judged.
+
+Host memory: each config's ``host`` entry is the host peak per rank while the run loads
+(:mod:`r2m_bench.memory_host`: a formula per loading stage, checked on CPU by loading models with the library's own
+calls in fresh processes; ``host_check`` holds that check).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from r2m.config.run import DistConfig
 from r2m.errors import ConfigError
 from r2m.fileio import atomic_write_text
 from r2m.utils import quiet_transformers, torch_dtype
+from r2m_bench import memory_host as host
 from r2m_bench import memory_phases as ph
 from r2m_bench.live_bytes import LiveBytes, clear_memo, fake_mode
 from r2m_bench.memory_report import format_memory, write_readme_section
@@ -67,6 +72,8 @@ NOT_MEASURED = {
 }
 SINGLE_GPU = ("r2m_qwen2.5-3b_ultrafeedback_rloo", ("policy.path=Qwen/Qwen2.5-0.5B-Instruct",))
 """The single-GPU case: a 0.5B Qwen2.5 policy, the 8B Llama-3.1 RM, R2M, the Qwen config's settings."""
+HOST_CHECK_MODELS = ("Qwen/Qwen2.5-0.5B-Instruct", "Skywork/Skywork-Reward-V2-Llama-3.1-8B")
+"""The families (and vocabularies) of the host check's policy (tied embeddings) and RM (untied)."""
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"
 """The paper configs whose shapes are measured."""
@@ -99,6 +106,8 @@ class MemorySpec:
     """Also measure each config on one GPU."""
     trl: bool = True
     """Measure TRL's log-prob pass beside r2m's."""
+    host_widths: tuple[int, ...] = host.CHECK_WIDTHS
+    """Hidden sizes of the host-memory check's models (:func:`r2m_bench.memory_host.check`); () skips it."""
 
 
 SMOKE_SHAPES = ("rl.prompts_per_step=8", "rl.k=2", "rl.max_new_tokens=4", "data.max_prompt_tokens=6",
@@ -107,7 +116,8 @@ PRESETS = {
     "paper": MemorySpec(),
     # Seconds: one config at tiny lengths (its numbers mean nothing); every key is written.
     "smoke": MemorySpec(configs=("r2m_qwen2.5-3b_ultrafeedback_rloo",), check_depth=(3, 3), gen_tokens=(2, 3, 4),
-                        table3_rows=2, chunk=(2, 5, 3), chunk_layers=1, overrides=SMOKE_SHAPES, one_gpu=False),
+                        table3_rows=2, chunk=(2, 5, 3), chunk_layers=1, overrides=SMOKE_SHAPES, one_gpu=False,
+                        host_widths=(32,)),
 }
 
 
@@ -371,12 +381,13 @@ def with_margin(gb: float) -> float:
     return gb * (1 + MARGIN["fraction"]) + MARGIN["fixed_gb"]
 
 
-def config_result(name: str, spec: MemorySpec, log) -> dict:
-    """One paper config: on its GPUs (per rank), on one GPU, and its log-prob chunk beside TRL's."""
+def config_result(name: str, spec: MemorySpec, log, process_bytes: float = 0.0) -> dict:
+    """One paper config: on its GPUs (per rank), on one GPU, its log-prob chunk beside TRL's, and the host peak per
+    rank while it loads (``process_bytes``: the process's own, added to every rank)."""
     gpus = gpus_of(PAPER_DIR / f"{name}.yaml")
     cfg = setup_config(name, (), spec)
     log(f"{name}: {gpus} GPUs")
-    out = {"gpus": gpus, **measure_setup(cfg, gpus, spec, log)}
+    out = {"gpus": gpus, **measure_setup(cfg, gpus, spec, log), "host": host.host_result(cfg, gpus, process_bytes)}
     if spec.one_gpu and gpus > 1:
         log(f"{name}: one GPU")
         one = measure_setup(cfg, 1, spec, log)
@@ -387,13 +398,14 @@ def config_result(name: str, spec: MemorySpec, log) -> dict:
     return out
 
 
-def single_gpu_result(spec: MemorySpec, log) -> dict:
+def single_gpu_result(spec: MemorySpec, log, process_bytes: float = 0.0) -> dict:
     name, overrides = SINGLE_GPU
     log(f"single GPU: {name} with {' '.join(overrides)}")
     cfg = setup_config(name, overrides, spec)
     res = measure_setup(cfg, 1, spec, log)
     return {"config": name, "overrides": list(overrides), "policy": cfg.policy.path, "reward_model": cfg.reward.path,
             "peak_gb": res["per_rank_peak_gb"], "peak_with_margin_gb": with_margin(res["per_rank_peak_gb"]),
+            "host": host.host_result(cfg, 1, process_bytes),
             **{k: res[k] for k in ("peak_phase", "phases", "persistent_gb", "shapes", "check")}}
 
 
@@ -493,8 +505,14 @@ def bench_memory(preset: str, out: str, log=print) -> dict:
         raise ConfigError(f"bench memory --preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     spec = PRESETS[preset]
     quiet_transformers()
-    result = {"preset": preset, "configs": {name: config_result(name, spec, log) for name in spec.configs},
-              "single_gpu": single_gpu_result(spec, log)}
+    checked = None
+    if spec.host_widths:
+        log("host memory check: loading with the library's calls in fresh processes")
+        checked = host.check(*HOST_CHECK_MODELS, spec.host_widths, log)
+    process = host.process_bytes_of(checked)
+    result = {"preset": preset, "host_check": checked,
+              "configs": {name: config_result(name, spec, log, process) for name in spec.configs},
+              "single_gpu": single_gpu_result(spec, log, process)}
     chunk = logprob_chunk_result(spec, log)
     result["logprob_chunk_gib"] = max(chunk["fsdp2"]["r2m_gib"], chunk["one_gpu_or_ddp"]["r2m_gib"])
     result["logprob_chunk"] = chunk

@@ -83,6 +83,9 @@ class Arch:
     """tie_word_embeddings."""
     source: str
     """Where the numbers come from."""
+    saved: Optional[str] = "bfloat16"
+    """The checkpoint's weight dtype (config.json's ``torch_dtype``); None where not known. Loaded in this dtype,
+    transformers maps the weights from the safetensors file instead of copying them (r2m_bench.memory_host)."""
 
 
 _HF = "https://huggingface.co/{}/blob/main/config.json"
@@ -93,7 +96,9 @@ _LLAMA3 = Arch(Family.LLAMA3, 4096, 14336, 32, 32, 8, 128256, False, _HF.format(
 # config.json); the RM computes no logits, so its vocabulary only sizes its embedding.
 _SKYWORK = Arch(Family.LLAMA3_1, 4096, 14336, 32, 32, 8, 128257, False,
                 _HF.format("Skywork/Skywork-Reward-Llama-3.1-8B"))
-_PYTHIA = Arch(Family.PYTHIA, 2560, 10240, 32, 32, 32, 50304, False, _HF.format("EleutherAI/pythia-2.8b-deduped"))
+# The cleanrl TL;DR checkpoints' stored dtype is not recorded here: counted as a converted copy, the larger case.
+_PYTHIA = Arch(Family.PYTHIA, 2560, 10240, 32, 32, 32, 50304, False, _HF.format("EleutherAI/pythia-2.8b-deduped"),
+               saved=None)
 ARCHS: dict[str, Arch] = {
     "Qwen/Qwen2.5-0.5B-Instruct": _QWEN05,
     "Qwen/Qwen2.5-3B-Instruct": _QWEN3,

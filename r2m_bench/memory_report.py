@@ -37,6 +37,34 @@ def config_table(result: dict) -> str:
     return format_table(head, rows, markdown=True)
 
 
+def host_table(result: dict) -> str:
+    """Per config: the host peak per rank while the run loads (rank 0, each other rank) and per node."""
+    rows = []
+    cases = {name: c for name, c in result["configs"].items()}
+    cases["single GPU (0.5B + 8B RM)"] = result["single_gpu"]
+    for name, c in cases.items():
+        h = c.get("host")
+        if h is None:
+            continue
+        other = h.get("other_ranks")
+        rows.append([f"`{name}`" if name in result["configs"] else name, str(c.get("gpus", 1)),
+                     _gb(h["rank0"]["peak_gb"]), _gb(other["peak_gb"]) if other else "-", _gb(h["node_gb"]),
+                     _gb(h["node_page_cache_gb"]),
+                     ", ".join(f"{k} {v:.1f}" for k, v in h["rank0"]["stages_gb"].items())])
+    head = ["config", "GPUs", "host peak, rank 0 (GB)", "each other rank (GB)", "node (GB)",
+            "checkpoints mapped, node (GB)", "rank 0 stages, anonymous (GB)"]
+    return format_table(head, rows, markdown=True)
+
+
+def host_check_line(check: dict) -> str:
+    """The host formula's CPU check, one line."""
+    cases = "; ".join(f"width {c['width']} {c['stage']}: {c['measured_mb']:.0f} MB measured, "
+                      f"{c['predicted_mb']:.0f} predicted" for c in check["cases"])
+    return (f"- Host check (the library's loading calls in fresh processes, real vocabularies, bf16 checkpoints; "
+            f"anonymous memory, sampled): {cases}; largest error {check['max_error_mb']:.1f} MB; the process "
+            f"itself {check['process_bytes'] / 1e9:.2f} GB before loading.")
+
+
 def phase_table(result: dict) -> str:
     """GB per rank at each phase's peak, one column per config (on its GPUs) and the single-GPU case."""
     cols = {name: c["phases"] for name, c in result["configs"].items()}
@@ -64,6 +92,13 @@ def format_memory(result: dict) -> str:
                                                                                   else "") + ".")
     if result.get("not_measured"):
         lines.append("- Not measured: " + "; ".join(f"`{k}` ({v})" for k, v in result["not_measured"].items()) + ".")
+    if any("host" in c for c in result["configs"].values()):
+        lines += ["", "Host memory per rank while the run loads, anonymous (`r2m_bench/memory_host.py`: FSDP2 with "
+                  "`fsdp_cpu_ram_efficient_loading`, the other ranks' trained policy on the meta device; each stage's "
+                  "models go to the GPU before the next loads; checkpoints loaded in their own dtype are mapped from "
+                  "their files, page cache the node's ranks share):", "", host_table(result)]
+        if result.get("host_check"):
+            lines += ["", host_check_line(result["host_check"])]
     return "\n".join(lines)
 
 

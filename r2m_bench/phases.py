@@ -30,6 +30,7 @@ from r2m_bench.design import (
     SweepPoint,
     phase_runs,
 )
+from r2m_bench.trajectories import EvalNoise
 
 
 def round_sig(x: float, digits: int = 2) -> float:
@@ -57,12 +58,13 @@ class WorldBudgets(NamedTuple):
     """Median steps of the pilot runs to the largest budget (None: a run never reached it)."""
     seed_sd: Optional[float]
     """SD across the tuning seeds of gold at the primary budget."""
-    eval_se: Optional[float]
-    """Median standard error of one evaluation point's gold (``eval/gold_se`` when runs log it)."""
+    eval_noise: Optional[EvalNoise]
+    """The pilot runs' median standard error of one evaluation point's gold, and the samples per prompt it drew
+    (None: no samples recorded)."""
 
 
 def budgets_from_pilot(design: BenchDesign, trajs: Mapping[str, Sequence[Trajectory]],
-                       eval_se: Mapping[str, Optional[float]] = {}) -> dict[str, WorldBudgets]:
+                       noise: Mapping[str, EvalNoise] = {}) -> dict[str, WorldBudgets]:
     """Per world (``trajs``: world -> the pilot's vanilla trajectories): budgets = the multiples of the median KL
     at gold's peak, rounded to 2 significant digits; cap = ``cap_factor`` x the median steps to the largest
     budget, or ``cap_factor`` x the pilot's steps when a pilot run never reached it."""
@@ -82,8 +84,16 @@ def budgets_from_pilot(design: BenchDesign, trajs: Mapping[str, Sequence[Traject
         primary = budgets[design.budget_multiples.index(design.primary_multiple)]
         golds = [g for g in (gold_at_kl(t, primary).gold for t in ts) if g is not None]
         sd = statistics.stdev(golds) if len(golds) >= 2 else None
-        out[world] = WorldBudgets(budgets, max(cap, 1), peaks, steps, sd, eval_se.get(world))
+        out[world] = WorldBudgets(budgets, max(cap, 1), peaks, steps, sd, noise.get(world))
     return out
+
+
+def samples_needed(noise: Optional[EvalNoise], seed_sd: Optional[float]) -> Optional[int]:
+    """Samples per prompt at which an evaluation point's standard error falls under half the seed-to-seed SD
+    (the error shrinks as 1/sqrt(samples)); None without both numbers."""
+    if noise is None or not seed_sd:
+        return None
+    return max(1, math.ceil(noise.samples_per_prompt * (noise.se / (seed_sd / 2)) ** 2))
 
 
 def plan_of(budgets: Mapping[str, WorldBudgets], setting: Optional[SweepPoint] = None) -> Plan:
@@ -94,11 +104,14 @@ def budgets_json(design: BenchDesign, budgets: Mapping[str, WorldBudgets]) -> di
     """``docs/bench/budgets.json``: per world the budgets, the primary, the cap and what they came from."""
     worlds = {}
     for w, b in budgets.items():
-        ratio = b.eval_se / b.seed_sd if b.eval_se is not None and b.seed_sd else None
+        n = b.eval_noise
+        ratio = n.se / b.seed_sd if n is not None and b.seed_sd else None
         worlds[w] = {"budgets": list(b.budgets), "primary": b.budgets[design.budget_multiples.index(
                      design.primary_multiple)], "step_cap": b.cap, "peak_kl_per_seed": list(b.peak_kls),
-                     "steps_to_largest_budget": b.steps_to_top, "gold_seed_sd": b.seed_sd, "eval_point_se": b.eval_se,
-                     "eval_se_over_seed_sd": ratio}
+                     "steps_to_largest_budget": b.steps_to_top, "gold_seed_sd": b.seed_sd,
+                     "eval_point_se": n.se if n is not None else None, "eval_se_over_seed_sd": ratio,
+                     "eval_samples_per_prompt": n.samples_per_prompt if n is not None else None,
+                     "eval_samples_per_prompt_needed": samples_needed(n, b.seed_sd)}
     return {"design": design.name, "multiples": list(design.budget_multiples), "primary_multiple":
             design.primary_multiple, "tuning_seeds": list(design.tuning_seeds), "worlds": worlds}
 

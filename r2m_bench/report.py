@@ -90,6 +90,16 @@ def _matched_kl(records: Sequence[RunRecord], plan: Plan) -> str:
                         rows, markdown=True)
 
 
+def _noise(world: dict) -> str:
+    """budgets.json's evaluation noise of one world, as a clause (empty when the pilot recorded none)."""
+    se, sd = world.get("eval_point_se"), world.get("gold_seed_sd")
+    if se is None or sd is None:
+        return ""
+    return (f"; an evaluation point's gold SE {se:.4f} against a seed-to-seed SD of {sd:.4f} at the primary budget "
+            f"in the pilot, at {world.get('eval_samples_per_prompt')} samples per prompt (under half the SD from "
+            f"{world.get('eval_samples_per_prompt_needed')})")
+
+
 def _provenance(records: Sequence[RunRecord]) -> str:
     commits: dict[str, int] = {}
     for r in records:
@@ -123,8 +133,10 @@ def write_outputs(traj: Trajectories, report: Path, art: Path, *, commit: str, c
     cal = calibration(test, verdicts, design, traj.plan)
     write_calibration(art / "calibration.json", cal)
     tuning = read_json_or_none(art / "tuning.json")
+    noise = (read_json_or_none(art / "budgets.json") or {}).get("worlds", {})
     budgets = "\n".join(f"- `{w}`: {', '.join(f'{b:g}' for b in bs)} (primary {traj.plan.primary(design, w):g}; "
-                        f"step cap {traj.plan.caps[w]})" for w, bs in traj.plan.budgets.items())
+                        f"step cap {traj.plan.caps[w]}){_noise(noise.get(w, {}))}"
+                        for w, bs in traj.plan.budgets.items())
     s = traj.plan.setting
     setting = "none (no grid point complete: the config's defaults)" if s is None else \
         f"lr {s.lr:g}, init {s.init}, Omega {s.omega_floor:g}"

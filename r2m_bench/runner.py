@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import os
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -34,7 +35,7 @@ from r2m_bench import phases
 from r2m_bench.design import Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
 from r2m_bench.provenance import git_commit
 from r2m_bench.ser_table import ser_summary
-from r2m_bench.trajectories import RunRecord, record_of, write_trajectories
+from r2m_bench.trajectories import EvalNoise, RunRecord, eval_noise, record_of, write_trajectories
 
 log = logging.getLogger("r2m")
 
@@ -124,10 +125,13 @@ def run_pilot(design: BenchDesign, root: str, out: Path, workers: int) -> tuple[
     trajs: dict = {}
     for r in recs:
         trajs.setdefault(r.world, []).append(r.trajectory)
-    se = {}
-    for w in trajs:
-        ses = sorted(float(x) for r in recs if r.world == w for x in [r.scalars.get("eval/gold_se")] if x is not None)
-        se[w] = ses[len(ses) // 2] if ses else None
+    noise: dict = {}
+    for r in recs:
+        found = eval_noise(Path(root) / r.name)
+        if found is not None:
+            noise.setdefault(r.world, []).append(found)
+    se = {w: EvalNoise(statistics.median(n.se for n in ns), max(n.samples_per_prompt for n in ns))
+          for w, ns in noise.items()}
     budgets = phases.budgets_from_pilot(design, trajs, se)
     atomic_write_text(out / "budgets.json", json.dumps(phases.budgets_json(design, budgets), indent=2) + "\n")
     return recs, budgets

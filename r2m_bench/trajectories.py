@@ -108,3 +108,33 @@ def read_trajectories(path: str | Path) -> Trajectories:
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{path}: run {name!r}: {e!r}; expected the fields of RunRecord") from e
     return Trajectories(doc["design"], doc.get("command", ""), plan, runs)
+
+
+class EvalNoise(NamedTuple):
+    """How noisy one evaluation point's gold is, from the samples it drew."""
+
+    se: float
+    """Median over the run's evaluations after step 0 of the sampling standard error of ``eval/gold``:
+    sqrt(mean over prompts of the within-prompt sample variance / number of samples)."""
+    samples_per_prompt: int
+
+
+def eval_noise(run_dir: str | Path) -> Optional[EvalNoise]:
+    """``run_dir``'s evaluation noise, from ``samples/step_*.jsonl`` (every evaluation sample with its gold, as
+    ``RunLog.log_samples`` writes them); None without such files or with one sample per prompt."""
+    ses, per_prompt = [], 0
+    for path in sorted(Path(run_dir).glob("samples/step_*.jsonl")):
+        by_prompt: dict[str, list[float]] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("step", 0) and row.get("gold") is not None:
+                by_prompt.setdefault(row["prompt"], []).append(float(row["gold"]))
+        groups = [g for g in by_prompt.values() if len(g) > 1]
+        if not groups:
+            continue
+        per_prompt = max(per_prompt, max(len(g) for g in groups))
+        variances = [sum((x - sum(g) / len(g)) ** 2 for x in g) / (len(g) - 1) for g in groups]
+        ses.append((sum(variances) / len(variances) / sum(len(g) for g in groups)) ** 0.5)
+    if not ses:
+        return None
+    return EvalNoise(sorted(ses)[len(ses) // 2], per_prompt)

@@ -102,7 +102,8 @@ def test_no_finished_run_is_reported_not_crashed(tmp_path):
     assert doc["baselines"]["fixed_step"]["step"] is None
     # No pair to compare: nulls in the JSON (written with allow_nan=False), never NaN.
     headline = doc["paired_vs_fixed_kl"]["alarm, combined (leave one world out)"]["mean_recovered"]
-    assert headline == {"diff_mean": None, "ci95": [None, None], "verdict": "too few pairs", "pairs": 0, "dropped": 0}
+    assert headline == {"diff_mean": None, "ci95": [None, None], "verdict": "not decidable", "pairs": 0,
+                        "dropped": 0}
     assert "no held-out run has finished" in text
 
 
@@ -116,7 +117,7 @@ def _outcomes(recs, worlds=("noisy",) * 4, seeds=(0, 1, 2, 3)):
 def test_paired_comparison_by_hand_and_the_beats_verdict():
     from types import SimpleNamespace
 
-    from r2m_bench.frontier import Verdict
+    from r2m_bench.stats import Verdict
     # Two worlds share seeds 0 and 1: pairing must be by run, not by seed or by position.
     worlds, seeds = ("noisy", "noisy", "blind", "blind", "blind"), (0, 1, 0, 1, 2)
     held, base = _outcomes([0.5, 0.7, 0.93, None, 0.6], worlds, seeds)
@@ -141,5 +142,5 @@ def test_paired_comparison_by_hand_and_the_beats_verdict():
     # A higher mean inside the noise does not beat: +0.3 on one run, -0.2 and -0.05 on the others.
     _, mixed = _outcomes([0.8, 0.5, 0.88, None, 0.99], worlds, seeds)
     d = ba.paired(ba.Rule("a", "", mixed), ba.Rule("kl", "", base), held)["mean_recovered"]
-    assert d.diff_mean == pytest.approx(0.05 / 3) and d.verdict is Verdict.NO_DIFFERENCE
+    assert d.diff_mean == pytest.approx(0.05 / 3) and d.verdict is Verdict.INCONCLUSIVE
     assert ba.headline(validation(mixed))["beats_fixed_kl"] is False

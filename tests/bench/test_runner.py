@@ -36,6 +36,10 @@ def _fake_rl(seen):
         rows = [{"step": 10 * i, "eval/kl": k, "eval/gold": g + lift * (i > 0), "eval/proxy": 0.1 * i}
                 for i, (k, g) in enumerate(zip(KLS, GOLD))]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "samples").mkdir(exist_ok=True)  # an evaluation's samples: 2 prompts x 4, as RunLog.log_samples
+        golds = {"a": (1.0, 0.0, 1.0, 0.0), "b": (0.7,) * 4}
+        (d / "samples" / "step_000010.jsonl").write_text("".join(
+            json.dumps({"step": 10, "prompt": p, "gold": g}) + "\n" for p, gs in golds.items() for g in gs))
         move = {"r2m/weight_change": 0.02} if cfg.reward.r2m.enabled else None
         return SimpleNamespace(rm_accuracy={}, r2m_movement=move, stop_kl=0.2, stop_reason="step_cap")
     return run_rl
@@ -53,6 +57,9 @@ def test_phases_run_in_order_and_resume(tmp_path, monkeypatch) -> None:
     budgets = json.loads((out / "budgets.json").read_text())["worlds"]["length"]
     assert budgets["budgets"] == [0.07, 0.14, 0.28] and budgets["primary"] == 0.14
     assert budgets["step_cap"] == 80  # 0.28 never reached: cap_factor x the pilot's 40 steps
+    # Within-prompt variances 1/3 and 0: sqrt(mean 1/6 over 8 samples) = sqrt(1/48)
+    assert budgets["eval_point_se"] == pytest.approx(48 ** -0.5) and budgets["eval_samples_per_prompt"] == 4
+    assert budgets["eval_samples_per_prompt_needed"] is None  # the fake seeds agree: no seed-to-seed spread
     tuning = json.loads((out / "tuning.json").read_text())
     assert tuning["chosen"] == {"lr": 1e-4, "init": "random", "omega_floor": 0.6}
     assert tuning["grid"][1]["mean_gain"] == pytest.approx(0.05) and tuning["grid"][0]["weight_change"] == [0.02] * 2
@@ -93,3 +100,13 @@ def test_an_r2m_run_records_its_fusions_movement(tmp_path, monkeypatch) -> None:
     assert saved["scalars"]["r2m/fusion_weight_change"] == 0.007
     assert saved["scalars"]["r2m/weight_change"] == 0.03
     assert saved["scalars"]["r2m/fusion_spread_share"] == pytest.approx(0.4)
+
+
+def test_samples_needed_scale_as_the_inverse_square_of_the_error() -> None:
+    """SE 0.01 at 4 samples against a seed SD of 0.01: half the SD is 0.005, so 4 x (0.01 / 0.005)^2 = 16."""
+    from r2m_bench.phases import samples_needed
+    from r2m_bench.trajectories import EvalNoise
+
+    assert samples_needed(EvalNoise(0.01, 4), 0.01) == 16
+    assert samples_needed(EvalNoise(0.001, 4), 0.01) == 1
+    assert samples_needed(None, 0.01) is None and samples_needed(EvalNoise(0.01, 4), None) is None

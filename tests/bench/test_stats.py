@@ -260,8 +260,9 @@ def test_the_simulation_decides_as_the_scalar_path():
 
 
 def percentile_bootstrap(d: np.ndarray, resamples: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The first version's interval (r2m_bench.frontier.paired_bootstrap), vectorised: per trial, the 2.5% and 97.5%
-    quantiles (linear interpolation) of the means of ``resamples`` draws of the n differences with replacement."""
+    """The first version's interval (a percentile bootstrap over the paired seeds), vectorised: per trial, the 2.5%
+    and 97.5% quantiles (linear interpolation) of the means of ``resamples`` draws of the n differences with
+    replacement."""
     trials, n = d.shape
     idx = np.random.default_rng(seed).integers(0, n, (trials, resamples, n))  # (T, R, n)
     means = np.take_along_axis(np.broadcast_to(d[:, None, :], idx.shape), idx, axis=2).mean(axis=2)  # (T, R)
@@ -366,3 +367,14 @@ def test_paired_cluster_bootstrap_pairs_runs_and_needs_clusters():
     with pytest.raises(DataError, match="one finite value per label"):
         cluster_bootstrap([0.1, 0.2], ["a"])
     assert cluster_bootstrap([0.1] * 5, list(range(5)), method=BootstrapMethod.BCA).ci == pytest.approx((0.1, 0.1))
+
+
+def test_paired_differences_drop_and_count_missing_pairs():
+    """Seeds in one arm only (4), or None/NaN in either (1, 3), are dropped and listed; the rest pair by seed."""
+    from r2m_bench.stats import paired_differences
+
+    a = {0: 0.5, 1: None, 2: 0.6, 3: float("nan"), 5: 0.7}
+    b = {0: 0.4, 1: 0.3, 2: 0.5, 3: 0.2, 4: 0.1, 5: 0.6}
+    diffs, dropped = paired_differences(a, b)
+    assert dropped == (1, 3, 4)
+    assert diffs == pytest.approx({0: 0.1, 2: 0.1, 5: 0.1})
