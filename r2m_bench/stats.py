@@ -8,7 +8,6 @@ with honest error rates. Pure functions over numpy and scipy.stats; no I/O excep
   metric, and ``inactive`` where the caller says the method did nothing (the order of the rules: :class:`Verdict`);
 * :func:`decision_rates` and :func:`false_decision_rate` -- the share of simulated comparisons that an interval
   declares better or worse, at a true difference of 0 (its error rate) or of a few standard errors (its power);
-* :func:`cluster_bootstrap` -- clusters (e.g. a (world, seed)'s runs) resampled whole; percentile or BCa interval;
 * :func:`write_verdicts` -- ``docs/bench/verdicts.json``.
 
 How many seeds and evaluation samples a comparison needs: :mod:`r2m_bench.power`.
@@ -21,10 +20,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Mapping, NamedTuple, Optional, Sequence, TypeVar
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
 from r2m.errors import DataError
 from r2m.fileio import atomic_write_text
@@ -424,114 +423,3 @@ def false_decision_rate(n: int, trials: int = 4000, errors: Errors | str = Error
                         interval: IntervalFn = t_bounds) -> float:
     """The share of null comparisons (true difference 0) declared better or worse."""
     return decision_rates(n, trials, errors, seed, interval=interval).decided
-
-
-# ------------------------------------------------------------------------------------------ cluster bootstrap
-
-
-class BootstrapMethod(str, enum.Enum):
-    PERCENTILE = "percentile"
-    """The (1 - level)/2 and (1 + level)/2 quantiles of the replicates."""
-    BCA = "bca"
-    """Efron's bias-corrected and accelerated quantiles, the acceleration from a leave-one-cluster-out jackknife."""
-
-
-class ClusterInterval(NamedTuple):
-    estimate: float
-    """The statistic of every run."""
-    ci: tuple[float, float]
-    """(NaN, NaN) below ``min_clusters``."""
-    method: BootstrapMethod
-    level: float
-    resamples: int
-    n_runs: int
-    n_clusters: int
-    min_clusters: int
-    keys: tuple = ()
-    """The paired keys (runs) used, sorted (:func:`paired_cluster_bootstrap`)."""
-    dropped: tuple = ()
-
-    @property
-    def decidable(self) -> bool:
-        return self.n_clusters >= self.min_clusters
-
-    @property
-    def significant(self) -> bool:
-        """The interval excludes 0 (for :func:`verdict_of`)."""
-        return self.decidable and (self.ci[0] > 0 or self.ci[1] < 0)
-
-
-Statistic = Callable[[np.ndarray], float]
-
-
-def cluster_replicates(groups: Sequence[np.ndarray], resamples: int, seed: int,
-                       statistic: Optional[Statistic] = None) -> np.ndarray:
-    """(R,) bootstrap replicates: each draws C clusters with replacement (C = len(groups)) and takes the statistic
-    of their runs pooled, so the runs of a cluster always move together. ``statistic`` None: the mean,
-    sum(sums of drawn clusters) / sum(their sizes), vectorised."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(groups), size=(resamples, len(groups)))  # (R, C)
-    if statistic is None:
-        sums = np.array([g.sum() for g in groups])  # (C,)
-        sizes = np.array([g.size for g in groups], dtype=np.float64)  # (C,)
-        return sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
-    return np.array([statistic(np.concatenate([groups[c] for c in row])) for row in draws])
-
-
-def _bca_quantiles(replicates: np.ndarray, estimate: float, jackknife: np.ndarray, level: float) -> np.ndarray:
-    """Efron's BCa quantile levels. z0 = Φ⁻¹(share of replicates below the estimate, ties counted half);
-    u_i = θ̄_(·) - θ_(i) over the leave-one-cluster-out estimates, a = Σ u³ / (6 (Σ u²)^{3/2});
-    α_j = Φ(z0 + (z0 + z_j) / (1 - a (z0 + z_j))) at z_j = Φ⁻¹((1 ∓ level)/2). Non-finite (all replicates on one
-    side, or a (z0 + z) = 1): the percentile levels."""
-    share = (np.sum(replicates < estimate) + np.sum(replicates <= estimate)) / (2 * replicates.size)
-    z0 = special.ndtri(share)
-    u = jackknife.mean() - jackknife
-    den = np.sum(u ** 2)
-    a = np.sum(u ** 3) / (6 * den ** 1.5) if den > 0 else 0.0
-    z = special.ndtri(np.array([(1 - level) / 2, (1 + level) / 2]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = special.ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
-    return q if np.all(np.isfinite(q)) else special.ndtr(z)
-
-
-def cluster_bootstrap(values: Sequence[float], clusters: Sequence[Hashable], *, statistic: Optional[Statistic] = None,
-                      method: BootstrapMethod | str = BootstrapMethod.PERCENTILE, resamples: int = 10_000,
-                      seed: int = 0, level: float = LEVEL, min_clusters: int = MIN_PAIRS) -> ClusterInterval:
-    """The interval of a statistic (default: the mean) of per-run values (e.g. paired differences), resampling
-    clusters whole (:func:`cluster_replicates`, a ``numpy`` generator seeded with ``seed``); with every run its own
-    cluster this is the ordinary run-level bootstrap. Quantiles: linear interpolation (``np.quantile``). Fewer than
-    ``min_clusters`` clusters: no interval."""
-    x = np.asarray(values, dtype=np.float64)  # (N,)
-    if x.ndim != 1 or x.size != len(clusters) or not np.all(np.isfinite(x)):
-        raise DataError(f"cluster_bootstrap: {x.size} values and {len(clusters)} cluster labels; expected one "
-                        "finite value per label")
-    if resamples < 1 or not 0 < level < 1 or min_clusters < 2:
-        raise DataError(f"cluster_bootstrap: resamples={resamples}, level={level}, min_clusters={min_clusters}; "
-                        "expected resamples >= 1, 0 < level < 1, min_clusters >= 2")
-    labels = list(dict.fromkeys(clusters))
-    groups = [x[[c == lab for c in clusters]] for lab in labels]  # C arrays of that cluster's runs
-    method, stat = BootstrapMethod(method), statistic or (lambda v: float(np.mean(v)))
-    estimate = float(stat(x)) if x.size else math.nan
-    out = ClusterInterval(estimate, (math.nan, math.nan), method, level, resamples, int(x.size), len(groups),
-                          int(min_clusters))
-    if len(groups) < min_clusters:
-        return out
-    reps = cluster_replicates(groups, resamples, seed, statistic)  # (R,)
-    q = np.array([(1 - level) / 2, (1 + level) / 2])
-    if method is BootstrapMethod.BCA:
-        jack = np.array([stat(np.concatenate(groups[:i] + groups[i + 1:])) for i in range(len(groups))])  # (C,)
-        q = _bca_quantiles(reps, estimate, jack, level)
-    lo, hi = np.quantile(reps, q)
-    return out._replace(ci=(float(lo), float(hi)))
-
-
-def paired_cluster_bootstrap(a: Mapping[K, Optional[float]], b: Mapping[K, Optional[float]],
-                             cluster_of: Mapping[K, Hashable], **kwargs) -> ClusterInterval:
-    """:func:`cluster_bootstrap` of the paired differences a_k - b_k (:func:`paired_differences`), each run k in
-    the cluster ``cluster_of[k]`` (e.g. its (world, seed)); ``kwargs`` as there."""
-    diffs, dropped = paired_differences(a, b)
-    missing = [k for k in diffs if k not in cluster_of]
-    if missing:
-        raise DataError(f"paired_cluster_bootstrap: no cluster for keys {missing[:5]}; expected one per paired key")
-    out = cluster_bootstrap(list(diffs.values()), [cluster_of[k] for k in diffs], **kwargs)
-    return out._replace(keys=tuple(diffs), dropped=dropped)

@@ -102,7 +102,7 @@ def test_no_finished_run_is_reported_not_crashed(tmp_path):
     assert doc["baselines"]["fixed_step"]["step"] is None
     # No pair to compare: nulls in the JSON (written with allow_nan=False), never NaN.
     headline = doc["paired_vs_fixed_kl"]["alarm, combined (leave one world out)"]["mean_recovered"]
-    assert headline == {"diff_mean": None, "ci95": [None, None], "verdict": "not decidable", "pairs": 0,
+    assert headline == {"diff_mean": None, "ci95": [None, None], "verdict": "not decidable", "pairs": 0, "clusters": 0,
                         "dropped": 0}
     assert "no held-out run has finished" in text
 
@@ -118,19 +118,26 @@ def test_paired_comparison_by_hand_and_the_beats_verdict():
     from types import SimpleNamespace
 
     from r2m_bench.stats import Verdict
-    # Two worlds share seeds 0 and 1: pairing must be by run, not by seed or by position.
-    worlds, seeds = ("noisy", "noisy", "blind", "blind", "blind"), (0, 1, 0, 1, 2)
-    held, base = _outcomes([0.5, 0.7, 0.93, None, 0.6], worlds, seeds)
-    _, better = _outcomes([0.9, 0.97, 0.95, None, 0.99], worlds, seeds)
-    base = base[:4]  # the fixed-KL stop had no budget for run4's world: a rule's run without a pair
+    # Runs 0 and 1 share the cluster (noisy, 0); two worlds share seeds 0 and 1: pairing is by run, the unit is the
+    # (world, seed) cluster. Run 7 has no gain under the fixed-KL stop: no pair.
+    worlds = ("noisy", "noisy", "noisy", "blind", "blind", "blind", "length", "blind")
+    seeds = (0, 0, 1, 0, 1, 2, 0, 3)
+    d = (0.4, 0.2, 0.1, 0.2, 0.3, 0.1, 0.3, 0.2)
+    held, base = _outcomes([0.5] * 7 + [None], worlds, seeds)
+    _, better = _outcomes([0.5 + x for x in d], worlds, seeds)
     better = better[::-1]
-    # Differences 0.4, 0.27, 0.02 (run3 has no gain, run4 no pair): mean 0.23, every resample above 0.
+    # Cluster means 0.3, 0.1, 0.2, 0.3, 0.1, 0.3: mean 0.21667 (the run-level mean would be 1.6 / 7 = 0.2286);
+    # s = 0.09832, se = 0.04014, t(0.975, 5) = 2.5706: [0.1135, 0.3198].
     p = ba.paired(ba.Rule("a", "", better), ba.Rule("kl", "", base), held)
-    assert p["mean_recovered"].diff_mean == pytest.approx(0.23) and len(p["mean_recovered"].seeds) == 3
-    assert p["mean_recovered"].seeds == (0, 1, 2) and p["mean_recovered"].dropped == (3, 4)
-    assert p["mean_recovered"].verdict is Verdict.BETTER and p["mean_recovered"].ci95[0] > 0
-    # >= 90%: 1, 1, 1 against 0, 0, 1: the share rises by 2/3.
-    assert p["recovered_90pct_share"].diff_mean == pytest.approx(2 / 3)
+    rec = p["mean_recovered"]
+    assert rec.diff_mean == pytest.approx(1.3 / 6) and rec.clusters == 6
+    assert rec.seeds == (0, 1, 2, 3, 4, 5, 6) and rec.dropped == (7,)
+    assert rec.ci95 == pytest.approx((0.1135, 0.3198), abs=2e-4) and rec.verdict is Verdict.BETTER
+    # >= 90%: only run 0 (0.9) against none: cluster (noisy, 0) moves by 1/2, the others by 0.
+    assert p["recovered_90pct_share"].diff_mean == pytest.approx(0.5 / 6)
+    # Four clusters are not enough for a verdict (stats.MIN_PAIRS = 5); the mean is still reported.
+    few = ba.paired(ba.Rule("a", "", better), ba.Rule("kl", "", base[:5]), held)["mean_recovered"]
+    assert few.clusters == 4 and few.verdict is Verdict.NOT_DECIDABLE and few.diff_mean == pytest.approx(0.225)
 
     def validation(rule):
         r, kl = ba.Rule("a", "", rule), ba.Rule("kl", "", base)
@@ -138,9 +145,9 @@ def test_paired_comparison_by_hand_and_the_beats_verdict():
                                paired=ba.comparisons([r], kl, held))
 
     assert ba.headline(validation(better))["beats_fixed_kl"] is True
-    assert ba.headline(validation(better))["recovered_90pct_share"] == 1.0
-    # A higher mean inside the noise does not beat: +0.3 on one run, -0.2 and -0.05 on the others.
-    _, mixed = _outcomes([0.8, 0.5, 0.88, None, 0.99], worlds, seeds)
-    d = ba.paired(ba.Rule("a", "", mixed), ba.Rule("kl", "", base), held)["mean_recovered"]
-    assert d.diff_mean == pytest.approx(0.05 / 3) and d.verdict is Verdict.INCONCLUSIVE
+    assert ba.headline(validation(better))["recovered_90pct_share"] == pytest.approx(1 / 8)  # run 0 alone
+    # A higher mean inside the noise does not beat: cluster means 0.1, -0.2, 0.1, -0.1, 0.2, 0.0.
+    _, mixed = _outcomes([0.5 + x for x in (0.3, -0.1, -0.2, 0.1, -0.1, 0.2, 0.0, 0.0)], worlds, seeds)
+    m = ba.paired(ba.Rule("a", "", mixed), ba.Rule("kl", "", base), held)["mean_recovered"]
+    assert m.diff_mean == pytest.approx(0.1 / 6) and m.verdict is Verdict.INCONCLUSIVE
     assert ba.headline(validation(mixed))["beats_fixed_kl"] is False

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from r2m.config.parsing import load_config
+from r2m.errors import ConfigError
 from r2m_bench import memory_host as host
 from r2m_bench import memory_phases as ph
 
@@ -52,36 +53,54 @@ def test_param_counts_of_the_real_models() -> None:
 
 
 def test_host_result_per_rank_and_node() -> None:
-    """Llama-3-8B + the 8B RM on 8 ranks, bf16 checkpoints: rank 0's peak is the trained copy at the end of its
-    upcast (4 B a weight, plus the last tensor, the 128256 x 4096 LM head, still in bf16: 2 B a weight); the other
-    ranks hold mapped pages only, so the process itself; the node's page cache holds both checkpoints once."""
+    """Llama-3-8B + the 8B RM with R2M on 8 ranks, bf16 checkpoints: rank 0's peak is the trained copy at the end of
+    its upcast (4 B a weight, plus the last tensor, the 128256 x 4096 LM head, still in bf16: 2 B a weight); the
+    other ranks hold mapped pages and R2M's fp32 fusion ((2·4096 + 2·4096)·inner_dim weights, 4 B each); the node's
+    page cache holds both checkpoints once."""
     cfg = load_config("configs/paper/r2m_llama3-8b_ultrafeedback_rloo.yaml", ["run.device=cpu"])
     res = host.host_result(cfg, 8, process_bytes=1e9)
     p, head = 8_030_261_248, 128256 * 4096
+    fusion = 4 * 4096 * cfg.reward.r2m.inner_dim
+    assert res["fusion_params"] == fusion
     assert res["rank0"]["stages_gb"]["policy"] == pytest.approx((4 * p + 2 * head) / 1e9)
+    assert res["rank0"]["stages_gb"]["reward"] == pytest.approx(4 * fusion / 1e9)
     assert res["rank0"]["peak_gb"] == pytest.approx((4 * p + 2 * head) / 1e9 + 1)
     mapped = {"policy": 2 * p / 1e9, "reward": 2 * res["rm_params"] / 1e9}
     assert res["rank0"]["file_backed_gb"] == pytest.approx(mapped)
-    assert res["other_ranks"]["peak_gb"] == pytest.approx(1.0)
-    assert res["node_gb"] == pytest.approx(res["rank0"]["peak_gb"] + 7 * 1.0)
+    assert res["other_ranks"]["peak_gb"] == pytest.approx(4 * fusion / 1e9 + 1)
+    assert res["node_gb"] == pytest.approx(res["rank0"]["peak_gb"] + 7 * res["other_ranks"]["peak_gb"])
     assert res["node_page_cache_gb"] == pytest.approx(2 * (p + res["rm_params"]) / 1e9)
     one = host.host_result(cfg, 1, process_bytes=0.0)
     assert "other_ranks" not in one and one["node_gb"] == one["rank0"]["peak_gb"]
+
+
+@pytest.mark.parametrize("override, named", [("rl.algorithm=ppo rl.ratio_level=token", "rl.algorithm=ppo"),
+                                             ("rl.monitor.check_rm=some/rm", "rl.monitor.check_rm"),
+                                             ("reward.r2m.backbone_dtype=float32", "reward.r2m.backbone_dtype")])
+def test_loads_the_formula_does_not_count_are_refused(override, named) -> None:
+    cfg = load_config("configs/paper/r2m_qwen2.5-3b_ultrafeedback_rloo.yaml", ["run.device=cpu", *override.split()])
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        host.host_result(cfg, 8, process_bytes=0.0)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_formula_matches_the_library_loading_in_fresh_processes() -> None:
     """The library's own loading (policy and reference with fp32 masters; the policy on meta; the RM) grows the peak
-    anonymous memory by what the formula says, within 5 MB + 3%, at a real vocabulary where the weights dwarf the
-    allocator's noise; the mapped checkpoints' pages touched stay near the files' size."""
+    anonymous memory by what the formula says, within 5 MB + 5%, at a real vocabulary where the weights dwarf the
+    allocator's noise, and on a layer-heavy model where freeing each bf16 original during the upcast is visible;
+    the mapped checkpoints' pages touched stay near the files' size."""
     res = host.check("Qwen/Qwen2.5-0.5B-Instruct", "Skywork/Skywork-Reward-V2-Llama-3.1-8B", widths=(128,),
                      log=lambda m: None)
-    by_stage = {c["stage"]: c for c in res["cases"]}
-    assert set(by_stage) == {"policy, rank 0", "policy, other ranks", "reward"}
+    by_stage = {c["stage"].split(",")[0] + ("" if "layers" not in c["stage"] else " layered")
+                + ("" if "other" not in c["stage"] else " other"): c for c in res["cases"]}
+    assert set(by_stage) == {"policy", "policy other", "reward", "policy layered"}
     for case in res["cases"]:
-        assert abs(case["error_mb"]) < 5 + 0.03 * case["predicted_mb"], case
+        assert abs(case["error_mb"]) < 5 + 0.05 * case["predicted_mb"], case
         assert case["file_touched_mb"] < case["file_mapped_mb"] + 20, case
-    # rank 0 holds an fp32 copy: about 6 bytes a weight at its peak (bf16 copy + fp32 masters, the embedding first)
-    assert by_stage["policy, rank 0"]["measured_mb"] > 5 * by_stage["policy, rank 0"]["params"] / 1e6
+    # the meta-device policy and the mapped reference and RM: no copy of the weights on the other ranks
+    assert by_stage["policy other"]["measured_mb"] < 5 and by_stage["reward"]["measured_mb"] < 5
+    # the upcast frees each bf16 original: the layer-heavy model measures well under 6 bytes a weight
+    layered = by_stage["policy layered"]
+    assert layered["measured_mb"] < layered["naive_mb"] - 30, layered
     assert res["process_bytes"] > 0

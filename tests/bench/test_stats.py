@@ -1,4 +1,4 @@
-"""Paired t-intervals, verdict rules, Holm, the null simulation, the cluster bootstrap and verdicts.json
+"""Paired t-intervals, verdict rules, Holm, the null simulation and verdicts.json
 (r2m_bench.stats)."""
 
 from __future__ import annotations
@@ -15,18 +15,13 @@ from r2m.errors import DataError
 from r2m_bench.power import t_test_power
 from r2m_bench.stats import (
     VERDICT_KEYS,
-    BootstrapMethod,
     ClaimTest,
     Verdict,
-    _bca_quantiles,
-    cluster_bootstrap,
-    cluster_replicates,
     decide_claims,
     decision_rates,
     false_decision_rate,
     holm,
     method_text,
-    paired_cluster_bootstrap,
     paired_t,
     simulated_differences,
     t_interval,
@@ -289,84 +284,6 @@ def test_power_at_two_standard_errors_matches_the_noncentral_t(n):
 def test_unknown_error_distribution():
     with pytest.raises(ValueError, match="'cauchy'"):
         false_decision_rate(5, 10, errors="cauchy")
-
-
-# ------------------------------------------------------------------------------------------ cluster bootstrap
-
-
-def test_cluster_bootstrap_hand_checkable():
-    # Cluster a = runs [0, 2], cluster b = run [4]. Two clusters drawn with replacement: {a, a} -> mean 1
-    # (p 1/4), {a, b} -> (0 + 2 + 4) / 3 = 2 (p 1/2), {b, b} -> 4 (p 1/4); a run is never drawn without its cluster.
-    groups = [np.array([0.0, 2.0]), np.array([4.0])]
-    reps = cluster_replicates(groups, 20_000, seed=0)
-    values, counts = np.unique(np.round(reps, 12), return_counts=True)
-    assert values.tolist() == pytest.approx([1.0, 2.0, 4.0])
-    assert (counts / reps.size).tolist() == pytest.approx([0.25, 0.5, 0.25], abs=0.015)
-    r = cluster_bootstrap([0.0, 2.0, 4.0], ["a", "a", "b"], min_clusters=2, resamples=20_000)
-    assert r.estimate == pytest.approx(2.0) and r.ci == pytest.approx((1.0, 4.0))
-    assert (r.n_runs, r.n_clusters, r.decidable) == (3, 2, True)
-    # Runs resampled one by one give other means, e.g. 0 (three draws of the first run).
-    runs = cluster_replicates([np.array([v]) for v in (0.0, 2.0, 4.0)], 20_000, seed=0)
-    assert set(np.round(runs, 12).tolist()) - {1.0, 2.0, 4.0}
-
-
-def test_a_general_statistic_takes_the_same_draws():
-    rng = np.random.default_rng(2)
-    groups = [rng.normal(size=int(k)) for k in rng.integers(1, 5, 7)]
-    assert cluster_replicates(groups, 300, 4, statistic=np.mean) == pytest.approx(cluster_replicates(groups, 300, 4))
-    med = cluster_bootstrap(np.concatenate(groups), np.repeat(np.arange(7), [g.size for g in groups]),
-                            statistic=np.median, resamples=300)
-    assert med.estimate == pytest.approx(np.median(np.concatenate(groups)))
-
-
-def test_strongly_clustered_data_widen_the_interval():
-    rng = np.random.default_rng(0)
-    values = np.repeat(rng.normal(0, 1, 8), 6) + rng.normal(0, 0.05, 48)  # 8 (world, seed) clusters of 6 runs
-    clusters = np.repeat(np.arange(8), 6).tolist()
-    by_cluster, by_run = cluster_bootstrap(values, clusters), cluster_bootstrap(values, list(range(48)))
-    width = (by_cluster.ci[1] - by_cluster.ci[0]) / (by_run.ci[1] - by_run.ci[0])
-    assert width > 1.8  # √(design effect) = √(1 + 5 ρ) ≈ 2.4 with ρ ≈ 1
-
-
-@pytest.mark.parametrize("method, scipy_method", [("percentile", "percentile"), ("bca", "BCa")])
-def test_singleton_clusters_agree_with_scipy_bootstrap(method, scipy_method):
-    x = np.random.default_rng(3).exponential(1.0, 30)  # skewed: BCa moves the interval up
-    ours = cluster_bootstrap(x, list(range(30)), method=method, resamples=20_000, seed=1).ci
-    ref = stats.bootstrap((x,), np.mean, method=scipy_method, n_resamples=20_000, rng=2).confidence_interval
-    assert ours == pytest.approx((ref.low, ref.high), abs=0.012)
-    if method == "bca":
-        pct = cluster_bootstrap(x, list(range(30)), resamples=20_000, seed=1).ci
-        assert ours[0] - pct[0] > 0.02 and ours[1] - pct[1] > 0.02
-
-
-def test_bca_levels_hand_worked():
-    z = stats.norm.ppf(0.975)
-    # Replicates symmetric about the estimate (z0 = 0), a symmetric jackknife (a = 0): the percentile levels.
-    assert _bca_quantiles(np.array([-1.0, 0.0, 1.0]), 0.0, np.array([1.0, 2.0, 3.0]), 0.95) == \
-           pytest.approx([0.025, 0.975])
-    # Jackknife 0, 0, 3: u = 1, 1, -2; a = (1 + 1 - 8) / (6 · 6^1.5) = -0.068041.
-    a = -6 / (6 * 6 ** 1.5)
-    expected = [stats.norm.cdf(-z / (1 + a * z)), stats.norm.cdf(z / (1 - a * z))]  # 0.011862, 0.958126
-    assert _bca_quantiles(np.array([-1.0, 0.0, 1.0]), 0.0, np.array([0.0, 0.0, 3.0]), 0.95) == \
-           pytest.approx(expected)
-    assert expected == pytest.approx([0.011862, 0.958126], abs=2e-6)
-
-
-def test_paired_cluster_bootstrap_pairs_runs_and_needs_clusters():
-    a = {i: 0.1 * i for i in range(12)}
-    b = {i: 0.0 for i in range(11)} | {3: None}
-    cluster_of = {i: ("length", i // 2) for i in range(12)}
-    r = paired_cluster_bootstrap(a, b, cluster_of, resamples=200)
-    assert r.keys == (0, 1, 2, 4, 5, 6, 7, 8, 9, 10) and r.dropped == (3, 11)
-    assert (r.n_runs, r.n_clusters) == (10, 6) and r.estimate == pytest.approx(np.mean([0.1 * k for k in r.keys]))
-    assert r.significant
-    few = paired_cluster_bootstrap(a, b, {i: i // 3 for i in range(12)}, resamples=200)  # 4 clusters < 5
-    assert not few.decidable and not few.significant and math.isnan(few.ci[0])
-    with pytest.raises(DataError, match="no cluster for keys"):
-        paired_cluster_bootstrap(a, b, {0: "x"})
-    with pytest.raises(DataError, match="one finite value per label"):
-        cluster_bootstrap([0.1, 0.2], ["a"])
-    assert cluster_bootstrap([0.1] * 5, list(range(5)), method=BootstrapMethod.BCA).ci == pytest.approx((0.1, 0.1))
 
 
 def test_paired_differences_drop_and_count_missing_pairs():
