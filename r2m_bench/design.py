@@ -90,6 +90,11 @@ R2M_ARMS = frozenset({Arm.R2M, Arm.ORACLE, Arm.RANDOM, Arm.WO_TRAIN})
 """Arms that carry the tuned R2M setting (lr, init, Omega)."""
 CARRIED_ARMS = R2M_ARMS | {Arm.ITERATIVE_HEAD, Arm.SCALE_CONTROL}
 """Arms whose run name carries the setting: the Iterative RM-head takes R2M's lr, the scale control its Omega."""
+MIN_WEIGHT_CHANGE = 1e-3
+"""A fusion whose relative weight change is below this did not learn: an R2M-family arm's claims are inactive, and
+the tuning does not carry such a setting while one that moves exists."""
+FUSION_MOVE = "r2m/fusion_weight_change"
+"""The run's scalar of the fusion's relative weight change (the cross-attention alone, not the score head)."""
 
 
 def arm_overrides(arm: Arm, seed: int) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from r2m.eval.trajectory import Trajectory, gold_at_kl
 from r2m_bench.design import (
     ENSEMBLE_OFFSETS,
     ENSEMBLES,
+    MIN_WEIGHT_CHANGE,
     R2M_ARMS,
     Arm,
     BenchDesign,
@@ -90,7 +91,9 @@ def budgets_from_pilot(design: BenchDesign, trajs: Mapping[str, Sequence[Traject
 
 def samples_needed(noise: Optional[EvalNoise], seed_sd: Optional[float]) -> Optional[int]:
     """Samples per prompt at which an evaluation point's standard error falls under half the seed-to-seed SD
-    (the error shrinks as 1/sqrt(samples)); None without both numbers."""
+    (the error shrinks as 1/sqrt(samples)); None without both numbers. ``seed_sd`` is the SD measured on the tuning
+    seeds, which itself holds the evaluation noise, so with more samples it shrinks too: the count is a lower
+    bound when the two are close."""
     if noise is None or not seed_sd:
         return None
     return max(1, math.ceil(noise.samples_per_prompt * (noise.se / (seed_sd / 2)) ** 2))
@@ -116,50 +119,83 @@ def budgets_json(design: BenchDesign, budgets: Mapping[str, WorldBudgets]) -> di
             design.primary_multiple, "tuning_seeds": list(design.tuning_seeds), "worlds": worlds}
 
 
+TUNE_MIN_KL_SHARE = 0.5
+"""A tuning seed's gain is read at min(primary budget, the largest KL both its runs reached); below this share of the
+primary budget it is not read (None): too far from the budget the setting is carried to."""
+
+
 class GridPoint(NamedTuple):
     setting: SweepPoint
     gains: tuple[Optional[float], ...]
-    """Per tuning seed: oracle gold - vanilla gold at the primary budget (None: a budget not reached)."""
-    weight_change: tuple[Optional[float], ...]
-    """Per tuning seed: the run's last ``r2m/weight_change``."""
+    """Per tuning seed: oracle gold - vanilla gold at the KL in ``kls`` (None: not read)."""
+    kls: tuple[Optional[float], ...]
+    """Per tuning seed: the KL the gain is read at, min(primary budget, the largest KL both runs reached): an arm
+    whose reward moves the policy slowly may stop at its step cap short of the budget, and dropping it would
+    select against the settings that learn."""
+    fusion_change: tuple[Optional[float], ...]
+    """Per tuning seed: the oracle run's last ``r2m/fusion_weight_change``."""
 
     @property
     def mean_gain(self) -> Optional[float]:
         return None if any(g is None for g in self.gains) else sum(self.gains) / len(self.gains)
 
+    @property
+    def learns(self) -> bool:
+        """The fusion moved (median relative weight change >= MIN_WEIGHT_CHANGE) on its tuning seeds."""
+        moves = [m for m in self.fusion_change if m is not None]
+        return bool(moves) and statistics.median(moves) >= MIN_WEIGHT_CHANGE
 
-def grid_points(design: BenchDesign, plan: Plan, oracle: Mapping[str, tuple[Optional[float], Optional[float]]],
-                vanilla: Mapping[int, Optional[float]]) -> list[GridPoint]:
-    """Each grid point's gains (``oracle``: run name -> (gold at the primary budget, weight change);
-    ``vanilla``: tuning seed -> the pilot's gold at the primary budget)."""
+
+def matched_gain(oracle: Optional[Trajectory], vanilla: Optional[Trajectory],
+                 budget: float) -> tuple[Optional[float], Optional[float]]:
+    """(gain, KL): oracle gold - vanilla gold at k = min(``budget``, the largest KL both reached); (None, k) when k
+    is under ``TUNE_MIN_KL_SHARE`` x budget or a run is missing."""
+    if oracle is None or vanilla is None:
+        return None, None
+    k = min(budget, max(oracle.kls), max(vanilla.kls))
+    if k < TUNE_MIN_KL_SHARE * budget:
+        return None, k
+    return gold_at_kl(oracle, k).gold - gold_at_kl(vanilla, k).gold, k
+
+
+def grid_points(design: BenchDesign, plan: Plan, oracle: Mapping[str, tuple[Optional[Trajectory], Optional[float]]],
+                vanilla: Mapping[int, Optional[Trajectory]], budget: float) -> list[GridPoint]:
+    """Each grid point's gains (``oracle``: run name -> (trajectory, fusion weight change); ``vanilla``: tuning
+    seed -> the pilot's trajectory; ``budget``: the sweep world's primary budget), by :func:`matched_gain`."""
     specs = phase_runs(design, Phase.TUNING, plan)
     out = []
     for p in design.sweep.points():
         mine = [s for s in specs if s.name.endswith(tuple(f"-{p.tag}-s{seed}" for seed in design.tuning_seeds))]
-        gains, moves = [], []
+        gains, kls, moves = [], [], []
         for s in mine:
-            gold, move = oracle.get(s.name, (None, None))
-            base = vanilla.get(s.seed)
-            gains.append(None if gold is None or base is None else gold - base)
+            traj, move = oracle.get(s.name, (None, None))
+            gain, k = matched_gain(traj, vanilla.get(s.seed), budget)
+            gains.append(gain)
+            kls.append(k)
             moves.append(move)
-        out.append(GridPoint(p, tuple(gains), tuple(moves)))
+        out.append(GridPoint(p, tuple(gains), tuple(kls), tuple(moves)))
     return out
 
 
 def choose_setting(points: Sequence[GridPoint]) -> Optional[SweepPoint]:
-    """The point with the largest mean gain over complete points; ties by the smaller lr. None: none complete."""
+    """The complete point with the largest mean gain among those whose fusion moves (:attr:`GridPoint.learns`), or
+    among all complete points when none moves; ties by the smaller lr. None: none complete."""
     ok = [p for p in points if p.mean_gain is not None]
-    if not ok:
+    pool = [p for p in ok if p.learns] or ok
+    if not pool:
         return None
-    return min(ok, key=lambda p: (-round(p.mean_gain, 12), p.setting.lr)).setting
+    return min(pool, key=lambda p: (-round(p.mean_gain, 12), p.setting.lr)).setting
 
 
 def tuning_json(points: Sequence[GridPoint], chosen: Optional[SweepPoint], seeds: Sequence[int]) -> dict:
     """``docs/bench/tuning.json``: the grid's table and the chosen setting."""
-    return {"score": "oracle gold - vanilla gold at the primary budget (pair_choice=gold), mean over tuning seeds",
+    return {"score": "oracle gold - vanilla gold (pair_choice=gold) at min(primary budget, the largest KL both runs "
+                     f"reached; not read under {TUNE_MIN_KL_SHARE:g} x the budget), mean over tuning seeds; among "
+                     f"the settings whose fusion moves (median relative weight change >= {MIN_WEIGHT_CHANGE:g}) "
+                     "when any does",
             "seeds": list(seeds), "chosen": None if chosen is None else chosen._asdict(),
-            "grid": [{**p.setting._asdict(), "gains": list(p.gains), "mean_gain": p.mean_gain,
-                      "weight_change": list(p.weight_change)} for p in points]}
+            "grid": [{**p.setting._asdict(), "gains": list(p.gains), "kls": list(p.kls), "mean_gain": p.mean_gain,
+                      "fusion_weight_change": list(p.fusion_change), "learns": p.learns} for p in points]}
 
 
 # ---------------------------------------------------------------------------------------------------- cost

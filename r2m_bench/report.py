@@ -24,12 +24,11 @@ from r2m.config.root import Config
 from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.reports.tables import format_table, mean_sd
-from r2m_bench.design import Arm, BenchDesign, KLRegime, Phase, Plan, design_preset, phase_runs
+from r2m_bench.design import FUSION_MOVE, Arm, BenchDesign, KLRegime, Phase, Plan, design_preset, phase_runs
 from r2m_bench.phases import estimate_cost, format_cost
 from r2m_bench.provenance import git_commit
 from r2m_bench.trajectories import RunRecord, Trajectories, read_trajectories
 from r2m_bench.verdicts import (
-    FUSION_MOVE,
     calibration,
     verdict_records,
     verdict_table,
@@ -92,12 +91,12 @@ def _matched_kl(records: Sequence[RunRecord], plan: Plan) -> str:
 
 def _noise(world: dict) -> str:
     """budgets.json's evaluation noise of one world, as a clause (empty when the pilot recorded none)."""
-    se, sd = world.get("eval_point_se"), world.get("gold_seed_sd")
-    if se is None or sd is None:
+    se, sd, needed = (world.get(k) for k in ("eval_point_se", "gold_seed_sd", "eval_samples_per_prompt_needed"))
+    if se is None or sd is None or needed is None:
         return ""
-    return (f"; an evaluation point's gold SE {se:.4f} against a seed-to-seed SD of {sd:.4f} at the primary budget "
-            f"in the pilot, at {world.get('eval_samples_per_prompt')} samples per prompt (under half the SD from "
-            f"{world.get('eval_samples_per_prompt_needed')})")
+    return (f"; an evaluation point's gold SE {se:.4f} (median over the pilot's evaluations) against a "
+            f"seed-to-seed SD of {sd:.4f} at the primary budget, at {world.get('eval_samples_per_prompt')} samples "
+            f"per prompt (under half the SD from about {needed})")
 
 
 def _provenance(records: Sequence[RunRecord]) -> str:

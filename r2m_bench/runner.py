@@ -21,18 +21,17 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from r2m.config.parsing import load_config
-from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text, read_json_or_none
 from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
 from r2m.runtime.runlog import read_metrics
 from r2m_bench import phases
-from r2m_bench.design import Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
+from r2m_bench.design import FUSION_MOVE, Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
 from r2m_bench.provenance import git_commit
 from r2m_bench.ser_table import ser_summary
 from r2m_bench.trajectories import EvalNoise, RunRecord, eval_noise, record_of, write_trajectories
@@ -40,7 +39,7 @@ from r2m_bench.trajectories import EvalNoise, RunRecord, eval_noise, record_of, 
 log = logging.getLogger("r2m")
 
 RESULT_FILE = "bench14.json"
-_EVAL_KEYS = ("step", "eval/kl", "eval/gold", "eval/proxy", "eval/gold_se")
+_EVAL_KEYS = ("step", "eval/kl", "eval/gold", "eval/proxy")
 
 
 def _config(spec: RunSpec, root: str, extra: Sequence[str]):
@@ -108,10 +107,6 @@ def run_all(specs: Sequence[RunSpec], root: str, extra: Sequence[str] = (), work
     return [record_of(s, run_one(s, root, extra)) for s in specs]
 
 
-def _primary_gold(r: RunRecord, budget: float) -> Optional[float]:
-    return gold_at_kl(r.trajectory, budget).gold if r.trajectory is not None else None
-
-
 class Outcome(NamedTuple):
     plan: Plan
     records: list[RunRecord]
@@ -142,9 +137,9 @@ def run_tuning(design: BenchDesign, root: str, out: Path, workers: int, pilot: S
     """Phase B and ``<out>/tuning.json``; the plan with the chosen setting."""
     recs = run_all(phase_runs(design, Phase.TUNING, plan), root, (), workers)
     budget = plan.primary(design, design.sweep.world)
-    oracle = {r.name: (_primary_gold(r, budget), r.scalars.get("r2m/weight_change")) for r in recs}
-    vanilla = {r.seed: _primary_gold(r, budget) for r in pilot if r.world == design.sweep.world}
-    points = phases.grid_points(design, plan, oracle, vanilla)
+    oracle = {r.name: (r.trajectory, r.scalars.get(FUSION_MOVE)) for r in recs}
+    vanilla = {r.seed: r.trajectory for r in pilot if r.world == design.sweep.world}
+    points = phases.grid_points(design, plan, oracle, vanilla, budget)
     chosen = phases.choose_setting(points)
     doc = phases.tuning_json(points, chosen, design.tuning_seeds)
     atomic_write_text(out / "tuning.json", json.dumps(doc, indent=2) + "\n")

@@ -10,7 +10,9 @@ setting) and the design's name.
 
 from __future__ import annotations
 
+import collections
 import json
+import statistics
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
 
@@ -114,15 +116,17 @@ class EvalNoise(NamedTuple):
     """How noisy one evaluation point's gold is, from the samples it drew."""
 
     se: float
-    """Median over the run's evaluations after step 0 of the sampling standard error of ``eval/gold``:
-    sqrt(mean over prompts of the within-prompt sample variance / number of samples)."""
+    """Median over the run's evaluations after step 0 of the sampling standard error of ``eval/gold`` (the mean of
+    all N samples, the prompts fixed): sqrt(Σ_p n_p s_p² / N²), s_p² the unbiased variance of prompt p's n_p
+    samples (prompts with one sample are left out)."""
     samples_per_prompt: int
+    """The most common n_p (prompts whose text repeats in the evaluation set pool their samples)."""
 
 
 def eval_noise(run_dir: str | Path) -> Optional[EvalNoise]:
     """``run_dir``'s evaluation noise, from ``samples/step_*.jsonl`` (every evaluation sample with its gold, as
     ``RunLog.log_samples`` writes them); None without such files or with one sample per prompt."""
-    ses, per_prompt = [], 0
+    ses, sizes = [], collections.Counter()
     for path in sorted(Path(run_dir).glob("samples/step_*.jsonl")):
         by_prompt: dict[str, list[float]] = {}
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -132,9 +136,9 @@ def eval_noise(run_dir: str | Path) -> Optional[EvalNoise]:
         groups = [g for g in by_prompt.values() if len(g) > 1]
         if not groups:
             continue
-        per_prompt = max(per_prompt, max(len(g) for g in groups))
-        variances = [sum((x - sum(g) / len(g)) ** 2 for x in g) / (len(g) - 1) for g in groups]
-        ses.append((sum(variances) / len(variances) / sum(len(g) for g in groups)) ** 0.5)
+        sizes.update(len(g) for g in groups)
+        n = sum(len(g) for g in groups)
+        ses.append((sum(len(g) * statistics.variance(g) for g in groups) / n ** 2) ** 0.5)
     if not ses:
         return None
-    return EvalNoise(sorted(ses)[len(ses) // 2], per_prompt)
+    return EvalNoise(statistics.median(ses), sizes.most_common(1)[0][0])

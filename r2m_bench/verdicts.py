@@ -23,15 +23,23 @@ from typing import Mapping, Optional, Sequence
 
 from r2m.eval.trajectory import gold_at_kl
 from r2m.fileio import atomic_write_text
-from r2m_bench.design import LADDER, MARGINS, R2M_ARMS, Arm, BenchDesign, ClaimSpec, KLRegime, Phase, Plan, claims_in
+from r2m_bench.design import (
+    FUSION_MOVE,
+    LADDER,
+    MARGINS,
+    MIN_WEIGHT_CHANGE,
+    R2M_ARMS,
+    Arm,
+    BenchDesign,
+    ClaimSpec,
+    KLRegime,
+    Phase,
+    Plan,
+    claims_in,
+)
 from r2m_bench.power import min_detectable_effect
 from r2m_bench.stats import ClaimTest, VerdictRecord, decide_claims, json_float, paired_t, verdicts_document
 from r2m_bench.trajectories import RunRecord
-
-MIN_WEIGHT_CHANGE = 1e-3
-"""An R2M-family arm whose fusion's relative weight change is below this did not learn: its claims are inactive."""
-FUSION_MOVE = "r2m/fusion_weight_change"
-"""The run's scalar of the fusion's relative weight change (the cross-attention alone, not the score head)."""
 
 
 def gold_metric(budget: float) -> str:

@@ -23,7 +23,7 @@ def test_bench_smoke_preset(tiny, world_artifacts, tmp_path, capsys) -> None:
     b = budgets["worlds"]["length"]["budgets"]
     assert len(b) == 3 and 0 < b[0] <= b[1] <= b[2] and budgets["worlds"]["length"]["step_cap"] >= 1
     tuning = json.loads((tmp_path / "tuning.json").read_text())
-    assert len(tuning["grid"]) == 2 and all(len(p["weight_change"]) == 2 for p in tuning["grid"])
+    assert len(tuning["grid"]) == 2 and all(len(p["fusion_weight_change"]) == 2 for p in tuning["grid"])
     traj = read_trajectories(tmp_path / "trajectories.json")
     expected = sum(len(phase_runs(SMOKE, p, traj.plan)) for p in Phase)
     assert len(traj.runs) == expected

@@ -40,7 +40,7 @@ def _fake_rl(seen):
         golds = {"a": (1.0, 0.0, 1.0, 0.0), "b": (0.7,) * 4}
         (d / "samples" / "step_000010.jsonl").write_text("".join(
             json.dumps({"step": 10, "prompt": p, "gold": g}) + "\n" for p, gs in golds.items() for g in gs))
-        move = {"r2m/weight_change": 0.02} if cfg.reward.r2m.enabled else None
+        move = {"r2m/weight_change": 0.02, "r2m/fusion_weight_change": 0.02} if cfg.reward.r2m.enabled else None
         return SimpleNamespace(rm_accuracy={}, r2m_movement=move, stop_kl=0.2, stop_reason="step_cap")
     return run_rl
 
@@ -62,7 +62,8 @@ def test_phases_run_in_order_and_resume(tmp_path, monkeypatch) -> None:
     assert budgets["eval_samples_per_prompt_needed"] is None  # the fake seeds agree: no seed-to-seed spread
     tuning = json.loads((out / "tuning.json").read_text())
     assert tuning["chosen"] == {"lr": 1e-4, "init": "random", "omega_floor": 0.6}
-    assert tuning["grid"][1]["mean_gain"] == pytest.approx(0.05) and tuning["grid"][0]["weight_change"] == [0.02] * 2
+    assert tuning["grid"][1]["mean_gain"] == pytest.approx(0.05)
+    assert tuning["grid"][0]["fusion_weight_change"] == [0.02] * 2 and tuning["grid"][0]["learns"]
     # The pilot ran before any tuning run, the tuning before any test run; the test runs carry the setting.
     phases = [n.split("-")[2] for n, *_ in seen]
     assert phases == sorted(phases, key=["pilot", "tuning", "test"].index)
@@ -110,3 +111,45 @@ def test_samples_needed_scale_as_the_inverse_square_of_the_error() -> None:
     assert samples_needed(EvalNoise(0.01, 4), 0.01) == 16
     assert samples_needed(EvalNoise(0.001, 4), 0.01) == 1
     assert samples_needed(None, 0.01) is None and samples_needed(EvalNoise(0.01, 4), None) is None
+
+
+def test_eval_noise_pools_repeated_prompts_and_skips_step_zero(tmp_path) -> None:
+    """Prompt a: 4 samples (variance 1/3); b: 4 (0); c's text appears twice, 8 samples 1, 0, ... (variance 2/7);
+    d: one sample (left out). SE = sqrt((4/3 + 0 + 8 * 2/7) / 16²) = 0.11890; the common count is 4. Step 0's
+    samples (the initial policy) are not read."""
+    from r2m_bench.trajectories import eval_noise
+
+    (tmp_path / "samples").mkdir()
+    golds = {"a": (1.0, 0.0, 1.0, 0.0), "b": (0.7,) * 4, "c": (1.0, 0.0) * 4, "d": (0.3,)}
+    rows = [{"step": 10, "prompt": p, "gold": g} for p, gs in golds.items() for g in gs]
+    (tmp_path / "samples" / "step_000010.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "samples" / "step_000000.jsonl").write_text(json.dumps({"step": 0, "prompt": "a", "gold": 5.0}) + "\n"
+                                                            + json.dumps({"step": 0, "prompt": "a", "gold": -5.0}))
+    noise = eval_noise(tmp_path)
+    assert noise.se == pytest.approx(((4 / 3 + 8 * 2 / 7) / 256) ** 0.5)
+    assert noise.se == pytest.approx(0.11890, abs=1e-5)
+    assert noise.samples_per_prompt == 4
+    assert eval_noise(tmp_path / "missing") is None
+
+
+def test_tuning_reads_capped_runs_at_their_kl_and_carries_a_fusion_that_moves() -> None:
+    """Vanilla reaches KL 0.2; an oracle capped at KL 0.12 is read at 0.12 (primary 0.14), one capped at 0.06 (under
+    half the budget) is not read. Among complete points the one whose fusion moves is carried even with a smaller
+    gain; with none moving, the largest gain."""
+    from r2m.eval.trajectory import trajectory
+    from r2m_bench.design import SweepPoint
+    from r2m_bench.phases import GridPoint, choose_setting, matched_gain
+
+    vanilla = trajectory((0, 10, 20), (0.0, 0.1, 0.2), (0.6, 0.7, 0.6))
+    capped = trajectory((0, 10, 20), (0.0, 0.06, 0.12), (0.6, 0.8, 0.9))
+    gain, k = matched_gain(capped, vanilla, 0.14)
+    assert k == 0.12 and gain == pytest.approx(0.9 - 0.68)  # vanilla at 0.12: 0.7 + 0.2 x (0.6 - 0.7)
+    assert matched_gain(trajectory((0, 10), (0.0, 0.06), (0.6, 0.8)), vanilla, 0.14) == (None, 0.06)
+    assert matched_gain(None, vanilla, 0.14) == (None, None)
+    frozen = GridPoint(SweepPoint(1e-5, "matched", 0.6), (0.05, 0.05), (0.14, 0.14), (1e-4, 2e-4))
+    moving = GridPoint(SweepPoint(1e-4, "random", 0.6), (0.01, 0.02), (0.14, 0.12), (0.05, 0.06))
+    incomplete = GridPoint(SweepPoint(1e-3, "random", 0.6), (0.2, None), (0.14, 0.06), (0.5, 0.5))
+    assert not frozen.learns and moving.learns
+    assert choose_setting([frozen, moving, incomplete]) == moving.setting
+    assert choose_setting([frozen, incomplete]) == frozen.setting
+    assert choose_setting([incomplete]) is None
