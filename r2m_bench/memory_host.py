@@ -48,8 +48,12 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from r2m.config.enums import Algorithm
+from r2m.config.models import PolicyConfig
 from r2m.config.root import Config
 from r2m.errors import ConfigError
+from r2m.models.loading import build_policy_and_reference, load_reward_model
+from r2m.runtime.precision import fp32_master_weights
 from r2m.utils import torch_dtype
 from r2m_bench import memory_phases as ph
 from r2m_bench.families import Size, model_config
@@ -123,8 +127,6 @@ def fusion_params(rm_dim: int, policy_dim: int, inner_dim: int) -> int:
 
 def unmodelled(cfg: Config) -> Optional[str]:
     """The first setting whose host loads :func:`stage_bytes` does not count, named, or None."""
-    from r2m.config.enums import Algorithm
-
     checks = ((cfg.rl.algorithm == Algorithm.PPO, "rl.algorithm=ppo (the critic: a third model, upcast on every "
                "rank)"),
               (bool(cfg.reward.ensemble), "reward.ensemble (one RM per member)"),
@@ -249,9 +251,6 @@ def _save(arch: ph.Arch, width: int, rm: bool, directory: Path, layers: int = 2,
 def _load_in_child(kind: str, path: str, meta_policy: bool) -> dict:
     """Runs in a fresh process: the library's loading of one stage; the growth of the peak anonymous and
     file-backed resident memory, bytes."""
-    from r2m.config.models import PolicyConfig
-    from r2m.models.loading import build_policy_and_reference, load_reward_model
-    from r2m.runtime.precision import fp32_master_weights
 
     before = resident_kib()
     with _PeakSampler() as sampler:
