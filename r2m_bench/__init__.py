@@ -6,8 +6,8 @@ reaches it through the entry-point group ``r2m.commands`` (pyproject.toml; :mod:
 - ``cli``: the ``r2m bench cost|speed|run`` subcommand;
 - ``design`` (the design as data: worlds x algorithms x arms x seeds, claims, presets), ``runner`` (runs a design,
   resumable), ``verdicts`` (paired verdicts at matched KL), ``report`` (``docs/BENCHMARKS.md``);
-- ``frontier`` (gold at several KL budgets, peak and final gold, the frontier band, the paired bootstrap,
-  ``verdicts.json``), ``stats`` and ``power`` (t-intervals, Holm, the cluster bootstrap, seeds needed);
+- ``frontier`` (gold at several KL budgets, peak and final gold, the frontier band), ``stats`` and ``power``
+  (t-intervals, verdicts, Holm, the null simulation, ``verdicts.json``, seeds needed);
 - ``alarm`` and ``alarm_eval``: the over-optimisation alarm's validation on held-out runs (docs/MONITOR.md);
 - ``cost`` (R2M's cost per phase, Figure 7), ``speed``, ``speed_trl``, ``speed_report`` and ``old_logprobs``
   (r2m against TRL's RLOOTrainer; benchmarks/README.md), ``profiling`` (time and peak memory per phase);

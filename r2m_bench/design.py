@@ -282,7 +282,7 @@ class BenchDesign:
     primary_multiple: float = 2.0
     cap_factor: float = 5.0
     """The test runs' step cap: this times the pilot's (median) steps to the largest budget. An arm whose reward moves
-    the policy slowly runs to it: in `length`, the oracle at the carried setting reached KL 0.112-0.125 in 270 steps
+    the policy slowly runs to it: in `length`, the oracle at the carried setting reached KL 0.116-0.125 in 270 steps
     (3x), short of the 0.13 primary budget, while vanilla passes 0.26 in about 90."""
     expected_test_steps: int = 100
     """Before the pilot: the assumed steps to the largest budget (for the cost estimate)."""

@@ -508,7 +508,7 @@ def bench_memory(preset: str, out: str, log=print) -> dict:
     checked = None
     if spec.host_widths:
         log("host memory check: loading with the library's calls in fresh processes")
-        checked = host.check(*HOST_CHECK_MODELS, spec.host_widths, log)
+        checked = host.check(*HOST_CHECK_MODELS, widths=spec.host_widths, log=log)
     process = host.process_bytes_of(checked)
     result = {"preset": preset, "host_check": checked,
               "configs": {name: config_result(name, spec, log, process) for name in spec.configs},

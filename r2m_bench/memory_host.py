@@ -283,7 +283,7 @@ def _case(width: int, label: str, kind: str, path: Path, meta: bool, params: int
             "process_bytes": got["process_bytes"]}
 
 
-def check(arch_path: str, rm_path: str, widths: tuple[int, ...] = CHECK_WIDTHS, layered: bool = True,
+def check(arch_path: str, rm_path: str, *, widths: tuple[int, ...] = CHECK_WIDTHS, layered: bool = True,
           log=print) -> dict:
     """The formula against the measured growth of the peak anonymous memory (and the checkpoint pages touched, which
     are read on first touch), per width: rank 0's and another rank's policy stage and the reward stage (bf16
@@ -318,5 +318,5 @@ def check(arch_path: str, rm_path: str, widths: tuple[int, ...] = CHECK_WIDTHS, 
 
 
 def process_bytes_of(check_result: Optional[dict]) -> float:
-    """The process's own resident memory before loading (from the check; 0 without one)."""
+    """The process's own anonymous memory before loading (from the check; 0 without one)."""
     return float(check_result["process_bytes"]) if check_result else 0.0

@@ -4,7 +4,8 @@
   its multiples rounded to 2 significant digits, the test runs' step cap, and the evaluation noise against the
   seed-to-seed spread (``docs/bench/budgets.json``);
 * :func:`choose_setting` -- phase B: the grid point whose oracle gains most gold over the pilot's vanilla runs at
-  the primary budget (ties: the smaller lr), with each point's fusion movement (``docs/bench/tuning.json``);
+  matched KL (:func:`matched_gain`: the primary budget, or the largest KL both runs reached), among the points whose
+  fusion moves (ties: the smaller lr), with each point's fusion movement (``docs/bench/tuning.json``);
 * :func:`estimate_cost` -- the design's wall time per phase from per-step costs, printed before running.
 
 Input: run results as :class:`r2m_bench.trajectories.RunRecord`\\ s (one per finished run).
@@ -155,7 +156,8 @@ def matched_gain(oracle: Optional[Trajectory], vanilla: Optional[Trajectory],
     k = min(budget, max(oracle.kls), max(vanilla.kls))
     if k < TUNE_MIN_KL_SHARE * budget:
         return None, k
-    return gold_at_kl(oracle, k).gold - gold_at_kl(vanilla, k).gold, k
+    a, b = gold_at_kl(oracle, k).gold, gold_at_kl(vanilla, k).gold  # None only where a run starts past k
+    return (None, k) if a is None or b is None else (a - b, k)
 
 
 def grid_points(design: BenchDesign, plan: Plan, oracle: Mapping[str, tuple[Optional[Trajectory], Optional[float]]],
@@ -194,6 +196,7 @@ def tuning_json(points: Sequence[GridPoint], chosen: Optional[SweepPoint], seeds
                      f"the settings whose fusion moves (median relative weight change >= {MIN_WEIGHT_CHANGE:g}) "
                      "when any does",
             "seeds": list(seeds), "chosen": None if chosen is None else chosen._asdict(),
+            "chosen_learns": next((p.learns for p in points if p.setting == chosen), None),
             "grid": [{**p.setting._asdict(), "gains": list(p.gains), "kls": list(p.kls), "mean_gain": p.mean_gain,
                       "fusion_weight_change": list(p.fusion_change), "learns": p.learns} for p in points]}
 

@@ -149,8 +149,8 @@ def write_outputs(traj: Trajectories, report: Path, art: Path, *, commit: str, c
             f"## Exploratory verdicts (each claim's first metric; every metric in verdicts.json)\n\n"
             f"{verdict_table(verdicts, False)}\n"
             f"## Budgets (phase A) and the carried R2M setting (phase B)\n\n{budgets}\n\nCarried setting: {setting}"
-            f" (the oracle's gain over vanilla at matched KL, among the settings whose fusion moves; grid in "
-            f"tuning.json{'' if tuning else ', not written yet'}).\n\n"
+            f" (the oracle's gain over vanilla at matched KL; the grid, the KL each gain is read at and whether "
+            f"each setting's fusion moved in tuning.json{'' if tuning else ', not written yet'}).\n\n"
             f"## Gold at matched KL\n\n{_matched_kl(test, traj.plan)}\n\n"
             f"## Provenance\n\n- commit (this report): `{commit}`\n{_provenance(traj.runs)}\n\n"
             f"## Reading\n\n{_reading(design, traj, art)}\n")

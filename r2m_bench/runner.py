@@ -21,7 +21,7 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -66,10 +66,42 @@ def _ser_saved(spec: RunSpec, root: str, extra: Sequence[str]) -> dict:
     return {"scalars": scalars, "stop_reason": (res.stop or {}).get("reason"), **summary}
 
 
+def _spec_steps(spec: RunSpec) -> Optional[int]:
+    """The run's step cap (its last ``rl.steps=`` override), or None."""
+    steps = [o.split("=", 1)[1] for o in spec.overrides if o.startswith("rl.steps=")]
+    return int(steps[-1]) if steps else None
+
+
+def stale_cap(spec: RunSpec, saved: dict) -> Optional[int]:
+    """The last step of a saved run that stopped at a smaller step cap than ``spec``'s (it would have gone on: the
+    design's caps grew since), else None. A run that stopped at its KL budget is the same under any larger cap."""
+    cap, evals = _spec_steps(spec), saved.get("evals") or []
+    if saved.get("stop_reason") != "step_cap" or cap is None or not evals:
+        return None
+    last = max(int(e["step"]) for e in evals)
+    return last if last < cap else None
+
+
+def _set_aside(run_dir: Path, last: int) -> Path:
+    """Move a stale run's folder to ``<name>.cap<last>[.<n>]`` (kept, not deleted); its new path."""
+    target, n = run_dir.with_name(f"{run_dir.name}.cap{last}"), 1
+    while target.exists():
+        target, n = run_dir.with_name(f"{run_dir.name}.cap{last}.{n}"), n + 1
+    run_dir.rename(target)
+    return target
+
+
 def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> dict:
-    """One run of the design (skipped when its result file exists); its saved result."""
+    """One run of the design (skipped when its result file exists, unless it stopped at a smaller step cap than the
+    design's now: then its folder is set aside and the run is made again); its saved result."""
     done = Path(root) / spec.name / RESULT_FILE
     saved = read_json_or_none(done)
+    last = stale_cap(spec, saved) if saved is not None else None
+    if last is not None:
+        moved = _set_aside(done.parent, last)
+        log.warning("[bench] %s stopped at its step cap %d, under the design's %s now: set aside as %s, run again",
+                    spec.name, last, _spec_steps(spec), moved.name)
+        saved = None
     if saved is None:
         t0 = time.perf_counter()
         saved = _ser_saved(spec, root, extra) if spec.arm is Arm.SER else _rl_saved(spec, root, extra)
@@ -92,12 +124,18 @@ def _run_quietly(spec: RunSpec, root: str, extra: Sequence[str]) -> str:
     return spec.name
 
 
+def _finished(spec: RunSpec, root: str) -> bool:
+    """The run's result file exists and is not :func:`stale_cap`."""
+    saved = read_json_or_none(Path(root) / spec.name / RESULT_FILE)
+    return saved is not None and stale_cap(spec, saved) is None
+
+
 def run_all(specs: Sequence[RunSpec], root: str, extra: Sequence[str] = (), workers: int = 1) -> list[RunRecord]:
     """``run_one`` of every spec; with ``workers > 1`` the unfinished ones run in that many one-thread processes
     first; every result is then read back from its file. Returns when all have finished (a phase's barrier)."""
     if workers < 1:
         raise ValueError(f"bench workers: expected >= 1, got {workers!r}")
-    todo = [s for s in specs if not (Path(root) / s.name / RESULT_FILE).is_file()]
+    todo = [s for s in specs if not _finished(s, root)]
     if workers > 1 and len(todo) > 1:
         extra = (*extra, "run.threads=1")
         ctx = multiprocessing.get_context("spawn")  # no forked torch state: each worker imports its own

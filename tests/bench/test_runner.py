@@ -33,7 +33,8 @@ def _fake_rl(seen):
             lift = 0.05 if cfg.reward.r2m.lr == 1e-4 else 0.01
         d = Path(cfg.run.root) / cfg.run.name
         d.mkdir(parents=True, exist_ok=True)
-        rows = [{"step": 10 * i, "eval/kl": k, "eval/gold": g + lift * (i > 0), "eval/proxy": 0.1 * i}
+        # evaluations at 0, 1/4, ..., 4/4 of the run's steps: it stops at its cap, as a capped run does
+        rows = [{"step": cfg.rl.steps * i // 4, "eval/kl": k, "eval/gold": g + lift * (i > 0), "eval/proxy": 0.1 * i}
                 for i, (k, g) in enumerate(zip(KLS, GOLD))]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "samples").mkdir(exist_ok=True)  # an evaluation's samples: 2 prompts x 4, as RunLog.log_samples
@@ -146,6 +147,9 @@ def test_tuning_reads_capped_runs_at_their_kl_and_carries_a_fusion_that_moves() 
     assert k == 0.12 and gain == pytest.approx(0.9 - 0.68)  # vanilla at 0.12: 0.7 + 0.2 x (0.6 - 0.7)
     assert matched_gain(trajectory((0, 10), (0.0, 0.06), (0.6, 0.8)), vanilla, 0.14) == (None, 0.06)
     assert matched_gain(None, vanilla, 0.14) == (None, None)
+    # a vanilla trajectory with no point under k (it starts past it): no gain, no crash
+    late = trajectory((10, 20), (0.1, 0.2), (0.7, 0.6))
+    assert matched_gain(trajectory((0, 10), (0.0, 0.09), (0.6, 0.8)), late, 0.14) == (None, 0.09)
     frozen = GridPoint(SweepPoint(1e-5, "matched", 0.6), (0.05, 0.05), (0.14, 0.14), (1e-4, 2e-4))
     moving = GridPoint(SweepPoint(1e-4, "random", 0.6), (0.01, 0.02), (0.14, 0.12), (0.05, 0.06))
     incomplete = GridPoint(SweepPoint(1e-3, "random", 0.6), (0.2, None), (0.14, 0.06), (0.5, 0.5))
@@ -153,3 +157,24 @@ def test_tuning_reads_capped_runs_at_their_kl_and_carries_a_fusion_that_moves() 
     assert choose_setting([frozen, moving, incomplete]) == moving.setting
     assert choose_setting([frozen, incomplete]) == frozen.setting
     assert choose_setting([incomplete]) is None
+
+
+def test_a_run_capped_under_the_designs_cap_is_set_aside_and_run_again(tmp_path, monkeypatch) -> None:
+    """A saved run that stopped at step cap 270 while the design now caps at 450 is stale: its folder moves to
+    ``<name>.cap270`` and the run is made again; one that stopped at its KL budget, or at the same cap, is kept."""
+    spec = phase_runs(DESIGN, Phase.PILOT, None)[0]
+    spec = spec._replace(overrides=(*spec.overrides, "rl.steps=450"))
+    capped = {"evals": [{"step": 0}, {"step": 270}], "stop_reason": "step_cap", "scalars": {}}
+    assert runner.stale_cap(spec, capped) == 270
+    assert runner.stale_cap(spec, {**capped, "stop_reason": "kl_reached"}) is None
+    assert runner.stale_cap(spec, {**capped, "evals": [{"step": 450}]}) is None
+    run_dir = tmp_path / spec.name
+    run_dir.mkdir()
+    (run_dir / RESULT_FILE).write_text(json.dumps(capped))
+    (run_dir / "metrics.jsonl").write_text("kept\n")
+    monkeypatch.setattr(runner, "_rl_saved", lambda s, root, extra: {"evals": [{"step": 450}], "scalars": {},
+                                                                      "stop_reason": "step_cap"})
+    saved = runner.run_one(spec, str(tmp_path))
+    assert saved["evals"] == [{"step": 450}]
+    assert (tmp_path / f"{spec.name}.cap270" / "metrics.jsonl").read_text() == "kept\n"
+    assert json.loads((run_dir / RESULT_FILE).read_text())["evals"] == [{"step": 450}]
