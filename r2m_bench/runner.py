@@ -31,7 +31,7 @@ from r2m.recipes.rl.run import run_rl
 from r2m.recipes.ser import run_ser
 from r2m.runtime.runlog import read_metrics
 from r2m_bench import phases
-from r2m_bench.design import FUSION_MOVE, Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
+from r2m_bench.design import CARRIED_ARMS, FUSION_MOVE, Arm, BenchDesign, Phase, Plan, RunSpec, phase_runs
 from r2m_bench.provenance import git_commit
 from r2m_bench.ser_table import ser_summary
 from r2m_bench.trajectories import EvalNoise, RunRecord, eval_noise, record_of, write_trajectories
@@ -72,41 +72,58 @@ def _spec_steps(spec: RunSpec) -> Optional[int]:
     return int(steps[-1]) if steps else None
 
 
-def stale_cap(spec: RunSpec, saved: dict) -> Optional[int]:
-    """The last step of a saved run that stopped at a smaller step cap than ``spec``'s (it would have gone on: the
-    design's caps grew since), else None. A run that stopped at its KL budget is the same under any larger cap."""
-    cap, evals = _spec_steps(spec), saved.get("evals") or []
-    if saved.get("stop_reason") != "step_cap" or cap is None or not evals:
+def _made_under(saved: dict, run_dir: Path) -> Optional[int]:
+    """The step cap a saved run was made under: its result's ``steps_cap``, else its ``config.yaml``'s ``rl.steps``
+    (results written before the cap was recorded); None when neither says."""
+    if saved.get("steps_cap") is not None:
+        return int(saved["steps_cap"])
+    cfg = run_dir / "config.yaml"
+    if not cfg.is_file():
         return None
-    last = max(int(e["step"]) for e in evals)
-    return last if last < cap else None
+    import yaml  # heavy: lazy (only for results written before steps_cap was recorded)
+
+    return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("rl", {}).get("steps")
 
 
-def _set_aside(run_dir: Path, last: int) -> Path:
-    """Move a stale run's folder to ``<name>.cap<last>[.<n>]`` (kept, not deleted); its new path."""
-    target, n = run_dir.with_name(f"{run_dir.name}.cap{last}"), 1
+def stale_cap(spec: RunSpec, saved: dict, run_dir: Path) -> Optional[int]:
+    """The cap a saved run was made under when it differs from ``spec``'s and that changes the run, else None. It
+    does when the run stopped at its (smaller) cap, since it would have gone on, and for the arms that carry R2M's
+    setting whatever stopped them: their ω(t) decays over ``rl.steps``. A vanilla-like run (constant learning
+    rate) that stopped at its KL budget is the same under any larger cap."""
+    cap, made = _spec_steps(spec), _made_under(saved, run_dir)
+    if cap is None or made is None or made == cap:
+        return None
+    if saved.get("stop_reason") == "step_cap" or spec.arm in CARRIED_ARMS:
+        return made
+    return None
+
+
+def _set_aside(run_dir: Path, cap: int) -> Path:
+    """Move a stale run's folder to ``<name>.cap<cap>[.<n>]`` (kept, not deleted); its new path."""
+    target, n = run_dir.with_name(f"{run_dir.name}.cap{cap}"), 1
     while target.exists():
-        target, n = run_dir.with_name(f"{run_dir.name}.cap{last}.{n}"), n + 1
+        target, n = run_dir.with_name(f"{run_dir.name}.cap{cap}.{n}"), n + 1
     run_dir.rename(target)
     return target
 
 
 def run_one(spec: RunSpec, root: str, extra: Sequence[str] = ()) -> dict:
-    """One run of the design (skipped when its result file exists, unless it stopped at a smaller step cap than the
-    design's now: then its folder is set aside and the run is made again); its saved result."""
+    """One run of the design (skipped when its result file exists, unless :func:`stale_cap`: then its folder is set
+    aside and the run is made again); its saved result."""
     done = Path(root) / spec.name / RESULT_FILE
     saved = read_json_or_none(done)
-    last = stale_cap(spec, saved) if saved is not None else None
-    if last is not None:
-        moved = _set_aside(done.parent, last)
-        log.warning("[bench] %s stopped at its step cap %d, under the design's %s now: set aside as %s, run again",
-                    spec.name, last, _spec_steps(spec), moved.name)
+    made = stale_cap(spec, saved, done.parent) if saved is not None else None
+    if made is not None:
+        moved = _set_aside(done.parent, made)
+        log.warning("[bench] %s was made under step cap %d, the design's is %s now: set aside as %s, run again",
+                    spec.name, made, _spec_steps(spec), moved.name)
         saved = None
     if saved is None:
         t0 = time.perf_counter()
         saved = _ser_saved(spec, root, extra) if spec.arm is Arm.SER else _rl_saved(spec, root, extra)
         saved["wall_s"] = time.perf_counter() - t0
         saved["threads"] = torch.get_num_threads()
+        saved["steps_cap"] = _spec_steps(spec)
         saved["commit"] = git_commit(Path(__file__).parent)  # the code that made this run (a bench may resume later)
         atomic_write_text(done, json.dumps(saved))
         log.info("[bench] %s done in %.0f s (%s)", spec.name, saved["wall_s"], saved.get("stop_reason"))
@@ -127,7 +144,7 @@ def _run_quietly(spec: RunSpec, root: str, extra: Sequence[str]) -> str:
 def _finished(spec: RunSpec, root: str) -> bool:
     """The run's result file exists and is not :func:`stale_cap`."""
     saved = read_json_or_none(Path(root) / spec.name / RESULT_FILE)
-    return saved is not None and stale_cap(spec, saved) is None
+    return saved is not None and stale_cap(spec, saved, Path(root) / spec.name) is None
 
 
 def run_all(specs: Sequence[RunSpec], root: str, extra: Sequence[str] = (), workers: int = 1) -> list[RunRecord]:

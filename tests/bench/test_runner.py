@@ -159,22 +159,30 @@ def test_tuning_reads_capped_runs_at_their_kl_and_carries_a_fusion_that_moves() 
     assert choose_setting([incomplete]) is None
 
 
-def test_a_run_capped_under_the_designs_cap_is_set_aside_and_run_again(tmp_path, monkeypatch) -> None:
-    """A saved run that stopped at step cap 270 while the design now caps at 450 is stale: its folder moves to
-    ``<name>.cap270`` and the run is made again; one that stopped at its KL budget, or at the same cap, is kept."""
-    spec = phase_runs(DESIGN, Phase.PILOT, None)[0]
-    spec = spec._replace(overrides=(*spec.overrides, "rl.steps=450"))
-    capped = {"evals": [{"step": 0}, {"step": 270}], "stop_reason": "step_cap", "scalars": {}}
-    assert runner.stale_cap(spec, capped) == 270
-    assert runner.stale_cap(spec, {**capped, "stop_reason": "kl_reached"}) is None
-    assert runner.stale_cap(spec, {**capped, "evals": [{"step": 450}]}) is None
-    run_dir = tmp_path / spec.name
+def test_a_run_made_under_another_cap_is_set_aside_and_run_again(tmp_path, monkeypatch) -> None:
+    """The design now caps at 450. A saved run made under cap 270 is stale when it stopped at that cap, and, for an
+    arm carrying R2M's setting (ω decays over rl.steps), whatever stopped it; a vanilla run that stopped at its KL
+    budget is kept. Legacy results name their cap in config.yaml. A stale folder moves to ``<name>.cap270``."""
+    vanilla = phase_runs(DESIGN, Phase.PILOT, None)[0]
+    vanilla = vanilla._replace(overrides=(*vanilla.overrides, "rl.steps=450"))
+    oracle = vanilla._replace(arm=Arm.ORACLE)
+    capped = {"evals": [{"step": 270}], "stop_reason": "step_cap", "scalars": {}, "steps_cap": 270}
+    by_kl = {**capped, "stop_reason": "kl_reached"}
+    d = tmp_path / "x"
+    assert runner.stale_cap(vanilla, capped, d) == 270 and runner.stale_cap(vanilla, by_kl, d) is None
+    assert runner.stale_cap(oracle, by_kl, d) == 270
+    assert runner.stale_cap(oracle, {**by_kl, "steps_cap": 450}, d) is None
+    legacy = {k: v for k, v in capped.items() if k != "steps_cap"}
+    assert runner.stale_cap(vanilla, legacy, d) is None  # nothing says its cap: kept
+    run_dir = tmp_path / vanilla.name
     run_dir.mkdir()
-    (run_dir / RESULT_FILE).write_text(json.dumps(capped))
+    (run_dir / "config.yaml").write_text("run:\n  name: x\nrl:\n  steps: 270\n")
+    assert runner.stale_cap(vanilla, legacy, run_dir) == 270
+    (run_dir / RESULT_FILE).write_text(json.dumps(legacy))
     (run_dir / "metrics.jsonl").write_text("kept\n")
     monkeypatch.setattr(runner, "_rl_saved", lambda s, root, extra: {"evals": [{"step": 450}], "scalars": {},
                                                                       "stop_reason": "step_cap"})
-    saved = runner.run_one(spec, str(tmp_path))
-    assert saved["evals"] == [{"step": 450}]
-    assert (tmp_path / f"{spec.name}.cap270" / "metrics.jsonl").read_text() == "kept\n"
-    assert json.loads((run_dir / RESULT_FILE).read_text())["evals"] == [{"step": 450}]
+    saved = runner.run_one(vanilla, str(tmp_path))
+    assert saved["evals"] == [{"step": 450}] and saved["steps_cap"] == 450
+    assert (tmp_path / f"{vanilla.name}.cap270" / "metrics.jsonl").read_text() == "kept\n"
+    assert json.loads((run_dir / RESULT_FILE).read_text())["steps_cap"] == 450
