@@ -89,11 +89,12 @@ def stale_cap(spec: RunSpec, saved: dict, run_dir: Path) -> Optional[int]:
     """The cap a saved run was made under when it differs from ``spec``'s and that changes the run, else None. It
     does when the run stopped at its (smaller) cap, since it would have gone on, and for the arms that carry R2M's
     setting whatever stopped them: their ω(t) decays over ``rl.steps``. A vanilla-like run (constant learning
-    rate) that stopped at its KL budget is the same under any larger cap."""
+    rate) that stopped at its KL budget within the new cap is the same under it."""
     cap, made = _spec_steps(spec), _made_under(saved, run_dir)
     if cap is None or made is None or made == cap:
         return None
-    if saved.get("stop_reason") == "step_cap" or spec.arm in CARRIED_ARMS:
+    last = max((int(e["step"]) for e in saved.get("evals") or []), default=0)
+    if saved.get("stop_reason") == "step_cap" or spec.arm in CARRIED_ARMS or last > cap:
         return made
     return None
 

@@ -172,6 +172,8 @@ def test_a_run_made_under_another_cap_is_set_aside_and_run_again(tmp_path, monke
     assert runner.stale_cap(vanilla, capped, d) == 270 and runner.stale_cap(vanilla, by_kl, d) is None
     assert runner.stale_cap(oracle, by_kl, d) == 270
     assert runner.stale_cap(oracle, {**by_kl, "steps_cap": 450}, d) is None
+    # made under a larger cap and stopped by KL past the new one: it would have stopped at the cap
+    assert runner.stale_cap(vanilla, {**by_kl, "evals": [{"step": 500}], "steps_cap": 600}, d) == 600
     legacy = {k: v for k, v in capped.items() if k != "steps_cap"}
     assert runner.stale_cap(vanilla, legacy, d) is None  # nothing says its cap: kept
     run_dir = tmp_path / vanilla.name
