@@ -10,7 +10,10 @@ reaches it through the entry-point group ``r2m.commands`` (pyproject.toml; :mod:
   (t-intervals, verdicts, Holm, the null simulation, ``verdicts.json``, seeds needed);
 - ``alarm`` and ``alarm_eval``: the over-optimisation alarm's validation on held-out runs (docs/MONITOR.md);
 - ``cost`` (R2M's cost per phase, Figure 7), ``speed``, ``speed_trl``, ``speed_report`` and ``old_logprobs``
-  (r2m against TRL's RLOOTrainer; benchmarks/README.md), ``profiling`` (time and peak memory per phase);
+  (r2m against TRL's RLOOTrainer; benchmarks/README.md), ``profiling`` (time and peak memory per phase), ``child``
+  (a function run in a spawned process);
+- ``memory``, ``memory_phases``, ``memory_host``, ``memory_report`` and ``live_bytes``: GPU memory per rank at the
+  paper configs' real shapes and host memory per rank while they load (``r2m bench memory``);
 - ``plots`` (gold-vs-KL frontiers), ``ser_table`` (SER Table 1 per world), ``provenance`` (the git commit);
 - ``families``: random models of the paper configs' model families, with their tokenizers, for rehearsals, the
   GPU check and the TRL example's tiny run.

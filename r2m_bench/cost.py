@@ -16,11 +16,9 @@ use. Times are medians over steps after a warm-up step; memory is the maximum ov
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import statistics
 from pathlib import Path
-from typing import Callable
 
 from r2m.config.enums import Malloc
 from r2m.config.parsing import replace_path
@@ -31,7 +29,7 @@ from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step
 from r2m.reports.tables import format_table
-from r2m.utils import quiet_transformers
+from r2m_bench.child import in_child
 from r2m_bench.profiling import PhaseProfiler, lifetime_peak_rss_mb, merge_peaks, rss_reader
 
 # The phases of one RL step, in order, with their names in the report. ``greedy_baseline`` (ReMax)
@@ -148,26 +146,6 @@ def _rm_update_arm(cfg: Config, steps: int, full: bool) -> dict:
             **_process_peaks(phases), **_arm_env(run.models.device)}
 
 
-def _child(fn: Callable, args: tuple, queue) -> None:
-    quiet_transformers()
-    try:
-        queue.put(("ok", fn(*args)))
-    except BaseException as e:  # report, do not hang the parent
-        queue.put(("error", repr(e)))
-
-
-def _in_process(fn: Callable, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
-    status, value = queue.get()
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"benchmark arm {fn.__name__} failed: {value}")
-    return value
-
-
 def _ratio(num: dict, den: dict, key: str) -> float:
     a, b = num.get(key), den.get(key)
     return a / b if a is not None and b else float("nan")
@@ -189,9 +167,9 @@ def bench_cost(cfg: Config, steps: int = 12) -> dict:
     load_start = _load_avg()
     vanilla_cfg = replace_path(cfg, reward__r2m__enabled=False, run__name=f"{cfg.run.name}-vanilla")
     r2m_cfg = replace_path(cfg, reward__r2m__enabled=True, run__name=f"{cfg.run.name}-r2m")
-    rl = {"rloo": _in_process(_rl_arm, vanilla_cfg, steps), "rloo_r2m": _in_process(_rl_arm, r2m_cfg, steps)}
-    rm = {"lightweight": _in_process(_rm_update_arm, r2m_cfg, steps, False),
-          "full": _in_process(_rm_update_arm, r2m_cfg, steps, True)}
+    rl = {"rloo": in_child(True, _rl_arm, vanilla_cfg, steps), "rloo_r2m": in_child(True, _rl_arm, r2m_cfg, steps)}
+    rm = {"lightweight": in_child(True, _rm_update_arm, r2m_cfg, steps, False),
+          "full": in_child(True, _rm_update_arm, r2m_cfg, steps, True)}
     v, r = rl["rloo"], rl["rloo_r2m"]
     lw, full = rm["lightweight"], rm["full"]
     ratios = {

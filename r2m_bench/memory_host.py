@@ -39,9 +39,7 @@ with the formula (:func:`check`). Linux only.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
 import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -56,6 +54,7 @@ from r2m.models.loading import build_policy_and_reference, load_reward_model
 from r2m.runtime.precision import fp32_master_weights
 from r2m.utils import torch_dtype
 from r2m_bench import memory_phases as ph
+from r2m_bench.child import in_child
 from r2m_bench.families import Size, model_config
 
 GB = 1e9
@@ -266,14 +265,8 @@ def _load_in_child(kind: str, path: str, meta_policy: bool) -> dict:
             "file_bytes": 1024 * (sampler.peak["RssFile"] - before["RssFile"])}
 
 
-def _in_fresh_process(fn, *args):
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(fn, *args).result()
-
-
 def _case(width: int, label: str, kind: str, path: Path, meta: bool, params: int, stage: Stage, log) -> dict:
-    got = _in_fresh_process(_load_in_child, kind, str(path), meta)
+    got = in_child(True, _load_in_child, kind, str(path), meta)
     log(f"  host check, width {width}, {label}: anonymous {got['anon_bytes'] / 1e6:.0f} MB measured, "
         f"{stage.anon / 1e6:.0f} MB by the formula; file-backed {got['file_bytes'] / 1e6:.0f} MB touched, "
         f"{stage.file / 1e6:.0f} MB mapped")

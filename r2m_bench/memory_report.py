@@ -40,7 +40,7 @@ def config_table(result: dict) -> str:
 def host_table(result: dict) -> str:
     """Per config: the host peak per rank while the run loads (rank 0, each other rank) and per node."""
     rows = []
-    cases = {name: c for name, c in result["configs"].items()}
+    cases = dict(result["configs"])
     cases["single GPU (0.5B + 8B RM)"] = result["single_gpu"]
     for name, c in cases.items():
         h = c.get("host")

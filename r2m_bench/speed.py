@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import os
 import platform
-import queue as queue_module
 import statistics
 import time
 from dataclasses import dataclass
@@ -42,8 +40,8 @@ from r2m.recipes.pipeline import resolve_inputs
 from r2m.recipes.rl.build import build_run
 from r2m.recipes.rl.step import train_step
 from r2m.runtime.host import configure_host
-from r2m.utils import quiet_transformers
 from r2m.world.tokenizer import build_tokenizer
+from r2m_bench.child import in_child
 from r2m_bench.old_logprobs import agreement
 from r2m_bench.profiling import lifetime_peak_rss_mb
 from r2m_bench.speed_report import format_speed, write_readme_section
@@ -181,36 +179,6 @@ def r2m_arm(cfg: Config, steps: int) -> dict:
             "tokens_per_step": statistics.mean(tokens[1:]), "threads": torch.get_num_threads(),
             "policy_linear_params": linear_params(run.models.unwrapped_policy()),
             "rm_linear_params": linear_params(rm.model) if rm is not None else 0}
-
-
-def _child(fn: Callable, args: tuple, queue) -> None:
-    quiet_transformers()
-    try:
-        queue.put(("ok", fn(*args)))
-    except BaseException as e:  # report, do not hang the parent
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-
-
-def in_child(spawn: bool, fn: Callable, *args) -> dict:
-    """``fn(*args)`` in a spawned process (its memory is its own), its result back; in this one unless ``spawn``."""
-    if not spawn:
-        return fn(*args)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
-    while True:  # a child that dies before reporting (killed, or failing to start) must not hang the parent
-        try:
-            status, value = queue.get(timeout=1.0)
-            break
-        except queue_module.Empty:
-            if not proc.is_alive():
-                raise RuntimeError(f"bench speed: arm {fn.__name__} died (exit code {proc.exitcode}) before "
-                                   "reporting") from None
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"bench speed: arm {fn.__name__} failed: {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

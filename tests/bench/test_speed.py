@@ -13,7 +13,7 @@ from r2m.config.models import ArchConfig
 from r2m.experience.sampling import generate
 from r2m.models.forward import left_pad
 from r2m.world.tokenizer import build_tokenizer
-from r2m_bench.speed import in_child, no_eos_lm, step_flops, summarize
+from r2m_bench.speed import no_eos_lm, step_flops, summarize
 from r2m_bench.speed_report import BEGIN, END, write_readme_section
 from r2m_bench.speed_trl import trl_available
 
@@ -22,15 +22,6 @@ def test_step_flops_by_hand() -> None:
     # N = 3 policy weights, 5 RM weights, 7 tokens, 2 epochs: 2NT = 42 a forward pass.
     f = step_flops(3, 5, 7.0, 2)
     assert f == {"generate": 42.0, "logprobs": 84.0, "reward": 70.0, "update": 252.0}
-
-
-@pytest.mark.slow
-def test_in_child_returns_the_result_and_reports_a_dead_child() -> None:
-    import os
-
-    assert in_child(True, step_flops, 3, 5, 7.0, 2)["update"] == 252.0  # spawned, as the paper preset runs
-    with pytest.raises(RuntimeError, match="died \\(exit code 3\\)"):
-        in_child(True, os._exit, 3)  # dies before reporting: an error, not a hang
 
 
 def test_no_eos_lm_answers_run_to_the_limit() -> None:
